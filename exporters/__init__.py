@@ -1,0 +1,1 @@
+"""Export side of vlmedge (needs the 'export' extra): sources -> ONNX/OpenVINO/TensorRT -> parity -> artifact."""

@@ -1,0 +1,555 @@
+"""Trains `builtin:shapes-clip`: a small real `transformers.CLIPModel` on generated shapes.
+
+Everything the model needs is made here, from nothing downloaded:
+
+* a CLIP-style byte-level BPE tokenizer (vocab.json + merges.txt in OpenAI CLIP's layout:
+  256 byte symbols, the same 256 with ``</w>``, the learned merges, then
+  ``<|startoftext|>`` and ``<|endoftext|>``), its merges learned with the ``tokenizers``
+  BPE trainer on the caption words plus a few hundred common English words, so the caption
+  words are single tokens and any other text falls back to byte-level pieces;
+* a ``CLIPImageProcessor`` config (64 px, bicubic, OpenAI CLIP mean/std);
+* a ``CLIPModel`` (ViT 64 px / patch 8 and a causal text transformer) trained contrastively
+  on (image, caption) pairs drawn by ``shapes.render``.
+
+Some (colour, shape) combinations (``HELD_OUT``) are never drawn during training, so the
+zero-shot evaluation can report compositional generalisation on them separately.
+
+Reproduce (about 12 minutes on 2 CPU cores)::
+
+    python exporters/builtin/train_shapes_clip.py --seed 0
+
+The evaluation goes end to end through the saved folder with the Hugging Face classes
+(``CLIPProcessor`` + ``CLIPModel``, softmax over ``logits_per_image``), and the results go
+into ``MODEL_CARD.md`` beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:  # installed package
+    from vlmedge.exporters.builtin import shapes
+except ImportError:  # run from a checkout: the generator sits beside this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import shapes  # type: ignore[no-redef]
+
+SHAPES = tuple(shapes.SHAPES)
+COLORS = tuple(shapes.COLORS)
+SIZES = tuple(shapes.SIZES)
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "models" / "shapes-clip"
+IMAGE_SIZE = 64
+CONTEXT_LENGTH = 77  # same context as OpenAI CLIP; captions here use ~8-12 tokens
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+# (colour, shape) pairs never rendered for training (both sizes): 12 of the 64, chosen so
+# every colour and every shape is held out at least once and still seen with >= 6 partners.
+HELD_OUT = tuple(
+    [(COLORS[i], SHAPES[(3 * i + 1) % 8]) for i in range(8)]
+    + [(COLORS[i], SHAPES[(5 * i + 4) % 8]) for i in range(4)]
+)
+
+# Zero-shot prompts used for evaluation (and by tests/test_builtin_shapes_clip.py).
+SHAPE_PROMPT = "a photo of a {shape}."
+COLOR_PROMPT = "a photo of a {color} object."
+SIZE_PROMPT = "a photo of a {size} object."
+CAPTION_PROMPT = "a {size} {color} {shape}"
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+# --------------------------------------------------------------------------- captions
+# Each template names some of the attributes; a caption "matches" every image whose
+# attributes agree on the ones it names (used as multi-positive contrastive targets).
+FULL_TEMPLATES = (
+    "a {size} {color} {shape}",
+    "a {size} {color} {shape}.",
+    "a photo of a {size} {color} {shape}.",
+    "a picture of a {size} {color} {shape}.",
+    "an image of a {size} {color} {shape}.",
+    "a drawing of a {size} {color} {shape}.",
+    "the {size} {color} {shape}.",
+    "a photo of the {size} {color} {shape}.",
+    "{art_color} {color} {shape} that is {size}.",
+    "a {size} {shape} that is {color}.",
+    "there is a {size} {color} {shape} in the picture.",
+    "a {size} {color} {shape} on a textured background.",
+)
+PARTIAL_TEMPLATES = (
+    # shape only
+    ("a photo of a {shape}.", ("shape",)),
+    ("a picture of a {shape}.", ("shape",)),
+    ("{art_shape} {shape}", ("shape",)),
+    ("the {shape}.", ("shape",)),
+    ("a photo of the {shape}.", ("shape",)),
+    # colour only
+    ("a photo of a {color} object.", ("color",)),
+    ("a picture of a {color} shape.", ("color",)),
+    ("something {color}.", ("color",)),
+    ("{art_color} {color} thing", ("color",)),
+    # size only
+    ("a photo of a {size} object.", ("size",)),
+    ("a {size} shape.", ("size",)),
+    # two attributes
+    ("a photo of {art_color} {color} {shape}.", ("color", "shape")),
+    ("{art_color} {color} {shape}", ("color", "shape")),
+    ("a photo of a {size} {shape}.", ("size", "shape")),
+    ("a {size} {shape}", ("size", "shape")),
+    ("a photo of a {size} {color} object.", ("size", "color")),
+)
+PARTIAL_PROB = 0.35
+
+
+def caption_for(size: str, color: str, shape: str, rng: np.random.Generator):
+    """One caption for the image and the attributes it names: (text, (size|None, color|None, shape|None))."""
+    fields = dict(size=size, color=color, shape=shape, art_color=article(color), art_shape=article(shape))
+    if rng.random() < PARTIAL_PROB:
+        template, named = PARTIAL_TEMPLATES[rng.integers(len(PARTIAL_TEMPLATES))]
+    else:
+        template, named = FULL_TEMPLATES[rng.integers(len(FULL_TEMPLATES))], ("size", "color", "shape")
+    spec = tuple(v if k in named else None for k, v in (("size", size), ("color", color), ("shape", shape)))
+    return template.format(**fields), spec
+
+
+# --------------------------------------------------------------------------- tokenizer
+EXTRA_WORDS = """
+a an the of photo picture image drawing painting rendering sketch render illustration
+shape shapes object objects thing things something one two three four five six seven eight
+small large big tiny little huge medium size sized colour color colored coloured
+is are this that there in on at with and or to it its of by for from as be not no
+background texture textured noise noisy striped stripes checker checkered gradient blur blurry
+dark light bright pale pink brown gray grey cyan magenta gold silver violet
+rectangle oval ellipse pentagon octagon heart arrow line dot point polygon moon
+left right top bottom center middle corner
+close up view centered picture of plain simple solid outline filled hollow
+dog cat car person tree house bird flower
+""".split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """OpenAI CLIP / GPT-2's reversible byte -> printable unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tokenizer_corpus(rng: np.random.Generator) -> list[str]:
+    """Text the BPE merges are learned from: every caption word, weighted, plus common words."""
+    lines = []
+    for _ in range(2000):
+        s, c, sh = SIZES[rng.integers(2)], COLORS[rng.integers(8)], SHAPES[rng.integers(8)]
+        lines.append(caption_for(s, c, sh, rng)[0])
+    lines += [" ".join(SHAPES + COLORS + SIZES)] * 50
+    lines += EXTRA_WORDS * 3
+    return lines
+
+
+def build_tokenizer_files(out_dir: Path, seed: int) -> tuple[Path, Path]:
+    """Learns byte-level BPE merges with `tokenizers` (CLIP's pre-tokenization and `</w>`
+    word ends) and writes vocab.json + merges.txt in OpenAI CLIP's layout."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    tok = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                behavior="removed",
+                invert=True,
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = BpeTrainer(
+        vocab_size=4096,  # an upper bound: training stops once every corpus word is one token
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        continuing_subword_prefix="",
+    )
+    tok.train_from_iterator(tokenizer_corpus(np.random.default_rng(seed)), trainer)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+
+    byte_symbols = list(_bytes_to_unicode().values())
+    vocab_list = byte_symbols + [b + "</w>" for b in byte_symbols]
+    known = set(vocab_list)
+    for a, b in merges:
+        assert a in known and b in known, (a, b)
+        if a + b not in known:
+            vocab_list.append(a + b)
+            known.add(a + b)
+    vocab_list += [BOS, EOS]
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = out_dir / "vocab.json", out_dir / "merges.txt"
+    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return vocab_file, merges_file
+
+
+# --------------------------------------------------------------------------- data
+def preprocess(images) -> "torch.Tensor":
+    """What CLIPImageProcessor does to a 64x64 RGB image (resize/crop are identities here)."""
+    import torch
+
+    x = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0
+    x = (x - np.array(OPENAI_CLIP_MEAN, np.float32)) / np.array(OPENAI_CLIP_STD, np.float32)
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def train_pairs() -> list[tuple[str, str]]:
+    held = set(HELD_OUT)
+    return [(c, s) for c in COLORS for s in SHAPES if (c, s) not in held]
+
+
+def sample_batch(rng: np.random.Generator, batch: int, pairs):
+    images, texts, attrs, specs = [], [], [], []
+    for _ in range(batch):
+        color, shape = pairs[rng.integers(len(pairs))]
+        size = SIZES[rng.integers(len(SIZES))]
+        images.append(shapes.render(shape, color, size, rng, IMAGE_SIZE))
+        text, spec = caption_for(size, color, shape, rng)
+        texts.append(text)
+        attrs.append((size, color, shape))
+        specs.append(spec)
+    return images, texts, attrs, specs
+
+
+def match_matrix(attrs, specs) -> "torch.Tensor":
+    """M[i, j] = 1 when caption j describes image i (agrees on every attribute it names)."""
+    import torch
+
+    a = np.array(attrs, dtype=object)
+    m = np.ones((len(attrs), len(specs)), dtype=np.float32)
+    for k in range(3):
+        named = np.array([s[k] is not None for s in specs])
+        vals = np.array([s[k] if s[k] is not None else "" for s in specs], dtype=object)
+        eq = a[:, k][:, None] == vals[None, :]
+        m *= np.where(named[None, :], eq, True).astype(np.float32)
+    return torch.from_numpy(m)
+
+
+# --------------------------------------------------------------------------- model
+def make_config(vocab_size: int, bos_id: int, eos_id: int):
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=CONTEXT_LENGTH,
+        hidden_act="quick_gelu",
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    vision = dict(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        hidden_act="quick_gelu",
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64, logit_scale_init_value=2.6592)
+
+
+def contrastive_loss(logits_per_image, match):
+    """CLIP's symmetric cross-entropy, with every matching caption/image a positive."""
+    import torch.nn.functional as F
+
+    t_i = match / match.sum(1, keepdim=True)
+    t_t = match.t() / match.t().sum(1, keepdim=True)
+    li = -(t_i * F.log_softmax(logits_per_image, 1)).sum(1).mean()
+    lt = -(t_t * F.log_softmax(logits_per_image.t(), 1)).sum(1).mean()
+    return (li + lt) / 2
+
+
+# --------------------------------------------------------------------------- evaluation
+def eval_images(seed: int, n_seen: int, n_held: int):
+    """Fresh images (a seed training never uses): uniform over seen pairs, and over HELD_OUT."""
+    rng = np.random.default_rng(seed)
+    seen, held = train_pairs(), list(HELD_OUT)
+    out = []
+    for pairs, n, group in ((seen, n_seen, "seen"), (held, n_held, "held_out")):
+        for _ in range(n):
+            color, shape = pairs[rng.integers(len(pairs))]
+            size = SIZES[rng.integers(len(SIZES))]
+            out.append((shapes.render(shape, color, size, rng, IMAGE_SIZE), size, color, shape, group))
+    return out
+
+
+def zero_shot(model_dir: Path, examples, batch: int = 256) -> dict:
+    """Zero-shot accuracies through the saved folder with CLIPProcessor + CLIPModel."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    tasks = {
+        "shape": (SHAPES, [SHAPE_PROMPT.format(shape=s) for s in SHAPES], lambda e: SHAPES.index(e[3])),
+        "color": (COLORS, [COLOR_PROMPT.format(color=c) for c in COLORS], lambda e: COLORS.index(e[2])),
+        "size": (SIZES, [SIZE_PROMPT.format(size=z) for z in SIZES], lambda e: SIZES.index(e[1])),
+    }
+    full = [(z, c, s) for z in SIZES for c in COLORS for s in SHAPES]
+    tasks["caption"] = (full, [CAPTION_PROMPT.format(size=z, color=c, shape=s) for z, c, s in full], lambda e: full.index(e[1:4]))
+    results: dict = {}
+    with torch.no_grad():
+        for name, (labels, prompts, target) in tasks.items():
+            preds = []
+            for i in range(0, len(examples), batch):
+                chunk = examples[i : i + batch]
+                inputs = processor(text=prompts, images=[e[0] for e in chunk], return_tensors="pt", padding=True)
+                probs = model(**inputs).logits_per_image.softmax(dim=-1)
+                preds += probs.argmax(-1).tolist()
+            correct = np.array([p == target(e) for p, e in zip(preds, examples)])
+            groups = np.array([e[4] for e in examples])
+            results[name] = {
+                "classes": len(labels),
+                "chance": 1.0 / len(labels),
+                "all": float(correct.mean()),
+                "seen": float(correct[groups == "seen"].mean()),
+                "held_out": float(correct[groups == "held_out"].mean()),
+            }
+    return results
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-seen", type=int, default=1024)
+    p.add_argument("--eval-held", type=int, default=512)
+    args = p.parse_args(argv)
+
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    # tokenizer ---------------------------------------------------------------
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file, merges_file = build_tokenizer_files(Path(tmp), args.seed)
+        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=CONTEXT_LENGTH)
+        raw_vocab, raw_merges = vocab_file.read_text(encoding="utf-8"), merges_file.read_text(encoding="utf-8")
+    for word in SHAPES + COLORS + SIZES + ("a", "photo", "of", "the", "an", "picture", "object"):
+        assert len(tokenizer.tokenize(word)) == 1, (word, tokenizer.tokenize(word))
+    assert tokenizer.unk_token_id not in tokenizer("Ünïcödé ✓ 123 — ok?")["input_ids"][1:-1]
+    image_processor = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": IMAGE_SIZE},
+        resample=3,  # bicubic
+        do_center_crop=True,
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
+        do_convert_rgb=True,
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+    # model -------------------------------------------------------------------
+    config = make_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    model = CLIPModel(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"vocab {len(tokenizer)}  params {n_params / 1e6:.2f} M", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = max(1, args.steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, args.steps - warmup)
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    rng = np.random.default_rng(args.seed)
+    pairs = train_pairs()
+    model.train()
+    t_train = time.time()
+    ema = None
+    for step in range(args.steps):
+        images, texts, attrs, specs = sample_batch(rng, args.batch, pairs)
+        pixel_values = preprocess(images)
+        text_inputs = tokenizer(texts, padding=True, return_tensors="pt")
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        logits = model(pixel_values=pixel_values, **text_inputs).logits_per_image
+        loss = contrastive_loss(logits, match_matrix(attrs, specs))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {ema:.4f}  scale {model.logit_scale.exp().item():.1f}  lr {lr_at(step):.2e}  {time.time() - t_train:.0f}s", flush=True)
+    train_s = time.time() - t_train
+
+    # save --------------------------------------------------------------------
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "vocab.json").write_text(raw_vocab, encoding="utf-8")  # OpenAI-layout originals
+    (out / "merges.txt").write_text(raw_merges, encoding="utf-8")
+
+    # evaluate through the saved folder ----------------------------------------
+    t_eval = time.time()
+    examples = eval_images(args.seed + 10_000, args.eval_seen, args.eval_held)
+    results = zero_shot(out, examples)
+    eval_s = time.time() - t_eval
+    total_s = time.time() - t_start
+    for k, v in results.items():
+        print(f"{k:8s} {v['classes']:3d}-way  all {v['all']:.3f}  seen {v['seen']:.3f}  held-out {v['held_out']:.3f}  (chance {v['chance']:.3f})")
+
+    write_card(out, args, config, tokenizer, n_params, model.logit_scale.exp().item(), results, train_s, eval_s, total_s)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"saved {out} ({size / 1e6:.2f} MB)  train {train_s:.0f}s  total {total_s:.0f}s")
+
+
+def write_card(out: Path, args, config, tokenizer, n_params, logit_scale, results, train_s, eval_s, total_s) -> None:
+    import torch
+    import transformers
+
+    files = sorted(f for f in out.iterdir() if f.is_file() and f.name != "MODEL_CARD.md")
+    rows = "\n".join(
+        f"| {k} | {v['classes']}-way | {v['chance']:.3f} | {v['all']:.3f} | {v['seen']:.3f} | {v['held_out']:.3f} |"
+        for k, v in results.items()
+    )
+    held = ", ".join(f"{c} {s}" for c, s in HELD_OUT)
+    tc, vc = config.text_config, config.vision_config
+    card = f"""# builtin:shapes-clip
+
+A small **`transformers.CLIPModel`** (ViT image tower + causal text transformer) trained by
+vlmedge from scratch on generated images of coloured shapes
+(`exporters/builtin/shapes.py`), with a project-made CLIP byte-level BPE tokenizer.
+Nothing in this folder was downloaded. It exists so exporters, runtimes and tests can run a
+real CLIP end to end (image + text towers, tokenizer, image processor) offline in seconds.
+
+Load it with the ordinary classes:
+
+```python
+from transformers import CLIPModel, CLIPProcessor
+model = CLIPModel.from_pretrained("{out.name}")
+processor = CLIPProcessor.from_pretrained("{out.name}")   # CLIPTokenizer + CLIPImageProcessor
+```
+
+## Zero-shot accuracy
+
+Measured after saving, through this folder with `CLIPProcessor` + `CLIPModel`
+(argmax of `logits_per_image.softmax(-1)`) on {args.eval_seen + args.eval_held} fresh images
+(seed {args.seed + 10_000}, never used in training): {args.eval_seen} of (colour, shape) pairs seen in
+training and {args.eval_held} of the {len(HELD_OUT)} held-out pairs, sizes uniform.
+"all" is that mix ({args.eval_held / (args.eval_seen + args.eval_held):.0%} held-out), not uniform over the 64 pairs.
+
+| task | classes | chance | all | seen pairs | held-out pairs |
+|---|---|---|---|---|---|
+{rows}
+
+Prompts: shape `"{SHAPE_PROMPT}"`, colour `"{COLOR_PROMPT}"`, size `"{SIZE_PROMPT}"`,
+caption `"{CAPTION_PROMPT}"` (all 2 x 8 x 8 = 128 captions as classes).
+These prompt forms also occur among the training captions (as CLIP's prompt templates do).
+
+Held-out (colour, shape) pairs, never rendered for training, either size: {held}.
+Their captions were never seen either, so the held-out columns measure compositional
+generalisation of both towers.
+
+## Model
+
+* `CLIPConfig`: projection_dim {config.projection_dim}, logit_scale init {config.logit_scale_init_value} (learned, clamped to <= ln 100; trained value exp(logit_scale) = {logit_scale:.1f}).
+* vision: image_size {vc.image_size}, patch_size {vc.patch_size} ({(vc.image_size // vc.patch_size) ** 2} patches + CLS), hidden {vc.hidden_size}, MLP {vc.intermediate_size}, {vc.num_hidden_layers} layers, {vc.num_attention_heads} heads, {vc.hidden_act}.
+* text: vocab {tc.vocab_size}, max_position_embeddings {tc.max_position_embeddings} (CLIP's 77; captions use ~8-12), hidden {tc.hidden_size}, MLP {tc.intermediate_size}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, {tc.hidden_act}; bos/eos/pad ids {tc.bos_token_id}/{tc.eos_token_id}/{tc.pad_token_id} (pooled at the first `<|endoftext|>`).
+* {n_params / 1e6:.2f} M parameters, float32 safetensors.
+
+## Tokenizer
+
+`CLIPTokenizer` with a project-made byte-level BPE (`vocab.json` + `merges.txt`, OpenAI CLIP layout):
+256 byte symbols, the same with `</w>`, {len(tokenizer) - 514} merged tokens learned with the
+`tokenizers` BPE trainer on CLIP's pre-tokenization (the caption words plus ~200 common English
+words), then `<|startoftext|>` ({tokenizer.bos_token_id}) and `<|endoftext|>` ({tokenizer.eos_token_id}, also pad and unk).
+Every shape, colour and size word is one token; any other text falls back to byte-level
+pieces, so nothing maps to unk. Lower-cases like CLIP's. `model_max_length` {CONTEXT_LENGTH}.
+
+## Image processor
+
+`CLIPImageProcessor`: resize shortest edge {IMAGE_SIZE} (bicubic), center crop {IMAGE_SIZE}x{IMAGE_SIZE},
+rescale 1/255, normalise with OpenAI CLIP mean/std.
+
+## Data and recipe
+
+* Images: `shapes.render(shape, colour, size, rng, {IMAGE_SIZE})`, 8 shapes x 8 colours x 2 sizes on random textured
+  backgrounds, drawn fresh every step (no image repeats), from the {64 - len(HELD_OUT)} training (colour, shape) pairs.
+* Captions: {1 - PARTIAL_PROB:.0%} full ("a {{size}} {{color}} {{shape}}" in {len(FULL_TEMPLATES)} templates:
+  "a photo of a ...", "a picture of a ...", "a ... .", ...), {PARTIAL_PROB:.0%} partial naming one or two
+  attributes ({len(PARTIAL_TEMPLATES)} templates, e.g. "a photo of a {{shape}}.", "a photo of a {{color}} object.").
+* Loss: CLIP's symmetric contrastive cross-entropy over the batch, where every caption that
+  describes an image (agrees on each attribute it names) counts as a positive (targets spread
+  evenly over positives), since with 128 classes a batch holds many equal captions.
+* {args.steps} steps x batch {args.batch} ({args.steps * args.batch:,} pairs), AdamW lr {args.lr} (betas 0.9/0.98,
+  weight decay 0.05 on matrices), {max(1, args.steps // 20)} warmup steps then cosine to 2%, grad clip 1.0, seed {args.seed}.
+* Wall time: training {train_s / 60:.1f} min, evaluation {eval_s:.0f} s, total {total_s / 60:.1f} min on
+  {args.threads} CPU threads ({platform.processor() or platform.machine()}), torch {torch.__version__}, transformers {transformers.__version__}.
+
+## Reproduce
+
+```
+python exporters/builtin/train_shapes_clip.py --seed {args.seed} --steps {args.steps} --batch {args.batch}
+```
+
+(run from the repository root; writes this folder). Results vary slightly across machines / torch versions.
+
+## Files
+
+{chr(10).join(f"* `{f.name}` ({f.stat().st_size / 1024:.0f} KiB)" for f in files)}
+"""
+    (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

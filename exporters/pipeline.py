@@ -1,0 +1,159 @@
+"""export(): source -> graphs -> files per target and precision -> parity -> artifact.
+
+All or nothing: everything is written into a temporary folder that replaces the
+destination only after every file passed its parity gate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from vlmedge.artifact import Artifact, ArtifactWriter
+from vlmedge.check import PARITY_FILE
+from vlmedge.errors import ExportError, ParityError
+from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
+from vlmedge.exporters.parity import reference_outputs
+from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
+from vlmedge.runtimes.base import open_session
+
+TARGETS = ("onnx",)
+PRECISIONS = ("fp32",)
+Progress = Callable[[str], None]
+
+
+def package_versions(names: Iterable[str] = ("vlmedge", "torch", "transformers", "onnx", "onnxruntime",
+                                             "openvino", "nncf", "tensorrt", "numpy")) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _check_choices(kind: str, chosen: Iterable[str], allowed: tuple[str, ...]) -> list[str]:
+    chosen = list(dict.fromkeys(chosen))
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown or not chosen:
+        raise ExportError(f"Unsupported {kind} {', '.join(unknown) or '(none)'}; choose from {', '.join(allowed)}.")
+    return chosen
+
+
+def _graph_io(session, graph: GraphSpec) -> dict[str, Any]:
+    return {
+        "inputs": [i.to_dict() for i in session.inputs],
+        "outputs": [o.to_dict() for o in session.outputs],
+        "dynamic_axes": {name: {str(k): v for k, v in axes.items()} for name, axes in graph.dynamic_axes.items()},
+    }
+
+
+def _size_mb(paths: list[Path]) -> str:
+    return f"{sum(p.stat().st_size for p in paths) / 1e6:.1f} MB"
+
+
+def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
+           task: str | None = None, opset: int = DEFAULT_OPSET, gates: dict[str, Gate] | None = None,
+           progress: Progress | None = None, **source_options: Any) -> Artifact:
+    """Exports `model` to an artifact folder at `out` and returns it.
+
+    Args:
+        model: a Hugging Face folder or cached id, "builtin:NAME", or a torch.nn.Module
+            (then pass preprocess= and labels=).
+        out: the artifact folder; an existing artifact there is replaced only on success.
+        to: targets ("onnx").
+        precision: precisions ("fp32").
+        task: the task when the architecture does not imply it.
+        opset: ONNX opset (>= 17, so LayerNormalization is one operator).
+        gates: parity gates per precision, replacing the defaults (tightening is safe;
+            loosening is recorded in each report).
+        progress: called with a line of text at every step.
+    """
+    from vlmedge.exporters.sources import resolve
+
+    say = progress or (lambda message: None)
+    targets = _check_choices("target", to, TARGETS)
+    precisions = _check_choices("precision", precision, PRECISIONS)
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old; use 17 or newer.")
+    gates = {**GATES, **(gates or {})}
+    started = time.perf_counter()
+    say(f"loading {model if isinstance(model, str) else type(model).__name__}")
+    spec = resolve(model, task=task, **source_options)
+    with ArtifactWriter(Path(out)) as writer:
+        graphs_io: dict[str, Any] = {}
+        stored: dict[str, np.ndarray] = {}
+        for graph in spec.graphs:
+            feeds = spec.parity_feeds[graph.name]
+            say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
+            references = reference_outputs(graph, feeds)
+            stored.update({f"{graph.name}.input.{k}": v for k, v in feeds.items()})
+            stored.update({f"{graph.name}.reference.{k}": v for k, v in references.items()})
+            for target in targets:
+                for prec in precisions:
+                    relpath = f"{target}/{graph.name}.{prec}.onnx"
+                    t0 = time.perf_counter()
+                    files = export_onnx(graph, writer.path(relpath), opset=opset)
+                    say(f"[{graph.name}] exported {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
+                    session = open_session(writer.path(relpath), backend="onnxruntime")
+                    report = parity_report(
+                        references, run_in_batches(session, feeds), graph.compare, gates[prec],
+                        graph=graph.name, target=target, precision=prec, backend="onnxruntime",
+                        provider=session.provider,
+                    )
+                    if gates[prec] != GATES[prec]:
+                        report["gate_default"] = GATES[prec].to_dict()
+                    _raise_on_failure(report, relpath)
+                    say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report))
+                    graphs_io.setdefault(graph.name, _graph_io(session, graph))
+                    for extra in files[1:]:
+                        writer.add(extra.relative_to(writer.tmp).as_posix(), role="external_data", graph=graph.name)
+                    writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec,
+                               parity=report)
+        np.savez(writer.path(PARITY_FILE), **stored)
+        writer.add(PARITY_FILE, role="parity_inputs")
+        for relpath, source in spec.extra_files.items():
+            shutil.copyfile(source, writer.path(relpath))
+            writer.add(relpath, role="sample" if relpath.startswith("samples/") else "resource")
+        manifest = {
+            "task": spec.task,
+            "source": spec.source,
+            "graphs": graphs_io,
+            "preprocess": spec.preprocess,
+            "labels": spec.labels,
+            "postprocess": spec.postprocess,
+            "versions": package_versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "export": {"opset": opset, "targets": targets, "precisions": precisions},
+            **spec.manifest_extra,
+        }
+        artifact = writer.commit(manifest)
+    say(f"export success {time.perf_counter() - started:.1f}s, saved as '{artifact.root}'")
+    return artifact
+
+
+def _summary(report: dict[str, Any]) -> str:
+    parts = []
+    for name, m in report["outputs"].items():
+        text = f"{name} cosine {m['cosine_min']:.6f}, max abs {m['max_abs']:.2e}"
+        if "top1" in m:
+            text += f", top-1 {m['top1']:.0%}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _raise_on_failure(report: dict[str, Any], relpath: str) -> None:
+    if not report["passed"]:
+        raise ParityError(
+            f"{relpath} failed its {report['precision']} parity gate on {report['samples']} inputs: "
+            + "; ".join(report["failures"]) + ". No artifact was written."
+        )

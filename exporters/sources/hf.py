@@ -1,0 +1,183 @@
+"""Hugging Face models: a folder saved with save_pretrained, or a model id already in the
+local cache (never downloaded: vlmedge runs where there may be no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vlmedge.errors import ModelNotFoundError, UnsupportedModelError
+from vlmedge.exporters.samples import image_parity_feeds
+from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.preprocess.image import ImagePreprocessSpec
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def resolve_folder(reference: str) -> Path:
+    """A local folder, or the cached snapshot of a hub id, without touching the network."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnsupportedModelError(
+                f"{path} has no config.json; pass a folder written by save_pretrained()."
+            )
+        return path
+    if path.exists():
+        raise UnsupportedModelError(f"{path} is a file; pass the folder written by save_pretrained().")
+    if not _MODEL_ID.match(reference):
+        raise ModelNotFoundError(f"No model folder at {reference}; check the path.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(reference, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError, HFValidationError, OfflineModeIsEnabled ...
+        raise ModelNotFoundError(
+            f"'{reference}' is neither a local folder nor a model in the Hugging Face cache ({HF_HUB_CACHE}); "
+            f"download it where there is network (`hf download {reference}`) or pass a folder saved with save_pretrained()."
+        ) from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"Cannot read {path}: {exc}") from None
+
+
+def architecture(config: Any, folder: Path) -> str:
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        raise UnsupportedModelError(
+            f"{folder}/config.json names no architecture; save the model with save_pretrained() from its model class."
+        )
+    return architectures[0]
+
+
+def model_class(arch: str) -> type:
+    import transformers
+
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise UnsupportedModelError(f"Architecture {arch} is not in this version of transformers; vlmedge cannot export it.")
+    return cls
+
+
+def load_model(folder: Path, arch: str) -> torch.nn.Module:
+    """Loads weights (safetensors, or torch.load(weights_only=True) for .bin) in eval mode.
+
+    Eager attention keeps the exported graph to standard ONNX operators and lets
+    encoders return attention maps.
+    """
+    model = model_class(arch).from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+    return model.eval()
+
+
+def source_info(reference: str, folder: Path, arch: str, config: Any) -> dict[str, Any]:
+    config_bytes = (folder / "config.json").read_bytes()
+    return {
+        "kind": "huggingface",
+        "reference": reference,
+        "folder": str(folder.resolve()),
+        "architecture": arch,
+        "model_type": getattr(config, "model_type", None),
+        "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+    }
+
+
+def _image_classification_archs() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
+        names.update(value if isinstance(value, (tuple, list)) else [value])
+    return names
+
+
+def infer_task(arch: str) -> str:
+    if arch in _image_classification_archs() or arch.endswith("ForImageClassificationWithTeacher"):
+        return "image-classification"
+    for task, archs in TASK_ARCHITECTURES.items():
+        if arch in archs:
+            return task
+    raise UnsupportedModelError(f"vlmedge cannot export {arch}: it is not a supported image, CLIP or audio model.")
+
+
+class LogitsOnly(torch.nn.Module):
+    """A classifier as a graph with one tensor in (pixel_values) and one out (logits)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def image_preprocess(folder: Path) -> ImagePreprocessSpec:
+    config_path = folder / "preprocessor_config.json"
+    if not config_path.is_file():
+        raise UnsupportedModelError(
+            f"{folder} has no preprocessor_config.json; save the model's image processor beside it "
+            "(processor.save_pretrained(folder)) so vlmedge can reproduce its preprocessing."
+        )
+    return ImagePreprocessSpec.from_hf(read_json(config_path))
+
+
+def image_classifier(folder: Path, config: Any, arch: str, reference: str, **_: Any) -> ExportSpec:
+    """ViT, DeiT (with and without distillation head), BEiT, Swin, DINOv2 and any other
+    Hugging Face image classifier."""
+    preprocess = image_preprocess(folder)
+    model = load_model(folder, arch)
+    height, width = preprocess.output_size
+    pixels, sample_files = image_parity_feeds(preprocess)
+    graph = GraphSpec(
+        name="model",
+        module=LogitsOnly(model),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        example_inputs={"pixel_values": torch.randn(2, 3, height, width)},
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        compare={"logits": "logits"},
+    )
+    multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+    return ExportSpec(
+        task="image-classification",
+        graphs=[graph],
+        preprocess={"image": preprocess.to_dict()},
+        labels=[str(config.id2label[i]) for i in range(config.num_labels)],
+        postprocess={"activation": "sigmoid" if multi_label else "softmax"},
+        source=source_info(reference, folder, arch, config),
+        parity_feeds={"model": {"pixel_values": pixels}},
+        extra_files=sample_files,
+    )
+
+
+# task -> architectures other than the image classifiers, filled in by each task's source module
+TASK_ARCHITECTURES: dict[str, set[str]] = {}
+# task -> function(folder, config, arch, reference, **options) -> ExportSpec
+BUILDERS: dict[str, Callable[..., ExportSpec]] = {"image-classification": image_classifier}
+
+
+def from_hf(reference: str, task: str | None = None, **options: Any) -> ExportSpec:
+    """Builds the ExportSpec of a Hugging Face model folder or cached model id."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    folder = resolve_folder(reference)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UnsupportedModelError(f"Cannot read the model config in {folder}: {exc}") from None
+    arch = architecture(config, folder)
+    task = task or infer_task(arch)
+    if task not in BUILDERS:
+        raise UnsupportedModelError(f"vlmedge cannot export {arch} for the task '{task}'.")
+    return BUILDERS[task](folder, config, arch, options.pop("reference", reference), **options)

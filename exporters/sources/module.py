@@ -1,0 +1,46 @@
+"""A plain torch.nn.Module from Python, with the preprocessing and labels it was trained with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlmedge.errors import UnsupportedModelError
+from vlmedge.exporters.samples import image_parity_feeds
+from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.preprocess.image import ImagePreprocessSpec
+
+
+def from_module(module: torch.nn.Module, task: str | None = None, preprocess: ImagePreprocessSpec | dict | None = None,
+                labels: list[str] | None = None, name: str | None = None, **_: Any) -> ExportSpec:
+    """An image classifier module: (N, 3, H, W) float pixels -> (N, num_labels) logits."""
+    if (task or "image-classification") != "image-classification":
+        raise UnsupportedModelError(f"A plain torch module can be exported for image-classification only, not '{task}'.")
+    if preprocess is None or labels is None:
+        raise UnsupportedModelError(
+            "A plain torch module needs preprocess= (an ImagePreprocessSpec or its dict) and labels= to be exported."
+        )
+    spec = preprocess if isinstance(preprocess, ImagePreprocessSpec) else ImagePreprocessSpec.from_dict(preprocess)
+    height, width = spec.output_size
+    pixels, sample_files = image_parity_feeds(spec)
+    module = module.eval()
+    with torch.no_grad():
+        out = module(torch.from_numpy(pixels[:2]))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != len(labels):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UnsupportedModelError(
+            f"The module must return one (N, {len(labels)}) logits tensor for {len(labels)} labels, but it returned {shape}."
+        )
+    graph = GraphSpec(
+        name="model", module=module, input_names=["pixel_values"], output_names=["logits"],
+        example_inputs={"pixel_values": torch.randn(2, 3, height, width)},
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        compare={"logits": "logits"},
+    )
+    return ExportSpec(
+        task="image-classification", graphs=[graph], preprocess={"image": spec.to_dict()},
+        labels=[str(label) for label in labels], postprocess={"activation": "softmax"},
+        source={"kind": "module", "reference": name or type(module).__name__, "architecture": type(module).__name__},
+        parity_feeds={"model": {"pixel_values": pixels}}, extra_files=sample_files,
+    )

@@ -1,0 +1,44 @@
+"""ExportSpec: what a model source yields, and all that the rest of the export needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class GraphSpec:
+    """One graph to export: a module with plain tensor inputs and outputs.
+
+    `compare` names, per output, how parity reads it: "logits" (also compares
+    probabilities and top-k agreement) or "embedding" (cosine and abs error only).
+    """
+
+    name: str
+    module: torch.nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    example_inputs: dict[str, torch.Tensor]
+    dynamic_axes: dict[str, dict[int, str]]
+    compare: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSpec:
+    """Everything a source model contributes to an artifact."""
+
+    task: str
+    graphs: list[GraphSpec]
+    preprocess: dict[str, Any]
+    labels: list[str] | None
+    postprocess: dict[str, Any]
+    source: dict[str, Any]
+    # graph -> input name -> array: the inputs parity runs (bundled samples + seeded random ones)
+    parity_feeds: dict[str, dict[str, np.ndarray]]
+    # artifact-relative path -> file to copy in (tokenizer, sample inputs)
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    manifest_extra: dict[str, Any] = field(default_factory=dict)

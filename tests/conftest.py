@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny Hugging Face models of the real classes with seeded weights,
+saved with save_pretrained beside image processors of different kinds, and image files
+of varied size, aspect and mode."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.hf_models import FAMILIES, image_processor, tiny_classifier
+
+# No test may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "exporters" / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def hf_classifier_dir(tmp_path_factory):
+    """family -> folder with model.safetensors, config.json and preprocessor_config.json."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    made: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in made:
+            folder = tmp_path_factory.mktemp(f"hf-{family}")
+            tiny_classifier(family).save_pretrained(folder)
+            image_processor(FAMILIES[family], 32).save_pretrained(folder)
+            made[family] = folder
+        return made[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> list[Path]:
+    """Images of varied size, aspect and mode, as files."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+
+    def noise(h, w, c=3):
+        smooth = rng.integers(0, 256, size=(max(h // 8, 2), max(w // 8, 2), c), dtype=np.uint8)
+        return np.asarray(Image.fromarray(smooth.squeeze()).resize((w, h), Image.BILINEAR))
+
+    files = []
+    for name, array, mode in [
+        ("wide.jpg", noise(120, 300), "RGB"),
+        ("tall.png", noise(410, 90), "RGB"),
+        ("tiny.png", noise(7, 5), "RGB"),
+        ("gray.png", noise(64, 80, 1).squeeze(), "L"),
+        ("rgba.png", noise(50, 50, 4), "RGBA"),
+    ]:
+        path = folder / name
+        Image.fromarray(array, mode).save(path)
+        files.append(path)
+    palette = Image.fromarray(noise(40, 60)).convert("P", palette=Image.ADAPTIVE)
+    palette.save(folder / "palette.gif")
+    files.append(folder / "palette.gif")
+    return files + sorted(SAMPLES.glob("*"))

@@ -1,0 +1,405 @@
+"""vlmedge.preprocess.image: decoding, RGB conversion and HF-identical preprocessing.
+
+Golden tests build Hugging Face Pillow-backend image processors, save them with
+save_pretrained, read the JSON back through ``ImagePreprocessSpec.from_hf`` and compare with
+``processor(image, return_tensors="np")``; they skip when transformers is absent. The
+implementation follows HF's operations and dtypes step for step (measured difference: 0.0),
+so the 1e-5 gate only leaves room for float noise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+
+from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
+from vlmedge.preprocess import image as I
+from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+
+ATOL = 1e-5
+REPO = Path(__file__).resolve().parent.parent
+SIZES = {"tiny-7x5": (5, 7), "landscape-640x480": (480, 640), "portrait-300x1000": (1000, 300)}
+
+# name -> (Pil processor class, kwargs): resize-only, resize + crop, shortest edge + crop, crop_pct, ...
+PROCESSORS = {
+    "vit-bilinear": ("ViTImageProcessorPil", {}),
+    "vit-nearest": ("ViTImageProcessorPil", {"resample": 0, "size": {"height": 97, "width": 131}}),
+    "vit-lanczos": ("ViTImageProcessorPil", {"resample": 1}),
+    "vit-box": ("ViTImageProcessorPil", {"resample": 4, "size": {"height": 64, "width": 48}}),
+    "vit-hamming": ("ViTImageProcessorPil", {"resample": 5}),
+    "deit-resize-crop": ("DeiTImageProcessorPil", {}),
+    "deit-crop-pads": ("DeiTImageProcessorPil", {"do_resize": False, "crop_size": {"height": 33, "width": 500}}),
+    "beit-bicubic": ("BeitImageProcessorPil", {}),
+    "bit-shortest-edge": ("BitImageProcessorPil", {}),
+    "clip-shortest-edge": ("CLIPImageProcessorPil", {}),
+    "clip-longest-edge": ("CLIPImageProcessorPil", {"size": {"shortest_edge": 200, "longest_edge": 250},
+                                                    "crop_size": {"height": 190, "width": 230}}),
+    "clip-no-normalize": ("CLIPImageProcessorPil", {"do_normalize": False}),
+    "clip-no-rescale": ("CLIPImageProcessorPil", {"do_rescale": False}),
+    "siglip": ("SiglipImageProcessorPil", {}),
+    "convnext-crop-pct": ("ConvNextImageProcessorPil", {"size": {"shortest_edge": 224}}),
+    "convnext-384-warp": ("ConvNextImageProcessorPil", {}),
+    "levit": ("LevitImageProcessorPil", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def processors(hf, tmp_path_factory):
+    """name -> (HF processor, spec read back from its saved preprocessor_config.json)."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            cls, kwargs = PROCESSORS[name]
+            processor = getattr(hf, cls)(**kwargs)
+            folder = tmp_path_factory.mktemp(name)
+            processor.save_pretrained(folder)
+            config = json.loads((folder / "preprocessor_config.json").read_text())
+            made[name] = processor, ImagePreprocessSpec.from_hf(config)
+        return made[name]
+
+    return get
+
+
+def _pattern(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Gradients with 30% noise pixels: every resample filter and rounding rule shows in it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256, (x * y) % 256], -1)
+    noise = rng.integers(0, 256, (h, w, 4))
+    return np.where(rng.random((h, w, 1)) < 0.3, noise, base)[..., :channels].astype(np.uint8)
+
+
+def _mode_image(mode: str) -> tuple[Image.Image, str, dict]:
+    """(image, format, save kwargs) for each mode worth checking; 61x47 so nothing is square."""
+    rgba = Image.fromarray(_pattern(47, 61, 4))
+    if mode == "P-transparency":
+        image = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        return image, "PNG", {"transparency": 3}
+    if mode == "I;16":
+        return Image.fromarray((_pattern(47, 61, 1)[..., 0].astype(np.uint16) * 300)), "PNG", {}
+    if mode == "exif6":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+        return rgba.convert("RGB"), "JPEG", {"exif": exif, "quality": 90}
+    if mode == "CMYK":
+        return rgba.convert("CMYK"), "JPEG", {"quality": 90}
+    return rgba.convert(mode), "PNG", {}
+
+
+MODES = ["RGB", "L", "LA", "P", "P-transparency", "RGBA", "CMYK", "I;16", "exif6"]
+
+
+@pytest.fixture(scope="module")
+def mode_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("modes")
+    files = {}
+    for mode in MODES:
+        image, fmt, kwargs = _mode_image(mode)
+        files[mode] = folder / f"{mode.replace(';', '_')}.{'jpg' if fmt == 'JPEG' else 'png'}"
+        image.save(files[mode], fmt, **kwargs)
+    return files
+
+
+@pytest.fixture(scope="module")
+def size_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sizes")
+    files = {}
+    for name, (h, w) in SIZES.items():
+        files[name] = folder / f"{name}.png"
+        Image.fromarray(_pattern(h, w, seed=h)).save(files[name])
+    return files
+
+
+def _assert_close(ours: np.ndarray, ref: np.ndarray) -> float:
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    diff = float(np.abs(ours.astype(np.float64) - ref).max())
+    assert diff <= ATOL
+    return diff
+
+
+# --- HF parity ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_matches_hf_processor(name, size, processors, size_files, hf):
+    processor, spec = processors(name)
+    ref = processor(hf.image_utils.load_image(str(size_files[size])), return_tensors="np")["pixel_values"]
+    ours = preprocess_images([load_image(size_files[size])], spec)
+    _assert_close(ours, ref)
+    assert ours.shape[2:] == spec.output_size
+
+
+@pytest.mark.parametrize("name", ["clip-shortest-edge", "vit-bilinear"])  # do_convert_rgb True / unset
+@pytest.mark.parametrize("mode", MODES)
+def test_files_and_bytes_follow_hf_load_image(mode, name, mode_files, processors, hf):
+    """Files take HF load_image's path: EXIF transpose, then convert("RGB") (alpha dropped)."""
+    processor, spec = processors(name)
+    path = mode_files[mode]
+    hf_image = hf.image_utils.load_image(str(path))
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(hf_image))
+    assert np.array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(hf_image))
+    ref = processor(hf_image, return_tensors="np")["pixel_values"]
+    _assert_close(preprocess_images([load_image(str(path))], spec), ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pil_images_follow_hf_convert_to_rgb(mode, mode_files, processors):
+    """PIL images get the EXIF orientation, then the processor's convert_to_rgb (alpha on white)."""
+    processor, spec = processors("clip-shortest-edge")
+    with Image.open(mode_files[mode]) as opened:
+        ours = preprocess_images([load_image(opened)], spec)
+        ref = processor(ImageOps.exif_transpose(opened), return_tensors="np")["pixel_values"]
+    _assert_close(ours, ref)
+
+
+def test_exif_orientation_is_applied(mode_files):
+    with Image.open(mode_files["exif6"]) as raw:
+        assert raw.size == (61, 47)
+    assert load_image(mode_files["exif6"]).size == (47, 61)
+
+
+def test_alpha_dropped_for_files_but_composited_for_pil(mode_files):
+    """HF's own asymmetry, kept: load_image(path) drops alpha, convert_to_rgb composites it."""
+    path = mode_files["RGBA"]
+    rgba = np.asarray(Image.open(path)).astype(np.float64)
+    from_file = np.asarray(load_image(path)).astype(np.float64)
+    from_pil = np.asarray(load_image(Image.open(path))).astype(np.float64)
+    assert np.array_equal(from_file, rgba[..., :3])
+    alpha = rgba[..., 3:] / 255
+    assert np.abs(from_pil - (alpha * rgba[..., :3] + (1 - alpha) * 255)).max() <= 1
+
+
+@pytest.mark.parametrize("channels", [3, 4, 1])
+def test_numpy_arrays_match_hf(channels, processors):
+    processor, spec = processors("clip-shortest-edge")
+    array = _pattern(37, 53, max(channels, 3) if channels != 1 else 1, seed=channels)
+    if channels == 4:
+        array[..., 3] = np.linspace(0, 255, array.shape[1]).astype(np.uint8)  # every alpha level
+    ref = processor(array, return_tensors="np")["pixel_values"]
+    _assert_close(preprocess_images([load_image(array)], spec), ref)
+
+
+def test_numpy_gray_2d_matches_hf_mode_l(processors):
+    """HF refuses 2-D arrays; vlmedge reads them as the mode L image they are."""
+    processor, spec = processors("vit-bilinear")
+    gray = _pattern(40, 30, 1)[..., 0]
+    ref = processor(Image.fromarray(gray).convert("RGB"), return_tensors="np")["pixel_values"]
+    _assert_close(preprocess_images([load_image(gray)], spec), ref)
+
+
+@pytest.mark.parametrize("fmt", I.FORMATS)
+def test_every_allowed_format_decodes_like_hf(fmt, tmp_path, hf):
+    path = tmp_path / f"image.{fmt.lower()}"
+    Image.fromarray(_pattern(30, 40)).save(path, fmt)
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(hf.image_utils.load_image(str(path))))
+
+
+def test_old_style_configs_resolve_like_hf(hf, tmp_path, size_files):
+    """Int sizes and missing keys get the processor class's defaults, as from_pretrained does."""
+    configs = {
+        "ViTImageProcessorPil": {"feature_extractor_type": "ViTFeatureExtractor", "size": 96, "resample": 3},
+        "CLIPImageProcessorPil": {"image_processor_type": "CLIPImageProcessor", "size": 100, "crop_size": 90,
+                                  "do_center_crop": None},
+        "DeiTImageProcessorPil": {"image_processor_type": "DeiTImageProcessorFast", "crop_size": [80, 70]},
+    }
+    for cls, config in configs.items():
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+        processor = getattr(hf, cls).from_pretrained(tmp_path)
+        spec = ImagePreprocessSpec.from_hf(config)
+        image = load_image(size_files["landscape-640x480"])
+        _assert_close(preprocess_images([image], spec), processor(image, return_tensors="np")["pixel_values"])
+    assert ImagePreprocessSpec.from_hf(configs["ViTImageProcessorPil"]).size == {"height": 96, "width": 96}
+    assert ImagePreprocessSpec.from_hf(configs["CLIPImageProcessorPil"]).size == {"shortest_edge": 100}
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=st.integers(1, 3000), w=st.integers(1, 3000), edge=st.integers(1, 600), extra=st.integers(1, 900))
+def test_resize_output_size_matches_hf(h, w, edge, extra):
+    T = pytest.importorskip("transformers.image_transforms")
+    ref = T.get_resize_output_image_size(np.zeros((1, h, w)), edge, default_to_square=False, input_data_format="channels_first")
+    assert I.resize_output_size(h, w, {"shortest_edge": edge}) == tuple(ref)
+    longest = edge + extra
+    ref = T.get_size_with_aspect_ratio((h, w), edge, longest)
+    assert I.resize_output_size(h, w, {"shortest_edge": edge, "longest_edge": longest}) == tuple(ref)
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), ch=st.integers(1, 12), cw=st.integers(1, 12))
+def test_center_crop_matches_hf(h, w, ch, cw):
+    T = pytest.importorskip("transformers.image_transforms")
+    array = np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3) + 1
+    ref = T.center_crop(array.transpose(2, 0, 1), (ch, cw), input_data_format="channels_first")
+    assert np.array_equal(I.center_crop(array, ch, cw), ref.transpose(1, 2, 0))
+
+
+# --- spec -----------------------------------------------------------------------------------
+
+
+def _spec(**overrides) -> ImagePreprocessSpec:
+    return ImagePreprocessSpec(**{"size": {"height": 24, "width": 32}, **overrides})
+
+
+def test_spec_round_trips_through_json():
+    spec = _spec(do_center_crop=True, crop_size={"height": 16, "width": 16}, resample="bicubic",
+                 image_mean=[0.1, 0.2, 0.3], channel_order="BGR", layout="NHWC")
+    again = ImagePreprocessSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.output_size == (16, 16)
+    assert _spec().output_size == (24, 32)
+
+
+def test_bgr_and_nhwc_are_views_of_the_same_values():
+    image = Image.fromarray(_pattern(50, 70))
+    base = preprocess_images([image, image], _spec())
+    assert base.shape == (2, 3, 24, 32) and base.flags.c_contiguous
+    other = preprocess_images([image], _spec(channel_order="BGR", layout="NHWC"))
+    assert np.array_equal(other[0], base[0].transpose(1, 2, 0)[..., ::-1])
+
+
+@pytest.mark.parametrize("bad", [{"size": {"height": 2, "width": 2}, "colour": "red"}, {"resample": "bilinear"}, []])
+def test_from_dict_rejects_unknown_keys_as_artifact_error(bad):
+    with pytest.raises(ArtifactError, match="spec is malformed"):
+        ImagePreprocessSpec.from_dict(bad)
+
+
+def test_from_dict_rejects_bad_values_as_artifact_error():
+    with pytest.raises(ArtifactError, match="resample"):
+        ImagePreprocessSpec.from_dict({**_spec().to_dict(), "resample": "sinc"})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"size": {"shortest_edge": 224}}, "depend on each image"),
+    ({"do_resize": False}, "depend on each image"),
+    ({"do_center_crop": True}, "crop_size is missing"),
+    ({"size": {"height": 0, "width": 3}}, "positive integer"),
+    ({"image_std": (0.5, 0.0, 0.5)}, "must not contain 0"),
+    ({"image_mean": (0.5, 0.5)}, "three numbers"),
+    ({"layout": "CHW"}, "layout"),
+    ({"do_normalize": "yes"}, "true or false"),
+])
+def test_spec_validation(overrides, message):
+    with pytest.raises(InputError, match=message):
+        _spec(**overrides)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"image_processor_type": "DPTImageProcessor"}, "DPT"),
+    ({"size": 224}, "unknown type"),
+    ({"image_processor_type": "ViTImageProcessor", "do_pad": True, "pad_size": 256}, "pad_size"),
+    ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "do_center_crop": True, "crop_size": 200},
+     "second centre crop"),
+    ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "depend on each image"),
+])
+def test_from_hf_refuses_what_it_cannot_reproduce(config, message):
+    with pytest.raises(UnsupportedModelError, match=message):
+        ImagePreprocessSpec.from_hf(config)
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.jpg does not exist"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        load_image(str(tmp_path))
+
+
+def test_text_file_named_jpg(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image")
+    with pytest.raises(InputError, match=r"notes\.jpg is not a readable JPEG"):
+        load_image(path)
+
+
+def test_format_outside_allowlist(tmp_path):
+    path = tmp_path / "icon.ico"
+    Image.fromarray(_pattern(16, 16)).save(path)
+    with pytest.raises(InputError, match=r"icon\.ico is not a readable"):
+        load_image(path)
+
+
+def test_truncated_jpeg(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(_pattern(200, 300)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(InputError, match=r"cut\.jpg could not be decoded.*truncated"):
+        load_image(path)
+    with pytest.raises(InputError, match="image bytes could not be decoded"):
+        load_image(path.read_bytes())
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # Pillow warns between 1x and 2x its limit, raises above
+def test_decompression_bomb_header(side, tmp_path):
+    path = tmp_path / "bomb.ppm"
+    path.write_bytes(f"P6 {side} {side} 255\n".encode() + b"\0" * 64)
+    with pytest.raises(InputError, match=r"bomb\.ppm is too large"):
+        load_image(path)
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(_pattern(48, 64)).save(path)
+    monkeypatch.setattr(I, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(InputError, match=r"big\.png is too large.*1,000 pixels"):
+        load_image(path)
+
+
+def test_url_is_refused():
+    with pytest.raises(InputError, match="does not download"):
+        load_image("https://example.com/cat.jpg")
+
+
+@pytest.mark.parametrize("value", [42, None, [np.zeros((4, 4, 3), np.uint8)]])
+def test_unsupported_type(value):
+    with pytest.raises(InputError, match="Cannot read an image from a"):
+        load_image(value)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((8, 8, 5), np.uint8), r"shape .*not \(8, 8, 5\)"),
+    (np.zeros((2, 8, 8, 3), np.uint8), r"not \(2, 8, 8, 3\)"),
+    (np.zeros((8,), np.uint8), r"not \(8,\)"),
+    (np.zeros((8, 8, 3), np.float32), "dtype uint8"),
+    (np.zeros((8, 8), np.uint16), "dtype uint8"),
+    (np.zeros((0, 8, 3), np.uint8), "empty"),
+    (np.zeros((0, 0), np.uint8), "empty"),
+])
+def test_bad_arrays(array, message):
+    with pytest.raises(InputError, match=message):
+        load_image(array)
+
+
+def test_preprocess_images_rejects_non_lists():
+    with pytest.raises(InputError, match="non-empty list"):
+        preprocess_images([], _spec())
+    with pytest.raises(InputError, match="takes PIL images"):
+        preprocess_images([np.zeros((4, 4, 3), np.uint8)], _spec())
+
+
+def test_module_imports_neither_torch_nor_transformers():
+    code = ("import sys, vlmedge.preprocess.image; "
+            "print([m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,27 @@
+"""vlmedge: export vision, vision-language and audio transformers to ONNX, OpenVINO and
+TensorRT, verify them against their source, and serve them without PyTorch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmedge.errors import VlmedgeError
+
+__version__ = "0.1.0"
+
+
+def load(path: Any, backend: str = "auto", device: str = "cpu", precision: str | None = None, **options: Any):
+    """Loads an artifact folder and returns its task pipeline (see vlmedge.tasks.load)."""
+    from vlmedge.tasks import load as _load
+
+    return _load(path, backend=backend, device=device, precision=precision, **options)
+
+
+def export(model: Any, out: Any, **kwargs: Any):
+    """Exports a model to an artifact (needs the 'export' extra: torch, transformers, onnx)."""
+    from vlmedge.exporters.pipeline import export as _export
+
+    return _export(model, out, **kwargs)
+
+
+__all__ = ["VlmedgeError", "__version__", "export", "load"]

@@ -1,0 +1,125 @@
+"""Parity gates and the numpy comparison behind them (torch-free, so `vlmedge check`
+runs on the edge device)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Thresholds one exported file must meet against the source model."""
+
+    min_cosine: float
+    max_abs: float | None
+    min_top1: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+GATES = {
+    "fp32": Gate(min_cosine=0.99999, max_abs=1e-3, min_top1=1.0),
+    "fp16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99),
+    "bf16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99),
+    "int8": Gate(min_cosine=0.99, max_abs=None, min_top1=0.95),
+}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = (a * b).sum(axis=1)
+    # Two all-zero rows are identical; one zero row against a non-zero one is not.
+    return np.where(norms > 0, dots / np.maximum(norms, 1e-300), np.where(np.abs(a).sum(1) + np.abs(b).sum(1) == 0, 1.0, 0.0))
+
+
+def _topk_agreement(reference: np.ndarray, actual: np.ndarray, k: int) -> float:
+    k = min(k, reference.shape[-1])
+    ref_top = np.argsort(-reference, axis=-1, kind="stable")[:, :k]
+    act_top1 = actual.argmax(axis=-1)
+    if k == 1:
+        return float((ref_top[:, 0] == act_top1).mean())
+    act_top = np.argsort(-actual, axis=-1, kind="stable")[:, :k]
+    return float(np.mean([set(r) == set(a) for r, a in zip(ref_top, act_top)]))
+
+
+def compare_output(reference: np.ndarray, actual: np.ndarray, kind: str = "embedding") -> dict[str, Any]:
+    """Error metrics of one output: abs error, worst index, cosine, and for logits top-k
+    agreement and probability error."""
+    if reference.shape != actual.shape:
+        return {"shape_mismatch": [list(reference.shape), list(actual.shape)]}
+    reference = reference.astype(np.float64)
+    actual = actual.astype(np.float64)
+    diff = np.abs(reference - actual)
+    if not np.isfinite(actual).all():
+        diff = np.where(np.isfinite(actual), diff, np.inf)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
+    metrics: dict[str, Any] = {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "worst_index": [int(i) for i in worst],
+        "cosine_min": float(_rowwise_cosine(reference, actual).min()) if diff.size else 1.0,
+        "cosine_mean": float(_rowwise_cosine(reference, actual).mean()) if diff.size else 1.0,
+    }
+    if kind == "logits" and reference.ndim == 2:
+        metrics["top1"] = _topk_agreement(reference, actual, 1)
+        metrics["top5"] = _topk_agreement(reference, actual, 5)
+        metrics["prob_max_abs"] = float(np.abs(_softmax(reference) - _softmax(actual)).max())
+    return metrics
+
+
+def judge(metrics: dict[str, dict[str, Any]], gate: Gate) -> list[str]:
+    """The gate's failures, each a sentence with the number that failed and the smallest
+    tolerance that would have passed."""
+    failures = []
+    for name, m in metrics.items():
+        if "shape_mismatch" in m:
+            ref_shape, act_shape = m["shape_mismatch"]
+            failures.append(f"output '{name}' has shape {act_shape} but the source gives {ref_shape}")
+            continue
+        if m["cosine_min"] < gate.min_cosine:
+            failures.append(
+                f"output '{name}': cosine similarity {m['cosine_min']:.7f} < {gate.min_cosine} "
+                f"(the gate would pass at min_cosine <= {m['cosine_min']:.7f})"
+            )
+        if gate.max_abs is not None and m["max_abs"] > gate.max_abs:
+            failures.append(
+                f"output '{name}': max abs error {m['max_abs']:.3g} > {gate.max_abs:g} at index {tuple(m['worst_index'])} "
+                f"(the smallest tolerance that would have passed is {m['max_abs']:.3g})"
+            )
+        if "top1" in m and m["top1"] < gate.min_top1:
+            failures.append(f"output '{name}': top-1 agreement {m['top1']:.2%} < {gate.min_top1:.0%}")
+    return failures
+
+
+def parity_report(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], compare: dict[str, str],
+                  gate: Gate, **context: Any) -> dict[str, Any]:
+    """A ParityReport as a JSON-safe dict: context (graph, target, precision, backend ...),
+    the gate, per-output metrics, pass/fail and the failures."""
+    metrics = {name: compare_output(reference[name], actual[name], compare.get(name, "embedding"))
+               for name in reference}
+    failures = judge(metrics, gate)
+    samples = len(next(iter(reference.values()))) if reference else 0
+    return {**context, "samples": samples, "gate": gate.to_dict(), "outputs": metrics,
+            "passed": not failures, "failures": failures}
+
+
+def run_in_batches(session: Any, feeds: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Runs a session over parity feeds in batches and concatenates the outputs."""
+    n = len(next(iter(feeds.values())))
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch_size):
+        out = session.run({k: v[start:start + batch_size] for k, v in feeds.items()})
+        for name, value in out.items():
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
