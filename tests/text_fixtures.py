@@ -93,3 +93,34 @@ def clip_tokenizer_dir(tmp_path: Path) -> Path:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_gemma_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A small byte-fallback BPE vocabulary in the Gemma / SigLIP2 layout (▁ for spaces)."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-éü日本語":
+        vocab.setdefault(c, len(vocab))
+    merges = []
+    for a, b in [
+        ("▁", "a"), ("▁", "t"), ("h", "e"), ("▁t", "he"), ("▁", "c"), ("a", "t"), ("▁c", "at"),
+        ("o", "g"), ("▁", "d"), ("▁d", "og"), ("▁", "p"), ("h", "o"), ("t", "o"), ("▁p", "ho"),
+        ("▁pho", "to"), ("▁", "o"), ("▁o", "f"), ("日", "本"), ("e", "r"), ("i", "n"), ("▁", "in"),
+    ]:
+        merges.append((a, b))
+        vocab.setdefault(a + b, len(vocab))
+    return vocab, merges
+
+
+def tiny_sentencepiece_tokenizer(class_name: str = "Siglip2Tokenizer", **kwargs):
+    """A tokenizers-backed Gemma-family tokenizer (``Siglip2Tokenizer`` or ``GemmaTokenizer``)
+    on ``tiny_gemma_vocab``; kwargs (``add_eos_token``, ``add_bos_token``, ``padding_side``,
+    ``model_max_length`` ...) go to the constructor."""
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {class_name}")
+    vocab, merges = tiny_gemma_vocab()
+    return cls(vocab=vocab, merges=merges, **kwargs)

@@ -57,8 +57,13 @@ def export(
 @app.command()
 def predict(
     artifact: Path = typer.Argument(..., help="Artifact folder."),
-    inputs: list[str] = typer.Argument(..., help="Input files."),
+    inputs: list[str] = typer.Argument(..., help="Input files (images or audio)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="How many labels to show per input."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="CLIP zero-shot: comma-separated candidate labels."),
+    template: Optional[list[str]] = typer.Option(None, "--template", help="CLIP zero-shot prompt template(s), e.g. 'a photo of a {}.'"),
+    window_hop: Optional[float] = typer.Option(None, "--window-hop", help="Audio: seconds between analysis windows."),
+    aggregate: str = typer.Option("max", "--aggregate", help="Audio: clip-level aggregate of windows, max or mean."),
+    attention: Optional[Path] = typer.Option(None, "--attention", help="Image encoders: write attention heat maps to this PNG."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -67,18 +72,36 @@ def predict(
     import vlmedge
 
     pipeline = vlmedge.load(artifact, backend=backend, precision=precision)
-    results = pipeline.classify(list(inputs), top_k=top_k)
+    options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
+                   attention=attention)
+    rows = PREDICTORS[pipeline.task](pipeline, list(inputs), **options)
     if as_json:
-        payload = [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})")
-    for column in ("input", "rank", "label", "index", "score"):
-        table.add_column(column, justify="right" if column in ("rank", "index", "score") else "left")
-    for name, preds in zip(inputs, results):
-        for rank, p in enumerate(preds, 1):
-            table.add_row(name if rank == 1 else "", str(rank), p.label, str(p.index), f"{p.score:.4f}")
-    console.print(table)
+    title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
+    console.print(_results_table(rows, title))
+
+
+def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """One row per (input, rank): rows are {"input": ..., "predictions": [{label, score, ...}]}."""
+    table = Table(title=title)
+    for column in ("input", "rank", "label", "score"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    for row in rows:
+        for rank, p in enumerate(row["predictions"], 1):
+            table.add_row(row["input"] if rank == 1 else "", str(rank), str(p["label"]), f"{p['score']:.4f}")
+    return table
+
+
+def _predict_classification(pipeline: Any, inputs: list[str], top_k: int, **_: Any) -> list[dict[str, Any]]:
+    results = pipeline.classify(inputs, top_k=top_k)
+    return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
+
+
+# task -> function(pipeline, inputs, **options) -> rows for the table or JSON
+PREDICTORS = {
+    "image-classification": _predict_classification,
+}
 
 
 @app.command()

@@ -4,11 +4,12 @@ local cache (never downloaded: vlmedge runs where there may be no network)."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -160,10 +161,20 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, **_: 
     )
 
 
-# task -> architectures other than the image classifiers, filled in by each task's source module
-TASK_ARCHITECTURES: dict[str, set[str]] = {}
-# task -> function(folder, config, arch, reference, **options) -> ExportSpec
-BUILDERS: dict[str, Callable[..., ExportSpec]] = {"image-classification": image_classifier}
+# Architectures of the other tasks; image classifiers are recognised from transformers' own mapping.
+TASK_ARCHITECTURES: dict[str, set[str]] = {
+    "image-embedding": {"ViTModel", "Dinov2Model", "Dinov2WithRegistersModel", "ViTMAEModel", "SwinModel",
+                        "DeiTModel", "BeitModel"},
+    "clip": {"CLIPModel", "SiglipModel"},
+    "audio-classification": {"ASTForAudioClassification"},
+}
+# task -> (module, function(folder, config, arch, reference, **options) -> ExportSpec); one module per family
+BUILDERS: dict[str, tuple[str, str]] = {
+    "image-classification": ("vlmedge.exporters.sources.hf", "image_classifier"),
+    "image-embedding": ("vlmedge.exporters.sources.hf_encoder", "image_encoder"),
+    "clip": ("vlmedge.exporters.sources.hf_clip", "clip_model"),
+    "audio-classification": ("vlmedge.exporters.sources.hf_audio", "audio_classifier"),
+}
 
 
 def from_hf(reference: str, task: str | None = None, **options: Any) -> ExportSpec:
@@ -179,5 +190,9 @@ def from_hf(reference: str, task: str | None = None, **options: Any) -> ExportSp
     arch = architecture(config, folder)
     task = task or infer_task(arch)
     if task not in BUILDERS:
-        raise UnsupportedModelError(f"vlmedge cannot export {arch} for the task '{task}'.")
-    return BUILDERS[task](folder, config, arch, options.pop("reference", reference), **options)
+        raise UnsupportedModelError(
+            f"vlmedge cannot export {arch} for the task '{task}'; tasks are {', '.join(BUILDERS)}."
+        )
+    module_name, function_name = BUILDERS[task]
+    builder = getattr(importlib.import_module(module_name), function_name)
+    return builder(folder, config, arch, options.pop("reference", reference), **options)
