@@ -9,9 +9,12 @@ import numpy as np
 from PIL import Image
 
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+AUDIO_DIR = SAMPLE_DIR / "audio"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def sample_images() -> list[Path]:
@@ -38,3 +41,39 @@ def image_parity_feeds(spec: ImagePreprocessSpec, n_random: int = 4, seed: int =
     gaussian = np.random.default_rng(seed + 1).standard_normal((2, 3, height, width)).astype(np.float32)
     bundled = {f"samples/{p.name}": p for p in files}
     return np.concatenate([pixels, gaussian]), bundled
+
+
+def sample_audio_files() -> list[Path]:
+    """The bundled audio clips (exporters/sample_data/audio/, made by builtin/make_audio_samples.py)."""
+    if not AUDIO_DIR.is_dir():
+        return []
+    return sorted(p for p in AUDIO_DIR.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def random_waveforms(n: int, seed: int, spec: AudioPreprocessSpec) -> list[np.ndarray]:
+    """Seeded noise clips at the model's rate, of random level and length: shorter than a
+    model window (padding) and longer than one (truncation)."""
+    rng = np.random.default_rng(seed)
+    waves = []
+    for i in range(n):
+        fraction = rng.uniform(0.1, 0.9) if i % 2 == 0 else rng.uniform(1.1, 1.5)
+        length = max(spec.frame_length, int(fraction * spec.window_samples))
+        level = 10 ** rng.uniform(-2.5, -0.5)
+        waves.append(np.clip(level * rng.standard_normal(length), -1, 1).astype(np.float32))
+    return waves
+
+
+def audio_parity_feeds(spec: AudioPreprocessSpec, n_random: int = 4, seed: int = 0) -> tuple[np.ndarray, dict[str, Path]]:
+    """(N, max_length, num_mel_bins) features: every sample clip (decoded, downmixed and
+    resampled as the runtime does), seeded random waveforms, and one standard normal
+    feature map; and the sample files to bundle as {artifact path: source path}."""
+    files = sample_audio_files()
+    waves = []
+    for path in files:
+        wave, rate = load_audio(path)
+        waves.append(resample(wave, rate, spec.sampling_rate))
+    waves += random_waveforms(n_random, seed, spec)
+    features = np.stack([fbank(w, spec) for w in waves])
+    gaussian = np.random.default_rng(seed + 1).standard_normal((1, spec.max_length, spec.num_mel_bins))
+    bundled = {f"samples/{p.name}": p for p in files}
+    return np.concatenate([features, gaussian.astype(np.float32)]), bundled

@@ -73,6 +73,17 @@ def _backend_json(hf_tokenizer) -> str:
         ) from None
 
 
+def _normalizer_dict(tok) -> dict | None:
+    """The normalizer's own JSON (cheaper than serialising the whole vocabulary)."""
+    normalizer = tok.normalizer
+    if normalizer is None:
+        return None
+    try:
+        return json.loads(normalizer.__getstate__())
+    except Exception:  # noqa: BLE001 - an older tokenizers without __getstate__: read the whole file
+        return json.loads(tok.to_str()).get("normalizer")
+
+
 def _has_lowercase(normalizer: dict | None) -> bool:
     if not normalizer:
         return False
@@ -131,6 +142,9 @@ def export_tokenizer(
         )
     tok = Tokenizer.from_str(_backend_json(hf_tokenizer))  # a copy: the source stays untouched
     tok.encode_special_tokens = False
+    # HF leaves the truncation/padding of its last call on the backend: start clean.
+    tok.no_truncation()
+    tok.no_padding()
 
     pad_id = _token_id(hf_tokenizer, "pad")
     pad_token = getattr(hf_tokenizer, "pad_token", None)
@@ -168,9 +182,7 @@ def export_tokenizer(
         pad_id=pad_id,
         bos_id=bos_id,
         eos_id=eos_id,
-        lowercase=_has_lowercase(json.loads(tok.to_str()).get("normalizer")) or bool(
-            getattr(hf_tokenizer, "do_lower_case", False)
-        ),
+        lowercase=_has_lowercase(_normalizer_dict(tok)) or bool(getattr(hf_tokenizer, "do_lower_case", False)),
         padding="max_length",
         padding_side=padding_side,
         truncation_side=truncation_side,

@@ -62,4 +62,23 @@ def image_files(tmp_path_factory) -> list[Path]:
     palette = Image.fromarray(noise(40, 60)).convert("P", palette=Image.ADAPTIVE)
     palette.save(folder / "palette.gif")
     files.append(folder / "palette.gif")
-    return files + sorted(SAMPLES.glob("*"))
+    return files + sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+
+
+@pytest.fixture(scope="session")
+def vit_artifact(hf_classifier_dir, tmp_path_factory) -> Path:
+    """A tiny ViT exported once per session; copy it before changing it."""
+    import vlmedge
+
+    out = tmp_path_factory.mktemp("vit-artifact") / "vit"
+    vlmedge.export(str(hf_classifier_dir("vit")), out)
+    return out
+
+
+@pytest.fixture
+def artifact_copy(vit_artifact, tmp_path) -> Path:
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(vit_artifact, target)
+    return target

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
-from vlmedge.preprocess import image as I
+from vlmedge.preprocess import image as image_module
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 
 ATOL = 1e-5
+pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency:UserWarning")  # HF's load_image
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"tiny-7x5": (5, 7), "landscape-640x480": (480, 640), "portrait-300x1000": (1000, 300)}
 
@@ -204,7 +205,7 @@ def test_numpy_gray_2d_matches_hf_mode_l(processors):
     _assert_close(preprocess_images([load_image(gray)], spec), ref)
 
 
-@pytest.mark.parametrize("fmt", I.FORMATS)
+@pytest.mark.parametrize("fmt", image_module.FORMATS)
 def test_every_allowed_format_decodes_like_hf(fmt, tmp_path, hf):
     path = tmp_path / f"image.{fmt.lower()}"
     Image.fromarray(_pattern(30, 40)).save(path, fmt)
@@ -215,8 +216,9 @@ def test_old_style_configs_resolve_like_hf(hf, tmp_path, size_files):
     """Int sizes and missing keys get the processor class's defaults, as from_pretrained does."""
     configs = {
         "ViTImageProcessorPil": {"feature_extractor_type": "ViTFeatureExtractor", "size": 96, "resample": 3},
-        "CLIPImageProcessorPil": {"image_processor_type": "CLIPImageProcessor", "size": 100, "crop_size": 90,
-                                  "do_center_crop": None},
+        "CLIPImageProcessorPil": {"image_processor_type": "CLIPImageProcessor", "size": 100, "crop_size": 90},
+        "BeitImageProcessorPil": {"image_processor_type": "BeitImageProcessor", "do_center_crop": None,
+                                  "do_normalize": None, "image_mean": None},  # null means off
         "DeiTImageProcessorPil": {"image_processor_type": "DeiTImageProcessorFast", "crop_size": [80, 70]},
     }
     for cls, config in configs.items():
@@ -232,21 +234,22 @@ def test_old_style_configs_resolve_like_hf(hf, tmp_path, size_files):
 @settings(max_examples=300, deadline=None)
 @given(h=st.integers(1, 3000), w=st.integers(1, 3000), edge=st.integers(1, 600), extra=st.integers(1, 900))
 def test_resize_output_size_matches_hf(h, w, edge, extra):
-    T = pytest.importorskip("transformers.image_transforms")
-    ref = T.get_resize_output_image_size(np.zeros((1, h, w)), edge, default_to_square=False, input_data_format="channels_first")
-    assert I.resize_output_size(h, w, {"shortest_edge": edge}) == tuple(ref)
+    hf_transforms = pytest.importorskip("transformers.image_transforms")
+    ref = hf_transforms.get_resize_output_image_size(np.zeros((1, h, w)), edge, default_to_square=False,
+                                                     input_data_format="channels_first")
+    assert image_module.resize_output_size(h, w, {"shortest_edge": edge}) == tuple(ref)
     longest = edge + extra
-    ref = T.get_size_with_aspect_ratio((h, w), edge, longest)
-    assert I.resize_output_size(h, w, {"shortest_edge": edge, "longest_edge": longest}) == tuple(ref)
+    ref = hf_transforms.get_size_with_aspect_ratio((h, w), edge, longest)
+    assert image_module.resize_output_size(h, w, {"shortest_edge": edge, "longest_edge": longest}) == tuple(ref)
 
 
 @settings(max_examples=200, deadline=None)
 @given(h=st.integers(1, 12), w=st.integers(1, 12), ch=st.integers(1, 12), cw=st.integers(1, 12))
 def test_center_crop_matches_hf(h, w, ch, cw):
-    T = pytest.importorskip("transformers.image_transforms")
+    hf_transforms = pytest.importorskip("transformers.image_transforms")
     array = np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3) + 1
-    ref = T.center_crop(array.transpose(2, 0, 1), (ch, cw), input_data_format="channels_first")
-    assert np.array_equal(I.center_crop(array, ch, cw), ref.transpose(1, 2, 0))
+    ref = hf_transforms.center_crop(array.transpose(2, 0, 1), (ch, cw), input_data_format="channels_first")
+    assert np.array_equal(image_module.center_crop(array, ch, cw), ref.transpose(1, 2, 0))
 
 
 # --- spec -----------------------------------------------------------------------------------
@@ -305,6 +308,8 @@ def test_spec_validation(overrides, message):
     ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "do_center_crop": True, "crop_size": 200},
      "second centre crop"),
     ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "depend on each image"),
+    ({"image_processor_type": "ViTImageProcessor", "resample": None}, "do_resize but no size or resample"),
+    ({"image_processor_type": "ViTImageProcessor", "do_resize": False}, "depend on each image"),
 ])
 def test_from_hf_refuses_what_it_cannot_reproduce(config, message):
     with pytest.raises(UnsupportedModelError, match=message):
@@ -345,7 +350,7 @@ def test_truncated_jpeg(tmp_path):
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(InputError, match=r"cut\.jpg could not be decoded.*truncated"):
         load_image(path)
-    with pytest.raises(InputError, match="image bytes could not be decoded"):
+    with pytest.raises(InputError, match="image given as bytes could not be decoded"):
         load_image(path.read_bytes())
 
 
@@ -360,7 +365,7 @@ def test_decompression_bomb_header(side, tmp_path):
 def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.fromarray(_pattern(48, 64)).save(path)
-    monkeypatch.setattr(I, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(image_module, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(InputError, match=r"big\.png is too large.*1,000 pixels"):
         load_image(path)
 

@@ -90,7 +90,9 @@ def clip_tokenizer_dir(tmp_path: Path) -> Path:
         f.write("#version: 0.2\n")
         for a, b in merges:
             f.write(f"{a} {b}\n")
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # Loading the two files works for the slow (transformers 4) and tokenizers-backed
+    # (transformers 5) CLIPTokenizer alike.
+    tokenizer = CLIPTokenizer.from_pretrained(out, model_max_length=77)
     tokenizer.save_pretrained(out)
     return out
 

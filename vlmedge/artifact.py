@@ -108,6 +108,8 @@ class Artifact:
     def verify(self, entries: Iterable[dict[str, Any]] | None = None) -> None:
         """Refuses missing, extra, linked, truncated or altered files, naming the file."""
         listed = {entry["path"] for entry in self.files}
+        for relpath in listed:
+            self.path_of(relpath)  # refuses escaping paths before anything else is looked at
         if entries is None:
             entries = self.files
             for extra in _walk_files(self.root):

@@ -39,6 +39,8 @@ def export(
     precision: str = typer.Option("fp32", "--precision", help="Comma-separated precisions: fp32."),
     task: Optional[str] = typer.Option(None, "--task", help="Task, when the architecture does not imply it."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
+    image_size: Optional[str] = typer.Option(
+        None, "--image-size", help="Image encoders: export resolution, e.g. 448 or 448x336 (height x width)."),
 ) -> None:
     """Export MODEL to a verified artifact: files per target and precision, each checked against the source."""
     from vlmedge.exporters.pipeline import export as run_export
@@ -49,7 +51,8 @@ def export(
             status.update(message)
 
         artifact = run_export(model, output, to=_split(to), precision=_split(precision), task=task,
-                              opset=opset, progress=progress)
+                              opset=opset, progress=progress,
+                              **({"image_size": image_size} if image_size else {}))
     console.print(f"[green]export success[/green]: {artifact.root}")
     console.print(f"next: vlmedge info {output}   |   vlmedge predict {output} IMAGE   |   vlmedge check {output}")
 
@@ -79,7 +82,9 @@ def predict(
         print(json.dumps(rows, indent=2))
         return
     title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
-    console.print(_results_table(rows, title))
+    console.print(TABLES.get(pipeline.task, _results_table)(rows, title))
+    if any(len(row.get("windows") or []) > 1 for row in rows):
+        console.print(_windows_table(rows))
 
 
 def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -98,10 +103,125 @@ def _predict_classification(pipeline: Any, inputs: list[str], top_k: int, **_: A
     return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
 
 
+def _predict_audio(pipeline: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
+                   aggregate: str = "max", **_: Any) -> list[dict[str, Any]]:
+    results = pipeline.tag(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate)
+    return [{"input": name, "duration": round(clip.duration, 3),
+             "predictions": [t._asdict() for t in clip.tags],
+             "windows": [{"start": round(w.start, 3), "end": round(w.end, 3),
+                          "predictions": [t._asdict() for t in w.tags]} for w in clip.windows]}
+            for name, clip in zip(inputs, results)]
+
+
+def _windows_table(rows: list[dict[str, Any]]) -> Table:
+    """Audio clips longer than one model window: the top tag of each window."""
+    table = Table(title="windows")
+    for column in ("input", "start s", "end s", "top label", "score"):
+        table.add_column(column, justify="left" if column in ("input", "top label") else "right")
+    for row in rows:
+        for i, w in enumerate(row.get("windows") or []):
+            top = w["predictions"][0] if w["predictions"] else {"label": "", "score": float("nan")}
+            table.add_row(row["input"] if i == 0 else "", f"{w['start']:.2f}", f"{w['end']:.2f}",
+                          str(top["label"]), f"{top['score']:.4f}")
+    return table
+
+
+def _attention_paths(attention: Path, inputs: list[str]) -> list[Path]:
+    """One input: the path as given; several: out-<stem>.png per input (numbered on a clash)."""
+    if len(inputs) == 1:
+        return [attention]
+    suffix = attention.suffix or ".png"
+    paths, seen = [], set()
+    for i, name in enumerate(inputs):
+        path = attention.with_name(f"{attention.stem}-{Path(name).stem}{suffix}")
+        if path in seen:
+            path = attention.with_name(f"{attention.stem}-{Path(name).stem}-{i}{suffix}")
+        seen.add(path)
+        paths.append(path)
+    return paths
+
+
+def _predict_embedding(pipeline: Any, inputs: list[str], attention: Optional[Path] = None,
+                       **_: Any) -> list[dict[str, Any]]:
+    import numpy as np
+
+    raw = pipeline.embed(inputs, normalize=False)
+    rows = [{"input": name, "pooling": pipeline.default_pooling, "dim": int(vector.shape[0]),
+             "norm": float(np.linalg.norm(vector)), "first": [round(float(v), 5) for v in vector[:4]]}
+            for name, vector in zip(inputs, raw)]
+    if attention is not None:
+        for row, name, path in zip(rows, inputs, _attention_paths(attention, inputs)):
+            row["attention"] = str(pipeline.render_attention(name, path))
+    return rows
+
+
+def _embedding_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    columns = ["input", "pooling", "dim", "norm", "first values"] + (["attention"] if "attention" in rows[0] else [])
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("dim", "norm") else "left")
+    for row in rows:
+        cells = [row["input"], row["pooling"], str(row["dim"]), f"{row['norm']:.4f}",
+                 " ".join(f"{v:+.4f}" for v in row["first"]) + " ..."]
+        table.add_row(*cells, *([row["attention"]] if "attention" in row else []))
+    return table
+
+
 # task -> function(pipeline, inputs, **options) -> rows for the table or JSON
 PREDICTORS = {
     "image-classification": _predict_classification,
+    "audio-classification": _predict_audio,
+    "image-embedding": _predict_embedding,
 }
+
+
+# task -> function(rows, title) -> Table, for tasks whose rows are not ranked labels
+TABLES = {
+    "image-embedding": _embedding_table,
+}
+
+
+@app.command()
+def embed(
+    artifact: Path = typer.Argument(..., help="Artifact folder (image-embedding, or clip)."),
+    inputs: Optional[list[str]] = typer.Argument(None, help="Image files, or folders searched recursively (sorted)."),
+    out: Path = typer.Option(..., "--out", help="The .npy to write; the row list goes beside it as <name>.files.json."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="CLIP: a text to embed (repeatable); text rows follow the images."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Image encoders: cls, mean, cls+mean or pooled; default: the model's own."),
+    normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise each embedding."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
+) -> None:
+    """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import vlmedge
+    from vlmedge.embed_files import collect_inputs, embed_files, embedders_for, write_embeddings
+
+    texts = list(text or [])
+    files = collect_inputs(inputs or [])
+    if not files and not texts:
+        raise typer.BadParameter("no images found; give image files or folders that contain images"
+                                 + (" (or --text for CLIP)" if inputs is None else ""), param_hint="INPUT")
+    pipeline = vlmedge.load(artifact, backend=backend, precision=precision)
+    if texts and pipeline.task != "clip":
+        raise typer.BadParameter(f"--text needs a CLIP artifact; {artifact} is a {pipeline.task} artifact, "
+                                 "which embeds images only.", param_hint="--text")
+    embedders = embedders_for(pipeline, pooling=pooling, normalize=normalize)
+    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task_id = bar.add_task("embed", total=len(files) + len(texts))
+        result = embed_files(embedders, files, texts, batch_size=batch_size,
+                             progress=lambda n: bar.advance(task_id, n))
+    npy, listing = write_embeddings(result, out, artifact, pipeline.task)
+    rate = (len(result.files) + len(result.texts)) / max(result.seconds, 1e-9)
+    console.print(f"wrote {npy} ({result.embeddings.shape[0]} x {result.embeddings.shape[1]} float32) and {listing}; "
+                  f"{rate:.1f} inputs/s on {pipeline.model.backend} ({pipeline.model.provider})")
+    if result.skipped:
+        err_console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/yellow] (listed in {listing}):")
+        for item in result.skipped:
+            err_console.print(f"  {item['input']}: {item['error']}", highlight=False)
 
 
 @app.command()

@@ -49,6 +49,7 @@ SIZES = tuple(shapes.SIZES)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "models" / "shapes-clip"
 IMAGE_SIZE = 64
+WIDTH = 96  # both towers; 4 heads of 24
 CONTEXT_LENGTH = 77  # same context as OpenAI CLIP; captions here use ~8-12 tokens
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -261,8 +262,8 @@ def make_config(vocab_size: int, bos_id: int, eos_id: int):
 
     text = dict(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=512,
+        hidden_size=WIDTH,
+        intermediate_size=4 * WIDTH,
         num_hidden_layers=3,
         num_attention_heads=4,
         max_position_embeddings=CONTEXT_LENGTH,
@@ -275,8 +276,8 @@ def make_config(vocab_size: int, bos_id: int, eos_id: int):
         image_size=IMAGE_SIZE,
         patch_size=8,
         num_channels=3,
-        hidden_size=128,
-        intermediate_size=512,
+        hidden_size=WIDTH,
+        intermediate_size=4 * WIDTH,
         num_hidden_layers=4,
         num_attention_heads=4,
         hidden_act="quick_gelu",
@@ -352,7 +353,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="1 is faster than 2 on a shared, busy 2-core box")
     p.add_argument("--eval-seen", type=int, default=1024)
     p.add_argument("--eval-held", type=int, default=512)
     args = p.parse_args(argv)

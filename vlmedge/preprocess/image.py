@@ -24,12 +24,13 @@ from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 _RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+_RESAMPLE_NAMES = {v: k for k, v in _RESAMPLE.items()}  # PIL's int codes, as HF configs store them
 _SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
 
 _CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 _SQUARE_224 = {"height": 224, "width": 224}
-# Class defaults HF applies to a key that is missing or null, per processor family
-# (over the ViT row). Families that override resize/preprocess in other ways are refused.
+# The class defaults HF gives a key a config leaves out, per processor family (over the ViT
+# row). Families whose processors resize or preprocess in other ways are refused.
 _HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "ViT": {"do_resize": True, "size": _SQUARE_224, "resample": 2, "do_center_crop": False, "crop_size": None,
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": (0.5,) * 3,
@@ -92,7 +93,8 @@ class ImagePreprocessSpec:
         if not _is_number(self.rescale_factor):
             raise InputError(f"rescale_factor must be a number, not {self.rescale_factor!r}.")
         if self.do_center_crop and self.crop_size is None:
-            raise InputError("do_center_crop is set but crop_size is missing; give crop_size={'height': H, 'width': W}.")
+            raise InputError("do_center_crop is set but crop_size is missing; "
+                             "give crop_size={'height': H, 'width': W}.")
         if not self.do_center_crop and not (self.do_resize and "height" in self.size):
             raise InputError(f"The output size would depend on each image (size={self.size}, do_center_crop="
                              f"{self.do_center_crop}); resize to a fixed height and width or add a centre crop.")
@@ -126,35 +128,38 @@ class ImagePreprocessSpec:
     def from_hf(cls, processor_config: dict) -> ImagePreprocessSpec:
         """Builds the spec from a ``preprocessor_config.json`` dict (or ``processor.to_dict()``).
 
-        Missing or null keys take the processor class's defaults, as HF does; ConvNeXt's
-        ``crop_pct`` and LeViT's 256/224 resize become an equivalent resize + crop.
+        Missing keys take the processor class's defaults and null ones mean "off", as
+        ``from_pretrained`` does; ConvNeXt's ``crop_pct`` and LeViT's 256/224 resize become
+        an equivalent resize + crop.
 
         Raises:
             UnsupportedModelError: for a processor family or setting this module cannot reproduce.
         """
         family = _hf_family(processor_config)
-        c = {**_HF_DEFAULTS["ViT"], **_HF_DEFAULTS[family]}
-        c.update({k: v for k, v in processor_config.items() if v is not None})
+        c = {**_HF_DEFAULTS["ViT"], **_HF_DEFAULTS[family], **processor_config}
         if c.get("do_pad") and c.get("pad_size") is not None:
             raise UnsupportedModelError(f"vlmedge cannot reproduce the padding to pad_size={c['pad_size']} of this "
                                         f"{family} processor.")
-        size = _hf_size(c["size"], c["default_to_square"])
+        for flag, keys in (("do_resize", ("size", "resample")), ("do_center_crop", ("crop_size",)),
+                           ("do_rescale", ("rescale_factor",)), ("do_normalize", ("image_mean", "image_std"))):
+            if c[flag] and any(c[k] is None for k in keys):
+                raise UnsupportedModelError(f"This {family} processor sets {flag} but no {' or '.join(keys)}.")
         crop = None if c["crop_size"] is None else _hf_size(c["crop_size"], True)
+        size = _hf_size(c["size"], c["default_to_square"]) if c["size"] is not None else crop
         do_crop = bool(c["do_center_crop"])
         if family == "CLIP" and c.get("use_square_size"):
             size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
         if c["do_resize"] and family == "Levit" and "shortest_edge" in size:
             size = {"shortest_edge": int((256 / 224) * size["shortest_edge"])}
         if c["do_resize"] and family == "ConvNext":
-            size, do_crop, crop = _convnext_resize(size, float(c["crop_pct"]), do_crop, crop)
-        mean, std = c["image_mean"], c["image_std"]
-        resample = c["resample"]
-        names = {v: k for k, v in _RESAMPLE.items()}
+            size, do_crop, crop = _convnext_resize(size, float(c["crop_pct"] or 224 / 256), do_crop, crop)
+        mean, std = c["image_mean"] or (0.5,) * 3, c["image_std"] or (0.5,) * 3  # unused when null
+        resample = 2 if c["resample"] is None else c["resample"]  # null and unused
         try:
             return cls(do_resize=bool(c["do_resize"]), size=size, do_center_crop=do_crop, crop_size=crop,
-                       resample=names.get(resample, str(resample).lower()), do_rescale=bool(c["do_rescale"]),
-                       rescale_factor=c["rescale_factor"], do_normalize=bool(c["do_normalize"]),
-                       image_mean=[mean] * 3 if _is_number(mean) else mean,
+                       resample=_RESAMPLE_NAMES.get(resample, str(resample).lower()),
+                       do_rescale=bool(c["do_rescale"]), rescale_factor=c["rescale_factor"] or 1 / 255,
+                       do_normalize=bool(c["do_normalize"]), image_mean=[mean] * 3 if _is_number(mean) else mean,
                        image_std=[std] * 3 if _is_number(std) else std, do_convert_rgb=bool(c["do_convert_rgb"]))
         except InputError as e:
             raise UnsupportedModelError(f"vlmedge cannot reproduce this {family} image processor: {e}") from None
@@ -228,7 +233,7 @@ def load_image(image: Any) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return _open_file(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decode(io.BytesIO(image), "The image bytes")
+        return _decode(io.BytesIO(image), "The image given as bytes")
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
@@ -255,6 +260,7 @@ def _decode(source: Any, what: str) -> Image.Image:
         # size check below holds even if another thread's catch_warnings races with this one.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
             with Image.open(source, formats=FORMATS) as opened:
                 if opened.width * opened.height > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")

@@ -1,0 +1,201 @@
+"""The artifact: atomic writes, hash verification, schema versions, path safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vlmedge
+from vlmedge.artifact import Artifact, ArtifactWriter
+from vlmedge.errors import ArtifactError, ExportError, ModelNotFoundError, ParityError
+
+
+def _rewrite_manifest(root: Path, change) -> None:
+    path = root / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_manifest_describes_every_file(vit_artifact):
+    artifact = Artifact.open(vit_artifact)
+    m = artifact.manifest
+    assert m["schema_version"] == 1 and m["task"] == "image-classification"
+    assert m["source"]["architecture"] == "ViTForImageClassification" and len(m["source"]["config_sha256"]) == 64
+    assert m["preprocess"]["image"]["size"] == {"height": 32, "width": 32}
+    assert len(m["labels"]) == 12 and m["postprocess"]["activation"] == "softmax"
+    assert {"vlmedge", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
+    (model,) = artifact.model_entries()
+    assert model["path"] == "onnx/model.fp32.onnx" and model["target"] == "onnx"
+    graph = m["graphs"]["model"]
+    assert graph["inputs"][0]["name"] == "pixel_values" and graph["inputs"][0]["shape"][0] == "batch"
+    assert graph["outputs"][0]["name"] == "logits"
+    roles = {e["role"] for e in artifact.files}
+    assert {"model", "parity_inputs", "sample"} <= roles
+
+
+def test_onnx_file_is_valid_with_dynamic_batch(vit_artifact):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(vit_artifact / "onnx" / "model.fp32.onnx"))
+    onnx.checker.check_model(model)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param == "batch"
+    classifier = vlmedge.load(vit_artifact)
+    images = [np.full((40, 30, 3), v, np.uint8) for v in (0, 100, 200)]
+    assert classifier.probabilities(images).shape == (3, 12)
+
+
+def test_tampered_model_file_is_refused_naming_the_file(artifact_copy):
+    path = artifact_copy / "onnx" / "model.fp32.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"onnx/model\.fp32\.onnx.*sha256"):
+        vlmedge.load(artifact_copy)
+
+
+def test_truncated_and_missing_and_extra_files_are_refused(artifact_copy):
+    sample = next((artifact_copy / "samples").glob("*.png"))
+    shutil.copy(sample, artifact_copy / "stowaway.png")
+    with pytest.raises(ArtifactError, match="stowaway.png"):
+        Artifact.open(artifact_copy)
+    (artifact_copy / "stowaway.png").unlink()
+    model = artifact_copy / "onnx" / "model.fp32.onnx"
+    model.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="model.fp32.onnx"):
+        Artifact.open(artifact_copy)
+    model.unlink()
+    with pytest.raises(ArtifactError, match="missing onnx/model.fp32.onnx"):
+        Artifact.open(artifact_copy)
+
+
+def test_unknown_schema_version_is_refused(artifact_copy):
+    _rewrite_manifest(artifact_copy, lambda m: m.update(schema_version=2))
+    with pytest.raises(ArtifactError, match="schema version 2"):
+        vlmedge.load(artifact_copy)
+
+
+def test_corrupt_manifest_is_refused(artifact_copy):
+    (artifact_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        Artifact.open(artifact_copy)
+
+
+@pytest.mark.parametrize("bad_path", ["/etc/passwd", "../outside.onnx", "onnx/../../outside.onnx"])
+def test_paths_leaving_the_artifact_are_refused(artifact_copy, bad_path):
+    _rewrite_manifest(artifact_copy, lambda m: m["files"][0].update(path=bad_path))
+    with pytest.raises(ArtifactError, match="leaves the artifact folder"):
+        Artifact.open(artifact_copy)
+
+
+def test_symlinked_model_file_is_refused(artifact_copy, tmp_path):
+    model = artifact_copy / "onnx" / "model.fp32.onnx"
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(model, outside)
+    os.symlink(outside, model)
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        Artifact.open(artifact_copy)
+
+
+def test_external_data_outside_the_artifact_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from vlmedge.runtimes.onnx_external import check_external_data, external_data_locations
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    weight.data_location = TensorProto.EXTERNAL
+    del weight.float_data[:]
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "../../secret.bin"
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializer=[weight])
+    path = tmp_path / "art" / "onnx" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert external_data_locations(path) == ["../../secret.bin"]
+    with pytest.raises(ArtifactError, match="outside its artifact folder"):
+        check_external_data(path, tmp_path / "art")
+
+
+def test_failed_export_leaves_previous_artifact_intact(vit_artifact, tmp_path):
+    target = tmp_path / "art"
+    shutil.copytree(vit_artifact, target)
+    before = (target / "manifest.json").read_bytes()
+    with pytest.raises(ModelNotFoundError, match="no built-in model"):
+        vlmedge.export("builtin:no-such-model-here", target)
+    with pytest.raises(KeyboardInterrupt):
+        with ArtifactWriter(target) as writer:
+            writer.path("onnx/half-written.onnx").write_bytes(b"partial")
+            raise KeyboardInterrupt
+    assert (target / "manifest.json").read_bytes() == before
+    assert Artifact.open(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_commit_replaces_an_existing_artifact(vit_artifact, tmp_path):
+    target = tmp_path / "art"
+    shutil.copytree(vit_artifact, target)
+    with ArtifactWriter(target) as writer:
+        writer.path("notes.txt").write_text("hello")
+        writer.add("notes.txt", role="resource")
+        writer.commit({"task": "image-classification", "graphs": {}, "preprocess": {}})
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_writer_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("do not delete")
+    with pytest.raises(ExportError, match="not a vlmedge artifact"):
+        ArtifactWriter(tmp_path / "precious")
+
+
+def test_parity_failure_reports_numbers_and_writes_nothing(tmp_path):
+    torch = pytest.importorskip("torch")
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    class BranchOnData(torch.nn.Module):
+        """Data-dependent control flow: tracing records one branch, so the export is wrong."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.head = torch.nn.Linear(3 * 16 * 16, 4)
+
+        def forward(self, pixel_values):
+            logits = self.head(pixel_values.flatten(1))
+            return logits if pixel_values.shape[0] == 2 else -logits
+
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
+    out = tmp_path / "broken"
+    with pytest.raises(ParityError) as info:
+        vlmedge.export(BranchOnData(), out, preprocess=spec, labels=list("abcd"))
+    message = str(info.value)
+    assert "max abs error" in message and "at index" in message and "smallest tolerance" in message
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_plain_module_with_preprocessing_and_labels(tmp_path):
+    torch = pytest.importorskip("torch")
+    from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.GELU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(8 * 4 * 4, 3))
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16}, resample="bicubic")
+    vlmedge.export(module, tmp_path / "plain", preprocess=spec, labels=["cat", "dog", "car"])
+    classifier = vlmedge.load(tmp_path / "plain")
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(preprocess_images([load_image(image)], spec))
+    with torch.no_grad():
+        expected = module(pixels).softmax(-1).numpy()
+    np.testing.assert_allclose(classifier.probabilities(image), expected, atol=1e-5)
+    assert {p.label for p in classifier.classify(image, top_k=3)} == {"cat", "dog", "car"}

@@ -1,0 +1,395 @@
+"""Issue 4: audio tagging with the Audio Spectrogram Transformer, torch-free.
+
+Tiny ASTForAudioClassification models of two configurations (single-label softmax and
+multi-label sigmoid; different mel bins, frame counts and patch strides), saved with their
+ASTFeatureExtractor, are exported and compared with Hugging Face (extractor -> model ->
+softmax/sigmoid) on real audio files: a 16 kHz mono WAV, a 44.1 kHz stereo file and a long
+clip cut into windows. Then the CLI, bad inputs and the built-in model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vlmedge.errors import InputError, VlmedgeError
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_DIR = ROOT / "exporters" / "builtin" / "models" / "sounds-ast"
+SR = 16000
+ATOL = 1e-4
+
+# name -> (model config overrides, feature extractor overrides, classifier weight scale).
+# The scales spread the top-5 scores >= 1e-3 apart without saturating them: a larger softmax
+# scale puts everything but the top label at ~1e-10, a larger sigmoid one ties labels at 1.0.
+CONFIGS = {
+    "single-softmax": (
+        dict(num_mel_bins=32, max_length=100, frequency_stride=10, time_stride=10, num_labels=12,
+             problem_type="single_label_classification"),
+        dict(num_mel_bins=32, max_length=100),
+        1.0,
+    ),
+    "multi-sigmoid": (
+        dict(num_mel_bins=48, max_length=64, frequency_stride=16, time_stride=8, num_labels=9,
+             problem_type="multi_label_classification"),
+        dict(num_mel_bins=48, max_length=64, mean=-5.5, std=3.25),
+        2.0,
+    ),
+}
+
+
+def tiny_ast(name: str):
+    """A tiny AST of the real class, seeded, its classifier scaled so that the top-5 scores
+    are far enough apart that their order is not decided by float noise."""
+    model_cfg, _, scale = CONFIGS[name]
+    torch.manual_seed(0)
+    labels = {i: f"{name}-tag{i}" for i in range(model_cfg["num_labels"])}
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    patch_size=16, initializer_range=0.2, id2label=labels,
+                                    label2id={v: k for k, v in labels.items()}, **model_cfg)
+    model = transformers.ASTForAudioClassification(config).eval()
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param_name.startswith("classifier.dense"):
+                param.mul_(scale)
+    return model
+
+
+def tone_clip(seconds: float, sr: int = SR, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """Gliding harmonic tone + a few bursts + noise: (samples,) or (samples, channels) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sr))) / sr
+    f = 300 + 1200 * t / max(seconds, 1e-9)
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    wave = 0.25 * np.sin(phase) + 0.1 * np.sin(3 * phase)
+    wave *= 0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t) ** 2
+    for start in rng.uniform(0, seconds, size=3):
+        i = int(start * sr)
+        wave[i:i + sr // 20] += 0.3 * rng.standard_normal(len(wave[i:i + sr // 20]))
+    out = [np.clip(wave + 0.02 * rng.standard_normal(t.size), -1, 1)]
+    for c in range(1, channels):  # other channels: the same tone, delayed and quieter, different noise
+        out.append(np.clip(0.6 * np.roll(wave, 37 * c) + 0.03 * rng.standard_normal(t.size), -1, 1))
+    stacked = np.stack(out, axis=1).astype(np.float32)
+    return stacked[:, 0] if channels == 1 else stacked
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    made = {}
+
+    def make(name):
+        if name not in made:
+            folder = tmp_path_factory.mktemp(f"hf-ast-{name}")
+            tiny_ast(name).save_pretrained(folder)
+            transformers.ASTFeatureExtractor(**CONFIGS[name][1]).save_pretrained(folder)
+            made[name] = folder
+        return made[name]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def exported(hf_dir, tmp_path_factory):
+    import vlmedge
+
+    torch.set_num_threads(2)
+    made = {}
+
+    def make(name):
+        if name not in made:
+            out = tmp_path_factory.mktemp(f"artifact-ast-{name}") / "artifact"
+            vlmedge.export(str(hf_dir(name)), out)
+            made[name] = out
+        return made[name]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def hf_reference(hf_dir):
+    """name -> function(list of 16 kHz waves) -> (N, labels) HF probabilities."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            folder = hf_dir(name)
+            extractor = transformers.ASTFeatureExtractor.from_pretrained(folder)
+            model = transformers.ASTForAudioClassification.from_pretrained(folder).eval()
+            multi = model.config.problem_type == "multi_label_classification"
+
+            def run(waves):
+                feats = extractor(list(waves), sampling_rate=SR, return_tensors="pt")
+                with torch.no_grad():
+                    logits = model(**feats).logits
+                return (logits.sigmoid() if multi else logits.softmax(-1)).numpy()
+
+            cache[name] = run
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audio")
+    files = {
+        "short": folder / "short-16k-mono.wav",
+        "stereo": folder / "stereo-44k.wav",
+        "long": folder / "long-16k-mono.flac",
+    }
+    sf.write(files["short"], tone_clip(0.6, seed=1), SR, subtype="PCM_16")
+    sf.write(files["stereo"], tone_clip(1.8, sr=44100, seed=2, channels=2), 44100, subtype="PCM_16")
+    sf.write(files["long"], tone_clip(3.0, seed=3), SR, subtype="PCM_16")
+    return files
+
+
+def read_mono_16k(path) -> np.ndarray:
+    """The file as HF users read it: soundfile, then mean over channels."""
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    assert sr == SR
+    return data.mean(axis=1).astype(np.float32)
+
+
+def cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- parity with Hugging Face -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_short_wav_matches_hugging_face(name, exported, hf_reference, audio_files):
+    import vlmedge
+
+    tagger = vlmedge.load(exported(name))
+    assert tagger.task == "audio-classification"
+    expected = hf_reference(name)([read_mono_16k(audio_files["short"])])[0]
+    got = tagger.probabilities(audio_files["short"])[0]
+    np.testing.assert_allclose(got, expected, atol=ATOL)
+    assert cosine(got, expected) > 0.99999
+    order = list(np.argsort(-expected, kind="stable")[:5])
+    assert np.all(np.abs(np.diff(expected[order])) > ATOL), "test model's top-5 is too close to call"
+    assert expected[order[-1]] > 1e-3 and expected[order[0]] < 1 - 1e-3, "test model's scores are saturated"
+
+    result = tagger.tag(str(audio_files["short"]), top_k=5)
+    assert [t.index for t in result.tags] == order
+    assert [t.label for t in result.tags] == [f"{name}-tag{i}" for i in order]
+    assert len(result.windows) == 1 and result.windows[0].start == 0.0
+    assert result.duration == pytest.approx(0.6)
+    assert result.windows[0].end == pytest.approx(0.6)
+    if name == "single-softmax":
+        assert got.sum() == pytest.approx(1.0, abs=1e-5)
+
+    # the same clip as bytes and as an int16 array gives the same answer
+    data = audio_files["short"].read_bytes()
+    pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
+    batch = tagger.tag([data, pcm], sample_rate=SR)
+    for clip in batch:
+        assert [t.index for t in clip.tags] == order
+        np.testing.assert_allclose([t.score for t in clip.tags], expected[order], atol=ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_stereo_44k_file_windows_and_aggregate(name, exported, hf_reference, audio_files):
+    """A 44.1 kHz stereo file is downmixed and resampled; each window equals HF on that window."""
+    import vlmedge
+    from vlmedge.preprocess.audio import load_audio, resample, split_windows
+
+    tagger = vlmedge.load(exported(name))
+    result = tagger.tag(audio_files["stereo"], top_k=None)
+    assert result.duration == pytest.approx(1.8)
+    wave, rate = load_audio(audio_files["stereo"])
+    assert rate == 44100
+    wave16 = resample(wave, rate, SR)
+    segments = split_windows(wave16, tagger.spec)
+    assert len(segments) >= 2 and len(result.windows) == len(segments)
+    expected = hf_reference(name)([seg for _, _, seg in segments])
+    for window, (start, end, _), row in zip(result.windows, segments, expected):
+        assert (window.start, window.end) == pytest.approx((start, end))
+        scores = np.zeros_like(row)
+        scores[[t.index for t in window.tags]] = [t.score for t in window.tags]
+        np.testing.assert_allclose(scores, row, atol=ATOL)
+    np.testing.assert_allclose(tagger.probabilities(audio_files["stereo"])[0], expected.max(0), atol=ATOL)
+    np.testing.assert_allclose(tagger.probabilities(audio_files["stereo"], aggregate="mean")[0], expected.mean(0),
+                               atol=ATOL)
+    clip_scores = [t.score for t in result.tags]
+    assert clip_scores == sorted(clip_scores, reverse=True)
+    np.testing.assert_allclose(sorted(clip_scores, reverse=True), np.sort(expected.max(0))[::-1], atol=ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_long_clip_per_window_scores_match_hugging_face(name, exported, hf_reference, audio_files, monkeypatch):
+    """A 3 s clip with an explicit hop: window times tile the clip, each window's scores equal
+    HF on exactly those samples, and mean/max aggregate them. A small batch size makes the
+    windows run in several chunks."""
+    import vlmedge
+    import vlmedge.tasks.audio as audio_task
+
+    monkeypatch.setattr(audio_task, "MAX_BATCH", 3)
+    tagger = vlmedge.load(exported(name))
+    hop = 0.25
+    raw = read_mono_16k(audio_files["long"])
+    result = tagger.tag(audio_files["long"], top_k=3, window_hop=hop, aggregate="mean")
+    spans, scores = tagger.window_probabilities(audio_files["long"], window_hop=hop)[0]
+    window = tagger.spec.window_samples
+    assert len(result.windows) == len(spans) > 3
+    starts = np.round(spans[:, 0] * SR).astype(int)
+    assert starts[0] == 0 and starts[-1] + window == raw.size
+    assert np.all(np.diff(starts)[:-1] == round(hop * SR)) and 0 < np.diff(starts)[-1] <= round(hop * SR)
+    expected = hf_reference(name)([raw[s:s + window] for s in starts])
+    np.testing.assert_allclose(scores, expected, atol=ATOL)
+    worst = max(1 - cosine(a, b) for a, b in zip(scores, expected))
+    assert worst < 1e-5
+    for w, row in zip(result.windows, expected):
+        assert [t.index for t in w.tags] == list(np.argsort(-row, kind="stable")[:3])
+    mean = expected.mean(0)
+    assert [t.index for t in result.tags] == list(np.argsort(-mean, kind="stable")[:3])
+    np.testing.assert_allclose([t.score for t in result.tags], np.sort(mean)[::-1][:3], atol=ATOL)
+
+    threshold = float(np.sort(mean)[::-1][1])  # keeps exactly the top two clip-level tags
+    filtered = tagger.tag(audio_files["long"], top_k=None, window_hop=hop, aggregate="mean", threshold=threshold)
+    assert len(filtered.tags) == 2
+    assert all(t.score >= threshold for w in filtered.windows for t in w.tags)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_manifest_records_audio_spec_activation_and_parity(name, exported, hf_dir):
+    from vlmedge.artifact import Artifact
+    from vlmedge.check import check_artifact
+    from vlmedge.exporters.samples import sample_audio_files
+
+    artifact = Artifact.open(exported(name))
+    m = artifact.manifest
+    assert m["task"] == "audio-classification"
+    assert m["postprocess"]["activation"] == ("sigmoid" if name == "multi-sigmoid" else "softmax")
+    audio = m["preprocess"]["audio"]
+    assert (audio["num_mel_bins"], audio["max_length"]) == (CONFIGS[name][1]["num_mel_bins"],
+                                                            CONFIGS[name][1]["max_length"])
+    (inputs,) = m["graphs"]["model"]["inputs"]
+    assert inputs["name"] == "input_values" and inputs["shape"][1:] == [audio["max_length"], audio["num_mel_bins"]]
+    assert isinstance(inputs["shape"][0], str)  # dynamic batch
+    samples = {e["path"] for e in artifact.files if e["role"] == "sample"}
+    bundled = sample_audio_files()
+    assert len(bundled) >= 2 and {f"samples/{p.name}" for p in bundled} <= samples
+    (entry,) = artifact.model_entries()
+    report = entry["parity"]
+    assert report["passed"] and report["samples"] >= len(bundled) + 4
+    logits = report["outputs"]["logits"]
+    assert logits["cosine_min"] >= 0.99999 and logits["max_abs"] <= 1e-3 and logits["top1"] == 1.0
+    assert all(r["passed"] for r in check_artifact(exported(name)))
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_predict_table_and_json(exported, audio_files):
+    from typer.testing import CliRunner
+
+    from vlmedge.cli import app
+
+    art = str(exported("multi-sigmoid"))
+    runner = CliRunner()
+    table = runner.invoke(app, ["predict", art, str(audio_files["short"]), str(audio_files["long"]), "--top-k", "3"])
+    assert table.exit_code == 0, table.output
+    assert "multi-sigmoid-tag" in table.output and "windows" in table.output
+
+    raw = runner.invoke(app, ["predict", art, str(audio_files["long"]), "--json", "--window-hop", "0.5",
+                              "--aggregate", "mean", "--top-k", "2"])
+    assert raw.exit_code == 0, raw.output
+    rows = json.loads(raw.output)
+    assert len(rows) == 1 and rows[0]["input"] == str(audio_files["long"])
+    assert len(rows[0]["predictions"]) == 2 and {"label", "score"} <= set(rows[0]["predictions"][0])
+    assert len(rows[0]["windows"]) > 2 and rows[0]["windows"][1]["start"] == pytest.approx(0.5)
+    assert all(len(w["predictions"]) == 2 for w in rows[0]["windows"])
+
+    bad = runner.invoke(app, ["predict", art, str(audio_files["short"]), "--aggregate", "median"])
+    assert bad.exit_code != 0 and isinstance(bad.exception, VlmedgeError)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors(exported, audio_files, tmp_path):
+    import vlmedge
+
+    tagger = vlmedge.load(exported("single-softmax"))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage" + bytes(64))
+    good = tone_clip(0.3)
+    bad_calls = {
+        "0-byte file": lambda: tagger.tag(empty),
+        "corrupt header": lambda: tagger.tag(corrupt),
+        "corrupt bytes": lambda: tagger.tag(corrupt.read_bytes()),
+        "missing file": lambda: tagger.tag(tmp_path / "nope.wav"),
+        "empty array": lambda: tagger.tag(np.zeros(0, np.float32), sample_rate=SR),
+        "NaN samples": lambda: tagger.tag(np.array([0.1, np.nan] * 800, np.float32), sample_rate=SR),
+        "inf samples": lambda: tagger.tag(np.array([0.1, np.inf] * 800, np.float32), sample_rate=SR),
+        "int array without rate": lambda: tagger.tag((good * 3000).astype(np.int16)),
+        "sample rate 0": lambda: tagger.tag(good, sample_rate=0),
+        "sample rate 10 MHz": lambda: tagger.tag(good, sample_rate=10_000_000),
+        "3-D array": lambda: tagger.tag(np.zeros((2, 800, 2), np.float32), sample_rate=SR),
+        "list of floats": lambda: tagger.tag([0.1, 0.2, 0.3], sample_rate=SR),
+        "empty list": lambda: tagger.tag([]),
+        "dict": lambda: tagger.tag({"wave": good}),
+        "bad clip in a list": lambda: tagger.tag([audio_files["short"], np.zeros(0, np.float32)], sample_rate=SR),
+        "top_k 0": lambda: tagger.tag(good, sample_rate=SR, top_k=0),
+        "top_k float": lambda: tagger.tag(good, sample_rate=SR, top_k=2.5),
+        "top_k bool": lambda: tagger.tag(good, sample_rate=SR, top_k=True),
+        "aggregate": lambda: tagger.tag(good, sample_rate=SR, aggregate="median"),
+        "aggregate probabilities": lambda: tagger.probabilities(good, sample_rate=SR, aggregate="sum"),
+        "window_hop 0": lambda: tagger.tag(good, sample_rate=SR, window_hop=0),
+        "window_hop negative": lambda: tagger.tag(good, sample_rate=SR, window_hop=-1.0),
+        "window_hop nan": lambda: tagger.tag(good, sample_rate=SR, window_hop=float("nan")),
+        "window_hop longer than window": lambda: tagger.tag(good, sample_rate=SR, window_hop=60.0),
+        "window_hop string": lambda: tagger.tag(good, sample_rate=SR, window_hop="1"),
+        "threshold": lambda: tagger.tag(good, sample_rate=SR, threshold=1.5),
+    }
+    for what, call in bad_calls.items():
+        with pytest.raises(VlmedgeError) as info:
+            call()
+        assert isinstance(info.value, InputError), what
+        assert str(info.value).strip(), what
+    assert "clip 1" in str(pytest.raises(InputError, bad_calls["bad clip in a list"]).value)
+
+
+# -- the built-in model --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (BUILTIN_DIR / "config.json").is_file(),
+                    reason="builtin:sounds-ast is not trained yet (exporters/builtin/models/sounds-ast/)")
+def test_builtin_sounds_ast_exports_and_tags_a_chirp(tmp_path):
+    from typer.testing import CliRunner
+
+    import vlmedge
+    from vlmedge.cli import app
+    from vlmedge.exporters.builtin import sounds
+
+    torch.set_num_threads(2)
+    out = tmp_path / "sounds-ast"
+    result = CliRunner().invoke(app, ["export", "builtin:sounds-ast", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    tagger = vlmedge.load(out)
+    assert tagger.labels == list(sounds.CLASSES)
+    chirp = sounds.synthesize("chirp_up", np.random.default_rng(123), seconds=1.5)
+    path = tmp_path / "chirp.wav"
+    sf.write(path, chirp, sounds.SAMPLE_RATE, subtype="PCM_16")
+    tags = tagger.tag(path, top_k=3)
+    assert tags.tags[0].label == "chirp_up", tags.tags
+    rows = json.loads(CliRunner().invoke(app, ["predict", str(out), str(path), "--json"]).output)
+    assert rows[0]["predictions"][0]["label"] == "chirp_up"

@@ -1,0 +1,86 @@
+"""The shipped `builtin:shapes-clip` folder loads with plain transformers and does zero-shot.
+
+Fast (a few seconds on 2 CPU cores): 100 fresh images, 8 shape prompts, one forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "exporters" / "builtin" / "models" / "shapes-clip"
+
+try:
+    from vlmedge.exporters.builtin import shapes
+except ImportError:
+    sys.path.insert(0, str(REPO / "exporters" / "builtin"))
+    import shapes  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="shapes-clip not trained yet")
+
+SHAPE_PROMPT = "a photo of a {shape}."  # as in train_shapes_clip.SHAPE_PROMPT
+EVAL_SEED = 20_240_611  # not a training seed
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model = CLIPModel.from_pretrained(MODEL_DIR).eval()
+    processor = CLIPProcessor.from_pretrained(MODEL_DIR)
+    # the parts load on their own too
+    CLIPTokenizer.from_pretrained(MODEL_DIR)
+    CLIPImageProcessor.from_pretrained(MODEL_DIR)
+    return model, processor
+
+
+def test_folder_contents_and_size():
+    names = {p.name for p in MODEL_DIR.iterdir()}
+    for required in ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "MODEL_CARD.md"):
+        assert required in names, required
+    assert names & {"preprocessor_config.json", "processor_config.json"}
+    total = sum(p.stat().st_size for p in MODEL_DIR.iterdir() if p.is_file())
+    assert total < 8 * 1024 * 1024
+
+
+def test_tokenizer_is_clip_like(loaded):
+    _, processor = loaded
+    tok = processor.tokenizer
+    assert tok.bos_token == "<|startoftext|>" and tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|endoftext|>"
+    ids = tok("A Photo of a HEXAGON.")["input_ids"]
+    assert ids == tok("a photo of a hexagon.")["input_ids"]  # lower-cases
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    for word in shapes.SHAPES + tuple(shapes.COLORS) + tuple(shapes.SIZES):
+        assert len(tok.tokenize(word)) == 1, word
+    # any text tokenizes through byte-level pieces, never to unk
+    odd = tok("Ünïcödé ✓ — zebra?")["input_ids"]
+    assert tok.unk_token_id not in odd[1:-1]
+    config = json.loads((MODEL_DIR / "config.json").read_text())
+    assert config["text_config"]["eos_token_id"] == tok.eos_token_id
+    assert config["text_config"]["vocab_size"] == len(tok)
+
+
+def test_shape_zero_shot_accuracy(loaded):
+    model, processor = loaded
+    rng = np.random.default_rng(EVAL_SEED)
+    images, labels = [], []
+    for _ in range(100):
+        image, shape, _color, _size = shapes.random_example(rng, 64)
+        images.append(image)
+        labels.append(shapes.SHAPES.index(shape))
+    prompts = [SHAPE_PROMPT.format(shape=s) for s in shapes.SHAPES]
+    inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        probs = model(**inputs).logits_per_image.softmax(dim=-1)
+    assert probs.shape == (100, 8)
+    accuracy = float((probs.argmax(-1).numpy() == np.array(labels)).mean())
+    assert accuracy >= 0.6, f"shape zero-shot accuracy {accuracy:.2f} (chance 0.125)"

@@ -1,0 +1,90 @@
+"""The CLI as a user runs it: exit codes, tables, JSON, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(__file__).resolve().parent.parent / "exporters" / "sample_data" / "red-circle.jpg"
+
+
+def vlmedge_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlmedge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "COLUMNS": "200"})
+
+
+def test_export_predict_info_check(hf_classifier_dir, tmp_path):
+    out = tmp_path / "vit"
+    result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "parity passed" in result.stdout and "export success" in result.stdout
+
+    result = vlmedge_cli("predict", out, SAMPLE, "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    assert "class_" in result.stdout and "red-circle.jpg" in result.stdout
+
+    result = vlmedge_cli("predict", out, SAMPLE, SAMPLE, "--json")
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 and len(rows[0]["predictions"]) == 5
+    assert {"label", "index", "score"} <= set(rows[0]["predictions"][0])
+
+    result = vlmedge_cli("info", out)
+    assert result.returncode == 0 and "image-classification" in result.stdout and "model.fp32.onnx" in result.stdout
+    assert "pass" in result.stdout
+
+    result = vlmedge_cli("check", out)
+    assert result.returncode == 0, result.stderr
+    assert "pass" in result.stdout
+
+
+def test_check_fails_on_a_wrong_reference(vit_artifact, tmp_path):
+    """A stored reference that no longer matches makes `check` exit 1 with the failing metric."""
+    import shutil
+
+    import numpy as np
+
+    from vlmedge.artifact import sha256_file
+
+    out = tmp_path / "art"
+    shutil.copytree(vit_artifact, out)
+    parity = out / "samples" / "parity.npz"
+    with np.load(parity) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["model.reference.logits"] = arrays["model.reference.logits"] + 0.01
+    np.savez(parity, **arrays)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "samples/parity.npz":
+            entry.update(sha256=sha256_file(parity), size=parity.stat().st_size)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = vlmedge_cli("check", out)
+    assert result.returncode == 1
+    assert "max abs error" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "/no/such/artifact", "x.jpg"], "No artifact folder"),
+    (["export", "builtin:nope", "-o", "OUT"], "no built-in model"),
+    (["info", "."], "manifest.json"),
+])
+def test_user_errors_are_one_sentence_without_traceback(args, message, tmp_path):
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = vlmedge_cli(*args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_input_image_is_an_error_not_a_traceback(vit_artifact, tmp_path):
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("hello")
+    result = vlmedge_cli("predict", vit_artifact, fake)
+    assert result.returncode == 1 and "fake.jpg" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_usage_exits_2():
+    assert vlmedge_cli("predict").returncode == 2
+    assert vlmedge_cli("export", "x", "--to").returncode == 2

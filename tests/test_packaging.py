@@ -1,0 +1,52 @@
+"""A built wheel, installed in a fresh virtualenv outside the repository, imports
+vlmedge.exporters and vlmedge.runtimes the same way the editable install does."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_outside_the_repo(tmp_path, vit_artifact):
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                            "-w", str(wheels), "-q"], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("vlmedge-*.whl")
+
+    env_dir = tmp_path / "fresh"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    fresh_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True).stdout.strip()
+    assert not (Path(fresh_site) / "exporters").exists() and not (Path(fresh_site) / "runtimes").exists()
+
+    # Dependencies (numpy, onnxruntime, ...) come from this environment; vlmedge itself only from the wheel.
+    code = (
+        "import sys, vlmedge, vlmedge.exporters, vlmedge.exporters.sources.hf, vlmedge.runtimes.onnxruntime\n"
+        "from vlmedge.exporters.sources.builtin import MODELS_DIR\n"
+        "assert vlmedge.__file__.startswith(sys.argv[1]), vlmedge.__file__\n"
+        "assert vlmedge.exporters.__file__.startswith(sys.argv[1]), vlmedge.exporters.__file__\n"
+        "import numpy as np\n"
+        "print(vlmedge.load(sys.argv[2]).classify(np.zeros((8, 8, 3), np.uint8))[0].label)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(site.getsitepackages())}
+    run = subprocess.run([str(python), "-c", code, fresh_site, str(vit_artifact)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().startswith("class_")
+    cli = subprocess.run([str(env_dir / "bin" / "vlmedge"), "info", str(vit_artifact)], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=120)
+    assert cli.returncode == 0 and "image-classification" in cli.stdout, cli.stderr

@@ -1,0 +1,242 @@
+"""Audio tagging: clips -> decode, downmix, resample -> model windows -> log-mel fbank ->
+logits -> per-window scores -> clip-level ranked labels. numpy only (no torch).
+
+A clip longer than the model's window (max_length frames, 10.24 s for AudioSet AST) is cut
+into overlapping windows; each window is scored on its own and the clip's scores are the
+max (or mean) of its windows' scores.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+
+from vlmedge.errors import ArtifactError, InputError
+from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
+from vlmedge.tasks.base import MAX_BATCH, ModelSessions, softmax
+
+AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
+AGGREGATES = ("max", "mean")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow for large negative logits."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(x.dtype, copy=False)
+
+
+class Tag(NamedTuple):
+    """One label and its score (sigmoid for multi-label models, softmax otherwise)."""
+
+    label: str
+    index: int
+    score: float
+
+
+class WindowTags(NamedTuple):
+    """The ranked tags of one model window, which spans start..end seconds of the clip."""
+
+    start: float
+    end: float
+    tags: list[Tag]
+
+
+class ClipTags(NamedTuple):
+    """The result for one clip: clip-level ranked tags (the aggregate of the windows'
+    scores), the per-window tags in time order (one window when the clip fits in the model's
+    window), and the clip's duration in seconds."""
+
+    tags: list[Tag]
+    windows: list[WindowTags]
+    duration: float
+
+
+class _Scored(NamedTuple):
+    duration: float
+    spans: list[tuple[float, float]]
+    scores: np.ndarray  # (windows, labels)
+
+
+def _as_clips(audio: Any) -> tuple[list[Any], bool]:
+    """One clip or a list of them -> a list; says whether it was a single one."""
+    if isinstance(audio, AUDIO_TYPES):
+        return [audio], True
+    if isinstance(audio, (list, tuple)):
+        if not audio:
+            raise InputError("Got an empty list; pass at least one audio clip.")
+        if all(isinstance(x, numbers.Number) for x in audio):
+            raise InputError("Got a list of numbers; pass the samples as a numpy array with sample_rate=... .")
+        return list(audio), False
+    raise InputError(
+        f"Unsupported audio input {type(audio).__name__}; pass a path, the bytes of an audio file, "
+        "a numpy array with sample_rate, or a list of them."
+    )
+
+
+class AudioTagger:
+    """Tags audio clips with an audio-classification (AST) artifact."""
+
+    task = "audio-classification"
+
+    def __init__(self, model: ModelSessions) -> None:
+        self.model = model
+        manifest = model.artifact.manifest
+        if "audio" not in manifest["preprocess"]:
+            raise ArtifactError(f"Artifact {model.artifact.root} has no audio preprocessing spec; re-export it.")
+        self.spec = AudioPreprocessSpec.from_dict(manifest["preprocess"]["audio"])
+        (self._graph, self._session), = model.sessions.items()
+        self._input = self._session.inputs[0].name
+        self._output = manifest["graphs"][self._graph]["outputs"][0]["name"]
+        num_labels = self._session.outputs[0].shape[-1] if self._session.outputs else None
+        self.labels: list[str] = manifest.get("labels") or [f"LABEL_{i}" for i in range(num_labels or 0)]
+        self.activation = (manifest.get("postprocess") or {}).get("activation", "softmax")
+
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of audio one model window covers."""
+        return self.spec.window_seconds
+
+    # -- input -------------------------------------------------------------------------------
+
+    def load(self, audio: Any, sample_rate: int | None = None) -> list[tuple[np.ndarray, float]]:
+        """Decodes, downmixes and resamples each clip to the model's rate.
+
+        Returns:
+            ``(wave, duration_seconds)`` per clip, wave float32 mono at ``spec.sampling_rate``.
+        """
+        items, single = _as_clips(audio)
+        loaded = []
+        for i, item in enumerate(items):
+            try:
+                wave, rate = load_audio(item, sample_rate)
+            except InputError as exc:
+                if single or isinstance(item, (str, os.PathLike)):  # a file's message names it
+                    raise
+                raise InputError(f"Audio clip {i} of the list: {exc}") from None
+            loaded.append((resample(wave, rate, self.spec.sampling_rate), wave.size / rate))
+        return loaded
+
+    def features(self, waves: list[np.ndarray]) -> np.ndarray:
+        """(N, max_length, num_mel_bins) model input for waveforms already at the model's rate."""
+        return np.stack([fbank(w, self.spec) for w in waves])
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Raw model outputs for a batch of features, run in chunks; (N, num_labels) float32."""
+        outputs = [self._session.run({self._input: features[s:s + MAX_BATCH]})[self._output]
+                   for s in range(0, len(features), MAX_BATCH)]
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def _activate(self, logits: np.ndarray) -> np.ndarray:
+        return _sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def _check_hop(self, window_hop: Any) -> float | None:
+        if window_hop is None:
+            return None
+        shift = self.spec.frame_shift / self.spec.sampling_rate
+        if (isinstance(window_hop, bool) or not isinstance(window_hop, numbers.Real)
+                or not math.isfinite(window_hop) or not shift <= window_hop <= self.window_seconds):
+            raise InputError(
+                f"window_hop={window_hop!r} must be a number of seconds from {shift:g} (one frame) "
+                f"to {self.window_seconds:g} (one model window)."
+            )
+        return float(window_hop)
+
+    def _score(self, audio: Any, sample_rate: int | None, window_hop: Any) -> tuple[list[_Scored], bool]:
+        """Per clip: duration, window spans and per-window scores. Windows of all clips are
+        batched together and their features computed one chunk at a time."""
+        hop = self._check_hop(window_hop)
+        _, single = _as_clips(audio)
+        clips = self.load(audio, sample_rate)
+        windows = [split_windows(wave, self.spec, hop) for wave, _ in clips]
+
+        def segments() -> Iterator[np.ndarray]:
+            for clip_windows in windows:
+                for _, _, segment in clip_windows:
+                    yield segment
+
+        flat = segments()
+        total = sum(len(w) for w in windows)
+        parts = []
+        for start in range(0, total, MAX_BATCH):
+            batch = [next(flat) for _ in range(min(MAX_BATCH, total - start))]
+            parts.append(self._activate(self.logits(self.features(batch))))
+        scores = np.concatenate(parts)
+        results, offset = [], 0
+        for (_, duration), clip_windows in zip(clips, windows):
+            spans = [(float(s), float(e)) for s, e, _ in clip_windows]
+            results.append(_Scored(duration, spans, scores[offset:offset + len(spans)]))
+            offset += len(spans)
+        return results, single
+
+    @staticmethod
+    def _aggregate(scores: np.ndarray, aggregate: str) -> np.ndarray:
+        return scores.max(axis=0) if aggregate == "max" else scores.mean(axis=0)
+
+    @staticmethod
+    def _check_aggregate(aggregate: Any) -> str:
+        if aggregate not in AGGREGATES:
+            raise InputError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)}.")
+        return aggregate
+
+    def window_probabilities(self, audio: Any, sample_rate: int | None = None,
+                             window_hop: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per clip: ``(spans, scores)``, spans (W, 2) start/end seconds and scores (W, num_labels)."""
+        scored, _ = self._score(audio, sample_rate, window_hop)
+        return [(np.asarray(s.spans, dtype=np.float64).reshape(-1, 2), s.scores) for s in scored]
+
+    def probabilities(self, audio: Any, sample_rate: int | None = None, window_hop: float | None = None,
+                      aggregate: str = "max") -> np.ndarray:
+        """Clip-level scores, (N, num_labels): the max (or mean) over each clip's windows of
+        the per-window sigmoid (multi-label models) or softmax."""
+        aggregate = self._check_aggregate(aggregate)
+        scored, _ = self._score(audio, sample_rate, window_hop)
+        return np.stack([self._aggregate(s.scores, aggregate) for s in scored])
+
+    def _ranked(self, row: np.ndarray, top_k: int | None, threshold: float | None) -> list[Tag]:
+        order = np.argsort(-row, kind="stable")
+        if threshold is not None:
+            order = order[row[order] >= threshold]
+        if top_k is not None:
+            order = order[:top_k]
+        return [Tag(self.labels[i], int(i), float(row[i])) for i in order]
+
+    def tag(self, audio: Any, sample_rate: int | None = None, top_k: int | None = 5,
+            threshold: float | None = None, window_hop: float | None = None,
+            aggregate: str = "max") -> ClipTags | list[ClipTags]:
+        """Tags one clip or a list of clips.
+
+        Args:
+            audio: a path (WAV, FLAC, OGG), the bytes of such a file, a numpy array (1-D, or
+                2-D with channels on the smaller axis; integer arrays are scaled by their
+                dtype's range), or a list of them.
+            sample_rate: the sample rate of numpy arrays in Hz (files carry their own).
+            top_k: at most this many tags per clip and per window; None for all.
+            threshold: keep only tags whose score is at least this (0..1).
+            window_hop: seconds between window starts for clips longer than one model
+                window; default half a window.
+            aggregate: "max" or "mean" of the windows' scores for the clip-level tags.
+
+        Returns:
+            A ClipTags for one clip, a list of them for a list.
+        """
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+            raise InputError(f"top_k must be a positive integer (or None for all labels), not {top_k!r}.")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                      or not 0.0 <= threshold <= 1.0):
+            raise InputError(f"threshold must be a score from 0 to 1 (or None), not {threshold!r}.")
+        aggregate = self._check_aggregate(aggregate)
+        top_k = None if top_k is None else int(top_k)
+        scored, single = self._score(audio, sample_rate, window_hop)
+        results = []
+        for s in scored:
+            windows = [WindowTags(start, end, self._ranked(row, top_k, threshold))
+                       for (start, end), row in zip(s.spans, s.scores)]
+            clip = self._aggregate(s.scores, aggregate)
+            results.append(ClipTags(self._ranked(clip, top_k, threshold), windows, s.duration))
+        return results[0] if single else results

@@ -1,0 +1,211 @@
+"""Image embeddings: images -> preprocessing -> encoder -> pooled, L2-normalised vectors,
+patch-token grids and CLS attention maps."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vlmedge.errors import ArtifactError, InputError
+from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.tasks.base import ModelSessions, as_list, chunks
+
+IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
+POOLINGS = ("cls", "mean", "cls+mean", "pooled")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm (an all-zero row stays zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)
+
+
+class ImageEncoder:
+    """Embeds images with an image-embedding artifact (DINO, DINOv2, MAE, Swin, DeiT, BEiT).
+
+    The manifest's "embedding" section says how the source's authors pool (DINOv2: CLS
+    concatenated with the mean of the patch tokens; DINO: CLS; MAE: mean of patches;
+    Swin: its pooler), which `embed` uses unless told otherwise.
+    """
+
+    task = "image-embedding"
+
+    def __init__(self, model: ModelSessions) -> None:
+        self.model = model
+        manifest = model.artifact.manifest
+        self.spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
+        info = manifest.get("embedding")
+        if not isinstance(info, dict) or "default_pooling" not in info:
+            raise ArtifactError(f"Artifact {model.artifact.root} has no 'embedding' section in its manifest; "
+                                "re-export it with this version of vlmedge.")
+        self.info: dict[str, Any] = info
+        (self._graph, self._session), = model.sessions.items()
+        self._input = self._session.inputs[0].name
+        self.outputs = [o["name"] for o in manifest["graphs"][self._graph]["outputs"]]
+        self.default_pooling: str = info["default_pooling"]
+        self.poolings: list[str] = [p for p in POOLINGS if self._can_pool(p)]
+
+    # -- model outputs --------------------------------------------------------------------
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the patch-token grid."""
+        return tuple(self.info["grid"])  # type: ignore[return-value]
+
+    @property
+    def has_attention(self) -> bool:
+        return "attentions" in self.outputs
+
+    def _can_pool(self, pooling: str) -> bool:
+        needs = {"cls": ["cls"], "mean": ["patch_tokens"], "cls+mean": ["cls", "patch_tokens"], "pooled": ["pooled"]}
+        return all(name in self.outputs for name in needs[pooling])
+
+    def _run(self, images: Any, names: list[str]) -> dict[str, np.ndarray]:
+        """The named outputs for every image, batched."""
+        items, _ = as_list(images, IMAGE_TYPES)
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for batch in chunks(items):
+            pixels = preprocess_images([load_image(i) for i in batch], self.spec)
+            out = self._session.run({self._input: pixels})
+            for name in names:
+                parts[name].append(out[name])
+        return {name: np.concatenate(values).astype(np.float32, copy=False) for name, values in parts.items()}
+
+    def resolve_pooling(self, pooling: str | None) -> str:
+        """The pooling to use (None: the manifest default), refusing one this model lacks."""
+        pooling = self.default_pooling if pooling is None else pooling
+        if pooling not in POOLINGS:
+            raise InputError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+        if pooling not in self.poolings:
+            family = self.info.get("family", "this model")
+            raise InputError(f"Pooling {pooling!r} is not available for {family} (it has "
+                             f"{', '.join(self.outputs)}); choose one of {', '.join(self.poolings)}.")
+        return pooling
+
+    @staticmethod
+    def _pool(outputs: dict[str, np.ndarray], pooling: str) -> np.ndarray:
+        if pooling == "cls":
+            return outputs["cls"]
+        if pooling == "pooled":
+            return outputs["pooled"]
+        tokens = outputs["patch_tokens"]
+        mean = tokens.reshape(len(tokens), -1, tokens.shape[-1]).mean(axis=1, dtype=np.float64).astype(np.float32)
+        return mean if pooling == "mean" else np.concatenate([outputs["cls"], mean], axis=1)
+
+    def embed(self, images: Any, pooling: str | None = None, normalize: bool = True,
+              patch_tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Embeddings, (N, D) float32, one row per image (a single image gives N = 1).
+
+        Args:
+            images: a path, bytes, PIL image or HWC uint8 array, or a list of them.
+            pooling: "cls", "mean" (of the patch tokens), "cls+mean" (concatenated, as the
+                DINOv2 linear probe), "pooled" (the model's pooler, Swin/BEiT), or None for the
+                manifest's default.
+            normalize: divide each embedding by its L2 norm.
+            patch_tokens: also return the (N, h, w, D) patch-token grid (never normalised).
+        """
+        pooling = self.resolve_pooling(pooling)
+        names = {"cls": ["cls"], "mean": ["patch_tokens"], "cls+mean": ["cls", "patch_tokens"],
+                 "pooled": ["pooled"]}[pooling]
+        if patch_tokens and "patch_tokens" not in names:
+            names = names + ["patch_tokens"]
+        outputs = self._run(images, names)
+        embeddings = self._pool(outputs, pooling)
+        if normalize:
+            embeddings = l2_normalize(embeddings)
+        return (embeddings, outputs["patch_tokens"]) if patch_tokens else embeddings
+
+    def attention_maps(self, images: Any) -> np.ndarray:
+        """The last layer's attention from the CLS token to each patch, per head: (N, heads, h, w)."""
+        if not self.has_attention:
+            family = self.info.get("family", "this model")
+            reason = ("it has no CLS token" if "cls" not in self.outputs
+                      else "it was exported with attention=False")
+            raise ArtifactError(f"Artifact {self.model.artifact.root} ({family}) has no attention maps: {reason}.")
+        return self._run(images, ["attentions"])["attentions"]
+
+    # -- visualisation --------------------------------------------------------------------
+
+    def model_view(self, image: Any) -> Image.Image:
+        """The image as the model sees it: resized and cropped, before rescaling."""
+        plain = dataclasses.replace(self.spec, do_rescale=False, do_normalize=False,
+                                    channel_order="RGB", layout="NHWC")
+        array = preprocess_images([load_image(image)], plain)[0]
+        return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "RGB")
+
+    def render_attention(self, image: Any, path: str | os.PathLike, panel_size: int = 224,
+                         alpha: float = 0.6, columns: int | None = None) -> Path:
+        """Writes a PNG: the image as the model sees it, then the head-averaged map, then one
+        heat map per head over the image. Each map is scaled to its own min..max."""
+        if isinstance(image, (list, tuple)):
+            raise InputError("render_attention takes one image; call it once per image.")
+        maps = self.attention_maps(image)[0]
+        view = self.model_view(image)
+        panels = [("input", _fit(view, panel_size)),
+                  ("mean of heads", overlay(view, maps.mean(axis=0), panel_size, alpha))]
+        panels += [(f"head {i}", overlay(view, m, panel_size, alpha)) for i, m in enumerate(maps)]
+        sheet = contact_sheet(panels, columns=columns)
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(path, format="PNG")
+        return path
+
+
+# -- heat-map drawing (Pillow + numpy only) ------------------------------------------------
+
+# matplotlib's "inferno", sampled at 9 points.
+_INFERNO = np.array([
+    (0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85),
+    (227, 89, 51), (249, 140, 10), (249, 201, 50), (252, 255, 164),
+], dtype=np.float64)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB through the inferno colour map."""
+    x = np.clip(values, 0.0, 1.0) * (len(_INFERNO) - 1)
+    low = np.floor(x).astype(int)
+    high = np.minimum(low + 1, len(_INFERNO) - 1)
+    frac = (x - low)[..., None]
+    rgb = _INFERNO[low] * (1 - frac) + _INFERNO[high] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+def _fit(image: Image.Image, panel_size: int) -> Image.Image:
+    """Scales the image so its longer side is panel_size."""
+    scale = panel_size / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BICUBIC)
+
+
+def overlay(image: Image.Image, heat: np.ndarray, panel_size: int = 224, alpha: float = 0.6) -> Image.Image:
+    """One (h, w) map, min-max scaled, smoothly upsampled and blended over the image."""
+    base = _fit(image, panel_size)
+    heat = np.asarray(heat, dtype=np.float32)
+    low, high = float(heat.min()), float(heat.max())
+    scaled = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+    upsampled = Image.fromarray(scaled.astype(np.float32), "F").resize(base.size, Image.BICUBIC)
+    colours = Image.fromarray(colormap(np.asarray(upsampled)), "RGB")
+    return Image.blend(base.convert("RGB"), colours, alpha)
+
+
+def contact_sheet(panels: list[tuple[str, Image.Image]], columns: int | None = None,
+                  pad: int = 6, caption: int = 16) -> Image.Image:
+    """Panels in a grid on white, each captioned below."""
+    columns = columns or min(len(panels), 4 if len(panels) <= 8 else 6)
+    rows = -(-len(panels) // columns)
+    cell_w = max(p.width for _, p in panels)
+    cell_h = max(p.height for _, p in panels)
+    sheet = Image.new("RGB", (pad + columns * (cell_w + pad), pad + rows * (cell_h + caption + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (title, panel) in enumerate(panels):
+        x = pad + (i % columns) * (cell_w + pad)
+        y = pad + (i // columns) * (cell_h + caption + pad)
+        sheet.paste(panel, (x + (cell_w - panel.width) // 2, y + (cell_h - panel.height) // 2))
+        draw.text((x + 2, y + cell_h + 2), title, fill=(0, 0, 0))
+    return sheet
