@@ -7,11 +7,13 @@ destination only after every file passed its parity gate.
 from __future__ import annotations
 
 import datetime
+import importlib
 import importlib.metadata
 import platform
 import shutil
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -25,8 +27,32 @@ from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import open_session
 
-TARGETS = ("onnx",)
-PRECISIONS = ("fp32",)
+TARGETS = ("onnx", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BACKEND_OF_TARGET = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+# (target, precision) -> (module, function(writer, context) -> (relpath, files, session_options));
+# ("onnx", "fp32") is the exported graph itself.
+VARIANT_BUILDERS: dict[tuple[str, str], tuple[str, str] | None] = {("onnx", "fp32"): None}
+
+
+@dataclass
+class VariantContext:
+    """What a variant builder gets: the graph, its fp32 ONNX file, the parity feeds and
+    source outputs, and calibration inputs when the user gave some."""
+
+    graph: GraphSpec
+    base: Path
+    feeds: dict[str, np.ndarray]
+    references: dict[str, np.ndarray]
+    calibration: dict[str, np.ndarray] | None
+    say: Callable[[str], None]
+
+
+def build_variant(target: str, precision: str, writer: ArtifactWriter,
+                  context: VariantContext) -> tuple[str, list[Path], dict[str, Any]]:
+    module_name, function_name = VARIANT_BUILDERS[(target, precision)]
+    builder = getattr(importlib.import_module(module_name), function_name)
+    return builder(writer, context)
 Progress = Callable[[str], None]
 
 
@@ -63,15 +89,17 @@ def _size_mb(paths: list[Path]) -> str:
 
 def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
            task: str | None = None, opset: int = DEFAULT_OPSET, gates: dict[str, Gate] | None = None,
-           progress: Progress | None = None, **source_options: Any) -> Artifact:
+           calibration: dict[str, dict[str, np.ndarray]] | None = None, progress: Progress | None = None,
+           **source_options: Any) -> Artifact:
     """Exports `model` to an artifact folder at `out` and returns it.
 
     Args:
         model: a Hugging Face folder or cached id, "builtin:NAME", or a torch.nn.Module
             (then pass preprocess= and labels=).
         out: the artifact folder; an existing artifact there is replaced only on success.
-        to: targets ("onnx").
-        precision: precisions ("fp32").
+        to: targets ("onnx", "openvino", "tensorrt"); the fp32 ONNX file is always included.
+        precision: precisions ("fp32", "fp16", "bf16", "int8").
+        calibration: per graph, preprocessed calibration inputs for static int8.
         task: the task when the architecture does not imply it.
         opset: ONNX opset (>= 17, so LayerNormalization is one operator).
         gates: parity gates per precision, replacing the defaults (tightening is safe;
@@ -80,9 +108,16 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
     """
     from vlmedge.exporters.sources import resolve
 
+    calibration_inputs = calibration
+
     say = progress or (lambda message: None)
     targets = _check_choices("target", to, TARGETS)
     precisions = _check_choices("precision", precision, PRECISIONS)
+    variants = [(t, p) for t in targets for p in precisions]
+    unsupported = [f"{t} {p}" for t, p in variants if (t, p) not in VARIANT_BUILDERS]
+    if unsupported:
+        raise ExportError(f"This vlmedge cannot build {', '.join(unsupported)}; "
+                          f"it builds: {', '.join(f'{t} {p}' for t, p in VARIANT_BUILDERS)}.")
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; use 17 or newer.")
     gates = {**GATES, **(gates or {})}
@@ -94,31 +129,42 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
         stored: dict[str, np.ndarray] = {}
         for graph in spec.graphs:
             feeds = spec.parity_feeds[graph.name]
+            calibration = (calibration_inputs or {}).get(graph.name)
             say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
             references = reference_outputs(graph, feeds)
             stored.update({f"{graph.name}.input.{k}": v for k, v in feeds.items()})
             stored.update({f"{graph.name}.reference.{k}": v for k, v in references.items()})
-            for target in targets:
-                for prec in precisions:
-                    relpath = f"{target}/{graph.name}.{prec}.onnx"
+            base = f"onnx/{graph.name}.fp32.onnx"
+            t0 = time.perf_counter()
+            base_files = export_onnx(graph, writer.path(base), opset=opset)
+            say(f"[{graph.name}] exported {base} in {time.perf_counter() - t0:.1f}s ({_size_mb(base_files)})")
+            # The fp32 ONNX graph is always kept: every other variant is built from it, here
+            # or later on the target device (vlmedge build).
+            for target, prec in [("onnx", "fp32")] + [v for v in variants if v != ("onnx", "fp32")]:
+                context = VariantContext(graph=graph, base=writer.path(base), feeds=feeds, references=references,
+                                         calibration=calibration, say=say)
+                if (target, prec) == ("onnx", "fp32"):
+                    relpath, files, session_options = base, base_files, {}
+                else:
                     t0 = time.perf_counter()
-                    files = export_onnx(graph, writer.path(relpath), opset=opset)
-                    say(f"[{graph.name}] exported {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
-                    session = open_session(writer.path(relpath), backend="onnxruntime")
-                    report = parity_report(
-                        references, run_in_batches(session, feeds), graph.compare, gates[prec],
-                        graph=graph.name, target=target, precision=prec, backend="onnxruntime",
-                        provider=session.provider,
-                    )
-                    if gates[prec] != GATES[prec]:
-                        report["gate_default"] = GATES[prec].to_dict()
-                    _raise_on_failure(report, relpath)
-                    say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report))
-                    graphs_io.setdefault(graph.name, _graph_io(session, graph))
-                    for extra in files[1:]:
-                        writer.add(extra.relative_to(writer.tmp).as_posix(), role="external_data", graph=graph.name)
-                    writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec,
-                               parity=report)
+                    relpath, files, session_options = build_variant(target, prec, writer, context)
+                    say(f"[{graph.name}] built {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
+                backend = BACKEND_OF_TARGET[target]
+                session = open_session(writer.path(relpath), backend=backend, **session_options)
+                report = parity_report(
+                    references, run_in_batches(session, feeds), graph.compare, gates[prec],
+                    graph=graph.name, target=target, precision=prec, backend=backend, provider=session.provider,
+                )
+                if gates[prec] != GATES[prec]:
+                    report["gate_default"] = GATES[prec].to_dict()
+                _raise_on_failure(report, relpath)
+                say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report))
+                graphs_io.setdefault(graph.name, _graph_io(session, graph))
+                for extra in files[1:]:
+                    writer.add(extra.relative_to(writer.tmp).as_posix(), role="weights", graph=graph.name)
+                entry_meta = {"session_options": session_options} if session_options else {}
+                writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec,
+                           parity=report, **entry_meta)
         np.savez(writer.path(PARITY_FILE), **stored)
         writer.add(PARITY_FILE, role="parity_inputs")
         for relpath, source in spec.extra_files.items():
@@ -133,7 +179,7 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
             "postprocess": spec.postprocess,
             "versions": package_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "export": {"opset": opset, "targets": targets, "precisions": precisions},
+            "export": {"opset": opset, "targets": sorted({"onnx", *targets}), "precisions": precisions},
             **spec.manifest_extra,
         }
         artifact = writer.commit(manifest)

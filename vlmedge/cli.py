@@ -35,8 +35,8 @@ def _split(value: str) -> list[str]:
 def export(
     model: str = typer.Argument(..., help="Hugging Face folder or cached id, or builtin:NAME."),
     output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to write."),
-    to: str = typer.Option("onnx", "--to", help="Comma-separated targets: onnx."),
-    precision: str = typer.Option("fp32", "--precision", help="Comma-separated precisions: fp32."),
+    to: str = typer.Option("onnx", "--to", help="Comma-separated targets: onnx, openvino, tensorrt."),
+    precision: str = typer.Option("fp32", "--precision", help="Comma-separated precisions: fp32, fp16, bf16, int8."),
     task: Optional[str] = typer.Option(None, "--task", help="Task, when the architecture does not imply it."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
     image_size: Optional[str] = typer.Option(
@@ -206,7 +206,7 @@ def embed(
                                  + (" (or --text for CLIP)" if inputs is None else ""), param_hint="INPUT")
     pipeline = vlmedge.load(artifact, backend=backend, precision=precision)
     if texts and pipeline.task != "clip":
-        raise typer.BadParameter(f"--text needs a CLIP artifact; {artifact} is a {pipeline.task} artifact, "
+        raise typer.BadParameter(f"--text needs a CLIP artifact; the task of {artifact} is {pipeline.task}, "
                                  "which embeds images only.", param_hint="--text")
     embedders = embedders_for(pipeline, pooling=pooling, normalize=normalize)
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
