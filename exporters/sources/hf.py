@@ -177,8 +177,12 @@ BUILDERS: dict[str, tuple[str, str]] = {
 }
 
 
-def from_hf(reference: str, task: str | None = None, **options: Any) -> ExportSpec:
-    """Builds the ExportSpec of a Hugging Face model folder or cached model id."""
+def from_hf(reference: str, /, task: str | None = None, **options: Any) -> ExportSpec:
+    """Builds the ExportSpec of a Hugging Face model folder or cached model id.
+
+    `reference` is positional-only so that builtin: sources can pass the name to record as
+    options["reference"] beside the folder they resolved.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder = resolve_folder(reference)
     from transformers import AutoConfig

@@ -1,7 +1,7 @@
 """Audio tagging: clips -> decode, downmix, resample -> model windows -> log-mel fbank ->
 logits -> per-window scores -> clip-level ranked labels. numpy only (no torch).
 
-A clip longer than the model's window (max_length frames, 10.24 s for AudioSet AST) is cut
+A clip longer than the model's window (max_length frames, 10.255 s for AudioSet AST) is cut
 into overlapping windows; each window is scored on its own and the clip's scores are the
 max (or mean) of its windows' scores.
 """
@@ -11,22 +11,16 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
-from vlmedge.tasks.base import MAX_BATCH, ModelSessions, softmax
+from vlmedge.tasks.base import MAX_BATCH, ModelSessions, chunks, sigmoid, softmax
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
 AGGREGATES = ("max", "mean")
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function without overflow for large negative logits."""
-    z = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(x.dtype, copy=False)
 
 
 class Tag(NamedTuple):
@@ -126,12 +120,11 @@ class AudioTagger:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Raw model outputs for a batch of features, run in chunks; (N, num_labels) float32."""
-        outputs = [self._session.run({self._input: features[s:s + MAX_BATCH]})[self._output]
-                   for s in range(0, len(features), MAX_BATCH)]
+        outputs = [self._session.run({self._input: batch})[self._output] for batch in chunks(features, MAX_BATCH)]
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
-        return _sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
+        return sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
 
     # -- scoring -------------------------------------------------------------------------------
 
@@ -154,18 +147,8 @@ class AudioTagger:
         _, single = _as_clips(audio)
         clips = self.load(audio, sample_rate)
         windows = [split_windows(wave, self.spec, hop) for wave, _ in clips]
-
-        def segments() -> Iterator[np.ndarray]:
-            for clip_windows in windows:
-                for _, _, segment in clip_windows:
-                    yield segment
-
-        flat = segments()
-        total = sum(len(w) for w in windows)
-        parts = []
-        for start in range(0, total, MAX_BATCH):
-            batch = [next(flat) for _ in range(min(MAX_BATCH, total - start))]
-            parts.append(self._activate(self.logits(self.features(batch))))
+        segments = [segment for clip_windows in windows for _, _, segment in clip_windows]  # views, no copies
+        parts = [self._activate(self.logits(self.features(batch))) for batch in chunks(segments, MAX_BATCH)]
         scores = np.concatenate(parts)
         results, offset = [], 0
         for (_, duration), clip_windows in zip(clips, windows):
