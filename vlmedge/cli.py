@@ -167,11 +167,26 @@ def _embedding_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+def _predict_clip(pipeline: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
+                  templates: Optional[list[str]] = None, **_: Any) -> list[dict[str, Any]]:
+    """CLIP zero-shot: each image against the --labels, through the --template prompts."""
+    candidates = _split(labels or "")
+    if not candidates:
+        raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; "
+                                 "pass them, e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').",
+                                 param_hint="--labels")
+    chosen = list(templates) if templates else ["a photo of a {}."]
+    label_matrix = pipeline.text_embeddings(candidates, chosen)
+    results = pipeline.zero_shot(inputs, candidates, chosen, top_k=top_k, text_embeddings=label_matrix)
+    return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
+
+
 # task -> function(pipeline, inputs, **options) -> rows for the table or JSON
 PREDICTORS = {
     "image-classification": _predict_classification,
     "audio-classification": _predict_audio,
     "image-embedding": _predict_embedding,
+    "clip": _predict_clip,
 }
 
 

@@ -174,12 +174,14 @@ class EncoderOutputs(torch.nn.Module):
         hidden = out.last_hidden_state
         h, w = self.grid
         results = [hidden[:, 0]] if self.family.has_cls else []
-        results.append(hidden[:, self.prefix:].reshape(-1, h, w, self.hidden_size if self.hidden_size > 0 else hidden.shape[-1]))
+        dim = self.hidden_size if self.hidden_size > 0 else hidden.shape[-1]
+        results.append(hidden[:, self.prefix:].reshape(-1, h, w, dim))
         if self.pooled:
             results.append(out.pooler_output)
         if self.attention:
             last = out.attentions[-1]  # (N, heads, tokens, tokens)
-            results.append(last[:, :, 0, self.prefix:].reshape(-1, self.heads if self.heads > 0 else last.shape[1], h, w))
+            heads = self.heads if self.heads > 0 else last.shape[1]
+            results.append(last[:, :, 0, self.prefix:].reshape(-1, heads, h, w))
         return tuple(results)
 
 
