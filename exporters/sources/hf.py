@@ -132,9 +132,14 @@ def image_preprocess(folder: Path) -> ImagePreprocessSpec:
     return ImagePreprocessSpec.from_hf(read_json(config_path))
 
 
-def image_classifier(folder: Path, config: Any, arch: str, reference: str, **_: Any) -> ExportSpec:
+def image_classifier(folder: Path, config: Any, arch: str, reference: str, image_size: Any = None,
+                     **_: Any) -> ExportSpec:
     """ViT, DeiT (with and without distillation head), BEiT, Swin, DINOv2 and any other
     Hugging Face image classifier."""
+    if image_size is not None:
+        raise UnsupportedModelError(
+            "--image-size applies to image encoders; a classifier is exported at its processor's resolution."
+        )
     preprocess = image_preprocess(folder)
     model = load_model(folder, arch)
     height, width = preprocess.output_size
