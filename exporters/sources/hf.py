@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,30 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
 
     Eager attention keeps the exported graph to standard ONNX operators and lets
     encoders return attention maps.
+
+    Weights are never unpickled without restriction: safetensors holds no code, and a
+    pickle checkpoint (pytorch_model.bin) goes through torch.load(weights_only=True), which
+    refuses any object but tensors and plain containers. There is deliberately no opt-in
+    to unrestricted unpickling; convert such a checkpoint to safetensors where you trust it.
     """
-    model = model_class(arch).from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+    try:
+        model = model_class(arch).from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
+                                                  weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:300]
+        raise UnsupportedModelError(
+            f"The weights in {folder} are a pickle that would run code or build objects other than tensors when "
+            f"loaded ({reason}); vlmedge loads pickles only with torch.load(weights_only=True) and never unpickles "
+            "them unrestricted. Save the model as safetensors (save_pretrained) from a source you trust."
+        ) from None
+    except (OSError, ValueError, RuntimeError, EOFError) as exc:
+        raise UnsupportedModelError(f"Cannot load the weights in {folder}: {str(exc).strip()[:400]}") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UnsupportedModelError(
+            f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
+        ) from None
     return model.eval()
 
 
@@ -124,6 +147,11 @@ class LogitsOnly(torch.nn.Module):
 
 def image_preprocess(folder: Path) -> ImagePreprocessSpec:
     config_path = folder / "preprocessor_config.json"
+    combined = folder / "processor_config.json"  # transformers 5 ProcessorMixin: {"image_processor": {...}, ...}
+    if not config_path.is_file() and combined.is_file():
+        section = read_json(combined).get("image_processor")
+        if isinstance(section, dict):
+            return ImagePreprocessSpec.from_hf(section)
     if not config_path.is_file():
         raise UnsupportedModelError(
             f"{folder} has no preprocessor_config.json; save the model's image processor beside it "

@@ -1,0 +1,243 @@
+"""CLIP-style dual encoders from Hugging Face: CLIPModel (softmax scoring) and SiglipModel
+(sigmoid scoring).
+
+Two graphs, each with a dynamic batch axis:
+
+    image   pixel_values (N, 3, H, W)             -> image_embeds (N, D)
+    text    input_ids (N, L) [, attention_mask]   -> text_embeds  (N, D)
+
+The embeddings are the *projected* ones (what ``get_image_features`` /
+``get_text_features`` return), **not** L2-normalised in the graph: the graphs compute
+exactly the source's functions, parity compares them without any post-step, and the
+runtime normalises in numpy (``postprocess["normalized"] = False`` records this).
+
+The wrappers call the model's own ``get_text_features`` / ``get_image_features``, so the
+EOS pooling is the source's in both of its conventions (configs with ``eos_token_id == 2``
+pool at the argmax of ``input_ids``; newer ones at the first ``eos_token_id``; both cast
+the ids to int32 before ArgMax, which ONNX Runtime needs) and SigLIP's last-token pooling
+and attention-pooling head come along unchanged.
+
+The text length is fixed at the context length the tokenizer pads to (CLIP 77, SigLIP
+64): SigLIP pools the last position, so its padding is part of the model. The text
+graph takes an ``attention_mask`` exactly when the tokenizer hands one to the model
+(``model_input_names``), so the graph computes what ``model(**tokenizer(...))`` does.
+
+The manifest's ``postprocess`` holds what zero-shot scoring needs: ``scoring``
+("softmax" or "sigmoid"), ``logit_scale`` (already exponentiated), ``logit_bias``
+(SigLIP; null for CLIP), ``normalized`` and ``embedding_dim``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmedge.errors import UnsupportedModelError
+from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
+from vlmedge.exporters.sources.hf import image_preprocess, load_model, source_info
+from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.preprocess.text import TextTokenizer
+
+CAPTIONS_FILE = SAMPLE_DIR / "captions.txt"
+_UNSET_MAX_LENGTH = 1_000_000  # HF uses int(1e30) for "no limit"
+
+# architecture -> how its two towers' similarities become probabilities
+SCORING = {"CLIPModel": "softmax", "SiglipModel": "sigmoid"}
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output with the projected
+    embedding in pooler_output (transformers 5)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        pooled = output[1] if isinstance(output, (tuple, list)) else output["pooler_output"]
+    return pooled
+
+
+class ImageTower(torch.nn.Module):
+    """pixel_values -> the projected image embedding, by the model's own get_image_features."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.model.get_image_features(pixel_values=pixel_values))
+
+
+class TextTower(torch.nn.Module):
+    """input_ids [, attention_mask] -> the projected text embedding, by get_text_features."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return _pooled(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+# -- parity captions -------------------------------------------------------------------
+
+def sample_captions() -> list[str]:
+    """The bundled captions (exporters/sample_data/captions.txt), one per line."""
+    if not CAPTIONS_FILE.is_file():
+        return []
+    return [line for line in CAPTIONS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+_ALPHABETS = (
+    "abcdefghijklmnopqrstuvwxyz" * 4 + "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "0123456789.,;:!?'\"()-_/&%$#@*+=<>[]{}",
+    "àáâäãåçèéêëìíîïñòóôöõùúûüýÿßæøœ",
+    "日本語中文字符한국어텍스트猫犬車",
+    "🙂🐶🐱🍜🚲🌆⭐❤️👍🏽🇫🇷",
+)
+
+
+def random_captions(n: int, seed: int, context_length: int) -> list[str]:
+    """Seeded random captions: words of random letters, digits, punctuation, accents,
+    CJK and emoji, of random length, from one word to longer than the context (truncation)."""
+    rng = np.random.default_rng(seed)
+    captions = []
+    for i in range(n):
+        n_words = int(rng.integers(1, 8)) if i % 2 == 0 else int(rng.integers(context_length, 2 * context_length))
+        words = []
+        for _ in range(n_words):
+            alphabet = _ALPHABETS[int(rng.choice(len(_ALPHABETS), p=[0.6, 0.1, 0.1, 0.1, 0.1]))]
+            length = int(rng.integers(1, 10))
+            words.append("".join(alphabet[j] for j in rng.integers(0, len(alphabet), size=length)))
+        captions.append(" ".join(words))
+    return captions
+
+
+def text_parity_feeds(tokenizer: TextTokenizer, input_names: list[str], n_random: int = 8,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """The bundled captions, the tokenizer probes (accents, emoji, CJK, control
+    characters, the empty string, over-long text) and seeded random captions, tokenized
+    by the artifact's own tokenizer."""
+    from vlmedge.exporters.tokenizer import PROBE_TEXTS
+
+    texts = sample_captions() + list(PROBE_TEXTS) + random_captions(n_random, seed, tokenizer.spec.context_length)
+    encoded = tokenizer.encode(texts)
+    return {name: encoded[name] for name in input_names}
+
+
+# -- the source ------------------------------------------------------------------------
+
+def _context_length(hf_tokenizer: Any, config: Any) -> int:
+    """The length every caption is padded to: the tokenizer's model_max_length, at most the
+    text model's position-embedding count (its max_position_embeddings when unset)."""
+    max_positions = int(getattr(config.text_config, "max_position_embeddings", 77))
+    n = getattr(hf_tokenizer, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < _UNSET_MAX_LENGTH:
+        return min(n, max_positions)
+    return max_positions
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, ImportError (sentencepiece) ...
+        raise UnsupportedModelError(
+            f"Cannot load the tokenizer saved in {folder} ({type(exc).__name__}: {exc}); save the model's "
+            "tokenizer beside it (tokenizer.save_pretrained(folder)) so vlmedge can ship it."
+        ) from None
+
+
+def clip_model(folder: Path, config: Any, arch: str, reference: str, context_length: int | None = None,
+               image_size: Any = None, **_: Any) -> ExportSpec:
+    """CLIPModel or SiglipModel -> an "image" and a "text" graph, tokenizer.json, and the
+    logit scale (and SigLIP's bias) for zero-shot scoring.
+
+    Args:
+        context_length: tokens per caption; default: the tokenizer's model_max_length, at
+            most the text model's max_position_embeddings.
+    """
+    from vlmedge.exporters.tokenizer import TOKENIZER_FILE, export_tokenizer
+
+    if arch not in SCORING:
+        raise UnsupportedModelError(f"vlmedge exports CLIP-style models of {', '.join(SCORING)}, not {arch}.")
+    if image_size is not None:
+        raise UnsupportedModelError(
+            "--image-size applies to image encoders; a CLIP model is exported at its processor's resolution."
+        )
+    max_positions = int(getattr(config.text_config, "max_position_embeddings", 77))
+    if context_length is not None and not (isinstance(context_length, int) and 0 < context_length <= max_positions):
+        raise UnsupportedModelError(
+            f"context_length must be an int from 1 to the text model's {max_positions} positions, not {context_length!r}."
+        )
+    image_spec = image_preprocess(folder)
+    hf_tokenizer = _load_tokenizer(folder)
+    length = context_length or _context_length(hf_tokenizer, config)
+    tmp = tempfile.TemporaryDirectory(prefix="vlmedge-clip-tokenizer-")
+    text_spec = export_tokenizer(hf_tokenizer, tmp.name, context_length=length)
+    tokenizer = TextTokenizer(Path(tmp.name) / TOKENIZER_FILE, text_spec)
+
+    model = load_model(folder, arch)
+    text_inputs = [n for n in ("input_ids", "attention_mask") if n in hf_tokenizer.model_input_names]
+    if "input_ids" not in text_inputs:
+        raise UnsupportedModelError(f"The tokenizer in {folder} gives the model no input_ids; vlmedge cannot export it.")
+    image = ImageTower(model)
+    text = TextTower(model)
+
+    height, width = image_spec.output_size
+    pixels, sample_files = image_parity_feeds(image_spec)
+    text_feeds = text_parity_feeds(tokenizer, text_inputs)
+    example_text = tokenizer.encode(["a photo of a cat", "a diagram"])
+    with torch.no_grad():
+        dim = int(image(torch.zeros(1, 3, height, width)).shape[-1])
+    image_graph = GraphSpec(
+        name="image",
+        module=image,
+        input_names=["pixel_values"],
+        output_names=["image_embeds"],
+        example_inputs={"pixel_values": torch.randn(2, 3, height, width)},
+        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+        compare={"image_embeds": "embedding"},
+    )
+    text_graph = GraphSpec(
+        name="text",
+        module=text,
+        input_names=text_inputs,
+        output_names=["text_embeds"],
+        example_inputs={name: torch.from_numpy(example_text[name]) for name in text_inputs},
+        dynamic_axes={**{name: {0: "batch"} for name in text_inputs}, "text_embeds": {0: "batch"}},
+        compare={"text_embeds": "embedding"},
+    )
+    scoring = SCORING[arch]
+    logit_bias = getattr(model, "logit_bias", None)
+    postprocess = {
+        "activation": scoring,
+        "scoring": scoring,
+        "logit_scale": float(model.logit_scale.detach().exp().reshape(-1)[0]),
+        "logit_bias": None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
+        "normalized": False,
+        "embedding_dim": dim,
+    }
+    text_eos = getattr(config.text_config, "eos_token_id", None)
+    source = source_info(reference, folder, arch, config)
+    if arch == "CLIPModel":
+        source["text_pooling"] = "argmax" if text_eos == 2 else "first_eos"
+    else:
+        source["text_pooling"] = "last"
+    spec = ExportSpec(
+        task="clip",
+        graphs=[image_graph, text_graph],
+        preprocess={"image": image_spec.to_dict(), "text": text_spec.to_dict()},
+        labels=None,
+        postprocess=postprocess,
+        source=source,
+        parity_feeds={"image": {"pixel_values": pixels}, "text": text_feeds},
+        extra_files={TOKENIZER_FILE: Path(tmp.name) / TOKENIZER_FILE, **sample_files,
+                     **({"samples/captions.txt": CAPTIONS_FILE} if CAPTIONS_FILE.is_file() else {})},
+    )
+    spec._tokenizer_dir = tmp  # type: ignore[attr-defined]  # removed when the spec is collected
+    return spec

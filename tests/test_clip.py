@@ -1,0 +1,388 @@
+"""Issue 3: CLIP and SigLIP image/text embeddings and zero-shot, torch-free, against the
+Hugging Face source: tiny seeded models of the real classes for both CLIP EOS-pooling
+conventions and for SigLIP, exported once per module."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.clip_models import CONFIGS, EXTRA_TOKEN, tiny_clip_folder
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "exporters" / "sample_data"
+SHAPES_CLIP = REPO / "exporters" / "builtin" / "models" / "shapes-clip"
+
+CAPTIONS = [
+    "a photo of a cat",
+    "A PHOTO OF A DOG!",
+    "café naïve résumé Ångström Straße",
+    "e\u0301 combining o\u0308 accents",
+    "a dog 🐶 and a cat 🐱 👩‍👩‍👧 🇫🇷 👍🏽",
+    "日本語のテキスト 中文字符 한국어 텍스트",
+    "!!!???...,,,;;;:::---___*** ((( ))) ",
+    "",
+    "   spaces\tand\ttabs\nand newlines  ",
+    " ".join(f"word{i % 37} and" if i % 5 else "x" for i in range(500)),
+    f"a photo of a {EXTRA_TOKEN} cat",
+]
+LABELS = ["cat", "dog", "car", "red circle", "yellow star", "hexagon"]
+TEMPLATE = "a photo of a {}."
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """kind -> (HF folder, exported artifact folder)."""
+    import vlmedge
+
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def make(kind: str) -> tuple[Path, Path]:
+        if kind not in cache:
+            root = tmp_path_factory.mktemp(f"clip-{kind}")
+            folder = tiny_clip_folder(kind, root)
+            out = root / "artifact"
+            vlmedge.export(str(folder), out)
+            cache[kind] = (folder, out)
+        return cache[kind]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def pipelines(made):
+    import vlmedge
+
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            cache[kind] = vlmedge.load(made(kind)[1])
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def hf(made):
+    """kind -> (model, tokenizer, image processor) loaded by transformers from the saved folder."""
+    cache = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            folder = made(kind)[0]
+            config = transformers.AutoConfig.from_pretrained(folder)
+            model = getattr(transformers, config.architectures[0]).from_pretrained(folder).eval()
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+            processor = transformers.AutoImageProcessor.from_pretrained(folder)
+            cache[kind] = (model, tokenizer, processor)
+        return cache[kind]
+
+    return get
+
+
+def _pooled(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (_normalize(a) * _normalize(b)).sum(-1)
+
+
+def hf_text(kind, hf, texts) -> np.ndarray:
+    model, tokenizer, _ = hf(kind)
+    inputs = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return _pooled(model.get_text_features(**inputs)).numpy()
+
+
+def hf_images(kind, hf, paths) -> np.ndarray:
+    from transformers.image_utils import load_image
+
+    model, _, processor = hf(kind)
+    pixels = processor([load_image(str(p)) for p in paths], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        return _pooled(model.get_image_features(pixel_values=pixels)).numpy()
+
+
+def hf_zero_shot(kind, hf, paths, labels, template=TEMPLATE) -> tuple[np.ndarray, np.ndarray]:
+    """(logits_per_image, probabilities) as a Hugging Face user computes them."""
+    from transformers.image_utils import load_image
+
+    model, tokenizer, processor = hf(kind)
+    text = tokenizer([template.format(label) for label in labels], padding="max_length", truncation=True,
+                     return_tensors="pt")
+    pixels = processor([load_image(str(p)) for p in paths], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = model(**text, pixel_values=pixels).logits_per_image
+    probs = logits.softmax(-1) if kind.startswith("clip") else torch.sigmoid(logits)
+    return logits.numpy(), probs.numpy()
+
+
+# -- export --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_manifest_two_graphs_tokenizer_and_scoring(kind, made, hf):
+    from vlmedge.artifact import Artifact
+
+    artifact = Artifact.open(made(kind)[1])
+    assert artifact.task == "clip"
+    assert {e["path"] for e in artifact.model_entries()} == {"onnx/image.fp32.onnx", "onnx/text.fp32.onnx"}
+    for entry in artifact.model_entries():
+        report = entry["parity"]
+        assert report["passed"], report["failures"]
+        (metrics,) = report["outputs"].values()
+        assert metrics["cosine_min"] >= 0.99999 and metrics["max_abs"] <= 1e-3
+    assert artifact.entry("resource")["path"] == "tokenizer.json"
+    assert set(artifact.manifest["preprocess"]) == {"image", "text"}
+    text_inputs = [i["name"] for i in artifact.manifest["graphs"]["text"]["inputs"]]
+    assert text_inputs[0] == "input_ids"
+    assert all(i["shape"][0] == "batch" for g in artifact.manifest["graphs"].values() for i in g["inputs"])
+    model = hf(kind)[0]
+    post = artifact.manifest["postprocess"]
+    assert post["normalized"] is False
+    assert post["logit_scale"] == pytest.approx(float(model.logit_scale.detach().exp()), rel=1e-6)
+    if kind == "siglip":
+        assert post["scoring"] == "sigmoid" and post["logit_bias"] == pytest.approx(float(model.logit_bias.detach()))
+        assert artifact.manifest["preprocess"]["text"]["context_length"] == 64
+    else:
+        assert post["scoring"] == "softmax" and post["logit_bias"] is None
+        assert artifact.manifest["source"]["text_pooling"] == ("argmax" if kind == "clip-legacy" else "first_eos")
+
+
+# -- parity with Hugging Face ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_token_ids_equal_hugging_face(kind, pipelines, hf):
+    _, tokenizer, _ = hf(kind)
+    ours = pipelines(kind).tokenizer.encode(CAPTIONS)
+    ref = tokenizer(CAPTIONS, padding="max_length", truncation=True)
+    assert ours["input_ids"].tolist() == ref["input_ids"]
+    assert ours["attention_mask"].tolist() == ref["attention_mask"]
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_text_embeddings_equal_hugging_face(kind, pipelines, hf):
+    ours = pipelines(kind).embed_texts(CAPTIONS)
+    reference = hf_text(kind, hf, CAPTIONS)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cosines = _rowwise_cosine(ours, reference)
+    assert cosines.min() >= 0.99999, dict(zip(CAPTIONS, cosines))
+    # one caption at a time gives the same embeddings as the batch
+    single = pipelines(kind).embed_texts(CAPTIONS[4])
+    assert single.shape == (1, ours.shape[1])
+    np.testing.assert_allclose(single[0], ours[4], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_image_embeddings_equal_hugging_face(kind, pipelines, hf, image_files):
+    ours = pipelines(kind).embed_images([str(p) for p in image_files])
+    reference = hf_images(kind, hf, image_files)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cosines = _rowwise_cosine(ours, reference)
+    assert cosines.min() >= 0.99999, dict(zip((p.name for p in image_files), cosines))
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_zero_shot_equals_hugging_face(kind, pipelines, hf, image_files):
+    clip = pipelines(kind)
+    logits, expected = hf_zero_shot(kind, hf, image_files, LABELS)
+    got = clip.probabilities([str(p) for p in image_files], LABELS, [TEMPLATE])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert expected.max() - expected.min() > 0.2  # the tiny model is far from uniform
+    np.testing.assert_allclose(clip.logits([str(p) for p in image_files], LABELS, [TEMPLATE]), logits,
+                               atol=1e-3, rtol=1e-4)
+    results = clip.zero_shot([str(p) for p in image_files], LABELS, [TEMPLATE], top_k=len(LABELS))
+    for row, preds in zip(logits, results):
+        assert [p.index for p in preds] == list(np.argsort(-row, kind="stable"))
+        assert [p.label for p in preds] == [LABELS[i] for i in np.argsort(-row, kind="stable")]
+    single = clip.zero_shot(str(image_files[0]), LABELS, [TEMPLATE], top_k=2)
+    assert len(single) == 2 and single[0].label == results[0][0].label
+    if kind.startswith("clip"):
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_eos_pooling_conventions_differ_where_the_source_differs(pipelines, hf):
+    """Same weights, two configs: legacy (eos_token_id == 2) pools at the argmax id, which
+    is the added token above EOS; the new config pools at the first EOS. Each artifact
+    follows its own source, and the two agree where the conventions coincide."""
+    caption = f"a photo of a {EXTRA_TOKEN} cat"
+    legacy, new = pipelines("clip-legacy"), pipelines("clip")
+    assert float(legacy.embed_texts(caption)[0] @ new.embed_texts(caption)[0]) < 0.999
+    np.testing.assert_allclose(legacy.embed_texts("a photo of a cat"), new.embed_texts("a photo of a cat"), atol=1e-6)
+    for kind, clip in (("clip-legacy", legacy), ("clip", new)):
+        assert _rowwise_cosine(clip.embed_texts(caption), hf_text(kind, hf, [caption])).min() >= 0.99999
+
+
+def test_prompt_ensembling_and_reuse(pipelines, hf):
+    clip = pipelines("clip")
+    templates = ["a photo of a {}.", "a drawing of a {}", "{} in the wild"]
+    matrix = clip.text_embeddings(LABELS, templates)
+    assert matrix.shape == (len(LABELS), 16) and matrix.dtype == np.float32
+    per_prompt = _normalize(hf_text("clip", hf, [t.format(label) for label in LABELS for t in templates]))
+    expected = _normalize(per_prompt.reshape(len(LABELS), len(templates), -1).mean(axis=1))
+    assert _rowwise_cosine(matrix, expected).min() >= 0.99999
+    image = str(SAMPLES / "red-circle.jpg")
+    reused = clip.zero_shot(image, LABELS, templates, text_embeddings=matrix)
+    assert reused == clip.zero_shot(image, LABELS, templates)
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+def test_threads_give_the_serial_results(pipelines, image_files):
+    clip = pipelines("clip")
+    images = [str(p) for p in image_files[:4]]
+    matrix = clip.text_embeddings(LABELS)
+
+    def call(i: int):
+        if i % 3 == 0:
+            return clip.embed_texts([CAPTIONS[i % len(CAPTIONS)], LABELS[i % len(LABELS)]])
+        if i % 3 == 1:
+            return clip.embed_images(images[i % len(images)])
+        return np.array([p.score for p in clip.zero_shot(images[i % len(images)], LABELS, text_embeddings=matrix)])
+
+    serial = [call(i) for i in range(20)]
+    results: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(20):
+                results[(t, i)] = call((i + 5 * t) % 20)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for (t, i), value in results.items():
+        np.testing.assert_array_equal(value, serial[(i + 5 * t) % 20])
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+def test_bad_inputs_are_input_errors(pipelines):
+    from vlmedge.errors import InputError
+
+    clip = pipelines("clip")
+    image = str(SAMPLES / "red-circle.jpg")
+    for bad in (None, [], [1], ["ok", None], b"bytes", 3.5, {"a": 1}):
+        with pytest.raises(InputError):
+            clip.embed_texts(bad)
+    for bad in (None, [], 42):
+        with pytest.raises(InputError):
+            clip.embed_images(bad)
+    for labels in (None, [], "cat,dog", ["cat", ""], ["cat", None]):
+        with pytest.raises(InputError):
+            clip.zero_shot(image, labels)
+    with pytest.raises(InputError):
+        clip.zero_shot(image, ["cat"], templates=["no placeholder"])
+    with pytest.raises(InputError):
+        clip.zero_shot(image, ["cat"], top_k=0)
+    with pytest.raises(InputError):
+        clip.zero_shot(image, ["cat", "dog"], text_embeddings=clip.text_embeddings(["cat"]))
+
+
+def test_megabyte_caption_is_truncated(pipelines):
+    clip = pipelines("clip")
+    huge = "a photo of a cat on a mat. " * 40_000  # ~1 MB
+    assert len(huge) > 1_000_000
+    got = clip.embed_texts(huge)
+    assert got.shape == (1, 16) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, clip.embed_texts(huge[:2000]), atol=1e-6)
+
+
+def test_runtime_is_torch_free(made):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import vlmedge
+        clip = vlmedge.load(sys.argv[1], backend="onnxruntime")
+        clip.zero_shot(np.zeros((20, 30, 3), np.uint8), ["cat", "dog"])
+        clip.embed_texts(["a cat", ""])
+        heavy = sorted(m for m in ("torch", "transformers", "onnx", "openvino", "tensorrt") if m in sys.modules)
+        print("HEAVY:" + ",".join(heavy))
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(made("siglip")[1])], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_predict_and_embed(made, pipelines, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmedge.cli import app
+
+    out = made("clip")[1]
+    image = str(SAMPLES / "red-circle.jpg")
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(out), image, "--labels", "cat, dog,car", "--json", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    expected = pipelines("clip").zero_shot(image, ["cat", "dog", "car"], top_k=2)
+    assert [p["label"] for p in rows[0]["predictions"]] == [p.label for p in expected]
+    assert rows[0]["predictions"][0]["score"] == pytest.approx(expected[0].score, abs=1e-6)
+
+    result = runner.invoke(app, ["predict", str(out), image, "--labels", "cat,dog", "--template", "a {} photo",
+                                 "--template", "a photo of a {}."])
+    assert result.exit_code == 0, result.output
+    assert "cat" in result.stdout and "dog" in result.stdout
+
+    result = runner.invoke(app, ["predict", str(out), image])
+    assert result.exit_code == 2
+    assert "--labels" in result.output
+
+    npy = tmp_path / "emb.npy"
+    result = runner.invoke(app, ["embed", str(out), image, "--text", "a cat", "--text", "日本語", "--out", str(npy)])
+    assert result.exit_code == 0, result.output
+    rows = np.load(npy)
+    clip = pipelines("clip")
+    np.testing.assert_allclose(rows[0], clip.embed_images(image)[0], atol=1e-6)
+    np.testing.assert_allclose(rows[1:], clip.embed_texts(["a cat", "日本語"]), atol=1e-6)
+
+
+# -- builtin:shapes-clip ------------------------------------------------------------------------
+
+@pytest.mark.skipif(not (SHAPES_CLIP / "config.json").is_file(), reason="builtin shapes-clip is not trained yet")
+def test_builtin_shapes_clip_exports_and_classifies_shapes(tmp_path):
+    from typer.testing import CliRunner
+
+    import vlmedge
+    from vlmedge.cli import app
+    from vlmedge.exporters.builtin import shapes
+
+    out = tmp_path / "shapes-clip"
+    result = CliRunner().invoke(app, ["export", "builtin:shapes-clip", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    clip = vlmedge.load(out)
+    rng = np.random.default_rng(20_240_612)
+    examples = [shapes.random_example(rng, 64) for _ in range(40)]
+    labels = list(shapes.SHAPES)
+    matrix = clip.text_embeddings(labels, ["a photo of a {}."])
+    predictions = clip.zero_shot([e[0] for e in examples], labels, top_k=1, text_embeddings=matrix)
+    accuracy = np.mean([preds[0].label == e[1] for preds, e in zip(predictions, examples)])
+    assert accuracy >= 0.6, f"shape zero-shot accuracy {accuracy:.2f} (chance {1 / len(labels):.2f})"

@@ -1,0 +1,229 @@
+"""CLIP-style models (CLIP, SigLIP): image and text embeddings in one space, and
+zero-shot classification of images against any set of labels.
+
+    images   -> image preprocessing -> "image" graph -> projected embedding -> L2-normalised
+    captions -> tokenizer.json      -> "text" graph  -> projected embedding -> L2-normalised
+    zero-shot: probabilities = softmax(logit_scale * cos)               (CLIP)
+                               sigmoid(logit_scale * cos + logit_bias)  (SigLIP)
+
+A ``Clip`` holds no mutable state: several threads may call one instance at once (ONNX
+Runtime sessions are thread-safe and the tokenizer gives each call its own tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from vlmedge.errors import ArtifactError, InputError
+from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer
+from vlmedge.tasks.base import ModelSessions, as_list, chunks, sigmoid, softmax
+from vlmedge.tasks.classifier import Prediction
+
+IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+SCORINGS = ("softmax", "sigmoid")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm, in float64 then back to float32 (a zero row stays zero)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x64, axis=-1, keepdims=True)
+    return (x64 / np.maximum(norms, 1e-300)).astype(np.float32)
+
+
+def _fill(template: str, label: str) -> str:
+    return template.replace("{}", label) if "{}" in template else template.replace("{label}", label)
+
+
+class Clip:
+    """Embeds images and captions and classifies images zero-shot with a "clip" artifact."""
+
+    task = "clip"
+
+    def __init__(self, model: ModelSessions) -> None:
+        self.model = model
+        artifact = model.artifact
+        manifest = artifact.manifest
+        where = f"Artifact {artifact.root}"
+        preprocess = manifest["preprocess"]
+        if not isinstance(preprocess.get("image"), dict) or not isinstance(preprocess.get("text"), dict):
+            raise ArtifactError(f"{where} lacks image or text preprocessing; re-export it with this version of vlmedge.")
+        if {"image", "text"} - set(model.sessions):
+            raise ArtifactError(f"{where} needs an 'image' and a 'text' graph but has {sorted(model.sessions)}; re-export it.")
+        self.image_spec = ImagePreprocessSpec.from_dict(preprocess["image"])
+        text_spec = TextPreprocessSpec.from_dict(preprocess["text"])
+        self.tokenizer = TextTokenizer(artifact.path_of(text_spec.tokenizer_file), text_spec)
+
+        post = manifest.get("postprocess") or {}
+        self.scoring: str = post.get("scoring", "softmax")
+        if self.scoring not in SCORINGS:
+            raise ArtifactError(f"{where} has scoring {self.scoring!r}; this vlmedge knows {', '.join(SCORINGS)}.")
+        scale, bias = post.get("logit_scale"), post.get("logit_bias")
+        if not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+            raise ArtifactError(f"{where} has no valid logit_scale in its postprocess section; re-export it.")
+        if bias is not None and (not isinstance(bias, (int, float)) or not np.isfinite(bias)):
+            raise ArtifactError(f"{where} has an invalid logit_bias {bias!r}; re-export it.")
+        self.logit_scale = float(scale)
+        self.logit_bias = float(bias) if bias is not None else (0.0 if self.scoring == "softmax" else None)
+        if self.logit_bias is None:
+            raise ArtifactError(f"{where} scores with a sigmoid but records no logit_bias; re-export it.")
+
+        self._image = model.sessions["image"]
+        self._text = model.sessions["text"]
+        self._image_input = self._image.inputs[0].name
+        self._text_inputs = [i.name for i in self._text.inputs]
+        graphs = manifest["graphs"]
+        self._image_output = graphs["image"]["outputs"][0]["name"]
+        self._text_output = graphs["text"]["outputs"][0]["name"]
+        unknown = set(self._text_inputs) - {"input_ids", "attention_mask"}
+        if unknown:
+            raise ArtifactError(f"{where}: the text graph takes {sorted(unknown)}, which the tokenizer does not make.")
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.spec.context_length
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    def image_features(self, images: Any) -> np.ndarray:
+        """The projected image embeddings as the model gives them, (N, D) float32, not normalised."""
+        items, _ = as_list(images, IMAGE_TYPES)
+        parts = []
+        for batch in chunks(items):
+            pixels = preprocess_images([load_image(i) for i in batch], self.image_spec)
+            parts.append(self._image.run({self._image_input: pixels})[self._image_output])
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def text_features(self, texts: str | Sequence[str]) -> np.ndarray:
+        """The projected text embeddings as the model gives them, (N, D) float32, not normalised.
+
+        Captions longer than the context are truncated (the EOS token is kept)."""
+        batch = self._texts(texts)
+        parts = []
+        for part in chunks(batch):
+            encoded = self.tokenizer.encode(part)
+            parts.append(self._text.run({name: encoded[name] for name in self._text_inputs})[self._text_output])
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def embed_images(self, images: Any) -> np.ndarray:
+        """L2-normalised image embeddings, (N, D) float32; one image gives N = 1.
+
+        Images may be paths, bytes, PIL images or HWC uint8 arrays, or a list of them."""
+        return l2_normalize(self.image_features(images))
+
+    def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
+        """L2-normalised caption embeddings, (N, D) float32; one caption gives N = 1."""
+        return l2_normalize(self.text_features(texts))
+
+    # -- zero-shot --------------------------------------------------------------------------
+
+    def text_embeddings(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+        """One normalised embedding per label, (L, D) float32, to reuse across zero_shot calls.
+
+        With several templates, the label's normalised caption embeddings are averaged and
+        the mean renormalised (the CLIP paper's prompt ensembling)."""
+        labels = self._labels(labels)
+        templates = self._templates(templates)
+        captions = [_fill(t, label) for label in labels for t in templates]
+        embeddings = self.embed_texts(captions).astype(np.float64).reshape(len(labels), len(templates), -1)
+        return l2_normalize(embeddings.mean(axis=1))
+
+    def logits(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+               text_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """logit_scale * cosine (+ logit_bias for SigLIP), (N images, L labels) float32."""
+        labels = self._labels(labels)
+        if text_embeddings is None:
+            text_embeddings = self.text_embeddings(labels, templates)
+        text_embeddings = self._check_text_embeddings(text_embeddings, len(labels))
+        images = self.embed_images(images).astype(np.float64)
+        logits = self.logit_scale * (images @ text_embeddings.T) + self.logit_bias
+        return logits.astype(np.float32)
+
+    def probabilities(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                      text_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Softmax over the labels (CLIP) or an independent sigmoid per label (SigLIP), (N, L)."""
+        logits = self.logits(images, labels, templates, text_embeddings).astype(np.float64)
+        probs = softmax(logits) if self.scoring == "softmax" else sigmoid(logits)
+        return probs.astype(np.float32)
+
+    def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                  top_k: int = 5, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
+        """Ranked (label, index, score) per image, best first; one list for one image, a
+        list of lists for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)``
+        to reuse the label embeddings across calls."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, not {top_k!r}.")
+        labels = self._labels(labels)
+        _, single = as_list(images, IMAGE_TYPES)
+        probs = self.probabilities(images, labels, templates, text_embeddings)
+        k = min(int(top_k), len(labels))
+        results = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append([Prediction(labels[i], int(i), float(row[i])) for i in order])
+        return results[0] if single else results
+
+    # -- input checks -----------------------------------------------------------------------
+
+    @staticmethod
+    def _texts(texts: Any) -> list[str]:
+        if texts is None:
+            raise InputError("Got None instead of captions; pass a string or a list of strings.")
+        if isinstance(texts, str):
+            return [texts]
+        if isinstance(texts, (bytes, bytearray)):
+            raise InputError("Captions must be str, not bytes; decode them first, e.g. text.decode('utf-8').")
+        if isinstance(texts, np.ndarray) and texts.ndim == 1 and texts.dtype.kind == "U":
+            texts = texts.tolist()
+        if not isinstance(texts, (list, tuple)):
+            raise InputError(f"Captions must be a str or a list of str, not {type(texts).__name__}.")
+        if not texts:
+            raise InputError("The list of captions is empty; pass at least one caption (an empty string is fine).")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"Caption {i} is a {type(t).__name__}, not a str; pass every caption as text.")
+        return list(texts)
+
+    @staticmethod
+    def _labels(labels: Any) -> list[str]:
+        if isinstance(labels, str):
+            raise InputError(f"labels must be a list of strings, not one string ({labels[:40]!r}); "
+                             "e.g. labels=['cat', 'dog'].")
+        if labels is None or not isinstance(labels, (list, tuple)) or not labels:
+            raise InputError("Zero-shot needs a non-empty list of candidate labels, e.g. labels=['cat', 'dog'].")
+        for i, label in enumerate(labels):
+            if not isinstance(label, str) or not label.strip():
+                raise InputError(f"Label {i} is {label!r}; every label must be a non-empty string.")
+        return list(labels)
+
+    @staticmethod
+    def _templates(templates: Any) -> list[str]:
+        if templates is None:
+            return list(DEFAULT_TEMPLATES)
+        if isinstance(templates, str):
+            templates = [templates]
+        if not isinstance(templates, (list, tuple)) or not templates:
+            raise InputError("templates must be a non-empty list of strings such as 'a photo of a {}.'.")
+        for t in templates:
+            if not isinstance(t, str) or ("{}" not in t and "{label}" not in t):
+                raise InputError(f"Template {t!r} has no '{{}}' where the label goes; e.g. 'a photo of a {{}}.'.")
+        return list(templates)
+
+    def _check_text_embeddings(self, matrix: Any, n_labels: int) -> np.ndarray:
+        if not isinstance(matrix, np.ndarray) or matrix.ndim != 2:
+            raise InputError("text_embeddings must be the (labels, D) array that text_embeddings() returns.")
+        dim = self.model.artifact.manifest.get("postprocess", {}).get("embedding_dim")
+        if matrix.shape[0] != n_labels or (isinstance(dim, int) and matrix.shape[1] != dim):
+            raise InputError(
+                f"text_embeddings has shape {list(matrix.shape)} but there are {n_labels} labels"
+                + (f" and the model embeds in {dim} dimensions" if isinstance(dim, int) else "")
+                + "; compute it with text_embeddings(labels, templates) for these labels."
+            )
+        if not np.isfinite(matrix).all():
+            raise InputError("text_embeddings contains NaN or infinite values.")
+        return l2_normalize(matrix).astype(np.float64)
