@@ -1,10 +1,9 @@
-"""The shipped built-in classifier `builtin:shapes-vit` loads as a plain Hugging Face
-model folder and still names the shapes of held-out generated images."""
+"""The shipped built-in classifier `builtin:shapes-vit` is a plain Hugging Face model
+folder that names the colour of the shape in held-out generated images, and exports."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-try:
-    from vlmedge.exporters.builtin import shapes
-except ImportError:  # not installed: use the checkout's copy
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "exporters" / "builtin"))
-    import shapes  # type: ignore[no-redef]
+from vlmedge.exporters.builtin import train_shapes_vit  # noqa: E402
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "exporters" / "builtin" / "models" / "shapes-vit"
-HELDOUT_SEED = 20_000_101  # train_shapes_vit.HELDOUT_SEED; training data uses other seeds
-N = 200
-
-
-@pytest.fixture(scope="module")
-def model_and_processor():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    model = transformers.ViTForImageClassification.from_pretrained(MODEL_DIR).eval()
-    processor = transformers.AutoImageProcessor.from_pretrained(MODEL_DIR)
-    return model, processor
+MODEL_DIR = Path(train_shapes_vit.DEFAULT_OUT)
 
 
 def test_folder_is_a_small_hf_model_folder():
@@ -37,20 +22,21 @@ def test_folder_is_a_small_hf_model_folder():
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "MODEL_CARD.md"} <= names
     assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) < 5_000_000
     config = json.loads((MODEL_DIR / "config.json").read_text())
-    assert config["model_type"] == "vit"
-    assert [config["id2label"][str(i)] for i in range(len(shapes.SHAPES))] == list(shapes.SHAPES)
-    pre = json.loads((MODEL_DIR / "preprocessor_config.json").read_text())
-    assert pre["size"] == {"height": 64, "width": 64}
-    assert pre["image_mean"] == [0.5] * 3 and pre["image_std"] == [0.5] * 3
+    assert config["architectures"] == ["ViTForImageClassification"]
+    assert [config["id2label"][str(i)] for i in range(len(train_shapes_vit.LABELS))] == list(train_shapes_vit.LABELS)
 
 
-def test_heldout_accuracy(model_and_processor):
-    model, processor = model_and_processor
-    rng = np.random.default_rng(HELDOUT_SEED)
-    examples = [shapes.random_example(rng, 64) for _ in range(N)]
-    inputs = processor(images=[e[0] for e in examples], return_tensors="pt")
-    with torch.inference_mode():
-        logits = model(**inputs).logits
-    preds = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
-    accuracy = float(np.mean([p == e[1] for p, e in zip(preds, examples)]))
-    assert accuracy >= 0.95, f"held-out accuracy {accuracy:.3f} < 0.95"
+def test_heldout_accuracy_through_the_saved_folder():
+    accuracy, per_class = train_shapes_vit.evaluate_saved(MODEL_DIR, 400)
+    assert accuracy >= 0.95, per_class
+
+
+def test_builtin_exports_and_names_the_bundled_samples(tmp_path):
+    import vlmedge
+
+    vlmedge.export("builtin:shapes-vit", tmp_path / "art")
+    classifier = vlmedge.load(tmp_path / "art")
+    samples = Path(__file__).resolve().parents[1] / "exporters" / "sample_data"
+    predicted = [classifier.classify(samples / name, top_k=1)[0].label
+                 for name in ("red-circle.jpg", "yellow-star.png", "purple-cross-portrait.jpg")]
+    assert predicted == ["red", "yellow", "purple"]
