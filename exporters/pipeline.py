@@ -13,7 +13,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.errors import ExportError, ParityError
+from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.parity import reference_outputs
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
@@ -33,6 +34,14 @@ BACKEND_OF_TARGET = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": 
 # (target, precision) -> (module, function(writer, context) -> (relpath, files, session_options));
 # ("onnx", "fp32") is the exported graph itself.
 VARIANT_BUILDERS: dict[tuple[str, str], tuple[str, str] | None] = {("onnx", "fp32"): None}
+VARIANT_BUILDERS.update({
+    ("onnx", "fp16"): ("vlmedge.exporters.quantize", "build_onnx_fp16"),
+    ("onnx", "int8"): ("vlmedge.exporters.quantize", "build_onnx_int8"),
+    **{("openvino", p): ("vlmedge.exporters.openvino", f"build_openvino_{p}") for p in ("fp32", "fp16", "bf16", "int8")},
+})
+# Combinations that are no file type of their target: skipped when another requested target
+# builds that precision, refused when none does.
+SKIPPED_VARIANTS = {("onnx", "bf16"): "ONNX Runtime has no bf16 CPU kernels; bf16 is an OpenVINO inference precision"}
 
 
 @dataclass
@@ -46,6 +55,9 @@ class VariantContext:
     references: dict[str, np.ndarray]
     calibration: dict[str, np.ndarray] | None
     say: Callable[[str], None]
+    gate: Gate | None = None
+    evaluation: Any = None  # exporters.calibration.EvalSet: labelled inputs (--eval)
+    report_extra: dict[str, Any] = field(default_factory=dict)  # merged into the parity report
 
 
 def build_variant(target: str, precision: str, writer: ArtifactWriter,
@@ -89,7 +101,8 @@ def _size_mb(paths: list[Path]) -> str:
 
 def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
            task: str | None = None, opset: int = DEFAULT_OPSET, gates: dict[str, Gate] | None = None,
-           calibration: dict[str, dict[str, np.ndarray]] | None = None, progress: Progress | None = None,
+           calibration: dict[str, dict[str, np.ndarray]] | str | Path | None = None, progress: Progress | None = None,
+           calibration_size: int = 300, evaluation: str | Path | None = None,
            **source_options: Any) -> Artifact:
     """Exports `model` to an artifact folder at `out` and returns it.
 
@@ -99,7 +112,12 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
         out: the artifact folder; an existing artifact there is replaced only on success.
         to: targets ("onnx", "openvino", "tensorrt"); the fp32 ONNX file is always included.
         precision: precisions ("fp32", "fp16", "bf16", "int8").
-        calibration: per graph, preprocessed calibration inputs for static int8.
+        calibration: int8 calibration data: per graph, preprocessed inputs, or a path (a folder
+            of images or audio files, or a .txt file of captions) preprocessed by the
+            artifact's own preprocessing; without it the parity inputs are used.
+        calibration_size: how many items of a calibration path to use (a seeded random subset).
+        evaluation: a folder with one sub-folder per label: every file's accuracy, and the
+            drop against the source, is measured and judged by the gate's accuracy budget.
         task: the task when the architecture does not imply it.
         opset: ONNX opset (>= 17, so LayerNormalization is one operator).
         gates: parity gates per precision, replacing the defaults (tightening is safe;
@@ -114,6 +132,11 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
     targets = _check_choices("target", to, TARGETS)
     precisions = _check_choices("precision", precision, PRECISIONS)
     variants = [(t, p) for t in targets for p in precisions]
+    for t, p in [v for v in variants if v in SKIPPED_VARIANTS]:
+        if all(v in SKIPPED_VARIANTS for v in variants if v[1] == p):
+            raise ExportError(f"Cannot build {t} {p}: {SKIPPED_VARIANTS[(t, p)]}; add --to openvino or choose another precision.")
+        say(f"skipping {t} {p}: {SKIPPED_VARIANTS[(t, p)]}")
+    variants = [v for v in variants if v not in SKIPPED_VARIANTS]
     unsupported = [f"{t} {p}" for t, p in variants if (t, p) not in VARIANT_BUILDERS]
     if unsupported:
         raise ExportError(f"This vlmedge cannot build {', '.join(unsupported)}; "
@@ -124,6 +147,18 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
     started = time.perf_counter()
     say(f"loading {model if isinstance(model, str) else type(model).__name__}")
     spec = resolve(model, task=task, **source_options)
+    if isinstance(calibration_inputs, (str, Path)) and "int8" not in precisions:
+        say("no int8 requested: the calibration data is not used")
+        calibration_inputs = None
+    elif isinstance(calibration_inputs, (str, Path)):
+        from vlmedge.exporters.calibration import calibration_feeds
+
+        calibration_inputs = calibration_feeds(calibration_inputs, spec, size=calibration_size, say=say)
+    eval_sets: dict[str, Any] = {}
+    if evaluation is not None:
+        from vlmedge.exporters.calibration import evaluation_sets
+
+        eval_sets = evaluation_sets(evaluation, spec, say=say)
     with ArtifactWriter(Path(out)) as writer:
         graphs_io: dict[str, Any] = {}
         stored: dict[str, np.ndarray] = {}
@@ -132,6 +167,11 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
             calibration = (calibration_inputs or {}).get(graph.name)
             say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
             references = reference_outputs(graph, feeds)
+            evaluation = eval_sets.get(graph.name)
+            if evaluation is not None:
+                evaluation.source_accuracy = evaluation.accuracy(reference_outputs(graph, evaluation.feeds))
+                say(f"[{graph.name}] source accuracy on the labelled data: {evaluation.source_accuracy:.2%}")
+            baseline_ms = None
             stored.update({f"{graph.name}.input.{k}": v for k, v in feeds.items()})
             stored.update({f"{graph.name}.reference.{k}": v for k, v in references.items()})
             base = f"onnx/{graph.name}.fp32.onnx"
@@ -142,7 +182,7 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
             # or later on the target device (vlmedge build).
             for target, prec in [("onnx", "fp32")] + [v for v in variants if v != ("onnx", "fp32")]:
                 context = VariantContext(graph=graph, base=writer.path(base), feeds=feeds, references=references,
-                                         calibration=calibration, say=say)
+                                         calibration=calibration, say=say, gate=gates[prec], evaluation=evaluation)
                 if (target, prec) == ("onnx", "fp32"):
                     relpath, files, session_options = base, base_files, {}
                 else:
@@ -157,7 +197,16 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
                 )
                 if gates[prec] != GATES[prec]:
                     report["gate_default"] = GATES[prec].to_dict()
+                report.update(context.report_extra)
+                add_accuracy(report, session, evaluation, gates[prec])
                 _raise_on_failure(report, relpath)
+                latency = measure_latency(session, feeds)
+                if (target, prec) == ("onnx", "fp32"):
+                    baseline_ms = latency["median_ms"]
+                report.update(speed_fields(latency, prec, baseline_ms))
+                if report.get("not_faster"):
+                    say(f"[{graph.name}] note: {relpath} ran no faster than the fp32 ONNX file here "
+                        f"({report['latency_ms']:.1f} ms vs {baseline_ms:.1f} ms at batch 1)")
                 say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report))
                 graphs_io.setdefault(graph.name, _graph_io(session, graph))
                 for extra in files[1:]:

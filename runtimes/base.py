@@ -7,7 +7,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -43,8 +43,9 @@ class TensorInfo:
 class Session(ABC):
     """One loaded model file on one backend and device.
 
-    `run` checks the feeds against `inputs` (names, dtypes, ranks, static dims) before the
-    backend sees them, so a wrong array gives a clear InputError instead of a backend crash.
+    `run` checks the feeds against `inputs` (names, dtypes, ranks, static dims, batch,
+    finiteness) before the backend sees them, so a wrong array gives a clear InputError
+    instead of a backend crash; a zero-length batch never reaches the backend.
     """
 
     backend: str = ""
@@ -53,8 +54,16 @@ class Session(ABC):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
 
+    # (smallest, largest) batch the loaded model accepts, for backends whose engines are
+    # built for a range (TensorRT optimisation profiles); None: any batch.
+    batch_range: tuple[int, int] | None = None
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checks the feeds, then runs the model. A zero-length batch returns empty outputs
+        of the right shapes and dtypes without calling the backend."""
         self._check_feeds(feeds)
+        if self._is_empty_batch(feeds):
+            return self._empty_outputs(feeds)
         return self._run(feeds)
 
     @abstractmethod
@@ -62,14 +71,25 @@ class Session(ABC):
         """Runs the model; feeds are already checked."""
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        """Names, types, dtypes, ranks, static sizes, one batch size across inputs, the
+        batch range and finiteness; every message names the input and says what was
+        expected and what was given."""
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"Session.run takes a dict of input name -> numpy array, not {type(feeds).__name__}.")
         expected = {i.name for i in self.inputs}
         if set(feeds) != expected:
-            raise InputError(f"The model takes inputs {sorted(expected)} but got {sorted(feeds)}.")
+            missing, unknown = sorted(expected - set(feeds), key=str), sorted(set(feeds) - expected, key=str)
+            raise InputError(
+                f"The model takes inputs {sorted(expected)} but got {sorted(feeds, key=str)}"
+                + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else "") + "."
+            )
+        batch: tuple[str, int] | None = None  # the first input with a dynamic batch axis, and its size
         for info in self.inputs:
             array = feeds[info.name]
             if not isinstance(array, np.ndarray):
                 raise InputError(f"Input '{info.name}' must be a numpy array, not {type(array).__name__}.")
-            if array.dtype != np.dtype(info.dtype):
+            want_dtype = _dtype(info.dtype)
+            if want_dtype is not None and array.dtype != want_dtype:
                 raise InputError(f"Input '{info.name}' must have dtype {info.dtype}, but it has {array.dtype}.")
             if array.ndim != len(info.shape):
                 raise InputError(
@@ -82,8 +102,46 @@ class Session(ABC):
                         f"Input '{info.name}' must have size {want} on axis {axis} (shape {list(info.shape)}), "
                         f"but it has shape {list(array.shape)}."
                     )
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
+            if info.shape and not isinstance(info.shape[0], int):
+                # Every input's dynamic first axis is the batch: they must agree on it.
+                batch = batch or (info.name, array.shape[0])
+                if batch[1] != array.shape[0]:
+                    raise InputError(
+                        f"Input '{info.name}' has batch size {array.shape[0]}, but input '{batch[0]}' has {batch[1]}; "
+                        "every input must hold the same number of items."
+                    )
+            if self.batch_range is not None and array.ndim and array.shape[0] and not (
+                    self.batch_range[0] <= array.shape[0] <= self.batch_range[1]):
+                low, high = self.batch_range
+                raise InputError(
+                    f"Input '{info.name}' has batch size {array.shape[0]}, but this model accepts {low} to {high}; "
+                    "split the batch or rebuild the engine for larger batches."
+                )
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
                 raise InputError(f"Input '{info.name}' contains NaN or infinite values.")
+
+    def _is_empty_batch(self, feeds: dict[str, np.ndarray]) -> bool:
+        """Every input has a dynamic first axis of size 0."""
+        return bool(self.inputs) and all(
+            i.shape and not isinstance(i.shape[0], int) and feeds[i.name].shape[0] == 0 for i in self.inputs)
+
+    def _empty_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Zero-row outputs: static dims as declared, named dims as the inputs gave them."""
+        sizes = {want: got for info in self.inputs for want, got in zip(info.shape, feeds[info.name].shape)
+                 if isinstance(want, str)}
+        result = {}
+        for info in self.outputs:
+            shape = [0] + [d if isinstance(d, int) and d >= 0 else sizes.get(d, 0) for d in info.shape[1:]]
+            result[info.name] = np.zeros(shape[:len(info.shape)], dtype=_dtype(info.dtype) or np.float32)
+        return result
+
+
+def _dtype(name: str) -> np.dtype | None:
+    """The numpy dtype of a TensorInfo dtype name; None for types numpy cannot hold."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
 
 
 def available_backends() -> list[str]:

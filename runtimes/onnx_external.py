@@ -110,6 +110,9 @@ def external_data_locations(model_path: Path) -> list[str]:
                         _node_locations(node, out)
     except ValueError as exc:
         raise ArtifactError(f"{model_path.name} is not a valid ONNX file ({exc}); re-export the artifact.") from None
+    except RecursionError:  # subgraphs nested deeper than any real model
+        raise ArtifactError(f"{model_path.name} nests subgraphs too deeply to be a real model; "
+                            "refusing to load it.") from None
     return out
 
 
@@ -119,7 +122,9 @@ def check_external_data(model_path: Path, root: Path) -> None:
     for location in external_data_locations(model_path):
         candidate = Path(location)
         target = (model_path.parent / candidate)
-        if candidate.is_absolute() or ".." in candidate.parts or target.is_symlink() or \
+        if not location or "\x00" in location or candidate.is_absolute() or ".." in candidate.parts or \
+                "\\" in location or any((model_path.parent / Path(*candidate.parts[:i + 1])).is_symlink()
+                                       for i in range(len(candidate.parts))) or \
                 resolved_root not in target.resolve().parents:
             raise ArtifactError(
                 f"{model_path.name} refers to external data at {location!r}, outside its artifact folder; "

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from vlmedge.errors import BackendUnavailableError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
 from vlmedge.runtimes.base import Session, TensorInfo
 
 PROVIDERS = {
@@ -29,6 +29,19 @@ _ORT_TYPES = {
     "tensor(int8)": "int8",
     "tensor(bool)": "bool",
 }
+
+
+# What ONNX Runtime raises for a bad model file or a run that fails (its own classes
+# derive from Exception directly).
+_ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in (
+    "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
+    "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail") if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+) + (RuntimeError,)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _infos(args) -> list[TensorInfo]:
@@ -66,7 +79,11 @@ class OnnxRuntimeSession(Session):
         providers = [p for p in wanted if p in present]
         if device != "cpu":
             providers.append("CPUExecutionProvider")
-        self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        try:
+            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except _ORT_ERRORS as exc:
+            raise ArtifactError(f"ONNX Runtime cannot load {Path(model_path).name}: {_first_line(exc)}; the file is "
+                                "corrupt or not a model this onnxruntime reads. Re-export it.") from None
         self.device = device
         # Report what actually runs the model: a silent fallback to CPU is the complaint users have most.
         self.provider = self._session.get_providers()[0]
@@ -77,7 +94,12 @@ class OnnxRuntimeSession(Session):
         self._output_names = [o.name for o in self.outputs]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, feeds)
+        try:
+            results = self._session.run(self._output_names, feeds)
+        except _ORT_ERRORS as exc:
+            shapes = {name: list(array.shape) for name, array in feeds.items()}
+            raise InputError(f"ONNX Runtime could not run the model on inputs of shapes {shapes}: "
+                             f"{_first_line(exc)}") from None
         return dict(zip(self._output_names, results))
 
 

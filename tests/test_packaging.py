@@ -41,6 +41,8 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path, vit_artifact):
         "assert vlmedge.exporters.__file__.startswith(sys.argv[1]), vlmedge.exporters.__file__\n"
         "import numpy as np\n"
         "print(vlmedge.load(sys.argv[2]).classify(np.zeros((8, 8, 3), np.uint8))[0].label)\n"
+        "from importlib import resources\n"  # vlmedge serve's page ships as package data
+        "assert '<title>vlmedge serve</title>' in resources.files('vlmedge.serve').joinpath('static/index.html').read_text()\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(site.getsitepackages())}
     run = subprocess.run([str(python), "-c", code, fresh_site, str(vit_artifact)], capture_output=True, text=True,

@@ -24,4 +24,15 @@ def export(model: Any, out: Any, **kwargs: Any):
     return _export(model, out, **kwargs)
 
 
-__all__ = ["VlmedgeError", "__version__", "export", "load"]
+def bench(artifact: Any, **kwargs: Any):
+    """Measures an artifact's latency, throughput and memory per backend, precision and batch,
+    with the PyTorch source as baseline; returns a BenchResult (see vlmedge.bench.bench).
+
+    `import vlmedge.bench` replaces this function with the module, which is callable the same way.
+    """
+    from vlmedge.bench import bench as _bench
+
+    return _bench(artifact, **kwargs)
+
+
+__all__ = ["VlmedgeError", "__version__", "bench", "export", "load"]

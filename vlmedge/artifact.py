@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -33,6 +35,14 @@ from vlmedge.errors import ArtifactError, ExportError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _TMP_MARKER = ".vlmedge-tmp-"
+# Real manifests are a few hundred KB at most (parity reports, thousands of labels).
+MAX_MANIFEST_BYTES = 64 * 1024**2
+# Session options a model entry may carry to its backend (plain values only, no paths).
+MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "precision"})
+# The preprocessing sections each task's pipeline reads.
+_PREPROCESS_OF_TASK = {"image-classification": ("image",), "image-embedding": ("image",), "clip": ("image", "text"),
+                       "audio-classification": ("audio",)}
+_GRAPHS_OF_TASK = {"image-classification": 1, "image-embedding": 1, "clip": 2, "audio-classification": 1}
 
 
 def sha256_file(path: Path) -> str:
@@ -81,12 +91,23 @@ class Artifact:
         if not root.is_dir():
             raise ArtifactError(f"No artifact folder at {root}; pass the folder that `vlmedge export -o` wrote.")
         manifest_path = root / MANIFEST_NAME
-        if not manifest_path.is_file() or manifest_path.is_symlink():
+        if manifest_path.is_symlink():
+            raise ArtifactError(f"{manifest_path} is a symbolic link; artifacts must hold plain files. Re-export it.")
+        if not manifest_path.is_file():
             raise ArtifactError(f"{root} has no {MANIFEST_NAME}; it is not a vlmedge artifact (or its export did not finish).")
+        info = manifest_path.stat()
+        if info.st_nlink > 1:
+            raise ArtifactError(f"{manifest_path} is hard-linked elsewhere; copy the artifact without links.")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{manifest_path} is {info.st_size:,} bytes, more than any manifest vlmedge writes "
+                                f"({MAX_MANIFEST_BYTES:,}); the artifact is corrupt, re-export it.")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}); the artifact is corrupt, re-export it.") from None
+        except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+            raise ArtifactError(f"{manifest_path} is nested too deeply to be a manifest; the artifact is corrupt, "
+                                "re-export it.") from None
         _check_manifest_shape(manifest, manifest_path)
         artifact = cls(root=root, manifest=manifest)
         if verify:
@@ -121,6 +142,8 @@ class Artifact:
         for entry in entries:
             path = self.path_of(entry)
             if not path.is_file():
+                if path.exists():  # a folder, FIFO or device: never opened, reading one may block forever
+                    raise ArtifactError(f"{entry['path']} in {self.root} is not a regular file; re-export the artifact.")
                 raise ArtifactError(f"Artifact {self.root} is missing {entry['path']}; re-export it.")
             info = path.stat()
             if info.st_nlink > 1:
@@ -168,11 +191,84 @@ def _check_manifest_shape(manifest: Any, where: Path) -> None:
     for key, kind in (("task", str), ("files", list), ("graphs", dict), ("preprocess", dict)):
         if not isinstance(manifest.get(key), kind):
             raise ArtifactError(f"{where} lacks a valid '{key}' field; the artifact is corrupt, re-export it.")
+    _check_fields_shape(manifest, where)
+
+
+def _malformed(where: Path, what: str) -> ArtifactError:
+    return ArtifactError(f"{where} is malformed: {what}; the artifact is corrupt or tampered with, re-export it.")
+
+
+def _check_tensor_infos(value: Any, where: Path, graph: str, kind: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise _malformed(where, f"graph '{graph}' has no list of {kind}")
+    for info in value:
+        if not (isinstance(info, dict) and isinstance(info.get("name"), str) and isinstance(info.get("dtype"), str)
+                and isinstance(info.get("shape"), list)
+                and all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)) for d in info["shape"])):
+            raise _malformed(where, f"graph '{graph}' has a malformed entry in its {kind}: {info!r:.200}")
+
+
+def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
+    """Types of every field the runtime reads, so a bad manifest is an ArtifactError
+    here rather than a KeyError or TypeError somewhere later."""
+    graphs = manifest["graphs"]
+    if not graphs:
+        raise _malformed(where, "it lists no graphs")
+    for name, graph in graphs.items():
+        if not isinstance(graph, dict):
+            raise _malformed(where, f"graph '{name}' is a {type(graph).__name__}, not an object")
+        _check_tensor_infos(graph.get("inputs"), where, name, "inputs")
+        _check_tensor_infos(graph.get("outputs"), where, name, "outputs")
+    for kind, spec in manifest["preprocess"].items():
+        if not isinstance(spec, dict):
+            raise _malformed(where, f"preprocess['{kind}'] is a {type(spec).__name__}, not an object")
+    wanted = _GRAPHS_OF_TASK.get(manifest["task"])
+    if wanted is not None and len(graphs) != wanted:
+        raise _malformed(where, f"the {manifest['task']} task has {wanted} graph(s), not {len(graphs)} ({sorted(graphs)})")
+    missing = set(_PREPROCESS_OF_TASK.get(manifest["task"], ())) - set(manifest["preprocess"])
+    if missing:
+        raise _malformed(where, f"the {manifest['task']} task needs preprocess {sorted(missing)}")
+    labels = manifest.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise _malformed(where, "labels must be a list of strings or null")
+    if not isinstance(manifest.get("postprocess") or {}, dict):
+        raise _malformed(where, "postprocess must be an object")
+    seen: set[str] = set()
+    modelled: set[str] = set()
     for entry in manifest["files"]:
         if not isinstance(entry, dict) or not all(
             isinstance(entry.get(k), t) for k, t in (("path", str), ("sha256", str), ("size", int), ("role", str))
-        ):
-            raise ArtifactError(f"{where} has a malformed file entry {entry!r}; re-export the artifact.")
+        ) or isinstance(entry["size"], bool) or entry["size"] < 0:
+            what = entry.get("path") if isinstance(entry, dict) else entry
+            raise _malformed(where, f"the file entry {what!r:.100} needs path, sha256 and role strings and a "
+                                    "non-negative integer size")
+        if entry["path"] in seen or entry["path"] == MANIFEST_NAME:
+            raise _malformed(where, f"it lists {entry['path']!r} twice")
+        seen.add(entry["path"])
+        if entry["role"] != "model":
+            continue
+        if not all(isinstance(entry.get(k), str) for k in ("graph", "target", "precision")):
+            raise _malformed(where, f"model file {entry['path']!r} lacks its graph, target or precision")
+        if entry["graph"] not in graphs:
+            raise _malformed(where, f"model file {entry['path']!r} is of graph '{entry['graph']}', which it does not describe")
+        modelled.add(entry["graph"])
+        _check_session_options(entry, where)
+    if set(graphs) - modelled:
+        raise _malformed(where, f"graph(s) {sorted(set(graphs) - modelled)} have no model file")
+
+
+def _check_session_options(entry: dict[str, Any], where: Path) -> None:
+    """Options a manifest may pass to a backend: a small allowlist of plain values, so an
+    artifact cannot point a backend at paths of its choosing (e.g. a cache_dir to write to)."""
+    options = entry.get("session_options", {})
+    if not isinstance(options, dict):
+        raise _malformed(where, f"session_options of {entry['path']!r} is not an object")
+    for key, value in options.items():
+        if key not in MANIFEST_SESSION_OPTIONS or not isinstance(value, (str, int, float, bool, type(None))):
+            raise ArtifactError(
+                f"{where} asks the backend for session option {key}={value!r:.80} for {entry['path']}, which an artifact "
+                f"may not set (allowed: {', '.join(sorted(MANIFEST_SESSION_OPTIONS))}); refusing to load it."
+            )
 
 
 @dataclass
@@ -199,7 +295,11 @@ class ArtifactWriter:
         # The pid in the name lets a later export tell an abandoned build from a running one.
         name = f"{_TMP_MARKER}{self.destination.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp = self.destination.parent / name
-        self.tmp.mkdir()
+        try:
+            self.tmp.mkdir()
+        except OSError as exc:
+            _raise_if_disk_full(exc, self.destination)
+            raise
 
     def __enter__(self) -> "ArtifactWriter":
         return self
@@ -207,6 +307,7 @@ class ArtifactWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            _raise_if_disk_full(exc, self.destination)
 
     def path(self, relpath: str) -> Path:
         """Where to write a file that add() will register; parent folders are created."""
@@ -237,7 +338,8 @@ class ArtifactWriter:
         manifest_path = self.tmp / MANIFEST_NAME
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         _fsync(manifest_path)
-        _fsync_dir(self.tmp)
+        for folder, _, _ in os.walk(self.tmp, topdown=False):  # every entry of every folder is durable
+            _fsync_dir(Path(folder))
         _swap_into_place(self.tmp, self.destination)
         _fsync_dir(self.destination.parent)
         return Artifact(root=self.destination, manifest=manifest)
@@ -246,19 +348,41 @@ class ArtifactWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _raise_if_disk_full(exc: BaseException | None, destination: Path) -> None:
+    """Turns "no space left" anywhere in an exception's chain into one clear ExportError.
+
+    Libraries wrap the OSError (torch.onnx.export raises RuntimeError, vlmedge's own steps
+    ExportError), so the chain and the message text are both searched.
+    """
+    seen = 0
+    while exc is not None and seen < 20:
+        if (isinstance(exc, OSError) and exc.errno in _DISK_FULL) or "No space left on device" in str(exc):
+            raise ExportError(
+                f"No space left on the disk holding {destination.parent} while writing the artifact; nothing was "
+                "written and any previous artifact there is unchanged. Free some space and export again."
+            ) from exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+
+
 def _remove_abandoned_builds(destination: Path) -> None:
     """Deletes temporary folders left by exports of `destination` that were killed."""
     prefix = f"{_TMP_MARKER}{destination.name}-"
-    for candidate in destination.parent.glob(f"{prefix}*"):
-        pid_text = candidate.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+    for candidate in destination.parent.iterdir():  # not glob: the name may hold [ or *
+        # Exactly "<pid>-<8 hex>" or "<pid>-old<8 hex>" after the prefix, so that the build
+        # of a sibling named like "<name>-2" is never taken for one of this destination's.
+        match = re.fullmatch(r"(\d+)-(?:old)?[0-9a-f]{8}", candidate.name[len(prefix):]) \
+            if candidate.name.startswith(prefix) else None
+        if match and not candidate.is_symlink() and not _process_alive(int(match.group(1))):
             shutil.rmtree(candidate, ignore_errors=True)
 
 
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

@@ -52,9 +52,10 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8) -
         gate_dict = (entry.get("parity") or {}).get("gate")
         gate = Gate(**gate_dict) if gate_dict else GATES[entry["precision"]]
         model_path = artifact.path_of(entry)
-        if model_path.suffix == ".onnx":
+        if entry["target"] == "onnx" or model_path.suffix.lower() == ".onnx":  # ORT parses any name
             check_external_data(model_path, artifact.root)
-        session = open_session(model_path, backend=backend, device=device)
+        # the options the file was verified with (OpenVINO's inference precision, for one)
+        session = open_session(model_path, backend=backend, device=device, **entry.get("session_options", {}))
         data = stored[entry["graph"]]
         compare = {name: "logits" if "top1" in metrics else "embedding"
                    for name, metrics in (entry.get("parity") or {}).get("outputs", {}).items()}

@@ -41,6 +41,11 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
     image_size: Optional[str] = typer.Option(
         None, "--image-size", help="Image encoders: export resolution, e.g. 448 or 448x336 (height x width)."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="int8 calibration data: a folder of images or audio files, or a .txt of captions."),
+    calibration_size: int = typer.Option(300, "--calibration-size", min=1, help="How many calibration items to use."),
+    evaluation: Optional[Path] = typer.Option(
+        None, "--eval", help="Labelled data (one folder per class): accuracy of every file, judged by the gate."),
 ) -> None:
     """Export MODEL to a verified artifact: files per target and precision, each checked against the source."""
     from vlmedge.exporters.pipeline import export as run_export
@@ -51,10 +56,12 @@ def export(
             status.update(message)
 
         artifact = run_export(model, output, to=_split(to), precision=_split(precision), task=task,
-                              opset=opset, progress=progress,
+                              opset=opset, progress=progress, calibration=calibration,
+                              calibration_size=calibration_size, evaluation=evaluation,
                               **({"image_size": image_size} if image_size else {}))
     console.print(f"[green]export success[/green]: {artifact.root}")
-    console.print(f"next: vlmedge info {output}   |   vlmedge predict {output} IMAGE   |   vlmedge check {output}")
+    labels_hint = ' --labels "cat,dog,car"' if artifact.task == "clip" else ""
+    console.print(f"next: vlmedge info {output}   |   vlmedge predict {output} IMAGE{labels_hint}   |   vlmedge check {output}")
 
 
 @app.command()
@@ -70,8 +77,21 @@ def predict(
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bulk: write every result to this .parquet (folders and .parquet/.csv tables of paths allowed)."),
+    engine: str = typer.Option("local", "--engine", help="Bulk engine: local (this process) or ray (Ray Data; pip install 'vlmedge[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Bulk: inputs per model call."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="--engine ray: inference actors (default: one, or one per GPU)."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="--engine ray: GPUs per inference actor."),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
+    from vlmedge import bulk_cli
+
+    if bulk_cli.wants_bulk(engine, out, address, concurrency, gpus_per_worker):
+        options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
+                       attention=attention)
+        return bulk_cli.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
+                                backend, precision, options, console, err_console)
     import vlmedge
 
     pipeline = vlmedge.load(artifact, backend=backend, precision=precision)
@@ -207,8 +227,17 @@ def embed(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data; pip install 'vlmedge[ray]'); --out may be a .parquet."),
+    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="--engine ray: inference actors (default: one, or one per GPU)."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="--engine ray: GPUs per inference actor."),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
+    from vlmedge import bulk_cli
+
+    if bulk_cli.wants_bulk(engine, out, address, concurrency, gpus_per_worker):
+        return bulk_cli.embed(artifact, list(inputs or []), out, engine, address, batch_size, concurrency, gpus_per_worker,
+                              backend, precision, pooling, normalize, list(text or []), console, err_console)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     import vlmedge
@@ -262,14 +291,29 @@ def info(
     for kind, spec in m["preprocess"].items():
         console.print(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
     table = Table(title="files")
-    for column in ("path", "role", "target", "precision", "size", "parity"):
+    for column in ("path", "role", "target", "precision", "size", "parity", "speed (export machine)"):
         table.add_column(column)
     for entry in art.files:
         table.add_row(entry["path"], entry["role"], entry.get("target", ""), entry.get("precision", ""),
-                      f"{entry['size'] / 1e6:.2f} MB", _parity_cell(entry.get("parity")))
+                      f"{entry['size'] / 1e6:.2f} MB", _parity_cell(entry.get("parity")), _speed_cell(entry.get("parity")))
     console.print(table)
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
     console.print(f"made with: {versions}")
+
+
+def _speed_cell(report: dict[str, Any] | None) -> str:
+    """Batch-1 latency measured at export, the speed-up over fp32 ONNX Runtime, the int8 recipe."""
+    if not report or not report.get("latency_ms"):
+        return ""
+    text = f"{report['latency_ms']:.1f} ms"
+    if "speedup_vs_onnx_fp32" in report:
+        text += f" x{report['speedup_vs_onnx_fp32']:.2f}" + (" [yellow]not faster[/yellow]" if report.get("not_faster") else "")
+    if "accuracy" in report:
+        text += f" acc {report['accuracy']['top1']:.1%}"
+    quantization = report.get("quantization")
+    if quantization:
+        text += f" {quantization['method']} L{quantization['level']}"
+    return text
 
 
 def _parity_cell(report: dict[str, Any] | None) -> str:
@@ -311,11 +355,22 @@ def check(
         raise typer.Exit(1)
 
 
+from vlmedge.bench_cli import bench as _bench_command  # noqa: E402 - typer and rich only
+
+app.command(name="bench")(_bench_command)
+
+from vlmedge.serve.command import serve as _serve_command  # noqa: E402 - typer only; the server loads when run
+
+app.command(name="serve")(_serve_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="vlmedge")
     except VlmedgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        from rich.markup import escape  # messages name extras such as vlmedge[ray]: not markup
+
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(1)
 
 

@@ -102,10 +102,16 @@ def _source(name: str, rng: np.random.Generator, n: int, sample_rate: int) -> np
             pos += period * rng.uniform(0.9, 1.1)  # a little jitter
         x = _unit_rms(x)
     elif name == "am_tone":
+        # a pulsing tone: the carrier amplitude-modulated by a soft-edged square wave
+        # (2-6 Hz, duty 40-60 %, 5-20 ms edges) to a depth of 90-100 %
         fc = np.exp(rng.uniform(np.log(150), np.log(4000)))
-        fm = rng.uniform(3.0, 16.0)
-        depth = rng.uniform(0.7, 1.0)
-        mod = 1.0 - depth * 0.5 * (1.0 + np.sin(2 * np.pi * fm * t + rng.uniform(0, 2 * np.pi)))
+        fm = rng.uniform(2.0, 6.0)
+        duty = rng.uniform(0.4, 0.6)
+        depth = rng.uniform(0.9, 1.0)
+        gate = (((t * fm + rng.uniform()) % 1.0) < duty).astype(np.float64)
+        k = max(1, int(rng.uniform(0.005, 0.02) * sample_rate))
+        gate = np.convolve(gate, np.ones(k) / k, mode="same")
+        mod = 1.0 - depth * (1.0 - gate)
         x = _unit_rms(mod * np.sin(2 * np.pi * fc * t + rng.uniform(0, 2 * np.pi)))
     elif name == "square_wave":
         # band-limited square wave: odd harmonics below Nyquist, amplitude 1/k

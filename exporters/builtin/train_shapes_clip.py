@@ -229,17 +229,59 @@ def train_pairs() -> list[tuple[str, str]]:
     return [(c, s) for c in COLORS for s in SHAPES if (c, s) not in held]
 
 
-def sample_batch(rng: np.random.Generator, batch: int, pairs):
-    images, texts, attrs, specs = [], [], [], []
+def sample_batch(rng: np.random.Generator, batch: int, pairs, colors_per_batch: int = 8):
+    """A batch of (image, caption) pairs. With colors_per_batch < 8 the batch draws from a
+    random subset of colours, so many pairs in it share a colour and differ in shape: the
+    contrastive loss then has to separate shapes, not just colours (harder negatives)."""
+    if colors_per_batch < len(COLORS):
+        keep = set(rng.choice(len(COLORS), size=colors_per_batch, replace=False).tolist())
+        pairs = [p for p in pairs if COLORS.index(p[0]) in keep]
+    images, texts, attrs, specs, tokens = [], [], [], [], []
     for _ in range(batch):
         color, shape = pairs[rng.integers(len(pairs))]
         size = SIZES[rng.integers(len(SIZES))]
-        images.append(shapes.render(shape, color, size, rng, IMAGE_SIZE))
+        image, token = render_with_tokens(shape, color, size, rng)
+        images.append(image)
+        tokens.append(token)
         text, spec = caption_for(size, color, shape, rng)
         texts.append(text)
         attrs.append((size, color, shape))
         specs.append(spec)
-    return images, texts, attrs, specs
+    return images, texts, attrs, specs, np.stack(tokens)
+
+
+PATCH = 8
+BACKGROUND = len(SHAPES)  # token label of patches the shape barely covers
+TOKEN_COVER = 0.15
+
+
+def render_with_tokens(shape: str, color: str, size: str, rng: np.random.Generator):
+    """shapes.render's image, bit for bit, plus per-patch labels (grid x grid): the shape's
+    index where it covers >= TOKEN_COVER of the patch, else BACKGROUND. The geometry is
+    caught by wrapping shapes.draw_shape while render runs."""
+    from PIL import Image, ImageDraw
+
+    drawn = []
+    original = shapes.draw_shape
+
+    def spy(draw, *a, **k):
+        drawn.append((a, k))
+        return original(draw, *a, **k)
+
+    shapes.draw_shape = spy
+    try:
+        image = shapes.render(shape, color, size, rng, IMAGE_SIZE)
+    finally:
+        shapes.draw_shape = original
+    assert len(drawn) == 1, "shapes.render no longer draws through shapes.draw_shape once"
+    a, k = drawn[0]
+    a = list(a)
+    a[4] = 255  # fill
+    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    original(ImageDraw.Draw(mask), *a, **k)
+    grid = IMAGE_SIZE // PATCH
+    cover = (np.asarray(mask, np.float32) / 255).reshape(grid, PATCH, grid, PATCH).mean((1, 3))
+    return image, np.where(cover >= TOKEN_COVER, SHAPES.index(shape), BACKGROUND).astype(np.int64)
 
 
 def match_matrix(attrs, specs) -> "torch.Tensor":
@@ -285,6 +327,51 @@ def make_config(vocab_size: int, bos_id: int, eos_id: int):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64, logit_scale_init_value=2.6592)
 
 
+def sincos_positions(hidden: int, grid: int) -> np.ndarray:
+    """2-D sine-cosine position table (MAE style) with a zero row for CLS: (1 + grid*grid, hidden)."""
+    gy, gx = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+
+    def embed(dim, pos):
+        omega = 1.0 / 10000 ** (np.arange(dim // 2) / (dim / 2))
+        angles = pos.reshape(-1)[:, None] * omega[None]
+        return np.concatenate([np.sin(angles), np.cos(angles)], 1)
+
+    table = np.concatenate([embed(hidden // 2, gy), embed(hidden // 2, gx)], 1)
+    return np.concatenate([np.zeros((1, hidden)), table], 0).astype(np.float32)
+
+
+def init_vision_tower(model, seed: int) -> None:
+    """Initialisations that help a small ViT learn shapes from little compute; the weights
+    stay an ordinary CLIPModel's (all trainable, nothing extra saved):
+
+    * 2-D sine-cosine position embeddings instead of random ones;
+    * mimetic attention init (Trockman & Kolter, 2023): per head W_q^T W_k ~ 0.7 Z + 0.7 I and
+      W_o W_v ~ 0.4 Z - 0.4 I with Z ~ N(0, 1/d), so attention starts out local, as it ends
+      up in trained ViTs.
+    """
+    import torch
+
+    vision = model.vision_model
+    cfg = vision.config
+    h, heads = cfg.hidden_size, cfg.num_attention_heads
+    r = h // heads
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        pe = sincos_positions(h, cfg.image_size // cfg.patch_size)
+        vision.embeddings.position_embedding.weight.copy_(torch.from_numpy(pe))
+        for layer in vision.encoder.layers:
+            attn = layer.self_attn
+            for head in range(heads):
+                m = 0.7 * torch.randn(h, h, generator=gen) / h**0.5 + 0.7 * torch.eye(h)
+                u, sv, vh = torch.linalg.svd(m)
+                attn.q_proj.weight[head * r : (head + 1) * r] = (u[:, :r] * sv[:r].sqrt()).T
+                attn.k_proj.weight[head * r : (head + 1) * r] = (vh.T[:, :r] * sv[:r].sqrt()).T
+            m = 0.4 * torch.randn(h, h, generator=gen) / h**0.5 - 0.4 * torch.eye(h)
+            u, sv, vh = torch.linalg.svd(m)
+            attn.v_proj.weight.copy_(sv.sqrt()[:, None] * vh)
+            attn.out_proj.weight.copy_(u * sv.sqrt())
+
+
 def contrastive_loss(logits_per_image, match):
     """CLIP's symmetric cross-entropy, with every matching caption/image a positive."""
     import torch.nn.functional as F
@@ -307,6 +394,29 @@ def eval_images(seed: int, n_seen: int, n_held: int):
             color, shape = pairs[rng.integers(len(pairs))]
             size = SIZES[rng.integers(len(SIZES))]
             out.append((shapes.render(shape, color, size, rng, IMAGE_SIZE), size, color, shape, group))
+    return out
+
+
+def quick_eval(model, tokenizer, examples) -> dict:
+    """Shape / colour zero-shot accuracy of the in-memory model (seen and held-out pairs)."""
+    import torch
+
+    with torch.no_grad():
+        pixel_values = preprocess([e[0] for e in examples])
+        img = model.get_image_features(pixel_values=pixel_values)
+        img = getattr(img, "pooler_output", img)
+        img = img / img.norm(dim=-1, keepdim=True)
+        groups = np.array([e[4] for e in examples])
+        out = {}
+        for name, labels, prompt, idx in (("shape", SHAPES, SHAPE_PROMPT, 3), ("color", COLORS, COLOR_PROMPT, 2)):
+            t = tokenizer([prompt.format(**{name: v}) for v in labels], padding=True, return_tensors="pt")
+            txt = model.get_text_features(**t)
+            txt = getattr(txt, "pooler_output", txt)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            pred = (img @ txt.t()).argmax(-1).numpy()
+            ok = pred == np.array([labels.index(e[idx]) for e in examples])
+            out[f"{name}_seen"] = float(ok[groups == "seen"].mean())
+            out[f"{name}_held"] = float(ok[groups == "held_out"].mean())
     return out
 
 
@@ -354,6 +464,11 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="1 is faster than 2 on a shared, busy 2-core box")
+    p.add_argument("--colors-per-batch", type=int, default=4)
+    p.add_argument("--label-loss", type=float, default=1.0, help="weight of the label-prompt contrastive terms (0: off)")
+    p.add_argument("--token-loss", type=float, default=0.5, help="weight of the training-only token-labelling loss (0: off)")
+    p.add_argument("--vision-init", choices=("mimetic", "default"), default="mimetic")
+    p.add_argument("--eval-every", type=int, default=0, help="quick in-training shape/colour check every N steps (0: off)")
     p.add_argument("--eval-seen", type=int, default=1024)
     p.add_argument("--eval-held", type=int, default=512)
     args = p.parse_args(argv)
@@ -395,11 +510,18 @@ def main(argv=None) -> None:
     # model -------------------------------------------------------------------
     config = make_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     model = CLIPModel(config)
+    if args.vision_init == "mimetic":
+        init_vision_tower(model, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}  params {n_params / 1e6:.2f} M", flush=True)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    # Token labelling (Jiang et al., 2021), training only: a linear head on the vision patch
+    # tokens predicts which shape (or background) each patch shows. It speeds up how fast the
+    # small ViT learns shapes; it is not part of the saved CLIPModel.
+    token_head = torch.nn.Linear(config.vision_config.hidden_size, len(SHAPES) + 1)
+    named = list(model.named_parameters()) + [("token_head." + n, q) for n, q in token_head.named_parameters()]
+    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = max(1, args.steps // 20)
 
@@ -411,17 +533,39 @@ def main(argv=None) -> None:
 
     rng = np.random.default_rng(args.seed)
     pairs = train_pairs()
+    quick_examples = eval_images(args.seed + 20_000, 192, 96) if args.eval_every else None
     model.train()
     t_train = time.time()
     ema = None
     for step in range(args.steps):
-        images, texts, attrs, specs = sample_batch(rng, args.batch, pairs)
+        images, texts, attrs, specs, tokens = sample_batch(rng, args.batch, pairs, args.colors_per_batch)
         pixel_values = preprocess(images)
         text_inputs = tokenizer(texts, padding=True, return_tensors="pt")
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits = model(pixel_values=pixel_values, **text_inputs).logits_per_image
-        loss = contrastive_loss(logits, match_matrix(attrs, specs))
+        out_ = model(pixel_values=pixel_values, **text_inputs, output_hidden_states=False)
+        loss = contrastive_loss(out_.logits_per_image, match_matrix(attrs, specs))
+        if args.label_loss:
+            # UniCL-style label-text terms: each image against all 8 shape (8 colour, 2 size)
+            # prompts in one randomly picked single-attribute template, cross-entropy on
+            # the true one; this is contrastive zero-shot classification made explicit.
+            img = out_.image_embeds
+            terms = []
+            for attr, labels, idx in (("shape", SHAPES, 2), ("color", COLORS, 1), ("size", SIZES, 0)):
+                options = [t for t, named in PARTIAL_TEMPLATES if named == (attr,)]
+                template = options[rng.integers(len(options))]
+                prompts = [template.format(**{attr: v, "art_shape": article(v), "art_color": article(v)}) for v in labels]
+                txt = model.get_text_features(**tokenizer(prompts, padding=True, return_tensors="pt")).pooler_output
+                txt = txt / txt.norm(dim=-1, keepdim=True)
+                target = torch.tensor([labels.index(a[idx]) for a in attrs])
+                terms.append(torch.nn.functional.cross_entropy(model.logit_scale.exp() * img @ txt.t(), target))
+            loss = loss + args.label_loss * sum(terms) / len(terms)
+        if args.token_loss:
+            patches = out_.vision_model_output.last_hidden_state[:, 1:]
+            token_logits = token_head(patches)
+            loss = loss + args.token_loss * torch.nn.functional.cross_entropy(
+                token_logits.flatten(0, 1), torch.from_numpy(tokens).flatten()
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -429,6 +573,11 @@ def main(argv=None) -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if args.eval_every and (step + 1) % args.eval_every == 0:
+            model.eval()
+            quick = quick_eval(model, tokenizer, quick_examples)
+            model.train()
+            print(f"step {step + 1:5d}  quick  " + "  ".join(f"{k} {v:.3f}" for k, v in quick.items()), flush=True)
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {ema:.4f}  scale {model.logit_scale.exp().item():.1f}  lr {lr_at(step):.2e}  {time.time() - t_train:.0f}s", flush=True)
     train_s = time.time() - t_train

@@ -41,16 +41,16 @@ MAX_LENGTH = 128  # frames of 10 ms: 1.28 s
 HELD_OUT_SEED_OFFSET = 10_000  # held-out clips use numpy seed (seed + 10000)
 
 MODEL_KW = dict(
-    hidden_size=128,
+    hidden_size=96,
     num_hidden_layers=4,
     num_attention_heads=4,
-    intermediate_size=512,
+    intermediate_size=384,
     hidden_act="gelu",
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
     patch_size=16,
-    frequency_stride=12,
-    time_stride=12,
+    frequency_stride=16,
+    time_stride=16,
     max_length=MAX_LENGTH,
     num_mel_bins=NUM_MEL_BINS,
 )
@@ -97,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--train-size", type=int, default=6000)
+    p.add_argument("--train-size", type=int, default=5000)
     p.add_argument("--eval-size", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-frac", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--feature-cache", type=Path, default=None,
                    help="optional .npz to store/reuse the precomputed features (for iterating)")
     args = p.parse_args(argv)
@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     raw_fe = ASTFeatureExtractor(num_mel_bins=NUM_MEL_BINS, max_length=MAX_LENGTH,
                                  sampling_rate=SAMPLE_RATE, do_normalize=False)
     cache = args.feature_cache
-    key = f"seed{args.seed}-n{args.train_size}-{args.eval_size}-mel{NUM_MEL_BINS}-len{MAX_LENGTH}"
+    import hashlib
+
+    src_hash = hashlib.sha256(Path(sounds.__file__).read_bytes()).hexdigest()[:16]
+    key = f"seed{args.seed}-n{args.train_size}-{args.eval_size}-mel{NUM_MEL_BINS}-len{MAX_LENGTH}-{src_hash}"
     if cache is not None and cache.exists() and str(np.load(cache)["key"]) == key:
         d = np.load(cache)
         x_tr_raw, y_tr, x_ev_raw, y_ev = d["x_tr"], d["y_tr"], d["x_ev"], d["y_ev"]
@@ -292,7 +295,7 @@ def write_card(out_dir, args, config, n_params, mean, std, acc, per_class, confu
         "`exporters/builtin/sounds.py` (numpy only): 1-2 s clips, random level (RMS 0.02-0.3), short random",
         "fades, coloured background noise 18-40 dB below the signal. Classes and randomised parameters:",
         "",
-        "- `sine_tone`: 100-4800 Hz; `am_tone`: carrier 150-4000 Hz, modulation 3-16 Hz, depth 0.7-1.0",
+        "- `sine_tone`: 100-4800 Hz; `am_tone`: carrier 150-4000 Hz amplitude-modulated by a soft-edged square wave\n  (2-6 Hz, duty 40-60 %, 5-20 ms edges, depth 0.9-1.0)",
         "- `chirp_up` / `chirp_down`: linear or exponential sweep over a 2-12x range within 150-6400 Hz",
         "- `white_noise` / `pink_noise` / `brown_noise`: 1/f^0, 1/f^1, 1/f^2 power spectra",
         "- `click_train`: 0.5-3 ms decaying noise bursts at 3-30 Hz with +-10% jitter",
@@ -318,7 +321,7 @@ def write_card(out_dir, args, config, n_params, mean, std, acc, per_class, confu
         "",
         "```",
         f"python exporters/builtin/train_sounds_ast.py --seed {args.seed} --out {rel_out}"
-        + ("" if (args.train_size, args.eval_size, args.epochs, args.batch_size, args.lr) == (6000, 1000, 24, 64, 1e-3)
+        + ("" if (args.train_size, args.eval_size, args.epochs, args.batch_size, args.lr) == (5000, 1000, 12, 64, 1e-3)
            else f" --train-size {args.train_size} --eval-size {args.eval_size} --epochs {args.epochs}"
                 f" --batch-size {args.batch_size} --lr {args.lr:g}"),
         "```",

@@ -67,7 +67,8 @@ def model_class(arch: str) -> type:
     import transformers
 
     cls = getattr(transformers, arch, None)
-    if cls is None:
+    # Only model classes: config.json is data, and must not name any other attribute to call.
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise UnsupportedModelError(f"Architecture {arch} is not in this version of transformers; vlmedge cannot export it.")
     return cls
 
@@ -87,7 +88,8 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
         model = model_class(arch).from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
                                                   weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1][:300]
+        named = re.search(r"GLOBAL (\S+)", str(exc))
+        reason = f"it calls {named.group(1)}" if named else "torch.load(weights_only=True) refused it"
         raise UnsupportedModelError(
             f"The weights in {folder} are a pickle that would run code or build objects other than tensors when "
             f"loaded ({reason}); vlmedge loads pickles only with torch.load(weights_only=True) and never unpickles "

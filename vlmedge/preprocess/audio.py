@@ -209,6 +209,8 @@ def _decode(source, name: str) -> tuple[np.ndarray, int]:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
         raise InputError(f"Cannot decode {name} ({exc}); pass a WAV, FLAC or OGG file.") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder given untrusted bytes may raise anything
+        raise InputError(f"Cannot decode {name} ({type(exc).__name__}: {exc}); pass a WAV, FLAC or OGG file.") from None
     return data, sr
 
 

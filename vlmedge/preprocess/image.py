@@ -273,6 +273,9 @@ def _decode(source: Any, what: str) -> Image.Image:
         raise InputError(f"{what} is not a readable {', '.join(FORMATS)} image; convert it to PNG or JPEG.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{what} could not be decoded ({e}); the file may be truncated or corrupt.") from None
+    except Exception as e:  # noqa: BLE001 - decoders of untrusted bytes raise struct.error, IndexError, ...
+        raise InputError(f"{what} could not be decoded ({type(e).__name__}: {e}); the file may be truncated or "
+                         "corrupt.") from None
 
 
 def _convert_to_rgb(image: Image.Image) -> Image.Image:

@@ -86,7 +86,10 @@ class AudioTagger:
         self._input = self._session.inputs[0].name
         self._output = manifest["graphs"][self._graph]["outputs"][0]["name"]
         num_labels = self._session.outputs[0].shape[-1] if self._session.outputs else None
-        self.labels: list[str] = manifest.get("labels") or [f"LABEL_{i}" for i in range(num_labels or 0)]
+        self.labels: list[str] = manifest.get("labels") or [f"LABEL_{i}" for i in range(num_labels if isinstance(num_labels, int) else 0)]
+        if isinstance(num_labels, int) and num_labels >= 0 and num_labels != len(self.labels):
+            raise ArtifactError(f"Artifact {model.artifact.root} has {len(self.labels)} labels but its model scores "
+                                f"{num_labels} classes; re-export the artifact.")
         self.activation = (manifest.get("postprocess") or {}).get("activation", "softmax")
 
     @property

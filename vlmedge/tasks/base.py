@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlmedge.artifact import Artifact
-from vlmedge.errors import BackendUnavailableError, InputError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
 from vlmedge.runtimes.base import TARGET_OF_BACKEND, Session, open_session
 from vlmedge.runtimes.onnx_external import check_external_data
 
@@ -50,9 +50,15 @@ def choose_precision(entries: list[dict[str, Any]]) -> str:
     """The fastest precision that passed its parity gate, by measured latency when the
     export measured it; fp32 otherwise."""
     passed = [e for e in entries if (e.get("parity") or {}).get("passed", False)]
-    timed = [e for e in passed if (e.get("parity") or {}).get("latency_ms")]
-    if timed:
-        return min(timed, key=lambda e: e["parity"]["latency_ms"])["precision"]
+    graphs = {e.get("graph") for e in entries}
+    # per precision, the latency of one call of every graph (CLIP: image + text)
+    totals: dict[str, dict[Any, float]] = {}
+    for e in passed:
+        if (e.get("parity") or {}).get("latency_ms"):
+            totals.setdefault(e["precision"], {})[e.get("graph")] = e["parity"]["latency_ms"]
+    complete = {p: sum(t.values()) for p, t in totals.items() if set(t) == graphs}
+    if complete:
+        return min(complete, key=complete.get)
     precisions = {e["precision"] for e in (passed or entries)}
     return "fp32" if "fp32" in precisions else sorted(precisions)[0]
 
@@ -102,11 +108,26 @@ def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
             )
         entry = chosen[0]
         path = artifact.path_of(entry)
-        if path.suffix == ".onnx":
+        if entry["target"] == "onnx" or path.suffix.lower() == ".onnx":  # ORT parses whatever the name
             check_external_data(path, artifact.root)
         sessions[graph] = open_session(path, backend=backend, device=device,
-                                       **entry.get("session_options", {}), **options)
+                                       **{**entry.get("session_options", {}), **options})
+        _check_graph_io(artifact, graph, sessions[graph], entry["path"])
     return ModelSessions(artifact, backend, precision, device, sessions)
+
+
+def _check_graph_io(artifact: Artifact, graph: str, session: Session, relpath: str) -> None:
+    """The manifest's input and output names must be the model file's own: the pipelines
+    address the session's results by the manifest's names."""
+    described = artifact.manifest["graphs"][graph]
+    for kind, actual in (("inputs", session.inputs), ("outputs", session.outputs)):
+        want = sorted(i["name"] for i in described[kind])
+        have = sorted(i.name for i in actual)
+        if want != have:
+            raise ArtifactError(
+                f"Artifact {artifact.root}: the manifest says graph '{graph}' has {kind} {want}, but {relpath} has "
+                f"{have}; the manifest does not describe this file. Re-export the artifact."
+            )
 
 
 def as_list(inputs: Any, single_types: tuple[type, ...]) -> tuple[list[Any], bool]:

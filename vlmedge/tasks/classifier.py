@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from vlmedge.errors import InputError
+from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.tasks.base import ModelSessions, as_list, chunks, sigmoid, softmax
 
@@ -30,11 +30,18 @@ class ImageClassifier:
         self.model = model
         manifest = model.artifact.manifest
         self.spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
-        self.labels: list[str] = manifest["labels"]
-        self.activation = manifest.get("postprocess", {}).get("activation", "softmax")
+        self.labels: list[str] = manifest.get("labels") or []
+        self.activation = (manifest.get("postprocess") or {}).get("activation") or "softmax"
+        if self.activation not in ("softmax", "sigmoid"):
+            raise ArtifactError(f"Artifact {model.artifact.root} asks for the activation {self.activation!r}; "
+                                "this vlmedge knows softmax and sigmoid. Re-export it or upgrade vlmedge.")
         (self._graph, self._session), = model.sessions.items()
         self._input = self._session.inputs[0].name
         self._output = manifest["graphs"][self._graph]["outputs"][0]["name"]
+        width = next((o.shape[-1] for o in self._session.outputs if o.name == self._output and o.shape), None)
+        if not self.labels or (isinstance(width, int) and width >= 0 and width != len(self.labels)):
+            raise ArtifactError(f"Artifact {model.artifact.root} has {len(self.labels)} labels but its model "
+                                f"scores {width} classes; re-export the artifact.")
 
     def logits(self, images: Any) -> np.ndarray:
         """Raw model outputs, (N, num_labels) float32."""
@@ -56,6 +63,9 @@ class ImageClassifier:
             raise InputError(f"top_k must be a positive integer, not {top_k!r}.")
         _, single = as_list(images, IMAGE_TYPES)
         probs = self.probabilities(images)
+        if probs.ndim != 2 or probs.shape[1] != len(self.labels):
+            raise ArtifactError(f"The model scored {list(probs.shape)} classes for {len(self.labels)} labels; "
+                                "its artifact is inconsistent, re-export it.")
         k = min(top_k, probs.shape[1])
         results = []
         for row in probs:

@@ -1,0 +1,272 @@
+"""ViT-B/16 at 224, batch 1, on this machine's CPU: the plain tools against vlmedge's variants.
+
+One process measures, side by side and round-robin (so a change in machine load hits every
+entry alike):
+
+    plain tools   PyTorch eager fp32; ONNX Runtime fp32; OpenVINO fp32 (f32 forced) and its
+                  default (bf16 on CPUs with AMX); OpenVINO bf16; ONNX Runtime quantize_dynamic
+                  int8 with default arguments; NNCF int8 with its transformer defaults
+    vlmedge       every file of `vlmedge.export(..., to=onnx,openvino, precision=fp32,fp16,bf16,int8)`,
+                  opened as `vlmedge.load(..., backend, precision)` opens it
+
+The model is transformers.ViTForImageClassification(ViTConfig()) - the ViT-B/16 224
+architecture - with seeded random weights (torch.manual_seed(0)); nothing is downloaded.
+Times are the model call only (preprocessing excluded), batch 1, after warm-up, median.
+
+    .venv/bin/python benchmarks/quantization.py            # ~15 min on 2 cores
+    .venv/bin/python benchmarks/quantization.py --rounds 3 --runs 5 --reuse   # re-time an existing export
+
+Writes benchmarks/results/quantization-<machine>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
+    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                                             "amx_tile", "amx_int8", "amx_bf16"})
+
+
+def machine_name() -> str:
+    """e.g. 'intel-xeon-processor-2c', as benchmarks/run_suite.py names machines."""
+    model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", cpu_name().lower())
+    return "-".join(re.findall(r"[a-z0-9]+", model))[:48] + f"-{len(os.sched_getaffinity(0))}c"
+
+
+def build_model(seed: int = 0):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(attn_implementation="eager")  # ViT-B/16 at 224 (its published architecture)
+    return ViTForImageClassification(config).eval()
+
+
+class Timer:
+    """Round-robin timing of several callables: every round runs each `runs` times."""
+
+    def __init__(self, rounds: int, runs: int, warmup: int = 3) -> None:
+        self.rounds, self.runs, self.warmup = rounds, runs, warmup
+        self.entries: dict[str, Callable[[], Any]] = {}
+        self.times: dict[str, list[float]] = {}
+
+    def add(self, name: str, call: Callable[[], Any]) -> None:
+        for _ in range(self.warmup):
+            call()
+        self.entries[name] = call
+        self.times[name] = []
+
+    def run(self) -> dict[str, dict[str, float]]:
+        loads = []
+        for _ in range(self.rounds):
+            loads.append(os.getloadavg()[0])
+            for name, call in self.entries.items():
+                for _ in range(self.runs):
+                    t0 = time.perf_counter()
+                    call()
+                    self.times[name].append((time.perf_counter() - t0) * 1000)
+        self.load = (min(loads), max(loads))
+        return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "runs": len(t)}
+                for name, t in self.times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vlmedge-bench-quantization")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--machine", default=machine_name())
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--reuse", action="store_true", help="re-time the artifact of an earlier run in --work")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+
+    import vlmedge
+    from vlmedge.artifact import Artifact
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    started = time.time()
+    load_at_start = os.getloadavg()[0]
+    if load_at_start > 2.5:
+        print(f"warning: load average {load_at_start:.1f}: other work shares these cores; figures will be inflated")
+    args.work.mkdir(parents=True, exist_ok=True)
+    artifact_dir = args.work / "vit-b16"
+    model = build_model()
+    preprocess = ImagePreprocessSpec(size={"height": 224, "width": 224}, resample="bilinear")
+    if not (args.reuse and (artifact_dir / "manifest.json").is_file()):
+        t0 = time.time()
+        from vlmedge.exporters.sources.hf import LogitsOnly
+
+        vlmedge.export(LogitsOnly(model), artifact_dir, to=["onnx", "openvino"], precision=["fp32", "fp16", "bf16", "int8"],
+                       preprocess=preprocess, labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+                       name="ViT-B/16 (ViTConfig(), random weights, seed 0)", progress=print)
+        export_seconds = time.time() - t0
+    else:
+        export_seconds = None
+    artifact = Artifact.open(artifact_dir)
+    base = artifact.path_of(artifact.model_entries(target="onnx", precision="fp32")[0])
+
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    feeds = {"pixel_values": pixels}
+    timer = Timer(args.rounds, args.runs)
+
+    # ---- plain tools
+    torch.set_num_threads(os.cpu_count() or 1)
+    tensor = torch.from_numpy(pixels)
+
+    def eager():
+        with torch.inference_mode():
+            return model(pixel_values=tensor).logits
+
+    timer.add("plain: PyTorch eager fp32", eager)
+    ort_fp32 = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"])
+    timer.add("plain: ONNX Runtime fp32", lambda: ort_fp32.run(None, feeds))
+    core = ov.Core()
+    ov_model = core.read_model(str(base))
+    plain_ov = {
+        "plain: OpenVINO fp32 (f32 forced)": {"INFERENCE_PRECISION_HINT": "f32"},
+        "plain: OpenVINO default (bf16 where AMX)": {},
+        "plain: OpenVINO bf16": {"INFERENCE_PRECISION_HINT": "bf16"},
+    }
+    for name, config in plain_ov.items():
+        request = core.compile_model(ov_model, "CPU", config).create_infer_request()
+        timer.add(name, lambda r=request: r.infer(feeds))
+    from onnxruntime.quantization import quantize_dynamic
+
+    dynamic = args.work / "plain-dynamic.onnx"
+    if not dynamic.exists():
+        quantize_dynamic(str(base), str(dynamic))
+    ort_dynamic = ort.InferenceSession(str(dynamic), providers=["CPUExecutionProvider"])
+    timer.add("plain: ONNX Runtime quantize_dynamic int8", lambda: ort_dynamic.run(None, feeds))
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    nncf_xml = args.work / "plain-nncf.xml"
+    if not nncf_xml.exists():
+        parity = np.load(artifact.path_of("samples/parity.npz"))["model.input.pixel_values"]
+        dataset = nncf.Dataset([{"pixel_values": parity[i:i + 1]} for i in range(len(parity))])
+        quantized = nncf.quantize(core.read_model(str(base)), dataset, model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(parity))
+        ov.save_model(quantized, str(nncf_xml), compress_to_fp16=False)
+    nncf_request = core.compile_model(str(nncf_xml), "CPU").create_infer_request()
+    timer.add("plain: OpenVINO NNCF int8 (defaults)", lambda: nncf_request.infer(feeds))
+
+    # ---- vlmedge's variants, opened the way vlmedge.load opens them
+    variants = {}
+    for entry in artifact.model_entries():
+        backend = {"onnx": "onnxruntime", "openvino": "openvino"}[entry["target"]]
+        pipeline = vlmedge.load(artifact_dir, backend=backend, precision=entry["precision"])
+        (session,) = pipeline.model.sessions.values()
+        name = f"vlmedge: {entry['target']} {entry['precision']}"
+        variants[name] = (entry, session.provider)
+        timer.add(name, lambda s=session: s.run(feeds))
+
+    results = timer.run()
+    eager_ms = results["plain: PyTorch eager fp32"]["median_ms"]
+    dynamic_ms = results["plain: ONNX Runtime quantize_dynamic int8"]["median_ms"]
+    rows = []
+    for name, timing in results.items():
+        row: dict[str, Any] = {"name": name, **{k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()},
+                               "speedup_vs_eager": round(eager_ms / timing["median_ms"], 2)}
+        if name in variants:
+            entry, provider = variants[name]
+            report = entry["parity"]
+            row.update(provider=provider, passed=report["passed"], file=entry["path"],
+                       cosine_min=round(min(o["cosine_min"] for o in report["outputs"].values()), 6),
+                       top1=min((o["top1"] for o in report["outputs"].values() if "top1" in o), default=None),
+                       recipe=(report.get("quantization") or {}).get("method"),
+                       level=(report.get("quantization") or {}).get("level"))
+        rows.append(row)
+    int8 = [r for r in rows if r["name"].startswith("vlmedge") and r["name"].endswith("int8") and r["passed"]]
+    bf16 = [r for r in rows if r["name"] == "vlmedge: openvino bf16"]
+    best_int8 = min(int8, key=lambda r: r["median_ms"]) if int8 else None
+    goals = {
+        "best_int8": best_int8 and {"name": best_int8["name"], "median_ms": round(best_int8["median_ms"], 2),
+                                    "speedup_vs_eager": round(eager_ms / best_int8["median_ms"], 2),
+                                    "speedup_vs_plain_quantize_dynamic": round(dynamic_ms / best_int8["median_ms"], 2)},
+        "bf16_ms": bf16[0]["median_ms"] if bf16 else None,
+    }
+    summary = {
+        "machine": args.machine, "cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+        "load_average_during_timing": [round(x, 2) for x in timer.load], "load_average_at_start": round(load_at_start, 2),
+        "model": "transformers.ViTForImageClassification(ViTConfig()), torch.manual_seed(0), 224x224, batch 1",
+        "rounds": args.rounds, "runs_per_round": args.runs, "export_seconds": export_seconds,
+        "versions": artifact.manifest.get("versions"), "goals": goals, "results": rows,
+        "command": "python benchmarks/quantization.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"quantization-{args.machine}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(summary) + "\n")
+    print(markdown(summary))
+    return 0
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# ViT-B/16 224, batch 1: plain tools vs vlmedge ({summary['machine']})",
+        "",
+        f"CPU: {summary['cpu']}, {summary['cores']} cores ({', '.join(summary['cpu_flags'])}); load average while timing "
+        f"{summary['load_average_during_timing'][0]}-{summary['load_average_during_timing'][1]}. "
+        f"{summary['rounds']} round-robin rounds x {summary['runs_per_round']} runs each, median; model call only.",
+        f"Model: {summary['model']}. Command: `{summary['command']}`.",
+        "",
+        "| entry | median ms | min ms | x eager | parity (cosine, top-1) | recipe | provider |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for r in summary["results"]:
+        parity = "" if "passed" not in r else (
+            f"{'pass' if r['passed'] else 'FAIL'} {r['cosine_min']:.6f}, {r['top1']:.0%}" if r["top1"] is not None
+            else f"{'pass' if r['passed'] else 'FAIL'} {r['cosine_min']:.6f}")
+        recipe = f"{r['recipe']} L{r['level']}" if r.get("recipe") else ""
+        lines.append(f"| {r['name']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['speedup_vs_eager']:.2f} | {parity} "
+                     f"| {recipe} | {r.get('provider', '')} |")
+    goals = summary["goals"]
+    if goals["best_int8"]:
+        g = goals["best_int8"]
+        lines += ["", f"Best INT8: {g['name']} {g['median_ms']:.1f} ms = {g['speedup_vs_eager']:.2f}x PyTorch eager, "
+                      f"{g['speedup_vs_plain_quantize_dynamic']:.2f}x plain quantize_dynamic."]
+    if goals["bf16_ms"]:
+        lines.append(f"vlmedge OpenVINO bf16: {goals['bf16_ms']:.1f} ms.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""Load test of `vlmedge serve` on loopback: throughput, latency percentiles, errors and
+server memory at several levels of concurrency, with dynamic batching and without.
+
+    .venv/bin/python benchmarks/serve_load.py                  # 60 s per level: 8, 32, 128 clients
+    .venv/bin/python benchmarks/serve_load.py --seconds 20 --levels 8,32
+
+For each server configuration (--max-batch N, then --max-batch 1 as the baseline) it starts
+`vlmedge serve` in a subprocess on 127.0.0.1 at a free port, waits for /readyz, and runs
+each level for --seconds: that many clients, each on its own keep-alive connection, posting
+one image to /v1/models/<name>/classify as soon as its previous answer arrived (a closed
+loop). Every request targets 127.0.0.1 only; each level stops after --seconds or
+--max-requests, whichever comes first. The clients are a small asyncio HTTP/1.1 writer of
+pre-encoded requests, so that the load generator takes as little of the CPU it shares with
+the server as it can.
+
+The model is the built-in classifier: builtin:shapes-vit exported once into
+benchmarks/.work/serve-load/ if the built-in model is present, else a ViT of the same
+architecture (64x64 input, patch 8, width 128, 4 layers, 4 heads) with seeded random weights;
+the result says which. Output: a table on stdout and benchmarks/results/serve-load-<machine>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work" / "serve-load"
+RESULTS = ROOT / "benchmarks" / "results"
+SAMPLE = ROOT / "exporters" / "sample_data" / "red-circle.jpg"
+HOST = "127.0.0.1"  # never anything else
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+def builtin_present() -> bool:
+    return (ROOT / "exporters" / "builtin" / "models" / "shapes-vit" / "config.json").is_file()
+
+
+def prepare_artifact() -> tuple[Path, str]:
+    """builtin:shapes-vit if shipped, else a seeded ViT of its architecture; exported once."""
+    import vlmedge
+
+    if builtin_present():
+        out, source, what = WORK / "shapes-vit", "builtin:shapes-vit", "builtin:shapes-vit"
+    else:
+        out, what = WORK / "shapes-vit-arch", "ViT of shapes-vit's architecture, seeded random weights"
+        source = WORK / "shapes-vit-arch-source"
+        if not (source / "config.json").is_file():
+            import torch
+            from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+            torch.manual_seed(0)
+            names = ["circle", "square", "triangle", "star", "cross", "diamond"]
+            config = ViTConfig(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=4,
+                               num_attention_heads=4, intermediate_size=512, num_labels=len(names),
+                               id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+            ViTForImageClassification(config).eval().save_pretrained(source)
+            ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5] * 3,
+                              image_std=[0.5] * 3).save_pretrained(source)
+    if not (out / "manifest.json").is_file():
+        print(f"exporting {source} -> {out}", flush=True)
+        vlmedge.export(str(source), out)
+    return out, what
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - 127.0.0.1 only
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class Server:
+    """`vlmedge serve` in a subprocess on 127.0.0.1:<free port>."""
+
+    def __init__(self, artifact: Path, name: str, max_batch: int, max_delay_ms: float, max_queue: int) -> None:
+        command = [sys.executable, "-m", "vlmedge.cli", "serve", f"{name}={artifact}", "--host", HOST, "--port", "0",
+                   "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--max-queue", str(max_queue)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.url = None
+        deadline = time.monotonic() + 120
+        while self.url is None:
+            line = self.proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start")
+            match = re.match(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                self.url = match.group(1)
+        while get(f"{self.url}/readyz")[0] != 200:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.1)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.proc.pid)
+
+    def batch_stats(self, name: str) -> dict[str, float]:
+        _, text = get(f"{self.url}/metrics")
+        values = {}
+        for key in ("vlmedge_batch_size_sum", "vlmedge_batch_size_count", "vlmedge_queue_rejected_total"):
+            match = re.search(rf'^{key}{{model="{re.escape(name)}"}} (\S+)$', text, re.M)
+            values[key] = float(match.group(1)) if match else 0.0
+        return values
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+# -- the clients -----------------------------------------------------------------------------
+
+
+def classify_request(name: str, image: bytes) -> bytes:
+    import base64
+
+    body = json.dumps({"images": [base64.b64encode(image).decode()], "top_k": 1}).encode()
+    head = (f"POST /v1/models/{name}/classify HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _client(port: int, request: bytes, stop_at: float, budget: list[int], out: list) -> None:
+    """One keep-alive connection, one request at a time, until the time or the count runs out."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while time.perf_counter() < stop_at and budget[0] > 0:
+            budget[0] -= 1
+            start = time.perf_counter()
+            try:
+                writer.write(request)
+                await writer.drain()
+                status_line = await reader.readline()
+                if not status_line:
+                    raise ConnectionError("closed")
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                out.append((start, time.perf_counter() - start, int(status_line.split()[1])))
+            except (ConnectionError, asyncio.IncompleteReadError):  # recorded as status 0; reconnect
+                out.append((start, time.perf_counter() - start, 0))
+                writer.close()
+                reader, writer = await asyncio.open_connection(HOST, port)
+    finally:
+        writer.close()
+
+
+async def run_level(port: int, request: bytes, clients: int, seconds: float, max_requests: int) -> list:
+    out: list = []
+    budget = [max_requests]
+    stop_at = time.perf_counter() + seconds
+    await asyncio.gather(*[_client(port, request, stop_at, budget, out) for _ in range(clients)])
+    return out
+
+
+def summarise(samples: list, seconds: float) -> dict:
+    statuses: dict[str, int] = {}
+    for _, _, status in samples:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    ok = np.array([latency for _, latency, status in samples if status == 200]) * 1000
+    span = (max(s + l for s, l, _ in samples) - min(s for s, _, _ in samples)) if samples else seconds
+    return {
+        "requests": len(samples),
+        "ok": int(ok.size),
+        "statuses": statuses,
+        "throughput_rps": round(ok.size / span, 1) if span else 0.0,
+        "p50_ms": round(float(np.percentile(ok, 50)), 2) if ok.size else None,
+        "p90_ms": round(float(np.percentile(ok, 90)), 2) if ok.size else None,
+        "p99_ms": round(float(np.percentile(ok, 99)), 2) if ok.size else None,
+    }
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1] for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|@.*", "", cpu.lower())).strip("-")
+    return f"{slug}-{len(os.sched_getaffinity(0))}c"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="per concurrency level")
+    parser.add_argument("--levels", default="8,32,128", help="concurrent clients, comma-separated")
+    parser.add_argument("--max-batch", type=int, default=16, help="the batching configuration")
+    parser.add_argument("--baseline-max-batch", type=int, default=1, help="the configuration to compare with")
+    parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="per level, a bound beside the time")
+    parser.add_argument("--artifact", type=Path, help="serve this artifact instead of the built-in classifier")
+    parser.add_argument("--image", type=Path, default=SAMPLE)
+    parser.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/serve-load-<machine>.json)")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+
+    artifact, model_desc = (args.artifact, str(args.artifact)) if args.artifact else prepare_artifact()
+    name = "classifier"
+    request = classify_request(name, args.image.read_bytes())
+    result = {"schema": "vlmedge-serve-load", "machine": machine_name(), "model": model_desc,
+              "artifact": str(artifact), "image": args.image.name, "seconds_per_level": args.seconds,
+              "levels": levels, "load_average_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "python": platform.python_version(), "configs": []}
+    for max_batch in (args.max_batch, args.baseline_max_batch):
+        server = Server(artifact, name, max_batch, args.max_delay_ms, args.max_queue)
+        try:
+            asyncio.run(run_level(server.port, request, 4, 2.0, 10_000))  # warm-up, not recorded
+            config = {"max_batch": max_batch, "max_delay_ms": args.max_delay_ms, "max_queue": args.max_queue,
+                      "rss_mb_before": round(server.rss_mb(), 1), "levels": []}
+            for clients in levels:
+                before = server.batch_stats(name)
+                samples = asyncio.run(run_level(server.port, request, clients, args.seconds, args.max_requests))
+                after = server.batch_stats(name)
+                batches = after["vlmedge_batch_size_count"] - before["vlmedge_batch_size_count"]
+                row = {"clients": clients, **summarise(samples, args.seconds),
+                       "mean_batch": round((after["vlmedge_batch_size_sum"] - before["vlmedge_batch_size_sum"])
+                                           / batches, 2) if batches else None,
+                       "rss_mb_after": round(server.rss_mb(), 1), "load_average": os.getloadavg()[0]}
+                config["levels"].append(row)
+                print(f"max_batch={max_batch:<3} clients={clients:<4} {row['throughput_rps']:>8.1f} req/s  "
+                      f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  mean batch {row['mean_batch']}  "
+                      f"statuses {row['statuses']}  RSS {row['rss_mb_after']} MB", flush=True)
+            config["rss_mb_after"] = round(server.rss_mb(), 1)
+        finally:
+            server.stop()
+        result["configs"].append(config)
+    batched, base = result["configs"]
+    result["batching_gain"] = {str(b["clients"]): round(b["throughput_rps"] / a["throughput_rps"], 2)
+                               for b, a in zip(batched["levels"], base["levels"]) if a["throughput_rps"]}
+    result["load_average_at_end"] = os.getloadavg()
+    out = args.out or RESULTS / f"serve-load-{result['machine']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"batching gain (throughput, max_batch {args.max_batch} / {args.baseline_max_batch}): "
+          f"{result['batching_gain']}\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The accuracy and speed side of a variant's parity report.
+
+- speed: batch-1 latency after warm-up (median), next to the fp32 ONNX Runtime file of the
+  same graph, with a flag when a reduced-precision file is not faster. It is measured at
+  export time on the exporting machine; `vlmedge bench` measures on the target.
+- accuracy: top-1 accuracy on labelled data (--eval) of the source model and of each
+  file, and the drop, judged against the gate's max_accuracy_drop.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from vlmedge.exporters.calibration import EvalSet
+from vlmedge.parity import Gate, run_in_batches
+
+
+def measure_latency(session: Any, feeds: dict[str, np.ndarray], warmup: int = 3, runs: int = 15,
+                    max_seconds: float = 4.0) -> dict[str, Any]:
+    """Median batch-1 latency of `session` on the first row of `feeds`, after warm-up.
+
+    Between 3 and `runs` timed runs, stopping after `max_seconds`; a model slower than a
+    second a call gets one warm-up call (CPU fp16 files can take tens of seconds). The load
+    average is recorded because a busy machine inflates every figure.
+    """
+    one = {name: np.ascontiguousarray(value[:1]) for name, value in feeds.items()}
+    for i in range(max(1, warmup)):
+        t0 = time.perf_counter()
+        session.run(one)
+        if time.perf_counter() - t0 > 1.0:
+            break
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() - started < max_seconds):
+        t0 = time.perf_counter()
+        session.run(one)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "runs": len(times),
+            "batch_size": 1, "load_average": round(os.getloadavg()[0], 2)}
+
+
+def speed_fields(latency: dict[str, Any], precision: str, baseline_ms: float | None) -> dict[str, Any]:
+    """The report's top-level speed fields: latency_ms (what `load(precision=None)` ranks by),
+    the fp32 ONNX Runtime latency, the speed-up over it, and the not-faster flag."""
+    fields: dict[str, Any] = {"latency_ms": latency["median_ms"], "latency": latency}
+    if baseline_ms:
+        fields["onnx_fp32_latency_ms"] = baseline_ms
+        fields["speedup_vs_onnx_fp32"] = round(baseline_ms / latency["median_ms"], 3)
+        if precision != "fp32":
+            fields["not_faster"] = latency["median_ms"] >= baseline_ms
+    return fields
+
+
+def accuracy_fields(outputs: dict[str, np.ndarray], evaluation: EvalSet, gate: Gate | None) -> tuple[dict[str, Any], list[str]]:
+    """{"accuracy": {...}} for a report, and the failures against the gate's accuracy budget."""
+    accuracy = evaluation.accuracy(outputs)
+    entry: dict[str, Any] = {"samples": int(len(evaluation.labels)), "classes": evaluation.classes,
+                             "top1": round(accuracy, 6)}
+    failures = []
+    if evaluation.source_accuracy is not None:
+        drop = evaluation.source_accuracy - accuracy
+        entry.update(source_top1=round(evaluation.source_accuracy, 6), drop=round(drop, 6))
+        limit = getattr(gate, "max_accuracy_drop", None)
+        if limit is not None:
+            entry["max_drop"] = limit
+            if drop > limit + 1e-9:
+                failures.append(
+                    f"accuracy on {entry['samples']} labelled inputs {accuracy:.2%} is {drop * 100:.2f} points "
+                    f"below the source's {evaluation.source_accuracy:.2%} (budget {limit * 100:.2f} points)"
+                )
+    return {"accuracy": entry}, failures
+
+
+def evaluate(session: Any, evaluation: EvalSet, gate: Gate | None, batch_size: int = 16) -> tuple[dict[str, Any], list[str]]:
+    """Runs `session` over the labelled set; see accuracy_fields."""
+    return accuracy_fields(run_in_batches(session, evaluation.feeds, batch_size), evaluation, gate)
+
+
+def add_accuracy(report: dict[str, Any], session: Any, evaluation: EvalSet | None, gate: Gate | None) -> None:
+    """Adds the accuracy section to a parity report and fails it when over budget."""
+    if evaluation is None:
+        return
+    fields, failures = evaluate(session, evaluation, gate)
+    report.update(fields)
+    if failures:
+        report["failures"] = list(report.get("failures", [])) + failures
+        report["passed"] = False

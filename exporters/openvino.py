@@ -1,0 +1,160 @@
+"""ONNX -> OpenVINO IR: openvino/<graph>.<precision>.xml + .bin, built from the fp32 ONNX file.
+
+- fp32: weights fp32, run with INFERENCE_PRECISION_HINT f32 (the CPU plugin would
+  otherwise run it in bf16 on CPUs that have bf16).
+- fp16: weights stored fp16 (save_model(compress_to_fp16=True)), run in f16 where the
+  device computes in f16, else OpenVINO upcasts and the provider says so.
+- bf16: the same fp16-stored weights, run with inference precision bf16 (AVX512-BF16 /
+  AMX CPUs, GPUs); a precision the user asks for explicitly, never a silent default.
+- int8: NNCF post-training quantization for transformers, calibrated on the export's
+  calibration feeds; on a failed gate retried without SmoothQuant and with the first and
+  last layers, then the transformer-sensitive ops, kept in float (IgnoredScope), then as
+  int8 weights with float activations.
+
+The inference precision each file was verified with is stored as the manifest entry's
+session_options, so `vlmedge.load` and `vlmedge check` run it the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+
+from vlmedge.exporters.quantize import SENSITIVE, Recipe, calibration_rows, run_ladder
+from vlmedge.runtimes.openvino import supports_precision
+
+# vlmedge precision -> (store weights as fp16, session options)
+PLAIN = {
+    "fp32": (False, {"inference_precision": "fp32"}),
+    "fp16": (True, {"inference_precision": "fp16"}),
+    "bf16": (True, {"inference_precision": "bf16"}),
+}
+# The precision the float parts of an int8 model run in.
+INT8_OPTIONS = {"inference_precision": "fp32"}
+
+
+def convert(base: Path) -> ov.Model:
+    """The fp32 ONNX file as an OpenVINO model (OpenVINO's ONNX frontend), its inputs and
+    outputs named exactly as in the ONNX graph.
+
+    The frontend gives a port every name its tensor had; where it folded an op next to an
+    input (CLIP text's Reshape of input_ids) the port's "any name" can be the op's.
+    """
+    import onnx
+
+    model = ov.convert_model(str(base))
+    graph = onnx.load(str(base), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    outputs = [o.name for o in graph.output]
+    for ports, names in ((model.inputs, inputs), (model.outputs, outputs)):
+        if len(ports) == len(names):
+            for port, name in zip(ports, names):
+                if name in port.get_names():
+                    port.get_tensor().set_names({name})
+    return model
+
+
+def save(model: ov.Model, xml: Path, compress_to_fp16: bool) -> list[Path]:
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    return [xml, xml.with_suffix(".bin")]
+
+
+def _build_plain(precision: str, writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    compress, options = PLAIN[precision]
+    if precision != "fp32" and not supports_precision(precision):
+        context.say(f"[{context.graph.name}] this CPU does not compute in {precision}: the openvino {precision} file "
+                    "is verified here in the precision OpenVINO falls back to (see the report's provider)")
+    relpath = f"openvino/{context.graph.name}.{precision}.xml"
+    files = save(convert(context.base), writer.path(relpath), compress)
+    return relpath, files, dict(options)
+
+
+def build_openvino_fp32(writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    return _build_plain("fp32", writer, context)
+
+
+def build_openvino_fp16(writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    return _build_plain("fp16", writer, context)
+
+
+def build_openvino_bf16(writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    return _build_plain("bf16", writer, context)
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def _is_weight(output: Any) -> bool:
+    """Whether an op input comes from a constant (through Convert / FakeQuantize decompression)."""
+    node = output.get_node()
+    while node.get_type_name() in ("Convert", "Reshape", "Transpose") and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
+
+
+def layer_names(model: ov.Model) -> tuple[list[str], list[str]]:
+    """(first and last weighted layers, MatMuls of two activations) by friendly name."""
+    weighted, activation_matmuls = [], []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("MatMul", "Convolution"):
+            continue
+        inputs = [op.input_value(i) for i in range(op.get_input_size())]
+        if any(_is_weight(v) for v in inputs[1:2]):
+            weighted.append(op.get_friendly_name())
+        elif kind == "MatMul":
+            activation_matmuls.append(op.get_friendly_name())
+    return list(dict.fromkeys(weighted[:1] + weighted[-1:])), activation_matmuls
+
+
+def openvino_int8_recipes(context: Any) -> list[Recipe]:
+    """NNCF post-training quantization for transformers, by level: 0, NNCF's defaults
+    (model_type TRANSFORMER, with SmoothQuant); 1, SmoothQuant off and the first and last
+    layers kept in float; 2, also LayerNorm, GELU, Softmax, residual Adds and the attention
+    kept in float (IgnoredScope); 3, int8 weights with float activations."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.ERROR)
+    calibration, source = calibration_rows(context)
+    ends, activation_matmuls = layer_names(convert(context.base))
+    calib = {"calibration": {"samples": len(calibration), "source": source}}
+    # OpenVINO's names for the ops kept at level 2 (LayerNorm is MVN + Multiply + Add; OpenVINO's
+    # ONNX frontend fuses attention into ScaledDotProductAttention)
+    kept_types = ["MVN", "Gelu", "Softmax", "Add", "ScaledDotProductAttention"]
+    no_smooth_quant = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+
+    def quantize(ignored: nncf.IgnoredScope | None = None, advanced: Any = None):
+        def build(folder: Path, name: str):
+            model = nncf.quantize(convert(context.base), nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(calibration), ignored_scope=ignored, advanced_parameters=advanced)
+            return save(model, folder / name, compress_to_fp16=False), dict(INT8_OPTIONS)
+        return build
+
+    def weights_only(folder: Path, name: str):
+        model = nncf.compress_weights(convert(context.base), mode=nncf.CompressWeightsMode.INT8_ASYM)
+        return save(model, folder / name, compress_to_fp16=False), dict(INT8_OPTIONS)
+
+    norm = ["LayerNorm (MVN)", "Gelu", "Softmax"]
+    level2_names = ends + activation_matmuls
+    return [
+        Recipe("nncf-transformer", 0, {"op_types": norm, "nodes": []}, quantize(), {**calib}),
+        Recipe("nncf-transformer", 1, {"op_types": norm, "nodes": ends},
+               quantize(nncf.IgnoredScope(names=ends, validate=False), no_smooth_quant),
+               {**calib, "smooth_quant": False, "ignored_scope": {"names": ends}}),
+        Recipe("nncf-transformer", 2, {"op_types": SENSITIVE[:5], "nodes": ends},
+               quantize(nncf.IgnoredScope(names=level2_names, types=kept_types, validate=False), no_smooth_quant),
+               {**calib, "smooth_quant": False, "ignored_scope": {"names": level2_names, "types": kept_types}}),
+        Recipe("nncf-weights-only", 3, {"op_types": ["all activations (int8 weights only)"], "nodes": []},
+               weights_only, {}),
+    ]
+
+
+def build_openvino_int8(writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    relpath = f"openvino/{context.graph.name}.int8.xml"
+    return run_ladder(writer, context, "openvino", relpath, openvino_int8_recipes(context))

@@ -1,0 +1,300 @@
+"""Reduced-precision files: fp16 and int8 ONNX for ONNX Runtime, and the int8 retry
+ladder that ONNX Runtime and OpenVINO (exporters/openvino.py) share.
+
+fp16: ONNX Runtime's float16 converter, inputs and outputs kept fp32 so the runtime feeds
+the same arrays. int8: ONNX Runtime's quantize_static (Q/DQ, calibrated) and
+quantize_dynamic, both on the un-fused fp32 graph after quant_pre_process; ONNX Runtime
+fuses the Q/DQ pairs into integer kernels when it loads the file.
+
+The int8 ladder tries recipes by level, each keeping more of the model in float: level 0
+quantizes what each method quantizes for transformers by default; the next levels keep
+the first and last layers, then LayerNorm, GELU, Softmax, residual Adds and the
+attention's activation x activation MatMuls in float (as Optimum's ViT recipe does);
+OpenVINO's last level quantizes the weights only. Within a level every recipe that passes
+the gate is timed and the fastest is kept; the first level with a passing recipe wins.
+What was tried and what was kept in float is in the report's "quantization" section. Only if
+no recipe passes does the export fail, naming the best cosine reached.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from vlmedge.errors import ExportError, ParityError
+from vlmedge.exporters.budget import add_accuracy, measure_latency
+from vlmedge.exporters.calibration import rows
+from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
+from vlmedge.runtimes.base import open_session
+
+# Ops whose weights make the first and last layers (patch / token embedding, classifier or projection head).
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
+# What the most careful level keeps in float, in the words of the report.
+SENSITIVE = ["LayerNormalization", "Gelu/Erf", "Softmax", "residual Add", "attention (activation x activation MatMul)",
+             "first layer", "last layer"]
+
+
+@dataclass
+class Recipe:
+    """One way to make an int8 file: `build(folder, name)` writes folder/name (and any side
+    files named after it) and returns (files, session options)."""
+
+    method: str
+    level: int
+    kept_in_float: dict[str, Any]
+    build: Callable[[Path, str], tuple[list[Path], dict[str, Any]]]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def variant_gate(context: Any, precision: str) -> Gate:
+    return getattr(context, "gate", None) or GATES[precision]
+
+
+def calibration_rows(context: Any) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Batch-1 calibration feeds and where they came from; warns when they are the parity inputs."""
+    if context.calibration:
+        return list(rows(context.calibration)), "user data"
+    context.say(f"[{context.graph.name}] no --calibration data: calibrating int8 on the bundled samples and "
+                "generated inputs; real data from the model's domain gives better int8 accuracy")
+    return list(rows(context.feeds)), "bundled samples + generated inputs"
+
+
+def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: list[Recipe],
+               precision: str = "int8") -> tuple[str, list[Path], dict[str, Any]]:
+    """Builds recipes level by level until one passes the gate; copies the fastest passing
+    one of that level to `relpath` in the artifact and records the attempts."""
+    backend = {"onnx": "onnxruntime", "openvino": "openvino"}[target]
+    gate = variant_gate(context, precision)
+    graph = context.graph
+    name = Path(relpath).name
+    attempts: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="vlmedge-quantize-") as work:
+        for level in sorted({r.level for r in recipes}):
+            passing = []
+            candidates = [r for r in recipes if r.level == level]
+            for recipe in candidates:
+                folder = Path(work) / f"{recipe.method}-{level}"
+                folder.mkdir()
+                attempt: dict[str, Any] = {"method": recipe.method, "level": level,
+                                           "kept_in_float": recipe.kept_in_float, **recipe.notes}
+                attempts.append(attempt)
+                try:
+                    files, options = recipe.build(folder, name)
+                    session = open_session(files[0], backend=backend, **options)
+                except Exception as exc:  # quantizers raise many unrelated types
+                    attempt.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                    context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) failed to build: {exc}")
+                    continue
+                report = parity_report(context.references, run_in_batches(session, context.feeds), graph.compare, gate)
+                add_accuracy(report, session, getattr(context, "evaluation", None), gate)
+                attempt.update(_summary(report))
+                context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}): "
+                            + ("passed" if report["passed"] else "failed: " + "; ".join(report["failures"])))
+                if report["passed"]:
+                    if len(candidates) > 1:
+                        attempt["latency_ms"] = measure_latency(session, context.feeds)["median_ms"]
+                    passing.append((attempt.get("latency_ms", 0.0), recipe, files, options))
+                del session
+            if passing:
+                _, recipe, files, options = min(passing, key=lambda p: p[0])
+                written = []
+                for path in files:
+                    destination = writer.path(str(Path(relpath).parent / path.name))
+                    shutil.copyfile(path, destination)
+                    written.append(destination)
+                extra = getattr(context, "report_extra", None)
+                if extra is not None:
+                    extra["quantization"] = {"method": recipe.method, "level": recipe.level,
+                                             "kept_in_float": recipe.kept_in_float, **recipe.notes,
+                                             "attempts": attempts}
+                return relpath, written, options
+    tried = [a for a in attempts if "cosine_min" in a]
+    best = max(tried, key=lambda a: a["cosine_min"], default=None)
+    best_text = (f"the best reached cosine {best['cosine_min']:.6f}" + (f", top-1 {best['top1']:.0%}" if "top1" in best else "")
+                 + f" ({best['method']}, level {best['level']})") if best else "none could be built"
+    error = ParityError(
+        f"No {target} {precision} file of graph '{graph.name}' passed its gate (min cosine {gate.min_cosine}, "
+        f"top-1 {gate.min_top1:.0%}) after {len(attempts)} attempt(s), the later ones keeping "
+        f"{', '.join(SENSITIVE)} in float: {best_text}. Loosen the gate explicitly, give real --calibration data, "
+        "or export without int8. No artifact was written."
+    )
+    error.attempts = attempts  # what each recipe reached, for callers that want to show or test it
+    raise error
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    outputs = report["outputs"].values()
+    summary: dict[str, Any] = {
+        "passed": report["passed"],
+        "cosine_min": min((o.get("cosine_min", 0.0) for o in outputs), default=1.0),
+    }
+    top1 = [o["top1"] for o in outputs if "top1" in o]
+    if top1:
+        summary["top1"] = min(top1)
+    if "accuracy" in report:
+        summary["accuracy"] = report["accuracy"]
+    if report["failures"]:
+        summary["failures"] = report["failures"]
+    return summary
+
+
+# --------------------------------------------------------------------------- ONNX graph facts
+
+
+def first_and_last_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the first and last nodes that apply a weight (Conv/MatMul/Gemm with an
+    initializer operand): the embedding and the head, the layers int8 hurts most."""
+    initializers = {i.name for i in model.graph.initializer}
+    weighted = [n for n in model.graph.node
+                if n.op_type in WEIGHT_OPS and any(i in initializers for i in n.input[:2])]
+    names = [n.name for n in weighted[:1] + weighted[-1:] if n.name]
+    return list(dict.fromkeys(names))
+
+
+def _prepared(base: Path, folder: Path) -> Path:
+    """quant_pre_process: symbolic shape inference and ORT's basic graph optimisation, as
+    ONNX Runtime's quantizer recommends before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = folder.parent / "prepared.onnx"
+    if not prepared.exists():
+        large = (base.parent / f"{base.name}.data").exists()
+        try:
+            quant_pre_process(str(base), str(prepared), save_as_external_data=large, all_tensors_to_one_file=True,
+                              external_data_location="prepared.onnx.data" if large else None)
+        except Exception:  # symbolic shape inference fails on some graphs: quantize the graph as exported
+            shutil.copyfile(base, prepared)
+            if large:
+                shutil.copyfile(base.parent / f"{base.name}.data", prepared.parent / f"{base.name}.data")
+    return prepared
+
+
+def _written(folder: Path, name: str) -> list[Path]:
+    main = folder / name
+    return [main] + sorted(p for p in folder.iterdir() if p != main and p.name.startswith(name))
+
+
+def _merge_every(samples: int) -> dict[str, int]:
+    """Calibration merges activation ranges every k samples instead of holding every output
+    of every sample in memory (ViT-B: gigabytes). ONNX Runtime raises "No data is collected"
+    when k divides the sample count, so k never does."""
+    if samples <= 16:
+        return {}
+    k = 16
+    while samples % k == 0:
+        k -= 1
+    return {"CalibMaxIntermediateOutputs": k}
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over batch-1 feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._iter = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+
+def ort_int8_recipes(context: Any) -> list[Recipe]:
+    """Static Q/DQ and dynamic quantization at three levels: 0, the ops each method
+    quantizes for transformers (MatMul, Conv, Gemm, and for Q/DQ Add); 1, the same with the
+    first and last layers kept in float; 2, only weight MatMuls quantized, so LayerNorm,
+    GELU, Softmax, residual Adds and the attention's activation x activation MatMuls stay
+    float too (Optimum's ViT recipe)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    base = context.base
+    large = (base.parent / f"{base.name}.data").exists()
+    calibration, source = calibration_rows(context)
+    ends: list[str] = []  # the first and last layers, named after quant_pre_process (which may rename nodes)
+
+    def prepare(folder: Path, keep_ends: bool) -> tuple[Path, list[str]]:
+        prepared = _prepared(base, folder)
+        if keep_ends and not ends:
+            ends.extend(first_and_last_layers(onnx.load(str(prepared), load_external_data=False)))
+        return prepared, list(ends) if keep_ends else []
+
+    def static(op_types: list[str], keep_ends: bool, weights_only: bool = False):
+        def build(folder: Path, name: str):
+            prepared, exclude = prepare(folder, keep_ends)
+            quantize_static(
+                str(prepared), str(folder / name), _Reader(calibration),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
+                extra_options={"MatMulConstBOnly": weights_only, **_merge_every(len(calibration))},
+            )
+            return _written(folder, name), {}
+        return build
+
+    def dynamic(op_types: list[str], keep_ends: bool, weights_only: bool = False):
+        def build(folder: Path, name: str):
+            prepared, exclude = prepare(folder, keep_ends)
+            quantize_dynamic(
+                str(prepared), str(folder / name), op_types_to_quantize=op_types, per_channel=True,
+                weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=large,
+                extra_options={"MatMulConstBOnly": weights_only},
+            )
+            return _written(folder, name), {}
+        return build
+
+    norm = ["LayerNormalization", "Gelu/Erf", "Softmax"]
+    calib = {"calibration": {"samples": len(calibration), "source": source}}
+    static_ops, dynamic_ops = ["MatMul", "Conv", "Gemm", "Add"], ["MatMul", "Conv", "Gemm"]
+    return [
+        Recipe("ort-static-qdq", 0, {"op_types": norm, "nodes": []}, static(static_ops, False),
+               {**calib, "quantized_op_types": static_ops}),
+        Recipe("ort-dynamic", 0, {"op_types": norm, "nodes": []}, dynamic(dynamic_ops, False),
+               {"quantized_op_types": dynamic_ops}),
+        Recipe("ort-static-qdq", 1, {"op_types": norm, "nodes": ends}, static(static_ops, True),
+               {**calib, "quantized_op_types": static_ops}),
+        Recipe("ort-dynamic", 1, {"op_types": norm, "nodes": ends}, dynamic(dynamic_ops, True),
+               {"quantized_op_types": dynamic_ops}),
+        Recipe("ort-static-qdq", 2, {"op_types": SENSITIVE[:5], "nodes": ends}, static(["MatMul"], True, True),
+               {**calib, "quantized_op_types": ["MatMul with constant weights"]}),
+        Recipe("ort-dynamic", 2, {"op_types": SENSITIVE[:5], "nodes": ends}, dynamic(["MatMul"], True, True),
+               {"quantized_op_types": ["MatMul with constant weights"]}),
+    ]
+
+
+# --------------------------------------------------------------------------- ONNX Runtime builders
+
+
+def build_onnx_int8(writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    """onnx/<graph>.int8.onnx: the fastest passing int8 recipe of the lowest level that passes."""
+    relpath = f"onnx/{context.graph.name}.int8.onnx"
+    return run_ladder(writer, context, "onnx", relpath, ort_int8_recipes(context))
+
+
+def build_onnx_fp16(writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:
+    """onnx/<graph>.fp16.onnx: weights and activations in float16, inputs and outputs fp32.
+
+    ONNX Runtime's converter keeps the ops it has no fp16 kernels for in fp32 and adds the
+    casts; on CPUs without fp16 arithmetic the file is smaller but rarely faster (the
+    report's speed fields say so).
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    base = context.base
+    if (base.parent / f"{base.name}.data").exists():
+        raise ExportError(f"The {context.graph.name} graph is over 2 GB; fp16 ONNX of such graphs is not supported yet.")
+    relpath = f"onnx/{context.graph.name}.fp16.onnx"
+    model = OnnxModel(convert_float_to_float16(onnx.load(str(base)), keep_io_types=True, disable_shape_infer=False))
+    model.topological_sort()  # the converter appends its input casts at the end of the node list
+    model = model.model
+    path = writer.path(relpath)
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))
+    return relpath, [path], {}

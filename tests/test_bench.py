@@ -1,0 +1,366 @@
+"""`vlmedge bench`: every figure present and consistent, the real samples fed, every graph
+measured, the torch baseline checked, the JSON valid against its schema, and --compare a
+working CI gate. Structure and correctness only: no assertion depends on how fast anything is."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vlmedge
+from vlmedge.bench_types import BenchResult
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "benchmarks" / "bench.schema.json").read_text())
+FAST = dict(iterations=3, warmup=1)
+
+
+def validate(document: dict) -> None:
+    """Against benchmarks/bench.schema.json when jsonschema is installed."""
+    if importlib.util.find_spec("jsonschema") is None:
+        return
+    import jsonschema
+
+    jsonschema.validate(document, SCHEMA)
+
+
+def cli_here(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from vlmedge.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def result(vit_artifact) -> BenchResult:
+    """torch and ONNX Runtime on the tiny ViT, batches 1 and 3."""
+    return vlmedge.bench(vit_artifact, batch_sizes=[1, 3], **FAST)
+
+
+def test_rows_carry_every_figure_and_a_checked_torch_baseline(result, vit_artifact):
+    assert [(r.backend, r.batch_size) for r in result.rows] == [("torch", 1), ("torch", 3),
+                                                                ("onnxruntime", 1), ("onnxruntime", 3)]
+    onnx_size = (vit_artifact / "onnx" / "model.fp32.onnx").stat().st_size
+    for row in result.rows:
+        lat = row.latency
+        assert lat.iterations == 3
+        assert 0 < lat.min_ms <= lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
+        assert lat.min_ms <= lat.mean_ms <= lat.max_ms and lat.cov == pytest.approx(lat.std_ms / lat.mean_ms, abs=1e-3)
+        assert row.throughput_per_s == pytest.approx(row.batch_size * 1e3 / lat.mean_ms, rel=1e-3, abs=0.006)
+        assert row.load_s > 0 and row.first_inference_ms > 0 and row.peak_rss_increase_mb >= 0
+        assert row.mode == "model-only" and row.threads == result.settings.threads[0]
+        assert "real samples tiled to" in row.inputs
+        torch_row = next(r for r in result.rows if r.backend == "torch" and r.batch_size == row.batch_size)
+        assert row.speedup_vs_torch == pytest.approx(torch_row.latency.p50_ms / lat.p50_ms, rel=1e-2)
+    torch_row, ort_row = result.rows[0], result.rows[2]
+    assert torch_row.provider.startswith("torch ") and torch_row.file is None
+    assert torch_row.parity.source == "live" and torch_row.parity.passed and torch_row.parity.max_abs < 1e-5
+    assert ort_row.provider == "CPUExecutionProvider" and ort_row.file == "onnx/model.fp32.onnx"
+    assert ort_row.model_mb == pytest.approx(onnx_size / 1e6, abs=1e-3)
+    assert ort_row.parity.source == "export" and ort_row.parity.passed and ort_row.parity.top1 == 1.0
+    assert result.settings.mode == "model-only" and "no preprocessing" in result.settings.scope
+    env = result.environment
+    assert env.cores_available >= 1 and env.cpu_model and env.python and "onnxruntime" in env.versions
+    assert {r.objective for r in result.recommendations} == {"latency", "throughput"}
+
+
+def test_json_validates_against_the_schema_and_round_trips(result, tmp_path):
+    path = result.save(tmp_path / "r.json")
+    document = json.loads(path.read_text())
+    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 1
+    validate(document)
+    assert BenchResult.load(path).to_dict() == document
+
+
+def test_compare_api_reports_ratios_per_row_and_metric(result):
+    from vlmedge.bench_report import compare
+
+    assert compare(result, result).passed and {r.slowdown for r in compare(result, result).rows} == {1.0}
+    slower = BenchResult.from_dict(result.to_dict())
+    slower.rows[2].latency.p50_ms *= 1.5
+    slower.rows[2].throughput_per_s /= 1.5
+    verdict = compare(result, slower, max_slowdown=1.10)
+    assert not verdict.passed and [r.label for r in verdict.regressions] == [
+        "onnxruntime fp32 [model] batch 1, 2 threads, model-only".replace("2 threads", f"{result.rows[2].threads} threads")]
+    assert not compare(result, slower, metric="throughput").passed
+    assert compare(result, slower, metric="p99_ms").passed  # only p50 and throughput changed
+    slower.rows.pop()
+    assert len(compare(result, slower).only_base) == 1
+
+
+def test_inputs_are_the_stored_real_samples_tiled(vit_artifact, monkeypatch):
+    from vlmedge.artifact import Artifact
+    from vlmedge.check import stored_parity_inputs
+    from vlmedge.runtimes.onnxruntime import OnnxRuntimeSession
+
+    seen = []
+    original = OnnxRuntimeSession._run
+    monkeypatch.setattr(OnnxRuntimeSession, "_run", lambda self, feeds: seen.append(feeds) or original(self, feeds))
+    vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[7], **FAST)
+    stored = stored_parity_inputs(Artifact.open(vit_artifact))["model"]["input"]["pixel_values"]
+    real = len([p for p in (vit_artifact / "samples").iterdir() if p.suffix in (".jpg", ".png")])
+    timed = [feeds for feeds in seen if len(feeds["pixel_values"]) == 7]
+    assert real == 5 and len(timed) == 1 + 1 + 3  # first call, warm-up, timed calls
+    np.testing.assert_array_equal(seen[-1]["pixel_values"], stored[[0, 1, 2, 3, 4, 0, 1]])
+
+    seen.clear()
+    noise = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[2], random_inputs=True, **FAST)
+    assert noise.settings.inputs == "random" and "random" in noise.rows[0].inputs
+    assert seen[-1]["pixel_values"].shape == (2, 3, 32, 32) and not np.allclose(seen[-1]["pixel_values"], stored[:2])
+
+
+def test_end_to_end_times_the_pipeline_on_the_sample_files(vit_artifact, monkeypatch):
+    from vlmedge.tasks.classifier import ImageClassifier
+
+    calls = []
+    original = ImageClassifier.classify
+    monkeypatch.setattr(ImageClassifier, "classify",
+                        lambda self, images, top_k=5: calls.append(images) or original(self, images, top_k=top_k))
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[6], end_to_end=True, **FAST)
+    assert r.settings.mode == "end-to-end" and "preprocessing" in r.settings.scope
+    assert [row.mode for row in r.rows] == ["end-to-end"] and "sample image files tiled to 6" in r.rows[0].inputs
+    assert len(calls) == 5 and len(calls[-1]) == 6
+    assert all(Path(p).parent == vit_artifact / "samples" for p in calls[-1])
+
+
+def test_sweep_measures_a_grid_and_recommends(vit_artifact):
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], sweep=["threads", "batch"], batch_sizes=[1, 2], **FAST)
+    cores = r.environment.cores_available
+    expected_threads = sorted({1, cores} | {2**i for i in range(8) if 2**i < cores})
+    assert r.settings.threads == expected_threads and r.settings.sweep == ["threads", "batch"]
+    assert sorted((row.threads, row.batch_size) for row in r.rows) == sorted(
+        (t, b) for t in expected_threads for b in (1, 2))
+    latency, throughput = r.recommendations
+    assert latency.objective == "latency" and latency.batch_size == 1
+    assert latency.p50_ms == min(row.latency.p50_ms for row in r.rows if row.batch_size == 1)
+    assert throughput.throughput_per_s == max(row.throughput_per_s for row in r.rows)
+
+
+def test_wrong_variant_is_visible_and_a_changed_source_gives_no_baseline(vit_artifact, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(vit_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["source"]["config_sha256"] = "0" * 64
+    manifest["files"][0]["parity"]["passed"] = False
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    r = vlmedge.bench(art, batch_sizes=[1], **FAST)
+    assert [row.backend for row in r.rows] == ["onnxruntime"]
+    (skip,) = [s for s in r.skipped if s.backend == "torch"]
+    assert "changed since" in skip.reason
+    assert r.rows[0].parity.passed is False and any("fails its parity gate" in w for w in r.rows[0].warnings)
+    assert r.recommendations == []  # nothing that fails parity is recommended
+
+
+def test_peer_file_is_a_row_with_live_parity(vit_artifact, tmp_path):
+    peer = tmp_path / "peer" / "model.onnx"
+    peer.parent.mkdir()
+    shutil.copyfile(vit_artifact / "onnx" / "model.fp32.onnx", peer)
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], peers={"copy": peer}, **FAST)
+    row = r.rows[-1]
+    assert row.label == "copy (peer)" and row.peer == "copy" and row.file == str(peer)
+    assert row.parity.source == "live" and row.parity.passed
+
+
+def _two_graph_artifact(folder: Path) -> Path:
+    """A CLIP-shaped artifact ("image" and "text" graphs) built from two tiny ONNX graphs."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from vlmedge.artifact import ArtifactWriter
+    from vlmedge.check import PARITY_FILE
+    from vlmedge.parity import GATES, parity_report
+
+    graphs = {
+        "image": ("pixel_values", TensorProto.FLOAT, [3, 4, 4], "image_embeds",
+                  [helper.make_node("Flatten", ["pixel_values"], ["image_embeds"], axis=1)], np.float32),
+        "text": ("input_ids", TensorProto.INT64, [5], "text_embeds",
+                 [helper.make_node("Cast", ["input_ids"], ["text_embeds"], to=TensorProto.FLOAT)], np.int64),
+    }
+    stored, io = {}, {}
+    with ArtifactWriter(folder) as writer:
+        for name, (inp, dtype, dims, out, nodes, np_dtype) in graphs.items():
+            graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(inp, dtype, ["batch", *dims])],
+                                      [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+            onnx.save(model, writer.path(f"onnx/{name}.fp32.onnx"))
+            feeds = np.arange(4 * int(np.prod(dims)), dtype=np_dtype).reshape(4, *dims)
+            reference = feeds.reshape(4, -1).astype(np.float32)
+            stored.update({f"{name}.input.{inp}": feeds, f"{name}.reference.{out}": reference})
+            report = parity_report({out: reference}, {out: reference}, {}, GATES["fp32"], graph=name)
+            writer.add(f"onnx/{name}.fp32.onnx", role="model", graph=name, target="onnx", precision="fp32",
+                       parity=report)
+            io[name] = {"inputs": [{"name": inp, "shape": ["batch", *dims], "dtype": np.dtype(np_dtype).name}],
+                        "outputs": [{"name": out, "shape": ["batch", "?"], "dtype": "float32"}], "dynamic_axes": {}}
+        np.savez(writer.path(PARITY_FILE), **stored)
+        writer.add(PARITY_FILE, role="parity_inputs")
+        writer.commit({"task": "clip", "source": {"kind": "module", "reference": "TwoTowers"}, "graphs": io,
+                       "preprocess": {"image": {}, "text": {}}, "labels": None, "postprocess": {}})
+    return folder
+
+
+def test_every_graph_is_measured_and_absences_are_explained(tmp_path):
+    art = _two_graph_artifact(tmp_path / "clip-like")
+    r = vlmedge.bench(art, batch_sizes=[1, 2], **FAST)
+    assert r.artifact.graphs == ["image", "text"]
+    assert sorted((row.graph, row.batch_size) for row in r.rows) == [("image", 1), ("image", 2), ("text", 1), ("text", 2)]
+    assert {rec.graph for rec in r.recommendations} == {"image", "text"}
+    reasons = {s.backend: s.reason for s in r.skipped}
+    assert "cannot be rebuilt" in reasons["torch"]
+    validate(r.to_dict())
+    e2e = vlmedge.bench(art, backends=["onnxruntime"], end_to_end=True, **FAST)
+    assert e2e.rows == [] and e2e.skipped and all(s.reason for s in e2e.skipped)
+
+
+def test_bad_options_are_one_sentence_errors(vit_artifact):
+    from vlmedge.errors import InputError
+
+    with pytest.raises(InputError, match="not both"):
+        vlmedge.bench(vit_artifact, iterations=3, duration=1.0)
+    with pytest.raises(InputError, match="Unknown backend"):
+        vlmedge.bench(vit_artifact, backends=["cuda-magic"])
+    with pytest.raises(InputError, match="sweep"):
+        vlmedge.bench(vit_artifact, sweep=["precision"])
+
+
+def test_runs_torch_free_unless_torch_is_asked_for(vit_artifact):
+    code = ("import sys, vlmedge\n"
+            f"r = vlmedge.bench({str(vit_artifact)!r}, backends=['onnxruntime'], iterations=2, warmup=0)\n"
+            "import vlmedge.bench\n"
+            "assert callable(vlmedge.bench) and r.rows\n"
+            "print('HEAVY:' + ','.join(m for m in ('torch', 'transformers', 'openvino') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_cli_table_json_markdown_plot_and_compare_gate(vit_artifact, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "base.json"
+    args = ["bench", vit_artifact, "--batch-size", "1,2", "--iterations", "3", "--warmup", "1",
+            "--json", out, "--markdown", tmp_path / "base.md"]
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    if plotting:
+        args += ["--plot", tmp_path / "base.png"]
+    monkeypatch.setenv("COLUMNS", "260")
+    code, stdout, stderr = cli_here(capsys, *args)  # in this process: the interpreter and torch start once
+    assert code == 0, stderr
+    for text in ("scope: model-only", "machine:", "versions:", "torch fp32", "onnxruntime fp32", "CPUExecutionProvider",
+                 "1.00x (base)", "recommended", "peak RSS", "latency per call (ms)"):
+        assert text in stdout, text
+    for column in ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max", "items/s", "vs torch",
+                   "load s", "first ms", "peak RSS +MB", "size MB", "provider", "parity"):
+        assert column in stdout and column in (tmp_path / "base.md").read_text(), column
+    document = json.loads(out.read_text())
+    validate(document)
+    assert len(document["rows"]) == 4
+    if plotting:
+        assert (tmp_path / "base.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    code, stdout, stderr = cli_here(capsys, "bench", "--compare", out, out)
+    assert code == 0, stdout + stderr
+    assert "no regression" in stdout
+
+    slower = json.loads(out.read_text())
+    for row in slower["rows"]:
+        row["latency"] = {k: v * 1.5 if k.endswith("_ms") else v for k, v in row["latency"].items()}
+        row["throughput_per_s"] /= 1.5
+    (tmp_path / "slower.json").write_text(json.dumps(slower))
+    code, stdout, _ = cli_here(capsys, "bench", "--compare", out, tmp_path / "slower.json")
+    assert code == 1 and "REGRESSION" in stdout and "4 regression(s)" in stdout
+    code, _, _ = cli_here(capsys, "bench", "--compare", out, tmp_path / "slower.json", "--max-slowdown", "1.6")
+    assert code == 0
+
+
+def test_cli_errors(tmp_path, capsys):
+    (tmp_path / "junk.json").write_text("{}")
+    code, _, stderr = cli_here(capsys, "bench", "--compare", tmp_path / "junk.json", tmp_path / "junk.json")
+    assert code == 1 and "not a vlmedge bench result" in stderr and "Traceback" not in stderr
+    assert cli_here(capsys, "bench")[0] == 2
+    assert cli_here(capsys, "bench", "x", "--iterations", "3", "--duration", "1")[0] == 2
+
+
+def _suite():
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("run_suite", REPO / "benchmarks" / "run_suite.py")
+    module = iu.module_from_spec(spec)
+    sys.modules["run_suite"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_suite_skips_a_task_that_is_not_exportable_yet(monkeypatch):
+    pytest.importorskip("torch")
+    suite = _suite()
+    from vlmedge.exporters.sources import hf
+
+    assert "no exporter" in suite.not_exportable("video-captioning")
+    monkeypatch.setitem(hf.BUILDERS, "clip", ("vlmedge.exporters.sources.hf_not_there", "clip_model"))
+    assert "not part of this vlmedge yet" in suite.not_exportable("clip")
+    assert suite.not_exportable("image-classification") is None
+    assert {m.name for m in suite.MODELS} == {"vit-b16", "swin-t", "dinov2-s14", "clip-b32", "ast-base"}
+
+
+def test_suite_drops_a_failing_variant_and_keeps_the_rest(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    suite = _suite()
+    from vlmedge.errors import ParityError
+
+    calls = []
+
+    def fake_export(model, out, to, precision, progress):
+        calls.append((list(to), list(precision)))
+        progress("[model] exported onnx/model.fp32.onnx in 1.0s (1.0 MB)")
+        progress("[model] parity passed for onnx/model.fp32.onnx: logits cosine 1.0")
+        progress("[model] built onnx/model.int8.onnx in 1.0s (0.3 MB)")
+        if "int8" in precision:  # the message need not name the variant: the progress lines do
+            raise ParityError("output 'logits': top-1 agreement 80% < 95%. No artifact was written.")
+        return "artifact"
+
+    monkeypatch.setattr(vlmedge, "export", fake_export)
+    artifact, dropped = suite.export_with_fallback(tmp_path, tmp_path / "a", [("onnx", "fp32"), ("onnx", "int8"),
+                                                                              ("openvino", "fp32")], lambda m: None)
+    assert artifact == "artifact" and calls[-1] == (["onnx", "openvino"], ["fp32"])
+    assert len(dropped) == 1 and dropped[0].startswith("int8 (every target; onnx int8 failed)")
+    assert "top-1 agreement 80%" in dropped[0]
+
+    def openvino_fails(model, out, to, precision, progress):
+        calls.append((list(to), list(precision)))
+        progress("[model] exported onnx/model.fp32.onnx in 1.0s (1.0 MB)")
+        progress("[model] parity passed for onnx/model.fp32.onnx: logits cosine 1.0")
+        if "openvino" in to:
+            raise ParityError("The model takes other inputs.")
+        return "artifact"
+
+    monkeypatch.setattr(vlmedge, "export", openvino_fails)
+    _, dropped = suite.export_with_fallback(tmp_path, tmp_path / "a", [("onnx", "fp32"), ("openvino", "fp32"),
+                                                                       ("openvino", "bf16")], lambda m: None)
+    assert calls[-1] == (["onnx"], ["fp32"])  # bf16 went with openvino: ONNX Runtime has no bf16 build
+    assert dropped == ["openvino (every precision; openvino fp32 failed): The model takes other inputs."]
+
+
+def test_environment_reads_nvidia_smi_when_present(tmp_path, monkeypatch):
+    """No GPU here: a stand-in nvidia-smi prints what the real one prints for these fields."""
+    from vlmedge.environment import describe
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 550.54.15, 9.0, 81559'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    env = describe()
+    (gpu,) = env.gpus
+    assert (gpu.name, gpu.driver, gpu.compute_capability, gpu.memory_mb) == ("NVIDIA H100 80GB HBM3", "550.54.15", "9.0", 81559)
+    assert "NVIDIA H100" in env.summary() and env.machine_name.endswith("-nvidia-h100-80gb-hbm3")

@@ -1,0 +1,85 @@
+"""Issue 9: Session.run's contract on every CPU backend: an empty batch returns empty
+outputs without calling the backend, inputs must agree on their batch, and a model the
+backend cannot load or run is a VlmedgeError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmedge.errors import ArtifactError, InputError
+from vlmedge.runtimes.base import open_session
+from tests.hardening_support import cpu_backends, text_model, tiny_clip, to_backend
+
+BACKENDS = cpu_backends()
+
+
+@pytest.fixture
+def text_session_factory(tmp_path):
+    def make(backend: str):
+        return open_session(to_backend(text_model(tmp_path / "text.onnx", vocab=50, context=6, dim=4), backend),
+                            backend=backend)
+    return make
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_returns_empty_outputs_without_calling_the_backend(backend, text_session_factory, monkeypatch):
+    session = text_session_factory(backend)
+
+    def must_not_run(feeds):
+        raise AssertionError("the backend was called for an empty batch")
+
+    monkeypatch.setattr(session, "_run", must_not_run)
+    empty = np.zeros((0, 6), np.int64)
+    out = session.run({"input_ids": empty, "attention_mask": empty})
+    assert list(out) == ["text_embeds"]
+    assert out["text_embeds"].shape == (0, 4) and out["text_embeds"].dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_matches_the_shape_of_a_real_one(backend, text_session_factory):
+    session = text_session_factory(backend)
+    ids = np.ones((2, 6), np.int64)
+    real = session.run({"input_ids": ids, "attention_mask": ids})
+    empty = session.run({"input_ids": ids[:0], "attention_mask": ids[:0]})
+    for name, value in real.items():
+        assert empty[name].shape == (0,) + value.shape[1:] and empty[name].dtype == value.dtype
+
+
+def test_empty_inputs_are_still_checked(text_session_factory):
+    session = text_session_factory("onnxruntime")
+    with pytest.raises(InputError, match=r"'input_ids' must have dtype int64, but it has float32"):
+        session.run({"input_ids": np.zeros((0, 6), np.float32), "attention_mask": np.zeros((0, 6), np.int64)})
+    with pytest.raises(InputError, match=r"'input_ids' must have size 6 on axis 1"):
+        session.run({"input_ids": np.zeros((0, 5), np.int64), "attention_mask": np.zeros((0, 5), np.int64)})
+
+
+def test_inputs_must_agree_on_the_batch(text_session_factory):
+    session = text_session_factory("onnxruntime")
+    with pytest.raises(InputError, match=r"'attention_mask' has batch size 3, but input 'input_ids' has 2"):
+        session.run({"input_ids": np.ones((2, 6), np.int64), "attention_mask": np.ones((3, 6), np.int64)})
+
+
+def test_an_empty_list_is_still_an_input_error_at_the_task_level(tmp_path):
+    """Issue 2's rule stands: pipelines refuse an empty list with a clear sentence."""
+    clip = tiny_clip(tmp_path)
+    with pytest.raises(InputError, match="empty"):
+        clip.embed_images([])
+    with pytest.raises(InputError, match="empty"):
+        clip.embed_texts([])
+
+
+def test_a_run_the_backend_rejects_is_an_input_error(tmp_path):
+    """Token ids outside the vocabulary pass every static check; ONNX Runtime's own failure
+    comes back as an InputError naming the shapes, not as an onnxruntime exception."""
+    session = open_session(text_model(tmp_path / "text.onnx", vocab=50, context=6, dim=4))
+    ids = np.full((1, 6), 10_000, np.int64)
+    with pytest.raises(InputError, match=r"ONNX Runtime could not run the model on inputs of shapes"):
+        session.run({"input_ids": ids, "attention_mask": np.ones((1, 6), np.int64)})
+
+
+def test_a_file_onnx_runtime_cannot_load_is_an_artifact_error(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07" + b"\xff" * 64)
+    with pytest.raises(ArtifactError, match=r"ONNX Runtime cannot load model\.onnx"):
+        open_session(path)

@@ -1,0 +1,173 @@
+"""The OpenVINO target: IR files in the artifact with their hashes, a backend that runs
+them in the precision they were verified in, one infer request per thread."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from tests.hf_models import FAMILIES, image_processor, tiny_classifier
+
+pytest.importorskip("openvino", reason="the openvino package is not installed (pip install 'vlmedge[openvino]')")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def ov_artifact(tmp_path_factory):
+    """A tiny ViT exported to ONNX fp32 and OpenVINO fp32, fp16 and bf16."""
+    import vlmedge
+
+    folder = tmp_path_factory.mktemp("hf-vit4")
+    tiny_classifier("vit", num_labels=4).save_pretrained(folder)
+    image_processor(FAMILIES["vit"], 32).save_pretrained(folder)
+    out = tmp_path_factory.mktemp("ov") / "artifact"
+    vlmedge.export(str(folder), out, to=["openvino"], precision=["fp32", "fp16", "bf16"])
+    return out
+
+
+def test_ir_files_are_hashed_entries_with_reports(ov_artifact):
+    from vlmedge.artifact import Artifact
+
+    artifact = Artifact.open(ov_artifact)
+    entries = {e["precision"]: e for e in artifact.model_entries(target="openvino")}
+    assert set(entries) == {"fp32", "fp16", "bf16"}
+    paths = {e["path"] for e in artifact.files}
+    for precision, entry in entries.items():
+        assert entry["path"] == f"openvino/model.{precision}.xml"
+        assert f"openvino/model.{precision}.bin" in paths  # the weights, hashed as their own entry
+        assert entry["session_options"] == {"inference_precision": precision}
+        report = entry["parity"]
+        assert report["passed"] and report["backend"] == "openvino" and report["precision"] == precision
+        assert report["latency_ms"] > 0 and report["onnx_fp32_latency_ms"] > 0 and "speedup_vs_onnx_fp32" in report
+
+
+def test_fp32_really_runs_in_f32(ov_artifact):
+    import vlmedge
+
+    classifier = vlmedge.load(ov_artifact, backend="openvino", precision="fp32")
+    (session,) = classifier.model.sessions.values()
+    assert str(session._compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert session.inference_precision == "f32" and session.provider == "OpenVINO CPU f32"
+    assert classifier.model.backend == "openvino" and classifier.model.precision == "fp32"
+
+
+def test_bf16_is_explicit(ov_artifact):
+    import vlmedge
+    from vlmedge.runtimes.openvino import supports_precision
+
+    classifier = vlmedge.load(ov_artifact, backend="openvino", precision="bf16")
+    (session,) = classifier.model.sessions.values()
+    expected = "bf16" if supports_precision("bf16") else "f32"
+    assert session.inference_precision == expected and session.provider.endswith(expected)
+
+
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-4), ("fp16", 2e-2), ("bf16", 5e-2)])
+def test_results_close_to_onnx_fp32(ov_artifact, image_files, precision, atol):
+    import vlmedge
+
+    reference = vlmedge.load(ov_artifact, backend="onnxruntime", precision="fp32")
+    classifier = vlmedge.load(ov_artifact, backend="openvino", precision=precision)
+    paths = [str(p) for p in image_files]
+    np.testing.assert_allclose(classifier.probabilities(paths), reference.probabilities(paths), atol=atol)
+    assert [p[0].index for p in classifier.classify(paths[:4])] == [p[0].index for p in reference.classify(paths[:4])]
+
+
+def test_threads_get_their_own_infer_request(ov_artifact):
+    """4 threads x 20 calls on one session give exactly the serial results."""
+    from vlmedge.artifact import Artifact
+    from vlmedge.runtimes.base import open_session
+
+    artifact = Artifact.open(ov_artifact)
+    (entry,) = artifact.model_entries(target="openvino", precision="fp32")
+    session = open_session(artifact.path_of(entry), backend="openvino", **entry["session_options"])
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1 + i % 3, 3, 32, 32)).astype(np.float32) for i in range(20)]
+    serial = [session.run({"pixel_values": x})["logits"] for x in inputs]
+    results: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(thread: int) -> None:
+        try:
+            barrier.wait()
+            for i, x in enumerate(inputs):
+                results[thread, i] = session.run({"pixel_values": x})["logits"]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for (thread, i), value in results.items():
+        np.testing.assert_allclose(value, serial[i], rtol=0, atol=1e-6, err_msg=f"thread {thread} call {i}")
+    assert len(results) == 80
+
+
+def test_devices_and_hints(ov_artifact):
+    from vlmedge.artifact import Artifact
+    from vlmedge.errors import BackendUnavailableError, InputError
+    from vlmedge.runtimes.base import open_session
+
+    artifact = Artifact.open(ov_artifact)
+    path = artifact.path_of(artifact.model_entries(target="openvino", precision="fp32")[0])
+    session = open_session(path, backend="openvino", device="CPU", performance_hint="throughput")
+    assert session.provider.startswith("OpenVINO CPU") and session.performance_hint == "throughput"
+    assert session.run({"pixel_values": np.zeros((2, 3, 32, 32), np.float32)})["logits"].shape == (2, 4)
+    with pytest.raises(BackendUnavailableError, match="no device 'npu.7'"):
+        open_session(path, backend="openvino", device="npu.7")
+    with pytest.raises(InputError, match="performance hint"):
+        open_session(path, backend="openvino", performance_hint="fastest")
+    with pytest.raises(InputError, match="dimensions"):
+        session.run({"pixel_values": np.zeros((3, 32, 32), np.float32)})
+
+
+def test_check_reverifies_openvino_entries(ov_artifact):
+    from vlmedge.check import check_artifact
+
+    reports = {r["file"]: r for r in check_artifact(ov_artifact)}
+    assert {"openvino/model.fp32.xml", "openvino/model.fp16.xml", "openvino/model.bf16.xml"} <= set(reports)
+    for report in reports.values():
+        assert report["passed"], report.get("failures")
+    assert reports["openvino/model.fp32.xml"]["provider"] == "OpenVINO CPU f32"
+
+
+def test_altered_weights_are_refused(ov_artifact, tmp_path):
+    import vlmedge
+    from vlmedge.errors import ArtifactError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ov_artifact, copy)
+    weights = copy / "openvino" / "model.fp32.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.fp32.bin"):
+        vlmedge.load(copy, backend="openvino")
+
+
+def test_onnx_bf16_is_skipped_or_refused(tmp_path, hf_classifier_dir):
+    import vlmedge
+    from vlmedge.errors import ExportError
+
+    with pytest.raises(ExportError, match="bf16"):
+        vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "x", to=["onnx"], precision=["bf16"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_info_lists_the_variants(ov_artifact):
+    from tests.test_cli import vlmedge_cli
+
+    result = vlmedge_cli("info", ov_artifact)
+    assert result.returncode == 0, result.stderr
+    for precision in ("fp32", "fp16", "bf16"):
+        assert f"openvino/model.{precision}.xml" in result.stdout
+    manifest = json.loads(vlmedge_cli("info", ov_artifact, "--json").stdout)
+    assert any(e.get("session_options") == {"inference_precision": "bf16"} for e in manifest["files"])

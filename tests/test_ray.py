@@ -1,0 +1,369 @@
+"""Issue 10: bulk classification, embedding and tagging on Ray Data.
+
+On a local Ray instance with 2 CPUs: a few hundred generated shape images (with corrupt
+files among them), synthesized audio clips and captions run through `vlmedge.ray.run`
+and `vlmedge predict|embed --engine ray`; every row equals the single-process pipeline's
+result for that input on the same backend and precision, rows keep the input order, and
+unreadable inputs land in the `error` column. Skipped where Ray Data is not installed
+(pip install 'vlmedge[ray]').
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlmedge.errors import InputError, VlmedgeError
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray Data is not installed (pip install 'vlmedge[ray]')")
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = dict(backend="onnxruntime", precision="fp32")
+CORRUPT = {"broken.jpg": b"\xff\xd8\xff\xe0 this is not a jpeg", "empty.png": b"", "notes.png": b"plain text"}
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlmedge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "COLUMNS": "200", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+
+
+# -- data and artifacts ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """240 shape images of varied size and format in nested folders, and 3 corrupt files."""
+    from vlmedge.exporters.builtin import shapes
+
+    folder = tmp_path_factory.mktemp("ray-images")
+    rng = np.random.default_rng(10)
+    for i in range(240):
+        image, *_ = shapes.random_example(rng, image_size=int(rng.integers(24, 80)))
+        sub = folder / ("nested/deeper" if i % 5 == 0 else "nested" if i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        if i % 7 == 0:
+            image = image.convert("L")
+        image.save(sub / f"shape-{i:03d}.{('jpg', 'png', 'webp')[i % 3]}")
+    for name, data in CORRUPT.items():
+        (folder / "nested" / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """24 synthesized clips (every 4th is four times longer, so it is cut into windows), one corrupt."""
+    import soundfile as sf
+
+    from vlmedge.exporters.builtin import sounds
+
+    folder = tmp_path_factory.mktemp("ray-audio")
+    rng = np.random.default_rng(11)
+    for i in range(24):
+        wave = sounds.synthesize(sounds.CLASSES[i % len(sounds.CLASSES)], rng)
+        if i % 4 == 0:
+            wave = np.concatenate([wave] * 4)
+        rate = 16000 if i % 3 else 22050
+        if rate != 16000:
+            import soxr
+
+            wave = soxr.resample(wave, 16000, rate).astype(np.float32)
+        sf.write(folder / f"clip-{i:02d}.{'wav' if i % 2 else 'flac'}", wave, rate)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import vlmedge
+
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind in made:
+            return made[kind]
+        root = tmp_path_factory.mktemp(f"ray-{kind}")
+        if kind == "dinov2":
+            from tests.test_image_embedding import tiny_encoder
+
+            model, processor = tiny_encoder("dinov2")
+            model.save_pretrained(root / "hf")
+            processor.save_pretrained(root / "hf")
+            source = root / "hf"
+        elif kind == "clip":
+            from tests.clip_models import tiny_clip_folder
+
+            source = tiny_clip_folder("clip", root)
+        elif kind == "ast":
+            import transformers
+
+            from tests.test_audio_tagging import CONFIGS, tiny_ast
+
+            tiny_ast("single-softmax").save_pretrained(root / "hf")
+            transformers.ASTFeatureExtractor(**CONFIGS["single-softmax"][1]).save_pretrained(root / "hf")
+            source = root / "hf"
+        else:
+            raise ValueError(kind)
+        vlmedge.export(str(source), root / "artifact")
+        made[kind] = root / "artifact"
+        return made[kind]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs, shared by the tests of this module."""
+    if not HAVE_RAY:
+        pytest.skip("Ray Data is not installed (pip install 'vlmedge[ray]')")
+    import ray
+
+    for attempt in (1, 2):  # Ray gives a raylet 30 s to register; a very busy machine can miss that once
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def rows_of(dataset) -> list[dict]:
+    import pyarrow as pa
+    import ray
+
+    return pa.concat_tables(ray.get(dataset.to_arrow_refs())).to_pylist()
+
+
+def expected_order(*inputs, kind="image") -> list[str]:
+    from vlmedge.bulk import collect
+
+    found = collect(list(inputs), kind)
+    return found.files + found.missing
+
+
+def assert_ranked_equal(rows: list[dict], predictions) -> None:
+    """labels, indices and scores of each row equal the pipeline's Predictions / Tags exactly."""
+    assert len(rows) == len(predictions)
+    for row, ranked in zip(rows, predictions):
+        assert row["labels"] == [p.label for p in ranked]
+        assert row["indices"] == [p.index for p in ranked]
+        assert row["scores"] == [float(np.float32(p.score)) for p in ranked]  # stored as float32, exactly
+
+
+# -- the module and the API --------------------------------------------------------------------
+
+
+@needs_ray
+def test_vlmedge_ray_imports_the_real_ray():
+    import vlmedge.ray
+
+    ray = vlmedge.ray.require_ray()
+    assert ray.__name__ == "ray" and hasattr(ray, "init") and hasattr(ray, "data")
+    assert Path(ray.__file__).resolve().parent != (ROOT / "vlmedge")
+    assert sys.modules["ray"] is ray and sys.modules["vlmedge.ray"] is vlmedge.ray
+
+
+def test_without_ray_the_engine_says_how_to_install(vit_artifact, tmp_path):
+    """Ray hidden from the interpreter: vlmedge imports and runs; --engine ray is one clear error."""
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import vlmedge, vlmedge.cli, vlmedge.bulk\n"
+            "import vlmedge.ray as vr\n"
+            "try:\n    vr.require_ray()\nexcept vlmedge.VlmedgeError as e:\n    print('API:', e)\n"
+            "vlmedge.cli.main(sys.argv[1:])\n")
+    image = ROOT / "exporters" / "sample_data" / "red-circle.jpg"
+    result = subprocess.run([sys.executable, "-c", code, "predict", str(vit_artifact), str(image), "--engine", "ray",
+                             "--out", str(tmp_path / "o.parquet")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "pip install 'vlmedge[ray]'" in result.stdout
+    assert "pip install 'vlmedge[ray]'" in " ".join(result.stderr.split())  # rich may wrap the line
+    assert "Traceback" not in result.stderr and not (tmp_path / "o.parquet").exists()
+    # Ray options without --engine ray are refused
+    result = cli("predict", vit_artifact, image, "--address", "auto")
+    assert result.returncode == 2 and "--engine ray" in result.stderr
+
+
+@needs_ray
+def test_classify_a_folder_equals_the_single_process_pipeline(ray_local, vit_artifact, images):
+    import vlmedge
+    import vlmedge.ray as vray
+
+    # two actors of half a CPU each, so batches finish out of order and the order must be restored
+    dataset = vray.run(vit_artifact, images, "classify", batch_size=16, concurrency=2, cpus_per_worker=0.5,
+                       preprocess_cpus=0.5, top_k=3, **BACKEND)
+    rows = rows_of(dataset)
+    assert [r["path"] for r in rows] == expected_order(images)
+    assert len(rows) == 243 and set(rows[0]) == {"path", "labels", "indices", "scores", "error"}
+    failed = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(failed) == set(CORRUPT)
+    assert "could not be decoded" in failed["broken.jpg"] and str(images) in failed["broken.jpg"]
+    good = [r for r in rows if not r["error"]]
+    assert all(r["labels"] is None and r["scores"] is None for r in rows if r["error"])
+    classifier = vlmedge.load(vit_artifact, **BACKEND)
+    assert_ranked_equal(good, classifier.classify([r["path"] for r in good], top_k=3))
+
+
+@needs_ray
+def test_embed_a_csv_of_paths_equals_the_pipeline(ray_local, exported, images, tmp_path, monkeypatch):
+    import vlmedge
+    import vlmedge.ray as vray
+
+    artifact = exported("dinov2")
+    files = sorted(images.rglob("shape-*.png"))[:40]
+    listed = [os.path.relpath(p, tmp_path) for p in files[::-1]] + ["missing.png"]  # relative, reversed order
+    (tmp_path / "paths.csv").write_text("path,id\n" + "".join(f"{p},{i}\n" for i, p in enumerate(listed)))
+    monkeypatch.chdir(tmp_path)
+    rows = rows_of(vray.run(artifact, "paths.csv", "embed", batch_size=8, pooling="cls", **BACKEND))
+    assert [r["path"] for r in rows] == listed and [r["id"] for r in rows] == list(range(len(listed)))
+    assert rows[-1]["embedding"] is None and "does not exist" in rows[-1]["error"]
+    got = np.array([r["embedding"] for r in rows[:-1]], dtype=np.float32)
+    expected = vlmedge.load(artifact, **BACKEND).embed([str(tmp_path / p) for p in listed[:-1]], pooling="cls")
+    np.testing.assert_array_equal(got, expected)
+
+
+@needs_ray
+def test_clip_images_captions_and_zero_shot_equal_the_pipeline(ray_local, exported, images, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    import vlmedge
+    import vlmedge.ray as vray
+
+    artifact = exported("clip")
+    clip = vlmedge.load(artifact, **BACKEND)
+
+    captions = ["a red circle", "", "a photo of a dog", "word " * 400, None, "ünïcödé 猫 🐱"] * 20
+    pq.write_table(pa.table({"id": list(range(len(captions))), "text": captions}), tmp_path / "captions.parquet")
+    rows = rows_of(vray.run(artifact, tmp_path / "captions.parquet", "embed_texts", batch_size=7, **BACKEND))
+    assert [r["id"] for r in rows] == list(range(len(captions)))
+    assert [r["error"] is not None for r in rows] == [c is None for c in captions]
+    good = [r for r in rows if not r["error"]]
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in good], np.float32),
+                                  clip.embed_texts([r["text"] for r in good]))
+
+    # zero-shot over a Dataset the caller built, with a 'path' column
+    paths = [str(p) for p in sorted(images.glob("*.*"))[:30]]
+    assert len(paths) == 30
+    labels, templates = ["circle", "star", "square", "cross"], ["a photo of a {}.", "a drawing of a {}."]
+    dataset = ray.data.from_items([{"path": p} for p in paths])
+    rows = rows_of(vray.run(artifact, dataset, "classify", labels=labels, templates=templates, top_k=2, **BACKEND))
+    assert [r["path"] for r in rows] == paths
+    assert_ranked_equal(rows, clip.zero_shot(paths, labels, templates, top_k=2))
+
+
+@needs_ray
+def test_audio_tagging_equals_the_pipeline(ray_local, exported, clips):
+    import vlmedge
+    import vlmedge.ray as vray
+
+    artifact = exported("ast")
+    rows = rows_of(vray.run(artifact, clips, batch_size=5, top_k=3, window_hop=0.4, **BACKEND))  # default: "tag"
+    assert [r["path"] for r in rows] == expected_order(clips, kind="audio")
+    failed = [Path(r["path"]).name for r in rows if r["error"]]
+    assert failed == ["broken.wav"]
+    good = [r for r in rows if not r["error"]]
+    tagger = vlmedge.load(artifact, **BACKEND)
+    results = tagger.tag([r["path"] for r in good], top_k=3, window_hop=0.4)
+    assert max(len(c.windows) for c in results) > 1  # long clips were cut into windows
+    assert_ranked_equal(good, [c.tags for c in results])
+    assert [r["duration"] for r in good] == [c.duration for c in results]
+
+
+@needs_ray
+def test_clip_image_embeddings_from_a_shipped_artifact(ray_local, exported, images):
+    """ship_artifact: the actors load the copy that came through the object store."""
+    import vlmedge
+    import vlmedge.ray as vray
+
+    artifact = exported("clip")
+    folder = images / "nested" / "deeper"
+    rows = rows_of(vray.run(artifact, folder, "embed", batch_size=8, ship_artifact=True, **BACKEND))  # = embed_images
+    assert [r["path"] for r in rows] == expected_order(folder)
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in rows], np.float32),
+                                  vlmedge.load(artifact, **BACKEND).embed_images([r["path"] for r in rows]))
+
+
+@needs_ray
+def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, exported, images, tmp_path):
+    import vlmedge.ray as vray
+
+    with pytest.raises(InputError, match="runs classify, not 'tag'"):
+        vray.run(vit_artifact, images, "tag")
+    with pytest.raises(InputError, match="non-empty list of candidate labels"):
+        vray.run(exported("clip"), images, "classify")
+    with pytest.raises(InputError, match="need 4.5 CPUs, but the Ray cluster has 2"):
+        vray.run(vit_artifact, images, concurrency=4)
+    (tmp_path / "t.csv").write_text("file\na.png\n")
+    with pytest.raises(InputError, match="reads a 'bytes' or 'path' or 'image' column"):
+        vray.run(vit_artifact, tmp_path / "t.csv")
+    with pytest.raises(InputError, match="Captions come from"):
+        vray.run(exported("clip"), images, "embed_texts")
+    with pytest.raises(VlmedgeError, match="No artifact folder"):
+        vray.run(tmp_path / "nothing", images)
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+@needs_ray
+def test_without_address_a_local_instance_with_every_cpu_starts(monkeypatch):
+    import ray
+
+    import vlmedge.ray as vray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    vray.init()
+    vray.init("ray://head:10001")
+    assert calls == [{"address": "local", "num_cpus": os.cpu_count()}, {"address": "ray://head:10001"}]
+
+
+@needs_ray
+def test_cli_predict_engine_ray_equals_the_local_engine(ray_local, vit_artifact, images, tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = images / "nested"
+    address = ray_local.get_runtime_context().gcs_address
+    result = cli("predict", vit_artifact, folder, "--engine", "ray", "--address", address,
+                 "--out", tmp_path / "ray.parquet", "--batch-size", "8", "--top-k", "2", "--backend", "onnxruntime")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Ray ({address})" in result.stdout and "3 unreadable" in result.stdout
+    assert "broken.jpg" in result.stderr
+    local = cli("predict", vit_artifact, folder, "--out", tmp_path / "local.parquet", "--top-k", "2",
+                "--backend", "onnxruntime")
+    assert local.returncode == 0, local.stderr
+    ray_table, local_table = pq.read_table(tmp_path / "ray.parquet"), pq.read_table(tmp_path / "local.parquet")
+    assert ray_table.num_rows == len(expected_order(folder))
+    assert ray_table.equals(local_table)  # same schema, rows, order, scores and error messages
+
+
+@needs_ray
+def test_cli_embed_engine_ray_writes_what_plain_embed_writes(ray_local, exported, images, tmp_path):
+    """With --address the CLI joins a running cluster; .npy + .files.json as the plain command."""
+    import json
+
+    artifact = exported("dinov2")
+    folder = images / "nested"
+    address = ray_local.get_runtime_context().gcs_address
+    result = cli("embed", artifact, folder, "--engine", "ray", "--address", address, "--out", tmp_path / "r.npy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = cli("embed", artifact, folder, "--out", tmp_path / "p.npy")
+    assert plain.returncode == 0, plain.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), np.load(tmp_path / "p.npy"))
+    ray_listing = json.loads((tmp_path / "r.files.json").read_text())
+    plain_listing = json.loads((tmp_path / "p.files.json").read_text())
+    assert ray_listing["files"] == [str(Path(f).resolve()) for f in plain_listing["files"]]
+    assert sorted(Path(s["input"]).name for s in ray_listing["skipped"]) == sorted(CORRUPT)
+    assert ray_listing["pooling"] == plain_listing["pooling"] and ray_listing["shape"] == plain_listing["shape"]

@@ -1,0 +1,387 @@
+"""Issue 11: `vlmedge serve` over real HTTP on 127.0.0.1: every endpoint answers what the
+Python runtime answers on the same inputs; concurrent requests are batched; a full queue
+answers 503 with Retry-After; limits and timeouts answer 4xx JSON; the CLI serves."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("multipart")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+
+import vlmedge  # noqa: E402
+from tests.serve_support import AUDIO, IMAGES, metric, running, serve_artifact, wait_for  # noqa: E402
+from vlmedge.serve import BatchConfig, Limits, create_app  # noqa: E402
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def artifacts(vit_artifact, tmp_path_factory):
+    return {"vit": vit_artifact, **{kind: serve_artifact(kind, tmp_path_factory) for kind in ("dino", "clip", "ast")}}
+
+
+@pytest.fixture(scope="module")
+def pipelines(artifacts):
+    return {kind: vlmedge.load(path, backend="onnxruntime") for kind, path in artifacts.items()}
+
+
+@pytest.fixture(scope="module")
+def server(pipelines):
+    """All four models, served by pipelines of their own (the tests compare with `pipelines`)."""
+    served = {kind: vlmedge.load(p.model.artifact.root, backend="onnxruntime") for kind, p in pipelines.items()}
+    with running(create_app(served, BatchConfig(max_batch=8, max_delay_ms=20))) as url:
+        yield url
+
+
+def b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def files(field: str, paths) -> list:
+    return [(field, (p.name, p.read_bytes())) for p in paths]
+
+
+def assert_ranked(got: list[dict], expected: list) -> None:
+    assert [p["label"] for p in got] == [p.label for p in expected]
+    assert [p["index"] for p in got] == [p.index for p in expected]
+    np.testing.assert_allclose([p["score"] for p in got], [p.score for p in expected], atol=ATOL, rtol=1e-4)
+
+
+# -- the API answers what the runtime answers ------------------------------------------------
+
+
+def test_models_health_and_openapi(server):
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    models = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()["models"]}
+    assert {n: m["task"] for n, m in models.items()} == {
+        "vit": "image-classification", "dino": "image-embedding", "clip": "clip", "ast": "audio-classification"}
+    assert models["vit"]["backend"] == "onnxruntime" and models["vit"]["precision"] == "fp32"
+    assert models["vit"]["labels"] == 12 and models["ast"]["labels"] == 9 and models["dino"]["attention"] is True
+    one = httpx.get(f"{server}/v1/models/vit").json()
+    assert one["label_names"][:2] == ["class_0", "class_1"]
+    schema = httpx.get(f"{server}/openapi.json").json()
+    assert schema["openapi"].startswith("3.")
+    assert {"/v1/models/vit/classify", "/v1/models/dino/embed", "/v1/models/clip/embed", "/v1/models/clip/zero-shot",
+            "/v1/models/ast/tag", "/metrics", "/readyz"} <= set(schema["paths"])
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "vlmedge" in page.text
+
+
+def test_classify_multipart_and_json_match_the_runtime(server, pipelines):
+    expected = pipelines["vit"].classify(IMAGES, top_k=3)
+    r = httpx.post(f"{server}/v1/models/vit/classify", files=files("images", IMAGES), data={"top_k": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "vit" and body["inputs"] == len(IMAGES) and body["latency_ms"]["total"] > 0
+    assert "Server-Timing" in r.headers
+    for got, want in zip(body["results"], expected):
+        assert_ranked(got["predictions"], want)
+    r = httpx.post(f"{server}/v1/models/vit/classify", json={"images": [b64(p) for p in IMAGES[:2]], "top_k": 3})
+    assert r.status_code == 200, r.text
+    for got, want in zip(r.json()["results"], expected[:2]):
+        assert_ranked(got["predictions"], want)
+
+
+def test_embed_with_attention_matches_the_runtime(server, pipelines, tmp_path):
+    encoder = pipelines["dino"]
+    r = httpx.post(f"{server}/v1/models/dino/embed", files=files("images", IMAGES[:2]), data={"attention": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    np.testing.assert_allclose(np.array(body["embeddings"]), encoder.embed(IMAGES[:2]), atol=ATOL)
+    assert body["dim"] == 32 and body["pooling"] == "cls" and body["normalized"] is True
+    url = body["attention"][0]
+    assert url.startswith("data:image/png;base64,")
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    local = np.asarray(Image.open(encoder.render_attention(IMAGES[0], tmp_path / "a.png", panel_size=160)))
+    assert served.shape == local.shape and np.abs(served.astype(int) - local.astype(int)).max() <= 1
+
+    r = httpx.post(f"{server}/v1/models/dino/embed", json={"images": [b64(IMAGES[2])], "pooling": "mean",
+                                                           "normalize": False})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["embeddings"], encoder.embed(IMAGES[2], pooling="mean", normalize=False),
+                               atol=ATOL)
+    r = httpx.post(f"{server}/v1/models/dino/embed", json={"images": [b64(IMAGES[2])], "pooling": "pooled"})
+    assert r.status_code == 422 and "pooled" in r.json()["error"]["message"]  # the runtime's own InputError
+
+
+def test_clip_embeddings_and_zero_shot_match_the_runtime(server, pipelines):
+    clip = pipelines["clip"]
+    captions = ["a red circle", "a yellow star", ""]
+    r = httpx.post(f"{server}/v1/models/clip/embed", json={"texts": captions})
+    assert r.status_code == 200, r.text
+    assert r.json()["kind"] == "text"
+    np.testing.assert_allclose(r.json()["embeddings"], clip.embed_texts(captions), atol=ATOL)
+    r = httpx.post(f"{server}/v1/models/clip/embed", files=files("images", IMAGES[:3]))
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["embeddings"], clip.embed_images(IMAGES[:3]), atol=ATOL)
+    r = httpx.post(f"{server}/v1/models/clip/embed", json={"texts": ["x"], "images": [b64(IMAGES[0])]})
+    assert r.status_code == 422
+
+    labels, templates = ["circle", "square", "star", "cross"], ["a photo of a {}.", "a drawing of a {}."]
+    expected = clip.zero_shot(IMAGES, labels, templates, top_k=3)
+    # a multipart labels field may hold several labels, comma-separated; fields may repeat
+    r = httpx.post(f"{server}/v1/models/clip/zero-shot", files=files("images", IMAGES)
+                   + [("labels", (None, "circle, square,star")), ("labels", (None, "cross")),
+                      ("templates", (None, templates[0])), ("templates", (None, templates[1])), ("top_k", (None, "3"))])
+    assert r.status_code == 200, r.text
+    for got, want in zip(r.json()["results"], expected):
+        assert_ranked(got["predictions"], want)
+    r = httpx.post(f"{server}/v1/models/clip/zero-shot",
+                   json={"images": [b64(IMAGES[1])], "labels": labels, "templates": templates, "top_k": 2})
+    assert_ranked(r.json()["results"][0]["predictions"], expected[1][:2])
+    r = httpx.post(f"{server}/v1/models/clip/zero-shot", json={"images": [b64(IMAGES[1])]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "missing_input"
+
+
+def test_tag_matches_the_runtime(server, pipelines):
+    tagger = pipelines["ast"]
+    expected = tagger.tag(AUDIO, top_k=3, threshold=0.2, aggregate="mean")
+    r = httpx.post(f"{server}/v1/models/ast/tag", files=files("audio", AUDIO),
+                   data={"top_k": "3", "threshold": "0.2", "aggregate": "mean"})
+    assert r.status_code == 200, r.text
+    for got, want in zip(r.json()["results"], expected):
+        assert got["duration"] == pytest.approx(want.duration)
+        assert_ranked(got["predictions"], want.tags)
+        assert len(got["windows"]) == len(want.windows)
+        for gw, ww in zip(got["windows"], want.windows):
+            assert (gw["start"], gw["end"]) == pytest.approx((ww.start, ww.end))
+            assert_ranked(gw["predictions"], ww.tags)
+    r = httpx.post(f"{server}/v1/models/ast/tag", json={"audio": [b64(AUDIO[0])], "window_hop": 0.25})
+    assert r.status_code == 200, r.text
+    assert_ranked(r.json()["results"][0]["predictions"], tagger.tag(AUDIO[0], window_hop=0.25).tags)
+
+
+def test_errors_are_json_with_4xx_codes(server):
+    post = lambda path, **kw: httpx.post(f"{server}{path}", **kw)  # noqa: E731
+    cases = [
+        (post("/v1/models/nope/classify", json={"images": []}), 404, "unknown_model"),
+        (post("/v1/models/vit/tag", json={"audio": []}), 404, "unknown_endpoint"),
+        (post("/v1/models/vit/classify", content=b"{not json", headers={"content-type": "application/json"}), 400,
+         "invalid_json"),
+        (post("/v1/models/vit/classify", content=b"x", headers={"content-type": "text/plain"}), 415,
+         "unsupported_media_type"),
+        (post("/v1/models/vit/classify", json={"images": ["%%%"]}), 422, "invalid_base64"),
+        (post("/v1/models/vit/classify", json={"images": [b64(IMAGES[0])], "top_k": 0}), 422, "invalid_field"),
+        (post("/v1/models/vit/classify", json={"images": [b64(IMAGES[0])], "top_k": True}), 422, "invalid_field"),
+        (post("/v1/models/vit/classify", files=files("images", IMAGES[:1]), data={"top_k": "many"}), 422,
+         "invalid_field"),
+        (post("/v1/models/vit/classify", json={"images": [b64(IMAGES[0])], "labels": ["x"]}), 422, "unknown_field"),
+        (post("/v1/models/vit/classify", json={}), 422, "missing_input"),
+        (post("/v1/models/vit/classify", json={"images": [base64.b64encode(b"not an image").decode()]}), 422,
+         "invalid_input"),
+        (post("/v1/models/ast/tag", files=files("audio", IMAGES[:1])), 422, "invalid_input"),
+        (post("/v1/models/clip/embed", content=b'{"texts": ["\\ud800"]}', headers={"content-type": "application/json"}),
+         422, "invalid_field"),  # a lone surrogate: valid JSON, not valid text
+        (post("/v1/models/ast/tag", json={"audio": [b64(AUDIO[0])], "window_hop": 99.0}), 422, "invalid_field"),
+        (httpx.get(f"{server}/v1/models/nope"), 404, "unknown_model"),
+        (httpx.delete(f"{server}/v1/models"), 405, "method_not_allowed"),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, (status, code, response.text)
+        error = response.json()["error"]
+        assert error["status"] == status and error["code"] == code and error["message"].endswith((".", ")"))
+
+
+# -- batching, the queue bound, timeouts -----------------------------------------------------
+
+
+class GatedClassifier:
+    """A classifier whose model calls wait for a gate, so tests can hold a batch running."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.calls: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def classify(self, images, top_k=5):
+        self.calls.append(len(images))
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.inner.classify(images, top_k=top_k)
+
+
+@pytest.fixture
+def gated(vit_artifact):
+    return GatedClassifier(vlmedge.load(vit_artifact, backend="onnxruntime"))
+
+
+def _post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: httpx.post(url, json=body, timeout=60), bodies))
+
+
+def test_concurrent_requests_run_as_one_batch(gated):
+    app = create_app({"vit": gated}, BatchConfig(max_batch=16, max_delay_ms=10, max_queue=32), warm_up=False)
+    batcher = app.state.vlmedge.batchers["vit"]
+    with running(app) as url, ThreadPoolExecutor(8) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json={"images": [b64(IMAGES[0])]}, timeout=60)
+        wait_for(lambda: len(gated.calls) == 1, what="the first batch to start")
+        bodies = [{"images": [b64(p)], "top_k": 2} for p in IMAGES] + [{"images": [b64(p) for p in IMAGES[:2]]}]
+        rest = [pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=b, timeout=60) for b in bodies]
+        wait_for(lambda: batcher.depth == len(bodies), what="the requests to queue")
+        gated.gate.set()
+        responses = [first.result()] + [f.result() for f in rest]
+        text = httpx.get(f"{url}/metrics").text
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    assert gated.calls == [1, len(IMAGES) + 2]  # the queued requests ran as one model call
+    assert all(r.json()["batch"] == {"inputs": len(IMAGES) + 2, "requests": len(bodies)} for r in responses[1:])
+    assert metric(text, "vlmedge_batch_size_count", model="vit") == 2
+    assert metric(text, "vlmedge_batch_size_sum", model="vit") == len(IMAGES) + 3
+    assert metric(text, "vlmedge_batch_size_bucket", model="vit", le="1.0") == 1  # one batch of > 1
+    reference = gated.inner  # the same pipeline, called directly, one image at a time
+    for response, path in zip(responses[1:], IMAGES):  # batched answers = unbatched runtime answers
+        assert_ranked(response.json()["results"][0]["predictions"], reference.classify(path, top_k=2))
+    last = responses[-1].json()["results"]
+    assert len(last) == 2 and len(last[0]["predictions"]) == 5
+
+
+def test_a_full_queue_answers_503_with_retry_after(gated):
+    app = create_app({"vit": gated}, BatchConfig(max_batch=1, max_delay_ms=0, max_queue=2), warm_up=False)
+    batcher = app.state.vlmedge.batchers["vit"]
+    body = {"images": [b64(IMAGES[0])]}
+    with running(app) as url, ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=body, timeout=60)]
+        wait_for(lambda: len(gated.calls) == 1, what="the first batch to start")
+        held += [pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=body, timeout=60) for _ in range(2)]
+        wait_for(lambda: batcher.depth == 2, what="the queue to fill")
+        refused = httpx.post(f"{url}/v1/models/vit/classify", json=body)
+        # the model's thread is busy; the event loop is not
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert metric(httpx.get(f"{url}/metrics", timeout=5).text, "vlmedge_queue_depth", model="vit") == 2
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200, 200]
+        text = httpx.get(f"{url}/metrics").text
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "queue_full" and "--max-queue 2" in refused.json()["error"]["message"]
+    assert metric(text, "vlmedge_queue_rejected_total", model="vit") == 1
+    assert metric(text, "vlmedge_requests_total", model="vit", endpoint="classify", code="503") == 1
+    assert metric(text, "vlmedge_queue_depth", model="vit") == 0
+
+
+def test_a_request_that_waits_past_its_timeout_answers_408_and_never_runs(gated):
+    app = create_app({"vit": gated}, BatchConfig(max_batch=1, max_delay_ms=0), warm_up=False)
+    body = {"images": [b64(IMAGES[0])]}
+    with running(app) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=body, timeout=60)
+        wait_for(lambda: len(gated.calls) == 1, what="the first batch to start")
+        late = httpx.post(f"{url}/v1/models/vit/classify", json={**body, "timeout_ms": 200})
+        gated.gate.set()
+        assert first.result().status_code == 200
+        time.sleep(0.2)
+    assert late.status_code == 408 and late.json()["error"]["code"] == "timeout"
+    assert gated.calls == [1]  # the timed-out request was dropped, not run
+
+
+def test_one_bad_input_fails_only_its_own_request(gated):
+    truncated = IMAGES[0].read_bytes()[:400]  # a JPEG header, then nothing: fails only when decoded
+    app = create_app({"vit": gated}, BatchConfig(max_batch=8, max_delay_ms=10), warm_up=False)
+    batcher = app.state.vlmedge.batchers["vit"]
+    with running(app) as url, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json={"images": [b64(IMAGES[1])]}, timeout=60)
+        wait_for(lambda: len(gated.calls) == 1, what="the first batch to start")
+        bodies = [{"images": [b64(IMAGES[0])]}, {"images": [base64.b64encode(truncated).decode()]},
+                  {"images": [b64(IMAGES[2])]}]
+        rest = [pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=b, timeout=60) for b in bodies]
+        wait_for(lambda: batcher.depth == 3, what="the requests to queue")
+        gated.gate.set()
+        codes = [first.result().status_code] + [f.result().status_code for f in rest]
+    assert codes == [200, 200, 422, 200]
+    assert rest[1].result().json()["error"]["code"] == "invalid_input"
+
+
+def test_limits_answer_4xx_json(artifacts, tmp_path):
+    import soundfile as sf
+
+    pipelines = {"vit": vlmedge.load(artifacts["vit"], backend="onnxruntime"),
+                 "clip": vlmedge.load(artifacts["clip"], backend="onnxruntime"),
+                 "ast": vlmedge.load(artifacts["ast"], backend="onnxruntime")}
+    limits = Limits(max_body_bytes=300_000, max_inputs=2, max_image_pixels=150 * 150, max_audio_seconds=1.0,
+                    max_caption_chars=30, max_labels=3, body_timeout_s=0.5)
+    big = io.BytesIO()
+    Image.new("RGB", (200, 160), "red").save(big, format="PNG")
+    two_seconds = io.BytesIO()
+    sf.write(two_seconds, np.zeros(32000, np.float32), 16000, format="WAV")
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(noise, format="PNG")
+    with running(create_app(pipelines, limits=limits, warm_up=False)) as url:
+        post = lambda path, **kw: httpx.post(f"{url}{path}", **kw)  # noqa: E731
+        cases = [
+            (post("/v1/models/vit/classify", files=[("images", ("n.png", noise.getvalue()))]), 413, "body_too_large"),
+            (post("/v1/models/vit/classify", json={"images": [b64(p) for p in IMAGES[:3]]}), 422, "too_many_inputs"),
+            (post("/v1/models/vit/classify", files=[("images", ("big.png", big.getvalue()))]), 413, "image_too_large"),
+            (post("/v1/models/ast/tag", files=[("audio", ("2s.wav", two_seconds.getvalue()))]), 413, "audio_too_long"),
+            (post("/v1/models/clip/embed", json={"texts": ["a caption much longer than thirty characters"]}), 422,
+             "text_too_long"),
+            (post("/v1/models/clip/zero-shot", json={"images": [b64(IMAGES[0])], "labels": list("abcd")}), 422,
+             "too_many_labels"),
+        ]
+        for response, status, code in cases:
+            assert response.status_code == status, (status, code, response.text)
+            assert response.json()["error"]["code"] == code, response.text
+        # a client that announces a body and stalls gets 408 after body_timeout_s
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as conn:
+            conn.sendall(b"POST /v1/models/vit/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 100\r\n\r\n{\"images\":")
+            reply = b""
+            while b"}}" not in reply and (chunk := conn.recv(4096)):
+                reply += chunk
+            reply = reply.decode()
+        assert reply.startswith("HTTP/1.1 408") and '"body_timeout"' in reply
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_cli_serve_runs_and_stops(vit_artifact):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "serve", str(vit_artifact),
+                             f"shapes={vit_artifact}", "--port", "0", "--max-batch", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 90
+        lines = []
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("serving "):
+                url = line.split(" on ", 1)[1].split()[0]
+        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="readiness")
+        names = [m["name"] for m in httpx.get(f"{url}/v1/models").json()["models"]]
+        assert names == ["shapes", "vit"]
+        r = httpx.post(f"{url}/v1/models/shapes/classify", files=files("images", IMAGES[:1]))
+        assert r.status_code == 200 and len(r.json()["results"][0]["predictions"]) == 5
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=30)
+    # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped
+    assert proc.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in rest, rest
+
+
+def test_cli_serve_errors_are_one_sentence(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vlmedge.cli", "serve", str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "error" in result.stderr

@@ -1,0 +1,148 @@
+"""The `vlmedge bench` command (registered on the app in vlmedge.cli).
+
+Only typer and rich are imported here; the measuring code and every backend load when
+the command runs, so `vlmedge --help` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from vlmedge.errors import InputError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _split(value: Optional[str]) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _ints(value: Optional[str], option: str) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(part) for part in _split(value)]
+    except ValueError:
+        raise typer.BadParameter(f"give comma-separated integers, e.g. 1,8,32, not {value!r}", param_hint=option)
+
+
+def _peers(values: Optional[list[str]]) -> dict[str, str]:
+    peers = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"give NAME=PATH.onnx, not {value!r}", param_hint="--peer")
+        peers[name] = path
+    return peers
+
+
+def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """An artifact folder as given; a model reference (builtin:NAME, a Hugging Face folder)
+    is exported to a temporary artifact first, which is removed afterwards."""
+    path = Path(reference)
+    if (path / "manifest.json").is_file() or not (reference.startswith("builtin:") or (path / "config.json").is_file()):
+        return path, None
+    from vlmedge.exporters.pipeline import VARIANT_BUILDERS, export
+
+    tmp = tempfile.TemporaryDirectory(prefix="vlmedge-bench-")
+    # fp32 only: lower precisions need calibration choices that belong to an explicit `vlmedge export`.
+    targets = [t for t in ("onnx", "openvino") if (t, "fp32") in VARIANT_BUILDERS]
+    say(f"{reference} is a model, not an artifact: exporting it to a temporary artifact ({', '.join(targets)} fp32); "
+        "export once with `vlmedge export` to keep it and to add fp16/int8")
+    try:
+        export(reference, Path(tmp.name) / "artifact", to=targets, precision=["fp32"], progress=say)
+    except Exception:
+        tmp.cleanup()
+        raise
+    return Path(tmp.name) / "artifact", tmp
+
+
+def bench(
+    artifact: Optional[str] = typer.Argument(None, help="Artifact folder (or builtin:NAME / a Hugging Face folder, exported first)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Comma-separated: torch, onnxruntime, openvino, tensorrt. Default: torch and every backend with files."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Comma-separated: fp32, fp16, bf16, int8. Default: all the artifact has."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Comma-separated batch sizes. Default: 1,8."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for every backend, torch included. Default: the cores available."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed calls after the first one."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Timed calls per row (instead of --duration)."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.001, help="Seconds of timed calls per row (default 3, at least 10 calls)."),
+    end_to_end: bool = typer.Option(False, "--end-to-end", help="Time the task pipeline on the artifact's sample files: decode, preprocess, model, postprocess."),
+    random_inputs: bool = typer.Option(False, "--random-inputs", help="Seeded random inputs instead of the artifact's real samples."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="threads and/or batch: measure a grid and recommend settings."),
+    device: str = typer.Option("cpu", "--device", help="Device for the exported files: cpu, cuda, ..."),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", help="NAME=FILE.onnx exported by another tool, timed on ONNX Runtime beside the artifact (repeatable)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the result as JSON to FILE ('-': stdout, tables then go to stderr)."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the result as Markdown to FILE."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: p50 per variant with p90 whiskers, throughput vs batch (needs the 'plot' extra: matplotlib)."),
+    compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="BASE.json NEW.json: print per-row ratios; exit 1 on a regression."),
+    max_slowdown: float = typer.Option(1.10, "--max-slowdown", help="With --compare: the largest new/base ratio that is not a regression."),
+    metric: str = typer.Option("p50_ms", "--metric", help="With --compare: p50_ms, mean_ms, p90_ms, p95_ms, p99_ms, min_ms or throughput."),
+) -> None:
+    """Measure latency, throughput, start-up time and memory per backend, precision and batch, beside PyTorch."""
+    out = err_console if json_path == "-" else console
+    if compare:
+        if artifact:
+            raise typer.BadParameter("give either ARTIFACT or --compare BASE NEW, not both", param_hint="--compare")
+        return _compare(compare, max_slowdown, metric, json_path, out)
+    if not artifact:
+        raise typer.BadParameter("give an artifact folder (or --compare BASE.json NEW.json)", param_hint="ARTIFACT")
+    if iterations is not None and duration is not None:
+        raise typer.BadParameter("give --iterations or --duration, not both", param_hint="--iterations")
+    from vlmedge.bench import bench as run_bench
+    from vlmedge.bench_report import markdown, print_result
+
+    with out.status("benchmarking") as status:
+        def say(message: str) -> None:
+            out.print(f"  {message}", highlight=False, markup=False)
+            status.update(message)
+
+        path, tmp = _artifact_or_export(artifact, say)
+        try:
+            result = run_bench(path, backends=_split(backend) or None, precisions=_split(precision) or None,
+                               batch_sizes=_ints(batch_size, "--batch-size"), threads=threads, warmup=warmup,
+                               iterations=iterations, duration=duration, end_to_end=end_to_end,
+                               random_inputs=random_inputs, sweep=_split(sweep), device=device, peers=_peers(peer),
+                               progress=say)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    print_result(result, out)
+    if json_path == "-":
+        print(json.dumps(result.to_dict(), indent=2))
+    elif json_path:
+        out.print(f"wrote {result.save(json_path)}", highlight=False, markup=False)
+    if markdown_path:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown(result) + "\n", encoding="utf-8")
+        out.print(f"wrote {markdown_path}", highlight=False, markup=False)
+    if plot_path:
+        from vlmedge.bench_plot import plot
+
+        out.print(f"wrote {plot(result, plot_path)}", highlight=False, markup=False)
+    if not result.rows:
+        raise InputError("Nothing was measured; the reasons are listed above under 'not measured'.")
+    if json_path and json_path != "-":
+        out.print(f"next: vlmedge bench --compare {json_path} NEW.json   (exits 1 when NEW is more than "
+                  f"{max_slowdown:.2f}x slower)", highlight=False, markup=False)
+
+
+def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_path: Optional[str], out: Console) -> None:
+    from vlmedge.bench_report import as_dict, compare, print_comparison
+    from vlmedge.bench_types import BenchResult
+
+    base, new = (BenchResult.load(f) for f in files)
+    comparison = compare(base, new, max_slowdown=max_slowdown, metric=metric)
+    print_comparison(comparison, out, names=(str(files[0]), str(files[1])))
+    if json_path == "-":
+        print(json.dumps(as_dict(comparison), indent=2))
+    elif json_path:
+        Path(json_path).write_text(json.dumps(as_dict(comparison), indent=2) + "\n", encoding="utf-8")
+    if not comparison.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,242 @@
+"""Bench results as people read them (rich tables, Markdown) and compared (a CI gate).
+
+`compare(base, new)` matches rows by (graph, backend, precision, batch, threads, mode,
+peer) and calls a row a regression when new/base of the latency metric exceeds
+`max_slowdown` (for throughput: base/new).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vlmedge.bench_types import BenchResult, Row
+from vlmedge.errors import InputError
+
+METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
+LATENCY_COLUMNS = ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max")
+OTHER_COLUMNS = ("items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", "provider", "parity")
+
+
+def parity_text(row: Row) -> str:
+    p = row.parity
+    if p.passed is None:
+        return "not verified"
+    verdict = "pass" if p.passed else "FAIL"
+    text = f"{verdict} cos {p.cosine_min:.6f}" if p.cosine_min is not None else verdict
+    if p.top1 is not None:
+        text += f" top1 {p.top1:.0%}"
+    if p.max_abs is not None:
+        text += f" abs {p.max_abs:.1e}"
+    return text + (" (checked now)" if p.source == "live" else "")
+
+
+def _speedup(row: Row) -> str:
+    if row.backend == "torch" and row.peer is None:
+        return "1.00x (base)"
+    return f"{row.speedup_vs_torch:.2f}x" if row.speedup_vs_torch is not None else "-"
+
+
+def _latency_cells(row: Row) -> list[str]:
+    lat = row.latency
+    return [f"{lat.min_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.std_ms:.3f}", f"{lat.cov:.1%}" + (" !" if lat.cov > 0.10 else ""),
+            f"{lat.p50_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p95_ms:.3f}", f"{lat.p99_ms:.3f}", f"{lat.max_ms:.3f}"]
+
+
+def _other_cells(row: Row) -> list[str]:
+    return [f"{row.throughput_per_s:.1f}", _speedup(row), f"{row.load_s:.3f}", f"{row.first_inference_ms:.2f}",
+            "-" if row.peak_rss_increase_mb is None else f"{row.peak_rss_increase_mb:.1f}",
+            "-" if row.model_mb is None else f"{row.model_mb:.2f}", row.provider, parity_text(row)]
+
+
+def _key_cells(row: Row) -> list[str]:
+    return [row.graph, row.label, str(row.batch_size), str(row.threads)]
+
+
+def header_lines(result: BenchResult) -> list[str]:
+    s, env = result.settings, result.environment
+    timing = (f"{s.iterations} timed calls" if s.iterations else
+              f"{s.duration_s:g} s of timed calls per row (at least {s.min_iterations})")
+    versions = ", ".join(f"{k} {v}" for k, v in env.versions.items())
+    return [
+        f"artifact: {result.artifact.path} ({result.artifact.task}, {result.artifact.reference})",
+        f"scope: {s.mode} - {s.scope}",
+        f"inputs: {'seeded random inputs' if s.inputs == 'random' else 'the artifact real samples'}; "
+        f"threads: {', '.join(map(str, s.threads))}; warm-up: {s.warmup} calls; {timing}",
+        f"machine: {env.summary()}; load average at start: {', '.join(map(str, env.load_average)) or 'n/a'}; "
+        f"finished {result.created}",
+        f"versions: {versions}",
+        f"latency: ms per call of one batch; items/s = batch / mean latency; vs torch = torch p50 / p50; "
+        f"peak RSS: {s.memory_method}",
+    ]
+
+
+def tables(result: BenchResult) -> list[Table]:
+    latency = Table(title="latency per call (ms)", title_justify="left")
+    other = Table(title="throughput, start-up, memory, parity", title_justify="left")
+    for table, columns in ((latency, LATENCY_COLUMNS), (other, OTHER_COLUMNS)):
+        for name in ("graph", "variant", "batch", "threads") + columns:
+            table.add_column(name, justify="left" if name in ("graph", "variant", "provider", "parity") else "right",
+                             overflow="fold")
+    for row in result.rows:
+        latency.add_row(*map(escape, _key_cells(row) + _latency_cells(row)))
+        other.add_row(*map(escape, _key_cells(row) + _other_cells(row)))
+    return [latency, other]
+
+
+def recommendation_lines(result: BenchResult) -> list[str]:
+    return [f"[{r.graph}] lowest latency: {r.label}, batch {r.batch_size}, {r.threads} threads (p50 {r.p50_ms:.3f} ms)"
+            if r.objective == "latency" else
+            f"[{r.graph}] highest throughput: {r.label}, batch {r.batch_size}, {r.threads} threads "
+            f"({r.throughput_per_s:.1f} items/s)" for r in result.recommendations]
+
+
+def skip_lines(result: BenchResult) -> list[str]:
+    lines = []
+    for s in result.skipped:
+        what = " ".join(x for x in (s.backend, s.precision or "", f"[{s.graph}]" if s.graph else "",
+                                    f"batch {s.batch_size}" if s.batch_size else "") if x)
+        lines.append(f"{what}: {s.reason}")
+    return lines
+
+
+def print_result(result: BenchResult, console: Console) -> None:
+    for line in header_lines(result):
+        console.print(line, highlight=False, markup=False)
+    for table in tables(result):
+        console.print(table)
+    for line in recommendation_lines(result):
+        console.print(f"recommended {line}", highlight=False, markup=False)
+    for line in skip_lines(result):
+        console.print(f"[dim]not measured:[/dim] {escape(line)}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", *LATENCY_COLUMNS}
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if h in right else "---" for h in headers) + "|"]
+    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+
+
+def markdown(result: BenchResult, title: str | None = None, level: int = 2) -> str:
+    """The result as Markdown: settings, both tables, recommendations, skips, warnings."""
+    h = "#" * level
+    out = [f"{h} {title or result.artifact.reference or result.artifact.path}", ""]
+    out += [f"- {line}" for line in header_lines(result)] + [""]
+    keys = ["graph", "variant", "batch", "threads"]
+    out += [f"{h}# Latency per call (ms)", ""]
+    out += _md_table(keys + list(LATENCY_COLUMNS), [_key_cells(r) + _latency_cells(r) for r in result.rows]) + [""]
+    out += [f"{h}# Throughput, start-up, memory, parity", ""]
+    out += _md_table(keys + list(OTHER_COLUMNS), [_key_cells(r) + _other_cells(r) for r in result.rows]) + [""]
+    for heading, lines in (("Recommended settings", recommendation_lines(result)),
+                           ("Not measured", skip_lines(result)), ("Warnings", result.warnings)):
+        if lines:
+            out += [f"{h}# {heading}", ""] + [f"- {line}" for line in lines] + [""]
+    return "\n".join(out)
+
+
+@dataclass
+class ComparedRow:
+    key: tuple
+    label: str
+    base: float
+    new: float
+    slowdown: float
+    regression: bool
+
+
+@dataclass
+class Comparison:
+    metric: str
+    max_slowdown: float
+    rows: list[ComparedRow]
+    only_base: list[str] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[ComparedRow]:
+        return [r for r in self.rows if r.regression]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+
+def _value(row: Row, metric: str) -> float:
+    return row.throughput_per_s if metric == "throughput" else getattr(row.latency, metric)
+
+
+def _describe(key: tuple, row: Row) -> str:
+    graph, _, _, batch, threads, mode, _ = key
+    return f"{row.label} [{graph}] batch {batch}, {threads} threads, {mode}"
+
+
+def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, metric: str = "p50_ms") -> Comparison:
+    """Per matching row, how much slower NEW is than BASE; regressions exceed max_slowdown."""
+    if metric not in METRICS:
+        raise InputError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
+    if not max_slowdown >= 1.0:
+        raise InputError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
+    base_rows = {r.key: r for r in base.rows}
+    new_rows = {r.key: r for r in new.rows}
+    compared = []
+    for key, b in base_rows.items():
+        n = new_rows.get(key)
+        if n is None:
+            continue
+        bv, nv = _value(b, metric), _value(n, metric)
+        slowdown = (bv / nv if metric == "throughput" else nv / bv) if min(bv, nv) > 0 else float("inf")
+        compared.append(ComparedRow(key, _describe(key, b), bv, nv, round(slowdown, 4), slowdown > max_slowdown))
+    result = Comparison(metric, max_slowdown, compared,
+                        only_base=[_describe(k, r) for k, r in base_rows.items() if k not in new_rows],
+                        only_new=[_describe(k, r) for k, r in new_rows.items() if k not in base_rows])
+    be, ne = base.environment, new.environment
+    if (be.cpu_model, be.cores_available) != (ne.cpu_model, ne.cores_available):
+        result.notes.append(f"different machines: {be.cpu_model} ({be.cores_available} cores) vs "
+                            f"{ne.cpu_model} ({ne.cores_available} cores)")
+    changed = [f"{k} {be.versions.get(k, '-')} -> {ne.versions.get(k, '-')}"
+               for k in sorted(set(be.versions) | set(ne.versions)) if be.versions.get(k) != ne.versions.get(k)]
+    if changed:
+        result.notes.append("versions changed: " + ", ".join(changed))
+    if base.settings.mode != new.settings.mode:
+        result.notes.append(f"different scopes: {base.settings.mode} vs {new.settings.mode}")
+    if not compared:
+        result.notes.append("no row of one file matches a row of the other; nothing was compared")
+    return result
+
+
+def print_comparison(comparison: Comparison, console: Console, names: tuple[str, str] = ("base", "new")) -> None:
+    unit = "items/s" if comparison.metric == "throughput" else "ms"
+    table = Table(title=f"{comparison.metric}: {names[1]} vs {names[0]} (regression above "
+                        f"{comparison.max_slowdown:.2f}x slower)", title_justify="left")
+    for column in ("row", f"base {unit}", f"new {unit}", "slowdown", "verdict"):
+        table.add_column(column, justify="left" if column in ("row", "verdict") else "right", overflow="fold")
+    for r in comparison.rows:
+        verdict = "[red]REGRESSION[/red]" if r.regression else ("faster" if r.slowdown < 1 / comparison.max_slowdown
+                                                                 else "ok")
+        table.add_row(escape(r.label), f"{r.base:.3f}", f"{r.new:.3f}", f"{r.slowdown:.3f}x", verdict)
+    console.print(table)
+    for line in comparison.only_base:
+        console.print(f"[yellow]only in {escape(names[0])}:[/yellow] {escape(line)}", highlight=False)
+    for line in comparison.only_new:
+        console.print(f"only in {escape(names[1])}: {escape(line)}", highlight=False)
+    for note in comparison.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+    n = len(comparison.regressions)
+    console.print(f"[red]{n} regression(s)[/red]" if n else f"[green]no regression[/green] in {len(comparison.rows)} rows",
+                  highlight=False)
+
+
+def as_dict(comparison: Comparison) -> dict[str, Any]:
+    return {"metric": comparison.metric, "max_slowdown": comparison.max_slowdown, "passed": comparison.passed,
+            "rows": [{"row": r.label, "base": r.base, "new": r.new, "slowdown": r.slowdown, "regression": r.regression}
+                     for r in comparison.rows],
+            "only_base": comparison.only_base, "only_new": comparison.only_new, "notes": comparison.notes}

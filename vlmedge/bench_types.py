@@ -1,0 +1,230 @@
+"""The typed result of `vlmedge bench`, and its versioned JSON form.
+
+JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 1).
+Times are milliseconds (`*_ms`) or seconds (`*_s`), memory and sizes megabytes (10^6
+bytes for files, MiB for resident memory: `*_mb`), throughput items per second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlmedge.environment import Environment, Gpu
+from vlmedge.errors import InputError
+
+SCHEMA = "vlmedge-bench"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Latency:
+    """Statistics of the timed calls of one row, in milliseconds; cov is std / mean."""
+
+    iterations: int
+    min_ms: float
+    mean_ms: float
+    std_ms: float
+    cov: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def from_ns(cls, samples_ns: Sequence[int]) -> "Latency":
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        mean = float(ms.mean())
+        std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+        r = lambda x: round(float(x), 4)  # noqa: E731 - sub-microsecond digits are noise
+        return cls(iterations=len(ms), min_ms=r(ms.min()), mean_ms=r(mean), std_ms=r(std),
+                   cov=round(std / mean, 4) if mean > 0 else 0.0, p50_ms=r(p50), p90_ms=r(p90), p95_ms=r(p95),
+                   p99_ms=r(p99), max_ms=r(ms.max()))
+
+
+@dataclass
+class Parity:
+    """The parity of the file measured: from its export report ("export"), measured now
+    against the stored source outputs ("live": torch and peer rows), or unknown ("none")."""
+
+    passed: bool | None
+    cosine_min: float | None
+    max_abs: float | None
+    top1: float | None
+    samples: int | None
+    source: str
+
+
+@dataclass
+class Row:
+    """One (graph, backend, precision, batch size, thread count) measurement."""
+
+    graph: str
+    backend: str
+    precision: str
+    batch_size: int
+    threads: int | None
+    mode: str
+    label: str
+    provider: str
+    device: str
+    file: str | None
+    model_mb: float | None
+    load_s: float
+    first_inference_ms: float
+    latency: Latency
+    throughput_per_s: float
+    peak_rss_increase_mb: float | None
+    parity: Parity
+    inputs: str
+    peer: str | None = None
+    speedup_vs_torch: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple:
+        return (self.graph, self.backend, self.precision, self.batch_size, self.threads, self.mode, self.peer)
+
+
+@dataclass
+class Skip:
+    """A combination that was asked for (or would be by default) but not measured, and why."""
+
+    graph: str | None
+    backend: str
+    precision: str | None
+    batch_size: int | None
+    reason: str
+
+
+@dataclass
+class Settings:
+    mode: str
+    scope: str
+    inputs: str
+    warmup: int
+    iterations: int | None
+    min_iterations: int | None
+    duration_s: float | None
+    threads: list[int]
+    batch_sizes: list[int]
+    backends: list[str]
+    precisions: list[str]
+    device: str
+    sweep: list[str]
+    memory_method: str
+
+
+@dataclass
+class Recommendation:
+    """The best measured setting of a graph for an objective ("latency" or "throughput"),
+    among rows that did not fail parity."""
+
+    graph: str
+    objective: str
+    label: str
+    backend: str
+    precision: str
+    batch_size: int
+    threads: int | None
+    p50_ms: float
+    throughput_per_s: float
+
+
+@dataclass
+class ArtifactInfo:
+    path: str
+    task: str
+    reference: str
+    graphs: list[str]
+
+
+@dataclass
+class BenchResult:
+    schema: str
+    schema_version: int
+    created: str
+    vlmedge_version: str
+    artifact: ArtifactInfo
+    settings: Settings
+    environment: Environment
+    rows: list[Row]
+    skipped: list[Skip]
+    recommendations: list[Recommendation]
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the JSON form (atomically: a partial file never replaces a good one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchResult":
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise InputError("This is not a vlmedge bench result (no \"schema\": \"vlmedge-bench\"); "
+                             "pass a file written by `vlmedge bench --json`.")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise InputError(f"This bench result has schema version {d.get('schema_version')!r}; this vlmedge reads "
+                             f"version {SCHEMA_VERSION}. Re-run the benchmark with this version.")
+        try:
+            env = dict(d["environment"])
+            env["gpus"] = [Gpu(**g) for g in env.get("gpus", [])]
+            rows = []
+            for r in d["rows"]:
+                r = dict(r)
+                r["latency"], r["parity"] = Latency(**r["latency"]), Parity(**r["parity"])
+                rows.append(Row(**r))
+            return cls(
+                schema=d["schema"], schema_version=d["schema_version"], created=d["created"],
+                vlmedge_version=d["vlmedge_version"], artifact=ArtifactInfo(**d["artifact"]),
+                settings=Settings(**d["settings"]), environment=Environment(**env), rows=rows,
+                skipped=[Skip(**s) for s in d["skipped"]],
+                recommendations=[Recommendation(**x) for x in d["recommendations"]], warnings=list(d["warnings"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"This bench result is malformed ({exc}); re-run `vlmedge bench --json`.") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BenchResult":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"No bench result at {path}.") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path} is not a JSON bench result ({exc}).") from None
+        try:
+            return cls.from_dict(data)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+
+
+def recommend(rows: list[Row]) -> list[Recommendation]:
+    """Per graph: lowest p50 at the smallest batch measured, and highest throughput."""
+    found = []
+    for graph in dict.fromkeys(r.graph for r in rows):
+        candidates = [r for r in rows if r.graph == graph and r.parity.passed is not False]
+        if not candidates:
+            continue
+        smallest = min(r.batch_size for r in candidates)
+        fastest = min((r for r in candidates if r.batch_size == smallest), key=lambda r: r.latency.p50_ms)
+        busiest = max(candidates, key=lambda r: r.throughput_per_s)
+        for objective, r in (("latency", fastest), ("throughput", busiest)):
+            found.append(Recommendation(graph=graph, objective=objective, label=r.label, backend=r.backend,
+                                        precision=r.precision, batch_size=r.batch_size, threads=r.threads,
+                                        p50_ms=r.latency.p50_ms, throughput_per_s=r.throughput_per_s))
+    return found

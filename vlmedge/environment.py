@@ -1,0 +1,161 @@
+"""The machine a benchmark ran on: CPU, memory, OS, package versions and NVIDIA GPUs.
+
+Stdlib only, and no backend is imported to learn its version (importlib.metadata reads
+the installed distribution), so describing the machine never changes what is measured.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+PACKAGES = ("vlmedge", "numpy", "torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
+
+
+@dataclass
+class Gpu:
+    """One NVIDIA GPU as nvidia-smi reports it."""
+
+    name: str
+    driver: str
+    compute_capability: str
+    memory_mb: int | None
+
+
+@dataclass
+class Environment:
+    """Where a benchmark ran. `cores_available` is what this process may use (CPU affinity,
+    which containers restrict); `load_average` is the 1/5/15-minute load when it started."""
+
+    cpu_model: str
+    cpu_vendor: str
+    cores_logical: int
+    cores_physical: int | None
+    cores_available: int
+    memory_gb: float | None
+    os: str
+    python: str
+    versions: dict[str, str]
+    gpus: list[Gpu] = field(default_factory=list)
+    load_average: list[float] = field(default_factory=list)
+
+    @property
+    def machine_name(self) -> str:
+        """A file-name-safe label for this kind of machine, e.g. 'intel-xeon-processor-2c'."""
+        model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", self.cpu_model.lower())
+        slug = "-".join(re.findall(r"[a-z0-9]+", model))[:48] or platform.machine().lower()
+        gpu = "-" + "-".join(re.findall(r"[a-z0-9]+", self.gpus[0].name.lower()))[:32] if self.gpus else ""
+        return f"{slug}-{self.cores_available}c{gpu}"
+
+    def summary(self) -> str:
+        """One line for a table caption."""
+        parts = [f"{self.cpu_model} ({self.cores_available} of {self.cores_logical} logical cores available)"]
+        if self.memory_gb:
+            parts.append(f"{self.memory_gb:.0f} GB RAM")
+        parts += [self.os, f"Python {self.python}"]
+        parts += [f"{gpu.name} (driver {gpu.driver}, sm {gpu.compute_capability})" for gpu in self.gpus]
+        return "; ".join(parts)
+
+
+def _cpuinfo() -> dict[str, str]:
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                found.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return found
+
+
+def _physical_cores() -> int | None:
+    """Distinct (package, core) pairs in /proc/cpuinfo; None where it does not say."""
+    pairs, package = set(), None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    package = value.strip()
+                elif key == "core id":
+                    pairs.add((package, value.strip()))
+    except OSError:
+        return None
+    return len(pairs) or None
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the logical core count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpus() -> list[Gpu]:
+    """NVIDIA GPUs from nvidia-smi, or none when it is absent or fails."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,driver_version,compute_cap,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) >= 4:
+            memory = int(cells[3]) if cells[3].isdigit() else None
+            found.append(Gpu(name=cells[0], driver=cells[1], compute_capability=cells[2], memory_mb=memory))
+    return found
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def describe() -> Environment:
+    """The Environment of this process, now."""
+    info = _cpuinfo()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = []
+    return Environment(
+        cpu_model=info.get("model name") or platform.processor() or platform.machine(),
+        cpu_vendor=info.get("vendor_id", ""),
+        cores_logical=os.cpu_count() or 1,
+        cores_physical=_physical_cores(),
+        cores_available=available_cores(),
+        memory_gb=_memory_gb(),
+        os=platform.platform(),
+        python=platform.python_version(),
+        versions=package_versions(),
+        gpus=gpus(),
+        load_average=load,
+    )

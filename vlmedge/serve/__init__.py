@@ -1,0 +1,30 @@
+"""`vlmedge serve`: an HTTP inference server for artifacts, with dynamic batching.
+
+    request -> read body (size, time limits) -> parse JSON or multipart -> check inputs
+            -> DynamicBatcher (bounded queue; requests for one model and compatible
+               options arriving within max_delay_ms run as one pipeline call of up to
+               max_batch inputs, in the model's worker thread) -> results split per request
+
+Needs the "serve" extra (starlette, uvicorn, python-multipart, prometheus-client); the
+rest of vlmedge never imports this package.
+"""
+
+from __future__ import annotations
+
+from vlmedge.serve.config import BatchConfig, Limits
+
+__all__ = ["BatchConfig", "Limits", "create_app", "load_models"]
+
+
+def create_app(*args, **kwargs):
+    """Builds the Starlette app (see vlmedge.serve.app.create_app)."""
+    from vlmedge.serve.app import create_app as _create_app
+
+    return _create_app(*args, **kwargs)
+
+
+def load_models(*args, **kwargs):
+    """Loads artifacts into named pipelines (see vlmedge.serve.app.load_models)."""
+    from vlmedge.serve.app import load_models as _load_models
+
+    return _load_models(*args, **kwargs)

@@ -1,0 +1,75 @@
+"""The `vlmedge serve` command (typer only at import; the server's packages load when it runs)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Optional
+
+import typer
+
+from vlmedge.errors import BackendUnavailableError
+from vlmedge.serve.config import BatchConfig, Limits
+
+
+def _require_extra() -> None:
+    missing = []
+    for module in ("starlette", "uvicorn", "multipart", "prometheus_client"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BackendUnavailableError(f"`vlmedge serve` needs {', '.join(missing)}; install the 'serve' extra: "
+                                      "pip install 'vlmedge[serve]'.")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one), made before the server starts so
+    that the address printed is the one in use."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise BackendUnavailableError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
+                                      "or stop what is using it.") from None
+
+
+def serve(
+    artifacts: list[str] = typer.Argument(..., help="Artifact folders, each served under its folder name "
+                                                    "(NAME=PATH names one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; the default answers this machine only."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port; 0 picks a free one."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, or a backend's device name."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most inputs per model call."),
+    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", min=0, help="How long a batch waits to fill."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests waiting per model before 503."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body."),
+    max_inputs: int = typer.Option(32, "--max-inputs", min=1, help="Most images, clips or captions per request."),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest image (width x height)."),
+    max_audio_seconds: float = typer.Option(120.0, "--max-audio-seconds", min=0.001, help="Longest audio clip."),
+    timeout_s: float = typer.Option(60.0, "--timeout-s", min=0.001, help="Answer 408 after this long."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
+) -> None:
+    """Serve artifacts over HTTP: a web page at /, the API under /v1, /metrics, /healthz, /readyz, /openapi.json."""
+    _require_extra()
+    import uvicorn
+
+    from vlmedge.serve.app import create_app, load_models
+
+    pipelines = load_models(artifacts, backend=backend, precision=precision, device=device)
+    app = create_app(pipelines, BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue),
+                     Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
+                            max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds,
+                            request_timeout_s=timeout_s))
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
+    for name, pipeline in pipelines.items():
+        model = pipeline.model
+        typer.echo(f"  {name}: {pipeline.task} on {model.backend} {model.precision} ({model.provider})")
+    typer.echo(f"serving {len(pipelines)} model(s) on {url}  (page: {url}/  API: {url}/openapi.json)", err=False)
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5,
+                            lifespan="on", server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,306 @@
+"""A served model per task: its endpoints, how one request becomes a batchable job, and how a
+batch of jobs runs as one call of the task pipeline (results split back per request).
+
+A batch key holds everything that changes the model call (endpoint, pooling, zero-shot
+labels, audio windowing); options that only trim the answer (top_k, threshold) are applied
+per request after one call with the widest setting, which gives the same ranking as
+calling the pipeline with each request's own options.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable
+
+import numpy as np
+
+from vlmedge.serve.config import Limits
+from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """POST /v1/models/{model}/{name}: the fields it takes and the inputs it needs."""
+
+    name: str
+    summary: str
+    inputs: tuple[str, ...]          # images, audio, texts, labels, templates
+    options: tuple[str, ...]
+    required: tuple[str, ...]        # at least one of these (exactly one when exclusive)
+    exclusive: bool = False
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.inputs + self.options + ("timeout_ms",)
+
+
+@dataclass(frozen=True)
+class Job:
+    key: Hashable
+    inputs: int
+    payload: Any
+
+
+def _ranked(predictions: list[Any], top_k: int | None, threshold: float | None = None) -> list[dict]:
+    kept = [p for p in predictions if threshold is None or p.score >= threshold]
+    return [p._asdict() for p in (kept if top_k is None else kept[:top_k])]
+
+
+def _split(items: list[Any], counts: list[int]) -> list[list[Any]]:
+    out, start = [], 0
+    for n in counts:
+        out.append(items[start:start + n])
+        start += n
+    return out
+
+
+def _warmup_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 60, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ServedModel:
+    """One loaded pipeline behind HTTP; subclasses per task."""
+
+    endpoints: dict[str, Endpoint] = {}
+
+    def __init__(self, name: str, pipeline: Any) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.task: str = pipeline.task
+
+    # -- what the server calls -------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        model = self.pipeline.model
+        labels = getattr(self.pipeline, "labels", None)
+        return {"name": self.name, "task": self.task, "backend": model.backend, "precision": model.precision,
+                "provider": model.provider, "labels": len(labels) if labels is not None else None,
+                "endpoints": list(self.endpoints)}
+
+    def prepare(self, endpoint: Endpoint, inputs: Inputs, limits: Limits) -> Job:
+        """Checks the request (in a request thread, not the model's) and makes its job."""
+        given = [name for name in endpoint.required if getattr(inputs, name)]
+        needs = " or ".join(endpoint.required)
+        if not given:
+            raise invalid("missing_input", f"'{endpoint.name}' needs at least one item in {needs}.")
+        if endpoint.exclusive and len(given) > 1:
+            raise invalid("invalid_field", f"'{endpoint.name}' takes {needs} in one request, not both; "
+                                           "send two requests.")
+        for i, data in enumerate(inputs.images):
+            check_image(data, i, limits)
+        for i, data in enumerate(inputs.audio):
+            check_audio(data, i, limits)
+        return self.job(endpoint.name, inputs)
+
+    def job(self, endpoint: str, inputs: Inputs) -> Job:
+        raise NotImplementedError
+
+    def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
+        """In the model's worker thread: one pipeline call for the whole batch."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """One small call, so that the first request does not pay for lazy initialisation."""
+        raise NotImplementedError
+
+
+class ClassifierModel(ServedModel):
+    endpoints = {"classify": Endpoint("classify", "Ranked labels for each image.", ("images",), ("top_k",),
+                                      ("images",))}
+
+    def job(self, endpoint: str, inputs: Inputs) -> Job:
+        return Job(("classify",), len(inputs.images), (inputs.images, inputs.options.get("top_k", DEFAULT_TOP_K)))
+
+    def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
+        images = [image for batch, _ in payloads for image in batch]
+        top_k = max(k for _, k in payloads)
+        ranked = self.pipeline.classify(images, top_k=top_k)
+        parts = _split(ranked, [len(batch) for batch, _ in payloads])
+        return [{"results": [{"predictions": _ranked(preds, k)} for preds in part]}
+                for part, (_, k) in zip(parts, payloads)]
+
+    def warm_up(self) -> None:
+        self.pipeline.classify(_warmup_png())
+
+
+class EncoderModel(ServedModel):
+    endpoints = {"embed": Endpoint("embed", "An embedding per image (and CLS attention maps where the model has them).",
+                                   ("images",), ("pooling", "normalize", "attention"), ("images",))}
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(poolings=self.pipeline.poolings, default_pooling=self.pipeline.default_pooling,
+                    attention=self.pipeline.has_attention)
+        return info
+
+    def job(self, endpoint: str, inputs: Inputs) -> Job:
+        from vlmedge.errors import VlmedgeError
+
+        try:
+            pooling = self.pipeline.resolve_pooling(inputs.options.get("pooling"))
+        except VlmedgeError as exc:
+            raise invalid("invalid_field", str(exc)) from None
+        attention = inputs.options.get("attention", False)
+        if attention and not self.pipeline.has_attention:
+            raise invalid("invalid_field", f"Model '{self.name}' has no attention maps; leave 'attention' out.")
+        key = ("embed", pooling, inputs.options.get("normalize", True), attention)
+        return Job(key, len(inputs.images), inputs.images)
+
+    def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
+        _, pooling, normalize, attention = key
+        images = [image for batch in payloads for image in batch]
+        vectors = self.pipeline.embed(images, pooling=pooling, normalize=normalize)
+        maps = [_attention_png(self.pipeline, image) for image in images] if attention else None
+        out = []
+        for part, batch in zip(_split(list(range(len(images))), [len(b) for b in payloads]), payloads):
+            answer = {"embeddings": vectors[part].tolist(), "dim": int(vectors.shape[1]), "pooling": pooling,
+                      "normalized": normalize}
+            if maps is not None:
+                answer["attention"] = [maps[i] for i in part]
+            out.append(answer)
+        return out
+
+    def warm_up(self) -> None:
+        self.pipeline.embed(_warmup_png())
+
+
+def _attention_png(encoder: Any, image: bytes) -> str:
+    """ImageEncoder.render_attention's contact sheet as a PNG data URL."""
+    with tempfile.TemporaryDirectory(prefix="vlmedge-attention-") as folder:
+        path = encoder.render_attention(image, Path(folder) / "attention.png", panel_size=160)
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+class ClipModel(ServedModel):
+    endpoints = {
+        "embed": Endpoint("embed", "L2-normalised embeddings of images or of captions, in one space.",
+                          ("images", "texts"), (), ("images", "texts"), exclusive=True),
+        "zero-shot": Endpoint("zero-shot", "Each image ranked against the labels (through the templates).",
+                              ("images", "labels", "templates"), ("top_k",), ("images",)),
+    }
+    CACHE_SIZE = 32
+
+    def __init__(self, name: str, pipeline: Any) -> None:
+        super().__init__(name, pipeline)
+        # (labels, templates) -> label embeddings; used in the worker thread only
+        self._label_cache: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(scoring=self.pipeline.scoring, context_length=self.pipeline.context_length)
+        return info
+
+    def job(self, endpoint: str, inputs: Inputs) -> Job:
+        if endpoint == "embed":
+            kind = "images" if inputs.images else "texts"
+            return Job(("embed", kind), inputs.count, getattr(inputs, kind))
+        if not inputs.labels:
+            raise invalid("missing_input", "'zero-shot' needs candidate labels, e.g. \"labels\": [\"cat\", \"dog\"].")
+        for i, label in enumerate(inputs.labels):
+            if not label.strip():
+                raise invalid("invalid_field", f"labels[{i}] is blank; every label must be a non-empty string.")
+        templates = tuple(inputs.templates) or ("a photo of a {}.",)
+        for t in templates:
+            if "{}" not in t and "{label}" not in t:
+                raise invalid("invalid_field", f"Template {t!r} has no '{{}}' where the label goes, "
+                                               "e.g. 'a photo of a {}.'.")
+        key = ("zero-shot", tuple(inputs.labels), templates)
+        return Job(key, len(inputs.images), (inputs.images, inputs.options.get("top_k", DEFAULT_TOP_K)))
+
+    def _label_embeddings(self, labels: tuple, templates: tuple) -> np.ndarray:
+        key = (labels, templates)
+        if key in self._label_cache:
+            self._label_cache.move_to_end(key)
+        else:
+            self._label_cache[key] = self.pipeline.text_embeddings(list(labels), list(templates))
+            while len(self._label_cache) > self.CACHE_SIZE:
+                self._label_cache.popitem(last=False)
+        return self._label_cache[key]
+
+    def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
+        if key[0] == "embed":
+            items = [item for batch in payloads for item in batch]
+            vectors = self.pipeline.embed_images(items) if key[1] == "images" else self.pipeline.embed_texts(items)
+            parts = _split(list(vectors), [len(b) for b in payloads])
+            return [{"embeddings": [v.tolist() for v in part], "dim": int(vectors.shape[1]), "kind": key[1][:-1],
+                     "normalized": True} for part in parts]
+        _, labels, templates = key
+        images = [image for batch, _ in payloads for image in batch]
+        top_k = max(k for _, k in payloads)
+        ranked = self.pipeline.zero_shot(images, list(labels), list(templates), top_k=top_k,
+                                         text_embeddings=self._label_embeddings(labels, templates))
+        parts = _split(ranked, [len(batch) for batch, _ in payloads])
+        return [{"results": [{"predictions": _ranked(preds, k)} for preds in part]}
+                for part, (_, k) in zip(parts, payloads)]
+
+    def warm_up(self) -> None:
+        self.pipeline.embed_images(_warmup_png())
+        self.pipeline.embed_texts("a photo of a warm-up.")
+
+
+class AudioModel(ServedModel):
+    endpoints = {"tag": Endpoint("tag", "Ranked tags for each clip, per clip and per analysis window.", ("audio",),
+                                 ("top_k", "threshold", "window_hop", "aggregate"), ("audio",))}
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(sample_rate=self.pipeline.spec.sampling_rate, window_seconds=self.pipeline.window_seconds,
+                    activation=self.pipeline.activation)
+        return info
+
+    def job(self, endpoint: str, inputs: Inputs) -> Job:
+        spec = self.pipeline.spec
+        hop = inputs.options.get("window_hop")
+        shift = spec.frame_shift / spec.sampling_rate
+        if hop is not None and not shift <= hop <= self.pipeline.window_seconds:
+            raise invalid("invalid_field", f"'window_hop' must be from {shift:g} s (one frame) to "
+                                           f"{self.pipeline.window_seconds:g} s (one model window), not {hop!r}.")
+        key = ("tag", hop, inputs.options.get("aggregate", "max"))
+        trim = (inputs.options.get("top_k", DEFAULT_TOP_K), inputs.options.get("threshold"))
+        return Job(key, len(inputs.audio), (inputs.audio, trim))
+
+    def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
+        _, hop, aggregate = key
+        clips = [clip for batch, _ in payloads for clip in batch]
+        tagged = self.pipeline.tag(clips, top_k=None, window_hop=hop, aggregate=aggregate)
+        out = []
+        for part, (_, (top_k, threshold)) in zip(_split(tagged, [len(b) for b, _ in payloads]), payloads):
+            out.append({"results": [{
+                "duration": clip.duration,
+                "predictions": _ranked(clip.tags, top_k, threshold),
+                "windows": [{"start": w.start, "end": w.end, "predictions": _ranked(w.tags, top_k, threshold)}
+                            for w in clip.windows],
+            } for clip in part]})
+        return out
+
+    def warm_up(self) -> None:
+        rate = self.pipeline.spec.sampling_rate
+        self.pipeline.tag(np.zeros(rate, dtype=np.float32), sample_rate=rate)
+
+
+SERVED = {
+    "image-classification": ClassifierModel,
+    "image-embedding": EncoderModel,
+    "clip": ClipModel,
+    "audio-classification": AudioModel,
+}
+
+
+def serve_pipeline(name: str, pipeline: Any) -> ServedModel:
+    """The served model for a pipeline, by its task."""
+    from vlmedge.errors import ArtifactError
+
+    if pipeline.task not in SERVED:
+        raise ArtifactError(f"Model '{name}' has task '{pipeline.task}', which `vlmedge serve` cannot serve.")
+    return SERVED[pipeline.task](name, pipeline)

@@ -1,0 +1,30 @@
+"""HTTP errors as JSON: {"error": {"status", "code", "message"}}, one per failure kind."""
+
+from __future__ import annotations
+
+from vlmedge.errors import InputError, VlmedgeError
+
+
+class Problem(Exception):
+    """An answer other than 200: status, a stable machine-readable code, a sentence for people."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+
+def from_vlmedge_error(exc: VlmedgeError) -> Problem:
+    """InputError (an input the model cannot use) -> 422; any other VlmedgeError -> 400."""
+    if isinstance(exc, InputError):
+        return Problem(422, "invalid_input", str(exc))
+    return Problem(400, "bad_request", str(exc))
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
