@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import signal
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ def _digest(path: Path) -> tuple[int, str]:
     info = path.lstat()
     if path.is_symlink():
         return info.st_size, "link:" + os.readlink(path)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO left by another case: opening it would block forever
+        return info.st_size, f"special:{stat.S_IFMT(info.st_mode)}"
     if info.st_size > 4 * 1024**2:  # big files: size and mtime are enough to see a write
         return info.st_size, f"mtime:{info.st_mtime_ns}"
     return info.st_size, hashlib.sha256(path.read_bytes()).hexdigest()
