@@ -52,7 +52,7 @@ def export(
 
     with console.status("exporting") as status:
         def progress(message: str) -> None:
-            console.print(f"  {message}")
+            console.print(f"  {message}", markup=False)  # "[image] ..." is a graph name, not a style
             status.update(message)
 
         artifact = run_export(model, output, to=_split(to), precision=_split(precision), task=task,
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     except VlmedgeError as exc:
         from rich.markup import escape  # messages name extras such as vlmedge[ray]: not markup
 
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
