@@ -1,7 +1,7 @@
 """Items/s of bulk classification: the single-process engine against --engine ray, on this machine.
 
     .venv/bin/python benchmarks/ray_throughput.py [--images 512] [--model vit-tiny|vit-micro]
-        [--batch-size 32] [--concurrency 1] [--json out.json]
+        [--batch-size 32] [--concurrency 1] [--rounds 3] [--json out.json]
 
 It builds a ViT image classifier of the real class from a config (ViT-Tiny/16 at 224 px by
 default: hidden 192, 12 layers, 3 heads; seeded random weights, nothing downloaded; the
@@ -15,10 +15,11 @@ the same files, with the same backend and precision:
                   `vlmedge predict DIR --engine ray --out x.parquet` runs), timed from the
                   call to the last result row: actor start-up and model load included,
                   ray.init reported separately
-    ray (2nd run) the same again on the warm Ray instance (new actors, warm workers)
 
-and checks that the Ray rows equal the local ones. The machine's load average is printed:
-on a busy machine the figures are noisy.
+in --rounds alternating rounds (medians reported, each run with the load average at its
+start: on a busy machine the figures are noisy), and checks that the Ray rows equal the
+local ones. "items/s" is end to end (model load and, for Ray, actor start-up included);
+"steady" counts the items after the first batch of results over the time after it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="vit-tiny")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=1, help="inference actors")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating local / ray runs; medians are reported")
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "vlmedge-ray-bench")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -99,49 +102,76 @@ def main(argv: list[str] | None = None) -> int:
     artifact = build_artifact(args.model, args.workdir)
     images = render_images(args.images, args.workdir / f"images-{args.images}")
     options = dict(backend="onnxruntime", precision="fp32")
-    load_start = os.getloadavg()[0]
 
     job = make_job(artifact, "classify", **options)
-    started = time.perf_counter()
-    local = run_local(job, collect([images], "image"), batch_size=args.batch_size)
-    local_s = time.perf_counter() - started
-
+    found = collect([images], "image")
     ray = vray.require_ray()
     started = time.perf_counter()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     init_s = time.perf_counter() - started
-    runs = []
-    for _ in range(2):
-        started = time.perf_counter()
-        dataset = vray.run(artifact, images, "classify", batch_size=args.batch_size, concurrency=args.concurrency,
-                           **options)
-        table = pa.concat_tables(list(dataset.iter_batches(batch_format="pyarrow", batch_size=None)))
-        runs.append(time.perf_counter() - started)
-    ray.shutdown()
-    equal = table.equals(local)
 
-    n = local.num_rows
+    # Rounds alternate the engines, so that a change in the machine's load hits both alike.
+    samples: dict[str, list[dict]] = {"local": [], "ray": []}
+    tables = {}
+    for _ in range(args.rounds):
+        for engine in ("local", "ray"):
+            load = os.getloadavg()[0]
+            first: list[tuple[float, int]] = []  # (time, rows) when the first batch of results arrived
+
+            def arrived(rows: int) -> None:
+                if not first:
+                    first.append((time.perf_counter(), rows))
+
+            started = time.perf_counter()
+            if engine == "local":
+                tables[engine] = run_local(job, found, batch_size=args.batch_size, progress=arrived)
+            else:
+                dataset = vray.run(artifact, images, "classify", batch_size=args.batch_size,
+                                   concurrency=args.concurrency, **options)
+                parts = []
+                for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                    arrived(batch.num_rows)
+                    parts.append(batch)
+                tables[engine] = pa.concat_tables(parts)
+            ended = time.perf_counter()
+            n = found_count(found)
+            steady = (n - first[0][1]) / max(ended - first[0][0], 1e-9)
+            samples[engine].append({"seconds": round(ended - started, 2), "items_per_s": round(n / (ended - started), 1),
+                                    "steady_items_per_s": round(steady, 1), "load_average": round(load, 1)})
+    ray.shutdown()
+    equal = tables["ray"].equals(tables["local"])
+
+    n = tables["local"].num_rows
+    median = {engine: statistics.median(s["items_per_s"] for s in runs) for engine, runs in samples.items()}
+    steady = {engine: statistics.median(s["steady_items_per_s"] for s in runs) for engine, runs in samples.items()}
     result = {
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "load_average_at_start": round(load_start, 2), "load_average_at_end": round(os.getloadavg()[0], 2),
         "model": args.model, "images": n, "batch_size": args.batch_size, "concurrency": args.concurrency,
-        "local_s": round(local_s, 2), "local_items_per_s": round(n / local_s, 1),
-        "ray_init_s": round(init_s, 2),
-        "ray_s": [round(s, 2) for s in runs], "ray_items_per_s": [round(n / s, 1) for s in runs],
+        "rounds": args.rounds, "ray_init_s": round(init_s, 2), "samples": samples,
+        "median_items_per_s": median, "ray_over_local": round(median["ray"] / median["local"], 3),
+        "median_steady_items_per_s": steady, "steady_ray_over_local": round(steady["ray"] / steady["local"], 3),
         "ray_equals_local": equal,
     }
-    print(f"{n} images, {args.model}, batch {args.batch_size}, {os.cpu_count()} CPUs, load average "
-          f"{load_start:.1f} at start")
-    print(f"  local (one process)       {local_s:7.2f} s  {n / local_s:7.1f} items/s")
-    print(f"  ray.init                  {init_s:7.2f} s")
-    for i, seconds in enumerate(runs, 1):
-        print(f"  ray run {i} ({args.concurrency} actor{'s' * (args.concurrency > 1)})    {seconds:7.2f} s  "
-              f"{n / seconds:7.1f} items/s")
-    print(f"  Ray rows equal the local rows: {equal}")
+    print(f"{n} images, {args.model}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
+          f"{args.concurrency} inference actor(s), ray.init {init_s:.1f} s")
+    print(f"{'round':>5} {'engine':>6} {'seconds':>8} {'items/s':>8} {'steady':>8} {'load avg':>9}")
+    for i in range(args.rounds):
+        for engine in ("local", "ray"):
+            s = samples[engine][i]
+            print(f"{i + 1:>5} {engine:>6} {s['seconds']:>8.2f} {s['items_per_s']:>8.1f} "
+                  f"{s['steady_items_per_s']:>8.1f} {s['load_average']:>9.1f}")
+    print(f"median items/s end to end: local {median['local']:.1f}, ray {median['ray']:.1f} "
+          f"(ray / local = {median['ray'] / median['local']:.2f}); after the first batch: local "
+          f"{steady['local']:.1f}, ray {steady['ray']:.1f} ({steady['ray'] / steady['local']:.2f})")
+    print(f"Ray rows equal the local rows: {equal}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if equal else 1
+
+
+def found_count(found) -> int:
+    return len(found.files) + len(found.missing)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ the server as it can.
 The model is the built-in classifier: builtin:shapes-vit exported once into
 benchmarks/.work/serve-load/ if the built-in model is present, else a ViT of the same
 architecture (64x64 input, patch 8, width 128, 4 layers, 4 heads) with seeded random weights;
-the result says which. Output: a table on stdout and benchmarks/results/serve-load-<machine>.json.
+the result says which. Output: a table on stdout and benchmarks/results/serve-load-<machine>.json
+(and .md).
 """
 
 from __future__ import annotations
@@ -217,6 +218,24 @@ def machine_name() -> str:
     return f"{slug}-{len(os.sched_getaffinity(0))}c"
 
 
+def markdown(result: dict) -> str:
+    """The result as a Markdown table, one row per configuration and level."""
+    lines = [f"Model: {result['model']}; one {result['image']} per request (JSON, base64), "
+             f"{result['seconds_per_level']:g} s per level; {result['machine']}; load average at start "
+             f"{result['load_average_at_start'][0]:.1f}, at end {result['load_average_at_end'][0]:.1f}.", "",
+             "| --max-batch | clients | requests/s | p50 ms | p99 ms | mean batch | statuses | RSS MB before -> after |",
+             "|---:|---:|---:|---:|---:|---:|---|---|"]
+    for config in result["configs"]:
+        for row in config["levels"]:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(row["statuses"].items()))
+            lines.append(f"| {config['max_batch']} | {row['clients']} | {row['throughput_rps']:.1f} | {row['p50_ms']} | "
+                         f"{row['p99_ms']} | {row['mean_batch']} | {statuses} | "
+                         f"{config['rss_mb_before']} -> {row['rss_mb_after']} |")
+    gain = ", ".join(f"{k} clients x{v}" for k, v in result["batching_gain"].items())
+    lines += ["", f"Throughput gain of batching over --max-batch {result['configs'][1]['max_batch']}: {gain}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="per concurrency level")
@@ -269,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"serve-load-{result['machine']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
     print(f"batching gain (throughput, max_batch {args.max_batch} / {args.baseline_max_batch}): "
           f"{result['batching_gain']}\nwrote {out}")
     return 0

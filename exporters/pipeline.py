@@ -207,7 +207,9 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
                 if report.get("not_faster"):
                     say(f"[{graph.name}] note: {relpath} ran no faster than the fp32 ONNX file here "
                         f"({report['latency_ms']:.1f} ms vs {baseline_ms:.1f} ms at batch 1)")
-                say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report))
+                say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report)
+                    + (f"; accuracy {report['accuracy']['top1']:.2%}" if "accuracy" in report else "")
+                    + f"; {report['latency_ms']:.1f} ms at batch 1")
                 graphs_io.setdefault(graph.name, _graph_io(session, graph))
                 for extra in files[1:]:
                     writer.add(extra.relative_to(writer.tmp).as_posix(), role="weights", graph=graph.name)

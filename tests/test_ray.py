@@ -313,6 +313,27 @@ def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, expo
         vray.run(tmp_path / "nothing", images)
 
 
+def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monkeypatch):
+    """The single-process engine (no Ray; pyarrow only) over a CSV whose paths look like numbers."""
+    pytest.importorskip("pyarrow")
+    import shutil
+
+    import vlmedge
+    from vlmedge.bulk import collect, make_job, run_local
+
+    for i, source in enumerate(sorted(images.glob("*.png"))[:5]):
+        shutil.copy(source, tmp_path / f"{i}0")  # a file named "00", "10", ...: text, not a number
+    (tmp_path / "t.csv").write_text("path,id\n" + "".join(f"{i}0,{i}\n" for i in range(6)))
+    monkeypatch.chdir(tmp_path)
+    job = make_job(vit_artifact, "classify", top_k=2, **BACKEND)
+    table = run_local(job, collect(["t.csv"], "image"), batch_size=4)
+    rows = table.to_pylist()
+    assert [r["path"] for r in rows] == [f"{i}0" for i in range(6)] and [r["id"] for r in rows] == list(range(6))
+    assert "does not exist" in rows[-1]["error"] and rows[-1]["labels"] is None
+    expected = vlmedge.load(vit_artifact, **BACKEND).classify([str(tmp_path / f"{i}0") for i in range(5)], top_k=2)
+    assert_ranked_equal(rows[:5], expected)
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 
 

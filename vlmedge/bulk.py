@@ -442,6 +442,16 @@ class BatchPredictor:
         graph = graph or next(iter(sessions))
         return graph, sessions[graph]
 
+    @staticmethod
+    def _run(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """session.run in chunks no larger than the pipelines use (and the backend accepts)."""
+        from vlmedge.tasks.base import MAX_BATCH
+
+        size = MAX_BATCH if session.batch_range is None else max(1, min(MAX_BATCH, session.batch_range[1]))
+        n = len(next(iter(feeds.values())))
+        parts = [session.run({k: v[start:start + size] for k, v in feeds.items()}) for start in range(0, n, size)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
     def _infer(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, list[Any]]:
         method, task = self.job.method, self.job.task
         if task == "audio-classification":
@@ -450,15 +460,15 @@ class BatchPredictor:
             ids, mask = batch["_input_ids"][ok], batch["_attention_mask"][ok]
             graph, session = self._session("text")
             feeds = {"input_ids": ids, "attention_mask": mask}
-            raw = session.run({i.name: feeds[i.name] for i in session.inputs})[self._outputs[graph][0]]
+            raw = self._run(session, {i.name: feeds[i.name] for i in session.inputs})[self._outputs[graph][0]]
             from vlmedge.tasks.clip import l2_normalize
 
             return {"embedding": list(l2_normalize(raw.astype(np.float32, copy=False)))}
         pixels = np.ascontiguousarray(batch["_pixels"][ok], dtype=np.float32)
         graph, session = self._session("image" if task == "clip" else None)
-        raw = session.run({session.inputs[0].name: pixels})
+        raw = self._run(session, {session.inputs[0].name: pixels})
         if task == "image-classification":
-            return self._ranked(self.pipeline_probabilities(raw[self._outputs[graph][0]]))
+            return self._ranked(self._probabilities(raw[self._outputs[graph][0]]))
         if task == "image-embedding":
             return {"embedding": list(self._pool(raw))}
         from vlmedge.tasks.clip import l2_normalize
@@ -468,7 +478,7 @@ class BatchPredictor:
             return {"embedding": list(embeddings)}
         return self._ranked(self._zero_shot(embeddings), labels=self.job.options["labels"])
 
-    def pipeline_probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         """ImageClassifier.probabilities on raw logits."""
         from vlmedge.tasks.base import sigmoid, softmax
 
@@ -533,7 +543,7 @@ class BatchPredictor:
 
 def read_table(path: str, fmt: str, job: BulkJob) -> dict[str, list[Any]]:
     """A Parquet / CSV / text table as columns, read the way the Ray engine reads it."""
-    import pyarrow as pa
+    import pyarrow.csv as pa_csv
 
     if fmt == "text":
         lines = Path(path).read_bytes().decode("utf-8").splitlines()
@@ -543,17 +553,17 @@ def read_table(path: str, fmt: str, job: BulkJob) -> dict[str, list[Any]]:
 
         table = pq.read_table(path)
     else:
-        table = pa.csv.read_csv(path, convert_options=csv_convert_options(path))
+        table = pa_csv.read_csv(path, convert_options=csv_convert_options())
     return table.to_pydict()
 
 
-def csv_convert_options(path: str | None = None):
+def csv_convert_options():
     """Path and caption columns of a CSV are text, even when a value looks like a number."""
     import pyarrow as pa
-    import pyarrow.csv  # noqa: F401 - registers pa.csv
+    import pyarrow.csv as pa_csv
 
     names = PATH_COLUMNS + TEXT_COLUMNS + ("image", "audio")
-    return pa.csv.ConvertOptions(column_types={name: pa.string() for name in names})
+    return pa_csv.ConvertOptions(column_types={name: pa.string() for name in names})
 
 
 def local_batches(job: BulkJob, inputs: Inputs, batch_size: int) -> Iterator[dict[str, list[Any]]]:

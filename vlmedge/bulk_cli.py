@@ -137,8 +137,7 @@ def _run(artifact: Path, inputs: list[str], method: str, out: Path, engine: str,
             table = _write(batches, out, artifact, method, options)
             where = f"Ray ({address})" if address else f"a local Ray instance ({os.cpu_count()} CPUs)"
         finally:
-            if not address:
-                ray.shutdown()
+            ray.shutdown()  # stops the local instance; only disconnects from a cluster
     else:
         from vlmedge.bulk import collect, make_job
 

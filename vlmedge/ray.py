@@ -210,7 +210,10 @@ def unpack_artifact(blob: bytes) -> str:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-            tar.extractall(staging, filter="data")
+            try:
+                tar.extractall(staging, filter="data")  # no links, nothing outside staging
+            except TypeError:  # Python < 3.10.12 has no extraction filters; pack_artifact wrote plain files
+                tar.extractall(staging)
         try:
             os.rename(staging, target)
         except OSError:  # another actor on this node was first

@@ -50,6 +50,7 @@ SIZES = tuple(shapes.SIZES)
 DEFAULT_OUT = Path(__file__).resolve().parent / "models" / "shapes-clip"
 IMAGE_SIZE = 64
 WIDTH = 96  # both towers; 4 heads of 24
+PROJECTION_DIM = 64
 CONTEXT_LENGTH = 77  # same context as OpenAI CLIP; captions here use ~8-12 tokens
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -299,13 +300,13 @@ def match_matrix(attrs, specs) -> "torch.Tensor":
 
 
 # --------------------------------------------------------------------------- model
-def make_config(vocab_size: int, bos_id: int, eos_id: int):
+def make_config(vocab_size: int, bos_id: int, eos_id: int, vision_width: int = WIDTH, text_width: int = WIDTH):
     from transformers import CLIPConfig
 
     text = dict(
         vocab_size=vocab_size,
-        hidden_size=WIDTH,
-        intermediate_size=4 * WIDTH,
+        hidden_size=text_width,
+        intermediate_size=4 * text_width,
         num_hidden_layers=3,
         num_attention_heads=4,
         max_position_embeddings=CONTEXT_LENGTH,
@@ -318,13 +319,16 @@ def make_config(vocab_size: int, bos_id: int, eos_id: int):
         image_size=IMAGE_SIZE,
         patch_size=8,
         num_channels=3,
-        hidden_size=WIDTH,
-        intermediate_size=4 * WIDTH,
+        hidden_size=vision_width,
+        intermediate_size=4 * vision_width,
         num_hidden_layers=4,
         num_attention_heads=4,
         hidden_act="quick_gelu",
     )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64, logit_scale_init_value=2.6592)
+    # projection_dim also in the sub-configs, so CLIPTextModelWithProjection /
+    # CLIPVisionModelWithProjection.from_pretrained(folder) build the same projections.
+    text["projection_dim"] = vision["projection_dim"] = PROJECTION_DIM
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION_DIM, logit_scale_init_value=2.6592)
 
 
 def sincos_positions(hidden: int, grid: int) -> np.ndarray:
@@ -372,14 +376,34 @@ def init_vision_tower(model, seed: int) -> None:
             attn.out_proj.weight.copy_(u * sv.sqrt())
 
 
-def contrastive_loss(logits_per_image, match):
-    """CLIP's symmetric cross-entropy, with every matching caption/image a positive."""
+def unseen_negatives(attrs, specs) -> "torch.Tensor":
+    """U[i, j] = True where caption j names a shape (colour) but not a colour (shape) and image
+    i's colour (shape) makes a HELD_OUT pair with it. Image i is then a negative for caption j
+    only because that pair is never drawn; left in, such negatives teach "circle" to mean
+    "not red" when (red, circle) is held out. They are dropped from the loss."""
+    import torch
+
+    held = set(HELD_OUT)
+    u = np.zeros((len(attrs), len(specs)), dtype=bool)
+    for j, (_, c, sh) in enumerate(specs):
+        if (c is None) == (sh is None):
+            continue
+        for i, (_, ic, ish) in enumerate(attrs):
+            u[i, j] = ((ic, sh) in held) if c is None else ((c, ish) in held)
+    return torch.from_numpy(u)
+
+
+def contrastive_loss(logits_per_image, match, drop=None):
+    """CLIP's symmetric cross-entropy, with every matching caption/image a positive and the
+    pairs in `drop` left out of both softmaxes."""
     import torch.nn.functional as F
 
+    if drop is not None:
+        logits_per_image = logits_per_image.masked_fill(drop, float("-inf"))
     t_i = match / match.sum(1, keepdim=True)
     t_t = match.t() / match.t().sum(1, keepdim=True)
-    li = -(t_i * F.log_softmax(logits_per_image, 1)).sum(1).mean()
-    lt = -(t_t * F.log_softmax(logits_per_image.t(), 1)).sum(1).mean()
+    li = -(t_i * F.log_softmax(logits_per_image, 1).clamp_min(-1e4)).sum(1).mean()
+    lt = -(t_t * F.log_softmax(logits_per_image.t(), 1).clamp_min(-1e4)).sum(1).mean()
     return (li + lt) / 2
 
 
@@ -452,6 +476,9 @@ def zero_shot(model_dir: Path, examples, batch: int = 256) -> dict:
                 "seen": float(correct[groups == "seen"].mean()),
                 "held_out": float(correct[groups == "held_out"].mean()),
             }
+            n_held = len(HELD_OUT)
+            r = results[name]
+            r["uniform"] = ((64 - n_held) * r["seen"] + n_held * r["held_out"]) / 64
     return results
 
 
@@ -465,8 +492,10 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="1 is faster than 2 on a shared, busy 2-core box")
     p.add_argument("--colors-per-batch", type=int, default=4)
-    p.add_argument("--label-loss", type=float, default=1.0, help="weight of the label-prompt contrastive terms (0: off)")
+    p.add_argument("--drop-unseen-negatives", type=int, default=1, help="1: leave negatives that exist only because of HELD_OUT out of the loss")
     p.add_argument("--token-loss", type=float, default=0.5, help="weight of the training-only token-labelling loss (0: off)")
+    p.add_argument("--vision-width", type=int, default=WIDTH)
+    p.add_argument("--text-width", type=int, default=WIDTH)
     p.add_argument("--vision-init", choices=("mimetic", "default"), default="mimetic")
     p.add_argument("--eval-every", type=int, default=0, help="quick in-training shape/colour check every N steps (0: off)")
     p.add_argument("--eval-seen", type=int, default=1024)
@@ -508,7 +537,7 @@ def main(argv=None) -> None:
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
     # model -------------------------------------------------------------------
-    config = make_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    config = make_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.vision_width, args.text_width)
     model = CLIPModel(config)
     if args.vision_init == "mimetic":
         init_vision_tower(model, args.seed)
@@ -535,7 +564,7 @@ def main(argv=None) -> None:
     pairs = train_pairs()
     quick_examples = eval_images(args.seed + 20_000, 192, 96) if args.eval_every else None
     model.train()
-    t_train = time.time()
+    t_train, cpu_train = time.time(), time.process_time()
     ema = None
     for step in range(args.steps):
         images, texts, attrs, specs, tokens = sample_batch(rng, args.batch, pairs, args.colors_per_batch)
@@ -544,22 +573,8 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out_ = model(pixel_values=pixel_values, **text_inputs, output_hidden_states=False)
-        loss = contrastive_loss(out_.logits_per_image, match_matrix(attrs, specs))
-        if args.label_loss:
-            # UniCL-style label-text terms: each image against all 8 shape (8 colour, 2 size)
-            # prompts in one randomly picked single-attribute template, cross-entropy on
-            # the true one; this is contrastive zero-shot classification made explicit.
-            img = out_.image_embeds
-            terms = []
-            for attr, labels, idx in (("shape", SHAPES, 2), ("color", COLORS, 1), ("size", SIZES, 0)):
-                options = [t for t, named in PARTIAL_TEMPLATES if named == (attr,)]
-                template = options[rng.integers(len(options))]
-                prompts = [template.format(**{attr: v, "art_shape": article(v), "art_color": article(v)}) for v in labels]
-                txt = model.get_text_features(**tokenizer(prompts, padding=True, return_tensors="pt")).pooler_output
-                txt = txt / txt.norm(dim=-1, keepdim=True)
-                target = torch.tensor([labels.index(a[idx]) for a in attrs])
-                terms.append(torch.nn.functional.cross_entropy(model.logit_scale.exp() * img @ txt.t(), target))
-            loss = loss + args.label_loss * sum(terms) / len(terms)
+        drop = unseen_negatives(attrs, specs) if args.drop_unseen_negatives else None
+        loss = contrastive_loss(out_.logits_per_image, match_matrix(attrs, specs), drop)
         if args.token_loss:
             patches = out_.vision_model_output.last_hidden_state[:, 1:]
             token_logits = token_head(patches)
@@ -580,12 +595,13 @@ def main(argv=None) -> None:
             print(f"step {step + 1:5d}  quick  " + "  ".join(f"{k} {v:.3f}" for k, v in quick.items()), flush=True)
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {ema:.4f}  scale {model.logit_scale.exp().item():.1f}  lr {lr_at(step):.2e}  {time.time() - t_train:.0f}s", flush=True)
-    train_s = time.time() - t_train
+    train_s, train_cpu_s = time.time() - t_train, time.process_time() - cpu_train
 
     # save --------------------------------------------------------------------
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+    processor.save_pretrained(out)  # transformers 5: processor_config.json + tokenizer files
+    image_processor.save_pretrained(out)  # preprocessor_config.json, what transformers 4 looks for
     (out / "vocab.json").write_text(raw_vocab, encoding="utf-8")  # OpenAI-layout originals
     (out / "merges.txt").write_text(raw_merges, encoding="utf-8")
 
@@ -596,103 +612,131 @@ def main(argv=None) -> None:
     eval_s = time.time() - t_eval
     total_s = time.time() - t_start
     for k, v in results.items():
-        print(f"{k:8s} {v['classes']:3d}-way  all {v['all']:.3f}  seen {v['seen']:.3f}  held-out {v['held_out']:.3f}  (chance {v['chance']:.3f})")
+        print(f"{k:8s} {v['classes']:3d}-way  all-64 {v['uniform']:.3f}  seen {v['seen']:.3f}  held-out {v['held_out']:.3f}  (chance {v['chance']:.3f})")
 
-    write_card(out, args, config, tokenizer, n_params, model.logit_scale.exp().item(), results, train_s, eval_s, total_s)
+    timing = dict(train_s=train_s, train_cpu_s=train_cpu_s, eval_s=eval_s, total_s=total_s)
+    write_card(out, args, config, tokenizer, n_params, model.logit_scale.exp().item(), results, timing)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"saved {out} ({size / 1e6:.2f} MB)  train {train_s:.0f}s  total {total_s:.0f}s")
 
 
-def write_card(out: Path, args, config, tokenizer, n_params, logit_scale, results, train_s, eval_s, total_s) -> None:
+def write_card(out: Path, args, config, tokenizer, n_params, logit_scale, results, timing) -> None:
     import torch
     import transformers
 
     files = sorted(f for f in out.iterdir() if f.is_file() and f.name != "MODEL_CARD.md")
     rows = "\n".join(
-        f"| {k} | {v['classes']}-way | {v['chance']:.3f} | {v['all']:.3f} | {v['seen']:.3f} | {v['held_out']:.3f} |"
+        f"| {k} | {v['classes']} | {v['chance']:.3f} | **{v['uniform']:.3f}** | {v['seen']:.3f} | {v['held_out']:.3f} |"
         for k, v in results.items()
     )
     held = ", ".join(f"{c} {s}" for c, s in HELD_OUT)
     tc, vc = config.text_config, config.vision_config
+    n_seen = 64 - len(HELD_OUT)
+    command = (
+        f"python exporters/builtin/train_shapes_clip.py --seed {args.seed} --steps {args.steps} --batch {args.batch} "
+        f"--lr {args.lr} --threads {args.threads}"
+    )
     card = f"""# builtin:shapes-clip
 
 A small **`transformers.CLIPModel`** (ViT image tower + causal text transformer) trained by
-vlmedge from scratch on generated images of coloured shapes
-(`exporters/builtin/shapes.py`), with a project-made CLIP byte-level BPE tokenizer.
-Nothing in this folder was downloaded. It exists so exporters, runtimes and tests can run a
-real CLIP end to end (image + text towers, tokenizer, image processor) offline in seconds.
-
-Load it with the ordinary classes:
+vlmedge from scratch on generated images of coloured shapes (`exporters/builtin/shapes.py`),
+with a project-made CLIP byte-level BPE tokenizer. Nothing in this folder was downloaded.
+It exists so exporters, runtimes and tests can run a real CLIP end to end (both towers,
+tokenizer, image processor) offline in seconds. It is a toy: it knows 8 shapes, 8 colours
+and 2 sizes on 64x64 images and nothing else.
 
 ```python
 from transformers import CLIPModel, CLIPProcessor
-model = CLIPModel.from_pretrained("{out.name}")
-processor = CLIPProcessor.from_pretrained("{out.name}")   # CLIPTokenizer + CLIPImageProcessor
+model = CLIPModel.from_pretrained("exporters/builtin/models/shapes-clip")
+processor = CLIPProcessor.from_pretrained("exporters/builtin/models/shapes-clip")  # CLIPTokenizer + CLIPImageProcessor
+inputs = processor(text=["a photo of a star.", "a photo of a ring."], images=image, return_tensors="pt", padding=True)
+probs = model(**inputs).logits_per_image.softmax(-1)
 ```
 
 ## Zero-shot accuracy
 
-Measured after saving, through this folder with `CLIPProcessor` + `CLIPModel`
-(argmax of `logits_per_image.softmax(-1)`) on {args.eval_seen + args.eval_held} fresh images
-(seed {args.seed + 10_000}, never used in training): {args.eval_seen} of (colour, shape) pairs seen in
-training and {args.eval_held} of the {len(HELD_OUT)} held-out pairs, sizes uniform.
-"all" is that mix ({args.eval_held / (args.eval_seen + args.eval_held):.0%} held-out), not uniform over the 64 pairs.
+Measured after saving, through this folder with `CLIPProcessor` + `CLIPModel` (argmax of
+`logits_per_image.softmax(-1)` over one prompt per class), on fresh images from seed
+{args.seed + 10_000} (training never draws from it): {args.eval_seen} images of the {n_seen} (colour, shape)
+pairs seen in training and {args.eval_held} of the {len(HELD_OUT)} held-out pairs, sizes uniform.
+"all 64 pairs" weights the two columns {n_seen}:{len(HELD_OUT)}, i.e. what uniformly random images
+(`shapes.random_example`) get.
 
-| task | classes | chance | all | seen pairs | held-out pairs |
+| task | classes | chance | all 64 pairs | seen pairs | held-out pairs |
 |---|---|---|---|---|---|
 {rows}
 
 Prompts: shape `"{SHAPE_PROMPT}"`, colour `"{COLOR_PROMPT}"`, size `"{SIZE_PROMPT}"`,
-caption `"{CAPTION_PROMPT}"` (all 2 x 8 x 8 = 128 captions as classes).
-These prompt forms also occur among the training captions (as CLIP's prompt templates do).
+caption `"{CAPTION_PROMPT}"` (all 2 x 8 x 8 = 128 captions are the classes). Prompts of these
+forms are among the training captions, as CLIP's prompt templates are among its captions.
 
-Held-out (colour, shape) pairs, never rendered for training, either size: {held}.
-Their captions were never seen either, so the held-out columns measure compositional
-generalisation of both towers.
+**Held-out (colour, shape) pairs**, never drawn in training in either size, so neither tower
+ever saw them together: {held}. The held-out column is compositional generalisation: the
+model must recognise e.g. a {HELD_OUT[0][0]} {HELD_OUT[0][1]} having seen {HELD_OUT[0][0]} things and {HELD_OUT[0][1]}s only apart.
 
 ## Model
 
-* `CLIPConfig`: projection_dim {config.projection_dim}, logit_scale init {config.logit_scale_init_value} (learned, clamped to <= ln 100; trained value exp(logit_scale) = {logit_scale:.1f}).
-* vision: image_size {vc.image_size}, patch_size {vc.patch_size} ({(vc.image_size // vc.patch_size) ** 2} patches + CLS), hidden {vc.hidden_size}, MLP {vc.intermediate_size}, {vc.num_hidden_layers} layers, {vc.num_attention_heads} heads, {vc.hidden_act}.
-* text: vocab {tc.vocab_size}, max_position_embeddings {tc.max_position_embeddings} (CLIP's 77; captions use ~8-12), hidden {tc.hidden_size}, MLP {tc.intermediate_size}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, {tc.hidden_act}; bos/eos/pad ids {tc.bos_token_id}/{tc.eos_token_id}/{tc.pad_token_id} (pooled at the first `<|endoftext|>`).
-* {n_params / 1e6:.2f} M parameters, float32 safetensors.
+* `CLIPConfig`: projection_dim {config.projection_dim}; logit_scale learned from {config.logit_scale_init_value} (clamped to <= ln 100), trained exp(logit_scale) = {logit_scale:.1f}.
+* vision (`CLIPVisionConfig`): image_size {vc.image_size}, patch_size {vc.patch_size} ({(vc.image_size // vc.patch_size) ** 2} patches + CLS), hidden {vc.hidden_size}, MLP {vc.intermediate_size}, {vc.num_hidden_layers} layers, {vc.num_attention_heads} heads, {vc.hidden_act}.
+* text (`CLIPTextConfig`): vocab {tc.vocab_size}, max_position_embeddings {tc.max_position_embeddings} (CLIP's 77; the captions use 6-13 tokens), hidden {tc.hidden_size}, MLP {tc.intermediate_size}, {tc.num_hidden_layers} layers, {tc.num_attention_heads} heads, {tc.hidden_act}; bos / eos / pad ids {tc.bos_token_id} / {tc.eos_token_id} / {tc.pad_token_id}, so the text is pooled at the first `<|endoftext|>`.
+* {n_params:,} parameters, float32 `model.safetensors`.
 
 ## Tokenizer
 
-`CLIPTokenizer` with a project-made byte-level BPE (`vocab.json` + `merges.txt`, OpenAI CLIP layout):
-256 byte symbols, the same with `</w>`, {len(tokenizer) - 514} merged tokens learned with the
-`tokenizers` BPE trainer on CLIP's pre-tokenization (the caption words plus ~200 common English
-words), then `<|startoftext|>` ({tokenizer.bos_token_id}) and `<|endoftext|>` ({tokenizer.eos_token_id}, also pad and unk).
-Every shape, colour and size word is one token; any other text falls back to byte-level
-pieces, so nothing maps to unk. Lower-cases like CLIP's. `model_max_length` {CONTEXT_LENGTH}.
+`CLIPTokenizer`, project-made byte-level BPE in OpenAI CLIP's layout (`vocab.json` + `merges.txt`;
+`tokenizer.json` is the same tokenizer as `save_pretrained` writes it): the 256 byte symbols, the
+same with `</w>`, {len(tokenizer) - 514} merged tokens, then `<|startoftext|>` = {tokenizer.bos_token_id} and
+`<|endoftext|>` = {tokenizer.eos_token_id} (also pad and unk). The merges were learned with the `tokenizers`
+`BpeTrainer` under CLIP's normalisation (NFC, whitespace, lower-case) and pre-tokenisation on the
+caption words plus ~200 common English words, so every shape, colour and size word and the
+template words are single tokens, and any other text still tokenises into byte-level pieces
+(nothing maps to unk). `model_max_length` {CONTEXT_LENGTH}.
 
 ## Image processor
 
-`CLIPImageProcessor`: resize shortest edge {IMAGE_SIZE} (bicubic), center crop {IMAGE_SIZE}x{IMAGE_SIZE},
-rescale 1/255, normalise with OpenAI CLIP mean/std.
+`CLIPImageProcessor`: resize shortest edge {IMAGE_SIZE} (bicubic), center crop {IMAGE_SIZE}x{IMAGE_SIZE}, rescale 1/255,
+normalise with OpenAI CLIP's mean / std. (With transformers 5 and no torchvision it loads as `CLIPImageProcessorPil`.)
 
-## Data and recipe
+## Data
 
-* Images: `shapes.render(shape, colour, size, rng, {IMAGE_SIZE})`, 8 shapes x 8 colours x 2 sizes on random textured
-  backgrounds, drawn fresh every step (no image repeats), from the {64 - len(HELD_OUT)} training (colour, shape) pairs.
-* Captions: {1 - PARTIAL_PROB:.0%} full ("a {{size}} {{color}} {{shape}}" in {len(FULL_TEMPLATES)} templates:
-  "a photo of a ...", "a picture of a ...", "a ... .", ...), {PARTIAL_PROB:.0%} partial naming one or two
-  attributes ({len(PARTIAL_TEMPLATES)} templates, e.g. "a photo of a {{shape}}.", "a photo of a {{color}} object.").
-* Loss: CLIP's symmetric contrastive cross-entropy over the batch, where every caption that
-  describes an image (agrees on each attribute it names) counts as a positive (targets spread
-  evenly over positives), since with 128 classes a batch holds many equal captions.
-* {args.steps} steps x batch {args.batch} ({args.steps * args.batch:,} pairs), AdamW lr {args.lr} (betas 0.9/0.98,
-  weight decay 0.05 on matrices), {max(1, args.steps // 20)} warmup steps then cosine to 2%, grad clip 1.0, seed {args.seed}.
-* Wall time: training {train_s / 60:.1f} min, evaluation {eval_s:.0f} s, total {total_s / 60:.1f} min on
-  {args.threads} CPU threads ({platform.processor() or platform.machine()}), torch {torch.__version__}, transformers {transformers.__version__}.
+* Images: `shapes.render(shape, colour, size, rng, {IMAGE_SIZE})`: 8 shapes x 8 colours x 2 sizes, random
+  position / rotation / colour jitter, on random noise / stripe / gradient / checker backgrounds,
+  sometimes blurred; drawn fresh at every step (no image is seen twice), only from the {n_seen} training pairs.
+* Captions, one per image: {1 - PARTIAL_PROB:.0%} name size, colour and shape ({len(FULL_TEMPLATES)} templates such as
+  "a {{size}} {{color}} {{shape}}", "a photo of a {{size}} {{color}} {{shape}}.", "a picture of a ...", "the ... .",
+  "a {{size}} {{shape}} that is {{color}}."), {PARTIAL_PROB:.0%} name one or two of them ({len(PARTIAL_TEMPLATES)} templates such as
+  "a photo of a {{shape}}.", "a photo of a {{color}} object.", "a {{size}} {{shape}}").
+
+## Recipe
+
+* Loss: CLIP's symmetric image-text cross-entropy over the batch, with the learned temperature.
+  With 128 classes a batch holds many captions that fit several images, so every caption that
+  describes an image (agrees on each attribute it names) is a positive, the target spread evenly
+  over the positives. Pairs that are negatives only because of the held-out design (a caption
+  naming just "circle" against a red image when (red, circle) is held out) are left out of the
+  softmax, so the text tower does not learn "circle" = "not red" (flag `--drop-unseen-negatives`).
+* Batches draw from {args.colors_per_batch} of the 8 colours (a fresh subset each step; 8 = all).
+* Training-only auxiliary (not saved): token labelling (Jiang et al., 2021), a linear head on the
+  vision patch tokens predicting which shape (or background) each 8x8 patch shows, weight
+  {args.token_loss}. A small ViT learns shapes slowly from a contrastive signal alone; the
+  dense per-patch signal speeds that up. The shipped weights are a plain `CLIPModel`.
+* Vision init: {"2-D sine-cosine position embeddings and mimetic attention init (Trockman & Kolter, 2023), all trainable" if args.vision_init == "mimetic" else "transformers' default"}.
+* {args.steps} steps x batch {args.batch} = {args.steps * args.batch:,} pairs; AdamW lr {args.lr}, betas 0.9 / 0.98,
+  weight decay 0.05 on matrices (not embeddings, norms, biases), {max(1, args.steps // 20)} warm-up steps then cosine
+  to 2 %, gradient clipping 1.0, seed {args.seed}, {args.threads} torch thread(s).
+* Wall time: training {timing['train_s'] / 60:.1f} min ({timing['train_cpu_s'] / 60:.1f} min of CPU time), evaluation
+  {timing['eval_s']:.0f} s, total {timing['total_s'] / 60:.1f} min, on a shared, busy 2-core {platform.machine()} machine
+  (other jobs ran beside it, so the wall time is longer than on an idle one);
+  torch {torch.__version__}, transformers {transformers.__version__}.
 
 ## Reproduce
 
-```
-python exporters/builtin/train_shapes_clip.py --seed {args.seed} --steps {args.steps} --batch {args.batch}
-```
+From the repository root (writes this folder; training is seeded, but results can differ
+slightly across CPUs / library versions):
 
-(run from the repository root; writes this folder). Results vary slightly across machines / torch versions.
+```
+{command}
+```
 
 ## Files
 

@@ -29,6 +29,9 @@ from vlmedge.serve.problems import Problem, from_vlmedge_error, retry_after
 
 log = logging.getLogger("vlmedge.serve")
 
+# Request bodies up to this size are parsed and checked on the event loop itself.
+INLINE_BYTES = 256 * 1024
+
 
 def load_models(artifacts: Iterable[str | os.PathLike], backend: str = "auto", precision: str | None = None,
                 device: str = "cpu") -> dict[str, Any]:
@@ -97,9 +100,17 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
     return b"".join(chunks)
 
 
+async def _off_loop(size: int, fn: Any, *args: Any) -> Any:
+    """Runs fn inline for small bodies (a thread hop costs more than parsing them), in a
+    request thread for large ones, so the event loop never stalls on a big upload."""
+    if size <= INLINE_BYTES:
+        return fn(*args)
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
 async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint: Any, limits: Limits) -> Any:
-    """Body -> checked inputs -> the model's job, in one trip to a request thread (JSON
-    decoding and image/audio header checks stay off the event loop)."""
+    """Body -> checked inputs -> the model's job (JSON decoding, base64 and the image/audio
+    header checks; the files themselves are decoded in the batch)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         def from_json() -> Any:
@@ -107,7 +118,7 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
             check_limits(inputs, limits)
             return inputs, served.prepare(endpoint, inputs, limits)
 
-        return await anyio.to_thread.run_sync(from_json)
+        return await _off_loop(len(body), from_json)
     if content_type == "multipart/form-data":
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -121,7 +132,7 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
             raise Problem(400, "invalid_multipart",
                           f"The multipart body could not be read: {exc.detail}") from None
         check_limits(inputs, limits)
-        return inputs, await anyio.to_thread.run_sync(served.prepare, endpoint, inputs, limits)
+        return inputs, await _off_loop(len(body), served.prepare, endpoint, inputs, limits)
     raise Problem(415, "unsupported_media_type",
                   f"Content-Type {content_type or '(none)'} is not supported; send application/json "
                   "(base64 files) or multipart/form-data (file uploads).")
