@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import importlib
-import importlib.metadata
 import platform
 import shutil
 import time
@@ -20,11 +19,12 @@ import numpy as np
 
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
+from vlmedge.environment import package_versions
 from vlmedge.errors import ExportError, ParityError
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.parity import reference_outputs
-from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.exporters.spec import GraphSpec
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import open_session
 
@@ -68,15 +68,8 @@ def build_variant(target: str, precision: str, writer: ArtifactWriter,
 Progress = Callable[[str], None]
 
 
-def package_versions(names: Iterable[str] = ("vlmedge", "torch", "transformers", "onnx", "onnxruntime",
-                                             "openvino", "nncf", "tensorrt", "numpy")) -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+# What made an artifact, recorded in its manifest.
+EXPORT_PACKAGES = ("vlmedge", "torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy")
 
 
 def _check_choices(kind: str, chosen: Iterable[str], allowed: tuple[str, ...]) -> list[str]:
@@ -228,7 +221,7 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
             "preprocess": spec.preprocess,
             "labels": spec.labels,
             "postprocess": spec.postprocess,
-            "versions": package_versions(),
+            "versions": {"python": platform.python_version(), **package_versions(EXPORT_PACKAGES)},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "export": {"opset": opset, "targets": sorted({"onnx", *targets}), "precisions": precisions},
             **spec.manifest_extra,
