@@ -13,13 +13,15 @@ the same files, with the same backend and precision:
                   (what `vlmedge predict DIR --out x.parquet` runs)
     ray           vlmedge.ray.run on a local Ray instance with every CPU (what
                   `vlmedge predict DIR --engine ray --out x.parquet` runs), timed from the
-                  call to the last result row: actor start-up and model load included,
-                  ray.init reported separately
+                  call to the last result row: actor start-up and model load included;
+                  ray.init and a first 4-image job that starts Ray's workers come before
 
 in --rounds alternating rounds (medians reported, each run with the load average at its
 start: on a busy machine the figures are noisy), and checks that the Ray rows equal the
-local ones. "items/s" is end to end (model load and, for Ray, actor start-up included);
-"steady" counts the items after the first batch of results over the time after it.
+local ones. "items/s" is end to end (model load and, for Ray, actor start-up included).
+"CPU ms/item" sums user + system time of every process involved (local: this process;
+Ray: the driver, GCS, raylet, workers and actors), which a busy machine disturbs far less than wall
+time; cores / (CPU s per item) is the most an otherwise idle machine could do.
 """
 
 from __future__ import annotations
@@ -82,6 +84,58 @@ def render_images(count: int, folder: Path) -> Path:
     return folder
 
 
+class CpuMeter:
+    """CPU seconds (user + system) used by this process and every process it started (the
+    local Ray instance: GCS, raylet, workers, actors), sampled every 0.2 s so that workers
+    that exit during a run still count. Without psutil it reports None."""
+
+    def __init__(self, tree: bool = True) -> None:
+        self._tree = tree
+        try:
+            import psutil
+        except ImportError:
+            psutil = None
+        self._psutil = psutil
+        self._last: dict[int, float] = {}
+        self._stop = None
+
+    def _sample(self) -> None:
+        me = self._psutil.Process()
+        for proc in [me] + (me.children(recursive=True) if self._tree else []):
+            try:
+                times = proc.cpu_times()
+            except self._psutil.Error:
+                continue
+            self._last[proc.pid] = max(self._last.get(proc.pid, 0.0), times.user + times.system)
+
+    def __enter__(self) -> "CpuMeter":
+        import threading
+
+        self.seconds = None
+        if self._psutil is None:
+            return self
+        self._last.clear()
+        self._sample()
+        self._start = dict(self._last)
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.wait(0.2):
+                self._sample()
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._psutil is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.seconds = sum(t - self._start.get(pid, 0.0) for pid, t in self._last.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--images", type=int, default=512)
@@ -110,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     init_s = time.perf_counter() - started
+    # A first job starts Ray's worker processes (about 20 CPU s here, once per Ray instance);
+    # every timed run below still starts its own actor and loads the model.
+    warm = vray.run(artifact, found.files[:4], "classify", batch_size=args.batch_size, **options)
+    warm.take_all()
 
     # Rounds alternate the engines, so that a change in the machine's load hits both alike.
     samples: dict[str, list[dict]] = {"local": [], "ray": []}
@@ -117,53 +175,53 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for engine in ("local", "ray"):
             load = os.getloadavg()[0]
-            first: list[tuple[float, int]] = []  # (time, rows) when the first batch of results arrived
-
-            def arrived(rows: int) -> None:
-                if not first:
-                    first.append((time.perf_counter(), rows))
-
             started = time.perf_counter()
-            if engine == "local":
-                tables[engine] = run_local(job, found, batch_size=args.batch_size, progress=arrived)
-            else:
-                dataset = vray.run(artifact, images, "classify", batch_size=args.batch_size,
-                                   concurrency=args.concurrency, **options)
-                parts = []
-                for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                    arrived(batch.num_rows)
-                    parts.append(batch)
-                tables[engine] = pa.concat_tables(parts)
-            ended = time.perf_counter()
+            with CpuMeter(tree=engine == "ray") as cpu:  # the local engine is this process alone
+                if engine == "local":
+                    tables[engine] = run_local(job, found, batch_size=args.batch_size)
+                else:
+                    dataset = vray.run(artifact, images, "classify", batch_size=args.batch_size,
+                                       concurrency=args.concurrency, **options)
+                    batches = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+                    tables[engine] = pa.concat_tables(list(batches))
+                ended = time.perf_counter()
             n = found_count(found)
-            steady = (n - first[0][1]) / max(ended - first[0][0], 1e-9)
+            cpu_ms = None if cpu.seconds is None else 1000 * cpu.seconds / n
             samples[engine].append({"seconds": round(ended - started, 2), "items_per_s": round(n / (ended - started), 1),
-                                    "steady_items_per_s": round(steady, 1), "load_average": round(load, 1)})
+                                    "load_average": round(load, 1),
+                                    "cpu_ms_per_item": None if cpu_ms is None else round(cpu_ms, 1)})
+            print(f"  {engine}: {samples[engine][-1]}", flush=True)
     ray.shutdown()
     equal = tables["ray"].equals(tables["local"])
 
     n = tables["local"].num_rows
     median = {engine: statistics.median(s["items_per_s"] for s in runs) for engine, runs in samples.items()}
-    steady = {engine: statistics.median(s["steady_items_per_s"] for s in runs) for engine, runs in samples.items()}
+    cpu_ms = {engine: (statistics.median(s["cpu_ms_per_item"] for s in runs) if runs[0]["cpu_ms_per_item"] else None)
+              for engine, runs in samples.items()}
+    cores = os.cpu_count() or 1
+    # what the CPU cost allows on this many otherwise idle cores (an upper bound: perfect overlap)
+    bound = {engine: (round(1000 * cores / ms, 1) if ms else None) for engine, ms in cpu_ms.items()}
     result = {
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "model": args.model, "images": n, "batch_size": args.batch_size, "concurrency": args.concurrency,
         "rounds": args.rounds, "ray_init_s": round(init_s, 2), "samples": samples,
         "median_items_per_s": median, "ray_over_local": round(median["ray"] / median["local"], 3),
-        "median_steady_items_per_s": steady, "steady_ray_over_local": round(steady["ray"] / steady["local"], 3),
+        "median_cpu_ms_per_item": cpu_ms, "idle_machine_bound_items_per_s": bound,
         "ray_equals_local": equal,
     }
     print(f"{n} images, {args.model}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
           f"{args.concurrency} inference actor(s), ray.init {init_s:.1f} s")
-    print(f"{'round':>5} {'engine':>6} {'seconds':>8} {'items/s':>8} {'steady':>8} {'load avg':>9}")
+    print(f"{'round':>5} {'engine':>6} {'seconds':>8} {'items/s':>8} {'CPU ms/item':>12} {'load avg':>9}")
     for i in range(args.rounds):
         for engine in ("local", "ray"):
             s = samples[engine][i]
             print(f"{i + 1:>5} {engine:>6} {s['seconds']:>8.2f} {s['items_per_s']:>8.1f} "
-                  f"{s['steady_items_per_s']:>8.1f} {s['load_average']:>9.1f}")
-    print(f"median items/s end to end: local {median['local']:.1f}, ray {median['ray']:.1f} "
-          f"(ray / local = {median['ray'] / median['local']:.2f}); after the first batch: local "
-          f"{steady['local']:.1f}, ray {steady['ray']:.1f} ({steady['ray'] / steady['local']:.2f})")
+                  f"{s['cpu_ms_per_item'] or float('nan'):>12.1f} {s['load_average']:>9.1f}")
+    print(f"median items/s: local {median['local']:.1f}, ray {median['ray']:.1f} "
+          f"(ray / local = {median['ray'] / median['local']:.2f})")
+    if cpu_ms["local"] and cpu_ms["ray"]:
+        print(f"CPU ms per item (all processes): local {cpu_ms['local']:.1f}, ray {cpu_ms['ray']:.1f}; on {cores} idle "
+              f"cores that allows at most local {bound['local']:.1f}, ray {bound['ray']:.1f} items/s")
     print(f"Ray rows equal the local rows: {equal}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -7,9 +7,9 @@
 - bf16: the same fp16-stored weights, run with inference precision bf16 (AVX512-BF16 /
   AMX CPUs, GPUs); a precision the user asks for explicitly, never a silent default.
 - int8: NNCF post-training quantization for transformers, calibrated on the export's
-  calibration feeds; on a failed gate retried without SmoothQuant and with the first and
-  last layers, then the transformer-sensitive ops, kept in float (IgnoredScope), then as
-  int8 weights with float activations.
+  calibration feeds; on a failed gate retried with the first and last layers kept in float
+  and min/max activation ranges, then with the transformer-sensitive ops kept in float too
+  (IgnoredScope), then as int8 weights with float activations.
 
 The inference precision each file was verified with is stored as the manifest entry's
 session_options, so `vlmedge.load` and `vlmedge check` run it the same way.
@@ -113,12 +113,17 @@ def layer_names(model: ov.Model) -> tuple[list[str], list[str]]:
 
 
 def openvino_int8_recipes(context: Any) -> list[Recipe]:
-    """NNCF post-training quantization for transformers, by level: 0, NNCF's defaults
-    (model_type TRANSFORMER, with SmoothQuant); 1, SmoothQuant off and the first and last
-    layers kept in float; 2, also LayerNorm, GELU, Softmax, residual Adds and the attention
-    kept in float (IgnoredScope); 3, int8 weights with float activations."""
+    """NNCF post-training quantization for transformers, by level:
+
+    0. NNCF's defaults (model_type TRANSFORMER: SmoothQuant, averaged activation ranges);
+    1. the first and last layers kept in float and activation ranges from the calibration
+       set's global min/max, which no calibration input clips (with and without SmoothQuant);
+    2. also LayerNorm, GELU, Softmax, residual Adds and the attention kept in float;
+    3. int8 weights with float activations.
+    """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     nncf.set_log_level(logging.ERROR)
     calibration, source = calibration_rows(context)
@@ -127,7 +132,11 @@ def openvino_int8_recipes(context: Any) -> list[Recipe]:
     # OpenVINO's names for the ops kept at level 2 (LayerNorm is MVN + Multiply + Add; OpenVINO's
     # ONNX frontend fuses attention into ScaledDotProductAttention)
     kept_types = ["MVN", "Gelu", "Softmax", "Add", "ScaledDotProductAttention"]
-    no_smooth_quant = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+
+    def careful(smooth_quant: bool) -> Any:
+        return AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+            smooth_quant_alphas=AdvancedSmoothQuantParameters() if smooth_quant else AdvancedSmoothQuantParameters(matmul=-1))
 
     def quantize(ignored: nncf.IgnoredScope | None = None, advanced: Any = None):
         def build(folder: Path, name: str):
@@ -142,14 +151,16 @@ def openvino_int8_recipes(context: Any) -> list[Recipe]:
 
     norm = ["LayerNorm (MVN)", "Gelu", "Softmax"]
     level2_names = ends + activation_matmuls
+    keep_ends = nncf.IgnoredScope(names=ends, validate=False)
     return [
         Recipe("nncf-transformer", 0, {"op_types": norm, "nodes": []}, quantize(), {**calib}),
-        Recipe("nncf-transformer", 1, {"op_types": norm, "nodes": ends},
-               quantize(nncf.IgnoredScope(names=ends, validate=False), no_smooth_quant),
-               {**calib, "smooth_quant": False, "ignored_scope": {"names": ends}}),
+        *[Recipe("nncf-transformer", 1, {"op_types": norm, "nodes": ends}, quantize(keep_ends, careful(sq)),
+                 {**calib, "activation_ranges": "minmax", "smooth_quant": sq, "ignored_scope": {"names": ends}})
+          for sq in (True, False)],
         Recipe("nncf-transformer", 2, {"op_types": SENSITIVE[:5], "nodes": ends},
-               quantize(nncf.IgnoredScope(names=level2_names, types=kept_types, validate=False), no_smooth_quant),
-               {**calib, "smooth_quant": False, "ignored_scope": {"names": level2_names, "types": kept_types}}),
+               quantize(nncf.IgnoredScope(names=level2_names, types=kept_types, validate=False), careful(False)),
+               {**calib, "activation_ranges": "minmax", "smooth_quant": False,
+                "ignored_scope": {"names": level2_names, "types": kept_types}}),
         Recipe("nncf-weights-only", 3, {"op_types": ["all activations (int8 weights only)"], "nodes": []},
                weights_only, {}),
     ]

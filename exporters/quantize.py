@@ -78,8 +78,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
         for level in sorted({r.level for r in recipes}):
             passing = []
             candidates = [r for r in recipes if r.level == level]
-            for recipe in candidates:
-                folder = Path(work) / f"{recipe.method}-{level}"
+            for index, recipe in enumerate(candidates):
+                folder = Path(work) / f"{recipe.method}-{level}-{index}"  # one level may try a method twice
                 folder.mkdir()
                 attempt: dict[str, Any] = {"method": recipe.method, "level": level,
                                            "kept_in_float": recipe.kept_in_float, **recipe.notes}

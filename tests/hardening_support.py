@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import signal
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,7 +34,7 @@ _SOURCE_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".json", ".lock"}
 
 def _digest(path: Path) -> tuple[int, str]:
     info = path.lstat()
-    if path.is_symlink():
+    if stat.S_ISLNK(info.st_mode):
         return info.st_size, "link:" + os.readlink(path)
     if not stat.S_ISREG(info.st_mode):  # a FIFO left by another case: opening it would block forever
         return info.st_size, f"special:{stat.S_IFMT(info.st_mode)}"
@@ -321,8 +321,12 @@ def tiny_classifier_artifact(destination: Path, labels: int = 4) -> Path:
             initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "hw"), _weights("w", (3, labels), 4)])
         path = _save(graph, writer.path("onnx/model.fp32.onnx"))
         session = open_session(path)
+        pixels = np.random.default_rng(5).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        np.savez(writer.path("samples/parity.npz"), **{"model.input.pixel_values": pixels,
+                                                       "model.reference.logits": session.run({"pixel_values": pixels})["logits"]})
+        writer.add("samples/parity.npz", role="parity_inputs")
         writer.add("onnx/model.fp32.onnx", role="model", graph="model", target="onnx", precision="fp32",
-                   parity={"passed": True})
+                   parity={"passed": True, "samples": 1, "outputs": {"logits": {"cosine_min": 1.0, "max_abs": 0.0}}})
         return writer.commit({
             "task": "image-classification", "source": {"kind": "test"}, "graphs": {"model": graph_io(session)},
             "preprocess": {"image": spec.to_dict()}, "labels": [f"label{i}" for i in range(labels)],

@@ -69,6 +69,24 @@ def test_tokenizer_is_clip_like(loaded):
     assert config["text_config"]["vocab_size"] == len(tok)
 
 
+def test_towers_load_on_their_own(loaded):
+    """Exporters split CLIP into its towers: the *WithProjection classes must build the same embeddings."""
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    model, processor = loaded
+    image, *_ = shapes.random_example(np.random.default_rng(1), 64)
+    inputs = processor(text=["a photo of a star."], images=[image], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        full = model(**inputs)
+        vision = CLIPVisionModelWithProjection.from_pretrained(MODEL_DIR).eval()(pixel_values=inputs["pixel_values"])
+        text = CLIPTextModelWithProjection.from_pretrained(MODEL_DIR).eval()(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        )
+    norm = lambda t: t / t.norm(dim=-1, keepdim=True)  # noqa: E731
+    torch.testing.assert_close(norm(vision.image_embeds), full.image_embeds, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(norm(text.text_embeds), full.text_embeds, atol=1e-5, rtol=1e-4)
+
+
 def test_shape_zero_shot_accuracy(loaded):
     model, processor = loaded
     rng = np.random.default_rng(EVAL_SEED)

@@ -288,6 +288,15 @@ _manifest_case("manifest-session-option-cache-dir", r"session option cache_dir='
                lambda m: _model(m).update(session_options={"cache_dir": "/tmp/x"}))
 _manifest_case("manifest-model-without-target", r"model file 'onnx/model\.fp32\.onnx' lacks its graph, target or precision",
                lambda m: _model(m).pop("target"))
+_manifest_case("manifest-parity-a-string", r"the parity report of 'onnx/model\.fp32\.onnx' is not an object",
+               lambda m: _model(m).update(parity="passed"))
+_manifest_case("manifest-parity-gate-unknown-key", r"the parity report of 'onnx/model\.fp32\.onnx' has an invalid gate",
+               lambda m: _model(m)["parity"]["gate"].update(exec="os.system('x')"))
+_manifest_case("manifest-parity-no-outputs", r"the parity report of 'onnx/model\.fp32\.onnx' has an invalid outputs",
+               lambda m: _model(m)["parity"].update(outputs={}))
+_manifest_case("manifest-source-a-list", r"source must be an object", lambda m: m.update(source=["hf"]))
+_manifest_case("manifest-unknown-target", r"holds no model files this vlmedge can run \(targets: antigravity\)",
+               lambda m: _model(m).update(target="antigravity"))
 _manifest_case("manifest-size-a-string", r"file entry 'onnx/model\.fp32\.onnx' needs .* integer size",
                lambda m: _model(m).update(size="big"))
 _manifest_case("manifest-duplicate-entry", r"lists 'onnx/model\.fp32\.onnx' twice", lambda m: m["files"].append(dict(_model(m))))

@@ -83,3 +83,44 @@ def test_a_file_onnx_runtime_cannot_load_is_an_artifact_error(tmp_path):
     path.write_bytes(b"\x08\x07" + b"\xff" * 64)
     with pytest.raises(ArtifactError, match=r"ONNX Runtime cannot load model\.onnx"):
         open_session(path)
+
+
+def test_loading_and_running_an_artifact_writes_nothing_to_home(tmp_path):
+    """ONNX Runtime's telemetry would record each session in ~/.cache/Microsoft/...; vlmedge
+    turns it off (ORT_DISABLE_TELEMETRY) so that serving an artifact writes nowhere."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hardening_support import REPO, tiny_classifier_artifact
+
+    artifact = tiny_classifier_artifact(tmp_path / "artifact")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    code = ("import numpy as np, vlmedge; c = vlmedge.load(r'%s'); "
+            "print(c.classify(np.zeros((8, 8, 3), np.uint8))[0].label)" % artifact)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, "HOME": str(home), "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("label")
+    assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
+
+
+def test_check_never_imports_a_module_the_manifest_names(tmp_path):
+    """`vlmedge check` looks up a model's backend package; a target such as 'antigravity.x'
+    must not make it import (and run) the module 'antigravity'."""
+    import json
+    import sys
+
+    from vlmedge.check import check_artifact
+    from tests.hardening_support import tiny_classifier_artifact
+
+    root = tiny_classifier_artifact(tmp_path / "artifact")
+    manifest = json.loads((root / "manifest.json").read_text())
+    next(e for e in manifest["files"] if e["role"] == "model")["target"] = "antigravity.x"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    sys.modules.pop("antigravity", None)
+    (report,) = check_artifact(root)
+    assert report["skipped"] == "this vlmedge has no backend for target 'antigravity.x'" and report["passed"] is None
+    assert "antigravity" not in sys.modules

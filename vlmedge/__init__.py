@@ -3,11 +3,18 @@ TensorRT, verify them against their source, and serve them without PyTorch."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from vlmedge.errors import VlmedgeError
 
 __version__ = "0.1.0"
+
+# ONNX Runtime (1.32 on Linux) otherwise records every session it opens, with the model's
+# file name, in ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db: loading an
+# artifact must write nothing outside it. Read when onnxruntime is imported, so set here;
+# an explicit ORT_DISABLE_TELEMETRY=0 from the user is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def load(path: Any, backend: str = "auto", device: str = "cpu", precision: str | None = None, **options: Any):

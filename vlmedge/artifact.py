@@ -232,7 +232,10 @@ def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise _malformed(where, "labels must be a list of strings or null")
     if not isinstance(manifest.get("postprocess") or {}, dict):
-        raise _malformed(where, "postprocess must be an object")
+        raise _malformed(where, "postprocess must be an object or null")
+    for key in ("source", "versions", "export"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise _malformed(where, f"{key} must be an object")
     seen: set[str] = set()
     modelled: set[str] = set()
     for entry in manifest["files"]:
@@ -253,8 +256,56 @@ def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
             raise _malformed(where, f"model file {entry['path']!r} is of graph '{entry['graph']}', which it does not describe")
         modelled.add(entry["graph"])
         _check_session_options(entry, where)
+        _check_parity(entry, where)
     if set(graphs) - modelled:
         raise _malformed(where, f"graph(s) {sorted(set(graphs) - modelled)} have no model file")
+
+
+_METRICS = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "top1", "top5", "prob_max_abs")
+
+
+def _gate_keys() -> tuple[set[str], set[str]]:
+    """(required, allowed) keys of a stored Gate, from the dataclass itself."""
+    import dataclasses
+
+    from vlmedge.parity import Gate
+
+    fields = dataclasses.fields(Gate)
+    return ({f.name for f in fields if f.default is dataclasses.MISSING}, {f.name for f in fields})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_parity(entry: dict[str, Any], where: Path) -> None:
+    """The parity report's fields that load, info, check and bench read: a report (when not
+    empty) has passed, samples and per-output metrics; the optional parts have their types."""
+    report = entry.get("parity")
+    if not report:
+        return
+    bad = f"the parity report of {entry['path']!r}"
+    if not isinstance(report, dict):
+        raise _malformed(where, f"{bad} is not an object")
+    outputs, gate = report.get("outputs"), report.get("gate")
+    accuracy, quantization = report.get("accuracy"), report.get("quantization")
+    checks = {
+        "passed": isinstance(report.get("passed"), bool),
+        "samples": isinstance(report.get("samples"), int) and not isinstance(report.get("samples"), bool),
+        "outputs": isinstance(outputs, dict) and bool(outputs) and all(
+            isinstance(m, dict) and all(_number(m[k]) for k in _METRICS if k in m) for m in outputs.values()),
+        "gate": gate is None or (isinstance(gate, dict) and _gate_keys()[0] <= set(gate) <= _gate_keys()[1]
+                                 and all(v is None or _number(v) for v in gate.values())),
+        "latency_ms": report.get("latency_ms") is None or _number(report["latency_ms"]),
+        "speedup_vs_onnx_fp32": report.get("speedup_vs_onnx_fp32") is None or _number(report["speedup_vs_onnx_fp32"]),
+        "accuracy": accuracy is None or (isinstance(accuracy, dict) and _number(accuracy.get("top1"))),
+        "quantization": quantization is None or (isinstance(quantization, dict)
+                                                 and isinstance(quantization.get("method"), str)
+                                                 and _number(quantization.get("level"))),
+    }
+    wrong = [key for key, ok in checks.items() if not ok]
+    if wrong:
+        raise _malformed(where, f"{bad} has an invalid {', '.join(wrong)}")
 
 
 def _check_session_options(entry: dict[str, Any], where: Path) -> None:

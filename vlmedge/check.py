@@ -4,6 +4,7 @@ model files on this machine and compares with the stored source outputs. No torc
 from __future__ import annotations
 
 import importlib.util
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def stored_parity_inputs(artifact: Artifact) -> dict[str, dict[str, dict[str, np
             for key in data.files:
                 graph, kind, name = key.split(".", 2)
                 grouped.setdefault(graph, {}).setdefault(kind, {})[name] = data[key]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{PARITY_FILE} in {artifact.root} cannot be read ({exc}); re-export the artifact.") from None
     return grouped
 
@@ -45,20 +46,33 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8) -
         backend = BACKEND_OF_TARGET.get(entry["target"], entry["target"])
         context = {"graph": entry["graph"], "target": entry["target"], "precision": entry["precision"],
                    "backend": backend, "file": entry["path"]}
-        package = BACKENDS.get(backend, (None, backend, None))[1]
+        if backend not in BACKENDS:  # never import a module named by the manifest
+            reports.append({**context, "skipped": f"this vlmedge has no backend for target '{entry['target']}'",
+                            "passed": None})
+            continue
+        package = BACKENDS[backend][1]
         if importlib.util.find_spec(package) is None:
             reports.append({**context, "skipped": f"{package} is not installed", "passed": None})
             continue
         gate_dict = (entry.get("parity") or {}).get("gate")
+        if not gate_dict and entry["precision"] not in GATES:
+            raise ArtifactError(f"{entry['path']} in {artifact.root} has precision '{entry['precision']}' and no gate; "
+                                "this vlmedge cannot check it. Upgrade vlmedge or re-export the artifact.")
         gate = Gate(**gate_dict) if gate_dict else GATES[entry["precision"]]
         model_path = artifact.path_of(entry)
         if entry["target"] == "onnx" or model_path.suffix.lower() == ".onnx":  # ORT parses any name
             check_external_data(model_path, artifact.root)
         # the options the file was verified with (OpenVINO's inference precision, for one)
         session = open_session(model_path, backend=backend, device=device, **entry.get("session_options", {}))
-        data = stored[entry["graph"]]
+        data = stored.get(entry["graph"], {})
+        if not data.get("input") or not data.get("reference"):
+            raise ArtifactError(f"{PARITY_FILE} in {artifact.root} holds no inputs or outputs for graph "
+                                f"'{entry['graph']}'; re-export the artifact to check it.")
         compare = {name: "logits" if "top1" in metrics else "embedding"
                    for name, metrics in (entry.get("parity") or {}).get("outputs", {}).items()}
         actual = run_in_batches(session, data["input"], batch_size)
+        if set(data["reference"]) - set(actual):
+            raise ArtifactError(f"{entry['path']} in {artifact.root} does not produce the stored outputs "
+                                f"{sorted(set(data['reference']) - set(actual))}; re-export the artifact.")
         reports.append(parity_report(data["reference"], actual, compare, gate, provider=session.provider, **context))
     return reports

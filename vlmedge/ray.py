@@ -18,6 +18,7 @@ package (Python 3 has no implicit relative imports), so nothing is shadowed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -110,7 +111,9 @@ def run(artifact: str | os.PathLike, dataset_or_paths: Any, task_method: str | N
                                   batch_format="numpy", num_cpus=preprocess_cpus)
     strategy = ray.data.ActorPoolStrategy(size=size) if isinstance(size, int) else \
         ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
-    results = prepared.map_batches(InferenceWorker, fn_constructor_kwargs={"job": job, "shipped": shipped},
+    threads = None if num_gpus_per_worker else max(1, int(cpus_per_worker))
+    results = prepared.map_batches(InferenceWorker,
+                                   fn_constructor_kwargs={"job": job, "shipped": shipped, "threads": threads},
                                    batch_size=batch_size, batch_format="numpy", compute=strategy,
                                    num_cpus=cpus_per_worker, num_gpus=num_gpus_per_worker or None)
     results.context.execution_options.preserve_order = True
@@ -177,16 +180,30 @@ class InferenceWorker(BatchPredictor):
     """The inference actor: loads the artifact once (from the shared path, or from the copy
     shipped through the object store) and runs preprocessed batches."""
 
-    def __init__(self, job: BulkJob, shipped: list | None = None) -> None:
+    def __init__(self, job: BulkJob, shipped: list | None = None, threads: int | None = None) -> None:
         artifact = None
         if shipped:
             import ray
 
             artifact = unpack_artifact(ray.get(shipped[0]))
+        if threads and "threads" not in job.session_options and _backend_of(job, artifact) == "onnxruntime":
+            # As many ONNX Runtime threads as CPUs Ray reserved for this actor: more would
+            # spin on the cores the preprocessing tasks were given (the results are the same).
+            job = dataclasses.replace(job, session_options={**job.session_options, "threads": threads})
         super().__init__(job, artifact=artifact)
 
     def __call__(self, batch: dict[str, Any]):
         return to_arrow(super().__call__(batch), self.job)
+
+
+def _backend_of(job: BulkJob, artifact: str | None) -> str:
+    """The backend vlmedge.load will open ("auto" resolved as it resolves it)."""
+    if job.backend != "auto":
+        return job.backend
+    from vlmedge.artifact import Artifact
+    from vlmedge.tasks.base import choose_backend
+
+    return choose_backend(Artifact.open(artifact or job.artifact, verify=False), job.device)
 
 
 def pack_artifact(folder: str | os.PathLike) -> bytes:

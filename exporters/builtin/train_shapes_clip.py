@@ -14,7 +14,8 @@ Everything the model needs is made here, from nothing downloaded:
 Some (colour, shape) combinations (``HELD_OUT``) are never drawn during training, so the
 zero-shot evaluation can report compositional generalisation on them separately.
 
-Reproduce (about 12 minutes on 2 CPU cores)::
+Reproduce (3000 steps x 64 pairs; about 30 CPU-minutes on one thread, which took ~45 min
+of wall clock on a busy shared 2-core machine)::
 
     python exporters/builtin/train_shapes_clip.py --seed 0
 
@@ -28,14 +29,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 try:  # installed package
     from vlmedge.exporters.builtin import shapes
@@ -487,8 +491,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--steps", type=int, default=1800)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="1 is faster than 2 on a shared, busy 2-core box")
     p.add_argument("--colors-per-batch", type=int, default=4)
@@ -728,6 +732,17 @@ normalise with OpenAI CLIP's mean / std. (With transformers 5 and no torchvision
   {timing['eval_s']:.0f} s, total {timing['total_s'] / 60:.1f} min, on a shared, busy 2-core {platform.machine()} machine
   (other jobs ran beside it, so the wall time is longer than on an idle one);
   torch {torch.__version__}, transformers {transformers.__version__}.
+
+## Limits and development notes
+
+* Shape is the hard attribute. A small ViT learns it slowly, and after {args.steps} steps the
+  zero-shot shape accuracy ({results['shape']['seen']:.3f} on seen pairs) is short of the 0.8 aimed at; it was still
+  rising when the cosine schedule ended, so a longer run (`--steps`) should raise it. Colour and
+  size are close to perfect. Caption (128-way) errors are almost all shape errors.
+* Development runs (seed 0, shorter): a plain recipe (default init, no token loss) reached ~0.52
+  seen-pair shape accuracy after 800 x 128 pairs. Without leaving out the held-out-only negatives,
+  held-out pairs scored 0.02-0.06 on shape, *below* chance: the shape prompts had learned "not this
+  colour". With them left out, held-out pairs come close to seen ones. lr 2e-3 diverged.
 
 ## Reproduce
 

@@ -41,9 +41,11 @@ def choose_backend(artifact: Artifact, device: str) -> str:
         return "openvino"
     if "onnx" in targets:
         return "onnxruntime"
-    if targets:
-        return {v: k for k, v in TARGET_OF_BACKEND.items()}[sorted(targets)[0]]
-    raise BackendUnavailableError(f"Artifact {artifact.root} holds no model files.")
+    known = sorted(targets & set(TARGET_OF_BACKEND.values()))
+    if known:
+        return {v: k for k, v in TARGET_OF_BACKEND.items()}[known[0]]
+    raise BackendUnavailableError(f"Artifact {artifact.root} holds no model files this vlmedge can run "
+                                  f"(targets: {', '.join(sorted(targets)) or 'none'}); upgrade vlmedge or re-export it.")
 
 
 def choose_precision(entries: list[dict[str, Any]]) -> str:
