@@ -19,6 +19,7 @@ and the vlmedge version are unchanged, so a rerun measures without exporting aga
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import importlib.util
@@ -54,6 +55,9 @@ def _processor(name: str) -> Any:
     return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
 
 
+HEAD_SCALE = 8.0
+
+
 def _spread_head(model: Any) -> None:
     """Random heads give near-tied logits, so top-1 agreement would measure float noise;
     a wider head (as trained ones are) keeps the parity gates meaningful."""
@@ -62,7 +66,17 @@ def _spread_head(model: Any) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.startswith("classifier"):
-                param.mul_(8.0)
+                param.mul_(HEAD_SCALE)
+
+
+def suite_gates() -> dict[str, Any]:
+    """benchmarks/quantization.py's gates for random weights, and the fp32 gate's absolute
+    error bound scaled as the widened heads scale the logits (cosine and top-1 unchanged)."""
+    from benchmarks.quantization import random_weight_gates
+    from vlmedge.parity import GATES
+
+    fp32 = GATES["fp32"]
+    return {**random_weight_gates(), "fp32": dataclasses.replace(fp32, max_abs=fp32.max_abs * HEAD_SCALE)}
 
 
 def vit_b16(folder: Path, quick: bool) -> None:
@@ -228,9 +242,9 @@ class _VariantTracker:
 
 
 def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]], say) -> tuple[Any, list[str]]:
-    """Exports every variant it can: when one fails (a parity gate on random weights, a
-    converter error), its precision (or, for fp32, its target) is dropped with the reason
-    and the export retried, down to the fp32 ONNX file alone."""
+    """Exports every variant it can: when one fails (a parity gate, a converter error), its
+    precision (or, for fp32, its target) is dropped with the reason and the export retried,
+    down to the fp32 ONNX file alone. The gates are suite_gates(), recorded in every report."""
     import vlmedge
     from vlmedge.errors import VlmedgeError
 
@@ -241,7 +255,8 @@ def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]
         tracker = _VariantTracker(say)
         try:
             say(f"export {folder.name}: to {', '.join(targets)}; {', '.join(precisions)}")
-            return vlmedge.export(str(folder), out, to=targets, precision=precisions, progress=tracker), dropped
+            return vlmedge.export(str(folder), out, to=targets, precision=precisions, progress=tracker,
+                                  gates=suite_gates()), dropped
         except VlmedgeError as exc:
             failed = tracker.failed(targets, precisions)
             if failed is None or failed == ("onnx", "fp32"):

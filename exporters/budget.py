@@ -4,7 +4,8 @@
   same graph, with a flag when a reduced-precision file is not faster. It is measured at
   export time on the exporting machine; `vlmedge bench` measures on the target.
 - accuracy: top-1 accuracy on labelled data (--eval) of the source model and of each
-  file, and the drop, judged against the gate's max_accuracy_drop.
+  file, and the drop, judged against the gate's max_accuracy_drop; and the share of those
+  inputs on which the file's top-1 is the source's, judged against min_eval_agreement.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def accuracy_fields(outputs: dict[str, np.ndarray], evaluation: EvalSet, gate: G
     entry: dict[str, Any] = {"samples": int(len(evaluation.labels)), "classes": evaluation.classes,
                              "top1": round(accuracy, 6)}
     failures = []
+    if evaluation.source_predictions is not None:
+        agreement = float((evaluation.predictions(outputs) == evaluation.source_predictions).mean())
+        entry["agreement"] = round(agreement, 6)  # top-1 equal to the source's
+        least = getattr(gate, "min_eval_agreement", None)
+        if least is not None:
+            entry["min_agreement"] = least
+            if agreement < least - 1e-9:
+                failures.append(f"top-1 on {entry['samples']} labelled inputs agrees with the source's on "
+                                f"{agreement:.2%} of them (at least {least:.0%} needed)")
     if evaluation.source_accuracy is not None:
         drop = evaluation.source_accuracy - accuracy
         entry.update(source_top1=round(evaluation.source_accuracy, 6), drop=round(drop, 6))

@@ -186,9 +186,13 @@ class EvalSet:
     output: str
     classes: int
     source_accuracy: float | None = None
+    source_predictions: np.ndarray | None = None  # the source model's top-1 per row
+
+    def predictions(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs[self.output].argmax(axis=-1)
 
     def accuracy(self, outputs: dict[str, np.ndarray]) -> float:
-        return float((outputs[self.output].argmax(axis=-1) == self.labels).mean())
+        return float((self.predictions(outputs) == self.labels).mean())
 
 
 def evaluation_sets(path: str | Path, spec: ExportSpec, size: int | None = None, seed: int = 0,

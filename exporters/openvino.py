@@ -9,7 +9,8 @@
 - int8: NNCF post-training quantization for transformers, calibrated on the export's
   calibration feeds; on a failed gate retried with the first and last layers kept in float
   and min/max activation ranges, then with the transformer-sensitive ops kept in float too
-  (IgnoredScope), then as int8 weights with float activations.
+  (IgnoredScope), then as int8 weights with float activations. On CPUs that compute in
+  bf16 each file is also tried with its float parts in bf16; the fastest passing one is kept.
 
 The inference precision each file was verified with is stored as the manifest entry's
 session_options, so `vlmedge.load` and `vlmedge check` run it the same way.
@@ -152,17 +153,20 @@ def openvino_int8_recipes(context: Any) -> list[Recipe]:
     norm = ["LayerNorm (MVN)", "Gelu", "Softmax"]
     level2_names = ends + activation_matmuls
     keep_ends = nncf.IgnoredScope(names=ends, validate=False)
+    # On CPUs that compute in bf16 (AMX, AVX512-BF16) the parts left in float may run in bf16,
+    # as OpenVINO's own default would: faster, and judged by the same int8 gate.
+    bf16 = ({"inference_precision": "bf16"},) if supports_precision("bf16") else ()
     return [
-        Recipe("nncf-transformer", 0, {"op_types": norm, "nodes": []}, quantize(), {**calib}),
+        Recipe("nncf-transformer", 0, {"op_types": norm, "nodes": []}, quantize(), {**calib}, bf16),
         *[Recipe("nncf-transformer", 1, {"op_types": norm, "nodes": ends}, quantize(keep_ends, careful(sq)),
-                 {**calib, "activation_ranges": "minmax", "smooth_quant": sq, "ignored_scope": {"names": ends}})
+                 {**calib, "activation_ranges": "minmax", "smooth_quant": sq, "ignored_scope": {"names": ends}}, bf16)
           for sq in (True, False)],
         Recipe("nncf-transformer", 2, {"op_types": SENSITIVE[:5], "nodes": ends},
                quantize(nncf.IgnoredScope(names=level2_names, types=kept_types, validate=False), careful(False)),
                {**calib, "activation_ranges": "minmax", "smooth_quant": False,
-                "ignored_scope": {"names": level2_names, "types": kept_types}}),
+                "ignored_scope": {"names": level2_names, "types": kept_types}}, bf16),
         Recipe("nncf-weights-only", 3, {"op_types": ["all activations (int8 weights only)"], "nodes": []},
-               weights_only, {}),
+               weights_only, {}, bf16),
     ]
 
 

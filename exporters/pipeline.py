@@ -162,7 +162,9 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
             references = reference_outputs(graph, feeds)
             evaluation = eval_sets.get(graph.name)
             if evaluation is not None:
-                evaluation.source_accuracy = evaluation.accuracy(reference_outputs(graph, evaluation.feeds))
+                source_outputs = reference_outputs(graph, evaluation.feeds)
+                evaluation.source_accuracy = evaluation.accuracy(source_outputs)
+                evaluation.source_predictions = evaluation.predictions(source_outputs)
                 say(f"[{graph.name}] source accuracy on the labelled data: {evaluation.source_accuracy:.2%}")
             baseline_ms = None
             stored.update({f"{graph.name}.input.{k}": v for k, v in feeds.items()})

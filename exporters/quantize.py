@@ -18,6 +18,7 @@ no recipe passes does the export fail, naming the best cosine reached.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class Recipe:
     kept_in_float: dict[str, Any]
     build: Callable[[Path, str], tuple[list[Path], dict[str, Any]]]
     notes: dict[str, Any] = field(default_factory=dict)
+    # further session options to try on the same built file, each judged as its own attempt
+    # (OpenVINO: the float parts in bf16 on CPUs that compute in it)
+    alternatives: tuple[dict[str, Any], ...] = ()
 
 
 def variant_gate(context: Any, precision: str) -> Gate:
@@ -78,6 +82,7 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
         for level in sorted({r.level for r in recipes}):
             passing = []
             candidates = [r for r in recipes if r.level == level]
+            timed = len(candidates) > 1 or any(r.alternatives for r in candidates)
             for index, recipe in enumerate(candidates):
                 folder = Path(work) / f"{recipe.method}-{level}-{index}"  # one level may try a method twice
                 folder.mkdir()
@@ -86,33 +91,47 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                 attempts.append(attempt)
                 try:
                     files, options = recipe.build(folder, name)
-                    session = open_session(files[0], backend=backend, **options)
                 except Exception as exc:  # quantizers raise many unrelated types
                     attempt.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
                     context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) failed to build: {exc}")
                     continue
-                report = parity_report(context.references, run_in_batches(session, context.feeds), graph.compare, gate)
-                add_accuracy(report, session, getattr(context, "evaluation", None), gate)
-                attempt.update(_summary(report))
-                context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}): "
-                            + ("passed" if report["passed"] else "failed: " + "; ".join(report["failures"])))
-                if report["passed"]:
-                    if len(candidates) > 1:
-                        attempt["latency_ms"] = measure_latency(session, context.feeds)["median_ms"]
-                    passing.append((attempt.get("latency_ms", 0.0), recipe, files, options))
-                del session
+                for extra in ({}, *recipe.alternatives):
+                    if extra:
+                        attempt = {**attempt, "session_options": extra}
+                        for key in ("passed", "error", "cosine_min", "top1", "accuracy", "latency_ms"):
+                            attempt.pop(key, None)
+                        attempts.append(attempt)
+                    run_options = {**options, **extra}
+                    label = f"{recipe.method} (level {level}{', ' + str(extra) if extra else ''})"
+                    try:
+                        session = open_session(files[0], backend=backend, **run_options)
+                    except Exception as exc:  # a backend may refuse an option on this machine
+                        attempt.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                        context.say(f"[{graph.name}] {target} {precision} {label} failed to load: {exc}")
+                        continue
+                    report = parity_report(context.references, run_in_batches(session, context.feeds), graph.compare, gate)
+                    add_accuracy(report, session, getattr(context, "evaluation", None), gate)
+                    attempt.update(_summary(report))
+                    context.say(f"[{graph.name}] {target} {precision} {label}: "
+                                + ("passed" if report["passed"] else "failed: " + "; ".join(report["failures"])))
+                    if report["passed"]:
+                        if timed:
+                            attempt["latency_ms"] = measure_latency(session, context.feeds)["median_ms"]
+                        passing.append((attempt.get("latency_ms", 0.0), recipe, files, run_options, extra))
+                    del session
             if passing:
-                _, recipe, files, options = min(passing, key=lambda p: p[0])
+                _, recipe, files, options, extra = min(passing, key=lambda p: p[0])
                 written = []
                 for path in files:
                     destination = writer.path(str(Path(relpath).parent / path.name))
                     shutil.copyfile(path, destination)
                     written.append(destination)
-                extra = getattr(context, "report_extra", None)
-                if extra is not None:
-                    extra["quantization"] = {"method": recipe.method, "level": recipe.level,
-                                             "kept_in_float": recipe.kept_in_float, **recipe.notes,
-                                             "attempts": attempts}
+                report_extra = getattr(context, "report_extra", None)
+                if report_extra is not None:
+                    report_extra["quantization"] = {"method": recipe.method, "level": recipe.level,
+                                                    "kept_in_float": recipe.kept_in_float, **recipe.notes,
+                                                    **({"session_options": extra} if extra else {}),
+                                                    "attempts": attempts}
                 return relpath, written, options
     tried = [a for a in attempts if "cosine_min" in a]
     best = max(tried, key=lambda a: a["cosine_min"], default=None)
@@ -166,8 +185,13 @@ def _prepared(base: Path, folder: Path) -> Path:
     if not prepared.exists():
         large = (base.parent / f"{base.name}.data").exists()
         try:
-            quant_pre_process(str(base), str(prepared), save_as_external_data=large, all_tensors_to_one_file=True,
-                              external_data_location="prepared.onnx.data" if large else None)
+            # When its shape inference is incomplete, ONNX Runtime saves the model (with external
+            # data) to "sym_shape_infer_temp.onnx" in the working directory: keep that in the
+            # quantizer's temporary folder rather than the user's.
+            with contextlib.chdir(folder.parent):
+                quant_pre_process(str(base.resolve()), str(prepared.resolve()), save_as_external_data=large,
+                                  all_tensors_to_one_file=True,
+                                  external_data_location="prepared.onnx.data" if large else None)
         except Exception:  # symbolic shape inference fails on some graphs: quantize the graph as exported
             shutil.copyfile(base, prepared)
             if large:

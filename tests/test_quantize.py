@@ -90,6 +90,20 @@ def test_openvino_int8_fell_back_and_records_what_it_kept(every_variant):
     assert len(quantization["kept_in_float"]["nodes"]) == 2 and quantization["activation_ranges"] == "minmax"
 
 
+@needs_openvino
+def test_openvino_int8_tries_its_float_parts_in_bf16_where_the_cpu_computes_in_it(every_variant):
+    """On AMX / AVX512-BF16 CPUs each int8 file is also judged with its float parts in bf16,
+    and the file's session options are those of the attempt that was kept."""
+    from vlmedge.runtimes.openvino import supports_precision
+
+    entry = _variants(every_variant)["openvino", "int8"]
+    attempts = entry["parity"]["quantization"]["attempts"]
+    with_bf16 = [a for a in attempts if a.get("session_options") == {"inference_precision": "bf16"}]
+    assert bool(with_bf16) == supports_precision("bf16")
+    kept = entry["parity"]["quantization"].get("session_options", {})
+    assert entry["session_options"] == {"inference_precision": "fp32", **kept}
+
+
 @pytest.mark.parametrize("target,precision", [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"),
                                               ("openvino", "bf16"), ("openvino", "int8")])
 def test_load_picks_the_variant_and_stays_close_to_fp32(every_variant, image_files, target, precision):
@@ -293,3 +307,34 @@ def test_other_tasks_get_every_variant(task, tmp_path):
     assert all(r["passed"] for r in check_artifact(artifact.root))
     pipeline = vlmedge.load(artifact.root, backend="openvino", precision="int8")
     assert pipeline.model.precision == "int8" and set(pipeline.model.sessions) == graphs
+
+
+@pytest.mark.skipif(not (SHAPES_VIT / "config.json").is_file(), reason="builtin:shapes-vit is not trained yet")
+@needs_openvino
+def test_cli_exports_every_precision_then_info_lists_and_check_reverifies(tmp_path):
+    """`vlmedge export builtin:shapes-vit --to onnx,openvino --precision fp32,fp16,bf16,int8`,
+    then `vlmedge info` and `vlmedge check` as a user runs them."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vlmedge.cli", *args], capture_output=True, text=True,
+                              timeout=900, env={**os.environ, "COLUMNS": "200"})
+
+    out = tmp_path / "shapes-vit"
+    done = cli("export", "builtin:shapes-vit", "-o", str(out), "--to", "onnx,openvino",
+               "--precision", "fp32,fp16,bf16,int8")
+    assert done.returncode == 0, done.stderr
+    expected = {f"onnx/model.{p}.onnx" for p in ("fp32", "fp16", "int8")} | \
+        {f"openvino/model.{p}.xml" for p in ("fp32", "fp16", "bf16", "int8")}
+    manifest = json.loads(cli("info", str(out), "--json").stdout)
+    models = {e["path"]: e for e in manifest["files"] if e["role"] == "model"}
+    assert set(models) == expected
+    assert all(e["parity"]["passed"] and e["parity"]["samples"] > 0 for e in models.values())
+    listing = cli("info", str(out)).stdout
+    assert all(Path(path).name in listing for path in expected)
+    checked = cli("check", str(out), "--json")
+    assert checked.returncode == 0, checked.stderr
+    reports = json.loads(checked.stdout)
+    assert {r["file"] for r in reports} == expected and all(r["passed"] for r in reports)

@@ -19,6 +19,8 @@ class Gate:
     # the most top-1 accuracy (a fraction) a file may lose against the source on labelled
     # data, when the export is given some (--eval)
     max_accuracy_drop: float | None = None
+    # the least share of labelled inputs on which a file's top-1 must equal the source's
+    min_eval_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -26,9 +28,9 @@ class Gate:
 
 GATES = {
     "fp32": Gate(min_cosine=0.99999, max_abs=1e-3, min_top1=1.0),
-    "fp16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99, max_accuracy_drop=0.005),
-    "bf16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99, max_accuracy_drop=0.005),
-    "int8": Gate(min_cosine=0.99, max_abs=None, min_top1=0.95, max_accuracy_drop=0.005),
+    "fp16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99, max_accuracy_drop=0.005, min_eval_agreement=0.99),
+    "bf16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99, max_accuracy_drop=0.005, min_eval_agreement=0.99),
+    "int8": Gate(min_cosine=0.99, max_abs=None, min_top1=0.95, max_accuracy_drop=0.005, min_eval_agreement=0.99),
 }
 
 
