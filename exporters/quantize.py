@@ -86,21 +86,17 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
             for index, recipe in enumerate(candidates):
                 folder = Path(work) / f"{recipe.method}-{level}-{index}"  # one level may try a method twice
                 folder.mkdir()
-                attempt: dict[str, Any] = {"method": recipe.method, "level": level,
-                                           "kept_in_float": recipe.kept_in_float, **recipe.notes}
-                attempts.append(attempt)
+                described = {"method": recipe.method, "level": level, "kept_in_float": recipe.kept_in_float,
+                             **recipe.notes}
                 try:
                     files, options = recipe.build(folder, name)
                 except Exception as exc:  # quantizers raise many unrelated types
-                    attempt.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                    attempts.append({**described, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
                     context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) failed to build: {exc}")
                     continue
                 for extra in ({}, *recipe.alternatives):
-                    if extra:
-                        attempt = {**attempt, "session_options": extra}
-                        for key in ("passed", "error", "cosine_min", "top1", "accuracy", "latency_ms"):
-                            attempt.pop(key, None)
-                        attempts.append(attempt)
+                    attempt: dict[str, Any] = {**described, **({"session_options": extra} if extra else {})}
+                    attempts.append(attempt)
                     run_options = {**options, **extra}
                     label = f"{recipe.method} (level {level}{', ' + str(extra) if extra else ''})"
                     try:
