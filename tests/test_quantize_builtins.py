@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_quantize import assert_int8_agrees_with_fp32
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime.quantization")
@@ -121,9 +123,4 @@ def test_builtin_shape_classifier_int8_agrees_with_fp32(tmp_path):
                               evaluation=tmp_path / "heldout")
     fp32 = vlmedge.load(artifact.root, backend="onnxruntime", precision="fp32").logits(heldout).argmax(1)
     assert (fp32 == np.array(truth)).mean() >= 0.85  # the model card: 0.885 on 2,000 images
-    for backend, target in BACKENDS:
-        (entry,) = artifact.model_entries(target=target, precision="int8")
-        accuracy = entry["parity"]["accuracy"]
-        assert accuracy["samples"] == 400 and accuracy["drop"] <= 0.005, (backend, accuracy)
-        int8 = vlmedge.load(artifact.root, backend=backend, precision="int8").logits(heldout).argmax(1)
-        assert (int8 == fp32).mean() >= 0.99, backend
+    assert_int8_agrees_with_fp32(artifact, heldout)
