@@ -9,7 +9,7 @@ speed does not depend on the weights' values) and exports it to ONNX fp32 once i
 --workdir, renders --images shape images of varied size as PNG/JPEG files, then times on
 the same files, with the same backend and precision:
 
-    local         vlmedge.bulk.run_local: one process, the pipeline's classify in batches
+    local         vlmedge.bulk.local.run_local: one process, both stages (preprocess, classify) in batches
                   (what `vlmedge predict DIR --out x.parquet` runs)
     ray           vlmedge.ray.run on a local Ray instance with every CPU (what
                   `vlmedge predict DIR --engine ray --out x.parquet` runs), timed from the
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
 
     import vlmedge.ray as vray
-    from vlmedge.bulk import collect, make_job, run_local
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     artifact = build_artifact(args.model, args.workdir)

@@ -190,10 +190,10 @@ def not_exportable(task: str) -> str | None:
     module = BUILDERS[task][0]
     if importlib.util.find_spec(module) is None:
         return f"the {task} exporter ({module}) is not part of this vlmedge yet"
-    from vlmedge.tasks import TASKS
+    from vlmedge.registry import TASKS
 
-    if importlib.util.find_spec(TASKS[task][0]) is None:
-        return f"the {task} runtime ({TASKS[task][0]}) is not part of this vlmedge yet"
+    if task not in TASKS:
+        return f"this vlmedge has no runtime for the task '{task}'"
     return None
 
 
@@ -352,8 +352,8 @@ def write_outputs(records: list[dict[str, Any]], environment: Any, started: floa
                   out_dir: Path) -> tuple[Path, Path]:
     import dataclasses
 
-    from vlmedge.bench_report import markdown
-    from vlmedge.bench_types import BenchResult
+    from vlmedge.bench.report import markdown
+    from vlmedge.bench.result import BenchResult
 
     name = environment.machine_name + ("-quick" if args.quick else "")
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
@@ -389,7 +389,7 @@ def write_outputs(records: list[dict[str, Any]], environment: Any, started: floa
         result = BenchResult.from_dict(record["result"])
         lines.append(markdown(result, title=f"{record['title']} ({record['published_config']} config)"))
         if importlib.util.find_spec("matplotlib"):
-            from vlmedge.bench_plot import plot
+            from vlmedge.bench.plot import plot
 
             png = plot(result, out_dir / f"{name}-{record['name']}.png", title=record["title"])
             lines.append(f"![{record['title']}]({png.name})")

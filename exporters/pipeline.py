@@ -2,6 +2,11 @@
 
 All or nothing: everything is written into a temporary folder that replaces the
 destination only after every file passed its parity gate.
+
+The steps, in order: `plan_variants` (which files to build), `prepare_data` (calibration
+and labelled data through the source's preprocessing), then per graph `run_reference`
+(the source model's outputs), `export_graph` (the fp32 ONNX file and each variant, every
+one through `verify_variant`), and `build_manifest`.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ import importlib
 import platform
 import shutil
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -23,21 +28,19 @@ from vlmedge.environment import package_versions
 from vlmedge.errors import ExportError, ParityError
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
-from vlmedge.exporters.parity import reference_outputs
-from vlmedge.exporters.spec import GraphSpec
-from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
-from vlmedge.runtimes.base import open_session
+from vlmedge.exporters.reference import reference_outputs
+from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
+from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason
 
-TARGETS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-BACKEND_OF_TARGET = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+TARGETS = tuple(b.target for b in BACKENDS.values())
 # (target, precision) -> (module, function(writer, context) -> (relpath, files, session_options));
 # ("onnx", "fp32") is the exported graph itself.
 VARIANT_BUILDERS: dict[tuple[str, str], tuple[str, str] | None] = {("onnx", "fp32"): None}
 VARIANT_BUILDERS.update({
     ("onnx", "fp16"): ("vlmedge.exporters.quantize", "build_onnx_fp16"),
     ("onnx", "int8"): ("vlmedge.exporters.quantize", "build_onnx_int8"),
-    **{("openvino", p): ("vlmedge.exporters.openvino", f"build_openvino_{p}") for p in ("fp32", "fp16", "bf16", "int8")},
+    **{("openvino", p): ("vlmedge.exporters.openvino", f"build_openvino_{p}") for p in PRECISIONS},
 })
 # Combinations that are no file type of their target: skipped when another requested target
 # builds that precision, refused when none does.
@@ -92,6 +95,18 @@ def _size_mb(paths: list[Path]) -> str:
     return f"{sum(p.stat().st_size for p in paths) / 1e6:.1f} MB"
 
 
+@dataclass
+class VariantPlan:
+    """What one export builds and how it judges it."""
+
+    targets: list[str]
+    precisions: list[str]
+    variants: list[tuple[str, str]]  # (target, precision), the fp32 ONNX file first
+    gates: dict[str, Gate]
+    opset: int
+    say: Progress
+
+
 def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
            task: str | None = None, opset: int = DEFAULT_OPSET, gates: dict[str, Gate] | None = None,
            calibration: dict[str, dict[str, np.ndarray]] | str | Path | None = None, progress: Progress | None = None,
@@ -119,118 +134,166 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
     """
     from vlmedge.exporters.sources import resolve
 
-    calibration_inputs = calibration
-
-    say = progress or (lambda message: None)
-    targets = _check_choices("target", to, TARGETS)
-    precisions = _check_choices("precision", precision, PRECISIONS)
-    variants = [(t, p) for t in targets for p in precisions]
-    for t, p in [v for v in variants if v in SKIPPED_VARIANTS]:
-        if all(v in SKIPPED_VARIANTS for v in variants if v[1] == p):
-            raise ExportError(f"Cannot build {t} {p}: {SKIPPED_VARIANTS[(t, p)]}; add --to openvino or choose another precision.")
-        say(f"skipping {t} {p}: {SKIPPED_VARIANTS[(t, p)]}")
-    variants = [v for v in variants if v not in SKIPPED_VARIANTS]
-    unsupported = [f"{t} {p}" for t, p in variants if (t, p) not in VARIANT_BUILDERS]
-    if unsupported:
-        raise ExportError(f"This vlmedge cannot build {', '.join(unsupported)}; "
-                          f"it builds: {', '.join(f'{t} {p}' for t, p in VARIANT_BUILDERS)}.")
-    if opset < 17:
-        raise ExportError(f"opset {opset} is too old; use 17 or newer.")
-    gates = {**GATES, **(gates or {})}
+    plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
     started = time.perf_counter()
-    say(f"loading {model if isinstance(model, str) else type(model).__name__}")
+    plan.say(f"loading {model if isinstance(model, str) else type(model).__name__}")
     spec = resolve(model, task=task, **source_options)
-    if isinstance(calibration_inputs, (str, Path)) and "int8" not in precisions:
-        say("no int8 requested: the calibration data is not used")
-        calibration_inputs = None
-    elif isinstance(calibration_inputs, (str, Path)):
-        from vlmedge.exporters.calibration import calibration_feeds
-
-        calibration_inputs = calibration_feeds(calibration_inputs, spec, size=calibration_size, say=say)
-    eval_sets: dict[str, Any] = {}
-    if evaluation is not None:
-        from vlmedge.exporters.calibration import evaluation_sets
-
-        eval_sets = evaluation_sets(evaluation, spec, say=say)
+    calibration_sets, eval_sets = prepare_data(spec, plan, calibration, calibration_size, evaluation)
     with ArtifactWriter(Path(out)) as writer:
         graphs_io: dict[str, Any] = {}
         stored: dict[str, np.ndarray] = {}
         for graph in spec.graphs:
             feeds = spec.parity_feeds[graph.name]
-            calibration = (calibration_inputs or {}).get(graph.name)
-            say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
-            references = reference_outputs(graph, feeds)
-            evaluation = eval_sets.get(graph.name)
-            if evaluation is not None:
-                source_outputs = reference_outputs(graph, evaluation.feeds)
-                evaluation.source_accuracy = evaluation.accuracy(source_outputs)
-                evaluation.source_predictions = evaluation.predictions(source_outputs)
-                say(f"[{graph.name}] source accuracy on the labelled data: {evaluation.source_accuracy:.2%}")
-            baseline_ms = None
+            references = run_reference(graph, feeds, eval_sets.get(graph.name), plan.say)
             stored.update({f"{graph.name}.input.{k}": v for k, v in feeds.items()})
             stored.update({f"{graph.name}.reference.{k}": v for k, v in references.items()})
-            base = f"onnx/{graph.name}.fp32.onnx"
-            t0 = time.perf_counter()
-            base_files = export_onnx(graph, writer.path(base), opset=opset)
-            say(f"[{graph.name}] exported {base} in {time.perf_counter() - t0:.1f}s ({_size_mb(base_files)})")
-            # The fp32 ONNX graph is always kept: every other variant is built from it, here
-            # or later on the target device (vlmedge build).
-            for target, prec in [("onnx", "fp32")] + [v for v in variants if v != ("onnx", "fp32")]:
-                context = VariantContext(graph=graph, base=writer.path(base), feeds=feeds, references=references,
-                                         calibration=calibration, say=say, gate=gates[prec], evaluation=evaluation)
-                if (target, prec) == ("onnx", "fp32"):
-                    relpath, files, session_options = base, base_files, {}
-                else:
-                    t0 = time.perf_counter()
-                    relpath, files, session_options = build_variant(target, prec, writer, context)
-                    say(f"[{graph.name}] built {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
-                backend = BACKEND_OF_TARGET[target]
-                session = open_session(writer.path(relpath), backend=backend, **session_options)
-                report = parity_report(
-                    references, run_in_batches(session, feeds), graph.compare, gates[prec],
-                    graph=graph.name, target=target, precision=prec, backend=backend, provider=session.provider,
-                )
-                if gates[prec] != GATES[prec]:
-                    report["gate_default"] = GATES[prec].to_dict()
-                report.update(context.report_extra)
-                add_accuracy(report, session, evaluation, gates[prec])
-                _raise_on_failure(report, relpath)
-                latency = measure_latency(session, feeds)
-                if (target, prec) == ("onnx", "fp32"):
-                    baseline_ms = latency["median_ms"]
-                report.update(speed_fields(latency, prec, baseline_ms))
-                if report.get("not_faster"):
-                    say(f"[{graph.name}] note: {relpath} ran no faster than the fp32 ONNX file here "
-                        f"({report['latency_ms']:.1f} ms vs {baseline_ms:.1f} ms at batch 1)")
-                say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report)
-                    + (f"; accuracy {report['accuracy']['top1']:.2%}" if "accuracy" in report else "")
-                    + f"; {report['latency_ms']:.1f} ms at batch 1")
-                graphs_io.setdefault(graph.name, _graph_io(session, graph))
-                for extra in files[1:]:
-                    writer.add(extra.relative_to(writer.tmp).as_posix(), role="weights", graph=graph.name)
-                entry_meta = {"session_options": session_options} if session_options else {}
-                writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec,
-                           parity=report, **entry_meta)
+            graphs_io[graph.name] = export_graph(writer, graph, feeds, references, plan,
+                                                 calibration_sets.get(graph.name), eval_sets.get(graph.name))
         np.savez(writer.path(PARITY_FILE), **stored)
         writer.add(PARITY_FILE, role="parity_inputs")
         for relpath, source in spec.extra_files.items():
             shutil.copyfile(source, writer.path(relpath))
             writer.add(relpath, role="sample" if relpath.startswith("samples/") else "resource")
-        manifest = {
-            "task": spec.task,
-            "source": spec.source,
-            "graphs": graphs_io,
-            "preprocess": spec.preprocess,
-            "labels": spec.labels,
-            "postprocess": spec.postprocess,
-            "versions": {"python": platform.python_version(), **package_versions(EXPORT_PACKAGES)},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "export": {"opset": opset, "targets": sorted({"onnx", *targets}), "precisions": precisions},
-            **spec.manifest_extra,
-        }
-        artifact = writer.commit(manifest)
-    say(f"export success {time.perf_counter() - started:.1f}s, saved as '{artifact.root}'")
+        artifact = writer.commit(build_manifest(spec, graphs_io, plan))
+    plan.say(f"export success {time.perf_counter() - started:.1f}s, saved as '{artifact.root}'")
     return artifact
+
+
+def plan_variants(to: Iterable[str], precision: Iterable[str], opset: int, gates: dict[str, Gate] | None,
+                  say: Progress) -> VariantPlan:
+    """Checks the targets, precisions and opset before anything is loaded, and lists the
+    (target, precision) files to build: the fp32 ONNX file always, first."""
+    targets = _check_choices("target", to, TARGETS)
+    precisions = _check_choices("precision", precision, PRECISIONS)
+    for target in targets:
+        backend = backend_of_target(target)
+        if backend.module is None:  # no runtime for it in this vlmedge: say what it needs
+            raise ExportError(f"Cannot build {target} files here: {unavailable_reason(backend)}")
+    requested = [(t, p) for t in targets for p in precisions]
+    for t, p in [v for v in requested if v in SKIPPED_VARIANTS]:
+        if all(v in SKIPPED_VARIANTS for v in requested if v[1] == p):
+            raise ExportError(f"Cannot build {t} {p}: {SKIPPED_VARIANTS[(t, p)]}; add --to openvino or choose another precision.")
+        say(f"skipping {t} {p}: {SKIPPED_VARIANTS[(t, p)]}")
+    requested = [v for v in requested if v not in SKIPPED_VARIANTS]
+    unsupported = [f"{t} {p}" for t, p in requested if (t, p) not in VARIANT_BUILDERS]
+    if unsupported:
+        raise ExportError(f"This vlmedge cannot build {', '.join(unsupported)}; "
+                          f"it builds: {', '.join(f'{t} {p}' for t, p in VARIANT_BUILDERS)}.")
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old; use 17 or newer.")
+    variants = [("onnx", "fp32")] + [v for v in requested if v != ("onnx", "fp32")]
+    return VariantPlan(targets, precisions, variants, {**GATES, **(gates or {})}, opset, say)
+
+
+def prepare_data(spec: ExportSpec, plan: VariantPlan, calibration: Any, calibration_size: int,
+                 evaluation: str | Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per graph: int8 calibration feeds (a path is read through the source's own
+    preprocessing) and labelled evaluation sets (--eval)."""
+    if isinstance(calibration, (str, Path)) and "int8" not in plan.precisions:
+        plan.say("no int8 requested: the calibration data is not used")
+        calibration = None
+    elif isinstance(calibration, (str, Path)):
+        from vlmedge.exporters.calibration import calibration_feeds
+
+        calibration = calibration_feeds(calibration, spec, size=calibration_size, say=plan.say)
+    eval_sets: dict[str, Any] = {}
+    if evaluation is not None:
+        from vlmedge.exporters.calibration import evaluation_sets
+
+        eval_sets = evaluation_sets(evaluation, spec, say=plan.say)
+    return calibration or {}, eval_sets
+
+
+def run_reference(graph: GraphSpec, feeds: dict[str, np.ndarray], evaluation: Any,
+                  say: Progress) -> dict[str, np.ndarray]:
+    """The source model's outputs on the parity feeds; with labelled data, also the
+    source's accuracy and predictions on it, which the variants are judged against."""
+    say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
+    references = reference_outputs(graph, feeds)
+    if evaluation is not None:
+        source_outputs = reference_outputs(graph, evaluation.feeds)
+        evaluation.source_accuracy = evaluation.accuracy(source_outputs)
+        evaluation.source_predictions = evaluation.predictions(source_outputs)
+        say(f"[{graph.name}] source accuracy on the labelled data: {evaluation.source_accuracy:.2%}")
+    return references
+
+
+def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.ndarray],
+                 references: dict[str, np.ndarray], plan: VariantPlan, calibration: Any,
+                 evaluation: Any) -> dict[str, Any]:
+    """Writes the graph's fp32 ONNX file and every planned variant, each verified, and
+    returns the graph's inputs and outputs for the manifest."""
+    base = f"onnx/{graph.name}.fp32.onnx"
+    t0 = time.perf_counter()
+    base_files = export_onnx(graph, writer.path(base), opset=plan.opset)
+    plan.say(f"[{graph.name}] exported {base} in {time.perf_counter() - t0:.1f}s ({_size_mb(base_files)})")
+    baseline_ms = None
+    graph_io: dict[str, Any] = {}
+    # The fp32 ONNX graph is always kept: every other variant is built from it, here or
+    # later on the target device (vlmedge build).
+    for target, prec in plan.variants:
+        context = VariantContext(graph=graph, base=writer.path(base), feeds=feeds, references=references,
+                                 calibration=calibration, say=plan.say, gate=plan.gates[prec], evaluation=evaluation)
+        if (target, prec) == ("onnx", "fp32"):
+            relpath, files, session_options = base, base_files, {}
+        else:
+            t0 = time.perf_counter()
+            relpath, files, session_options = build_variant(target, prec, writer, context)
+            plan.say(f"[{graph.name}] built {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
+        session = open_session(writer.path(relpath), backend=backend_of_target(target).name, **session_options)
+        report = verify_variant(session, context, target, prec, relpath, plan, baseline_ms)
+        if (target, prec) == ("onnx", "fp32"):
+            baseline_ms = report["latency_ms"]
+        graph_io = graph_io or _graph_io(session, graph)
+        for extra in files[1:]:
+            writer.add(extra.relative_to(writer.tmp).as_posix(), role="weights", graph=graph.name)
+        entry_meta = {"session_options": session_options} if session_options else {}
+        writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec, parity=report, **entry_meta)
+    return graph_io
+
+
+def verify_variant(session: Any, context: VariantContext, target: str, prec: str, relpath: str,
+                   plan: VariantPlan, baseline_ms: float | None) -> dict[str, Any]:
+    """The file's parity report against the source (raises ParityError when it misses its
+    gate), with its accuracy on labelled data and its batch-1 latency (baseline_ms: the fp32
+    ONNX file's, None while that file itself is verified)."""
+    graph, gate = context.graph, plan.gates[prec]
+    report = parity_report(
+        context.references, run_in_batches(session, context.feeds), graph.compare, gate,
+        graph=graph.name, target=target, precision=prec, backend=session.backend, provider=session.provider,
+    )
+    if gate != GATES[prec]:
+        report["gate_default"] = GATES[prec].to_dict()
+    report.update(context.report_extra)
+    add_accuracy(report, session, context.evaluation, gate)
+    _raise_on_failure(report, relpath)
+    latency = measure_latency(session, context.feeds)
+    if (target, prec) == ("onnx", "fp32"):  # the reference every other file's speed-up is against
+        baseline_ms = latency["median_ms"]
+    report.update(speed_fields(latency, prec, baseline_ms))
+    if report.get("not_faster"):
+        plan.say(f"[{graph.name}] note: {relpath} ran no faster than the fp32 ONNX file here "
+                 f"({report['latency_ms']:.1f} ms vs {baseline_ms:.1f} ms at batch 1)")
+    plan.say(f"[{graph.name}] parity passed for {relpath}: " + _summary(report)
+             + (f"; accuracy {report['accuracy']['top1']:.2%}" if "accuracy" in report else "")
+             + f"; {report['latency_ms']:.1f} ms at batch 1")
+    return report
+
+
+def build_manifest(spec: ExportSpec, graphs_io: dict[str, Any], plan: VariantPlan) -> dict[str, Any]:
+    """Everything the manifest says besides its files (the writer adds those)."""
+    return {
+        "task": spec.task,
+        "source": spec.source,
+        "graphs": graphs_io,
+        "preprocess": spec.preprocess,
+        "labels": spec.labels,
+        "postprocess": spec.postprocess,
+        "versions": {"python": platform.python_version(), **package_versions(EXPORT_PACKAGES)},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "export": {"opset": plan.opset, "targets": sorted({"onnx", *plan.targets}), "precisions": plan.precisions},
+        **spec.manifest_extra,
+    }
 
 
 def _summary(report: dict[str, Any]) -> str:

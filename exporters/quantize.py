@@ -32,7 +32,7 @@ from vlmedge.errors import ExportError, ParityError
 from vlmedge.exporters.budget import add_accuracy, measure_latency
 from vlmedge.exporters.calibration import rows
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
-from vlmedge.runtimes.base import open_session
+from vlmedge.runtimes.base import backend_of_target, open_session
 
 # Ops whose weights make the first and last layers (patch / token embedding, classifier or projection head).
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
@@ -73,7 +73,7 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                precision: str = "int8") -> tuple[str, list[Path], dict[str, Any]]:
     """Builds recipes level by level until one passes the gate; copies the fastest passing
     one of that level to `relpath` in the artifact and records the attempts."""
-    backend = {"onnx": "onnxruntime", "openvino": "openvino"}[target]
+    backend = backend_of_target(target).name
     gate = variant_gate(context, precision)
     graph = context.graph
     name = Path(relpath).name

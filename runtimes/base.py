@@ -13,15 +13,39 @@ import numpy as np
 
 from vlmedge.errors import BackendUnavailableError, InputError
 
-# backend name -> (module implementing it, the package it needs, the pip extra that brings it)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "onnxruntime": ("vlmedge.runtimes.onnxruntime", "onnxruntime", "vlmedge"),
-    "openvino": ("vlmedge.runtimes.openvino", "openvino", "vlmedge[openvino]"),
-    "tensorrt": ("vlmedge.runtimes.tensorrt", "tensorrt", "vlmedge[tensorrt]"),
-}
+@dataclass(frozen=True)
+class Backend:
+    """A backend vlmedge can run model files on: declared once here, looked up everywhere."""
 
-# The artifact target each backend reads.
-TARGET_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
+    name: str          # what users pass as --backend
+    target: str        # the artifact folder (and manifest "target") whose files it reads
+    package: str       # the Python package it imports
+    extra: str         # the pip requirement that brings the package
+    module: str | None  # the vlmedge module implementing it; None: no runtime in this vlmedge yet
+    needs: str = ""    # hardware beyond a CPU, said when it is chosen
+
+    def install_hint(self) -> str:
+        return f"pip install '{self.extra}'"
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("onnxruntime", "onnx", "onnxruntime", "vlmedge", "vlmedge.runtimes.onnxruntime"),
+    Backend("openvino", "openvino", "openvino", "vlmedge[openvino]", "vlmedge.runtimes.openvino"),
+    # Kept so that artifacts and the CLI can name it; selecting it says what it needs.
+    Backend("tensorrt", "tensorrt", "tensorrt", "vlmedge[tensorrt]", None, needs="an NVIDIA GPU with CUDA"),
+)}
+
+
+def backend_named(name: str) -> Backend:
+    """The backend called `name`; a clear error listing the known ones otherwise."""
+    if name not in BACKENDS:
+        raise BackendUnavailableError(f"Unknown backend '{name}'; choose one of {', '.join(BACKENDS)}.")
+    return BACKENDS[name]
+
+
+def backend_of_target(target: str) -> Backend | None:
+    """The backend that reads an artifact target's files, or None for a target this vlmedge does not know."""
+    return next((b for b in BACKENDS.values() if b.target == target), None)
 
 
 @dataclass(frozen=True)
@@ -58,10 +82,15 @@ class Session(ABC):
     # built for a range (TensorRT optimisation profiles); None: any batch.
     batch_range: tuple[int, int] | None = None
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], check: bool = True) -> dict[str, np.ndarray]:
         """Checks the feeds, then runs the model. A zero-length batch returns empty outputs
-        of the right shapes and dtypes without calling the backend."""
-        self._check_feeds(feeds)
+        of the right shapes and dtypes without calling the backend.
+
+        check=False skips the feed checks, for callers that already checked the same feeds
+        once (a benchmark timing only the backend's own call).
+        """
+        if check:
+            self.check_feeds(feeds)
         if self._is_empty_batch(feeds):
             return self._empty_outputs(feeds)
         return self._run(feeds)
@@ -70,7 +99,7 @@ class Session(ABC):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the model; feeds are already checked."""
 
-    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+    def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """Names, types, dtypes, ranks, static sizes, one batch size across inputs, the
         batch range and finiteness; every message names the input and says what was
         expected and what was given."""
@@ -145,19 +174,27 @@ def _dtype(name: str) -> np.dtype | None:
 
 
 def available_backends() -> list[str]:
-    """Backends whose package is installed, without importing any of them."""
-    return [name for name, (_, package, _) in BACKENDS.items() if importlib.util.find_spec(package) is not None]
+    """Backends this vlmedge implements whose package is installed, without importing any of them."""
+    return [b.name for b in BACKENDS.values() if b.module and importlib.util.find_spec(b.package) is not None]
+
+
+def unavailable_reason(backend: Backend) -> str | None:
+    """Why `backend` cannot run here (one sentence with what to do), or None when it can."""
+    if backend.module is None:
+        return (f"The {backend.name} backend needs {backend.needs} and the '{backend.package}' package "
+                f"({backend.install_hint()}); this vlmedge cannot run {backend.name} engines yet, so choose "
+                f"another backend ({', '.join(b.name for b in BACKENDS.values() if b.module)}).")
+    if importlib.util.find_spec(backend.package) is None:
+        return (f"The {backend.name} backend needs the '{backend.package}' package, which is not installed; "
+                f"install it with: {backend.install_hint()}.")
+    return None
 
 
 def open_session(model_path: str | Path, backend: str = "onnxruntime", device: str = "cpu", **options: Any) -> Session:
     """Opens a model file on a backend; the backend's package is imported only now."""
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"Unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
-    module_name, package, extra = BACKENDS[backend]
-    if importlib.util.find_spec(package) is None:
-        raise BackendUnavailableError(
-            f"The {backend} backend needs the '{package}' package, which is not installed; "
-            f"install it with: pip install '{extra}'."
-        )
-    module = importlib.import_module(module_name)
+    chosen = backend_named(backend)
+    reason = unavailable_reason(chosen)
+    if reason:
+        raise BackendUnavailableError(reason)
+    module = importlib.import_module(chosen.module)
     return module.open_session(Path(model_path), device=device, **options)

@@ -57,7 +57,7 @@ def _warm_up() -> None:
 
     import vlmedge.cli  # noqa: F401
     import vlmedge.exporters.onnx  # noqa: F401
-    import vlmedge.exporters.parity  # noqa: F401
+    import vlmedge.exporters.reference  # noqa: F401
     import vlmedge.exporters.pipeline  # noqa: F401
     import vlmedge.exporters.samples  # noqa: F401
     import vlmedge.exporters.sources.hf  # noqa: F401

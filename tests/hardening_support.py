@@ -211,7 +211,7 @@ def graph_io(session) -> dict[str, Any]:
 def pipeline_from(task_class, root: Path, sessions: dict, manifest: dict, backend: str = "onnxruntime"):
     """A task pipeline around already-open sessions and a manifest (no export, no hashing)."""
     from vlmedge.artifact import Artifact
-    from vlmedge.tasks.base import ModelSessions
+    from vlmedge.runtimes.select import ModelSessions
 
     manifest = {"schema_version": 1, "files": [], "graphs": {g: graph_io(s) for g, s in sessions.items()}, **manifest}
     return task_class(ModelSessions(Artifact(root=root, manifest=manifest), backend, "fp32", "cpu", sessions))

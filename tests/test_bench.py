@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vlmedge
-from vlmedge.bench_types import BenchResult
+from vlmedge.bench.result import BenchResult
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "benchmarks" / "bench.schema.json").read_text())
@@ -87,7 +87,7 @@ def test_json_validates_against_the_schema_and_round_trips(result, tmp_path):
 
 
 def test_compare_api_reports_ratios_per_row_and_metric(result):
-    from vlmedge.bench_report import compare
+    from vlmedge.bench.report import compare
 
     assert compare(result, result).passed and {r.slowdown for r in compare(result, result).rows} == {1.0}
     slower = BenchResult.from_dict(result.to_dict())

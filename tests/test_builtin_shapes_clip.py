@@ -26,7 +26,7 @@ except ImportError:
 
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="shapes-clip not trained yet")
 
-SHAPE_PROMPT = "a photo of a {shape}."  # as in train_shapes_clip.SHAPE_PROMPT
+SHAPE_PROMPT = "a photo of a {shape}."  # as in zero_shot_eval.SHAPE_PROMPT
 EVAL_SEED = 20_240_611  # not a training seed
 
 

@@ -146,7 +146,7 @@ def rows_of(dataset) -> list[dict]:
 
 
 def expected_order(*inputs, kind="image") -> list[str]:
-    from vlmedge.bulk import collect
+    from vlmedge.bulk.inputs import collect
 
     found = collect(list(inputs), kind)
     return found.files + found.missing
@@ -319,7 +319,9 @@ def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monke
     import shutil
 
     import vlmedge
-    from vlmedge.bulk import collect, make_job, run_local
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
 
     for i, source in enumerate(sorted(images.glob("*.png"))[:5]):
         shutil.copy(source, tmp_path / f"{i}0")  # a file named "00", "10", ...: text, not a number

@@ -6,9 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# `vlmedge.bench` is the function, not the subpackage: importing the subpackage first and
+# binding the function after means a later `import vlmedge.bench.x` finds the package in
+# sys.modules and never rebinds `vlmedge.bench`, so `vlmedge.bench(...)` stays the function.
+# The package imports only the stdlib at module level; measuring loads when bench() runs.
+from vlmedge.bench import bench
 from vlmedge.errors import VlmedgeError
+from vlmedge.version import __version__
 
-__version__ = "0.1.0"
 
 # ONNX Runtime (1.32 on Linux) otherwise records every session it opens, with the model's
 # file name, in ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db: loading an
@@ -29,17 +34,6 @@ def export(model: Any, out: Any, **kwargs: Any):
     from vlmedge.exporters.pipeline import export as _export
 
     return _export(model, out, **kwargs)
-
-
-def bench(artifact: Any, **kwargs: Any):
-    """Measures an artifact's latency, throughput and memory per backend, precision and batch,
-    with the PyTorch source as baseline; returns a BenchResult (see vlmedge.bench.bench).
-
-    `import vlmedge.bench` replaces this function with the module, which is callable the same way.
-    """
-    from vlmedge.bench import bench as _bench
-
-    return _bench(artifact, **kwargs)
 
 
 __all__ = ["VlmedgeError", "__version__", "bench", "export", "load"]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.errors import ArtifactError, ExportError
+from vlmedge.registry import TASKS
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -39,10 +40,6 @@ _TMP_MARKER = ".vlmedge-tmp-"
 MAX_MANIFEST_BYTES = 64 * 1024**2
 # Session options a model entry may carry to its backend (plain values only, no paths).
 MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "precision"})
-# The preprocessing sections each task's pipeline reads.
-_PREPROCESS_OF_TASK = {"image-classification": ("image",), "image-embedding": ("image",), "clip": ("image", "text"),
-                       "audio-classification": ("audio",)}
-_GRAPHS_OF_TASK = {"image-classification": 1, "image-embedding": 1, "clip": 2, "audio-classification": 1}
 
 
 def sha256_file(path: Path) -> str:
@@ -222,12 +219,7 @@ def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
     for kind, spec in manifest["preprocess"].items():
         if not isinstance(spec, dict):
             raise _malformed(where, f"preprocess['{kind}'] is a {type(spec).__name__}, not an object")
-    wanted = _GRAPHS_OF_TASK.get(manifest["task"])
-    if wanted is not None and len(graphs) != wanted:
-        raise _malformed(where, f"the {manifest['task']} task has {wanted} graph(s), not {len(graphs)} ({sorted(graphs)})")
-    missing = set(_PREPROCESS_OF_TASK.get(manifest["task"], ())) - set(manifest["preprocess"])
-    if missing:
-        raise _malformed(where, f"the {manifest['task']} task needs preprocess {sorted(missing)}")
+    _check_task_shape(manifest, where)
     labels = manifest.get("labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise _malformed(where, "labels must be a list of strings or null")
@@ -259,6 +251,20 @@ def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
         _check_parity(entry, where)
     if set(graphs) - modelled:
         raise _malformed(where, f"graph(s) {sorted(set(graphs) - modelled)} have no model file")
+
+
+def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
+    """A registered task's artifact holds the graphs and preprocessing sections the
+    registry declares for it (an unknown task is refused later, by whoever runs it)."""
+    task = TASKS.get(manifest["task"])
+    if task is None:
+        return
+    graphs = manifest["graphs"]
+    if len(graphs) != len(task.graphs):
+        raise _malformed(where, f"the {task.name} task has {len(task.graphs)} graph(s), not {len(graphs)} ({sorted(graphs)})")
+    missing = set(task.preprocess) - set(manifest["preprocess"])
+    if missing:
+        raise _malformed(where, f"the {task.name} task needs preprocess {sorted(missing)}")
 
 
 _METRICS = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "top1", "top5", "prob_max_abs")

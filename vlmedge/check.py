@@ -3,7 +3,6 @@ model files on this machine and compares with the stored source outputs. No torc
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,10 @@ import numpy as np
 from vlmedge.artifact import Artifact
 from vlmedge.errors import ArtifactError
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
-from vlmedge.runtimes.base import BACKENDS, TARGET_OF_BACKEND, open_session
-from vlmedge.runtimes.onnx_external import check_external_data
+from vlmedge.runtimes.base import backend_of_target, unavailable_reason
+from vlmedge.runtimes.select import open_entry
 
 PARITY_FILE = "samples/parity.npz"
-BACKEND_OF_TARGET = {target: backend for backend, target in TARGET_OF_BACKEND.items()}
 
 
 def stored_parity_inputs(artifact: Artifact) -> dict[str, dict[str, dict[str, np.ndarray]]]:
@@ -43,27 +41,24 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8) -
     stored = stored_parity_inputs(artifact)
     reports = []
     for entry in artifact.model_entries():
-        backend = BACKEND_OF_TARGET.get(entry["target"], entry["target"])
+        backend = backend_of_target(entry["target"])  # never import a module named by the manifest
         context = {"graph": entry["graph"], "target": entry["target"], "precision": entry["precision"],
-                   "backend": backend, "file": entry["path"]}
-        if backend not in BACKENDS:  # never import a module named by the manifest
+                   "backend": backend.name if backend else entry["target"], "file": entry["path"]}
+        if backend is None:
             reports.append({**context, "skipped": f"this vlmedge has no backend for target '{entry['target']}'",
                             "passed": None})
             continue
-        package = BACKENDS[backend][1]
-        if importlib.util.find_spec(package) is None:
-            reports.append({**context, "skipped": f"{package} is not installed", "passed": None})
+        reason = unavailable_reason(backend)
+        if reason:
+            reports.append({**context, "skipped": reason, "passed": None})
             continue
         gate_dict = (entry.get("parity") or {}).get("gate")
         if not gate_dict and entry["precision"] not in GATES:
             raise ArtifactError(f"{entry['path']} in {artifact.root} has precision '{entry['precision']}' and no gate; "
                                 "this vlmedge cannot check it. Upgrade vlmedge or re-export the artifact.")
         gate = Gate(**gate_dict) if gate_dict else GATES[entry["precision"]]
-        model_path = artifact.path_of(entry)
-        if entry["target"] == "onnx" or model_path.suffix.lower() == ".onnx":  # ORT parses any name
-            check_external_data(model_path, artifact.root)
         # the options the file was verified with (OpenVINO's inference precision, for one)
-        session = open_session(model_path, backend=backend, device=device, **entry.get("session_options", {}))
+        session = open_entry(artifact, entry, backend=backend.name, device=device)
         data = stored.get(entry["graph"], {})
         if not data.get("input") or not data.get("reference"):
             raise ArtifactError(f"{PARITY_FILE} in {artifact.root} holds no inputs or outputs for graph "

@@ -85,24 +85,26 @@ def predict(
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="--engine ray: GPUs per inference actor."),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
-    from vlmedge import bulk_cli
+    from vlmedge.bulk import command as bulk
 
-    if bulk_cli.wants_bulk(engine, out, address, concurrency, gpus_per_worker):
+    if bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker):
         options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
                        attention=attention)
-        return bulk_cli.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
-                                backend, precision, options, console, err_console)
-    import vlmedge
+        return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
+                            backend, precision, options, console, err_console)
+    from vlmedge.registry import task_named
+    from vlmedge.tasks import load
 
-    pipeline = vlmedge.load(artifact, backend=backend, precision=precision)
+    pipeline = load(artifact, backend=backend, precision=precision)
+    method = task_named(pipeline.task).method("predict")
     options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
                    attention=attention)
-    rows = PREDICTORS[pipeline.task](pipeline, list(inputs), **options)
+    rows = ROWS[method.result](pipeline, method, list(inputs), **options)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
-    console.print(TABLES.get(pipeline.task, _results_table)(rows, title))
+    console.print(TABLES.get(method.result, _results_table)(rows, title))
     if any(len(row.get("windows") or []) > 1 for row in rows):
         console.print(_windows_table(rows))
 
@@ -118,14 +120,26 @@ def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _predict_classification(pipeline: Any, inputs: list[str], top_k: int, **_: Any) -> list[dict[str, Any]]:
-    results = pipeline.classify(inputs, top_k=top_k)
+def _ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
+                 templates: Optional[list[str]] = None, **_: Any) -> list[dict[str, Any]]:
+    """Ranked labels per input; a zero-shot method ranks against the --labels, through the
+    --template prompts."""
+    call = getattr(pipeline, method.name)
+    if "labels" not in method.options:
+        results = call(inputs, top_k=top_k)
+    else:
+        candidates = _split(labels or "")
+        if not candidates:
+            raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; pass them, "
+                                     "e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').",
+                                     param_hint="--labels")
+        results = call(inputs, candidates, list(templates) if templates else ["a photo of a {}."], top_k=top_k)
     return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
 
 
-def _predict_audio(pipeline: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
-                   aggregate: str = "max", **_: Any) -> list[dict[str, Any]]:
-    results = pipeline.tag(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate)
+def _tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
+              aggregate: str = "max", **_: Any) -> list[dict[str, Any]]:
+    results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate)
     return [{"input": name, "duration": round(clip.duration, 3),
              "predictions": [t._asdict() for t in clip.tags],
              "windows": [{"start": round(w.start, 3), "end": round(w.end, 3),
@@ -161,11 +175,11 @@ def _attention_paths(attention: Path, inputs: list[str]) -> list[Path]:
     return paths
 
 
-def _predict_embedding(pipeline: Any, inputs: list[str], attention: Optional[Path] = None,
-                       **_: Any) -> list[dict[str, Any]]:
+def _embedding_rows(pipeline: Any, method: Any, inputs: list[str], attention: Optional[Path] = None,
+                    **_: Any) -> list[dict[str, Any]]:
     import numpy as np
 
-    raw = pipeline.embed(inputs, normalize=False)
+    raw = getattr(pipeline, method.name)(inputs, normalize=False)
     rows = [{"input": name, "pooling": pipeline.default_pooling, "dim": int(vector.shape[0]),
              "norm": float(np.linalg.norm(vector)), "first": [round(float(v), 5) for v in vector[:4]]}
             for name, vector in zip(inputs, raw)]
@@ -187,33 +201,11 @@ def _embedding_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _predict_clip(pipeline: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
-                  templates: Optional[list[str]] = None, **_: Any) -> list[dict[str, Any]]:
-    """CLIP zero-shot: each image against the --labels, through the --template prompts."""
-    candidates = _split(labels or "")
-    if not candidates:
-        raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; "
-                                 "pass them, e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').",
-                                 param_hint="--labels")
-    chosen = list(templates) if templates else ["a photo of a {}."]
-    label_matrix = pipeline.text_embeddings(candidates, chosen)
-    results = pipeline.zero_shot(inputs, candidates, chosen, top_k=top_k, text_embeddings=label_matrix)
-    return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
-
-
-# task -> function(pipeline, inputs, **options) -> rows for the table or JSON
-PREDICTORS = {
-    "image-classification": _predict_classification,
-    "audio-classification": _predict_audio,
-    "image-embedding": _predict_embedding,
-    "clip": _predict_clip,
-}
-
-
-# task -> function(rows, title) -> Table, for tasks whose rows are not ranked labels
-TABLES = {
-    "image-embedding": _embedding_table,
-}
+# the registry's result kind of the "predict" method -> function(pipeline, method, inputs,
+# **options) -> rows for the table or JSON
+ROWS = {"ranked": _ranked_rows, "tags": _tag_rows, "embedding": _embedding_rows}
+# result kind -> function(rows, title) -> Table, where the rows are not ranked labels
+TABLES = {"embedding": _embedding_table}
 
 
 @app.command()
@@ -233,39 +225,10 @@ def embed(
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="--engine ray: GPUs per inference actor."),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
-    from vlmedge import bulk_cli
+    from vlmedge.bulk import command as bulk
 
-    if bulk_cli.wants_bulk(engine, out, address, concurrency, gpus_per_worker):
-        return bulk_cli.embed(artifact, list(inputs or []), out, engine, address, batch_size, concurrency, gpus_per_worker,
-                              backend, precision, pooling, normalize, list(text or []), console, err_console)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    import vlmedge
-    from vlmedge.embed_files import collect_inputs, embed_files, embedders_for, write_embeddings
-
-    texts = list(text or [])
-    files = collect_inputs(inputs or [])
-    if not files and not texts:
-        raise typer.BadParameter("no images found; give image files or folders that contain images"
-                                 + (" (or --text for CLIP)" if inputs is None else ""), param_hint="INPUT")
-    pipeline = vlmedge.load(artifact, backend=backend, precision=precision)
-    if texts and pipeline.task != "clip":
-        raise typer.BadParameter(f"--text needs a CLIP artifact; the task of {artifact} is {pipeline.task}, "
-                                 "which embeds images only.", param_hint="--text")
-    embedders = embedders_for(pipeline, pooling=pooling, normalize=normalize)
-    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task_id = bar.add_task("embed", total=len(files) + len(texts))
-        result = embed_files(embedders, files, texts, batch_size=batch_size,
-                             progress=lambda n: bar.advance(task_id, n))
-    npy, listing = write_embeddings(result, out, artifact, pipeline.task)
-    rate = (len(result.files) + len(result.texts)) / max(result.seconds, 1e-9)
-    console.print(f"wrote {npy} ({result.embeddings.shape[0]} x {result.embeddings.shape[1]} float32) and {listing}; "
-                  f"{rate:.1f} inputs/s on {pipeline.model.backend} ({pipeline.model.provider})")
-    if result.skipped:
-        err_console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s)[/yellow] (listed in {listing}):")
-        for item in result.skipped:
-            err_console.print(f"  {item['input']}: {item['error']}", highlight=False)
+    bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
+               pooling, normalize, list(text or []), console, err_console)
 
 
 @app.command()
@@ -355,7 +318,7 @@ def check(
         raise typer.Exit(1)
 
 
-from vlmedge.bench_cli import bench as _bench_command  # noqa: E402 - typer and rich only
+from vlmedge.bench.command import bench as _bench_command  # noqa: E402 - typer and rich only
 
 app.command(name="bench")(_bench_command)
 

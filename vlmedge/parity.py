@@ -32,6 +32,8 @@ GATES = {
     "bf16": Gate(min_cosine=0.999, max_abs=None, min_top1=0.99, max_accuracy_drop=0.005, min_eval_agreement=0.99),
     "int8": Gate(min_cosine=0.99, max_abs=None, min_top1=0.95, max_accuracy_drop=0.005, min_eval_agreement=0.99),
 }
+# Every precision vlmedge exports and runs, from the widest to the narrowest: fp32 is the reference.
+PRECISIONS: tuple[str, ...] = tuple(GATES)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ try:
 except ImportError:  # pragma: no cover - soxr is a core dependency; scipy is the fallback
     soxr = None
 
+# File suffixes of the audio containers soundfile (libsndfile) decodes.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 # More channels than this is almost certainly a batch of clips passed as one 2-D array.

@@ -23,6 +23,9 @@ from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
 # Pillow's decompression-bomb limit, checked by vlmedge itself before decoding.
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# What one image may be when a pipeline is given a single input rather than a list
+# (a uint8 numpy array of up to 3 dimensions is one image too: see tasks.base.as_list).
+IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
 _RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 _RESAMPLE_NAMES = {v: k for k, v in _RESAMPLE.items()}  # PIL's int codes, as HF configs store them
 _SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
@@ -212,6 +215,11 @@ def _convnext_resize(size: dict, crop_pct: float, do_crop: bool, crop: dict | No
         raise UnsupportedModelError(f"vlmedge cannot reproduce ConvNeXt's crop_pct crop followed by a second "
                                     f"centre crop to {crop}.")
     return {"shortest_edge": int(edge / crop_pct)}, True, square
+
+
+def image_suffixes() -> set[str]:
+    """File suffixes of the image formats vlmedge decodes (.jpg, .png, .webp, .tif ...)."""
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS}
 
 
 def load_image(image: Any) -> Image.Image:

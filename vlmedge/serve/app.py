@@ -36,7 +36,7 @@ INLINE_BYTES = 256 * 1024
 def load_models(artifacts: Iterable[str | os.PathLike], backend: str = "auto", precision: str | None = None,
                 device: str = "cpu") -> dict[str, Any]:
     """Loads artifacts into pipelines named by their folder ("name=path" names one explicitly)."""
-    import vlmedge
+    from vlmedge.tasks import load
 
     pipelines: dict[str, Any] = {}
     for item in artifacts:
@@ -45,7 +45,7 @@ def load_models(artifacts: Iterable[str | os.PathLike], backend: str = "auto", p
         name = name or Path(path).resolve().name
         if name in pipelines:
             raise ArtifactError(f"Two artifacts are named '{name}'; name one explicitly, e.g. other-{name}={path}.")
-        pipelines[name] = vlmedge.load(path, backend=backend, device=device, precision=precision)
+        pipelines[name] = load(path, backend=backend, device=device, precision=precision)
     return pipelines
 
 

@@ -289,18 +289,8 @@ class AudioModel(ServedModel):
         self.pipeline.tag(np.zeros(rate, dtype=np.float32), sample_rate=rate)
 
 
-SERVED = {
-    "image-classification": ClassifierModel,
-    "image-embedding": EncoderModel,
-    "clip": ClipModel,
-    "audio-classification": AudioModel,
-}
-
-
 def serve_pipeline(name: str, pipeline: Any) -> ServedModel:
-    """The served model for a pipeline, by its task."""
-    from vlmedge.errors import ArtifactError
+    """The served model for a pipeline: the adapter its task's registry entry names."""
+    from vlmedge.registry import task_named
 
-    if pipeline.task not in SERVED:
-        raise ArtifactError(f"Model '{name}' has task '{pipeline.task}', which `vlmedge serve` cannot serve.")
-    return SERVED[pipeline.task](name, pipeline)
+    return task_named(pipeline.task, f"Model '{name}'").served_class()(name, pipeline)

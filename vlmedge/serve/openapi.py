@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import vlmedge
+from vlmedge.version import __version__
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import OPTIONS
 
@@ -118,7 +118,7 @@ def build_openapi(models: dict[str, Any], limits: Limits) -> dict[str, Any]:
             }}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "vlmedge serve", "version": vlmedge.__version__,
+        "info": {"title": "vlmedge serve", "version": __version__,
                  "description": "Inference on exported artifacts, with dynamic batching. Inputs are uploaded "
                                 "(multipart) or sent as base64 in JSON; no URL is ever fetched."},
         "paths": paths,

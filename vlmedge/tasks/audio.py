@@ -11,24 +11,22 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
-from vlmedge.tasks.base import MAX_BATCH, ModelSessions, chunks, sigmoid, softmax
+from vlmedge.runtimes.select import ModelSessions
+from vlmedge.tasks.base import MAX_BATCH, Prediction, check_threshold, check_top_k, chunks, rank, sigmoid, softmax
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
 AGGREGATES = ("max", "mean")
 
 
-class Tag(NamedTuple):
-    """One label and its score (sigmoid for multi-label models, softmax otherwise)."""
-
-    label: str
-    index: int
-    score: float
+# One label and its score (sigmoid for multi-label models, softmax otherwise): the same
+# ranked-label type every task returns.
+Tag = Prediction
 
 
 class WindowTags(NamedTuple):
@@ -49,10 +47,33 @@ class ClipTags(NamedTuple):
     duration: float
 
 
+class PreparedClip(NamedTuple):
+    """One clip ready for the model (what `AudioTagger.prepare_clip` makes): its duration in
+    seconds, the (W, 2) start/end seconds of its model windows and their (W, max_length,
+    num_mel_bins) float32 features."""
+
+    duration: float
+    spans: np.ndarray
+    features: np.ndarray
+
+
 class _Scored(NamedTuple):
     duration: float
     spans: list[tuple[float, float]]
     scores: np.ndarray  # (windows, labels)
+
+
+def _at_model_rate(wave: np.ndarray, rate: int, spec: AudioPreprocessSpec) -> tuple[np.ndarray, float]:
+    """A decoded clip resampled to the model's rate, and its duration in seconds."""
+    return resample(wave, rate, spec.sampling_rate), wave.size / rate
+
+
+def _features(waves: Sequence[np.ndarray], spec: AudioPreprocessSpec) -> np.ndarray:
+    return np.stack([fbank(w, spec) for w in waves])
+
+
+def _spans(windows: list[tuple[float, float, np.ndarray]]) -> list[tuple[float, float]]:
+    return [(float(start), float(end)) for start, end, _ in windows]
 
 
 def _as_clips(audio: Any) -> tuple[list[Any], bool]:
@@ -114,12 +135,24 @@ class AudioTagger:
                 if single or isinstance(item, (str, os.PathLike)):  # a file's message names it
                     raise
                 raise InputError(f"Audio clip {i} of the list: {exc}") from None
-            loaded.append((resample(wave, rate, self.spec.sampling_rate), wave.size / rate))
+            loaded.append(_at_model_rate(wave, rate, self.spec))
         return loaded
+
+    @staticmethod
+    def prepare_clip(audio: Any, spec: AudioPreprocessSpec, sample_rate: int | None = None,
+                     window_hop: float | None = None) -> PreparedClip:
+        """Decodes one clip and computes its model windows' features, exactly as `tag` does,
+        from the artifact's audio preprocessing spec alone (no model): the bulk engines
+        prepare clips in one stage (CPU tasks) and call `tag_prepared` in the next."""
+        hop = AudioTagger.check_window_hop(window_hop, spec)
+        wave, duration = _at_model_rate(*load_audio(audio, sample_rate), spec)
+        windows = split_windows(wave, spec, hop)
+        spans = np.asarray(_spans(windows), dtype=np.float64).reshape(-1, 2)
+        return PreparedClip(duration, spans, _features([segment for _, _, segment in windows], spec))
 
     def features(self, waves: list[np.ndarray]) -> np.ndarray:
         """(N, max_length, num_mel_bins) model input for waveforms already at the model's rate."""
-        return np.stack([fbank(w, self.spec) for w in waves])
+        return _features(waves, self.spec)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Raw model outputs for a batch of features, run in chunks; (N, num_labels) float32."""
@@ -131,44 +164,54 @@ class AudioTagger:
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _check_hop(self, window_hop: Any) -> float | None:
+    @staticmethod
+    def check_window_hop(window_hop: Any, spec: AudioPreprocessSpec) -> float | None:
+        """The seconds between window starts (None: the default, half a window); raises
+        InputError unless it lies from one fbank frame to one model window of ``spec``."""
         if window_hop is None:
             return None
-        shift = self.spec.frame_shift / self.spec.sampling_rate
+        shift = spec.frame_shift / spec.sampling_rate
         if (isinstance(window_hop, bool) or not isinstance(window_hop, numbers.Real)
-                or not math.isfinite(window_hop) or not shift <= window_hop <= self.window_seconds):
+                or not math.isfinite(window_hop) or not shift <= window_hop <= spec.window_seconds):
             raise InputError(
                 f"window_hop={window_hop!r} must be a number of seconds from {shift:g} (one frame) "
-                f"to {self.window_seconds:g} (one model window)."
+                f"to {spec.window_seconds:g} (one model window)."
             )
         return float(window_hop)
+
+    @staticmethod
+    def check_aggregate(aggregate: Any) -> str:
+        """How the windows' scores make a clip's: one of AGGREGATES, else InputError."""
+        if aggregate not in AGGREGATES:
+            raise InputError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)}.")
+        return aggregate
 
     def _score(self, audio: Any, sample_rate: int | None, window_hop: Any) -> tuple[list[_Scored], bool]:
         """Per clip: duration, window spans and per-window scores. Windows of all clips are
         batched together and their features computed one chunk at a time."""
-        hop = self._check_hop(window_hop)
+        hop = self.check_window_hop(window_hop, self.spec)
         _, single = _as_clips(audio)
         clips = self.load(audio, sample_rate)
         windows = [split_windows(wave, self.spec, hop) for wave, _ in clips]
         segments = [segment for clip_windows in windows for _, _, segment in clip_windows]  # views, no copies
-        parts = [self._activate(self.logits(self.features(batch))) for batch in chunks(segments, MAX_BATCH)]
+        spans = [(duration, _spans(clip_windows)) for (_, duration), clip_windows in zip(clips, windows)]
+        return self._scored(spans, segments, self.features), single
+
+    def _scored(self, clips: list[tuple[float, list[tuple[float, float]]]], windows: Sequence[np.ndarray],
+                model_input) -> list[_Scored]:
+        """Scores the windows of all clips together, a chunk at a time (``model_input`` turns
+        a chunk of windows into features), and splits the scores back per (duration, spans)."""
+        parts = [self._activate(self.logits(model_input(batch))) for batch in chunks(windows, MAX_BATCH)]
         scores = np.concatenate(parts)
         results, offset = [], 0
-        for (_, duration), clip_windows in zip(clips, windows):
-            spans = [(float(s), float(e)) for s, e, _ in clip_windows]
+        for duration, spans in clips:
             results.append(_Scored(duration, spans, scores[offset:offset + len(spans)]))
             offset += len(spans)
-        return results, single
+        return results
 
     @staticmethod
     def _aggregate(scores: np.ndarray, aggregate: str) -> np.ndarray:
         return scores.max(axis=0) if aggregate == "max" else scores.mean(axis=0)
-
-    @staticmethod
-    def _check_aggregate(aggregate: Any) -> str:
-        if aggregate not in AGGREGATES:
-            raise InputError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)}.")
-        return aggregate
 
     def window_probabilities(self, audio: Any, sample_rate: int | None = None,
                              window_hop: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -180,17 +223,9 @@ class AudioTagger:
                       aggregate: str = "max") -> np.ndarray:
         """Clip-level scores, (N, num_labels): the max (or mean) over each clip's windows of
         the per-window sigmoid (multi-label models) or softmax."""
-        aggregate = self._check_aggregate(aggregate)
+        aggregate = self.check_aggregate(aggregate)
         scored, _ = self._score(audio, sample_rate, window_hop)
         return np.stack([self._aggregate(s.scores, aggregate) for s in scored])
-
-    def _ranked(self, row: np.ndarray, top_k: int | None, threshold: float | None) -> list[Tag]:
-        order = np.argsort(-row, kind="stable")
-        if threshold is not None:
-            order = order[row[order] >= threshold]
-        if top_k is not None:
-            order = order[:top_k]
-        return [Tag(self.labels[i], int(i), float(row[i])) for i in order]
 
     def tag(self, audio: Any, sample_rate: int | None = None, top_k: int | None = 5,
             threshold: float | None = None, window_hop: float | None = None,
@@ -211,18 +246,29 @@ class AudioTagger:
         Returns:
             A ClipTags for one clip, a list of them for a list.
         """
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
-            raise InputError(f"top_k must be a positive integer (or None for all labels), not {top_k!r}.")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
-                                      or not 0.0 <= threshold <= 1.0):
-            raise InputError(f"threshold must be a score from 0 to 1 (or None), not {threshold!r}.")
-        aggregate = self._check_aggregate(aggregate)
-        top_k = None if top_k is None else int(top_k)
+        top_k = check_top_k(top_k, allow_all=True)
+        threshold = check_threshold(threshold)
+        aggregate = self.check_aggregate(aggregate)
         scored, single = self._score(audio, sample_rate, window_hop)
-        results = []
-        for s in scored:
-            windows = [WindowTags(start, end, self._ranked(row, top_k, threshold))
-                       for (start, end), row in zip(s.spans, s.scores)]
-            clip = self._aggregate(s.scores, aggregate)
-            results.append(ClipTags(self._ranked(clip, top_k, threshold), windows, s.duration))
+        results = [self._clip_tags(s, top_k, threshold, aggregate) for s in scored]
         return results[0] if single else results
+
+    def tag_prepared(self, clips: Sequence[PreparedClip], top_k: int | None = 5, threshold: float | None = None,
+                     aggregate: str = "max") -> list[ClipTags]:
+        """`tag` for clips already prepared by `prepare_clip` (with the window_hop wanted);
+        always a list, equal to what `tag` gives for those clips. The windows of all clips
+        run through the model together."""
+        top_k = check_top_k(top_k, allow_all=True)
+        threshold = check_threshold(threshold)
+        aggregate = self.check_aggregate(aggregate)
+        if not clips:
+            return []
+        windows = [np.asarray(window, dtype=np.float32) for clip in clips for window in clip.features]
+        spans = [(float(clip.duration), [(float(start), float(end)) for start, end in clip.spans]) for clip in clips]
+        return [self._clip_tags(s, top_k, threshold, aggregate) for s in self._scored(spans, windows, np.stack)]
+
+    def _clip_tags(self, scored: _Scored, top_k: int | None, threshold: float | None, aggregate: str) -> ClipTags:
+        windows = [WindowTags(start, end, rank(row, self.labels, top_k, threshold))
+                   for (start, end), row in zip(scored.spans, scored.scores)]
+        clip = self._aggregate(scored.scores, aggregate)
+        return ClipTags(rank(clip, self.labels, top_k, threshold), windows, scored.duration)

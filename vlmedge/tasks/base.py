@@ -1,135 +1,62 @@
-"""What every task pipeline shares: choosing model files from the artifact and opening
-one session per graph on the chosen backend."""
+"""What every task pipeline shares: turning inputs into lists and batches, and the
+activations over a model's scores."""
 
 from __future__ import annotations
 
-import importlib.util
-import platform
-from dataclasses import dataclass
-from typing import Any, Sequence
+import numbers
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from vlmedge.artifact import Artifact
-from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
-from vlmedge.runtimes.base import TARGET_OF_BACKEND, Session, open_session
-from vlmedge.runtimes.onnx_external import check_external_data
+from vlmedge.errors import InputError
 
 # The largest batch handed to a backend at once; longer lists are run in chunks.
 MAX_BATCH = 32
 
 
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+class Prediction(NamedTuple):
+    """One ranked label: a class of an image classifier, a zero-shot label, an audio tag."""
+
+    label: str
+    index: int
+    score: float
 
 
-def choose_backend(artifact: Artifact, device: str) -> str:
-    """'auto': TensorRT on NVIDIA GPUs, OpenVINO on Intel hardware, else ONNX Runtime."""
-    targets = {e["target"] for e in artifact.model_entries()}
-    if "tensorrt" in targets and device.startswith("cuda") and importlib.util.find_spec("tensorrt"):
-        return "tensorrt"
-    if "openvino" in targets and importlib.util.find_spec("openvino") and (
-        device != "cpu" or _cpu_vendor() == "GenuineIntel"
-    ):
-        return "openvino"
-    if "onnx" in targets:
-        return "onnxruntime"
-    known = sorted(targets & set(TARGET_OF_BACKEND.values()))
-    if known:
-        return {v: k for k, v in TARGET_OF_BACKEND.items()}[known[0]]
-    raise BackendUnavailableError(f"Artifact {artifact.root} holds no model files this vlmedge can run "
-                                  f"(targets: {', '.join(sorted(targets)) or 'none'}); upgrade vlmedge or re-export it.")
+def check_top_k(top_k: Any, allow_all: bool = False) -> int | None:
+    """The one top_k rule: a positive integer (not a bool); None means every label where allowed."""
+    if top_k is None and allow_all:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        also = " (or None for all labels)" if allow_all else ""
+        raise InputError(f"top_k must be a positive integer{also}, not {top_k!r}.")
+    return int(top_k)
 
 
-def choose_precision(entries: list[dict[str, Any]]) -> str:
-    """The fastest precision that passed its parity gate, by measured latency when the
-    export measured it; fp32 otherwise."""
-    passed = [e for e in entries if (e.get("parity") or {}).get("passed", False)]
-    graphs = {e.get("graph") for e in entries}
-    # per precision, the latency of one call of every graph (CLIP: image + text)
-    totals: dict[str, dict[Any, float]] = {}
-    for e in passed:
-        if (e.get("parity") or {}).get("latency_ms"):
-            totals.setdefault(e["precision"], {})[e.get("graph")] = e["parity"]["latency_ms"]
-    complete = {p: sum(t.values()) for p, t in totals.items() if set(t) == graphs}
-    if complete:
-        return min(complete, key=complete.get)
-    precisions = {e["precision"] for e in (passed or entries)}
-    return "fp32" if "fp32" in precisions else sorted(precisions)[0]
+def check_threshold(threshold: Any) -> float | None:
+    """A score from 0 to 1, or None for no threshold."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                  or not 0.0 <= threshold <= 1.0):
+        raise InputError(f"threshold must be a score from 0 to 1 (or None), not {threshold!r}.")
+    return None if threshold is None else float(threshold)
 
 
-@dataclass
-class ModelSessions:
-    """One session per graph of the artifact, all of one backend and precision."""
-
-    artifact: Artifact
-    backend: str
-    precision: str
-    device: str
-    sessions: dict[str, Session]
-
-    @property
-    def provider(self) -> str:
-        return ", ".join(sorted({s.provider for s in self.sessions.values()}))
+def rank(scores: np.ndarray, labels: Sequence[str], top_k: int | None = None,
+         threshold: float | None = None) -> list[Prediction]:
+    """One row of scores as predictions, best first (ties keep label order), at most
+    top_k of them (None: all) and only those scoring at least threshold."""
+    order = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        order = order[scores[order] >= threshold]
+    if top_k is not None:
+        order = order[:top_k]
+    return [Prediction(labels[i], int(i), float(scores[i])) for i in order]
 
 
-def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
-               precision: str | None = None, **options: Any) -> ModelSessions:
-    """Opens every graph of the artifact on one backend, device and precision."""
-    if backend == "auto":
-        backend = choose_backend(artifact, device)
-    target = TARGET_OF_BACKEND.get(backend)
-    if target is None:
-        raise BackendUnavailableError(
-            f"Unknown backend '{backend}'; choose one of auto, {', '.join(TARGET_OF_BACKEND)}."
-        )
-    entries = artifact.model_entries(target=target)
-    if not entries:
-        have = sorted({e["target"] for e in artifact.model_entries()})
-        raise BackendUnavailableError(
-            f"Artifact {artifact.root} has no {target} files (it has: {', '.join(have) or 'none'}); "
-            f"export it with --to {target} or choose another backend."
-        )
-    if precision is None:
-        precision = choose_precision(entries)
-    sessions = {}
-    for graph in artifact.manifest["graphs"]:
-        chosen = [e for e in entries if e["graph"] == graph and e["precision"] == precision]
-        if not chosen:
-            have = sorted({e["precision"] for e in entries if e["graph"] == graph})
-            raise BackendUnavailableError(
-                f"Artifact {artifact.root} has no {precision} {target} file for graph '{graph}' "
-                f"(it has: {', '.join(have)}); export that precision or choose another."
-            )
-        entry = chosen[0]
-        path = artifact.path_of(entry)
-        if entry["target"] == "onnx" or path.suffix.lower() == ".onnx":  # ORT parses whatever the name
-            check_external_data(path, artifact.root)
-        sessions[graph] = open_session(path, backend=backend, device=device,
-                                       **{**entry.get("session_options", {}), **options})
-        _check_graph_io(artifact, graph, sessions[graph], entry["path"])
-    return ModelSessions(artifact, backend, precision, device, sessions)
-
-
-def _check_graph_io(artifact: Artifact, graph: str, session: Session, relpath: str) -> None:
-    """The manifest's input and output names must be the model file's own: the pipelines
-    address the session's results by the manifest's names."""
-    described = artifact.manifest["graphs"][graph]
-    for kind, actual in (("inputs", session.inputs), ("outputs", session.outputs)):
-        want = sorted(i["name"] for i in described[kind])
-        have = sorted(i.name for i in actual)
-        if want != have:
-            raise ArtifactError(
-                f"Artifact {artifact.root}: the manifest says graph '{graph}' has {kind} {want}, but {relpath} has "
-                f"{have}; the manifest does not describe this file. Re-export the artifact."
-            )
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm, computed in float64, returned as float32 (a zero row stays zero)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x64, axis=-1, keepdims=True)
+    return (x64 / np.maximum(norms, 1e-300)).astype(np.float32)
 
 
 def as_list(inputs: Any, single_types: tuple[type, ...]) -> tuple[list[Any], bool]:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from vlmedge.errors import ArtifactError, InputError
-from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
-from vlmedge.tasks.base import ModelSessions, as_list, chunks, sigmoid, softmax
-
-IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
-
-
-class Prediction(NamedTuple):
-    label: str
-    index: int
-    score: float
+from vlmedge.errors import ArtifactError
+from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.runtimes.select import ModelSessions
+from vlmedge.tasks.base import Prediction, as_list, check_top_k, chunks, rank, sigmoid, softmax
 
 
 class ImageClassifier:
@@ -46,29 +37,39 @@ class ImageClassifier:
     def logits(self, images: Any) -> np.ndarray:
         """Raw model outputs, (N, num_labels) float32."""
         items, _ = as_list(images, IMAGE_TYPES)
-        outputs = []
-        for batch in chunks(items):
-            pixels = preprocess_images([load_image(i) for i in batch], self.spec)
-            outputs.append(self._session.run({self._input: pixels})[self._output])
-        return np.concatenate(outputs).astype(np.float32, copy=False)
+        return np.concatenate([self._pixel_logits(preprocess_images([load_image(i) for i in batch], self.spec))
+                               for batch in chunks(items)])
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Softmax (or sigmoid, for multi-label models) of the logits."""
-        logits = self.logits(images)
-        return sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
+        return self._activate(self.logits(images))
 
     def classify(self, images: Any, top_k: int = 5) -> list[Prediction] | list[list[Prediction]]:
         """Ranked (label, index, score) per image; one list for one image, a list of lists for a list."""
-        if not isinstance(top_k, int) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, not {top_k!r}.")
+        top_k = check_top_k(top_k)
         _, single = as_list(images, IMAGE_TYPES)
-        probs = self.probabilities(images)
+        results = self._ranked(self.probabilities(images), top_k)
+        return results[0] if single else results
+
+    def classify_prepared(self, pixels: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """`classify` for images already preprocessed: ``pixels`` is what
+        ``preprocess_images(images, classifier.spec)`` returns for them, (N, ...) float32.
+        Returns one ranked list per row, equal to what `classify` gives for those images.
+
+        The bulk engines decode and preprocess in one stage (CPU tasks) and call this in the
+        next (where the model is loaded)."""
+        top_k = check_top_k(top_k)
+        return self._ranked(self._activate(self._pixel_logits(pixels)), top_k)
+
+    def _pixel_logits(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = [self._session.run({self._input: part})[self._output] for part in chunks(pixels)]
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def _activate(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
+
+    def _ranked(self, probs: np.ndarray, top_k: int) -> list[list[Prediction]]:
         if probs.ndim != 2 or probs.shape[1] != len(self.labels):
             raise ArtifactError(f"The model scored {list(probs.shape)} classes for {len(self.labels)} labels; "
                                 "its artifact is inconsistent, re-export it.")
-        k = min(top_k, probs.shape[1])
-        results = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append([Prediction(self.labels[i], int(i), float(row[i])) for i in order])
-        return results[0] if single else results
+        return [rank(row, self.labels, top_k) for row in probs]

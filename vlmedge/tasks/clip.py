@@ -12,28 +12,18 @@ Runtime sessions are thread-safe and the tokenizer gives each call its own token
 
 from __future__ import annotations
 
-import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from vlmedge.errors import ArtifactError, InputError
-from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer
-from vlmedge.tasks.base import ModelSessions, as_list, chunks, sigmoid, softmax
-from vlmedge.tasks.classifier import Prediction
+from vlmedge.runtimes.select import ModelSessions
+from vlmedge.tasks.base import MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, rank, sigmoid, softmax
 
-IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm, in float64 then back to float32 (a zero row stays zero)."""
-    x64 = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x64, axis=-1, keepdims=True)
-    return (x64 / np.maximum(norms, 1e-300)).astype(np.float32)
 
 
 def _fill(template: str, label: str) -> str:
@@ -93,22 +83,15 @@ class Clip:
     def image_features(self, images: Any) -> np.ndarray:
         """The projected image embeddings as the model gives them, (N, D) float32, not normalised."""
         items, _ = as_list(images, IMAGE_TYPES)
-        parts = []
-        for batch in chunks(items):
-            pixels = preprocess_images([load_image(i) for i in batch], self.image_spec)
-            parts.append(self._image.run({self._image_input: pixels})[self._image_output])
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return np.concatenate([self._image_features(preprocess_images([load_image(i) for i in batch], self.image_spec))
+                               for batch in chunks(items)])
 
     def text_features(self, texts: str | Sequence[str]) -> np.ndarray:
         """The projected text embeddings as the model gives them, (N, D) float32, not normalised.
 
         Captions longer than the context are truncated (the EOS token is kept)."""
         batch = self._texts(texts)
-        parts = []
-        for part in chunks(batch):
-            encoded = self.tokenizer.encode(part)
-            parts.append(self._text.run({name: encoded[name] for name in self._text_inputs})[self._text_output])
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return np.concatenate([self._text_features(self.tokenizer.encode(part)) for part in chunks(batch)])
 
     def embed_images(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, (N, D) float32; one image gives N = 1.
@@ -120,6 +103,42 @@ class Clip:
         """L2-normalised caption embeddings, (N, D) float32; one caption gives N = 1."""
         return l2_normalize(self.text_features(texts))
 
+    # -- on prepared inputs (the bulk engines preprocess in one stage, run the model in the next)
+
+    def embed_images_prepared(self, pixels: np.ndarray) -> np.ndarray:
+        """`embed_images` for images already preprocessed: ``pixels`` is what
+        ``preprocess_images(images, clip.image_spec)`` returns for them, (N, ...) float32."""
+        return l2_normalize(self._image_features(pixels))
+
+    def embed_texts_prepared(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        """`embed_texts` for captions already tokenized: ``tokens`` is what
+        ``clip.tokenizer.encode(captions)`` returns for them (``input_ids`` and ``attention_mask``)."""
+        missing = [name for name in self._text_inputs if name not in tokens]
+        if missing:
+            raise InputError(f"The tokenized captions lack {', '.join(missing)}; pass what tokenizer.encode returns.")
+        return l2_normalize(self._text_features(tokens))
+
+    def zero_shot_prepared(self, pixels: np.ndarray, labels: Sequence[str],
+                           templates: Sequence[str] = DEFAULT_TEMPLATES, top_k: int = 5,
+                           text_embeddings: np.ndarray | None = None) -> list[list[Prediction]]:
+        """`zero_shot` for images already preprocessed (``pixels`` as for
+        `embed_images_prepared`); always one ranked list per row."""
+        top_k = check_top_k(top_k)
+        labels = self.check_labels(labels)
+        matrix = self._label_matrix(labels, templates, text_embeddings)
+        probs = self._scores(self._logits(self.embed_images_prepared(pixels), matrix))
+        return [rank(row, labels, top_k) for row in probs]
+
+    def _image_features(self, pixels: np.ndarray) -> np.ndarray:
+        parts = [self._image.run({self._image_input: part})[self._image_output] for part in chunks(pixels)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _text_features(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        n = len(tokens[self._text_inputs[0]])
+        parts = [self._text.run({name: tokens[name][start:start + MAX_BATCH] for name in self._text_inputs})
+                 [self._text_output] for start in range(0, n, MAX_BATCH)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
     # -- zero-shot --------------------------------------------------------------------------
 
     def text_embeddings(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
@@ -127,8 +146,8 @@ class Clip:
 
         With several templates, the label's normalised caption embeddings are averaged and
         the mean renormalised (the CLIP paper's prompt ensembling)."""
-        labels = self._labels(labels)
-        templates = self._templates(templates)
+        labels = self.check_labels(labels)
+        templates = self.check_templates(templates)
         captions = [_fill(t, label) for label in labels for t in templates]
         embeddings = self.embed_texts(captions).astype(np.float64).reshape(len(labels), len(templates), -1)
         return l2_normalize(embeddings.mean(axis=1))
@@ -136,37 +155,41 @@ class Clip:
     def logits(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                text_embeddings: np.ndarray | None = None) -> np.ndarray:
         """logit_scale * cosine (+ logit_bias for SigLIP), (N images, L labels) float32."""
-        labels = self._labels(labels)
-        if text_embeddings is None:
-            text_embeddings = self.text_embeddings(labels, templates)
-        text_embeddings = self._check_text_embeddings(text_embeddings, len(labels))
-        images = self.embed_images(images).astype(np.float64)
-        logits = self.logit_scale * (images @ text_embeddings.T) + self.logit_bias
-        return logits.astype(np.float32)
+        labels = self.check_labels(labels)
+        matrix = self._label_matrix(labels, templates, text_embeddings)
+        return self._logits(self.embed_images(images), matrix)
 
     def probabilities(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                       text_embeddings: np.ndarray | None = None) -> np.ndarray:
         """Softmax over the labels (CLIP) or an independent sigmoid per label (SigLIP), (N, L)."""
-        logits = self.logits(images, labels, templates, text_embeddings).astype(np.float64)
-        probs = softmax(logits) if self.scoring == "softmax" else sigmoid(logits)
-        return probs.astype(np.float32)
+        return self._scores(self.logits(images, labels, templates, text_embeddings))
 
     def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                   top_k: int = 5, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
         """Ranked (label, index, score) per image, best first; one list for one image, a
         list of lists for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)``
         to reuse the label embeddings across calls."""
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, not {top_k!r}.")
-        labels = self._labels(labels)
+        top_k = check_top_k(top_k)
+        labels = self.check_labels(labels)
         _, single = as_list(images, IMAGE_TYPES)
         probs = self.probabilities(images, labels, templates, text_embeddings)
-        k = min(int(top_k), len(labels))
-        results = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            results.append([Prediction(labels[i], int(i), float(row[i])) for i in order])
+        results = [rank(row, labels, top_k) for row in probs]
         return results[0] if single else results
+
+    def _label_matrix(self, labels: list[str], templates: Sequence[str], text_embeddings: Any) -> np.ndarray:
+        """The checked (L, D) float64 label embeddings: the given ones, or computed from the templates."""
+        if text_embeddings is None:
+            text_embeddings = self.text_embeddings(labels, templates)
+        return self._check_text_embeddings(text_embeddings, len(labels))
+
+    def _logits(self, image_embeddings: np.ndarray, label_matrix: np.ndarray) -> np.ndarray:
+        logits = self.logit_scale * (image_embeddings.astype(np.float64) @ label_matrix.T) + self.logit_bias
+        return logits.astype(np.float32)
+
+    def _scores(self, logits: np.ndarray) -> np.ndarray:
+        logits = logits.astype(np.float64)
+        probs = softmax(logits) if self.scoring == "softmax" else sigmoid(logits)
+        return probs.astype(np.float32)
 
     # -- input checks -----------------------------------------------------------------------
 
@@ -190,7 +213,10 @@ class Clip:
         return list(texts)
 
     @staticmethod
-    def _labels(labels: Any) -> list[str]:
+    def check_labels(labels: Any) -> list[str]:
+        """The candidate labels of a zero-shot call as a list; raises InputError unless they
+        are a non-empty list of non-empty strings. Needs no model, so a bulk job is checked
+        before any worker starts."""
         if isinstance(labels, str):
             raise InputError(f"labels must be a list of strings, not one string ({labels[:40]!r}); "
                              "e.g. labels=['cat', 'dog'].")
@@ -202,7 +228,9 @@ class Clip:
         return list(labels)
 
     @staticmethod
-    def _templates(templates: Any) -> list[str]:
+    def check_templates(templates: Any) -> list[str]:
+        """The prompt templates of a zero-shot call as a list (None: the default, 'a photo
+        of a {}.'; one string: a list of it); raises InputError unless each has a '{}'."""
         if templates is None:
             return list(DEFAULT_TEMPLATES)
         if isinstance(templates, str):

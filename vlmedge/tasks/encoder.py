@@ -6,23 +6,21 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmedge.errors import ArtifactError, InputError
-from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
-from vlmedge.tasks.base import ModelSessions, as_list, chunks
+from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.runtimes.select import ModelSessions
+from vlmedge.tasks.base import as_list, chunks, l2_normalize
 
-IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
-POOLINGS = ("cls", "mean", "cls+mean", "pooled")
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm (an all-zero row stays zero)."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)
+# pooling -> the model outputs it reads
+POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "cls": ("cls",), "mean": ("patch_tokens",), "cls+mean": ("cls", "patch_tokens"), "pooled": ("pooled",),
+}
+POOLINGS = tuple(POOLING_OUTPUTS)
 
 
 class ImageEncoder:
@@ -48,7 +46,7 @@ class ImageEncoder:
         self._input = self._session.inputs[0].name
         self.outputs = [o["name"] for o in manifest["graphs"][self._graph]["outputs"]]
         self.default_pooling: str = info["default_pooling"]
-        self.poolings: list[str] = [p for p in POOLINGS if self._can_pool(p)]
+        self.poolings: list[str] = _poolings_of(self.outputs)
 
     # -- model outputs --------------------------------------------------------------------
 
@@ -61,16 +59,16 @@ class ImageEncoder:
     def has_attention(self) -> bool:
         return "attentions" in self.outputs
 
-    def _can_pool(self, pooling: str) -> bool:
-        needs = {"cls": ["cls"], "mean": ["patch_tokens"], "cls+mean": ["cls", "patch_tokens"], "pooled": ["pooled"]}
-        return all(name in self.outputs for name in needs[pooling])
-
     def _run(self, images: Any, names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs for every image, batched."""
         items, _ = as_list(images, IMAGE_TYPES)
+        return self._outputs((preprocess_images([load_image(i) for i in batch], self.spec) for batch in chunks(items)),
+                             names)
+
+    def _outputs(self, pixel_batches: Iterable[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """The named outputs for batches of preprocessed images, concatenated."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for batch in chunks(items):
-            pixels = preprocess_images([load_image(i) for i in batch], self.spec)
+        for pixels in pixel_batches:
             out = self._session.run({self._input: pixels})
             for name in names:
                 parts[name].append(out[name])
@@ -78,13 +76,22 @@ class ImageEncoder:
 
     def resolve_pooling(self, pooling: str | None) -> str:
         """The pooling to use (None: the manifest default), refusing one this model lacks."""
-        pooling = self.default_pooling if pooling is None else pooling
+        return self.check_pooling(self.model.artifact.manifest, pooling)
+
+    @staticmethod
+    def check_pooling(manifest: dict[str, Any], pooling: str | None) -> str:
+        """`resolve_pooling` from an image-embedding artifact's manifest alone, without
+        opening its model: what a bulk job checks before any worker starts."""
+        info = manifest.get("embedding") or {}
+        outputs = [o["name"] for graph in manifest["graphs"].values() for o in graph["outputs"]]
+        pooling = info.get("default_pooling") if pooling is None else pooling
         if pooling not in POOLINGS:
             raise InputError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
-        if pooling not in self.poolings:
-            family = self.info.get("family", "this model")
+        poolings = _poolings_of(outputs)
+        if pooling not in poolings:
+            family = info.get("family", "this model")
             raise InputError(f"Pooling {pooling!r} is not available for {family} (it has "
-                             f"{', '.join(self.outputs)}); choose one of {', '.join(self.poolings)}.")
+                             f"{', '.join(outputs)}); choose one of {', '.join(poolings)}.")
         return pooling
 
     @staticmethod
@@ -109,12 +116,24 @@ class ImageEncoder:
             normalize: divide each embedding by its L2 norm.
             patch_tokens: also return the (N, h, w, D) patch-token grid (never normalised).
         """
+        return self._embed(lambda names: self._run(images, names), pooling, normalize, patch_tokens)
+
+    def embed_prepared(self, pixels: np.ndarray, pooling: str | None = None, normalize: bool = True) -> np.ndarray:
+        """`embed` for images already preprocessed: ``pixels`` is what
+        ``preprocess_images(images, encoder.spec)`` returns for them, (N, ...) float32.
+        Returns (N, D) float32, equal to what `embed` gives for those images.
+
+        The bulk engines decode and preprocess in one stage (CPU tasks) and call this in the
+        next (where the model is loaded)."""
+        return self._embed(lambda names: self._outputs(chunks(pixels), names), pooling, normalize, False)
+
+    def _embed(self, run, pooling: str | None, normalize: bool, patch_tokens: bool):
+        """Pooled (and normalised) embeddings of the outputs `run(names)` gives."""
         pooling = self.resolve_pooling(pooling)
-        names = {"cls": ["cls"], "mean": ["patch_tokens"], "cls+mean": ["cls", "patch_tokens"],
-                 "pooled": ["pooled"]}[pooling]
+        names = list(POOLING_OUTPUTS[pooling])
         if patch_tokens and "patch_tokens" not in names:
             names = names + ["patch_tokens"]
-        outputs = self._run(images, names)
+        outputs = run(names)
         embeddings = self._pool(outputs, pooling)
         if normalize:
             embeddings = l2_normalize(embeddings)
@@ -155,6 +174,11 @@ class ImageEncoder:
             path.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(path, format="PNG")
         return path
+
+
+def _poolings_of(outputs: list[str]) -> list[str]:
+    """The poolings a model with these outputs can give."""
+    return [p for p in POOLINGS if all(name in outputs for name in POOLING_OUTPUTS[p])]
 
 
 # -- heat-map drawing (Pillow + numpy only) ------------------------------------------------

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vlmedge.bench_types import BenchResult, Row
+from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
 from vlmedge.errors import InputError
 
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
@@ -36,14 +36,14 @@ def parity_text(row: Row) -> str:
 
 
 def _speedup(row: Row) -> str:
-    if row.backend == "torch" and row.peer is None:
+    if row.backend == BASELINE and row.peer is None:
         return "1.00x (base)"
     return f"{row.speedup_vs_torch:.2f}x" if row.speedup_vs_torch is not None else "-"
 
 
 def _latency_cells(row: Row) -> list[str]:
     lat = row.latency
-    return [f"{lat.min_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.std_ms:.3f}", f"{lat.cov:.1%}" + (" !" if lat.cov > 0.10 else ""),
+    return [f"{lat.min_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.std_ms:.3f}", f"{lat.cov:.1%}" + (" !" if lat.cov > HIGH_COV else ""),
             f"{lat.p50_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p95_ms:.3f}", f"{lat.p99_ms:.3f}", f"{lat.max_ms:.3f}"]
 
 

@@ -8,7 +8,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from vlmedge.bench_types import BenchResult, Row
+from vlmedge.bench.result import BenchResult, Row
 from vlmedge.errors import BackendUnavailableError
 
 # One colour family per backend (fp32 darkest), so a variant keeps its colour in both charts.

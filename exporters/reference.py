@@ -1,9 +1,12 @@
-"""PyTorch eager as a reference backend: an artifact's source model, rebuilt from the
-reference its manifest records, run on the same numpy feeds as the exported files.
+"""The source model run by torch: the reference every exported file is compared with.
 
-It is not in the backend registry (runtimes.base.BACKENDS) because it reads no model file
-of the artifact; `vlmedge bench` uses it as the baseline every exported file is compared
-with. Importing this module imports torch, so only code that asked for it does.
+- `reference_outputs`: the export's parity side, the source graph on the parity feeds (the
+  numpy comparison is vlmedge.parity, so `vlmedge check` needs no torch).
+- `TorchSession` / `open_reference`: an artifact's source model rebuilt from the reference
+  its manifest records, as a Session, so `vlmedge bench` can time it beside the exported
+  files. It is not in the backend table (vlmedge.runtimes.base.BACKENDS): it reads no
+  model file of the artifact, and it lives on the export side because it needs torch and
+  the sources.
 """
 
 from __future__ import annotations
@@ -17,7 +20,25 @@ import torch
 
 from vlmedge.artifact import Artifact
 from vlmedge.errors import BackendUnavailableError
+from vlmedge.exporters.spec import GraphSpec
 from vlmedge.runtimes.base import Session, TensorInfo
+
+
+def reference_outputs(graph: GraphSpec, feeds: dict[str, np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Runs the source module on the parity feeds, in batches, in fp32."""
+    graph.module.eval()
+    n = len(next(iter(feeds.values())))
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in graph.output_names}
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[name][start:start + batch_size]))
+                    for name in graph.input_names]
+            outputs = graph.module(*args)
+            if isinstance(outputs, torch.Tensor):
+                outputs = (outputs,)
+            for name, value in zip(graph.output_names, outputs):
+                collected[name].append(value.detach().float().numpy())
+    return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 
 class TorchSession(Session):
@@ -50,7 +71,7 @@ class TorchSession(Session):
         return {info.name: tensor.detach().float().numpy() for info, tensor in zip(self.outputs, result)}
 
 
-def unavailable_reason(manifest: dict[str, Any]) -> str | None:
+def source_unavailable_reason(manifest: dict[str, Any]) -> str | None:
     """Why the source of an artifact cannot be rebuilt here, or None when it can (probably)."""
     if importlib.util.find_spec("transformers") is None:
         return "transformers is not installed (pip install 'vlmedge[export]')"
@@ -86,7 +107,7 @@ def open_reference(artifact: Artifact, threads: int | None = None, device: str =
     changed since the export, or whose graphs take other inputs than the exported ones.
     """
     manifest = artifact.manifest
-    reason = unavailable_reason(manifest)
+    reason = source_unavailable_reason(manifest)
     if reason:
         raise BackendUnavailableError(f"The torch baseline is not available: {reason}.")
     spec = _rebuild_spec(manifest)

@@ -1,4 +1,5 @@
-"""The typed result of `vlmedge bench`, and its versioned JSON form.
+"""The typed result of `vlmedge bench`, its versioned JSON form, and what is read off its
+rows (speed-ups over the torch baseline, warnings, recommended settings).
 
 JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 1).
 Times are milliseconds (`*_ms`) or seconds (`*_s`), memory and sizes megabytes (10^6
@@ -21,6 +22,10 @@ from vlmedge.errors import InputError
 
 SCHEMA = "vlmedge-bench"
 SCHEMA_VERSION = 1
+# The backend name and precision of the PyTorch source's rows (not a backend of vlmedge.runtimes).
+BASELINE = "torch"
+BASELINE_PRECISION = "fp32"
+HIGH_COV = 0.10  # std/mean above this: the figure is noisy
 
 
 @dataclass
@@ -61,6 +66,23 @@ class Parity:
     top1: float | None
     samples: int | None
     source: str
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any] | None, source: str) -> "Parity":
+        """The summary of a parity report (vlmedge.parity.parity_report or a manifest entry's
+        "parity"): the worst figure over its outputs; source "none" when there is no report."""
+        if not report or not report.get("outputs"):
+            return cls(passed=None, cosine_min=None, max_abs=None, top1=None, samples=None, source="none")
+        outputs = [m for m in report["outputs"].values() if "cosine_min" in m]
+        top1 = [m["top1"] for m in outputs if "top1" in m]
+        return cls(
+            passed=report.get("passed"),
+            cosine_min=min((m["cosine_min"] for m in outputs), default=None),
+            max_abs=max((m["max_abs"] for m in outputs), default=None),
+            top1=min(top1) if top1 else None,
+            samples=report.get("samples"),
+            source=source,
+        )
 
 
 @dataclass
@@ -228,3 +250,25 @@ def recommend(rows: list[Row]) -> list[Recommendation]:
                                         precision=r.precision, batch_size=r.batch_size, threads=r.threads,
                                         p50_ms=r.latency.p50_ms, throughput_per_s=r.throughput_per_s))
     return found
+
+
+def annotate(rows: list[Row]) -> list[str]:
+    """Sets each row's speed-up over the torch row of the same graph, batch, threads and mode,
+    and its warnings (noisy figures, a failed parity gate, a lower precision that is not
+    faster than fp32); returns those warnings as lines for the whole result."""
+    by_key = {r.key: r for r in rows}
+    for row in rows:
+        torch_row = by_key.get((row.graph, BASELINE, BASELINE_PRECISION, row.batch_size, row.threads, row.mode, None))
+        if torch_row is not None:
+            row.speedup_vs_torch = float(f"{torch_row.latency.p50_ms / row.latency.p50_ms:.4g}")
+        if row.latency.cov > HIGH_COV:
+            row.warnings.append(f"noisy: CoV {row.latency.cov:.0%} > {HIGH_COV:.0%}; "
+                                "close other programs or raise --iterations/--duration")
+        if row.parity.passed is False:
+            row.warnings.append("fails its parity gate: its outputs differ from the source model's")
+        base = by_key.get((row.graph, row.backend, "fp32", row.batch_size, row.threads, row.mode, row.peer))
+        if row.precision != "fp32" and base is not None and row.latency.p50_ms >= base.latency.p50_ms:
+            row.warnings.append(f"{row.precision} is not faster than fp32 here "
+                                f"(p50 {row.latency.p50_ms:.2f} vs {base.latency.p50_ms:.2f} ms)")
+    return [f"{row.label} [{row.graph}] batch {row.batch_size}, {row.threads} threads: {w}"
+            for row in rows for w in row.warnings]

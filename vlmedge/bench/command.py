@@ -1,7 +1,7 @@
 """The `vlmedge bench` command (registered on the app in vlmedge.cli).
 
-Only typer and rich are imported here; the measuring code and every backend load when
-the command runs, so `vlmedge --help` stays light.
+Only typer, rich and the option defaults (vlmedge.bench.settings) are imported here; the
+measuring code and every backend load when the command runs, so `vlmedge --help` stays light.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS
 from vlmedge.errors import InputError
 
 console = Console()
@@ -68,11 +69,11 @@ def bench(
     artifact: Optional[str] = typer.Argument(None, help="Artifact folder (or builtin:NAME / a Hugging Face folder, exported first)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Comma-separated: torch, onnxruntime, openvino, tensorrt. Default: torch and every backend with files."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Comma-separated: fp32, fp16, bf16, int8. Default: all the artifact has."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Comma-separated batch sizes. Default: 1,8."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help=f"Comma-separated batch sizes. Default: {','.join(map(str, DEFAULT_BATCHES))}."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for every backend, torch included. Default: the cores available."),
-    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed calls after the first one."),
+    warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", min=0, help="Untimed calls after the first one."),
     iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Timed calls per row (instead of --duration)."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.001, help="Seconds of timed calls per row (default 3, at least 10 calls)."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.001, help=f"Seconds of timed calls per row (default {DEFAULT_DURATION:g}, at least {MIN_ITERATIONS} calls)."),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Time the task pipeline on the artifact's sample files: decode, preprocess, model, postprocess."),
     random_inputs: bool = typer.Option(False, "--random-inputs", help="Seeded random inputs instead of the artifact's real samples."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="threads and/or batch: measure a grid and recommend settings."),
@@ -96,7 +97,7 @@ def bench(
     if iterations is not None and duration is not None:
         raise typer.BadParameter("give --iterations or --duration, not both", param_hint="--iterations")
     from vlmedge.bench import bench as run_bench
-    from vlmedge.bench_report import markdown, print_result
+    from vlmedge.bench.report import markdown, print_result
 
     with out.status("benchmarking") as status:
         def say(message: str) -> None:
@@ -123,7 +124,7 @@ def bench(
         markdown_path.write_text(markdown(result) + "\n", encoding="utf-8")
         out.print(f"wrote {markdown_path}", highlight=False, markup=False)
     if plot_path:
-        from vlmedge.bench_plot import plot
+        from vlmedge.bench.plot import plot
 
         out.print(f"wrote {plot(result, plot_path)}", highlight=False, markup=False)
     if not result.rows:
@@ -134,8 +135,8 @@ def bench(
 
 
 def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_path: Optional[str], out: Console) -> None:
-    from vlmedge.bench_report import as_dict, compare, print_comparison
-    from vlmedge.bench_types import BenchResult
+    from vlmedge.bench.report import as_dict, compare, print_comparison
+    from vlmedge.bench.result import BenchResult
 
     base, new = (BenchResult.load(f) for f in files)
     comparison = compare(base, new, max_slowdown=max_slowdown, metric=metric)

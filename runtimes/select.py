@@ -1,0 +1,139 @@
+"""Choosing a backend and a precision for an artifact, and opening the sessions of its
+model files: the one place that turns a manifest entry into a running Session."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from vlmedge.artifact import Artifact
+from vlmedge.errors import ArtifactError, BackendUnavailableError
+from vlmedge.runtimes.base import BACKENDS, Session, backend_named, backend_of_target, open_session
+from vlmedge.runtimes.onnx_external import check_external_data
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), without importing a backend."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def choose_backend(artifact: Artifact, device: str) -> str:
+    """'auto': TensorRT on NVIDIA GPUs, OpenVINO on Intel hardware, else ONNX Runtime."""
+    targets = {e["target"] for e in artifact.model_entries()}
+    if "tensorrt" in targets and device.startswith("cuda") and importlib.util.find_spec("tensorrt"):
+        return "tensorrt"
+    if "openvino" in targets and importlib.util.find_spec("openvino") and (
+        device != "cpu" or cpu_vendor() == "GenuineIntel"
+    ):
+        return "openvino"
+    if "onnx" in targets:
+        return "onnxruntime"
+    known = [b.name for b in BACKENDS.values() if b.target in targets]
+    if known:
+        return known[0]
+    raise BackendUnavailableError(f"Artifact {artifact.root} holds no model files this vlmedge can run "
+                                  f"(targets: {', '.join(sorted(targets)) or 'none'}); upgrade vlmedge or re-export it.")
+
+
+def choose_precision(entries: list[dict[str, Any]]) -> str:
+    """The fastest precision that passed its parity gate, by measured latency when the
+    export measured it; fp32 otherwise."""
+    passed = [e for e in entries if (e.get("parity") or {}).get("passed", False)]
+    graphs = {e.get("graph") for e in entries}
+    # per precision, the latency of one call of every graph (CLIP: image + text)
+    totals: dict[str, dict[Any, float]] = {}
+    for e in passed:
+        if (e.get("parity") or {}).get("latency_ms"):
+            totals.setdefault(e["precision"], {})[e.get("graph")] = e["parity"]["latency_ms"]
+    complete = {p: sum(t.values()) for p, t in totals.items() if set(t) == graphs}
+    if complete:
+        return min(complete, key=complete.get)
+    precisions = {e["precision"] for e in (passed or entries)}
+    return "fp32" if "fp32" in precisions else sorted(precisions)[0]
+
+
+@dataclass
+class ModelSessions:
+    """One session per graph of the artifact, all of one backend and precision."""
+
+    artifact: Artifact
+    backend: str
+    precision: str
+    device: str
+    sessions: dict[str, Session]
+
+    @property
+    def provider(self) -> str:
+        return ", ".join(sorted({s.provider for s in self.sessions.values()}))
+
+
+def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = None, device: str = "cpu",
+               **options: Any) -> Session:
+    """Opens one model file of the artifact with the session options it was verified with
+    (caller's options win), after checking its external data stays inside the artifact and
+    that the file's inputs and outputs are the ones the manifest describes."""
+    if backend is None:
+        known = backend_of_target(entry["target"])
+        if known is None:
+            raise BackendUnavailableError(f"{entry['path']} in {artifact.root} is of target '{entry['target']}', "
+                                          "which this vlmedge cannot run; upgrade vlmedge.")
+        backend = known.name
+    path = artifact.path_of(entry)
+    if entry["target"] == "onnx" or path.suffix.lower() == ".onnx":  # ORT parses whatever the name
+        check_external_data(path, artifact.root)
+    session = open_session(path, backend=backend, device=device, **{**entry.get("session_options", {}), **options})
+    _check_graph_io(artifact, entry["graph"], session, entry["path"])
+    return session
+
+
+def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
+               precision: str | None = None, **options: Any) -> ModelSessions:
+    """Opens every graph of the artifact on one backend, device and precision."""
+    if backend == "auto":
+        backend = choose_backend(artifact, device)
+    elif backend not in BACKENDS:
+        raise BackendUnavailableError(f"Unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}.")
+    target = backend_named(backend).target
+    entries = artifact.model_entries(target=target)
+    if not entries:
+        have = sorted({e["target"] for e in artifact.model_entries()})
+        raise BackendUnavailableError(
+            f"Artifact {artifact.root} has no {target} files (it has: {', '.join(have) or 'none'}); "
+            f"export it with --to {target} or choose another backend."
+        )
+    if precision is None:
+        precision = choose_precision(entries)
+    sessions = {}
+    for graph in artifact.manifest["graphs"]:
+        chosen = [e for e in entries if e["graph"] == graph and e["precision"] == precision]
+        if not chosen:
+            have = sorted({e["precision"] for e in entries if e["graph"] == graph})
+            raise BackendUnavailableError(
+                f"Artifact {artifact.root} has no {precision} {target} file for graph '{graph}' "
+                f"(it has: {', '.join(have)}); export that precision or choose another."
+            )
+        sessions[graph] = open_entry(artifact, chosen[0], backend=backend, device=device, **options)
+    return ModelSessions(artifact, backend, precision, device, sessions)
+
+
+def _check_graph_io(artifact: Artifact, graph: str, session: Session, relpath: str) -> None:
+    """The manifest's input and output names must be the model file's own: the pipelines
+    address the session's results by the manifest's names."""
+    described = artifact.manifest["graphs"][graph]
+    for kind, actual in (("inputs", session.inputs), ("outputs", session.outputs)):
+        want = sorted(i["name"] for i in described[kind])
+        have = sorted(i.name for i in actual)
+        if want != have:
+            raise ArtifactError(
+                f"Artifact {artifact.root}: the manifest says graph '{graph}' has {kind} {want}, but {relpath} has "
+                f"{have}; the manifest does not describe this file. Re-export the artifact."
+            )

@@ -1,0 +1,116 @@
+"""What one `vlmedge bench` run measures and on which inputs, and what it has found so far:
+the Plan that vlmedge.bench.measure fills with rows, skips and warnings.
+
+Inputs are the real samples stored in samples/parity.npz (the first rows; exporters/samples.py
+writes the bundled files first), tiled to the batch size; settings.inputs "random" uses
+seeded noise of the same shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from vlmedge.artifact import Artifact
+from vlmedge.bench.result import Row, Settings, Skip
+from vlmedge.bench.timing import Memory
+from vlmedge.errors import VlmedgeError
+from vlmedge.registry import Method, task_named
+
+
+def _sample_items(artifact: Artifact) -> dict[str, list[Any]]:
+    """The artifact's bundled sample inputs by kind: image and audio paths, text lines."""
+    from vlmedge.preprocess.audio import AUDIO_SUFFIXES
+    from vlmedge.preprocess.image import image_suffixes
+
+    image = image_suffixes()
+    items: dict[str, list[Any]] = {"image": [], "audio": [], "text": []}
+    for entry in artifact.files:
+        if entry.get("role") != "sample":
+            continue
+        path = artifact.path_of(entry)
+        suffix = path.suffix.lower()
+        if suffix in image:
+            items["image"].append(str(path))
+        elif suffix in AUDIO_SUFFIXES:
+            items["audio"].append(str(path))
+        elif suffix == ".txt":
+            items["text"] += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return items
+
+
+@dataclass
+class Plan:
+    artifact: Artifact
+    settings: Settings
+    say: Callable[[str], None]
+    memory: Memory
+    stored: dict[str, dict[str, dict[str, np.ndarray]]]  # graph -> "input"/"reference" -> name -> array
+    samples: dict[str, list[Any]]  # _sample_items()
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    torch_cache: dict[str, Any] = field(default_factory=dict)
+    primed: set[str] = field(default_factory=set)
+    asked_precisions: bool = False  # given explicitly: a backend without them is reported, not passed over
+
+    @classmethod
+    def create(cls, artifact: Artifact, settings: Settings, say: Callable[[str], None], memory: Memory,
+               asked_precisions: bool) -> "Plan":
+        """A plan with the artifact's stored parity inputs (none when it has no readable ones)
+        and its bundled sample files."""
+        from vlmedge.check import stored_parity_inputs
+
+        try:
+            stored = stored_parity_inputs(artifact)
+        except VlmedgeError:
+            stored = {}
+        return cls(artifact, settings, say, memory, stored, _sample_items(artifact), asked_precisions=asked_precisions)
+
+    @property
+    def task(self) -> str:
+        return self.artifact.task
+
+    def graphs(self) -> list[str]:
+        return list(self.artifact.manifest["graphs"])
+
+    def method(self, graph: str) -> Method:
+        """The pipeline method timed end to end on a graph, and the kind of sample it takes."""
+        return task_named(self.task).method_for_graph(graph)
+
+    def compare_kinds(self, graph: str) -> dict[str, str]:
+        for entry in self.artifact.model_entries(graph=graph):
+            outputs = (entry.get("parity") or {}).get("outputs", {})
+            if outputs:
+                return {n: "logits" if "top1" in m else "embedding" for n, m in outputs.items()}
+        return {}
+
+    def feeds(self, graph: str, batch: int, session: Any) -> tuple[dict[str, np.ndarray], str]:
+        """The model inputs for one batch, in the session's dtypes, and what they are."""
+        stored = self.stored.get(graph, {}).get("input")
+        if not stored:
+            raise VlmedgeError(f"the artifact stores no parity inputs for graph '{graph}'")
+        n = len(next(iter(stored.values())))
+        if self.settings.inputs == "random":
+            rng = np.random.default_rng(0)
+            feeds = {}
+            for name, array in stored.items():
+                shape = (batch, *array.shape[1:])
+                if array.dtype.kind == "f":
+                    feeds[name] = rng.standard_normal(shape).astype(array.dtype)
+                elif set(np.unique(array).tolist()) <= {0, 1}:
+                    feeds[name] = np.ones(shape, array.dtype)  # masks
+                else:
+                    feeds[name] = rng.integers(array.min(), array.max() + 1, size=shape).astype(array.dtype)
+            described = f"seeded random inputs, batch {batch}"
+        else:
+            real = len(self.samples.get(self.method(graph).input, []))
+            use = real if 0 < real <= n else n
+            index = np.arange(batch) % use
+            feeds = {name: np.ascontiguousarray(array[index]) for name, array in stored.items()}
+            described = f"{use} {'real samples' if use == real else 'stored parity inputs'} tiled to {batch}"
+        dtypes = {info.name: info.dtype for info in session.inputs}
+        feeds = {k: v if v.dtype == np.dtype(dtypes.get(k, v.dtype)) else v.astype(dtypes[k]) for k, v in feeds.items()}
+        return feeds, described

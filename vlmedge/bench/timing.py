@@ -1,0 +1,87 @@
+"""How `vlmedge bench` takes its two measures: the timing loop around one call, and the
+peak resident memory of a session's life."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+MAX_ITERATIONS = 100_000
+
+
+def timed_calls(call: Callable[[], Any], warmup: int, iterations: int | None, duration: float,
+                min_iterations: int) -> tuple[int, list[int]]:
+    """(first call in ns, timed calls in ns): `iterations` calls, or calls for `duration`
+    seconds (at least `min_iterations`). The garbage collector is paused while timing so
+    its pauses land in no sample."""
+    start = time.perf_counter_ns()
+    call()
+    first = time.perf_counter_ns() - start
+    for _ in range(warmup):
+        call()
+    samples: list[int] = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = time.perf_counter_ns() + int(duration * 1e9)
+        while (len(samples) < iterations if iterations else
+               (len(samples) < min_iterations or time.perf_counter_ns() < deadline) and len(samples) < MAX_ITERATIONS):
+            t0 = time.perf_counter_ns()
+            call()
+            samples.append(time.perf_counter_ns() - t0)
+    finally:
+        if enabled:
+            gc.enable()
+    return first, samples
+
+
+class Memory:
+    """Peak resident memory per row. Linux: VmHWM, reset through /proc/self/clear_refs
+    before each session is opened; elsewhere the growth of ru_maxrss (a lower bound: it
+    reads 0 for a row that stays below an earlier row's peak)."""
+
+    def __init__(self) -> None:
+        self.resettable = self._reset() and self._status("VmHWM") is not None
+        self.method = ("VmHWM reset before each session is opened, minus VmRSS before it" if self.resettable
+                       else "growth of getrusage ru_maxrss (a lower bound)")
+        self.method += "; each backend's one-time library start-up is done before, by a throwaway session"
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status(key: str) -> float | None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return None
+
+    @staticmethod
+    def _maxrss_mb() -> float:
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return value / 1024**2 if sys.platform == "darwin" else value / 1024
+
+    def start(self) -> float:
+        """Marks the start of a session's life; returns the baseline to pass to increase()."""
+        gc.collect()
+        if self.resettable:
+            self._reset()
+            return self._status("VmRSS") or 0.0
+        return self._maxrss_mb()
+
+    def increase(self, baseline: float) -> float:
+        peak = self._status("VmHWM") if self.resettable else self._maxrss_mb()
+        return round(max(0.0, (peak or 0.0) - baseline), 1)

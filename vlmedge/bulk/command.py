@@ -1,0 +1,237 @@
+"""`vlmedge predict ... --out x.parquet` and `vlmedge embed ...`: the CLI's bulk runs.
+
+The local engine runs in this process; the Ray engine (--engine ray) on a local Ray
+instance (every CPU of this machine) or on the cluster at --address, showing Ray Data's
+progress. Results go to one Parquet file, or (embed) to a .npy with its .files.json.
+`vlmedge embed --out x.npy` on the local engine keeps its own report, and lists the paths
+as they were given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import typer
+from rich.console import Console
+
+from vlmedge.bulk.inputs import batches, collect, holds_captions
+from vlmedge.bulk.job import BulkJob, make_job
+from vlmedge.bulk.table import column, column_names
+from vlmedge.errors import InputError, VlmedgeError
+
+ENGINES = ("local", "ray")
+SHOWN_ERRORS = 20
+
+
+def wants_bulk(engine: str, out: Optional[Path], address: Optional[str] = None, concurrency: Optional[int] = None,
+               gpus_per_worker: float = 0) -> bool:
+    """Whether a predict/embed call goes through the bulk engines (--engine ray, or a
+    Parquet --out); refuses Ray options without --engine ray."""
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"choose one of {', '.join(ENGINES)}, not {engine!r}", param_hint="--engine")
+    if engine == "local" and (address or concurrency or gpus_per_worker):
+        raise typer.BadParameter("--address, --concurrency and --gpus-per-worker need --engine ray",
+                                 param_hint="--engine")
+    return engine == "ray" or (out is not None and out.suffix.lower() == ".parquet")
+
+
+def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str, address: Optional[str],
+            batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
+            precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console) -> None:
+    """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file."""
+    if out is None or out.suffix.lower() != ".parquet":
+        raise typer.BadParameter("bulk predictions go to a Parquet file; pass e.g. --out results.parquet",
+                                 param_hint="--out")
+    if options.pop("attention", None) is not None:
+        raise typer.BadParameter("--attention writes images per input; run it without --out/--engine ray",
+                                 param_hint="--attention")
+    method = _task(artifact).method("predict")
+    labels = [part.strip() for part in (options.pop("labels") or "").split(",") if part.strip()]
+    options.update(labels=labels or None, templates=options.pop("templates") or None)
+    takes = method.options
+    if "labels" in takes and not labels:
+        raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; pass them, "
+                                 "e.g. --labels \"cat,dog,car\"", param_hint="--labels")
+    job = make_job(artifact, method.name, backend=backend, precision=precision,
+                   device="cuda" if gpus_per_worker else "cpu", **{k: v for k, v in options.items() if k in takes})
+    _run(job, artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, console, err_console)
+
+
+def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, address: Optional[str],
+          batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
+          precision: Optional[str], pooling: Optional[str], normalize: bool, texts: list[str], console: Console,
+          err_console: Console) -> None:
+    """`vlmedge embed`: images (or CLIP captions from .txt/.csv/.parquet inputs, or --text)
+    into a Parquet file, or into a .npy + .files.json."""
+    bulk = wants_bulk(engine, out, address, concurrency, gpus_per_worker)
+    if bulk and texts:
+        raise typer.BadParameter("with --engine ray or a Parquet --out, put the captions in a .txt file (one per "
+                                 "line), or a .csv/.parquet with a 'text' column, and pass that file as INPUT",
+                                 param_hint="--text")
+    if bulk and not inputs:
+        raise typer.BadParameter("give image files or folders, or a table of paths or captions", param_hint="INPUT")
+    task = _task(artifact)
+    methods = {m.input: m for m in task.methods if m.result == "embedding"}
+    if texts and "text" not in methods:
+        raise typer.BadParameter(f"--text needs a CLIP artifact; the task of {artifact} is {task.name}, "
+                                 "which embeds images only.", param_hint="--text")
+    if "image" not in methods:
+        from vlmedge.registry import TASKS
+
+        embedders = [t.name for t in TASKS.values() if any(m.result == "embedding" for m in t.methods)]
+        raise InputError(f"vlmedge embed works with {' and '.join(embedders)} artifacts, but this one is "
+                         f"{task.name}; run it with `vlmedge predict` instead.")
+    method = methods["text"] if "text" in methods and inputs and holds_captions(inputs) else methods["image"]
+    options: dict[str, Any] = {}
+    if "pooling" in method.options:
+        options.update(pooling=pooling, normalize=normalize)
+    elif pooling is not None:
+        raise InputError("--pooling applies to image encoders; a CLIP artifact has one image embedding.")
+    elif not normalize:
+        raise InputError("CLIP embeddings are always L2-normalised; drop --no-normalize.")
+    job = make_job(artifact, method.name, backend=backend, precision=precision,
+                   device="cuda" if gpus_per_worker else "cpu", **options)
+    if bulk:
+        if out.suffix.lower() not in (".parquet", ".npy"):
+            out = out.with_name(out.name + ".npy")
+        return _run(job, artifact, list(inputs or []), out, engine, address, batch_size, concurrency,
+                    gpus_per_worker, console, err_console)
+    text_job = make_job(artifact, methods["text"].name, backend=backend, precision=precision) if texts else None
+    _embed_to_npy(job, text_job, artifact, inputs, texts, out, batch_size, console, err_console)
+
+
+def _task(artifact: Path):
+    from vlmedge.artifact import Artifact
+    from vlmedge.registry import task_named
+
+    return task_named(Artifact.open(artifact, verify=False).task, f"Artifact {artifact}")
+
+
+def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inputs: Optional[list[str]],
+                  texts: list[str], out: Path, batch_size: int, console: Console, err_console: Console) -> None:
+    """The plain `vlmedge embed --out x.npy`: the local engine over the inputs (paths kept as
+    given), then over the --text captions, into one .npy; its own report."""
+    from vlmedge.bulk.local import iter_local, local_batches
+    from vlmedge.bulk.predict import load_pipeline
+    from vlmedge.bulk.writers import NpyWriter
+
+    found = collect(inputs or [], job.kind, absolute=False, allow_empty=True)
+    job = dataclasses.replace(job, cwd="")  # this process reads the paths: as given, also in messages
+    if not (found.files or found.missing or found.tables or texts):
+        raise typer.BadParameter("no images found; give image files or folders that contain images"
+                                 + (" (or --text for CLIP)" if inputs is None else ""), param_hint="INPUT")
+    pipeline = load_pipeline(job)
+    runs = [(job, local_batches(found, batch_size))]
+    if text_job is not None:
+        runs.append((text_job, batches({"text": texts}, batch_size)))
+    total = None if found.tables else len(found.files) + len(found.missing) + len(texts)
+    started = time.perf_counter()
+    with NpyWriter(out, artifact) as writer, _progress(err_console, "embedding", total) as advance:
+        for run_job, input_batches in runs:
+            for results in iter_local(run_job, input_batches, advance, pipeline):
+                writer.add(results, run_job)
+    rate = (len(writer.files) + len(writer.texts)) / max(time.perf_counter() - started, 1e-9)
+    rows, dim = writer.embeddings.shape
+    model = pipeline.model
+    console.print(f"wrote {writer.out} ({rows} x {dim} float32) and {writer.listing}; "
+                  f"{rate:.1f} inputs/s on {model.backend} ({model.provider})")
+    if writer.skipped:
+        err_console.print(f"[yellow]skipped {len(writer.skipped)} unreadable file(s)[/yellow] "
+                          f"(listed in {writer.listing}):")
+        for item in writer.skipped:
+            err_console.print(f"  {item['input']}: {item['error']}", highlight=False)
+
+
+def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str, address: Optional[str],
+         batch_size: int, concurrency: Optional[int], gpus_per_worker: float, console: Console,
+         err_console: Console) -> None:
+    started = time.perf_counter()
+    if engine == "ray":
+        from vlmedge.bulk import ray as bulk_ray
+
+        bulk_ray.require_ray()
+        _require_pyarrow()
+        ray = bulk_ray.init(address)
+        try:
+            dataset = bulk_ray.run_job(job, inputs, batch_size=batch_size, concurrency=concurrency,
+                                       num_gpus_per_worker=gpus_per_worker)
+            summary = _write(dataset.iter_batches(batch_format="pyarrow", batch_size=None), job, out, artifact)
+            where = f"Ray ({address})" if address else f"a local Ray instance ({os.cpu_count()} CPUs)"
+        finally:
+            ray.shutdown()  # stops the local instance; only disconnects from a cluster
+    else:
+        from vlmedge.bulk.local import iter_local, local_batches
+
+        _require_pyarrow()
+        found = collect(inputs, job.kind)
+        label = "classify" if job.result == "ranked" else job.method
+        with _progress(err_console, label, len(found.files) + len(found.missing) or None) as advance:
+            summary = _write(iter_local(job, local_batches(found, batch_size), advance), job, out, artifact)
+        where = "the local engine (one process)"
+    _report(summary, out, time.perf_counter() - started, where, console, err_console)
+
+
+@contextlib.contextmanager
+def _progress(err_console: Console, label: str, total: Optional[int]):
+    """A progress bar on stderr; yields the function that advances it by n inputs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=False) as bar:
+        task_id = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task_id, n)
+
+
+class _Summary:
+    """Row and error counts of what was written (the results are not kept in memory)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.errors: list[tuple[str, str]] = []
+
+    def add(self, batch: Any) -> None:
+        names = column_names(batch)
+        errors = column(batch, "error")
+        self.rows += len(errors)
+        inputs = column(batch, "path" if "path" in names else names[0])
+        self.errors.extend((str(name), error) for name, error in zip(inputs, errors) if error is not None)
+
+
+def _write(results: Iterable[Any], job: BulkJob, out: Path, artifact: Path) -> _Summary:
+    """Writes result batches to out (.parquet, else .npy + .files.json)."""
+    from vlmedge.bulk.writers import NpyWriter, ParquetWriter
+
+    summary = _Summary()
+    with (ParquetWriter(out) if out.suffix.lower() == ".parquet" else NpyWriter(out, artifact)) as writer:
+        for batch in results:
+            summary.add(batch)
+            writer.add(batch, job)
+    return summary
+
+
+def _report(summary: _Summary, out: Path, seconds: float, where: str, console: Console, err_console: Console) -> None:
+    rate = summary.rows / max(seconds, 1e-9)
+    console.print(f"wrote {out} ({summary.rows} rows, {len(summary.errors)} unreadable) in {seconds:.1f} s, "
+                  f"{rate:.1f} inputs/s on {where}", highlight=False)
+    if summary.errors:
+        err_console.print(f"[yellow]{len(summary.errors)} input(s) could not be read[/yellow] "
+                          f"(their 'error' column says why):")
+        for name, error in summary.errors[:SHOWN_ERRORS]:
+            err_console.print(f"  {name}: {error}", highlight=False)
+        if len(summary.errors) > SHOWN_ERRORS:
+            err_console.print(f"  ... and {len(summary.errors) - SHOWN_ERRORS} more", highlight=False)
+
+
+def _require_pyarrow() -> None:
+    import importlib
+
+    try:
+        importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise VlmedgeError("Parquet output needs pyarrow; install it with: pip install 'vlmedge[ray]' "
+                           "(or pip install pyarrow for the local engine).") from None

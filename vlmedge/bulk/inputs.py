@@ -1,0 +1,180 @@
+"""What the user pointed at: files, folders (walked once, here), and .parquet / .csv / .txt
+tables of paths or captions; and the column of a table or Dataset that holds the inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from vlmedge.bulk.job import BulkJob
+from vlmedge.errors import InputError
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+TEXT_SUFFIXES = (".txt",)
+PATH_COLUMNS = ("path",)
+TEXT_COLUMNS = ("text", "caption")
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What the user pointed at, resolved on the driver.
+
+    ``files``: media files in order (folders expanded, recursively, in sorted order);
+    ``missing``: named files that do not exist; ``tables``: Parquet / CSV / text files of
+    paths or captions.
+    """
+
+    files: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    tables: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def table_format(self) -> str | None:
+        return TABLE_FORMATS[_suffix(self.tables[0])] if self.tables else None
+
+
+def _suffix(path: str) -> str:
+    return os.path.splitext(path.rstrip("/"))[1].lower()
+
+
+def is_uri(path: str) -> bool:
+    """s3://..., gs://... (read by Ray Data's readers), but not file://."""
+    return "://" in path and not path.startswith("file://")
+
+
+def media_suffixes(kind: str) -> set[str]:
+    """The file suffixes a folder walk picks up for inputs of this kind."""
+    if kind == "audio":
+        from vlmedge.preprocess.audio import AUDIO_SUFFIXES
+
+        return set(AUDIO_SUFFIXES)
+    from vlmedge.preprocess.image import image_suffixes
+
+    return image_suffixes()
+
+
+def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = False) -> Inputs:
+    """Resolves paths, folders, tables and URIs into an ``Inputs``.
+
+    Folders are walked recursively for ``kind``'s suffixes, hidden files and folders left
+    out, sorted by their path inside the folder. ``absolute``: local paths made absolute
+    (what the engines read and write); else kept as given (the plain ``vlmedge embed``
+    listing). ``allow_empty``: finding nothing is not an error (the caller says what to do).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or (not inputs and not allow_empty):
+        raise InputError("Give at least one input: files, folders, or Parquet/CSV files of paths or captions.")
+    suffixes = media_suffixes(kind)
+    found = Inputs()
+    for raw in inputs:
+        if not isinstance(raw, (str, os.PathLike)):
+            raise InputError(f"Inputs must be paths, not {type(raw).__name__}; for data in memory build a "
+                             "ray.data Dataset with a 'path', 'bytes' or 'text' column.")
+        name = os.fspath(raw)
+        local = name if is_uri(name) or not absolute else os.path.abspath(name)
+        suffix = _suffix(name)
+        if suffix in TABLE_SUFFIXES or (kind == "text" and suffix in TEXT_SUFFIXES):
+            found.tables.append(local)
+        elif is_uri(name):
+            found.files.append(name)
+        elif os.path.isdir(name):
+            root = Path(name).resolve() if absolute else Path(name)
+            hits = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            found.files.extend(str(p) for p in sorted(hits, key=lambda p: p.relative_to(root).parts))
+        elif os.path.isfile(name):
+            found.files.append(local)
+        else:
+            found.missing.append(local)
+    if found.tables and (found.files or found.missing):
+        raise InputError("Give either media files and folders or tables (.parquet/.csv) of paths or captions, not both.")
+    if len({_suffix(t) for t in found.tables}) > 1:
+        raise InputError("Give tables of one format at a time (all .parquet, all .csv or all .txt).")
+    if kind == "text" and not found.tables:
+        raise InputError("Captions come from a .parquet or .csv file with a 'text' (or 'caption') column, "
+                         "or a .txt file with one caption per line.")
+    if not (found.files or found.missing or found.tables) and not allow_empty:
+        raise InputError(f"No {kind} files found in {', '.join(map(os.fspath, inputs))}.")
+    return found
+
+
+def holds_captions(inputs: Sequence[str]) -> bool:
+    """Whether inputs are captions: .txt files, or tables with a text/caption column (and no path column)."""
+    for name in inputs:
+        suffix = _suffix(name)
+        if suffix in TEXT_SUFFIXES:
+            return True
+        if suffix in TABLE_SUFFIXES and os.path.isfile(name):
+            if suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                columns = pq.read_schema(name).names
+            else:
+                with open(name, encoding="utf-8") as f:
+                    columns = [c.strip().strip('"') for c in f.readline().split(",")]
+            return any(c in columns for c in TEXT_COLUMNS) and "path" not in columns
+    return False
+
+
+def input_column(job: BulkJob, columns: Iterable[str] | None) -> str:
+    """The column that holds the inputs: the job's ``column``, else ``bytes`` (files read by
+    Ray), ``text``/``caption`` (captions) or ``path`` (paths of media files)."""
+    if columns is None:
+        raise InputError("The input Dataset is empty (it has no rows and so no columns).")
+    columns = list(columns)
+    if job.column is not None:
+        if job.column not in columns:
+            raise InputError(f"The input has no column {job.column!r}; its columns are {', '.join(columns)}.")
+        return job.column
+    wanted = TEXT_COLUMNS if job.kind == "text" else ("bytes",) + PATH_COLUMNS + ("image",) * (job.kind == "image")
+    for name in wanted:
+        if name in columns:
+            return name
+    raise InputError(f"The input has columns {', '.join(columns)}; {job.method} reads a "
+                     f"{' or '.join(repr(w) for w in wanted)} column (or name one with column=...).")
+
+
+def csv_convert_options():
+    """Path and caption columns of a CSV are text, even when a value looks like a number."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    names = PATH_COLUMNS + TEXT_COLUMNS + ("image", "audio")
+    return pa_csv.ConvertOptions(column_types={name: pa.string() for name in names})
+
+
+def read_table(path: str, fmt: str) -> dict[str, list[Any]]:
+    """A Parquet / CSV / text table as columns, read the way the Ray engine reads it."""
+    if fmt == "text":
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+        return {"text": [line for line in lines if line.strip()]}
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pydict()
+    import pyarrow.csv as pa_csv
+
+    return pa_csv.read_csv(path, convert_options=csv_convert_options()).to_pydict()
+
+
+def rows_of(inputs: Inputs) -> dict[str, list[Any]]:
+    """The input rows as columns, in the engines' order: files, then named files that do not
+    exist; or the rows of each table in turn."""
+    if not inputs.tables:
+        return {"path": inputs.files + inputs.missing}
+    rows: dict[str, list[Any]] = {}
+    for table in inputs.tables:
+        for name, values in read_table(table, inputs.table_format).items():
+            rows.setdefault(name, []).extend(values)
+    return rows
+
+
+def batches(columns: dict[str, list[Any]], batch_size: int) -> Iterator[dict[str, list[Any]]]:
+    """Columns cut into batches of rows."""
+    n = len(next(iter(columns.values()), []))
+    for start in range(0, n, batch_size):
+        yield {name: values[start:start + batch_size] for name, values in columns.items()}

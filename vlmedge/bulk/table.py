@@ -1,0 +1,57 @@
+"""Bulk results: which columns each kind of result fills, and as Arrow the result columns'
+fixed types, so that every batch of every engine has one schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# result kind (the registry's Method.result) -> the columns it fills, before "error"
+RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "ranked": ("labels", "indices", "scores"),
+    "tags": ("labels", "indices", "scores", "duration"),
+    "embedding": ("embedding",),
+}
+# every result column, never passed through from the input
+RESULT_NAMES = ("labels", "indices", "scores", "duration", "embedding", "error")
+
+
+def result_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {"labels": pa.list_(pa.string()), "indices": pa.list_(pa.int32()), "scores": pa.list_(pa.float32()),
+            "duration": pa.float64(), "embedding": pa.list_(pa.float32()), "error": pa.string()}
+
+
+def to_arrow(columns: dict[str, Any]):
+    """Result columns as a pyarrow Table with fixed types; passed-through input columns keep
+    their own types."""
+    import pyarrow as pa
+
+    types = result_types()
+    arrays, names = [], []
+    for name, values in columns.items():
+        if name in types:
+            if name == "embedding":
+                values = [None if v is None else np.asarray(v, dtype=np.float32) for v in values]
+            arrays.append(pa.array(list(values), type=types[name]))
+        elif isinstance(values, np.ndarray) and values.ndim > 1:  # a tensor column of a Ray Dataset
+            from ray.data.extensions import ArrowTensorArray
+
+            arrays.append(ArrowTensorArray.from_numpy(values))
+        else:
+            arrays.append(pa.array(list(values) if isinstance(values, np.ndarray) else values))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def column_names(batch: Any) -> list[str]:
+    """The columns of a batch of results: a dict of columns (the local engine's) or a
+    pyarrow Table or RecordBatch (the Ray engine's)."""
+    return list(batch) if isinstance(batch, dict) else list(batch.column_names)
+
+
+def column(batch: Any, name: str) -> list[Any]:
+    """One column of a batch of results as a list."""
+    return list(batch[name]) if isinstance(batch, dict) else batch.column(name).to_pylist()

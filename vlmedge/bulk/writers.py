@@ -1,0 +1,146 @@
+"""The two writers of bulk results (batches of columns or Arrow tables, from either engine):
+
+    ParquetWriter  every column of every row, streamed into one .parquet
+    NpyWriter      the embeddings of the readable rows as one (N, D) float32 .npy, and
+                   beside it <name>.files.json: which input each row is, in order (images,
+                   then texts), and the inputs that could not be read, with the reason
+
+Each writes under a temporary name and renames into place only when complete; used as a
+context manager, it leaves nothing behind when the run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmedge.bulk.inputs import input_column
+from vlmedge.bulk.job import BulkJob
+from vlmedge.bulk.table import column, column_names, to_arrow
+from vlmedge.errors import InputError
+
+
+class _Writer:
+    out: Path
+    _temporary: list[Path]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_: Any) -> None:
+        try:
+            if kind is None:
+                self.close()
+        finally:
+            self.abort()
+
+    def close(self) -> None:  # pragma: no cover - every writer has its own
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Removes what was written under temporary names (nothing once closed)."""
+        for tmp in self._temporary:
+            tmp.unlink(missing_ok=True)
+
+    def _tmp(self, path: Path, suffix: str = "") -> Path:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+        self._temporary.append(tmp)
+        return tmp
+
+
+class ParquetWriter(_Writer):
+    """Streams result tables into one Parquet file (the first table's schema)."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._temporary = []
+        self._path = self._tmp(self.out)
+        self._writer = None
+        self.rows = 0
+
+    def add(self, batch: Any, job: BulkJob | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = to_arrow(batch) if isinstance(batch, dict) else batch
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._path, table.schema)
+        elif table.schema != self._writer.schema:
+            table = table.cast(self._writer.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            raise InputError("There were no results to write.")
+        self._writer.close()
+        self._writer = None
+        os.replace(self._path, self.out)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        super().abort()
+
+
+def side_file(out: Path) -> Path:
+    """embeddings.npy -> embeddings.files.json"""
+    stem = out.name[:-len(".npy")] if out.name.endswith(".npy") else out.name
+    return out.with_name(stem + ".files.json")
+
+
+class NpyWriter(_Writer):
+    """Collects the embeddings of readable rows; writes the .npy and its .files.json on close."""
+
+    def __init__(self, out: str | os.PathLike, artifact: str | os.PathLike) -> None:
+        out = Path(out)
+        self.out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+        self.listing = side_file(self.out)
+        self._temporary = []
+        self.meta: dict[str, Any] = {"artifact": str(artifact), "task": None, "shape": None, "dtype": "float32"}
+        self.files: list[str] = []
+        self.texts: list[str] = []
+        self.skipped: list[dict[str, str]] = []
+        self._parts: list[np.ndarray] = []
+        self._images = True  # whether every row was meant to be an image (for the message)
+        self.embeddings = np.zeros((0, 0), dtype=np.float32)
+
+    def add(self, batch: Any, job: BulkJob) -> None:
+        """One batch of results of ``job`` (an embedding method): its readable rows in order."""
+        names = column(batch, input_column(job, column_names(batch)))
+        errors = column(batch, "error")
+        kept = [str(name) for name, error in zip(names, errors) if error is None]
+        (self.texts if job.kind == "text" else self.files).extend(kept)
+        self.skipped.extend({"input": str(name), "error": error} for name, error in zip(names, errors) if error)
+        vectors = [np.asarray(v, dtype=np.float32) for v, error in zip(column(batch, "embedding"), errors)
+                   if error is None]
+        if vectors:
+            self._parts.append(np.stack(vectors))
+        self._images = self._images and job.kind == "image"
+        self.meta["task"] = job.task
+        self.meta.update({"pooling": job.options["pooling"], "normalized": job.options["normalize"]}
+                         if "pooling" in job.options else {"normalized": True})
+
+    def close(self) -> None:
+        if not self._parts:
+            n = len(self.skipped)
+            raise InputError(f"None of the {n} inputs could be read{' as an image' if self._images else ''}; "
+                             "nothing was written. "
+                             + (f"First error: {self.skipped[0]['error']}" if self.skipped else ""))
+        self.embeddings = np.concatenate(self._parts).astype(np.float32, copy=False)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.meta, "shape": list(self.embeddings.shape), "files": self.files, "texts": self.texts,
+                "skipped": self.skipped}
+        npy, listing = self._tmp(self.out, ".npy"), self._tmp(self.listing)
+        np.save(npy, self.embeddings)
+        listing.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(npy, self.out)
+        os.replace(listing, self.listing)
