@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import io
 import tempfile
 from dataclasses import dataclass
@@ -59,6 +60,17 @@ def _split(items: list[Any], counts: list[int]) -> list[list[Any]]:
         out.append(items[start:start + n])
         start += n
     return out
+
+
+@contextlib.contextmanager
+def _as_invalid_field():
+    """A pipeline's InputError about a request option, as the protocol's 422 invalid_field."""
+    from vlmedge.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        raise invalid("invalid_field", str(exc)) from None
 
 
 def _warmup_png() -> bytes:
@@ -145,12 +157,8 @@ class EncoderModel(ServedModel):
         return info
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
-        from vlmedge.errors import VlmedgeError
-
-        try:
+        with _as_invalid_field():
             pooling = self.pipeline.resolve_pooling(inputs.options.get("pooling"))
-        except VlmedgeError as exc:
-            raise invalid("invalid_field", str(exc)) from None
         attention = inputs.options.get("attention", False)
         if attention and not self.pipeline.has_attention:
             raise invalid("invalid_field", f"Model '{self.name}' has no attention maps; leave 'attention' out.")
@@ -207,14 +215,9 @@ class ClipModel(ServedModel):
             return Job(("embed", kind), inputs.count, getattr(inputs, kind))
         if not inputs.labels:
             raise invalid("missing_input", "'zero-shot' needs candidate labels, e.g. \"labels\": [\"cat\", \"dog\"].")
-        for i, label in enumerate(inputs.labels):
-            if not label.strip():
-                raise invalid("invalid_field", f"labels[{i}] is blank; every label must be a non-empty string.")
-        templates = tuple(inputs.templates) or ("a photo of a {}.",)
-        for t in templates:
-            if "{}" not in t and "{label}" not in t:
-                raise invalid("invalid_field", f"Template {t!r} has no '{{}}' where the label goes, "
-                                               "e.g. 'a photo of a {}.'.")
+        with _as_invalid_field():  # the pipeline's own checks of labels and templates
+            self.pipeline.check_labels(inputs.labels)
+            templates = tuple(self.pipeline.check_templates(list(inputs.templates) or None))
         key = ("zero-shot", tuple(inputs.labels), templates)
         return Job(key, len(inputs.images), (inputs.images, inputs.options.get("top_k", DEFAULT_TOP_K)))
 
@@ -260,12 +263,8 @@ class AudioModel(ServedModel):
         return info
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
-        spec = self.pipeline.spec
-        hop = inputs.options.get("window_hop")
-        shift = spec.frame_shift / spec.sampling_rate
-        if hop is not None and not shift <= hop <= self.pipeline.window_seconds:
-            raise invalid("invalid_field", f"'window_hop' must be from {shift:g} s (one frame) to "
-                                           f"{self.pipeline.window_seconds:g} s (one model window), not {hop!r}.")
+        with _as_invalid_field():
+            hop = self.pipeline.check_window_hop(inputs.options.get("window_hop"), self.pipeline.spec)
         key = ("tag", hop, inputs.options.get("aggregate", "max"))
         trim = (inputs.options.get("top_k", DEFAULT_TOP_K), inputs.options.get("threshold"))
         return Job(key, len(inputs.audio), (inputs.audio, trim))
