@@ -255,8 +255,9 @@ def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]
         tracker = _VariantTracker(say)
         try:
             say(f"export {folder.name}: to {', '.join(targets)}; {', '.join(precisions)}")
+            # strict: a variant that misses its gate raises, so this loop can say which and retry
             return vlmedge.export(str(folder), out, to=targets, precision=precisions, progress=tracker,
-                                  gates=suite_gates()), dropped
+                                  gates=suite_gates(), strict=True), dropped
         except VlmedgeError as exc:
             failed = tracker.failed(targets, precisions)
             if failed is None or failed == ("onnx", "fp32"):

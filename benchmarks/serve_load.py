@@ -3,12 +3,16 @@ server memory at several levels of concurrency, with dynamic batching and withou
 
     .venv/bin/python benchmarks/serve_load.py                  # 60 s per level: 8, 32, 128 clients
     .venv/bin/python benchmarks/serve_load.py --seconds 20 --levels 8,32
+    .venv/bin/python benchmarks/serve_load.py --protocol v2-binary --levels 1,2,8   # KServe V2, binary tensors
 
 For each server configuration (--max-batch N, then --max-batch 1 as the baseline) it starts
 `vlmedge serve` in a subprocess on 127.0.0.1 at a free port, waits for /readyz, and runs
 each level for --seconds: that many clients, each on its own keep-alive connection, posting
 one image to /v1/models/<name>/classify as soon as its previous answer arrived (a closed
-loop). Every request targets 127.0.0.1 only; each level stops after --seconds or
+loop); with --protocol v2 (or v2-binary) the same image goes to /v2/models/<name>/infer as
+a KServe V2 BYTES tensor in JSON (base64) or as Triton binary tensor data. Low levels (1, 2
+clients) show what preparing each request's image in its own thread gains when batches
+stay small. Every request targets 127.0.0.1 only; each level stops after --seconds or
 --max-requests, whichever comes first. The clients are a small asyncio HTTP/1.1 writer of
 pre-encoded requests, so that the load generator takes as little of the CPU it shares with
 the server as it can.
@@ -146,11 +150,33 @@ class Server:
 # -- the clients -----------------------------------------------------------------------------
 
 
-def classify_request(name: str, image: bytes) -> bytes:
-    import base64
+PROTOCOLS = ("v1", "v2", "v2-binary")
 
-    body = json.dumps({"images": [base64.b64encode(image).decode()], "top_k": 1}).encode()
-    head = (f"POST /v1/models/{name}/classify HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+
+def classify_request(name: str, image: bytes, protocol: str = "v1") -> bytes:
+    """One pre-encoded HTTP/1.1 request classifying `image` (top 1) through `protocol`."""
+    import base64
+    import struct
+
+    extra = ""
+    if protocol == "v1":
+        path = f"/v1/models/{name}/classify"
+        body = json.dumps({"images": [base64.b64encode(image).decode()], "top_k": 1}).encode()
+    elif protocol == "v2":
+        path = f"/v2/models/{name}/infer"
+        body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                       "data": [base64.b64encode(image).decode()]}],
+                           "parameters": {"top_k": 1}}).encode()
+    else:  # v2-binary: the JSON header, then the BYTES element (4-byte little-endian length, bytes)
+        path = f"/v2/models/{name}/infer"
+        blob = struct.pack("<I", len(image)) + image
+        header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                         "parameters": {"binary_data_size": len(blob)}}],
+                             "parameters": {"top_k": 1}}).encode()
+        body = header + blob
+        extra = f"Inference-Header-Content-Length: {len(header)}\r\n"
+    content_type = "application/octet-stream" if protocol == "v2-binary" else "application/json"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     return head + body
 
@@ -220,7 +246,9 @@ def machine_name() -> str:
 
 def markdown(result: dict) -> str:
     """The result as a Markdown table, one row per configuration and level."""
-    lines = [f"Model: {result['model']}; one {result['image']} per request (JSON, base64), "
+    how = {"v1": "/v1 JSON, base64", "v2": "KServe V2 JSON, base64",
+           "v2-binary": "KServe V2 binary tensor data"}[result.get("protocol", "v1")]
+    lines = [f"Model: {result['model']}; one {result['image']} per request ({how}), "
              f"{result['seconds_per_level']:g} s per level; {result['machine']}; load average at start "
              f"{result['load_average_at_start'][0]:.1f}, at end {result['load_average_at_end'][0]:.1f}.", "",
              "| --max-batch | clients | requests/s | p50 ms | p99 ms | mean batch | statuses | RSS MB before -> after |",
@@ -247,14 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="per level, a bound beside the time")
     parser.add_argument("--artifact", type=Path, help="serve this artifact instead of the built-in classifier")
     parser.add_argument("--image", type=Path, default=SAMPLE)
-    parser.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/serve-load-<machine>.json)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="v1",
+                        help="v1 (vlmedge's route), v2 (KServe V2 JSON) or v2-binary (Triton binary tensor data)")
+    parser.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/serve-load-<machine>"
+                                                 "[-<protocol>].json)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
 
     artifact, model_desc = (args.artifact, str(args.artifact)) if args.artifact else prepare_artifact()
     name = "classifier"
-    request = classify_request(name, args.image.read_bytes())
-    result = {"schema": "vlmedge-serve-load", "machine": machine_name(), "model": model_desc,
+    request = classify_request(name, args.image.read_bytes(), args.protocol)
+    result = {"schema": "vlmedge-serve-load", "machine": machine_name(), "model": model_desc, "protocol": args.protocol,
               "artifact": str(artifact), "image": args.image.name, "seconds_per_level": args.seconds,
               "levels": levels, "load_average_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "python": platform.python_version(), "configs": []}
@@ -285,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     result["batching_gain"] = {str(b["clients"]): round(b["throughput_rps"] / a["throughput_rps"], 2)
                                for b, a in zip(batched["levels"], base["levels"]) if a["throughput_rps"]}
     result["load_average_at_end"] = os.getloadavg()
-    out = args.out or RESULTS / f"serve-load-{result['machine']}.json"
+    suffix = "" if args.protocol == "v1" else f"-{args.protocol}"
+    out = args.out or RESULTS / f"serve-load-{result['machine']}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))

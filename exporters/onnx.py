@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import torch
 
-from vlmedge.errors import ExportError
+from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.spec import GraphSpec
 
 DEFAULT_OPSET = 18
@@ -32,7 +36,7 @@ def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> lis
     large = parameter_bytes(graph.module) > _PROTOBUF_LIMIT
     graph.module.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _captured_output() as printed, _col2im_symbolic(opset):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph.module, args, str(path),
@@ -41,7 +45,16 @@ def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> lis
                 do_constant_folding=True, dynamo=False,
             )
     except Exception as exc:  # the exporter raises many unrelated types
-        raise ExportError(f"torch.onnx.export failed for graph '{graph.name}': {exc}") from exc
+        # One sentence, not the exporter's dump of the whole graph (the full exception stays
+        # on __cause__ for whoever debugs it).
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        where = next((line.strip("(). ") for line in lines if line.startswith("(Occurred when translating")), "")
+        raise UnsupportedModelError(
+            f"torch.onnx.export cannot export graph '{graph.name}' of this model ({type(exc).__name__}: "
+            f"{lines[0][:300]}{'; ' + where if where else ''}); vlmedge cannot export it to ONNX."
+        ) from exc
+    if printed.text:
+        sys.stderr.write(printed.text)
     data_name = f"{path.name}.data"
     if large:
         model = onnx.load(str(path), load_external_data=True)
@@ -54,6 +67,63 @@ def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> lis
         _optimize_basic(path)
         onnx.checker.check_model(str(path))
     return [path] + ([path.parent / data_name] if large else [])
+
+
+def _col2im(g, input, output_size, kernel_size, dilation, padding, stride):  # noqa: A002 - torch's names
+    """torch's aten::col2im symbolic (opset 18), without its need for a static output_size
+    tensor: the number of spatial axes comes from the kernel (MobileViTV2's fold computes
+    its output size from the traced feature map)."""
+    from torch.onnx import symbolic_helper
+
+    sizes = symbolic_helper._get_tensor_sizes(output_size)
+    axes = sizes[0] if sizes and sizes[0] is not None else len(stride or dilation or padding) or 2
+    pads = [p for p in padding for _ in range(2)] or [0, 0] * axes
+    return g.op("Col2Im", input, output_size, kernel_size, dilations_i=list(dilation) or [1] * axes, pads_i=pads,
+                strides_i=list(stride) or [1] * axes)
+
+
+@contextlib.contextmanager
+def _col2im_symbolic(opset: int) -> Iterator[None]:
+    """Overrides torch's col2im symbolic while one export runs, then restores it."""
+    if opset < 18:
+        yield
+        return
+    from torch.onnx import symbolic_helper
+
+    symbolic = symbolic_helper.parse_args("v", "v", "v", "is", "is", "is")(_col2im)
+    torch.onnx.register_custom_op_symbolic("aten::col2im", symbolic, 18)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::col2im", 18)
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[_Captured]:
+    """Captures what is written to the process's stdout and stderr (file descriptors 1 and
+    2, where torch's C++ exporter prints a failed graph) while the block runs."""
+    captured = _Captured()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace")
 
 
 def _remove_side_files(path: Path) -> None:

@@ -1,7 +1,10 @@
 """export(): source -> graphs -> files per target and precision -> parity -> artifact.
 
-All or nothing: everything is written into a temporary folder that replaces the
-destination only after every file passed its parity gate.
+Nothing half-written: everything is written into a temporary folder that replaces the
+destination only at the end. A variant that misses its parity gate is left out and recorded
+in the manifest (export.dropped) with the figure that failed, unless strict=True asks for
+all or nothing; the fp32 ONNX reference must always pass, and at least one requested
+variant must, or nothing is written.
 
 The steps, in order: `plan_variants` (which files to build), `prepare_data` (calibration
 and labelled data through the source's preprocessing), then per graph `run_reference`
@@ -11,8 +14,10 @@ one through `verify_variant`), and `build_manifest`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
+import os
 import platform
 import shutil
 import time
@@ -105,12 +110,43 @@ class VariantPlan:
     gates: dict[str, Gate]
     opset: int
     say: Progress
+    strict: bool = False  # all or nothing: a variant missing its gate fails the export
+    requested: list[tuple[str, str]] = field(default_factory=list)  # what the user asked for
+    # (target, precision) -> why it was left out: {"target", "precision", "graph", "reason"}
+    dropped: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    written: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # relpaths per variant
+    errors: dict[tuple[str, str], ParityError] = field(default_factory=dict)  # why each was dropped
+
+
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Silences transformers' and the Hugging Face hub's own progress bars ("Loading
+    weights") while a source loads, so they do not break vlmedge's progress lines; the
+    previous settings come back after."""
+    previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        hf_logging = None
+    enabled = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+        if previous is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
 
 
 def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
            task: str | None = None, opset: int = DEFAULT_OPSET, gates: dict[str, Gate] | None = None,
            calibration: dict[str, dict[str, np.ndarray]] | str | Path | None = None, progress: Progress | None = None,
-           calibration_size: int = 300, evaluation: str | Path | None = None,
+           calibration_size: int = 300, evaluation: str | Path | None = None, strict: bool = False,
            **source_options: Any) -> Artifact:
     """Exports `model` to an artifact folder at `out` and returns it.
 
@@ -131,15 +167,26 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
         gates: parity gates per precision, replacing the defaults (tightening is safe;
             loosening is recorded in each report).
         progress: called with a line of text at every step.
+        strict: all or nothing: a variant that misses its gate fails the whole export.
+            Without it such a variant is left out, named with the figure that failed in
+            the manifest's export.dropped, and the rest is written.
+        **source_options: options of the source, e.g. image_size=448, or preprocess= and
+            labels= for a torch.nn.Module.
+
+    Raises:
+        ParityError: the fp32 ONNX reference missed its gate, nothing requested passed,
+            or (strict) any variant missed its gate; nothing is written then.
     """
     from vlmedge.exporters.sources import resolve
 
     plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
+    plan.strict = strict
     started = time.perf_counter()
-    plan.say(f"loading {model if isinstance(model, str) else type(model).__name__}")
-    spec = resolve(model, task=task, **source_options)
-    calibration_sets, eval_sets = prepare_data(spec, plan, calibration, calibration_size, evaluation)
-    with ArtifactWriter(Path(out)) as writer:
+    with ArtifactWriter(Path(out)) as writer:  # first: a destination it cannot use fails before loading
+        plan.say(f"loading {model if isinstance(model, str) else type(model).__name__}")
+        with quiet_progress_bars():
+            spec = resolve(model, task=task, **source_options)
+        calibration_sets, eval_sets = prepare_data(spec, plan, calibration, calibration_size, evaluation)
         graphs_io: dict[str, Any] = {}
         stored: dict[str, np.ndarray] = {}
         for graph in spec.graphs:
@@ -149,13 +196,15 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
             stored.update({f"{graph.name}.reference.{k}": v for k, v in references.items()})
             graphs_io[graph.name] = export_graph(writer, graph, feeds, references, plan,
                                                  calibration_sets.get(graph.name), eval_sets.get(graph.name))
+        _check_something_kept(plan)
         np.savez(writer.path(PARITY_FILE), **stored)
         writer.add(PARITY_FILE, role="parity_inputs")
         for relpath, source in spec.extra_files.items():
             shutil.copyfile(source, writer.path(relpath))
             writer.add(relpath, role="sample" if relpath.startswith("samples/") else "resource")
         artifact = writer.commit(build_manifest(spec, graphs_io, plan))
-    plan.say(f"export success {time.perf_counter() - started:.1f}s, saved as '{artifact.root}'")
+    plan.say(f"wrote {artifact.root} in {time.perf_counter() - started:.1f}s"
+             + (f", leaving out {len(plan.dropped)} variant(s) that missed their gate" if plan.dropped else ""))
     return artifact
 
 
@@ -182,7 +231,7 @@ def plan_variants(to: Iterable[str], precision: Iterable[str], opset: int, gates
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; use 17 or newer.")
     variants = [("onnx", "fp32")] + [v for v in requested if v != ("onnx", "fp32")]
-    return VariantPlan(targets, precisions, variants, {**GATES, **(gates or {})}, opset, say)
+    return VariantPlan(targets, precisions, variants, {**GATES, **(gates or {})}, opset, say, requested=requested)
 
 
 def prepare_data(spec: ExportSpec, plan: VariantPlan, calibration: Any, calibration_size: int,
@@ -232,24 +281,61 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
     # The fp32 ONNX graph is always kept: every other variant is built from it, here or
     # later on the target device (vlmedge build).
     for target, prec in plan.variants:
+        if (target, prec) in plan.dropped:  # missed its gate on an earlier graph: left out for every graph
+            continue
         context = VariantContext(graph=graph, base=writer.path(base), feeds=feeds, references=references,
                                  calibration=calibration, say=plan.say, gate=plan.gates[prec], evaluation=evaluation)
-        if (target, prec) == ("onnx", "fp32"):
-            relpath, files, session_options = base, base_files, {}
-        else:
-            t0 = time.perf_counter()
-            relpath, files, session_options = build_variant(target, prec, writer, context)
-            plan.say(f"[{graph.name}] built {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
-        session = open_session(writer.path(relpath), backend=backend_of_target(target).name, **session_options)
-        report = verify_variant(session, context, target, prec, relpath, plan, baseline_ms)
+        files: list[Path] = []
+        try:
+            if (target, prec) == ("onnx", "fp32"):
+                relpath, files, session_options = base, base_files, {}
+            else:
+                t0 = time.perf_counter()
+                relpath, files, session_options = build_variant(target, prec, writer, context)
+                plan.say(f"[{graph.name}] built {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
+            session = open_session(writer.path(relpath), backend=backend_of_target(target).name, **session_options)
+            report = verify_variant(session, context, target, prec, relpath, plan, baseline_ms)
+        except ParityError as exc:
+            if plan.strict or (target, prec) == ("onnx", "fp32"):
+                raise
+            _drop(writer, plan, graph.name, target, prec, exc, files)
+            continue
         if (target, prec) == ("onnx", "fp32"):
             baseline_ms = report["latency_ms"]
         graph_io = graph_io or _graph_io(session, graph)
+        written = plan.written.setdefault((target, prec), [])
         for extra in files[1:]:
-            writer.add(extra.relative_to(writer.tmp).as_posix(), role="weights", graph=graph.name)
+            written.append(extra.relative_to(writer.tmp).as_posix())
+            writer.add(written[-1], role="weights", graph=graph.name)
         entry_meta = {"session_options": session_options} if session_options else {}
         writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec, parity=report, **entry_meta)
+        written.append(relpath)
     return graph_io
+
+
+def _drop(writer: ArtifactWriter, plan: VariantPlan, graph: str, target: str, prec: str, error: ParityError,
+          files: list[Path]) -> None:
+    """Leaves a variant that missed its gate out of the artifact, for every graph: its files
+    (of this graph and of the graphs before) are removed and the reason recorded."""
+    reason = str(error).replace(" No artifact was written.", "").strip()
+    plan.dropped[(target, prec)] = {"target": target, "precision": prec, "graph": graph, "reason": reason}
+    plan.errors[(target, prec)] = error
+    gone = set(plan.written.pop((target, prec), []))
+    gone.update(p.relative_to(writer.tmp).as_posix() for p in files if p.is_relative_to(writer.tmp))
+    writer.files = [e for e in writer.files if e["path"] not in gone]
+    for relpath in gone:
+        writer.path(relpath).unlink(missing_ok=True)
+    plan.say(f"[{graph}] left out {target} {prec}: {reason}")
+
+
+def _check_something_kept(plan: VariantPlan) -> None:
+    """At least one variant the user asked for passed; otherwise nothing is written (with
+    the variant's own error when only one was asked for)."""
+    if plan.dropped and all(v in plan.dropped for v in plan.requested):
+        if len(plan.errors) == 1:
+            raise next(iter(plan.errors.values()))
+        raise ParityError("No requested variant passed its parity gate: "
+                          + "; ".join(d["reason"] for d in plan.dropped.values()) + " No artifact was written.")
 
 
 def verify_variant(session: Any, context: VariantContext, target: str, prec: str, relpath: str,
@@ -291,7 +377,8 @@ def build_manifest(spec: ExportSpec, graphs_io: dict[str, Any], plan: VariantPla
         "postprocess": spec.postprocess,
         "versions": {"python": platform.python_version(), **package_versions(EXPORT_PACKAGES)},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "export": {"opset": plan.opset, "targets": sorted({"onnx", *plan.targets}), "precisions": plan.precisions},
+        "export": {"opset": plan.opset, "targets": sorted({"onnx", *plan.targets}), "precisions": plan.precisions,
+                   **({"dropped": list(plan.dropped.values())} if plan.dropped else {})},
         **spec.manifest_extra,
     }
 

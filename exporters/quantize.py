@@ -98,7 +98,10 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                     attempt: dict[str, Any] = {**described, **({"session_options": extra} if extra else {})}
                     attempts.append(attempt)
                     run_options = {**options, **extra}
-                    label = f"{recipe.method} (level {level}{', ' + str(extra) if extra else ''})"
+                    # one level may try a method twice (e.g. with and without smoothing): number them
+                    repeat = [r for r in candidates if r.method == recipe.method]
+                    nth = f", try {repeat.index(recipe) + 1} of {len(repeat)}" if len(repeat) > 1 else ""
+                    label = f"{recipe.method} (level {level}{nth}{', ' + str(extra) if extra else ''})"
                     try:
                         session = open_session(files[0], backend=backend, **run_options)
                     except Exception as exc:  # a backend may refuse an option on this machine

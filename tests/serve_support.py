@@ -5,6 +5,8 @@ free port."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import threading
 import time
@@ -17,6 +19,32 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "exporters" / "sample_data"
 IMAGES = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
 AUDIO = sorted((SAMPLES / "audio").iterdir())
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs a Chromium browser and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator:
+    """Headless Chromium through Selenium and the system's chromedriver (never a download)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for downloads
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1200,900", "--no-first-run", "--disable-extensions"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 def serve_artifact(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -64,3 +64,27 @@ def test_manifest_records_parity_and_passes_gate(family, exported):
     logits = report["outputs"]["logits"]
     assert logits["cosine_min"] >= 0.99999 and logits["max_abs"] <= 1e-3 and logits["top1"] == 1.0
     assert report["samples"] >= 8
+
+
+def test_fp32_abs_bound_scales_with_the_output_magnitude():
+    """fp32's max_abs is per unit of the output's magnitude: logits of ~1.5e3 that differ by
+    2.6e-3 (a relative error of 1.8e-6) pass; small outputs keep the absolute 1e-3 bound."""
+    from vlmedge.parity import GATES, abs_bound, compare_output, judge
+
+    rng = np.random.default_rng(0)
+    large = rng.normal(0, 500, (4, 10)).astype(np.float32)
+    large[0, 0] = 1.5e3
+    nudged = large.copy()
+    nudged[1, 3] += 2.6e-3
+    metrics = compare_output(large, nudged, "logits")
+    assert abs_bound(GATES["fp32"], metrics) == pytest.approx(1e-3 * np.abs(large).max())
+    assert judge({"logits": metrics}, GATES["fp32"]) == []
+    wrong = large.copy()
+    wrong[1, 3] += 5.0  # 3.3e-3 relative: over the bound
+    (failure,) = judge({"logits": compare_output(large, wrong, "logits")}, GATES["fp32"])
+    assert "max abs error 5 >" in failure and "max|reference|" in failure
+    small = rng.normal(0, 0.3, (4, 10)).astype(np.float32)
+    off = small.copy()
+    off[0, 0] += 2e-3  # below 1 in magnitude: the bound stays 1e-3
+    failures = judge({"logits": compare_output(small, off, "logits")}, GATES["fp32"])
+    assert any("max abs error 0.002 > 0.001" in f for f in failures)

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
 from vlmedge.preprocess import image as image_module
+import vlmedge.preprocess.image.decode  # noqa: F401  (image_module.decode)
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 
 ATOL = 1e-5
@@ -365,7 +366,7 @@ def test_decompression_bomb_header(side, tmp_path):
 def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.fromarray(_pattern(48, 64)).save(path)
-    monkeypatch.setattr(image_module, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(image_module.decode, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(InputError, match=r"big\.png is too large.*1,000 pixels"):
         load_image(path)
 

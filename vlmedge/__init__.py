@@ -4,7 +4,7 @@ TensorRT, verify them against their source, and serve them without PyTorch."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, Iterable
 
 # `vlmedge.bench` is the function, not the subpackage: importing the subpackage first and
 # binding the function after means a later `import vlmedge.bench.x` finds the package in
@@ -22,18 +22,96 @@ from vlmedge.version import __version__
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
-def load(path: Any, backend: str = "auto", device: str = "cpu", precision: str | None = None, **options: Any):
-    """Loads an artifact folder and returns its task pipeline (see vlmedge.tasks.load)."""
+def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str | None = None,
+         **options: Any):
+    """Loads an artifact folder and returns the pipeline of its task, without torch.
+
+    Args:
+        path: the artifact folder written by `export` (CLI: the ARTIFACT argument).
+        backend: "auto" (the fastest backend present for the device) or a backend name:
+            "onnxruntime", "openvino", "tensorrt" (CLI: --backend). Backends read the files of
+            their target: onnxruntime the "onnx" files, openvino the "openvino" ones.
+        device: "cpu", "cuda", or a backend's own device name such as "GPU" or "NPU" (CLI: --device).
+        precision: "fp32", "fp16", "bf16" or "int8"; None takes the fastest file that passed
+            its parity gate (CLI: --precision).
+        **options: backend session options, e.g. threads=4.
+
+    Returns:
+        The task's pipeline (vlmedge.registry names them): ImageClassifier (`classify`),
+        ImageEncoder (`embed`), Clip (`embed_images`, `embed_texts`, `zero_shot`) or
+        AudioTagger (`tag`). The CLI's `predict` runs the first of these the task declares
+        for "predict". `.model.backend`, `.model.precision` and `.model.provider` say what runs.
+
+    Raises:
+        ArtifactError: the folder is not a readable, untampered vlmedge artifact.
+        BackendUnavailableError: the backend is not installed or cannot run here.
+
+    Example:
+        >>> import vlmedge
+        >>> classifier = vlmedge.load("out/shapes-vit", backend="onnxruntime")  # doctest: +SKIP
+        >>> classifier.classify(["exporters/sample_data/red-circle.jpg"], top_k=3)  # doctest: +SKIP
+    """
     from vlmedge.tasks import load as _load
 
     return _load(path, backend=backend, device=device, precision=precision, **options)
 
 
-def export(model: Any, out: Any, **kwargs: Any):
-    """Exports a model to an artifact (needs the 'export' extra: torch, transformers, onnx)."""
+def export(model: Any, out: str | os.PathLike, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
+           task: str | None = None, opset: int = 18, gates: dict[str, Any] | None = None,
+           calibration: Any = None, progress: Callable[[str], None] | None = None,
+           calibration_size: int = 300, evaluation: str | os.PathLike | None = None, strict: bool = False,
+           **source_options: Any):
+    """Exports a model to a verified artifact folder (needs the 'export' extra: torch,
+    transformers, onnx; imported only when this runs).
+
+    Every file is compared with the source model on stored inputs and must pass the parity
+    gate of its precision (vlmedge.parity.GATES). A variant that misses it is left out and
+    recorded in `artifact.manifest["export"]["dropped"]` with the figure that failed, unless
+    `strict`; the fp32 ONNX reference must always pass.
+
+    Args:
+        model: "builtin:NAME", a Hugging Face folder or cached model id, or a torch.nn.Module
+            (then pass preprocess= and labels=) (CLI: the MODEL argument).
+        out: the artifact folder; an existing artifact there is replaced only on success
+            (CLI: -o/--output/--out).
+        to: targets, from runtimes.base.BACKENDS: "onnx", "openvino", "tensorrt"; the fp32
+            ONNX file is always included (CLI: --to onnx,openvino).
+        precision: "fp32", "fp16", "bf16", "int8" (CLI: --precision fp32,int8).
+        task: the task when the architecture does not imply it, a name of
+            vlmedge.registry.TASKS (CLI: --task).
+        opset: ONNX opset, 17 or newer (CLI: --opset).
+        gates: precision -> vlmedge.parity.Gate, replacing the defaults.
+        calibration: int8 calibration data: a folder of images or audio files, a .txt of
+            captions, or per graph the preprocessed inputs (CLI: --calibration).
+        progress: called with a line of text at every step.
+        calibration_size: how many calibration items to use (CLI: --calibration-size).
+        evaluation: a folder with one sub-folder of files per label; every file's accuracy
+            is judged by the gate (CLI: --eval).
+        strict: all or nothing: any variant missing its gate fails the export (CLI: --strict).
+        **source_options: options of the source, e.g. image_size=448 (CLI: --image-size).
+
+    Returns:
+        The written vlmedge.artifact.Artifact (`.root`, `.manifest`, `.files`).
+
+    Raises:
+        ExportError: a target, precision or opset that cannot be built, or a failed step;
+            nothing is written.
+        ParityError: the fp32 reference, every requested variant, or (strict) any variant
+            missed its parity gate; nothing is written.
+        ModelNotFoundError, UnsupportedModelError: the model cannot be found or exported.
+
+    Example:
+        >>> import vlmedge
+        >>> artifact = vlmedge.export("builtin:shapes-vit", "out/shapes-vit", to=["onnx", "openvino"],
+        ...                           precision=["fp32", "int8"])  # doctest: +SKIP
+        >>> artifact.manifest["export"].get("dropped", [])  # doctest: +SKIP
+        []
+    """
     from vlmedge.exporters.pipeline import export as _export
 
-    return _export(model, out, **kwargs)
+    return _export(model, out, to=to, precision=precision, task=task, opset=opset, gates=gates,
+                   calibration=calibration, progress=progress, calibration_size=calibration_size,
+                   evaluation=evaluation, strict=strict, **source_options)
 
 
 __all__ = ["VlmedgeError", "__version__", "bench", "export", "load"]

@@ -1,123 +1,275 @@
-"""The `vlmedge` command: export, predict, info, check.
+"""The `vlmedge` command: export, predict, embed, info, check, bench, serve, formats.
 
-User errors (VlmedgeError) print as one sentence with exit code 1, never a traceback;
-bad usage exits with 2.
+User errors (VlmedgeError) print as one sentence, never a traceback, and exit with their
+class's code (vlmedge.errors.EXIT_CODES): 1 a runtime failure, 2 bad usage (every option is
+checked before a model is loaded), 3 a parity gate failure. Tables turn into key: value
+blocks when the terminal (or a log: 80 columns) is too narrow for them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import typer
-from rich.console import Console
-from rich.table import Table
+import contextlib
 
-from vlmedge.errors import VlmedgeError
+import typer
+import typer.core
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from vlmedge import formats
+from vlmedge.errors import ParityError, UsageError, VlmedgeError
+from vlmedge.version import __version__
+
+
+class _Command(typer.core.TyperCommand):
+    """Help that reads `ARTIFACT INPUTS...`, not typer's `{ARTIFACT} {INPUTS}...` with
+    `<list[str]>` type labels beside each argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperArgument):
+                param.display_type = lambda ctx: None  # the metavar and help say what it is
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"\{([^{}]+)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+    def invoke(self, ctx: Any) -> Any:
+        """A VlmedgeError ends the command with one line and its class's exit code, however
+        the app is run (the console script, `python -m`, or typer's test runner)."""
+        try:
+            return super().invoke(ctx)
+        except VlmedgeError as exc:
+            print_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+
 
 app = typer.Typer(
     help="Export, verify and run vision, vision-language and audio transformers on edge hardware.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,  # plain help: "pip install 'vlmedge[ray]'" keeps its [ray]
 )
 console = Console()
 err_console = Console(stderr=True)
+_split = formats.split
+BACKEND_CHOICES = ["auto", *formats.backend_names()]
 
 
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+def _version(value: bool) -> None:
+    if value:
+        print(f"vlmedge {__version__}")
+        raise typer.Exit()
 
 
-@app.command()
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Export, verify and run vision, vision-language and audio transformers on edge hardware."""
+
+
+def _check_run_options(backend: str, precision: Optional[str]) -> None:
+    """--backend and --precision of the commands that run an artifact, before it is opened."""
+    formats.check_backends("--backend", backend, BACKEND_CHOICES, many=False)
+    if precision is not None:
+        formats.choose("--precision", precision, formats.precision_names(), many=False)
+
+
+def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
+    """Rows (column -> text with rich markup) as a table when it fits the console, else (a
+    narrow terminal, a log: 80 columns) as blocks: the first column, then the others as
+    `column: value` pairs, as many to a line as fit."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(row.get(c, "") for c in columns))
+    if console.measure(table, options=console.options.update(width=10_000)).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
+    for row in rows:
+        if row[columns[0]]:
+            console.print(row[columns[0]], soft_wrap=True, highlight=False)
+        lines: list[str] = []
+        for pair in (f"{column}: {row[column]}" for column in columns[1:] if row.get(column)):
+            joined = f"{lines[-1]}, {pair}" if lines else pair
+            if lines and len(Text.from_markup("  " + joined)) <= console.width:
+                lines[-1] = joined
+            else:
+                lines.append(pair)
+        for line in lines:
+            console.print(f"  {line}", soft_wrap=True, highlight=False)
+
+
+@app.command(cls=_Command)
 def export(
-    model: str = typer.Argument(..., help="Hugging Face folder or cached id, or builtin:NAME."),
-    output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to write."),
-    to: str = typer.Option("onnx", "--to", help="Comma-separated targets: onnx, openvino, tensorrt."),
-    precision: str = typer.Option("fp32", "--precision", help="Comma-separated precisions: fp32, fp16, bf16, int8."),
-    task: Optional[str] = typer.Option(None, "--task", help="Task, when the architecture does not imply it."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset (>= 17)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="builtin:NAME (" + ", ".join(formats.builtin_models())
+                                + "), a Hugging Face folder or cached id."),
+    output: Path = typer.Option(..., "-o", "--output", "--out", metavar="DIR", help="Artifact folder to write."),
+    to: str = typer.Option("onnx", "--to", metavar="TARGETS",
+                           help=f"Comma-separated targets: {', '.join(formats.target_names())}."),
+    precision: str = typer.Option("fp32", "--precision", metavar="PRECISIONS",
+                                  help=f"Comma-separated precisions: {', '.join(formats.precision_names())}."),
+    task: Optional[str] = typer.Option(None, "--task", metavar="TASK", help="Task, when the architecture does not "
+                                       f"imply it: {', '.join(formats.task_names())}."),
+    opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (>= 17)."),
     image_size: Optional[str] = typer.Option(
-        None, "--image-size", help="Image encoders: export resolution, e.g. 448 or 448x336 (height x width)."),
+        None, "--image-size", metavar="SIZE", help="Image encoders: export resolution, e.g. 448 or 448x336 (height x width)."),
     calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="int8 calibration data: a folder of images or audio files, or a .txt of captions."),
-    calibration_size: int = typer.Option(300, "--calibration-size", min=1, help="How many calibration items to use."),
+        None, "--calibration", metavar="PATH", help="int8 calibration data: a folder of images or audio files, or a .txt of captions."),
+    calibration_size: int = typer.Option(300, "--calibration-size", min=1, metavar="N", help="How many calibration items to use."),
     evaluation: Optional[Path] = typer.Option(
-        None, "--eval", help="Labelled data (one folder per class): accuracy of every file, judged by the gate."),
+        None, "--eval", "--evaluation", metavar="DIR", help="Labelled data (one folder per class): accuracy of every file, judged by the gate."),
+    strict: bool = typer.Option(False, "--strict", help="All or nothing: fail the export (exit 3, nothing written) "
+                                "when any variant misses its gate, instead of leaving that variant out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (progress goes to stderr)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress lines; only errors and dropped variants."),
 ) -> None:
-    """Export MODEL to a verified artifact: files per target and precision, each checked against the source."""
+    """Export MODEL to a verified artifact: files per target and precision, each checked against the source.
+
+    A variant that misses its parity gate is left out (shown, recorded in the manifest) and
+    the command exits 3; the fp32 ONNX reference must always pass.
+    """
+    targets = formats.choose("--to", to, formats.target_names())
+    precisions = formats.choose("--precision", precision, formats.precision_names())
+    if task is not None:
+        formats.choose("--task", task, formats.task_names(), many=False)
+    if image_size is not None and not re.fullmatch(r"\d+(x\d+)?", image_size):
+        raise UsageError(f"--image-size takes 448 or 448x336 (height x width), not {image_size!r}.")
+    for flag, path in (("--calibration", calibration), ("--eval", evaluation)):
+        if path is not None and not path.exists():
+            raise UsageError(f"{flag} {path} does not exist; give a folder of files (or a .txt of captions).")
     from vlmedge.exporters.pipeline import export as run_export
 
-    with console.status("exporting") as status:
+    out = err_console if as_json else console
+    with contextlib.nullcontext() if quiet else out.status("exporting") as status:
         def progress(message: str) -> None:
-            console.print(f"  {message}", markup=False)  # "[image] ..." is a graph name, not a style
-            status.update(message)
+            if not quiet:
+                out.print(f"  {message}", markup=False, highlight=False)  # "[image] ..." is a graph name, not a style
+                status.update(f"exporting: {message}")
 
-        artifact = run_export(model, output, to=_split(to), precision=_split(precision), task=task,
-                              opset=opset, progress=progress, calibration=calibration,
-                              calibration_size=calibration_size, evaluation=evaluation,
-                              **({"image_size": image_size} if image_size else {}))
-    console.print(f"[green]export success[/green]: {artifact.root}")
-    labels_hint = ' --labels "cat,dog,car"' if artifact.task == "clip" else ""
-    console.print(f"next: vlmedge info {output}   |   vlmedge predict {output} IMAGE{labels_hint}   |   vlmedge check {output}")
+        artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
+                              progress=progress, calibration=calibration, calibration_size=calibration_size,
+                              evaluation=evaluation, strict=strict, **({"image_size": image_size} if image_size else {}))
+    dropped = artifact.manifest.get("export", {}).get("dropped", [])
+    if as_json:
+        files = [{k: e.get(k) for k in ("path", "graph", "target", "precision")} for e in artifact.files
+                 if e["role"] == "model"]
+        print(json.dumps({"artifact": str(artifact.root), "task": artifact.task, "files": files, "dropped": dropped},
+                         indent=2))
+    elif not quiet:
+        console.print(f"[green]export success[/green]: {escape(str(artifact.root))}", highlight=False)
+        console.print(f"next: {_next_steps(output, artifact.task)}", markup=False, highlight=False)
+    for entry in dropped:
+        err_console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']}: {escape(entry['reason'])}",
+                          highlight=False)
+    if dropped:
+        raise typer.Exit(ParityError.exit_code)
 
 
-@app.command()
+def _next_steps(output: Path, task: str) -> str:
+    """The commands to try next, with the input kind (IMAGE, AUDIO) of the task's predict."""
+    from vlmedge.registry import task_named
+
+    method = task_named(task).method("predict")
+    labels = ' --labels "cat,dog,car"' if "labels" in method.options else ""
+    return (f"vlmedge info {output}   |   vlmedge predict {output} {method.input.upper()}{labels}   |   "
+            f"vlmedge check {output}")
+
+
+# predict's options that only some tasks' "predict" method takes: parameter -> (flag, the
+# registry's Method.options name); given to a method that does not take it, they are refused.
+METHOD_OPTIONS = {"top_k": ("--top-k", "top_k"), "labels": ("--labels", "labels"),
+                  "template": ("--template", "templates"), "window_hop": ("--window-hop", "window_hop"),
+                  "aggregate": ("--aggregate", "aggregate")}
+
+
+@app.command(cls=_Command)
 def predict(
-    artifact: Path = typer.Argument(..., help="Artifact folder."),
-    inputs: list[str] = typer.Argument(..., help="Input files (images or audio)."),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="How many labels to show per input."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="CLIP zero-shot: comma-separated candidate labels."),
-    template: Optional[list[str]] = typer.Option(None, "--template", help="CLIP zero-shot prompt template(s), e.g. 'a photo of a {}.'"),
-    window_hop: Optional[float] = typer.Option(None, "--window-hop", help="Audio: seconds between analysis windows."),
-    aggregate: str = typer.Option("max", "--aggregate", help="Audio: clip-level aggregate of windows, max or mean."),
-    attention: Optional[Path] = typer.Option(None, "--attention", help="Image encoders: write attention heat maps to this PNG."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
+    ctx: typer.Context,
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUTS", help="Input files (images or audio); folders and "
+                                       "tables of paths go with --out results.parquet."),
+    top_k: int = typer.Option(5, "--top-k", min=1, metavar="K", help="How many labels to show per input."),
+    labels: Optional[str] = typer.Option(None, "--labels", metavar="A,B,...", help="CLIP zero-shot: comma-separated candidate labels."),
+    template: Optional[list[str]] = typer.Option(None, "--template", metavar="TEXT", help="CLIP zero-shot prompt template(s), e.g. 'a photo of a {}.'"),
+    window_hop: Optional[float] = typer.Option(None, "--window-hop", metavar="SECONDS", help="Audio: seconds between analysis windows."),
+    aggregate: str = typer.Option("max", "--aggregate", metavar="max|mean", help="Audio: clip-level aggregate of windows, max or mean."),
+    attention: Optional[Path] = typer.Option(None, "--attention", metavar="PNG", help="Image encoders: write attention heat maps to this PNG."),
+    backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on: cpu, cuda, or a backend's device name (GPU, NPU)."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(formats.precision_names())}; default: fastest verified."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bulk: write every result to this .parquet (folders and .parquet/.csv tables of paths allowed)."),
-    engine: str = typer.Option("local", "--engine", help="Bulk engine: local (this process) or ray (Ray Data; pip install 'vlmedge[ray]')."),
-    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Bulk: inputs per model call."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="--engine ray: inference actors (default: one, or one per GPU)."),
-    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="--engine ray: GPUs per inference actor."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Bulk: write every result to this .parquet (folders and .parquet/.csv tables of paths allowed)."),
+    engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="Bulk engine: local (this process) or ray (Ray Data; pip install 'vlmedge[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Bulk: inputs per model call."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
     from vlmedge.bulk import command as bulk
 
-    if bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker):
-        options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
-                       attention=attention)
-        return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
-                            backend, precision, options, console, err_console)
-    from vlmedge.registry import task_named
-    from vlmedge.tasks import load
-
-    pipeline = load(artifact, backend=backend, precision=precision)
-    method = task_named(pipeline.task).method("predict")
+    _check_run_options(backend, precision)
+    bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
+    method = _check_predict_options(ctx, artifact, aggregate, attention)
+    folders = [name for name in inputs if Path(name).is_dir()]
+    if folders and not bulk_run:
+        raise UsageError(f"{folders[0]} is a folder; folders of inputs go with --out results.parquet (bulk), "
+                         "or pass the files themselves.")
     options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
                    attention=attention)
+    if bulk_run:
+        return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
+                            backend, precision, options, console, err_console, device=device)
+    from vlmedge.tasks import load
+
+    pipeline = load(artifact, backend=backend, device=device, precision=precision)
     rows = ROWS[method.result](pipeline, method, list(inputs), **options)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
-    console.print(TABLES.get(method.result, _results_table)(rows, title))
+    show(TABLES.get(method.result, _ranked_table)(rows), title, right=("rank", "score", "dim", "norm", "start s", "end s"))
     if any(len(row.get("windows") or []) > 1 for row in rows):
-        console.print(_windows_table(rows))
+        show(_windows_table(rows), "windows", right=("start s", "end s", "score"))
 
 
-def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
+def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, attention: Optional[Path]) -> Any:
+    """The artifact task's "predict" method; refuses options it does not take (exit 2)."""
+    from vlmedge.artifact import Artifact
+    from vlmedge.registry import task_named
+
+    task = task_named(Artifact.open(artifact, verify=False).task, f"Artifact {artifact}")
+    method = task.method("predict")
+    takes = [flag for flag, name in METHOD_OPTIONS.values() if name in method.options]
+    if aggregate not in ("max", "mean"):
+        raise UsageError(f"--aggregate must be max or mean, not {aggregate!r}.")
+    for parameter, (flag, name) in METHOD_OPTIONS.items():
+        source = ctx.get_parameter_source(parameter)
+        if name not in method.options and source is not None and source.name == "COMMANDLINE":
+            raise UsageError(f"{flag} does not apply to {task.name} artifacts, whose predict runs {method.name} "
+                             f"(it takes {', '.join(takes) or 'no such option'}); drop {flag}.")
+    if attention is not None and not (method.result == "embedding" and method.input == "image"):
+        raise UsageError(f"--attention draws an image encoder's attention; a {task.name} artifact has none to draw.")
+    return method
+
+
+def _ranked_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One row per (input, rank): rows are {"input": ..., "predictions": [{label, score, ...}]}."""
-    table = Table(title=title)
-    for column in ("input", "rank", "label", "score"):
-        table.add_column(column, justify="right" if column in ("rank", "score") else "left")
-    for row in rows:
-        for rank, p in enumerate(row["predictions"], 1):
-            table.add_row(row["input"] if rank == 1 else "", str(rank), str(p["label"]), f"{p['score']:.4f}")
-    return table
+    return [{"input": escape(row["input"]) if rank == 1 else "", "rank": str(rank), "label": escape(str(p["label"])),
+             "score": f"{p['score']:.4f}"} for row in rows for rank, p in enumerate(row["predictions"], 1)]
 
 
 def _ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
@@ -130,9 +282,8 @@ def _ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labe
     else:
         candidates = _split(labels or "")
         if not candidates:
-            raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; pass them, "
-                                     "e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').",
-                                     param_hint="--labels")
+            raise UsageError("A CLIP artifact classifies zero-shot against labels you give; pass them, "
+                             "e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').")
         results = call(inputs, candidates, list(templates) if templates else ["a photo of a {}."], top_k=top_k)
     return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
 
@@ -147,16 +298,14 @@ def _tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_
             for name, clip in zip(inputs, results)]
 
 
-def _windows_table(rows: list[dict[str, Any]]) -> Table:
+def _windows_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Audio clips longer than one model window: the top tag of each window."""
-    table = Table(title="windows")
-    for column in ("input", "start s", "end s", "top label", "score"):
-        table.add_column(column, justify="left" if column in ("input", "top label") else "right")
+    table = []
     for row in rows:
         for i, w in enumerate(row.get("windows") or []):
             top = w["predictions"][0] if w["predictions"] else {"label": "", "score": float("nan")}
-            table.add_row(row["input"] if i == 0 else "", f"{w['start']:.2f}", f"{w['end']:.2f}",
-                          str(top["label"]), f"{top['score']:.4f}")
+            table.append({"input": escape(row["input"]) if i == 0 else "", "start s": f"{w['start']:.2f}",
+                          "end s": f"{w['end']:.2f}", "top label": escape(str(top["label"])), "score": f"{top['score']:.4f}"})
     return table
 
 
@@ -189,54 +338,50 @@ def _embedding_rows(pipeline: Any, method: Any, inputs: list[str], attention: Op
     return rows
 
 
-def _embedding_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    columns = ["input", "pooling", "dim", "norm", "first values"] + (["attention"] if "attention" in rows[0] else [])
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("dim", "norm") else "left")
-    for row in rows:
-        cells = [row["input"], row["pooling"], str(row["dim"]), f"{row['norm']:.4f}",
-                 " ".join(f"{v:+.4f}" for v in row["first"]) + " ..."]
-        table.add_row(*cells, *([row["attention"]] if "attention" in row else []))
-    return table
+def _embedding_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"input": escape(row["input"]), "pooling": row["pooling"], "dim": str(row["dim"]), "norm": f"{row['norm']:.4f}",
+             "first values": " ".join(f"{v:+.4f}" for v in row["first"]) + " ...",
+             **({"attention": escape(row["attention"])} if "attention" in row else {})} for row in rows]
 
 
 # the registry's result kind of the "predict" method -> function(pipeline, method, inputs,
 # **options) -> rows for the table or JSON
 ROWS = {"ranked": _ranked_rows, "tags": _tag_rows, "embedding": _embedding_rows}
-# result kind -> function(rows, title) -> Table, where the rows are not ranked labels
+# result kind -> function(rows) -> the rows shown, where they are not ranked labels
 TABLES = {"embedding": _embedding_table}
 
 
-@app.command()
+@app.command(cls=_Command)
 def embed(
-    artifact: Path = typer.Argument(..., help="Artifact folder (image-embedding, or clip)."),
-    inputs: Optional[list[str]] = typer.Argument(None, help="Image files, or folders searched recursively (sorted)."),
-    out: Path = typer.Option(..., "--out", help="The .npy to write; the row list goes beside it as <name>.files.json."),
-    text: Optional[list[str]] = typer.Option(None, "--text", help="CLIP: a text to embed (repeatable); text rows follow the images."),
-    pooling: Optional[str] = typer.Option(None, "--pooling", help="Image encoders: cls, mean, cls+mean or pooled; default: the model's own."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder (image-embedding, or clip)."),
+    inputs: Optional[list[str]] = typer.Argument(None, metavar="INPUTS", help="Image files, or folders searched recursively (sorted)."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="The .npy to write; the row list goes beside it as <name>.files.json."),
+    text: Optional[list[str]] = typer.Option(None, "--text", metavar="TEXT", help="CLIP: a text to embed (repeatable); text rows follow the images."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", metavar="POOLING", help="Image encoders: cls, mean, cls+mean or pooled; default: the model's own."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise each embedding."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data; pip install 'vlmedge[ray]'); --out may be a .parquet."),
-    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="--engine ray: inference actors (default: one, or one per GPU)."),
-    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="--engine ray: GPUs per inference actor."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Images per model call."),
+    backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on: cpu, cuda, or a backend's device name (GPU, NPU)."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(formats.precision_names())}; default: fastest verified."),
+    engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="local (this process) or ray (Ray Data; pip install 'vlmedge[ray]'); --out may be a .parquet."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
     from vlmedge.bulk import command as bulk
 
+    _check_run_options(backend, precision)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
-               pooling, normalize, list(text or []), console, err_console)
+               pooling, normalize, list(text or []), console, err_console, device=device)
 
 
-@app.command()
+@app.command(cls=_Command)
 def info(
-    artifact: Path = typer.Argument(..., help="Artifact folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON (full paths, every figure)."),
 ) -> None:
-    """Show an artifact's task, source, files, preprocessing and parity results."""
+    """Show an artifact's task, source, files, preprocessing, parity results and the variants left out."""
     from vlmedge.artifact import Artifact
 
     art = Artifact.open(artifact)
@@ -245,23 +390,21 @@ def info(
         print(json.dumps(m, indent=2))
         return
     source = m.get("source", {})
-    console.print(f"[bold]{artifact}[/bold]  task: {m['task']}  schema: v{m['schema_version']}")
-    console.print(f"source: {source.get('reference')} ({source.get('architecture')})  created: {m.get('created')}")
+    say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    console.print(f"[bold]{escape(str(artifact))}[/bold]  task: {m['task']}  schema: v{m['schema_version']}", soft_wrap=True)
+    say(f"source: {source.get('reference')} ({source.get('architecture')})  created: {m.get('created')}")
     labels = m.get("labels") or []
     if labels:
-        shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
-        console.print(f"labels ({len(labels)}): {shown}")
+        say(f"labels ({len(labels)}): " + ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else ""))
     for kind, spec in m["preprocess"].items():
-        console.print(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
-    table = Table(title="files")
-    for column in ("path", "role", "target", "precision", "size", "parity", "speed (export machine)"):
-        table.add_column(column)
-    for entry in art.files:
-        table.add_row(entry["path"], entry["role"], entry.get("target", ""), entry.get("precision", ""),
-                      f"{entry['size'] / 1e6:.2f} MB", _parity_cell(entry.get("parity")), _speed_cell(entry.get("parity")))
-    console.print(table)
-    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
-    console.print(f"made with: {versions}")
+        say(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
+    show([{"path": escape(e["path"]), "role": e["role"], "target": e.get("target", ""),
+           "precision": e.get("precision", ""), "size": f"{e['size'] / 1e6:.2f} MB", "parity": _parity_cell(e.get("parity")),
+           "speed (export machine)": _speed_cell(e.get("parity"))} for e in art.files], "files", right=("size",))
+    for entry in m.get("export", {}).get("dropped", []):
+        console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']} (missed its gate): "
+                      f"{escape(entry['reason'])}", soft_wrap=True, highlight=False)
+    say("made with: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
 
 
 def _speed_cell(report: dict[str, Any] | None) -> str:
@@ -290,13 +433,13 @@ def _parity_cell(report: dict[str, Any] | None) -> str:
     return text + (f" top1 {min(top1):.0%}" if top1 else "") + f" (n={report['samples']})"
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
-    artifact: Path = typer.Argument(..., help="Artifact folder."),
-    device: str = typer.Option("cpu", "--device", help="Device to run on."),
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on."),
     as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
-    """Re-run the artifact's stored parity inputs on this machine against the stored source outputs."""
+    """Re-run the artifact's stored parity inputs on this machine against the stored source outputs (exit 3 on a miss)."""
     from vlmedge.check import check_artifact
 
     reports = check_artifact(artifact, device=device)
@@ -304,37 +447,67 @@ def check(
     if as_json:
         print(json.dumps(reports, indent=2))
     else:
-        table = Table(title=f"parity check of {artifact}")
-        for column in ("file", "backend", "precision", "result"):
-            table.add_column(column)
-        for r in reports:
-            result = f"skipped: {r['skipped']}" if "skipped" in r else _parity_cell(r)
-            table.add_row(r["file"], r["backend"], r["precision"], result)
-        console.print(table)
+        show([{"file": escape(r["file"]), "backend": r["backend"], "precision": r["precision"],
+               "result": f"skipped: {escape(r['skipped'])}" if "skipped" in r else _parity_cell(r)} for r in reports],
+             f"parity check of {artifact}")
         for r in failed:
             for failure in r["failures"]:
-                err_console.print(f"[red]{r['file']}[/red]: {failure}")
+                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ParityError.exit_code)
+
+
+@app.command(name="formats", cls=_Command)
+def formats_command(
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    with_architectures: bool = typer.Option(
+        False, "--architectures", help="Also list transformers' image-classification architectures, each exported "
+                                       "or refused with the reason (needs the export extra; a few seconds)."),
+) -> None:
+    """What this install can export and run: tasks, targets and backends, precisions, built-in models."""
+    facts = formats.describe(with_architectures)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    console.print(f"vlmedge {facts['version']}", highlight=False)
+    show([{"task": t["name"], "inputs": ", ".join(t["inputs"]), "predict runs": t["cli_predict"],
+           "summary": escape(t["summary"])} for t in facts["tasks"]], "tasks (--task)")
+    show([{"backend": b["name"], "target (--to)": b["target"], "status": "ready" if b["runs_here"] else
+           escape(b["reason"] or "")} for b in facts["backends"]], "backends (--backend) and targets (--to)")
+    console.print(f"precisions (--precision): {', '.join(p['name'] for p in facts['precisions'])}", highlight=False)
+    console.print(f"built-in models (builtin:NAME): {', '.join(facts['builtin_models']) or 'none'}", highlight=False)
+    extra = facts["export"]
+    console.print("export extra: " + ("installed" if extra["installed"] else escape(
+        f"not installed (missing {', '.join(extra['missing'])}); {extra['install']}")), highlight=False, soft_wrap=True)
+    shown = ("tasks", "backends", "precisions", "builtin_models", "export")
+    for name in [n for n in facts if n not in shown and n != "version"]:
+        section = facts[name]  # a section added later: a list of flat dicts shows as a table
+        if isinstance(section, list) and section and isinstance(section[0], dict):
+            show([{k: escape(str(v)) for k, v in row.items()} for row in section], name)
+        else:
+            console.print(f"{name}: {escape(str(section))}", soft_wrap=True)
 
 
 from vlmedge.bench.command import bench as _bench_command  # noqa: E402 - typer and rich only
 
-app.command(name="bench")(_bench_command)
+app.command(name="bench", cls=_Command)(_bench_command)
 
 from vlmedge.serve.command import serve as _serve_command  # noqa: E402 - typer only; the server loads when run
 
-app.command(name="serve")(_serve_command)
+app.command(name="serve", cls=_Command)(_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="vlmedge")
-    except VlmedgeError as exc:
-        from rich.markup import escape  # messages name extras such as vlmedge[ray]: not markup
+    except VlmedgeError as exc:  # outside any command (the app's own callback)
+        print_error(exc)
+        sys.exit(exc.exit_code)
 
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+
+def print_error(exc: VlmedgeError) -> None:
+    """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

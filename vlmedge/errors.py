@@ -1,16 +1,35 @@
 """Every failure a user can cause or fix is a VlmedgeError subclass.
 
 The CLI prints these as one sentence without a traceback, because they describe a
-problem with the user's input or environment, not a bug in vlmedge.
+problem with the user's input or environment, not a bug in vlmedge, and exits with the
+class's `exit_code` (EXIT_CODES lists them all).
 """
+
+# The `vlmedge` command's exit codes, declared once (the README's "Errors" table mirrors them).
+EXIT_CODES = {
+    0: "success",
+    1: "a runtime failure: a missing file, an unreadable input, a backend not installed, a failed export step",
+    2: "bad usage: an unknown command or option, an option value outside its choices, or a path option that "
+       "does not exist; nothing was run",
+    3: "a parity gate failed: `export` left out a variant that missed its gate (or wrote nothing), or "
+       "`check` found a file that no longer matches its source",
+}
 
 
 class VlmedgeError(Exception):
     """Base class: the message says what was wrong and what to do."""
 
+    exit_code = 1
+
 
 class InputError(VlmedgeError, ValueError):
     """An image, audio clip, caption or array that cannot be used as model input."""
+
+
+class UsageError(VlmedgeError, ValueError):
+    """An option or argument outside its choices, found before anything is loaded or run."""
+
+    exit_code = 2
 
 
 class ArtifactError(VlmedgeError):
@@ -35,3 +54,5 @@ class ExportError(VlmedgeError):
 
 class ParityError(ExportError):
     """An exported file whose outputs differ from the source model beyond its gate."""
+
+    exit_code = 3

@@ -14,6 +14,8 @@ class Gate:
     """Thresholds one exported file must meet against the source model."""
 
     min_cosine: float
+    # the most absolute error per unit of the output's magnitude: an output whose largest
+    # reference value |ref| is above 1 may differ by max_abs * max|ref| (relative error)
     max_abs: float | None
     min_top1: float
     # the most top-1 accuracy (a fraction) a file may lose against the source on labelled
@@ -73,6 +75,7 @@ def compare_output(reference: np.ndarray, actual: np.ndarray, kind: str = "embed
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
     metrics: dict[str, Any] = {
         "max_abs": float(diff.max()) if diff.size else 0.0,
+        "reference_max_abs": float(np.abs(reference).max()) if diff.size else 0.0,
         "mean_abs": float(diff.mean()) if diff.size else 0.0,
         "worst_index": [int(i) for i in worst],
         "cosine_min": float(_rowwise_cosine(reference, actual).min()) if diff.size else 1.0,
@@ -83,6 +86,14 @@ def compare_output(reference: np.ndarray, actual: np.ndarray, kind: str = "embed
         metrics["top5"] = _topk_agreement(reference, actual, 5)
         metrics["prob_max_abs"] = float(np.abs(_softmax(reference) - _softmax(actual)).max())
     return metrics
+
+
+def abs_bound(gate: Gate, metrics: dict[str, Any]) -> float | None:
+    """The gate's absolute error bound for one output: max_abs scaled by the output's
+    magnitude, max_abs * max(1, max|reference|); None when the gate has no bound."""
+    if gate.max_abs is None:
+        return None
+    return gate.max_abs * max(1.0, float(metrics.get("reference_max_abs", 0.0)))
 
 
 def judge(metrics: dict[str, dict[str, Any]], gate: Gate) -> list[str]:
@@ -99,10 +110,13 @@ def judge(metrics: dict[str, dict[str, Any]], gate: Gate) -> list[str]:
                 f"output '{name}': cosine similarity {m['cosine_min']:.7f} < {gate.min_cosine} "
                 f"(the gate would pass at min_cosine <= {m['cosine_min']:.7f})"
             )
-        if gate.max_abs is not None and m["max_abs"] > gate.max_abs:
+        bound = abs_bound(gate, m)
+        if bound is not None and m["max_abs"] > bound:
+            scale = max(1.0, m.get("reference_max_abs", 0.0))
             failures.append(
-                f"output '{name}': max abs error {m['max_abs']:.3g} > {gate.max_abs:g} at index {tuple(m['worst_index'])} "
-                f"(the smallest tolerance that would have passed is {m['max_abs']:.3g})"
+                f"output '{name}': max abs error {m['max_abs']:.3g} > {bound:.3g} ({gate.max_abs:g} x max(1, max|reference| "
+                f"{scale:.3g})) at index {tuple(m['worst_index'])} (the smallest tolerance that would have passed "
+                f"is {m['max_abs'] / scale:.3g})"
             )
         if "top1" in m and m["top1"] < gate.min_top1:
             failures.append(f"output '{name}': top-1 agreement {m['top1']:.2%} < {gate.min_top1:.0%}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from vlmedge.errors import UnsupportedModelError
+from vlmedge.exporters.sources.support import ArchitectureSupport, supported_architectures
 from vlmedge.exporters.spec import ExportSpec
+
+__all__ = ["ArchitectureSupport", "resolve", "supported_architectures"]
 
 
 def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:

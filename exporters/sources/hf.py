@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlmedge.errors import ModelNotFoundError, UnsupportedModelError
+from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
@@ -84,8 +86,10 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
     refuses any object but tensors and plain containers. There is deliberately no opt-in
     to unrestricted unpickling; convert such a checkpoint to safetensors where you trust it.
     """
+    cls = model_class(arch)
+    _check_buildable(cls, folder, arch)
     try:
-        model = model_class(arch).from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
+        model = cls.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
                                                   weights_only=True)
     except pickle.UnpicklingError as exc:
         named = re.search(r"GLOBAL (\S+)", str(exc))
@@ -95,6 +99,8 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
             f"loaded ({reason}); vlmedge loads pickles only with torch.load(weights_only=True) and never unpickles "
             "them unrestricted. Save the model as safetensors (save_pretrained) from a source you trust."
         ) from None
+    except ImportError as exc:  # a model class that needs a package this environment lacks (natten, timm ...)
+        raise UnsupportedModelError(f"{arch} needs a package that is not installed: {first_line(exc)}") from None
     except (OSError, ValueError, RuntimeError, EOFError) as exc:
         raise UnsupportedModelError(f"Cannot load the weights in {folder}: {str(exc).strip()[:400]}") from None
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
@@ -104,6 +110,38 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
             f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
         ) from None
     return model.eval()
+
+
+def check_pixel_values_only(cls: type, arch: str) -> None:
+    """Refuses a classifier whose forward takes no pixel_values, or a text prompt with them
+    (ShieldGemma2 classifies an image against a policy prompt)."""
+    parameters = inspect.signature(cls.forward).parameters
+    if "pixel_values" not in parameters:
+        raise UnsupportedModelError(f"{arch}'s forward takes no pixel_values; vlmedge cannot export it as an image "
+                                    "classifier.")
+    if "input_ids" in parameters:
+        raise UnsupportedModelError(f"{arch} classifies an image together with a text prompt (input_ids); vlmedge "
+                                    "exports image classifiers that take the image alone.")
+
+
+def _check_buildable(cls: type, folder: Path, arch: str) -> None:
+    """Builds the model class on the meta device (no memory, no weights read) so that a class
+    needing a package this environment lacks (Dinat: natten) is refused before its weights load."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        with torch.device("meta"):
+            cls(config)
+    except ImportError as exc:
+        raise UnsupportedModelError(f"{arch} needs a package that is not installed: {first_line(exc)}") from None
+    except Exception:  # noqa: BLE001 - anything else is for from_pretrained to report
+        pass
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, cut to `limit` characters."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:limit]
 
 
 def source_info(reference: str, folder: Path, arch: str, config: Any) -> dict[str, Any]:
@@ -137,29 +175,129 @@ def infer_task(arch: str) -> str:
 
 
 class LogitsOnly(torch.nn.Module):
-    """A classifier as a graph with one tensor in (pixel_values) and one out (logits)."""
+    """A classifier as a graph with one tensor in (pixel_values) and one out: the model's
+    `logits`, or the output field that holds them (PPLCNet returns them as last_hidden_state)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, output: str = "logits") -> None:
         super().__init__()
         self.model = model
+        self.output = output
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
+        return getattr(self.model(pixel_values=pixel_values), self.output)
+
+
+def logits_field(model: torch.nn.Module, arch: str, num_labels: int, height: int, width: int) -> str:
+    """Runs the model once on a (1, 3, height, width) input (which also fills frozen position
+    embeddings) and names the output field holding (1, num_labels) logits.
+
+    Raises:
+        UnsupportedModelError: the model's own forward fails on pixel values alone, or gives no logits.
+    """
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            output = model(pixel_values=torch.zeros(1, 3, height, width))
+    except Exception as exc:  # noqa: BLE001 - the model's own code, any error type
+        raise UnsupportedModelError(
+            f"{arch}'s own forward fails on a {height}x{width} image given as pixel_values alone "
+            f"({type(exc).__name__}: {first_line(exc, 200)}); vlmedge cannot export it."
+        ) from None
+    for name in ("logits", "last_hidden_state"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, num_labels):
+            return name
+    raise UnsupportedModelError(f"{arch}'s forward returns no (batch, {num_labels}) logits; vlmedge cannot export it "
+                                "as an image classifier.")
+
+
+class FrozenPositions:
+    """Stands in for an embeddings module's interpolate_pos_encoding: runs the source's own
+    method once per resolution, eagerly, and returns that tensor from then on (a constant
+    when traced), so the exported graph carries exactly the source's position embeddings."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, embeddings: torch.Tensor, height: Any, width: Any) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # int() of traced sizes
+            key = (int(height), int(width), int(embeddings.shape[1]))
+        if key not in self.cache:
+            if torch.jit.is_tracing():
+                raise ExportError("internal: position embeddings were not prepared for the export resolution")
+            with torch.no_grad():
+                self.cache[key] = self.method(embeddings, height, width).detach().clone()
+        return self.cache[key]
+
+
+def freeze_position_embeddings(model: torch.nn.Module) -> None:
+    """Position embeddings interpolated by the source's own code once, eagerly, and traced
+    as constants (as the encoder path does), so an antialiased bicubic resize (DINOv2 with
+    registers) never has to be exported."""
+    for module in model.modules():
+        method = getattr(module, "interpolate_pos_encoding", None)
+        if not (callable(method) and inspect.ismethod(method)):
+            continue
+        if list(inspect.signature(method).parameters)[:3] == ["embeddings", "height", "width"]:
+            module.interpolate_pos_encoding = FrozenPositions(method)
 
 
 def image_preprocess(folder: Path) -> ImagePreprocessSpec:
+    """The preprocessing of the image processor saved in `folder`, read from its configuration.
+
+    The config is first resolved through the processor's own Pillow class (so keys it
+    leaves out take that class's defaults, exactly as from_pretrained does), then interpreted
+    by ImagePreprocessSpec.from_hf, which refuses a processor it cannot reproduce by name.
+    """
     config_path = folder / "preprocessor_config.json"
     combined = folder / "processor_config.json"  # transformers 5 ProcessorMixin: {"image_processor": {...}, ...}
     if not config_path.is_file() and combined.is_file():
         section = read_json(combined).get("image_processor")
         if isinstance(section, dict):
-            return ImagePreprocessSpec.from_hf(section)
+            return ImagePreprocessSpec.from_hf(resolve_processor_config(section))
     if not config_path.is_file():
         raise UnsupportedModelError(
             f"{folder} has no preprocessor_config.json; save the model's image processor beside it "
             "(processor.save_pretrained(folder)) so vlmedge can reproduce its preprocessing."
         )
-    return ImagePreprocessSpec.from_hf(read_json(config_path))
+    return ImagePreprocessSpec.from_hf(resolve_processor_config(read_json(config_path)))
+
+
+def resolve_processor_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with every key its processor class reads: the class's defaults for keys it
+    leaves out, None (off) for the steps the class leaves unset. A class that cannot be
+    built here (unknown, refused, or needing torchvision) leaves the config as it is, for
+    from_hf to refuse by name or read with its own defaults."""
+    from vlmedge.preprocess.image.hf import processor_kind, refusal
+
+    kind = processor_kind(config)
+    if refusal(kind) is not None:
+        return config
+    import transformers
+
+    cls = getattr(transformers, f"{kind}ImageProcessorPil", None)
+    if not isinstance(cls, type):
+        return config
+    try:
+        resolved = cls.from_dict(dict(config)).to_dict()
+    except Exception:  # noqa: BLE001 - a config its class rejects is read as written, or refused, by from_hf
+        return config
+    unset = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+             "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+    resolved = {**dict.fromkeys(unset), **{k: _plain(v) for k, v in resolved.items()}}
+    resolved["image_processor_type"] = config.get("image_processor_type") or resolved.get("image_processor_type")
+    return resolved
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like values: enums to ints, SizeDicts to dicts without null keys."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), int):
+        return int(value.value)
+    return value
 
 
 def image_classifier(folder: Path, config: Any, arch: str, reference: str, image_size: Any = None,
@@ -171,12 +309,15 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
             "--image-size applies to image encoders; a classifier is exported at its processor's resolution."
         )
     preprocess = image_preprocess(folder)
+    check_pixel_values_only(model_class(arch), arch)
     model = load_model(folder, arch)
     height, width = preprocess.output_size
+    freeze_position_embeddings(model)
+    output = logits_field(model, arch, config.num_labels, height, width)
     pixels, sample_files = image_parity_feeds(preprocess)
     graph = GraphSpec(
         name="model",
-        module=LogitsOnly(model),
+        module=LogitsOnly(model, output),
         input_names=["pixel_values"],
         output_names=["logits"],
         example_inputs={"pixel_values": torch.randn(2, 3, height, width)},
@@ -224,6 +365,9 @@ def from_hf(reference: str, /, task: str | None = None, **options: Any) -> Expor
 
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except ImportError as exc:  # a config class that needs a package this environment lacks (timm)
+        raise UnsupportedModelError(f"The model in {folder} needs a package that is not installed: "
+                                    f"{first_line(exc)}") from None
     except (ValueError, OSError, KeyError) as exc:
         raise UnsupportedModelError(f"Cannot read the model config in {folder}: {exc}") from None
     arch = architecture(config, folder)

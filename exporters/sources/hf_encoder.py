@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 
 from vlmedge.errors import ExportError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import image_preprocess, load_model, source_info
+from vlmedge.exporters.sources.hf import FrozenPositions, image_preprocess, load_model, source_info
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -106,27 +105,6 @@ def preprocess_at(spec: ImagePreprocessSpec, size: tuple[int, int]) -> ImagePrep
                 scaled["longest_edge"] = max(edge, round(resize["longest_edge"] * edge / resize["shortest_edge"]))
             resize = scaled
     return dataclasses.replace(spec, size=resize, crop_size={"height": height, "width": width})
-
-
-class _FrozenPositions:
-    """Stands in for an embeddings module's interpolate_pos_encoding: runs the source's own
-    method once per resolution, eagerly, and returns that tensor from then on (a constant
-    when traced), so the exported graph carries exactly the source's position embeddings."""
-
-    def __init__(self, method: Any) -> None:
-        self.method = method
-        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def __call__(self, embeddings: torch.Tensor, height: Any, width: Any) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # int() of traced sizes
-            key = (int(height), int(width), int(embeddings.shape[1]))
-        if key not in self.cache:
-            if torch.jit.is_tracing():
-                raise ExportError("internal: position embeddings were not prepared for the export resolution")
-            with torch.no_grad():
-                self.cache[key] = self.method(embeddings, height, width).detach().clone()
-        return self.cache[key]
 
 
 def _keep_every_patch(sequence: torch.Tensor, noise: torch.Tensor | None = None):
@@ -229,7 +207,7 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
 
     embeddings = getattr(model, "embeddings", None)
     if embeddings is not None and hasattr(embeddings, "interpolate_pos_encoding"):
-        embeddings.interpolate_pos_encoding = _FrozenPositions(embeddings.interpolate_pos_encoding)
+        embeddings.interpolate_pos_encoding = FrozenPositions(embeddings.interpolate_pos_encoding)
     if arch == "ViTMAEModel":
         model.config.mask_ratio = 0.0
         model.embeddings.random_masking = _keep_every_patch

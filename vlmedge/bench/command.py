@@ -6,6 +6,8 @@ measuring code and every backend load when the command runs, so `vlmedge --help`
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -14,8 +16,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS
-from vlmedge.errors import InputError
+from vlmedge import formats
+from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS
+from vlmedge.errors import BackendUnavailableError, InputError, UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,9 +32,12 @@ def _ints(value: Optional[str], option: str) -> list[int] | None:
     if not value:
         return None
     try:
-        return [int(part) for part in _split(value)]
+        numbers = [int(part) for part in _split(value)]
     except ValueError:
-        raise typer.BadParameter(f"give comma-separated integers, e.g. 1,8,32, not {value!r}", param_hint=option)
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise typer.BadParameter(f"give comma-separated positive integers, e.g. 1,8,32, not {value!r}", param_hint=option)
+    return numbers
 
 
 def _peers(values: Optional[list[str]]) -> dict[str, str]:
@@ -42,6 +48,35 @@ def _peers(values: Optional[list[str]]) -> dict[str, str]:
             raise typer.BadParameter(f"give NAME=PATH.onnx, not {value!r}", param_hint="--peer")
         peers[name] = path
     return peers
+
+
+def _check_options(backend: Optional[str], precision: Optional[str], sweep: Optional[str], metric: str,
+                   max_slowdown: float, plot_path: Optional[Path]) -> None:
+    """Every option value, before anything is exported, loaded or measured."""
+    from vlmedge.bench.report import METRICS
+
+    if backend:
+        formats.check_backends("--backend", backend, ["torch", *formats.backend_names()])
+    if precision:
+        formats.choose("--precision", precision, formats.precision_names())
+    if sweep:
+        formats.choose("--sweep", sweep, SWEEPS)
+    formats.choose("--metric", metric, METRICS, many=False)
+    if not max_slowdown >= 1.0:
+        raise UsageError(f"--max-slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
+    if plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise BackendUnavailableError("--plot needs matplotlib (pip install 'vlmedge[plot]'), which is not "
+                                      "installed; nothing was measured.")
+
+
+def _quiet_loading(backend: Optional[str]):
+    """Silences transformers' "Loading weights" bar while the torch baseline loads its
+    source (exporters.pipeline.quiet_progress_bars); nothing to do without torch rows."""
+    if (backend and "torch" not in _split(backend)) or importlib.util.find_spec("transformers") is None:
+        return contextlib.nullcontext()
+    from vlmedge.exporters.pipeline import quiet_progress_bars
+
+    return quiet_progress_bars()
 
 
 def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDirectory | None]:
@@ -66,28 +101,30 @@ def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDi
 
 
 def bench(
-    artifact: Optional[str] = typer.Argument(None, help="Artifact folder (or builtin:NAME / a Hugging Face folder, exported first)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Comma-separated: torch, onnxruntime, openvino, tensorrt. Default: torch and every backend with files."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Comma-separated: fp32, fp16, bf16, int8. Default: all the artifact has."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help=f"Comma-separated batch sizes. Default: {','.join(map(str, DEFAULT_BATCHES))}."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for every backend, torch included. Default: the cores available."),
-    warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", min=0, help="Untimed calls after the first one."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Timed calls per row (instead of --duration)."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.001, help=f"Seconds of timed calls per row (default {DEFAULT_DURATION:g}, at least {MIN_ITERATIONS} calls)."),
+    artifact: Optional[str] = typer.Argument(None, metavar="ARTIFACT", help="Artifact folder (or builtin:NAME / a Hugging Face folder, exported first)."),
+    backend: Optional[str] = typer.Option(None, "--backend", metavar="BACKENDS", help=f"Comma-separated: torch, {', '.join(formats.backend_names())}. Default: torch and every backend with files."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISIONS", help=f"Comma-separated: {', '.join(formats.precision_names())}. Default: all the artifact has."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", metavar="SIZES", help=f"Comma-separated batch sizes. Default: {','.join(map(str, DEFAULT_BATCHES))}."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", min=1, help="Intra-op threads for every backend, torch included. Default: the cores available."),
+    warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", metavar="N", min=0, help="Untimed calls after the first one."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", metavar="N", min=1, help="Timed calls per row (instead of --duration)."),
+    duration: Optional[float] = typer.Option(None, "--duration", metavar="SECONDS", min=0.001, help=f"Seconds of timed calls per row (default {DEFAULT_DURATION:g}, at least {MIN_ITERATIONS} calls)."),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Time the task pipeline on the artifact's sample files: decode, preprocess, model, postprocess."),
     random_inputs: bool = typer.Option(False, "--random-inputs", help="Seeded random inputs instead of the artifact's real samples."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="threads and/or batch: measure a grid and recommend settings."),
-    device: str = typer.Option("cpu", "--device", help="Device for the exported files: cpu, cuda, ..."),
-    peer: Optional[list[str]] = typer.Option(None, "--peer", help="NAME=FILE.onnx exported by another tool, timed on ONNX Runtime beside the artifact (repeatable)."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the result as JSON to FILE ('-': stdout, tables then go to stderr)."),
-    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the result as Markdown to FILE."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: p50 per variant with p90 whiskers, throughput vs batch (needs the 'plot' extra: matplotlib)."),
-    compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="BASE.json NEW.json: print per-row ratios; exit 1 on a regression."),
-    max_slowdown: float = typer.Option(1.10, "--max-slowdown", help="With --compare: the largest new/base ratio that is not a regression."),
-    metric: str = typer.Option("p50_ms", "--metric", help="With --compare: p50_ms, mean_ms, p90_ms, p95_ms, p99_ms, min_ms or throughput."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", metavar="threads,batch", help="threads and/or batch: measure a grid and recommend settings."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for the exported files: cpu, cuda, ..."),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", metavar="NAME=FILE.onnx", help="NAME=FILE.onnx exported by another tool, timed on ONNX Runtime beside the artifact (repeatable)."),
+    json_path: Optional[str] = typer.Option(None, "--json", metavar="FILE", help="Write the result as JSON to FILE ('-': stdout, tables then go to stderr)."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="Write the result as Markdown to FILE."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Write a PNG: p50 per variant with p90 whiskers, throughput vs batch (needs the 'plot' extra: matplotlib)."),
+    compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", metavar="BASE.json NEW.json", help="BASE.json NEW.json: print per-row ratios; exit 1 on a regression."),
+    max_slowdown: float = typer.Option(1.10, "--max-slowdown", metavar="RATIO", help="With --compare: the largest new/base ratio that is not a regression."),
+    metric: str = typer.Option("p50_ms", "--metric", metavar="METRIC", help="With --compare: p50_ms, mean_ms, p90_ms, p95_ms, p99_ms, min_ms or throughput."),
 ) -> None:
     """Measure latency, throughput, start-up time and memory per backend, precision and batch, beside PyTorch."""
     out = err_console if json_path == "-" else console
+    _check_options(backend, precision, sweep, metric, max_slowdown, plot_path)
+    batches, peers = _ints(batch_size, "--batch-size"), _peers(peer)
     if compare:
         if artifact:
             raise typer.BadParameter("give either ARTIFACT or --compare BASE NEW, not both", param_hint="--compare")
@@ -106,11 +143,12 @@ def bench(
 
         path, tmp = _artifact_or_export(artifact, say)
         try:
-            result = run_bench(path, backends=_split(backend) or None, precisions=_split(precision) or None,
-                               batch_sizes=_ints(batch_size, "--batch-size"), threads=threads, warmup=warmup,
-                               iterations=iterations, duration=duration, end_to_end=end_to_end,
-                               random_inputs=random_inputs, sweep=_split(sweep), device=device, peers=_peers(peer),
-                               progress=say)
+            with _quiet_loading(backend):
+                result = run_bench(path, backends=_split(backend) or None, precisions=_split(precision) or None,
+                                   batch_sizes=batches, threads=threads, warmup=warmup,
+                                   iterations=iterations, duration=duration, end_to_end=end_to_end,
+                                   random_inputs=random_inputs, sweep=_split(sweep), device=device, peers=peers,
+                                   progress=say)
         finally:
             if tmp is not None:
                 tmp.cleanup()

@@ -104,11 +104,35 @@ def skip_lines(result: BenchResult) -> list[str]:
     return lines
 
 
+# The two tables need about this many columns; a narrower console (a log is 80) gets one
+# block per row instead, every figure on a labelled line.
+TABLE_WIDTH = 150
+
+
+def row_block(row: Row) -> list[str]:
+    """One measured row as lines of `name value` pairs, readable at 80 columns."""
+    latency = dict(zip(LATENCY_COLUMNS, _latency_cells(row)))
+    other = dict(zip(OTHER_COLUMNS, _other_cells(row)))
+    graph, label, batch, threads = _key_cells(row)
+    return [f"[{graph}] {label}, batch {batch}, {threads} threads",
+            "  latency ms: " + "  ".join(f"{k} {latency[k]}" for k in ("p50", "p90", "p95", "p99")),
+            "              " + "  ".join(f"{k} {latency[k]}" for k in ("min", "mean", "max", "std", "CoV")),
+            f"  items/s {other['items/s']}  vs torch {other['vs torch']}  load {other['load s']} s  "
+            f"first {other['first ms']} ms",
+            f"  peak RSS +{other['peak RSS +MB']} MB  size {other['size MB']} MB  provider {other['provider']}",
+            f"  parity: {other['parity']}"]
+
+
 def print_result(result: BenchResult, console: Console) -> None:
     for line in header_lines(result):
         console.print(line, highlight=False, markup=False)
-    for table in tables(result):
-        console.print(table)
+    if console.width >= TABLE_WIDTH:
+        for table in tables(result):
+            console.print(table)
+    else:
+        for row in result.rows:
+            for line in row_block(row):
+                console.print(line, highlight=False, markup=False)
     for line in recommendation_lines(result):
         console.print(f"recommended {line}", highlight=False, markup=False)
     for line in skip_lines(result):

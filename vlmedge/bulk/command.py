@@ -42,7 +42,8 @@ def wants_bulk(engine: str, out: Optional[Path], address: Optional[str] = None, 
 
 def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str, address: Optional[str],
             batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
-            precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console) -> None:
+            precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console,
+            device: str = "cpu") -> None:
     """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file."""
     if out is None or out.suffix.lower() != ".parquet":
         raise typer.BadParameter("bulk predictions go to a Parquet file; pass e.g. --out results.parquet",
@@ -58,14 +59,14 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
         raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; pass them, "
                                  "e.g. --labels \"cat,dog,car\"", param_hint="--labels")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
-                   device="cuda" if gpus_per_worker else "cpu", **{k: v for k, v in options.items() if k in takes})
+                   device=_device(device, gpus_per_worker), **{k: v for k, v in options.items() if k in takes})
     _run(job, artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, console, err_console)
 
 
 def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, address: Optional[str],
           batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
           precision: Optional[str], pooling: Optional[str], normalize: bool, texts: list[str], console: Console,
-          err_console: Console) -> None:
+          err_console: Console, device: str = "cpu") -> None:
     """`vlmedge embed`: images (or CLIP captions from .txt/.csv/.parquet inputs, or --text)
     into a Parquet file, or into a .npy + .files.json."""
     bulk = wants_bulk(engine, out, address, concurrency, gpus_per_worker)
@@ -95,14 +96,20 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
     elif not normalize:
         raise InputError("CLIP embeddings are always L2-normalised; drop --no-normalize.")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
-                   device="cuda" if gpus_per_worker else "cpu", **options)
+                   device=_device(device, gpus_per_worker), **options)
     if bulk:
         if out.suffix.lower() not in (".parquet", ".npy"):
             out = out.with_name(out.name + ".npy")
         return _run(job, artifact, list(inputs or []), out, engine, address, batch_size, concurrency,
                     gpus_per_worker, console, err_console)
-    text_job = make_job(artifact, methods["text"].name, backend=backend, precision=precision) if texts else None
+    text_job = (make_job(artifact, methods["text"].name, backend=backend, precision=precision,
+                         device=_device(device, gpus_per_worker)) if texts else None)
     _embed_to_npy(job, text_job, artifact, inputs, texts, out, batch_size, console, err_console)
+
+
+def _device(device: str, gpus_per_worker: float) -> str:
+    """--device as given; the default cpu becomes cuda when Ray workers get GPUs."""
+    return "cuda" if device == "cpu" and gpus_per_worker else device
 
 
 def _task(artifact: Path):

@@ -51,18 +51,26 @@ def serve(
     max_audio_seconds: float = typer.Option(120.0, "--max-audio-seconds", min=0.001, help="Longest audio clip."),
     timeout_s: float = typer.Option(60.0, "--timeout-s", min=0.001, help="Answer 408 after this long."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray Serve application "
+                                                         "on the Ray cluster of RAY_ADDRESS, else a local one)."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="With --engine ray: replicas per model."),
 ) -> None:
-    """Serve artifacts over HTTP: a web page at /, the API under /v1, /metrics, /healthz, /readyz, /openapi.json."""
+    """Serve artifacts over HTTP: a web page at /, API docs at /docs, the API under /v1, the Open Inference
+    Protocol v2 under /v2, OpenAI-compatible /v1/embeddings, /metrics, /healthz, /readyz, /openapi.json."""
     _require_extra()
+    batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
+    limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
+                    max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s)
+    if engine == "ray":
+        return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas)
+    if engine != "local":
+        raise BackendUnavailableError(f"Unknown engine '{engine}'; choose local or ray.")
     import uvicorn
 
     from vlmedge.serve.app import create_app, load_models
 
     pipelines = load_models(artifacts, backend=backend, precision=precision, device=device)
-    app = create_app(pipelines, BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue),
-                     Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
-                            max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds,
-                            request_timeout_s=timeout_s))
+    app = create_app(pipelines, batch, limits)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
@@ -73,3 +81,29 @@ def serve(
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5,
                             lifespan="on", server_header=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, precision: Optional[str], device: str,
+                  batch: BatchConfig, limits: Limits, replicas: int) -> None:
+    """The same routes as a Ray Serve application; blocks until interrupted."""
+    import os
+
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise BackendUnavailableError("`vlmedge serve --engine ray` needs Ray Serve; install the 'ray' extra: "
+                                      "pip install 'vlmedge[ray]'.") from None
+    if port == 0:
+        raise BackendUnavailableError("--engine ray needs a fixed --port (Ray Serve's proxy listens on it on every node).")
+    from vlmedge.serve.app import named_artifacts
+    from vlmedge.serve.ray_serve import build
+
+    named_artifacts(artifacts)  # two artifacts of one name: the one-sentence error, before Ray starts
+    ray.init(address=os.environ.get("RAY_ADDRESS"), configure_logging=False)
+    serve.start(http_options={"host": host, "port": port})
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
+               f"(page: {url}/  docs: {url}/docs)")
+    serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
+                    batch=batch, limits=limits), name="vlmedge", route_prefix="/", blocking=True)

@@ -69,7 +69,7 @@ def _allowed(fields: tuple[str, ...], endpoint: str) -> str:
 # -- JSON ------------------------------------------------------------------------------------
 
 
-def _decode_base64(value: Any, where: str) -> bytes:
+def decode_base64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise invalid("invalid_field", f"{where} must be a base64 string, not {type(value).__name__}.")
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
@@ -98,7 +98,7 @@ def parse_json(body: bytes, endpoint: str, fields: tuple[str, ...]) -> Inputs:
             if not isinstance(value, list):
                 raise invalid("invalid_field", f"'{name}' must be a list, not {type(value).__name__}.")
             if name in FILE_FIELDS:
-                setattr(out, name, [_decode_base64(v, f"{name}[{i}]") for i, v in enumerate(value)])
+                setattr(out, name, [decode_base64(v, f"{name}[{i}]") for i, v in enumerate(value)])
             else:
                 for i, v in enumerate(value):
                     if not isinstance(v, str):

@@ -1,6 +1,10 @@
 """A served model per task: its endpoints, how one request becomes a batchable job, and how a
 batch of jobs runs as one call of the task pipeline (results split back per request).
 
+A job holds its request's inputs already decoded and preprocessed (in the request's own
+thread: pixels, tokens, prepared clips, as the bulk engines prepare them), so the batch
+runs only the pipeline's `<method>_prepared` call.
+
 A batch key holds everything that changes the model call (endpoint, pooling, zero-shot
 labels, audio windowing); options that only trim the answer (top_k, threshold) are applied
 per request after one call with the widest setting, which gives the same ranking as
@@ -20,10 +24,13 @@ from typing import Any, Hashable
 
 import numpy as np
 
+from vlmedge.errors import InputError
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
 
 DEFAULT_TOP_K = 5
+# what decoding one request's file may raise: that request alone answers 422
+_READ_ERRORS = (InputError, OSError, ValueError, SyntaxError)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,33 @@ def _as_invalid_field():
         raise invalid("invalid_field", str(exc)) from None
 
 
+def _pixels(images: list[bytes], spec: Any) -> np.ndarray:
+    """Decodes and preprocesses a request's images in its own thread: the (N, ...) float32
+    array the pipelines' `<method>_prepared` methods take (as the bulk engines prepare them)."""
+    from vlmedge.preprocess.image import load_image, preprocess_images
+
+    rows = []
+    for i, data in enumerate(images):
+        try:
+            rows.append(preprocess_images([load_image(data)], spec)[0])
+        except _READ_ERRORS as exc:
+            raise invalid("invalid_input", f"images[{i}] could not be decoded: {exc}") from None
+    return np.stack(rows)
+
+
+def _clips(audio: list[bytes], spec: Any, hop: float | None) -> list[Any]:
+    """Decodes a request's clips and computes their model windows' features in its own thread."""
+    from vlmedge.tasks.audio import AudioTagger
+
+    clips = []
+    for i, data in enumerate(audio):
+        try:
+            clips.append(AudioTagger.prepare_clip(data, spec, window_hop=hop))
+        except _READ_ERRORS as exc:
+            raise invalid("invalid_input", f"audio[{i}] could not be decoded: {exc}") from None
+    return clips
+
+
 def _warmup_png() -> bytes:
     from PIL import Image
 
@@ -97,7 +131,7 @@ class ServedModel:
         model = self.pipeline.model
         labels = getattr(self.pipeline, "labels", None)
         return {"name": self.name, "task": self.task, "backend": model.backend, "precision": model.precision,
-                "provider": model.provider, "labels": len(labels) if labels is not None else None,
+                "provider": model.provider, "labels": list(labels) if labels is not None else None,
                 "endpoints": list(self.endpoints)}
 
     def prepare(self, endpoint: Endpoint, inputs: Inputs, limits: Limits) -> Job:
@@ -116,6 +150,7 @@ class ServedModel:
         return self.job(endpoint.name, inputs)
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
+        """The request's batchable job; its files decoded and preprocessed (in its thread)."""
         raise NotImplementedError
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
@@ -132,12 +167,13 @@ class ClassifierModel(ServedModel):
                                       ("images",))}
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
-        return Job(("classify",), len(inputs.images), (inputs.images, inputs.options.get("top_k", DEFAULT_TOP_K)))
+        pixels = _pixels(inputs.images, self.pipeline.spec)
+        return Job(("classify",), len(inputs.images), (pixels, inputs.options.get("top_k", DEFAULT_TOP_K)))
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
-        images = [image for batch, _ in payloads for image in batch]
+        pixels = np.concatenate([batch for batch, _ in payloads])
         top_k = max(k for _, k in payloads)
-        ranked = self.pipeline.classify(images, top_k=top_k)
+        ranked = self.pipeline.classify_prepared(pixels, top_k=top_k)
         parts = _split(ranked, [len(batch) for batch, _ in payloads])
         return [{"results": [{"predictions": _ranked(preds, k)} for preds in part]}
                 for part, (_, k) in zip(parts, payloads)]
@@ -163,15 +199,17 @@ class EncoderModel(ServedModel):
         if attention and not self.pipeline.has_attention:
             raise invalid("invalid_field", f"Model '{self.name}' has no attention maps; leave 'attention' out.")
         key = ("embed", pooling, inputs.options.get("normalize", True), attention)
-        return Job(key, len(inputs.images), inputs.images)
+        pixels = _pixels(inputs.images, self.pipeline.spec)
+        return Job(key, len(inputs.images), (pixels, inputs.images if attention else []))
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
         _, pooling, normalize, attention = key
-        images = [image for batch in payloads for image in batch]
-        vectors = self.pipeline.embed(images, pooling=pooling, normalize=normalize)
+        vectors = self.pipeline.embed_prepared(np.concatenate([p for p, _ in payloads]), pooling=pooling,
+                                               normalize=normalize)
+        images = [image for _, batch in payloads for image in batch]
         maps = [_attention_png(self.pipeline, image) for image in images] if attention else None
         out = []
-        for part, batch in zip(_split(list(range(len(images))), [len(b) for b in payloads]), payloads):
+        for part in _split(list(range(len(vectors))), [len(p) for p, _ in payloads]):
             answer = {"embeddings": vectors[part].tolist(), "dim": int(vectors.shape[1]), "pooling": pooling,
                       "normalized": normalize}
             if maps is not None:
@@ -211,15 +249,18 @@ class ClipModel(ServedModel):
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
         if endpoint == "embed":
-            kind = "images" if inputs.images else "texts"
-            return Job(("embed", kind), inputs.count, getattr(inputs, kind))
+            if inputs.images:
+                return Job(("embed", "images"), inputs.count, _pixels(inputs.images, self.pipeline.image_spec))
+            with _as_invalid_field():
+                return Job(("embed", "texts"), inputs.count, self.pipeline.tokenizer.encode(inputs.texts))
         if not inputs.labels:
             raise invalid("missing_input", "'zero-shot' needs candidate labels, e.g. \"labels\": [\"cat\", \"dog\"].")
         with _as_invalid_field():  # the pipeline's own checks of labels and templates
             self.pipeline.check_labels(inputs.labels)
             templates = tuple(self.pipeline.check_templates(list(inputs.templates) or None))
         key = ("zero-shot", tuple(inputs.labels), templates)
-        return Job(key, len(inputs.images), (inputs.images, inputs.options.get("top_k", DEFAULT_TOP_K)))
+        pixels = _pixels(inputs.images, self.pipeline.image_spec)
+        return Job(key, len(inputs.images), (pixels, inputs.options.get("top_k", DEFAULT_TOP_K)))
 
     def _label_embeddings(self, labels: tuple, templates: tuple) -> np.ndarray:
         key = (labels, templates)
@@ -233,16 +274,21 @@ class ClipModel(ServedModel):
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
         if key[0] == "embed":
-            items = [item for batch in payloads for item in batch]
-            vectors = self.pipeline.embed_images(items) if key[1] == "images" else self.pipeline.embed_texts(items)
-            parts = _split(list(vectors), [len(b) for b in payloads])
+            if key[1] == "images":
+                vectors = self.pipeline.embed_images_prepared(np.concatenate(payloads))
+                counts = [len(b) for b in payloads]
+            else:
+                tokens = {name: np.concatenate([t[name] for t in payloads]) for name in payloads[0]}
+                vectors = self.pipeline.embed_texts_prepared(tokens)
+                counts = [len(t["input_ids"]) for t in payloads]
+            parts = _split(list(vectors), counts)
             return [{"embeddings": [v.tolist() for v in part], "dim": int(vectors.shape[1]), "kind": key[1][:-1],
                      "normalized": True} for part in parts]
         _, labels, templates = key
-        images = [image for batch, _ in payloads for image in batch]
+        pixels = np.concatenate([batch for batch, _ in payloads])
         top_k = max(k for _, k in payloads)
-        ranked = self.pipeline.zero_shot(images, list(labels), list(templates), top_k=top_k,
-                                         text_embeddings=self._label_embeddings(labels, templates))
+        ranked = self.pipeline.zero_shot_prepared(pixels, list(labels), list(templates), top_k=top_k,
+                                                  text_embeddings=self._label_embeddings(labels, templates))
         parts = _split(ranked, [len(batch) for batch, _ in payloads])
         return [{"results": [{"predictions": _ranked(preds, k)} for preds in part]}
                 for part, (_, k) in zip(parts, payloads)]
@@ -267,12 +313,12 @@ class AudioModel(ServedModel):
             hop = self.pipeline.check_window_hop(inputs.options.get("window_hop"), self.pipeline.spec)
         key = ("tag", hop, inputs.options.get("aggregate", "max"))
         trim = (inputs.options.get("top_k", DEFAULT_TOP_K), inputs.options.get("threshold"))
-        return Job(key, len(inputs.audio), (inputs.audio, trim))
+        return Job(key, len(inputs.audio), (_clips(inputs.audio, self.pipeline.spec, hop), trim))
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
         _, hop, aggregate = key
         clips = [clip for batch, _ in payloads for clip in batch]
-        tagged = self.pipeline.tag(clips, top_k=None, window_hop=hop, aggregate=aggregate)
+        tagged = self.pipeline.tag_prepared(clips, top_k=None, aggregate=aggregate)
         out = []
         for part, (_, (top_k, threshold)) in zip(_split(tagged, [len(b) for b, _ in payloads]), payloads):
             out.append({"results": [{

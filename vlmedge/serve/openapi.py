@@ -95,8 +95,11 @@ def build_openapi(models: dict[str, Any], limits: Limits) -> dict[str, Any]:
                              "responses": {"200": {"description": "Metrics.",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/v1/models": {"get": {"summary": "The models served.", "operationId": "listModels", "responses": {
-            "200": _json({"type": "object", "properties": {"models": {"type": "array", "items": {
-                "$ref": "#/components/schemas/Model"}}}}, "Models.")}}},
+            "200": _json({"type": "object", "properties": {
+                "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+                "object": {"type": "string", "description": "\"list\": the OpenAI models.list form, in data"},
+                "data": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "object": {"type": "string"}}}}}}, "Models.")}}},
         "/v1/models/{model}": {"get": {
             "summary": "One model, with its labels.", "operationId": "getModel",
             "parameters": [{"name": "model", "in": "path", "required": True,
@@ -130,6 +133,7 @@ def build_openapi(models: dict[str, Any], limits: Limits) -> dict[str, Any]:
             "Model": {"type": "object", "required": ["name", "task", "backend", "precision"], "properties": {
                 "name": {"type": "string"}, "task": {"type": "string"}, "backend": {"type": "string"},
                 "precision": {"type": "string"}, "provider": {"type": "string"},
-                "labels": {"type": ["integer", "null"]}, "endpoints": {"type": "array", "items": {"type": "string"}}}},
+                "labels": {"type": ["array", "null"], "items": {"type": "string"},
+                           "description": "The label names, in the model's index order (null: no labels)."}, "endpoints": {"type": "array", "items": {"type": "string"}}}},
         }},
     }

@@ -15,6 +15,9 @@ class Problem(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def __reduce__(self):  # so that a Problem crosses processes (Ray Serve replicas) intact
+        return (Problem, (self.status, self.code, self.message, self.headers))
+
     def body(self) -> dict:
         return {"error": {"status": self.status, "code": self.code, "message": self.message}}
 

@@ -1,0 +1,146 @@
+"""Everyday use of the real `vlmedge` command: discovery (--version, formats, completion),
+validation before anything is loaded, exit codes, help text and narrow output."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import SAMPLE, vlmedge_cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_version_and_formats_come_from_the_tables():
+    from vlmedge.parity import PRECISIONS
+    from vlmedge.registry import TASKS
+    from vlmedge.runtimes.base import BACKENDS
+    from vlmedge.version import __version__
+
+    result = vlmedge_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"vlmedge {__version__}"
+
+    result = vlmedge_cli("formats", "--json")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert [t["name"] for t in facts["tasks"]] == list(TASKS)
+    assert [b["name"] for b in facts["backends"]] == list(BACKENDS)
+    assert [p["name"] for p in facts["precisions"]] == list(PRECISIONS)
+    assert "shapes-vit" in facts["builtin_models"]
+    tensorrt = next(b for b in facts["backends"] if b["name"] == "tensorrt")
+    assert not tensorrt["runs_here"] and "NVIDIA GPU" in tensorrt["reason"]
+    assert tensorrt["install"] == "pip install 'vlmedge[tensorrt]'"
+    assert isinstance(facts["export"]["installed"], bool) and "torch" in facts["export"]["packages"]
+
+    result = vlmedge_cli("formats", columns=80)
+    assert result.returncode == 0 and "image-classification" in result.stdout and "shapes-vit" in result.stdout
+    assert "vlmedge[tensorrt]" in result.stdout
+
+
+def test_formats_imports_no_torch():
+    code = ("import sys, vlmedge.formats as f; f.describe(); "
+            "assert not {'torch', 'transformers', 'onnx'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_shell_completion_script():
+    result = vlmedge_cli("--show-completion", "bash")
+    assert result.returncode == 0, result.stderr
+    assert "complete" in result.stdout and "_VLMEDGE_COMPLETE" in result.stdout
+
+
+@pytest.mark.parametrize("args, named", [
+    (["export", "builtin:shapes-vit", "-o", "OUT", "--to", "onxx"], "onnx, openvino, tensorrt"),
+    (["export", "builtin:shapes-vit", "-o", "OUT", "--precision", "fp32,fp33"], "fp32, fp16, bf16, int8"),
+    (["export", "builtin:shapes-vit", "-o", "OUT", "--task", "detection"], "image-classification"),
+    (["predict", "ART", SAMPLE, "--backend", "onnx"], "auto, onnxruntime, openvino, tensorrt"),
+    (["predict", "ART", SAMPLE, "--precision", "int4"], "fp32, fp16, bf16, int8"),
+    (["bench", "ART", "--precision", "int4"], "fp32, fp16, bf16, int8"),
+    (["bench", "ART", "--sweep", "memory"], "threads, batch"),
+    (["bench", "ART", "--metric", "p42_ms"], "p50_ms"),
+])
+def test_bad_values_are_usage_errors_naming_the_valid_ones(args, named, tmp_path):
+    args = [str(tmp_path / "out") if a == "OUT" else str(tmp_path) if a == "ART" else a for a in args]
+    result = vlmedge_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["export", "builtin:shapes-vit", "-o", "OUT", "--to", "onnx,tensorrt"],
+    ["predict", "ART", SAMPLE, "--backend", "tensorrt"],
+    ["embed", "ART", SAMPLE, "--out", "OUT", "--backend", "tensorrt"],
+    ["bench", "ART", "--backend", "onnxruntime,tensorrt"],
+])
+def test_tensorrt_refusals_say_why_and_how(args, tmp_path):
+    args = [str(tmp_path / "out") if a == "OUT" else str(tmp_path) if a == "ART" else a for a in args]
+    result = vlmedge_cli(*args, timeout=120)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "NVIDIA GPU" in message and "pip install 'vlmedge[tensorrt]'" in message
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_options_its_task_does_not_take(vit_artifact, tmp_path):
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE, "--labels", "a,b")
+    assert result.returncode == 2 and "--labels does not apply to image-classification" in result.stderr
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE, "--aggregate", "avg")
+    assert result.returncode == 2 and "--aggregate must be max or mean" in result.stderr
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE.parent)
+    assert result.returncode == 2 and "--out results.parquet" in result.stderr
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE, "--top-k", "2", "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)[0]["predictions"]) == 2
+
+
+def test_next_step_hint_names_the_input_kind_of_the_task():
+    from vlmedge.cli import _next_steps
+
+    assert "predict out AUDIO" in _next_steps(Path("out"), "audio-classification")
+    assert 'predict out IMAGE --labels "cat,dog,car"' in _next_steps(Path("out"), "clip")
+
+
+def test_help_reads_well():
+    result = vlmedge_cli("predict", "--help", columns=100)
+    assert result.returncode == 0
+    assert "pip install 'vlmedge[ray]'" in " ".join(result.stdout.split())
+    assert "{" not in result.stdout.splitlines()[0] and "<list[str]>" not in result.stdout
+    assert "--device" in result.stdout
+    result = vlmedge_cli("export", "--help", columns=100)
+    text = " ".join(result.stdout.split())
+    assert "shapes-vit" in text and "image-classification, image-embedding, clip, audio-classification" in text
+
+
+def test_bench_fails_on_a_missing_plot_package_before_measuring(vit_artifact, tmp_path):
+    result = vlmedge_cli("bench", vit_artifact, "--backend", "onnxruntime", "--json", tmp_path / "a.json",
+                         "--plot", tmp_path / "a.png", prelude="import sys; sys.modules['matplotlib'] = None")
+    assert result.returncode == 1 and "--plot needs matplotlib" in result.stderr
+    assert "p50" not in result.stdout + result.stderr and not (tmp_path / "a.json").exists()
+
+
+def test_tables_are_readable_at_80_columns_in_a_log(vit_artifact):
+    result = vlmedge_cli("info", vit_artifact, columns=80)
+    assert result.returncode == 0, result.stderr
+    assert "onnx/model.fp32.onnx" in result.stdout and "…" not in result.stdout
+    assert "parity: pass" in result.stdout
+
+    result = vlmedge_cli("bench", vit_artifact, "--backend", "onnxruntime", "--batch-size", "1", "--iterations", "3",
+                         "--warmup", "0", columns=80)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "┃" not in result.stdout and max(map(len, lines)) <= 80
+    assert any(line.startswith("  latency ms: p50 ") for line in lines)
+    assert any("provider CPUExecutionProvider" in line for line in lines)
+
+
+def test_readme_lists_every_exit_code():
+    from vlmedge.errors import EXIT_CODES
+
+    errors = README.read_text(encoding="utf-8").split("## Errors", 1)[1].split("\n## ", 1)[0]
+    assert {int(code) for code in re.findall(r"^\| (\d) \|", errors, flags=re.M)} == set(EXIT_CODES)

@@ -1,0 +1,304 @@
+"""Coverage of transformers' image-classification mapping: every architecture, made tiny
+from its own config class with seeded weights and saved with its own image processor,
+either exports with parity (probabilities within 1e-4 of processor -> model -> softmax on
+the bundled sample images, same top-5) or is refused with a named UnsupportedModelError.
+
+A crash, a traceback, wrong numbers, or an outcome other than the one expected below fails.
+The counts (exported / refused, with reasons) are printed at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmedge.errors import UnsupportedModelError
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+NUM_LABELS = 10
+_STAGES2 = dict(depths=[1, 1], hidden_sizes=[16, 32])
+_VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64)
+_SWIN = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)
+_TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+# model_type -> config overrides that make the model tiny (1-2 layers, width 8-32, 32-64 pixels)
+TINY: dict[str, dict] = {
+    "beit": _VIT, "data2vec-vision": _VIT, "deit": _VIT, "vit": _VIT, "vit_msn": _VIT, "ijepa": _VIT,
+    "dinov2": {**_VIT, "mlp_ratio": 2}, "dinov2_with_registers": {**_VIT, "mlp_ratio": 2, "num_register_tokens": 2},
+    "bit": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_groups=8),
+    "clip": dict(vision_config=_VIT, text_config=_TEXT), "metaclip_2": dict(vision_config=_VIT, text_config=_TEXT),
+    "siglip": dict(vision_config=_VIT, text_config=_TEXT), "siglip2": dict(vision_config=_VIT, text_config=_TEXT),
+    "convnext": dict(num_stages=2, **_STAGES2), "convnextv2": dict(num_stages=2, **_STAGES2),
+    "cvt": dict(embed_dim=[8, 16, 32], num_heads=[1, 1, 2], depth=[1, 2, 3]),  # depth[i] > i (HF indexes it)
+    "dinat": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], kernel_size=3),
+    "donut-swin": _SWIN, "swin": _SWIN, "swinv2": _SWIN,
+    "efficientnet": dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),  # = 1280 x 0.25
+    "focalnet": dict(embed_dim=16, depths=[1, 1], focal_levels=[2, 2], focal_windows=[3, 3], hidden_sizes=[32, 64],
+                     image_size=32),
+    "hgnet_v2": dict(embedding_size=16, depths=[1, 1], hidden_sizes=[32, 64], stem_channels=[3, 8, 16],
+                     stage_in_channels=[16, 32], stage_mid_channels=[8, 16], stage_out_channels=[32, 64],
+                     stage_num_blocks=[1, 1], stage_downsample=[False, True], stage_light_block=[False, False],
+                     stage_kernel_size=[3, 3], stage_numb_of_layers=[2, 2]),
+    "hiera": dict(embed_dim=8, image_size=[64, 64], depths=[1, 1], num_heads=[1, 2], num_query_pool=1,
+                  masked_unit_attention=[True, False]),
+    "imagegpt": dict(n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=513),
+    "levit": dict(image_size=64, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3], depths=[1, 1, 1],
+                  key_dim=[8, 8, 8]),
+    "mobilenet_v1": dict(image_size=32, depth_multiplier=0.25),
+    "mobilenet_v2": dict(image_size=32, depth_multiplier=0.25),
+    "mobilevit": dict(image_size=64, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
+                      num_attention_heads=2),
+    "mobilevitv2": dict(image_size=64, width_multiplier=0.25),
+    "perceiver": dict(num_latents=8, d_latents=32, d_model=32, num_self_attends_per_block=1, num_self_attention_heads=2,
+                      num_cross_attention_heads=1, image_size=32),
+    "poolformer": dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 32]),
+    "pp_lcnet": dict(scale=0.25, class_expand=32),
+    "pvt": dict(image_size=32, depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 32], num_attention_heads=[1, 1, 1, 2]),
+    "pvt_v2": dict(image_size=32, depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 32], num_attention_heads=[1, 1, 1, 2]),
+    "regnet": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8),
+    "resnet": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
+    "segformer": dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 32], num_attention_heads=[1, 1, 1, 2]),
+    "shieldgemma2": dict(text_config=dict(vocab_size=10240, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16),
+                         vision_config=_VIT, mm_tokens_per_image=4),
+    "swiftformer": dict(image_size=32, depths=[1, 1, 1, 1], embed_dims=[8, 16, 16, 32]),
+    "textnet": dict(stem_out_channels=8, hidden_sizes=[8, 8, 16, 16, 32], image_size=[32, 32]),
+    "timm_wrapper": {},
+}
+# processor kind -> settings giving a 32x32 (or 64x64) output, for kinds whose defaults are bigger
+SQUARE = {"height": 32, "width": 32}
+PROCESSOR: dict[str, dict] = {
+    "ViT": {"size": SQUARE}, "Beit": {"size": {"height": 36, "width": 36}, "do_center_crop": True, "crop_size": SQUARE},
+    "Bit": {"size": {"shortest_edge": 36}, "crop_size": SQUARE}, "CLIP": {"size": {"shortest_edge": 36}, "crop_size": SQUARE},
+    "ConvNext": {"size": {"shortest_edge": 32}}, "DeiT": {"size": {"height": 36, "width": 36}, "crop_size": SQUARE},
+    "Donut": {"size": SQUARE}, "EfficientNet": {"size": SQUARE, "rescale_offset": True},
+    "Levit": {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}},
+    "MobileNetV1": {"size": {"shortest_edge": 36}, "crop_size": SQUARE},
+    "MobileNetV2": {"size": {"shortest_edge": 36}, "crop_size": SQUARE},
+    "MobileViT": {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}},
+    "Perceiver": {"size": SQUARE, "crop_size": {"height": 36, "width": 36}},
+    "PoolFormer": {"size": {"shortest_edge": 32}, "crop_size": SQUARE}, "Pvt": {"size": SQUARE},
+    "Segformer": {"size": SQUARE}, "Siglip": {"size": SQUARE}, "Siglip2": {}, "ImageGPT": {},
+    "TextNet": {"size": {"shortest_edge": 32}, "do_center_crop": True, "crop_size": SQUARE},
+    "Gemma3": {"size": SQUARE},
+}
+# Model types without a processor in transformers' mapping: the one their hub models are saved with.
+FALLBACK_PROCESSOR = {"dinov2_with_registers": "Bit", "hgnet_v2": "ViT"}
+HIERA_LIKE = {"hiera", "levit", "mobilevit", "mobilevitv2"}  # 64x64 models
+# architecture -> words of the expected refusal; every other architecture must export with parity.
+REFUSED = {
+    "DinatForImageClassification": "natten",
+    "ImageGPTForImageClassification": "colour clusters",
+    "PPLCNetForImageClassification": "torchvision",
+    "ShieldGemma2ForImageClassification": "text prompt",
+    "Siglip2ForImageClassification": "NaFlex",
+    "TimmWrapperForImageClassification": "timm",
+}
+RESULTS: dict[str, str] = {}
+
+
+def architectures() -> list[tuple[str, str]]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    pairs = []
+    for model_type, names in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.items():
+        for name in names if isinstance(names, (tuple, list)) else [names]:
+            pairs.append((model_type, name))
+    return pairs
+
+
+def processor_for(model_type: str):
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    name = names.get("pil") or names.get("torchvision")
+    kind = FALLBACK_PROCESSOR.get(model_type) or name.removesuffix("Pil").removesuffix("ImageProcessor")
+    settings = dict(PROCESSOR.get(kind, {}))
+    if model_type in HIERA_LIKE and kind in ("ViT", "Bit", "MobileViT", "Levit"):
+        settings = PROCESSOR[kind] if kind in ("MobileViT", "Levit") else {
+            "size": {"shortest_edge": 72} if kind == "Bit" else {"height": 64, "width": 64},
+            **({"crop_size": {"height": 64, "width": 64}} if kind == "Bit" else {})}
+    cls = getattr(transformers, f"{kind}ImageProcessorPil", None) or getattr(transformers, f"{kind}ImageProcessor", None)
+    return cls, settings
+
+
+def tiny_model(model_type: str, arch: str, size: int = 32):
+    """A tiny seeded model of the real class whose logits differ by class and by image."""
+    from transformers import CONFIG_MAPPING
+
+    torch.manual_seed(0)
+    labels = {i: f"class_{i}" for i in range(NUM_LABELS)}
+    config = CONFIG_MAPPING[model_type](**TINY[model_type], num_labels=NUM_LABELS, id2label=labels,
+                                        label2id={v: k for k, v in labels.items()})
+    config.architectures = [arch]
+    model = getattr(transformers, arch)(config).eval()
+    _spread(model, size)
+    return model
+
+
+def _spread(model, size: int) -> None:
+    """Variance-keeping weights and batch-norm statistics of seeded noise images, so that deep
+    conv stacks do not fade to zero features; then heads scaled to logits of about +-3, far
+    enough apart that float noise cannot reorder the top 5."""
+    images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == NUM_LABELS]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module not in heads:
+                module.weight.normal_(0, 1.0 / module.weight[0].numel() ** 0.5)
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative average over the batches below
+        try:
+            model.train()(pixel_values=images)
+        except Exception:  # noqa: BLE001 - a model whose training forward needs labels keeps its statistics
+            pass
+        model.eval()
+        features = []
+        hooks = [head.register_forward_hook(lambda mod, args, out: features.append(args[0])) for head in heads]
+        try:
+            model(pixel_values=images)
+        except Exception:  # noqa: BLE001 - the export test reports a model whose forward fails
+            pass
+        for hook in hooks:
+            hook.remove()
+        for head, x in zip(heads, features):
+            scale = float(x.reshape(-1, head.in_features).std(0).mean()) or 1.0
+            head.weight.normal_(0, 3.0 / (head.in_features ** 0.5 * scale))
+            head.bias.zero_() if head.bias is not None else None
+
+
+def hf_probabilities(model, processor, path) -> np.ndarray:
+    from transformers.image_utils import load_image
+
+    from vlmedge.exporters.sources.hf import logits_field
+
+    pixels = processor(load_image(str(path)), return_tensors="pt")["pixel_values"]
+    field = logits_field(model, type(model).__name__, NUM_LABELS, *pixels.shape[-2:])
+    with torch.no_grad():
+        return getattr(model(pixel_values=pixels), field).softmax(-1).numpy()[0]
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    from vlmedge.exporters.samples import sample_images
+
+    return sample_images()
+
+
+@pytest.mark.parametrize("model_type, arch", architectures(), ids=[a for _, a in architectures()])
+def test_architecture_exports_with_parity_or_is_refused(model_type, arch, sample_images, tmp_path):
+    import vlmedge
+    from vlmedge.exporters.pipeline import export
+
+    torch.set_num_threads(1)
+    assert model_type in TINY, f"{model_type} has no tiny configuration in this test; add one"
+    folder = tmp_path / "hf"
+    try:
+        model = tiny_model(model_type, arch, 64 if model_type in HIERA_LIKE else 32)
+    except ImportError as exc:  # the model class needs a package (natten, timm): export must refuse it too
+        model, missing = None, exc
+    cls, settings = processor_for(model_type)
+    processor = None
+    if model is not None:
+        model.save_pretrained(folder)
+        try:
+            processor = cls(**settings)
+        except ImportError:
+            processor = None
+    if processor is not None:
+        processor.save_pretrained(folder)
+    elif model is not None:  # a processor class that cannot be built here: its config as saved on the hub
+        (folder / "preprocessor_config.json").write_text(f'{{"image_processor_type": "{cls.__name__}"}}')
+    else:
+        folder.mkdir()
+        (folder / "config.json").write_text(f'{{"model_type": "{model_type}", "architectures": ["{arch}"]}}')
+        (folder / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImageProcessor"}')
+    try:
+        export(str(folder), tmp_path / "artifact")
+    except UnsupportedModelError as exc:
+        RESULTS[arch] = f"refused: {exc}"
+        assert arch in REFUSED, f"{arch} was refused: {exc}"
+        assert REFUSED[arch] in str(exc) and "\n" not in str(exc).strip(), str(exc)
+        return
+    assert arch not in REFUSED, f"{arch} exported but the test expects a refusal ({REFUSED[arch]})"
+    classifier = vlmedge.load(tmp_path / "artifact")
+    worst = 0.0
+    for path in sample_images:
+        expected = hf_probabilities(model, processor, path)
+        assert expected.max() > 1.5 / NUM_LABELS, f"{arch}'s tiny model gives near-uniform probabilities: {expected}"
+        got = classifier.probabilities(str(path))[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{arch} on {path.name}")
+        top5 = [p.index for p in classifier.classify(path, top_k=5)]
+        assert top5 == list(np.argsort(-expected, kind="stable")[:5]), f"{arch} on {path.name}"
+    RESULTS[arch] = f"exported: max prob diff {worst:.1e}"
+
+
+def test_counts(capsys):
+    """Prints the table and the counts of the runs above (it runs last in this file)."""
+    if not RESULTS:
+        pytest.skip("no architecture ran")
+    exported = sorted(a for a, r in RESULTS.items() if r.startswith("exported"))
+    refused = sorted(a for a, r in RESULTS.items() if r.startswith("refused"))
+    with capsys.disabled():
+        print(f"\nimage-classification coverage: {len(exported)} exported with parity, {len(refused)} refused")
+        for arch in sorted(RESULTS):
+            print(f"  {arch:48s} {RESULTS[arch][:160]}")
+
+
+def test_supported_architectures_agree_with_the_exports():
+    """supported_architectures() (the export's checks, without exporting) names the same
+    architectures as supported as the exports above, and the same refusals."""
+    if not RESULTS:
+        pytest.skip("no architecture ran")
+    from vlmedge.exporters.sources.support import supported_architectures
+
+    rows = {row.architecture: row for row in supported_architectures()}
+    assert set(rows) == {arch for _, arch in architectures()}
+    for arch, result in RESULTS.items():
+        assert rows[arch].supported == result.startswith("exported"), (arch, rows[arch].reason, result)
+        if not rows[arch].supported:
+            assert REFUSED[arch] in rows[arch].reason, (arch, rows[arch].reason)
+
+
+def test_pplcnet_logits_are_found_in_its_output(tmp_path):
+    """PPLCNet returns its logits as last_hidden_state: with a processor vlmedge reproduces it
+    exports with parity."""
+    import vlmedge
+    from vlmedge.exporters.pipeline import export
+
+    model = tiny_model("pp_lcnet", "PPLCNetForImageClassification")
+    model.save_pretrained(tmp_path / "hf")
+    processor = transformers.ViTImageProcessorPil(size=SQUARE)
+    processor.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").read_text()
+    export(str(tmp_path / "hf"), tmp_path / "artifact")
+    classifier = vlmedge.load(tmp_path / "artifact")
+    from vlmedge.exporters.samples import sample_images
+
+    for path in sample_images():
+        np.testing.assert_allclose(classifier.probabilities(str(path))[0], hf_probabilities(model, processor, path),
+                                   atol=1e-4)
+
+
+def test_a_failed_trace_is_one_sentence_without_the_graph_dump(tmp_path, capfd):
+    """torch prints the whole graph when it cannot export an operator; vlmedge keeps that out
+    of the terminal and raises one UnsupportedModelError naming the operator."""
+    from vlmedge.exporters.onnx import export_onnx
+    from vlmedge.exporters.spec import GraphSpec
+
+    class AntialiasedResize(torch.nn.Module):
+        def forward(self, pixel_values):
+            return torch.nn.functional.interpolate(pixel_values, size=(5, 5), mode="bicubic", antialias=True)
+
+    graph = GraphSpec(name="model", module=AntialiasedResize(), input_names=["pixel_values"], output_names=["out"],
+                      example_inputs={"pixel_values": torch.randn(2, 3, 16, 16)}, dynamic_axes={}, compare={})
+    capfd.readouterr()
+    with pytest.raises(UnsupportedModelError, match=r"torch.onnx.export cannot export graph 'model'") as info:
+        export_onnx(graph, tmp_path / "model.onnx")
+    printed = capfd.readouterr()
+    assert "\n" not in str(info.value) and len(printed.out) + len(printed.err) < 2000, printed

@@ -1,0 +1,145 @@
+"""Every image processor class of transformers' image-classification and zero-shot
+image-classification mappings is either reproduced bit for bit by vlmedge's preprocessing
+(read from the processor's saved configuration, as an export reads it) or refused by name.
+
+The reference is the class's Pillow processor (``processor(load_image(path))``), run on
+files of every mode (L, LA, P, RGBA, CMYK, I;16, EXIF orientation) and of small, wide and
+tall sizes; the comparison is exact (float32 equality).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_preprocess_image import MODES, _mode_image, _pattern
+from vlmedge.errors import UnsupportedModelError
+from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency:UserWarning")
+
+# Small settings per class (the class defaults resize to up to 2560 pixels), plus variants
+# that switch on the class's own steps; name -> (class kind, kwargs).
+VARIANTS = {
+    "Beit": {"size": {"height": 40, "width": 36}, "do_center_crop": True, "crop_size": {"height": 30, "width": 30}},
+    "Bit": {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}},
+    "CLIP": {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 28}},
+    "ConvNext": {"size": {"shortest_edge": 48}, "crop_pct": 0.8},
+    "ConvNext-warp": {"size": {"shortest_edge": 400}},
+    "DeiT": {"size": {"height": 40, "width": 40}, "crop_size": {"height": 32, "width": 32}},
+    "ViT": {"size": {"height": 31, "width": 45}},
+    "Donut": {"size": {"height": 64, "width": 48}},
+    "Donut-align-nearest": {"size": {"height": 48, "width": 64}, "do_align_long_axis": True, "resample": 0},
+    "EfficientNet": {"size": {"height": 40, "width": 40}},
+    "EfficientNet-offset-crop": {"size": {"height": 40, "width": 40}, "rescale_offset": True, "do_center_crop": True,
+                                 "crop_size": {"height": 33, "width": 33}},
+    "Levit": {"size": {"shortest_edge": 40}, "crop_size": {"height": 36, "width": 36}},
+    "MobileNetV1": {"size": {"shortest_edge": 40}, "crop_size": {"height": 36, "width": 36}},
+    "MobileNetV2": {"size": {"shortest_edge": 40}, "crop_size": {"height": 36, "width": 36}},
+    "MobileViT": {"size": {"shortest_edge": 40}, "crop_size": {"height": 44, "width": 44}},
+    "MobileViT-normalize-rgb": {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32},
+                                "do_flip_channel_order": False, "do_normalize": True},
+    "Perceiver": {"size": {"height": 40, "width": 40}, "crop_size": {"height": 48, "width": 44}},
+    "PoolFormer": {"size": {"shortest_edge": 40}, "crop_size": {"height": 40, "width": 40}},
+    "PoolFormer-hw": {"size": {"height": 40, "width": 32}, "crop_size": {"height": 36, "width": 30}},
+    "Pvt": {"size": {"height": 40, "width": 36}},
+    "Segformer": {"size": {"height": 40, "width": 36}},
+    "Gemma3": {"size": {"height": 40, "width": 36}},
+    "Siglip": {"size": {"height": 40, "width": 36}},
+    "TextNet-crop": {"size": {"shortest_edge": 40}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}},
+    "Blip": {"size": {"height": 40, "width": 36}},
+    "ChineseCLIP": {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}},
+}
+# Classes refused whatever their settings, and the words of the reason.
+REFUSED = {"ImageGPT": "colour clusters", "Siglip2": "depends on the image", "TimmWrapper": "timm",
+           "PPLCNet": "torchvision", "Tipsv2": "torchvision"}
+# Default settings refused because the output size would depend on the image.
+REFUSED_DEFAULTS = {"TextNet": "depend on each image"}
+
+
+def mapped_processor_classes() -> set[str]:
+    """Processor classes (without backend suffix) of the two mappings' model types."""
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+                                                        MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES)
+
+    kinds = set()
+    for mapping in (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES):
+        for model_type in mapping:
+            for name in (IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}).values():
+                kinds.add(name.removesuffix("Pil").removesuffix("ImageProcessor"))
+    return kinds
+
+
+def test_every_mapped_class_is_reproduced_or_refused():
+    covered = {name.split("-")[0] for name in VARIANTS} | set(REFUSED)
+    assert mapped_processor_classes() <= covered, sorted(mapped_processor_classes() - covered)
+
+
+def _saved_spec(kind: str, kwargs: dict, folder):
+    from vlmedge.exporters.sources.hf import image_preprocess
+
+    processor = getattr(transformers, f"{kind}ImageProcessorPil")(**kwargs)
+    processor.save_pretrained(folder)
+    return processor, image_preprocess(folder)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list:
+    folder = tmp_path_factory.mktemp("class-images")
+    paths = []
+    for mode in MODES:
+        image, fmt, kwargs = _mode_image(mode)
+        paths.append(folder / f"{mode.replace(';', '_')}.{'jpg' if fmt == 'JPEG' else 'png'}")
+        image.save(paths[-1], fmt, **kwargs)
+    for h, w in ((5, 7), (90, 200), (300, 70), (64, 48)):
+        paths.append(folder / f"{h}x{w}.png")
+        Image.fromarray(_pattern(h, w, seed=h)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_processor_class_is_reproduced_bit_for_bit(name, files, tmp_path):
+    from transformers.image_utils import load_image as hf_load_image
+
+    processor, spec = _saved_spec(name.split("-")[0], VARIANTS[name], tmp_path)
+    spec = ImagePreprocessSpec.from_dict(json.loads(json.dumps(spec.to_dict())))  # as an artifact stores it
+    for path in files:
+        expected = np.asarray(processor(hf_load_image(str(path)), return_tensors="np")["pixel_values"])
+        ours = preprocess_images([load_image(path)], spec)
+        assert ours.dtype == np.float32 and ours.shape == expected.shape, (name, path.name)
+        assert np.array_equal(ours, expected), (name, path.name, float(np.abs(ours - expected).max()))
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_processor_class_is_refused_by_name(kind, tmp_path):
+    from vlmedge.exporters.sources.hf import image_preprocess
+
+    (tmp_path / "preprocessor_config.json").write_text(f'{{"image_processor_type": "{kind}ImageProcessor"}}')
+    with pytest.raises(UnsupportedModelError, match=f"{kind}.*{REFUSED[kind]}"):
+        image_preprocess(tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED_DEFAULTS))
+def test_default_settings_that_vary_per_image_are_refused(kind, tmp_path):
+    with pytest.raises(UnsupportedModelError, match=f"{kind}.*{REFUSED_DEFAULTS[kind]}"):
+        _saved_spec(kind, {}, tmp_path)
+
+
+def test_gemma3_pan_and_scan_is_refused(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="pan-and-scan"):
+        _saved_spec("Gemma3", {"do_pan_and_scan": True}, tmp_path)
+
+
+def test_a_manifest_without_the_new_steps_still_loads():
+    """Specs written before the steps some processors add (pre_crop, canvas ...) load as before."""
+    old = {"do_resize": True, "size": {"height": 8, "width": 8}, "resample": "bicubic", "do_center_crop": False,
+           "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+           "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_convert_rgb": True, "channel_order": "RGB",
+           "layout": "NCHW"}
+    spec = ImagePreprocessSpec.from_dict(old)
+    assert spec.pre_crop is None and spec.canvas is None and not (spec.thumbnail or spec.rescale_offset)

@@ -1,0 +1,174 @@
+"""What this install can export and run (`vlmedge formats`), and the checks of option values
+against those same tables (tasks, targets, backends, precisions), so that the CLI refuses a
+bad value before it loads anything.
+
+Everything is looked up where it is declared: tasks in vlmedge.registry, backends and
+targets in runtimes.base.BACKENDS, precisions in vlmedge.parity.PRECISIONS, the built-in
+models in exporters/sources/builtin.py, the extras in the package metadata. Nothing here
+imports torch, transformers or a backend. A new section is one function added to SECTIONS.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from typing import Any, Callable, Iterable
+
+from vlmedge.errors import UsageError
+
+
+def split(value: str | Iterable[str] | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']; a list is returned as given, without blanks."""
+    parts = value.split(",") if isinstance(value, str) else list(value or [])
+    return [part.strip() for part in parts if part and part.strip()]
+
+
+def choose(option: str, value: str | Iterable[str] | None, allowed: Iterable[str], many: bool = True) -> list[str]:
+    """The comma-separated values of `option`, each checked against `allowed`; a UsageError
+    (exit 2) naming the valid values otherwise."""
+    allowed = list(allowed)
+    chosen = split(value)
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown or not chosen or (not many and len(chosen) > 1):
+        given = ", ".join(unknown) or ", ".join(chosen) or "nothing"
+        raise UsageError(f"{option} {given} is not valid; choose {'from' if many else 'one of'} {', '.join(allowed)}.")
+    return list(dict.fromkeys(chosen))
+
+
+def check_backends(option: str, value: str | Iterable[str] | None, allowed: Iterable[str],
+                   many: bool = True) -> list[str]:
+    """choose() for backends; one that cannot run here (TensorRT without its GPU and
+    package, a package not installed) raises runtimes.base.unavailable_reason's sentence."""
+    from vlmedge.errors import BackendUnavailableError
+    from vlmedge.runtimes.base import BACKENDS, unavailable_reason
+
+    chosen = choose(option, value, allowed, many)
+    for name in chosen:
+        reason = unavailable_reason(BACKENDS[name]) if name in BACKENDS else None
+        if reason:
+            raise BackendUnavailableError(reason)
+    return chosen
+
+
+def task_names() -> list[str]:
+    from vlmedge.registry import TASKS
+
+    return list(TASKS)
+
+
+def target_names() -> list[str]:
+    from vlmedge.runtimes.base import BACKENDS
+
+    return list(dict.fromkeys(b.target for b in BACKENDS.values()))
+
+
+def backend_names() -> list[str]:
+    from vlmedge.runtimes.base import BACKENDS
+
+    return list(BACKENDS)
+
+
+def precision_names() -> list[str]:
+    from vlmedge.parity import PRECISIONS
+
+    return list(PRECISIONS)
+
+
+def extra_packages(extra: str) -> list[str]:
+    """The distributions the pip extra `vlmedge[extra]` brings, from the installed metadata."""
+    try:
+        requirements = importlib.metadata.requires("vlmedge") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    marker = re.compile(r"extra\s*==\s*['\"]" + re.escape(extra) + r"['\"]")
+    return [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in requirements if marker.search(r)]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def tasks() -> list[dict[str, Any]]:
+    from vlmedge.registry import TASKS
+
+    return [{"name": t.name, "summary": t.summary, "inputs": list(t.input_kinds),
+             "methods": [{"name": m.name, "input": m.input, "options": list(m.options)} for m in t.methods],
+             "cli_predict": t.aliases.get("predict", t.methods[0].name)} for t in TASKS.values()]
+
+
+def backends() -> list[dict[str, Any]]:
+    from vlmedge.runtimes.base import BACKENDS, unavailable_reason
+
+    return [{"name": b.name, "target": b.target, "package": b.package,
+             "installed": importlib.util.find_spec(b.package) is not None,
+             "runs_here": unavailable_reason(b) is None, "reason": unavailable_reason(b),
+             "install": b.install_hint(), "needs": b.needs or None} for b in BACKENDS.values()]
+
+
+def precisions() -> list[dict[str, Any]]:
+    from vlmedge.parity import GATES
+
+    return [{"name": name, "gate": gate.to_dict()} for name, gate in GATES.items()]
+
+
+def builtin_models() -> list[str]:
+    """The built-in models (exporters.sources.builtin), or none without the exporters;
+    importing that module needs no torch."""
+    if importlib.util.find_spec("vlmedge.exporters") is None:
+        return []
+    from vlmedge.exporters.sources.builtin import builtin_names
+
+    return builtin_names()
+
+
+def export_extra() -> dict[str, Any]:
+    packages = extra_packages("export")
+    missing = [p for p in packages if not _installed(p)]
+    return {"installed": bool(packages) and not missing, "packages": packages, "missing": missing,
+            "install": "pip install 'vlmedge[export]'"}
+
+
+# name -> function returning the section (JSON-safe); `vlmedge formats` shows them in this order.
+SECTIONS: dict[str, Callable[[], Any]] = {
+    "tasks": tasks,
+    "backends": backends,
+    "precisions": precisions,
+    "builtin_models": builtin_models,
+    "export": export_extra,
+}
+
+
+def architectures() -> list[dict[str, Any]]:
+    """transformers' image-classification architectures, each exported or refused with the
+    reason (vlmedge.exporters.sources.supported_architectures: the export's own checks).
+    Needs the export extra (torch, transformers), so it is asked for separately."""
+    if export_extra()["missing"]:
+        raise UsageError("Listing the architectures needs the export extra (torch, transformers); "
+                         "install it with: pip install 'vlmedge[export]'.")
+    from vlmedge.exporters.sources import supported_architectures
+
+    return [{"architecture": a.architecture, "task": "image-classification",
+             "exports": "yes" if a.supported else "no", "reason": a.reason or ""}
+            for a in supported_architectures()]
+
+
+def describe(with_architectures: bool = False) -> dict[str, Any]:
+    """Every section of SECTIONS, with the vlmedge version (and the architecture table when asked)."""
+    from vlmedge.version import __version__
+
+    facts = {"version": __version__, **{name: section() for name, section in SECTIONS.items()}}
+    if with_architectures:
+        facts["architectures"] = architectures()
+    return facts
+
+
+def architectures_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's architecture table: what `vlmedge formats --architectures` lists."""
+    lines = ["| architecture | task | exports | why not |", "|---|---|---|---|"]
+    lines += [f"| {r['architecture']} | {r['task']} | {r['exports']} | {r['reason']} |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Decoding: files, bytes, PIL images and arrays to RGB PIL images, as Hugging Face's
+``load_image`` and ``convert_to_rgb`` do."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vlmedge.errors import InputError
+
+# Pillow's decompression-bomb limit, checked by vlmedge itself before decoding.
+MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# What one image may be when a pipeline is given a single input rather than a list
+# (a uint8 numpy array of up to 3 dimensions is one image too: see tasks.base.as_list).
+IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
+
+
+
+def load_image(image: Any) -> Image.Image:
+    """Decodes or converts one image to an RGB PIL image, as Hugging Face does.
+
+    Files and bytes follow ``transformers.image_utils.load_image``: EXIF orientation is
+    applied, then ``convert("RGB")`` (so alpha is dropped, not composited; a palette's
+    transparency colour stays in ``info`` for ``preprocess_images``). PIL images get
+    the EXIF orientation too, then the processor's ``convert_to_rgb``: transparency is
+    composited on white. Arrays must be uint8 (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4)
+    RGBA; RGBA is composited on white with the processor's numpy rounding.
+
+    Args:
+        image: a path (str or os.PathLike), encoded bytes, a PIL image or a numpy array.
+
+    Raises:
+        InputError: naming the file or object, if it cannot be read as an image.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _open_file(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(image), "The image given as bytes")
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    raise InputError(f"Cannot read an image from a {type(image).__name__}; pass a file path, encoded bytes, "
+                     "a PIL image or a uint8 numpy array of shape (H, W, 3).")
+
+
+def _open_file(path: str | os.PathLike) -> Image.Image:
+    name = os.fspath(path)
+    if isinstance(name, str) and name.startswith(("http://", "https://")):
+        raise InputError(f"{name} is a URL; vlmedge does not download images, so download it and pass the file path.")
+    if os.path.isdir(name):
+        raise InputError(f"{name!s} is a directory, not an image file; pass the path of an image file inside it.")
+    if not os.path.isfile(name):
+        raise InputError(f"Image file {name!s} does not exist; check the path.")
+    return _decode(name, f"Image file {name!s}")
+
+
+def _decode(source: Any, what: str) -> Image.Image:
+    """Opens (allowed formats only), fully decodes and converts, turning every failure into InputError."""
+    try:
+        # Pillow warns between 1x and 2x its limit; make that an error here too. The explicit
+        # size check below holds even if another thread's catch_warnings races with this one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
+            with Image.open(source, formats=FORMATS) as opened:
+                if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
+                opened.load()  # decode everything now, so truncation is caught here
+                return ImageOps.exif_transpose(opened).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{what} is too large to decode safely ({e}; the limit is {MAX_IMAGE_PIXELS:,} "
+                         "pixels); downscale it first.") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{what} is not a readable {', '.join(FORMATS)} image; convert it to PNG or JPEG.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{what} could not be decoded ({e}); the file may be truncated or corrupt.") from None
+    except Exception as e:  # noqa: BLE001 - decoders of untrusted bytes raise struct.error, IndexError, ...
+        raise InputError(f"{what} could not be decoded ({type(e).__name__}: {e}); the file may be truncated or "
+                         "corrupt.") from None
+
+
+def convert_to_rgb(image: Image.Image) -> Image.Image:
+    """HF's convert_to_rgb: alpha or a transparency colour composited on white."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    """EXIF orientation, then HF's convert_to_rgb."""
+    try:
+        return convert_to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"The {image.mode} PIL image {image.size} could not be decoded or converted to RGB "
+                         f"({e}); open the file with load_image(path) to see why.") from None
+
+
+def _array_to_rgb(array: np.ndarray) -> Image.Image:
+    shapes = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
+    if array.dtype != np.uint8:
+        raise InputError(f"Image arrays must have dtype uint8 (0-255), not {array.dtype}; for 0-1 floats pass "
+                         "(array * 255).round().astype(np.uint8).")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise InputError(f"An image array must have shape {shapes}, not {array.shape}; pass a batch as a list.")
+    if array.size == 0:
+        raise InputError(f"The image array is empty (shape {array.shape}); pass an image of at least 1x1 pixel.")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    elif array.shape[2] == 4:  # HF convert_to_rgb's numpy path, in float64
+        alpha = array[..., 3:4] / 255
+        array = np.round(alpha * array[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+

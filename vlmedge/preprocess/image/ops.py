@@ -1,0 +1,134 @@
+"""The preprocessing steps, in Hugging Face's order and dtypes (numpy and Pillow only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from vlmedge.errors import InputError
+from vlmedge.preprocess.image.decode import convert_to_rgb, load_image
+from vlmedge.preprocess.image.spec import ImagePreprocessSpec
+from vlmedge.preprocess.image.values import RESAMPLE
+
+
+def preprocess_images(images: list[Image.Image], spec: ImagePreprocessSpec) -> np.ndarray:
+    """Turns RGB PIL images (``load_image`` outputs) into one float32 batch.
+
+    Args:
+        images: PIL images; one not in RGB mode is converted as ``load_image`` would.
+        spec: the preprocessing to apply.
+
+    Returns:
+        (N, 3, H, W) float32 (or (N, H, W, 3) for layout NHWC), H, W = ``spec.output_size``.
+    """
+    if isinstance(images, Image.Image) or not isinstance(images, (list, tuple)) or not images:
+        raise InputError("preprocess_images needs a non-empty list of PIL images (use load_image to read them).")
+    batch = np.stack([_preprocess_one(image, spec) for image in images])
+    if spec.channel_order == "BGR":
+        batch = batch[..., ::-1]
+    if spec.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def _preprocess_one(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
+    """One image to (H, W, 3) float32, in HF's order and dtypes."""
+    if not isinstance(image, Image.Image):
+        raise InputError(f"preprocess_images takes PIL images, not {type(image).__name__}; read it with load_image.")
+    if image.mode != "RGB":
+        image = load_image(image)
+    elif spec.do_convert_rgb:  # HF's load_image keeps a P/L/RGB file's transparency colour for this step
+        image = convert_to_rgb(image)
+    if spec.pre_crop is not None:  # Perceiver: a share of the shortest side, before resizing
+        edge = min(image.height, image.width)
+        image = Image.fromarray(center_crop(np.asarray(image), int(spec.pre_crop[0] * edge),
+                                            int(spec.pre_crop[1] * edge)))
+    if spec.align_long_axis:
+        image = _align_long_axis(image, spec.canvas)
+    if spec.do_resize:
+        height, width = resize_output_size(image.height, image.width, spec.size)
+        if spec.size_divisor > 1:  # rounded up to a multiple (TextNet)
+            height, width = (-(-side // spec.size_divisor) * spec.size_divisor for side in (height, width))
+        image = image.resize((width, height), resample=RESAMPLE[spec.resample])
+    if spec.thumbnail:  # HF's thumbnail takes `resample or BICUBIC`, so nearest (0) becomes bicubic
+        image = _thumbnail(image, spec.canvas, RESAMPLE[spec.resample] or RESAMPLE["bicubic"])
+    array = np.asarray(image)
+    if spec.pad_to_canvas:
+        array = _pad_centred(array, spec.canvas["height"], spec.canvas["width"])
+    if spec.do_center_crop:
+        array = center_crop(array, spec.crop_size["height"], spec.crop_size["width"])
+    if spec.do_rescale:  # HF upcasts to float64, scales, then downcasts to float32
+        array = (array.astype(np.float64) * spec.rescale_factor).astype(np.float32)
+        if spec.rescale_offset:
+            array -= np.float32(1)
+    if spec.do_normalize:  # in float32, mean and std cast to float32 first
+        array = array.astype(np.float32, copy=False)
+        array = (array - np.float32(spec.image_mean)) / np.float32(spec.image_std)
+    if spec.normalize_std_again:  # EfficientNet's include_top: normalize(image, 0, std)
+        array = array.astype(np.float32, copy=False)
+        array = (array - np.float32(0)) / np.float32(spec.image_std)
+    return array.astype(np.float32, copy=False)
+
+
+def _align_long_axis(image: Image.Image, canvas: dict) -> Image.Image:
+    """Donut: a 90-degree clockwise turn when the image's long axis is not the canvas's."""
+    out_h, out_w = canvas["height"], canvas["width"]
+    if (out_w < out_h and image.width > image.height) or (out_w > out_h and image.width < image.height):
+        return Image.fromarray(np.ascontiguousarray(np.rot90(np.asarray(image), 3, axes=(0, 1))))
+    return image
+
+
+def _thumbnail(image: Image.Image, canvas: dict, resample: int) -> Image.Image:
+    """Donut's thumbnail: fit inside the canvas keeping the aspect, never enlarging."""
+    height, width = min(image.height, canvas["height"]), min(image.width, canvas["width"])
+    if height == image.height and width == image.width:
+        return image
+    if image.height > image.width:
+        width = int(image.width * height / image.height)
+    elif image.width > image.height:
+        height = int(image.height * width / image.width)
+    return image.resize((width, height), resample=resample)
+
+
+def _pad_centred(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Donut's pad_image: zeros around, the odd pixel at the bottom and right."""
+    dh, dw = height - array.shape[0], width - array.shape[1]
+    top, left = dh // 2, dw // 2
+    return np.pad(array, ((top, dh - top), (left, dw - left), (0, 0)), mode="constant", constant_values=0)
+
+
+def resize_output_size(height: int, width: int, size: dict) -> tuple[int, int]:
+    """(height, width) after resizing, with HF's int truncation and rounding."""
+    if "height" in size:
+        return size["height"], size["width"]
+    edge, max_size = size["shortest_edge"], size.get("longest_edge")
+    if max_size is None:  # get_resize_output_image_size(default_to_square=False)
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(edge * long / short)
+        return (new_long, edge) if width <= height else (edge, new_long)
+    raw = None  # get_size_with_aspect_ratio
+    small, large = float(min(height, width)), float(max(height, width))
+    if large / small * edge > max_size:
+        raw = max_size * small / large
+        edge = int(round(raw))
+    if (height <= width and height == edge) or (width <= height and width == edge):
+        return height, width
+    if width < height:
+        return int((raw if raw is not None else edge) * height / width), edge
+    return edge, int((raw if raw is not None else edge) * width / height)
+
+
+def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """HF's center_crop on (H, W, C): floor offsets, zero padding where the image is smaller."""
+    orig_h, orig_w = array.shape[:2]
+    top, left = (orig_h - height) // 2, (orig_w - width) // 2
+    if top >= 0 and left >= 0:
+        return array[top:top + height, left:left + width]
+    new_h, new_w = max(height, orig_h), max(width, orig_w)
+    padded = np.zeros((new_h, new_w) + array.shape[2:], dtype=array.dtype)
+    top_pad, left_pad = math.ceil((new_h - orig_h) / 2), math.ceil((new_w - orig_w) / 2)
+    padded[top_pad:top_pad + orig_h, left_pad:left_pad + orig_w] = array
+    top, left = top + top_pad, left + left_pad
+    return padded[max(0, top):min(new_h, top + height), max(0, left):min(new_w, left + width)]
