@@ -29,6 +29,7 @@ FAMILIES = {
     "swin": ("SwinModel", "pooled", 0),
     "deit": ("DeiTModel", "cls", 2),
     "beit": ("BeitModel", "pooled", 1),
+    "dinov3": ("DINOv3ViTModel", "cls", 1 + 2),
 }
 
 
@@ -63,6 +64,8 @@ def tiny_encoder(family: str):
     if family == "beit":
         return t.BeitModel(t.BeitConfig(use_relative_position_bias=True, use_mean_pooling=True, **vit)), \
             t.BeitImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False, resample=3)
+    if family == "dinov3":  # RoPE positions, 2 register tokens
+        return t.DINOv3ViTModel(t.DINOv3ViTConfig(num_register_tokens=2, **vit)), vit_bicubic
     raise ValueError(family)
 
 
@@ -217,6 +220,22 @@ def test_dinov2_at_another_resolution_matches_hugging_face(family, exported, enc
     np.testing.assert_allclose(encoder.attention_maps(paths), expected["attentions"], rtol=0, atol=1e-4)
 
 
+def test_dinov3_at_another_resolution_matches_hugging_face(exported, encoder_dir, image_files):
+    """DINOv3's rotary positions follow the patch grid: exported at 40x48 (native 32) the graph
+    gives what the source gives at 40x48, with nothing interpolated."""
+    import vlmedge
+
+    encoder = vlmedge.load(exported("dinov3", (40, 48)))
+    assert encoder.info["grid"] == [5, 6] and encoder.info["position_embeddings"] == "rope"
+    assert not encoder.info["position_embeddings_interpolated"] and encoder.info["num_register_tokens"] == 2
+    expected = hf_outputs(encoder_dir("dinov3"), image_files, "dinov3", processor_args={"size": {"height": 40, "width": 48}})
+    got, grid = encoder.embed([str(p) for p in image_files], normalize=False, patch_tokens=True)
+    assert_close(got, expected["cls"], "dinov3@40x48 cls")
+    assert_close(grid, expected["patch_tokens"], "dinov3@40x48 patch grid")
+    np.testing.assert_allclose(encoder.attention_maps([str(p) for p in image_files]), expected["attentions"], rtol=0,
+                               atol=1e-4)
+
+
 def test_vit_at_a_non_square_resolution(exported, encoder_dir, image_files):
     """ViT needs interpolate_pos_encoding=True off its native size; the grid is (h, w) = (5, 6)."""
     import vlmedge
@@ -255,7 +274,7 @@ def test_embed_folder_skips_a_corrupt_file(exported, tmp_path):
     (folder / "nested").mkdir(parents=True)
     for name in ("red-circle.jpg", "yellow-star.png"):
         shutil.copy(SAMPLES / name, folder / name)
-    for name in ("gray-triangle.png", "purple-cross-portrait.jpg", "green-square-rgba.png"):
+    for name in ("white-triangle-grayscale.png", "purple-cross-portrait.jpg", "green-square-rgba.png"):
         shutil.copy(SAMPLES / name, folder / "nested" / name)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     (folder / "notes.txt").write_text("not an image")
@@ -267,7 +286,7 @@ def test_embed_folder_skips_a_corrupt_file(exported, tmp_path):
 
     embeddings = np.load(out)
     listing = json.loads((tmp_path / "out" / "embeddings.files.json").read_text())
-    expected_files = [folder / "red-circle.jpg", folder / "yellow-star.png", folder / "nested" / "gray-triangle.png",
+    expected_files = [folder / "red-circle.jpg", folder / "yellow-star.png", folder / "nested" / "white-triangle-grayscale.png",
                       folder / "nested" / "green-square-rgba.png", folder / "nested" / "purple-cross-portrait.jpg"]
     expected_files.sort(key=lambda p: p.relative_to(folder).parts)
     assert listing["files"] == [str(p) for p in expected_files]

@@ -166,3 +166,43 @@ def random_example(
     """A clip of a uniformly drawn class: ``(wave, class_name)``."""
     name = CLASSES[int(rng.integers(len(CLASSES)))]
     return synthesize(name, rng, sample_rate, seconds), name
+
+
+# Rates a recording may come at. The runtime resamples every clip to the model's 16 kHz, so a
+# clip recorded at 8 kHz (11.025 kHz) reaches the model band-limited to 4 kHz (5.5 kHz).
+RECORDING_RATES: tuple[int, ...] = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def recording(
+    name: str,
+    rng: np.random.Generator,
+    seconds: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """A clip of class ``name`` as a file would hold it: ``(samples, rate)``.
+
+    The training-time augmentation of the built-in tagger, for files like its bundled samples
+    (a 22.05 kHz stereo FLAC, an 8 kHz WAV): the clip is synthesised at a random rate of :data:`RECORDING_RATES` (16 kHz a
+    third of the time), at a random gain (-10..+6 dB, clipped to [-1, 1]); half the clips
+    are stereo, (samples, 2), whose channels the runtime averages; and 30 % of the non-silent
+    clips carry a second, quieter sound of another class (14-30 dB below the first by RMS,
+    after the downmix), in one channel when stereo. The label stays ``name``.
+    Returns float32 in [-1, 1]; the caller downmixes and resamples to 16 kHz as the runtime does.
+    """
+    rate = SAMPLE_RATE if rng.random() < 1 / 3 else int(rng.choice([r for r in RECORDING_RATES if r != SAMPLE_RATE]))
+    main = synthesize(name, rng, rate, seconds).astype(np.float64)
+    n = len(main)
+    other = np.zeros(n)
+    if name != "silence" and rng.random() < 0.3:
+        kind = CLASSES[int(rng.choice([i for i, c in enumerate(CLASSES) if c not in (name, "silence")]))]
+        o = synthesize(kind, rng, rate, seconds=n / rate).astype(np.float64)[:n]
+        rms_main = float(np.sqrt(np.mean(main**2))) or 1.0
+        rms_o = float(np.sqrt(np.mean(o**2))) or 1.0
+        other[: len(o)] = o * rms_main / rms_o * 10 ** (-rng.uniform(14.0, 30.0) / 20)
+    gain = 10 ** (rng.uniform(-10.0, 6.0) / 20)
+    if rng.random() < 0.5:  # stereo: the second sound in one channel only, twice as loud, so the mean is the same
+        side = other * 2.0
+        pair = [main, main + side] if rng.random() < 0.5 else [main + side, main]
+        wave = np.stack(pair, axis=1) * gain
+    else:
+        wave = (main + other) * gain
+    return np.clip(wave, -1.0, 1.0).astype(np.float32), rate

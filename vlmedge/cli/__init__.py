@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vlmedge import formats
+from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
 from vlmedge.errors import ParityError, UsageError, VlmedgeError
 from vlmedge.version import __version__
 
@@ -241,9 +242,9 @@ def predict(
         print(json.dumps(rows, indent=2))
         return
     title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
-    show(TABLES.get(method.result, _ranked_table)(rows), title, right=("rank", "score", "dim", "norm", "start s", "end s"))
+    show(TABLES.get(method.result, ranked_table)(rows), title, right=("rank", "score", "dim", "norm", "start s", "end s"))
     if any(len(row.get("windows") or []) > 1 for row in rows):
-        show(_windows_table(rows), "windows", right=("start s", "end s", "score"))
+        show(windows_table(rows), "windows", right=("start s", "end s", "score"))
 
 
 def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, attention: Optional[Path]) -> Any:
@@ -266,89 +267,6 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, a
     return method
 
 
-def _ranked_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """One row per (input, rank): rows are {"input": ..., "predictions": [{label, score, ...}]}."""
-    return [{"input": escape(row["input"]) if rank == 1 else "", "rank": str(rank), "label": escape(str(p["label"])),
-             "score": f"{p['score']:.4f}"} for row in rows for rank, p in enumerate(row["predictions"], 1)]
-
-
-def _ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
-                 templates: Optional[list[str]] = None, **_: Any) -> list[dict[str, Any]]:
-    """Ranked labels per input; a zero-shot method ranks against the --labels, through the
-    --template prompts."""
-    call = getattr(pipeline, method.name)
-    if "labels" not in method.options:
-        results = call(inputs, top_k=top_k)
-    else:
-        candidates = _split(labels or "")
-        if not candidates:
-            raise UsageError("A CLIP artifact classifies zero-shot against labels you give; pass them, "
-                             "e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').")
-        results = call(inputs, candidates, list(templates) if templates else ["a photo of a {}."], top_k=top_k)
-    return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
-
-
-def _tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
-              aggregate: str = "max", **_: Any) -> list[dict[str, Any]]:
-    results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate)
-    return [{"input": name, "duration": round(clip.duration, 3),
-             "predictions": [t._asdict() for t in clip.tags],
-             "windows": [{"start": round(w.start, 3), "end": round(w.end, 3),
-                          "predictions": [t._asdict() for t in w.tags]} for w in clip.windows]}
-            for name, clip in zip(inputs, results)]
-
-
-def _windows_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Audio clips longer than one model window: the top tag of each window."""
-    table = []
-    for row in rows:
-        for i, w in enumerate(row.get("windows") or []):
-            top = w["predictions"][0] if w["predictions"] else {"label": "", "score": float("nan")}
-            table.append({"input": escape(row["input"]) if i == 0 else "", "start s": f"{w['start']:.2f}",
-                          "end s": f"{w['end']:.2f}", "top label": escape(str(top["label"])), "score": f"{top['score']:.4f}"})
-    return table
-
-
-def _attention_paths(attention: Path, inputs: list[str]) -> list[Path]:
-    """One input: the path as given; several: out-<stem>.png per input (numbered on a clash)."""
-    if len(inputs) == 1:
-        return [attention]
-    suffix = attention.suffix or ".png"
-    paths, seen = [], set()
-    for i, name in enumerate(inputs):
-        path = attention.with_name(f"{attention.stem}-{Path(name).stem}{suffix}")
-        if path in seen:
-            path = attention.with_name(f"{attention.stem}-{Path(name).stem}-{i}{suffix}")
-        seen.add(path)
-        paths.append(path)
-    return paths
-
-
-def _embedding_rows(pipeline: Any, method: Any, inputs: list[str], attention: Optional[Path] = None,
-                    **_: Any) -> list[dict[str, Any]]:
-    import numpy as np
-
-    raw = getattr(pipeline, method.name)(inputs, normalize=False)
-    rows = [{"input": name, "pooling": pipeline.default_pooling, "dim": int(vector.shape[0]),
-             "norm": float(np.linalg.norm(vector)), "first": [round(float(v), 5) for v in vector[:4]]}
-            for name, vector in zip(inputs, raw)]
-    if attention is not None:
-        for row, name, path in zip(rows, inputs, _attention_paths(attention, inputs)):
-            row["attention"] = str(pipeline.render_attention(name, path))
-    return rows
-
-
-def _embedding_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"input": escape(row["input"]), "pooling": row["pooling"], "dim": str(row["dim"]), "norm": f"{row['norm']:.4f}",
-             "first values": " ".join(f"{v:+.4f}" for v in row["first"]) + " ...",
-             **({"attention": escape(row["attention"])} if "attention" in row else {})} for row in rows]
-
-
-# the registry's result kind of the "predict" method -> function(pipeline, method, inputs,
-# **options) -> rows for the table or JSON
-ROWS = {"ranked": _ranked_rows, "tags": _tag_rows, "embedding": _embedding_rows}
-# result kind -> function(rows) -> the rows shown, where they are not ranked labels
-TABLES = {"embedding": _embedding_table}
 
 
 @app.command(cls=_Command)
@@ -509,6 +427,3 @@ def print_error(exc: VlmedgeError) -> None:
     """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
     err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,97 @@
+"""What `vlmedge predict` prints: the rows of each result kind of the registry ("ranked",
+"tags", "embedding") from a pipeline's answers, and the table cells shown for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.markup import escape
+
+from vlmedge.errors import UsageError
+from vlmedge.formats import split
+
+
+def ranked_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per (input, rank): rows are {"input": ..., "predictions": [{label, score, ...}]}."""
+    return [{"input": escape(row["input"]) if rank == 1 else "", "rank": str(rank), "label": escape(str(p["label"])),
+             "score": f"{p['score']:.4f}"} for row in rows for rank, p in enumerate(row["predictions"], 1)]
+
+
+def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
+                 templates: Optional[list[str]] = None, **_: Any) -> list[dict[str, Any]]:
+    """Ranked labels per input; a zero-shot method ranks against the --labels, through the
+    --template prompts."""
+    call = getattr(pipeline, method.name)
+    if "labels" not in method.options:
+        results = call(inputs, top_k=top_k)
+    else:
+        candidates = split(labels or "")
+        if not candidates:
+            raise UsageError("A CLIP artifact classifies zero-shot against labels you give; pass them, "
+                             "e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').")
+        results = call(inputs, candidates, list(templates) if templates else ["a photo of a {}."], top_k=top_k)
+    return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
+
+
+def tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
+              aggregate: str = "max", **_: Any) -> list[dict[str, Any]]:
+    results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate)
+    return [{"input": name, "duration": round(clip.duration, 3),
+             "predictions": [t._asdict() for t in clip.tags],
+             "windows": [{"start": round(w.start, 3), "end": round(w.end, 3),
+                          "predictions": [t._asdict() for t in w.tags]} for w in clip.windows]}
+            for name, clip in zip(inputs, results)]
+
+
+def windows_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Audio clips longer than one model window: the top tag of each window."""
+    table = []
+    for row in rows:
+        for i, w in enumerate(row.get("windows") or []):
+            top = w["predictions"][0] if w["predictions"] else {"label": "", "score": float("nan")}
+            table.append({"input": escape(row["input"]) if i == 0 else "", "start s": f"{w['start']:.2f}",
+                          "end s": f"{w['end']:.2f}", "top label": escape(str(top["label"])), "score": f"{top['score']:.4f}"})
+    return table
+
+
+def attention_paths(attention: Path, inputs: list[str]) -> list[Path]:
+    """One input: the path as given; several: out-<stem>.png per input (numbered on a clash)."""
+    if len(inputs) == 1:
+        return [attention]
+    suffix = attention.suffix or ".png"
+    paths, seen = [], set()
+    for i, name in enumerate(inputs):
+        path = attention.with_name(f"{attention.stem}-{Path(name).stem}{suffix}")
+        if path in seen:
+            path = attention.with_name(f"{attention.stem}-{Path(name).stem}-{i}{suffix}")
+        seen.add(path)
+        paths.append(path)
+    return paths
+
+
+def embedding_rows(pipeline: Any, method: Any, inputs: list[str], attention: Optional[Path] = None,
+                    **_: Any) -> list[dict[str, Any]]:
+    import numpy as np
+
+    raw = getattr(pipeline, method.name)(inputs, normalize=False)
+    rows = [{"input": name, "pooling": pipeline.default_pooling, "dim": int(vector.shape[0]),
+             "norm": float(np.linalg.norm(vector)), "first": [round(float(v), 5) for v in vector[:4]]}
+            for name, vector in zip(inputs, raw)]
+    if attention is not None:
+        for row, name, path in zip(rows, inputs, attention_paths(attention, inputs)):
+            row["attention"] = str(pipeline.render_attention(name, path))
+    return rows
+
+
+def embedding_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"input": escape(row["input"]), "pooling": row["pooling"], "dim": str(row["dim"]), "norm": f"{row['norm']:.4f}",
+             "first values": " ".join(f"{v:+.4f}" for v in row["first"]) + " ...",
+             **({"attention": escape(row["attention"])} if "attention" in row else {})} for row in rows]
+
+
+# the registry's result kind of the "predict" method -> function(pipeline, method, inputs,
+# **options) -> rows for the table or JSON
+ROWS = {"ranked": ranked_rows, "tags": tag_rows, "embedding": embedding_rows}
+# result kind -> function(rows) -> the rows shown, where they are not ranked labels
+TABLES = {"embedding": embedding_table}
