@@ -11,9 +11,11 @@ probe captions, or nothing is written and ``ExportError`` names the caption.
 Supported: any tokenizer with a ``tokenizers`` backend (in transformers 5 that is
 ``CLIPTokenizer`` itself, ``Siglip2Tokenizer``, ``GemmaTokenizer`` ...), and slow
 tokenizers transformers can convert (``convert_slow_tokenizer``), provided the converted
-tokenizer passes the check. The slow SigLIP (v1) tokenizer strips punctuation in Python
-before SentencePiece, which no converter reproduces, so it fails the check with a clear
-message rather than exporting a tokenizer that silently differs.
+tokenizer passes the check, and SigLIP's slow SentencePiece tokenizer (``SiglipTokenizer``),
+whose Python canonicalisation (lowercase, punctuation removed, whitespace collapsed) becomes
+normalizers in front of the SentencePiece model (``_siglip_backend``; needs sentencepiece and
+protobuf, in the export extra). One known difference: a caption that itself ends with the
+literal EOS text ("</s>") gets a second EOS here, which the slow tokenizer leaves out.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def _backend_json(hf_tokenizer) -> str:
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "to_str"):
         return backend.to_str()
+    if _is_siglip_sentencepiece(hf_tokenizer):
+        return _siglip_backend(hf_tokenizer).to_str()
     try:
         from transformers.convert_slow_tokenizer import convert_slow_tokenizer
 
@@ -69,8 +73,69 @@ def _backend_json(hf_tokenizer) -> str:
     except Exception as e:  # noqa: BLE001 - the converters raise ValueError, ImportError, KeyError...
         raise UnsupportedModelError(
             f"{type(hf_tokenizer).__name__} has no `tokenizers` backend and transformers cannot convert it ({e}); "
-            "load the model's fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)) and export again."
+            "save the model's fast tokenizer (its tokenizer.json) beside it and export again."
         ) from None
+
+
+def _is_siglip_sentencepiece(hf_tokenizer) -> bool:
+    """SigLIP's slow SentencePiece tokenizer: no ``tokenizers`` backend, a Python canonicaliser."""
+    return (getattr(hf_tokenizer, "backend_tokenizer", None) is None
+            and callable(getattr(hf_tokenizer, "canonicalize_text", None))
+            and bool(getattr(hf_tokenizer, "vocab_file", None)))
+
+
+def _siglip_backend(hf_tokenizer):
+    """SigLIP's SentencePiece tokenizer (``SiglipTokenizer``, slow) as a ``tokenizers`` pipeline.
+
+    The slow tokenizer puts "▁" before the caption, splits off special-token text, and
+    canonicalises each piece in Python (lowercase, ASCII punctuation removed, whitespace runs
+    collapsed, stripped) before SentencePiece, which reads "▁" as a space and adds a dummy
+    prefix only where the caption began; EOS is appended. Here: the same "▁" as the text
+    spec's ``prefix``, the canonicalisation as normalizers, then SentencePiece's precompiled
+    character map and its whitespace rules, the Unigram model transformers' converter builds
+    from the proto, and a post-processor appending EOS. The export's probe check compares
+    the result with the source id for id.
+    """
+    import string
+    import sys
+
+    from tokenizers import AddedToken, Regex, normalizers, processors
+    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
+    try:
+        proto = import_protobuf().ModelProto()
+        proto.ParseFromString(Path(hf_tokenizer.vocab_file).read_bytes())
+    except Exception as e:  # noqa: BLE001 - protobuf missing, or not a SentencePiece model
+        raise UnsupportedModelError(
+            f"Cannot read the SentencePiece model of {type(hf_tokenizer).__name__} ({type(e).__name__}: {e}); "
+            "install the export extra (sentencepiece, protobuf) and save the tokenizer's spiece.model beside the model."
+        ) from None
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
+    if tok is None or proto.trainer_spec.model_type != 1 or any(piece.type == 4 for piece in proto.pieces):
+        raise UnsupportedModelError(f"{type(hf_tokenizer).__name__}'s SentencePiece model is not a plain Unigram "
+                                    "model; vlmedge cannot convert it.")
+
+    def one_of(chars: str) -> str:
+        return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in chars) + "]"
+
+    spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())  # Python's \s, exactly
+    steps = [normalizers.Lowercase()] if getattr(hf_tokenizer, "do_lower_case", False) else []
+    steps += [normalizers.Replace(Regex(one_of(string.punctuation)), ""),
+              normalizers.Replace(Regex(one_of(spaces) + "+"), " "), normalizers.Strip()]
+    charsmap = proto.normalizer_spec.precompiled_charsmap
+    if charsmap:
+        steps.append(normalizers.Precompiled(charsmap))
+    # SentencePiece: "▁" and spaces are one whitespace; runs collapse, the end is stripped
+    steps += [normalizers.Replace(Regex("[ ▁]+"), "▁"), normalizers.Replace(Regex("▁\\z"), "")]
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = None
+    specials = [str(t) for t in hf_tokenizer.all_special_tokens]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    eos = str(hf_tokenizer.eos_token)
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+                                                       special_tokens=[(eos, hf_tokenizer.eos_token_id)])
+    return tok
 
 
 def _normalizer_dict(tok) -> dict | None:
@@ -186,6 +251,7 @@ def export_tokenizer(
         padding="max_length",
         padding_side=padding_side,
         truncation_side=truncation_side,
+        prefix="▁" if _is_siglip_sentencepiece(hf_tokenizer) else "",
     )
 
     out = Path(out_dir)

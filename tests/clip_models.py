@@ -33,6 +33,18 @@ def _clip_tokenizer(root: Path) -> Path:
     return _TOKENIZER_DIR[0]
 
 
+def tiny_siglip(text_config: dict, vision_config: dict):
+    """A SiglipModel with sigmoid scale 30 and bias -1.5, and its Pillow image processor."""
+    import torch
+    import transformers as t
+
+    model = t.SiglipModel(t.SiglipConfig(text_config=text_config, vision_config=vision_config))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(30.0))
+        model.logit_bias.fill_(-1.5)
+    return model, t.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+
+
 def tiny_clip_folder(kind: str, root: Path) -> Path:
     import torch
     import transformers as t
@@ -58,17 +70,10 @@ def tiny_clip_folder(kind: str, root: Path) -> Path:
     elif kind == "siglip":
         tokenizer = tiny_sentencepiece_tokenizer("Siglip2Tokenizer", padding_side="right", add_eos_token=True,
                                                  model_max_length=SIGLIP_CONTEXT)
-        config = t.SiglipConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, max_position_embeddings=SIGLIP_CONTEXT,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             bos_token_id=tokenizer.bos_token_id),
-            vision_config=vision)
-        model = t.SiglipModel(config)
-        with torch.no_grad():
-            model.logit_scale.fill_(math.log(30.0))
-            model.logit_bias.fill_(-1.5)
-        processor = t.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+        model, processor = tiny_siglip(
+            dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=SIGLIP_CONTEXT, pad_token_id=tokenizer.pad_token_id,
+                 eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id), vision)
     else:
         raise ValueError(kind)
     model.eval().save_pretrained(folder)
@@ -78,3 +83,135 @@ def tiny_clip_folder(kind: str, root: Path) -> Path:
         tokenizer.save_pretrained(folder)
         processor.save_pretrained(folder)
     return folder
+
+
+# -- other two-tower models (tests/test_coverage_two_tower.py) ----------------------------------
+
+TWO_TOWERS = ("chinese-clip", "metaclip-2", "altclip", "align", "siglip-sentencepiece", "blip-itr")
+TWO_TOWER_CONTEXT = 32
+_WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "red", "circle", "yellow", "star", "hexagon", "and", "in",
+          "drawing", "wild", "green", "square", "purple", "cross", "white", "triangle")
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-()中文字符日本語猫狗车한국"
+
+
+def tiny_wordpiece_tokenizer(**kwargs):
+    """A lowercasing BERT WordPiece tokenizer on a few words, single characters and their
+    ## continuations (ChineseCLIP, ALIGN)."""
+    import transformers as t
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for token in (*_WORDS, *_CHARS, *(f"##{c}" for c in _CHARS), "##s", "##ing"):
+        vocab.setdefault(token, len(vocab))
+    return t.BertTokenizer(vocab=vocab, model_max_length=TWO_TOWER_CONTEXT, **kwargs)
+
+
+def tiny_unigram_tokenizer(**kwargs):
+    """An XLM-RoBERTa SentencePiece-style Unigram tokenizer (AltCLIP, MetaCLIP 2): ▁words and
+    single characters with log-probability scores."""
+    import transformers as t
+
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(f"▁{w}", -2.0 - 0.1 * i) for i, w in enumerate(_WORDS)]
+    pieces += [("▁", -3.0)] + [(c, -5.0 - 0.01 * i) for i, c in enumerate(_CHARS)]
+    pieces += [("<mask>", 0.0)]
+    return t.XLMRobertaTokenizer(vocab=pieces, model_max_length=TWO_TOWER_CONTEXT, **kwargs)
+
+
+def tiny_siglip_sentencepiece_tokenizer(folder: Path):
+    """SigLIP's own tokenizer (SiglipTokenizer: SentencePiece, canonicalising captions in Python)
+    on a small Unigram model trained here from a few captions; needs sentencepiece and protobuf."""
+    import io
+
+    import pytest
+
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    import transformers as t
+
+    corpus = ["a photo of a cat", "a photo of a dog", "a red circle and a yellow star", "a green square",
+              "a purple cross in the wild", "a drawing of a car", "the quick brown fox jumps over the lazy dog",
+              "café naïve résumé straße", "日本語のテキスト 中文字符", "numbers 1234567890", "a white triangle"] * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=80, model_type="unigram", pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc", minloglevel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    return t.SiglipTokenizer(str(folder / "spiece.model"), model_max_length=TWO_TOWER_CONTEXT)
+
+
+def tiny_two_tower_folder(kind: str, root: Path) -> Path:
+    """A tiny seeded two-tower model of the real class, saved with its tokenizer and processor."""
+    import torch
+    import transformers as t
+
+    folder = Path(root) / kind
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2)
+    # BERT / RoBERTa towers pool at CLS: a wide initialisation keeps the label captions apart
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, initializer_range=0.5)
+    clip_processor = t.CLIPImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})
+    torch.manual_seed(0)
+    if kind == "chinese-clip":
+        tokenizer = tiny_wordpiece_tokenizer()
+        config = t.ChineseCLIPConfig(text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),
+                                     vision_config=vision, projection_dim=16, logit_scale_init_value=math.log(100.0))
+        model = t.ChineseCLIPModel(config)
+        processor = t.ChineseCLIPImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})
+    elif kind in ("metaclip-2", "altclip"):  # XLM-R tokenizers; MetaCLIP 2 pools at EOS, AltCLIP at CLS
+        tokenizer = tiny_unigram_tokenizer()
+        ids = dict(pad_token_id=tokenizer.pad_token_id)
+        if kind == "metaclip-2":
+            ids.update(max_position_embeddings=TWO_TOWER_CONTEXT, eos_token_id=tokenizer.eos_token_id,
+                       bos_token_id=tokenizer.bos_token_id)
+        else:  # RoBERTa positions start after the pad id
+            ids.update(max_position_embeddings=TWO_TOWER_CONTEXT + 2, project_dim=16)
+        config_class, model_class = ((t.MetaClip2Config, t.MetaClip2Model) if kind == "metaclip-2"
+                                     else (t.AltCLIPConfig, t.AltCLIPModel))
+        model = model_class(config_class(text_config=dict(text, vocab_size=len(tokenizer), **ids), vision_config=vision,
+                                         projection_dim=16, logit_scale_init_value=math.log(100.0)))
+        processor = clip_processor
+    elif kind == "align":
+        tokenizer = tiny_wordpiece_tokenizer()
+        config = t.AlignConfig(
+            text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),
+            vision_config=dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=16),
+            projection_dim=80, temperature_init_value=0.05)  # = the width the EfficientNet tower pools to
+        model = t.AlignModel(config)
+        _keep_variance(model.vision_model, 32)
+        processor = t.EfficientNetImageProcessorPil(size={"height": 32, "width": 32}, rescale_offset=True)
+    elif kind == "siglip-sentencepiece":
+        tokenizer = tiny_siglip_sentencepiece_tokenizer(Path(root) / "spiece")
+        model, processor = tiny_siglip(dict(text, vocab_size=len(tokenizer), max_position_embeddings=TWO_TOWER_CONTEXT,
+                                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+                                       vision)
+    elif kind == "blip-itr":
+        tokenizer = tiny_wordpiece_tokenizer()
+        config = t.BlipConfig(text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),
+                              vision_config=vision, image_text_hidden_size=16)
+        model = t.BlipForImageTextRetrieval(config)
+        processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
+    else:
+        raise ValueError(kind)
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _keep_variance(model, size: int) -> None:
+    """Variance-keeping conv and linear weights and batch-norm statistics of seeded noise
+    images, so that a deep conv tower (ALIGN's EfficientNet) does not fade to zero features."""
+    import torch
+
+    images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                module.weight.normal_(0, 1.0 / module.weight[0].numel() ** 0.5)
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative average over the batch below
+        model.train()(pixel_values=images)
+    model.eval()

@@ -228,7 +228,8 @@ def test_dinov3_at_another_resolution_matches_hugging_face(exported, encoder_dir
     encoder = vlmedge.load(exported("dinov3", (40, 48)))
     assert encoder.info["grid"] == [5, 6] and encoder.info["position_embeddings"] == "rope"
     assert not encoder.info["position_embeddings_interpolated"] and encoder.info["num_register_tokens"] == 2
-    expected = hf_outputs(encoder_dir("dinov3"), image_files, "dinov3", processor_args={"size": {"height": 40, "width": 48}})
+    expected = hf_outputs(encoder_dir("dinov3"), image_files, "dinov3",
+                          processor_args={"size": {"height": 40, "width": 48}})
     got, grid = encoder.embed([str(p) for p in image_files], normalize=False, patch_tokens=True)
     assert_close(got, expected["cls"], "dinov3@40x48 cls")
     assert_close(grid, expected["patch_tokens"], "dinov3@40x48 patch grid")
@@ -286,7 +287,8 @@ def test_embed_folder_skips_a_corrupt_file(exported, tmp_path):
 
     embeddings = np.load(out)
     listing = json.loads((tmp_path / "out" / "embeddings.files.json").read_text())
-    expected_files = [folder / "red-circle.jpg", folder / "yellow-star.png", folder / "nested" / "white-triangle-grayscale.png",
+    expected_files = [folder / "red-circle.jpg", folder / "yellow-star.png",
+                      folder / "nested" / "white-triangle-grayscale.png",
                       folder / "nested" / "green-square-rgba.png", folder / "nested" / "purple-cross-portrait.jpg"]
     expected_files.sort(key=lambda p: p.relative_to(folder).parts)
     assert listing["files"] == [str(p) for p in expected_files]

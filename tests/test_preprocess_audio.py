@@ -1,7 +1,8 @@
-"""vlmedge.preprocess.audio: decoding, resampling and AST fbank features.
+"""vlmedge.preprocess.audio: decoding, resampling and the front ends (AST fbank, Whisper log-mel,
+Wav2Vec2 waveform, Wav2Vec2-BERT stacked fbank).
 
-Golden tests compare against transformers.ASTFeatureExtractor (skipped when transformers is
-absent); everything else needs only numpy and soundfile.
+Golden tests compare against transformers' AST, Whisper, Wav2Vec2 and SeamlessM4T feature
+extractors (skipped when transformers is absent); everything else needs only numpy and soundfile.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
 from vlmedge.preprocess import audio as A
+from vlmedge.preprocess.audio import io as audio_io
 from vlmedge.preprocess.audio import (
     AudioPreprocessSpec,
     fbank,
@@ -119,6 +121,110 @@ def test_fbank_matches_extractor_on_random_clips(n, amplitude, seed):
     assert np.abs(fbank(wave, _spec("small")) - _reference("small", wave)).max() <= GOLDEN_ATOL
 
 
+# --- the other front ends: Whisper's log-mel and Wav2Vec2's normalised waveform ---------------
+
+# The brief's gate for front ends computed in another order than the extractor (Whisper's runs
+# torch.stft in float32; measured about 2.5e-5 on the tonal signals).
+FRONT_END_ATOL = 1e-4
+WHISPER_CONFIGS = {"whisper-80": {"feature_size": 80}, "whisper-128": {"feature_size": 128}}
+WAVEFORM_CONFIGS = {
+    "normalized": {},
+    "attention-mask": {"return_attention_mask": True, "padding_value": 0.5},
+    "raw": {"do_normalize": False},
+}
+# 35 s: longer than Whisper's 30 s window, so the extractor truncates.
+LONG_35S = np.tile(SIGNALS["speech"], 18)[: 35 * SR]
+
+
+def _hf_extractor(kind: str, config: str):
+    transformers = pytest.importorskip("transformers")
+    if kind == "whisper":
+        return transformers.WhisperFeatureExtractor(**WHISPER_CONFIGS[config])
+    return transformers.Wav2Vec2FeatureExtractor(**WAVEFORM_CONFIGS[config])
+
+
+@pytest.mark.parametrize("config", list(WHISPER_CONFIGS))
+@pytest.mark.parametrize("signal", [*SIGNALS, "long-35s"])
+def test_whisper_log_mel_matches_whisper_feature_extractor(config, signal):
+    wave = LONG_35S if signal == "long-35s" else SIGNALS[signal]
+    extractor = _hf_extractor("whisper", config)
+    spec = AudioPreprocessSpec.from_hf(extractor.to_dict())
+    ref = extractor(wave, sampling_rate=SR, return_tensors="np")["input_features"][0]
+    out = fbank(wave, spec)
+    assert spec.front_end == "whisper-log-mel" and spec.window_seconds == 30.0
+    assert out.shape == ref.shape == spec.feature_shape and out.dtype == np.float32
+    assert np.abs(out - ref).max() <= FRONT_END_ATOL
+
+
+@pytest.mark.parametrize("config", list(WAVEFORM_CONFIGS))
+@pytest.mark.parametrize("signal", list(SIGNALS))
+def test_waveform_matches_wav2vec2_feature_extractor(config, signal):
+    wave = SIGNALS[signal]
+    extractor = _hf_extractor("waveform", config)
+    spec = AudioPreprocessSpec.from_hf(extractor.to_dict(), window_seconds=12.0)
+    ref = extractor(wave, sampling_rate=SR, return_tensors="np")["input_values"][0]
+    out = fbank(wave, spec)
+    assert spec.front_end == "waveform" and spec.window_seconds == 12.0
+    assert out.shape == ref.shape and out.dtype == np.float32
+    assert np.abs(out - ref).max() <= FRONT_END_ATOL
+
+
+SEAMLESS_CONFIGS = {"seamless-80": {}, "seamless-40-stride-3": {"feature_size": 40, "num_mel_bins": 40, "stride": 3}}
+
+
+@pytest.mark.parametrize("config", list(SEAMLESS_CONFIGS))
+@pytest.mark.parametrize("signal", list(SIGNALS))
+def test_seamless_fbank_matches_seamless_m4t_feature_extractor(config, signal):
+    transformers = pytest.importorskip("transformers")
+    extractor = transformers.SeamlessM4TFeatureExtractor(**SEAMLESS_CONFIGS[config])
+    spec = AudioPreprocessSpec.from_hf(extractor.to_dict(), window_seconds=12.0)
+    ref = extractor(SIGNALS[signal], sampling_rate=SR, return_tensors="np")["input_features"][0]
+    out = fbank(SIGNALS[signal], spec)
+    assert spec.front_end == "seamless-fbank" and spec.variable_length
+    assert out.shape == ref.shape and out.shape[1] == spec.feature_shape[1] and out.dtype == np.float32
+    assert np.abs(out - ref).max() <= FRONT_END_ATOL
+
+
+def test_waveform_window_is_cut_and_short_clips_padded_like_the_extractor():
+    extractor = _hf_extractor("waveform", "attention-mask")
+    spec = AudioPreprocessSpec.from_hf(extractor.to_dict(), min_samples=400)
+    assert (spec.window_seconds, spec.hop_samples, spec.feature_shape) == (10.0, 5 * SR, (None,))
+    wave = SIGNALS["long"]
+    ref = extractor(wave[: 10 * SR], sampling_rate=SR, return_tensors="np")["input_values"][0]
+    assert np.abs(fbank(wave, spec) - ref).max() <= FRONT_END_ATOL
+    tiny = SIGNALS["short"][:250]
+    ref = extractor(tiny, sampling_rate=SR, padding="max_length", max_length=400,
+                    return_tensors="np")["input_values"][0]
+    out = fbank(tiny, spec)
+    assert out.shape == (400,) and np.all(out[250:] == np.float32(0.5))
+    assert np.abs(out - ref).max() <= FRONT_END_ATOL
+
+
+def test_front_end_specs_round_trip_and_old_ast_specs_still_load():
+    old_ast = {k: v for k, v in AudioPreprocessSpec().to_dict().items()
+               if k not in ("front_end", "padding_value", "min_samples", "stack_frames")}
+    assert AudioPreprocessSpec.from_dict(old_ast) == AudioPreprocessSpec()
+    assert AudioPreprocessSpec().front_end == "kaldi-fbank"
+    for kind, config in (("whisper", "whisper-80"), ("waveform", "normalized")):
+        spec = AudioPreprocessSpec.from_hf(_hf_extractor(kind, config).to_dict())
+        assert AudioPreprocessSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ArtifactError, match="front_end"):
+        AudioPreprocessSpec(front_end="mfcc")
+
+
+def test_unreproduced_extractors_are_refused_by_name():
+    with pytest.raises(UnsupportedModelError, match="SpeechT5FeatureExtractor"):
+        AudioPreprocessSpec.from_hf({"feature_extractor_type": "SpeechT5FeatureExtractor"})
+    with pytest.raises(UnsupportedModelError, match="dither"):
+        AudioPreprocessSpec.from_hf({"feature_extractor_type": "WhisperFeatureExtractor", "dither": 1.0})
+
+
+def test_whisper_windows_are_30_s_with_a_15_s_hop():
+    spec = AudioPreprocessSpec.from_hf(_hf_extractor("whisper", "whisper-80").to_dict())
+    windows = split_windows(np.zeros(70 * SR, np.float32), spec)
+    assert [(w[0], w[1]) for w in windows] == [(0.0, 30.0), (15.0, 45.0), (30.0, 60.0), (40.0, 70.0)]
+
+
 def test_float64_input_is_rounded_to_float32_like_the_extractor():
     wave = SIGNALS["speech"].astype(np.float64) + 1e-9
     assert np.abs(fbank(wave, _spec("small")) - _reference("small", wave)).max() <= GOLDEN_ATOL
@@ -184,7 +290,7 @@ def test_spec_from_hf_reads_a_preprocessor_config():
     spec = AudioPreprocessSpec.from_hf(cfg)
     assert (spec.mean, spec.std, spec.high_freq, spec.frame_length) == (-4.27, 4.57, 8000.0, 400)
     with pytest.raises(UnsupportedModelError):
-        AudioPreprocessSpec.from_hf({"feature_extractor_type": "WhisperFeatureExtractor"})
+        AudioPreprocessSpec.from_hf({"feature_extractor_type": "SpeechT5FeatureExtractor"})
     with pytest.raises(ArtifactError):
         AudioPreprocessSpec.from_hf("config.json")
 
@@ -283,7 +389,7 @@ def test_resample_to_16k_keeps_pitch_and_energy(sr):
 
 
 def test_resample_falls_back_to_scipy(monkeypatch):
-    monkeypatch.setattr(A, "soxr", None)
+    monkeypatch.setattr(audio_io, "soxr", None)
     out = resample(_sine(440, 44100), 44100, SR)
     assert out.size == SR and abs(_dominant_hz(out, SR) - 440) <= 1.0
 
@@ -386,6 +492,6 @@ def test_module_imports_without_torch_or_transformers():
         "print(a.fbank(np.zeros(800, np.float32), a.AudioPreprocessSpec(max_length=4)).shape)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(A.__file__).parents[2])})
+                          env={**os.environ, "PYTHONPATH": str(Path(A.__file__).parents[3])})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(4, 128)"

@@ -171,6 +171,10 @@ def infer_task(arch: str) -> str:
     for task, archs in TASK_ARCHITECTURES.items():
         if arch in archs:
             return task
+    for task in ARCHITECTURES_IN_BUILDER:  # the builder's module holds the list (facts once)
+        module_name, _ = BUILDERS[task]
+        if arch in importlib.import_module(module_name).ARCHITECTURES:
+            return task
     raise UnsupportedModelError(f"vlmedge cannot export {arch}: it is not a supported image, CLIP or audio model.")
 
 
@@ -337,12 +341,16 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
     )
 
 
-# Architectures of the other tasks; image classifiers are recognised from transformers' own mapping.
+# Architectures of the other tasks; image classifiers are recognised from transformers' own mapping, and
+# the tasks of ARCHITECTURES_IN_BUILDER from the ARCHITECTURES (exported or refused by name) of their builder's module.
+ARCHITECTURES_IN_BUILDER = ("image-embedding", "clip")
 TASK_ARCHITECTURES: dict[str, set[str]] = {
-    "image-embedding": {"ViTModel", "Dinov2Model", "Dinov2WithRegistersModel", "ViTMAEModel", "SwinModel",
-                        "DeiTModel", "BeitModel"},
-    "clip": {"CLIPModel", "SiglipModel"},
-    "audio-classification": {"ASTForAudioClassification"},
+    "audio-classification": {"ASTForAudioClassification", "WhisperForAudioClassification",
+                             "Wav2Vec2ForSequenceClassification", "Wav2Vec2BertForSequenceClassification",
+                             "Wav2Vec2ConformerForSequenceClassification", "HubertForSequenceClassification",
+                             "WavLMForSequenceClassification", "Data2VecAudioForSequenceClassification",
+                             "UniSpeechForSequenceClassification", "UniSpeechSatForSequenceClassification",
+                             "SEWForSequenceClassification", "SEWDForSequenceClassification"},
 }
 # task -> (module, function(folder, config, arch, reference, **options) -> ExportSpec); one module per family
 BUILDERS: dict[str, tuple[str, str]] = {

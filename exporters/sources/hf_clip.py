@@ -1,5 +1,6 @@
-"""CLIP-style dual encoders from Hugging Face: CLIPModel (softmax scoring) and SiglipModel
-(sigmoid scoring).
+"""CLIP-style dual encoders from Hugging Face: CLIPModel (softmax scoring), SiglipModel
+(sigmoid scoring), ChineseCLIP, MetaCLIP 2, AltCLIP, ALIGN and BLIP retrieval's contrastive
+heads; how each pools its text and scores a pair is data in TWO_TOWERS.
 
 Two graphs, each with a dynamic batch axis:
 
@@ -21,6 +22,8 @@ The text length is fixed at the context length the tokenizer pads to (CLIP 77, S
 64): SigLIP pools the last position, so its padding is part of the model. The text
 graph takes an ``attention_mask`` exactly when the tokenizer hands one to the model
 (``model_input_names``), so the graph computes what ``model(**tokenizer(...))`` does.
+BERT-style tokenizers' ``token_type_ids`` are left out: for one caption they are all zero,
+which is what the text model uses without them.
 
 The manifest's ``postprocess`` holds what zero-shot scoring needs: ``scoring``
 ("softmax" or "sigmoid"), ``logit_scale`` (already exponentiated), ``logit_bias``
@@ -30,6 +33,7 @@ The manifest's ``postprocess`` holds what zero-shot scoring needs: ``scoring``
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +43,44 @@ import torch
 from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
 from vlmedge.exporters.sources.hf import image_preprocess, load_model, source_info
+from vlmedge.exporters.sources.hf_encoder import NAFLEX
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.text import TextTokenizer
 
 CAPTIONS_FILE = SAMPLE_DIR / "captions.txt"
 _UNSET_MAX_LENGTH = 1_000_000  # HF uses int(1e30) for "no limit"
 
-# architecture -> how its two towers' similarities become probabilities
-SCORING = {"CLIPModel": "softmax", "SiglipModel": "sigmoid"}
+
+
+@dataclass(frozen=True)
+class TwoTower:
+    """How one two-tower architecture pools its text and scores a pair."""
+
+    scoring: str                  # how similarities become probabilities: "softmax" or "sigmoid"
+    text_pooling: str             # "eos" (CLIP: argmax of the ids when eos_token_id == 2, else the first EOS),
+                                  # "last" (SigLIP), "cls" (BERT / RoBERTa text towers)
+    scale: str = "logit_scale"    # "logit_scale": exp(model.logit_scale); "temperature": 1 / model.temperature;
+                                  # "none": 1 (the score is the cosine)
+    position_offset: bool = False  # RoBERTa positions start after pad_token_id: max_position_embeddings - pad - 1
+    heads: str = "features"       # "features": get_image_features / get_text_features; "itc": BLIP's
+                                  # contrastive heads, vision_proj / text_proj of the CLS tokens
+
+
+TWO_TOWERS: dict[str, TwoTower] = {
+    "CLIPModel": TwoTower("softmax", "eos"),
+    "SiglipModel": TwoTower("sigmoid", "last"),
+    "ChineseCLIPModel": TwoTower("softmax", "cls"),
+    "MetaClip2Model": TwoTower("softmax", "eos"),
+    "AltCLIPModel": TwoTower("softmax", "cls", position_offset=True),
+    "AlignModel": TwoTower("softmax", "cls", scale="temperature"),  # logits = cosine / temperature
+    # BLIP retrieval's contrastive score is the plain cosine (its ITC temperature is not in the checkpoint)
+    "BlipForImageTextRetrieval": TwoTower("softmax", "cls", scale="none", heads="itc"),
+}
+# Two-tower architectures vlmedge refuses, and why.
+REFUSED: dict[str, str] = {
+    "Siglip2Model": NAFLEX,
+}
+ARCHITECTURES = frozenset(TWO_TOWERS) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
 def _pooled(output: Any) -> torch.Tensor:
@@ -80,6 +114,30 @@ class TextTower(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return _pooled(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+class ContrastiveImageHead(torch.nn.Module):
+    """BLIP retrieval: pixel_values -> vision_proj of the vision tower's CLS token (its ITC embedding)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_proj(self.model.vision_model(pixel_values=pixel_values)[0][:, 0, :])
+
+
+class ContrastiveTextHead(torch.nn.Module):
+    """BLIP retrieval: input_ids [, attention_mask] -> text_proj of the text encoder's CLS token,
+    the text encoder run alone (no image cross-attention), as use_itm_head=False does."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+        return self.model.text_proj(hidden[:, 0, :])
 
 
 # -- parity captions -------------------------------------------------------------------
@@ -130,10 +188,16 @@ def text_parity_feeds(tokenizer: TextTokenizer, input_names: list[str], n_random
 
 # -- the source ------------------------------------------------------------------------
 
-def _context_length(hf_tokenizer: Any, config: Any) -> int:
+def _max_positions(config: Any, tower: TwoTower) -> int:
+    """The text model's usable positions (RoBERTa's first pad_token_id + 1 are never used)."""
+    text = config.text_config
+    positions = int(getattr(text, "max_position_embeddings", 77))
+    return positions - int(getattr(text, "pad_token_id", 1) or 0) - 1 if tower.position_offset else positions
+
+
+def _context_length(hf_tokenizer: Any, max_positions: int) -> int:
     """The length every caption is padded to: the tokenizer's model_max_length, at most the
-    text model's position-embedding count (its max_position_embeddings when unset)."""
-    max_positions = int(getattr(config.text_config, "max_position_embeddings", 77))
+    text model's usable positions (all of them when unset)."""
     n = getattr(hf_tokenizer, "model_max_length", None)
     if isinstance(n, int) and 0 < n < _UNSET_MAX_LENGTH:
         return min(n, max_positions)
@@ -163,20 +227,23 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
     """
     from vlmedge.exporters.tokenizer import TOKENIZER_FILE, export_tokenizer
 
-    if arch not in SCORING:
-        raise UnsupportedModelError(f"vlmedge exports CLIP-style models of {', '.join(SCORING)}, not {arch}.")
+    tower = TWO_TOWERS.get(arch)
+    if tower is None:
+        if arch in REFUSED:
+            raise UnsupportedModelError(f"vlmedge cannot export {arch} as a two-tower model: {REFUSED[arch]}.")
+        raise UnsupportedModelError(f"vlmedge exports CLIP-style models of {', '.join(TWO_TOWERS)}, not {arch}.")
     if image_size is not None:
         raise UnsupportedModelError(
             "--image-size applies to image encoders; a CLIP model is exported at its processor's resolution."
         )
-    max_positions = int(getattr(config.text_config, "max_position_embeddings", 77))
+    max_positions = _max_positions(config, tower)
     if context_length is not None and not (isinstance(context_length, int) and 0 < context_length <= max_positions):
         raise UnsupportedModelError(
             f"context_length must be an int from 1 to the text model's {max_positions} positions, not {context_length!r}."
         )
     image_spec = image_preprocess(folder)
     hf_tokenizer = _load_tokenizer(folder)
-    length = context_length or _context_length(hf_tokenizer, config)
+    length = context_length or _context_length(hf_tokenizer, max_positions)
     tmp = tempfile.TemporaryDirectory(prefix="vlmedge-clip-tokenizer-")
     text_spec = export_tokenizer(hf_tokenizer, tmp.name, context_length=length)
     tokenizer = TextTokenizer(Path(tmp.name) / TOKENIZER_FILE, text_spec)
@@ -185,8 +252,8 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
     text_inputs = [n for n in ("input_ids", "attention_mask") if n in hf_tokenizer.model_input_names]
     if "input_ids" not in text_inputs:
         raise UnsupportedModelError(f"The tokenizer in {folder} gives the model no input_ids; vlmedge cannot export it.")
-    image = ImageTower(model)
-    text = TextTower(model)
+    image = ContrastiveImageHead(model) if tower.heads == "itc" else ImageTower(model)
+    text = ContrastiveTextHead(model) if tower.heads == "itc" else TextTower(model)
 
     height, width = image_spec.output_size
     pixels, sample_files = image_parity_feeds(image_spec)
@@ -212,22 +279,28 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
         dynamic_axes={**{name: {0: "batch"} for name in text_inputs}, "text_embeds": {0: "batch"}},
         compare={"text_embeds": "embedding"},
     )
-    scoring = SCORING[arch]
+    scoring = tower.scoring
     logit_bias = getattr(model, "logit_bias", None)
+    if tower.scale == "temperature":
+        scale = 1.0 / float(model.temperature.detach().reshape(-1)[0])
+    elif tower.scale == "none":
+        scale = 1.0
+    else:
+        scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
     postprocess = {
         "activation": scoring,
         "scoring": scoring,
-        "logit_scale": float(model.logit_scale.detach().exp().reshape(-1)[0]),
+        "logit_scale": scale,
         "logit_bias": None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
         "normalized": False,
         "embedding_dim": dim,
     }
-    text_eos = getattr(config.text_config, "eos_token_id", None)
     source = source_info(reference, folder, arch, config)
-    if arch == "CLIPModel":
-        source["text_pooling"] = "argmax" if text_eos == 2 else "first_eos"
-    else:
-        source["text_pooling"] = "last"
+    source["text_pooling"] = tower.text_pooling
+    if tower.text_pooling == "eos":
+        source["text_pooling"] = "argmax" if getattr(config.text_config, "eos_token_id", None) == 2 else "first_eos"
+    if tower.scale == "temperature":
+        source["temperature"] = 1.0 / scale
     spec = ExportSpec(
         task="clip",
         graphs=[image_graph, text_graph],

@@ -1,11 +1,16 @@
-"""Image embeddings from Hugging Face vision encoders: DINO (ViTModel), DINOv2 with and
-without registers, MAE used as a feature encoder, Swin, DeiT and BEiT.
+"""Image embeddings from Hugging Face vision backbones saved as their base model: DINO
+(ViTModel), DINOv2 with and without registers, DINOv3 (ViT and ConvNeXt), MAE used as a
+feature encoder, I-JEPA, MSN, Hiera, Data2Vec vision, Swin and Swinv2, DeiT, BEiT, the
+SigLIP and CLIP vision towers, ConvNeXt (V2), BiT and ResNet; each family's layout and its
+authors' pooling are data in FAMILIES.
 
 One graph, "model": pixel_values (N, 3, H, W) ->
-    cls           (N, D)        the CLS token of the last hidden state (not for Swin)
+    cls           (N, D)        the CLS token of the last hidden state (models that have one)
     patch_tokens  (N, h, w, D)  the patch tokens as a grid, CLS / distillation / register tokens left out
-    pooled        (N, D)        the model's own pooling (Swin's average pool, BEiT's mean-pool + LayerNorm)
-    attentions    (N, heads, h, w)  last layer, CLS query -> patch keys, per head (attention=True, not Swin)
+                                (a CNN's last feature map, channels last; Hiera's last stage in image order)
+    pooled        (N, D)        the model's own pooler_output (Swin's average pool, BEiT's mean-pool +
+                                LayerNorm, SigLIP's attention head, CLIP's post-LayerNorm CLS ...)
+    attentions    (N, heads, h, w)  last layer, CLS query -> patch keys, per head (attention=True, ViTs)
 
 The graph is static in resolution: the position embeddings are interpolated once, by
 the source's own code, for the export resolution and enter the graph as constants, so
@@ -26,7 +31,8 @@ import torch
 
 from vlmedge.errors import ExportError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import FrozenPositions, image_preprocess, load_model, source_info
+from vlmedge.exporters.sources.hf import (first_line, freeze_position_embeddings, image_preprocess, load_model,
+                                          source_info)
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -44,7 +50,16 @@ class Family:
     pos_flag: bool = True              # forward() takes interpolate_pos_encoding
     attention: bool = True             # has a CLS query to read attention maps from
     use_pooler: bool = False           # export the model's pooler_output as `pooled`
+    layout: str = "tokens"             # "tokens": (N, L, D) sequence; "map": (N, D, h, w) conv feature map;
+                                       # "reroll": the spatial (N, h, w, D) last reshaped_hidden_states (Hiera)
+    registers: bool = False            # config.num_register_tokens sit between CLS and the patches
+    merges: bool = False               # every stage after the first merges 2x2 patches (Swin)
+    positions: str = "learned"         # "learned" (interpolated once), "rope" (from the grid), "none" (conv)
+    stem: int = 0                      # the first stage's stride where the config has no patch_size
 
+
+_CONV = dict(has_cls=False, pos_flag=False, attention=False, use_pooler=True, layout="map", positions="none")
+_SWIN = dict(has_cls=False, attention=False, use_pooler=True, merges=True)
 
 FAMILIES: dict[str, Family] = {
     # DINO v1 checkpoints are ViT encoders; their HF pooler (dense + tanh) is not trained by DINO.
@@ -52,10 +67,34 @@ FAMILIES: dict[str, Family] = {
     "DeiTModel": Family("deit", "cls", extra_prefix_tokens=1),
     "BeitModel": Family("beit", "pooled", use_pooler=True),
     "Dinov2Model": Family("dinov2", "cls+mean", pos_flag=False),
-    "Dinov2WithRegistersModel": Family("dinov2", "cls+mean", pos_flag=False),
+    "Dinov2WithRegistersModel": Family("dinov2", "cls+mean", pos_flag=False, registers=True),
     "ViTMAEModel": Family("mae", "mean"),
-    "SwinModel": Family("swin", "pooled", has_cls=False, attention=False, use_pooler=True),
+    "SwinModel": Family("swin", "pooled", **_SWIN),
+    # DINOv3: the model card's embedding is pooler_output, the CLS token after the final norm.
+    "DINOv3ViTModel": Family("dinov3", "cls", pos_flag=False, registers=True, positions="rope"),
+    # DINOv3 ConvNeXt: its "CLS" is the normalised mean of the last feature map, placed before the patches.
+    "DINOv3ConvNextModel": Family("dinov3-convnext", "cls", pos_flag=False, attention=False, merges=True,
+                                  positions="none", stem=4),
+    "IJepaModel": Family("ijepa", "mean", has_cls=False, attention=False),  # no CLS: the authors average patches
+    "ViTMSNModel": Family("msn", "cls"),
+    "HieraModel": Family("hiera", "pooled", has_cls=False, attention=False, use_pooler=True, layout="reroll"),
+    # Data2Vec vision's linear probe mean-pools the patches; HF builds the model without its pooler.
+    "Data2VecVisionModel": Family("data2vec-vision", "mean", use_pooler=True),
+    "SiglipVisionModel": Family("siglip", "pooled", has_cls=False, attention=False, use_pooler=True),
+    "CLIPVisionModel": Family("clip", "pooled", use_pooler=True),  # post-LayerNorm CLS, before the projection
+    "ConvNextModel": Family("convnext", "pooled", **_CONV),
+    "ConvNextV2Model": Family("convnextv2", "pooled", **_CONV),
+    "Swinv2Model": Family("swinv2", "pooled", **_SWIN),
+    "BitModel": Family("bit", "pooled", **_CONV),
+    "ResNetModel": Family("resnet", "pooled", **_CONV),
 }
+NAFLEX = ("SigLIP2's NaFlex vision tower takes patchified pixels with a pixel_attention_mask and spatial_shapes, "
+          "so its input shape depends on each image")
+# Vision encoders vlmedge refuses, and why.
+REFUSED: dict[str, str] = {
+    "Siglip2VisionModel": f"{NAFLEX}; export a SiglipVisionModel (fixed resolution) instead",
+}
+ARCHITECTURES = frozenset(FAMILIES) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
 def parse_image_size(image_size: Any) -> tuple[int, int] | None:
@@ -120,7 +159,7 @@ def _keep_every_patch(sequence: torch.Tensor, noise: torch.Tensor | None = None)
 class EncoderOutputs(torch.nn.Module):
     """A Hugging Face encoder as a graph of plain tensors: cls, patch_tokens, pooled, attentions."""
 
-    def __init__(self, model: torch.nn.Module, family: Family, prefix: int, grid: tuple[int, int],
+    def __init__(self, model: torch.nn.Module, family: Family, prefix: int, grid: tuple[int, int] | None,
                  interpolate: bool, attention: bool, pooled: bool) -> None:
         super().__init__()
         self.model = model
@@ -148,15 +187,23 @@ class EncoderOutputs(torch.nn.Module):
         kwargs: dict[str, Any] = {"output_attentions": True} if self.attention else {}
         if self.family.pos_flag and self.interpolate:
             kwargs["interpolate_pos_encoding"] = True
+        if self.family.layout == "reroll":
+            kwargs["output_hidden_states"] = True
         out = self.model(pixel_values=pixel_values, **kwargs)
         hidden = out.last_hidden_state
-        h, w = self.grid
         results = [hidden[:, 0]] if self.family.has_cls else []
-        dim = self.hidden_size if self.hidden_size > 0 else hidden.shape[-1]
-        results.append(hidden[:, self.prefix:].reshape(-1, h, w, dim))
+        if self.family.layout == "map":  # (N, D, h, w) -> (N, h, w, D)
+            results.append(hidden.permute(0, 2, 3, 1))
+        elif self.family.layout == "reroll":
+            results.append(out.reshaped_hidden_states[-1])
+        else:
+            h, w = self.grid or (-1, -1)
+            dim = self.hidden_size if self.hidden_size > 0 else hidden.shape[-1]
+            results.append(hidden[:, self.prefix:].reshape(-1, h, w, dim))
         if self.pooled:
-            results.append(out.pooler_output)
+            results.append(out.pooler_output.flatten(1))  # Bit, ResNet: (N, D, 1, 1)
         if self.attention:
+            h, w = self.grid or (-1, -1)
             last = out.attentions[-1]  # (N, heads, tokens, tokens)
             heads = self.heads if self.heads > 0 else last.shape[1]
             results.append(last[:, :, 0, self.prefix:].reshape(-1, heads, h, w))
@@ -167,15 +214,18 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
 
 
-def _grid(config: Any, arch: str, height: int, width: int) -> tuple[int, int]:
-    ph, pw = _pair(config.patch_size)
+def _grid(config: Any, arch: str, family: Family, height: int, width: int) -> tuple[int, int] | None:
+    """The patch grid of a token layout, known before the model runs (None for the others)."""
+    if family.layout != "tokens":
+        return None
+    ph, pw = _pair(family.stem or config.patch_size)
     if height % ph or width % pw:
         raise ExportError(
             f"The export resolution {height}x{width} is not a multiple of {arch}'s patch size {ph}x{pw}; "
             f"choose e.g. image_size={max(ph, height // ph * ph)}x{max(pw, width // pw * pw)}."
         )
     h, w = height // ph, width // pw
-    if arch == "SwinModel":  # every stage after the first merges 2x2 patches, padding odd sizes
+    if family.merges:  # every stage after the first merges 2x2 patches, padding odd sizes
         for _ in range(len(config.depths) - 1):
             h, w = math.ceil(h / 2), math.ceil(w / 2)
     return h, w
@@ -193,7 +243,9 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
     """
     family = FAMILIES.get(arch)
     if family is None:
+        reason = REFUSED.get(arch)
         raise UnsupportedModelError(
+            f"vlmedge cannot export {arch} for image embeddings: {reason}." if reason else
             f"vlmedge cannot export {arch} for image embeddings; supported: {', '.join(sorted(FAMILIES))}."
         )
     base = image_preprocess(folder)
@@ -201,30 +253,36 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
     preprocess = preprocess_at(base, size)
     height, width = preprocess.output_size
     model = load_model(folder, arch)
-    grid = _grid(config, arch, height, width)
+    grid = _grid(config, arch, family, height, width)
     native = _pair(getattr(config, "image_size", (height, width)))
-    interpolate = (height, width) != native
+    interpolate = (height, width) != native and family.positions == "learned"
 
-    embeddings = getattr(model, "embeddings", None)
-    if embeddings is not None and hasattr(embeddings, "interpolate_pos_encoding"):
-        embeddings.interpolate_pos_encoding = FrozenPositions(embeddings.interpolate_pos_encoding)
+    freeze_position_embeddings(model)
     if arch == "ViTMAEModel":
         model.config.mask_ratio = 0.0
         model.embeddings.random_masking = _keep_every_patch
 
-    registers = int(getattr(config, "num_register_tokens", 0) or 0) if arch == "Dinov2WithRegistersModel" else 0
+    registers = int(getattr(config, "num_register_tokens", 0) or 0) if family.registers else 0
     prefix = (1 if family.has_cls else 0) + family.extra_prefix_tokens + registers
-    pooled = family.use_pooler and getattr(model, "pooler", None) is not None
-    if arch == "BeitModel" and not getattr(config, "use_mean_pooling", False):
-        pooled = False  # its pooler would be the CLS token again
     with_attention = bool(attention) and family.attention
-    module = EncoderOutputs(model, family, prefix, grid, interpolate, with_attention, pooled).eval()
-
-    # One eager run at the export resolution prepares the position embeddings and checks the layout.
-    with torch.no_grad():
-        probe = module(torch.zeros(1, 3, height, width))
+    # Eager runs at the export resolution prepare the position embeddings and check the layout.
+    zeros = torch.zeros(1, 3, height, width)
+    try:
+        with torch.no_grad():
+            flag = {"interpolate_pos_encoding": True} if family.pos_flag and interpolate else {}
+            pooled = family.use_pooler and getattr(model(pixel_values=zeros, **flag), "pooler_output", None) is not None
+            if arch == "BeitModel" and not getattr(config, "use_mean_pooling", False):
+                pooled = False  # its pooler would be the CLS token again
+            module = EncoderOutputs(model, family, prefix, grid, interpolate, with_attention, pooled).eval()
+            probe = module(zeros)
+    except Exception as exc:  # noqa: BLE001 - the model's own code, any error type
+        raise UnsupportedModelError(
+            f"{arch}'s own forward fails on a {height}x{width} image given as pixel_values alone "
+            f"({type(exc).__name__}: {first_line(exc, 200)}); vlmedge cannot export it for image embeddings."
+        ) from None
     outputs = dict(zip(module.output_names, probe))
     hidden_size = module.hidden_size = int(outputs["patch_tokens"].shape[-1])
+    grid = grid or (int(outputs["patch_tokens"].shape[1]), int(outputs["patch_tokens"].shape[2]))
     heads = int(outputs["attentions"].shape[1]) if with_attention else None
     module.heads = heads or -1
 
@@ -253,10 +311,12 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
         "grid": list(grid),
         "image_size": [height, width],
         "native_image_size": list(native),
+        "position_embeddings": family.positions,
         "position_embeddings_interpolated": interpolate and (
-            arch != "SwinModel" or bool(getattr(config, "use_absolute_embeddings", False))),
+            not family.merges or bool(getattr(config, "use_absolute_embeddings", False))),
         "static_resolution": True,
-        "patch_size": list(_pair(config.patch_size)),
+        "patch_size": [height // grid[0], width // grid[1]] if family.layout != "tokens" or family.merges
+        else list(_pair(family.stem or config.patch_size)),
         "num_prefix_tokens": prefix,
         "num_register_tokens": registers,
         "attention": {"heads": heads, "layer": "last", "query": "cls"} if with_attention else None,

@@ -35,6 +35,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from vlmedge.errors import ArtifactError, InputError
+from vlmedge.preprocess import spec_from_dict
 
 _PADDINGS = ("max_length", "longest")
 _SIDES = ("right", "left")
@@ -62,6 +63,7 @@ class TextPreprocessSpec:
     padding: str = "max_length"
     padding_side: str = "right"
     truncation_side: str = "right"
+    prefix: str = ""  # put before every caption before tokenizing (SigLIP's SentencePiece tokenizer: "▁")
 
     def __post_init__(self) -> None:
         def is_int(v) -> bool:
@@ -79,14 +81,14 @@ class TextPreprocessSpec:
             object.__setattr__(self, name, None if value is None else int(value))
         if not isinstance(self.lowercase, bool):
             raise ArtifactError(f"Text spec field 'lowercase' is {self.lowercase!r}, not a bool; re-export the artifact.")
-        for name in ("tokenizer_file", "padding", "padding_side", "truncation_side"):
+        for name in ("tokenizer_file", "padding", "padding_side", "truncation_side", "prefix"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ArtifactError(f"Text spec field '{name}' is {value!r}, not a string; re-export the artifact.")
         checks = [
             (self.tokenizer_file.strip() != "", "tokenizer_file must name a file"),
             (self.context_length >= 1, "context_length must be at least 1"),
-            (min(self.pad_id, *(i for i in (self.bos_id, self.eos_id) if i is not None)) >= 0,
+            (all(i >= 0 for i in (self.pad_id, self.bos_id, self.eos_id) if i is not None),
              "token ids must not be negative"),
             (self.padding in _PADDINGS, f"padding must be one of {list(_PADDINGS)}"),
             (self.padding_side in _SIDES and self.truncation_side in _SIDES, "sides must be 'right' or 'left'"),
@@ -97,7 +99,10 @@ class TextPreprocessSpec:
 
     def to_dict(self) -> dict:
         """Returns the spec as a JSON-ready dict of plain Python values."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not self.prefix:  # what specs without a prefix have always written
+            del values["prefix"]
+        return values
 
     @classmethod
     def from_dict(cls, d: dict) -> TextPreprocessSpec:
@@ -106,12 +111,7 @@ class TextPreprocessSpec:
         Raises:
             ArtifactError: ``d`` is not a dict, has unknown fields, or has invalid values.
         """
-        if not isinstance(d, dict):
-            raise ArtifactError(f"The text spec is a {type(d).__name__}, not a dict; re-export the artifact.")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ArtifactError(f"The text spec has unknown fields {unknown}; upgrade vlmedge or re-export the artifact.")
-        return cls(**d)
+        return spec_from_dict(cls, d, "text")
 
 
 def clean_text(text: str) -> str:
@@ -270,6 +270,7 @@ class TextTokenizer:
         return list(texts)
 
     def _prepare(self, slot: _Slot, text: str) -> str:
+        text = self.spec.prefix + text
         if len(text) > 4 * self._prefix_chars and self.spec.truncation_side == "right":
             text = self._safe_prefix(slot, text)
         return clean_text(text)

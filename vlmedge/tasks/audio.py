@@ -1,7 +1,8 @@
 """Audio tagging: clips -> decode, downmix, resample -> model windows -> log-mel fbank ->
 logits -> per-window scores -> clip-level ranked labels. numpy only (no torch).
 
-A clip longer than the model's window (max_length frames, 10.255 s for AudioSet AST) is cut
+A clip longer than the model's window (10.255 s for AudioSet AST, 30 s for Whisper, the
+window_seconds chosen at export for raw-waveform models, 10 s by default) is cut
 into overlapping windows; each window is scored on its own and the clip's scores are the
 max (or mean) of its windows' scores.
 """
@@ -49,8 +50,8 @@ class ClipTags(NamedTuple):
 
 class PreparedClip(NamedTuple):
     """One clip ready for the model (what `AudioTagger.prepare_clip` makes): its duration in
-    seconds, the (W, 2) start/end seconds of its model windows and their (W, max_length,
-    num_mel_bins) float32 features."""
+    seconds, the (W, 2) start/end seconds of its model windows and their (W, *spec.feature_shape)
+    float32 features."""
 
     duration: float
     spans: np.ndarray
@@ -68,8 +69,16 @@ def _at_model_rate(wave: np.ndarray, rate: int, spec: AudioPreprocessSpec) -> tu
     return resample(wave, rate, spec.sampling_rate), wave.size / rate
 
 
-def _features(waves: Sequence[np.ndarray], spec: AudioPreprocessSpec) -> np.ndarray:
-    return np.stack([fbank(w, spec) for w in waves])
+def _stacked(features: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One array when the windows' features share a shape (always, but for raw-waveform
+    windows of clips of different lengths), else the list."""
+    if len({np.shape(f) for f in features}) <= 1:
+        return np.stack(features)
+    return list(features)
+
+
+def _features(waves: Sequence[np.ndarray], spec: AudioPreprocessSpec) -> np.ndarray | list[np.ndarray]:
+    return _stacked([fbank(w, spec) for w in waves])
 
 
 def _spans(windows: list[tuple[float, float, np.ndarray]]) -> list[tuple[float, float]]:
@@ -93,7 +102,7 @@ def _as_clips(audio: Any) -> tuple[list[Any], bool]:
 
 
 class AudioTagger:
-    """Tags audio clips with an audio-classification (AST) artifact."""
+    """Tags audio clips with an audio-classification artifact (AST, Whisper or a raw-waveform model)."""
 
     task = "audio-classification"
 
@@ -150,12 +159,22 @@ class AudioTagger:
         spans = np.asarray(_spans(windows), dtype=np.float64).reshape(-1, 2)
         return PreparedClip(duration, spans, _features([segment for _, _, segment in windows], spec))
 
-    def features(self, waves: list[np.ndarray]) -> np.ndarray:
-        """(N, max_length, num_mel_bins) model input for waveforms already at the model's rate."""
+    def features(self, waves: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        """(N, *spec.feature_shape) model input for waveforms already at the model's rate; a
+        list when raw-waveform windows differ in length."""
         return _features(waves, self.spec)
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """Raw model outputs for a batch of features, run in chunks; (N, num_labels) float32."""
+    def logits(self, features: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Raw model outputs for a batch of features, run in chunks (windows of one shape
+        together); (N, num_labels) float32."""
+        if isinstance(features, list):
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, f in enumerate(features):
+                by_shape.setdefault(np.shape(f), []).append(i)
+            out = np.empty((len(features), len(self.labels)), dtype=np.float32)
+            for rows in by_shape.values():
+                out[rows] = self.logits(np.stack([features[i] for i in rows]))
+            return out
         outputs = [self._session.run({self._input: batch})[self._output] for batch in chunks(features, MAX_BATCH)]
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
@@ -167,7 +186,7 @@ class AudioTagger:
     @staticmethod
     def check_window_hop(window_hop: Any, spec: AudioPreprocessSpec) -> float | None:
         """The seconds between window starts (None: the default, half a window); raises
-        InputError unless it lies from one fbank frame to one model window of ``spec``."""
+        InputError unless it lies from one frame (10 ms) to one model window of ``spec``."""
         if window_hop is None:
             return None
         shift = spec.frame_shift / spec.sampling_rate
@@ -265,7 +284,7 @@ class AudioTagger:
             return []
         windows = [np.asarray(window, dtype=np.float32) for clip in clips for window in clip.features]
         spans = [(float(clip.duration), [(float(start), float(end)) for start, end in clip.spans]) for clip in clips]
-        return [self._clip_tags(s, top_k, threshold, aggregate) for s in self._scored(spans, windows, np.stack)]
+        return [self._clip_tags(s, top_k, threshold, aggregate) for s in self._scored(spans, windows, _stacked)]
 
     def _clip_tags(self, scored: _Scored, top_k: int | None, threshold: float | None, aggregate: str) -> ClipTags:
         windows = [WindowTags(start, end, rank(row, self.labels, top_k, threshold))

@@ -1,0 +1,143 @@
+"""Decoding, downmixing and resampling audio clips to float32 mono waveforms."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from vlmedge.errors import InputError
+
+try:
+    import soxr
+except ImportError:  # pragma: no cover - soxr is a core dependency; scipy is the fallback
+    soxr = None
+
+# File suffixes of the audio containers soundfile (libsndfile) decodes.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
+# More channels than this is almost certainly a batch of clips passed as one 2-D array.
+MAX_CHANNELS = 64
+
+
+def check_rate(rate, what: str = "sample rate") -> int:
+    """Returns ``rate`` as an int, or raises InputError if it is not a plausible audio rate."""
+    if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
+        rate = int(rate)
+    if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool):
+        raise InputError(f"The {what} {rate!r} is not an integer number of Hz; pass e.g. 16000.")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InputError(
+            f"The {what} {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz; "
+            "pass the clip's real sample rate."
+        )
+    return int(rate)
+
+
+def check_wave(wave, what: str = "waveform") -> np.ndarray:
+    """Validates a 1-D, non-empty, finite float waveform and returns it as float32."""
+    if not isinstance(wave, np.ndarray) or wave.ndim != 1 or wave.dtype.kind != "f":
+        raise InputError(f"The {what} must be a 1-D float numpy array; decode audio with load_audio() first.")
+    if wave.size == 0:
+        raise InputError(f"The {what} is empty; pass a clip with at least one sample.")
+    if not np.isfinite(wave).all():
+        raise InputError(f"The {what} contains NaN or infinite samples; clean or re-decode the audio.")
+    # The extractor works from float32 samples, so float64 input is rounded the same way.
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _to_mono(data: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """Scales integer PCM to [-1, 1], downmixes channels by their mean, returns float32."""
+    if data.dtype.kind in "iu":
+        half = 2.0 ** (8 * data.dtype.itemsize - 1)
+        offset = half if data.dtype.kind == "u" else 0.0  # unsigned PCM is centred on half range
+        data = (data.astype(np.float64) - offset) / half
+    if channel_axis is not None:
+        data = data.mean(axis=channel_axis, dtype=np.float64)
+    return check_wave(np.asarray(data, dtype=np.float32), "audio")
+
+
+def _decode(source, name: str) -> tuple[np.ndarray, int]:
+    """Decodes a file path or file-like object with soundfile into (frames, channels)."""
+    try:
+        data, sr = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
+        raise InputError(f"Cannot decode {name} ({exc}); pass a WAV, FLAC or OGG file.") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder given untrusted bytes may raise anything
+        raise InputError(f"Cannot decode {name} ({type(exc).__name__}: {exc}); pass a WAV, FLAC or OGG file.") from None
+    return data, sr
+
+
+def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Loads a clip as float32 mono samples in [-1, 1] at its own sample rate.
+
+    Args:
+        audio: A path (WAV incl. float/24-bit/extensible, FLAC, OGG), the bytes of such a
+            file, or a numpy array: 1-D mono, or 2-D with channels on the smaller axis.
+            Integer arrays are scaled by their dtype's range.
+        sample_rate: The array's sample rate in Hz; required for arrays, ignored for
+            files and bytes, whose header is authoritative.
+
+    Returns:
+        ``(wave, sample_rate)``: a 1-D float32 array and its rate in Hz.
+
+    Raises:
+        InputError: The input is missing, empty, corrupt, non-finite, of the wrong shape
+            or dtype, or its sample rate is outside 8..192 kHz.
+    """
+    if isinstance(audio, (str, os.PathLike)):
+        path = Path(audio)
+        if not path.is_file():
+            raise InputError(f"Audio file {path} does not exist; check the path.")
+        if path.stat().st_size == 0:
+            raise InputError(f"Audio file {path} is empty (0 bytes); pass a complete audio file.")
+        data, sr = _decode(str(path), f"audio file {path}")
+        return _to_mono(data, channel_axis=1), check_rate(sr, f"sample rate of {path}")
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        if len(audio) == 0:
+            raise InputError("The audio bytes are empty; pass the full contents of an audio file.")
+        data, sr = _decode(io.BytesIO(bytes(audio)), "the audio bytes")
+        return _to_mono(data, channel_axis=1), check_rate(sr, "sample rate in the audio bytes")
+    if not isinstance(audio, np.ndarray):
+        raise InputError(f"Cannot read audio from a {type(audio).__name__}; pass a path, bytes or a numpy array.")
+    if sample_rate is None:
+        raise InputError("A numpy audio array needs its sample rate; pass sample_rate=... in Hz.")
+    sr = check_rate(sample_rate)
+    if audio.dtype.kind not in "iuf":
+        raise InputError(f"Audio arrays must hold integer or float samples, not {audio.dtype}; convert the array.")
+    if audio.ndim not in (1, 2):
+        raise InputError(
+            f"Audio arrays must be 1-D or 2-D (samples, channels), not {audio.ndim}-D; pass one clip at a time."
+        )
+    if audio.size == 0:
+        raise InputError("The audio array is empty; pass a clip with at least one sample.")
+    # Channels go on the smaller axis; a square array is read as (samples, channels), like soundfile.
+    channel_axis = None if audio.ndim == 1 else int(audio.shape[1] <= audio.shape[0])
+    if channel_axis is not None and audio.shape[channel_axis] > MAX_CHANNELS:
+        raise InputError(
+            f"An audio array of shape {audio.shape} has too many channels; pass a list of 1-D clips instead."
+        )
+    return _to_mono(audio, channel_axis), sr
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resamples a mono float waveform with soxr's "HQ" quality (scipy if soxr is missing).
+
+    Returns:
+        A float32 array of about ``len(wave) * target_sr / orig_sr`` samples.
+    """
+    wave = check_wave(wave)
+    orig_sr, target_sr = check_rate(orig_sr), check_rate(target_sr, "target sample rate")
+    if orig_sr == target_sr:
+        return wave
+    if soxr is not None:
+        return np.asarray(soxr.resample(wave, orig_sr, target_sr, quality="HQ"), dtype=np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(orig_sr, target_sr)
+    return resample_poly(wave, target_sr // g, orig_sr // g).astype(np.float32)
