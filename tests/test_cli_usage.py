@@ -102,8 +102,8 @@ def test_predict_refuses_options_its_task_does_not_take(vit_artifact, tmp_path):
 def test_next_step_hint_names_the_input_kind_of_the_task():
     from vlmedge.cli import _next_steps
 
-    assert "predict out AUDIO" in _next_steps(Path("out"), "audio-classification")
-    assert 'predict out IMAGE --labels "cat,dog,car"' in _next_steps(Path("out"), "clip")
+    assert "vlmedge predict out AUDIO" in _next_steps(Path("out"), "audio-classification")
+    assert 'vlmedge predict out IMAGE --labels "cat,dog,car"' in _next_steps(Path("out"), "clip")
 
 
 def test_help_reads_well():

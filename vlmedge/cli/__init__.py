@@ -171,7 +171,8 @@ def export(
                          indent=2))
     elif not quiet:
         console.print(f"[green]export success[/green]: {escape(str(artifact.root))}", highlight=False)
-        console.print(f"next: {_next_steps(output, artifact.task)}", markup=False, highlight=False)
+        console.print("next:\n" + "\n".join(f"  {step}" for step in _next_steps(output, artifact.task)),
+                      markup=False, highlight=False, soft_wrap=True)
     for entry in dropped:
         err_console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']}: {escape(entry['reason'])}",
                           highlight=False)
@@ -179,14 +180,15 @@ def export(
         raise typer.Exit(ParityError.exit_code)
 
 
-def _next_steps(output: Path, task: str) -> str:
-    """The commands to try next, with the input kind (IMAGE, AUDIO) of the task's predict."""
+def _next_steps(output: Path, task: str) -> list[str]:
+    """The commands to try next, one a line (so a narrow terminal never splits one), with the
+    input kind (IMAGE, AUDIO) of the task's predict."""
     from vlmedge.registry import task_named
 
     method = task_named(task).method("predict")
     labels = ' --labels "cat,dog,car"' if "labels" in method.options else ""
-    return (f"vlmedge info {output}   |   vlmedge predict {output} {method.input.upper()}{labels}   |   "
-            f"vlmedge check {output}")
+    return [f"vlmedge info {output}", f"vlmedge predict {output} {method.input.upper()}{labels}",
+            f"vlmedge check {output}"]
 
 
 # predict's options that only some tasks' "predict" method takes: parameter -> (flag, the
