@@ -20,12 +20,10 @@ import numpy as np
 
 from vlmedge.bulk.inputs import TEXT_COLUMNS, input_column, is_uri
 from vlmedge.bulk.job import BulkJob
-from vlmedge.errors import VlmedgeError
+from vlmedge.preprocess import READ_ERRORS
 
 # columns that only carry data from the first stage to the second; never in the results
 WORK_COLUMNS = ("bytes", "_pixels", "_features", "_spans", "_duration", "_input_ids", "_attention_mask", "_error")
-# what a row that cannot be read costs: only itself
-READ_ERRORS = (VlmedgeError, OSError, ValueError, MemoryError)
 
 
 def prepare_batch(batch: dict[str, Any], job: BulkJob) -> dict[str, Any]:

@@ -257,8 +257,10 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, a
     task = task_named(Artifact.open(artifact, verify=False).task, f"Artifact {artifact}")
     method = task.method("predict")
     takes = [flag for flag, name in METHOD_OPTIONS.values() if name in method.options]
-    if aggregate not in ("max", "mean"):
-        raise UsageError(f"--aggregate must be max or mean, not {aggregate!r}.")
+    from vlmedge.tasks.audio import AGGREGATES
+
+    if aggregate not in AGGREGATES:
+        raise UsageError(f"--aggregate must be {' or '.join(AGGREGATES)}, not {aggregate!r}.")
     for parameter, (flag, name) in METHOD_OPTIONS.items():
         source = ctx.get_parameter_source(parameter)
         if name not in method.options and source is not None and source.name == "COMMANDLINE":

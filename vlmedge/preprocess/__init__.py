@@ -9,7 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vlmedge.errors import ArtifactError
+from vlmedge.errors import ArtifactError, VlmedgeError
+
+# What decoding and preprocessing one untrusted input (an image, a clip) may raise: the
+# decoders turn what they know into InputError, and Pillow/soundfile can still raise these.
+# Whoever handles a batch of inputs charges such an error to that input alone.
+READ_ERRORS = (VlmedgeError, OSError, ValueError, SyntaxError, MemoryError)
 
 
 def spec_from_dict(cls: Any, d: Any, what: str) -> Any:

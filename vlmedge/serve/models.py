@@ -25,12 +25,11 @@ from typing import Any, Hashable
 import numpy as np
 
 from vlmedge.errors import InputError
+from vlmedge.preprocess import READ_ERRORS
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
 
 DEFAULT_TOP_K = 5
-# what decoding one request's file may raise: that request alone answers 422
-_READ_ERRORS = (InputError, OSError, ValueError, SyntaxError)
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,6 @@ def _split(items: list[Any], counts: list[int]) -> list[list[Any]]:
 @contextlib.contextmanager
 def _as_invalid_field():
     """A pipeline's InputError about a request option, as the protocol's 422 invalid_field."""
-    from vlmedge.errors import InputError
-
     try:
         yield
     except InputError as exc:
@@ -89,7 +86,7 @@ def _pixels(images: list[bytes], spec: Any) -> np.ndarray:
     for i, data in enumerate(images):
         try:
             rows.append(preprocess_images([load_image(data)], spec)[0])
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise invalid("invalid_input", f"images[{i}] could not be decoded: {exc}") from None
     return np.stack(rows)
 
@@ -102,7 +99,7 @@ def _clips(audio: list[bytes], spec: Any, hop: float | None) -> list[Any]:
     for i, data in enumerate(audio):
         try:
             clips.append(AudioTagger.prepare_clip(data, spec, window_hop=hop))
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise invalid("invalid_input", f"audio[{i}] could not be decoded: {exc}") from None
     return clips
 
