@@ -24,15 +24,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _split(value: Optional[str]) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
-
-
 def _ints(value: Optional[str], option: str) -> list[int] | None:
     if not value:
         return None
     try:
-        numbers = [int(part) for part in _split(value)]
+        numbers = [int(part) for part in formats.split(value)]
     except ValueError:
         numbers = []
     if not numbers or min(numbers) < 1:
@@ -72,7 +68,7 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
 def _quiet_loading(backend: Optional[str]):
     """Silences transformers' "Loading weights" bar while the torch baseline loads its
     source (exporters.pipeline.quiet_progress_bars); nothing to do without torch rows."""
-    if (backend and "torch" not in _split(backend)) or importlib.util.find_spec("transformers") is None:
+    if (backend and "torch" not in formats.split(backend)) or importlib.util.find_spec("transformers") is None:
         return contextlib.nullcontext()
     from vlmedge.exporters.pipeline import quiet_progress_bars
 
@@ -144,10 +140,10 @@ def bench(
         path, tmp = _artifact_or_export(artifact, say)
         try:
             with _quiet_loading(backend):
-                result = run_bench(path, backends=_split(backend) or None, precisions=_split(precision) or None,
+                result = run_bench(path, backends=formats.split(backend) or None, precisions=formats.split(precision) or None,
                                    batch_sizes=batches, threads=threads, warmup=warmup,
                                    iterations=iterations, duration=duration, end_to_end=end_to_end,
-                                   random_inputs=random_inputs, sweep=_split(sweep), device=device, peers=peers,
+                                   random_inputs=random_inputs, sweep=formats.split(sweep), device=device, peers=peers,
                                    progress=say)
         finally:
             if tmp is not None:
