@@ -78,6 +78,11 @@ class Session(ABC):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
 
+    # What the compiled-model cache (vlmedge.runtimes.cache) did for this load: "hit" (used
+    # an entry), "miss" (compiled and saved one), "unsaved" (could not save), "off"; and where.
+    cache_status: str = "off"
+    cache_path: Path | None = None
+
     # (smallest, largest) batch the loaded model accepts, for backends whose engines are
     # built for a range (TensorRT optimisation profiles); None: any batch.
     batch_range: tuple[int, int] | None = None

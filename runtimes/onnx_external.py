@@ -7,6 +7,8 @@ protobuf just far enough to list those locations before any parser runs.
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 
 from vlmedge.errors import ArtifactError
@@ -98,7 +100,10 @@ def _graph_locations(buf: memoryview, out: list[str]) -> None:
 
 def external_data_locations(model_path: Path) -> list[str]:
     """Every external-data location named in an ONNX file, in order of appearance."""
-    data = memoryview(model_path.read_bytes())
+    # Mapped, not read: the walk touches only the headers of a multi-GB file's tensors.
+    with open(model_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b"")
     out: list[str] = []
     try:
         for number, payload in _fields(data):

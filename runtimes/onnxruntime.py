@@ -11,6 +11,9 @@ import onnxruntime as ort
 
 from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
 from vlmedge.runtimes.base import Session, TensorInfo
+from vlmedge.runtimes.cache import files_digest
+from vlmedge.runtimes.cache import cache_entry
+from vlmedge.runtimes.onnx_external import check_external_data, external_data_locations
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -51,15 +54,35 @@ def _infos(args) -> list[TensorInfo]:
     ]
 
 
+_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# The cached form: ONNX Runtime's own optimised model, its weights in a side file so that a
+# warm load maps them from disk instead of parsing them into memory.
+_CACHED_MODEL, _CACHED_WEIGHTS = "model.onnx", "model.onnx.data"
+
+
 class OnnxRuntimeSession(Session):
+    """One ONNX file in an InferenceSession.
+
+    With a cache (CPU only), the first load saves ONNX Runtime's optimised model
+    (optimized_model_filepath) and later loads open that file with optimisation off. The
+    saved model may hold optimisations for this CPU only (ONNX Runtime says so for the
+    "all" level), which is why the cache key names the CPU.
+    """
+
     backend = "onnxruntime"
 
     def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None,
-                 optimization: str = "all") -> None:
+                 optimization: str = "all", cache: bool = False, model_digest: str | None = None) -> None:
         if device not in PROVIDERS:
             raise BackendUnavailableError(
                 f"ONNX Runtime has no device '{device}'; choose one of {', '.join(PROVIDERS)}."
             )
+        if optimization not in _LEVELS:
+            raise InputError(f"Unknown ONNX Runtime optimization '{optimization}'; choose one of {', '.join(_LEVELS)}.")
         wanted = PROVIDERS[device]
         present = ort.get_available_providers()
         if wanted[0] not in present:
@@ -67,23 +90,37 @@ class OnnxRuntimeSession(Session):
                 f"ONNX Runtime's {wanted[0]} is not available here (this build has {', '.join(present)}); "
                 "install the onnxruntime build for that device or choose device='cpu'."
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
         providers = [p for p in wanted if p in present]
         if device != "cpu":
             providers.append("CPUExecutionProvider")
-        try:
-            self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-        except _ORT_ERRORS as exc:
-            raise ArtifactError(f"ONNX Runtime cannot load {Path(model_path).name}: {_first_line(exc)}; the file is "
-                                "corrupt or not a model this onnxruntime reads. Re-export it.") from None
+        model_path = Path(model_path)
+        # Only CPU graphs are saved: other providers' fused nodes are theirs to cache.
+        entry = None
+        if cache and device == "cpu" and optimization != "none":
+            entry = cache_entry(self.backend, ort.__version__, model_digest or files_digest(_model_files(model_path)),
+                               device, {"optimization": optimization, "threads": threads or 0})
+        self._session = None
+        if entry is not None and entry.lookup():
+            try:
+                check_external_data(entry.folder / _CACHED_MODEL, entry.folder)  # its weights are its own
+                self._session = self._open(entry.folder / _CACHED_MODEL, "none", threads, providers)
+                entry.status = "hit"
+            except ArtifactError:
+                entry.discard()  # not loadable after all: rebuilt below
+        if self._session is None:
+            built = entry.start_build() if entry is not None else None
+            try:
+                self._session = self._open(model_path, optimization, threads, providers, save_to=built)
+            except ArtifactError:
+                if built is None:
+                    raise
+                entry.abandon(built)  # saving may be what failed: load once more without it
+                self._session = self._open(model_path, optimization, threads, providers)
+            else:
+                if built is not None:
+                    entry.commit(built)
+        self.cache_status = entry.status if entry is not None else "off"
+        self.cache_path = entry.folder if entry is not None else None
         self.device = device
         # Report what actually runs the model: a silent fallback to CPU is the complaint users have most.
         self.provider = self._session.get_providers()[0]
@@ -93,6 +130,24 @@ class OnnxRuntimeSession(Session):
         self.outputs = _infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
 
+    @staticmethod
+    def _open(model_path: Path, optimization: str, threads: int | None, providers: list[str],
+              save_to: Path | None = None) -> "ort.InferenceSession":
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _LEVELS[optimization]
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        if save_to is not None:
+            options.optimized_model_filepath = str(save_to / _CACHED_MODEL)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", _CACHED_WEIGHTS)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except _ORT_ERRORS as exc:
+            raise ArtifactError(f"ONNX Runtime cannot load {Path(model_path).name}: {_first_line(exc)}; the file is "
+                                "corrupt or not a model this onnxruntime reads. Re-export it.") from None
+
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             results = self._session.run(self._output_names, feeds)
@@ -101,6 +156,11 @@ class OnnxRuntimeSession(Session):
             raise InputError(f"ONNX Runtime could not run the model on inputs of shapes {shapes}: "
                              f"{_first_line(exc)}") from None
         return dict(zip(self._output_names, results))
+
+
+def _model_files(model_path: Path) -> list[Path]:
+    """The ONNX file and the external-data files it names."""
+    return [model_path] + [model_path.parent / loc for loc in dict.fromkeys(external_data_locations(model_path))]
 
 
 def open_session(model_path: Path, device: str = "cpu", **options: Any) -> OnnxRuntimeSession:

@@ -18,6 +18,8 @@ import openvino as ov
 
 from vlmedge.errors import BackendUnavailableError, InputError
 from vlmedge.runtimes.base import Session, TensorInfo
+from vlmedge.runtimes.cache import CacheEntry, files_digest
+from vlmedge.runtimes.cache import cache_entry
 
 # vlmedge precision names and OpenVINO's own -> the INFERENCE_PRECISION_HINT value
 INFERENCE_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
@@ -93,7 +95,7 @@ class OpenVinoSession(Session):
 
     def __init__(self, model_path: Path, device: str = "cpu", inference_precision: str | None = None,
                  performance_hint: str = "latency", threads: int | None = None,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, cache: bool = False, model_digest: str | None = None) -> None:
         if performance_hint not in PERFORMANCE_HINTS:
             raise InputError(f"Unknown performance hint '{performance_hint}'; choose one of {', '.join(PERFORMANCE_HINTS)}.")
         if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
@@ -107,16 +109,22 @@ class OpenVinoSession(Session):
             config["INFERENCE_PRECISION_HINT"] = wanted
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        if cache_dir:
-            config["CACHE_DIR"] = str(cache_dir)
         model_path = Path(model_path)
         if model_path.suffix != ".xml":
             raise BackendUnavailableError(f"The OpenVINO backend reads IR .xml files, not {model_path.name}.")
-        try:
-            model = core().read_model(str(model_path))
-            self._compiled = core().compile_model(model, name, config)
-        except RuntimeError as exc:
-            raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+        # OpenVINO's own cache names its blobs by the model's path and options, not its
+        # content (a rewritten .bin at the same path would reuse a stale blob), so each
+        # vlmedge entry, keyed by content, is a CACHE_DIR of its own.
+        entry = None
+        if cache_dir:  # the caller's own OpenVINO cache folder, managed by the caller
+            config["CACHE_DIR"] = str(cache_dir)
+        elif cache:
+            entry = cache_entry(self.backend, ov.get_version(),
+                               model_digest or files_digest([model_path, model_path.with_suffix(".bin")]),
+                               name, {k: str(v) for k, v in config.items()})
+        self._compiled = self._compile(model_path, name, config, entry)
+        self.cache_status = entry.status if entry is not None else "off"
+        self.cache_path = entry.folder if entry is not None else None
         self.device = device
         self.performance_hint = performance_hint
         try:
@@ -132,12 +140,46 @@ class OpenVinoSession(Session):
             # The precision the file was verified in is not what runs here: say so.
             warnings.warn(f"OpenVINO on {executing} runs in {self.inference_precision}, not the requested {wanted}.",
                           stacklevel=2)
-        # names from the model as read (compiling may merge names), ports by position
-        self.inputs = _infos(model.inputs)
-        self.outputs = _infos(model.outputs)
+        # Compiling may merge names onto a port; port_name picks the graph's own. The
+        # ov.Model is never held: compile_model reads the file itself (weights mapped, not
+        # copied) and drops it once compiled, or imports the cached blob without it.
+        self.inputs = _infos(self._compiled.inputs)
+        self.outputs = _infos(self._compiled.outputs)
         self._input_index = {info.name: i for i, info in enumerate(self.inputs)}
         self._output_ports = list(zip((o.name for o in self.outputs), self._compiled.outputs))
         self._local = threading.local()
+
+    @staticmethod
+    def _compile(model_path: Path, name: str, config: dict[str, Any], entry: CacheEntry | None) -> ov.CompiledModel:
+        """compile_model on the file's path, through the cache entry when there is one."""
+        hit = entry is not None and entry.lookup()
+        if hit:
+            try:
+                compiled = core().compile_model(str(model_path), name, {**config, "CACHE_DIR": str(entry.folder)})
+            except RuntimeError:
+                entry.discard()  # an entry OpenVINO cannot use: built again below
+                hit = False
+        built = None if entry is None or hit else entry.start_build()
+        try:
+            if not hit:
+                compiled = core().compile_model(str(model_path), name,
+                                                {**config, **({"CACHE_DIR": str(built)} if built else {})})
+        except RuntimeError as exc:
+            if built is not None:
+                entry.abandon(built)
+            raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+        if built is not None:
+            entry.commit(built)
+        elif hit:
+            entry.status = "hit"
+            try:
+                loaded = bool(compiled.get_property("LOADED_FROM_CACHE"))
+            except RuntimeError:
+                loaded = True
+            if not loaded:  # OpenVINO compiled anyway (e.g. the artifact moved) and added a blob
+                entry.status = "miss"
+                entry.relist()
+        return compiled
 
     def _request(self) -> ov.InferRequest:
         request = getattr(self._local, "request", None)

@@ -3,6 +3,7 @@ model files: the one place that turns a manifest entry into a running Session.""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import platform
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 from vlmedge.artifact import Artifact
 from vlmedge.errors import ArtifactError, BackendUnavailableError
 from vlmedge.runtimes.base import BACKENDS, Session, backend_named, backend_of_target, open_session
+from vlmedge.user_cache import cache_enabled
 from vlmedge.runtimes.onnx_external import check_external_data
 
 
@@ -80,7 +82,11 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
                **options: Any) -> Session:
     """Opens one model file of the artifact with the session options it was verified with
     (caller's options win), after checking its external data stays inside the artifact and
-    that the file's inputs and outputs are the ones the manifest describes."""
+    that the file's inputs and outputs are the ones the manifest describes.
+
+    The backend's compiled form is cached (vlmedge.runtimes.cache) unless options has
+    cache=False or VLMEDGE_NO_CACHE=1 is set; the key uses the manifest's file hashes.
+    """
     if backend is None:
         known = backend_of_target(entry["target"])
         if known is None:
@@ -90,9 +96,23 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
     path = artifact.path_of(entry)
     if entry["target"] == "onnx" or path.suffix.lower() == ".onnx":  # ORT parses whatever the name
         check_external_data(path, artifact.root)
-    session = open_session(path, backend=backend, device=device, **{**entry.get("session_options", {}), **options})
+    options = {**entry.get("session_options", {}), **options}
+    options["cache"] = cache_enabled(options.get("cache"))
+    if options["cache"]:
+        options.setdefault("model_digest", model_digest(artifact, entry))
+    session = open_session(path, backend=backend, device=device, **options)
     _check_graph_io(artifact, entry["graph"], session, entry["path"])
     return session
+
+
+def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:
+    """The content hash of a model file and its weights files (OpenVINO's .bin, ONNX
+    external data), from the sha256 the manifest records: Artifact.open verified them, so
+    nothing is hashed again here."""
+    stem = entry["path"].rsplit(".", 1)[0] + "."
+    parts = sorted(f"{e['path'][len(stem):]}:{e['size']}:{e['sha256']}" for e in artifact.files
+                   if e["path"] == entry["path"] or (e.get("role") == "weights" and e["path"].startswith(stem)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",

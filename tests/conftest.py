@@ -4,7 +4,10 @@ of varied size, aspect and mode."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,10 @@ from tests.hf_models import FAMILIES, image_processor, tiny_classifier
 
 # No test may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Nor write the user's compiled-model cache (~/.cache/vlmedge): every load of the session, and
+# of the subprocesses it starts, caches in a folder of its own, removed at exit.
+os.environ["VLMEDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlmedge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["VLMEDGE_CACHE_DIR"], True)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "exporters" / "sample_data"

@@ -199,3 +199,30 @@ def test_plain_module_with_preprocessing_and_labels(tmp_path):
         expected = module(pixels).softmax(-1).numpy()
     np.testing.assert_allclose(classifier.probabilities(image), expected, atol=1e-5)
     assert {p.label for p in classifier.classify(image, top_k=3)} == {"cat", "dog", "car"}
+
+
+def test_unchanged_files_are_not_hashed_again_and_altered_ones_always_are(artifact_copy, monkeypatch, tmp_path):
+    """The verified-file memo (vlmedge.user_cache) spares hashing unchanged files on a second
+    open; a same-size change is refused even with its mtime set back (the ctime moves)."""
+    import vlmedge.artifact as artifact_module
+
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    hashed = []
+    real = artifact_module.sha256_file
+    monkeypatch.setattr(artifact_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    Artifact.open(artifact_copy)
+    first = len(hashed)
+    assert first == len(json.loads((artifact_copy / "manifest.json").read_text())["files"])
+    Artifact.open(artifact_copy)
+    assert len(hashed) == first  # nothing hashed again
+    Artifact.open(artifact_copy, cache=False)
+    assert len(hashed) == 2 * first  # without the memo every file is hashed
+
+    model = artifact_copy / "onnx" / "model.fp32.onnx"
+    before = model.stat()
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ArtifactError, match="model.fp32.onnx"):
+        Artifact.open(artifact_copy)

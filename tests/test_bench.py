@@ -81,7 +81,7 @@ def test_rows_carry_every_figure_and_a_checked_torch_baseline(result, vit_artifa
 def test_json_validates_against_the_schema_and_round_trips(result, tmp_path):
     path = result.save(tmp_path / "r.json")
     document = json.loads(path.read_text())
-    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 1
+    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 2
     validate(document)
     assert BenchResult.load(path).to_dict() == document
 

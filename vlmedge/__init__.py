@@ -23,7 +23,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str | None = None,
-         **options: Any):
+         decode_workers: int | None = None, cache: bool | None = None, **options: Any):
     """Loads an artifact folder and returns the pipeline of its task, without torch.
 
     Args:
@@ -34,6 +34,13 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
         device: "cpu", "cuda", or a backend's own device name such as "GPU" or "NPU" (CLI: --device).
         precision: "fp32", "fp16", "bf16" or "int8"; None takes the fastest file that passed
             its parity gate (CLI: --precision).
+        decode_workers: threads that decode and preprocess the inputs of a list call while the
+            model runs (None: min(4, CPUs); 1: serially); the pipeline's ``decode_workers``.
+        cache: keep the backend's compiled model in the user cache folder ($VLMEDGE_CACHE_DIR,
+            else $XDG_CACHE_HOME/vlmedge or ~/.cache/vlmedge) so the next load skips compiling;
+            None: on unless the environment sets VLMEDGE_NO_CACHE=1. Entries are keyed by the
+            files' hashes, backend version, CPU and options, and verified before use. The
+            artifact's files are then not hashed again while unchanged (vlmedge.user_cache).
         **options: backend session options, e.g. threads=4.
 
     Returns:
@@ -53,7 +60,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
     """
     from vlmedge.tasks import load as _load
 
-    return _load(path, backend=backend, device=device, precision=precision, **options)
+    return _load(path, backend=backend, device=device, precision=precision, decode_workers=decode_workers, cache=cache,
+                 **options)
 
 
 def export(model: Any, out: str | os.PathLike, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),

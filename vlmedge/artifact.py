@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from vlmedge.errors import ArtifactError, ExportError
 from vlmedge.registry import TASKS
+from vlmedge.user_cache import VerifiedFiles
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -82,8 +83,10 @@ class Artifact:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Artifact":
-        """Reads manifest.json and (by default) verifies every file's size and sha256."""
+    def open(cls, path: str | os.PathLike, verify: bool = True, cache: bool | None = None) -> "Artifact":
+        """Reads manifest.json and (by default) verifies every file's size and sha256; files
+        unchanged since an earlier verification are not hashed again unless cache=False
+        (vlmedge.user_cache)."""
         root = Path(path)
         if not root.is_dir():
             raise ArtifactError(f"No artifact folder at {root}; pass the folder that `vlmedge export -o` wrote.")
@@ -108,7 +111,7 @@ class Artifact:
         _check_manifest_shape(manifest, manifest_path)
         artifact = cls(root=root, manifest=manifest)
         if verify:
-            artifact.verify()
+            artifact.verify(cache=cache)
         return artifact
 
     @property
@@ -123,8 +126,9 @@ class Artifact:
         relpath = entry if isinstance(entry, str) else entry["path"]
         return safe_join(self.root, relpath)
 
-    def verify(self, entries: Iterable[dict[str, Any]] | None = None) -> None:
-        """Refuses missing, extra, linked, truncated or altered files, naming the file."""
+    def verify(self, entries: Iterable[dict[str, Any]] | None = None, cache: bool | None = None) -> None:
+        """Refuses missing, extra, linked, truncated or altered files, naming the file.
+        cache: whether the memo of files already verified may spare hashing unchanged ones."""
         listed = {entry["path"] for entry in self.files}
         for relpath in listed:
             self.path_of(relpath)  # refuses escaping paths before anything else is looked at
@@ -136,6 +140,7 @@ class Artifact:
                         f"Artifact {self.root} holds {extra}, which its manifest does not list; "
                         "it may have been tampered with. Re-export it or remove the file."
                     )
+        hashes = VerifiedFiles(sha256_file, enabled=cache)
         for entry in entries:
             path = self.path_of(entry)
             if not path.is_file():
@@ -147,11 +152,13 @@ class Artifact:
                 raise ArtifactError(
                     f"{entry['path']} in {self.root} is hard-linked elsewhere; copy the artifact without links."
                 )
-            if info.st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            if info.st_size != entry["size"] or hashes.sha256(path, info) != entry["sha256"]:
+                hashes.save()
                 raise ArtifactError(
                     f"{entry['path']} in {self.root} does not match the sha256 in its manifest: "
                     "the file was altered or truncated. Re-export the artifact."
                 )
+        hashes.save()
 
     def model_entries(self, graph: str | None = None, target: str | None = None,
                       precision: str | None = None) -> list[dict[str, Any]]:

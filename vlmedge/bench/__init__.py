@@ -20,6 +20,8 @@ The modules, in the order data flows:
     measure   timing each exported file (and a peer's ONNX file) into rows
     baseline  the torch source as the baseline row
     timing    the timing loop and the peak-memory sampling
+    peak      what the machine can do: peak GEMM rate per precision and backend, bandwidth (cached)
+    roofline  operations counted from the graph; each row against the peak of its precision
     result    the dataclasses, their JSON form, speed-ups and recommendations
     report    tables, Markdown and comparison of results; plot: the PNG
 
@@ -47,7 +49,8 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
           duration: float | None = None, min_iterations: int = MIN_ITERATIONS, end_to_end: bool = False,
           random_inputs: bool = False, sweep: Sequence[str] = (), device: str = "cpu",
           peers: dict[str, str | os.PathLike] | None = None,
-          progress: Callable[[str], None] | None = None) -> BenchResult:
+          progress: Callable[[str], None] | None = None, roofline: bool = True,
+          remeasure_peak: bool = False) -> BenchResult:
     """Measures every graph of an artifact on each backend, precision, batch size and thread count.
 
     A variant that cannot be loaded or run is reported in `skipped` with its reason; it
@@ -74,11 +77,16 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         device: the device the exported files run on ("cpu", "cuda", ...).
         peers: name -> ONNX file exported by another tool, run on ONNX Runtime as extra rows.
         progress: called with a line of text per row and per skip.
+        roofline: give every row its operations per call, achieved GOP/s, % of the peak
+            of the precision it computes in, and whether it is compute- or memory-bound
+            (vlmedge.bench.roofline); the peaks are measured once per machine, backend and
+            thread count (a few seconds) and cached in the user cache folder.
+        remeasure_peak: measure the peaks again instead of reading the cache.
 
     Returns:
         A BenchResult: one Row per graph, variant, batch size and thread count measured,
-        the Skips with their reasons, recommended settings and warnings. `result.save(path)`
-        writes its JSON form.
+        the Skips with their reasons, recommended settings and warnings, and the machine
+        peaks used. `result.save(path)` writes its JSON form.
 
     Raises:
         InputError: an option is invalid (unknown backend, precision or sweep; iterations
@@ -127,6 +135,11 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         for t in settings.threads:
             measure_peer(plan, name, Path(path), t)
     plan.warnings += annotate(plan.rows)
+    peaks = []
+    if roofline:
+        from vlmedge.bench.roofline import add_roofline
+
+        peaks = add_roofline(plan, remeasure=remeasure_peak)
     return BenchResult(
         schema=SCHEMA, schema_version=SCHEMA_VERSION,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -135,5 +148,5 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
                               reference=str((art.manifest.get("source") or {}).get("reference", "")),
                               graphs=plan.graphs()),
         settings=settings, environment=environment, rows=plan.rows, skipped=plan.skipped,
-        recommendations=recommend(plan.rows), warnings=plan.warnings,
+        recommendations=recommend(plan.rows), warnings=plan.warnings, peaks=peaks,
     )

@@ -2,8 +2,9 @@
 rebuilt from the reference its manifest records (vlmedge.exporters.reference) and timed
 like the exported files, on the same inputs, in the same process.
 
-torch, transformers and the sources are imported only here, and only when the baseline is
-asked for (the default asks for it when torch is installed).
+torch, transformers and the sources are imported only here (and torch by vlmedge.bench.peak
+for the baseline's peak GEMM rate), and only when the baseline is asked for (the default
+asks for it when torch is installed).
 """
 
 from __future__ import annotations

@@ -110,6 +110,8 @@ def bench(
     sweep: Optional[str] = typer.Option(None, "--sweep", metavar="threads,batch", help="threads and/or batch: measure a grid and recommend settings."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for the exported files: cpu, cuda, ..."),
     peer: Optional[list[str]] = typer.Option(None, "--peer", metavar="NAME=FILE.onnx", help="NAME=FILE.onnx exported by another tool, timed on ONNX Runtime beside the artifact (repeatable)."),
+    roofline: bool = typer.Option(True, "--roofline/--no-roofline", help="Per row: operations per call, GOP/s, % of this machine's measured peak for its precision, compute- or memory-bound (the peaks are measured once and cached)."),
+    remeasure_peak: bool = typer.Option(False, "--remeasure-peak", help="Measure the machine's peak GEMM rates and bandwidth again instead of reading them from the cache."),
     json_path: Optional[str] = typer.Option(None, "--json", metavar="FILE", help="Write the result as JSON to FILE ('-': stdout, tables then go to stderr)."),
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="Write the result as Markdown to FILE."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Write a PNG: p50 per variant with p90 whiskers, throughput vs batch (needs the 'plot' extra: matplotlib)."),
@@ -144,7 +146,7 @@ def bench(
                                    batch_sizes=batches, threads=threads, warmup=warmup,
                                    iterations=iterations, duration=duration, end_to_end=end_to_end,
                                    random_inputs=random_inputs, sweep=formats.split(sweep), device=device, peers=peers,
-                                   progress=say)
+                                   progress=say, roofline=roofline, remeasure_peak=remeasure_peak)
         finally:
             if tmp is not None:
                 tmp.cleanup()

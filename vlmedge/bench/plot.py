@@ -1,5 +1,6 @@
-"""`vlmedge bench --plot`: a PNG with p50 latency per variant (p90 whiskers) and throughput
-against batch size. Needs matplotlib (pip install 'vlmedge[plot]')."""
+"""`vlmedge bench --plot`: a PNG with p50 latency per variant (p90 whiskers; each bar notes its
+% of the measured peak and whether it is compute- or memory-bound) and throughput against
+batch size. Needs matplotlib (pip install 'vlmedge[plot]')."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def plot(result: BenchResult, path: str | os.PathLike, title: str | None = None)
         bars.set_xlabel("latency per call, ms, log scale (bar: p50, whisker: p90)")
     for yi, r in zip(y, rows):
         note = f" {r.latency.p50_ms:.2f} ms" + (f", {r.speedup_vs_torch:.1f}x torch" if r.speedup_vs_torch and r.backend != "torch" else "")
+        if r.roofline and r.roofline.percent_of_peak is not None:
+            note += f", {r.roofline.percent_of_peak:.0f}% of {r.roofline.compute_precision} peak"
+            note += f" ({r.roofline.bound}-bound)" if r.roofline.bound else ""
         bars.text(r.latency.p90_ms, yi, note, va="center", fontsize=7)
     bars.grid(axis="x", alpha=0.3)
 

@@ -20,6 +20,7 @@ from vlmedge.errors import InputError
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
 LATENCY_COLUMNS = ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max")
 OTHER_COLUMNS = ("items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", "provider", "parity")
+ROOFLINE_COLUMNS = ("GOP/call", "GOP/s", "computes in", "peak GOP/s", "% of peak", "ops/byte", "ridge", "bound")
 
 
 def parity_text(row: Row) -> str:
@@ -53,6 +54,47 @@ def _other_cells(row: Row) -> list[str]:
             "-" if row.model_mb is None else f"{row.model_mb:.2f}", row.provider, parity_text(row)]
 
 
+def _roofline_cells(row: Row) -> list[str]:
+    r = row.roofline
+    if r is None or r.ops is None:
+        return ["-"] * (len(ROOFLINE_COLUMNS) - 1) + [r.note if r else "not computed"]
+    number = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
+    return [f"{r.ops / 1e9:.4g}", f"{r.gops_per_s:.4g}", r.compute_precision, number(r.peak_gops, ".4g"),
+            number(r.percent_of_peak, ".1f"), number(r.intensity, ".3g"), number(r.ridge, ".3g"),
+            f"{r.bound}-bound" if r.bound else "-"]
+
+
+def roofline_text(row: Row) -> str:
+    """The row's roofline in one line."""
+    r = row.roofline
+    if r is None:
+        return "not computed"
+    if r.ops is None:
+        return f"unknown ({r.note})"
+    text = f"{r.ops / 1e9:.4g} GOP/call, {r.gops_per_s:.4g} GOP/s"
+    if r.percent_of_peak is not None:
+        text += f" = {r.percent_of_peak:.1f}% of the {r.compute_precision} peak {r.peak_gops:.4g} GOP/s"
+    else:
+        text += f" (computes in {r.compute_precision}; no peak)"
+    if r.bound:
+        text += (f"; {r.intensity:.3g} ops/byte {'>=' if r.bound == 'compute' else '<'} ridge {r.ridge:.3g}: "
+                 f"{r.bound}-bound")
+    return text + (f" ({r.note})" if r.note else "")
+
+
+def peak_lines(result: BenchResult) -> list[str]:
+    """The machine's measured peaks, one line per backend and thread count."""
+    lines = []
+    for m in result.peaks:
+        have = ", ".join(f"{p.precision} {p.gops:.4g}" for p in m.peaks if p.gops is not None)
+        missing = "; ".join(f"{p.precision}: {p.note}" for p in m.peaks if p.gops is None)
+        lines.append(f"peak {m.backend} {m.backend_version}, {m.threads} threads: {have or 'none'} GOP/s "
+                     f"({m.gemm_size}^3 GEMM); bandwidth {m.bandwidth_gbs} GB/s ({m.bandwidth_method}); "
+                     f"{'cached, ' if m.cached else ''}measured {m.measured} at load "
+                     f"{', '.join(map(str, m.load_average)) or 'n/a'}" + (f"; n/a: {missing}" if missing else ""))
+    return lines
+
+
 def _key_cells(row: Row) -> list[str]:
     return [row.graph, row.label, str(row.batch_size), str(row.threads)]
 
@@ -72,20 +114,26 @@ def header_lines(result: BenchResult) -> list[str]:
         f"versions: {versions}",
         f"latency: ms per call of one batch; items/s = batch / mean latency; vs torch = torch p50 / p50; "
         f"peak RSS: {s.memory_method}",
+        *(["roofline: GOP/call = 2 x MACs of MatMul/Gemm/Conv counted from the graph; GOP/s over p50; % of the "
+           "measured peak of the precision the row computes in; below the ridge (peak / bandwidth, ops/byte): "
+           "memory-bound"] if result.peaks else []),
+        *peak_lines(result),
     ]
 
 
 def tables(result: BenchResult) -> list[Table]:
     latency = Table(title="latency per call (ms)", title_justify="left")
     other = Table(title="throughput, start-up, memory, parity", title_justify="left")
-    for table, columns in ((latency, LATENCY_COLUMNS), (other, OTHER_COLUMNS)):
+    roof = Table(title="roofline: against the measured peak of the precision each row computes in", title_justify="left")
+    for table, columns in ((latency, LATENCY_COLUMNS), (other, OTHER_COLUMNS), (roof, ROOFLINE_COLUMNS)):
         for name in ("graph", "variant", "batch", "threads") + columns:
             table.add_column(name, justify="left" if name in ("graph", "variant", "provider", "parity") else "right",
                              overflow="fold")
     for row in result.rows:
         latency.add_row(*map(escape, _key_cells(row) + _latency_cells(row)))
         other.add_row(*map(escape, _key_cells(row) + _other_cells(row)))
-    return [latency, other]
+        roof.add_row(*map(escape, _key_cells(row) + _roofline_cells(row)))
+    return [latency, other] + ([roof] if any(r.roofline for r in result.rows) else [])
 
 
 def recommendation_lines(result: BenchResult) -> list[str]:
@@ -120,7 +168,7 @@ def row_block(row: Row) -> list[str]:
             f"  items/s {other['items/s']}  vs torch {other['vs torch']}  load {other['load s']} s  "
             f"first {other['first ms']} ms",
             f"  peak RSS +{other['peak RSS +MB']} MB  size {other['size MB']} MB  provider {other['provider']}",
-            f"  parity: {other['parity']}"]
+            f"  parity: {other['parity']}"] + ([f"  roofline: {roofline_text(row)}"] if row.roofline else [])
 
 
 def print_result(result: BenchResult, console: Console) -> None:
@@ -143,14 +191,15 @@ def print_result(result: BenchResult, console: Console) -> None:
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", *LATENCY_COLUMNS}
+    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", *LATENCY_COLUMNS,
+             *ROOFLINE_COLUMNS[:2], *ROOFLINE_COLUMNS[3:7]}
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in right else "---" for h in headers) + "|"]
     return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
 
 
 def markdown(result: BenchResult, title: str | None = None, level: int = 2) -> str:
-    """The result as Markdown: settings, both tables, recommendations, skips, warnings."""
+    """The result as Markdown: settings and peaks, the tables, recommendations, skips, warnings."""
     h = "#" * level
     out = [f"{h} {title or result.artifact.reference or result.artifact.path}", ""]
     out += [f"- {line}" for line in header_lines(result)] + [""]
@@ -159,6 +208,11 @@ def markdown(result: BenchResult, title: str | None = None, level: int = 2) -> s
     out += _md_table(keys + list(LATENCY_COLUMNS), [_key_cells(r) + _latency_cells(r) for r in result.rows]) + [""]
     out += [f"{h}# Throughput, start-up, memory, parity", ""]
     out += _md_table(keys + list(OTHER_COLUMNS), [_key_cells(r) + _other_cells(r) for r in result.rows]) + [""]
+    if any(r.roofline for r in result.rows):
+        out += [f"{h}# Roofline", ""]
+        out += _md_table(keys + list(ROOFLINE_COLUMNS), [_key_cells(r) + _roofline_cells(r) for r in result.rows])
+        out += [""] + [f"- {_key_cells(r)[1]} [{r.graph}] batch {r.batch_size}: {r.roofline.note}"
+                       for r in result.rows if r.roofline and r.roofline.ops and r.roofline.note] + [""]
     for heading, lines in (("Recommended settings", recommendation_lines(result)),
                            ("Not measured", skip_lines(result)), ("Warnings", result.warnings)):
         if lines:

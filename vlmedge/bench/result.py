@@ -1,7 +1,8 @@
 """The typed result of `vlmedge bench`, its versioned JSON form, and what is read off its
 rows (speed-ups over the torch baseline, warnings, recommended settings).
 
-JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 1).
+JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 2;
+version 1, without the roofline, is read too).
 Times are milliseconds (`*_ms`) or seconds (`*_s`), memory and sizes megabytes (10^6
 bytes for files, MiB for resident memory: `*_mb`), throughput items per second.
 """
@@ -17,11 +18,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlmedge.bench.peak import MachinePeaks, Peak
 from vlmedge.environment import Environment, Gpu
 from vlmedge.errors import InputError
 
 SCHEMA = "vlmedge-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READ_VERSIONS = (1, 2)  # version 1: no roofline per row, no peaks
 # The backend name and precision of the PyTorch source's rows (not a backend of vlmedge.runtimes).
 BASELINE = "torch"
 BASELINE_PRECISION = "fp32"
@@ -86,6 +89,29 @@ class Parity:
 
 
 @dataclass
+class Roofline:
+    """One row against what the machine can do (vlmedge.bench.roofline): operations per call
+    (2 x MACs of MatMul/Gemm/Conv/Einsum), achieved GOP/s over p50, the measured peak of the
+    precision it computes in, bytes moved (a stated model), ops per byte and the ridge point
+    (peak GOP/s / bandwidth GB/s): below it, memory-bound. None where it cannot be said."""
+
+    ops: int | None
+    macs: int | None
+    gops_per_s: float | None
+    compute_precision: str
+    peak_gops: float | None
+    percent_of_peak: float | None
+    bytes: int | None
+    intensity: float | None
+    bandwidth_gbs: float | None
+    ridge: float | None
+    attainable_gops: float | None
+    bound: str | None
+    count_source: str | None
+    note: str
+
+
+@dataclass
 class Row:
     """One (graph, backend, precision, batch size, thread count) measurement."""
 
@@ -110,6 +136,7 @@ class Row:
     peer: str | None = None
     speedup_vs_torch: float | None = None
     warnings: list[str] = field(default_factory=list)
+    roofline: Roofline | None = None
 
     @property
     def key(self) -> tuple:
@@ -182,6 +209,7 @@ class BenchResult:
     skipped: list[Skip]
     recommendations: list[Recommendation]
     warnings: list[str]
+    peaks: list[MachinePeaks] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,9 +228,9 @@ class BenchResult:
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise InputError("This is not a vlmedge bench result (no \"schema\": \"vlmedge-bench\"); "
                              "pass a file written by `vlmedge bench --json`.")
-        if d.get("schema_version") != SCHEMA_VERSION:
+        if d.get("schema_version") not in READ_VERSIONS:
             raise InputError(f"This bench result has schema version {d.get('schema_version')!r}; this vlmedge reads "
-                             f"version {SCHEMA_VERSION}. Re-run the benchmark with this version.")
+                             f"versions {', '.join(map(str, READ_VERSIONS))}. Re-run the benchmark with this version.")
         try:
             env = dict(d["environment"])
             env["gpus"] = [Gpu(**g) for g in env.get("gpus", [])]
@@ -210,6 +238,7 @@ class BenchResult:
             for r in d["rows"]:
                 r = dict(r)
                 r["latency"], r["parity"] = Latency(**r["latency"]), Parity(**r["parity"])
+                r["roofline"] = Roofline(**r["roofline"]) if r.get("roofline") else None
                 rows.append(Row(**r))
             return cls(
                 schema=d["schema"], schema_version=d["schema_version"], created=d["created"],
@@ -217,6 +246,7 @@ class BenchResult:
                 settings=Settings(**d["settings"]), environment=Environment(**env), rows=rows,
                 skipped=[Skip(**s) for s in d["skipped"]],
                 recommendations=[Recommendation(**x) for x in d["recommendations"]], warnings=list(d["warnings"]),
+                peaks=[MachinePeaks(**{**p, "peaks": [Peak(**x) for x in p["peaks"]]}) for p in d.get("peaks", [])],
             )
         except (KeyError, TypeError) as exc:
             raise InputError(f"This bench result is malformed ({exc}); re-run `vlmedge bench --json`.") from None

@@ -40,11 +40,19 @@ def wants_bulk(engine: str, out: Optional[Path], address: Optional[str] = None, 
     return engine == "ray" or (out is not None and out.suffix.lower() == ".parquet")
 
 
+def check_decode_workers(engine: str, decode_workers: Optional[int]) -> None:
+    """--decode-workers sets the local engine's threads; Ray runs preprocessing in its own tasks."""
+    if engine == "ray" and decode_workers is not None:
+        raise typer.BadParameter("--decode-workers sets the threads of the local engine; with --engine ray "
+                                 "preprocessing runs in Ray tasks, one per CPU", param_hint="--decode-workers")
+
+
 def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str, address: Optional[str],
             batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
             precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console,
-            device: str = "cpu") -> None:
+            device: str = "cpu", decode_workers: Optional[int] = None) -> None:
     """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file."""
+    check_decode_workers(engine, decode_workers)
     if out is None or out.suffix.lower() != ".parquet":
         raise typer.BadParameter("bulk predictions go to a Parquet file; pass e.g. --out results.parquet",
                                  param_hint="--out")
@@ -60,16 +68,19 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
                                  "e.g. --labels \"cat,dog,car\"", param_hint="--labels")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
                    device=_device(device, gpus_per_worker), **{k: v for k, v in options.items() if k in takes})
-    _run(job, artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, console, err_console)
+    _run(job, artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, console, err_console,
+         decode_workers)
 
 
 def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, address: Optional[str],
           batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
           precision: Optional[str], pooling: Optional[str], normalize: bool, texts: list[str], console: Console,
-          err_console: Console, device: str = "cpu") -> None:
+          err_console: Console, device: str = "cpu", decode_workers: Optional[int] = None) -> None:
     """`vlmedge embed`: images (or CLIP captions from .txt/.csv/.parquet inputs, or --text)
-    into a Parquet file, or into a .npy + .files.json."""
+    into a Parquet file, or into a .npy + .files.json. ``decode_workers``: the local engine's
+    decode threads (None: min(4, CPUs); 1: serially)."""
     bulk = wants_bulk(engine, out, address, concurrency, gpus_per_worker)
+    check_decode_workers(engine, decode_workers)
     if bulk and texts:
         raise typer.BadParameter("with --engine ray or a Parquet --out, put the captions in a .txt file (one per "
                                  "line), or a .csv/.parquet with a 'text' column, and pass that file as INPUT",
@@ -101,10 +112,10 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
         if out.suffix.lower() not in (".parquet", ".npy"):
             out = out.with_name(out.name + ".npy")
         return _run(job, artifact, list(inputs or []), out, engine, address, batch_size, concurrency,
-                    gpus_per_worker, console, err_console)
+                    gpus_per_worker, console, err_console, decode_workers)
     text_job = (make_job(artifact, methods["text"].name, backend=backend, precision=precision,
                          device=_device(device, gpus_per_worker)) if texts else None)
-    _embed_to_npy(job, text_job, artifact, inputs, texts, out, batch_size, console, err_console)
+    _embed_to_npy(job, text_job, artifact, inputs, texts, out, batch_size, console, err_console, decode_workers)
 
 
 def _device(device: str, gpus_per_worker: float) -> str:
@@ -120,7 +131,8 @@ def _task(artifact: Path):
 
 
 def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inputs: Optional[list[str]],
-                  texts: list[str], out: Path, batch_size: int, console: Console, err_console: Console) -> None:
+                  texts: list[str], out: Path, batch_size: int, console: Console, err_console: Console,
+                  decode_workers: Optional[int] = None) -> None:
     """The plain `vlmedge embed --out x.npy`: the local engine over the inputs (paths kept as
     given), then over the --text captions, into one .npy; its own report."""
     from vlmedge.bulk.local import iter_local, local_batches
@@ -140,7 +152,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
     started = time.perf_counter()
     with NpyWriter(out, artifact) as writer, _progress(err_console, "embedding", total) as advance:
         for run_job, input_batches in runs:
-            for results in iter_local(run_job, input_batches, advance, pipeline):
+            for results in iter_local(run_job, input_batches, advance, pipeline, decode_workers):
                 writer.add(results, run_job)
     rate = (len(writer.files) + len(writer.texts)) / max(time.perf_counter() - started, 1e-9)
     rows, dim = writer.embeddings.shape
@@ -156,7 +168,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
 
 def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str, address: Optional[str],
          batch_size: int, concurrency: Optional[int], gpus_per_worker: float, console: Console,
-         err_console: Console) -> None:
+         err_console: Console, decode_workers: Optional[int] = None) -> None:
     started = time.perf_counter()
     if engine == "ray":
         from vlmedge.bulk import ray as bulk_ray
@@ -178,7 +190,8 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
         found = collect(inputs, job.kind)
         label = "classify" if job.result == "ranked" else job.method
         with _progress(err_console, label, len(found.files) + len(found.missing) or None) as advance:
-            summary = _write(iter_local(job, local_batches(found, batch_size), advance), job, out, artifact)
+            summary = _write(iter_local(job, local_batches(found, batch_size), advance, workers=decode_workers),
+                             job, out, artifact)
         where = "the local engine (one process)"
     _report(summary, out, time.perf_counter() - started, where, console, err_console)
 

@@ -1,12 +1,12 @@
-"""The local engine: the two stages of a bulk run in this process. Threads prepare the next
-batch (decode, preprocess) while the model runs the current one; results come out as
-batches of columns, in input order, for a writer (``.parquet`` or ``.npy``) to consume.
-Only table inputs and Parquet output need pyarrow."""
+"""The local engine: the two stages of a bulk run in this process. Threads
+(vlmedge.preprocess.parallel) prepare the next batches (decode, preprocess) while the model
+runs the current one; results come out as batches of columns, in input order, for a writer
+(``.parquet`` or ``.npy``) to consume. Only table inputs and Parquet output need pyarrow."""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import contextlib
+import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 from vlmedge.bulk.inputs import Inputs, batches, rows_of
@@ -15,15 +15,17 @@ from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
 from vlmedge.bulk.table import to_arrow
 from vlmedge.errors import InputError
+from vlmedge.preprocess.parallel import check_workers, prepare_ordered
 
 
 def run_local(job: BulkJob, inputs: Inputs, batch_size: int = 32, progress: Callable[[int], None] | None = None,
-              pipeline: Any = None):
+              pipeline: Any = None, workers: int | None = None):
     """Runs the job over the inputs in this process; returns one pyarrow Table (the columns
-    and rows the Ray engine gives for the same job and inputs)."""
+    and rows the Ray engine gives for the same job and inputs). ``workers``: as for `iter_local`."""
     import pyarrow as pa
 
-    tables = [to_arrow(columns) for columns in iter_local(job, local_batches(inputs, batch_size), progress, pipeline)]
+    tables = [to_arrow(columns) for columns in iter_local(job, local_batches(inputs, batch_size), progress, pipeline,
+                                                          workers)]
     if not tables:
         raise InputError("The inputs hold no rows.")
     return pa.concat_tables(tables)
@@ -40,29 +42,42 @@ def iter_local(job: BulkJob, input_batches: Iterable[dict[str, list[Any]]],
                progress: Callable[[int], None] | None = None, pipeline: Any = None,
                workers: int | None = None) -> Iterator[dict[str, Any]]:
     """Result columns, one batch per input batch. ``pipeline``: one already loaded for the job's
-    artifact (else it is loaded here); ``progress`` is called with each batch's row count."""
+    artifact (else it is loaded here); ``progress`` is called with each batch's row count;
+    ``workers``: decode threads (None: vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially,
+    in this thread). The rows of a batch are prepared concurrently, and those of the next two
+    batches while the model runs this one."""
+    workers = check_workers(workers)
     predictor = Predictor(job, pipeline=pipeline)
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmedge-prepare") as pool:
-        source = iter(input_batches)
+    source = iter(input_batches)
+    first = next(source, None)
+    if first is None:
+        return
+    # one row per task, so that threads share a batch's rows evenly; captions: one tokenizer call per batch
+    per_batch = 1 if job.kind == "text" else len(next(iter(first.values())))
 
-        def submit() -> list[Future] | None:
-            batch = next(source, None)
-            return None if batch is None else [pool.submit(prepare_batch, part, job)
-                                               for part in _split(batch, workers if job.kind != "text" else 1)]
+    def slices() -> Iterator[tuple[dict[str, list[Any]], bool]]:
+        for batch in itertools.chain([first], source):
+            parts = _split(batch, per_batch)
+            yield from ((part, i == len(parts) - 1) for i, part in enumerate(parts))
 
-        pending = submit()
-        while pending is not None:
-            parts = [future.result() for future in pending]
-            pending = submit()  # the next batch is prepared while the model runs this one
-            prepared = _join(parts)
-            yield predictor(prepared)
+    def prepare(item: tuple[dict[str, list[Any]], bool]) -> tuple[dict[str, Any], bool]:
+        part, last = item
+        return prepare_batch(part, job), last
+
+    parts: list[dict[str, Any]] = []
+    with contextlib.closing(prepare_ordered(prepare, slices(), workers, ahead=2 * per_batch)) as prepared:
+        for part, last in prepared:
+            parts.append(part)
+            if not last:
+                continue
+            batch, parts = _join(parts), []
+            yield predictor(batch)
             if progress is not None:
-                progress(len(prepared["_error"]))
+                progress(len(batch["_error"]))
 
 
 def _split(batch: dict[str, list[Any]], parts: int) -> list[dict[str, list[Any]]]:
-    """A batch cut into up to ``parts`` consecutive slices of rows (one per preparing thread)."""
+    """A batch cut into up to ``parts`` consecutive slices of rows."""
     n = len(next(iter(batch.values())))
     size = max(1, -(-n // parts))
     return [{k: v[start:start + size] for k, v in batch.items()} for start in range(0, n, size)]

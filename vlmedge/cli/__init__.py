@@ -220,6 +220,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Bulk: inputs per model call."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
+    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
     from vlmedge.bulk import command as bulk
@@ -235,10 +236,11 @@ def predict(
                    attention=attention)
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
-                            backend, precision, options, console, err_console, device=device)
+                            backend, precision, options, console, err_console, device=device,
+                            decode_workers=decode_workers)
     from vlmedge.tasks import load
 
-    pipeline = load(artifact, backend=backend, device=device, precision=precision)
+    pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers)
     rows = ROWS[method.result](pipeline, method, list(inputs), **options)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -289,13 +291,14 @@ def embed(
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
+    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
     from vlmedge.bulk import command as bulk
 
     _check_run_options(backend, precision)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
-               pooling, normalize, list(text or []), console, err_console, device=device)
+               pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers)
 
 
 @app.command(cls=_Command)

@@ -26,6 +26,7 @@ import numpy as np
 
 from vlmedge.errors import InputError
 from vlmedge.preprocess import READ_ERRORS
+from vlmedge.preprocess.parallel import prepare_ordered
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
 
@@ -78,30 +79,33 @@ def _as_invalid_field():
 
 
 def _pixels(images: list[bytes], spec: Any) -> np.ndarray:
-    """Decodes and preprocesses a request's images in its own thread: the (N, ...) float32
-    array the pipelines' `<method>_prepared` methods take (as the bulk engines prepare them)."""
+    """Decodes and preprocesses a request's images (several at once, in its own thread and
+    the decode workers): the (N, ...) float32 array the pipelines' `<method>_prepared`
+    methods take (as the bulk engines prepare them)."""
     from vlmedge.preprocess.image import load_image, preprocess_images
 
-    rows = []
-    for i, data in enumerate(images):
+    def one(item: tuple[int, bytes]) -> np.ndarray:
+        i, data = item
         try:
-            rows.append(preprocess_images([load_image(data)], spec)[0])
+            return preprocess_images([load_image(data)], spec)[0]
         except READ_ERRORS as exc:
             raise invalid("invalid_input", f"images[{i}] could not be decoded: {exc}") from None
-    return np.stack(rows)
+
+    return np.stack(list(prepare_ordered(one, list(enumerate(images)), ahead=len(images))))
 
 
 def _clips(audio: list[bytes], spec: Any, hop: float | None) -> list[Any]:
-    """Decodes a request's clips and computes their model windows' features in its own thread."""
+    """Decodes a request's clips and computes their model windows' features (several at once)."""
     from vlmedge.tasks.audio import AudioTagger
 
-    clips = []
-    for i, data in enumerate(audio):
+    def one(item: tuple[int, bytes]) -> Any:
+        i, data = item
         try:
-            clips.append(AudioTagger.prepare_clip(data, spec, window_hop=hop))
+            return AudioTagger.prepare_clip(data, spec, window_hop=hop)
         except READ_ERRORS as exc:
             raise invalid("invalid_input", f"audio[{i}] could not be decoded: {exc}") from None
-    return clips
+
+    return list(prepare_ordered(one, list(enumerate(audio)), ahead=len(audio)))
 
 
 def _warmup_png() -> bytes:

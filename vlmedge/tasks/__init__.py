@@ -8,7 +8,8 @@ from typing import Any
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
-         precision: str | None = None, **options: Any):
+         precision: str | None = None, decode_workers: int | None = None, cache: bool | None = None,
+         **options: Any):
     """Loads an artifact and returns the pipeline for its task.
 
     Args:
@@ -17,11 +18,20 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
             backend present for the device (the choice is on `.model.backend`).
         device: "cpu", "cuda", or a backend-specific device name.
         precision: "fp32", "fp16", "bf16", "int8", or None for the fastest that passed its gate.
+        decode_workers: threads that decode and preprocess the inputs of a list call while the
+            model runs (None: min(4, CPUs); 1: serially); the pipeline's ``decode_workers``.
+        cache: the compiled-model cache and the verified-file memo (vlmedge.load says more).
+        **options: backend session options, e.g. threads=4.
     """
     from vlmedge.artifact import Artifact
+    from vlmedge.preprocess.parallel import check_workers
     from vlmedge.runtimes.select import open_model
     from vlmedge.registry import task_named
 
-    artifact = Artifact.open(path)
+    workers = None if decode_workers is None else check_workers(decode_workers)
+    artifact = Artifact.open(path, cache=cache)
     task = task_named(artifact.task, f"Artifact {path}")
-    return task.pipeline_class()(open_model(artifact, backend=backend, device=device, precision=precision, **options))
+    pipeline = task.pipeline_class()(open_model(artifact, backend=backend, device=device, precision=precision,
+                                                cache=cache, **options))
+    pipeline.decode_workers = workers
+    return pipeline

@@ -9,15 +9,18 @@ max (or mean) of its windows' scores.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import numbers
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
+from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import MAX_BATCH, Prediction, check_threshold, check_top_k, chunks, rank, sigmoid, softmax
 
@@ -69,6 +72,16 @@ def _at_model_rate(wave: np.ndarray, rate: int, spec: AudioPreprocessSpec) -> tu
     return resample(wave, rate, spec.sampling_rate), wave.size / rate
 
 
+def _decoded(item: Any, sample_rate: int | None, spec: AudioPreprocessSpec) -> tuple[np.ndarray, float] | Deferred:
+    """One clip decoded (an error raised now, for `AudioTagger.load` to word) and resampled
+    (an error handed back as it is)."""
+    wave, rate = load_audio(item, sample_rate)
+    try:
+        return _at_model_rate(wave, rate, spec)
+    except Exception as exc:  # noqa: BLE001 - raised unchanged at its clip's turn
+        return Deferred(exc)
+
+
 def _stacked(features: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     """One array when the windows' features share a shape (always, but for raw-waveform
     windows of clips of different lengths), else the list."""
@@ -105,6 +118,9 @@ class AudioTagger:
     """Tags audio clips with an audio-classification artifact (AST, Whisper or a raw-waveform model)."""
 
     task = "audio-classification"
+    # threads that decode, resample and compute features while the model runs (None:
+    # vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially)
+    decode_workers: int | None = None
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
@@ -137,14 +153,19 @@ class AudioTagger:
         """
         items, single = _as_clips(audio)
         loaded = []
-        for i, item in enumerate(items):
-            try:
-                wave, rate = load_audio(item, sample_rate)
-            except InputError as exc:
-                if single or isinstance(item, (str, os.PathLike)):  # a file's message names it
-                    raise
-                raise InputError(f"Audio clip {i} of the list: {exc}") from None
-            loaded.append(_at_model_rate(wave, rate, self.spec))
+        clips = prepare_ordered(functools.partial(_decoded, sample_rate=sample_rate, spec=self.spec), items,
+                                self.decode_workers, ahead=2 * MAX_BATCH)
+        with contextlib.closing(clips):
+            for i, item in enumerate(items):
+                try:
+                    clip = next(clips)
+                except InputError as exc:
+                    if single or isinstance(item, (str, os.PathLike)):  # a file's message names it
+                        raise
+                    raise InputError(f"Audio clip {i} of the list: {exc}") from None
+                if isinstance(clip, Deferred):
+                    raise clip.error
+                loaded.append(clip)
         return loaded
 
     @staticmethod
@@ -214,13 +235,16 @@ class AudioTagger:
         windows = [split_windows(wave, self.spec, hop) for wave, _ in clips]
         segments = [segment for clip_windows in windows for _, _, segment in clip_windows]  # views, no copies
         spans = [(duration, _spans(clip_windows)) for (_, duration), clip_windows in zip(clips, windows)]
-        return self._scored(spans, segments, self.features), single
+        features = prepare_ordered(functools.partial(fbank, spec=self.spec), segments, self.decode_workers,
+                                   ahead=2 * MAX_BATCH)
+        with contextlib.closing(features):
+            return self._scored(spans, (_stacked(batch) for batch in in_batches(features, MAX_BATCH))), single
 
-    def _scored(self, clips: list[tuple[float, list[tuple[float, float]]]], windows: Sequence[np.ndarray],
-                model_input) -> list[_Scored]:
-        """Scores the windows of all clips together, a chunk at a time (``model_input`` turns
-        a chunk of windows into features), and splits the scores back per (duration, spans)."""
-        parts = [self._activate(self.logits(model_input(batch))) for batch in chunks(windows, MAX_BATCH)]
+    def _scored(self, clips: list[tuple[float, list[tuple[float, float]]]],
+                feature_batches: Iterable[np.ndarray | list[np.ndarray]]) -> list[_Scored]:
+        """Scores the windows of all clips together, one batch of their features at a time,
+        and splits the scores back per (duration, spans)."""
+        parts = [self._activate(self.logits(features)) for features in feature_batches]
         scores = np.concatenate(parts)
         results, offset = [], 0
         for duration, spans in clips:
@@ -284,7 +308,8 @@ class AudioTagger:
             return []
         windows = [np.asarray(window, dtype=np.float32) for clip in clips for window in clip.features]
         spans = [(float(clip.duration), [(float(start), float(end)) for start, end in clip.spans]) for clip in clips]
-        return [self._clip_tags(s, top_k, threshold, aggregate) for s in self._scored(spans, windows, _stacked)]
+        batches = (_stacked(batch) for batch in chunks(windows, MAX_BATCH))
+        return [self._clip_tags(s, top_k, threshold, aggregate) for s in self._scored(spans, batches)]
 
     def _clip_tags(self, scored: _Scored, top_k: int | None, threshold: float | None, aggregate: str) -> ClipTags:
         windows = [WindowTags(start, end, rank(row, self.labels, top_k, threshold))

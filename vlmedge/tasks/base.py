@@ -3,12 +3,17 @@ activations over a model's scores."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import numbers
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
+from PIL import Image
 
 from vlmedge.errors import InputError
+from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 
 # The largest batch handed to a backend at once; longer lists are run in chunks.
 MAX_BATCH = 32
@@ -77,6 +82,31 @@ def as_list(inputs: Any, single_types: tuple[type, ...]) -> tuple[list[Any], boo
 def chunks(items: Sequence[Any], size: int = MAX_BATCH):
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _pixels_of(item: Any, spec: ImagePreprocessSpec) -> np.ndarray | Deferred:
+    """One image decoded (an error raised now) and preprocessed (an error deferred)."""
+    image = load_image(item)
+    try:
+        return preprocess_images([image], spec)[0]
+    except Exception as exc:  # noqa: BLE001 - raised by pixel_batches as the serial loop raises it
+        return Deferred(exc)
+
+
+def pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int | None = None,
+                  size: int = MAX_BATCH) -> Iterator[np.ndarray]:
+    """``preprocess_images([load_image(i) for i in chunk], spec)`` for each chunk of ``size``
+    items, equal to the array, the order and the first error of that serial loop, with the
+    items decoded by up to ``workers`` threads (None: the default; 1: serially) and the next
+    two chunks prepared while the caller runs the model on this one."""
+    rows = prepare_ordered(functools.partial(_pixels_of, spec=spec), items, workers, ahead=2 * size,
+                           inline=lambda item: isinstance(item, Image.Image))  # may be lazily loaded, or repeated
+    with contextlib.closing(rows):
+        for batch in in_batches(rows, size):
+            failed = next((row for row in batch if isinstance(row, Deferred)), None)
+            if failed is not None:
+                raise failed.error
+            yield np.stack(batch)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

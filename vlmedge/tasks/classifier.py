@@ -7,15 +7,20 @@ from typing import Any
 import numpy as np
 
 from vlmedge.errors import ArtifactError
-from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import Prediction, as_list, check_top_k, chunks, rank, sigmoid, softmax
+from vlmedge.tasks.base import Prediction, as_list, check_top_k, chunks, pixel_batches, rank, sigmoid, softmax
 
 
 class ImageClassifier:
-    """Classifies images with an image-classification artifact."""
+    """Classifies images with an image-classification artifact.
+
+    ``decode_workers``: threads that decode and preprocess the images of a list call while
+    the model runs (None: vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially).
+    """
 
     task = "image-classification"
+    decode_workers: int | None = None
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
@@ -37,8 +42,8 @@ class ImageClassifier:
     def logits(self, images: Any) -> np.ndarray:
         """Raw model outputs, (N, num_labels) float32."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return np.concatenate([self._pixel_logits(preprocess_images([load_image(i) for i in batch], self.spec))
-                               for batch in chunks(items)])
+        return np.concatenate([self._pixel_logits(pixels)
+                               for pixels in pixel_batches(items, self.spec, self.decode_workers)])
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Softmax (or sigmoid, for multi-label models) of the logits."""

@@ -17,10 +17,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
-from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, rank, sigmoid, softmax
+from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, pixel_batches, rank,
+                                sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -31,9 +32,14 @@ def _fill(template: str, label: str) -> str:
 
 
 class Clip:
-    """Embeds images and captions and classifies images zero-shot with a "clip" artifact."""
+    """Embeds images and captions and classifies images zero-shot with a "clip" artifact.
+
+    ``decode_workers``: threads that decode and preprocess the images of a list call while
+    the model runs (None: vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially).
+    """
 
     task = "clip"
+    decode_workers: int | None = None
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
@@ -83,8 +89,8 @@ class Clip:
     def image_features(self, images: Any) -> np.ndarray:
         """The projected image embeddings as the model gives them, (N, D) float32, not normalised."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return np.concatenate([self._image_features(preprocess_images([load_image(i) for i in batch], self.image_spec))
-                               for batch in chunks(items)])
+        return np.concatenate([self._image_features(pixels)
+                               for pixels in pixel_batches(items, self.image_spec, self.decode_workers)])
 
     def text_features(self, texts: str | Sequence[str]) -> np.ndarray:
         """The projected text embeddings as the model gives them, (N, D) float32, not normalised.

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import as_list, chunks, l2_normalize
+from vlmedge.tasks.base import as_list, chunks, l2_normalize, pixel_batches
 
 # pooling -> the model outputs it reads
 POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -29,9 +29,13 @@ class ImageEncoder:
     The manifest's "embedding" section says how the source's authors pool (DINOv2: CLS
     concatenated with the mean of the patch tokens; DINO: CLS; MAE: mean of patches;
     Swin: its pooler), which `embed` uses unless told otherwise.
+
+    ``decode_workers``: threads that decode and preprocess the images of a list call while
+    the model runs (None: vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially).
     """
 
     task = "image-embedding"
+    decode_workers: int | None = None
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
@@ -62,8 +66,7 @@ class ImageEncoder:
     def _run(self, images: Any, names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs for every image, batched."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return self._outputs((preprocess_images([load_image(i) for i in batch], self.spec) for batch in chunks(items)),
-                             names)
+        return self._outputs(pixel_batches(items, self.spec, self.decode_workers), names)
 
     def _outputs(self, pixel_batches: Iterable[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs for batches of preprocessed images, concatenated."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -19,6 +20,8 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # What one image may be when a pipeline is given a single input rather than a list
 # (a uint8 numpy array of up to 3 dimensions is one image too: see tasks.base.as_list).
 IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
+# held around every warnings.catch_warnings() of the decoders (see _decode)
+_WARNINGS = threading.Lock()
 
 
 
@@ -64,16 +67,23 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
 def _decode(source: Any, what: str) -> Image.Image:
     """Opens (allowed formats only), fully decodes and converts, turning every failure into InputError."""
     try:
-        # Pillow warns between 1x and 2x its limit; make that an error here too. The explicit
-        # size check below holds even if another thread's catch_warnings races with this one.
-        with warnings.catch_warnings():
+        # Pillow warns between 1x and 2x its limit; make that an error here too (the explicit
+        # size check below holds whatever the filters). Only opening (the header) and a
+        # transparency conversion run under the filters, one thread at a time: catch_warnings
+        # swaps process-wide state, and interleaved in threads it leaves filters behind.
+        with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
-            with Image.open(source, formats=FORMATS) as opened:
-                if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                    raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
-                opened.load()  # decode everything now, so truncation is caught here
-                return ImageOps.exif_transpose(opened).convert("RGB")
+            opened = Image.open(source, formats=FORMATS)
+        with opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
+            opened.load()  # decode everything now, so truncation is caught here
+            upright = ImageOps.exif_transpose(opened)
+            if "transparency" not in upright.info:
+                return upright.convert("RGB")
+            with _WARNINGS, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
+                return upright.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{what} is too large to decode safely ({e}; the limit is {MAX_IMAGE_PIXELS:,} "
                          "pixels); downscale it first.") from None

@@ -1,0 +1,255 @@
+"""Cold start and load memory: how long `vlmedge.load` + the first call take with an empty
+compiled-model cache and with a warm one, and the peak memory of a load against the size of
+the model file, per backend and precision.
+
+Every measurement runs in a fresh Python process (imports, allocator and backend state do not
+carry over; the compiled-model cache on disk and the OS page cache do):
+
+    cold     an empty VLMEDGE_CACHE_DIR: the backend compiles and saves its compiled model
+    warm     the same folder again: the backend loads what the cold run saved
+    nocache  cache=False, for reference: what every load cost before the cache existed
+
+Peak RSS is the child's peak resident set over load + first call (VmHWM, restarted once numpy,
+vlmedge and the backend are imported; ru_maxrss where /proc is missing, which also counts
+what the parent held) minus its RSS at that point. Goals: warm >= 3x faster than cold; peak RSS <= 1.5x
+the model file size (the model file plus its weights file).
+
+The model is transformers.ViTForImageClassification(ViTConfig()) with torch.manual_seed(0),
+as benchmarks/quantization.py builds it (nothing downloaded); --model small is a 4-layer,
+192-wide ViT for a quick smoke run.
+
+    .venv/bin/python benchmarks/cold_start.py                       # ViT-B/16, fp32, both backends
+    .venv/bin/python benchmarks/cold_start.py --precision fp32,int8 --rounds 3 --work /tmp/cold
+    .venv/bin/python benchmarks/cold_start.py --model small --rounds 1   # smoke run
+
+Writes benchmarks/results/cold-start-<machine>.json and .md (cold-start-<machine>-<model>.* for
+the smaller models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))
+
+from quantization import build_model, machine_name, random_weight_gates  # noqa: E402
+
+BACKEND_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+MODES = ("cold", "warm", "nocache")
+
+
+# --model: ViTConfig sizes of the smaller ViTs at 224 (vit-b16 is ViTConfig() itself)
+SIZES = {"small": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768),
+         "vit-s16": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)}
+
+
+def build_small_model(name: str, seed: int = 0):
+    """A ViT of the real class at 224 of one of SIZES, seeded: "small" (~2M parameters) for
+    smoke runs, "vit-s16" (~22M)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    names = {i: f"class_{i}" for i in range(1000)}
+    config = ViTConfig(**SIZES[name], attn_implementation="eager", num_labels=1000, id2label=names,
+                       label2id={v: k for k, v in names.items()})
+    return ViTForImageClassification(config).eval()
+
+
+def export_artifact(folder: Path, model_name: str, precisions: list[str]) -> None:
+    import vlmedge
+    from vlmedge.exporters.sources.hf import LogitsOnly
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    model = build_model() if model_name == "vit-b16" else build_small_model(model_name)
+    preprocess = ImagePreprocessSpec(size={"height": 224, "width": 224}, resample="bilinear")
+    vlmedge.export(LogitsOnly(model), folder, to=["onnx", "openvino"], precision=precisions, preprocess=preprocess,
+                   labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+                   name=f"{model_name} (random weights, seed 0)", gates=random_weight_gates(), progress=print)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> bool:
+    """Restarts the kernel's peak-RSS count at the current RSS (Linux). Needed, not just
+    tidier: ru_maxrss survives fork + exec, so a child of a parent that held the exported
+    model would report the parent's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
+    """One load + first call, in this fresh process; prints one JSON line."""
+    import importlib
+    import resource
+
+    import numpy as np
+
+    import vlmedge
+
+    importlib.import_module(BACKEND_PACKAGES[backend])
+    import vlmedge.runtimes.select  # noqa: F401  (imports, not loading, are left out)
+    import vlmedge.tasks  # noqa: F401
+
+    if backend == "openvino":  # device discovery loads the CPU plugin's library: an import, in effect
+        from vlmedge.runtimes.openvino import core
+
+        core().available_devices
+    base_rss = _rss_bytes()
+    peak_since_imports = _reset_peak()
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    classifier = vlmedge.load(artifact, backend=backend, precision=precision, cache=cache)
+    t1 = time.perf_counter()
+    classifier.classify([image], top_k=1)
+    t2 = time.perf_counter()
+    peak = _peak_rss() if peak_since_imports else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    statuses = sorted({s.cache_status for s in classifier.model.sessions.values()})
+    print(json.dumps({"load_s": t1 - t0, "first_call_s": t2 - t1, "total_s": t2 - t0,
+                      "peak_rss_delta": peak - base_rss, "rss_after_imports": base_rss,
+                      "cache_status": ",".join(statuses), "provider": classifier.model.provider}))
+
+
+def run_child(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool) -> dict[str, Any]:
+    env = {**os.environ, "VLMEDGE_CACHE_DIR": str(cache_dir)}
+    env.pop("VLMEDGE_NO_CACHE", None)
+    done = subprocess.run([sys.executable, __file__, "--child", str(artifact), backend, precision, str(int(cache))],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"child {backend} {precision} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def model_bytes(artifact: Path, backend: str, precision: str) -> int:
+    from vlmedge.artifact import Artifact
+    from vlmedge.runtimes.base import backend_named
+
+    art = Artifact.open(artifact, verify=False)
+    total = 0
+    for entry in art.model_entries(target=backend_named(backend).target, precision=precision):
+        stem = entry["path"].rsplit(".", 1)[0] + "."
+        total += sum(e["size"] for e in art.files if e["path"] == entry["path"]
+                     or (e.get("role") == "weights" and e["path"].startswith(stem)))
+    return total
+
+
+def measure(artifact: Path, backend: str, precision: str, rounds: int, scratch: Path) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for r in range(rounds):
+        cache_dir = scratch / f"cache-{backend}-{precision}-{r}"  # empty: a cold start
+        runs["cold"].append(run_child(artifact, backend, precision, cache_dir, True))
+        runs["warm"].append(run_child(artifact, backend, precision, cache_dir, True))
+        runs["nocache"].append(run_child(artifact, backend, precision, cache_dir, False))
+    size = model_bytes(artifact, backend, precision)
+    row: dict[str, Any] = {"backend": backend, "precision": precision, "model_bytes": size,
+                           "provider": runs["cold"][0]["provider"]}
+    for mode, found in runs.items():
+        row[mode] = {key: statistics.median(r[key] for r in found)
+                     for key in ("load_s", "first_call_s", "total_s", "peak_rss_delta")}
+        row[mode]["cache_status"] = sorted({r["cache_status"] for r in found})
+        row[mode]["rss_ratio"] = row[mode]["peak_rss_delta"] / size
+    row["warm_speedup"] = row["cold"]["total_s"] / row["warm"]["total_s"]
+    row["warm_vs_nocache_speedup"] = row["nocache"]["total_s"] / row["warm"]["total_s"]
+    row["goals"] = {"warm_3x_faster": row["warm_speedup"] >= 3.0,
+                    "rss_within_1.5x": all(row[m]["rss_ratio"] <= 1.5 for m in MODES)}
+    return row
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Cold start: {result['model']} on {result['machine']}", "",
+             f"Load average {result['load_average_start']:.2f} at start, {result['load_average_end']:.2f} at end; "
+             f"{result['rounds']} round(s), medians. Every load includes Artifact.open's sha256 of every file "
+             f"of the artifact ({result['artifact_verify_s']:.2f}s here), which no cache skips. Times are load + first call (batch 1) in a fresh process; "
+             "RSS is the peak over that, less the RSS after imports, against the model file size.", "",
+             "| backend | precision | model MB | cold s | warm s | no cache s | warm speedup | "
+             "RSS cold | RSS warm | RSS no cache | goals |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        goals = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in row["goals"].items())
+        lines.append(f"| {row['backend']} | {row['precision']} | {row['model_bytes'] / 1e6:.1f} | "
+                     f"{row['cold']['total_s']:.2f} | {row['warm']['total_s']:.2f} | {row['nocache']['total_s']:.2f} | "
+                     f"{row['warm_speedup']:.1f}x | {row['cold']['rss_ratio']:.2f}x | {row['warm']['rss_ratio']:.2f}x | "
+                     f"{row['nocache']['rss_ratio']:.2f}x | {goals} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["vit-b16", *SIZES], default="vit-b16")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,int8")
+    parser.add_argument("--backends", default="onnxruntime,openvino")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="keep (and reuse) the exported artifact here")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--child", nargs=4, metavar=("ARTIFACT", "BACKEND", "PRECISION", "CACHE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        artifact, backend, precision, cache = args.child
+        return child(artifact, backend, precision, cache == "1")
+
+    precisions = args.precision.split(",")
+    load_start = os.getloadavg()[0]
+    if load_start > 1.0:
+        print(f"warning: load average {load_start:.1f}: other work shares these cores; figures will be inflated")
+    with tempfile.TemporaryDirectory(prefix="vlmedge-cold-") as scratch:
+        work = args.work or Path(scratch)
+        artifact = work / f"{args.model}-{'-'.join(precisions)}"
+        if not (artifact / "manifest.json").is_file():
+            export_artifact(artifact, args.model, precisions)
+        from vlmedge.artifact import Artifact
+
+        t0 = time.perf_counter()
+        Artifact.open(artifact)  # what every load does first: the sha256 of every file, no cache skips it
+        verify_s = time.perf_counter() - t0
+        print(f"Artifact.open's hash check of every file: {verify_s:.2f}s per load, warm or cold")
+        rows = []
+        for backend in args.backends.split(","):
+            for precision in precisions:
+                row = measure(artifact, backend, precision, args.rounds, Path(scratch))
+                rows.append(row)
+                print(f"{backend:11s} {precision:5s} {row['model_bytes'] / 1e6:7.1f} MB  "
+                      f"cold {row['cold']['total_s']:.2f}s ({'/'.join(row['cold']['cache_status'])})  "
+                      f"warm {row['warm']['total_s']:.2f}s ({'/'.join(row['warm']['cache_status'])})  "
+                      f"no cache {row['nocache']['total_s']:.2f}s  -> warm {row['warm_speedup']:.1f}x faster; "
+                      f"peak RSS cold {row['cold']['rss_ratio']:.2f}x, warm {row['warm']['rss_ratio']:.2f}x, "
+                      f"no cache {row['nocache']['rss_ratio']:.2f}x the file", flush=True)
+    result = {"model": args.model, "machine": machine_name(), "rounds": args.rounds,
+              "artifact_verify_s": verify_s, "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    print(f"load average: {load_start:.2f} at start, {result['load_average_end']:.2f} at end")
+    name = f"cold-start-{result['machine']}" + ("" if args.model == "vit-b16" else f"-{args.model}")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"{name}.md").write_text(markdown(result))
+    print(f"wrote {args.results / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

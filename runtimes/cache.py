@@ -1,0 +1,216 @@
+"""The compiled-model cache: where backends keep what they compiled, so that a second load
+of the same model file skips the compilation.
+
+Each backend keeps its own form (OpenVINO's CACHE_DIR blobs, ONNX Runtime's saved optimised
+model); this module only decides where, and whether an entry may be used. An entry is a
+folder named by the hash of its key: the model files' content hash, the backend and its
+version, the CPU (model name and flags) and the options that change compilation. Its
+key.json, written last, repeats the key and lists every file with its size and sha256:
+
+- a folder whose key.json is missing, unreadable, of another key, or whose files differ
+  from the listing in any way (missing, extra, truncated, altered) is never used: it is
+  rebuilt. Nothing is unpickled; key.json is plain JSON.
+- a file is hashed again only when its size, mtime, ctime or inode changed since it was
+  listed: any write through the file system changes the ctime, which no program can set
+  back, so an untouched entry loads without reading it twice. Files are fsynced before
+  key.json is written, so a power cut cannot leave a listed file with unwritten data.
+- an entry is built in a temporary sibling folder and renamed into place whole, so a
+  process killed while compiling leaves at most a temporary folder that no load uses.
+- failing to write the cache (read-only home, full disk) only costs the speed-up.
+
+Where: one folder per backend in vlmedge.user_cache.cache_root().
+Off: vlmedge.load(..., cache=False), or VLMEDGE_NO_CACHE=1 in the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from vlmedge.artifact import sha256_file
+from vlmedge.user_cache import cache_enabled, cache_root, file_identity
+
+CACHE_FORMAT = 1
+KEY_FILE = "key.json"
+_TMP_PREFIX, _OLD_PREFIX = ".tmp-", ".old-"
+_ABANDONED_AFTER_S = 24 * 3600  # a temporary folder this old belongs to a killed process
+
+
+def cpu_key() -> dict[str, str]:
+    """What identifies this CPU to a compiler: architecture, model name and a hash of its
+    feature flags (a compiled model may use any instruction the CPU it was built on has)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor describes them all
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    model = fields.get("model name") or ":".join(
+        fields.get(k, "") for k in ("CPU implementer", "CPU part", "CPU variant")).strip(":") or platform.processor()
+    flags = " ".join(sorted((fields.get("flags") or fields.get("Features") or "").split()))
+    return {"machine": platform.machine(), "model": model,
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """A content hash of model files, for callers without a manifest (hashes every byte)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{Path(path).name}:{sha256_file(Path(path))}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_entry(backend: str, version: str, model_digest: str, device: str, options: dict[str, Any]) -> "CacheEntry":
+    """The cache entry for one model compiled by one backend version, on this CPU and device,
+    with these options (values must be plain JSON types)."""
+    key = {"format": CACHE_FORMAT, "backend": backend, "version": str(version), "model": model_digest,
+           "cpu": cpu_key(), "device": str(device), "options": {k: options[k] for k in sorted(options)}}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return CacheEntry(key=key, folder=cache_root() / backend / name)
+
+
+@dataclass
+class CacheEntry:
+    """One folder of the cache. `status` says what the last load did with it: "hit" (used),
+    "miss" (compiled, then saved), "unsaved" (compiled, saving failed)."""
+
+    key: dict[str, Any]
+    folder: Path
+    status: str = "miss"
+
+    def lookup(self) -> bool:
+        """Whether the folder holds a complete entry of this key whose files are exactly
+        the ones listed, byte for byte."""
+        try:
+            record = json.loads((self.folder / KEY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        if not isinstance(record, dict) or record.get("key") != self.key or not isinstance(record.get("files"), dict):
+            return False
+        listed: dict[str, Any] = record["files"]
+        try:
+            present = {p.name for p in self.folder.iterdir()} - {KEY_FILE}
+            if present != set(listed):
+                return False
+            for name, want in listed.items():
+                path = self.folder / name
+                if not isinstance(want, dict) or path.is_symlink() or not path.is_file():
+                    return False
+                info = path.stat()
+                if info.st_size != want.get("size"):
+                    return False
+                if want.get("stat") != file_identity(info) and sha256_file(path) != want.get("sha256"):
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def start_build(self) -> Path | None:
+        """A fresh temporary folder beside the entry for the backend to write into, or None
+        when the cache cannot be written (the load then goes on without it)."""
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            _sweep(self.folder.parent)
+            return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{self.folder.name}-", dir=self.folder.parent))
+        except OSError as exc:
+            self._unsaved(exc)
+            return None
+
+    def commit(self, built: Path) -> None:
+        """Lists what the backend wrote, writes key.json last and renames the folder into place."""
+        try:
+            _write_key_file(built, self.key)
+            self._install(built)
+            self.status = "miss"
+        except OSError as exc:
+            self._unsaved(exc)
+        finally:
+            shutil.rmtree(built, ignore_errors=True)  # gone already when it was renamed
+
+    def abandon(self, built: Path) -> None:
+        """Drops a build the backend could not finish."""
+        shutil.rmtree(built, ignore_errors=True)
+        self.status = "unsaved"
+
+    def relist(self) -> None:
+        """Records the entry's files again, after the backend added one to a used entry
+        (OpenVINO does when the same model is opened from another path)."""
+        try:
+            _write_key_file(self.folder, self.key)
+        except OSError as exc:
+            self._unsaved(exc)
+
+    def discard(self) -> None:
+        """Removes an entry the backend could not use."""
+        self._remove(self.folder)
+
+    def _install(self, built: Path) -> None:
+        try:
+            os.rename(built, self.folder)
+            return
+        except OSError:
+            if not self.folder.exists():
+                raise
+        if self.lookup():  # another process installed the same entry meanwhile: keep theirs
+            return
+        self._remove(self.folder)
+        os.rename(built, self.folder)
+
+    def _remove(self, folder: Path) -> None:
+        # renamed first, so that no load ever sees a half-deleted entry
+        trash = folder.parent / f"{_OLD_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(folder, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _unsaved(self, exc: OSError) -> None:
+        self.status = "unsaved"
+        warnings.warn(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({exc}); "
+                      "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder, or "
+                      "VLMEDGE_NO_CACHE=1 to turn the cache off.", stacklevel=3)
+
+
+
+def _write_key_file(folder: Path, key: dict[str, Any]) -> None:
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == KEY_FILE or path.name.startswith(".key-"):
+            continue
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        info = path.stat()
+        files[path.name] = {"size": info.st_size, "sha256": sha256_file(path), "stat": file_identity(info)}
+    record = {"key": key, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    partial = folder / f".key-{uuid.uuid4().hex[:8]}"
+    partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, folder / KEY_FILE)
+
+
+def _sweep(parent: Path) -> None:
+    """Deletes temporary and discarded folders that killed processes left behind."""
+    now = time.time()
+    for candidate in parent.iterdir():
+        if candidate.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and not candidate.is_symlink():
+            try:
+                stale = now - candidate.stat().st_mtime > _ABANDONED_AFTER_S
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(candidate, ignore_errors=True)
+

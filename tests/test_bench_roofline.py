@@ -1,0 +1,226 @@
+"""`vlmedge bench`'s roofline: operations counted from a graph whose MACs are worked out by
+hand, the peak GEMM measurement and its cache, the figures of a row, and a real bench run
+whose JSON carries them and validates. No assertion depends on how fast anything is."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vlmedge
+from vlmedge.bench import peak
+from vlmedge.bench.result import BenchResult, Latency, Parity, Row
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "benchmarks" / "bench.schema.json").read_text())
+BACKENDS = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b)]
+PEAK_BACKENDS = BACKENDS + (["torch"] if importlib.util.find_spec("torch") else [])
+
+
+@pytest.fixture
+def quick_peaks(tmp_path, monkeypatch):
+    """A cache folder of the test's own, a small GEMM, a small copy and short timing."""
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VLMEDGE_NO_CACHE", raising=False)
+    monkeypatch.setattr(peak, "GEMM_SIZE", 96)
+    monkeypatch.setattr(peak, "BANDWIDTH_MB", 4)
+    monkeypatch.setattr(peak, "MIN_SECONDS", 0.01)
+    return tmp_path / "cache" / peak.CACHE_FILE
+
+
+def hand_graph(path: Path) -> Path:
+    """x[N,3,8,8] -> Conv(4x3x3x3, pad 1) -> Relu -> Reshape; t[N,8,16] -> MatMul(16x32) and
+    Einsum bij,jk->bik (16x4); v[N,16] -> Gemm(transB, 10x16, bias) -> Softmax."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"cw": (4, 3, 3, 3), "cb": (4,), "mw": (16, 32), "ew": (16, 4), "gw": (10, 16), "gb": (10,)}
+    initializers = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in weights.items()]
+    initializers.append(numpy_helper.from_array(np.array([0, 256], np.int64), "flat"))
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Reshape", ["r", "flat"], ["rf"]),
+        helper.make_node("MatMul", ["t", "mw"], ["m"]),
+        helper.make_node("Einsum", ["t", "ew"], ["e"], equation="bij,jk->bik"),
+        helper.make_node("Gemm", ["v", "gw", "gb"], ["g"], transB=1),
+        helper.make_node("Softmax", ["g"], ["s"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+              helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 8, 16]),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", 16])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("rf", "m", "e", "s")]
+    model = helper.make_model(helper.make_graph(nodes, "hand", inputs, outputs, initializers),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_operation_count_equals_the_hand_count(tmp_path, batch):
+    from vlmedge.bench.roofline import count_onnx
+
+    path = hand_graph(tmp_path / "hand.onnx")
+    count = count_onnx(path, {"x": (batch, 3, 8, 8), "t": (batch, 8, 16), "v": (batch, 16)})
+    conv = batch * 4 * 8 * 8 * (3 * 3 * 3)  # every output element: C_in x kH x kW MACs
+    matmul = batch * 8 * 32 * 16  # [N,8,16] x [16,32]
+    einsum = batch * 8 * 16 * 4  # b, i, j, k
+    gemm = batch * 10 * 16  # [N,16] x [16,10]
+    assert count.by_op == {"Conv": conv, "MatMul": matmul, "Einsum": einsum, "Gemm": gemm}
+    assert count.macs == conv + matmul + einsum + gemm == batch * 11680 and count.ops == 2 * count.macs
+    assert count.unknown == []
+    weights = 4 * 3 * 3 * 3 + 4 + 16 * 32 + 16 * 4 + 10 * 16 + 10
+    assert count.weight_elements == weights + 2 and count.weight_bytes == 4 * weights + 8 * 2  # int64 shape
+    # Relu reads and writes [N,4,8,8]; Softmax [N,10]; Reshape is a view; GEMM I/O is not counted
+    assert count.activation_elements == batch * (2 * 256 + 2 * 10)
+    assert count.activation_bytes == 4 * count.activation_elements
+
+
+@pytest.mark.skipif("openvino" not in BACKENDS, reason="openvino is not installed")
+def test_openvino_counts_the_same_graph_alike(tmp_path):
+    from vlmedge.bench.roofline import count_openvino
+
+    path = hand_graph(tmp_path / "hand.onnx")
+    count = count_openvino(path, {"x": (2, 3, 8, 8), "t": (2, 8, 16), "v": (2, 16)})
+    assert count.macs == 2 * 11680 and count.unknown == []
+
+
+@pytest.mark.parametrize("backend", PEAK_BACKENDS)
+def test_peak_is_measured_cached_and_measured_again_for_another_key(backend, quick_peaks, monkeypatch):
+    first = peak.machine_peaks(backend, threads=1)
+    fp32 = first.gops("fp32")
+    assert not first.cached and first.gemm_size == 96 and fp32 is not None and math.isfinite(fp32) and fp32 > 0
+    assert first.bandwidth_gbs > 0 and "numpy copy" in first.bandwidth_method
+    gemms = lambda: [key for key in json.loads(quick_peaks.read_text()) if "| gemm " in key]  # noqa: E731
+    assert len(gemms()) == 1 and f"| {backend} " in gemms()[0]
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured although the cache holds this key")
+
+    monkeypatch.setattr(peak, "measure_gemm", no_measuring)
+    again = peak.machine_peaks(backend, threads=1)
+    assert again.cached and again.peaks == first.peaks and again.bandwidth_gbs == first.bandwidth_gbs
+
+    measured = []
+    monkeypatch.setattr(peak, "measure_gemm", lambda b, p, t, s: measured.append((t, p)) or peak.Peak(b, p, 1.0, "x"))
+    assert not peak.machine_peaks(backend, threads=2).cached and {t for t, _ in measured} == {2}
+    monkeypatch.setattr(peak, "backend_version", lambda name: "0.0-another")
+    assert not peak.machine_peaks(backend, threads=1).cached
+    assert peak.machine_peaks(backend, threads=1, remeasure=True).cached is False
+    assert len(gemms()) == 3
+
+
+def test_no_cache_measures_every_time_and_writes_nothing(quick_peaks, monkeypatch):
+    monkeypatch.setenv("VLMEDGE_NO_CACHE", "1")
+    monkeypatch.setattr(peak, "measure_gemm", lambda b, p, t, s: peak.Peak(b, p, 1.0, "x"))
+    assert not peak.machine_peaks("onnxruntime", threads=1).cached
+    assert not peak.machine_peaks("onnxruntime", threads=1).cached and not quick_peaks.exists()
+
+
+def test_without_onnx_the_onnxruntime_peak_is_unavailable_not_an_error(quick_peaks, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    result = peak.measure_gemm("onnxruntime", "fp32", 1)
+    assert result.gops is None and "pip install onnx" in result.note
+
+
+def _row(backend: str, precision: str, provider: str, p50_ms: float) -> Row:
+    latency = Latency(iterations=1, min_ms=p50_ms, mean_ms=p50_ms, std_ms=0.0, cov=0.0, p50_ms=p50_ms, p90_ms=p50_ms,
+                      p95_ms=p50_ms, p99_ms=p50_ms, max_ms=p50_ms)
+    return Row(graph="model", backend=backend, precision=precision, batch_size=1, threads=1, mode="model-only",
+               label=f"{backend} {precision}", provider=provider, device="cpu", file=None, model_mb=None, load_s=0.0,
+               first_inference_ms=0.0, latency=latency, throughput_per_s=1.0, peak_rss_increase_mb=None,
+               parity=Parity.from_report(None, "none"), inputs="")
+
+
+def test_a_row_is_placed_against_the_peak_of_the_precision_it_computes_in():
+    from vlmedge.bench.roofline import OpCount, roofline
+
+    peaks = peak.MachinePeaks("openvino", "1", 1, 1024, [peak.Peak("openvino", p, g, "") for p, g in
+                                                         (("fp32", 100.0), ("bf16", 400.0), ("int8", 800.0))],
+                              bandwidth_gbs=20.0, bandwidth_method="", measured="", load_average=[], cached=True)
+    count = OpCount(macs=10**9, by_op={}, weight_elements=10**6, weight_bytes=0, activation_elements=10**6,
+                    activation_bytes=0, source="test")
+    bf16 = roofline(_row("openvino", "fp32", "OpenVINO CPU bf16", 10.0), count, peaks)
+    assert (bf16.compute_precision, bf16.ops, bf16.gops_per_s, bf16.peak_gops) == ("bf16", 2 * 10**9, 200.0, 400.0)
+    assert bf16.percent_of_peak == 50.0 and bf16.bytes == 2 * 10**6 + 2 * 10**6 and bf16.intensity == 500.0
+    assert bf16.ridge == 20.0 and bf16.bound == "compute" and bf16.attainable_gops == 400.0
+    int8 = roofline(_row("openvino", "int8", "OpenVINO CPU f32", 10.0), count, peaks)
+    assert int8.compute_precision == "int8" and int8.percent_of_peak == 25.0 and int8.bytes == 10**6 + 4 * 10**6
+    small = OpCount(macs=10**6, by_op={}, weight_elements=10**6, weight_bytes=0, activation_elements=10**6,
+                    activation_bytes=0, source="test")
+    fp32 = roofline(_row("openvino", "fp32", "OpenVINO CPU f32", 1.0), small, peaks)
+    assert fp32.intensity == 0.25 and fp32.ridge == 5.0 and fp32.bound == "memory" and fp32.attainable_gops == 5.0
+    torch = roofline(_row("torch", "fp32", "torch eager", 1.0), small, None, "the torch baseline has no measured peak")
+    assert torch.ops == 2 * 10**6 and torch.percent_of_peak is None and "no measured peak" in torch.note
+
+
+@pytest.mark.skipif("onnxruntime" not in BACKENDS, reason="onnxruntime is not installed")
+def test_bench_rows_carry_the_roofline_in_json_markdown_and_table(vit_artifact, quick_peaks, tmp_path):
+    from vlmedge.artifact import Artifact
+    from vlmedge.bench.report import markdown, row_block
+    from vlmedge.bench.roofline import count_onnx
+    from vlmedge.check import stored_parity_inputs
+
+    result = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[2], iterations=3, warmup=1)
+    [row] = result.rows
+    r = row.roofline
+    stored = stored_parity_inputs(Artifact.open(vit_artifact))["model"]["input"]
+    count = count_onnx(vit_artifact / "onnx" / "model.fp32.onnx", {k: (2, *v.shape[1:]) for k, v in stored.items()})
+    assert r.ops == count.ops > 0 and r.compute_precision == "fp32" and r.count_source.startswith("model.fp32.onnx")
+    assert r.gops_per_s == pytest.approx(r.ops / (row.latency.p50_ms * 1e6), rel=1e-3)
+    [machine] = result.peaks
+    assert (machine.backend, machine.gemm_size, machine.threads) == ("onnxruntime", 96, row.threads)
+    assert r.peak_gops == machine.gops("fp32") and r.percent_of_peak == pytest.approx(100 * r.gops_per_s / r.peak_gops,
+                                                                                     rel=1e-2)
+    assert r.bound in ("compute", "memory") and r.ridge == pytest.approx(r.peak_gops / machine.bandwidth_gbs, rel=1e-2)
+    document = json.loads(result.save(tmp_path / "r.json").read_text())
+    assert document["schema_version"] == 2 and document["rows"][0]["roofline"]["ops"] == r.ops
+    if importlib.util.find_spec("jsonschema"):
+        import jsonschema
+
+        jsonschema.validate(document, SCHEMA)
+    assert BenchResult.load(tmp_path / "r.json").to_dict() == document
+    assert "% of peak" in markdown(result) and "peak onnxruntime" in markdown(result)
+    assert any(line.startswith("  roofline: ") and "% of the fp32 peak" in line for line in row_block(row))
+    again = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[2], iterations=3, warmup=1)
+    assert again.peaks[0].cached and again.peaks[0].peaks == machine.peaks
+    off = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[2], iterations=3, warmup=1, roofline=False)
+    assert off.rows[0].roofline is None and off.peaks == []
+
+
+@pytest.mark.skipif("onnxruntime" not in BACKENDS, reason="onnxruntime is not installed")
+def test_without_onnx_a_row_says_its_operations_are_unknown(vit_artifact, quick_peaks, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    result = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], iterations=1, warmup=0)
+    r = result.rows[0].roofline
+    assert r.ops is None and r.percent_of_peak is None and "pip install onnx" in r.note
+    assert result.peaks[0].gops("fp32") is None and "pip install onnx" in result.peaks[0].peaks[0].note
+
+
+def test_version_1_results_are_still_read_and_valid():
+    version_1 = {"schema": "vlmedge-bench", "schema_version": 1, "created": "", "vlmedge_version": "0",
+                 "artifact": {"path": "a", "task": "t", "reference": "", "graphs": ["model"]},
+                 "settings": {"mode": "model-only", "scope": "", "inputs": "samples", "warmup": 0, "iterations": 1,
+                              "min_iterations": None, "duration_s": None, "threads": [1], "batch_sizes": [1],
+                              "backends": [], "precisions": [], "device": "cpu", "sweep": [], "memory_method": ""},
+                 "environment": {"cpu_model": "", "cpu_vendor": "", "cores_logical": 1, "cores_physical": None,
+                                 "cores_available": 1, "memory_gb": None, "os": "", "python": "", "versions": {},
+                                 "gpus": [], "load_average": []},
+                 "rows": [], "skipped": [], "recommendations": [], "warnings": []}
+    loaded = BenchResult.from_dict(version_1)
+    assert loaded.peaks == [] and loaded.schema_version == 1
+    if importlib.util.find_spec("jsonschema"):
+        import jsonschema
+
+        jsonschema.validate(version_1, SCHEMA)  # published version 1 results stay valid
+        with pytest.raises(jsonschema.ValidationError, match="peaks"):
+            jsonschema.validate({**version_1, "schema_version": 2}, SCHEMA)

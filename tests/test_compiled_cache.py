@@ -1,0 +1,233 @@
+"""The compiled-model cache (vlmedge.runtimes.cache): written on the first load, used on the
+second, refused and rebuilt whenever its key or its files do not match, and never a
+different answer from a load without it. Observed through Session.cache_status, not timing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vlmedge
+from vlmedge.runtimes import cache as cache_module
+from vlmedge.runtimes.base import open_session
+from vlmedge.user_cache import cache_root
+
+@pytest.fixture(scope="module")
+def two_target_artifact(hf_classifier_dir, tmp_path_factory) -> Path:
+    """A tiny ViT with ONNX and (when installed) OpenVINO files."""
+    import importlib.util
+
+    targets = ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    out = tmp_path_factory.mktemp("cache-artifact") / "vit"
+    vlmedge.export(str(hf_classifier_dir("vit")), out, to=targets)
+    return out
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(folder))
+    monkeypatch.delenv("VLMEDGE_NO_CACHE", raising=False)
+    return folder
+
+
+def _backend_or_skip(backend: str) -> None:
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino package is not installed")
+
+
+def _session(artifact: Path, backend: str, **options):
+    classifier = vlmedge.load(artifact, backend=backend, precision="fp32", **options)
+    (session,) = classifier.model.sessions.values()
+    return session
+
+
+def _feeds(session) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {i.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 2 for d in i.shape]).astype(i.dtype)
+            for i in session.inputs}
+
+
+def _outputs(session) -> dict[str, np.ndarray]:
+    return session.run(_feeds(session))
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*/*") if not p.name.startswith("."))
+
+
+def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_first_load_writes_an_entry_and_the_second_uses_it(two_target_artifact, cache_dir, backend):
+    _backend_or_skip(backend)
+    first = _session(two_target_artifact, backend)
+    assert first.cache_status == "miss"
+    (entry,) = _entries(cache_dir)
+    assert first.cache_path == entry and (entry / "key.json").is_file()
+    record = json.loads((entry / "key.json").read_text())
+    assert record["key"]["backend"] == backend and set(record["files"])
+    second = _session(two_target_artifact, backend)
+    assert second.cache_status == "hit" and second.cache_path == entry
+    uncached = _session(two_target_artifact, backend, cache=False)
+    assert uncached.cache_status == "off"
+    _assert_same(_outputs(second), _outputs(uncached))
+    _assert_same(_outputs(first), _outputs(uncached))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_cache_off_leaves_nothing_behind(two_target_artifact, cache_dir, monkeypatch, backend):
+    _backend_or_skip(backend)
+    assert _session(two_target_artifact, backend, cache=False).cache_status == "off"
+    monkeypatch.setenv("VLMEDGE_NO_CACHE", "1")
+    assert _session(two_target_artifact, backend).cache_status == "off"
+    assert not cache_dir.exists()
+    # an explicit cache=True wins over the environment
+    assert _session(two_target_artifact, backend, cache=True).cache_status == "miss"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_another_backend_version_or_cpu_is_a_miss(two_target_artifact, cache_dir, monkeypatch, backend):
+    _backend_or_skip(backend)
+    assert _session(two_target_artifact, backend).cache_status == "miss"
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        monkeypatch.setattr(onnxruntime, "__version__", "0.0.1-other")
+    else:
+        import openvino
+
+        monkeypatch.setattr(openvino, "get_version", lambda: "0.0.1-other")
+    assert _session(two_target_artifact, backend).cache_status == "miss"
+    monkeypatch.undo()
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(cache_dir))
+    real = cache_module.cpu_key()
+    monkeypatch.setattr(cache_module, "cpu_key", lambda: {**real, "flags": "another-cpu"})
+    assert _session(two_target_artifact, backend).cache_status == "miss"
+    monkeypatch.setattr(cache_module, "cpu_key", lambda: real)
+    assert _session(two_target_artifact, backend).cache_status == "hit"
+    assert len(_entries(cache_dir)) == 3
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "extra-file", "missing-file", "bad-key", "other-key"])
+def test_a_damaged_entry_is_rebuilt_and_answers_right(two_target_artifact, cache_dir, backend, damage):
+    _backend_or_skip(backend)
+    reference = _outputs(_session(two_target_artifact, backend, cache=False))
+    (entry,) = {_session(two_target_artifact, backend).cache_path}
+    biggest = max((p for p in entry.iterdir() if p.name != "key.json"), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    if damage == "truncate":
+        biggest.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        biggest.write_bytes(data)
+    elif damage == "extra-file":
+        (entry / "stray.blob").write_bytes(b"\0" * 16)
+    elif damage == "missing-file":
+        biggest.unlink()
+    elif damage == "bad-key":
+        (entry / "key.json").write_text("{not json")
+    else:
+        record = json.loads((entry / "key.json").read_text())
+        record["key"]["version"] = "older"
+        (entry / "key.json").write_text(json.dumps(record))
+    again = _session(two_target_artifact, backend)
+    assert again.cache_status == "miss"
+    _assert_same(_outputs(again), reference)
+    assert _session(two_target_artifact, backend).cache_status == "hit"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_leftover_build_of_a_killed_process_is_never_used(two_target_artifact, cache_dir, backend):
+    _backend_or_skip(backend)
+    entry = _session(two_target_artifact, backend).cache_path
+    leftover = entry.parent / f".tmp-{entry.name}-killed"
+    shutil.copytree(entry, leftover)
+    shutil.rmtree(entry)
+    assert _session(two_target_artifact, backend).cache_status == "miss"
+    assert leftover.is_dir()  # young: it may belong to a process still compiling
+
+
+def test_a_changed_model_file_at_the_same_path_is_a_miss(two_target_artifact, cache_dir, tmp_path):
+    """Without a manifest the files are hashed: new weights at the same path never reuse
+    the entry of the old ones (OpenVINO's own cache, keyed by path, would)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(two_target_artifact / "onnx" / "model.fp32.onnx", path)
+    first = open_session(path, cache=True)
+    assert first.cache_status == "miss"
+    assert open_session(path, cache=True).cache_status == "hit"
+    model = onnx.load(str(path))
+    tensor = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 0.5, tensor.name))
+    onnx.save(model, str(path))
+    changed = open_session(path, cache=True)
+    assert changed.cache_status == "miss" and changed.cache_path != first.cache_path
+    _assert_same(_outputs(changed), _outputs(open_session(path)))
+
+
+def test_openvino_weights_changed_at_the_same_path_are_a_miss(two_target_artifact, cache_dir, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile(two_target_artifact / "openvino" / f"model.fp32{suffix}", tmp_path / f"model{suffix}")
+    xml = tmp_path / "model.xml"
+    assert open_session(xml, backend="openvino", cache=True).cache_status == "miss"
+    assert open_session(xml, backend="openvino", cache=True).cache_status == "hit"
+    weights = bytearray((tmp_path / "model.bin").read_bytes())
+    weights[-4:] = np.float32(3.0).tobytes()
+    (tmp_path / "model.bin").write_bytes(weights)
+    changed = open_session(xml, backend="openvino", cache=True)
+    assert changed.cache_status == "miss"
+    _assert_same(_outputs(changed), _outputs(open_session(xml, backend="openvino")))
+
+
+def test_the_manifest_digest_follows_the_file_hashes(two_target_artifact):
+    from vlmedge.artifact import Artifact
+    from vlmedge.runtimes.select import model_digest
+
+    artifact = Artifact.open(two_target_artifact)
+    entry = artifact.model_entries(target="onnx", precision="fp32")[0]
+    before = model_digest(artifact, entry)
+    entry["sha256"] = "0" * 64
+    assert model_digest(artifact, entry) != before
+
+
+def test_an_unwritable_cache_only_costs_the_speed_up(two_target_artifact, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not write its compiled-model cache"):
+        session = _session(two_target_artifact, "onnxruntime")
+    assert session.cache_status == "unsaved"
+    _assert_same(_outputs(session), _outputs(_session(two_target_artifact, "onnxruntime", cache=False)))
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("VLMEDGE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "vlmedge"
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+
+
+def test_an_untouched_entry_is_not_hashed_again_but_a_touched_one_is(two_target_artifact, cache_dir, monkeypatch):
+    entry = _session(two_target_artifact, "onnxruntime").cache_path
+    hashed: list[str] = []
+    real = cache_module.sha256_file
+    monkeypatch.setattr(cache_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    assert _session(two_target_artifact, "onnxruntime").cache_status == "hit" and hashed == []
+    for path in entry.iterdir():
+        if path.name != "key.json":
+            path.write_bytes(path.read_bytes())  # same bytes, new ctime: hashed, still a hit
+    assert _session(two_target_artifact, "onnxruntime").cache_status == "hit" and hashed

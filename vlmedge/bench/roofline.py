@@ -1,0 +1,330 @@
+"""How far each `vlmedge bench` row is from what the machine can do: the work of one call
+counted from the model graph, its achieved rate against the measured peak of the precision
+it computes in (vlmedge.bench.peak), and whether it is compute- or memory-bound.
+
+Counting (count_onnx, count_openvino), with the shapes of the feeds the row ran:
+    operations  2 x the multiply-accumulates (MACs) of MatMul, Gemm, Conv, Einsum and their
+                integer and QLinear forms; everything else is not counted as operations;
+    bytes       a stated simple model: every weight (initializer, Constant) read once, plus
+                every input and output of the other nodes read or written once; nodes
+                folded at load (all inputs constant) and views (Reshape, Squeeze, Flatten
+                ...) move nothing; GEMM activations are counted at their producers/consumers.
+The count comes from the artifact's fp32 ONNX file of the same graph whatever the variant
+(an int8 graph does the same MACs), else from the variant's own file. Bytes per element are
+those of the variant: weights 1 (int8) or the float width it computes in, activations that
+float width (bf16 and fp16: 2, else 4).
+
+Per row: ops, achieved GOP/s (ops / p50), % of the peak of its compute precision (an
+OpenVINO fp32 file that runs in bf16 -- its `provider` says so -- against the bf16 peak),
+arithmetic intensity (ops / byte) against the ridge point (peak / bandwidth): below it the
+row is memory-bound. The `onnx` package is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from vlmedge.bench.peak import MachinePeaks, machine_peaks
+from vlmedge.bench.result import BASELINE, Roofline, Row
+
+if TYPE_CHECKING:
+    from vlmedge.bench.plan import Plan
+
+# op type -> (index of the input whose last axis is K, index of the weight for convolutions)
+MATMULS = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
+CONVS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant", "Dropout",
+         "ShapeOf", "Parameter", "Result", "Convert"}  # (Convert: OpenVINO's decompression of weights)
+FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+@dataclass
+class OpCount:
+    """The work of one call of a graph at fixed input shapes (see the module docstring)."""
+
+    macs: int
+    by_op: dict[str, int]
+    weight_elements: int
+    weight_bytes: int  # at the counted graph's own element types
+    activation_elements: int
+    activation_bytes: int
+    source: str
+    unknown: list[str] = field(default_factory=list)  # GEMM nodes whose shapes could not be inferred
+
+    @property
+    def ops(self) -> int:
+        return 2 * self.macs
+
+
+def _prod(values: Iterable[int]) -> int:
+    return math.prod(int(v) for v in values)
+
+
+def _einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int | None:
+    """Multiplies of a two-or-more-operand einsum: the product of every index's size."""
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    if len(inputs) < 2 or "..." in equation or len(inputs) != len(shapes):
+        return None
+    sizes: dict[str, int] = {}
+    for letters, shape in zip(inputs, shapes):
+        if len(letters) != len(shape):
+            return None
+        sizes.update(zip(letters, shape))
+    return _prod(sizes.values())
+
+
+def gemm_macs(op: str, inputs: Sequence[Sequence[int] | None], output: Sequence[int] | None,
+              attributes: dict[str, Any]) -> int | None:
+    """MACs of one GEMM-like ONNX node from its input and output shapes (None: unknown)."""
+    if op == "Einsum":
+        if any(s is None for s in inputs):
+            return None
+        return _einsum_macs(str(attributes.get("equation", "")), inputs)  # type: ignore[arg-type]
+    if output is None:
+        return None
+    if op in MATMULS:
+        a = inputs[MATMULS[op]]
+        return None if not a else _prod(output) * int(a[-1])
+    if op == "Gemm":
+        a = inputs[0]
+        return None if not a or len(a) != 2 else _prod(output) * int(a[0] if attributes.get("transA") else a[1])
+    w = inputs[CONVS[op]] if len(inputs) > CONVS[op] else None
+    return None if not w else _prod(output) * _prod(w[1:])
+
+
+def count_onnx(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> OpCount:
+    """Counts an ONNX file's work at the given input shapes (dims of other inputs stay as
+    they are), with shapes from onnx.shape_inference (data propagation on)."""
+    import onnx
+    from onnx import helper, shape_inference
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name: t for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in input_shapes and value.name not in initializers:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    try:
+        model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # a graph shape inference cannot follow: count what is known
+        pass
+    shapes: dict[str, tuple[list[int] | None, int]] = {}
+    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        kind = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in kind.shape.dim]
+        size = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize if kind.elem_type else 4
+        shapes[value.name] = (None if not kind.HasField("shape") or None in dims else dims, size)
+    for name, tensor in initializers.items():
+        shapes[name] = (list(tensor.dims), helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
+    constant = set(initializers)
+    count = OpCount(0, {}, 0, 0, 0, 0, source=f"{Path(path).name} (ONNX graph, onnx.shape_inference)")
+    for tensor in initializers.values():
+        count.weight_elements += _prod(tensor.dims)
+        count.weight_bytes += _prod(tensor.dims) * shapes[tensor.name][1]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constant.update(node.output)
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                n = _prod(value.dims)
+                count.weight_elements += n
+                count.weight_bytes += n * helper.tensor_dtype_to_np_dtype(value.data_type).itemsize
+            continue
+        if node.input and all(not i or i in constant for i in node.input):
+            constant.update(node.output)  # folded when the model is loaded
+            continue
+        ins = [shapes.get(i, (None, 4))[0] for i in node.input]
+        if node.op_type in MATMULS or node.op_type in CONVS or node.op_type in ("Gemm", "Einsum"):
+            attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if isinstance(attributes.get("equation"), bytes):
+                attributes["equation"] = attributes["equation"].decode()
+            macs = gemm_macs(node.op_type, ins, shapes.get(node.output[0], (None, 4))[0], attributes)
+            if macs is None:
+                count.unknown.append(f"{node.op_type} {node.name or node.output[0]}")
+            else:
+                count.macs += macs
+                count.by_op[node.op_type] = count.by_op.get(node.op_type, 0) + macs
+            continue
+        if node.op_type in VIEWS:
+            continue
+        for name in [*(i for i in node.input if i and i not in constant), *node.output]:
+            dims, size = shapes.get(name, (None, 4))
+            if dims is not None:
+                count.activation_elements += _prod(dims)
+                count.activation_bytes += _prod(dims) * size
+    return count
+
+
+OPENVINO_GEMMS = ("MatMul", "Convolution", "GroupConvolution", "ScaledDotProductAttention", "Einsum")
+
+
+def _openvino_macs(op: Any, kind: str) -> int | None:
+    """MACs of one OpenVINO GEMM-like op with static shapes (None: unknown)."""
+    ports = range(op.get_input_size())
+    if not all(op.get_input_partial_shape(i).is_static for i in ports) or not op.get_output_partial_shape(0).is_static:
+        return None
+    shapes = [list(op.get_input_shape(i)) for i in ports]
+    out, attributes = list(op.get_output_shape(0)), op.get_attributes()
+    if kind == "Einsum":
+        return _einsum_macs(str(attributes.get("equation", "")), shapes)
+    a, w = shapes[0], shapes[1]
+    if kind == "MatMul":
+        return _prod(out) * int(a[-2] if attributes.get("transpose_a") and len(a) > 1 else a[-1])
+    if kind == "ScaledDotProductAttention":  # Q K^T, then (softmax) V: [.., L, E] x [.., S, E] and [.., S, Ev]
+        return (_prod(a) + _prod(out)) * int(w[-2])
+    return _prod(out) * _prod(w[2:] if kind == "GroupConvolution" else w[1:])
+
+
+def count_openvino(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> OpCount:
+    """Counts an OpenVINO model file's work (MatMul, Convolution, GroupConvolution, Einsum
+    and the two products of ScaledDotProductAttention) after reshaping its inputs to the
+    given shapes."""
+    import openvino as ov
+
+    from vlmedge.runtimes.openvino import core
+
+    model = core().read_model(str(path))
+    wanted = {port: ov.PartialShape(list(input_shapes[name])) for port in model.inputs
+              for name in port.get_names() if name in input_shapes}
+    if wanted:
+        model.reshape(wanted)
+    count = OpCount(0, {}, 0, 0, 0, 0, source=f"{Path(path).name} (OpenVINO model, reshaped)")
+    constant: set[str] = set()
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Constant":
+            constant.add(op.get_friendly_name())
+            n = _prod(op.get_output_shape(0)) if op.get_output_partial_shape(0).is_static else 0
+            count.weight_elements += n
+            count.weight_bytes += n * op.get_output_element_type(0).size
+            continue
+        sources = [op.input_value(i).get_node().get_friendly_name() for i in range(op.get_input_size())]
+        if sources and all(s in constant for s in sources):
+            constant.add(op.get_friendly_name())
+            continue
+        if kind in OPENVINO_GEMMS:
+            macs = _openvino_macs(op, kind)
+            if macs is None:
+                count.unknown.append(f"{kind} {op.get_friendly_name()}")
+            else:
+                count.macs += macs
+                count.by_op[kind] = count.by_op.get(kind, 0) + macs
+            continue
+        if kind in VIEWS:
+            continue
+        ports = [(op.get_input_partial_shape(i), op.get_input_element_type(i)) for i in range(op.get_input_size())
+                 if sources[i] not in constant]
+        ports += [(op.get_output_partial_shape(i), op.get_output_element_type(i)) for i in range(op.get_output_size())]
+        for shape, kind_type in ports:
+            if shape.is_static:
+                n = _prod(shape.to_shape())
+                count.activation_elements += n
+                count.activation_bytes += n * kind_type.size
+    return count
+
+
+def compute_precision(row: Row) -> str:
+    """The precision the row's GEMMs run in: int8 for int8 files; for OpenVINO the float
+    precision its provider reports (fp32 files run in bf16 where the CPU does); else the file's."""
+    if row.precision == "int8":
+        return "int8"
+    return float_precision(row)
+
+
+def float_precision(row: Row) -> str:
+    """The width the row's float tensors have while it runs."""
+    if row.backend == "openvino":
+        return OPENVINO_PRECISIONS.get(row.provider.split()[-1], "fp32") if row.provider else "fp32"
+    return row.precision if row.precision in FLOAT_BYTES and row.backend != BASELINE else "fp32"
+
+
+def roofline(row: Row, count: OpCount | None, peaks: MachinePeaks | None, why: str = "") -> Roofline:
+    """The row's place under the roofline; fields it cannot give are None, `note` says why."""
+    precision = compute_precision(row)
+    if count is None or count.macs == 0:
+        return Roofline(ops=None, macs=None, gops_per_s=None, compute_precision=precision, peak_gops=None,
+                        percent_of_peak=None, bytes=None, intensity=None, bandwidth_gbs=None, ridge=None,
+                        attainable_gops=None, bound=None, count_source=count.source if count else None,
+                        note=why or "no MatMul, Gemm or Conv with known shapes in the graph")
+    notes = [f"{len(count.unknown)} GEMM node(s) of unknown shape not counted"] if count.unknown else []
+    width = FLOAT_BYTES[float_precision(row)]
+    nbytes = count.weight_elements * (1 if precision == "int8" else width) + count.activation_elements * width
+    gops = count.ops / (row.latency.p50_ms * 1e6)
+    peak = peaks.gops(precision) if peaks else None
+    bandwidth = peaks.bandwidth_gbs if peaks else None
+    if peaks is None:
+        notes.append(why or f"no peak is measured for {row.backend}")
+    elif peak is None:
+        notes.append(next((p.note for p in peaks.peaks if p.precision == precision), f"no {precision} peak"))
+    intensity = count.ops / nbytes if nbytes else None
+    ridge = peak / bandwidth if peak and bandwidth else None
+    attainable = min(peak, intensity * bandwidth) if peak and bandwidth and intensity else None
+    if row.mode == "end-to-end":
+        notes.append("end-to-end: the time includes decoding, preprocessing and postprocessing")
+    return Roofline(
+        ops=count.ops, macs=count.macs, gops_per_s=float(f"{gops:.4g}"), compute_precision=precision,
+        peak_gops=peak, percent_of_peak=float(f"{100 * gops / peak:.3g}") if peak else None, bytes=nbytes,
+        intensity=float(f"{intensity:.4g}") if intensity else None, bandwidth_gbs=bandwidth,
+        ridge=float(f"{ridge:.4g}") if ridge else None, attainable_gops=float(f"{attainable:.4g}") if attainable else None,
+        bound=("compute" if intensity >= ridge else "memory") if ridge and intensity else None,
+        count_source=count.source, note="; ".join(notes))
+
+
+def _count_file(plan: Plan, row: Row) -> tuple[Path, str] | str:
+    """The file whose graph is counted for a row and its kind ("onnx" or "openvino"): the
+    artifact's fp32 ONNX file of the graph, else the row's own file, else its fp32 OpenVINO
+    file (without the onnx package: the OpenVINO files only); or why there is none."""
+    have = {kind: importlib.util.find_spec(kind) is not None for kind in ("onnx", "openvino")}
+    if row.peer is not None and row.file:
+        candidates = [Path(row.file)]
+    else:
+        entries = [*plan.artifact.model_entries(graph=row.graph, target="onnx", precision="fp32")]
+        own = [plan.artifact.root / row.file] if row.file else []
+        candidates = [plan.artifact.path_of(e) for e in entries] + own + [
+            plan.artifact.path_of(e) for e in plan.artifact.model_entries(graph=row.graph, target="openvino",
+                                                                          precision="fp32")]
+    for path in candidates:
+        kind = "openvino" if path.suffix == ".xml" else "onnx"
+        if have[kind] and path.suffix in (".xml", ".onnx"):
+            return path, kind
+    if any(p.suffix == ".onnx" for p in candidates) and not have["onnx"]:
+        return "the onnx package counts operations and is not installed (pip install onnx)"
+    return "no ONNX or OpenVINO file of this graph to count operations from"
+
+
+def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
+    """Fills every row's `roofline`; returns the peaks used (one per backend and thread
+    count), measured now or read from the cache (`remeasure`: measured again)."""
+    counts: dict[tuple, OpCount | str] = {}
+    peaks: dict[tuple[str, int | None], MachinePeaks] = {}
+    for row in plan.rows:
+        found = _count_file(plan, row)
+        stored = plan.stored.get(row.graph, {}).get("input") or {}
+        shapes = {name: (row.batch_size, *array.shape[1:]) for name, array in stored.items()}
+        key = (found, tuple(sorted(shapes.items())))
+        if key not in counts:
+            if isinstance(found, str):
+                counts[key] = found
+            else:
+                try:
+                    counts[key] = (count_onnx if found[1] == "onnx" else count_openvino)(found[0], shapes)
+                except Exception as exc:  # an unreadable graph: this row has no roofline, the others do
+                    counts[key] = f"operations could not be counted: {type(exc).__name__}: {exc}".splitlines()[0]
+        count = counts[key]
+        backend = "onnxruntime" if row.peer else row.backend
+        if (backend, row.threads) not in peaks:
+            plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {row.threads} threads "
+                     "(measured once per machine, then read from the cache)")
+            peaks[(backend, row.threads)] = machine_peaks(backend, row.threads or 1, remeasure, warnings=plan.warnings)
+        if isinstance(count, str):
+            row.roofline = roofline(row, None, None, why=count)
+        else:
+            row.roofline = roofline(row, count, peaks[(backend, row.threads)])
+    return list(peaks.values())

@@ -1,0 +1,88 @@
+"""The user's vlmedge cache folder, and the memo of artifact files already verified.
+
+Where: $VLMEDGE_CACHE_DIR, else $XDG_CACHE_HOME/vlmedge, else ~/.cache/vlmedge.
+Off: VLMEDGE_NO_CACHE=1 (or cache=False where a call takes it): nothing is read or written.
+
+Verifying an artifact hashes every file (a ViT-B artifact: about a second), on every load.
+The memo records, per file, the sha256 it had and the file's identity when it was hashed
+(size, mtime, ctime, inode); a file whose identity is unchanged is not hashed again. Any
+write through the file system changes the ctime, which no program can set back, so an
+altered file is always hashed again and refused as before. The memo is plain JSON,
+written atomically; an unreadable one is ignored and rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+MEMO_NAME = "verified-files.json"
+MEMO_LIMIT = 4096  # files remembered; the oldest are forgotten first
+
+
+def cache_root() -> Path:
+    """The folder holding vlmedge's caches (compiled models, the verified-file memo)."""
+    explicit = os.environ.get("VLMEDGE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "vlmedge"
+
+
+def cache_enabled(requested: bool | None = None) -> bool:
+    """An explicit True/False wins; None follows VLMEDGE_NO_CACHE (on unless it is set)."""
+    if requested is not None:
+        return bool(requested)
+    return os.environ.get("VLMEDGE_NO_CACHE", "").strip().lower() in ("", "0", "false", "no")
+
+
+def file_identity(info: os.stat_result) -> list[int]:
+    """What changes whenever a file's content may have: size, mtime, ctime, inode, device."""
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+class VerifiedFiles:
+    """sha256 of files, hashed only when their identity changed since the memo saw them."""
+
+    def __init__(self, hash_file: Callable[[Path], str], enabled: bool | None = None) -> None:
+        self._hash_file = hash_file
+        self._path = cache_root() / MEMO_NAME if cache_enabled(enabled) else None
+        self._memo = self._read() if self._path else {}
+        self._changed = False
+
+    def sha256(self, path: Path, info: os.stat_result) -> str:
+        key = str(path.resolve())
+        identity = file_identity(info)
+        known = self._memo.get(key)
+        if isinstance(known, list) and len(known) == 2 and known[0] == identity and isinstance(known[1], str):
+            return known[1]
+        digest = self._hash_file(path)
+        self._memo.pop(key, None)  # re-insert: dicts keep insertion order, the newest last
+        self._memo[key] = [identity, digest]
+        self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Writes the memo if it learned something; a failure only costs the speed-up."""
+        if not (self._path and self._changed):
+            return
+        memo = dict(list(self._memo.items())[-MEMO_LIMIT:])
+        temporary = self._path.with_name(f".{MEMO_NAME}.{uuid.uuid4().hex}")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(memo), encoding="utf-8")
+            os.replace(temporary, self._path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+    def _read(self) -> dict:
+        try:
+            memo = json.loads(self._path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return {}
+        return memo if isinstance(memo, dict) else {}
