@@ -79,35 +79,9 @@ def export_artifact(folder: Path, model_name: str, precisions: list[str]) -> Non
                    name=f"{model_name} (random weights, seed 0)", gates=random_weight_gates(), progress=print)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    """Restarts the kernel's peak-RSS count at the current RSS (Linux). Needed, not just
-    tidier: ru_maxrss survives fork + exec, so a child of a parent that held the exported
-    model would report the parent's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
 def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
     """One load + first call, in this fresh process; prints one JSON line."""
     import importlib
-    import resource
 
     import numpy as np
 
@@ -121,19 +95,20 @@ def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
         from vlmedge.runtimes.openvino import core
 
         core().available_devices
-    base_rss = _rss_bytes()
-    peak_since_imports = _reset_peak()
+    from vlmedge.bench.timing import Memory  # bench's own peak-RSS probe (VmHWM reset after imports)
+
+    memory = Memory()
+    baseline_mb = memory.start()
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     t0 = time.perf_counter()
     classifier = vlmedge.load(artifact, backend=backend, precision=precision, cache=cache)
     t1 = time.perf_counter()
     classifier.classify([image], top_k=1)
     t2 = time.perf_counter()
-    peak = _peak_rss() if peak_since_imports else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    peak_increase = memory.increase(baseline_mb) * 1024**2
     statuses = sorted({s.cache_status for s in classifier.model.sessions.values()})
     print(json.dumps({"load_s": t1 - t0, "first_call_s": t2 - t1, "total_s": t2 - t0,
-                      "peak_rss_delta": peak - base_rss, "rss_after_imports": base_rss,
+                      "peak_rss_delta": peak_increase, "rss_after_imports": baseline_mb * 1024**2,
                       "cache_status": ",".join(statuses), "provider": classifier.model.provider}))
 
 
