@@ -21,7 +21,7 @@ downloaded): DINOv2-S/14 (default), ViT-S/16, or `tiny` (a wiring check, not fig
     .venv/bin/python benchmarks/embed_throughput.py --model tiny --images 24 --rounds 1   # smoke run
 
 Artifacts and images are kept in --work (a temp folder) and reused. Writes
-benchmarks/results/embed-throughput-<machine>.json and .md (`-quick` for the tiny model).
+benchmarks/results/embed-throughput-<machine>-<backend>.json and .md (`-quick` for the tiny model).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         load_average_end=[round(x, 2) for x in os.getloadavg()],
         measured=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), goal=GOAL,
     )
-    name = f"embed-throughput-{machine_name()}" + ("-quick" if args.model == "tiny" else "")
+    name = f"embed-throughput-{machine_name()}-{args.backend}" + ("-quick" if args.model == "tiny" else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(result))

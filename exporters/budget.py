@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vlmedge.exporters.calibration import EvalSet
-from vlmedge.parity import Gate, run_in_batches
+from vlmedge.parity import Gate, feed_batches, run_in_batches
 
 
 def measure_latency(session: Any, feeds: dict[str, np.ndarray], warmup: int = 3, runs: int = 15,
@@ -29,7 +29,7 @@ def measure_latency(session: Any, feeds: dict[str, np.ndarray], warmup: int = 3,
     second a call gets one warm-up call (CPU fp16 files can take tens of seconds). The load
     average is recorded because a busy machine inflates every figure.
     """
-    one = {name: np.ascontiguousarray(value[:1]) for name, value in feeds.items()}
+    one = {name: np.ascontiguousarray(value) for name, value in next(feed_batches(feeds, 1)).items()}
     for i in range(max(1, warmup)):
         t0 = time.perf_counter()
         session.run(one)

@@ -22,6 +22,7 @@ import numpy as np
 from vlmedge.errors import ExportError, InputError
 from vlmedge.exporters.samples import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.parity import feed_batches
 
 DEFAULT_CALIBRATION_SIZE = 300
 TEXT_SUFFIXES = (".txt",)
@@ -29,6 +30,8 @@ TEXT_SUFFIXES = (".txt",)
 KIND_INPUTS = {"image": {"pixel_values"}, "audio": {"input_values"},
                "text": {"input_ids", "attention_mask", "token_type_ids"}}
 _CHUNK = 32  # files decoded and preprocessed at once
+# one input's rows: an (N, ...) array, or a list of N arrays where the rows differ in shape
+Feed = np.ndarray | list[np.ndarray]
 
 
 def graph_kind(graph: GraphSpec) -> str | None:
@@ -74,7 +77,7 @@ class Preprocessor:
                 raise ExportError("This model's text preprocessing has no tokenizer file; it cannot read captions.")
             self._tokenizer = TextTokenizer(source, text_spec)
 
-    def __call__(self, items: list[Any]) -> dict[str, np.ndarray]:
+    def __call__(self, items: list[Any]) -> dict[str, Feed]:
         """Files (or captions) -> {input name: batch}; raises InputError on an unreadable item."""
         if self.kind == "image":
             from vlmedge.preprocess.image import load_image, preprocess_images
@@ -83,15 +86,22 @@ class Preprocessor:
         if self.kind == "audio":
             from vlmedge.preprocess.audio import fbank, load_audio, resample
 
-            waves = []
+            features = []
             for path in items:
                 wave, rate = load_audio(path)
-                waves.append(resample(wave, rate, self._audio.sampling_rate))
-            return {"input_values": np.stack([fbank(w, self._audio) for w in waves])}
+                features.append(fbank(resample(wave, rate, self._audio.sampling_rate), self._audio))
+            return {"input_values": _stacked(features)}
         return dict(self._tokenizer.encode(list(items)))
 
 
-def _preprocess_all(items: list[Any], preprocess: Preprocessor, say: Callable[[str], None]) -> tuple[dict[str, np.ndarray], list[int]]:
+def _stacked(rows: list[np.ndarray]) -> Feed:
+    """One (N, ...) array of rows of one shape, else the list of rows: a raw-waveform model
+    takes a clip shorter than its window at the clip's own length, so such rows differ
+    (vlmedge.parity.feed_batches batches them by shape)."""
+    return np.stack(rows) if len({row.shape for row in rows}) == 1 else list(rows)
+
+
+def _preprocess_all(items: list[Any], preprocess: Preprocessor, say: Callable[[str], None]) -> tuple[dict[str, Feed], list[int]]:
     """Preprocesses items in chunks; unreadable ones are skipped (and counted). Returns the
     batch and the indices of the items that made it."""
     parts: dict[str, list[np.ndarray]] = {}
@@ -114,17 +124,21 @@ def _preprocess_all(items: list[Any], preprocess: Preprocessor, say: Callable[[s
                 parts.setdefault(name, []).append(value)
     if skipped:
         say(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
-    return {name: np.concatenate(values) for name, values in parts.items()}, kept
+    return {name: _stacked([row for part in values for row in part]) for name, values in parts.items()}, kept
 
 
-def _match_dtypes(feeds: dict[str, np.ndarray], graph: GraphSpec, spec: ExportSpec) -> dict[str, np.ndarray]:
+def _match_dtypes(feeds: dict[str, Feed], graph: GraphSpec, spec: ExportSpec) -> dict[str, Feed]:
     reference = spec.parity_feeds.get(graph.name, {})
     out = {}
     for name in graph.input_names:
         if name not in feeds:
             raise ExportError(f"The {graph.name} graph takes '{name}', which its preprocessing does not make.")
         value = feeds[name]
-        out[name] = value.astype(reference[name].dtype, copy=False) if name in reference else value
+        if name in reference:
+            dtype = reference[name].dtype
+            value = [row.astype(dtype, copy=False) for row in value] if isinstance(value, list) \
+                else value.astype(dtype, copy=False)
+        out[name] = value
     return out
 
 
@@ -136,7 +150,7 @@ def _captions(files: list[Path]) -> list[str]:
 
 
 def calibration_feeds(path: str | Path, spec: ExportSpec, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0,
-                      say: Callable[[str], None] = lambda message: None) -> dict[str, dict[str, np.ndarray]]:
+                      say: Callable[[str], None] = lambda message: None) -> dict[str, dict[str, Feed]]:
     """{graph: {input: array}} for every graph the data at `path` can feed.
 
     Args:
@@ -157,7 +171,7 @@ def calibration_feeds(path: str | Path, spec: ExportSpec, size: int = DEFAULT_CA
         raise ExportError(
             f"Calibration data {path} is neither a folder of images or audio files nor a .txt file of captions."
         )
-    feeds: dict[str, dict[str, np.ndarray]] = {}
+    feeds: dict[str, dict[str, Feed]] = {}
     for graph in spec.graphs:
         kind = graph_kind(graph)
         items = data.get(kind or "", [])
@@ -181,7 +195,7 @@ def _label_key(name: str) -> str:
 class EvalSet:
     """Labelled inputs for one graph: feeds, the label index of each row, and the logits output."""
 
-    feeds: dict[str, np.ndarray]
+    feeds: dict[str, Feed]
     labels: np.ndarray
     output: str
     classes: int
@@ -237,8 +251,6 @@ def evaluation_sets(path: str | Path, spec: ExportSpec, size: int | None = None,
     return sets
 
 
-def rows(feeds: dict[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
+def rows(feeds: dict[str, Feed]) -> Iterable[dict[str, np.ndarray]]:
     """Batch-1 feed dicts, one per row: what ORT's CalibrationDataReader and NNCF's Dataset take."""
-    n = len(next(iter(feeds.values())))
-    for i in range(n):
-        yield {name: value[i:i + 1] for name, value in feeds.items()}
+    return feed_batches(feeds, 1)

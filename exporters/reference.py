@@ -21,18 +21,17 @@ import torch
 from vlmedge.artifact import Artifact
 from vlmedge.errors import BackendUnavailableError
 from vlmedge.exporters.spec import GraphSpec
+from vlmedge.parity import feed_batches
 from vlmedge.runtimes.base import Session, TensorInfo
 
 
 def reference_outputs(graph: GraphSpec, feeds: dict[str, np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
     """Runs the source module on the parity feeds, in batches, in fp32."""
     graph.module.eval()
-    n = len(next(iter(feeds.values())))
     collected: dict[str, list[np.ndarray]] = {name: [] for name in graph.output_names}
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[name][start:start + batch_size]))
-                    for name in graph.input_names]
+        for batch in feed_batches(feeds, batch_size):
+            args = [torch.from_numpy(np.ascontiguousarray(batch[name])) for name in graph.input_names]
             outputs = graph.module(*args)
             if isinstance(outputs, torch.Tensor):
                 outputs = (outputs,)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -38,32 +37,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.artifact import sha256_file
+from vlmedge.environment import cpu_key
 from vlmedge.user_cache import cache_enabled, cache_root, file_identity
 
 CACHE_FORMAT = 1
 KEY_FILE = "key.json"
 _TMP_PREFIX, _OLD_PREFIX = ".tmp-", ".old-"
 _ABANDONED_AFTER_S = 24 * 3600  # a temporary folder this old belongs to a killed process
-
-
-def cpu_key() -> dict[str, str]:
-    """What identifies this CPU to a compiler: architecture, model name and a hash of its
-    feature flags (a compiled model may use any instruction the CPU it was built on has)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor describes them all
-                name, _, value = line.partition(":")
-                fields.setdefault(name.strip(), value.strip())
-    except OSError:
-        pass
-    model = fields.get("model name") or ":".join(
-        fields.get(k, "") for k in ("CPU implementer", "CPU part", "CPU variant")).strip(":") or platform.processor()
-    flags = " ".join(sorted((fields.get("flags") or fields.get("Features") or "").split()))
-    return {"machine": platform.machine(), "model": model,
-            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
 
 
 def files_digest(paths: Iterable[Path]) -> str:

@@ -231,3 +231,19 @@ def test_an_untouched_entry_is_not_hashed_again_but_a_touched_one_is(two_target_
         if path.name != "key.json":
             path.write_bytes(path.read_bytes())  # same bytes, new ctime: hashed, still a hit
     assert _session(two_target_artifact, "onnxruntime").cache_status == "hit" and hashed
+
+
+def test_a_first_onnxruntime_load_serves_from_the_saved_model(two_target_artifact, cache_dir):
+    """The first load saves ONNX Runtime's optimised model with a session that only builds
+    it (no prepacked weights, dropped at once), then serves from the saved file as later
+    loads do: one copy of the weights in memory at a time, not two
+    (benchmarks/cold_start.py measures the peak)."""
+    first = _session(two_target_artifact, "onnxruntime")
+    assert first.cache_status == "miss"
+    # ONNX Runtime's InferenceSession keeps the path it was opened from
+    assert Path(first._session._model_path) == first.cache_path / "model.onnx"
+    second = _session(two_target_artifact, "onnxruntime")
+    assert second.cache_status == "hit" and Path(second._session._model_path) == first.cache_path / "model.onnx"
+    feeds = _feeds(first)
+    for name, value in first.run(feeds).items():
+        np.testing.assert_array_equal(value, second.run(feeds)[name])

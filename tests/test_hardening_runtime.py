@@ -87,7 +87,10 @@ def test_a_file_onnx_runtime_cannot_load_is_an_artifact_error(tmp_path):
 
 def test_loading_and_running_an_artifact_writes_nothing_to_home(tmp_path):
     """ONNX Runtime's telemetry would record each session in ~/.cache/Microsoft/...; vlmedge
-    turns it off (ORT_DISABLE_TELEMETRY) so that serving an artifact writes nowhere."""
+    turns it off (ORT_DISABLE_TELEMETRY) so that serving an artifact writes nothing to home.
+    The one thing vlmedge itself writes, the compiled-model cache, goes where
+    VLMEDGE_CACHE_DIR points (conftest sets it to a temporary folder, outside this HOME);
+    tests/test_compiled_cache.py checks the cache's own default place."""
     import os
     import subprocess
     import sys

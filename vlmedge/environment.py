@@ -6,6 +6,7 @@ the installed distribution), so describing the machine never changes what is mea
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -63,15 +64,29 @@ class Environment:
 
 
 def _cpuinfo() -> dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo (it describes them all); {} elsewhere."""
     found: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
+                if not line.strip():
+                    break
                 key, _, value = line.partition(":")
                 found.setdefault(key.strip(), value.strip())
     except OSError:
         pass
     return found
+
+
+def cpu_key() -> dict[str, str]:
+    """What identifies this CPU to a compiler: architecture, model name and a hash of its
+    feature flags (a compiled model may use any instruction the CPU it was built on has)."""
+    fields = _cpuinfo()
+    model = fields.get("model name") or ":".join(
+        fields.get(k, "") for k in ("CPU implementer", "CPU part", "CPU variant")).strip(":") or platform.processor()
+    flags = " ".join(sorted((fields.get("flags") or fields.get("Features") or "").split()))
+    return {"machine": platform.machine(), "model": model,
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
 
 
 def _physical_cores() -> int | None:

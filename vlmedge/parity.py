@@ -4,7 +4,7 @@ runs on the edge device)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -135,12 +135,30 @@ def parity_report(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray
             "passed": not failures, "failures": failures}
 
 
-def run_in_batches(session: Any, feeds: dict[str, np.ndarray], batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Runs a session over parity feeds in batches and concatenates the outputs."""
+def feed_batches(feeds: dict[str, Any], batch_size: int = 8) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive batches of at most `batch_size` rows of `feeds`, in order.
+
+    A feed is an (N, ...) array, or a list of N per-row arrays when its rows differ in shape
+    (raw-waveform windows of clips of different lengths: the model takes each at its own
+    length, as the runtime does); a batch then holds only a run of rows of one shape.
+    """
     n = len(next(iter(feeds.values())))
+    start = 0
+    while start < n:
+        stop = min(start + batch_size, n)
+        for value in feeds.values():
+            if isinstance(value, list):
+                shape = value[start].shape
+                stop = next((i for i in range(start + 1, stop) if value[i].shape != shape), stop)
+        yield {name: np.stack(value[start:stop]) if isinstance(value, list) else value[start:stop]
+               for name, value in feeds.items()}
+        start = stop
+
+
+def run_in_batches(session: Any, feeds: dict[str, Any], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Runs a session over parity feeds in batches and concatenates the outputs."""
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, batch_size):
-        out = session.run({k: v[start:start + batch_size] for k, v in feeds.items()})
-        for name, value in out.items():
+    for batch in feed_batches(feeds, batch_size):
+        for name, value in session.run(batch).items():
             parts.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}

@@ -85,7 +85,8 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
         row = Row(
             graph=graph, backend=backend, precision=precision, batch_size=batch, threads=threads,
             mode=settings.mode, label=label, provider=session.provider, device=settings.device, file=file,
-            model_mb=model_mb, load_s=round(load_s, 4), first_inference_ms=round(first_ns / 1e6, 3),
+            model_mb=model_mb, load_s=round(load_s, 4), load_cache=session.cache_status,
+            first_inference_ms=round(first_ns / 1e6, 3),
             latency=latency, throughput_per_s=float(f"{batch * 1e3 / latency.mean_ms:.5g}"),
             peak_rss_increase_mb=plan.memory.increase(baseline), parity=parity, inputs=inputs, peer=peer,
         )

@@ -80,7 +80,7 @@ class MachinePeaks:
 
 def cpu_signature() -> str:
     """The CPU model name and a digest of its feature flags (what decides which kernels run)."""
-    from vlmedge.runtimes.cache import cpu_key
+    from vlmedge.environment import cpu_key
 
     cpu = cpu_key()
     return f"{cpu['machine']} {cpu['model']} flags:{cpu['flags']}"

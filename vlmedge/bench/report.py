@@ -48,8 +48,14 @@ def _latency_cells(row: Row) -> list[str]:
             f"{lat.p50_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p95_ms:.3f}", f"{lat.p99_ms:.3f}", f"{lat.max_ms:.3f}"]
 
 
+def _load_cell(row: Row) -> str:
+    """Load seconds, with the compiled-model cache's part in it when there was one."""
+    cached = f" ({row.load_cache})" if row.load_cache in ("hit", "miss") else ""
+    return f"{row.load_s:.3f}{cached}"
+
+
 def _other_cells(row: Row) -> list[str]:
-    return [f"{row.throughput_per_s:.1f}", _speedup(row), f"{row.load_s:.3f}", f"{row.first_inference_ms:.2f}",
+    return [f"{row.throughput_per_s:.1f}", _speedup(row), _load_cell(row), f"{row.first_inference_ms:.2f}",
             "-" if row.peak_rss_increase_mb is None else f"{row.peak_rss_increase_mb:.1f}",
             "-" if row.model_mb is None else f"{row.model_mb:.2f}", row.provider, parity_text(row)]
 

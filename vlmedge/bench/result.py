@@ -137,6 +137,9 @@ class Row:
     speedup_vs_torch: float | None = None
     warnings: list[str] = field(default_factory=list)
     roofline: Roofline | None = None
+    # What the compiled-model cache did for this row's load (Session.cache_status: "hit",
+    # "miss", "unsaved", "off"), so that load_s reads right: a hit skipped the compilation.
+    load_cache: str | None = None
 
     @property
     def key(self) -> tuple:
