@@ -10,13 +10,15 @@ from vlmedge.exporters.spec import ExportSpec
 
 __all__ = ["ArchitectureSupport", "resolve", "supported_architectures"]
 
+REMOTE_PREFIXES = ("hf-hub:", "hf_hub:")  # timm: and open_clip: names that open_clip/timm would download
+
 
 def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     """Turns a reference into an ExportSpec.
 
     `model` is a torch.nn.Module (with preprocess= and labels=), "builtin:NAME",
-    "timm:NAME", "open_clip:NAME", a Hugging Face folder saved with save_pretrained, or a
-    Hugging Face model id already in the local cache.
+    "timm:NAME" or "open_clip:ARCH" (with checkpoint=PATH, a local file), a Hugging Face
+    folder saved with save_pretrained, or a Hugging Face model id already in the local cache.
     """
     import torch
 
@@ -26,19 +28,33 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
         return from_module(model, task=task, **options)
     if not isinstance(model, str):
         raise UnsupportedModelError(
-            f"Cannot export a {type(model).__name__}; pass a torch.nn.Module, a folder, a model id or builtin:NAME."
+            f"Cannot export a {type(model).__name__}; pass a torch.nn.Module, a folder, a model id, builtin:NAME, "
+            "timm:NAME or open_clip:ARCH."
         )
     scheme, _, name = model.partition(":")
+    foreign = sorted({"checkpoint", "pretrained", "labels", "model_kwargs"} & set(options))
+    if foreign and scheme not in ("timm", "open_clip"):
+        raise UnsupportedModelError(f"{', '.join(foreign)} is for timm: and open_clip: models; a Hugging Face model "
+                                    "brings its weights and labels in its folder.")
     if scheme == "builtin" and name:
         from vlmedge.exporters.sources.builtin import builtin_folder
 
         from vlmedge.exporters.sources.hf import from_hf
 
         return from_hf(str(builtin_folder(name)), task=task, reference=model, **options)
-    if scheme in ("timm", "open_clip") and name:
+    if scheme in ("timm", "open_clip") and name.lower().startswith(REMOTE_PREFIXES):
         raise UnsupportedModelError(
-            f"{scheme}: sources are not available in this version of vlmedge; export the Hugging Face version of the model."
+            f"{model} would be downloaded from the Hugging Face hub, and vlmedge never downloads; download it where "
+            f"there is network (hf download REPO --local-dir FOLDER) and export {scheme}:local-dir:FOLDER."
         )
+    if scheme == "timm" and name:
+        from vlmedge.exporters.sources.timm import from_timm
+
+        return from_timm(name, task=task, **options)
+    if scheme == "open_clip" and name:
+        from vlmedge.exporters.sources.open_clip import from_open_clip
+
+        return from_open_clip(name, task=task, **options)
     from vlmedge.exporters.sources.hf import from_hf
 
     return from_hf(model, task=task, **options)

@@ -116,7 +116,7 @@ def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) ->
 @app.command(cls=_Command)
 def export(
     model: str = typer.Argument(..., metavar="MODEL", help="builtin:NAME (" + ", ".join(formats.builtin_models())
-                                + "), a Hugging Face folder or cached id."),
+                                + "), a Hugging Face folder or cached id, timm:NAME or open_clip:ARCH (with --checkpoint)."),
     output: Path = typer.Option(..., "-o", "--output", "--out", metavar="DIR", help="Artifact folder to write."),
     to: str = typer.Option("onnx", "--to", metavar="TARGETS",
                            help=f"Comma-separated targets: {', '.join(formats.target_names())}."),
@@ -127,6 +127,10 @@ def export(
     opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (>= 17)."),
     image_size: Optional[str] = typer.Option(
         None, "--image-size", metavar="SIZE", help="Image encoders: export resolution, e.g. 448 or 448x336 (height x width)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", metavar="FILE", help="timm: and open_clip: models: the weights file (.safetensors, .pth, .bin)."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", metavar="FILE", help="timm: classifiers: class names, one a line, in class order."),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", metavar="PATH", help="int8 calibration data: a folder of images or audio files, or a .txt of captions."),
     calibration_size: int = typer.Option(300, "--calibration-size", min=1, metavar="N", help="How many calibration items to use."),
@@ -151,6 +155,11 @@ def export(
     for flag, path in (("--calibration", calibration), ("--eval", evaluation)):
         if path is not None and not path.exists():
             raise UsageError(f"{flag} {path} does not exist; give a folder of files (or a .txt of captions).")
+    for flag, path in (("--checkpoint", checkpoint), ("--labels", labels)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path} is not a file; give the path of the file.")
+    source_options = {k: v for k, v in (("image_size", image_size), ("checkpoint", checkpoint), ("labels", labels))
+                      if v is not None}
     from vlmedge.exporters.pipeline import export as run_export
 
     out = err_console if as_json else console
@@ -162,7 +171,7 @@ def export(
 
         artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
                               progress=progress, calibration=calibration, calibration_size=calibration_size,
-                              evaluation=evaluation, strict=strict, **({"image_size": image_size} if image_size else {}))
+                              evaluation=evaluation, strict=strict, **source_options)
     dropped = artifact.manifest.get("export", {}).get("dropped", [])
     if as_json:
         files = [{k: e.get(k) for k in ("path", "graph", "target", "precision")} for e in artifact.files

@@ -58,7 +58,8 @@ def _preprocess_one(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray
     if spec.pad_to_canvas:
         array = _pad_centred(array, spec.canvas["height"], spec.canvas["width"])
     if spec.do_center_crop:
-        array = center_crop(array, spec.crop_size["height"], spec.crop_size["width"])
+        crop = torchvision_center_crop if spec.crop_style == "torchvision" else center_crop
+        array = crop(array, spec.crop_size["height"], spec.crop_size["width"])
     if spec.do_rescale:  # HF upcasts to float64, scales, then downcasts to float32
         array = (array.astype(np.float64) * spec.rescale_factor).astype(np.float32)
         if spec.rescale_offset:
@@ -132,3 +133,16 @@ def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
     padded[top_pad:top_pad + orig_h, left_pad:left_pad + orig_w] = array
     top, left = top + top_pad, left + left_pad
     return padded[max(0, top):min(new_h, top + height), max(0, left):min(new_w, left + width)]
+
+
+def torchvision_center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torchvision's center_crop on (H, W, C), which timm's and open_clip's eval transforms
+    run: zero padding where the image is smaller (the odd pixel at the bottom and right),
+    then offsets int(round(d / 2.0)), Python's round (half to even), not HF's floor."""
+    orig_h, orig_w = array.shape[:2]
+    if height > orig_h or width > orig_w:
+        dh, dw = max(height - orig_h, 0), max(width - orig_w, 0)
+        array = np.pad(array, ((dh // 2, (dh + 1) // 2), (dw // 2, (dw + 1) // 2), (0, 0)), mode="constant")
+        orig_h, orig_w = array.shape[:2]
+    top, left = int(round((orig_h - height) / 2.0)), int(round((orig_w - width) / 2.0))
+    return array[top:top + height, left:left + width]

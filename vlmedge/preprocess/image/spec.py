@@ -10,6 +10,7 @@ from typing import Any
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image.values import RESAMPLE, is_number
 _SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
+CROP_STYLES = ("huggingface", "torchvision")  # whose center_crop places the crop (see ImagePreprocessSpec)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +31,11 @@ class ImagePreprocessSpec:
       of ``size_divisor`` (TextNet);
     - ``thumbnail``: shrink to fit inside ``canvas`` keeping the aspect (Donut);
     - ``pad_to_canvas``: centred zero padding to ``canvas`` (Donut);
-    - centre crop (``do_center_crop``) to ``crop_size``, zero padding where smaller;
+    - centre crop (``do_center_crop``) to ``crop_size``, zero padding where smaller, placed as
+      ``crop_style`` says: "huggingface" (HF's center_crop: floor offsets, the odd padding pixel
+      at the top/left) or "torchvision" (torchvision's center_crop, which timm's and open_clip's
+      eval transforms run: offsets int(round(d / 2)), half to even, the odd padding pixel at
+      the bottom/right);
     - rescale (``do_rescale``) by ``rescale_factor``, minus 1 when ``rescale_offset``;
     - normalise (``do_normalize``) by ``image_mean``/``image_std``, then divide by
       ``image_std`` once more when ``normalize_std_again`` (EfficientNet's include_top);
@@ -59,6 +64,7 @@ class ImagePreprocessSpec:
     pad_to_canvas: bool = False
     rescale_offset: bool = False
     normalize_std_again: bool = False
+    crop_style: str = "huggingface"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise copies of the inputs once here
@@ -80,6 +86,8 @@ class ImagePreprocessSpec:
             raise InputError(f"image_std must not contain 0 (it divides), got {self.image_std}.")
         if self.resample not in RESAMPLE:
             raise InputError(f"resample must be one of {sorted(RESAMPLE)}, not {self.resample!r}.")
+        if self.crop_style not in CROP_STYLES:
+            raise InputError(f"crop_style must be one of {', '.join(CROP_STYLES)}, not {self.crop_style!r}.")
         if self.channel_order not in ("RGB", "BGR") or self.layout not in ("NCHW", "NHWC"):
             raise InputError(f"channel_order must be RGB or BGR and layout NCHW or NHWC, not "
                              f"{self.channel_order!r} and {self.layout!r}.")
@@ -115,6 +123,8 @@ class ImagePreprocessSpec:
         d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
         if self.pre_crop is not None:
             d["pre_crop"] = list(self.pre_crop)
+        if self.crop_style == "huggingface":  # what specs without the field have always meant
+            del d["crop_style"]
         return d
 
     @classmethod
