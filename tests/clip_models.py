@@ -33,16 +33,55 @@ def _clip_tokenizer(root: Path) -> Path:
     return _TOKENIZER_DIR[0]
 
 
-def tiny_siglip(text_config: dict, vision_config: dict):
-    """A SiglipModel with sigmoid scale 30 and bias -1.5, and its Pillow image processor."""
+def tiny_siglip(text_config: dict, vision_config: dict, naflex: bool = False):
+    """A SiglipModel (a Siglip2Model when naflex) with sigmoid scale 30 and bias -1.5, and its
+    Pillow image processor (naflex_processor() for SigLIP2)."""
     import torch
     import transformers as t
 
-    model = t.SiglipModel(t.SiglipConfig(text_config=text_config, vision_config=vision_config))
+    config_class, model_class = (t.Siglip2Config, t.Siglip2Model) if naflex else (t.SiglipConfig, t.SiglipModel)
+    model = model_class(config_class(text_config=text_config, vision_config=vision_config))
     with torch.no_grad():
         model.logit_scale.fill_(math.log(30.0))
         model.logit_bias.fill_(-1.5)
-    return model, t.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    return model, naflex_processor() if naflex else t.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+
+
+# -- SigLIP2 (NaFlex) at a fixed resolution --------------------------------------------------------
+
+NAFLEX_SIZE = (32, 48)  # (height, width) the SigLIP2 tests export at: a 4x6 grid of 8-pixel patches
+NAFLEX_PATCH = 8
+NAFLEX_VISION = dict(patch_size=NAFLEX_PATCH, num_patches=16, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=2, num_attention_heads=2)  # learned positions: a 4x4 grid, resized to 4x6
+
+
+def naflex_processor():
+    """A Siglip2 Pillow processor whose max_num_patches is the export grid's size, so that it
+    resizes an image of aspect NAFLEX_SIZE to exactly NAFLEX_SIZE with no padding patches."""
+    import transformers as t
+
+    height, width = NAFLEX_SIZE
+    return t.Siglip2ImageProcessorPil(patch_size=NAFLEX_PATCH,
+                                      max_num_patches=(height // NAFLEX_PATCH) * (width // NAFLEX_PATCH))
+
+
+def naflex_images(paths) -> list:
+    """The images at `paths` resized to the aspect of NAFLEX_SIZE at 2, 3 and 4 times its size,
+    which the NaFlex processor's own smart resize brings back to exactly NAFLEX_SIZE (the
+    fixed-resolution export resizes any image to it; both then see the same pixels)."""
+    from transformers.image_utils import load_image
+
+    height, width = NAFLEX_SIZE
+    return [load_image(str(p)).resize((width * (2 + i % 3), height * (2 + i % 3))) for i, p in enumerate(paths)]
+
+
+def naflex_inputs(processor, images) -> dict:
+    """The processor's output for `images`, checked to be the export's grid with no padding patch."""
+    inputs = processor(images, return_tensors="pt")
+    grid = [NAFLEX_SIZE[0] // NAFLEX_PATCH, NAFLEX_SIZE[1] // NAFLEX_PATCH]
+    assert inputs["spatial_shapes"].tolist() == [grid] * len(images), inputs["spatial_shapes"]
+    assert bool(inputs["pixel_attention_mask"].all())
+    return dict(inputs)
 
 
 def tiny_clip_folder(kind: str, root: Path) -> Path:
@@ -87,7 +126,8 @@ def tiny_clip_folder(kind: str, root: Path) -> Path:
 
 # -- other two-tower models (tests/test_coverage_two_tower.py) ----------------------------------
 
-TWO_TOWERS = ("chinese-clip", "metaclip-2", "altclip", "align", "siglip-sentencepiece", "blip-itr")
+TWO_TOWERS = ("chinese-clip", "metaclip-2", "altclip", "align", "siglip-sentencepiece", "blip-itr", "blip",
+              "blip2-itr", "siglip2")
 TWO_TOWER_CONTEXT = 32
 _WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "red", "circle", "yellow", "star", "hexagon", "and", "in",
           "drawing", "wild", "green", "square", "purple", "cross", "white", "triangle")
@@ -146,6 +186,8 @@ def tiny_two_tower_folder(kind: str, root: Path) -> Path:
     import torch
     import transformers as t
 
+    from tests.text_fixtures import tiny_sentencepiece_tokenizer
+
     folder = Path(root) / kind
     vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2)
@@ -192,6 +234,27 @@ def tiny_two_tower_folder(kind: str, root: Path) -> Path:
                               vision_config=vision, image_text_hidden_size=16)
         model = t.BlipForImageTextRetrieval(config)
         processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
+    elif kind == "blip":
+        tokenizer = tiny_wordpiece_tokenizer()
+        config = t.BlipConfig(text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),
+                              vision_config=vision, projection_dim=16)
+        model = t.BlipModel(config)
+        processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
+    elif kind == "blip2-itr":  # the Q-Former reads the vision tokens with 4 query tokens; no language model is built
+        tokenizer = tiny_wordpiece_tokenizer()
+        config = t.Blip2Config(vision_config=vision, num_query_tokens=4, image_text_hidden_size=16,
+                               qformer_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64,
+                                                   encoder_hidden_size=vision["hidden_size"],
+                                                   use_qformer_text_input=True))  # as blip2-itm-vit-g has
+        model = t.Blip2ForImageTextRetrieval(config)
+        processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
+    elif kind == "siglip2":
+        tokenizer = tiny_sentencepiece_tokenizer("Siglip2Tokenizer", padding_side="right", add_eos_token=True,
+                                                 model_max_length=TWO_TOWER_CONTEXT)
+        model, processor = tiny_siglip(
+            dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=TWO_TOWER_CONTEXT, pad_token_id=tokenizer.pad_token_id,
+                 eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id), NAFLEX_VISION, naflex=True)
     else:
         raise ValueError(kind)
     model.eval().save_pretrained(folder)

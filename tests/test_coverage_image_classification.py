@@ -4,7 +4,9 @@ either exports with parity (probabilities within 1e-4 of processor -> model -> s
 the bundled sample images, same top-5) or is refused with a named UnsupportedModelError.
 
 A crash, a traceback, wrong numbers, or an outcome other than the one expected below fails.
-The counts (exported / refused, with reasons) are printed at the end.
+The counts (exported / refused, with reasons) are printed at the end. SigLIP2 (NaFlex) is
+refused without image_size and checked at the one it is given, on images its processor
+resizes to exactly that size.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.clip_models import NAFLEX_SIZE, naflex_images, naflex_inputs, naflex_processor
 from vlmedge.errors import UnsupportedModelError
 
 torch = pytest.importorskip("torch")
@@ -94,7 +97,7 @@ REFUSED = {
     "ImageGPTForImageClassification": "colour clusters",
     "PPLCNetForImageClassification": "torchvision",
     "ShieldGemma2ForImageClassification": "text prompt",
-    "Siglip2ForImageClassification": "NaFlex",
+    "Siglip2ForImageClassification": "--image-size",
     "TimmWrapperForImageClassification": "timm",
 }
 RESULTS: dict[str, str] = {}
@@ -125,8 +128,9 @@ def processor_for(model_type: str):
     return cls, settings
 
 
-def tiny_model(model_type: str, arch: str, size: int = 32):
-    """A tiny seeded model of the real class whose logits differ by class and by image."""
+def tiny_model(model_type: str, arch: str, size: int = 32, inputs: dict | None = None):
+    """A tiny seeded model of the real class whose logits differ by class and by image
+    (`inputs`: what its forward takes, where that is not pixel values of size x size)."""
     from transformers import CONFIG_MAPPING
 
     torch.manual_seed(0)
@@ -135,15 +139,16 @@ def tiny_model(model_type: str, arch: str, size: int = 32):
                                         label2id={v: k for k, v in labels.items()})
     config.architectures = [arch]
     model = getattr(transformers, arch)(config).eval()
-    _spread(model, size)
+    _spread(model, size, inputs)
     return model
 
 
-def _spread(model, size: int) -> None:
-    """Variance-keeping weights and batch-norm statistics of seeded noise images, so that deep
-    conv stacks do not fade to zero features; then heads scaled to logits of about +-3, far
-    enough apart that float noise cannot reorder the top 5."""
+def _spread(model, size: int, inputs: dict | None = None) -> None:
+    """Variance-keeping weights and batch-norm statistics of seeded noise images (or `inputs`),
+    so that deep conv stacks do not fade to zero features; then heads scaled to logits of about
+    +-3, far enough apart that float noise cannot reorder the top 5."""
     images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    inputs = inputs or {"pixel_values": images}
     heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == NUM_LABELS]
     with torch.no_grad():
         for module in model.modules():
@@ -153,14 +158,14 @@ def _spread(model, size: int) -> None:
                 module.reset_running_stats()
                 module.momentum = None  # a cumulative average over the batches below
         try:
-            model.train()(pixel_values=images)
+            model.train()(**inputs)
         except Exception:  # noqa: BLE001 - a model whose training forward needs labels keeps its statistics
             pass
         model.eval()
         features = []
         hooks = [head.register_forward_hook(lambda mod, args, out: features.append(args[0])) for head in heads]
         try:
-            model(pixel_values=images)
+            model(**inputs)
         except Exception:  # noqa: BLE001 - the export test reports a model whose forward fails
             pass
         for hook in hooks:
@@ -238,6 +243,34 @@ def test_architecture_exports_with_parity_or_is_refused(model_type, arch, sample
     RESULTS[arch] = f"exported: max prob diff {worst:.1e}"
 
 
+def test_siglip2_classifier_exports_at_the_chosen_resolution(sample_images, tmp_path):
+    """Siglip2ForImageClassification at image_size=NAFLEX_SIZE: probabilities within 1e-4 of the
+    Siglip2 processor -> model -> softmax, same top 5, on images the processor resizes to that size."""
+    import vlmedge
+    from vlmedge.exporters.pipeline import export
+
+    torch.set_num_threads(1)
+    arch = "Siglip2ForImageClassification"
+    processor = naflex_processor()
+    images = naflex_images(sample_images)
+    inputs = naflex_inputs(processor, images)
+    model = tiny_model("siglip2", arch, inputs=inputs)
+    model.save_pretrained(tmp_path / "hf")
+    processor.save_pretrained(tmp_path / "hf")
+    height, width = NAFLEX_SIZE
+    export(str(tmp_path / "hf"), tmp_path / "artifact", image_size=f"{height}x{width}")
+    classifier = vlmedge.load(tmp_path / "artifact")
+    assert classifier.model.artifact.manifest["source"]["naflex"]["grid"] == [height // 8, width // 8]
+    with torch.no_grad():
+        expected = model(**inputs).logits.softmax(-1).numpy()
+    assert expected.max(1).min() > 1.5 / NUM_LABELS, f"{arch}'s tiny model gives near-uniform probabilities"
+    got = classifier.probabilities(images)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    for image, row in zip(images, expected):
+        assert [p.index for p in classifier.classify(image, top_k=5)] == list(np.argsort(-row, kind="stable")[:5])
+    RESULTS[f"{arch} at {height}x{width}"] = f"exported: max prob diff {float(np.abs(got - expected).max()):.1e}"
+
+
 def test_counts(capsys):
     """Prints the table and the counts of the runs above (it runs last in this file)."""
     if not RESULTS:
@@ -260,6 +293,8 @@ def test_supported_architectures_agree_with_the_exports():
     rows = {row.architecture: row for row in supported_architectures()}
     assert set(rows) == {arch for _, arch in architectures()}
     for arch, result in RESULTS.items():
+        if arch not in rows:  # a run with options (SigLIP2 at image_size=), which supported_architectures() is not
+            continue
         assert rows[arch].supported == result.startswith("exported"), (arch, rows[arch].reason, result)
         if not rows[arch].supported:
             assert REFUSED[arch] in rows[arch].reason, (arch, rows[arch].reason)

@@ -3,6 +3,7 @@ each is made tiny from its own config class with seeded weights, saved with an i
 processor, exported (the task inferred from the architecture) and checked from the bundled
 sample images against processor -> model: the default embedding (the authors' pooling) and
 the patch-token grid at cosine >= 0.99999; or it is refused with a named UnsupportedModelError.
+SigLIP2's NaFlex tower is refused without image_size and checked at the one it is given.
 
 The table (architecture, result, worst cosine or the refusal) is printed at the end.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.clip_models import NAFLEX_SIZE, naflex_images, naflex_inputs, naflex_processor
 from tests.test_coverage_image_classification import PROCESSOR, TINY
 from vlmedge.errors import UnsupportedModelError
 
@@ -31,7 +33,7 @@ ENCODERS: dict[str, tuple] = {
     "HieraModel": ("hiera", TINY["hiera"], "Bit64", "pooled", "reroll"),
     "Data2VecVisionModel": ("data2vec-vision", dict(_VIT, use_mean_pooling=True), "Beit", "mean", 1),
     "SiglipVisionModel": ("siglip_vision_model", _VIT, "Siglip", "pooled", 0),
-    "Siglip2VisionModel": ("siglip2_vision_model", _VIT, "ViT", None, None),
+    "Siglip2VisionModel": ("siglip2_vision_model", dict(_VIT, num_patches=16), "Siglip2", "pooled", 0),
     "ConvNextModel": ("convnext", _CONV, "ConvNext", "pooled", "map"),
     "ConvNextV2Model": ("convnextv2", _CONV, "ConvNext", "pooled", "map"),
     "Swinv2Model": ("swinv2", TINY["swinv2"], "ViT", "pooled", 0),
@@ -39,12 +41,14 @@ ENCODERS: dict[str, tuple] = {
     "ResNetModel": ("resnet", TINY["resnet"], "ConvNext", "pooled", "map"),
     "CLIPVisionModel": ("clip_vision_model", _VIT, "CLIP", "pooled", 1),
 }
-# architecture -> words of the expected refusal
-REFUSED = {"Siglip2VisionModel": "NaFlex"}
+# architecture -> words of the expected refusal, exported without options
+REFUSED = {"Siglip2VisionModel": "--image-size"}
 RESULTS: dict[str, str] = {}
 
 
 def processor(kind: str):
+    if kind == "Siglip2":
+        return naflex_processor()
     if kind == "Bit64":
         return transformers.BitImageProcessorPil(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
     return getattr(transformers, f"{kind}ImageProcessorPil")(**PROCESSOR[kind])
@@ -116,6 +120,35 @@ def test_encoder_exports_with_parity_or_is_refused(arch, tmp_path):
     RESULTS[arch] = f"exported: {pooling}, grid {'x'.join(map(str, grid.shape[1:3]))}, min cosine {worst:.7f}"
 
 
+def test_siglip2_vision_tower_exports_at_the_chosen_resolution(tmp_path):
+    """Siglip2VisionModel at image_size=NAFLEX_SIZE against the Siglip2 processor's own output for
+    images it resizes to exactly that size: the attention-pooled embedding and the patch grid."""
+    import vlmedge
+    from vlmedge.exporters.pipeline import export
+    from vlmedge.exporters.samples import sample_images
+
+    torch.set_num_threads(1)
+    arch = "Siglip2VisionModel"
+    model, image_processor = tiny_encoder(arch), processor("Siglip2")
+    model.save_pretrained(tmp_path / "hf")
+    image_processor.save_pretrained(tmp_path / "hf")
+    height, width = NAFLEX_SIZE
+    export(str(tmp_path / "hf"), tmp_path / "artifact", image_size=f"{height}x{width}")
+    encoder = vlmedge.load(tmp_path / "artifact")
+    embedding = encoder.model.artifact.manifest["embedding"]
+    assert embedding["image_size"] == [height, width] and embedding["position_embeddings_interpolated"]
+    images = naflex_images(sample_images())
+    with torch.no_grad():
+        out = model(**naflex_inputs(image_processor, images))
+    expected, tokens = out.pooler_output.numpy(), out.last_hidden_state.numpy()
+    embeddings, grid = encoder.embed(images, patch_tokens=True)
+    assert grid.shape[1:3] == (height // 8, width // 8) and embeddings.shape == expected.shape
+    assert cosine(expected, np.roll(expected, 1, axis=0)).min() < 0.9999, "the images embed alike"
+    worst = min(cosine(embeddings, expected).min(), cosine(grid.reshape(tokens.shape), tokens).min())
+    assert worst >= 0.99999, f"{arch}: cosine {worst:.7f}"
+    RESULTS[f"{arch} at {height}x{width}"] = f"exported: pooled, grid {height // 8}x{width // 8}, min cosine {worst:.7f}"
+
+
 def test_counts(capsys):
     """Prints the table and the counts of the runs above (it runs last in this file)."""
     if not RESULTS:
@@ -124,4 +157,4 @@ def test_counts(capsys):
     with capsys.disabled():
         print(f"\nimage-encoder coverage: {len(exported)} exported with parity, {len(RESULTS) - len(exported)} refused")
         for arch in sorted(RESULTS):
-            print(f"  {arch:24s} {RESULTS[arch][:200]}")
+            print(f"  {arch:30s} {RESULTS[arch][:200]}")

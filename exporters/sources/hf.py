@@ -18,6 +18,7 @@ import torch
 
 from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
+from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -248,6 +249,44 @@ def freeze_position_embeddings(model: torch.nn.Module) -> None:
             module.interpolate_pos_encoding = FrozenPositions(method)
 
 
+def processor_config(folder: Path) -> dict[str, Any]:
+    """The image processor's configuration as saved in `folder`: preprocessor_config.json, or
+    the image_processor section of transformers 5's combined processor_config.json."""
+    config_path = folder / "preprocessor_config.json"
+    combined = folder / "processor_config.json"  # transformers 5 ProcessorMixin: {"image_processor": {...}, ...}
+    if not config_path.is_file() and combined.is_file():
+        section = read_json(combined).get("image_processor")
+        if isinstance(section, dict):
+            return section
+    if not config_path.is_file():
+        raise UnsupportedModelError(
+            f"{folder} has no preprocessor_config.json; save the model's image processor beside it "
+            "(processor.save_pretrained(folder)) so vlmedge can reproduce its preprocessing."
+        )
+    return read_json(config_path)
+
+
+def parse_image_size(image_size: Any) -> tuple[int, int] | None:
+    """None, an int, "448", "448x336" (height x width) or (height, width) -> (height, width)."""
+    if image_size is None:
+        return None
+    value = image_size
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            value = [int(p) for p in parts] if len(parts) in (1, 2) else None
+        except ValueError:
+            value = None
+        if value is not None and len(value) == 1:
+            value = value[0]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return int(value[0]), int(value[1])
+    raise ExportError(f"image_size must be a positive int or (height, width), e.g. 448 or 448x336, not {image_size!r}.")
+
+
 def image_preprocess(folder: Path) -> ImagePreprocessSpec:
     """The preprocessing of the image processor saved in `folder`, read from its configuration.
 
@@ -255,18 +294,7 @@ def image_preprocess(folder: Path) -> ImagePreprocessSpec:
     leaves out take that class's defaults, exactly as from_pretrained does), then interpreted
     by ImagePreprocessSpec.from_hf, which refuses a processor it cannot reproduce by name.
     """
-    config_path = folder / "preprocessor_config.json"
-    combined = folder / "processor_config.json"  # transformers 5 ProcessorMixin: {"image_processor": {...}, ...}
-    if not config_path.is_file() and combined.is_file():
-        section = read_json(combined).get("image_processor")
-        if isinstance(section, dict):
-            return ImagePreprocessSpec.from_hf(resolve_processor_config(section))
-    if not config_path.is_file():
-        raise UnsupportedModelError(
-            f"{folder} has no preprocessor_config.json; save the model's image processor beside it "
-            "(processor.save_pretrained(folder)) so vlmedge can reproduce its preprocessing."
-        )
-    return ImagePreprocessSpec.from_hf(resolve_processor_config(read_json(config_path)))
+    return ImagePreprocessSpec.from_hf(resolve_processor_config(processor_config(folder)))
 
 
 def resolve_processor_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -307,16 +335,21 @@ def _plain(value: Any) -> Any:
 def image_classifier(folder: Path, config: Any, arch: str, reference: str, image_size: Any = None,
                      **_: Any) -> ExportSpec:
     """ViT, DeiT (with and without distillation head), BEiT, Swin, DINOv2 and any other
-    Hugging Face image classifier."""
-    if image_size is not None:
+    Hugging Face image classifier; SigLIP2 (NaFlex) at the resolution image_size= chooses."""
+    naflex = (naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
+              if is_naflex(config) else None)
+    if naflex is None and image_size is not None:
         raise UnsupportedModelError(
-            "--image-size applies to image encoders; a classifier is exported at its processor's resolution."
+            "--image-size applies to image encoders and SigLIP2 models; a classifier is exported at its "
+            "processor's resolution."
         )
-    preprocess = image_preprocess(folder)
+    preprocess = naflex.preprocess if naflex else image_preprocess(folder)
     check_pixel_values_only(model_class(arch), arch)
     model = load_model(folder, arch)
     height, width = preprocess.output_size
     freeze_position_embeddings(model)
+    if naflex:
+        model = naflex.images(model)
     output = logits_field(model, arch, config.num_labels, height, width)
     pixels, sample_files = image_parity_feeds(preprocess)
     graph = GraphSpec(
@@ -335,7 +368,7 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
         preprocess={"image": preprocess.to_dict()},
         labels=[str(config.id2label[i]) for i in range(config.num_labels)],
         postprocess={"activation": "sigmoid" if multi_label else "softmax"},
-        source=source_info(reference, folder, arch, config),
+        source={**source_info(reference, folder, arch, config), **(naflex.source() if naflex else {})},
         parity_feeds={"model": {"pixel_values": pixels}},
         extra_files=sample_files,
     )

@@ -1,11 +1,15 @@
 """CLIP-style dual encoders from Hugging Face: CLIPModel (softmax scoring), SiglipModel
-(sigmoid scoring), ChineseCLIP, MetaCLIP 2, AltCLIP, ALIGN and BLIP retrieval's contrastive
-heads; how each pools its text and scores a pair is data in TWO_TOWERS.
+(sigmoid scoring), SigLIP2 (NaFlex, at a resolution the user chooses: hf_naflex),
+ChineseCLIP, MetaCLIP 2, AltCLIP, ALIGN, BlipModel, and the contrastive heads of BLIP and
+BLIP-2 retrieval; how each pools its text and scores a pair is data in TWO_TOWERS.
 
 Two graphs, each with a dynamic batch axis:
 
-    image   pixel_values (N, 3, H, W)             -> image_embeds (N, D)
+    image   pixel_values (N, 3, H, W)             -> image_embeds (N, D)  (BLIP-2: (N, Q, D))
     text    input_ids (N, L) [, attention_mask]   -> text_embeds  (N, D)
+
+BLIP-2's image embedding is one vector per Q-Former query token; its contrastive score of
+a pair is the largest cosine over them (``postprocess["image_reduction"] = "max"``).
 
 The embeddings are the *projected* ones (what ``get_image_features`` /
 ``get_text_features`` return), **not** L2-normalised in the graph: the graphs compute
@@ -27,7 +31,8 @@ which is what the text model uses without them.
 
 The manifest's ``postprocess`` holds what zero-shot scoring needs: ``scoring``
 ("softmax" or "sigmoid"), ``logit_scale`` (already exponentiated), ``logit_bias``
-(SigLIP; null for CLIP), ``normalized`` and ``embedding_dim``.
+(SigLIP; null for CLIP), ``normalized``, ``embedding_dim`` and ``image_reduction`` (null,
+or "max" over the image's vectors).
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ import torch
 
 from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
-from vlmedge.exporters.sources.hf import image_preprocess, load_model, source_info
-from vlmedge.exporters.sources.hf_encoder import NAFLEX
+from vlmedge.exporters.sources.hf import image_preprocess, load_model, parse_image_size, processor_config, source_info
+from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.text import TextTokenizer
 
@@ -63,23 +68,30 @@ class TwoTower:
                                   # "none": 1 (the score is the cosine)
     position_offset: bool = False  # RoBERTa positions start after pad_token_id: max_position_embeddings - pad - 1
     heads: str = "features"       # "features": get_image_features / get_text_features; "itc": BLIP's
-                                  # contrastive heads, vision_proj / text_proj of the CLS tokens
+                                  # contrastive heads, vision_proj / text_proj of the CLS tokens; "qformer":
+                                  # BLIP-2's, vision_projection of the query outputs / text_projection of CLS
+    text_config: str = "text_config"  # the config section of the text tower (BLIP-2: its Q-Former's)
+    image_reduction: str | None = None  # None: one image vector; "max": the image graph gives (N, Q, D) and a
+                                        # pair's cosine is the largest over Q (BLIP-2's query tokens)
 
 
 TWO_TOWERS: dict[str, TwoTower] = {
     "CLIPModel": TwoTower("softmax", "eos"),
     "SiglipModel": TwoTower("sigmoid", "last"),
+    "Siglip2Model": TwoTower("sigmoid", "last"),  # NaFlex: exported at image_size= (hf_naflex)
     "ChineseCLIPModel": TwoTower("softmax", "cls"),
     "MetaClip2Model": TwoTower("softmax", "eos"),
     "AltCLIPModel": TwoTower("softmax", "cls", position_offset=True),
     "AlignModel": TwoTower("softmax", "cls", scale="temperature"),  # logits = cosine / temperature
     # BLIP retrieval's contrastive score is the plain cosine (its ITC temperature is not in the checkpoint)
     "BlipForImageTextRetrieval": TwoTower("softmax", "cls", scale="none", heads="itc"),
+    "BlipModel": TwoTower("softmax", "cls"),  # CLIP-like: pooled (dense + tanh) CLS, projected; logit_scale
+    # BLIP-2's contrastive (ITC) score is the plain cosine too, maximised over the 32 query tokens
+    "Blip2ForImageTextRetrieval": TwoTower("softmax", "cls", scale="none", heads="qformer",
+                                           text_config="qformer_config", image_reduction="max"),
 }
 # Two-tower architectures vlmedge refuses, and why.
-REFUSED: dict[str, str] = {
-    "Siglip2Model": NAFLEX,
-}
+REFUSED: dict[str, str] = {}
 ARCHITECTURES = frozenset(TWO_TOWERS) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
@@ -140,6 +152,46 @@ class ContrastiveTextHead(torch.nn.Module):
         return self.model.text_proj(hidden[:, 0, :])
 
 
+class QFormerImageHead(torch.nn.Module):
+    """BLIP-2 retrieval: pixel_values -> vision_projection of each Q-Former query output, (N, Q, D):
+    the query tokens cross-attend to the vision tower's tokens, as use_image_text_matching_head=False does."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        image = self.model.vision_model(pixel_values=pixel_values)[0]
+        mask = torch.ones_like(image[..., 0], dtype=torch.long)
+        queries = self.model.query_tokens.expand(image.shape[0], -1, -1)
+        out = self.model.qformer(query_embeds=queries, encoder_hidden_states=image, encoder_attention_mask=mask)[0]
+        return self.model.vision_projection(out.to(self.model.vision_projection.weight.dtype))
+
+
+class QFormerTextHead(torch.nn.Module):
+    """BLIP-2 retrieval: input_ids [, attention_mask] -> text_projection of the Q-Former's CLS output,
+    the Q-Former run on the text alone (no query tokens). The caption's tokens are those without the
+    image-token placeholders Blip2Processor may put in front, which the model strips in this mode."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        if not getattr(model.config.qformer_config, "use_qformer_text_input", True):
+            raise UnsupportedModelError(
+                f"{type(model).__name__}'s Q-Former has no text layers (use_qformer_text_input=False), so it cannot "
+                "embed captions; export a BLIP-2 retrieval checkpoint whose Q-Former takes text."
+            )
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.model.embeddings(input_ids=input_ids)
+        out = self.model.qformer(query_embeds=embeds, query_length=0, attention_mask=attention_mask)[0]
+        return self.model.text_projection(out[:, 0, :].to(self.model.text_projection.weight.dtype))
+
+
+HEADS = {"features": (ImageTower, TextTower), "itc": (ContrastiveImageHead, ContrastiveTextHead),
+         "qformer": (QFormerImageHead, QFormerTextHead)}  # TwoTower.heads -> (image graph, text graph)
+
+
 # -- parity captions -------------------------------------------------------------------
 
 def sample_captions() -> list[str]:
@@ -190,7 +242,7 @@ def text_parity_feeds(tokenizer: TextTokenizer, input_names: list[str], n_random
 
 def _max_positions(config: Any, tower: TwoTower) -> int:
     """The text model's usable positions (RoBERTa's first pad_token_id + 1 are never used)."""
-    text = config.text_config
+    text = getattr(config, tower.text_config)
     positions = int(getattr(text, "max_position_embeddings", 77))
     return positions - int(getattr(text, "pad_token_id", 1) or 0) - 1 if tower.position_offset else positions
 
@@ -218,12 +270,14 @@ def _load_tokenizer(folder: Path) -> Any:
 
 def clip_model(folder: Path, config: Any, arch: str, reference: str, context_length: int | None = None,
                image_size: Any = None, **_: Any) -> ExportSpec:
-    """CLIPModel or SiglipModel -> an "image" and a "text" graph, tokenizer.json, and the
-    logit scale (and SigLIP's bias) for zero-shot scoring.
+    """A two-tower model of TWO_TOWERS -> an "image" and a "text" graph, tokenizer.json, and
+    the logit scale (and SigLIP's bias) for zero-shot scoring.
 
     Args:
         context_length: tokens per caption; default: the tokenizer's model_max_length, at
             most the text model's max_position_embeddings.
+        image_size: SigLIP2 (NaFlex) only, and required there: the export resolution, an int
+            or (height, width), multiples of the patch size.
     """
     from vlmedge.exporters.tokenizer import TOKENIZER_FILE, export_tokenizer
 
@@ -232,16 +286,19 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
         if arch in REFUSED:
             raise UnsupportedModelError(f"vlmedge cannot export {arch} as a two-tower model: {REFUSED[arch]}.")
         raise UnsupportedModelError(f"vlmedge exports CLIP-style models of {', '.join(TWO_TOWERS)}, not {arch}.")
-    if image_size is not None:
+    naflex = (naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
+              if is_naflex(config) else None)
+    if naflex is None and image_size is not None:
         raise UnsupportedModelError(
-            "--image-size applies to image encoders; a CLIP model is exported at its processor's resolution."
+            "--image-size applies to image encoders and SigLIP2 models; a CLIP model is exported at its processor's "
+            "resolution."
         )
     max_positions = _max_positions(config, tower)
     if context_length is not None and not (isinstance(context_length, int) and 0 < context_length <= max_positions):
         raise UnsupportedModelError(
             f"context_length must be an int from 1 to the text model's {max_positions} positions, not {context_length!r}."
         )
-    image_spec = image_preprocess(folder)
+    image_spec = naflex.preprocess if naflex else image_preprocess(folder)
     hf_tokenizer = _load_tokenizer(folder)
     length = context_length or _context_length(hf_tokenizer, max_positions)
     tmp = tempfile.TemporaryDirectory(prefix="vlmedge-clip-tokenizer-")
@@ -252,8 +309,9 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
     text_inputs = [n for n in ("input_ids", "attention_mask") if n in hf_tokenizer.model_input_names]
     if "input_ids" not in text_inputs:
         raise UnsupportedModelError(f"The tokenizer in {folder} gives the model no input_ids; vlmedge cannot export it.")
-    image = ContrastiveImageHead(model) if tower.heads == "itc" else ImageTower(model)
-    text = ContrastiveTextHead(model) if tower.heads == "itc" else TextTower(model)
+    image_head, text_head = HEADS[tower.heads]
+    image = image_head(naflex.images(model) if naflex else model)
+    text = text_head(model)
 
     height, width = image_spec.output_size
     pixels, sample_files = image_parity_feeds(image_spec)
@@ -294,8 +352,9 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
         "logit_bias": None if logit_bias is None else float(logit_bias.detach().reshape(-1)[0]),
         "normalized": False,
         "embedding_dim": dim,
+        "image_reduction": tower.image_reduction,
     }
-    source = source_info(reference, folder, arch, config)
+    source = {**source_info(reference, folder, arch, config), **(naflex.source() if naflex else {})}
     source["text_pooling"] = tower.text_pooling
     if tower.text_pooling == "eos":
         source["text_pooling"] = "argmax" if getattr(config.text_config, "eos_token_id", None) == 2 else "first_eos"

@@ -1,8 +1,9 @@
 """Image embeddings from Hugging Face vision backbones saved as their base model: DINO
 (ViTModel), DINOv2 with and without registers, DINOv3 (ViT and ConvNeXt), MAE used as a
 feature encoder, I-JEPA, MSN, Hiera, Data2Vec vision, Swin and Swinv2, DeiT, BEiT, the
-SigLIP and CLIP vision towers, ConvNeXt (V2), BiT and ResNet; each family's layout and its
-authors' pooling are data in FAMILIES.
+SigLIP and CLIP vision towers, SigLIP2's NaFlex tower at a resolution the user chooses
+(hf_naflex), ConvNeXt (V2), BiT and ResNet; each family's layout and its authors' pooling
+are data in FAMILIES.
 
 One graph, "model": pixel_values (N, 3, H, W) ->
     cls           (N, D)        the CLS token of the last hidden state (models that have one)
@@ -32,7 +33,8 @@ import torch
 from vlmedge.errors import ExportError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf import (first_line, freeze_position_embeddings, image_preprocess, load_model,
-                                          source_info)
+                                          parse_image_size, processor_config, source_info)
+from vlmedge.exporters.sources.hf_naflex import naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -54,7 +56,8 @@ class Family:
                                        # "reroll": the spatial (N, h, w, D) last reshaped_hidden_states (Hiera)
     registers: bool = False            # config.num_register_tokens sit between CLS and the patches
     merges: bool = False               # every stage after the first merges 2x2 patches (Swin)
-    positions: str = "learned"         # "learned" (interpolated once), "rope" (from the grid), "none" (conv)
+    positions: str = "learned"         # "learned" (interpolated once), "rope" (from the grid), "none" (conv),
+                                       # "naflex" (SigLIP2: resized once to the grid image_size= chooses)
     stem: int = 0                      # the first stage's stride where the config has no patch_size
 
 
@@ -81,6 +84,9 @@ FAMILIES: dict[str, Family] = {
     # Data2Vec vision's linear probe mean-pools the patches; HF builds the model without its pooler.
     "Data2VecVisionModel": Family("data2vec-vision", "mean", use_pooler=True),
     "SiglipVisionModel": Family("siglip", "pooled", has_cls=False, attention=False, use_pooler=True),
+    # SigLIP2's NaFlex tower, exported at the resolution image_size= chooses (hf_naflex)
+    "Siglip2VisionModel": Family("siglip2", "pooled", has_cls=False, pos_flag=False, attention=False, use_pooler=True,
+                                 positions="naflex"),
     "CLIPVisionModel": Family("clip", "pooled", use_pooler=True),  # post-LayerNorm CLS, before the projection
     "ConvNextModel": Family("convnext", "pooled", **_CONV),
     "ConvNextV2Model": Family("convnextv2", "pooled", **_CONV),
@@ -88,34 +94,9 @@ FAMILIES: dict[str, Family] = {
     "BitModel": Family("bit", "pooled", **_CONV),
     "ResNetModel": Family("resnet", "pooled", **_CONV),
 }
-NAFLEX = ("SigLIP2's NaFlex vision tower takes patchified pixels with a pixel_attention_mask and spatial_shapes, "
-          "so its input shape depends on each image")
 # Vision encoders vlmedge refuses, and why.
-REFUSED: dict[str, str] = {
-    "Siglip2VisionModel": f"{NAFLEX}; export a SiglipVisionModel (fixed resolution) instead",
-}
+REFUSED: dict[str, str] = {}
 ARCHITECTURES = frozenset(FAMILIES) | frozenset(REFUSED)  # what hf.infer_task sends here
-
-
-def parse_image_size(image_size: Any) -> tuple[int, int] | None:
-    """None, an int, "448", "448x336" (height x width) or (height, width) -> (height, width)."""
-    if image_size is None:
-        return None
-    value = image_size
-    if isinstance(value, str):
-        parts = value.lower().replace(",", "x").split("x")
-        try:
-            value = [int(p) for p in parts] if len(parts) in (1, 2) else None
-        except ValueError:
-            value = None
-        if value is not None and len(value) == 1:
-            value = value[0]
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        return int(value[0]), int(value[1])
-    raise ExportError(f"image_size must be a positive int or (height, width), e.g. 448 or 448x336, not {image_size!r}.")
 
 
 def preprocess_at(spec: ImagePreprocessSpec, size: tuple[int, int]) -> ImagePreprocessSpec:
@@ -248,16 +229,26 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
             f"vlmedge cannot export {arch} for image embeddings: {reason}." if reason else
             f"vlmedge cannot export {arch} for image embeddings; supported: {', '.join(sorted(FAMILIES))}."
         )
-    base = image_preprocess(folder)
-    size = parse_image_size(image_size) or base.output_size
-    preprocess = preprocess_at(base, size)
+    naflex = None
+    if family.positions == "naflex":
+        naflex = naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
+        preprocess = naflex.preprocess
+    else:
+        base = image_preprocess(folder)
+        preprocess = preprocess_at(base, parse_image_size(image_size) or base.output_size)
     height, width = preprocess.output_size
     model = load_model(folder, arch)
     grid = _grid(config, arch, family, height, width)
-    native = _pair(getattr(config, "image_size", (height, width)))
-    interpolate = (height, width) != native and family.positions == "learned"
+    if naflex:
+        native = tuple(side * naflex.patch_size for side in naflex.position_grid)
+    else:
+        native = _pair(getattr(config, "image_size", (height, width)))
+    resized = (height, width) != native and family.positions in ("learned", "naflex")
+    interpolate = resized and family.positions == "learned"  # forward(interpolate_pos_encoding=True)
 
     freeze_position_embeddings(model)
+    if naflex:
+        model = naflex.images(model)
     if arch == "ViTMAEModel":
         model.config.mask_ratio = 0.0
         model.embeddings.random_masking = _keep_every_patch
@@ -312,7 +303,7 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
         "image_size": [height, width],
         "native_image_size": list(native),
         "position_embeddings": family.positions,
-        "position_embeddings_interpolated": interpolate and (
+        "position_embeddings_interpolated": resized and (
             not family.merges or bool(getattr(config, "use_absolute_embeddings", False))),
         "static_resolution": True,
         "patch_size": [height // grid[0], width // grid[1]] if family.layout != "tokens" or family.merges
@@ -326,6 +317,8 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
     source = source_info(reference, folder, arch, config)
     if image_size is not None:
         source["image_size"] = [height, width]
+    if naflex:
+        source.update(naflex.source())
     return ExportSpec(
         task="image-embedding",
         graphs=[graph],

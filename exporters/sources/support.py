@@ -22,7 +22,8 @@ class ArchitectureSupport:
 
 def supported_architectures() -> list[ArchitectureSupport]:
     """Every architecture of ``MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES`` (in its order),
-    supported or with the reason an export refuses it.
+    supported or with the reason an export refuses it. Support means an export with default
+    options: SigLIP2 (NaFlex) exports only with image_size=, which its reason says.
 
     Runs the export's own checks, in its order: the image processor is one
     ``vlmedge.preprocess.image`` reproduces, the class exists in this transformers and its
@@ -55,8 +56,11 @@ def _refusal(model_type: str, arch: str, processor: str | None) -> str | None:
     from transformers import CONFIG_MAPPING
 
     from vlmedge.exporters.sources.hf import check_pixel_values_only, first_line, model_class
+    from vlmedge.exporters.sources.hf_naflex import MODEL_TYPES, needs_image_size
     from vlmedge.preprocess.image.hf import refusal
 
+    if model_type in MODEL_TYPES:  # SigLIP2 (NaFlex) exports only at the resolution image_size= chooses
+        return needs_image_size(arch, CONFIG_MAPPING[model_type]())
     if processor is not None:  # model types without one are exported with the processor saved beside them
         reason = refusal(processor.removesuffix("Pil").removesuffix("ImageProcessor"))
         if reason:

@@ -126,7 +126,7 @@ def export(
                                        f"imply it: {', '.join(formats.task_names())}."),
     opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (>= 17)."),
     image_size: Optional[str] = typer.Option(
-        None, "--image-size", metavar="SIZE", help="Image encoders: export resolution, e.g. 448 or 448x336 (height x width)."),
+        None, "--image-size", metavar="SIZE", help="Export resolution of image encoders and of SigLIP2 (NaFlex) models, which need one: e.g. 448 or 448x336 (height x width), a multiple of the patch size."),
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", metavar="FILE", help="timm: and open_clip: models: the weights file (.safetensors, .pth, .bin)."),
     labels: Optional[Path] = typer.Option(

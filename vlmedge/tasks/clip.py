@@ -6,6 +6,10 @@ zero-shot classification of images against any set of labels.
     zero-shot: probabilities = softmax(logit_scale * cos)               (CLIP)
                                sigmoid(logit_scale * cos + logit_bias)  (SigLIP)
 
+BLIP-2 retrieval (``postprocess["image_reduction"] == "max"``) embeds an image as one vector
+per Q-Former query token, (N, Q, D); a caption's cosine with the image is the largest over
+its Q vectors, as the source's contrastive score is.
+
 A ``Clip`` holds no mutable state: several threads may call one instance at once (ONNX
 Runtime sessions are thread-safe and the tokenizer gives each call its own tokenizer).
 """
@@ -25,6 +29,7 @@ from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chu
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
+IMAGE_REDUCTIONS = (None, "max")  # how an image's several vectors score against a caption (None: it has one)
 
 
 def _fill(template: str, label: str) -> str:
@@ -68,6 +73,10 @@ class Clip:
         self.logit_bias = float(bias) if bias is not None else (0.0 if self.scoring == "softmax" else None)
         if self.logit_bias is None:
             raise ArtifactError(f"{where} scores with a sigmoid but records no logit_bias; re-export it.")
+        self.image_reduction: str | None = post.get("image_reduction")
+        if self.image_reduction not in IMAGE_REDUCTIONS:
+            raise ArtifactError(f"{where} has image_reduction {self.image_reduction!r}, which this vlmedge does not "
+                                "know; upgrade vlmedge or re-export the artifact.")
 
         self._image = model.sessions["image"]
         self._text = model.sessions["text"]
@@ -87,7 +96,8 @@ class Clip:
     # -- embeddings -------------------------------------------------------------------------
 
     def image_features(self, images: Any) -> np.ndarray:
-        """The projected image embeddings as the model gives them, (N, D) float32, not normalised."""
+        """The projected image embeddings as the model gives them, (N, D) float32, not normalised;
+        (N, Q, D) for BLIP-2, one vector per query token."""
         items, _ = as_list(images, IMAGE_TYPES)
         return np.concatenate([self._image_features(pixels)
                                for pixels in pixel_batches(items, self.image_spec, self.decode_workers)])
@@ -102,7 +112,10 @@ class Clip:
     def embed_images(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, (N, D) float32; one image gives N = 1.
 
-        Images may be paths, bytes, PIL images or HWC uint8 arrays, or a list of them."""
+        BLIP-2 (``image_reduction == "max"``) gives (N, Q, D): each query token's vector
+        normalised; its score with a caption is the largest of their cosines, which no single
+        vector reproduces. Images may be paths, bytes, PIL images or HWC uint8 arrays, or a
+        list of them."""
         return l2_normalize(self.image_features(images))
 
     def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
@@ -189,8 +202,10 @@ class Clip:
         return self._check_text_embeddings(text_embeddings, len(labels))
 
     def _logits(self, image_embeddings: np.ndarray, label_matrix: np.ndarray) -> np.ndarray:
-        logits = self.logit_scale * (image_embeddings.astype(np.float64) @ label_matrix.T) + self.logit_bias
-        return logits.astype(np.float32)
+        cosine = image_embeddings.astype(np.float64) @ label_matrix.T  # (N, L); (N, Q, L) with several vectors
+        if self.image_reduction == "max":
+            cosine = cosine.max(axis=1)
+        return (self.logit_scale * cosine + self.logit_bias).astype(np.float32)
 
     def _scores(self, logits: np.ndarray) -> np.ndarray:
         logits = logits.astype(np.float64)
