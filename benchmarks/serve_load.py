@@ -4,6 +4,7 @@ server memory at several levels of concurrency, with dynamic batching and withou
     .venv/bin/python benchmarks/serve_load.py                  # 60 s per level: 8, 32, 128 clients
     .venv/bin/python benchmarks/serve_load.py --seconds 20 --levels 8,32
     .venv/bin/python benchmarks/serve_load.py --protocol v2-binary --levels 1,2,8   # KServe V2, binary tensors
+    .venv/bin/python benchmarks/serve_load.py --engine ray --replicas 2             # through Ray Serve
 
 For each server configuration (--max-batch N, then --max-batch 1 as the baseline) it starts
 `vlmedge serve` in a subprocess on 127.0.0.1 at a free port, waits for /readyz, and runs
@@ -22,6 +23,13 @@ benchmarks/.work/serve-load/ if the built-in model is present, else a ViT of the
 architecture (64x64 input, patch 8, width 128, 4 layers, 4 heads) with seeded random weights;
 the result says which. Output: a table on stdout and benchmarks/results/serve-load-<machine>.json
 (and .md).
+
+With --engine ray the server is `vlmedge serve --engine ray --replicas N` (a local Ray and
+Ray Serve's HTTP proxy on a free fixed port; --max-batch is each replica's @serve.batch
+size), the levels and output are the same, RSS is that of the whole process tree (the
+command, Ray's GCS and raylet, the proxy, the ingress and the replicas), the mean batch is
+not measured (Ray Serve batches inside the replicas), and the result file names end in
+-ray<N>.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ import os
 import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -93,6 +103,34 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def tree_rss_mb(pid: int) -> float:
+    """The RSS of a process and all its descendants (a Ray cluster started by the command)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            total += rss_mb(current)
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
 def get(url: str, timeout: float = 10) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - 127.0.0.1 only
@@ -102,23 +140,33 @@ def get(url: str, timeout: float = 10) -> tuple[int, str]:
 
 
 class Server:
-    """`vlmedge serve` in a subprocess on 127.0.0.1:<free port>."""
+    """`vlmedge serve` in a subprocess on 127.0.0.1:<free port> (engine "local" or "ray")."""
 
-    def __init__(self, artifact: Path, name: str, max_batch: int, max_delay_ms: float, max_queue: int) -> None:
-        command = [sys.executable, "-m", "vlmedge.cli", "serve", f"{name}={artifact}", "--host", HOST, "--port", "0",
+    def __init__(self, artifact: Path, name: str, max_batch: int, max_delay_ms: float, max_queue: int,
+                 engine: str = "local", replicas: int = 1) -> None:
+        self.engine = engine
+        # Ray Serve's proxy needs a fixed port: take a free one
+        port = str(free_port()) if engine == "ray" else "0"
+        command = [sys.executable, "-m", "vlmedge.cli", "serve", f"{name}={artifact}", "--host", HOST, "--port", port,
                    "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--max-queue", str(max_queue)]
+        if engine == "ray":
+            command += ["--engine", "ray", "--replicas", str(replicas)]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray, never a cluster's
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         self.url = None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + (300 if engine == "ray" else 120)
         while self.url is None:
             line = self.proc.stdout.readline()
             if not line or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the server did not start")
-            match = re.match(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
+            match = re.match(r"serving .* (?:on|at) (http://127\.0\.0\.1:\d+)", line)
             if match:
                 self.url = match.group(1)
+        # keep reading what the server prints (Ray forwards its workers' logs), so that a full
+        # pipe never blocks it
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         while get(f"{self.url}/readyz")[0] != 200:
             if time.monotonic() > deadline:
                 self.stop()
@@ -127,7 +175,7 @@ class Server:
         self.port = int(self.url.rsplit(":", 1)[1])
 
     def rss_mb(self) -> float:
-        return rss_mb(self.proc.pid)
+        return tree_rss_mb(self.proc.pid) if self.engine == "ray" else rss_mb(self.proc.pid)
 
     def batch_stats(self, name: str) -> dict[str, float]:
         _, text = get(f"{self.url}/metrics")
@@ -139,11 +187,12 @@ class Server:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            # Ray's driver shuts its local cluster down on Ctrl-C (KeyboardInterrupt), not on SIGTERM
+            self.proc.send_signal(signal.SIGINT if self.engine == "ray" else signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
 
 
@@ -248,7 +297,9 @@ def markdown(result: dict) -> str:
     """The result as a Markdown table, one row per configuration and level."""
     how = {"v1": "/v1 JSON, base64", "v2": "KServe V2 JSON, base64",
            "v2-binary": "KServe V2 binary tensor data"}[result.get("protocol", "v1")]
-    lines = [f"Model: {result['model']}; one {result['image']} per request ({how}), "
+    engine = (f"Ray Serve, {result['replicas']} replicas (RSS: the whole Ray process tree); "
+              if result.get("engine") == "ray" else "")
+    lines = [f"{engine}Model: {result['model']}; one {result['image']} per request ({how}), "
              f"{result['seconds_per_level']:g} s per level; {result['machine']}; load average at start "
              f"{result['load_average_at_start'][0]:.1f}, at end {result['load_average_at_end'][0]:.1f}.", "",
              "| --max-batch | clients | requests/s | p50 ms | p99 ms | mean batch | statuses | RSS MB before -> after |",
@@ -277,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, default=SAMPLE)
     parser.add_argument("--protocol", choices=PROTOCOLS, default="v1",
                         help="v1 (vlmedge's route), v2 (KServe V2 JSON) or v2-binary (Triton binary tensor data)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (one process) or ray (vlmedge serve --engine ray, a local Ray Serve)")
+    parser.add_argument("--replicas", type=int, default=2, help="with --engine ray: replicas of the model")
     parser.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/serve-load-<machine>"
-                                                 "[-<protocol>].json)")
+                                                 "[-<protocol>][-ray<N>].json)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
 
@@ -286,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     name = "classifier"
     request = classify_request(name, args.image.read_bytes(), args.protocol)
     result = {"schema": "vlmedge-serve-load", "machine": machine_name(), "model": model_desc, "protocol": args.protocol,
+              "engine": args.engine, **({"replicas": args.replicas} if args.engine == "ray" else {}),
               "artifact": str(artifact), "image": args.image.name, "seconds_per_level": args.seconds,
               "levels": levels, "load_average_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "python": platform.python_version(), "configs": []}
     for max_batch in (args.max_batch, args.baseline_max_batch):
-        server = Server(artifact, name, max_batch, args.max_delay_ms, args.max_queue)
+        server = Server(artifact, name, max_batch, args.max_delay_ms, args.max_queue, args.engine, args.replicas)
         try:
             asyncio.run(run_level(server.port, request, 4, 2.0, 10_000))  # warm-up, not recorded
             config = {"max_batch": max_batch, "max_delay_ms": args.max_delay_ms, "max_queue": args.max_queue,
@@ -316,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     result["batching_gain"] = {str(b["clients"]): round(b["throughput_rps"] / a["throughput_rps"], 2)
                                for b, a in zip(batched["levels"], base["levels"]) if a["throughput_rps"]}
     result["load_average_at_end"] = os.getloadavg()
-    suffix = "" if args.protocol == "v1" else f"-{args.protocol}"
+    suffix = ("" if args.protocol == "v1" else f"-{args.protocol}") + (f"-ray{args.replicas}" if args.engine == "ray"
+                                                                        else "")
     out = args.out or RESULTS / f"serve-load-{result['machine']}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,12 +1,16 @@
 """Item 3: the served models as a Ray Serve application (vlmedge.serve.ray_serve.build):
 one deployment per artifact with two replicas on a local Ray, Ray Serve's @serve.batch, the
 same routes through Ray Serve's HTTP proxy on 127.0.0.1; every answer equals the
-single-process server's answer for the same request."""
+single-process server's answer for the same request. A replica killed under a steady load
+costs no wrong and no hung answer: each request is answered as the Python API answers it or
+refused with 503 + Retry-After, and Ray Serve replaces the replica."""
 
 from __future__ import annotations
 
 import base64
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +19,7 @@ pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'vlmedge[ray]')")
 
-from tests.serve_support import IMAGES, running, serve_artifact  # noqa: E402
+from tests.serve_support import IMAGES, metric, running, serve_artifact  # noqa: E402
 from vlmedge.serve import BatchConfig, create_app  # noqa: E402
 from vlmedge.tasks import load  # noqa: E402
 
@@ -45,7 +49,6 @@ def ray_serve_url(paths):
         for _ in range(600):
             if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
                 break
-            import time
             time.sleep(0.1)
         yield url, serve
     finally:
@@ -96,6 +99,101 @@ def test_two_replicas_answer_as_the_single_process_server(ray_serve_url, local_u
     bad = httpx.post(f"{url}/v1/models/vit/classify", json={"images": [base64.b64encode(b"junk").decode()]})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
     assert httpx.get(f"{url}/v1/models").json()["models"] == httpx.get(f"{local_url}/v1/models").json()["models"]
+
+
+def replica_actors(deployment: str) -> list[str]:
+    """The live replica actors of a deployment of the "vlmedge" application (Ray Serve names
+    them SERVE_REPLICA::<app>#<deployment>#<id> in the "serve" namespace)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::vlmedge#{deployment}#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and a["name"].startswith(prefix))
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_load_costs_no_wrong_or_hung_answer(ray_serve_url, paths):
+    import ray
+
+    url, serve = ray_serve_url
+    expected = dict(zip((p.name for p in IMAGES), load(paths["vit"], backend="onnxruntime").classify(IMAGES, top_k=3)))
+    # every image in each request (in turn first), so that the replicas hold jobs long enough
+    # for the kill to catch some
+    orders = [[p.name for p in IMAGES[i:] + IMAGES[:i]] for i in range(len(IMAGES))]
+    encoded = {p.name: b64(p) for p in IMAGES}
+    bodies = [(names, {"images": [encoded[n] for n in names], "top_k": 3}) for names in orders]
+    total, threads, kill_after = 240, 4, 60
+    counts = {"answered": 0, "refused": 0, "wrong": 0, "other": 0, "hung": 0}
+    lock, sent = threading.Lock(), [0]
+    others: list[str] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while True:
+                with lock:
+                    if sent[0] >= total:
+                        return
+                    names, body = bodies[sent[0] % len(bodies)]
+                    sent[0] += 1
+                try:
+                    response = http.post(f"{url}/v1/models/vit/classify", json=body)
+                except httpx.TimeoutException:
+                    outcome = "hung"
+                else:
+                    if response.status_code == 200:
+                        results = response.json()["results"]
+                        same = len(results) == len(names) and all(
+                            [p["label"] for p in got["predictions"]] == [p.label for p in expected[name]] and all(
+                                abs(p["score"] - w.score) <= 1e-6 for p, w in zip(got["predictions"], expected[name]))
+                            for got, name in zip(results, names))
+                        outcome = "answered" if same else "wrong"
+                    elif response.status_code == 503 and int(response.headers.get("Retry-After", "0")) >= 1:
+                        outcome = "refused"
+                    else:
+                        outcome = "other"
+                        others.append(f"{response.status_code}: {response.text[:200]}")
+                with lock:
+                    counts[outcome] += 1
+
+    before = replica_actors("model-vit")
+    assert len(before) == 2, before
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    while sum(counts.values()) < kill_after and any(w.is_alive() for w in workers):
+        time.sleep(0.005)
+    victim = before[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    killed_at = sum(counts.values())
+    for worker in workers:
+        worker.join(120)
+    load_s = time.monotonic() - started
+
+    def replaced() -> bool:
+        now = replica_actors("model-vit")
+        status = serve.status().applications["vlmedge"].deployments["model-vit"]
+        return len(now) == 2 and victim not in now and status.replica_states.get("RUNNING") == 2
+
+    deadline = time.monotonic() + 60
+    while not replaced():
+        assert time.monotonic() < deadline, (replica_actors("model-vit"), serve.status())
+        time.sleep(0.2)
+    replaced_s = time.monotonic() - started - load_s
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    retried = metric(text, "vlmedge_replica_failures_total", model="vit", outcome="retried")
+    refused = metric(text, "vlmedge_replica_failures_total", model="vit", outcome="refused")
+    print(f"\nkill trial: {total} requests from {threads} threads in {load_s:.1f} s; replica {victim} killed after "
+          f"{killed_at} answers; {counts}; jobs retried on the other replica: {retried:g}, refused: {refused:g}; "
+          f"replaced {replaced_s:.1f} s after the load ended")
+    assert not any(w.is_alive() for w in workers)
+    assert counts["wrong"] == counts["hung"] == counts["other"] == 0, (counts, others[:5])
+    assert counts["answered"] + counts["refused"] == total and counts["answered"] >= total // 2, counts
+    # and the replaced deployment answers
+    response = httpx.post(f"{url}/v1/models/vit/classify", json=bodies[0][1], timeout=30)
+    assert response.status_code == 200
+    assert [[p["label"] for p in r["predictions"]] for r in response.json()["results"]] == \
+        [[p.label for p in expected[name]] for name in bodies[0][0]]
 
 
 @pytest.mark.parametrize("args, words", [

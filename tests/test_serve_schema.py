@@ -1,6 +1,8 @@
 """Issue 11: schemathesis fuzzes every operation of the server's OpenAPI document over HTTP
 (schema-valid and schema-invalid requests): no answer is a 5xx, every status code and
-content type is one the document declares, and 200 bodies match their schemas."""
+content type is one the document declares, and 200 bodies match their schemas. The document
+covers vlmedge's /v1 routes, the Open Inference Protocol v2 routes and OpenAI's
+/v1/embeddings (issue 18)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import vlmedge  # noqa: E402
 from tests.serve_support import running, serve_artifact  # noqa: E402
 from vlmedge.serve import BatchConfig, Limits, create_app  # noqa: E402
 
-MAX_EXAMPLES = 12  # per operation and generation mode: ~250 requests, a few seconds
+MAX_EXAMPLES = 12  # per operation and generation mode: ~500 requests, several seconds
 
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(vit_artifact, tmp_path_factory):
@@ -37,7 +39,10 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(vit_artifact, tmp_path
     with running(create_app(pipelines, BatchConfig(max_batch=8, max_delay_ms=2), limits)) as url:
         schema = schemathesis.openapi.from_dict(httpx.get(f"{url}/openapi.json").json())
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 10
+        # /v1: 5 shared + 5 model endpoints; V2: 3 server + 3 x (model, model/versions/1); OpenAI embeddings
+        assert len(operations) == 20
+        assert {"/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/ready", "/v1/embeddings"} <= \
+            {operation.path for operation in operations}
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,

@@ -3,8 +3,7 @@ Triton's own client (tritonclient.http) against a live server on 127.0.0.1: heal
 metadata, task-level BYTES inputs (files, captions, labels) and the artifacts' own graph
 inputs, as JSON and as binary tensor data; every answer equals the Python API's answer for
 the same input; bad requests are {"error": ...} with the right status, and the server keeps
-serving. (The kserve SDK is not used: it pins protobuf<7, psutil<6, pandas<3 and
-python-dateutil<3, which would downgrade this environment's packages; see the README.)"""
+serving. KServe's own SDK drives the same routes in test_serve_kserve.py."""
 
 from __future__ import annotations
 

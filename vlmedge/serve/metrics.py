@@ -40,6 +40,10 @@ class Metrics:
                                         ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("vlmedge_batch_duration_seconds", "Time of one batched model call.",
                                        ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.replica_failures = Counter("vlmedge_replica_failures",
+                                        "Ray Serve: jobs whose replica died under them, by what followed "
+                                        "(retried on another replica, or refused with 503).",
+                                        ["model", "outcome"], registry=r)
         self.model_info = Gauge("vlmedge_model_info", "The models served (always 1).",
                                 ["model", "task", "backend", "precision"], registry=r)
 

@@ -1,5 +1,6 @@
 """The server's OpenAPI 3.1 document, built from the loaded models' endpoints and the limits,
-so that it lists exactly the paths, fields and bounds the server enforces."""
+so that it lists exactly the paths, fields and bounds the server enforces: vlmedge's own
+routes here, the Open Inference Protocol v2 and OpenAI routes from protocols.schema."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from vlmedge.version import __version__
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import OPTIONS
+from vlmedge.serve.protocols import schema as protocols
 
 ERROR_CODES = {
     "400": "Malformed request (not JSON, not an object) or a model error.",
@@ -119,11 +121,15 @@ def build_openapi(models: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 "responses": {"200": _json(result, "Results, one per input, in order."),
                               **_errors("400", "404", "408", "413", "415", "422", "503")},
             }}
+    paths.update(protocols.v2_paths(models, limits))
+    paths.update(protocols.openai_paths(models, limits))
     return {
         "openapi": "3.1.0",
         "info": {"title": "vlmedge serve", "version": __version__,
                  "description": "Inference on exported artifacts, with dynamic batching. Inputs are uploaded "
-                                "(multipart) or sent as base64 in JSON; no URL is ever fetched."},
+                                "(multipart) or sent as base64 in JSON; no URL is ever fetched. The same "
+                                "models also speak the Open Inference Protocol v2 (/v2) and OpenAI's "
+                                "embeddings API (/v1/embeddings)."},
         "paths": paths,
         "components": {"schemas": {
             "Prediction": PREDICTION,
@@ -135,5 +141,6 @@ def build_openapi(models: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 "precision": {"type": "string"}, "provider": {"type": "string"},
                 "labels": {"type": ["array", "null"], "items": {"type": "string"},
                            "description": "The label names, in the model's index order (null: no labels)."}, "endpoints": {"type": "array", "items": {"type": "string"}}}},
+            **protocols.COMPONENTS,
         }},
     }

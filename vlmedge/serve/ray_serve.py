@@ -13,8 +13,11 @@ From Python:
     serve.run(build(["out/vit", "clip=out/clip"], replicas=2), route_prefix="/")
 
 Ray Serve queues per deployment (max_queued_requests = --max-queue): a full queue answers
-503 with Retry-After. The ingress loads each artifact too (for its preprocessing and
-metadata); the model calls run in the replicas. Needs the "ray" extra (ray[serve]).
+503 with Retry-After. A job whose replica dies under it (killed, out of memory, node lost)
+runs once more on another replica, since a model call has no side effects; if that one dies
+too the request is answered 503 with Retry-After. Ray Serve's controller replaces the dead
+replica. The ingress loads each artifact too (for its preprocessing and metadata); the
+model calls run in the replicas. Needs the "ray" extra (ray[serve]).
 """
 
 from __future__ import annotations
@@ -78,12 +81,17 @@ class ModelReplica:
         return out
 
 
+# times a job is sent again after its replica died under it
+REPLICA_RETRIES = 1
+
+
 class RemoteBatcher:
     """What the ingress's routes submit jobs to: the model's Ray Serve deployment."""
 
-    def __init__(self, name: str, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any, metrics: Any = None) -> None:
         self.name = name
         self.handle = handle
+        self.metrics = metrics
         self.depth = 0
 
     def start(self) -> None:
@@ -97,18 +105,31 @@ class RemoteBatcher:
         return asyncio.ensure_future(self.handle.warm_up.remote())
 
     async def submit(self, key: Hashable, inputs: int, payload: Any, timeout_s: float) -> tuple[Any, Timing]:
+        from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError
 
         started = time.perf_counter()
-        try:
-            ok, value, batch_inputs, batch_requests, seconds = await asyncio.wait_for(
-                self.handle.run.remote(key, inputs, payload), timeout_s)
-        except BackPressureError:
-            raise Problem(503, "queue_full", f"Model '{self.name}' has too many requests waiting (--max-queue); "
-                                             "retry after the Retry-After seconds.", retry_after(1)) from None
-        except (asyncio.TimeoutError, TimeoutError):
-            raise Problem(408, "timeout", f"Model '{self.name}' did not finish this request within {timeout_s:.3g} s; "
-                                          "send fewer or smaller inputs, or allow a longer timeout_ms.") from None
+        for attempt in range(REPLICA_RETRIES + 1):
+            left = max(0.001, timeout_s - (time.perf_counter() - started))
+            try:
+                ok, value, batch_inputs, batch_requests, seconds = await asyncio.wait_for(
+                    self.handle.run.remote(key, inputs, payload), left)
+                break
+            except BackPressureError:
+                raise Problem(503, "queue_full", f"Model '{self.name}' has too many requests waiting (--max-queue); "
+                                                 "retry after the Retry-After seconds.", retry_after(1)) from None
+            except (asyncio.TimeoutError, TimeoutError):
+                raise Problem(408, "timeout", f"Model '{self.name}' did not finish this request within "
+                                              f"{timeout_s:.3g} s; send fewer or smaller inputs, or allow a longer "
+                                              "timeout_ms.") from None
+            except RayActorError:  # ActorDiedError, ActorUnavailableError: the replica is gone
+                retry = attempt < REPLICA_RETRIES
+                if self.metrics is not None:
+                    self.metrics.replica_failures.labels(self.name, "retried" if retry else "refused").inc()
+                if not retry:
+                    raise Problem(503, "replica_unavailable", f"The replicas of model '{self.name}' running this "
+                                                              "request stopped before answering; retry after the "
+                                                              "Retry-After seconds.", retry_after(1)) from None
         if not ok:
             raise value
         waited = max(0.0, time.perf_counter() - started - seconds)
@@ -126,6 +147,9 @@ class Ingress:
         pipelines = {name: load(path, backend=backend, precision=precision, device=device)
                      for name, path in paths.items()}
         self._app = create_app(pipelines, batch, limits, batchers=lambda name, _: RemoteBatcher(name, handles[name]))
+        state = self._app.state.vlmedge
+        for batcher in state.batchers.values():
+            batcher.metrics = state.metrics
 
     def __serve_build_asgi_app__(self) -> Any:
         return self._app

@@ -150,7 +150,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         if (not isinstance(shape, list) or len(shape) > 8
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise bad(f"Input '{name}' needs a 'shape': a list of non-negative integers.")
-        params = spec.get("parameters") or {}
+        params = spec.get("parameters", {})
         if not isinstance(params, dict):
             raise bad(f"Input '{name}': 'parameters' must be a JSON object.")
         size = params.get("binary_data_size")
@@ -190,7 +190,10 @@ def requested_outputs(head: dict[str, Any], available: list[str]) -> list[tuple[
             raise bad(f"outputs[{i}] must be an object with a 'name'.")
         if spec["name"] not in available:
             raise bad(f"There is no output '{spec['name']}' for this request; it gives {', '.join(available)}.")
-        binary = (spec.get("parameters") or {}).get("binary_data", default_binary)
+        params = spec.get("parameters", {})
+        if not isinstance(params, dict):
+            raise bad(f"outputs[{i}]: 'parameters' must be a JSON object.")
+        binary = params.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise bad(f"outputs[{i}]: binary_data must be true or false.")
         out.append((spec["name"], binary))
