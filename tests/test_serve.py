@@ -391,3 +391,32 @@ def test_cli_serve_errors_are_one_sentence(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vlmedge.cli", "serve", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "error" in result.stderr
+
+
+def test_a_blip2_model_refuses_image_embeddings_and_serves_the_rest(tmp_path):
+    """BLIP-2 retrieval represents an image by several vectors scored by their best match with
+    a caption, so no single embedding stands for it: the embed route refuses images in one
+    sentence (rather than nested vectors), as bulk inference does, and still embeds captions and
+    ranks images zero-shot as the Python API does."""
+    pytest.importorskip("torch")
+    from tests.clip_models import tiny_two_tower_folder
+    from vlmedge.serve import create_app
+
+    vlmedge.export(str(tiny_two_tower_folder("blip2-itr", tmp_path)), tmp_path / "artifact")
+    blip2 = vlmedge.load(tmp_path / "artifact", backend="onnxruntime")
+    with running(create_app({"blip2": blip2})) as url:
+        r = httpx.post(f"{url}/v1/models/blip2/embed", json={"images": [b64(IMAGES[0])]})
+        assert r.status_code == 422 and "several vectors" in r.json()["error"]["message"], r.text
+        r = httpx.post(f"{url}/v1/models/blip2/embed", json={"texts": ["a red circle"]})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["embeddings"], blip2.embed_texts(["a red circle"]), atol=ATOL)
+        labels = ["circle", "square", "star"]
+        r = httpx.post(f"{url}/v1/models/blip2/zero-shot", json={"images": [b64(IMAGES[0])], "labels": labels})
+        assert r.status_code == 200, r.text
+        assert_ranked(r.json()["results"][0]["predictions"], blip2.zero_shot(IMAGES[0], labels, top_k=3))
+    from vlmedge.bulk.job import make_job
+    from vlmedge.errors import InputError
+
+    with pytest.raises(InputError, match="several vectors"):  # `vlmedge embed` / bulk: refused before any work
+        make_job(tmp_path / "artifact", "embed")
+    assert make_job(tmp_path / "artifact", "embed_texts").method == "embed_texts"

@@ -103,7 +103,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         served="vlmedge.serve.models:ClipModel",
         graphs=("image", "text"), preprocess=("image", "text"),
         methods=(
-            Method("embed_images", "image", "image", "embedding", "one vector per image"),
+            Method("embed_images", "image", "image", "embedding",
+                   "one vector per image (BLIP-2 retrieval: one per query token)"),
             Method("embed_texts", "text", "text", "embedding", "one vector per caption"),
             Method("zero_shot", "image", "image", "ranked", "each image ranked against the labels you give",
                    ("top_k", "labels", "templates")),

@@ -250,6 +250,11 @@ class ClipModel(ServedModel):
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
         if endpoint == "embed":
+            if inputs.images and self.pipeline.image_reduction is not None:
+                # BLIP-2 retrieval: an image is several vectors scored by their best match, not one
+                raise invalid("invalid_input", "This model represents an image by several vectors (BLIP-2 "
+                              "retrieval), which no single embedding stands for; use 'zero-shot' for images, or "
+                              "embed captions.")
             if inputs.images:
                 return Job(("embed", "images"), inputs.count, _pixels(inputs.images, self.pipeline.image_spec))
             with _as_invalid_field():
