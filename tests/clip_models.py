@@ -127,7 +127,7 @@ def tiny_clip_folder(kind: str, root: Path) -> Path:
 # -- other two-tower models (tests/test_coverage_two_tower.py) ----------------------------------
 
 TWO_TOWERS = ("chinese-clip", "metaclip-2", "altclip", "align", "siglip-sentencepiece", "blip-itr", "blip",
-              "blip2-itr", "siglip2")
+              "blip2-itr", "siglip2", "clipseg")
 TWO_TOWER_CONTEXT = 32
 _WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "red", "circle", "yellow", "star", "hexagon", "and", "in",
           "drawing", "wild", "green", "square", "purple", "cross", "white", "triangle")
@@ -234,6 +234,15 @@ def tiny_two_tower_folder(kind: str, root: Path) -> Path:
                               vision_config=vision, image_text_hidden_size=16)
         model = t.BlipForImageTextRetrieval(config)
         processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
+    elif kind == "clipseg":  # the real CLIP tokenizer; its processor is ViT's
+        tokenizer = t.CLIPTokenizer.from_pretrained(_clip_tokenizer(Path(root)))
+        config = t.CLIPSegConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
+            vision_config=vision, projection_dim=16, logit_scale_init_value=math.log(100.0))
+        model = t.CLIPSegModel(config)
+        processor = t.ViTImageProcessorPil(size={"height": 32, "width": 32})
     elif kind == "blip":
         tokenizer = tiny_wordpiece_tokenizer()
         config = t.BlipConfig(text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),

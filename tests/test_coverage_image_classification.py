@@ -84,7 +84,10 @@ PROCESSOR: dict[str, dict] = {
     "MobileViT": {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}},
     "Perceiver": {"size": SQUARE, "crop_size": {"height": 36, "width": 36}},
     "PoolFormer": {"size": {"shortest_edge": 32}, "crop_size": SQUARE}, "Pvt": {"size": SQUARE},
-    "Segformer": {"size": SQUARE}, "Siglip": {"size": SQUARE}, "Siglip2": {}, "ImageGPT": {},
+    "Segformer": {"size": SQUARE}, "Siglip": {"size": SQUARE}, "Siglip2": {},
+    # ImageGPT: 8x8 pixels (its tiny config's 64 positions), each mapped to the nearest of 512 seeded colours
+    "ImageGPT": {"size": {"height": 8, "width": 8},
+                 "clusters": np.random.default_rng(0).uniform(-1, 1, (512, 3)).round(4).tolist()},
     "TextNet": {"size": {"shortest_edge": 32}, "do_center_crop": True, "crop_size": SQUARE},
     "Gemma3": {"size": SQUARE},
 }
@@ -94,7 +97,6 @@ HIERA_LIKE = {"hiera", "levit", "mobilevit", "mobilevitv2"}  # 64x64 models
 # architecture -> words of the expected refusal; every other architecture must export with parity.
 REFUSED = {
     "DinatForImageClassification": "natten",
-    "ImageGPTForImageClassification": "colour clusters",
     "PPLCNetForImageClassification": "torchvision",
     "ShieldGemma2ForImageClassification": "text prompt",
     "Siglip2ForImageClassification": "--image-size",
@@ -139,6 +141,8 @@ def tiny_model(model_type: str, arch: str, size: int = 32, inputs: dict | None =
                                         label2id={v: k for k, v in labels.items()})
     config.architectures = [arch]
     model = getattr(transformers, arch)(config).eval()
+    if model_type == "imagegpt" and inputs is None:  # it classifies colour-cluster ids, not pixels
+        inputs = {"input_ids": torch.randint(0, 512, (8, 64), generator=torch.Generator().manual_seed(1))}
     _spread(model, size, inputs)
     return model
 
@@ -181,7 +185,11 @@ def hf_probabilities(model, processor, path) -> np.ndarray:
 
     from vlmedge.exporters.sources.hf import logits_field
 
-    pixels = processor(load_image(str(path)), return_tensors="pt")["pixel_values"]
+    inputs = processor(load_image(str(path)), return_tensors="pt")
+    if "input_ids" in inputs:  # ImageGPT: the processor's own colour clusters
+        with torch.no_grad():
+            return model(input_ids=inputs["input_ids"]).logits.softmax(-1).numpy()[0]
+    pixels = inputs["pixel_values"]
     field = logits_field(model, type(model).__name__, NUM_LABELS, *pixels.shape[-2:])
     with torch.no_grad():
         return getattr(model(pixel_values=pixels), field).softmax(-1).numpy()[0]

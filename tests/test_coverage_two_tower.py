@@ -132,10 +132,11 @@ def test_two_tower_matches_hugging_face(kind, sample_paths, tmp_path):
 
 
 # case -> (architecture, model type, words of the expected refusal), exported without options: SigLIP2 needs
-# image_size (the example is the default config's 16x16 grid of 16-pixel patches); CLIPSeg is not a two-tower
-# model vlmedge knows.
+# image_size (the example is the default config's 16x16 grid of 16-pixel patches); Tipsv2 and VideoPrism are
+# two-tower models vlmedge does not export.
 REFUSED = {"Siglip2Model without image_size": ("Siglip2Model", "siglip2", "--image-size 256"),
-           "CLIPSegModel": ("CLIPSegModel", "clipseg", "not a supported image, CLIP")}
+           "Tipsv2Model": ("Tipsv2Model", "tipsv2", "not a supported image, CLIP"),
+           "VideoPrismClipModel": ("VideoPrismClipModel", "videoprism", "not a supported image, CLIP")}
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))

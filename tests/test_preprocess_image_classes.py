@@ -53,9 +53,11 @@ VARIANTS = {
     "TextNet-crop": {"size": {"shortest_edge": 40}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}},
     "Blip": {"size": {"height": 40, "width": 36}},
     "ChineseCLIP": {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}},
+    # the pixels ImageGPT's processor clusters (the exported graph does the clustering)
+    "ImageGPT": {"size": {"height": 40, "width": 36}, "do_color_quantize": False},
 }
 # Classes refused whatever their settings, and the words of the reason.
-REFUSED = {"ImageGPT": "colour clusters", "Siglip2": "depends on the image", "TimmWrapper": "timm",
+REFUSED = {"Siglip2": "depends on the image", "TimmWrapper": "timm",
            "PPLCNet": "torchvision", "Tipsv2": "torchvision"}
 # Default settings refused because the output size would depend on the image.
 REFUSED_DEFAULTS = {"TextNet": "depend on each image"}

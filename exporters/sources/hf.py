@@ -113,9 +113,46 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
     return model.eval()
 
 
+# Classifiers whose processor turns pixels into input_ids of colour clusters: their graph
+# does that step first (ColourClusters), so they too take pixel_values.
+COLOUR_CLUSTERED = frozenset({"ImageGPTForImageClassification"})
+
+
+class ColourClusters(torch.nn.Module):
+    """ImageGPT's last preprocessing step in the graph: each normalised pixel becomes the
+    index of its nearest colour cluster, by the processor's own squared distance
+    (a^2 - 2ab + b^2), and the model classifies those input_ids."""
+
+    def __init__(self, model: torch.nn.Module, clusters: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("clusters", torch.tensor(clusters, dtype=torch.float32).reshape(-1, 3))
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        pixels = pixel_values.permute(0, 2, 3, 1).reshape(pixel_values.shape[0], -1, 3)
+        clusters = self.clusters
+        distances = ((pixels * pixels).sum(-1, keepdim=True) - 2 * pixels @ clusters.T
+                     + (clusters * clusters).sum(-1))
+        return self.model(input_ids=distances.argmin(-1))
+
+
+def colour_clusters(folder: Path, arch: str) -> Any:
+    """The colour clusters of a COLOUR_CLUSTERED classifier's processor (None for any other)."""
+    if arch not in COLOUR_CLUSTERED:
+        return None
+    processor = processor_config(folder)
+    clusters = processor.get("clusters")
+    if not processor.get("do_color_quantize", True) or not clusters:
+        raise UnsupportedModelError(f"{arch} classifies colour-cluster ids, but its image processor has no clusters "
+                                    "(or do_color_quantize is off); save the processor it was trained with.")
+    return clusters
+
+
 def check_pixel_values_only(cls: type, arch: str) -> None:
     """Refuses a classifier whose forward takes no pixel_values, or a text prompt with them
     (ShieldGemma2 classifies an image against a policy prompt)."""
+    if arch in COLOUR_CLUSTERED:
+        return
     parameters = inspect.signature(cls.forward).parameters
     if "pixel_values" not in parameters:
         raise UnsupportedModelError(f"{arch}'s forward takes no pixel_values; vlmedge cannot export it as an image "
@@ -345,11 +382,14 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
         )
     preprocess = naflex.preprocess if naflex else image_preprocess(folder)
     check_pixel_values_only(model_class(arch), arch)
+    clusters = colour_clusters(folder, arch)
     model = load_model(folder, arch)
     height, width = preprocess.output_size
     freeze_position_embeddings(model)
     if naflex:
         model = naflex.images(model)
+    if clusters is not None:
+        model = ColourClusters(model, clusters)
     output = logits_field(model, arch, config.num_labels, height, width)
     pixels, sample_files = image_parity_feeds(preprocess)
     graph = GraphSpec(

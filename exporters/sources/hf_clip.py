@@ -81,6 +81,8 @@ TWO_TOWERS: dict[str, TwoTower] = {
     "Siglip2Model": TwoTower("sigmoid", "last"),  # NaFlex: exported at image_size= (hf_naflex)
     "ChineseCLIPModel": TwoTower("softmax", "cls"),
     "MetaClip2Model": TwoTower("softmax", "eos"),
+    # CLIPSeg's own CLIP towers (its segmentation decoder is not part of zero-shot classification)
+    "CLIPSegModel": TwoTower("softmax", "eos"),
     "AltCLIPModel": TwoTower("softmax", "cls", position_offset=True),
     "AlignModel": TwoTower("softmax", "cls", scale="temperature"),  # logits = cosine / temperature
     # BLIP retrieval's contrastive score is the plain cosine (its ITC temperature is not in the checkpoint)

@@ -32,6 +32,10 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "Levit": {"resample": 3, "size": {"shortest_edge": 224}, "default_to_square": False, "do_center_crop": True,
               "crop_size": _SQUARE_224, "image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225)},
 }
+# ImageGPT's processor then maps each pixel to its nearest colour cluster (input_ids): the
+# exported graph does that step (vlmedge.exporters.sources.hf.ColourClusters), the runtime
+# feeds it these normalised pixels.
+_HF_DEFAULTS["ImageGPT"] = {"size": {"height": 256, "width": 256}}
 _HF_DEFAULTS["Bit"] = _HF_DEFAULTS["ChineseCLIP"] = _HF_DEFAULTS["CLIP"]
 # Classes whose _preprocess is the base resize -> crop -> rescale -> normalise, plus the
 # steps of their own configuration keys read below.
@@ -40,7 +44,6 @@ _READ_AS_WRITTEN = {"MobileNetV1", "MobileNetV2", "MobileViT", "PoolFormer", "Pv
 SUPPORTED = frozenset(_HF_DEFAULTS) | _READ_AS_WRITTEN
 # Processor classes of transformers' image-classification and zero-shot mappings that are refused.
 REFUSED = {
-    "ImageGPT": "it maps pixels to a palette of colour clusters (input_ids), not to pixel values",
     "Siglip2": "its NaFlex resizing gives each image its own number of patches, so the input shape depends "
                "on the image",
     "TimmWrapper": "it runs timm's own transforms, which need timm and torchvision",
