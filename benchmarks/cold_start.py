@@ -99,7 +99,7 @@ def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
 
     memory = Memory()
     baseline_mb = memory.start()
-    anon_before = status_mb("RssAnon")
+    anon_before = Memory.status("RssAnon") or 0.0
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     t0 = time.perf_counter()
     classifier = vlmedge.load(artifact, backend=backend, precision=precision, cache=cache)
@@ -112,17 +112,8 @@ def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
                       "peak_rss_delta": peak_increase, "rss_after_imports": baseline_mb * 1024**2,
                       # what stays resident and cannot be dropped: the mapped files' clean pages in RSS
                       # can be evicted under memory pressure, anonymous memory cannot
-                      "anon_delta_after": (status_mb("RssAnon") - anon_before) * 1024**2,
+                      "anon_delta_after": ((Memory.status("RssAnon") or 0.0) - anon_before) * 1024**2,
                       "cache_status": ",".join(statuses), "provider": classifier.model.provider}))
-
-
-def status_mb(key: str) -> float:
-    """A /proc/self/status figure (VmRSS, RssAnon, RssFile ...) in MB; 0 where there is none."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return next((int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":")), 0.0)
-    except OSError:
-        return 0.0
 
 
 def run_child(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool) -> dict[str, Any]:

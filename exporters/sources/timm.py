@@ -35,13 +35,12 @@ from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 from vlmedge.preprocess.image.values import RESAMPLE
 
-EXTRAS = {"timm": "timm", "open_clip": "open_clip"}  # library -> the vlmedge extra that installs it
 TASKS = ("image-classification", "image-embedding")
-# What each source refuses to read from a remote hub: an export never downloads.
 
 
 def import_library(name: str) -> Any:
-    """Imports timm or open_clip, or refuses with what is missing and what to do.
+    """Imports timm or open_clip, or refuses with what is missing and what to do (each is
+    installed by the vlmedge extra of its own name).
 
     Both import torchvision at load time; a torchvision missing, or built for another
     torch, fails here (as an ImportError, or as a RuntimeError from its operators)."""
@@ -52,7 +51,7 @@ def import_library(name: str) -> Any:
         if culprit == name:
             raise UnsupportedModelError(
                 f"{name}: sources need the {name} package, which is not installed; install it with "
-                f"pip install 'vlmedge[{EXTRAS[name]}]'."
+                f"pip install 'vlmedge[{name}]'."
             ) from None
         todo = (f"install the torchvision release built for torch {torch.__version__.split('+')[0]}"
                 if culprit == "torchvision" else f"install {culprit} (pip install {culprit})")

@@ -44,7 +44,7 @@ class Memory:
     reads 0 for a row that stays below an earlier row's peak)."""
 
     def __init__(self) -> None:
-        self.resettable = self._reset() and self._status("VmHWM") is not None
+        self.resettable = self._reset() and self.status("VmHWM") is not None
         self.method = ("VmHWM reset before each session is opened, minus VmRSS before it" if self.resettable
                        else "growth of getrusage ru_maxrss (a lower bound)")
         self.method += "; each backend's one-time library start-up is done before, by a throwaway session"
@@ -59,7 +59,8 @@ class Memory:
             return False
 
     @staticmethod
-    def _status(key: str) -> float | None:
+    def status(key: str) -> float | None:
+        """A /proc/self/status figure (VmRSS, VmHWM, RssAnon ...) in MB; None where there is none."""
         try:
             with open("/proc/self/status", encoding="ascii") as f:
                 for line in f:
@@ -79,9 +80,9 @@ class Memory:
         gc.collect()
         if self.resettable:
             self._reset()
-            return self._status("VmRSS") or 0.0
+            return self.status("VmRSS") or 0.0
         return self._maxrss_mb()
 
     def increase(self, baseline: float) -> float:
-        peak = self._status("VmHWM") if self.resettable else self._maxrss_mb()
+        peak = self.status("VmHWM") if self.resettable else self._maxrss_mb()
         return round(max(0.0, (peak or 0.0) - baseline), 1)

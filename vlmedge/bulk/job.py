@@ -76,10 +76,12 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
     for names, message in NOT_TAKEN:
         if any(given[n] != DEFAULTS[n] for n in names if n not in takes):
             raise InputError(message)
-    if chosen.name == "embed_images" and (manifest.get("postprocess") or {}).get("image_reduction"):
-        # BLIP-2 retrieval: an image is several vectors scored by their best match (vlmedge.tasks.clip)
-        raise InputError("This model represents an image by several vectors (BLIP-2 retrieval), which no single "
-                         "embedding row stands for; run zero_shot on images, or embed captions.")
+    if chosen.name == "embed_images":
+        from vlmedge.tasks.clip import image_embedding_refusal
+
+        refusal = image_embedding_refusal((manifest.get("postprocess") or {}).get("image_reduction"))
+        if refusal:
+            raise InputError(refusal)
     checks = _checks(manifest, chosen.result)
     values = {name: checks[name]({**given, "top_k": top_k}[name]) for name in takes}
     tokenizer_json = None

@@ -29,6 +29,7 @@ from vlmedge.preprocess import READ_ERRORS
 from vlmedge.preprocess.parallel import prepare_ordered
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
+from vlmedge.tasks.clip import image_embedding_refusal
 
 DEFAULT_TOP_K = 5
 
@@ -250,11 +251,9 @@ class ClipModel(ServedModel):
 
     def job(self, endpoint: str, inputs: Inputs) -> Job:
         if endpoint == "embed":
-            if inputs.images and self.pipeline.image_reduction is not None:
-                # BLIP-2 retrieval: an image is several vectors scored by their best match, not one
-                raise invalid("invalid_input", "This model represents an image by several vectors (BLIP-2 "
-                              "retrieval), which no single embedding stands for; use 'zero-shot' for images, or "
-                              "embed captions.")
+            refusal = image_embedding_refusal(self.pipeline.image_reduction) if inputs.images else None
+            if refusal:
+                raise invalid("invalid_input", refusal)
             if inputs.images:
                 return Job(("embed", "images"), inputs.count, _pixels(inputs.images, self.pipeline.image_spec))
             with _as_invalid_field():

@@ -32,6 +32,15 @@ SCORINGS = ("softmax", "sigmoid")
 IMAGE_REDUCTIONS = (None, "max")  # how an image's several vectors score against a caption (None: it has one)
 
 
+def image_embedding_refusal(image_reduction: str | None) -> str | None:
+    """Why the images of a model with this image_reduction cannot be served or written one
+    embedding each (BLIP-2 retrieval), or None; what serve and bulk answer instead."""
+    if image_reduction is None:
+        return None
+    return ("This model represents an image by several vectors (BLIP-2 retrieval), which no single embedding "
+            "stands for; use zero-shot for images, or embed captions.")
+
+
 def _fill(template: str, label: str) -> str:
     return template.replace("{}", label) if "{}" in template else template.replace("{label}", label)
 
