@@ -311,12 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/quantization.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "wall_seconds": round(time.time() - started, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"quantization-{args.machine}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(summary) + "\n")
-    print(markdown(summary))
+    write_results(args.out / f"quantization-{args.machine}", summary, markdown(summary))
     return 0
+
+
+def write_results(stem: Path, summary: dict[str, Any], text: str) -> None:
+    """<stem>.json and <stem>.md, and the Markdown printed."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(text + "\n")
+    print(text)
 
 
 def markdown(summary: dict[str, Any]) -> str:
