@@ -6,7 +6,9 @@ the bundled sample images, same top-5) or is refused with a named UnsupportedMod
 A crash, a traceback, wrong numbers, or an outcome other than the one expected below fails.
 The counts (exported / refused, with reasons) are printed at the end. SigLIP2 (NaFlex) is
 refused without image_size and checked at the one it is given, on images its processor
-resizes to exactly that size.
+resizes to exactly that size. TimmWrapper runs beside the torchvision stand-in
+(tests/torchvision_standin.py, via test_sources_timm.timm_for_transformers), against
+transformers' own model and the pixels of timm's eval transform of its resolved data config.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.clip_models import NAFLEX_SIZE, naflex_images, naflex_inputs, naflex_processor
+from tests.test_sources_timm import TIMM_MISSING, TimmEvalTransform, timm_for_transformers
 from vlmedge.errors import UnsupportedModelError
 
 torch = pytest.importorskip("torch")
@@ -26,6 +29,9 @@ _STAGES2 = dict(depths=[1, 1], hidden_sizes=[16, 32])
 _VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
             intermediate_size=64)
 _SWIN = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)
+# timm's data config of the TimmWrapper model: a 32x32 crop of the shortest edge resized to floor(32 / 0.9) = 35
+_TIMM_CFG = dict(input_size=[3, 32, 32], interpolation="bicubic", crop_pct=0.9, crop_mode="center", mean=[0.5] * 3,
+                 std=[0.5] * 3)
 _TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 # model_type -> config overrides that make the model tiny (1-2 layers, width 8-32, 32-64 pixels)
 TINY: dict[str, dict] = {
@@ -69,7 +75,8 @@ TINY: dict[str, dict] = {
                          vision_config=_VIT, mm_tokens_per_image=4),
     "swiftformer": dict(image_size=32, depths=[1, 1, 1, 1], embed_dims=[8, 16, 16, 32]),
     "textnet": dict(stem_out_channels=8, hidden_sizes=[8, 8, 16, 16, 32], image_size=[32, 32]),
-    "timm_wrapper": {},
+    "timm_wrapper": dict(architecture="vit_tiny_patch16_224", model_args=dict(img_size=32, depth=1),
+                         pretrained_cfg=_TIMM_CFG),
 }
 # processor kind -> settings giving a 32x32 (or 64x64) output, for kinds whose defaults are bigger
 SQUARE = {"height": 32, "width": 32}
@@ -89,7 +96,7 @@ PROCESSOR: dict[str, dict] = {
     "ImageGPT": {"size": {"height": 8, "width": 8},
                  "clusters": np.random.default_rng(0).uniform(-1, 1, (512, 3)).round(4).tolist()},
     "TextNet": {"size": {"shortest_edge": 32}, "do_center_crop": True, "crop_size": SQUARE},
-    "Gemma3": {"size": SQUARE},
+    "Gemma3": {"size": SQUARE}, "TimmWrapper": {"pretrained_cfg": _TIMM_CFG},
 }
 # Model types without a processor in transformers' mapping: the one their hub models are saved with.
 FALLBACK_PROCESSOR = {"dinov2_with_registers": "Bit", "hgnet_v2": "ViT"}
@@ -100,7 +107,6 @@ REFUSED = {
     "PPLCNetForImageClassification": "torchvision",
     "ShieldGemma2ForImageClassification": "text prompt",
     "Siglip2ForImageClassification": "--image-size",
-    "TimmWrapperForImageClassification": "timm",
 }
 RESULTS: dict[str, str] = {}
 
@@ -204,6 +210,17 @@ def sample_images():
 
 @pytest.mark.parametrize("model_type, arch", architectures(), ids=[a for _, a in architectures()])
 def test_architecture_exports_with_parity_or_is_refused(model_type, arch, sample_images, tmp_path):
+    """TimmWrapper runs beside the torchvision stand-in (tests/torchvision_standin.py), which
+    lets timm load; without it, or without timm, its export is refused (see below)."""
+    if model_type != "timm_wrapper":
+        return check_architecture(model_type, arch, sample_images, tmp_path)
+    with timm_for_transformers() as timm:
+        if timm is None:
+            pytest.skip(TIMM_MISSING)
+        check_architecture(model_type, arch, sample_images, tmp_path, timm)
+
+
+def check_architecture(model_type, arch, sample_images, tmp_path, timm=None) -> None:
     import vlmedge
     from vlmedge.exporters.pipeline import export
 
@@ -226,6 +243,8 @@ def test_architecture_exports_with_parity_or_is_refused(model_type, arch, sample
         processor.save_pretrained(folder)
     elif model is not None:  # a processor class that cannot be built here: its config as saved on the hub
         (folder / "preprocessor_config.json").write_text(f'{{"image_processor_type": "{cls.__name__}"}}')
+        if model_type == "timm_wrapper":  # its processor builds torchvision transforms, which the stand-in cannot
+            processor = TimmEvalTransform(timm, TINY[model_type]["pretrained_cfg"])
     else:
         folder.mkdir()
         (folder / "config.json").write_text(f'{{"model_type": "{model_type}", "architectures": ["{arch}"]}}')
@@ -298,7 +317,8 @@ def test_supported_architectures_agree_with_the_exports():
         pytest.skip("no architecture ran")
     from vlmedge.exporters.sources.support import supported_architectures
 
-    rows = {row.architecture: row for row in supported_architectures()}
+    with timm_for_transformers():  # where TimmWrapper ran: beside the stand-in
+        rows = {row.architecture: row for row in supported_architectures("image-classification")}
     assert set(rows) == {arch for _, arch in architectures()}
     for arch, result in RESULTS.items():
         if arch not in rows:  # a run with options (SigLIP2 at image_size=), which supported_architectures() is not
@@ -306,6 +326,29 @@ def test_supported_architectures_agree_with_the_exports():
         assert rows[arch].supported == result.startswith("exported"), (arch, rows[arch].reason, result)
         if not rows[arch].supported:
             assert REFUSED[arch] in rows[arch].reason, (arch, rows[arch].reason)
+
+
+def test_timm_wrapper_without_torchvision_is_refused_in_one_sentence(tmp_path):
+    """A TimmWrapper folder where torchvision does not load (no stand-in), and so neither does
+    timm: the export names what failed and what to install, before reading any weights."""
+    import json
+
+    from vlmedge.exporters.pipeline import export
+
+    try:
+        import torchvision  # noqa: F401
+        pytest.skip("torchvision loads here, so timm does too")
+    except Exception:  # noqa: BLE001 - missing, or built for another torch
+        pass
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = {"model_type": "timm_wrapper", "architectures": ["TimmWrapperForImageClassification"],
+              **TINY["timm_wrapper"], "num_classes": 2, "label_names": ["a", "b"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="need timm, which cannot be imported because") as caught:
+        export(str(folder), tmp_path / "artifact")
+    assert "\n" not in str(caught.value) and "install" in str(caught.value), str(caught.value)
+    assert not (tmp_path / "artifact").exists() or not any((tmp_path / "artifact").iterdir())
 
 
 def test_pplcnet_logits_are_found_in_its_output(tmp_path):

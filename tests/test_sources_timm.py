@@ -6,11 +6,16 @@ Hugging Face Pillow processor configured as timm's eval transform; refusals by n
 timm imports torchvision when it loads, which does not install beside this CPU torch: the
 fixture puts tests/torchvision_standin.py's stand-in in sys.modules for this module only
 (names the models' forward never runs; every compared value comes from timm's code).
+timm_for_transformers and TimmEvalTransform serve the same way for transformers' TimmWrapper
+classes (tests/test_coverage_image_classification.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import math
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -45,6 +50,48 @@ def torchvision_eval_pixels(image, shortest_edge: int, crop: int, resample: int,
     height, width = full.shape[1:]
     top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
     return full[:, top:top + crop, left:left + crop]
+
+
+@contextlib.contextmanager
+def timm_for_transformers() -> Iterator[Any]:
+    """timm loaded beside the stand-in (None where it cannot be), with transformers' TimmWrapper
+    classes told so for the block: transformers decides at import, from package metadata the
+    stand-in lacks, that timm is unavailable, so its backend check is answered True and its
+    timm_wrapper model module gets the loaded timm (both restored afterwards)."""
+    if importlib.util.find_spec("timm") is None:
+        yield None
+        return
+    from transformers.models.timm_wrapper import modeling_timm_wrapper
+    from transformers.utils import import_utils
+
+    with standin(), pytest.MonkeyPatch.context() as patch:
+        try:
+            import timm
+        except ImportError:
+            yield None
+            return
+        patch.setitem(import_utils.BACKENDS_MAPPING, "timm", (lambda: True, import_utils.BACKENDS_MAPPING["timm"][1]))
+        patch.setattr(modeling_timm_wrapper, "timm", timm, raising=False)
+        yield timm
+
+
+class TimmEvalTransform:
+    """TimmWrapperImageProcessor's pixels where it cannot run (it builds torchvision transforms):
+    the data config timm resolves from the pretrained_cfg, as the processor does, through
+    transforms_imagenet_eval (crop_mode center) as torchvision_eval_pixels reproduces it."""
+
+    def __init__(self, timm: Any, pretrained_cfg: dict) -> None:
+        self.config = timm.data.resolve_data_config(pretrained_cfg, model=None, verbose=False)
+
+    def __call__(self, image: Any, return_tensors: str = "pt") -> dict:
+        import torch
+        from PIL import Image
+
+        config, size = self.config, self.config["input_size"][-1]
+        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[config["interpolation"]]
+        pixels = torchvision_eval_pixels(image, math.floor(size / config["crop_pct"]), size, resample,
+                                         config["mean"], config["std"])
+        return {"pixel_values": torch.from_numpy(np.ascontiguousarray(pixels))[None]}
 
 
 def odd_images():
@@ -213,3 +260,24 @@ def test_local_dir_and_imagenet_names(timm, exported, tmp_path):
     with torch.no_grad():
         theirs = torch.softmax(model(torch.from_numpy(_pixels(classifier, images))), -1).numpy()
     assert np.abs(classifier.probabilities(images) - theirs).max() <= 1e-4
+
+
+def test_timm_wrapper_preprocessing_is_timms_data_config(timm, tmp_path):
+    """A folder saved from transformers' TimmWrapper classes: its preprocessing, read where
+    transformers reads it (config.json's pretrained_cfg, else the TimmWrapperImageProcessor
+    config's), is timm's eval transform of the data config timm resolves from it."""
+    import json
+
+    from vlmedge.exporters.sources.hf import image_preprocess
+    from vlmedge.exporters.sources.timm import timm_preprocess
+
+    pretrained_cfg = {"input_size": [3, 40, 40], "crop_pct": 0.95, "interpolation": "bilinear",
+                      "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    expected = timm_preprocess(timm.data.resolve_data_config(pretrained_cfg, model=None, verbose=False)).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "timm_wrapper", "pretrained_cfg": pretrained_cfg}))
+    assert image_preprocess(tmp_path).to_dict() == expected
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "timm_wrapper"}))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": pretrained_cfg}))
+    assert image_preprocess(tmp_path).to_dict() == expected
+    assert expected["size"] == {"shortest_edge": 42} and expected["crop_size"] == {"height": 40, "width": 40}

@@ -144,15 +144,17 @@ SECTIONS: dict[str, Callable[[], Any]] = {
 
 
 def architectures() -> list[dict[str, Any]]:
-    """transformers' image-classification architectures, each exported or refused with the
-    reason (vlmedge.exporters.sources.supported_architectures: the export's own checks).
-    Needs the export extra (torch, transformers), so it is asked for separately."""
+    """The Hugging Face architectures of every task vlmedge exports from a model folder
+    (image-classification, clip, image-embedding, audio-classification), each exported or
+    refused with the reason or what the export needs (vlmedge.exporters.sources.
+    supported_architectures: the export's own checks). Needs the export extra (torch,
+    transformers), so it is asked for separately."""
     if export_extra()["missing"]:
         raise UsageError("Listing the architectures needs the export extra (torch, transformers); "
                          "install it with: pip install 'vlmedge[export]'.")
     from vlmedge.exporters.sources import supported_architectures
 
-    return [{"architecture": a.architecture, "task": "image-classification",
+    return [{"architecture": a.architecture, "task": a.task,
              "exports": "yes" if a.supported else "no", "reason": a.reason or ""}
             for a in supported_architectures()]
 
@@ -169,6 +171,7 @@ def describe(with_architectures: bool = False) -> dict[str, Any]:
 
 def architectures_markdown(rows: list[dict[str, Any]]) -> str:
     """The README's architecture table: what `vlmedge formats --architectures` lists."""
-    lines = ["| architecture | task | exports | why not |", "|---|---|---|---|"]
-    lines += [f"| {r['architecture']} | {r['task']} | {r['exports']} | {r['reason']} |" for r in rows]
+    lines = ["| architecture | task | exports | why not, or what it needs |", "|---|---|---|---|"]
+    lines += [f"| {r['architecture']} | {r['task']} | {r['exports']} | {r['reason'].replace('|', '/')} |"
+              for r in rows]
     return "\n".join(lines)

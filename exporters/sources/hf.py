@@ -19,6 +19,7 @@ import torch
 from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
+from vlmedge.exporters.sources.messages import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -177,11 +178,6 @@ def _check_buildable(cls: type, folder: Path, arch: str) -> None:
         pass
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message, cut to `limit` characters."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:limit]
-
-
 def source_info(reference: str, folder: Path, arch: str, config: Any) -> dict[str, Any]:
     config_bytes = (folder / "config.json").read_bytes()
     return {
@@ -330,8 +326,29 @@ def image_preprocess(folder: Path) -> ImagePreprocessSpec:
     The config is first resolved through the processor's own Pillow class (so keys it
     leaves out take that class's defaults, exactly as from_pretrained does), then interpreted
     by ImagePreprocessSpec.from_hf, which refuses a processor it cannot reproduce by name.
+    A TimmWrapper processor runs timm's eval transform of its data config, which timm resolves.
     """
+    from vlmedge.exporters.sources.timm import timm_wrapper_preprocess
+
+    timm_config = timm_wrapper_config(folder)
+    if timm_config is not None:
+        return timm_wrapper_preprocess(timm_config)
     return ImagePreprocessSpec.from_hf(resolve_processor_config(processor_config(folder)))
+
+
+def timm_wrapper_config(folder: Path) -> dict[str, Any] | None:
+    """The TimmWrapperImageProcessor configuration of a folder, read where transformers'
+    AutoImageProcessor reads it: config.json when it holds a pretrained_cfg (a timm
+    checkpoint), else a preprocessor config of that class; None for other folders."""
+    from vlmedge.preprocess.image.hf import processor_kind
+
+    model_config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if isinstance(model_config.get("pretrained_cfg"), dict):
+        return model_config
+    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+        return None
+    processor = processor_config(folder)
+    return processor if processor_kind(processor) == "TimmWrapper" else None
 
 
 def resolve_processor_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Image embeddings from Hugging Face vision backbones saved as their base model: DINO
 (ViTModel), DINOv2 with and without registers, DINOv3 (ViT and ConvNeXt), MAE used as a
-feature encoder, I-JEPA, MSN, Hiera, Data2Vec vision, Swin and Swinv2, DeiT, BEiT, the
-SigLIP and CLIP vision towers, SigLIP2's NaFlex tower at a resolution the user chooses
-(hf_naflex), ConvNeXt (V2), BiT and ResNet; each family's layout and its authors' pooling
-are data in FAMILIES.
+feature encoder, I-JEPA, MSN, Hiera, Data2Vec vision, the Swin family, DeiT, BEiT, the
+SigLIP, CLIP, MetaCLIP 2, AIMv2, MLCD and TIPSv2 vision towers, SigLIP2's NaFlex tower at a
+resolution the user chooses (hf_naflex), the CNNs and hybrids of transformers'
+image-classification and backbone mappings; each family's layout and its authors' pooling
+(what its image classifier pools) are data in FAMILIES, and the refusals with their reasons
+in REFUSED.
 
 One graph, "model": pixel_values (N, 3, H, W) ->
     cls           (N, D)        the CLS token of the last hidden state (models that have one)
@@ -47,14 +49,17 @@ class Family:
 
     name: str
     default_pooling: str
-    extra_prefix_tokens: int = 0       # tokens between CLS and the patches (DeiT's distillation token)
     has_cls: bool = True
+    cls_output: str = ""               # the output holding the CLS where it is not token 0 (Cvt: cls_token_value)
     pos_flag: bool = True              # forward() takes interpolate_pos_encoding
     attention: bool = True             # has a CLS query to read attention maps from
     use_pooler: bool = False           # export the model's pooler_output as `pooled`
     layout: str = "tokens"             # "tokens": (N, L, D) sequence; "map": (N, D, h, w) conv feature map;
-                                       # "reroll": the spatial (N, h, w, D) last reshaped_hidden_states (Hiera)
+                                       # "reroll": the spatial (N, h, w, D) last reshaped_hidden_states (Hiera);
+                                       # "channels_last": last_hidden_state is already (N, h, w, D) (Dinat)
     registers: bool = False            # config.num_register_tokens sit between CLS and the patches
+    probe_grid: bool = False           # the token grid is read from a first run (LeViT, PVT: strides the
+                                       # config does not spell out as one patch_size)
     merges: bool = False               # every stage after the first merges 2x2 patches (Swin)
     positions: str = "learned"         # "learned" (interpolated once), "rope" (from the grid), "none" (conv),
                                        # "naflex" (SigLIP2: resized once to the grid image_size= chooses)
@@ -62,12 +67,14 @@ class Family:
 
 
 _CONV = dict(has_cls=False, pos_flag=False, attention=False, use_pooler=True, layout="map", positions="none")
+# A feature map without a pooler: the classifier averages the map ("mean").
+_MAP = dict(_CONV, use_pooler=False)
 _SWIN = dict(has_cls=False, attention=False, use_pooler=True, merges=True)
 
 FAMILIES: dict[str, Family] = {
     # DINO v1 checkpoints are ViT encoders; their HF pooler (dense + tanh) is not trained by DINO.
     "ViTModel": Family("dino", "cls"),
-    "DeiTModel": Family("deit", "cls", extra_prefix_tokens=1),
+    "DeiTModel": Family("deit", "cls"),  # CLS, then the distillation token, then the patches
     "BeitModel": Family("beit", "pooled", use_pooler=True),
     "Dinov2Model": Family("dinov2", "cls+mean", pos_flag=False),
     "Dinov2WithRegistersModel": Family("dinov2", "cls+mean", pos_flag=False, registers=True),
@@ -93,9 +100,57 @@ FAMILIES: dict[str, Family] = {
     "Swinv2Model": Family("swinv2", "pooled", **_SWIN),
     "BitModel": Family("bit", "pooled", **_CONV),
     "ResNetModel": Family("resnet", "pooled", **_CONV),
+    # The classifiers of these pool the base model's pooler_output (an average of the last stage).
+    "DonutSwinModel": Family("donut-swin", "pooled", **_SWIN),
+    "MaskFormerSwinModel": Family("maskformer-swin", "pooled", **_SWIN),
+    "FocalNetModel": Family("focalnet", "pooled", **dict(_SWIN, pos_flag=False, positions="none")),
+    # Dinat's stages stay channels last; its classifier pools pooler_output. Exported only where
+    # natten is installed (load_model refuses it otherwise), so it is not checked in vlmedge's tests.
+    "DinatModel": Family("dinat", "pooled", **dict(_SWIN, pos_flag=False, merges=False, layout="channels_last",
+                                                    positions="none")),
+    "EfficientNetModel": Family("efficientnet", "pooled", **_CONV),
+    "MobileNetV1Model": Family("mobilenet_v1", "pooled", **_CONV),
+    "MobileNetV2Model": Family("mobilenet_v2", "pooled", **_CONV),
+    "MobileViTModel": Family("mobilevit", "pooled", **_CONV),
+    "MobileViTV2Model": Family("mobilevitv2", "pooled", **_CONV),
+    "RegNetModel": Family("regnet", "pooled", **_CONV),
+    # TextNet's pooler is a 2x2 average; its classifier averages the whole map.
+    "TextNetModel": Family("textnet", "mean", **_MAP),
+    # PoolFormer and SwiftFormer classifiers normalise the map (GroupNorm, BatchNorm) before
+    # averaging it; the base model has no such norm, so its embedding is the plain average.
+    "PoolFormerModel": Family("poolformer", "mean", **_MAP),
+    "SwiftFormerModel": Family("swiftformer", "mean", **_MAP),
+    "PvtV2Model": Family("pvt_v2", "mean", **_MAP),
+    "SegformerModel": Family("segformer", "mean", **_MAP),
+    "VitDetModel": Family("vitdet", "mean", **dict(_MAP, positions="learned")),  # a detection backbone: no CLS
+    # Cvt's classifier reads its CLS (cls_token_value) through a LayerNorm the base model lacks.
+    "CvtModel": Family("cvt", "cls", **dict(_MAP, has_cls=True), cls_output="cls_token_value"),
+    # LeViT: tokens without CLS, on a grid 4x smaller than patch_size says; its classifier averages them.
+    "LevitModel": Family("levit", "pooled", has_cls=False, pos_flag=False, attention=False, use_pooler=True,
+                         probe_grid=True),
+    "PvtModel": Family("pvt", "cls", pos_flag=False, attention=False, probe_grid=True),  # CLS of the last stage
+    "MetaClip2VisionModel": Family("metaclip2", "pooled", use_pooler=True),  # as CLIP
+    "Aimv2VisionModel": Family("aimv2", "pooled", has_cls=False, pos_flag=False, attention=False, use_pooler=True),
+    "MLCDVisionModel": Family("mlcd", "pooled", pos_flag=False, use_pooler=True, positions="rope"),
+    # Pixio's pooler_output is the mean of its class tokens (n_cls_tokens before the patches).
+    "PixioModel": Family("pixio", "pooled", pos_flag=False, use_pooler=True),
+    "Sapiens2Model": Family("sapiens2", "cls", pos_flag=False, registers=True, positions="rope"),
+    # TIPSv2: token 0 is the CLS trained on alt-text captions (the register on synthetic ones).
+    "Tipsv2VisionModel": Family("tipsv2", "cls", pos_flag=False, registers=True),
 }
+# Backbone classes without a base model in transformers: feature maps for a detection,
+# segmentation, layout or pose head, with no embedding their authors pool.
+_BACKBONES_ONLY = ("HGNetV2Backbone", "LwDetrViTBackbone", "PPLCNetBackbone", "PPLCNetV3Backbone", "PPLCNetV4Backbone",
+                   "RfDetrDinov2Backbone", "RTDetrResNetBackbone", "UVDocBackbone", "VitPoseBackbone", "TimmBackbone")
 # Vision encoders vlmedge refuses, and why.
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, str] = {
+    **{name: "it is a backbone of feature maps for a detection, segmentation or pose head, and transformers has "
+             "no base model of it to pool an image embedding from" for name in _BACKBONES_ONLY},
+    "ImageGPTModel": "it is a generative model of colour-cluster ids (input_ids), not an encoder of pixels",
+    "PerceiverModel": "its forward takes the output of a Perceiver preprocessor (inputs), not pixel_values",
+    "ShieldGemma2ForImageClassification": "it classifies an image together with a text prompt through Gemma 3, and "
+                                          "transformers has no vision base model of it",
+}
 ARCHITECTURES = frozenset(FAMILIES) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
@@ -172,13 +227,19 @@ class EncoderOutputs(torch.nn.Module):
             kwargs["output_hidden_states"] = True
         out = self.model(pixel_values=pixel_values, **kwargs)
         hidden = out.last_hidden_state
-        results = [hidden[:, 0]] if self.family.has_cls else []
+        results = []
+        if self.family.has_cls:
+            results.append(getattr(out, self.family.cls_output)[:, 0] if self.family.cls_output else hidden[:, 0])
         if self.family.layout == "map":  # (N, D, h, w) -> (N, h, w, D)
             results.append(hidden.permute(0, 2, 3, 1))
         elif self.family.layout == "reroll":
             results.append(out.reshaped_hidden_states[-1])
+        elif self.family.layout == "channels_last":
+            results.append(hidden)
         else:
-            h, w = self.grid or (-1, -1)
+            if self.grid is None:  # the first (eager) run of a probe_grid family
+                self.grid = grid_of(hidden.shape[1] - self.prefix, *pixel_values.shape[-2:])
+            h, w = self.grid
             dim = self.hidden_size if self.hidden_size > 0 else hidden.shape[-1]
             results.append(hidden[:, self.prefix:].reshape(-1, h, w, dim))
         if self.pooled:
@@ -191,13 +252,25 @@ class EncoderOutputs(torch.nn.Module):
         return tuple(results)
 
 
+def grid_of(tokens: int, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) grid of `tokens` patch tokens of a height x width image, for one stride
+    in both directions, rounded up as strided convolutions round (LeViT, PVT)."""
+    stride = math.sqrt(height * width / tokens)
+    for step in sorted({math.floor(stride), math.ceil(stride), round(stride)} - {0}):
+        h, w = math.ceil(height / step), math.ceil(width / step)
+        if h * w == tokens:
+            return h, w
+    raise ExportError(f"{tokens} patch tokens do not tile a {height}x{width} image with one stride; "
+                      "vlmedge cannot lay them out as a grid.")
+
+
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
 
 
 def _grid(config: Any, arch: str, family: Family, height: int, width: int) -> tuple[int, int] | None:
     """The patch grid of a token layout, known before the model runs (None for the others)."""
-    if family.layout != "tokens":
+    if family.layout != "tokens" or family.probe_grid:
         return None
     ph, pw = _pair(family.stem or config.patch_size)
     if height % ph or width % pw:
@@ -254,14 +327,20 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
         model.embeddings.random_masking = _keep_every_patch
 
     registers = int(getattr(config, "num_register_tokens", 0) or 0) if family.registers else 0
-    prefix = (1 if family.has_cls else 0) + family.extra_prefix_tokens + registers
     with_attention = bool(attention) and family.attention
     # Eager runs at the export resolution prepare the position embeddings and check the layout.
     zeros = torch.zeros(1, 3, height, width)
     try:
         with torch.no_grad():
             flag = {"interpolate_pos_encoding": True} if family.pos_flag and interpolate else {}
-            pooled = family.use_pooler and getattr(model(pixel_values=zeros, **flag), "pooler_output", None) is not None
+            first = model(pixel_values=zeros, **flag)
+            if family.cls_output and getattr(first, family.cls_output, None) is None:
+                # configured without its CLS (Cvt's cls_token[-1] false): its classifier averages the map
+                family = dataclasses.replace(family, has_cls=False, cls_output="", default_pooling="mean")
+            # Tokens before the patches (CLS, DeiT's distillation token, registers, Pixio's class
+            # tokens): what the grid leaves of the sequence, or the CLS alone where the grid is probed.
+            prefix = first.last_hidden_state.shape[1] - grid[0] * grid[1] if grid else int(family.has_cls)
+            pooled = family.use_pooler and getattr(first, "pooler_output", None) is not None
             if arch == "BeitModel" and not getattr(config, "use_mean_pooling", False):
                 pooled = False  # its pooler would be the CLS token again
             module = EncoderOutputs(model, family, prefix, grid, interpolate, with_attention, pooled).eval()
@@ -271,8 +350,12 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
             f"{arch}'s own forward fails on a {height}x{width} image given as pixel_values alone "
             f"({type(exc).__name__}: {first_line(exc, 200)}); vlmedge cannot export it for image embeddings."
         ) from None
+    if prefix < int(family.has_cls) or (registers and prefix < 1 + registers):
+        raise UnsupportedModelError(f"{arch} returns {prefix} tokens besides its {grid[0]}x{grid[1]} patches at "
+                                    f"{height}x{width}, fewer than its CLS and registers; vlmedge cannot export it.")
     outputs = dict(zip(module.output_names, probe))
     hidden_size = module.hidden_size = int(outputs["patch_tokens"].shape[-1])
+    probed = grid is None
     grid = grid or (int(outputs["patch_tokens"].shape[1]), int(outputs["patch_tokens"].shape[2]))
     heads = int(outputs["attentions"].shape[1]) if with_attention else None
     module.heads = heads or -1
@@ -306,7 +389,7 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
         "position_embeddings_interpolated": resized and (
             not family.merges or bool(getattr(config, "use_absolute_embeddings", False))),
         "static_resolution": True,
-        "patch_size": [height // grid[0], width // grid[1]] if family.layout != "tokens" or family.merges
+        "patch_size": [height // grid[0], width // grid[1]] if probed or family.merges
         else list(_pair(family.stem or config.patch_size)),
         "num_prefix_tokens": prefix,
         "num_register_tokens": registers,

@@ -11,6 +11,10 @@ mean and std. What it cannot express is refused by name: crop_mode "border" (res
 longest edge, pad with the mean colour), a non-square input in crop_mode "center"
 (ResizeKeepRatio), interpolation "random".
 
+The same transform serves Hugging Face folders saved from transformers' TimmWrapper classes
+(TimmWrapperImageProcessor runs timm's eval transform of its saved pretrained_cfg): see
+timm_wrapper_preprocess; their model is exported by the Hugging Face source.
+
 Also here, for both timm: and open_clip: sources: importing the library (timm and open_clip
 import torchvision at load time) with a one-sentence refusal when that fails, and the
 checks on a checkpoint path.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ import torch
 from vlmedge.artifact import sha256_file
 from vlmedge.errors import ModelNotFoundError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import first_line
+from vlmedge.exporters.sources.messages import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 from vlmedge.preprocess.image.values import RESAMPLE
@@ -38,26 +43,34 @@ from vlmedge.preprocess.image.values import RESAMPLE
 TASKS = ("image-classification", "image-embedding")
 
 
-def import_library(name: str) -> Any:
+def import_library(name: str, needed_by: str | None = None) -> Any:
     """Imports timm or open_clip, or refuses with what is missing and what to do (each is
-    installed by the vlmedge extra of its own name).
+    installed by the vlmedge extra of its own name). `needed_by` names what needs the library
+    (default: the NAME: sources, which could export the Hugging Face version instead).
 
     Both import torchvision at load time; a torchvision missing, or built for another
-    torch, fails here (as an ImportError, or as a RuntimeError from its operators)."""
+    torch, fails here (as an ImportError, or as a RuntimeError from its operators). The
+    library's modules a failed import leaves half-loaded are dropped, so a later import
+    (another export in the same process) starts afresh."""
+    loaded = set(sys.modules)
     try:
         return importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken torchvision's RuntimeError/AttributeError
+        for module in [m for m in sys.modules if m not in loaded and m.split(".")[0] == name]:
+            del sys.modules[module]
         culprit = _failing_package(exc)
         if culprit == name:
             raise UnsupportedModelError(
-                f"{name}: sources need the {name} package, which is not installed; install it with "
+                f"{needed_by or f'{name}: sources'} need the {name} package, which is not installed; install it with "
                 f"pip install 'vlmedge[{name}]'."
             ) from None
         todo = (f"install the torchvision release built for torch {torch.__version__.split('+')[0]}"
                 if culprit == "torchvision" else f"install {culprit} (pip install {culprit})")
+        lead = f"{needed_by} need {name}, which" if needed_by else name
+        alternative = "" if needed_by else ", or export the Hugging Face version of the model"
         raise UnsupportedModelError(
-            f"{name} cannot be imported because {culprit} failed to load ({type(exc).__name__}: {first_line(exc, 160)}); "
-            f"{todo}, or export the Hugging Face version of the model."
+            f"{lead} cannot be imported because {culprit} failed to load ({type(exc).__name__}: "
+            f"{first_line(exc, 160)}); {todo}{alternative}."
         ) from None
 
 
@@ -140,6 +153,32 @@ def timm_preprocess(data_config: dict[str, Any]) -> ImagePreprocessSpec:
             "export with pretrained_cfg_overlay=dict(crop_mode='center') in model_kwargs if that is how you evaluate."
         )
     return eval_transform_spec(height, width, resize, interpolation, data_config["mean"], data_config["std"])
+
+
+# Who needs timm, in the refusals of Hugging Face folders saved from transformers' TimmWrapper classes.
+TIMM_WRAPPER = "TimmWrapper models (timm models saved by transformers)"
+
+
+def timm_wrapper_preprocess(config: dict[str, Any]) -> ImagePreprocessSpec:
+    """TimmWrapperImageProcessor's eval transform as a spec: timm resolves the data config of
+    the saved pretrained_cfg (``resolve_data_config(pretrained_cfg, model=None)``, as the
+    processor does), whose ``create_transform(is_training=False)`` is transforms_imagenet_eval.
+    Needs timm (the model itself is timm's code); refuses in one sentence where it cannot load."""
+    pretrained_cfg = config.get("pretrained_cfg")
+    if not isinstance(pretrained_cfg, dict):
+        raise UnsupportedModelError("This TimmWrapper image processor config has no pretrained_cfg (timm's data "
+                                    "config); save the model with save_pretrained, whose config.json holds it.")
+    timm = import_library("timm", TIMM_WRAPPER)
+    return timm_preprocess(timm.data.resolve_data_config(pretrained_cfg, model=None, verbose=False))
+
+
+def timm_wrapper_refusal() -> str | None:
+    """Why TimmWrapper models cannot be exported here (timm does not load), or None."""
+    try:
+        import_library("timm", TIMM_WRAPPER)
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None
 
 
 class PooledFeatures(torch.nn.Module):

@@ -395,8 +395,9 @@ def check(
 def formats_command(
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
     with_architectures: bool = typer.Option(
-        False, "--architectures", help="Also list transformers' image-classification architectures, each exported "
-                                       "or refused with the reason (needs the export extra; a few seconds)."),
+        False, "--architectures", help="Also list the Hugging Face architectures of every task exported from a model "
+                                       "folder, each with its task, exported or refused with the reason or what it "
+                                       "needs (needs the export extra; some seconds)."),
 ) -> None:
     """What this install can export and run: tasks, targets and backends, precisions, built-in models."""
     facts = formats.describe(with_architectures)

@@ -46,7 +46,10 @@ SUPPORTED = frozenset(_HF_DEFAULTS) | _READ_AS_WRITTEN
 REFUSED = {
     "Siglip2": "its NaFlex resizing gives each image its own number of patches, so the input shape depends "
                "on the image",
-    "TimmWrapper": "it runs timm's own transforms, which need timm and torchvision",
+    # Exporting the model folder reproduces it (exporters/sources/timm.py: timm resolves the data config, the
+    # artifact carries the result as data); its config alone is not enough here, where timm is never imported.
+    "TimmWrapper": "it runs timm's eval transform of the data config timm resolves from its pretrained_cfg, which "
+                   "vlmedge reads when it exports the model folder (with timm installed), not from this config alone",
     "PPLCNet": "it exists only as a torchvision processor (tensor resizing), which Pillow does not reproduce "
                "bit for bit",
     "Tipsv2": "it exists only as a torchvision processor (tensor resizing), which Pillow does not reproduce "
