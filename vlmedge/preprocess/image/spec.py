@@ -84,7 +84,7 @@ class ImagePreprocessSpec:
                 raise InputError(f"{name} must be true or false, not {getattr(self, name)!r}.")
         if 0.0 in self.image_std:
             raise InputError(f"image_std must not contain 0 (it divides), got {self.image_std}.")
-        if self.resample not in RESAMPLE:
+        if not isinstance(self.resample, str) or self.resample not in RESAMPLE:  # a list would not hash
             raise InputError(f"resample must be one of {sorted(RESAMPLE)}, not {self.resample!r}.")
         if self.crop_style not in CROP_STYLES:
             raise InputError(f"crop_style must be one of {', '.join(CROP_STYLES)}, not {self.crop_style!r}.")
