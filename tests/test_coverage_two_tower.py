@@ -132,11 +132,11 @@ def test_two_tower_matches_hugging_face(kind, sample_paths, tmp_path):
 
 
 # case -> (architecture, model type, words of the expected refusal), exported without options: SigLIP2 needs
-# image_size (the example is the default config's 16x16 grid of 16-pixel patches); Tipsv2 and VideoPrism are
-# two-tower models vlmedge does not export.
+# image_size (the example is the default config's 16x16 grid of 16-pixel patches); Tipsv2 (a torchvision-only
+# processor) and VideoPrism (a video model) are refused with their reasons.
 REFUSED = {"Siglip2Model without image_size": ("Siglip2Model", "siglip2", "--image-size 256"),
-           "Tipsv2Model": ("Tipsv2Model", "tipsv2", "not a supported image, CLIP"),
-           "VideoPrismClipModel": ("VideoPrismClipModel", "videoprism", "not a supported image, CLIP")}
+           "Tipsv2Model": ("Tipsv2Model", "tipsv2", "exists only for torchvision"),
+           "VideoPrismClipModel": ("VideoPrismClipModel", "videoprism", "video clips")}
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))

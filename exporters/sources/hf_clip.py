@@ -93,7 +93,13 @@ TWO_TOWERS: dict[str, TwoTower] = {
                                            text_config="qformer_config", image_reduction="max"),
 }
 # Two-tower architectures vlmedge refuses, and why.
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, str] = {
+    "Tipsv2Model": "its image processor exists only for torchvision (tensor resizing), which Pillow does not "
+                   "reproduce bit for bit; its vision tower, Tipsv2VisionModel, exports for image embeddings when "
+                   "saved with a Pillow processor of the same settings",
+    "VideoPrismClipModel": "it embeds video clips (pixel_values_videos, frames over time), and vlmedge's "
+                           "two-tower models embed single images",
+}
 ARCHITECTURES = frozenset(TWO_TOWERS) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
