@@ -149,11 +149,11 @@ def tiny_model(model_type: str, arch: str, size: int = 32, inputs: dict | None =
     model = getattr(transformers, arch)(config).eval()
     if model_type == "imagegpt" and inputs is None:  # it classifies colour-cluster ids, not pixels
         inputs = {"input_ids": torch.randint(0, 512, (8, 64), generator=torch.Generator().manual_seed(1))}
-    _spread(model, size, inputs)
+    spread_activations(model, size, inputs)
     return model
 
 
-def _spread(model, size: int, inputs: dict | None = None) -> None:
+def spread_activations(model, size: int, inputs: dict | None = None) -> None:
     """Variance-keeping weights and batch-norm statistics of seeded noise images (or `inputs`),
     so that deep conv stacks do not fade to zero features; then heads scaled to logits of about
     +-3, far enough apart that float noise cannot reorder the top 5."""

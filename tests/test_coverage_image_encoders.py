@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from tests.clip_models import NAFLEX_SIZE, naflex_images, naflex_inputs, naflex_processor
-from tests.test_coverage_image_classification import HIERA_LIKE, SQUARE, TINY, processor_for, tiny_model
+from tests.test_coverage_image_classification import (HIERA_LIKE, SQUARE, TINY, processor_for, spread_activations,
+                                                      tiny_model)
 from vlmedge.errors import UnsupportedModelError
 
 torch = pytest.importorskip("torch")
@@ -44,12 +45,29 @@ ENCODER_TINY: dict[str, dict] = {
     "Sapiens2Model": dict(_VIT, num_register_tokens=2),
     "Tipsv2VisionModel": dict(_VIT, mlp_ratio=2, num_register_tokens=1),
     "MaskFormerSwinModel": TINY["swin"],
-    # LeViT and PVT at sizes where their grid (read from a first run) is 2x2 rather than 1x1
+    # models at sizes where their grid (read from a first run) is 2x2 rather than 1x1; PoolFormer and
+    # SegFormer have no image_size, only their processors below are sized
     "LevitModel": dict(TINY["levit"], image_size=128), "PvtModel": dict(TINY["pvt"], image_size=64),
+    "EfficientNetModel": dict(TINY["efficientnet"], image_size=64),
+    "MobileNetV1Model": dict(TINY["mobilenet_v1"], image_size=64),
+    "MobileNetV2Model": dict(TINY["mobilenet_v2"], image_size=64),
+    "PvtV2Model": dict(TINY["pvt_v2"], image_size=64), "SwiftFormerModel": dict(TINY["swiftformer"], image_size=64),
+    "TextNetModel": dict(TINY["textnet"], image_size=[64, 64]),
 }
+# sized models that tiny_model would build: their weights and batch-norm statistics spread as it does, at their
+# size (seeded as above, EfficientNet's features fade to 1e-22 and TextNet's grow to 1e4)
+SPREAD = {"EfficientNetModel", "MobileNetV1Model", "MobileNetV2Model", "PvtV2Model", "SwiftFormerModel",
+          "TextNetModel"}
+_64 = {"height": 64, "width": 64}
 # model type -> its own processor at the size of ENCODER_TINY above
 SIZED_PROCESSOR = {"levit": ("Levit", dict(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128})),
-                   "pvt": ("Pvt", dict(size={"height": 64, "width": 64}))}
+                   "pvt": ("Pvt", dict(size=_64)), "pvt_v2": ("Pvt", dict(size=_64)),
+                   "efficientnet": ("EfficientNet", dict(size=_64, rescale_offset=True)),
+                   "mobilenet_v1": ("MobileNetV1", dict(size={"shortest_edge": 72}, crop_size=_64)),
+                   "mobilenet_v2": ("MobileNetV2", dict(size={"shortest_edge": 72}, crop_size=_64)),
+                   "poolformer": ("PoolFormer", dict(size={"shortest_edge": 64}, crop_size=_64)),
+                   "segformer": ("Segformer", dict(size=_64)), "swiftformer": ("ViT", dict(size=_64)),
+                   "textnet": ("TextNet", dict(size={"shortest_edge": 64}, do_center_crop=True, crop_size=_64))}
 # Model types whose processor has no PIL class (torchvision is not installed here) or none at all:
 # saved with a ViT processor at the tiny model's 32x32, as are those whose processor needs torchvision.
 VIT_PROCESSED = {"dinov3_vit", "dinov3_convnext", "vitdet", "sapiens2", "tipsv2", "tipsv2_vision_model",
@@ -120,7 +138,11 @@ def tiny_encoder(model_type: str, arch: str):
     overrides = ENCODER_TINY.get(arch) or TINY[model_type]["vision_config"]
     config = cls.config_class(**{"initializer_range": 0.2, **overrides})
     config.architectures = [arch]
-    return cls(config).eval()
+    model = cls(config).eval()
+    if arch in SPREAD:
+        side = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        spread_activations(model, side)
+    return model
 
 
 def hf_reference(model, image_processor, paths, pooling: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
