@@ -103,6 +103,12 @@ REFUSED: dict[str, str] = {
 ARCHITECTURES = frozenset(TWO_TOWERS) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
+def refusal(arch: str) -> str | None:
+    """The sentence refusing `arch` by name (REFUSED), or None; the export and the listing
+    of supported architectures both say it."""
+    return f"vlmedge cannot export {arch} as a two-tower model: {REFUSED[arch]}." if arch in REFUSED else None
+
+
 def _pooled(output: Any) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output with the projected
     embedding in pooler_output (transformers 5)."""
@@ -291,9 +297,8 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
 
     tower = TWO_TOWERS.get(arch)
     if tower is None:
-        if arch in REFUSED:
-            raise UnsupportedModelError(f"vlmedge cannot export {arch} as a two-tower model: {REFUSED[arch]}.")
-        raise UnsupportedModelError(f"vlmedge exports CLIP-style models of {', '.join(TWO_TOWERS)}, not {arch}.")
+        raise UnsupportedModelError(refusal(arch) or
+                                    f"vlmedge exports CLIP-style models of {', '.join(TWO_TOWERS)}, not {arch}.")
     naflex = (naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
               if is_naflex(config) else None)
     if naflex is None and image_size is not None:

@@ -154,6 +154,12 @@ REFUSED: dict[str, str] = {
 ARCHITECTURES = frozenset(FAMILIES) | frozenset(REFUSED)  # what hf.infer_task sends here
 
 
+def refusal(arch: str) -> str | None:
+    """The sentence refusing `arch` by name (REFUSED), or None; the export and the listing
+    of supported architectures both say it."""
+    return f"vlmedge cannot export {arch} for image embeddings: {REFUSED[arch]}." if arch in REFUSED else None
+
+
 def preprocess_at(spec: ImagePreprocessSpec, size: tuple[int, int]) -> ImagePreprocessSpec:
     """The processor's preprocessing moved to output (height, width) = size.
 
@@ -297,11 +303,9 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
     """
     family = FAMILIES.get(arch)
     if family is None:
-        reason = REFUSED.get(arch)
-        raise UnsupportedModelError(
-            f"vlmedge cannot export {arch} for image embeddings: {reason}." if reason else
-            f"vlmedge cannot export {arch} for image embeddings; supported: {', '.join(sorted(FAMILIES))}."
-        )
+        raise UnsupportedModelError(refusal(arch) or
+                                    f"vlmedge cannot export {arch} for image embeddings; supported: "
+                                    f"{', '.join(sorted(FAMILIES))}.")
     naflex = None
     if family.positions == "naflex":
         naflex = naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))

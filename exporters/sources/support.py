@@ -132,10 +132,9 @@ def _refusal(task: str, model_type: str, arch: str, processor: str | None) -> st
     try:
         cls: Any = model_class(arch)
         infer_task(arch)  # an architecture no task takes is refused here, by the export's own sentence
-        if task == "clip" and arch in hf_clip.REFUSED:
-            return f"vlmedge cannot export {arch} as a two-tower model: {hf_clip.REFUSED[arch]}."
-        if task == "image-embedding" and arch in hf_encoder.REFUSED:
-            return f"vlmedge cannot export {arch} for image embeddings: {hf_encoder.REFUSED[arch]}."
+        named = {"clip": hf_clip.refusal, "image-embedding": hf_encoder.refusal}.get(task)
+        if named and named(arch):
+            return named(arch)
         config = cls.config_class()
         if model_type in MODEL_TYPES:  # SigLIP2 (NaFlex) exports only at the resolution image_size= chooses
             return needs_image_size(arch, config)
