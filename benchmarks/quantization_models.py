@@ -153,7 +153,8 @@ def measure_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for graph in spec.graphs:
         timer = Timer(args.rounds, args.runs)
-        feeds = one_row({k.split(".", 2)[2]: v for k, v in parity.items() if k.startswith(f"{graph.name}.input.")})
+        inputs = {k.split(".", 2)[2]: v for k, v in parity.items() if k.startswith(f"{graph.name}.input.")}
+        feeds = one_row(inputs)
         timer.add("plain: PyTorch fp32 (SDPA)", pytorch_call(source, graph.name, feeds))
         base = artifact.path_of(artifact.model_entries(graph=graph.name, target="onnx", precision="fp32")[0])
         ort_fp32 = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"])
@@ -164,7 +165,6 @@ def measure_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         if graph.name in calibration:
             xml = plain_nncf(base, calibration[graph.name], work / f"plain-nncf-{graph.name}.xml")
             request = core.compile_model(str(xml), "CPU").create_infer_request()
-            inputs = {k.split(".", 2)[2]: v for k, v in parity.items() if k.startswith(f"{graph.name}.input.")}
             count = len(next(iter(inputs.values())))
             answers = [request.infer({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
             # as the gate judges a file: the worst output (DINOv2's cls, patch tokens, pooled, attentions)

@@ -228,11 +228,12 @@ def tiny_two_tower_folder(kind: str, root: Path) -> Path:
         model, processor = tiny_siglip(dict(text, vocab_size=len(tokenizer), max_position_embeddings=TWO_TOWER_CONTEXT,
                                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
                                        vision)
-    elif kind == "blip-itr":
+    elif kind in ("blip", "blip-itr"):  # BlipModel (CLIP-like projections), or retrieval's contrastive heads
         tokenizer = tiny_wordpiece_tokenizer()
+        head = {"projection_dim": 16} if kind == "blip" else {"image_text_hidden_size": 16}
         config = t.BlipConfig(text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),
-                              vision_config=vision, image_text_hidden_size=16)
-        model = t.BlipForImageTextRetrieval(config)
+                              vision_config=vision, **head)
+        model = (t.BlipModel if kind == "blip" else t.BlipForImageTextRetrieval)(config)
         processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
     elif kind == "clipseg":  # the real CLIP tokenizer; its processor is ViT's
         tokenizer = t.CLIPTokenizer.from_pretrained(_clip_tokenizer(Path(root)))
@@ -243,12 +244,6 @@ def tiny_two_tower_folder(kind: str, root: Path) -> Path:
             vision_config=vision, projection_dim=16, logit_scale_init_value=math.log(100.0))
         model = t.CLIPSegModel(config)
         processor = t.ViTImageProcessorPil(size={"height": 32, "width": 32})
-    elif kind == "blip":
-        tokenizer = tiny_wordpiece_tokenizer()
-        config = t.BlipConfig(text_config=dict(text, vocab_size=len(tokenizer), max_position_embeddings=64),
-                              vision_config=vision, projection_dim=16)
-        model = t.BlipModel(config)
-        processor = t.BlipImageProcessorPil(size={"height": 32, "width": 32})
     elif kind == "blip2-itr":  # the Q-Former reads the vision tokens with 4 query tokens; no language model is built
         tokenizer = tiny_wordpiece_tokenizer()
         config = t.Blip2Config(vision_config=vision, num_query_tokens=4, image_text_hidden_size=16,
