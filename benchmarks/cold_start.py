@@ -12,7 +12,8 @@ carry over; the compiled-model cache on disk and the OS page cache do):
 Peak RSS is the child's peak resident set over load + first call (VmHWM, restarted once numpy,
 vlmedge and the backend are imported; ru_maxrss where /proc is missing, which also counts
 what the parent held) minus its RSS at that point. Goals: warm >= 3x faster than cold; peak RSS <= 1.5x
-the model file size (the model file plus its weights file).
+the model file size (the model file plus its weights file) on the cold and warm loads, the default
+(cache=False is measured for reference).
 
 The model is transformers.ViTForImageClassification(ViTConfig()) with torch.manual_seed(0),
 as benchmarks/quantization.py builds it (nothing downloaded); --model small is a 4-layer,
