@@ -132,9 +132,10 @@ def _refusal(task: str, model_type: str, arch: str, processor: str | None) -> st
     try:
         cls: Any = model_class(arch)
         infer_task(arch)  # an architecture no task takes is refused here, by the export's own sentence
-        named = {"clip": hf_clip.refusal, "image-embedding": hf_encoder.refusal}.get(task)
-        if named and named(arch):
-            return named(arch)
+        by_name = {"clip": hf_clip.refusal, "image-embedding": hf_encoder.refusal}.get(task)
+        reason = by_name(arch) if by_name else None
+        if reason:
+            return reason
         config = cls.config_class()
         if model_type in MODEL_TYPES:  # SigLIP2 (NaFlex) exports only at the resolution image_size= chooses
             return needs_image_size(arch, config)
