@@ -5,7 +5,8 @@ reshaped to batch 1, timed round-robin at batch 1 in one process, outputs compar
 
 vlmedge compiles one model per file with a dynamic batch so that one compiled model serves
 every batch size; this measures what that costs a single-item call, the edge case. Only the
-files whose inputs are static but for the batch axis are measured (the CLIP text tower's are).
+files whose inputs are static but for the batch axis are measured (CLIP text towers exported
+before their sequence axis became dynamic were; benchmarks/clip_text_length.py times that axis).
 
     .venv/bin/python benchmarks/quantization_models.py     # exports the suite's models (kept in --work)
     .venv/bin/python benchmarks/quantization.py            # exports ViT-B/16

@@ -189,7 +189,14 @@ class OpenVinoSession(Session):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {self._input_index[name]: np.ascontiguousarray(value) for name, value in feeds.items()}
-        results = self._request().infer(inputs, share_outputs=False)
+        try:
+            results = self._request().infer(inputs, share_outputs=False)
+        except RuntimeError as exc:  # e.g. a dynamic axis longer than the model takes (a text past its positions)
+            shapes = {name: list(array.shape) for name, array in feeds.items()}
+            # OpenVINO's message is a stack of "Exception from <source file>" lines around the one that says why
+            why = " ".join(line.strip() for line in str(exc).splitlines()
+                           if line.strip() and not line.startswith("Exception from"))
+            raise InputError(f"OpenVINO could not run the model on inputs of shapes {shapes}: {why}") from None
         return {name: np.array(results[port], copy=True) for name, port in self._output_ports}
 
 

@@ -188,6 +188,80 @@ def test_text_embeddings_equal_hugging_face(kind, pipelines, hf):
 
 
 @pytest.mark.parametrize("kind", CONFIGS)
+def test_text_graph_runs_at_the_longest_caption_where_padding_cannot_change_it(kind, made, pipelines, hf):
+    """CLIP pools at EOS under a causal mask, so its text graph takes any length and each batch runs
+    without the padding its captions all end with; SigLIP pools its last position: fixed at 64."""
+    import vlmedge
+
+    inputs = json.loads((made(kind)[1] / "manifest.json").read_text())["graphs"]["text"]["inputs"]
+    clip = vlmedge.load(made(kind)[1])  # its own instance: the spy below stays out of the shared one
+    session = clip.model.sessions["text"]
+    widths = []
+    run = session.run
+    session.run = lambda feeds, **kw: widths.append(feeds["input_ids"].shape[1]) or run(feeds, **kw)
+    short = ["a cat", "a photo of a dog on a sofa"]
+    ours = clip.embed_texts(short)
+    if kind == "siglip":
+        assert [i["shape"] for i in inputs] == [["batch", 64]] * 2 and widths == [64]
+        return
+    assert [i["shape"] for i in inputs] == [["batch", "sequence"]] * 2
+    lengths = [len(ids) for ids in hf(kind)[1](short)["input_ids"]]
+    assert widths == [max(lengths)] and max(lengths) < clip.context_length
+    # the same embeddings as the source at the full context and at padding=True
+    model, tokenizer, _ = hf(kind)
+    with torch.no_grad():
+        longest = _pooled(model.get_text_features(**tokenizer(short, padding=True, return_tensors="pt"))).numpy()
+    assert _rowwise_cosine(ours, hf_text(kind, hf, short)).min() >= 0.99999
+    assert _rowwise_cosine(ours, longest).min() >= 0.99999
+    # a batch with a caption that fills the context runs at the full context
+    clip.embed_texts(short + [CAPTIONS[9]])
+    assert widths[-1] == clip.context_length
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_bench_times_the_text_graph_as_the_runtime_runs_it(kind, made, pipelines):
+    import vlmedge
+
+    report = vlmedge.bench(made(kind)[1], backends=["onnxruntime"], precisions=["fp32"], batch_sizes=[1],
+                           iterations=2, warmup=0, roofline=False)
+    text = next(row for row in report.rows if row.graph == "text")
+    if kind == "siglip":
+        assert "tokens" not in text.inputs
+        return
+    # batch 1 runs the first bundled caption, at its own length
+    first = (made(kind)[1] / "samples" / "captions.txt").read_text(encoding="utf-8").splitlines()[0]
+    length = int(pipelines(kind).tokenizer.encode(first)["attention_mask"].sum())
+    assert length < pipelines(kind).context_length and text.inputs.endswith(f", {length} tokens"), text.inputs
+
+
+def test_text_past_the_positions_is_an_input_error_on_each_backend(made, tmp_path):
+    """The dynamic sequence axis takes any length; past the model's positions the backend
+    refuses it, and the session says so as an InputError with the shapes."""
+    import vlmedge
+    from vlmedge.errors import InputError
+
+    out = tmp_path / "openvino"
+    vlmedge.export(str(made("clip")[0]), out, to=["openvino"], precision=["fp32"])
+    too_long = {"input_ids": np.ones((2, 100), np.int64), "attention_mask": np.ones((2, 100), np.int64)}
+    for backend in ("onnxruntime", "openvino"):
+        session = vlmedge.load(out, backend=backend).model.sessions["text"]
+        with pytest.raises(InputError, match=r"inputs of shapes .*\[2, 100\]"):
+            session.run(too_long)
+
+
+def test_tokens_of_another_width_are_input_errors(pipelines):
+    from vlmedge.errors import InputError
+
+    clip = pipelines("clip")
+    tokens = clip.tokenizer.encode(["a cat", "a dog"])
+    for bad in ({k: v[:, :10] for k, v in tokens.items()}, {k: np.pad(v, ((0, 0), (0, 5))) for k, v in tokens.items()},
+                {k: v[0] for k, v in tokens.items()}):
+        with pytest.raises(InputError, match="tokenizer.encode"):
+            clip.embed_texts_prepared(bad)
+    np.testing.assert_allclose(clip.embed_texts_prepared(tokens), clip.embed_texts(["a cat", "a dog"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
 def test_image_embeddings_equal_hugging_face(kind, pipelines, hf, image_files):
     ours = pipelines(kind).embed_images([str(p) for p in image_files])
     reference = hf_images(kind, hf, image_files)

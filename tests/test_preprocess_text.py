@@ -449,3 +449,29 @@ def test_sentencepiece_style_tokenizers_match_hf(tmp_path, class_name, kwargs, e
     tt = TextTokenizer(tmp_path / "tokenizer.json", spec)
     long_texts = ["the cat " * 2000, "日本語" * 5000, "a" * 20000]
     assert_same_as_hf(tt, hf, CAPTIONS + list(PROBE_TEXTS) + long_texts, length=spec.context_length)
+
+
+# -- trailing padding --------------------------------------------------------------------------
+
+def test_trim_padding_drops_the_positions_every_caption_pads():
+    from types import SimpleNamespace
+
+    from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
+
+    mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    ids = np.array([[5, 6, 7, 9, 9, 9], [5, 7, 9, 9, 9, 9]])
+    trimmed = trim_padding({"input_ids": ids, "attention_mask": mask, "other": np.zeros(2)})
+    assert trimmed["input_ids"].tolist() == [[5, 6, 7], [5, 7, 9]]
+    assert trimmed["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert trimmed["other"].shape == (2,)
+    # a full row keeps every position; an all-padding batch keeps one; left padding is not trimmed
+    assert trim_padding({"input_ids": ids, "attention_mask": np.ones_like(mask)})["input_ids"].shape == (2, 6)
+    assert trim_padding({"input_ids": ids, "attention_mask": np.zeros_like(mask)})["input_ids"].shape == (2, 1)
+    assert trim_padding({"input_ids": ids, "attention_mask": mask[:, ::-1]})["input_ids"].shape == (2, 6)
+
+    def inputs(*shapes):
+        return [SimpleNamespace(name=n, shape=s) for n, s in zip(("input_ids", "attention_mask"), shapes)]
+
+    assert takes_trimmed_padding(inputs(("batch", "sequence"), ("batch", "sequence")))
+    assert not takes_trimmed_padding(inputs(("batch", 77), ("batch", 77)))
+    assert not takes_trimmed_padding(inputs(("batch", "sequence")))  # no mask: padding cannot be told apart

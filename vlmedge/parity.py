@@ -8,6 +8,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -156,9 +158,14 @@ def feed_batches(feeds: dict[str, Any], batch_size: int = 8) -> Iterator[dict[st
 
 
 def run_in_batches(session: Any, feeds: dict[str, Any], batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Runs a session over parity feeds in batches and concatenates the outputs."""
+    """Runs a session over parity feeds in batches and concatenates the outputs.
+
+    A text graph that takes captions of any length runs each batch without the padding its
+    captions all end with, as the runtime runs it (preprocess.text.trim_padding); the
+    references are the source's at the full context, so parity covers that trimming too."""
+    trims = takes_trimmed_padding(session.inputs)
     parts: dict[str, list[np.ndarray]] = {}
     for batch in feed_batches(feeds, batch_size):
-        for name, value in session.run(batch).items():
+        for name, value in session.run(trim_padding(batch) if trims else batch).items():
             parts.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}

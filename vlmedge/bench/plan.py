@@ -3,7 +3,8 @@ the Plan that vlmedge.bench.measure fills with rows, skips and warnings.
 
 Inputs are the real samples stored in samples/parity.npz (the first rows; exporters/samples.py
 writes the bundled files first), tiled to the batch size; settings.inputs "random" uses
-seeded noise of the same shapes.
+seeded noise of the same shapes. A text graph that takes captions of any length gets them
+without the padding they all end with, as the runtime runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from vlmedge.artifact import Artifact
 from vlmedge.bench.result import Row, Settings, Skip
 from vlmedge.bench.timing import Memory
 from vlmedge.errors import VlmedgeError
+from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
 from vlmedge.registry import Method, task_named
+from vlmedge.runtimes.base import TensorInfo
 
 
 def _sample_items(artifact: Artifact) -> dict[str, list[Any]]:
@@ -89,6 +92,16 @@ class Plan:
 
     def feeds(self, graph: str, batch: int, session: Any) -> tuple[dict[str, np.ndarray], str]:
         """The model inputs for one batch, in the session's dtypes, and what they are."""
+        feeds, described = self._feeds(graph, batch)
+        dtypes = {info.name: info.dtype for info in session.inputs}
+        feeds = {k: v if v.dtype == np.dtype(dtypes.get(k, v.dtype)) else v.astype(dtypes[k]) for k, v in feeds.items()}
+        return feeds, described
+
+    def feed_shapes(self, graph: str, batch: int) -> dict[str, tuple[int, ...]]:
+        """The shapes of the inputs `feeds` gives for one batch: what the roofline counts the work at."""
+        return {name: array.shape for name, array in self._feeds(graph, batch)[0].items()}
+
+    def _feeds(self, graph: str, batch: int) -> tuple[dict[str, np.ndarray], str]:
         stored = self.stored.get(graph, {}).get("input")
         if not stored:
             raise VlmedgeError(f"the artifact stores no parity inputs for graph '{graph}'")
@@ -111,6 +124,8 @@ class Plan:
             index = np.arange(batch) % use
             feeds = {name: np.ascontiguousarray(array[index]) for name, array in stored.items()}
             described = f"{use} {'real samples' if use == real else 'stored parity inputs'} tiled to {batch}"
-        dtypes = {info.name: info.dtype for info in session.inputs}
-        feeds = {k: v if v.dtype == np.dtype(dtypes.get(k, v.dtype)) else v.astype(dtypes[k]) for k, v in feeds.items()}
+        inputs = [TensorInfo.from_dict(i) for i in self.artifact.manifest["graphs"][graph].get("inputs", [])]
+        if takes_trimmed_padding(inputs):  # as the runtime runs it: at the longest caption of the batch
+            feeds = trim_padding(feeds)
+            described += f", {feeds['input_ids'].shape[1]} tokens"
         return feeds, described

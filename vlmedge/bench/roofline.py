@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from vlmedge.bench.peak import MachinePeaks, machine_peaks
 from vlmedge.bench.result import BASELINE, Roofline, Row
+from vlmedge.errors import VlmedgeError
 
 if TYPE_CHECKING:
     from vlmedge.bench.plan import Plan
@@ -306,8 +307,10 @@ def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
     peaks: dict[tuple[str, int | None], MachinePeaks] = {}
     for row in plan.rows:
         found = _count_file(plan, row)
-        stored = plan.stored.get(row.graph, {}).get("input") or {}
-        shapes = {name: (row.batch_size, *array.shape[1:]) for name, array in stored.items()}
+        try:
+            shapes = plan.feed_shapes(row.graph, row.batch_size)
+        except VlmedgeError:  # no stored inputs: the row says why it has no roofline
+            shapes = {}
         key = (found, tuple(sorted(shapes.items())))
         if key not in counts:
             if isinstance(found, str):

@@ -6,6 +6,10 @@ zero-shot classification of images against any set of labels.
     zero-shot: probabilities = softmax(logit_scale * cos)               (CLIP)
                                sigmoid(logit_scale * cos + logit_bias)  (SigLIP)
 
+Captions are tokenized to the context length; a text graph exported with a dynamic sequence
+axis (towers pooled at EOS or CLS) runs each batch of at most MAX_BATCH captions without the
+padding they all end with (preprocess.text.trim_padding), which gives the same embeddings.
+
 BLIP-2 retrieval (``postprocess["image_reduction"] == "max"``) embeds an image as one vector
 per Q-Former query token, (N, Q, D); a caption's cosine with the image is the largest over
 its Q vectors, as the source's contrastive score is.
@@ -22,7 +26,7 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
-from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer
+from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, pixel_batches, rank,
                                 sigmoid, softmax)
@@ -97,6 +101,8 @@ class Clip:
         unknown = set(self._text_inputs) - {"input_ids", "attention_mask"}
         if unknown:
             raise ArtifactError(f"{where}: the text graph takes {sorted(unknown)}, which the tokenizer does not make.")
+        # a graph with a dynamic sequence axis runs each batch at its longest caption (preprocess.text)
+        self._trims_padding = takes_trimmed_padding(self._text.inputs)
 
     @property
     def context_length(self) -> int:
@@ -144,6 +150,10 @@ class Clip:
         missing = [name for name in self._text_inputs if name not in tokens]
         if missing:
             raise InputError(f"The tokenized captions lack {', '.join(missing)}; pass what tokenizer.encode returns.")
+        if any(np.ndim(tokens[name]) != 2 or np.shape(tokens[name])[1] != self.context_length
+               for name in self._text_inputs):
+            raise InputError(f"The tokenized captions must be (N, {self.context_length}) arrays; pass what "
+                             "tokenizer.encode returns.")
         return l2_normalize(self._text_features(tokens))
 
     def zero_shot_prepared(self, pixels: np.ndarray, labels: Sequence[str],
@@ -163,8 +173,10 @@ class Clip:
 
     def _text_features(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
         n = len(tokens[self._text_inputs[0]])
-        parts = [self._text.run({name: tokens[name][start:start + MAX_BATCH] for name in self._text_inputs})
-                 [self._text_output] for start in range(0, n, MAX_BATCH)]
+        parts = []
+        for start in range(0, n, MAX_BATCH):
+            feeds = {name: np.asarray(tokens[name][start:start + MAX_BATCH]) for name in self._text_inputs}
+            parts.append(self._text.run(trim_padding(feeds) if self._trims_padding else feeds)[self._text_output])
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     # -- zero-shot --------------------------------------------------------------------------
