@@ -301,6 +301,19 @@ def _fingerprint(folder: Path, variants: list[tuple[str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
+QUIET_LOAD = 1.5  # the 1-minute load average a model's timing starts under (issue 19)
+
+
+def wait_for_quiet(say, limit_s: float = 180.0) -> None:
+    """Waits, up to `limit_s`, for the 1-minute load average to fall below QUIET_LOAD before a
+    model is timed: an export or the model before leaves it near the number of cores. The
+    bench result records the load it started under either way, and warns when it was high."""
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= QUIET_LOAD and time.perf_counter() - t0 < limit_s:
+        time.sleep(5)
+    say(f"load average {os.getloadavg()[0]:.2f} before timing (waited {time.perf_counter() - t0:.0f} s)")
+
+
 def run_model(model: Model, work: Path, args: argparse.Namespace, say) -> dict[str, Any]:
     import vlmedge
 
@@ -343,6 +356,7 @@ def run_model(model: Model, work: Path, args: argparse.Namespace, say) -> dict[s
             peers["optimum"] = path
         else:
             say(f"optimum peer skipped: {why}")
+    wait_for_quiet(say)
     result = vlmedge.bench(artifact, batch_sizes=list(model.batch_sizes), threads=args.threads, warmup=args.warmup,
                            duration=args.duration, min_iterations=args.min_iterations, peers=peers, progress=say)
     record.update(status="measured", result=result.to_dict())

@@ -195,7 +195,7 @@ class OpenVinoSession(Session):
             shapes = {name: list(array.shape) for name, array in feeds.items()}
             # OpenVINO's message is a stack of "Exception from <source file>" lines around the one that says why
             why = " ".join(line.strip() for line in str(exc).splitlines()
-                           if line.strip() and not line.startswith("Exception from"))
+                           if line.strip() and not line.startswith("Exception from")) or str(exc).strip()
             raise InputError(f"OpenVINO could not run the model on inputs of shapes {shapes}: {why}") from None
         return {name: np.array(results[port], copy=True) for name, port in self._output_ports}
 

@@ -25,10 +25,10 @@ and attention-pooling head come along unchanged.
 Captions are tokenized to the context length the tokenizer pads to (CLIP 77, SigLIP
 64). A text tower that pools at EOS or under an attention mask gives the same embedding
 without the trailing padding, so its graph gets a dynamic sequence axis and the runtime
-runs each batch at its longest caption (``_any_length``; CLIP at 10 tokens takes half the
-time of 77). SigLIP pools the last position, so its padding is part of the model and its
-length stays fixed. The text graph takes an ``attention_mask`` exactly when the tokenizer hands one to the model
-(``model_input_names``), so the graph computes what ``model(**tokenizer(...))`` does.
+runs each batch at its longest caption (``_any_length``; benchmarks/clip_text_length.py).
+SigLIP pools the last position, so its padding is part of the model and its length stays
+fixed. The text graph takes an ``attention_mask`` exactly when the tokenizer hands one to
+the model (``model_input_names``), so the graph computes what ``model(**tokenizer(...))`` does.
 BERT-style tokenizers' ``token_type_ids`` are left out: for one caption they are all zero,
 which is what the text model uses without them.
 

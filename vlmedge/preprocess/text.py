@@ -327,9 +327,6 @@ def load_text_tokenizer(folder: str | Path, spec: TextPreprocessSpec | dict) -> 
     return TextTokenizer(Path(folder) / spec.tokenizer_file, spec)
 
 
-__all__ = ["TextPreprocessSpec", "TextTokenizer", "clean_text", "load_text_tokenizer"]
-
-
 # -- trailing padding ----------------------------------------------------------------------
 #
 # Text graphs exported with a dynamic sequence axis (CLIP-style towers pooled at EOS or CLS,
@@ -352,10 +349,16 @@ def trim_padding(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``tokens`` without the trailing positions that are padding (attention mask 0) in every
     caption; at least one position is kept. Arrays other than the (N, L) token arrays pass as they are."""
     mask = tokens["attention_mask"]
-    used = np.flatnonzero(mask.any(axis=0)) if mask.ndim == 2 and mask.shape[0] else np.zeros(0, dtype=np.int64)
-    length = max(int(used[-1]) + 1 if used.size else 1, 1)
-    if mask.ndim != 2 or length >= mask.shape[1]:
+    if mask.ndim != 2 or not mask.shape[0]:
         return dict(tokens)
-    full = mask.shape[1]
+    used = np.flatnonzero(mask.any(axis=0))
+    length, full = (int(used[-1]) + 1 if used.size else 1), mask.shape[1]
+    if length >= full:
+        return dict(tokens)
     return {name: value[:, :length] if value.ndim == 2 and value.shape[1] == full else value
             for name, value in tokens.items()}
+
+
+__all__ = ["TextPreprocessSpec", "TextTokenizer", "clean_text", "load_text_tokenizer", "takes_trimmed_padding",
+           "trim_padding"]
+
