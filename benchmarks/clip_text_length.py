@@ -15,7 +15,7 @@ seeded random weights, the real CLIP BPE tokenizer):
                           and at the full context (what it did before: the same file and
                           pipeline, the trimming turned off)
 
-The captions are the 16 bundled ones (exporters/sample_data/captions.txt, 7-24 tokens): batch 1
+The captions are the 16 bundled ones (exporters/sample_data/captions.txt, 8-30 tokens): batch 1
 cycles through them one at a time, batch 16 embeds them all. Each variant's two ways are
 compared too: the smallest cosine between their embeddings.
 
@@ -92,6 +92,7 @@ def measure(folder: Path, artifact: Path, rounds: int, runs: int) -> dict[str, A
     import transformers
 
     import vlmedge
+    from vlmedge.artifact import Artifact
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = user_model(folder)
@@ -101,7 +102,7 @@ def measure(folder: Path, artifact: Path, rounds: int, runs: int) -> dict[str, A
         "PyTorch fp32 (SDPA), padding=max_length": pytorch_embed(model, tokenizer, "max_length"),
     }
     agreement = {}
-    for entry in vlmedge.load(artifact).model.artifact.model_entries(graph="text"):
+    for entry in Artifact.open(artifact).model_entries(graph="text"):
         backend = {"onnx": "onnxruntime", "openvino": "openvino"}[entry["target"]]
         longest = vlmedge.load(artifact, backend=backend, precision=entry["precision"])
         full = vlmedge.load(artifact, backend=backend, precision=entry["precision"])
