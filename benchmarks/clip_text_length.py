@@ -27,11 +27,9 @@ Writes benchmarks/results/clip-text-length-<machine>.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +39,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.quantization import Timer, cosine_min, cpu_flags, cpu_name, machine_name, write_results  # noqa: E402
+from benchmarks.quantization import (Timer, cosine_min, machine_fields, parse_timing_args, timing_parser,  # noqa: E402
+                                     write_results)
 from benchmarks.quantization_models import calibration_folder, user_model  # noqa: E402
 from benchmarks.run_suite import MODELS, suite_gates  # noqa: E402
 
@@ -159,28 +158,17 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vlmedge-bench-clip-text")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--machine", default=machine_name())
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=4)
-    parser.add_argument("--calibration", type=int, default=40, help="calibration items for the int8 files")
-    parser.add_argument("--quick", action="store_true", help="tiny configs of the same classes: checks the wiring")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.work = args.work.with_name(args.work.name + "-quick")
-        args.out, args.rounds, args.runs = args.work / "out", 1, 2  # wiring figures stay out of results/
+    parser = timing_parser(__doc__, "vlmedge-bench-clip-text", rounds=5, runs=4,
+                           calibration_help="calibration items for the int8 files")
+    args = parse_timing_args(parser, argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     folder = export(args.work, args.quick, args.calibration)
     load_at_start = os.getloadavg()[0]
     measured = measure(folder, args.work / "artifact", args.rounds, args.runs)
-    summary = {"machine": args.machine, "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
-               "cpu_flags": cpu_flags(), "load_average_at_start": round(load_at_start, 2), "rounds": args.rounds,
-               "runs_per_round": args.runs, **measured, "wall_seconds": round(time.time() - started, 1),
-               "command": "python benchmarks/clip_text_length.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    summary = {**machine_fields(args, "clip_text_length.py", argv), "load_average_at_start": round(load_at_start, 2),
+               **measured, "wall_seconds": round(time.time() - started, 1)}
     write_results(args.out / f"clip-text-length-{args.machine}", summary, markdown(summary))
     return 0
 

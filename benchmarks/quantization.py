@@ -66,6 +66,40 @@ def machine_name() -> str:
     return "-".join(re.findall(r"[a-z0-9]+", model))[:48] + f"-{len(os.sched_getaffinity(0))}c"
 
 
+def timing_parser(doc: str, work: str, rounds: int, runs: int, calibration_help: str,
+                  quick: bool = True) -> argparse.ArgumentParser:
+    """The options the side-by-side timing scripts share: where they work and write, the
+    machine's name, rounds x runs, calibration items and (where `quick`) the wiring check."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / work)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--machine", default=machine_name())
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--calibration", type=int, default=40, help=calibration_help)
+    if quick:
+        parser.add_argument("--quick", action="store_true", help="tiny configs of the same classes: checks the wiring")
+    return parser
+
+
+def parse_timing_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed options; --quick works in its own folder, once, and keeps its wiring
+    figures out of results/."""
+    args = parser.parse_args(argv)
+    if getattr(args, "quick", False):
+        args.work = args.work.with_name(args.work.name + "-quick")
+        args.out, args.rounds, args.runs = args.work / "out", 1, 2
+    return args
+
+
+def machine_fields(args: argparse.Namespace, script: str, argv: list[str] | None) -> dict[str, Any]:
+    """What every summary says of the machine and the run: its name, CPU, cores and flags,
+    rounds x runs, and the command that made it."""
+    return {"machine": args.machine, "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "cpu_flags": cpu_flags(),
+            "rounds": args.rounds, "runs_per_round": args.runs,
+            "command": f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])}
+
+
 def build_model(seed: int = 0):
     """google/vit-base-patch16-224's config: ViTConfig()'s ViT-B/16 at 224 with its 1000 labels,
     seeded random weights, the head widened x8 as benchmarks/run_suite.py does."""
@@ -160,15 +194,10 @@ class Timer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vlmedge-bench-quantization")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--machine", default=machine_name())
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--calibration", type=int, default=40, help="photo crops calibrating int8 (vlmedge and plain NNCF)")
+    parser = timing_parser(__doc__, "vlmedge-bench-quantization", rounds=5, runs=6, quick=False,
+                           calibration_help="photo crops calibrating int8 (vlmedge and plain NNCF)")
     parser.add_argument("--reuse", action="store_true", help="re-time the artifact of an earlier run in --work")
-    args = parser.parse_args(argv)
+    args = parse_timing_args(parser, argv)
 
     import onnxruntime as ort
     import openvino as ov
@@ -303,12 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_ms": bf16[0]["median_ms"] if bf16 else None,
     }
     summary = {
-        "machine": args.machine, "cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+        **machine_fields(args, "quantization.py", argv),
         "load_average_during_timing": [round(x, 2) for x in timer.load], "load_average_at_start": round(load_at_start, 2),
         "model": "transformers.ViTForImageClassification(ViTConfig()), torch.manual_seed(0), 224x224, batch 1",
-        "rounds": args.rounds, "runs_per_round": args.runs, "calibration": args.calibration, "export_seconds": export_seconds,
+        "calibration": args.calibration, "export_seconds": export_seconds,
         "versions": artifact.manifest.get("versions"), "goals": goals, "results": rows,
-        "command": "python benchmarks/quantization.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "wall_seconds": round(time.time() - started, 1),
     }
     write_results(args.out / f"quantization-{args.machine}", summary, markdown(summary))

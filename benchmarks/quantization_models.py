@@ -30,7 +30,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.quantization import (Timer, cosine_min, cpu_flags, cpu_name, machine_name,  # noqa: E402
-                                     photo_crops, write_results)
+from benchmarks.quantization import (Timer, cosine_min, machine_fields, parse_timing_args, photo_crops,  # noqa: E402
+                                     timing_parser, write_results)
 from benchmarks.run_suite import MODELS, suite_gates  # noqa: E402
 
 PLAIN_BEST = ("plain: NNCF int8 defaults", "plain: OpenVINO bf16")  # the tools the goal names
@@ -235,20 +234,11 @@ def markdown_graph(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timing_parser(__doc__, "vlmedge-bench-quantization-models", rounds=4, runs=5,
+                           calibration_help="calibration items (vlmedge and plain NNCF)")
     parser.add_argument("--models", default=",".join(NAMES), help=f"comma-separated, of {', '.join(NAMES)}")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vlmedge-bench-quantization-models")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--machine", default=machine_name())
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--calibration", type=int, default=40, help="calibration items (vlmedge and plain NNCF)")
     parser.add_argument("--reuse", action="store_true", help="re-time the artifacts of an earlier run in --work")
-    parser.add_argument("--quick", action="store_true", help="tiny configs of the same classes: checks the wiring")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.work = args.work.with_name(args.work.name + "-quick")
-        args.out, args.rounds, args.runs = args.work / "out", 1, 2  # wiring figures stay out of results/
+    args = parse_timing_args(parser, argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
@@ -260,10 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"{name}: load average {os.getloadavg()[0]:.2f} at its start")
         graphs += measure_model(name, args)
-    summary = {"machine": args.machine, "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "cpu_flags": cpu_flags(),
-               "load_average_at_start": round(load_at_start, 2), "rounds": args.rounds, "runs_per_round": args.runs,
-               "calibration": args.calibration, "graphs": graphs, "wall_seconds": round(time.time() - started, 1),
-               "command": "python benchmarks/quantization_models.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    summary = {**machine_fields(args, "quantization_models.py", argv), "load_average_at_start": round(load_at_start, 2),
+               "calibration": args.calibration, "graphs": graphs, "wall_seconds": round(time.time() - started, 1)}
     write_results(args.out / f"quantization-models-{args.machine}", summary, markdown(summary))
     return 0
 

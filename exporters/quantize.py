@@ -176,25 +176,33 @@ def first_and_last_layers(model: onnx.ModelProto) -> list[str]:
 
 
 def _prepared(base: Path, folder: Path) -> Path:
-    """quant_pre_process: symbolic shape inference and ORT's basic graph optimisation, as
-    ONNX Runtime's quantizer recommends before quantizing."""
+    """quant_pre_process: symbolic shape inference, ONNX shape inference and ORT's basic
+    graph optimisation, as ONNX Runtime's quantizer recommends before quantizing.
+
+    ORT's symbolic shape inference cannot follow some graphs (a text graph whose sequence
+    axis is dynamic builds its causal mask from that axis); those are pre-processed without
+    it. Only if that fails too is the graph quantized as exported (and ORT warns)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = folder.parent / "prepared.onnx"
-    if not prepared.exists():
-        large = (base.parent / f"{base.name}.data").exists()
+    if prepared.exists():
+        return prepared
+    large = (base.parent / f"{base.name}.data").exists()
+    for skip_symbolic_shape in (False, True):
         try:
             # When its shape inference is incomplete, ONNX Runtime saves the model (with external
             # data) to "sym_shape_infer_temp.onnx" in the working directory: keep that in the
             # quantizer's temporary folder rather than the user's.
             with contextlib.chdir(folder.parent):
-                quant_pre_process(str(base.resolve()), str(prepared.resolve()), save_as_external_data=large,
-                                  all_tensors_to_one_file=True,
+                quant_pre_process(str(base.resolve()), str(prepared.resolve()), skip_symbolic_shape=skip_symbolic_shape,
+                                  save_as_external_data=large, all_tensors_to_one_file=True,
                                   external_data_location="prepared.onnx.data" if large else None)
-        except Exception:  # symbolic shape inference fails on some graphs: quantize the graph as exported
-            shutil.copyfile(base, prepared)
-            if large:
-                shutil.copyfile(base.parent / f"{base.name}.data", prepared.parent / f"{base.name}.data")
+            return prepared
+        except Exception:  # noqa: BLE001 - ORT raises bare Exceptions here; the next way is tried
+            prepared.unlink(missing_ok=True)
+    shutil.copyfile(base, prepared)
+    if large:
+        shutil.copyfile(base.parent / f"{base.name}.data", prepared.parent / f"{base.name}.data")
     return prepared
 
 

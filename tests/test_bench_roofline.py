@@ -83,6 +83,41 @@ def test_operation_count_equals_the_hand_count(tmp_path, batch):
     assert count.activation_bytes == 4 * count.activation_elements
 
 
+def positions_graph(path: Path) -> Path:
+    """x (N, L, 4) plus a (1, 16, 4) position table sliced to L, a length computed from x's
+    shape (as a text graph of any length does), then MatMul 4 -> 8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    initializers = [numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "table"),
+                    numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w"),
+                    numpy_helper.from_array(np.array([1], np.int64), "one"),
+                    numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+             helper.make_node("Slice", ["table", "zero", "length", "one"], ["positions"]),
+             helper.make_node("Add", ["x", "positions"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "positions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_a_batch_of_one_is_counted_where_shape_inference_loses_its_axis(tmp_path, batch):
+    """Shape inference broadcasts batch 1 against the sliced table's unknown dims into an
+    unknown dim (batch 2 or 3 stays): the count at batch 1 is the batch-2 count halved."""
+    from vlmedge.bench.roofline import count_onnx
+
+    count = count_onnx(positions_graph(tmp_path / "positions.onnx"), {"x": (batch, 5, 4)})
+    assert count.unknown == [] and count.macs == batch * 5 * 4 * 8 and count.by_op == {"MatMul": count.macs}
+    assert ("at batch 2 halved" in count.source) == (batch == 1)
+
+
 @pytest.mark.skipif("openvino" not in BACKENDS, reason="openvino is not installed")
 def test_openvino_counts_the_same_graph_alike(tmp_path):
     from vlmedge.bench.roofline import count_openvino
@@ -194,6 +229,27 @@ def test_bench_rows_carry_the_roofline_in_json_markdown_and_table(vit_artifact, 
     assert again.peaks[0].cached and again.peaks[0].peaks == machine.peaks
     off = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[2], iterations=3, warmup=1, roofline=False)
     assert off.rows[0].roofline is None and off.peaks == []
+
+
+@pytest.mark.skipif("onnxruntime" not in BACKENDS, reason="onnxruntime is not installed")
+def test_a_cached_peak_that_a_row_runs_above_is_measured_again(vit_artifact, quick_peaks, monkeypatch):
+    """A peak cached on a busier (or slower) machine understates this one: the first row that
+    runs above it has the backend's peaks measured again, and the cache holds the new ones."""
+    real = peak.measure_gemm
+    monkeypatch.setattr(peak, "measure_gemm", lambda b, p, t, s: peak.Peak(b, p, 1e-6, "understated"))
+    threads = peak.machine_peaks("onnxruntime", threads=1).threads
+    monkeypatch.setattr(peak, "measure_gemm", real)
+    said = []
+    result = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[2], iterations=3, warmup=1, threads=threads,
+                           progress=said.append)
+    [machine] = result.peaks
+    assert not machine.cached and machine.gops("fp32") > 1e-6
+    assert any("ran above the cached peak" in line and "measuring onnxruntime's peaks again" in line for line in said)
+    r = result.rows[0].roofline
+    assert r.peak_gops == machine.gops("fp32") and r.percent_of_peak == pytest.approx(100 * r.gops_per_s / r.peak_gops,
+                                                                                     rel=1e-2)
+    stored = peak._cached(peak.cache_key("onnxruntime", peak.backend_version("onnxruntime"), threads, 96))
+    assert {p["precision"]: p["gops"] for p in stored["peaks"]}["fp32"] == machine.gops("fp32")
 
 
 @pytest.mark.skipif("onnxruntime" not in BACKENDS, reason="onnxruntime is not installed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +13,23 @@ import pytest
 SAMPLE = Path(__file__).resolve().parent.parent / "exporters" / "sample_data" / "red-circle.jpg"
 
 
-def vlmedge_cli(*args: str, timeout: float = 300, columns: int = 200, prelude: str = "") -> subprocess.CompletedProcess:
+def vlmedge_cli(*args: str, timeout: float = 300, columns: int = 200, prelude: str = "",
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real `vlmedge` command in a subprocess, its output to pipes; `prelude`: Python run
-    before it in the same process (e.g. to make a package unfindable)."""
+    before it in the same process (e.g. to make a package unfindable); `env`: added variables."""
     command = [sys.executable, "-m", "vlmedge.cli"] if not prelude else [
         sys.executable, "-c", f"{prelude}\nimport sys\nfrom vlmedge.cli import main\nmain(sys.argv[1:])"]
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "COLUMNS": str(columns)})
+                          timeout=timeout, env={**__import__("os").environ, "COLUMNS": str(columns), **(env or {})})
 
 
 def test_export_predict_info_check(hf_classifier_dir, tmp_path):
     out = tmp_path / "vit"
-    result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", out)
+    result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", out, columns=80)
     assert result.returncode == 0, result.stderr
     assert "parity passed" in result.stdout and result.stdout.count("export success") == 1
+    # a progress line stays one line in an 80-column log, whatever its length
+    assert re.search(r"^  \[model\] parity passed for onnx/model\.fp32\.onnx: .{40,} at batch 1$", result.stdout, re.M)
     assert "Loading weights" not in result.stdout + result.stderr  # no third-party progress bar
     assert f"vlmedge predict {out} IMAGE" in result.stdout.replace("\n", " ")
 

@@ -136,7 +136,7 @@ def bench(
 
     with out.status("benchmarking") as status:
         def say(message: str) -> None:
-            out.print(f"  {message}", highlight=False, markup=False)
+            out.print(f"  {message}", highlight=False, markup=False, soft_wrap=True)  # one line each in logs
             status.update(message)
 
         path, tmp = _artifact_or_export(artifact, say)

@@ -100,7 +100,26 @@ def gemm_macs(op: str, inputs: Sequence[Sequence[int] | None], output: Sequence[
 
 def count_onnx(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> OpCount:
     """Counts an ONNX file's work at the given input shapes (dims of other inputs stay as
-    they are), with shapes from onnx.shape_inference (data propagation on)."""
+    they are), with shapes from onnx.shape_inference (data propagation on).
+
+    At batch 1, shape inference broadcasts the batch axis against a dim it could not infer
+    (a position table sliced to a length computed from the input's shape, as a text graph of
+    any length has) into an unknown dim, where a batch of 2 stays 2. Such a graph is counted
+    at batch 2 and halved: the items of a batch are independent (the artifact's contract), so
+    every MAC and activation scales with the batch."""
+    count = _count_onnx_at(path, input_shapes)
+    ones = {name for name, shape in input_shapes.items() if len(shape) and shape[0] == 1}
+    if count.unknown and ones:
+        doubled = _count_onnx_at(path, {name: (2, *shape[1:]) if name in ones else shape
+                                        for name, shape in input_shapes.items()})
+        if not doubled.unknown:
+            return OpCount(doubled.macs // 2, {op: macs // 2 for op, macs in doubled.by_op.items()},
+                           doubled.weight_elements, doubled.weight_bytes, doubled.activation_elements // 2,
+                           doubled.activation_bytes // 2, doubled.source + ", at batch 2 halved")
+    return count
+
+
+def _count_onnx_at(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> OpCount:
     import onnx
     from onnx import helper, shape_inference
 
@@ -269,6 +288,10 @@ def roofline(row: Row, count: OpCount | None, peaks: MachinePeaks | None, why: s
     attainable = min(peak, intensity * bandwidth) if peak and bandwidth and intensity else None
     if row.mode == "end-to-end":
         notes.append("end-to-end: the time includes decoding, preprocessing and postprocessing")
+    if peak and gops > peak:
+        load = f"{peaks.load_average[0]:.2f}" if peaks.load_average else "unknown"
+        notes.append(f"above the {precision} peak measured {peaks.measured} at load {load}: "
+                     "that peak understates this machine now; measure it on a quiet machine with --remeasure-peak")
     return Roofline(
         ops=count.ops, macs=count.macs, gops_per_s=float(f"{gops:.4g}"), compute_precision=precision,
         peak_gops=peak, percent_of_peak=float(f"{100 * gops / peak:.3g}") if peak else None, bytes=nbytes,
@@ -302,32 +325,56 @@ def _count_file(plan: Plan, row: Row) -> tuple[Path, str] | str:
 
 def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
     """Fills every row's `roofline`; returns the peaks used (one per backend and thread
-    count), measured now or read from the cache (`remeasure`: measured again)."""
+    count), measured now or read from the cache (`remeasure`: measured again).
+
+    A row that ran faster than its backend's cached peak shows that peak was measured on a
+    busier or slower machine than this one now: that backend's peaks are measured again,
+    once, and its rows placed against the new ones."""
     counts: dict[tuple, OpCount | str] = {}
     peaks: dict[tuple[str, int | None], MachinePeaks] = {}
+    placed: list[tuple[Row, tuple[str, int | None], OpCount | str]] = []
     for row in plan.rows:
-        found = _count_file(plan, row)
-        try:
-            shapes = plan.feed_shapes(row.graph, row.batch_size)
-        except VlmedgeError:  # no stored inputs: the row says why it has no roofline
-            shapes = {}
-        key = (found, tuple(sorted(shapes.items())))
-        if key not in counts:
-            if isinstance(found, str):
-                counts[key] = found
-            else:
-                try:
-                    counts[key] = (count_onnx if found[1] == "onnx" else count_openvino)(found[0], shapes)
-                except Exception as exc:  # an unreadable graph: this row has no roofline, the others do
-                    counts[key] = f"operations could not be counted: {type(exc).__name__}: {exc}".splitlines()[0]
-        count = counts[key]
-        backend = "onnxruntime" if row.peer else row.backend
-        if (backend, row.threads) not in peaks:
-            plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {row.threads} threads "
-                     "(measured once per machine, then read from the cache)")
-            peaks[(backend, row.threads)] = machine_peaks(backend, row.threads or 1, remeasure, warnings=plan.warnings)
-        if isinstance(count, str):
-            row.roofline = roofline(row, None, None, why=count)
-        else:
-            row.roofline = roofline(row, count, peaks[(backend, row.threads)])
+        count = _count_of(plan, row, counts)
+        key = ("onnxruntime" if row.peer else row.backend, row.threads)
+        if key not in peaks:
+            peaks[key] = _peaks(plan, key, remeasure)
+        row.roofline = _place(row, count, peaks[key])
+        placed.append((row, key, count))
+    stale = {key for row, key, _ in placed if peaks[key].cached and (row.roofline.percent_of_peak or 0) > 100}
+    for key in stale:
+        plan.say(f"a {key[0]} row ran above the cached peak of its precision: measuring {key[0]}'s peaks again")
+        peaks[key] = _peaks(plan, key, remeasure=True)
+    for row, key, count in placed:
+        if key in stale:
+            row.roofline = _place(row, count, peaks[key])
     return list(peaks.values())
+
+
+def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCount | str:
+    """The row's operation count at the shapes it ran (memoised per file and shapes), or why there is none."""
+    found = _count_file(plan, row)
+    try:
+        shapes = plan.feed_shapes(row.graph, row.batch_size)
+    except VlmedgeError:  # no stored inputs: the row says why it has no roofline
+        shapes = {}
+    key = (found, tuple(sorted(shapes.items())))
+    if key not in counts:
+        if isinstance(found, str):
+            counts[key] = found
+        else:
+            try:
+                counts[key] = (count_onnx if found[1] == "onnx" else count_openvino)(found[0], shapes)
+            except Exception as exc:  # an unreadable graph: this row has no roofline, the others do
+                counts[key] = f"operations could not be counted: {type(exc).__name__}: {exc}".splitlines()[0]
+    return counts[key]
+
+
+def _peaks(plan: Plan, key: tuple[str, int | None], remeasure: bool) -> MachinePeaks:
+    backend, threads = key
+    plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {threads} threads "
+             "(measured once per machine, then read from the cache)")
+    return machine_peaks(backend, threads or 1, remeasure, warnings=plan.warnings)
+
+
+def _place(row: Row, count: OpCount | str, peaks: MachinePeaks) -> Roofline:
+    return roofline(row, None, None, why=count) if isinstance(count, str) else roofline(row, count, peaks)

@@ -166,7 +166,7 @@ def export(
     with contextlib.nullcontext() if quiet else out.status("exporting") as status:
         def progress(message: str) -> None:
             if not quiet:
-                out.print(f"  {message}", markup=False, highlight=False)  # "[image] ..." is a graph name, not a style
+                out.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)  # "[image]" is a graph name
                 status.update(f"exporting: {message}")
 
         artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
@@ -184,7 +184,7 @@ def export(
                       markup=False, highlight=False, soft_wrap=True)
     for entry in dropped:
         err_console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']}: {escape(entry['reason'])}",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
     if dropped:
         raise typer.Exit(ParityError.exit_code)
 
@@ -386,7 +386,7 @@ def check(
              f"parity check of {artifact}")
         for r in failed:
             for failure in r["failures"]:
-                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
+                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(ParityError.exit_code)
 
