@@ -152,6 +152,20 @@ def test_peak_is_measured_cached_and_measured_again_for_another_key(backend, qui
     assert len(gemms()) == 3
 
 
+def test_measured_again_after_a_faster_row_each_precision_keeps_the_higher_figure(quick_peaks, monkeypatch):
+    figures = {"fp32": 100.0, "fp16": 50.0, "bf16": None, "int8": 400.0}
+    monkeypatch.setattr(peak, "measure_gemm", lambda b, p, t, s: peak.Peak(b, p, figures[p], f"first {p}"))
+    first = peak.machine_peaks("onnxruntime", threads=1)
+    figures.update(fp32=80.0, fp16=70.0, bf16=30.0)  # a slower moment for fp32; fp16 and bf16 now higher
+    monkeypatch.setattr(peak, "measure_gemm", lambda b, p, t, s: peak.Peak(b, p, figures[p], f"second {p}"))
+    again = peak.machine_peaks("onnxruntime", threads=1, keep_higher=True)
+    assert not again.cached and {p.precision: p.gops for p in again.peaks} == {"fp32": 100.0, "fp16": 70.0,
+                                                                               "bf16": 30.0, "int8": 400.0}
+    kept = next(p for p in again.peaks if p.precision == "fp32")
+    assert kept.note.startswith("first fp32; measured ") and first.measured in kept.note
+    assert peak.machine_peaks("onnxruntime", threads=1).peaks == again.peaks  # what the cache now holds
+
+
 def test_no_cache_measures_every_time_and_writes_nothing(quick_peaks, monkeypatch):
     monkeypatch.setenv("VLMEDGE_NO_CACHE", "1")
     monkeypatch.setattr(peak, "measure_gemm", lambda b, p, t, s: peak.Peak(b, p, 1.0, "x"))

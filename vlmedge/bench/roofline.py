@@ -329,7 +329,8 @@ def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
 
     A row that ran faster than its backend's cached peak shows that peak was measured on a
     busier or slower machine than this one now: that backend's peaks are measured again,
-    once, and its rows placed against the new ones."""
+    once, each precision keeping the higher of the two figures, and its rows placed against
+    them."""
     counts: dict[tuple, OpCount | str] = {}
     peaks: dict[tuple[str, int | None], MachinePeaks] = {}
     placed: list[tuple[Row, tuple[str, int | None], OpCount | str]] = []
@@ -342,8 +343,8 @@ def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
         placed.append((row, key, count))
     stale = {key for row, key, _ in placed if peaks[key].cached and (row.roofline.percent_of_peak or 0) > 100}
     for key in stale:
-        plan.say(f"a {key[0]} row ran above the cached peak of its precision: measuring {key[0]}'s peaks again")
-        peaks[key] = _peaks(plan, key, remeasure=True)
+        plan.say(f"{key[0]}: a row ran above the cached peak of its precision; measuring {key[0]}'s peaks again")
+        peaks[key] = _peaks(plan, key, remeasure=True, keep_higher=True)
     for row, key, count in placed:
         if key in stale:
             row.roofline = _place(row, count, peaks[key])
@@ -369,11 +370,12 @@ def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCou
     return counts[key]
 
 
-def _peaks(plan: Plan, key: tuple[str, int | None], remeasure: bool) -> MachinePeaks:
+def _peaks(plan: Plan, key: tuple[str, int | None], remeasure: bool, keep_higher: bool = False) -> MachinePeaks:
     backend, threads = key
-    plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {threads} threads "
-             "(measured once per machine, then read from the cache)")
-    return machine_peaks(backend, threads or 1, remeasure, warnings=plan.warnings)
+    if not keep_higher:
+        plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {threads} threads "
+                 "(measured once per machine, then read from the cache)")
+    return machine_peaks(backend, threads or 1, remeasure, warnings=plan.warnings, keep_higher=keep_higher)
 
 
 def _place(row: Row, count: OpCount | str, peaks: MachinePeaks) -> Roofline:
