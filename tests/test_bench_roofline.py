@@ -118,6 +118,28 @@ def test_a_batch_of_one_is_counted_where_shape_inference_loses_its_axis(tmp_path
     assert ("at batch 2 halved" in count.source) == (batch == 1)
 
 
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs onnxruntime and openvino")
+def test_a_graph_onnx_shape_inference_cannot_follow_is_counted_by_openvino_where_the_run_asked_for_it(
+        hf_classifier_dir, quick_peaks, tmp_path):
+    """Swin's window partition reshapes by a length divided from the input's shape: ONNX
+    shape inference leaves those GEMMs unknown, OpenVINO's reading of the same file does not.
+    A run without OpenVINO rows does not import it for that and says what it left out."""
+    from vlmedge.bench.roofline import count_onnx, count_openvino
+
+    out = tmp_path / "swin"
+    vlmedge.export(str(hf_classifier_dir("swin")), out, to=["onnx", "openvino"], precision=["fp32"])
+    shape = {"pixel_values": (1, 3, 32, 32)}
+    onnx_count, openvino_count = (f(out / "onnx" / "model.fp32.onnx", shape) for f in (count_onnx, count_openvino))
+    assert onnx_count.unknown and not openvino_count.unknown and openvino_count.macs > onnx_count.macs
+
+    both = vlmedge.bench(out, backends=["onnxruntime", "openvino"], batch_sizes=[1], iterations=2, warmup=0, threads=1)
+    assert {row.backend for row in both.rows} == {"onnxruntime", "openvino"}
+    for row in both.rows:
+        assert row.roofline.macs == openvino_count.macs and "ONNX shape inference left" in row.roofline.count_source
+    alone = vlmedge.bench(out, backends=["onnxruntime"], batch_sizes=[1], iterations=2, warmup=0, threads=1)
+    assert alone.rows[0].roofline.macs == onnx_count.macs and "of unknown shape not counted" in alone.rows[0].roofline.note
+
+
 @pytest.mark.skipif("openvino" not in BACKENDS, reason="openvino is not installed")
 def test_openvino_counts_the_same_graph_alike(tmp_path):
     from vlmedge.bench.roofline import count_openvino

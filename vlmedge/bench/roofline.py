@@ -365,9 +365,22 @@ def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCou
         else:
             try:
                 counts[key] = (count_onnx if found[1] == "onnx" else count_openvino)(found[0], shapes)
+                if found[1] == "onnx" and counts[key].unknown and any(r.backend == "openvino" for r in plan.rows):
+                    counts[key] = _fewer_unknown(counts[key], found[0], shapes)
             except Exception as exc:  # an unreadable graph: this row has no roofline, the others do
                 counts[key] = f"operations could not be counted: {type(exc).__name__}: {exc}".splitlines()[0]
     return counts[key]
+
+
+def _fewer_unknown(count: OpCount, path: Path, shapes: dict[str, Sequence[int]]) -> OpCount:
+    """ONNX shape inference cannot follow some graphs (Swin's window partition divides a
+    length computed from the input's shape); OpenVINO's reading of the same file, reshaped
+    to static shapes, can. Used only where the run asked for OpenVINO, so it is imported."""
+    other = count_openvino(path, shapes)
+    if len(other.unknown) >= len(count.unknown):
+        return count
+    other.source += f"; ONNX shape inference left {len(count.unknown)} GEMM node(s) of unknown shape"
+    return other
 
 
 def _peaks(plan: Plan, key: tuple[str, int | None], remeasure: bool, keep_higher: bool = False) -> MachinePeaks:
