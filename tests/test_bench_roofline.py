@@ -186,6 +186,8 @@ def test_measured_again_after_a_faster_row_each_precision_keeps_the_higher_figur
     kept = next(p for p in again.peaks if p.precision == "fp32")
     assert kept.note.startswith("first fp32; measured ") and first.measured in kept.note
     assert peak.machine_peaks("onnxruntime", threads=1).peaks == again.peaks  # what the cache now holds
+    third = peak.machine_peaks("onnxruntime", threads=1, keep_higher=True)  # kept twice: said once
+    assert next(p for p in third.peaks if p.precision == "fp32").note == kept.note
 
 
 def test_no_cache_measures_every_time_and_writes_nothing(quick_peaks, monkeypatch):

@@ -19,10 +19,11 @@ apart from the GEMMs (one figure per thread count for every backend).
 Results are cached in peaks.json in the user cache folder (vlmedge.user_cache.cache_root:
 $VLMEDGE_CACHE_DIR, else $XDG_CACHE_HOME/vlmedge, else ~/.cache/vlmedge), keyed by CPU
 model and flags, thread count, backend and its version and the GEMM size; `remeasure=True`
-(`vlmedge bench --remeasure-peak`) measures again; `keep_higher=True` (what bench does when a
-row ran above a cached peak) measures again and keeps, per precision, the higher of the
-cached and the new figure; VLMEDGE_NO_CACHE=1 neither reads nor writes it. ONNX graphs are built with the `onnx` package, imported only here and only when
-a peak is measured: without it the ONNX Runtime peaks are reported unavailable.
+(`vlmedge bench --remeasure-peak`) measures again; `keep_higher=True` (what bench does when
+a row ran above a cached peak) measures again and keeps, per precision, the higher of the
+cached and the new figure; VLMEDGE_NO_CACHE=1 neither reads nor writes it. ONNX graphs are
+built with the `onnx` package, imported only here and only when a peak is measured: without
+it the ONNX Runtime peaks are reported unavailable.
 """
 
 from __future__ import annotations
@@ -293,8 +294,10 @@ def _higher(new: Peak, earlier: dict[str, Any]) -> Peak:
     try:
         old = next(p for p in earlier["peaks"] if p.get("precision") == new.precision)
         if isinstance(old.get("gops"), (int, float)) and old["gops"] > (new.gops or 0):
-            return Peak(new.backend, new.precision, float(old["gops"]),
-                        f"{old.get('note', '')}; measured {earlier.get('measured', 'earlier')}, higher than now")
+            note = str(old.get("note", ""))
+            if "; measured " not in note:  # kept before: the note already says when it was measured
+                note += f"; measured {earlier.get('measured', 'earlier')}, higher than now"
+            return Peak(new.backend, new.precision, float(old["gops"]), note)
     except (KeyError, StopIteration, TypeError, AttributeError):
         pass  # an entry of another shape: the new figure stands
     return new
