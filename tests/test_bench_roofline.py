@@ -4,6 +4,7 @@ whose JSON carries them and validates. No assertion depends on how fast anything
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -231,6 +232,11 @@ def test_a_row_is_placed_against_the_peak_of_the_precision_it_computes_in():
                     activation_bytes=0, source="test")
     fp32 = roofline(_row("openvino", "fp32", "OpenVINO CPU f32", 1.0), small, peaks)
     assert fp32.intensity == 0.25 and fp32.ridge == 5.0 and fp32.bound == "memory" and fp32.attainable_gops == 5.0
+    fast = roofline(_row("openvino", "fp32", "OpenVINO CPU f32", 1.0), count, peaks)  # 2000 GOP/s
+    assert fast.percent_of_peak == 2000.0 and "understates this machine now" in fast.note
+    fresh = roofline(_row("openvino", "fp32", "OpenVINO CPU f32", 1.0), count, dataclasses.replace(peaks, cached=False))
+    assert "run faster through openvino than its 1024^3 GEMM does" in fresh.note and "understates" not in fresh.note
+    assert "above the" not in bf16.note
     torch = roofline(_row("torch", "fp32", "torch eager", 1.0), small, None, "the torch baseline has no measured peak")
     assert torch.ops == 2 * 10**6 and torch.percent_of_peak is None and "no measured peak" in torch.note
 
