@@ -1,7 +1,7 @@
 """Where the time of vlmedge's int8 ViT-B/16 goes, and what bounds it: OpenVINO's own per-node
 counters (PERF_COUNT) on the int8 file benchmarks/quantization.py exported, grouped by node
 type and kernel, and the matrix multiplications' achieved rate against this machine's measured
-int8 GEMM peak (vlmedge.bench.peak: a 1024^3 u8 x s8 MatMul through OpenVINO itself).
+int8 GEMM peak (vlmedge.bench.peak: a chain of 8 1024^3 u8 x s8 MatMuls through OpenVINO itself).
 
     .venv/bin/python benchmarks/quantization.py            # exports the artifact (kept in --work)
     .venv/bin/python benchmarks/profile_int8.py            # then profiles its int8 file (~1 min)
@@ -36,7 +36,17 @@ def is_gemm(node_type: str) -> bool:
     return node_type.startswith(GEMMS)
 
 
-def profile(xml: Path, calls: int) -> tuple[dict[tuple[str, str], list[float]], float]:
+def float_precision(artifact: Path, xml: Path) -> str:
+    """The OpenVINO precision the export verified the file's float parts in (its manifest's
+    session options: bf16 where the CPU has it and the gate passed, else f32)."""
+    from vlmedge.artifact import Artifact
+    from vlmedge.runtimes.openvino import INFERENCE_PRECISIONS
+
+    entry = next(f for f in Artifact.open(artifact, verify=False).files if f["path"] == f"openvino/{xml.name}")
+    return INFERENCE_PRECISIONS[entry.get("session_options", {}).get("inference_precision", "fp32")]
+
+
+def profile(xml: Path, calls: int, precision: str) -> tuple[dict[tuple[str, str], list[float]], float]:
     """{(node type, kernel): per-call ms, summed over the nodes of that kind} and the median
     wall time of a call, over `calls` profiled calls after warm-up."""
     import time
@@ -44,7 +54,7 @@ def profile(xml: Path, calls: int) -> tuple[dict[tuple[str, str], list[float]], 
     from vlmedge.runtimes.openvino import core
 
     compiled = core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True,
-                                                      "INFERENCE_PRECISION_HINT": "f32"})
+                                                      "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     for _ in range(5):
@@ -83,7 +93,8 @@ def main() -> int:
     load_start = os.getloadavg()[0]
     threads = available_cores()
     count = count_openvino(xml, {"pixel_values": (1, 3, 224, 224)})
-    per_kind, wall_ms = profile(xml, args.calls)
+    precision = float_precision(args.artifact, xml)
+    per_kind, wall_ms = profile(xml, args.calls, precision)
     peak = machine_peaks("openvino", threads).gops("int8")
     medians = {key: statistics.median(values) for key, values in per_kind.items()}
     total = sum(medians.values())
@@ -91,7 +102,7 @@ def main() -> int:
     gemm_gops = count.ops / (gemm_ms / 1e3) / 1e9
     lines = [f"# Where int8 ViT-B/16 spends its time ({machine_name()})", "",
              f"`python benchmarks/profile_int8.py` on `{xml.name}` (vlmedge's OpenVINO int8 export of "
-             f"benchmarks/quantization.py), batch 1, {threads} threads; median of {args.calls} profiled calls: "
+             f"benchmarks/quantization.py), batch 1, {threads} threads, float parts in {precision}; median of {args.calls} profiled calls: "
              f"{wall_ms:.1f} ms a call, {total:.1f} ms in the nodes' counters; load average {load_start:.2f} at start, "
              f"{os.getloadavg()[0]:.2f} at end.", "",
              "| node type | kernel | ms per call | share |", "|---|---|---:|---:|"]

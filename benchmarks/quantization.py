@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
 import statistics
 import sys
@@ -39,31 +38,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
+from vlmedge.environment import cpu_flags, describe  # noqa: E402
+
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-                                             "amx_tile", "amx_int8", "amx_bf16"})
+    return describe().cpu_model
 
 
 def machine_name() -> str:
-    """e.g. 'intel-xeon-processor-2c', as benchmarks/run_suite.py names machines."""
-    model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", cpu_name().lower())
-    return "-".join(re.findall(r"[a-z0-9]+", model))[:48] + f"-{len(os.sched_getaffinity(0))}c"
+    """e.g. 'intel-xeon-processor-amx-2c': vlmedge.environment's name, as run_suite.py uses."""
+    return describe().machine_name
 
 
 def timing_parser(doc: str, work: str, rounds: int, runs: int, calibration_help: str,

@@ -52,6 +52,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from vlmedge.environment import describe  # noqa: E402
+
 WORK = ROOT / "benchmarks" / ".work" / "serve-load"
 RESULTS = ROOT / "benchmarks" / "results"
 SAMPLE = ROOT / "exporters" / "sample_data" / "red-circle.jpg"
@@ -282,17 +286,6 @@ def summarise(samples: list, seconds: float) -> dict:
     }
 
 
-def machine_name() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1] for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|@.*", "", cpu.lower())).strip("-")
-    return f"{slug}-{len(os.sched_getaffinity(0))}c"
-
-
 def markdown(result: dict) -> str:
     """The result as a Markdown table, one row per configuration and level."""
     how = {"v1": "/v1 JSON, base64", "v2": "KServe V2 JSON, base64",
@@ -339,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     artifact, model_desc = (args.artifact, str(args.artifact)) if args.artifact else prepare_artifact()
     name = "classifier"
     request = classify_request(name, args.image.read_bytes(), args.protocol)
-    result = {"schema": "vlmedge-serve-load", "machine": machine_name(), "model": model_desc, "protocol": args.protocol,
+    result = {"schema": "vlmedge-serve-load", "machine": describe().machine_name, "model": model_desc, "protocol": args.protocol,
               "engine": args.engine, **({"replicas": args.replicas} if args.engine == "ray" else {}),
               "artifact": str(artifact), "image": args.image.name, "seconds_per_level": args.seconds,
               "levels": levels, "load_average_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),

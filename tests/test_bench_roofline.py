@@ -235,7 +235,7 @@ def test_a_row_is_placed_against_the_peak_of_the_precision_it_computes_in():
     fast = roofline(_row("openvino", "fp32", "OpenVINO CPU f32", 1.0), count, peaks)  # 2000 GOP/s
     assert fast.percent_of_peak == 2000.0 and "understates this machine now" in fast.note
     fresh = roofline(_row("openvino", "fp32", "OpenVINO CPU f32", 1.0), count, dataclasses.replace(peaks, cached=False))
-    assert "run faster through openvino than its 1024^3 GEMM does" in fresh.note and "understates" not in fresh.note
+    assert "run faster through openvino than its chain of 1024^3 GEMMs does" in fresh.note and "understates" not in fresh.note
     assert "above the" not in bf16.note
     torch = roofline(_row("torch", "fp32", "torch eager", 1.0), small, None, "the torch baseline has no measured peak")
     assert torch.ops == 2 * 10**6 and torch.percent_of_peak is None and "no measured peak" in torch.note

@@ -16,6 +16,10 @@ import subprocess
 from dataclasses import dataclass, field
 
 PACKAGES = ("vlmedge", "numpy", "torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
+# The CPU features that decide which kernels the backends pick: wide vectors, int8 dot
+# products, bf16/fp16 arithmetic and AMX tiles (int8 and bf16 matrix units).
+COMPUTE_FLAGS = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                           "amx_tile", "amx_int8", "amx_bf16"})
 
 
 @dataclass
@@ -44,14 +48,18 @@ class Environment:
     versions: dict[str, str]
     gpus: list[Gpu] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)
+    cpu_flags: list[str] = field(default_factory=list)
 
     @property
     def machine_name(self) -> str:
-        """A file-name-safe label for this kind of machine, e.g. 'intel-xeon-processor-2c'."""
+        """A file-name-safe label for this kind of machine, e.g. 'intel-xeon-processor-2c', or
+        'intel-xeon-processor-amx-2c' where the CPU has AMX: CPUs sold under one name differ
+        by that unit, and int8/bf16 figures with and without it are different machines."""
         model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", self.cpu_model.lower())
         slug = "-".join(re.findall(r"[a-z0-9]+", model))[:48] or platform.machine().lower()
+        amx = "-amx" if "amx_int8" in self.cpu_flags else ""
         gpu = "-" + "-".join(re.findall(r"[a-z0-9]+", self.gpus[0].name.lower()))[:32] if self.gpus else ""
-        return f"{slug}-{self.cores_available}c{gpu}"
+        return f"{slug}{amx}-{self.cores_available}c{gpu}"
 
     def summary(self) -> str:
         """One line for a table caption."""
@@ -87,6 +95,12 @@ def cpu_key() -> dict[str, str]:
     flags = " ".join(sorted((fields.get("flags") or fields.get("Features") or "").split()))
     return {"machine": platform.machine(), "model": model,
             "flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
+
+
+def cpu_flags() -> list[str]:
+    """This CPU's COMPUTE_FLAGS, sorted."""
+    fields = _cpuinfo()
+    return sorted(COMPUTE_FLAGS.intersection((fields.get("flags") or fields.get("Features") or "").split()))
 
 
 def _physical_cores() -> int | None:
@@ -173,4 +187,5 @@ def describe() -> Environment:
         versions=package_versions(),
         gpus=gpus(),
         load_average=load,
+        cpu_flags=cpu_flags(),
     )

@@ -2,16 +2,19 @@
 backend, and the memory bandwidth, the ceilings against which `vlmedge bench` places every
 row (vlmedge.bench.roofline).
 
-The peak of a precision is the best of repeated calls of one square GEMM (M = N = K =
-GEMM_SIZE) opened through vlmedge's own session for the backend, as a model file is, with
-the same thread count:
-    fp32, fp16  a MatMul of a float input by a float weight;
+The peak of a precision is the best of repeated calls of a chain of GEMM_DEPTH square GEMMs
+(M = N = K = GEMM_SIZE, each by its own weight) opened through vlmedge's own session for the
+backend, as a model file is, with the same thread count. A chain, not one GEMM: where matrix
+units (AMX) make one GEMM take about as long as copying its input in and its output out, a
+single GEMM measures the copies (a third to half of the unit's rate on AMX); a model's many
+layers, like the chain, pass activations on inside the backend.
+    fp32, fp16  MatMuls of a float input by float weights;
     bf16        OpenVINO only, with INFERENCE_PRECISION_HINT bf16, on CPUs that compute in it
                 (ONNX Runtime's CPU provider has no bf16 GEMM);
     torch       fp32 only, torch.matmul in eager mode, for the baseline's rows;
-    int8        u8 activations x s8 weights: ONNX Runtime's MatMulInteger on a u8 input;
-                OpenVINO's FakeQuantize'd (u8) input by dequantised s8 weights, which it
-                lowers to an int8 GEMM.
+    int8        u8 activations x s8 weights: ONNX Runtime's MatMulInteger, each result
+                requantised to u8 for the next (QuantizeLinear); OpenVINO's FakeQuantize'd
+                (u8) inputs by dequantised s8 weights, which it lowers to int8 GEMMs.
 One operation is a multiply or an add: a GEMM does 2*M*N*K. The bandwidth is the best
 read + write rate of copying a BANDWIDTH_MB array with numpy, split over the threads, cached
 apart from the GEMMs (one figure per thread count for every backend).
@@ -42,12 +45,13 @@ from typing import Any, Callable
 import numpy as np
 
 GEMM_SIZE = 1024
+GEMM_DEPTH = 8  # GEMMs chained in one peak graph
 BANDWIDTH_MB = 256
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MIN_SECONDS = 0.25  # timed calls per precision: at least this long and MIN_CALLS calls, at most MAX_CALLS
 MIN_CALLS, MAX_CALLS = 5, 50
 CACHE_FILE = "peaks.json"
-CACHE_VERSION = 2  # raised when the way a peak is measured changes: older entries are measured again
+CACHE_VERSION = 3  # raised when the way a peak is measured changes: older entries are measured again
 
 
 @dataclass
@@ -113,23 +117,41 @@ def best_seconds(call: Callable[[], Any]) -> float:
 
 
 def _onnx_gemm(precision: str, size: int, folder: Path) -> tuple[Path, np.ndarray]:
-    """A one-node ONNX GEMM file and its input (MatMul, or MatMulInteger for int8)."""
+    """An ONNX chain of GEMM_DEPTH GEMMs and its input: MatMuls, or for int8 MatMulIntegers
+    whose int32 results are requantised to u8 for the next."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
+    nodes, weights = [], []
     if precision == "int8":
-        weight = rng.integers(-127, 128, (size, size), dtype=np.int8)
         feed = rng.integers(0, 256, (size, size), dtype=np.uint8)
-        node, in_type, out_type = helper.make_node("MatMulInteger", ["a", "w"], ["y"]), TensorProto.UINT8, TensorProto.INT32
+        in_type, out_type = TensorProto.UINT8, TensorProto.INT32
+        # requantising by 1 / (size * 64) keeps an int32 sum of size u8 x s8 products in u8's range
+        weights.append(numpy_helper.from_array(np.array(1.0 / (size * 64), np.float32), "scale"))
+        weights.append(numpy_helper.from_array(np.array(0, np.uint8), "zero"))
+        x = "a"
+        for i in range(GEMM_DEPTH):
+            weights.append(numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), f"w{i}"))
+            acc = "y" if i == GEMM_DEPTH - 1 else f"acc{i}"
+            nodes.append(helper.make_node("MatMulInteger", [x, f"w{i}"], [acc]))
+            if acc != "y":
+                nodes.append(helper.make_node("Cast", [acc], [f"f{i}"], to=TensorProto.FLOAT))
+                nodes.append(helper.make_node("QuantizeLinear", [f"f{i}", "scale", "zero"], [f"q{i}"]))
+                x = f"q{i}"
     else:
         dtype, kind = (np.float32, TensorProto.FLOAT) if precision == "fp32" else (np.float16, TensorProto.FLOAT16)
-        weight = rng.standard_normal((size, size)).astype(dtype)
         feed = rng.standard_normal((size, size)).astype(dtype)
-        node, in_type, out_type = helper.make_node("MatMul", ["a", "w"], ["y"]), kind, kind
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", in_type, [size, size])],
-                              [helper.make_tensor_value_info("y", out_type, [size, size])],
-                              [numpy_helper.from_array(weight, "w")])
+        in_type = out_type = kind
+        x = "a"
+        for i in range(GEMM_DEPTH):
+            # weights of variance 1/size keep the chain's values near unit scale (no inf in fp16)
+            weights.append(numpy_helper.from_array((rng.standard_normal((size, size)) / np.sqrt(size)).astype(dtype), f"w{i}"))
+            y = "y" if i == GEMM_DEPTH - 1 else f"y{i}"
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [y]))
+            x = y
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("a", in_type, [size, size])],
+                              [helper.make_tensor_value_info("y", out_type, [size, size])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # read by every onnxruntime vlmedge supports
     path = folder / f"gemm-{precision}.onnx"
@@ -138,23 +160,26 @@ def _onnx_gemm(precision: str, size: int, folder: Path) -> tuple[Path, np.ndarra
 
 
 def _openvino_gemm(precision: str, size: int, folder: Path) -> tuple[Path, np.ndarray]:
-    """A GEMM as an OpenVINO IR file and its input; int8 is the quantised pattern NNCF writes
-    (FakeQuantize to u8 on the input, s8 weights converted and scaled) that the CPU plugin
-    lowers to a u8 x s8 GEMM."""
+    """An OpenVINO IR chain of GEMM_DEPTH GEMMs and its input; int8 is the quantised pattern
+    NNCF writes (FakeQuantize to u8 on each input, s8 weights converted and scaled) that the
+    CPU plugin lowers to u8 x s8 GEMMs."""
     import openvino as ov
     import openvino.opset13 as ops
 
     rng = np.random.default_rng(0)
     feed = np.abs(rng.standard_normal((size, size))).astype(np.float32)
     x = ops.parameter([size, size], ov.Type.f32, name="a")
-    if precision == "int8":
-        low, high = ops.constant(np.float32(0.0)), ops.constant(np.float32(4.0))
-        x_q = ops.fake_quantize(x, low, high, low, high, 256)
-        w_q = ops.constant(rng.integers(-127, 128, (size, size), dtype=np.int8))
-        weight = ops.multiply(ops.convert(w_q, ov.Type.f32), ops.constant(np.full((1, size), 0.01, np.float32)))
-        y = ops.matmul(x_q, weight, False, False)
-    else:
-        y = ops.matmul(x, ops.constant(rng.standard_normal((size, size)).astype(np.float32)), False, False)
+    y = x
+    for _ in range(GEMM_DEPTH):
+        if precision == "int8":
+            low, high = ops.constant(np.float32(0.0)), ops.constant(np.float32(4.0))
+            w_q = ops.constant(rng.integers(-127, 128, (size, size), dtype=np.int8))
+            scale = ops.constant(np.full((1, size), 0.05 / np.sqrt(size), np.float32))
+            weight = ops.multiply(ops.convert(w_q, ov.Type.f32), scale)
+            y = ops.matmul(ops.fake_quantize(y, low, high, low, high, 256), weight, False, False)
+        else:
+            weight = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+            y = ops.matmul(y, ops.constant(weight), False, False)
     y.output(0).get_tensor().set_names({"y"})
     path = folder / f"gemm-{precision}.xml"
     ov.save_model(ov.Model([y], [x], "gemm"), str(path), compress_to_fp16=False)
@@ -182,23 +207,32 @@ def _unavailable(backend: str, precision: str) -> str | None:
 
 
 def _torch_gemm_seconds(size: int, threads: int) -> float:
-    """The best time of an fp32 torch.matmul in eager mode at `threads` (restored after)."""
+    """The best time of a chain of GEMM_DEPTH fp32 torch.matmuls in eager mode at `threads`
+    (restored after)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
-        a, w = (torch.randn(size, size, generator=generator) for _ in range(2))
+        a = torch.randn(size, size, generator=generator)
+        weights = [torch.randn(size, size, generator=generator) / size**0.5 for _ in range(GEMM_DEPTH)]
+
+        def chain() -> Any:
+            y = a
+            for w in weights:
+                y = torch.matmul(y, w)
+            return y
+
         with torch.inference_mode():
-            return best_seconds(lambda: torch.matmul(a, w))
+            return best_seconds(chain)
     finally:
         torch.set_num_threads(before)
 
 
 def measure_gemm(backend: str, precision: str, threads: int, size: int = GEMM_SIZE) -> Peak:
-    """The best GOP/s of a size^3 GEMM in `precision` through the backend's own session
-    (torch: torch.matmul, imported only for the torch baseline's rows)."""
+    """The best GOP/s of a chain of GEMM_DEPTH size^3 GEMMs in `precision` through the
+    backend's own session (torch: torch.matmul, imported only for the torch baseline's rows)."""
     from vlmedge.runtimes.base import open_session
 
     why = _unavailable(backend, precision)
@@ -206,8 +240,8 @@ def measure_gemm(backend: str, precision: str, threads: int, size: int = GEMM_SI
         return Peak(backend, precision, None, why)
     if backend == "torch":
         seconds = _torch_gemm_seconds(size, threads)
-        return Peak(backend, precision, round(2 * size**3 / seconds / 1e9, 1),
-                    f"fp32 torch.matmul {size}^3 in eager mode, best of repeated calls")
+        return Peak(backend, precision, round(2 * GEMM_DEPTH * size**3 / seconds / 1e9, 1),
+                    f"fp32 torch.matmul {size}^3 x {GEMM_DEPTH} chained in eager mode, best of repeated calls")
     with tempfile.TemporaryDirectory(prefix="vlmedge-peak-") as tmp:
         options: dict[str, Any] = {"threads": threads}
         if backend == "onnxruntime":
@@ -225,8 +259,8 @@ def measure_gemm(backend: str, precision: str, threads: int, size: int = GEMM_SI
             return Peak(backend, precision, None, f"the GEMM did not run: {first}")
         ran = getattr(session, "provider", backend)
     method = {"int8": "u8 x s8 MatMulInteger" if backend == "onnxruntime" else "FakeQuantize u8 x s8 MatMul"}
-    note = f"{method.get(precision, f'{precision} MatMul')} {size}^3, best of repeated calls, {ran}"
-    return Peak(backend, precision, round(2 * size**3 / seconds / 1e9, 1), note)
+    note = f"{method.get(precision, f'{precision} MatMul')} {size}^3 x {GEMM_DEPTH} chained, best of repeated calls, {ran}"
+    return Peak(backend, precision, round(2 * GEMM_DEPTH * size**3 / seconds / 1e9, 1), note)
 
 
 def measure_bandwidth(threads: int, megabytes: int = BANDWIDTH_MB) -> float:

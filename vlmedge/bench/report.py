@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vlmedge.bench.peak import GEMM_DEPTH
 from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
 from vlmedge.errors import InputError
 
@@ -95,7 +96,7 @@ def peak_lines(result: BenchResult) -> list[str]:
         have = ", ".join(f"{p.precision} {p.gops:.4g}" for p in m.peaks if p.gops is not None)
         missing = "; ".join(f"{p.precision}: {p.note}" for p in m.peaks if p.gops is None)
         lines.append(f"peak {m.backend} {m.backend_version}, {m.threads} threads: {have or 'none'} GOP/s "
-                     f"({m.gemm_size}^3 GEMM); bandwidth {m.bandwidth_gbs} GB/s ({m.bandwidth_method}); "
+                     f"({GEMM_DEPTH} chained {m.gemm_size}^3 GEMMs); bandwidth {m.bandwidth_gbs} GB/s ({m.bandwidth_method}); "
                      f"{'cached, ' if m.cached else ''}measured {m.measured} at load "
                      f"{', '.join(map(str, m.load_average)) or 'n/a'}" + (f"; n/a: {missing}" if missing else ""))
     return lines

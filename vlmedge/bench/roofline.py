@@ -294,7 +294,7 @@ def roofline(row: Row, count: OpCount | None, peaks: MachinePeaks | None, why: s
                      "that peak understates this machine now; measure it on a quiet machine with --remeasure-peak")
     elif peak and gops > peak:  # measured in this run: the GEMM itself is the slower one
         notes.append(f"above the {precision} peak measured in this run: this graph's GEMMs run faster through "
-                     f"{row.backend} than its {peaks.gemm_size}^3 GEMM does")
+                     f"{row.backend} than its chain of {peaks.gemm_size}^3 GEMMs does")
     return Roofline(
         ops=count.ops, macs=count.macs, gops_per_s=float(f"{gops:.4g}"), compute_precision=precision,
         peak_gops=peak, percent_of_peak=float(f"{100 * gops / peak:.3g}") if peak else None, bytes=nbytes,
