@@ -321,37 +321,59 @@ def test_suite_drops_a_failing_variant_and_keeps_the_rest(monkeypatch, tmp_path)
 
     calls = []
 
-    def fake_export(model, out, to, precision, progress, gates, strict):
-        assert strict  # the suite asks for all or nothing, so a miss raises and it can retry without it
+    class Exported:
+        def __init__(self, dropped):
+            self.manifest = {"export": {"dropped": dropped} if dropped else {}}
+
+    def int8_misses_on_onnx(model, out, to, precision, progress, gates, strict):
+        assert not strict  # export leaves a missed variant out itself: that target and precision only
         calls.append((list(to), list(precision)))
         assert gates["fp32"].max_abs == 8e-3 and gates["int8"].min_top1 == 0.0  # suite_gates()
         progress("[model] exported onnx/model.fp32.onnx in 1.0s (1.0 MB)")
         progress("[model] parity passed for onnx/model.fp32.onnx: logits cosine 1.0")
-        progress("[model] built onnx/model.int8.onnx in 1.0s (0.3 MB)")
-        if "int8" in precision:  # the message need not name the variant: the progress lines do
-            raise ParityError("output 'logits': top-1 agreement 80% < 95%. No artifact was written.")
-        return "artifact"
+        progress("[model] left out onnx int8: output 'logits': top-1 agreement 80% < 95%.")
+        return Exported([{"target": "onnx", "precision": "int8", "graph": "model",
+                          "reason": "output 'logits': top-1 agreement 80% < 95%."}])
 
-    monkeypatch.setattr(vlmedge, "export", fake_export)
+    monkeypatch.setattr(vlmedge, "export", int8_misses_on_onnx)
     artifact, dropped = suite.export_with_fallback(tmp_path, tmp_path / "a", [("onnx", "fp32"), ("onnx", "int8"),
-                                                                              ("openvino", "fp32")], lambda m: None)
-    assert artifact == "artifact" and calls[-1] == (["onnx", "openvino"], ["fp32"])
-    assert len(dropped) == 1 and dropped[0].startswith("int8 (every target; onnx int8 failed)")
-    assert "top-1 agreement 80%" in dropped[0]
+                                                                              ("openvino", "int8")], lambda m: None)
+    assert calls == [(["onnx", "openvino"], ["fp32", "int8"])]  # one export: OpenVINO int8 was not given up
+    assert dropped == ["onnx int8 (missed its gate): output 'logits': top-1 agreement 80% < 95%."]
 
     def openvino_fails(model, out, to, precision, progress, gates, strict):
         calls.append((list(to), list(precision)))
         progress("[model] exported onnx/model.fp32.onnx in 1.0s (1.0 MB)")
         progress("[model] parity passed for onnx/model.fp32.onnx: logits cosine 1.0")
-        if "openvino" in to:
+        progress("[model] left out onnx int8: output 'logits': top-1 agreement 80% < 95%.")
+        if "openvino" in to:  # a converter error: export raises, naming no variant
             raise ParityError("The model takes other inputs.")
-        return "artifact"
+        return Exported([{"target": "onnx", "precision": "int8", "graph": "model", "reason": "top-1 80%."}])
 
+    calls.clear()
     monkeypatch.setattr(vlmedge, "export", openvino_fails)
-    _, dropped = suite.export_with_fallback(tmp_path, tmp_path / "a", [("onnx", "fp32"), ("openvino", "fp32"),
-                                                                       ("openvino", "bf16")], lambda m: None)
-    assert calls[-1] == (["onnx"], ["fp32"])  # bf16 went with openvino: ONNX Runtime has no bf16 build
-    assert dropped == ["openvino (every precision; openvino fp32 failed): The model takes other inputs."]
+    _, dropped = suite.export_with_fallback(tmp_path, tmp_path / "a", [("onnx", "fp32"), ("onnx", "int8"),
+                                                                       ("openvino", "fp32"), ("openvino", "bf16")],
+                                            lambda m: None)
+    # the int8 left out before the failure is not blamed for it; bf16 went with openvino
+    assert calls[-1] == (["onnx"], ["fp32", "int8"])
+    assert dropped == ["openvino (every precision; openvino fp32 failed): The model takes other inputs.",
+                       "onnx int8 (missed its gate): top-1 80%."]
+
+
+def test_machine_name_tells_amx_cpus_apart():
+    """Xeons sold under one name differ by AMX, which changes every int8/bf16 figure: their
+    results must not overwrite each other's."""
+    import dataclasses
+
+    from vlmedge.environment import COMPUTE_FLAGS, describe
+
+    here = dataclasses.replace(describe(), cpu_model="Intel(R) Xeon(R) Processor", cores_available=2, gpus=[])
+    without = dataclasses.replace(here, cpu_flags=["avx2", "avx512_bf16", "avx512_vnni", "avx512f"])
+    with_amx = dataclasses.replace(here, cpu_flags=sorted(COMPUTE_FLAGS))
+    assert without.machine_name == "intel-xeon-processor-2c"
+    assert with_amx.machine_name == "intel-xeon-processor-amx-2c"
+    assert set(describe().cpu_flags) <= COMPUTE_FLAGS
 
 
 def test_environment_reads_nvidia_smi_when_present(tmp_path, monkeypatch):
