@@ -250,9 +250,9 @@ def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: i
 
 
 def cpu_bound(rate: dict[str, float], cores: int) -> float:
-    """The most images/s the cores allow when decoding and the model share them: each image
-    costs the model cores / (a) core-seconds (it keeps every core busy) and decoding
-    1 / (decode, 1 thread) core-seconds; the pipeline cannot beat their sum."""
+    """The images/s the cores allow when decoding and the model share them: each image costs
+    the model cores / (a) core-seconds (were it to keep every core busy) and decoding
+    1 / (decode, 1 thread) core-seconds, and the pipeline has the cores for their sum."""
     return cores / (cores / rate["model_only"] + 1 / rate["decode_only_serial"])
 
 
@@ -282,8 +282,9 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"What bounds (b): decoding and the model share {r['cores']} cores. An image costs the model "
         f"{1e3 * r['cores'] / rate['model_only']:.1f} core-ms and its decoding {1e3 / rate['decode_only_serial']:.1f} "
-        f"core-ms, so no overlap can pass {bound:.1f} images/s = {bound / rate['model_only']:.3f} of (a); "
-        f"(b) reaches {rate['embed_folder'] / bound:.0%} of that bound.",
+        f"core-ms, so, were the model to keep every core busy, no overlap could pass {bound:.1f} images/s = "
+        f"{bound / rate['model_only']:.3f} of (a); (b) reaches {rate['embed_folder'] / bound:.0%} of that bound "
+        "(above 100%: decoding fills core time the model leaves idle).",
         "",
     ]
     return "\n".join(lines)

@@ -150,6 +150,22 @@ def test_openvino_counts_the_same_graph_alike(tmp_path):
     assert count.macs == 2 * 11680 and count.unknown == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_peak_graph_does_the_work_its_rate_is_divided_by(backend, precision, tmp_path):
+    """The peak is 2 * GEMM_DEPTH * size^3 operations over the best time: the chained graph it
+    times, counted as a model's graph is, does exactly that work."""
+    pytest.importorskip("onnx")
+    from vlmedge.bench.roofline import count_onnx, count_openvino
+
+    size = 32
+    build, count = ((peak._onnx_gemm, count_onnx) if backend == "onnxruntime"
+                    else (peak._openvino_gemm, count_openvino))
+    path, feed = build(precision, size, tmp_path)
+    counted = count(path, {"a": feed.shape})
+    assert counted.unknown == [] and counted.ops == 2 * peak.GEMM_DEPTH * size**3
+
+
 @pytest.mark.parametrize("backend", PEAK_BACKENDS)
 def test_peak_is_measured_cached_and_measured_again_for_another_key(backend, quick_peaks, monkeypatch):
     first = peak.machine_peaks(backend, threads=1)
