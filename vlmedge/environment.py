@@ -92,15 +92,19 @@ def cpu_key() -> dict[str, str]:
     fields = _cpuinfo()
     model = fields.get("model name") or ":".join(
         fields.get(k, "") for k in ("CPU implementer", "CPU part", "CPU variant")).strip(":") or platform.processor()
-    flags = " ".join(sorted((fields.get("flags") or fields.get("Features") or "").split()))
+    flags = " ".join(sorted(_feature_flags(fields)))
     return {"machine": platform.machine(), "model": model,
             "flags": hashlib.sha256(flags.encode()).hexdigest()[:16]}
 
 
-def cpu_flags() -> list[str]:
-    """This CPU's COMPUTE_FLAGS, sorted."""
-    fields = _cpuinfo()
-    return sorted(COMPUTE_FLAGS.intersection((fields.get("flags") or fields.get("Features") or "").split()))
+def _feature_flags(fields: dict[str, str]) -> list[str]:
+    """Every feature flag of /proc/cpuinfo's fields ("flags" on x86, "Features" on Arm)."""
+    return (fields.get("flags") or fields.get("Features") or "").split()
+
+
+def cpu_flags(fields: dict[str, str] | None = None) -> list[str]:
+    """This CPU's COMPUTE_FLAGS, sorted (fields: /proc/cpuinfo's, when already read)."""
+    return sorted(COMPUTE_FLAGS.intersection(_feature_flags(_cpuinfo() if fields is None else fields)))
 
 
 def _physical_cores() -> int | None:
@@ -187,5 +191,5 @@ def describe() -> Environment:
         versions=package_versions(),
         gpus=gpus(),
         load_average=load,
-        cpu_flags=cpu_flags(),
+        cpu_flags=cpu_flags(info),
     )

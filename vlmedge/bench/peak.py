@@ -238,9 +238,10 @@ def measure_gemm(backend: str, precision: str, threads: int, size: int = GEMM_SI
     why = _unavailable(backend, precision)
     if why:
         return Peak(backend, precision, None, why)
+    ops = 2 * GEMM_DEPTH * size**3  # what the chain does, a GEMM 2*M*N*K
     if backend == "torch":
         seconds = _torch_gemm_seconds(size, threads)
-        return Peak(backend, precision, round(2 * GEMM_DEPTH * size**3 / seconds / 1e9, 1),
+        return Peak(backend, precision, round(ops / seconds / 1e9, 1),
                     f"fp32 torch.matmul {size}^3 x {GEMM_DEPTH} chained in eager mode, best of repeated calls")
     with tempfile.TemporaryDirectory(prefix="vlmedge-peak-") as tmp:
         options: dict[str, Any] = {"threads": threads}
@@ -260,7 +261,7 @@ def measure_gemm(backend: str, precision: str, threads: int, size: int = GEMM_SI
         ran = getattr(session, "provider", backend)
     method = {"int8": "u8 x s8 MatMulInteger" if backend == "onnxruntime" else "FakeQuantize u8 x s8 MatMul"}
     note = f"{method.get(precision, f'{precision} MatMul')} {size}^3 x {GEMM_DEPTH} chained, best of repeated calls, {ran}"
-    return Peak(backend, precision, round(2 * GEMM_DEPTH * size**3 / seconds / 1e9, 1), note)
+    return Peak(backend, precision, round(ops / seconds / 1e9, 1), note)
 
 
 def measure_bandwidth(threads: int, megabytes: int = BANDWIDTH_MB) -> float:
