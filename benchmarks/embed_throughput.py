@@ -11,6 +11,9 @@ entry alike), on one exported image encoder:
                           workers (decoding and preprocessing overlap the model)
     (c) serial decode     the same with --decode-workers 1
     decode only           decoding + preprocessing alone, 1 thread and the default workers
+    transformers          the same photos decoded and preprocessed as users do without vlmedge:
+                          transformers' load_image + the source model's Pillow image processor,
+                          1 thread (the parity reference: the arrays are checked equal first)
 
 and prints (b)/(a) (the goal: >= 0.90, the pipeline costs under 10 % of the model's
 throughput) and (b)/(c), with the load average. The models are built from transformers
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     artifact = exported(args.work, args.model, target, args.precision)
     folder = photos(args.work, args.images)
     batch = embed_batch_size()
-    result = measure(artifact, folder, args.backend, args.precision, batch, workers, args.rounds, args.work)
+    result = measure(artifact, folder, args.backend, args.precision, batch, workers, args.rounds, args.work,
+                     hf_processor(args.work / f"{args.model}-source"))
     result.update(
         schema="vlmedge-embed-throughput", model=args.model, model_description=MODELS[args.model][0],
         images=args.images, photo_sizes=[f"{w}x{h}" for w, h in PHOTO_SIZES], backend=args.backend,
@@ -189,9 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def hf_processor(source: Path) -> Any:
+    """transformers' own Pillow image processor of the exported model, from its saved configuration."""
+    import transformers
+
+    kind = json.loads((source / "preprocessor_config.json").read_text())["image_processor_type"]
+    return getattr(transformers, f"{kind.removesuffix('Fast')}Pil").from_pretrained(source)
+
+
 def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: int, workers: int, rounds: int,
-            work: Path) -> dict[str, Any]:
+            work: Path, processor: Any) -> dict[str, Any]:
     """Round-robin timing of every entry; per entry the median images/s over the rounds."""
+    from transformers.image_utils import load_image as hf_load_image
+
     import vlmedge
     from vlmedge.bulk.inputs import collect
     from vlmedge.bulk.job import make_job
@@ -225,8 +239,18 @@ def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: i
                 pass
         return run
 
+    def hf_pixels(file: Any) -> np.ndarray:
+        return np.asarray(processor(hf_load_image(str(file)), return_tensors="np")["pixel_values"])
+
+    def hf_decode_only() -> None:
+        for file in found.files:
+            hf_pixels(file)
+
+    equal_to_hf = all(np.array_equal(preprocess_images([load_image(f)], pipeline.spec), hf_pixels(f))
+                      for f in found.files)
     entries = {"model_only": model_only, "embed_folder": embed_folder(workers), "embed_folder_serial": embed_folder(1),
-               "decode_only_serial": decode_only(1), "decode_only": decode_only(workers)}
+               "decode_only_serial": decode_only(1), "decode_only": decode_only(workers),
+               "transformers_decode_serial": hf_decode_only}
     for run in entries.values():  # warm-up: sessions, page cache, thread start-up
         run()
     seconds: dict[str, list[float]] = {name: [] for name in entries}
@@ -246,6 +270,8 @@ def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: i
         "ratio_embed_to_model": round(rate["embed_folder"] / rate["model_only"], 3),
         "ratio_parallel_to_serial": round(rate["embed_folder"] / rate["embed_folder_serial"], 3),
         "serial_and_parallel_outputs_equal": bool(same), "load_average_per_round": loads,
+        "transformers_processor": type(processor).__name__, "preprocessing_equal_to_transformers": equal_to_hf,
+        "ratio_decode_to_transformers": round(rate["decode_only_serial"] / rate["transformers_decode_serial"], 3),
     }
 
 
@@ -275,10 +301,15 @@ def markdown(r: dict[str, Any]) -> str:
         f"| (c) `vlmedge embed FOLDER --decode-workers 1` | {rate['embed_folder_serial']:.1f} |",
         f"| decode + preprocess only, 1 thread | {rate['decode_only_serial']:.1f} |",
         f"| decode + preprocess only, {r['decode_workers']} workers | {rate['decode_only']:.1f} |",
+        *([f"| transformers' `load_image` + `{r['transformers_processor']}`, 1 thread | "
+           f"{rate['transformers_decode_serial']:.1f} |"] if "transformers_decode_serial" in rate else []),
         "",
         f"(b)/(a) = **{r['ratio_embed_to_model']:.3f}** ({verdict} the goal of {r['goal']:.2f}); "
         f"(b)/(c) = **{r['ratio_parallel_to_serial']:.3f}**. "
         f"(b) and (c) wrote equal embeddings: {r['serial_and_parallel_outputs_equal']}.",
+        *(["", f"vlmedge's decoding + preprocessing (1 thread) runs **{r['ratio_decode_to_transformers']:.2f}x** "
+           f"the images/s of transformers' own, and gave arrays equal to it bit for bit on every photo: "
+           f"{r['preprocessing_equal_to_transformers']}."] if "ratio_decode_to_transformers" in r else []),
         "",
         f"What bounds (b): decoding and the model share {r['cores']} cores. An image costs the model "
         f"{1e3 * r['cores'] / rate['model_only']:.1f} core-ms and its decoding {1e3 / rate['decode_only_serial']:.1f} "

@@ -117,6 +117,30 @@ def test_processor_class_is_reproduced_bit_for_bit(name, files, tmp_path):
         assert np.array_equal(ours, expected), (name, path.name, float(np.abs(ours - expected).max()))
 
 
+# Classes whose value steps differ (plain, offset and std twice, BGR without normalizing, none),
+# at the 16x16 size of the image below, so that resizing leaves every byte as it is.
+EVERY_BYTE_VARIANTS = {
+    "ViT": {}, "EfficientNet": {"rescale_offset": True}, "MobileViT": {"crop_size": {"height": 16, "width": 16}},
+    "ImageGPT": {"do_color_quantize": False},
+    "CLIP": {"crop_size": {"height": 16, "width": 16}, "image_mean": [0.1, 0.9, 0.4]},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EVERY_BYTE_VARIANTS))
+def test_every_byte_value_of_every_channel_is_rescaled_and_normalized_bit_for_bit(kind, tmp_path):
+    """preprocess_images looks the values of rescale and normalize up in a per-channel table of
+    the 256 bytes: an image holding each byte once in each channel (in three orders) checks it."""
+    size = {"shortest_edge": 16} if kind in ("MobileViT", "CLIP") else {"height": 16, "width": 16}
+    processor, spec = _saved_spec(kind, {"size": size, **EVERY_BYTE_VARIANTS[kind]}, tmp_path)
+    ramp = np.arange(256, dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(np.stack([ramp, ramp[::-1], rng.permutation(ramp)], -1).reshape(16, 16, 3))
+    expected = np.asarray(processor(image, return_tensors="np")["pixel_values"])
+    ours = preprocess_images([image, image], spec)
+    assert ours.shape == (2,) + expected.shape[1:]
+    assert np.array_equal(ours[0], expected[0]) and np.array_equal(ours[1], expected[0])
+
+
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_processor_class_is_refused_by_name(kind, tmp_path):
     from vlmedge.exporters.sources.hf import image_preprocess

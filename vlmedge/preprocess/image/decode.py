@@ -61,11 +61,19 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
         raise InputError(f"{name!s} is a directory, not an image file; pass the path of an image file inside it.")
     if not os.path.isfile(name):
         raise InputError(f"Image file {name!s} does not exist; check the path.")
-    return _decode(name, f"Image file {name!s}")
+    try:
+        handle = open(name, "rb")  # ours to close, so the decoded image stays usable (see _decode)
+    except OSError as e:
+        raise InputError(f"Image file {name!s} could not be opened ({e.strerror or e}); check its permissions.") from None
+    with handle:
+        return _decode(handle, f"Image file {name!s}")
 
 
 def _decode(source: Any, what: str) -> Image.Image:
-    """Opens (allowed formats only), fully decodes and converts, turning every failure into InputError."""
+    """Opens (allowed formats only), fully decodes and converts, turning every failure into InputError.
+
+    ``source`` is a file object the caller closes: the image is never closed here (closing
+    frees its pixels), so an RGB file's decoded image is returned as it is, not copied."""
     try:
         # Pillow warns between 1x and 2x its limit; make that an error here too (the explicit
         # size check below holds whatever the filters). Only opening (the header) and a
@@ -74,16 +82,15 @@ def _decode(source: Any, what: str) -> Image.Image:
         with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(source, formats=FORMATS)
-        with opened:
-            if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
-            opened.load()  # decode everything now, so truncation is caught here
-            upright = ImageOps.exif_transpose(opened)
-            if "transparency" not in upright.info:
-                return upright.convert("RGB")
-            with _WARNINGS, warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
-                return upright.convert("RGB")
+        if opened.width * opened.height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
+        opened.load()  # decode everything now, so truncation is caught here
+        ImageOps.exif_transpose(opened, in_place=True)
+        if "transparency" not in opened.info:
+            return opened if opened.mode == "RGB" else opened.convert("RGB")
+        with _WARNINGS, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
+            return opened.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{what} is too large to decode safely ({e}; the limit is {MAX_IMAGE_PIXELS:,} "
                          "pixels); downscale it first.") from None

@@ -25,16 +25,30 @@ def preprocess_images(images: list[Image.Image], spec: ImagePreprocessSpec) -> n
     """
     if isinstance(images, Image.Image) or not isinstance(images, (list, tuple)) or not images:
         raise InputError("preprocess_images needs a non-empty list of PIL images (use load_image to read them).")
-    batch = np.stack([_preprocess_one(image, spec) for image in images])
-    if spec.channel_order == "BGR":
-        batch = batch[..., ::-1]
-    if spec.layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(batch, dtype=np.float32)
+    pixels = [_pixels(image, spec) for image in images]
+    table = value_table(spec)
+    # channel c of the output is channel sources[c] of the image (BGR models flip after normalizing)
+    sources = (2, 1, 0) if spec.channel_order == "BGR" else (0, 1, 2)
+    batch = np.empty((len(pixels), 3) + pixels[0].shape[:2], dtype=np.float32)
+    for out, array in zip(batch, pixels):
+        for channel, source in enumerate(sources):
+            np.take(table[source], array[..., source], out=out[channel], mode="clip")  # uint8: never out of range
+    return batch if spec.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
 
 
-def _preprocess_one(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
-    """One image to (H, W, 3) float32, in HF's order and dtypes."""
+def value_table(spec: ImagePreprocessSpec) -> np.ndarray:
+    """(3, 256) float32: the value the rescale and normalize steps make of byte v in channel c.
+
+    Those steps are elementwise, so running them once on every byte value and looking the
+    image's bytes up gives the very float32 bits running them on the image gives, for a
+    fraction of the cost (one gather per channel, no float64 image, no transposed copy)."""
+    every_byte = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    return np.ascontiguousarray(_rescale_and_normalize(every_byte, spec).T)
+
+
+def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
+    """One image to the (H, W, 3) uint8 pixels the values are made of: decoding, resizing and
+    cropping, in HF's order."""
     if not isinstance(image, Image.Image):
         raise InputError(f"preprocess_images takes PIL images, not {type(image).__name__}; read it with load_image.")
     if image.mode != "RGB":
@@ -60,6 +74,11 @@ def _preprocess_one(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray
     if spec.do_center_crop:
         crop = torchvision_center_crop if spec.crop_style == "torchvision" else center_crop
         array = crop(array, spec.crop_size["height"], spec.crop_size["width"])
+    return array
+
+
+def _rescale_and_normalize(array: np.ndarray, spec: ImagePreprocessSpec) -> np.ndarray:
+    """HF's rescale and normalize steps on (..., 3) uint8, in its order and dtypes."""
     if spec.do_rescale:  # HF upcasts to float64, scales, then downcasts to float32
         array = (array.astype(np.float64) * spec.rescale_factor).astype(np.float32)
         if spec.rescale_offset:
