@@ -15,6 +15,14 @@ what the parent held) minus its RSS at that point. Goals: warm >= 3x faster than
 the model file size (the model file plus its weights file) on the cold and warm loads, the default
 (cache=False is measured for reference).
 
+Peak RSS counts the clean pages of the mapped model file, which the kernel drops under memory
+pressure; --memory-cap RATIO asks the question a small device asks instead: does a cold load
++ first call still run when the process may hold only RATIO x the model file more than after
+its imports? One more child per row runs in a memory cgroup with that limit (root and the
+cgroup memory controller, v1 or v2, are needed; the page cache is dropped first so the model's
+pages are read, and charged, inside the cap). It either answers, or is killed by the cap, or
+thrashes past --cap-timeout seconds (counted as not running).
+
 The model is transformers.ViTForImageClassification(ViTConfig()) with torch.manual_seed(0),
 as benchmarks/quantization.py builds it (nothing downloaded); --model small is a 4-layer,
 192-wide ViT for a quick smoke run.
@@ -22,6 +30,7 @@ as benchmarks/quantization.py builds it (nothing downloaded); --model small is a
     .venv/bin/python benchmarks/cold_start.py                       # ViT-B/16, fp32, both backends
     .venv/bin/python benchmarks/cold_start.py --precision fp32,int8 --rounds 3 --work /tmp/cold
     .venv/bin/python benchmarks/cold_start.py --model small --rounds 1   # smoke run
+    sudo .venv/bin/python benchmarks/cold_start.py --precision fp32,int8 --memory-cap 1.5
 
 Writes benchmarks/results/cold-start-<machine>.json and .md (cold-start-<machine>-<model>.* for
 the smaller models; -<backend> appended when --backends names one).
@@ -80,8 +89,9 @@ def export_artifact(folder: Path, model_name: str, precisions: list[str]) -> Non
                    name=f"{model_name} (random weights, seed 0)", gates=random_weight_gates(), progress=print)
 
 
-def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
-    """One load + first call, in this fresh process; prints one JSON line."""
+def child(artifact: str, backend: str, precision: str, cache: bool, cgroup: str = "") -> None:
+    """One load + first call, in this fresh process; prints one JSON line. With `cgroup`, the
+    process joins that memory cgroup once imported, so only the load and call are charged."""
     import importlib
 
     import numpy as np
@@ -98,6 +108,8 @@ def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
         core().available_devices
     from vlmedge.bench.timing import Memory  # bench's own peak-RSS probe (VmHWM reset after imports)
 
+    if cgroup:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     memory = Memory()
     baseline_mb = memory.start()
     anon_before = Memory.status("RssAnon") or 0.0
@@ -117,14 +129,64 @@ def child(artifact: str, backend: str, precision: str, cache: bool) -> None:
                       "cache_status": ",".join(statuses), "provider": classifier.model.provider}))
 
 
-def run_child(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool) -> dict[str, Any]:
+def child_command(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool,
+                  cgroup: Path | None = None) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "VLMEDGE_CACHE_DIR": str(cache_dir)}
     env.pop("VLMEDGE_NO_CACHE", None)
-    done = subprocess.run([sys.executable, __file__, "--child", str(artifact), backend, precision, str(int(cache))],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    return [sys.executable, __file__, "--child", str(artifact), backend, precision, str(int(cache)),
+            str(cgroup or "")], env
+
+
+def run_child(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool) -> dict[str, Any]:
+    command, env = child_command(artifact, backend, precision, cache_dir, cache)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"child {backend} {precision} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class MemoryCgroup:
+    """A memory cgroup of this machine's (v2, else v1) with a byte limit, removed on exit."""
+
+    def __init__(self, limit: int) -> None:
+        v2_controllers = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2_controllers.is_file() and "memory" in v2_controllers.read_text().split():
+            self.path, limit_file = Path("/sys/fs/cgroup/vlmedge-memory-cap"), "memory.max"
+        elif Path("/sys/fs/cgroup/memory").is_dir():
+            self.path, limit_file = Path("/sys/fs/cgroup/memory/vlmedge-memory-cap"), "memory.limit_in_bytes"
+        else:
+            raise SystemExit("--memory-cap needs the cgroup memory controller (v1 or v2), which this machine lacks.")
+        try:
+            self.path.mkdir(exist_ok=True)
+            (self.path / limit_file).write_text(str(limit))
+            Path("/proc/sys/vm/drop_caches").write_text("1")  # the model's pages are read, and charged, in the cap
+        except PermissionError:
+            raise SystemExit("--memory-cap needs root (it makes a memory cgroup and drops the page cache).") from None
+
+    def __enter__(self) -> MemoryCgroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.rmdir()
+
+
+def capped_run(artifact: Path, backend: str, precision: str, size: int, ratio: float, timeout: float,
+               scratch: Path) -> dict[str, Any]:
+    """A cold load + first call with at most ratio x `size` bytes more than after the imports."""
+    cache_dir = scratch / f"cache-capped-{backend}-{precision}"  # empty: the strictest load, a cold one
+    os.sync()
+    with MemoryCgroup(int(ratio * size)) as cgroup:
+        command, env = child_command(artifact, backend, precision, cache_dir, True, cgroup.path)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:  # run's timeout kills the child before the cgroup goes
+            return {"ratio": ratio, "runs": False, "why": f"thrashed past {timeout:.0f} s"}
+    if done.returncode == 0:
+        return {"ratio": ratio, "runs": True, "total_s": json.loads(done.stdout.strip().splitlines()[-1])["total_s"]}
+    killed = done.returncode == -9
+    if not killed:
+        raise SystemExit(f"capped child {backend} {precision} failed:\n{done.stderr[-3000:]}")
+    return {"ratio": ratio, "runs": False, "why": "killed by the cap"}
 
 
 def model_bytes(artifact: Path, backend: str, precision: str) -> int:
@@ -178,16 +240,24 @@ def markdown(result: dict[str, Any]) -> str:
              "RSS is the peak over that, less the RSS after imports, against the model file size; anonymous "
              "is the anonymous memory (RssAnon) held after the first call, less that after imports: RSS less "
              "the clean pages of mapped files, which the kernel can drop under memory pressure. The memory "
-             "goal is judged on the cold and warm loads (the cache is on by default); no cache is for reference.", "",
-             "| backend | precision | model MB | cold s | warm s | no cache s | warm speedup | "
-             "RSS cold | RSS warm | RSS no cache | anonymous after, warm | goals |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "goal is judged on the cold and warm loads (the cache is on by default); no cache is for reference."]
+    capped = [row["memory_cap"] for row in result["rows"] if row.get("memory_cap")]
+    if capped:
+        lines[-1] += (f" Under a {capped[0]['ratio']}x cap: a cold load + first call in a memory cgroup limited to "
+                      f"{capped[0]['ratio']}x the model file (charged from after the imports, page cache dropped "
+                      "first): the time, or why it did not run.")
+    lines += ["", "| backend | precision | model MB | cold s | warm s | no cache s | warm speedup | "
+              "RSS cold | RSS warm | RSS no cache | anonymous after, warm |"
+              + (f" under a {capped[0]['ratio']}x cap |" if capped else "") + " goals |",
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "") + "---|"]
     for row in result["rows"]:
         goals = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in row["goals"].items())
+        cap = row.get("memory_cap")
+        cap_cell = (f" {'runs, %.2f s' % cap['total_s'] if cap['runs'] else 'NO: ' + cap['why']} |" if cap else "")
         lines.append(f"| {row['backend']} | {row['precision']} | {row['model_bytes'] / 1e6:.1f} | "
                      f"{row['cold']['total_s']:.2f} | {row['warm']['total_s']:.2f} | {row['nocache']['total_s']:.2f} | "
                      f"{row['warm_speedup']:.1f}x | {row['cold']['rss_ratio']:.2f}x | {row['warm']['rss_ratio']:.2f}x | "
-                     f"{row['nocache']['rss_ratio']:.2f}x | {row['warm']['anon_ratio']:.2f}x | {goals} |")
+                     f"{row['nocache']['rss_ratio']:.2f}x | {row['warm']['anon_ratio']:.2f}x |{cap_cell} {goals} |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,12 +269,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="keep (and reuse) the exported artifact here")
     parser.add_argument("--results", type=Path, default=HERE / "results")
-    parser.add_argument("--child", nargs=4, metavar=("ARTIFACT", "BACKEND", "PRECISION", "CACHE"),
+    parser.add_argument("--memory-cap", type=float, default=None, metavar="RATIO",
+                        help="also run a cold load + first call capped at RATIO x the model file (root; see above)")
+    parser.add_argument("--cap-timeout", type=float, default=120.0,
+                        help="seconds after which a capped run counts as thrashing (default 120)")
+    parser.add_argument("--child", nargs=5, metavar=("ARTIFACT", "BACKEND", "PRECISION", "CACHE", "CGROUP"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        artifact, backend, precision, cache = args.child
-        return child(artifact, backend, precision, cache == "1")
+        artifact, backend, precision, cache, cgroup = args.child
+        return child(artifact, backend, precision, cache == "1", cgroup)
 
     precisions = args.precision.split(",")
     load_start = os.getloadavg()[0]
@@ -225,6 +299,10 @@ def main() -> None:
         for backend in args.backends.split(","):
             for precision in precisions:
                 row = measure(artifact, backend, precision, args.rounds, Path(scratch))
+                if args.memory_cap:
+                    row["memory_cap"] = capped_run(artifact, backend, precision, row["model_bytes"], args.memory_cap,
+                                                   args.cap_timeout, Path(scratch))
+                    print(f"{backend:11s} {precision:5s} under a {args.memory_cap}x cap: {row['memory_cap']}", flush=True)
                 rows.append(row)
                 print(f"{backend:11s} {precision:5s} {row['model_bytes'] / 1e6:7.1f} MB  "
                       f"cold {row['cold']['total_s']:.2f}s ({'/'.join(row['cold']['cache_status'])})  "
