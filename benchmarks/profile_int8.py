@@ -1,7 +1,8 @@
 """Where the time of vlmedge's int8 ViT-B/16 goes, and what bounds it: OpenVINO's own per-node
 counters (PERF_COUNT) on the int8 file benchmarks/quantization.py exported, grouped by node
 type and kernel, and the matrix multiplications' achieved rate against this machine's measured
-int8 GEMM peak (vlmedge.bench.peak: a chain of 8 1024^3 u8 x s8 MatMuls through OpenVINO itself).
+int8 GEMM peak, measured in the same run (vlmedge.bench.peak.measure_gemm: a chain of 8 1024^3
+u8 x s8 MatMuls through OpenVINO itself), per node type and kernel and per matrix shape.
 
     .venv/bin/python benchmarks/quantization.py            # exports the artifact (kept in --work)
     .venv/bin/python benchmarks/profile_int8.py            # then profiles its int8 file (~1 min)
@@ -17,7 +18,9 @@ import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,34 +49,52 @@ def float_precision(artifact: Path, xml: Path) -> str:
     return INFERENCE_PRECISIONS[entry.get("session_options", {}).get("inference_precision", "fp32")]
 
 
-def profile(xml: Path, calls: int, precision: str) -> tuple[dict[tuple[str, str], list[float]], float]:
-    """{(node type, kernel): per-call ms, summed over the nodes of that kind} and the median
-    wall time of a call, over `calls` profiled calls after warm-up."""
+def fully_connected_shapes(compiled: Any) -> dict[str, tuple[int, int, int, int]]:
+    """{node name: (M, K, N, how many nodes have that shape)} of the compiled model's
+    FullyConnected nodes, at batch 1."""
+    shapes = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
+            rows = [d.get_length() if d.is_static else 1 for d in op.input(0).get_partial_shape()]
+            n, k = (d.get_length() for d in op.input(1).get_partial_shape())
+            shapes[op.get_friendly_name()] = (int(np.prod(rows[:-1])), k, n)
+    counts = Counter(shapes.values())
+    return {name: (*shape, counts[shape]) for name, shape in shapes.items()}
+
+
+def profile(xml: Path, calls: int, precision: str) -> tuple[dict[tuple[str, str], list[float]], float,
+                                                           dict[tuple[int, int, int, int], list[float]]]:
+    """{(node type, kernel): per-call ms, summed over the nodes of that kind}, the median wall
+    time of a call, and {(M, K, N, nodes): per-call ms, summed over the FullyConnected nodes of
+    that shape}, over `calls` profiled calls after warm-up."""
     import time
 
     from vlmedge.runtimes.openvino import core
 
     compiled = core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True,
                                                       "INFERENCE_PRECISION_HINT": precision})
+    shapes = fully_connected_shapes(compiled)
     request = compiled.create_infer_request()
     pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     for _ in range(5):
         request.infer({0: pixels})
     per_kind: dict[tuple[str, str], list[float]] = {}
+    per_shape: dict[tuple[int, int, int], list[float]] = {}
     walls = []
     for _ in range(calls):
         t0 = time.perf_counter()
         request.infer({0: pixels})
         walls.append((time.perf_counter() - t0) * 1e3)
-        sums: dict[tuple[str, str], float] = {}
+        sums: dict[Any, float] = {}
         for info in request.profiling_info:
             if info.status != info.Status.EXECUTED:
                 continue
-            key = (info.node_type, info.exec_type)
-            sums[key] = sums.get(key, 0.0) + info.real_time.total_seconds() * 1e3
+            ms = info.real_time.total_seconds() * 1e3
+            for key in [(info.node_type, info.exec_type)] + ([shapes[info.node_name]] if info.node_name in shapes else []):
+                sums[key] = sums.get(key, 0.0) + ms
         for key, ms in sums.items():
-            per_kind.setdefault(key, []).append(ms)
-    return per_kind, statistics.median(walls)
+            (per_shape if isinstance(key[0], int) else per_kind).setdefault(key, []).append(ms)
+    return per_kind, statistics.median(walls), per_shape
 
 
 def main() -> int:
@@ -86,7 +107,7 @@ def main() -> int:
     xml = args.artifact / "openvino" / "model.int8.xml"
     if not xml.is_file():
         raise SystemExit(f"{xml} is missing: run benchmarks/quantization.py first (it keeps the artifact there).")
-    from vlmedge.bench.peak import machine_peaks
+    from vlmedge.bench.peak import measure_gemm
     from vlmedge.bench.roofline import count_openvino
     from vlmedge.environment import available_cores
 
@@ -94,8 +115,10 @@ def main() -> int:
     threads = available_cores()
     count = count_openvino(xml, {"pixel_values": (1, 3, 224, 224)})
     precision = float_precision(args.artifact, xml)
-    per_kind, wall_ms = profile(xml, args.calls, precision)
-    peak = machine_peaks("openvino", threads).gops("int8")
+    per_kind, wall_ms, per_shape = profile(xml, args.calls, precision)
+    # measured now, beside the profile, not read from the cache: a shared host's speed drifts
+    # between sessions (this machine's int8 peak read 4315 GOP/s one day, 3545 the next)
+    peak = measure_gemm("openvino", "int8", threads).gops
     medians = {key: statistics.median(values) for key, values in per_kind.items()}
     total = sum(medians.values())
     gemm_ms = sum(ms for (kind, _), ms in medians.items() if is_gemm(kind))
@@ -111,9 +134,17 @@ def main() -> int:
             lines.append(f"| {kind} | {kernel} | {ms:.2f} | {ms / total:.1%} |")
     lines += ["", f"Matrix multiplications ({', '.join(GEMMS)}, fused or not): {gemm_ms:.1f} ms per call, "
               f"{gemm_ms / total:.0%} of the time, for {count.ops / 1e9:.1f} GOP: **{gemm_gops:.0f} GOP/s**, "
-              + (f"**{gemm_gops / peak:.0%} of the measured int8 GEMM peak ({peak:.0f} GOP/s)**."
+              + (f"**{gemm_gops / peak:.0%} of the int8 GEMM peak measured in this run ({peak:.0f} GOP/s)**."
                  if peak else "no int8 peak could be measured here."),
-              "", "The attention's activation x activation MatMuls run fused with their Softmax in `Subgraph` "
+              "", "By shape (M x K x N at batch 1, the FullyConnected nodes of that shape together): the "
+              "rate each reaches. Where K is short against N (ViT's fc1, 768 -> 3072) the kernel does less "
+              "work per weight it loads, and the fused bias, GELU and requantisation run on the widest output.", "",
+              "| M x K x N | nodes' ms per call | GOP/s | of the int8 peak |", "|---|---:|---:|---:|"]
+    for (m, k, n, nodes), values in sorted(per_shape.items(), key=lambda item: -statistics.median(item[1])):
+        ms = statistics.median(values)
+        gops = 2 * m * k * n * nodes / (ms / 1e3) / 1e9
+        lines.append(f"| {m} x {k} x {n} ({nodes} nodes) | {ms:.2f} | {gops:.0f} | " + (f"{gops / peak:.0%} |" if peak else "- |"))
+    lines += ["", "The attention's activation x activation MatMuls run fused with their Softmax in `Subgraph` "
               "nodes: their operations are in the count and their time is not, so the rate above is an upper "
               "bound (by their share of the operations, a few per cent for a ViT at 224)."]
     text = "\n".join(lines) + "\n"
