@@ -26,7 +26,7 @@ def preprocess_images(images: list[Image.Image], spec: ImagePreprocessSpec) -> n
     if isinstance(images, Image.Image) or not isinstance(images, (list, tuple)) or not images:
         raise InputError("preprocess_images needs a non-empty list of PIL images (use load_image to read them).")
     pixels = [_pixels(image, spec) for image in images]
-    table = value_table(spec)
+    table = _value_table(spec)
     # channel c of the output is channel sources[c] of the image (BGR models flip after normalizing)
     sources = (2, 1, 0) if spec.channel_order == "BGR" else (0, 1, 2)
     batch = np.empty((len(pixels), 3) + pixels[0].shape[:2], dtype=np.float32)
@@ -36,7 +36,7 @@ def preprocess_images(images: list[Image.Image], spec: ImagePreprocessSpec) -> n
     return batch if spec.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
 
 
-def value_table(spec: ImagePreprocessSpec) -> np.ndarray:
+def _value_table(spec: ImagePreprocessSpec) -> np.ndarray:
     """(3, 256) float32: the value the rescale and normalize steps make of byte v in channel c.
 
     Those steps are elementwise, so running them once on every byte value and looking the
