@@ -111,21 +111,20 @@ def child(artifact: str, backend: str, precision: str, cache: bool, cgroup: str 
     if cgroup:
         Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     memory = Memory()
-    baseline_mb = memory.start()
-    anon_before = Memory.status("RssAnon") or 0.0
+    baseline = memory.start()
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     t0 = time.perf_counter()
     classifier = vlmedge.load(artifact, backend=backend, precision=precision, cache=cache)
     t1 = time.perf_counter()
     classifier.classify([image], top_k=1)
     t2 = time.perf_counter()
-    peak_increase = memory.increase(baseline_mb) * 1024**2
+    peak_increase = memory.increase(baseline) * 1024**2
     statuses = sorted({s.cache_status for s in classifier.model.sessions.values()})
     print(json.dumps({"load_s": t1 - t0, "first_call_s": t2 - t1, "total_s": t2 - t0,
-                      "peak_rss_delta": peak_increase, "rss_after_imports": baseline_mb * 1024**2,
+                      "peak_rss_delta": peak_increase, "rss_after_imports": baseline.rss_mb * 1024**2,
                       # what stays resident and cannot be dropped: the mapped files' clean pages in RSS
                       # can be evicted under memory pressure, anonymous memory cannot
-                      "anon_delta_after": ((Memory.status("RssAnon") or 0.0) - anon_before) * 1024**2,
+                      "anon_delta_after": (memory.anonymous_increase(baseline) or 0.0) * 1024**2,
                       "cache_status": ",".join(statuses), "provider": classifier.model.provider}))
 
 

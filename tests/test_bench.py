@@ -62,6 +62,7 @@ def test_rows_carry_every_figure_and_a_checked_torch_baseline(result, vit_artifa
         assert lat.min_ms <= lat.mean_ms <= lat.max_ms and lat.cov == pytest.approx(lat.std_ms / lat.mean_ms, abs=1e-3)
         assert row.throughput_per_s == pytest.approx(row.batch_size * 1e3 / lat.mean_ms, rel=1e-3, abs=0.006)
         assert row.load_s > 0 and row.first_inference_ms > 0 and row.peak_rss_increase_mb >= 0
+        assert row.anonymous_increase_mb is not None and row.anonymous_increase_mb >= 0  # Linux: /proc has RssAnon
         assert row.mode == "model-only" and row.threads == result.settings.threads[0]
         assert "real samples tiled to" in row.inputs
         torch_row = next(r for r in result.rows if r.backend == "torch" and r.batch_size == row.batch_size)
@@ -81,7 +82,7 @@ def test_rows_carry_every_figure_and_a_checked_torch_baseline(result, vit_artifa
 def test_json_validates_against_the_schema_and_round_trips(result, tmp_path):
     path = result.save(tmp_path / "r.json")
     document = json.loads(path.read_text())
-    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 2
+    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 3
     validate(document)
     assert BenchResult.load(path).to_dict() == document
 
@@ -261,7 +262,7 @@ def test_cli_table_json_markdown_plot_and_compare_gate(vit_artifact, tmp_path, c
                  "1.00x (base)", "recommended", "peak RSS", "latency per call (ms)"):
         assert text in stdout, text
     for column in ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max", "items/s", "vs torch",
-                   "load s", "first ms", "peak RSS +MB", "size MB", "provider", "parity"):
+                   "load s", "first ms", "peak RSS +MB", "anon +MB", "size MB", "provider", "parity"):
         assert column in stdout and column in (tmp_path / "base.md").read_text(), column
     document = json.loads(out.read_text())
     validate(document)

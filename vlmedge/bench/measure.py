@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
-from vlmedge.bench.timing import timed_calls
+from vlmedge.bench.timing import Baseline, timed_calls
 from vlmedge.parity import GATES, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
 from vlmedge.runtimes.onnx_external import check_external_data
@@ -51,7 +51,7 @@ def _tile(items: Sequence[Any], n: int) -> list[Any]:
 
 
 def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, precision: str, threads: int,
-                  label: str, load_s: float, baseline: float, file: str | None, model_mb: float | None,
+                  label: str, load_s: float, baseline: Baseline, file: str | None, model_mb: float | None,
                   parity: Parity, pipeline: Any = None, peer: str | None = None) -> None:
     """One row per batch size: the session's own call (model-only), or the pipeline's
     method for the graph on the sample files (end-to-end, when `pipeline` is given)."""
@@ -88,7 +88,8 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
             model_mb=model_mb, load_s=round(load_s, 4), load_cache=session.cache_status,
             first_inference_ms=round(first_ns / 1e6, 3),
             latency=latency, throughput_per_s=float(f"{batch * 1e3 / latency.mean_ms:.5g}"),
-            peak_rss_increase_mb=plan.memory.increase(baseline), parity=parity, inputs=inputs, peer=peer,
+            peak_rss_increase_mb=plan.memory.increase(baseline),
+            anonymous_increase_mb=plan.memory.anonymous_increase(baseline), parity=parity, inputs=inputs, peer=peer,
         )
         plan.rows.append(row)
         plan.say(f"{label} [{graph}] batch {batch}, {threads} threads: p50 {latency.p50_ms:.2f} ms, "
@@ -193,7 +194,7 @@ def measure_backend(plan: Plan, backend: str, threads: int) -> None:
 
 
 def _measure_opened(plan: Plan, backend: str, precision: str, threads: int, label: str, graph: str,
-                    opened: tuple[Session, float, dict[str, Any]], baseline: float, pipeline: Any) -> None:
+                    opened: tuple[Session, float, dict[str, Any]], baseline: Baseline, pipeline: Any) -> None:
     session, load_s, entry = opened
     measure_graph(plan, graph, session, backend=backend, precision=precision, threads=threads, label=label,
                   load_s=load_s, baseline=baseline, file=entry["path"], model_mb=_model_mb(plan, entry),
@@ -201,7 +202,7 @@ def _measure_opened(plan: Plan, backend: str, precision: str, threads: int, labe
 
 
 def _measure_end_to_end(plan: Plan, backend: str, precision: str, threads: int, label: str,
-                        opened: dict[str, tuple[Session, float, dict[str, Any]]], baseline: float) -> None:
+                        opened: dict[str, tuple[Session, float, dict[str, Any]]], baseline: Baseline) -> None:
     try:
         built = pipeline(plan, backend, precision, {g: o[0] for g, o in opened.items()})
     except Exception as exc:

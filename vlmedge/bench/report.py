@@ -20,7 +20,8 @@ from vlmedge.errors import InputError
 
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
 LATENCY_COLUMNS = ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max")
-OTHER_COLUMNS = ("items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", "provider", "parity")
+OTHER_COLUMNS = ("items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "anon +MB", "size MB", "provider",
+                 "parity")
 ROOFLINE_COLUMNS = ("GOP/call", "GOP/s", "computes in", "peak GOP/s", "% of peak", "ops/byte", "ridge", "bound")
 
 
@@ -58,6 +59,7 @@ def _load_cell(row: Row) -> str:
 def _other_cells(row: Row) -> list[str]:
     return [f"{row.throughput_per_s:.1f}", _speedup(row), _load_cell(row), f"{row.first_inference_ms:.2f}",
             "-" if row.peak_rss_increase_mb is None else f"{row.peak_rss_increase_mb:.1f}",
+            "-" if row.anonymous_increase_mb is None else f"{row.anonymous_increase_mb:.1f}",
             "-" if row.model_mb is None else f"{row.model_mb:.2f}", row.provider, parity_text(row)]
 
 
@@ -120,7 +122,8 @@ def header_lines(result: BenchResult) -> list[str]:
         f"finished {result.created}",
         f"versions: {versions}",
         f"latency: ms per call of one batch; items/s = batch / mean latency; vs torch = torch p50 / p50; "
-        f"peak RSS: {s.memory_method}",
+        f"peak RSS: {s.memory_method}; anon: the anonymous memory (RssAnon) the session holds after the row, "
+        "over that before it was opened (peak RSS less the file pages the kernel can drop)",
         *(["roofline: GOP/call = 2 x MACs of MatMul/Gemm/Conv counted from the graph; GOP/s over p50; % of the "
            "measured peak of the precision the row computes in; below the ridge (peak / bandwidth, ops/byte): "
            "memory-bound"] if result.peaks else []),
@@ -174,7 +177,7 @@ def row_block(row: Row) -> list[str]:
             "              " + "  ".join(f"{k} {latency[k]}" for k in ("min", "mean", "max", "std", "CoV")),
             f"  items/s {other['items/s']}  vs torch {other['vs torch']}  load {other['load s']} s  "
             f"first {other['first ms']} ms",
-            f"  peak RSS +{other['peak RSS +MB']} MB  size {other['size MB']} MB  provider {other['provider']}",
+            f"  peak RSS +{other['peak RSS +MB']} MB  anonymous +{other['anon +MB']} MB  size {other['size MB']} MB  provider {other['provider']}",
             f"  parity: {other['parity']}"] + ([f"  roofline: {roofline_text(row)}"] if row.roofline else [])
 
 
@@ -198,8 +201,8 @@ def print_result(result: BenchResult, console: Console) -> None:
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "size MB", *LATENCY_COLUMNS,
-             *ROOFLINE_COLUMNS[:2], *ROOFLINE_COLUMNS[3:7]}
+    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "anon +MB", "size MB",
+             *LATENCY_COLUMNS, *ROOFLINE_COLUMNS[:2], *ROOFLINE_COLUMNS[3:7]}
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in right else "---" for h in headers) + "|"]
     return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]

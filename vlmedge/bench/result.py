@@ -1,8 +1,8 @@
 """The typed result of `vlmedge bench`, its versioned JSON form, and what is read off its
 rows (speed-ups over the torch baseline, warnings, recommended settings).
 
-JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 2;
-version 1, without the roofline, is read too).
+JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 3;
+version 1, without the roofline, and 2, without the anonymous memory, are read too).
 Times are milliseconds (`*_ms`) or seconds (`*_s`), memory and sizes megabytes (10^6
 bytes for files, MiB for resident memory: `*_mb`), throughput items per second.
 """
@@ -23,8 +23,8 @@ from vlmedge.environment import Environment, Gpu
 from vlmedge.errors import InputError
 
 SCHEMA = "vlmedge-bench"
-SCHEMA_VERSION = 2
-READ_VERSIONS = (1, 2)  # version 1: no roofline per row, no peaks
+SCHEMA_VERSION = 3
+READ_VERSIONS = (1, 2, 3)  # version 1: no roofline per row, no peaks; 2: no anonymous memory
 # The backend name and precision of the PyTorch source's rows (not a backend of vlmedge.runtimes).
 BASELINE = "torch"
 BASELINE_PRECISION = "fp32"
@@ -140,6 +140,9 @@ class Row:
     # What the compiled-model cache did for this row's load (Session.cache_status: "hit",
     # "miss", "unsaved", "off"), so that load_s reads right: a hit skipped the compilation.
     load_cache: str | None = None
+    # The anonymous memory the session holds after the row's calls (Memory.anonymous_increase):
+    # peak RSS less what the kernel can drop, the memory a small device must really have.
+    anonymous_increase_mb: float | None = None
 
     @property
     def key(self) -> tuple:

@@ -1,5 +1,5 @@
 """How `vlmedge bench` takes its two measures: the timing loop around one call, and the
-peak resident memory of a session's life."""
+resident memory of a session's life (its peak, and the anonymous memory it holds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import resource
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 MAX_ITERATIONS = 100_000
 
@@ -75,14 +75,32 @@ class Memory:
         value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return value / 1024**2 if sys.platform == "darwin" else value / 1024
 
-    def start(self) -> float:
-        """Marks the start of a session's life; returns the baseline to pass to increase()."""
+    def start(self) -> Baseline:
+        """Marks the start of a session's life; returns the baseline to pass to increase()
+        and anonymous_increase()."""
         gc.collect()
+        anonymous = self.status("RssAnon")
         if self.resettable:
             self._reset()
-            return self.status("VmRSS") or 0.0
-        return self._maxrss_mb()
+            return Baseline(self.status("VmRSS") or 0.0, anonymous)
+        return Baseline(self._maxrss_mb(), anonymous)
 
-    def increase(self, baseline: float) -> float:
+    def increase(self, baseline: Baseline) -> float:
         peak = self.status("VmHWM") if self.resettable else self._maxrss_mb()
-        return round(max(0.0, (peak or 0.0) - baseline), 1)
+        return round(max(0.0, (peak or 0.0) - baseline.rss_mb), 1)
+
+    def anonymous_increase(self, baseline: Baseline) -> float | None:
+        """The anonymous memory (RssAnon) held now more than at the baseline: what the session
+        holds that the kernel cannot drop. Peak RSS also counts a model file's clean mapped
+        pages, which the kernel reclaims when memory runs short. None where /proc has no RssAnon."""
+        now = self.status("RssAnon")
+        if now is None or baseline.anonymous_mb is None:
+            return None
+        return round(max(0.0, now - baseline.anonymous_mb), 1)
+
+
+class Baseline(NamedTuple):
+    """Memory before a session is opened, in MB."""
+
+    rss_mb: float
+    anonymous_mb: float | None
