@@ -177,7 +177,8 @@ def row_block(row: Row) -> list[str]:
             "              " + "  ".join(f"{k} {latency[k]}" for k in ("min", "mean", "max", "std", "CoV")),
             f"  items/s {other['items/s']}  vs torch {other['vs torch']}  load {other['load s']} s  "
             f"first {other['first ms']} ms",
-            f"  peak RSS +{other['peak RSS +MB']} MB  anonymous +{other['anon +MB']} MB  size {other['size MB']} MB  provider {other['provider']}",
+            f"  peak RSS +{other['peak RSS +MB']} MB  anon +{other['anon +MB']} MB  size {other['size MB']} MB",
+            f"  provider {other['provider']}",
             f"  parity: {other['parity']}"] + ([f"  roofline: {roofline_text(row)}"] if row.roofline else [])
 
 
