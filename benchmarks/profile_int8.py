@@ -79,21 +79,25 @@ def profile(xml: Path, calls: int, precision: str) -> tuple[dict[tuple[str, str]
     for _ in range(5):
         request.infer({0: pixels})
     per_kind: dict[tuple[str, str], list[float]] = {}
-    per_shape: dict[tuple[int, int, int], list[float]] = {}
+    per_shape: dict[tuple[int, int, int, int], list[float]] = {}
     walls = []
     for _ in range(calls):
         t0 = time.perf_counter()
         request.infer({0: pixels})
         walls.append((time.perf_counter() - t0) * 1e3)
-        sums: dict[Any, float] = {}
+        kind_sums: dict[tuple[str, str], float] = {}
+        shape_sums: dict[tuple[int, int, int, int], float] = {}
         for info in request.profiling_info:
             if info.status != info.Status.EXECUTED:
                 continue
             ms = info.real_time.total_seconds() * 1e3
-            for key in [(info.node_type, info.exec_type)] + ([shapes[info.node_name]] if info.node_name in shapes else []):
-                sums[key] = sums.get(key, 0.0) + ms
-        for key, ms in sums.items():
-            (per_shape if isinstance(key[0], int) else per_kind).setdefault(key, []).append(ms)
+            kind = (info.node_type, info.exec_type)
+            kind_sums[kind] = kind_sums.get(kind, 0.0) + ms
+            if info.node_name in shapes:
+                shape_sums[shapes[info.node_name]] = shape_sums.get(shapes[info.node_name], 0.0) + ms
+        for sums, into in ((kind_sums, per_kind), (shape_sums, per_shape)):
+            for key, ms in sums.items():
+                into.setdefault(key, []).append(ms)
     return per_kind, statistics.median(walls), per_shape
 
 

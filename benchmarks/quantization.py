@@ -22,6 +22,7 @@ Writes benchmarks/results/quantization-<machine>.md and .json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -38,16 +39,23 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from vlmedge.environment import cpu_flags, describe  # noqa: E402
+from vlmedge.environment import Environment, cpu_flags, describe  # noqa: E402
+
+
+@functools.cache
+def _machine() -> Environment:
+    """describe() once per process (it runs nvidia-smi and reads every package's version);
+    the CPU and its name do not change while a benchmark runs."""
+    return describe()
 
 
 def cpu_name() -> str:
-    return describe().cpu_model
+    return _machine().cpu_model
 
 
 def machine_name() -> str:
     """e.g. 'intel-xeon-processor-amx-2c': vlmedge.environment's name, as run_suite.py uses."""
-    return describe().machine_name
+    return _machine().machine_name
 
 
 def timing_parser(doc: str, work: str, rounds: int, runs: int, calibration_help: str,
