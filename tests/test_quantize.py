@@ -104,6 +104,47 @@ def test_openvino_int8_tries_its_float_parts_in_bf16_where_the_cpu_computes_in_i
     assert entry["session_options"] == {"inference_precision": "fp32", **kept}
 
 
+@needs_openvino
+def test_openvino_int8_also_tries_symmetric_activations_and_keeps_the_fastest_passing_file(every_variant):
+    """Level 1 is also tried as NNCF's performance preset, and the file kept is the fastest
+    passing attempt of its level."""
+    quantization = _variants(every_variant)["openvino", "int8"]["parity"]["quantization"]
+    attempts = quantization["attempts"]
+    assert [a for a in attempts if a["level"] == 1 and a.get("preset") == "performance" and "cosine_min" in a]
+    passing = [a for a in attempts if a["level"] == quantization["level"] and a["passed"]]
+    fastest = min(passing, key=lambda a: a["latency_ms"]) if len(passing) > 1 else passing[0]
+    for key in ("preset", "smooth_quant", "session_options"):
+        assert quantization.get(key) == fastest.get(key), key
+
+
+@needs_openvino
+def test_the_performance_preset_recipe_quantizes_activations_symmetrically(every_variant, tmp_path):
+    """Built on the artifact's own fp32 graph and samples: the performance-preset file holds
+    only symmetric (or from-zero) activation ranges, its mixed-preset sibling does not."""
+    from types import SimpleNamespace
+
+    import openvino as ov
+
+    from vlmedge.check import PARITY_FILE
+    from vlmedge.exporters.openvino import openvino_int8_recipes
+
+    with np.load(every_variant / PARITY_FILE) as stored:
+        feeds = {key.split(".", 2)[2]: stored[key] for key in stored.files if key.startswith("model.input.")}
+    context = SimpleNamespace(base=every_variant / "onnx" / "model.fp32.onnx", feeds=feeds, calibration=None,
+                              graph=SimpleNamespace(name="model"), say=lambda message: None)
+    level1 = {r.notes.get("preset", "mixed"): r for r in openvino_int8_recipes(context)
+              if r.level == 1 and not r.notes["smooth_quant"]}
+    for preset, recipe in level1.items():
+        files, _ = recipe.build(tmp_path, f"{preset}.xml")
+        ranges = []
+        for op in ov.Core().read_model(str(files[0])).get_ordered_ops():
+            if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+                ranges.append(tuple(float(np.min(op.input_value(i).get_node().get_data())) for i in (1, 2)))
+        assert ranges
+        symmetric = all(low == 0 or abs(low + high) <= 0.01 * abs(low) for low, high in ranges)
+        assert symmetric == (preset == "performance"), (preset, ranges[:4])
+
+
 @pytest.mark.parametrize("target,precision", [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"),
                                               ("openvino", "bf16"), ("openvino", "int8")])
 def test_load_picks_the_variant_and_stays_close_to_fp32(every_variant, image_files, target, precision):
