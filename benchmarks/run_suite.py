@@ -26,7 +26,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -215,36 +214,6 @@ def buildable_variants(quick: bool, precisions: list[str] | None) -> list[tuple[
     return variants
 
 
-class _VariantTracker:
-    """Follows export's progress lines to name the variant that was being built when it
-    failed: the first one, in export's order, neither "parity passed" nor "left out" (a
-    missed gate) for the current graph."""
-
-    def __init__(self, say) -> None:
-        self.say, self.graph, self.settled = say, None, set()
-
-    def __call__(self, message: str) -> None:
-        found = re.match(r"\[([^\]]+)\] (?:exported|parity passed for) (\w+)/[^.\s]+\.(\w+)\.", message)
-        left_out = re.match(r"\[([^\]]+)\] left out (\w+) (\w+):", message)
-        if found:
-            if found.group(1) != self.graph:
-                self.graph, self.settled = found.group(1), set()
-            if "parity passed" in message:
-                self.settled.add((found.group(2), found.group(3)))
-        elif left_out and left_out.group(1) == self.graph:
-            self.settled.add((left_out.group(2), left_out.group(3)))
-        self.say(message)
-
-    def failed(self, targets: list[str], precisions: list[str]) -> tuple[str, str] | None:
-        try:
-            from vlmedge.exporters.pipeline import SKIPPED_VARIANTS
-        except ImportError:
-            SKIPPED_VARIANTS = {}
-        order = [("onnx", "fp32")] + [(t, p) for t in targets for p in precisions
-                                      if (t, p) != ("onnx", "fp32") and (t, p) not in SKIPPED_VARIANTS]
-        return next((v for v in order if v not in self.settled), None)
-
-
 def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]], say) -> tuple[Any, list[str]]:
     """Exports every variant it can. A variant that misses its gate is left out by export
     itself, that target and precision only (OpenVINO int8 stays when ONNX Runtime's int8
@@ -259,13 +228,12 @@ def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]
     targets = sorted({t for t, _ in variants}, key=["onnx", "openvino", "tensorrt"].index)
     precisions = sorted({p for _, p in variants}, key=["fp32", "fp16", "bf16", "int8"].index)
     while True:
-        tracker = _VariantTracker(say)
         try:
             say(f"export {folder.name}: to {', '.join(targets)}; {', '.join(precisions)}")
-            artifact = vlmedge.export(str(folder), out, to=targets, precision=precisions, progress=tracker,
+            artifact = vlmedge.export(str(folder), out, to=targets, precision=precisions, progress=say,
                                       gates=suite_gates(), strict=False)
         except VlmedgeError as exc:
-            failed = tracker.failed(targets, precisions)
+            failed = getattr(exc, "variant", None)  # the file whose build raised, set by export
             if failed is None or failed == ("onnx", "fp32"):
                 raise
             target, precision = failed

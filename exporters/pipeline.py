@@ -30,7 +30,7 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import ExportError, ParityError
+from vlmedge.errors import ExportError, ParityError, VlmedgeError
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
@@ -297,9 +297,15 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
             report = verify_variant(session, context, target, prec, relpath, plan, baseline_ms)
         except ParityError as exc:
             if plan.strict or (target, prec) == ("onnx", "fp32"):
+                exc.variant = (target, prec)
                 raise
             _drop(writer, plan, graph.name, target, prec, exc, files)
             continue
+        except VlmedgeError as exc:
+            exc.variant = (target, prec)  # which file failed, for callers that retry without it
+            raise
+        except Exception as exc:  # converters and quantizers raise many unrelated types
+            raise _build_failure(graph.name, target, prec, exc) from exc
         if (target, prec) == ("onnx", "fp32"):
             baseline_ms = report["latency_ms"]
         graph_io = graph_io or _graph_io(session, graph)
@@ -311,6 +317,16 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
         writer.add(relpath, role="model", graph=graph.name, target=target, precision=prec, parity=report, **entry_meta)
         written.append(relpath)
     return graph_io
+
+
+def _build_failure(graph: str, target: str, prec: str, exc: Exception) -> ExportError:
+    """A converter's or quantizer's own exception as one sentence naming the variant (the
+    full exception stays on __cause__), with `variant` set as for vlmedge's own errors."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    error = ExportError(f"Building the {target} {prec} file of graph '{graph}' failed ({type(exc).__name__}"
+                        f"{': ' + first[:300] if first else ''}); export without {target} {prec} (--to, --precision).")
+    error.variant = (target, prec)
+    return error
 
 
 def _drop(writer: ArtifactWriter, plan: VariantPlan, graph: str, target: str, prec: str, error: ParityError,

@@ -318,7 +318,7 @@ def test_suite_skips_a_task_that_is_not_exportable_yet(monkeypatch):
 def test_suite_drops_a_failing_variant_and_keeps_the_rest(monkeypatch, tmp_path):
     pytest.importorskip("torch")
     suite = _suite()
-    from vlmedge.errors import ParityError
+    from vlmedge.errors import ExportError
 
     calls = []
 
@@ -347,8 +347,10 @@ def test_suite_drops_a_failing_variant_and_keeps_the_rest(monkeypatch, tmp_path)
         progress("[model] exported onnx/model.fp32.onnx in 1.0s (1.0 MB)")
         progress("[model] parity passed for onnx/model.fp32.onnx: logits cosine 1.0")
         progress("[model] left out onnx int8: output 'logits': top-1 agreement 80% < 95%.")
-        if "openvino" in to:  # a converter error: export raises, naming no variant
-            raise ParityError("The model takes other inputs.")
+        if "openvino" in to:  # a converter error: export raises, naming the variant whose build failed
+            error = ExportError("Building the openvino fp32 file of graph 'model' failed (RuntimeError: no).")
+            error.variant = ("openvino", "fp32")
+            raise error
         return Exported([{"target": "onnx", "precision": "int8", "graph": "model", "reason": "top-1 80%."}])
 
     calls.clear()
@@ -358,7 +360,8 @@ def test_suite_drops_a_failing_variant_and_keeps_the_rest(monkeypatch, tmp_path)
                                             lambda m: None)
     # the int8 left out before the failure is not blamed for it; bf16 went with openvino
     assert calls[-1] == (["onnx"], ["fp32", "int8"])
-    assert dropped == ["openvino (every precision; openvino fp32 failed): The model takes other inputs.",
+    assert dropped == ["openvino (every precision; openvino fp32 failed): Building the openvino fp32 file of graph "
+                       "'model' failed (RuntimeError: no).",
                        "onnx int8 (missed its gate): top-1 80%."]
 
 

@@ -169,6 +169,29 @@ def test_onnx_bf16_is_skipped_or_refused(tmp_path, hf_classifier_dir):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_converter_error_is_one_sentence_naming_the_variant_and_nothing_is_written(tmp_path, hf_classifier_dir,
+                                                                                      monkeypatch):
+    """OpenVINO's ONNX frontend failing on a graph (made to, here) is an ExportError that
+    names the file being built and says what to do, not OpenVINO's own exception; the
+    exception stays on __cause__ and no artifact is left behind."""
+    import openvino as ov
+
+    import vlmedge
+    from vlmedge.errors import ExportError
+
+    def frontend_fails(*args, **kwargs):
+        raise RuntimeError("Check 'unknown_operators.empty()' failed at src/frontends/onnx/frontend/src/core/graph.cpp\n"
+                           "OpenVINO does not support the following ONNX operations: Col2Im")
+
+    monkeypatch.setattr(ov, "convert_model", frontend_fails)
+    with pytest.raises(ExportError, match=r"Building the openvino fp32 file of graph 'model' failed \(RuntimeError: "
+                                          r"Check 'unknown_operators.empty\(\)' failed.*export without openvino fp32") as caught:
+        vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "x", to=["onnx", "openvino"], precision=["fp32"])
+    assert caught.value.variant == ("openvino", "fp32") and isinstance(caught.value.__cause__, RuntimeError)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
+
+
 def test_info_lists_the_variants(ov_artifact):
     from tests.test_cli import vlmedge_cli
 
