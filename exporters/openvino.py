@@ -8,9 +8,10 @@
   AMX CPUs, GPUs); a precision the user asks for explicitly, never a silent default.
 - int8: NNCF post-training quantization for transformers, calibrated on the export's
   calibration feeds; on a failed gate retried with the first and last layers kept in float
-  and min/max activation ranges (asymmetric and symmetric), then with the transformer-sensitive ops kept in float too
-  (IgnoredScope), then as int8 weights with float activations. On CPUs that compute in
-  bf16 each file is also tried with its float parts in bf16; the fastest passing one is kept.
+  and min/max activation ranges (asymmetric and symmetric), then with the transformer-
+  sensitive ops kept in float too (IgnoredScope), then as int8 weights with float
+  activations. On CPUs that compute in bf16 each file is also tried with its float parts in
+  bf16; the fastest passing one of a level is kept.
 
 The inference precision each file was verified with is stored as the manifest entry's
 session_options, so `vlmedge.load` and `vlmedge check` run it the same way.

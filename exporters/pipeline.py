@@ -295,13 +295,10 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
                 plan.say(f"[{graph.name}] built {relpath} in {time.perf_counter() - t0:.1f}s ({_size_mb(files)})")
             session = open_session(writer.path(relpath), backend=backend_of_target(target).name, **session_options)
             report = verify_variant(session, context, target, prec, relpath, plan, baseline_ms)
-        except ParityError as exc:
-            if plan.strict or (target, prec) == ("onnx", "fp32"):
-                exc.variant = (target, prec)
-                raise
-            _drop(writer, plan, graph.name, target, prec, exc, files)
-            continue
         except VlmedgeError as exc:
+            if isinstance(exc, ParityError) and not plan.strict and (target, prec) != ("onnx", "fp32"):
+                _drop(writer, plan, graph.name, target, prec, exc, files)
+                continue
             exc.variant = (target, prec)  # which file failed, for callers that retry without it
             raise
         except Exception as exc:  # converters and quantizers raise many unrelated types
