@@ -134,6 +134,7 @@ def test_the_performance_preset_recipe_quantizes_activations_symmetrically(every
                               graph=SimpleNamespace(name="model"), say=lambda message: None)
     level1 = {r.notes.get("preset", "mixed"): r for r in openvino_int8_recipes(context)
               if r.level == 1 and not r.notes["smooth_quant"]}
+    assert set(level1) == {"mixed", "performance"}
     for preset, recipe in level1.items():
         files, _ = recipe.build(tmp_path, f"{preset}.xml")
         ranges = []
