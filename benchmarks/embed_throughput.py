@@ -194,11 +194,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def hf_processor(source: Path) -> Any:
-    """transformers' own Pillow image processor of the exported model, from its saved configuration."""
+    """transformers' own Pillow image processor of the exported model, from its saved configuration
+    (read, and its class named, as vlmedge's export reads it)."""
     import transformers
 
-    kind = json.loads((source / "preprocessor_config.json").read_text())["image_processor_type"]
-    return getattr(transformers, f"{kind.removesuffix('Fast')}Pil").from_pretrained(source)
+    from vlmedge.exporters.sources.hf import processor_config
+    from vlmedge.preprocess.image.hf import processor_kind
+
+    kind = processor_kind(processor_config(source))
+    return getattr(transformers, f"{kind}ImageProcessorPil").from_pretrained(source)
 
 
 def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: int, workers: int, rounds: int,

@@ -34,6 +34,7 @@ from vlmedge.errors import ExportError, ParityError, VlmedgeError
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
+from vlmedge.exporters.sources.messages import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason
@@ -319,9 +320,9 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
 def _build_failure(graph: str, target: str, prec: str, exc: Exception) -> ExportError:
     """A converter's or quantizer's own exception as one sentence naming the variant (the
     full exception stays on __cause__), with `variant` set as for vlmedge's own errors."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    error = ExportError(f"Building the {target} {prec} file of graph '{graph}' failed ({type(exc).__name__}"
-                        f"{': ' + first[:300] if first else ''}); export without {target} {prec} (--to, --precision).")
+    detail = f": {first_line(exc)}" if str(exc).strip() else ""
+    error = ExportError(f"Building the {target} {prec} file of graph '{graph}' failed ({type(exc).__name__}{detail}); "
+                        f"export without {target} {prec} (--to, --precision).")
     error.variant = (target, prec)
     return error
 
