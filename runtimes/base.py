@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
@@ -176,6 +177,19 @@ def _dtype(name: str) -> np.dtype | None:
         return np.dtype(name)
     except TypeError:
         return None
+
+
+def release_freed_heap() -> None:
+    """Hands the heap pages freed so far back to the system (glibc's malloc_trim). glibc keeps
+    them resident for reuse, so memory a dropped session freed still counts in the process's
+    RSS: a load that builds its cache entry with one session and then opens another calls this
+    between them, and bench's memory probe before each baseline (a session opened after another
+    one closed would otherwise grow into the first one's freed pages and look almost free).
+    Elsewhere (musl, macOS) there is nothing to do."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def available_backends() -> list[str]:

@@ -3,12 +3,13 @@ resident memory of a session's life (its peak, and the anonymous memory it holds
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import resource
 import sys
 import time
 from typing import Any, Callable, NamedTuple
+
+from vlmedge.runtimes.base import release_freed_heap
 
 MAX_ITERATIONS = 100_000
 
@@ -99,16 +100,6 @@ class Memory:
         if now is None or baseline.anonymous_mb is None:
             return None
         return round(max(0.0, now - baseline.anonymous_mb), 1)
-
-
-def release_freed_heap() -> None:
-    """Hands the heap pages freed so far back to the system (glibc's malloc_trim). glibc keeps
-    them resident for reuse, so a session opened after another one closed would grow into the
-    first one's freed pages and look almost free; elsewhere (musl, macOS) nothing to do."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class Baseline(NamedTuple):
