@@ -34,7 +34,7 @@ from vlmedge.errors import ExportError, ParityError, VlmedgeError
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
-from vlmedge.exporters.sources.messages import first_line
+from vlmedge.errors import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason

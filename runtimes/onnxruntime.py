@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, first_line
 from vlmedge.runtimes.base import Session, TensorInfo, release_freed_heap
 from vlmedge.runtimes.cache import CacheEntry, cache_entry, files_digest
 from vlmedge.runtimes.onnx_external import check_external_data, external_data_locations
@@ -39,11 +39,6 @@ _ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name 
     "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
     "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail") if hasattr(ort.capi.onnxruntime_pybind11_state, name)
 ) + (RuntimeError,)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _infos(args) -> list[TensorInfo]:
@@ -173,7 +168,7 @@ class OnnxRuntimeSession(Session):
         try:
             return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except _ORT_ERRORS as exc:
-            raise ArtifactError(f"ONNX Runtime cannot load {Path(model_path).name}: {_first_line(exc)}; the file is "
+            raise ArtifactError(f"ONNX Runtime cannot load {Path(model_path).name}: {first_line(exc)}; the file is "
                                 "corrupt or not a model this onnxruntime reads. Re-export it.") from None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,7 +177,7 @@ class OnnxRuntimeSession(Session):
         except _ORT_ERRORS as exc:
             shapes = {name: list(array.shape) for name, array in feeds.items()}
             raise InputError(f"ONNX Runtime could not run the model on inputs of shapes {shapes}: "
-                             f"{_first_line(exc)}") from None
+                             f"{first_line(exc)}") from None
         return dict(zip(self._output_names, results))
 
 

@@ -16,6 +16,12 @@ EXIT_CODES = {
 }
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, cut to `limit` characters: what a
+    one-sentence error quotes of the backend's or library's exception behind it."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:limit]
+
+
 class VlmedgeError(Exception):
     """Base class: the message says what was wrong and what to do."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlmedge.errors import UnsupportedModelError
+from vlmedge.errors import UnsupportedModelError, first_line
 
 TASKS = ("image-classification", "clip", "image-embedding", "audio-classification")  # the listing's order
 IMAGE_TASKS = ("image-classification", "clip", "image-embedding")  # exported with the folder's image processor
@@ -120,7 +120,6 @@ def _refusal(task: str, model_type: str, arch: str, processor: str | None) -> st
     from vlmedge.exporters.sources import hf_clip, hf_encoder
     from vlmedge.exporters.sources.hf import check_pixel_values_only, infer_task, model_class
     from vlmedge.exporters.sources.hf_naflex import MODEL_TYPES, needs_image_size
-    from vlmedge.exporters.sources.messages import first_line
     from vlmedge.preprocess.image.hf import refusal
 
     if model_type == "timm_wrapper":  # its config and processor need timm, which loads only with torchvision

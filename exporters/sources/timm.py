@@ -35,7 +35,7 @@ import torch
 from vlmedge.artifact import sha256_file
 from vlmedge.errors import ModelNotFoundError, UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.messages import first_line
+from vlmedge.errors import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 from vlmedge.preprocess.image.values import RESAMPLE

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
 from vlmedge.bench.timing import Baseline, timed_calls
+from vlmedge.errors import first_line
 from vlmedge.parity import GATES, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
 from vlmedge.runtimes.onnx_external import check_external_data
@@ -23,8 +24,7 @@ from vlmedge.runtimes.select import ModelSessions, open_entry
 
 def reason(exc: BaseException) -> str:
     """An exception as the one line a Skip gives."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def skip(plan: Plan, backend: str, why: str, graph: str | None = None, precision: str | None = None,
