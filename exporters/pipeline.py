@@ -30,11 +30,10 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import ExportError, ParityError, VlmedgeError
+from vlmedge.errors import ExportError, ParityError, VlmedgeError, first_line
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
-from vlmedge.errors import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason

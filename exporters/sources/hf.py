@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError
+from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, first_line
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
-from vlmedge.errors import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 

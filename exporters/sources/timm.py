@@ -33,9 +33,8 @@ from typing import Any
 import torch
 
 from vlmedge.artifact import sha256_file
-from vlmedge.errors import ModelNotFoundError, UnsupportedModelError
+from vlmedge.errors import ModelNotFoundError, UnsupportedModelError, first_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.errors import first_line
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 from vlmedge.preprocess.image.values import RESAMPLE
