@@ -81,7 +81,8 @@ class ModelSessions:
 def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = None, device: str = "cpu",
                **options: Any) -> Session:
     """Opens one model file of the artifact with the session options it was verified with
-    (caller's options win), after checking its external data stays inside the artifact and
+    (caller's options win), after hashing it and its weights files against the manifest
+    (unless the artifact already did), checking its external data stays inside the artifact and
     that the file's inputs and outputs are the ones the manifest describes.
 
     The backend's compiled form is cached (vlmedge.runtimes.cache) unless options has
@@ -93,11 +94,12 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
             raise BackendUnavailableError(f"{entry['path']} in {artifact.root} is of target '{entry['target']}', "
                                           "which this vlmedge cannot run; upgrade vlmedge.")
         backend = known.name
+    options = {**entry.get("session_options", {}), **options}
+    options["cache"] = cache_enabled(options.get("cache"))
+    artifact.verify_model(entry, cache=options["cache"])  # before any parser reads the file
     path = artifact.path_of(entry)
     if entry["target"] == "onnx" or path.suffix.lower() == ".onnx":  # ORT parses whatever the name
         check_external_data(path, artifact.root)
-    options = {**entry.get("session_options", {}), **options}
-    options["cache"] = cache_enabled(options.get("cache"))
     if options["cache"]:
         options.setdefault("model_digest", model_digest(artifact, entry))
     session = open_session(path, backend=backend, device=device, **options)
@@ -107,11 +109,10 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
 
 def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:
     """The content hash of a model file and its weights files (OpenVINO's .bin, ONNX
-    external data), from the sha256 the manifest records: Artifact.open verified them, so
+    external data), from the sha256 the manifest records: open_entry verified them, so
     nothing is hashed again here."""
     stem = entry["path"].rsplit(".", 1)[0] + "."
-    parts = sorted(f"{e['path'][len(stem):]}:{e['size']}:{e['sha256']}" for e in artifact.files
-                   if e["path"] == entry["path"] or (e.get("role") == "weights" and e["path"].startswith(stem)))
+    parts = sorted(f"{e['path'][len(stem):]}:{e['size']}:{e['sha256']}" for e in artifact.model_files(entry))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -82,6 +82,19 @@ def vit_artifact(hf_classifier_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def two_target_artifact(hf_classifier_dir, tmp_path_factory) -> Path:
+    """A tiny ViT with ONNX and (when installed) OpenVINO files; copy it before changing it."""
+    import importlib.util
+
+    import vlmedge
+
+    targets = ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    out = tmp_path_factory.mktemp("two-target-artifact") / "vit"
+    vlmedge.export(str(hf_classifier_dir("vit")), out, to=targets)
+    return out
+
+
 @pytest.fixture
 def artifact_copy(vit_artifact, tmp_path) -> Path:
     import shutil

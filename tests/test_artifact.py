@@ -60,6 +60,39 @@ def test_tampered_model_file_is_refused_naming_the_file(artifact_copy):
         vlmedge.load(artifact_copy)
 
 
+def test_a_load_hashes_only_the_model_files_it_opens(two_target_artifact, tmp_path, monkeypatch):
+    """vlmedge.load hashes the model and weights files of the backend it opens, not the other
+    target's (checked for size only), and every other file; a same-size change to the other
+    target's weights is refused when that target is loaded, a truncation at once."""
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    import vlmedge.artifact as artifact_module
+
+    root = tmp_path / "vit"
+    shutil.copytree(two_target_artifact, root)
+    hashed = []
+    real = artifact_module.sha256_file
+    monkeypatch.setattr(artifact_module, "sha256_file",
+                        lambda path: hashed.append(Path(path).relative_to(root).as_posix()) or real(path))
+    files = json.loads((root / "manifest.json").read_text())["files"]
+    openvino_files = {e["path"] for e in files if e["path"].startswith("openvino/")}
+    assert {"openvino/model.fp32.xml", "openvino/model.fp32.bin"} <= openvino_files
+
+    vlmedge.load(root, backend="onnxruntime", precision="fp32", cache=False)
+    assert sorted(hashed) == sorted(e["path"] for e in files if e["path"] not in openvino_files)
+
+    weights = root / "openvino" / "model.fp32.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert vlmedge.load(root, backend="onnxruntime", precision="fp32", cache=False).model.backend == "onnxruntime"
+    with pytest.raises(ArtifactError, match=r"openvino/model\.fp32\.bin in .* does not match the sha256"):
+        vlmedge.load(root, backend="openvino", precision="fp32", cache=False)
+
+    weights.write_bytes(bytes(data[:-8]))
+    with pytest.raises(ArtifactError, match=r"openvino/model\.fp32\.bin in .* does not match the sha256"):
+        vlmedge.load(root, backend="onnxruntime", precision="fp32", cache=False)
+
+
 def test_truncated_and_missing_and_extra_files_are_refused(artifact_copy):
     sample = next((artifact_copy / "samples").glob("*.png"))
     shutil.copy(sample, artifact_copy / "stowaway.png")

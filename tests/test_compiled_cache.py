@@ -16,17 +16,6 @@ from vlmedge.runtimes import cache as cache_module
 from vlmedge.runtimes.base import open_session
 from vlmedge.user_cache import cache_root
 
-@pytest.fixture(scope="module")
-def two_target_artifact(hf_classifier_dir, tmp_path_factory) -> Path:
-    """A tiny ViT with ONNX and (when installed) OpenVINO files."""
-    import importlib.util
-
-    targets = ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
-    out = tmp_path_factory.mktemp("cache-artifact") / "vit"
-    vlmedge.export(str(hf_classifier_dir("vit")), out, to=targets)
-    return out
-
-
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "cache"

@@ -1,24 +1,10 @@
-"""The artifact: a folder of model files plus manifest.json, written atomically and
-verified before anything parses it.
-
-Manifest schema v1 (JSON):
-    schema_version  1
-    task            "image-classification" | "image-embedding" | "clip" | "audio-classification"
-    source          {"reference", "architecture", "config_sha256", ...}
-    graphs          {graph: {"inputs": [TensorInfo], "outputs": [TensorInfo], "dynamic_axes": {...}}}
-    files           [{"path", "sha256", "size", "role", ...}]; role "model" entries also carry
-                    "graph", "target", "precision" and "parity" (a ParityReport as a dict)
-    preprocess      {"image": {...}} | {"text": {...}} | {"audio": {...}}
-    labels          [str] or null
-    postprocess     {"activation": "softmax" | "sigmoid" | null, ...}
-    versions        {"vlmedge", "torch", "onnx", "onnxruntime", ...}
-    created         ISO 8601 UTC time
+"""The artifact: a folder of model files plus manifest.json (its schema: vlmedge.manifest),
+written atomically and verified before anything parses it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import json
@@ -31,16 +17,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.errors import ArtifactError, ExportError
-from vlmedge.registry import TASKS
+from vlmedge.manifest import MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
 
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 _TMP_MARKER = ".vlmedge-tmp-"
 # Real manifests are a few hundred KB at most (parity reports, thousands of labels).
 MAX_MANIFEST_BYTES = 64 * 1024**2
-# Session options a model entry may carry to its backend (plain values only, no paths).
-MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "precision"})
+# The roles of the files a backend parses: a model file and the weights file beside it.
+BACKEND_FILE_ROLES = frozenset({"model", "weights"})
 
 
 def sha256_file(path: Path) -> str:
@@ -84,12 +68,20 @@ class Artifact:
 
     root: Path
     manifest: dict[str, Any]
+    # the files whose sha256 this object has checked (or its writer computed)
+    verified: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True, cache: bool | None = None) -> "Artifact":
+    def open(cls, path: str | os.PathLike, verify: bool = True, cache: bool | None = None,
+             defer_models: bool = False) -> "Artifact":
         """Reads manifest.json and (by default) verifies every file's size and sha256; files
         unchanged since an earlier verification are not hashed again unless cache=False
-        (vlmedge.user_cache)."""
+        (vlmedge.user_cache).
+
+        defer_models: the model and weights files are checked for size now and hashed only by
+        verify_model(), before a backend reads one: a load reads one precision of one target,
+        and hashing the others (most of a fp32 + int8, ONNX + OpenVINO artifact's bytes) would
+        make up most of a cold load's time."""
         root = Path(path)
         if not root.is_dir():
             raise ArtifactError(f"No artifact folder at {root}; pass the folder that `vlmedge export -o` wrote.")
@@ -111,10 +103,10 @@ class Artifact:
         except RecursionError:  # "[[[[..." nested deeper than the parser's stack
             raise ArtifactError(f"{manifest_path} is nested too deeply to be a manifest; the artifact is corrupt, "
                                 "re-export it.") from None
-        _check_manifest_shape(manifest, manifest_path)
+        check_manifest_shape(manifest, manifest_path)
         artifact = cls(root=root, manifest=manifest)
         if verify:
-            artifact.verify(cache=cache)
+            artifact.verify(cache=cache, defer_models=defer_models)
         return artifact
 
     @property
@@ -129,9 +121,11 @@ class Artifact:
         relpath = entry if isinstance(entry, str) else entry["path"]
         return safe_join(self.root, relpath)
 
-    def verify(self, entries: Iterable[dict[str, Any]] | None = None, cache: bool | None = None) -> None:
+    def verify(self, entries: Iterable[dict[str, Any]] | None = None, cache: bool | None = None,
+               defer_models: bool = False) -> None:
         """Refuses missing, extra, linked, truncated or altered files, naming the file.
-        cache: whether the memo of files already verified may spare hashing unchanged ones."""
+        cache: whether the memo of files already verified may spare hashing unchanged ones.
+        defer_models: leave the hashing of model and weights files to verify_model()."""
         listed = {entry["path"] for entry in self.files}
         for relpath in listed:
             self.path_of(relpath)  # refuses escaping paths before anything else is looked at
@@ -155,13 +149,29 @@ class Artifact:
                 raise ArtifactError(
                     f"{entry['path']} in {self.root} is hard-linked elsewhere; copy the artifact without links."
                 )
+            if info.st_size == entry["size"] and (entry["path"] in self.verified or (
+                    defer_models and entry.get("role") in BACKEND_FILE_ROLES)):
+                continue
             if info.st_size != entry["size"] or hashes.sha256(path, info) != entry["sha256"]:
                 hashes.save()
                 raise ArtifactError(
                     f"{entry['path']} in {self.root} does not match the sha256 in its manifest: "
                     "the file was altered or truncated. Re-export the artifact."
                 )
+            self.verified.add(entry["path"])
         hashes.save()
+
+    def model_files(self, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        """A model file's entry and the entries of its weights files (OpenVINO's .bin, ONNX
+        external data): the files its backend reads."""
+        stem = entry["path"].rsplit(".", 1)[0] + "."
+        return [e for e in self.files
+                if e["path"] == entry["path"] or (e.get("role") == "weights" and e["path"].startswith(stem))]
+
+    def verify_model(self, entry: dict[str, Any], cache: bool | None = None) -> None:
+        """Verifies a model file and its weights files before a backend reads them; those
+        this object already verified are not looked at again."""
+        self.verify(self.model_files(entry), cache=cache)
 
     def model_entries(self, graph: str | None = None, target: str | None = None,
                       precision: str | None = None) -> list[dict[str, Any]]:
@@ -184,158 +194,6 @@ def _walk_files(root: Path) -> list[str]:
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             found.append(Path(dirpath, name).relative_to(root).as_posix())
     return found
-
-
-def _check_manifest_shape(manifest: Any, where: Path) -> None:
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{where} is not a manifest object; re-export the artifact.")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{where} has schema version {version!r}, but this vlmedge reads version {SCHEMA_VERSION}; "
-            "re-export the artifact with this version of vlmedge or install the version that wrote it."
-        )
-    for key, kind in (("task", str), ("files", list), ("graphs", dict), ("preprocess", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise ArtifactError(f"{where} lacks a valid '{key}' field; the artifact is corrupt, re-export it.")
-    _check_fields_shape(manifest, where)
-
-
-def _malformed(where: Path, what: str) -> ArtifactError:
-    return ArtifactError(f"{where} is malformed: {what}; the artifact is corrupt or tampered with, re-export it.")
-
-
-def _check_tensor_infos(value: Any, where: Path, graph: str, kind: str) -> None:
-    if not isinstance(value, list) or not value:
-        raise _malformed(where, f"graph '{graph}' has no list of {kind}")
-    for info in value:
-        if not (isinstance(info, dict) and isinstance(info.get("name"), str) and isinstance(info.get("dtype"), str)
-                and isinstance(info.get("shape"), list)
-                and all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)) for d in info["shape"])):
-            raise _malformed(where, f"graph '{graph}' has a malformed entry in its {kind}: {info!r:.200}")
-
-
-def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
-    """Types of every field the runtime reads, so a bad manifest is an ArtifactError
-    here rather than a KeyError or TypeError somewhere later."""
-    graphs = manifest["graphs"]
-    if not graphs:
-        raise _malformed(where, "it lists no graphs")
-    for name, graph in graphs.items():
-        if not isinstance(graph, dict):
-            raise _malformed(where, f"graph '{name}' is a {type(graph).__name__}, not an object")
-        _check_tensor_infos(graph.get("inputs"), where, name, "inputs")
-        _check_tensor_infos(graph.get("outputs"), where, name, "outputs")
-    for kind, spec in manifest["preprocess"].items():
-        if not isinstance(spec, dict):
-            raise _malformed(where, f"preprocess['{kind}'] is a {type(spec).__name__}, not an object")
-    _check_task_shape(manifest, where)
-    labels = manifest.get("labels")
-    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-        raise _malformed(where, "labels must be a list of strings or null")
-    if not isinstance(manifest.get("postprocess") or {}, dict):
-        raise _malformed(where, "postprocess must be an object or null")
-    for key in ("source", "versions", "export"):
-        if not isinstance(manifest.get(key, {}), dict):
-            raise _malformed(where, f"{key} must be an object")
-    seen: set[str] = set()
-    modelled: set[str] = set()
-    for entry in manifest["files"]:
-        if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(k), t) for k, t in (("path", str), ("sha256", str), ("size", int), ("role", str))
-        ) or isinstance(entry["size"], bool) or entry["size"] < 0:
-            what = entry.get("path") if isinstance(entry, dict) else entry
-            raise _malformed(where, f"the file entry {what!r:.100} needs path, sha256 and role strings and a "
-                                    "non-negative integer size")
-        if entry["path"] in seen or entry["path"] == MANIFEST_NAME:
-            raise _malformed(where, f"it lists {entry['path']!r} twice")
-        seen.add(entry["path"])
-        if entry["role"] != "model":
-            continue
-        if not all(isinstance(entry.get(k), str) for k in ("graph", "target", "precision")):
-            raise _malformed(where, f"model file {entry['path']!r} lacks its graph, target or precision")
-        if entry["graph"] not in graphs:
-            raise _malformed(where, f"model file {entry['path']!r} is of graph '{entry['graph']}', which it does not describe")
-        modelled.add(entry["graph"])
-        _check_session_options(entry, where)
-        _check_parity(entry, where)
-    if set(graphs) - modelled:
-        raise _malformed(where, f"graph(s) {sorted(set(graphs) - modelled)} have no model file")
-
-
-def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
-    """A registered task's artifact holds the graphs and preprocessing sections the
-    registry declares for it (an unknown task is refused later, by whoever runs it)."""
-    task = TASKS.get(manifest["task"])
-    if task is None:
-        return
-    graphs = manifest["graphs"]
-    if len(graphs) != len(task.graphs):
-        raise _malformed(where, f"the {task.name} task has {len(task.graphs)} graph(s), not {len(graphs)} ({sorted(graphs)})")
-    missing = set(task.preprocess) - set(manifest["preprocess"])
-    if missing:
-        raise _malformed(where, f"the {task.name} task needs preprocess {sorted(missing)}")
-
-
-_METRICS = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "top1", "top5", "prob_max_abs")
-
-
-def _gate_keys() -> tuple[set[str], set[str]]:
-    """(required, allowed) keys of a stored Gate, from the dataclass itself."""
-    import dataclasses
-
-    from vlmedge.parity import Gate
-
-    fields = dataclasses.fields(Gate)
-    return ({f.name for f in fields if f.default is dataclasses.MISSING}, {f.name for f in fields})
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_parity(entry: dict[str, Any], where: Path) -> None:
-    """The parity report's fields that load, info, check and bench read: a report (when not
-    empty) has passed, samples and per-output metrics; the optional parts have their types."""
-    report = entry.get("parity")
-    if not report:
-        return
-    bad = f"the parity report of {entry['path']!r}"
-    if not isinstance(report, dict):
-        raise _malformed(where, f"{bad} is not an object")
-    outputs, gate = report.get("outputs"), report.get("gate")
-    accuracy, quantization = report.get("accuracy"), report.get("quantization")
-    checks = {
-        "passed": isinstance(report.get("passed"), bool),
-        "samples": isinstance(report.get("samples"), int) and not isinstance(report.get("samples"), bool),
-        "outputs": isinstance(outputs, dict) and bool(outputs) and all(
-            isinstance(m, dict) and all(_number(m[k]) for k in _METRICS if k in m) for m in outputs.values()),
-        "gate": gate is None or (isinstance(gate, dict) and _gate_keys()[0] <= set(gate) <= _gate_keys()[1]
-                                 and all(v is None or _number(v) for v in gate.values())),
-        "latency_ms": report.get("latency_ms") is None or _number(report["latency_ms"]),
-        "speedup_vs_onnx_fp32": report.get("speedup_vs_onnx_fp32") is None or _number(report["speedup_vs_onnx_fp32"]),
-        "accuracy": accuracy is None or (isinstance(accuracy, dict) and _number(accuracy.get("top1"))),
-        "quantization": quantization is None or (isinstance(quantization, dict)
-                                                 and isinstance(quantization.get("method"), str)
-                                                 and _number(quantization.get("level"))),
-    }
-    wrong = [key for key, ok in checks.items() if not ok]
-    if wrong:
-        raise _malformed(where, f"{bad} has an invalid {', '.join(wrong)}")
-
-
-def _check_session_options(entry: dict[str, Any], where: Path) -> None:
-    """Options a manifest may pass to a backend: a small allowlist of plain values, so an
-    artifact cannot point a backend at paths of its choosing (e.g. a cache_dir to write to)."""
-    options = entry.get("session_options", {})
-    if not isinstance(options, dict):
-        raise _malformed(where, f"session_options of {entry['path']!r} is not an object")
-    for key, value in options.items():
-        if key not in MANIFEST_SESSION_OPTIONS or not isinstance(value, (str, int, float, bool, type(None))):
-            raise ArtifactError(
-                f"{where} asks the backend for session option {key}={value!r:.80} for {entry['path']}, which an artifact "
-                f"may not set (allowed: {', '.join(sorted(MANIFEST_SESSION_OPTIONS))}); refusing to load it."
-            )
 
 
 @dataclass
@@ -392,13 +250,6 @@ class ArtifactWriter:
         self.files = [e for e in self.files if e["path"] != relpath] + [entry]
         return entry
 
-    def copy_from(self, artifact: Artifact) -> None:
-        """Starts from an existing artifact's files (for adding a target in place)."""
-        for entry in artifact.files:
-            target = self.path(entry["path"])
-            shutil.copyfile(artifact.path_of(entry), target)
-            self.files.append(dict(entry))
-
     def commit(self, manifest: dict[str, Any]) -> Artifact:
         """Writes the manifest last, fsyncs, and swaps the folder into place."""
         manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": self.files}
@@ -409,7 +260,8 @@ class ArtifactWriter:
             _fsync_dir(Path(folder))
         _swap_into_place(self.tmp, self.destination)
         _fsync_dir(self.destination.parent)
-        return Artifact(root=self.destination, manifest=manifest)
+        # add() hashed every file as it was written: the artifact needs no second look
+        return Artifact(root=self.destination, manifest=manifest, verified={e["path"] for e in self.files})
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -487,6 +339,8 @@ def _swap_into_place(new: Path, destination: Path) -> None:
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:
+    import ctypes.util  # only writers swap folders; it costs a load ~10 ms to import
+
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return False

@@ -7,7 +7,6 @@ the installed distribution), so describing the machine never changes what is mea
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import platform
 import re
@@ -163,6 +162,8 @@ def gpus() -> list[Gpu]:
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    import importlib.metadata  # here, not at the top: a load reads cpu_key() and needs none of it (~20 ms)
+
     versions = {}
     for name in names:
         try:

@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
 
 
 @dataclass(frozen=True)
@@ -163,6 +162,9 @@ def run_in_batches(session: Any, feeds: dict[str, Any], batch_size: int = 8) -> 
     A text graph that takes captions of any length runs each batch without the padding its
     captions all end with, as the runtime runs it (preprocess.text.trim_padding); the
     references are the source's at the full context, so parity covers that trimming too."""
+    # here, not at the top: Artifact.open imports this module, and the text module brings tokenizers
+    from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
+
     trims = takes_trimmed_padding(session.inputs)
     parts: dict[str, list[np.ndarray]] = {}
     for batch in feed_batches(feeds, batch_size):

@@ -29,7 +29,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
     from vlmedge.registry import task_named
 
     workers = None if decode_workers is None else check_workers(decode_workers)
-    artifact = Artifact.open(path, cache=cache)
+    artifact = Artifact.open(path, cache=cache, defer_models=True)  # open_model verifies the files it opens
     task = task_named(artifact.task, f"Artifact {path}")
     pipeline = task.pipeline_class()(open_model(artifact, backend=backend, device=device, precision=precision,
                                                 cache=cache, **options))
