@@ -93,6 +93,24 @@ def test_a_load_hashes_only_the_model_files_it_opens(two_target_artifact, tmp_pa
         vlmedge.load(root, backend="onnxruntime", precision="fp32", cache=False)
 
 
+def test_the_first_load_after_an_export_hashes_nothing(hf_classifier_dir, tmp_path, monkeypatch):
+    """The export records the sha256 of each file it wrote in the verified-file memo; with the
+    memo off, the same load hashes every file it reads."""
+    import vlmedge.artifact as artifact_module
+
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VLMEDGE_NO_CACHE", raising=False)
+    out = tmp_path / "vit"
+    vlmedge.export(str(hf_classifier_dir("vit")), out)
+    hashed = []
+    real = artifact_module.sha256_file
+    monkeypatch.setattr(artifact_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    vlmedge.load(out)
+    assert hashed == []
+    vlmedge.load(out, cache=False)
+    assert "model.fp32.onnx" in hashed and "parity.npz" in hashed
+
+
 def test_truncated_and_missing_and_extra_files_are_refused(artifact_copy):
     sample = next((artifact_copy / "samples").glob("*.png"))
     shutil.copy(sample, artifact_copy / "stowaway.png")

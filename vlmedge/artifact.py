@@ -260,6 +260,11 @@ class ArtifactWriter:
             _fsync_dir(Path(folder))
         _swap_into_place(self.tmp, self.destination)
         _fsync_dir(self.destination.parent)
+        memo = VerifiedFiles(sha256_file)  # the first load need not hash again what add() hashed
+        for entry in self.files:
+            path = self.destination / entry["path"]
+            memo.learn(path, path.stat(), entry["sha256"])
+        memo.save()
         # add() hashed every file as it was written: the artifact needs no second look
         return Artifact(root=self.destination, manifest=manifest, verified={e["path"] for e in self.files})
 

@@ -7,8 +7,9 @@ Verifying an artifact hashes every file (a ViT-B artifact: about a second), on e
 The memo records, per file, the sha256 it had and the file's identity when it was hashed
 (size, mtime, ctime, inode); a file whose identity is unchanged is not hashed again. Any
 write through the file system changes the ctime, which no program can set back, so an
-altered file is always hashed again and refused as before. The memo is plain JSON,
-written atomically; an unreadable one is ignored and rewritten.
+altered file is always hashed again and refused as before. An export records the sha256
+it computed of each file it wrote, so the first load after it hashes nothing either. The
+memo is plain JSON, written atomically; an unreadable one is ignored and rewritten.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ class VerifiedFiles:
         self._memo[key] = [identity, digest]
         self._changed = True
         return digest
+
+    def learn(self, path: Path, info: os.stat_result, digest: str) -> None:
+        """Records a sha256 computed elsewhere (the export's, of a file it just wrote)."""
+        if self._path:
+            self._memo.pop(str(path.resolve()), None)
+            self._memo[str(path.resolve())] = [file_identity(info), digest]
+            self._changed = True
 
     def save(self) -> None:
         """Writes the memo if it learned something; a failure only costs the speed-up."""
