@@ -3,7 +3,7 @@
 Where: $VLMEDGE_CACHE_DIR, else $XDG_CACHE_HOME/vlmedge, else ~/.cache/vlmedge.
 Off: VLMEDGE_NO_CACHE=1 (or cache=False where a call takes it): nothing is read or written.
 
-Verifying an artifact hashes every file (a ViT-B artifact: about a second), on every load.
+Verifying an artifact hashes its files (a ViT-B artifact's: about a second), on every load.
 The memo records, per file, the sha256 it had and the file's identity when it was hashed
 (size, mtime, ctime, inode); a file whose identity is unchanged is not hashed again. Any
 write through the file system changes the ctime, which no program can set back, so an
@@ -62,17 +62,18 @@ class VerifiedFiles:
         if isinstance(known, list) and len(known) == 2 and known[0] == identity and isinstance(known[1], str):
             return known[1]
         digest = self._hash_file(path)
-        self._memo.pop(key, None)  # re-insert: dicts keep insertion order, the newest last
-        self._memo[key] = [identity, digest]
-        self._changed = True
+        self._remember(key, identity, digest)
         return digest
 
     def learn(self, path: Path, info: os.stat_result, digest: str) -> None:
         """Records a sha256 computed elsewhere (the export's, of a file it just wrote)."""
         if self._path:
-            self._memo.pop(str(path.resolve()), None)
-            self._memo[str(path.resolve())] = [file_identity(info), digest]
-            self._changed = True
+            self._remember(str(path.resolve()), file_identity(info), digest)
+
+    def _remember(self, key: str, identity: list[int], digest: str) -> None:
+        self._memo.pop(key, None)  # re-insert: dicts keep insertion order, the newest last
+        self._memo[key] = [identity, digest]
+        self._changed = True
 
     def save(self) -> None:
         """Writes the memo if it learned something; a failure only costs the speed-up."""
