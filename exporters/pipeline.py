@@ -30,7 +30,7 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import ExportError, ParityError, VlmedgeError, first_line
+from vlmedge.errors import ExportError, ParityError, VlmedgeError, exception_line
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
@@ -319,8 +319,7 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
 def _build_failure(graph: str, target: str, prec: str, exc: Exception) -> ExportError:
     """A converter's or quantizer's own exception as one sentence naming the variant (the
     full exception stays on __cause__), with `variant` set as for vlmedge's own errors."""
-    detail = f": {first_line(exc)}" if str(exc).strip() else ""
-    error = ExportError(f"Building the {target} {prec} file of graph '{graph}' failed ({type(exc).__name__}{detail}); "
+    error = ExportError(f"Building the {target} {prec} file of graph '{graph}' failed ({exception_line(exc)}); "
                         f"export without {target} {prec} (--to, --precision).")
     error.variant = (target, prec)
     return error

@@ -22,6 +22,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:limit]
 
 
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """The exception's type and the first line of its message ("RuntimeError: ..."), or its
+    type alone when the message is empty."""
+    return f"{type(exc).__name__}: {first_line(exc, limit)}" if str(exc).strip() else type(exc).__name__
+
+
 class VlmedgeError(Exception):
     """Base class: the message says what was wrong and what to do."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, first_line
+from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
@@ -238,7 +238,7 @@ def logits_field(model: torch.nn.Module, arch: str, num_labels: int, height: int
     except Exception as exc:  # noqa: BLE001 - the model's own code, any error type
         raise UnsupportedModelError(
             f"{arch}'s own forward fails on a {height}x{width} image given as pixel_values alone "
-            f"({type(exc).__name__}: {first_line(exc, 200)}); vlmedge cannot export it."
+            f"({exception_line(exc, 200)}); vlmedge cannot export it."
         ) from None
     for name in ("logits", "last_hidden_state"):
         value = getattr(output, name, None)

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from vlmedge.errors import ExportError, UnsupportedModelError
+from vlmedge.errors import ExportError, UnsupportedModelError, exception_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import (first_line, freeze_position_embeddings, image_preprocess, load_model,
+from vlmedge.exporters.sources.hf import (freeze_position_embeddings, image_preprocess, load_model,
                                           parse_image_size, processor_config, source_info)
 from vlmedge.exporters.sources.hf_naflex import naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
@@ -352,7 +352,7 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
     except Exception as exc:  # noqa: BLE001 - the model's own code, any error type
         raise UnsupportedModelError(
             f"{arch}'s own forward fails on a {height}x{width} image given as pixel_values alone "
-            f"({type(exc).__name__}: {first_line(exc, 200)}); vlmedge cannot export it for image embeddings."
+            f"({exception_line(exc, 200)}); vlmedge cannot export it for image embeddings."
         ) from None
     if prefix < int(family.has_cls) or (registers and prefix < 1 + registers):
         raise UnsupportedModelError(f"{arch} returns {prefix} tokens besides its {grid[0]}x{grid[1]} patches at "

@@ -43,9 +43,8 @@ from typing import Any
 import torch
 
 from vlmedge.artifact import sha256_file
-from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError
+from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import first_line
 from vlmedge.exporters.sources.hf_clip import CAPTIONS_FILE, sample_captions, text_parity_feeds
 from vlmedge.exporters.sources.timm import checkpoint_file, eval_transform_spec, import_library, json_safe
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
@@ -175,7 +174,7 @@ def _build(open_clip: Any, name: str, weights: Path | None) -> torch.nn.Module:
         ) from None
     except Exception as exc:  # noqa: BLE001 - open_clip raises RuntimeError, ValueError, FileNotFoundError ...
         raise UnsupportedModelError(
-            f"open_clip cannot build {name} from {weights or 'its folder'} ({type(exc).__name__}: {first_line(exc, 240)})."
+            f"open_clip cannot build {name} from {weights or 'its folder'} ({exception_line(exc, 240)})."
         ) from None
     if type(model).__name__ not in MODEL_CLASSES:
         raise UnsupportedModelError(f"open_clip's {name} is a {type(model).__name__}; vlmedge exports "

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from vlmedge.artifact import sha256_file
-from vlmedge.errors import ModelNotFoundError, UnsupportedModelError, first_line
+from vlmedge.errors import ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
@@ -229,7 +229,7 @@ def _load_state(timm: Any, path: Path) -> dict[str, torch.Tensor]:
         return timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load refusing a pickle, a corrupt file ...
         raise UnsupportedModelError(
-            f"Cannot read the checkpoint {path} with weights_only=True ({type(exc).__name__}: {first_line(exc, 200)}); "
+            f"Cannot read the checkpoint {path} with weights_only=True ({exception_line(exc, 200)}); "
             "vlmedge never unpickles checkpoints unrestricted: save the weights as safetensors."
         ) from None
 
@@ -240,7 +240,7 @@ def _build(timm: Any, name: str, path: Path | None, from_folder: bool, model_kwa
         model = timm.create_model(name, pretrained=from_folder, exportable=True, **model_kwargs)
     except Exception as exc:  # noqa: BLE001 - RuntimeError "Unknown model", TypeError for a bad kwarg ...
         raise UnsupportedModelError(
-            f"timm cannot build {name!r} ({type(exc).__name__}: {first_line(exc, 200)}); "
+            f"timm cannot build {name!r} ({exception_line(exc, 200)}); "
             "check the name against timm.list_models() and the model_kwargs."
         ) from None
     if path is None:
@@ -331,7 +331,7 @@ def from_timm(name: str, task: str | None = None, checkpoint: Any = None, pretra
     except Exception as exc:  # noqa: BLE001 - the model's own code, any error type
         raise UnsupportedModelError(
             f"timm's {name} fails on a {height}x{width} image, the size of its data config "
-            f"({type(exc).__name__}: {first_line(exc, 200)}); set pretrained_cfg_overlay=dict(input_size=...) in "
+            f"({exception_line(exc, 200)}); set pretrained_cfg_overlay=dict(input_size=...) in "
             "model_kwargs to the size the model takes."
         ) from None
     output = "logits" if task == "image-classification" else "pooled"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib.util
 import time
 
-from vlmedge.bench.measure import live_parity, measure_graph, pipeline, reason, skip
+from vlmedge.bench.measure import live_parity, measure_graph, pipeline, skip
+from vlmedge.errors import exception_line
 from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import BASELINE, BASELINE_PRECISION as PRECISION
 
@@ -37,7 +38,7 @@ def _rebuild(plan: Plan, threads: int) -> None:
         cache["sessions"] = open_reference(plan.artifact, threads=threads, device=plan.settings.device)
         cache.update(load_s=time.perf_counter() - t0, baseline=baseline, parity={})
     except Exception as exc:
-        cache["error"] = reason(exc)
+        cache["error"] = exception_line(exc)
 
 
 def measure_torch(plan: Plan, threads: int) -> None:
@@ -65,7 +66,7 @@ def measure_torch(plan: Plan, threads: int) -> None:
         try:
             built = pipeline(plan, BASELINE, PRECISION, sessions)
         except Exception as exc:
-            return skip(plan, BASELINE, f"the {plan.task} pipeline cannot be built: {reason(exc)}", precision=PRECISION)
+            return skip(plan, BASELINE, f"the {plan.task} pipeline cannot be built: {exception_line(exc)}", precision=PRECISION)
     for graph, session in sessions.items():
         model_mb = round(sum(t.numel() * t.element_size() for t in
                              list(session.module.parameters()) + list(session.module.buffers())) / 1e6, 3)

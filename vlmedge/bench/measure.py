@@ -15,16 +15,11 @@ from typing import Any, Callable, Sequence
 from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
 from vlmedge.bench.timing import Baseline, timed_calls
-from vlmedge.errors import first_line
+from vlmedge.errors import exception_line
 from vlmedge.parity import GATES, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
 from vlmedge.runtimes.onnx_external import check_external_data
 from vlmedge.runtimes.select import ModelSessions, open_entry
-
-
-def reason(exc: BaseException) -> str:
-    """An exception as the one line a Skip gives."""
-    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def skip(plan: Plan, backend: str, why: str, graph: str | None = None, precision: str | None = None,
@@ -79,7 +74,7 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
             first_ns, samples = timed_calls(call, settings.warmup, settings.iterations, settings.duration_s or 0.0,
                                             settings.min_iterations or 1)
         except Exception as exc:  # a backend that cannot run this batch: say why, measure the rest
-            skip(plan, backend, reason(exc), graph, precision, batch)
+            skip(plan, backend, exception_line(exc), graph, precision, batch)
             continue
         latency = Latency.from_ns(samples)
         row = Row(
@@ -184,7 +179,7 @@ def measure_backend(plan: Plan, backend: str, threads: int) -> None:
                 opened[graph] = (session, time.perf_counter() - t0, found[0])
                 session = None
             except Exception as exc:
-                skip(plan, backend, reason(exc), graph, precision)
+                skip(plan, backend, exception_line(exc), graph, precision)
                 continue
             if not end_to_end:  # model-only: one session in memory at a time
                 _measure_opened(plan, backend, precision, threads, label, graph, opened.pop(graph), baseline, None)
@@ -206,7 +201,7 @@ def _measure_end_to_end(plan: Plan, backend: str, precision: str, threads: int, 
     try:
         built = pipeline(plan, backend, precision, {g: o[0] for g, o in opened.items()})
     except Exception as exc:
-        return skip(plan, backend, f"the {plan.task} pipeline cannot be built: {reason(exc)}", precision=precision)
+        return skip(plan, backend, f"the {plan.task} pipeline cannot be built: {exception_line(exc)}", precision=precision)
     for graph, item in opened.items():
         _measure_opened(plan, backend, precision, threads, label, graph, item, baseline, built)
 
@@ -225,7 +220,7 @@ def measure_peer(plan: Plan, name: str, path: Path, threads: int) -> None:
         session = _open(plan, "onnxruntime", threads, opener)
         load_s = time.perf_counter() - t0
     except Exception as exc:
-        return skip(plan, "onnxruntime", f"peer {name}: {reason(exc)}")
+        return skip(plan, "onnxruntime", f"peer {name}: {exception_line(exc)}")
     wanted = [i.name for i in session.inputs]
     graph = next((g for g, d in plan.stored.items() if set(d.get("input", {})) == set(wanted)), None)
     if graph is None:

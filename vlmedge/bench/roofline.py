@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from vlmedge.bench.peak import MachinePeaks, machine_peaks
 from vlmedge.bench.result import BASELINE, Roofline, Row
-from vlmedge.errors import VlmedgeError, first_line
+from vlmedge.errors import VlmedgeError, exception_line
 
 if TYPE_CHECKING:
     from vlmedge.bench.plan import Plan
@@ -371,7 +371,7 @@ def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCou
                 if found[1] == "onnx" and counts[key].unknown and any(r.backend == "openvino" for r in plan.rows):
                     counts[key] = _fewer_unknown(counts[key], found[0], shapes)
             except Exception as exc:  # an unreadable graph: this row has no roofline, the others do
-                counts[key] = f"operations could not be counted: {type(exc).__name__}: {first_line(exc)}"
+                counts[key] = f"operations could not be counted: {exception_line(exc)}"
     return counts[key]
 
 
