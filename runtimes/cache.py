@@ -126,14 +126,6 @@ class CacheEntry:
         shutil.rmtree(built, ignore_errors=True)
         self.status = "unsaved"
 
-    def relist(self) -> None:
-        """Records the entry's files again, after the backend added one to a used entry
-        (OpenVINO does when the same model is opened from another path)."""
-        try:
-            _write_key_file(self.folder, self.key)
-        except OSError as exc:
-            self._unsaved(exc)
-
     def discard(self) -> None:
         """Removes an entry the backend could not use."""
         self._remove(self.folder)

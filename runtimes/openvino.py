@@ -4,10 +4,13 @@ A compiled model is shared; infer requests are not thread-safe, so each thread g
 own (threading.local). The inference precision is set explicitly when the artifact says
 so: OpenVINO's CPU plugin otherwise runs fp32 models in bf16 on CPUs that support it.
 `provider` reports the device and the precision the compiled model actually uses.
+The weights (or the cached blob) are read through vlmedge's own mapping of the file, whose
+pages the load and the first call hand back as the plugin packs them (runtimes/mapped.py).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -20,12 +23,19 @@ from vlmedge.errors import BackendUnavailableError, InputError
 from vlmedge.runtimes.base import Session, TensorInfo
 from vlmedge.runtimes.cache import CacheEntry, files_digest
 from vlmedge.runtimes.cache import cache_entry
+from vlmedge.runtimes.mapped import MappedFile
 
 # vlmedge precision names and OpenVINO's own -> the INFERENCE_PRECISION_HINT value
 INFERENCE_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 # Virtual devices that pick or combine real ones; any other name must be present.
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+
+# A blob in OpenVINO's CACHE_DIR: one XML header line, then what the plugin exported. Only
+# the form written by this OpenVINO (its version, no alignment padding) is read directly;
+# any other is an entry to build again.
+_CACHE_BLOB_HEADER = re.compile(
+    rb'<\?xml version="1\.0"\?><compiled_blob ie_version="([^"\n]*)"[^\n]* header_size_alignment="0"/>\n')
 
 _core: ov.Core | None = None
 _core_lock = threading.Lock()
@@ -112,9 +122,9 @@ class OpenVinoSession(Session):
         model_path = Path(model_path)
         if model_path.suffix != ".xml":
             raise BackendUnavailableError(f"The OpenVINO backend reads IR .xml files, not {model_path.name}.")
-        # OpenVINO's own cache names its blobs by the model's path and options, not its
-        # content (a rewritten .bin at the same path would reuse a stale blob), so each
-        # vlmedge entry, keyed by content, is a CACHE_DIR of its own.
+        # Each vlmedge entry, keyed by the files' content, is a CACHE_DIR of its own holding
+        # one blob: OpenVINO writes it while compiling, and a hit imports it without asking
+        # OpenVINO to look it up (its lookup hashes the whole model, or keys a file by path).
         entry = None
         if cache_dir:  # the caller's own OpenVINO cache folder, managed by the caller
             config["CACHE_DIR"] = str(cache_dir)
@@ -122,6 +132,10 @@ class OpenVinoSession(Session):
             entry = cache_entry(self.backend, ov.get_version(),
                                model_digest or files_digest([model_path, model_path.with_suffix(".bin")]),
                                name, {k: str(v) for k, v in config.items()})
+        # The file OpenVINO reads the weights from, through vlmedge's own mapping, kept as long
+        # as the compiled model; None where OpenVINO maps the files itself (a caller's cache_dir).
+        self._mapped: MappedFile | None = None
+        self._first_call_done = False
         self._compiled = self._compile(model_path, name, config, entry)
         self.cache_status = entry.status if entry is not None else "off"
         self.cache_path = entry.folder if entry is not None else None
@@ -141,44 +155,72 @@ class OpenVinoSession(Session):
             warnings.warn(f"OpenVINO on {executing} runs in {self.inference_precision}, not the requested {wanted}.",
                           stacklevel=2)
         # Compiling may merge names onto a port; port_name picks the graph's own. The
-        # ov.Model is never held: compile_model reads the file itself (weights mapped, not
-        # copied) and drops it once compiled, or imports the cached blob without it.
+        # ov.Model is never held: the compiled model reads the weights from the mapping.
         self.inputs = _infos(self._compiled.inputs)
         self.outputs = _infos(self._compiled.outputs)
         self._input_index = {info.name: i for i, info in enumerate(self.inputs)}
         self._output_ports = list(zip((o.name for o in self.outputs), self._compiled.outputs))
         self._local = threading.local()
 
-    @staticmethod
-    def _compile(model_path: Path, name: str, config: dict[str, Any], entry: CacheEntry | None) -> ov.CompiledModel:
-        """compile_model on the file's path, through the cache entry when there is one."""
-        hit = entry is not None and entry.lookup()
-        if hit:
+    def _compile(self, model_path: Path, name: str, config: dict[str, Any], entry: CacheEntry | None) -> ov.CompiledModel:
+        """The compiled model: imported from the cache entry on a hit, else compiled from the
+        file (and saved in a new entry when there is one)."""
+        if "CACHE_DIR" in config:  # the caller's own cache folder: OpenVINO reads the files itself
+            return self._compile_file(model_path, name, config)
+        if entry is not None and entry.lookup():
             try:
-                compiled = core().compile_model(str(model_path), name, {**config, "CACHE_DIR": str(entry.folder)})
+                compiled = self._import_blob(entry.folder, name, config)
+                entry.status = "hit"
+                return compiled
             except RuntimeError:
-                entry.discard()  # an entry OpenVINO cannot use: built again below
-                hit = False
-        built = None if entry is None or hit else entry.start_build()
+                entry.discard()  # an entry this OpenVINO cannot import: built again below
+        built = None if entry is None else entry.start_build()
         try:
-            if not hit:
-                compiled = core().compile_model(str(model_path), name,
-                                                {**config, **({"CACHE_DIR": str(built)} if built else {})})
-        except RuntimeError as exc:
+            compiled = self._compile_mapped(model_path, name, {**config, **({"CACHE_DIR": str(built)} if built else {})})
+        except BaseException:
             if built is not None:
                 entry.abandon(built)
-            raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+            raise
         if built is not None:
             entry.commit(built)
-        elif hit:
-            entry.status = "hit"
+        return compiled
+
+    def _compile_mapped(self, model_path: Path, name: str, config: dict[str, Any]) -> ov.CompiledModel:
+        """compile_model on the IR read with its weights through vlmedge's mapping of the .bin,
+        handing the pages back as the plugin packs them (see vlmedge.runtimes.mapped)."""
+        weights = model_path.with_suffix(".bin")
+        if not weights.is_file() or weights.stat().st_size == 0:  # no weights to map
+            return self._compile_file(model_path, name, config)
+        mapped = MappedFile(weights)
+        with mapped.handing_back_pages():
             try:
-                loaded = bool(compiled.get_property("LOADED_FROM_CACHE"))
-            except RuntimeError:
-                loaded = True
-            if not loaded:  # OpenVINO compiled anyway (e.g. the artifact moved) and added a blob
-                entry.status = "miss"
-                entry.relist()
+                model = core().read_model(model_path.read_text(encoding="utf-8"), ov.Tensor(mapped.array(), shared_memory=True))
+                compiled = core().compile_model(model, name, config)
+            except RuntimeError as exc:
+                raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+            del model
+        self._mapped = mapped
+        return compiled
+
+    def _compile_file(self, model_path: Path, name: str, config: dict[str, Any]) -> ov.CompiledModel:
+        try:
+            return core().compile_model(str(model_path), name, config)
+        except RuntimeError as exc:
+            raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+
+    def _import_blob(self, folder: Path, name: str, config: dict[str, Any]) -> ov.CompiledModel:
+        """import_model on the entry's blob, read through vlmedge's mapping of it (the weights
+        are in it); RuntimeError when the entry holds no blob of this OpenVINO's form."""
+        blobs = sorted(folder.glob("*.blob"))
+        if len(blobs) != 1:
+            raise RuntimeError(f"{len(blobs)} blobs in {folder}")
+        mapped = MappedFile(blobs[0])
+        header = _CACHE_BLOB_HEADER.match(mapped.head(4096))
+        if header is None or header.group(1).decode("utf-8", "replace") != ov.get_version():
+            raise RuntimeError(f"{blobs[0].name} is not a blob of OpenVINO {ov.get_version()}")
+        with mapped.handing_back_pages():
+            compiled = core().import_model(ov.Tensor(mapped.array(header.end()), shared_memory=True), name, config)
+        self._mapped = mapped
         return compiled
 
     def _request(self) -> ov.InferRequest:
@@ -187,10 +229,20 @@ class OpenVinoSession(Session):
             request = self._local.request = self._compiled.create_infer_request()
         return request
 
+    def _infer(self, inputs: dict[int, np.ndarray]) -> Any:
+        """One inference; the first one hands back the mapped pages the plugin reads as it
+        packs the weights it left for then (dynamic shapes pack at the first call)."""
+        if self._first_call_done or self._mapped is None:
+            return self._request().infer(inputs, share_outputs=False)
+        with self._mapped.handing_back_pages():
+            results = self._request().infer(inputs, share_outputs=False)
+        self._first_call_done = True
+        return results
+
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {self._input_index[name]: np.ascontiguousarray(value) for name, value in feeds.items()}
         try:
-            results = self._request().infer(inputs, share_outputs=False)
+            results = self._infer(inputs)
         except RuntimeError as exc:  # e.g. a dynamic axis longer than the model takes (a text past its positions)
             shapes = {name: list(array.shape) for name, array in feeds.items()}
             # OpenVINO's message is a stack of "Exception from <source file>" lines around the one that says why

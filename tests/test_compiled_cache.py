@@ -4,6 +4,7 @@ different answer from a load without it. Observed through Session.cache_status, 
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -236,3 +237,43 @@ def test_a_first_onnxruntime_load_serves_from_the_saved_model(two_target_artifac
     feeds = _feeds(first)
     for name, value in first.run(feeds).items():
         np.testing.assert_array_equal(value, second.run(feeds)[name])
+
+
+def _resident_kb(path: Path) -> list[int]:
+    """The resident kB of each mapping of `path` in this process (/proc/self/smaps)."""
+    sizes, current = [], None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+            current = fields[5] if len(fields) > 5 else None
+        elif fields[:1] == ["Rss:"] and current == str(path):
+            sizes.append(int(fields[1]))
+    return sizes
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads the mappings from Linux's /proc/self/smaps")
+def test_openvino_hands_back_the_mapped_pages_of_what_it_read(two_target_artifact, cache_dir):
+    """The weights (uncached, or a cold load) and the cached blob (a warm load) are read through
+    vlmedge's own mapping, whose pages the load and first call hand back; later calls read the
+    pages they need again, and every answer is OpenVINO's own from the file."""
+    import openvino as ov
+
+    xml = two_target_artifact / "openvino" / "model.fp32.xml"
+    own = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    session = _session(two_target_artifact, "openvino", cache=False)
+    expected = {p.get_any_name(): v for p, v in own.create_infer_request().infer(_feeds(session)).items()}
+    del own, session
+    for cache, status in ((False, "off"), (True, "miss"), (True, "hit")):
+        gc.collect()  # the sessions before, with their mappings
+        session = _session(two_target_artifact, "openvino", cache=cache)
+        assert session.cache_status == status
+        read = xml.with_suffix(".bin") if status != "hit" else next(session.cache_path.glob("*.blob"))
+        assert read.stat().st_size > 64 * 1024  # pages enough for the check to mean something
+        assert len(_resident_kb(read)) == 1  # vlmedge's mapping; OpenVINO has none of its own
+        first = _outputs(session)
+        assert _resident_kb(read) == [0], status
+        second = _outputs(session)
+        for name, value in expected.items():
+            port = next(o.name for o in session.outputs if o.name == name or name in o.name)
+            np.testing.assert_allclose(first[port], value, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(first[port], second[port])
