@@ -66,12 +66,18 @@ class OnnxRuntimeSession(Session):
     optimisation off, its weights mapped from the side file. The
     saved model may hold optimisations for this CPU only (ONNX Runtime says so for the
     "all" level), which is why the cache key names the CPU.
+
+    Every ONNX file is checked, right before ONNX Runtime parses it, to name no external data
+    outside its folder: `data_root` for the model file (the artifact's root; default its own
+    folder), the entry for a cached one. A cache hit parses only the entry's file, so the
+    model file itself is not read at all.
     """
 
     backend = "onnxruntime"
 
     def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None,
-                 optimization: str = "all", cache: bool = False, model_digest: str | None = None) -> None:
+                 optimization: str = "all", cache: bool = False, model_digest: str | None = None,
+                 data_root: Path | None = None) -> None:
         if device not in PROVIDERS:
             raise BackendUnavailableError(
                 f"ONNX Runtime has no device '{device}'; choose one of {', '.join(PROVIDERS)}."
@@ -90,15 +96,19 @@ class OnnxRuntimeSession(Session):
             providers.append("CPUExecutionProvider")
         model_path = Path(model_path)
         # Only CPU graphs are saved: other providers' fused nodes are theirs to cache.
+        model = (model_path, Path(data_root) if data_root is not None else model_path.parent)
         entry = None
         if cache and device == "cpu" and optimization != "none":
-            entry = cache_entry(self.backend, ort.__version__, model_digest or files_digest(_model_files(model_path)),
-                               device, {"optimization": optimization, "threads": threads or 0})
+            if model_digest is None:  # hashes the files the model names, so they are checked first
+                check_external_data(*model)
+                model_digest = files_digest(_model_files(model_path))
+            entry = cache_entry(self.backend, ort.__version__, model_digest, device,
+                                {"optimization": optimization, "threads": threads or 0})
         self._session = None
         if entry is not None:
-            self._session = self._from_cache(entry, model_path, optimization, threads, providers)
+            self._session = self._from_cache(entry, model, optimization, threads, providers)
         if self._session is None:
-            self._session = self._open(model_path, optimization, threads, providers)
+            self._session = self._open(model, optimization, threads, providers)
         self.cache_status = entry.status if entry is not None else "off"
         self.cache_path = entry.folder if entry is not None else None
         self.device = device
@@ -111,17 +121,16 @@ class OnnxRuntimeSession(Session):
         self._output_names = [o.name for o in self.outputs]
 
     @classmethod
-    def _from_cache(cls, entry: CacheEntry, model_path: Path, optimization: str, threads: int | None,
+    def _from_cache(cls, entry: CacheEntry, model: tuple[Path, Path], optimization: str, threads: int | None,
                     providers: list[str]) -> "ort.InferenceSession | None":
         """A session on the entry's saved optimised model, which is built first when the
         entry is missing or cannot be loaded; None when the cache cannot be used (the caller
         then opens the model itself). Sets entry.status."""
         for status in ("hit", "miss") if entry.lookup() else ("miss",):
-            if status == "miss" and not cls._build(entry, model_path, optimization, threads, providers):
+            if status == "miss" and not cls._build(entry, model, optimization, threads, providers):
                 return None
-            try:
-                check_external_data(entry.folder / _CACHED_MODEL, entry.folder)  # its weights are its own
-                session = cls._open(entry.folder / _CACHED_MODEL, "none", threads, providers)
+            try:  # its weights are its own: the entry is its data root
+                session = cls._open((entry.folder / _CACHED_MODEL, entry.folder), "none", threads, providers)
             except ArtifactError:
                 entry.discard()  # not loadable after all
                 entry.status = "unsaved"
@@ -131,7 +140,7 @@ class OnnxRuntimeSession(Session):
         return None
 
     @classmethod
-    def _build(cls, entry: CacheEntry, model_path: Path, optimization: str, threads: int | None,
+    def _build(cls, entry: CacheEntry, model: tuple[Path, Path], optimization: str, threads: int | None,
                providers: list[str]) -> bool:
         """Saves ONNX Runtime's optimised model into the entry, with a session that only
         builds it and is dropped at once: it does not prepack its weights, which would put a
@@ -141,7 +150,7 @@ class OnnxRuntimeSession(Session):
         if built is None:
             return False
         try:
-            cls._open(model_path, optimization, threads, providers, save_to=built)
+            cls._open(model, optimization, threads, providers, save_to=built)
         except ArtifactError:
             entry.abandon(built)  # saving may be what failed: the load goes on without the cache
             return False
@@ -153,8 +162,11 @@ class OnnxRuntimeSession(Session):
         return entry.status == "miss"
 
     @staticmethod
-    def _open(model_path: Path, optimization: str, threads: int | None, providers: list[str],
+    def _open(model: tuple[Path, Path], optimization: str, threads: int | None, providers: list[str],
               save_to: Path | None = None) -> "ort.InferenceSession":
+        """A session on model = (ONNX file, the folder its external data must stay in)."""
+        model_path, data_root = model
+        check_external_data(model_path, data_root)
         options = ort.SessionOptions()
         options.graph_optimization_level = _LEVELS[optimization]
         if threads:

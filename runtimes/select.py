@@ -13,7 +13,6 @@ from vlmedge.artifact import Artifact
 from vlmedge.errors import ArtifactError, BackendUnavailableError
 from vlmedge.runtimes.base import BACKENDS, Session, backend_named, backend_of_target, open_session
 from vlmedge.user_cache import cache_enabled
-from vlmedge.runtimes.onnx_external import check_external_data
 
 
 def cpu_vendor() -> str:
@@ -82,8 +81,9 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
                **options: Any) -> Session:
     """Opens one model file of the artifact with the session options it was verified with
     (caller's options win), after hashing it and its weights files against the manifest
-    (unless the artifact already did), checking its external data stays inside the artifact and
-    that the file's inputs and outputs are the ones the manifest describes.
+    (unless the artifact already did), and checks that the file's inputs and outputs are the
+    ones the manifest describes. ONNX Runtime checks that a file's external data stays inside
+    the artifact before it parses the file (a cache hit parses its own saved model instead).
 
     The backend's compiled form is cached (vlmedge.runtimes.cache) unless options has
     cache=False or VLMEDGE_NO_CACHE=1 is set; the key uses the manifest's file hashes.
@@ -98,8 +98,8 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
     options["cache"] = cache_enabled(options.get("cache"))
     artifact.verify_model(entry, cache=options["cache"])  # before any parser reads the file
     path = artifact.path_of(entry)
-    if entry["target"] == "onnx" or path.suffix.lower() == ".onnx":  # ORT parses whatever the name
-        check_external_data(path, artifact.root)
+    if backend == "onnxruntime":  # it checks the external data of the files it parses, and only those
+        options["data_root"] = artifact.root
     if options["cache"]:
         options.setdefault("model_digest", model_digest(artifact, entry))
     session = open_session(path, backend=backend, device=device, **options)

@@ -277,3 +277,26 @@ def test_openvino_hands_back_the_mapped_pages_of_what_it_read(two_target_artifac
             port = next(o.name for o in session.outputs if o.name == name or name in o.name)
             np.testing.assert_allclose(first[port], value, rtol=1e-5, atol=1e-5)
             np.testing.assert_array_equal(first[port], second[port])
+
+
+def test_onnxruntime_checks_the_external_data_of_the_files_it_parses_and_only_those(two_target_artifact, cache_dir,
+                                                                                   monkeypatch):
+    """A miss parses the artifact's file (checked against the artifact's root) and the entry's
+    saved model (against the entry); a hit parses the entry's alone, so the artifact's file,
+    hashed already, is not read again."""
+    from vlmedge.runtimes import onnxruntime as ort_module
+
+    checked = []
+    real_check = ort_module.check_external_data
+    monkeypatch.setattr(ort_module, "check_external_data", lambda path, root: checked.append((path, root)) or
+                        real_check(path, root))
+    first = _session(two_target_artifact, "onnxruntime")
+    entry = first.cache_path
+    model = two_target_artifact / "onnx" / "model.fp32.onnx"
+    assert first.cache_status == "miss" and checked == [(model, two_target_artifact), (entry / "model.onnx", entry)]
+    checked.clear()
+    assert _session(two_target_artifact, "onnxruntime").cache_status == "hit"
+    assert checked == [(entry / "model.onnx", entry)]
+    checked.clear()
+    assert _session(two_target_artifact, "onnxruntime", cache=False).cache_status == "off"
+    assert checked == [(model, two_target_artifact)]

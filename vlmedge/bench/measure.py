@@ -18,7 +18,6 @@ from vlmedge.bench.timing import Baseline, timed_calls
 from vlmedge.errors import exception_line
 from vlmedge.parity import GATES, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
-from vlmedge.runtimes.onnx_external import check_external_data
 from vlmedge.runtimes.select import ModelSessions, open_entry
 
 
@@ -119,8 +118,7 @@ def _open(plan: Plan, backend: str, threads: int, opener: Callable[..., Session]
 
 
 def _open_peer(path: Path, device: str, **options: Any) -> Session:
-    """A peer's ONNX file on ONNX Runtime; its external data must stay beside it."""
-    check_external_data(path, path.parent)
+    """A peer's ONNX file on ONNX Runtime (which refuses external data outside its folder)."""
     return open_session(path, backend="onnxruntime", device=device, **options)
 
 
