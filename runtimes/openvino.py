@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from vlmedge.errors import BackendUnavailableError, InputError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
 from vlmedge.runtimes.base import Session, TensorInfo
 from vlmedge.runtimes.cache import CacheEntry, files_digest
 from vlmedge.runtimes.cache import cache_entry
@@ -162,7 +162,8 @@ class OpenVinoSession(Session):
         self._output_ports = list(zip((o.name for o in self.outputs), self._compiled.outputs))
         self._local = threading.local()
 
-    def _compile(self, model_path: Path, name: str, config: dict[str, Any], entry: CacheEntry | None) -> ov.CompiledModel:
+    def _compile(self, model_path: Path, name: str, config: dict[str, Any],
+                 entry: CacheEntry | None) -> ov.CompiledModel:
         """The compiled model: imported from the cache entry on a hit, else compiled from the
         file (and saved in a new entry when there is one)."""
         if "CACHE_DIR" in config:  # the caller's own cache folder: OpenVINO reads the files itself
@@ -172,11 +173,12 @@ class OpenVinoSession(Session):
                 compiled = self._import_blob(entry.folder, name, config)
                 entry.status = "hit"
                 return compiled
-            except RuntimeError:
-                entry.discard()  # an entry this OpenVINO cannot import: built again below
+            except (RuntimeError, OSError, ValueError):
+                entry.discard()  # an entry this OpenVINO cannot import or read: built again below
         built = None if entry is None else entry.start_build()
         try:
-            compiled = self._compile_mapped(model_path, name, {**config, **({"CACHE_DIR": str(built)} if built else {})})
+            compiled = self._compile_mapped(model_path, name,
+                                            {**config, **({"CACHE_DIR": str(built)} if built else {})})
         except BaseException:
             if built is not None:
                 entry.abandon(built)
@@ -191,13 +193,18 @@ class OpenVinoSession(Session):
         weights = model_path.with_suffix(".bin")
         if not weights.is_file() or weights.stat().st_size == 0:  # no weights to map
             return self._compile_file(model_path, name, config)
-        mapped = MappedFile(weights)
+        try:
+            mapped = MappedFile(weights)
+        except OSError as exc:
+            raise ArtifactError(f"OpenVINO's weights file {weights} could not be read ({exc.strerror or exc}); "
+                                "check its permissions.") from None
         with mapped.handing_back_pages():
             try:
-                model = core().read_model(model_path.read_text(encoding="utf-8"), ov.Tensor(mapped.array(), shared_memory=True))
+                model = core().read_model(model_path.read_text(encoding="utf-8"),
+                                          ov.Tensor(mapped.array(), shared_memory=True))
                 compiled = core().compile_model(model, name, config)
             except RuntimeError as exc:
-                raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+                raise _not_compiled(model_path, name, exc) from None
             del model
         self._mapped = mapped
         return compiled
@@ -206,7 +213,7 @@ class OpenVinoSession(Session):
         try:
             return core().compile_model(str(model_path), name, config)
         except RuntimeError as exc:
-            raise BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {name}: {exc}") from None
+            raise _not_compiled(model_path, name, exc) from None
 
     def _import_blob(self, folder: Path, name: str, config: dict[str, Any]) -> ov.CompiledModel:
         """import_model on the entry's blob, read through vlmedge's mapping of it (the weights
@@ -250,6 +257,10 @@ class OpenVinoSession(Session):
                            if line.strip() and not line.startswith("Exception from")) or str(exc).strip()
             raise InputError(f"OpenVINO could not run the model on inputs of shapes {shapes}: {why}") from None
         return {name: np.array(results[port], copy=True) for name, port in self._output_ports}
+
+
+def _not_compiled(model_path: Path, device_name: str, exc: RuntimeError) -> BackendUnavailableError:
+    return BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {device_name}: {exc}")
 
 
 def open_session(model_path: Path, device: str = "cpu", **options: Any) -> OpenVinoSession:

@@ -300,3 +300,24 @@ def test_onnxruntime_checks_the_external_data_of_the_files_it_parses_and_only_th
     checked.clear()
     assert _session(two_target_artifact, "onnxruntime", cache=False).cache_status == "off"
     assert checked == [(model, two_target_artifact)]
+
+
+def test_an_openvino_blob_of_another_form_is_rebuilt_not_imported(two_target_artifact, cache_dir):
+    """A listed, intact blob whose header is not this OpenVINO's (another version's, as a
+    shared cache folder could hold) is built again rather than handed to import_model."""
+    import openvino as ov
+
+    _backend_or_skip("openvino")
+    first = _session(two_target_artifact, "openvino")
+    entry = first.cache_path
+    (blob,) = entry.glob("*.blob")
+    data = blob.read_bytes()
+    version = ov.get_version().encode()
+    assert data.count(version) >= 1 and data.startswith(b"<?xml")
+    blob.write_bytes(data.replace(version, b"9" * len(version), 1))
+    cache_module._write_key_file(entry, json.loads((entry / "key.json").read_text())["key"])  # listed as it is now
+    again = _session(two_target_artifact, "openvino")
+    assert again.cache_status == "miss"
+    assert version in next(entry.glob("*.blob")).read_bytes()[:512]
+    assert _session(two_target_artifact, "openvino").cache_status == "hit"
+    _assert_same(_outputs(again), _outputs(first))
