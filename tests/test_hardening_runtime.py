@@ -80,8 +80,11 @@ def test_a_run_the_backend_rejects_is_an_input_error(tmp_path):
 
 def test_a_file_onnx_runtime_cannot_load_is_an_artifact_error(tmp_path):
     path = tmp_path / "model.onnx"
-    path.write_bytes(b"\x08\x07" + b"\xff" * 64)
+    path.write_bytes(b"\x08\x07" + b"\x12\x03abc")  # well-formed protobuf (ir_version, producer), no graph
     with pytest.raises(ArtifactError, match=r"ONNX Runtime cannot load model\.onnx"):
+        open_session(path)
+    path.write_bytes(b"\x08\x07" + b"\xff" * 64)  # not even protobuf: refused before ONNX Runtime reads it
+    with pytest.raises(ArtifactError, match=r"model\.onnx is not a valid ONNX file"):
         open_session(path)
 
 
