@@ -17,7 +17,6 @@ handed back.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import threading
 from contextlib import contextmanager
@@ -51,11 +50,12 @@ class MappedFile:
         return self._pages[:count].tobytes()
 
     def array(self, offset: int = 0) -> np.ndarray:
-        """The bytes from `offset` as a uint8 array without a copy. It is flagged writable
+        """The bytes from `offset` as a uint8 array without a copy, which keeps this mapping
+        open for as long as it (or a backend's tensor holding it) lives. It is flagged writable
         because OpenVINO's zero-copy Tensor asks for that; the pages themselves are mapped
         read-only, so a write would fault, never alter the file or what a reader sees."""
         view = self._pages[offset:]
-        return np.ctypeslib.as_array((ctypes.c_uint8 * view.size).from_address(view.ctypes.data))
+        return np.asarray(_Bytes(self, view.ctypes.data, view.size))
 
     def hand_back_pages(self) -> None:
         """Unmaps the resident pages from this process (they stay in the page cache)."""
@@ -83,3 +83,12 @@ class MappedFile:
             done.set()
             thread.join()
             self.hand_back_pages()
+
+
+class _Bytes:
+    """numpy's array interface over `size` mapped bytes at `address`; the array's base, so
+    the mapping it refers to stays open under it."""
+
+    def __init__(self, owner: MappedFile, address: int, size: int) -> None:
+        self.owner = owner
+        self.__array_interface__ = {"data": (address, False), "shape": (size,), "typestr": "|u1", "version": 3}

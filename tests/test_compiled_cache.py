@@ -321,3 +321,24 @@ def test_an_openvino_blob_of_another_form_is_rebuilt_not_imported(two_target_art
     assert version in next(entry.glob("*.blob")).read_bytes()[:512]
     assert _session(two_target_artifact, "openvino").cache_status == "hit"
     _assert_same(_outputs(again), _outputs(first))
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads the mappings from Linux's /proc/self/smaps")
+def test_a_mapped_file_hands_its_pages_back_and_reads_the_same_bytes_after(tmp_path):
+    from vlmedge.runtimes.mapped import MappedFile
+
+    path = tmp_path / "weights.bin"
+    data = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    mapped = MappedFile(path)
+    view = mapped.array(4096)
+    assert int(view.sum()) == int(data[4096:].sum())  # every page read: resident
+    assert _resident_kb(path) == [1024]
+    mapped.hand_back_pages()
+    assert _resident_kb(path) == [0]
+    with mapped.handing_back_pages():
+        assert np.array_equal(view, data[4096:])  # read again from the page cache
+    assert _resident_kb(path) == [0]
+    del mapped  # the array keeps the mapping open under it
+    gc.collect()
+    assert np.array_equal(view[:16], data[4096:4112]) and len(_resident_kb(path)) == 1
