@@ -332,8 +332,9 @@ def test_a_mapped_file_hands_its_pages_back_and_reads_the_same_bytes_after(tmp_p
     path.write_bytes(data.tobytes())
     mapped = MappedFile(path)
     view = mapped.array(4096)
-    assert int(view.sum()) == int(data[4096:].sum())  # every page read: resident
-    assert _resident_kb(path) == [1024]
+    assert int(view.sum()) == int(data[4096:].sum())  # every page but the first read: resident
+    (resident,) = _resident_kb(path)
+    assert resident >= 1020
     mapped.hand_back_pages()
     assert _resident_kb(path) == [0]
     with mapped.handing_back_pages():
