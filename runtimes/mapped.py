@@ -10,9 +10,9 @@ So the backend reads the file through a `MappedFile`, and while a load and its f
 run, a thread hands the mapping's resident pages back every few milliseconds (madvise
 MADV_DONTNEED). The mapping is read-only and shared: handing a page back only unmaps it from
 this process; it stays in the page cache, and the next read of it faults the file's own bytes
-back in. vlmedge owns the mapping and keeps it as long as the session, so nothing else can be
-at those addresses while the thread runs. Where madvise is missing (Windows) nothing is
-handed back.
+back in. vlmedge owns the mapping, and every array over it (which the backend's tensors hold)
+keeps it open, so nothing else can be at those addresses while the thread runs. Where madvise
+is missing (Windows) nothing is handed back.
 """
 
 from __future__ import annotations
@@ -38,13 +38,8 @@ class MappedFile:
         self.path = Path(path)
         with open(self.path, "rb") as handle:
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        # An exported buffer: the mapping cannot be closed while this array (and the session
-        # holding it) lives, so the backend never reads unmapped memory.
+        # An exported buffer: the mapping cannot be closed while this array lives.
         self._pages = np.frombuffer(self._map, dtype=np.uint8)
-
-    @property
-    def size(self) -> int:
-        return self._pages.size
 
     def head(self, count: int) -> bytes:
         return self._pages[:count].tobytes()
