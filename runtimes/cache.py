@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -105,6 +104,8 @@ class CacheEntry:
         try:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
             _sweep(self.folder.parent)
+            import tempfile  # here, not at the top: only a miss builds, and a warm load should not pay for it
+
             return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{self.folder.name}-", dir=self.folder.parent))
         except OSError as exc:
             self._unsaved(exc)

@@ -11,7 +11,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 
 PACKAGES = ("vlmedge", "numpy", "torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
@@ -147,6 +146,8 @@ def gpus() -> list[Gpu]:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
+    import subprocess  # here, not at the top: a load never asks for GPUs
+
     try:
         out = subprocess.run([smi, "--query-gpu=name,driver_version,compute_cap,memory.total",
                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)

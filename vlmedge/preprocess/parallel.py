@@ -15,7 +15,6 @@ import collections
 import itertools
 import numbers
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from vlmedge.errors import InputError
@@ -70,6 +69,9 @@ def prepare_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | Non
     if workers <= 1:
         yield from map(fn, items)
         return
+    # here, not at the top: concurrent.futures imports logging, ~4 ms of every load that never decodes in parallel
+    from concurrent.futures import ThreadPoolExecutor
+
     source = iter(items)
     pending: collections.deque = collections.deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmedge-decode")
