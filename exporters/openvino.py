@@ -11,7 +11,9 @@
   and min/max activation ranges (asymmetric and symmetric), then with the transformer-
   sensitive ops kept in float too (IgnoredScope), then as int8 weights with float
   activations. On CPUs that compute in bf16 each file is also tried with its float parts in
-  bf16; the fastest passing one of a level is kept.
+  bf16; the fastest passing one of a level is kept. Embedding tables (a text tower's token
+  and position embeddings) are int8 rows with a scale per row, gathered before they are
+  dequantized, so that the compiled model holds no float copy of them.
 
 The inference precision each file was verified with is stored as the manifest entry's
 session_options, so `vlmedge.load` and `vlmedge check` run it the same way.
@@ -114,6 +116,66 @@ def layer_names(model: ov.Model) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(weighted[:1] + weighted[-1:])), activation_matmuls
 
 
+def leaving_embeddings(ignored: Any) -> Any:
+    """`ignored` (an nncf.IgnoredScope or None) with Gather added: embedding tables are left
+    in float for gather_int8_embeddings."""
+    import dataclasses
+
+    import nncf
+
+    if ignored is None:
+        return nncf.IgnoredScope(types=["Gather"], validate=False)
+    return dataclasses.replace(ignored, types=[*ignored.types, "Gather"], validate=False)
+
+
+def _depends_on_inputs(output: Any) -> bool:
+    """Whether a value is computed from the model's inputs (else OpenVINO folds it to a constant)."""
+    seen, todo = set(), [output.get_node()]
+    while todo:
+        node = todo.pop()
+        if node.get_type_name() == "Parameter":
+            return True
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(node.input_value(i).get_node() for i in range(node.get_input_size()))
+    return False
+
+
+def gather_int8_embeddings(model: ov.Model) -> ov.Model:
+    """Each embedding table (a float32 Constant of rank 2 whose rows are gathered by indices
+    computed from the inputs: a text tower's token and position embeddings; not a table
+    gathered by constant indices, as Swin's relative position bias, which compiling folds)
+    stored as int8 with a scale per row, the rows gathered first and dequantized after:
+    Gather(int8 table) -> Convert -> Multiply by the gathered scales.
+
+    Why not NNCF's own forms: nncf.quantize gives a table one scale for all of it, and
+    nncf.compress_weights per-row int8 behind a Convert -> Multiply that the CPU plugin, in a
+    model with FakeQuantize ops, folds back into a float table when it compiles (CLIP B/32's
+    text tower held 101 MB of float32 for a 25 MB table). Gathered first, the table stays
+    int8 in the mapped file and only the rows a call asks for are read."""
+    import numpy as np
+
+    opset = ov.opset8
+    for gather in [op for op in model.get_ordered_ops() if op.get_type_name() == "Gather"]:
+        table, axis = (gather.input_value(i).get_node() for i in (0, 2))
+        if (table.get_type_name() != "Constant" or axis.get_type_name() != "Constant"
+                or table.get_output_element_type(0) != ov.Type.f32 or len(table.get_output_shape(0)) != 2
+                or int(axis.get_data()) != 0 or gather.get_attributes().get("batch_dims", 0) != 0
+                or not _depends_on_inputs(gather.input_value(1))):
+            continue
+        rows = table.get_data()
+        scales = np.abs(rows).max(axis=1, keepdims=True) / 127
+        scales[scales == 0] = 1
+        ids = gather.input_value(1)
+        picked = opset.gather(opset.constant(np.round(rows / scales).astype(np.int8)), ids, opset.constant(0))
+        dequantized = opset.multiply(opset.convert(picked, ov.Type.f32),
+                                     opset.gather(opset.constant(scales.astype(np.float32)), ids, opset.constant(0)))
+        dequantized.set_friendly_name(gather.get_friendly_name())
+        gather.output(0).replace(dequantized.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
 def openvino_int8_recipes(context: Any) -> list[Recipe]:
     """NNCF post-training quantization for transformers, by level:
 
@@ -145,9 +207,9 @@ def openvino_int8_recipes(context: Any) -> list[Recipe]:
     def quantize(ignored: nncf.IgnoredScope | None = None, advanced: Any = None, preset: Any = None):
         def build(folder: Path, name: str):
             model = nncf.quantize(convert(context.base), nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(calibration), ignored_scope=ignored, advanced_parameters=advanced,
-                                  preset=preset)
-            return save(model, folder / name, compress_to_fp16=False), dict(INT8_OPTIONS)
+                                  subset_size=len(calibration), ignored_scope=leaving_embeddings(ignored),
+                                  advanced_parameters=advanced, preset=preset)
+            return save(gather_int8_embeddings(model), folder / name, compress_to_fp16=False), dict(INT8_OPTIONS)
         return build
 
     def weights_only(folder: Path, name: str):

@@ -146,6 +146,90 @@ def test_the_performance_preset_recipe_quantizes_activations_symmetrically(every
         assert symmetric == (preset == "performance"), (preset, ranges[:4])
 
 
+def _embedding_graph(path: Path, vocab: int = 50, width: int = 16) -> np.ndarray:
+    """A text tower's first steps as an ONNX file: token ids -> Gather(embedding table) ->
+    MatMul -> output; returns the table."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    weight = rng.standard_normal((width, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["tokens"]),
+         helper.make_node("MatMul", ["tokens", "weight"], ["embeds"])],
+        "embedding", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"])],
+        [helper.make_tensor_value_info("embeds", TensorProto.FLOAT, ["batch", "length", 8])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(weight, "weight")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return table
+
+
+@needs_openvino
+def test_openvino_int8_keeps_embedding_tables_int8_in_the_compiled_model(tmp_path):
+    """Each int8 recipe stores an embedding table as int8 rows with a scale per row, gathered
+    before they are dequantized: compiled, the CPU plugin gathers from the int8 table itself
+    and holds no float copy of it (NNCF's own forms were folded back into a float table, 4x
+    the bytes), and the rows come out within half a step of the float table's."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+    import openvino as ov
+
+    from vlmedge.exporters.openvino import openvino_int8_recipes
+
+    base = tmp_path / "text.fp32.onnx"
+    table = _embedding_graph(base)
+    ids = np.random.default_rng(1).integers(0, len(table), (12, 7)).astype(np.int64)
+    context = SimpleNamespace(base=base, feeds={"input_ids": ids}, calibration=None,
+                              graph=SimpleNamespace(name="text"), say=lambda message: None)
+    reference = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    recipes = [r for r in openvino_int8_recipes(context) if r.method == "nncf-transformer"]
+    assert {r.level for r in recipes} == {0, 1, 2}
+    for i, recipe in enumerate(recipes):
+        files, _ = recipe.build(tmp_path, f"recipe{i}.xml")
+        compiled = ov.Core().compile_model(str(files[0]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        tables = {}
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            shape = op.get_output_partial_shape(0) if op.get_output_size() else None
+            if op.get_rt_info()["layerType"].astype(str) == "Const" and shape == ov.PartialShape(list(table.shape)):
+                tables[str(op.get_output_element_type(0))] = op
+        assert list(tables) == ["<Type: 'int8_t'>"], (recipe.level, list(tables))
+        gathered = compiled.create_infer_request().infer({"input_ids": ids})[compiled.output("embeds")]
+        cosine = (gathered * reference).sum(-1) / np.linalg.norm(gathered, axis=-1) / np.linalg.norm(reference, axis=-1)
+        assert cosine.min() > 0.99, (recipe.level, cosine.min())
+
+
+@needs_openvino
+def test_gather_int8_embeddings_rounds_each_row_to_its_own_scale():
+    """The rewrite alone on a float model: each gathered row within half of its own scale
+    (the row's largest magnitude / 127) of the float row, rows of zeros exact; a table
+    gathered by constant indices is not an embedding and stays float."""
+    import openvino as ov
+
+    from vlmedge.exporters.openvino import gather_int8_embeddings
+
+    opset = ov.opset8
+    table = np.random.default_rng(2).standard_normal((30, 6)).astype(np.float32) * np.logspace(-3, 1, 30)[:, None]
+    table[4] = 0
+    bias_table = np.random.default_rng(3).standard_normal((9, 2)).astype(np.float32)
+    ids = opset.parameter([-1], ov.Type.i64, name="ids")
+    gather = opset.gather(opset.constant(table), ids, opset.constant(0))
+    # a table gathered by constant indices (Swin's relative position bias): left as it is
+    bias = opset.gather(opset.constant(bias_table), opset.constant(np.array([8, 0, 3])), opset.constant(0))
+    model = gather_int8_embeddings(ov.Model([gather.output(0), bias.output(0)], [ids]))
+    float_tables = [op.get_output_shape(0) for op in model.get_ordered_ops()
+                    if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.f32
+                    and len(op.get_output_shape(0)) == 2 and op.get_output_shape(0)[1] > 1]
+    assert float_tables == [list(bias_table.shape)]
+    every = np.arange(len(table))
+    rows, biases = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"ids": every}).values()
+    step = np.abs(table).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(rows - table) <= step / 2 * 1.0001 + 1e-12)
+    assert np.array_equal(rows[4], table[4])
+    assert np.array_equal(biases, bias_table[[8, 0, 3]])
+
+
 @pytest.mark.parametrize("target,precision", [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"),
                                               ("openvino", "bf16"), ("openvino", "int8")])
 def test_load_picks_the_variant_and_stays_close_to_fp32(every_variant, image_files, target, precision):
