@@ -345,3 +345,28 @@ def test_a_mapped_file_hands_its_pages_back_and_reads_the_same_bytes_after(tmp_p
     del mapped  # the array keeps the mapping open under it
     gc.collect()
     assert np.array_equal(view[:16], data[4096:4112]) and len(_resident_kb(path)) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads the process's memory from Linux's /proc")
+def test_profile_memory_reports_each_step_of_an_openvino_load(two_target_artifact, tmp_path):
+    """benchmarks/profile_memory.py on a tiny artifact: a row per OpenVINO file with the memory
+    after each step of the load, and the compiled graph's weights as many bytes as the weights
+    file holds (an fp32 file runs in f32: nothing packed smaller or larger)."""
+    import subprocess
+    import sys
+
+    _backend_or_skip("openvino")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "vit").symlink_to(two_target_artifact, target_is_directory=True)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "profile_memory.py"), "--work", str(work),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (report,) = (tmp_path / "out").glob("profile-memory-*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [(row["model"], row["file"], row["precision"]) for row in rows] == [("vit", "openvino/model.fp32.xml", "f32")]
+    (row,) = rows
+    assert list(row["steps"]) == ["imports", "plugin loaded", "IR read", "compiled", "first call"]
+    weights_mb = (two_target_artifact / "openvino" / "model.fp32.bin").stat().st_size / (1 << 20)
+    assert row["graph_weights_mb"] == pytest.approx(weights_mb, rel=0.05)
