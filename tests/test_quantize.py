@@ -200,6 +200,38 @@ def test_openvino_int8_keeps_embedding_tables_int8_in_the_compiled_model(tmp_pat
         assert cosine.min() > 0.99, (recipe.level, cosine.min())
 
 
+def test_onnxruntime_int8_stores_embedding_tables_as_int8(tmp_path):
+    """ONNX Runtime's recipes (static Q/DQ and dynamic, levels 0 and 1) quantize Gather too:
+    the table is stored as 8-bit (the file under half the float table's size), and the rows
+    come out close to the float ones."""
+    from types import SimpleNamespace
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from vlmedge.exporters.quantize import ort_int8_recipes
+
+    base = tmp_path / "source" / "text.fp32.onnx"
+    base.parent.mkdir()
+    table = _embedding_graph(base, vocab=4000, width=64)
+    ids = np.random.default_rng(1).integers(0, len(table), (12, 7)).astype(np.int64)
+    context = SimpleNamespace(base=base, feeds={"input_ids": ids}, calibration=None,
+                              graph=SimpleNamespace(name="text"), say=lambda message: None)
+    reference = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    recipes = [r for r in ort_int8_recipes(context) if r.level < 2]
+    assert {r.method for r in recipes} == {"ort-static-qdq", "ort-dynamic"}
+    assert all("Gather" in r.notes["quantized_op_types"] for r in recipes)
+    for i, recipe in enumerate(recipes):
+        files, _ = recipe.build(tmp_path, f"recipe{i}.onnx")
+        stored = {tuple(init.dims): numpy_helper.to_array(init).dtype for init in onnx.load(str(files[0])).graph.initializer}
+        assert stored[table.shape] in (np.int8, np.uint8), stored
+        assert files[0].stat().st_size < table.nbytes / 2
+        gathered = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+        cosine = (gathered * reference).sum(-1) / np.linalg.norm(gathered, axis=-1) / np.linalg.norm(reference, axis=-1)
+        assert cosine.min() > 0.99, (recipe.level, cosine.min())
+
+
 @needs_openvino
 def test_gather_int8_embeddings_rounds_each_row_to_its_own_scale():
     """The rewrite alone on a float model: each gathered row within half of its own scale
