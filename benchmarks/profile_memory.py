@@ -5,8 +5,8 @@ mapping of the .bin, compiled, the first call. Each file in a fresh process; bes
 bytes of the weights the compiled graph holds, so that what OpenVINO keeps beyond the packed
 weights, and the plugin's own code pages, can be read off across models of different sizes.
 
-    .venv/bin/python benchmarks/run_suite.py --work benchmarks/.work/full   # exports the suite's models
-    .venv/bin/python benchmarks/profile_memory.py                           # ~1 min
+    .venv/bin/python benchmarks/run_suite.py          # exports the suite's models (into benchmarks/.work/full)
+    .venv/bin/python benchmarks/profile_memory.py     # ~1 min
     .venv/bin/python benchmarks/profile_memory.py --work /tmp/vlmedge-bench-quantization-models \
         /tmp/vlmedge-bench-quantization                 # quantization_models.py's and quantization.py's
 
@@ -175,7 +175,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, nargs="+", default=[HERE / ".work" / "full"],
-                        help="folders of artifacts: run_suite.py's or quantization_models.py's --work, quantization.py's")
+                        help="folders of artifacts: run_suite.py's (its --work/full), quantization_models.py's --work, quantization.py's")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     files = [found for work in args.work for found in openvino_files(work)]
