@@ -33,10 +33,15 @@ sys.path.insert(0, str(HERE))
 MB = 1 << 20
 
 
-def memory() -> dict[str, float]:
-    """MB: anonymous memory, RSS, and the resident pages of OpenVINO's own libraries."""
+def resident() -> dict[str, float]:
+    """MB: anonymous memory and RSS (/proc/self/status: cheap enough to poll)."""
     status = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/self/status")
               if line.startswith(("RssAnon:", "VmRSS:"))}
+    return {"anon": status["RssAnon"] / MB, "rss": status["VmRSS"] / MB}
+
+
+def memory() -> dict[str, float]:
+    """MB: anonymous memory, RSS, and the resident pages of OpenVINO's own libraries."""
     libraries, current = 0, ""
     for line in open("/proc/self/smaps"):
         fields = line.split()
@@ -44,7 +49,7 @@ def memory() -> dict[str, float]:
             current = fields[5] if len(fields) > 5 else ""
         elif line.startswith("Rss:") and "/openvino/" in current and ".so" in current:
             libraries += int(fields[1]) * 1024
-    return {"anon": status["RssAnon"] / MB, "rss": status["VmRSS"] / MB, "openvino_code": libraries / MB}
+    return {**resident(), "openvino_code": libraries / MB}
 
 
 class PeakRss(threading.Thread):
@@ -57,7 +62,7 @@ class PeakRss(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            now = memory()
+            now = resident()
             self.rss, self.anon = max(self.rss, now["rss"]), max(self.anon, now["anon"])
             time.sleep(0.001)
 

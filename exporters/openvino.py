@@ -160,7 +160,7 @@ def gather_int8_embeddings(model: ov.Model) -> ov.Model:
         table, axis = (gather.input_value(i).get_node() for i in (0, 2))
         if (table.get_type_name() != "Constant" or axis.get_type_name() != "Constant"
                 or table.get_output_element_type(0) != ov.Type.f32 or len(table.get_output_shape(0)) != 2
-                or int(axis.get_data()) != 0 or gather.get_attributes().get("batch_dims", 0) != 0
+                or axis.get_data().item() != 0 or gather.get_attributes().get("batch_dims", 0) != 0
                 or not _depends_on_inputs(gather.input_value(1))):
             continue
         rows = table.get_data()

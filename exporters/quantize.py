@@ -241,7 +241,8 @@ def ort_int8_recipes(context: Any) -> list[Recipe]:
     """Static Q/DQ and dynamic quantization at three levels: 0, the ops each method
     quantizes for transformers (MatMul, Conv, Gemm, for Q/DQ Add; and Gather, whose embedding
     tables, a text tower's token and position embeddings, ONNX Runtime stores as int8 and
-    gathers before dequantizing: CLIP B/32's text int8 file 133 -> 61 MB at the same cosine);
+    gathers before dequantizing: CLIP B/32's text int8 file 133 -> 64 MB, cosine 0.9958
+    against 0.9965);
     1, the same with the first and last layers kept in float; 2, only weight MatMuls
     quantized, so LayerNorm, GELU, Softmax, residual Adds and the attention's activation x
     activation MatMuls stay float too (Optimum's ViT recipe)."""

@@ -170,7 +170,7 @@ def test_openvino_int8_keeps_embedding_tables_int8_in_the_compiled_model(tmp_pat
     """Each int8 recipe stores an embedding table as int8 rows with a scale per row, gathered
     before they are dequantized: compiled, the CPU plugin gathers from the int8 table itself
     and holds no float copy of it (NNCF's own forms were folded back into a float table, 4x
-    the bytes), and the rows come out within half a step of the float table's."""
+    the bytes), and the outputs stay close to the float model's."""
     from types import SimpleNamespace
 
     import onnxruntime as ort
