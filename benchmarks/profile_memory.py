@@ -21,8 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +31,10 @@ sys.path.insert(0, str(HERE))
 MB = 1 << 20
 
 
-def resident() -> dict[str, float]:
-    """MB: anonymous memory and RSS (/proc/self/status: cheap enough to poll)."""
-    status = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-              if line.startswith(("RssAnon:", "VmRSS:"))}
-    return {"anon": status["RssAnon"] / MB, "rss": status["VmRSS"] / MB}
-
-
 def memory() -> dict[str, float]:
     """MB: anonymous memory, RSS, and the resident pages of OpenVINO's own libraries."""
+    from vlmedge.bench.timing import Memory
+
     libraries, current = 0, ""
     for line in open("/proc/self/smaps"):
         fields = line.split()
@@ -49,38 +42,26 @@ def memory() -> dict[str, float]:
             current = fields[5] if len(fields) > 5 else ""
         elif line.startswith("Rss:") and "/openvino/" in current and ".so" in current:
             libraries += int(fields[1]) * 1024
-    return {**resident(), "openvino_code": libraries / MB}
-
-
-class PeakRss(threading.Thread):
-    """The highest RSS and anonymous memory seen, polled every millisecond."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.rss = self.anon = 0.0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            now = resident()
-            self.rss, self.anon = max(self.rss, now["rss"]), max(self.anon, now["anon"])
-            time.sleep(0.001)
+    return {"anon": Memory.status("RssAnon"), "rss": Memory.status("VmRSS"), "openvino_code": libraries / MB}
 
 
 def child(xml: Path, precision: str) -> dict[str, Any]:
-    """The load's steps in this (fresh) process, as OpenVinoSession._compile_mapped takes them."""
+    """The load's steps in this (fresh) process, as OpenVinoSession._compile_mapped takes them;
+    the peak through `vlmedge bench`'s own probe (VmHWM reset after the imports), as
+    benchmarks/cold_start.py takes it."""
     import numpy as np
     import openvino as ov
 
     from profile_int8 import batch_one_feeds
+    from vlmedge.bench.timing import Memory
     from vlmedge.runtimes.mapped import MappedFile
     from vlmedge.runtimes.openvino import core
 
+    probe = Memory()
+    baseline = probe.start()
     steps = {"imports": memory()}
     core().get_versions("CPU")  # loads the CPU plugin's library
     steps["plugin loaded"] = memory()
-    peak = PeakRss()
-    peak.start()
     mapped = MappedFile(xml.with_suffix(".bin"))
     with mapped.handing_back_pages():
         model = core().read_model(xml.read_text(encoding="utf-8"), ov.Tensor(mapped.array(), shared_memory=True))
@@ -93,16 +74,13 @@ def child(xml: Path, precision: str) -> dict[str, Any]:
     with mapped.handing_back_pages():
         request.infer(batch_one_feeds(compiled, 77))
     steps["first call"] = memory()
-    peak.running = False
-    peak.join()
+    peak_over_imports = probe.increase(baseline)
     weights = 0
     for op in compiled.get_runtime_model().get_ordered_ops():
         if op.get_rt_info()["layerType"].astype(str) == "Const" and op.get_output_partial_shape(0).is_static:
             shape = op.get_output_partial_shape(0)
             weights += int(np.prod([d.get_length() for d in shape])) * op.get_output_element_type(0).size
-    last = steps["first call"]  # the poll may have slept through the last millisecond
-    return {"steps": steps, "peak_rss": max(peak.rss, last["rss"]), "peak_anon": max(peak.anon, last["anon"]),
-            "graph_weights_mb": weights / MB}
+    return {"steps": steps, "peak_over_imports": peak_over_imports, "graph_weights_mb": weights / MB}
 
 
 def openvino_files(work: Path) -> list[tuple[str, Path, Path]]:
@@ -131,8 +109,7 @@ def measure(artifact: Path, xml: Path) -> dict[str, Any]:
                file_mb=(xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / MB,
                anon_added={name: steps[name]["anon"] - base["anon"] for name in ("IR read", "compiled", "first call")},
                plugin_load={key: base[key] - steps["imports"][key] for key in ("anon", "openvino_code")},
-               code_added=steps["first call"]["openvino_code"] - base["openvino_code"],
-               peak_over_imports=row["peak_rss"] - steps["imports"]["rss"])
+               code_added=steps["first call"]["openvino_code"] - base["openvino_code"])
     row["beyond_weights"] = row["anon_added"]["first call"] - row["graph_weights_mb"]
     return row
 
