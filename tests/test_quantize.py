@@ -106,15 +106,32 @@ def test_openvino_int8_tries_its_float_parts_in_bf16_where_the_cpu_computes_in_i
 
 @needs_openvino
 def test_openvino_int8_also_tries_symmetric_activations_and_keeps_the_fastest_passing_file(every_variant):
-    """Level 1 is also tried as NNCF's performance preset, and the file kept is the fastest
-    passing attempt of its level."""
+    """Level 1 is also tried as NNCF's performance preset, and the file kept is the most
+    accurate of the passing attempts of its level timed within 5% of the fastest."""
     quantization = _variants(every_variant)["openvino", "int8"]["parity"]["quantization"]
     attempts = quantization["attempts"]
     assert [a for a in attempts if a["level"] == 1 and a.get("preset") == "performance" and "cosine_min" in a]
     passing = [a for a in attempts if a["level"] == quantization["level"] and a["passed"]]
-    fastest = min(passing, key=lambda a: a["latency_ms"]) if len(passing) > 1 else passing[0]
+    if len(passing) > 1:
+        fastest = min(a["latency_ms"] for a in passing)
+        passing = [a for a in passing if a["latency_ms"] <= fastest * 1.05]
+    kept = max(passing, key=lambda a: a["cosine_min"])
     for key in ("preset", "smooth_quant", "session_options"):
-        assert quantization.get(key) == fastest.get(key), key
+        assert quantization.get(key) == kept.get(key), key
+
+
+def test_a_level_keeps_its_fastest_file_unless_a_more_accurate_one_is_timed_within_5_percent():
+    """Timings within 5% are noise on a small graph, cosines are not: the tie goes to accuracy;
+    a clearly faster file is kept even when it is less accurate."""
+    from vlmedge.exporters.quantize import _keep
+
+    def passing(latency_ms, cosine):
+        return ({"latency_ms": latency_ms, "cosine_min": cosine}, f"{latency_ms} ms at {cosine}")
+
+    tie = [passing(10.0, 0.9906), passing(10.3, 0.9965), passing(10.6, 0.9999), passing(10.4, 0.9940)]
+    assert _keep(tie)[1] == "10.3 ms at 0.9965"
+    assert _keep([passing(10.0, 0.991), passing(11.0, 0.999)])[1] == "10.0 ms at 0.991"
+    assert _keep([passing(0.0, 0.995)])[1] == "0.0 ms at 0.995"  # one recipe: not timed
 
 
 @needs_openvino
