@@ -337,6 +337,24 @@ def test_cli_export_image_size(encoder_dir, tmp_path):
     assert manifest["graphs"]["model"]["inputs"][0]["shape"] == ["batch", 3, 40, 48]
 
 
+@pytest.mark.parametrize("arch, model_type, what", [("ViTForImageClassification", "vit", "a classifier"),
+                                                     ("CLIPModel", "clip", "a CLIP model")])
+def test_image_size_is_refused_where_the_processor_fixes_the_resolution(arch, model_type, what, tmp_path):
+    """Only image encoders and SigLIP2 (NaFlex) models take image_size=; a classifier or a CLIP
+    model given one is refused in one sentence before anything is written."""
+    import json
+
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [arch]}))
+    with pytest.raises(UnsupportedModelError, match=f"{what} is exported at its processor's resolution") as info:
+        vlmedge.export(str(folder), tmp_path / "artifact", image_size="64x64")
+    assert "\n" not in str(info.value) and not (tmp_path / "artifact").exists()
+
+
 def test_image_size_parsing_and_preprocess_scaling():
     from vlmedge.errors import ExportError
     from vlmedge.exporters.sources.hf_encoder import parse_image_size, preprocess_at

@@ -18,7 +18,7 @@ import torch
 
 from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
+from vlmedge.exporters.sources.hf_naflex import NaFlex, is_naflex, naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -298,6 +298,20 @@ def processor_config(folder: Path) -> dict[str, Any]:
     return read_json(config_path)
 
 
+def naflex_or_processor_size(folder: Path, config: Any, arch: str, image_size: Any, what: str) -> NaFlex | None:
+    """A SigLIP2 (NaFlex) model's export at image_size=; None for any other model, which
+    `what` (a classifier, a CLIP model) exports at its processor's resolution: an
+    image_size= given for it is refused."""
+    if is_naflex(config):
+        return naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
+    if image_size is not None:
+        raise UnsupportedModelError(
+            f"--image-size applies to image encoders and SigLIP2 models; {what} is exported at its processor's "
+            "resolution."
+        )
+    return None
+
+
 def parse_image_size(image_size: Any) -> tuple[int, int] | None:
     """None, an int, "448", "448x336" (height x width) or (height, width) -> (height, width)."""
     if image_size is None:
@@ -389,13 +403,7 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
                      **_: Any) -> ExportSpec:
     """ViT, DeiT (with and without distillation head), BEiT, Swin, DINOv2 and any other
     Hugging Face image classifier; SigLIP2 (NaFlex) at the resolution image_size= chooses."""
-    naflex = (naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
-              if is_naflex(config) else None)
-    if naflex is None and image_size is not None:
-        raise UnsupportedModelError(
-            "--image-size applies to image encoders and SigLIP2 models; a classifier is exported at its "
-            "processor's resolution."
-        )
+    naflex = naflex_or_processor_size(folder, config, arch, image_size, "a classifier")
     preprocess = naflex.preprocess if naflex else image_preprocess(folder)
     check_pixel_values_only(model_class(arch), arch)
     clusters = colour_clusters(folder, arch)

@@ -50,8 +50,7 @@ import torch
 
 from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
-from vlmedge.exporters.sources.hf import image_preprocess, load_model, parse_image_size, processor_config, source_info
-from vlmedge.exporters.sources.hf_naflex import is_naflex, naflex_setup
+from vlmedge.exporters.sources.hf import image_preprocess, load_model, naflex_or_processor_size, source_info
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.text import TextTokenizer, trim_padding
 
@@ -324,13 +323,7 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
     if tower is None:
         raise UnsupportedModelError(refusal(arch) or
                                     f"vlmedge exports CLIP-style models of {', '.join(TWO_TOWERS)}, not {arch}.")
-    naflex = (naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
-              if is_naflex(config) else None)
-    if naflex is None and image_size is not None:
-        raise UnsupportedModelError(
-            "--image-size applies to image encoders and SigLIP2 models; a CLIP model is exported at its processor's "
-            "resolution."
-        )
+    naflex = naflex_or_processor_size(folder, config, arch, image_size, "a CLIP model")
     max_positions = _max_positions(config, tower)
     if context_length is not None and not (isinstance(context_length, int) and 0 < context_length <= max_positions):
         raise UnsupportedModelError(
