@@ -20,8 +20,10 @@ from vlmedge import formats
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS
 from vlmedge.errors import BackendUnavailableError, InputError, UsageError
 
-console = Console()
-err_console = Console(stderr=True)
+# Soft wrap, as vlmedge.cli's consoles: each line of the report, a warning, a progress line is one
+# line in a log (rich would wrap it at 80 columns); the tables are laid out to the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _ints(value: Optional[str], option: str) -> list[int] | None:
@@ -136,7 +138,7 @@ def bench(
 
     with out.status("benchmarking") as status:
         def say(message: str) -> None:
-            out.print(f"  {message}", highlight=False, markup=False, soft_wrap=True)  # one line each in logs
+            out.print(f"  {message}", highlight=False, markup=False)
             status.update(message)
 
         path, tmp = _artifact_or_export(artifact, say)

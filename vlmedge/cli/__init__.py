@@ -3,7 +3,8 @@
 User errors (VlmedgeError) print as one sentence, never a traceback, and exit with their
 class's code (vlmedge.errors.EXIT_CODES): 1 a runtime failure, 2 bad usage (every option is
 checked before a model is loaded), 3 a parity gate failure. Tables turn into key: value
-blocks when the terminal (or a log: 80 columns) is too narrow for them.
+blocks when the terminal (or a log: 80 columns) is too narrow for them; a line of text is
+never wrapped, so that each stays one line in a log.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: "pip install 'vlmedge[ray]'" keeps its [ray]
 )
-console = Console()
-err_console = Console(stderr=True)
+# Soft wrap: a line of text stays one line however narrow the terminal, and in a log, where rich
+# would wrap it at 80 columns (grep finds a whole warning); tables are laid out to the width (show).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 _split = formats.split
 BACKEND_CHOICES = ["auto", *formats.backend_names()]
 
@@ -98,10 +101,10 @@ def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) ->
     if console.measure(table, options=console.options.update(width=10_000)).maximum <= console.width:
         console.print(table)
         return
-    console.print(f"[bold]{escape(title)}[/bold]", soft_wrap=True)
+    console.print(f"[bold]{escape(title)}[/bold]")
     for row in rows:
         if row[columns[0]]:
-            console.print(row[columns[0]], soft_wrap=True, highlight=False)
+            console.print(row[columns[0]], highlight=False)
         lines: list[str] = []
         for pair in (f"{column}: {row[column]}" for column in columns[1:] if row.get(column)):
             joined = f"{lines[-1]}, {pair}" if lines else pair
@@ -110,7 +113,7 @@ def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) ->
             else:
                 lines.append(pair)
         for line in lines:
-            console.print(f"  {line}", soft_wrap=True, highlight=False)
+            console.print(f"  {line}", highlight=False)
 
 
 @app.command(cls=_Command)
@@ -166,7 +169,7 @@ def export(
     with contextlib.nullcontext() if quiet else out.status("exporting") as status:
         def progress(message: str) -> None:
             if not quiet:
-                out.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)  # "[image]" is a graph name
+                out.print(f"  {message}", markup=False, highlight=False)  # "[image]" is a graph name
                 status.update(f"exporting: {message}")
 
         artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
@@ -181,10 +184,10 @@ def export(
     elif not quiet:
         console.print(f"[green]export success[/green]: {escape(str(artifact.root))}", highlight=False)
         console.print("next:\n" + "\n".join(f"  {step}" for step in _next_steps(output, artifact.task)),
-                      markup=False, highlight=False, soft_wrap=True)
+                      markup=False, highlight=False)
     for entry in dropped:
         err_console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']}: {escape(entry['reason'])}",
-                          highlight=False, soft_wrap=True)
+                          highlight=False)
     if dropped:
         raise typer.Exit(ParityError.exit_code)
 
@@ -324,8 +327,8 @@ def info(
         print(json.dumps(m, indent=2))
         return
     source = m.get("source", {})
-    say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    console.print(f"[bold]{escape(str(artifact))}[/bold]  task: {m['task']}  schema: v{m['schema_version']}", soft_wrap=True)
+    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    console.print(f"[bold]{escape(str(artifact))}[/bold]  task: {m['task']}  schema: v{m['schema_version']}")
     say(f"source: {source.get('reference')} ({source.get('architecture')})  created: {m.get('created')}")
     labels = m.get("labels") or []
     if labels:
@@ -337,7 +340,7 @@ def info(
            "speed (export machine)": _speed_cell(e.get("parity"))} for e in art.files], "files", right=("size",))
     for entry in m.get("export", {}).get("dropped", []):
         console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']} (missed its gate): "
-                      f"{escape(entry['reason'])}", soft_wrap=True, highlight=False)
+                      f"{escape(entry['reason'])}", highlight=False)
     say("made with: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
 
 
@@ -386,7 +389,7 @@ def check(
              f"parity check of {artifact}")
         for r in failed:
             for failure in r["failures"]:
-                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False, soft_wrap=True)
+                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
     if failed:
         raise typer.Exit(ParityError.exit_code)
 
@@ -413,14 +416,14 @@ def formats_command(
     console.print(f"built-in models (builtin:NAME): {', '.join(facts['builtin_models']) or 'none'}", highlight=False)
     extra = facts["export"]
     console.print("export extra: " + ("installed" if extra["installed"] else escape(
-        f"not installed (missing {', '.join(extra['missing'])}); {extra['install']}")), highlight=False, soft_wrap=True)
+        f"not installed (missing {', '.join(extra['missing'])}); {extra['install']}")), highlight=False)
     shown = ("tasks", "backends", "precisions", "builtin_models", "export")
     for name in [n for n in facts if n not in shown and n != "version"]:
         section = facts[name]  # a section added later: a list of flat dicts shows as a table
         if isinstance(section, list) and section and isinstance(section[0], dict):
             show([{k: escape(str(v)) for k, v in row.items()} for row in section], name)
         else:
-            console.print(f"{name}: {escape(str(section))}", soft_wrap=True)
+            console.print(f"{name}: {escape(str(section))}")
 
 
 from vlmedge.bench.command import bench as _bench_command  # noqa: E402 - typer and rich only
@@ -442,5 +445,5 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_error(exc: VlmedgeError) -> None:
     """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
 
