@@ -76,6 +76,10 @@ class ModelSessions:
     def provider(self) -> str:
         return ", ".join(sorted({s.provider for s in self.sessions.values()}))
 
+    def __repr__(self) -> str:  # one line: the dataclass's own would print the whole manifest
+        return (f"ModelSessions({str(self.artifact.root)!r}, backend={self.backend!r}, precision={self.precision!r}, "
+                f"device={self.device!r}, provider={self.provider!r}, graphs={list(self.sessions)})")
+
 
 def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = None, device: str = "cpu",
                **options: Any) -> Session:

@@ -39,6 +39,17 @@ def test_manifest_describes_every_file(vit_artifact):
     assert {"model", "parity_inputs", "sample"} <= roles
 
 
+def test_a_loaded_pipeline_reads_as_one_line(vit_artifact):
+    """In a notebook or a log, a pipeline and its artifact say what runs, not the manifest."""
+    import vlmedge
+
+    classifier = vlmedge.load(vit_artifact, backend="onnxruntime", precision="fp32")
+    text = repr(classifier)
+    assert text == (f"ImageClassifier(ModelSessions({str(vit_artifact)!r}, backend='onnxruntime', precision='fp32', "
+                    "device='cpu', provider='CPUExecutionProvider', graphs=['model']))")
+    assert repr(classifier.model.artifact).startswith(f"Artifact({str(vit_artifact)!r}, task='image-classification'")
+
+
 def test_onnx_file_is_valid_with_dynamic_batch(vit_artifact):
     onnx = pytest.importorskip("onnx")
     model = onnx.load(str(vit_artifact / "onnx" / "model.fp32.onnx"))

@@ -71,6 +71,10 @@ class Artifact:
     # the files whose sha256 this object has checked (or its writer computed)
     verified: set[str] = field(default_factory=set, repr=False, compare=False)
 
+    def __repr__(self) -> str:  # one line, not the manifest
+        source = (self.manifest.get("source") or {}).get("reference")
+        return f"Artifact({str(self.root)!r}, task={self.manifest.get('task')!r}, source={source!r})"
+
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True, cache: bool | None = None,
              defer_models: bool = False) -> "Artifact":

@@ -22,7 +22,8 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import MAX_BATCH, Prediction, check_threshold, check_top_k, chunks, rank, sigmoid, softmax
+from vlmedge.tasks.base import (MAX_BATCH, Prediction, check_threshold, check_top_k, chunks, pipeline_repr, rank,
+                                sigmoid, softmax)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
 AGGREGATES = ("max", "mean")
@@ -121,6 +122,7 @@ class AudioTagger:
     # threads that decode, resample and compute features while the model runs (None:
     # vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially)
     decode_workers: int | None = None
+    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model

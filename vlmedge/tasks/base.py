@@ -19,6 +19,11 @@ from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 MAX_BATCH = 32
 
 
+def pipeline_repr(pipeline: Any) -> str:
+    """A pipeline as one line: its class and what it runs (pipeline.model, a ModelSessions)."""
+    return f"{type(pipeline).__name__}({pipeline.model!r})"
+
+
 class Prediction(NamedTuple):
     """One ranked label: a class of an image classifier, a zero-shot label, an audio tag."""
 

@@ -9,7 +9,7 @@ import numpy as np
 from vlmedge.errors import ArtifactError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import Prediction, as_list, check_top_k, chunks, pixel_batches, rank, sigmoid, softmax
+from vlmedge.tasks.base import Prediction, as_list, check_top_k, chunks, pipeline_repr, pixel_batches, rank, sigmoid, softmax
 
 
 class ImageClassifier:
@@ -21,6 +21,7 @@ class ImageClassifier:
 
     task = "image-classification"
     decode_workers: int | None = None
+    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model

@@ -28,8 +28,8 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, pixel_batches, rank,
-                                sigmoid, softmax)
+from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, pipeline_repr,
+                                pixel_batches, rank, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -58,6 +58,7 @@ class Clip:
 
     task = "clip"
     decode_workers: int | None = None
+    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model

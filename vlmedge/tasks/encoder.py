@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import as_list, chunks, l2_normalize, pixel_batches
+from vlmedge.tasks.base import as_list, chunks, l2_normalize, pipeline_repr, pixel_batches
 
 # pooling -> the model outputs it reads
 POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -36,6 +36,7 @@ class ImageEncoder:
 
     task = "image-embedding"
     decode_workers: int | None = None
+    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
