@@ -80,8 +80,11 @@ Progress = Callable[[str], None]
 EXPORT_PACKAGES = ("vlmedge", "torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy")
 
 
-def _check_choices(kind: str, chosen: Iterable[str], allowed: tuple[str, ...]) -> list[str]:
-    chosen = list(dict.fromkeys(chosen))
+def _check_choices(kind: str, chosen: str | Iterable[str], allowed: tuple[str, ...]) -> list[str]:
+    """The chosen names, in order, once each: a list, one name, or names joined by commas
+    (vlmedge.formats.split's forms, which the CLI passes; formats imports this package)."""
+    names = chosen.split(",") if isinstance(chosen, str) else chosen
+    chosen = list(dict.fromkeys(name.strip() for name in names if name and name.strip()))
     unknown = [c for c in chosen if c not in allowed]
     if unknown or not chosen:
         raise ExportError(f"Unsupported {kind} {', '.join(unknown) or '(none)'}; choose from {', '.join(allowed)}.")
@@ -143,7 +146,7 @@ def quiet_progress_bars():
             os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
 
 
-def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
+def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), precision: str | Iterable[str] = ("fp32",),
            task: str | None = None, opset: int = DEFAULT_OPSET, gates: dict[str, Gate] | None = None,
            calibration: dict[str, dict[str, np.ndarray]] | str | Path | None = None, progress: Progress | None = None,
            calibration_size: int = 300, evaluation: str | Path | None = None, strict: bool = False,
@@ -208,7 +211,7 @@ def export(model: Any, out: str | Path, to: Iterable[str] = ("onnx",), precision
     return artifact
 
 
-def plan_variants(to: Iterable[str], precision: Iterable[str], opset: int, gates: dict[str, Gate] | None,
+def plan_variants(to: str | Iterable[str], precision: str | Iterable[str], opset: int, gates: dict[str, Gate] | None,
                   say: Progress) -> VariantPlan:
     """Checks the targets, precisions and opset before anything is loaded, and lists the
     (target, precision) files to build: the fp32 ONNX file always, first."""

@@ -39,6 +39,19 @@ def test_manifest_describes_every_file(vit_artifact):
     assert {"model", "parity_inputs", "sample"} <= roles
 
 
+def test_export_takes_targets_and_precisions_as_a_list_a_name_or_names_joined_by_commas():
+    """As the CLI's --to onnx,openvino: `to="onnx"` is one target, not the letters o, n, n, x."""
+    from vlmedge.exporters.pipeline import plan_variants
+
+    def planned(to, precision):
+        return plan_variants(to, precision, 18, None, lambda _: None).variants
+
+    assert planned("onnx", "fp32") == planned(["onnx"], ["fp32"]) == [("onnx", "fp32")]
+    assert planned("onnx, onnx", "fp32,int8") == planned(("onnx",), ("fp32", "int8"))
+    with pytest.raises(ExportError, match="Unsupported target onyx; choose from onnx"):
+        planned("onyx", "fp32")
+
+
 def test_a_loaded_pipeline_reads_as_one_line(vit_artifact):
     """In a notebook or a log, a pipeline and its artifact say what runs, not the manifest."""
     import vlmedge

@@ -64,7 +64,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
                  **options)
 
 
-def export(model: Any, out: str | os.PathLike, to: Iterable[str] = ("onnx",), precision: Iterable[str] = ("fp32",),
+def export(model: Any, out: str | os.PathLike, to: str | Iterable[str] = ("onnx",),
+           precision: str | Iterable[str] = ("fp32",),
            task: str | None = None, opset: int = 18, gates: dict[str, Any] | None = None,
            calibration: Any = None, progress: Callable[[str], None] | None = None,
            calibration_size: int = 300, evaluation: str | os.PathLike | None = None, strict: bool = False,
@@ -82,9 +83,10 @@ def export(model: Any, out: str | os.PathLike, to: Iterable[str] = ("onnx",), pr
             (then pass preprocess= and labels=) (CLI: the MODEL argument).
         out: the artifact folder; an existing artifact there is replaced only on success
             (CLI: -o/--output/--out).
-        to: targets, from runtimes.base.BACKENDS: "onnx", "openvino", "tensorrt"; the fp32
-            ONNX file is always included (CLI: --to onnx,openvino).
-        precision: "fp32", "fp16", "bf16", "int8" (CLI: --precision fp32,int8).
+        to: targets, from runtimes.base.BACKENDS: "onnx", "openvino", "tensorrt", as a list,
+            one name or names joined by commas; the fp32 ONNX file is always included (CLI:
+            --to onnx,openvino).
+        precision: "fp32", "fp16", "bf16", "int8", given the same ways (CLI: --precision fp32,int8).
         task: the task when the architecture does not imply it, a name of
             vlmedge.registry.TASKS (CLI: --task).
         opset: ONNX opset, 17 or newer (CLI: --opset).
