@@ -237,6 +237,31 @@ def test_dinov3_at_another_resolution_matches_hugging_face(exported, encoder_dir
                                atol=1e-4)
 
 
+def test_dinov3_with_its_own_torchvision_processor_matches_hugging_face(image_files, tmp_path):
+    """DINOv3's checkpoints ship DINOv3ViTImageProcessorFast, a class that exists only for
+    torchvision: the export reads its saved config, and the artifact embeds files as the model
+    does on that processor's pixels (its steps run with torch's kernels, torchvision being
+    absent here: tests.test_preprocess_image_classes.dinov3_reference)."""
+    import json
+
+    import vlmedge
+    from tests.test_preprocess_image_classes import DINOV3, dinov3_reference
+
+    model, _ = tiny_encoder("dinov3")
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    config = {**DINOV3["bilinear"], "size": {"height": 32, "width": 32}}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    artifact = vlmedge.export(str(folder), tmp_path / "artifact", to="onnx")
+    assert artifact.manifest["preprocess"]["image"]["resize_after_rescale"] is True
+    pixels = torch.from_numpy(np.stack([dinov3_reference(path, config) for path in image_files]))
+    with torch.no_grad():
+        hidden = model.eval()(pixel_values=pixels).last_hidden_state.numpy()
+    got, grid = vlmedge.load(artifact.root).embed([str(p) for p in image_files], normalize=False, patch_tokens=True)
+    assert_close(got, hidden[:, 0], "dinov3 cls")
+    assert_close(grid, hidden[:, 3:].reshape(len(image_files), 4, 4, -1), "dinov3 patch grid")
+
+
 def test_vit_at_a_non_square_resolution(exported, encoder_dir, image_files):
     """ViT needs interpolate_pos_encoding=True off its native size; the grid is (h, w) = (5, 6)."""
     import vlmedge

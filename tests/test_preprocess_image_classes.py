@@ -4,7 +4,8 @@ image-classification mappings is either reproduced bit for bit by vlmedge's prep
 
 The reference is the class's Pillow processor (``processor(load_image(path))``), run on
 files of every mode (L, LA, P, RGBA, CMYK, I;16, EXIF orientation) and of small, wide and
-tall sizes; the comparison is exact (float32 equality).
+tall sizes; the comparison is exact (float32 equality). DINOv3's processor, which exists only
+for torchvision and resizes the float image, is reproduced to float32 rounding (its tests below).
 """
 
 from __future__ import annotations
@@ -115,6 +116,65 @@ def test_processor_class_is_reproduced_bit_for_bit(name, files, tmp_path):
         ours = preprocess_images([load_image(path)], spec)
         assert ours.dtype == np.float32 and ours.shape == expected.shape, (name, path.name)
         assert np.array_equal(ours, expected), (name, path.name, float(np.abs(ours - expected).max()))
+
+
+# DINOv3's processor exists only for torchvision (no Pillow class) and rescales before resizing:
+# name -> the preprocessor_config.json it is saved with (as the Hub's DINOv3 checkpoints ship it).
+DINOV3 = {
+    "bilinear": {"image_processor_type": "DINOv3ViTImageProcessorFast", "do_resize": True, "resample": 2,
+                 "size": {"height": 40, "width": 36}, "do_rescale": True, "rescale_factor": 1 / 255,
+                 "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                 "do_center_crop": None, "crop_size": None, "do_convert_rgb": None},
+    "bicubic-defaults": {"image_processor_type": "DINOv3ViTImageProcessor", "resample": 3,
+                         "size": {"height": 33, "width": 47}},
+}
+
+
+def dinov3_reference(path, config: dict) -> np.ndarray:
+    """(3, H, W) of DINOv3ViTImageProcessor._preprocess's steps on HF's load_image(path), run with
+    the torch kernels torchvision calls for them (torchvision is not installed here): the uint8
+    tensor times rescale_factor, `resize` = interpolate(antialias=True) on the float tensor
+    (left as it is at the same size), `normalize` = (x - mean) / std in float32; the class's
+    defaults where the config leaves a key out."""
+    import torch
+    from transformers.image_utils import load_image as hf_load_image
+
+    c = {"size": {"height": 224, "width": 224}, "resample": 2, "rescale_factor": 1 / 255,
+         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], **config}
+    image = torch.from_numpy(np.array(hf_load_image(str(path)))).permute(2, 0, 1)[None]
+    image = image * c["rescale_factor"]
+    size = [c["size"]["height"], c["size"]["width"]]
+    if list(image.shape[-2:]) != size:
+        mode = {2: "bilinear", 3: "bicubic"}[c["resample"]]
+        image = torch.nn.functional.interpolate(image, size=size, mode=mode, align_corners=False, antialias=True)
+    mean, std = (torch.tensor(c[k], dtype=torch.float32)[:, None, None] for k in ("image_mean", "image_std"))
+    return ((image[0] - mean) / std).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(DINOV3))
+def test_dinov3_torchvision_processor_is_reproduced_to_float32_rounding(name, files, tmp_path):
+    """Not bit for bit: the float resize is Pillow's 32-bit float mode, which sums in double
+    where torch sums in float32; every value within 1e-4 of the reference (their range is +-2.6)."""
+    pytest.importorskip("torch")
+    from vlmedge.exporters.sources.hf import image_preprocess
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(DINOV3[name]))
+    spec = ImagePreprocessSpec.from_dict(json.loads(json.dumps(image_preprocess(tmp_path).to_dict())))
+    assert spec.resize_after_rescale
+    for path in files:
+        expected = dinov3_reference(path, DINOV3[name])
+        ours = preprocess_images([load_image(path)], spec)[0]
+        assert ours.dtype == np.float32 and ours.shape == expected.shape, (name, path.name)
+        assert float(np.abs(ours - expected).max()) <= 1e-4, (name, path.name, float(np.abs(ours - expected).max()))
+
+
+def test_dinov3_with_a_centre_crop_is_refused(tmp_path):
+    from vlmedge.exporters.sources.hf import image_preprocess
+
+    config = {**DINOV3["bilinear"], "do_center_crop": True, "crop_size": {"height": 32, "width": 32}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="do_center_crop=False"):
+        image_preprocess(tmp_path)
 
 
 # Classes whose value steps differ (plain, offset and std twice, BGR without normalizing, none),

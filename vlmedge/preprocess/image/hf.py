@@ -32,6 +32,10 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "Levit": {"resample": 3, "size": {"shortest_edge": 224}, "default_to_square": False, "do_center_crop": True,
               "crop_size": _SQUARE_224, "image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225)},
 }
+# DINOv3's processor exists only for torchvision, and rescales before it resizes: the float
+# image is resized (ImagePreprocessSpec.resize_after_rescale), so no uint8 rounding is left for
+# Pillow to match, only float32 sums (see the spec).
+_HF_DEFAULTS["DINOv3ViT"] = {"image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225)}
 # ImageGPT's processor then maps each pixel to its nearest colour cluster (input_ids): the
 # exported graph does that step (vlmedge.exporters.sources.hf.ColourClusters), the runtime
 # feeds it these normalised pixels.
@@ -124,6 +128,11 @@ def spec_fields(cls: type, processor_config: dict) -> Any:
         extra.update(rescale_offset=bool(c.get("rescale_offset")), normalize_std_again=bool(c.get("include_top")))
         if extra["normalize_std_again"] and c["image_std"] is None:
             raise UnsupportedModelError("This EfficientNet processor sets include_top but no image_std.")
+    if family == "DINOv3ViT":
+        if do_crop:
+            raise UnsupportedModelError("vlmedge reproduces DINOv3's image processor without its centre crop; save it "
+                                        "with do_center_crop=False.")
+        extra["resize_after_rescale"] = True
     if family == "MobileViT" and c.get("do_flip_channel_order"):
         extra["channel_order"] = "BGR"
     mean, std = c["image_mean"] or (0.5,) * 3, c["image_std"] or (0.5,) * 3  # unused when null

@@ -26,6 +26,9 @@ def preprocess_images(images: list[Image.Image], spec: ImagePreprocessSpec) -> n
     if isinstance(images, Image.Image) or not isinstance(images, (list, tuple)) or not images:
         raise InputError("preprocess_images needs a non-empty list of PIL images (use load_image to read them).")
     pixels = [_pixels(image, spec) for image in images]
+    if spec.resize_after_rescale:
+        batch = np.stack([_resized_after_rescale(array, spec) for array in pixels])
+        return batch if spec.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
     table = _value_table(spec)
     # channel c of the output is channel sources[c] of the image (BGR models flip after normalizing)
     sources = (2, 1, 0) if spec.channel_order == "BGR" else (0, 1, 2)
@@ -61,7 +64,7 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
                                             int(spec.pre_crop[1] * edge)))
     if spec.align_long_axis:
         image = _align_long_axis(image, spec.canvas)
-    if spec.do_resize:
+    if spec.do_resize and not spec.resize_after_rescale:
         height, width = resize_output_size(image.height, image.width, spec.size)
         if spec.size_divisor > 1:  # rounded up to a multiple (TextNet)
             height, width = (-(-side // spec.size_divisor) * spec.size_divisor for side in (height, width))
@@ -69,12 +72,34 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
     if spec.thumbnail:  # HF's thumbnail takes `resample or BICUBIC`, so nearest (0) becomes bicubic
         image = _thumbnail(image, spec.canvas, RESAMPLE[spec.resample] or RESAMPLE["bicubic"])
     array = np.asarray(image)
+    if spec.resize_after_rescale:  # resized in float by _resized_after_rescale
+        return array
     if spec.pad_to_canvas:
         array = _pad_centred(array, spec.canvas["height"], spec.canvas["width"])
     if spec.do_center_crop:
         crop = torchvision_center_crop if spec.crop_style == "torchvision" else center_crop
         array = crop(array, spec.crop_size["height"], spec.crop_size["width"])
     return array
+
+
+def _resized_after_rescale(array: np.ndarray, spec: ImagePreprocessSpec) -> np.ndarray:
+    """(3, H, W) float32 of (h, w, 3) uint8 in DINOv3's torchvision order: rescale (uint8 times
+    the factor in float32, as a torch tensor computes it), resize each channel as a float
+    image, normalise in float32, channels flipped for BGR."""
+    scaled = array.astype(np.float32)
+    if spec.do_rescale:
+        scaled *= np.float32(spec.rescale_factor)
+    planes = [np.ascontiguousarray(scaled[..., c]) for c in range(3)]
+    if spec.do_resize:
+        height, width = resize_output_size(array.shape[0], array.shape[1], spec.size)
+        planes = [np.asarray(Image.fromarray(plane, mode="F").resize((width, height), resample=RESAMPLE[spec.resample]))
+                  for plane in planes]
+    image = np.stack(planes, axis=-1)
+    if spec.do_normalize:
+        image = (image - np.float32(spec.image_mean)) / np.float32(spec.image_std)
+    if spec.channel_order == "BGR":
+        image = image[..., ::-1]
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
 
 def _rescale_and_normalize(array: np.ndarray, spec: ImagePreprocessSpec) -> np.ndarray:

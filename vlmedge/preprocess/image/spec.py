@@ -37,6 +37,11 @@ class ImagePreprocessSpec:
       eval transforms run: offsets int(round(d / 2)), half to even, the odd padding pixel at
       the bottom/right);
     - rescale (``do_rescale``) by ``rescale_factor``, minus 1 when ``rescale_offset``;
+      with ``resize_after_rescale`` (DINOv3's torchvision processor) the rescale comes first,
+      in float32, and the resize then runs on the float image (no crop): torchvision's
+      antialiased bilinear or bicubic interpolation of a float tensor, computed here with
+      Pillow's 32-bit float mode (the same filter; Pillow sums in double where torch sums in
+      float32, so values agree to ~1e-5, not bit for bit);
     - normalise (``do_normalize``) by ``image_mean``/``image_std``, then divide by
       ``image_std`` once more when ``normalize_std_again`` (EfficientNet's include_top);
     - ``channel_order`` BGR flips the channels (MobileViT), ``layout`` NHWC transposes.
@@ -65,6 +70,7 @@ class ImagePreprocessSpec:
     rescale_offset: bool = False
     normalize_std_again: bool = False
     crop_style: str = "huggingface"
+    resize_after_rescale: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise copies of the inputs once here
@@ -79,7 +85,8 @@ class ImagePreprocessSpec:
                 raise InputError(f"{name} must be three numbers, one per RGB channel, not {values!r}.")
             set_(self, name, tuple(float(v) for v in values))
         for name in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb",
-                     "align_long_axis", "thumbnail", "pad_to_canvas", "rescale_offset", "normalize_std_again"):
+                     "align_long_axis", "thumbnail", "pad_to_canvas", "rescale_offset", "normalize_std_again",
+                     "resize_after_rescale"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false, not {getattr(self, name)!r}.")
         if 0.0 in self.image_std:
@@ -102,6 +109,11 @@ class ImagePreprocessSpec:
             raise InputError(f"size_divisor must be a positive integer, not {self.size_divisor!r}.")
         if (self.align_long_axis or self.thumbnail or self.pad_to_canvas) and self.canvas is None:
             raise InputError("align_long_axis, thumbnail and pad_to_canvas need canvas={'height': H, 'width': W}.")
+        if self.resize_after_rescale and (self.resample not in ("bilinear", "bicubic") or self.do_center_crop
+                                          or self.pre_crop is not None or self.canvas is not None
+                                          or self.size_divisor != 1 or self.rescale_offset or self.normalize_std_again):
+            raise InputError("resize_after_rescale (DINOv3's order) takes a bilinear or bicubic resize, rescale and "
+                             "normalise only, not a crop or the steps of other processors.")
         if self.do_center_crop and self.crop_size is None:
             raise InputError("do_center_crop is set but crop_size is missing; "
                              "give crop_size={'height': H, 'width': W}.")
@@ -125,6 +137,8 @@ class ImagePreprocessSpec:
             d["pre_crop"] = list(self.pre_crop)
         if self.crop_style == "huggingface":  # what specs without the field have always meant
             del d["crop_style"]
+        if not self.resize_after_rescale:  # likewise: the manifests of every other processor stay as they were
+            del d["resize_after_rescale"]
         return d
 
     @classmethod
