@@ -11,9 +11,10 @@
   and min/max activation ranges (asymmetric and symmetric), then with the transformer-
   sensitive ops kept in float too (IgnoredScope), then as int8 weights with float
   activations. On CPUs that compute in bf16 each file is also tried with its float parts in
-  bf16; the fastest passing one of a level is kept (within 5% of it, the most accurate). Embedding tables (a text tower's token
-  and position embeddings) are int8 rows with a scale per row, gathered before they are
-  dequantized, so that the compiled model holds no float copy of them.
+  bf16; the fastest passing one of a level is kept (of those timed within 5% of it, the
+  most accurate). Embedding tables (a text tower's token and position embeddings) are int8
+  rows with a scale per row, gathered before they are dequantized, so that the compiled
+  model holds no float copy of them.
 
 The inference precision each file was verified with is stored as the manifest entry's
 session_options, so `vlmedge.load` and `vlmedge check` run it the same way.
