@@ -123,11 +123,16 @@ class VariantPlan:
 
 @contextlib.contextmanager
 def quiet_progress_bars():
-    """Silences transformers' and the Hugging Face hub's own progress bars ("Loading
-    weights") while a source loads, so they do not break vlmedge's progress lines; the
-    previous settings come back after."""
+    """Silences third-party progress bars while a source loads or a quantizer runs, so that
+    they do not break vlmedge's progress lines: transformers' and the Hugging Face hub's
+    ("Loading weights") and NNCF's ("Statistics collection", drawn on rich's global console,
+    which vlmedge's own output does not use); the previous settings come back after."""
+    import rich
+
     previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    shared_console, was_quiet = rich.get_console(), rich.get_console().quiet
+    shared_console.quiet = True
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -138,6 +143,7 @@ def quiet_progress_bars():
     try:
         yield
     finally:
+        shared_console.quiet = was_quiet
         if enabled:
             hf_logging.enable_progress_bar()
         if previous is None:

@@ -33,6 +33,7 @@ import onnx
 from vlmedge.errors import ExportError, ParityError
 from vlmedge.exporters.budget import add_accuracy, measure_latency
 from vlmedge.exporters.calibration import rows
+from vlmedge.exporters.pipeline import quiet_progress_bars
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import backend_of_target, open_session
 
@@ -95,7 +96,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                 described = {"method": recipe.method, "level": level, "kept_in_float": recipe.kept_in_float,
                              **recipe.notes}
                 try:
-                    files, options = recipe.build(folder, name)
+                    with quiet_progress_bars():
+                        files, options = recipe.build(folder, name)
                 except Exception as exc:  # quantizers raise many unrelated types
                     attempts.append({**described, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
                     context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) failed to build: {exc}")
