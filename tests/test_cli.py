@@ -31,7 +31,11 @@ def test_export_predict_info_check(hf_classifier_dir, tmp_path):
     # a progress line stays one line in an 80-column log, whatever its length
     assert re.search(r"^  \[model\] parity passed for onnx/model\.fp32\.onnx: .{40,} at batch 1$", result.stdout, re.M)
     assert "Loading weights" not in result.stdout + result.stderr  # no third-party progress bar
-    assert f"vlmedge predict {out} IMAGE" in result.stdout.replace("\n", " ")
+    # the printed next step runs as printed, on a sample the artifact bundles
+    (hint,) = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("vlmedge predict ")]
+    sample = hint.split()[3]
+    assert Path(sample).parent == out / "samples" and Path(sample).is_file()
+    assert vlmedge_cli(*hint.split()[1:]).returncode == 0
 
     result = vlmedge_cli("predict", out, SAMPLE, "--top-k", "3")
     assert result.returncode == 0, result.stderr

@@ -101,11 +101,21 @@ def test_predict_refuses_options_its_task_does_not_take(vit_artifact, tmp_path):
     assert len(json.loads(result.stdout)[0]["predictions"]) == 2
 
 
-def test_next_step_hint_names_the_input_kind_of_the_task():
-    from vlmedge.cli import _next_steps
+def test_next_step_hint_predicts_on_a_bundled_sample_or_names_the_input_kind():
+    from types import SimpleNamespace
 
-    assert "vlmedge predict out AUDIO" in _next_steps(Path("out"), "audio-classification")
-    assert 'vlmedge predict out IMAGE --labels "cat,dog,car"' in _next_steps(Path("out"), "clip")
+    from vlmedge.cli import SAMPLE_LABELS, _next_steps
+
+    def artifact(task, *paths):
+        return SimpleNamespace(task=task, files=[{"path": "samples/parity.npz", "role": "parity_inputs"},
+                                                 *({"path": p, "role": "sample"} for p in paths)])
+
+    out = Path("out")
+    assert "vlmedge predict out AUDIO" in _next_steps(out, artifact("audio-classification"))
+    assert f'vlmedge predict out IMAGE --labels "{SAMPLE_LABELS}"' in _next_steps(out, artifact("clip"))
+    clip = artifact("clip", "samples/captions.txt", "samples/red-circle.jpg", "samples/green-square-rgba.png")
+    assert (f'vlmedge predict out {out / "samples" / "green-square-rgba.png"} --labels "{SAMPLE_LABELS}"'
+            in _next_steps(out, clip))
 
 
 def test_help_reads_well():

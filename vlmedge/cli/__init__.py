@@ -183,7 +183,7 @@ def export(
                          indent=2))
     elif not quiet:
         console.print(f"[green]export success[/green]: {escape(str(artifact.root))}", highlight=False)
-        console.print("next:\n" + "\n".join(f"  {step}" for step in _next_steps(output, artifact.task)),
+        console.print("next:\n" + "\n".join(f"  {step}" for step in _next_steps(output, artifact)),
                       markup=False, highlight=False)
     for entry in dropped:
         err_console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']}: {escape(entry['reason'])}",
@@ -192,15 +192,22 @@ def export(
         raise typer.Exit(ParityError.exit_code)
 
 
-def _next_steps(output: Path, task: str) -> list[str]:
-    """The commands to try next, one a line (so a narrow terminal never splits one), with the
-    input kind (IMAGE, AUDIO) of the task's predict."""
+# Zero-shot labels for the first predict after an export: the colours the bundled sample
+# images show (exporters/sample_data, each file named after its colour), which any CLIP knows.
+SAMPLE_LABELS = "red,green,blue,yellow,purple,orange,white,black"
+
+
+def _next_steps(output: Path, artifact: Any) -> list[str]:
+    """The commands to try next, one a line (so a narrow terminal never splits one): predict
+    runs on a sample file the artifact bundles (else names the input kind, IMAGE or AUDIO),
+    so that it can be run as printed."""
     from vlmedge.registry import task_named
 
-    method = task_named(task).method("predict")
-    labels = ' --labels "cat,dog,car"' if "labels" in method.options else ""
-    return [f"vlmedge info {output}", f"vlmedge predict {output} {method.input.upper()}{labels}",
-            f"vlmedge check {output}"]
+    method = task_named(artifact.task).method("predict")
+    samples = sorted(e["path"] for e in artifact.files if e["role"] == "sample" and not e["path"].endswith(".txt"))
+    target = output / samples[0] if samples else method.input.upper()
+    labels = f' --labels "{SAMPLE_LABELS}"' if "labels" in method.options else ""
+    return [f"vlmedge info {output}", f"vlmedge predict {output} {target}{labels}", f"vlmedge check {output}"]
 
 
 # predict's options that only some tasks' "predict" method takes: parameter -> (flag, the
