@@ -59,7 +59,7 @@ VARIANTS = {
 }
 # Classes refused whatever their settings, and the words of the reason.
 REFUSED = {"Siglip2": "depends on the image", "TimmWrapper": "timm",
-           "PPLCNet": "torchvision", "Tipsv2": "torchvision"}
+           "PPLCNet": "torchvision", "Tipsv2": "torchvision", "Sapiens2": "torchvision"}
 # Default settings refused because the output size would depend on the image.
 REFUSED_DEFAULTS = {"TextNet": "depend on each image"}
 

@@ -46,6 +46,10 @@ _HF_DEFAULTS["Bit"] = _HF_DEFAULTS["ChineseCLIP"] = _HF_DEFAULTS["CLIP"]
 _READ_AS_WRITTEN = {"MobileNetV1", "MobileNetV2", "MobileViT", "PoolFormer", "Pvt", "Segformer", "Perceiver",
                     "TextNet", "Donut", "EfficientNet", "Blip", "Gemma3"}
 SUPPORTED = frozenset(_HF_DEFAULTS) | _READ_AS_WRITTEN
+# Processors that resize uint8 tensors with torchvision's own kernel, which rounds 0.2% of the
+# pixels one step away from Pillow's (DINOv3 resizes the float image instead: reproduced above).
+_TORCHVISION_ONLY = ("it exists only as a torchvision processor (tensor resizing), which Pillow does not reproduce "
+                     "bit for bit")
 # Processor classes of transformers' image-classification and zero-shot mappings that are refused.
 REFUSED = {
     "Siglip2": "its NaFlex resizing gives each image its own number of patches, so the input shape depends "
@@ -54,10 +58,7 @@ REFUSED = {
     # artifact carries the result as data); its config alone is not enough here, where timm is never imported.
     "TimmWrapper": "it runs timm's eval transform of the data config timm resolves from its pretrained_cfg, which "
                    "vlmedge reads when it exports the model folder (with timm installed), not from this config alone",
-    "PPLCNet": "it exists only as a torchvision processor (tensor resizing), which Pillow does not reproduce "
-               "bit for bit",
-    "Tipsv2": "it exists only as a torchvision processor (tensor resizing), which Pillow does not reproduce "
-              "bit for bit",
+    **dict.fromkeys(["PPLCNet", "Tipsv2", "Sapiens2"], _TORCHVISION_ONLY),
 }
 _OFF = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
         "do_normalize", "image_mean", "image_std", "do_convert_rgb")
