@@ -201,3 +201,21 @@ def test_info_lists_the_variants(ov_artifact):
         assert f"openvino/model.{precision}.xml" in result.stdout
     manifest = json.loads(vlmedge_cli("info", ov_artifact, "--json").stdout)
     assert any(e.get("session_options") == {"inference_precision": "bf16"} for e in manifest["files"])
+
+
+@pytest.mark.parametrize("vendor, flags, expected", [
+    ("GenuineIntel", "sse4_2 avx2", "openvino"),
+    ("AuthenticAMD", "sse4_2 avx2 avx512f avx512_vnni avx512_bf16", "openvino"),
+    ("AuthenticAMD", "sse4_2 avx2", "onnxruntime"),
+    (None, "", "onnxruntime"),  # no /proc/cpuinfo: another OS
+])
+def test_auto_picks_openvino_on_the_cpus_it_was_measured_ahead_on(two_target_artifact, monkeypatch, vendor, flags,
+                                                                  expected):
+    """backend="auto" on a CPU opens an artifact with both targets on OpenVINO on Intel's CPUs
+    and AMD's with AVX-512 (Zen 4, measured: benchmarks/results/amd-epyc-2c.md), else on ONNX
+    Runtime."""
+    import vlmedge
+    import vlmedge.runtimes.select as select
+
+    monkeypatch.setattr(select, "cpuinfo", lambda: {} if vendor is None else {"vendor_id": vendor, "flags": flags})
+    assert vlmedge.load(two_target_artifact, precision="fp32", cache=False).model.backend == expected

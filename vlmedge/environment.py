@@ -69,7 +69,7 @@ class Environment:
         return "; ".join(parts)
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
     """The fields of the first processor in /proc/cpuinfo (it describes them all); {} elsewhere."""
     found: dict[str, str] = {}
     try:
@@ -87,7 +87,7 @@ def _cpuinfo() -> dict[str, str]:
 def cpu_key() -> dict[str, str]:
     """What identifies this CPU to a compiler: architecture, model name and a hash of its
     feature flags (a compiled model may use any instruction the CPU it was built on has)."""
-    fields = _cpuinfo()
+    fields = cpuinfo()
     model = fields.get("model name") or ":".join(
         fields.get(k, "") for k in ("CPU implementer", "CPU part", "CPU variant")).strip(":") or platform.processor()
     flags = " ".join(sorted(_feature_flags(fields)))
@@ -102,7 +102,7 @@ def _feature_flags(fields: dict[str, str]) -> list[str]:
 
 def cpu_flags(fields: dict[str, str] | None = None) -> list[str]:
     """This CPU's COMPUTE_FLAGS, sorted (fields: /proc/cpuinfo's, when already read)."""
-    return sorted(COMPUTE_FLAGS.intersection(_feature_flags(_cpuinfo() if fields is None else fields)))
+    return sorted(COMPUTE_FLAGS.intersection(_feature_flags(cpuinfo() if fields is None else fields)))
 
 
 def _physical_cores() -> int | None:
@@ -176,7 +176,7 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 def describe() -> Environment:
     """The Environment of this process, now."""
-    info = _cpuinfo()
+    info = cpuinfo()
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
