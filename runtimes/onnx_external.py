@@ -124,7 +124,8 @@ def external_data_locations(model_path: Path) -> list[str]:
 def check_external_data(model_path: Path, root: Path) -> None:
     """Refuses an ONNX file whose external data lies outside `root` or behind a link."""
     resolved_root = root.resolve()
-    for location in external_data_locations(model_path):
+    # each distinct location once: a saved model names its one weights file in every tensor
+    for location in dict.fromkeys(external_data_locations(model_path)):
         candidate = Path(location)
         target = (model_path.parent / candidate)
         if not location or "\x00" in location or candidate.is_absolute() or ".." in candidate.parts or \

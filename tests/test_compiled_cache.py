@@ -224,12 +224,17 @@ def test_an_untouched_entry_is_not_hashed_again_but_a_touched_one_is(two_target_
 
 
 def test_a_first_onnxruntime_load_serves_from_the_saved_model(two_target_artifact, cache_dir):
-    """The first load saves ONNX Runtime's optimised model with a session that only builds
-    it (no prepacked weights, dropped at once), then serves from the saved file as later
-    loads do: one copy of the weights in memory at a time, not two
-    (benchmarks/cold_start.py measures the peak)."""
+    """The first load saves ONNX Runtime's optimised model with sessions that only build it
+    (dropped at once), then serves from the saved file as later loads do: one copy of the
+    weights in memory at a time, not two (benchmarks/cold_start.py measures the peak). The
+    saved file holds the kernels' packed weights, which a load maps instead of packing."""
+    import onnx
+
     first = _session(two_target_artifact, "onnxruntime")
     assert first.cache_status == "miss"
+    assert sorted(p.name for p in first.cache_path.iterdir()) == ["key.json", "model.onnx", "model.onnx.data"]
+    saved = onnx.load(str(first.cache_path / "model.onnx"), load_external_data=False)
+    assert any(e.key.startswith("prepacked") for t in saved.graph.initializer for e in t.external_data)
     # ONNX Runtime's InferenceSession keeps the path it was opened from
     assert Path(first._session._model_path) == first.cache_path / "model.onnx"
     second = _session(two_target_artifact, "onnxruntime")
@@ -283,8 +288,8 @@ def test_openvino_hands_back_the_mapped_pages_of_what_it_read(two_target_artifac
 
 def test_onnxruntime_checks_the_external_data_of_the_files_it_parses_and_only_those(two_target_artifact, cache_dir,
                                                                                    monkeypatch):
-    """A miss parses the artifact's file (checked against the artifact's root) and the entry's
-    saved model (against the entry); a hit parses the entry's alone, so the artifact's file,
+    """A miss parses the artifact's file (checked against the artifact's root), the build's
+    first pass (against its folder) and the entry's saved model (against the entry); a hit parses the entry's alone, so the artifact's file,
     hashed already, is not read again."""
     from vlmedge.runtimes import onnxruntime as ort_module
 
@@ -295,7 +300,11 @@ def test_onnxruntime_checks_the_external_data_of_the_files_it_parses_and_only_th
     first = _session(two_target_artifact, "onnxruntime")
     entry = first.cache_path
     model = two_target_artifact / "onnx" / "model.fp32.onnx"
-    assert first.cache_status == "miss" and checked == [(model, two_target_artifact), (entry / "model.onnx", entry)]
+    optimised = [path for path, _ in checked if path.parent.name == "optimised"]  # the build's first pass, gone now
+    assert len(optimised) == 1 and not optimised[0].exists()
+    assert first.cache_status == "miss" and checked == [(model, two_target_artifact),
+                                                        (optimised[0], optimised[0].parent),
+                                                        (entry / "model.onnx", entry)]
     checked.clear()
     assert _session(two_target_artifact, "onnxruntime").cache_status == "hit"
     assert checked == [(entry / "model.onnx", entry)]
