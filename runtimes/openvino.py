@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +148,9 @@ class OpenVinoSession(Session):
             executing = ",".join(self._compiled.get_property("EXECUTION_DEVICES"))
         except RuntimeError:
             executing = name
+        # what runs, precision included: an f16 hint runs in bf16 (or f32) on CPUs without f16,
+        # which open_entry compares with what the file's parity gate verified
         self.provider = f"OpenVINO {executing} {self.inference_precision}"
-        if wanted and self.inference_precision not in (wanted, "default"):
-            # The precision the file was verified in is not what runs here: say so.
-            warnings.warn(f"OpenVINO on {executing} runs in {self.inference_precision}, not the requested {wanted}.",
-                          stacklevel=2)
         # Compiling may merge names onto a port; port_name picks the graph's own. The
         # ov.Model is never held: the compiled model reads the weights from the mapping.
         self.inputs = _infos(self._compiled.inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,20 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
         options.setdefault("model_digest", model_digest(artifact, entry))
     session = open_session(path, backend=backend, device=device, **options)
     _check_graph_io(artifact, entry["graph"], session, entry["path"])
+    _warn_if_unverified(artifact, entry, session)
     return session
+
+
+def _warn_if_unverified(artifact: Artifact, entry: dict[str, Any], session: Session) -> None:
+    """Says so when a file runs here on another provider or in another precision than its
+    parity gate verified: an fp16 OpenVINO file exported on a CPU without fp16 was verified in
+    the bf16 it falls back to, and runs so again there (no warning), but in f16 on a CPU
+    that has it (unverified: a warning)."""
+    verified = (entry.get("parity") or {}).get("provider")
+    if verified and session.provider != verified:
+        warnings.warn(f"{entry['path']} was verified on {verified} and runs here on {session.provider}, which its "
+                      f"parity gate did not check; `vlmedge check {artifact.root}` checks it on this machine.",
+                      stacklevel=2)
 
 
 def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:

@@ -66,6 +66,33 @@ def test_bf16_is_explicit(ov_artifact):
     assert session.inference_precision == expected and session.provider.endswith(expected)
 
 
+def test_a_file_that_runs_otherwise_than_it_was_verified_says_so(ov_artifact, tmp_path):
+    """Each file runs here as its parity gate verified it at export (an fp16 file on a CPU
+    without f16 in the bf16 it falls back to): no warning. The same file recorded as verified
+    in another precision, as on another machine, warns naming both."""
+    import warnings
+
+    import vlmedge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        providers = {p: next(iter(vlmedge.load(ov_artifact, backend="openvino", precision=p).model.sessions.values()))
+                     .provider for p in ("fp32", "fp16", "bf16")}
+    moved = tmp_path / "moved"
+    shutil.copytree(ov_artifact, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    other = {"f32": "bf16", "bf16": "f16", "f16": "bf16"}
+    for entry in manifest["files"]:
+        if entry.get("precision") == "fp16" and entry.get("target") == "openvino":
+            verified = entry["parity"]["provider"].rsplit(" ", 1)[0] + " " + other[providers["fp16"].rsplit(" ", 1)[1]]
+            entry["parity"]["provider"] = verified
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="was verified on") as caught:
+        vlmedge.load(moved, backend="openvino", precision="fp16")
+    (message,) = [str(w.message) for w in caught if "was verified on" in str(w.message)]
+    assert verified in message and providers["fp16"] in message and "vlmedge check" in message
+
+
 # Tolerance by the precision OpenVINO actually computes in: a CPU without FP16 units (AMD
 # Zen 4) runs an fp16 file in bf16, and says so in the session's inference_precision.
 ATOL_OF_EXECUTION = {"f32": 1e-4, "f16": 2e-2, "bf16": 5e-2}
