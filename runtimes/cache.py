@@ -70,6 +70,7 @@ class CacheEntry:
     key: dict[str, Any]
     folder: Path
     status: str = "miss"
+    unsaved_because: str | None = None  # why the backend's last build was abandoned, when it said
 
     def lookup(self) -> bool:
         """Whether the folder holds a complete entry of this key whose files are exactly
@@ -122,10 +123,17 @@ class CacheEntry:
         finally:
             shutil.rmtree(built, ignore_errors=True)  # gone already when it was renamed
 
-    def abandon(self, built: Path) -> None:
-        """Drops a build the backend could not finish."""
+    def abandon(self, built: Path, because: str | None = None) -> None:
+        """Drops a build the backend could not finish; `because` is kept for the backend to
+        report once it knows the model itself loads (a broken model fails its build too)."""
         shutil.rmtree(built, ignore_errors=True)
         self.status = "unsaved"
+        self.unsaved_because = because
+
+    def warn_unsaved(self) -> None:
+        """Says why a build was abandoned (see abandon), once the model loaded without it."""
+        if self.unsaved_because:
+            self._unsaved(self.unsaved_because)
 
     def discard(self) -> None:
         """Removes an entry the backend could not use."""
@@ -152,10 +160,10 @@ class CacheEntry:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
-    def _unsaved(self, exc: OSError) -> None:
+    def _unsaved(self, reason: OSError | str) -> None:
         self.status = "unsaved"
-        warnings.warn(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({exc}); "
-                      "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder, or "
+        warnings.warn(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({reason}); "
+                      "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder with free space, or "
                       "VLMEDGE_NO_CACHE=1 to turn the cache off.", stacklevel=3)
 
 

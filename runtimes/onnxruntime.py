@@ -111,6 +111,8 @@ class OnnxRuntimeSession(Session):
             self._session = self._from_cache(entry, model, optimization, threads, providers)
         if self._session is None:
             self._session = self._open(model, optimization, threads, providers)
+            if entry is not None:
+                entry.warn_unsaved()
         self.cache_status = entry.status if entry is not None else "off"
         self.cache_path = entry.folder if entry is not None else None
         self.device = device
@@ -168,8 +170,11 @@ class OnnxRuntimeSession(Session):
             cls._open((optimised / _CACHED_MODEL, optimised), "none", threads, providers, save_to=built,
                       save_packed=True)
             shutil.rmtree(optimised)
-        except (ArtifactError, OSError):
-            entry.abandon(built)  # saving may be what failed: the load goes on without the cache
+        except (ArtifactError, OSError) as exc:
+            # saving may be what failed (a full disk: the entry is about twice the model), or
+            # the model itself: the load goes on without the cache, and says why once it loaded
+            entry.abandon(built, because=str(exc) if isinstance(exc, OSError) else
+                          "ONNX Runtime could not save its optimised model there; is the disk full?")
             return False
         finally:
             # the builders' heap, freed, would otherwise stay resident under the session opened

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +205,44 @@ def test_an_unwritable_cache_only_costs_the_speed_up(two_target_artifact, tmp_pa
         session = _session(two_target_artifact, "onnxruntime")
     assert session.cache_status == "unsaved"
     _assert_same(_outputs(session), _outputs(_session(two_target_artifact, "onnxruntime", cache=False)))
+
+
+_CHILD_UNDER_A_FILE_SIZE_LIMIT = """
+import json, resource, signal, sys, warnings
+import numpy as np
+import vlmedge
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    (session,) = vlmedge.load(sys.argv[1], backend="onnxruntime", precision="fp32").model.sessions.values()
+feeds = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) and d > 0 else 2 for d in i.shape])
+         .astype(i.dtype) for i in session.inputs}
+print(json.dumps({"status": session.cache_status, "warnings": [str(w.message) for w in caught],
+                  "outputs": {k: v.tolist() for k, v in session.run(feeds).items()}}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="limits the file size with POSIX RLIMIT_FSIZE")
+def test_an_entry_that_cannot_be_written_in_full_is_not_kept_and_the_load_says_why(two_target_artifact, cache_dir):
+    """As on a nearly full disk: a process that may write no file as large as the entry's
+    weights with their packed copies (RLIMIT_FSIZE) gets through the build's first pass and
+    fails in its second. No entry nor build folder is left, the load goes on without the
+    cache, answers as without it, and warns why."""
+    sized = _session(two_target_artifact, "onnxruntime")  # an entry built without the limit, to size it
+    limit = (sized.cache_path / "model.onnx.data").stat().st_size - 1
+    shutil.rmtree(cache_dir)
+    done = subprocess.run([sys.executable, "-c", _CHILD_UNDER_A_FILE_SIZE_LIMIT, str(two_target_artifact),
+                           str(limit)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VLMEDGE_CACHE_DIR": str(cache_dir)})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "unsaved"
+    (warning,) = result["warnings"]
+    assert "could not write its compiled-model cache" in warning and "disk full" in warning
+    assert [p.name for p in (cache_dir / "onnxruntime").iterdir()] == []
+    expected = _outputs(_session(two_target_artifact, "onnxruntime", cache=False))
+    _assert_same({k: np.asarray(v, dtype=expected[k].dtype) for k, v in result["outputs"].items()}, expected)
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
