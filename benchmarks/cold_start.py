@@ -15,6 +15,13 @@ what the parent held) minus its RSS at that point. Goals: warm >= 3x faster than
 the model file size (the model file plus its weights file) on the cold and warm loads, the default
 (cache=False is measured for reference).
 
+Several processes serving one model (Ray Serve replicas, workers) each load it: --processes N
+(default 2) holds warm loads after their first call in 1, then N processes at once, and
+reports what each process after the first adds to the machine's memory (the growth of their
+summed proportional set size, in which a page mapped by k processes counts 1/k in each;
+Linux's smaps_rollup) against the model file: weights a backend maps from its cache are
+shared, weights it copies to its heap are not.
+
 Peak RSS counts the clean pages of the mapped model file, which the kernel drops under memory
 pressure; --memory-cap RATIO asks the question a small device asks instead: does a cold load
 + first call still run when the process may hold only RATIO x the model file more than after
@@ -89,9 +96,10 @@ def export_artifact(folder: Path, model_name: str, precisions: list[str]) -> Non
                    name=f"{model_name} (random weights, seed 0)", gates=random_weight_gates(), progress=print)
 
 
-def child(artifact: str, backend: str, precision: str, cache: bool, cgroup: str = "") -> None:
+def child(artifact: str, backend: str, precision: str, cache: bool, cgroup: str = "", hold: bool = False) -> None:
     """One load + first call, in this fresh process; prints one JSON line. With `cgroup`, the
-    process joins that memory cgroup once imported, so only the load and call are charged."""
+    process joins that memory cgroup once imported, so only the load and call are charged;
+    with `hold`, it keeps the model loaded until its standard input closes."""
     import importlib
 
     import numpy as np
@@ -125,15 +133,17 @@ def child(artifact: str, backend: str, precision: str, cache: bool, cgroup: str 
                       # what stays resident and cannot be dropped: the mapped files' clean pages in RSS
                       # can be evicted under memory pressure, anonymous memory cannot
                       "anon_delta_after": (memory.anonymous_increase(baseline) or 0.0) * 1024**2,
-                      "cache_status": ",".join(statuses), "provider": classifier.model.provider}))
+                      "cache_status": ",".join(statuses), "provider": classifier.model.provider}), flush=True)
+    if hold:
+        sys.stdin.read()
 
 
 def child_command(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool,
-                  cgroup: Path | None = None) -> tuple[list[str], dict[str, str]]:
+                  cgroup: Path | None = None, hold: bool = False) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "VLMEDGE_CACHE_DIR": str(cache_dir)}
     env.pop("VLMEDGE_NO_CACHE", None)
     return [sys.executable, __file__, "--child", str(artifact), backend, precision, str(int(cache)),
-            str(cgroup or "")], env
+            str(cgroup or ""), str(int(hold))], env
 
 
 def run_child(artifact: Path, backend: str, precision: str, cache_dir: Path, cache: bool) -> dict[str, Any]:
@@ -188,6 +198,39 @@ def capped_run(artifact: Path, backend: str, precision: str, size: int, ratio: f
     return {"ratio": ratio, "runs": False, "why": "killed by the cap"}
 
 
+def proportional_set_mb(pid: int) -> float:
+    """A process's proportional set size (Linux's /proc/PID/smaps_rollup), MB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def held_memory_mb(artifact: Path, backend: str, precision: str, cache_dir: Path, processes: int) -> float:
+    """The summed proportional set size of `processes` warm loads held at once after their first call."""
+    command, env = child_command(artifact, backend, precision, cache_dir, True, hold=True)
+    children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                for _ in range(processes)]
+    try:
+        for c in children:
+            if not c.stdout.readline().startswith("{"):
+                raise SystemExit(f"held child {backend} {precision} failed (exit {c.wait()})")
+        return sum(proportional_set_mb(c.pid) for c in children)
+    finally:
+        for c in children:
+            c.stdin.close()
+            c.wait(timeout=120)
+
+
+def shared_run(artifact: Path, backend: str, precision: str, cache_dir: Path, processes: int) -> dict[str, Any]:
+    """What each warm process after the first adds to the machine's memory, held in 1 and then
+    in `processes` processes at once (the cache entry is warm already)."""
+    one = held_memory_mb(artifact, backend, precision, cache_dir, 1)
+    many = held_memory_mb(artifact, backend, precision, cache_dir, processes)
+    return {"processes": processes, "pss_one_mb": one, "pss_many_mb": many,
+            "per_extra_process_mb": (many - one) / (processes - 1)}
+
+
 def model_bytes(artifact: Path, backend: str, precision: str) -> int:
     from vlmedge.artifact import Artifact
     from vlmedge.runtimes.base import backend_named
@@ -201,7 +244,8 @@ def model_bytes(artifact: Path, backend: str, precision: str) -> int:
     return total
 
 
-def measure(artifact: Path, backend: str, precision: str, rounds: int, scratch: Path) -> dict[str, Any]:
+def measure(artifact: Path, backend: str, precision: str, rounds: int, scratch: Path,
+            processes: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for r in range(rounds):
         cache_dir = scratch / f"cache-{backend}-{precision}-{r}"  # empty: a cold start
@@ -217,6 +261,9 @@ def measure(artifact: Path, backend: str, precision: str, rounds: int, scratch: 
         row[mode]["cache_status"] = sorted({r["cache_status"] for r in found})
         row[mode]["rss_ratio"] = row[mode]["peak_rss_delta"] / size
         row[mode]["anon_ratio"] = row[mode]["anon_delta_after"] / size
+    if processes > 1:
+        row["shared"] = shared_run(artifact, backend, precision, scratch / f"cache-{backend}-{precision}-0", processes)
+        row["shared"]["per_extra_process_ratio"] = row["shared"]["per_extra_process_mb"] * 1024**2 / size
     row["warm_speedup"] = row["cold"]["total_s"] / row["warm"]["total_s"]
     row["warm_vs_nocache_speedup"] = row["nocache"]["total_s"] / row["warm"]["total_s"]
     row["goals"] = goals(row)
@@ -242,18 +289,27 @@ def markdown(result: dict[str, Any]) -> str:
              "the clean pages of mapped files, which the kernel can drop under memory pressure. The memory "
              "goal is judged on the cold and warm loads (the cache is on by default); no cache is for reference."]
     capped = [row["memory_cap"] for row in result["rows"] if row.get("memory_cap")]
+    shared = [row["shared"] for row in result["rows"] if row.get("shared")]
+    if shared:
+        lines[-1] += (f" Each extra process: warm loads held after their first call in 1, then {shared[0]['processes']} "
+                      "processes at once; the growth of their summed proportional set size (a page mapped by k "
+                      "processes counts 1/k in each) per process after the first, against the model file.")
     if capped:
         lines[-1] += (f" Under a {capped[0]['ratio']}x cap: a cold load + first call in a memory cgroup limited to "
                       f"{capped[0]['ratio']}x the model file (charged from after the imports, page cache dropped "
                       "first): the time, or why it did not run.")
     lines += ["", "| backend | precision | model MB | cold s | warm s | no cache s | warm speedup | "
               "RSS cold | RSS warm | RSS no cache | anonymous after, warm |"
+              + (" each extra process |" if shared else "")
               + (f" under a {capped[0]['ratio']}x cap |" if capped else "") + " goals |",
-              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "") + "---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if shared else "") + ("---|" if capped else "")
+              + "---|"]
     for row in result["rows"]:
         goals = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in row["goals"].items())
         cap = row.get("memory_cap")
         cap_cell = (f" {'runs, %.2f s' % cap['total_s'] if cap['runs'] else 'NO: ' + cap['why']} |" if cap else "")
+        if shared:
+            cap_cell = (f" {row['shared']['per_extra_process_ratio']:.2f}x |" if row.get("shared") else " |") + cap_cell
         lines.append(f"| {row['backend']} | {row['precision']} | {row['model_bytes'] / 1e6:.1f} | "
                      f"{row['cold']['total_s']:.2f} | {row['warm']['total_s']:.2f} | {row['nocache']['total_s']:.2f} | "
                      f"{row['warm_speedup']:.1f}x | {row['cold']['rss_ratio']:.2f}x | {row['warm']['rss_ratio']:.2f}x | "
@@ -273,12 +329,14 @@ def main() -> None:
                         help="also run a cold load + first call capped at RATIO x the model file (root; see above)")
     parser.add_argument("--cap-timeout", type=float, default=120.0,
                         help="seconds after which a capped run counts as thrashing (default 120)")
-    parser.add_argument("--child", nargs=5, metavar=("ARTIFACT", "BACKEND", "PRECISION", "CACHE", "CGROUP"),
+    parser.add_argument("--processes", type=int, default=2,
+                        help="also hold warm loads in 1, then N processes at once (Linux; see above; 0: skip)")
+    parser.add_argument("--child", nargs=6, metavar=("ARTIFACT", "BACKEND", "PRECISION", "CACHE", "CGROUP", "HOLD"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        artifact, backend, precision, cache, cgroup = args.child
-        return child(artifact, backend, precision, cache == "1", cgroup)
+        artifact, backend, precision, cache, cgroup, hold = args.child
+        return child(artifact, backend, precision, cache == "1", cgroup, hold == "1")
 
     precisions = args.precision.split(",")
     load_start = os.getloadavg()[0]
@@ -299,7 +357,7 @@ def main() -> None:
         rows = []
         for backend in args.backends.split(","):
             for precision in precisions:
-                row = measure(artifact, backend, precision, args.rounds, Path(scratch))
+                row = measure(artifact, backend, precision, args.rounds, Path(scratch), args.processes)
                 if args.memory_cap:
                     row["memory_cap"] = capped_run(artifact, backend, precision, row["model_bytes"], args.memory_cap,
                                                    args.cap_timeout, Path(scratch))
@@ -311,7 +369,9 @@ def main() -> None:
                       f"no cache {row['nocache']['total_s']:.2f}s  -> warm {row['warm_speedup']:.1f}x faster; "
                       f"peak RSS cold {row['cold']['rss_ratio']:.2f}x, warm {row['warm']['rss_ratio']:.2f}x, "
                       f"no cache {row['nocache']['rss_ratio']:.2f}x the file; anonymous after, warm "
-                      f"{row['warm']['anon_ratio']:.2f}x", flush=True)
+                      f"{row['warm']['anon_ratio']:.2f}x"
+                      + (f"; each extra warm process {row['shared']['per_extra_process_mb']:.0f} MB "
+                         f"({row['shared']['per_extra_process_ratio']:.2f}x)" if row.get("shared") else ""), flush=True)
     result = {"model": args.model, "machine": machine_name(), "rounds": args.rounds,
               "artifact_verify_s": verify_s, "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
