@@ -11,7 +11,7 @@ from typing import Any
 
 from vlmedge.artifact import Artifact
 from vlmedge.environment import cpu_flags, cpuinfo
-from vlmedge.errors import ArtifactError, BackendUnavailableError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning
 from vlmedge.runtimes.base import BACKENDS, Session, backend_named, backend_of_target, open_session
 from vlmedge.user_cache import cache_enabled
 
@@ -122,7 +122,7 @@ def _warn_if_unverified(artifact: Artifact, entry: dict[str, Any], session: Sess
     if verified and session.provider != verified:
         warnings.warn(f"{entry['path']} was verified on {verified} and runs here on {session.provider}, which its "
                       f"parity gate did not check; `vlmedge check {artifact.root}` checks it on this machine.",
-                      stacklevel=2)
+                      UnverifiedWarning, stacklevel=2)
 
 
 def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:

@@ -73,6 +73,8 @@ def test_a_file_that_runs_otherwise_than_it_was_verified_says_so(ov_artifact, tm
     import warnings
 
     import vlmedge
+    from vlmedge.check import check_artifact
+    from vlmedge.errors import UnverifiedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -87,10 +89,14 @@ def test_a_file_that_runs_otherwise_than_it_was_verified_says_so(ov_artifact, tm
             verified = entry["parity"]["provider"].rsplit(" ", 1)[0] + " " + other[providers["fp16"].rsplit(" ", 1)[1]]
             entry["parity"]["provider"] = verified
     (moved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.warns(UserWarning, match="was verified on") as caught:
+    with pytest.warns(UnverifiedWarning) as caught:
         vlmedge.load(moved, backend="openvino", precision="fp16")
-    (message,) = [str(w.message) for w in caught if "was verified on" in str(w.message)]
+    (message,) = [str(w.message) for w in caught if w.category is UnverifiedWarning]
     assert verified in message and providers["fp16"] in message and "vlmedge check" in message
+    with warnings.catch_warnings():  # the check that warning asks for does not repeat it
+        warnings.simplefilter("error", UnverifiedWarning)
+        reports = {r["file"]: r for r in check_artifact(moved)}
+    assert reports["openvino/model.fp16.xml"]["passed"] and reports["openvino/model.fp16.xml"]["provider"] == providers["fp16"]
 
 
 # Tolerance by the precision OpenVINO actually computes in: a CPU without FP16 units (AMD

@@ -28,6 +28,11 @@ def exception_line(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {first_line(exc, limit)}" if str(exc).strip() else type(exc).__name__
 
 
+class UnverifiedWarning(UserWarning):
+    """A model file runs here on another provider or in another precision than its parity
+    gate verified at export; `vlmedge check` verifies it on this machine."""
+
+
 class VlmedgeError(Exception):
     """Base class: the message says what was wrong and what to do."""
 
