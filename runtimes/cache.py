@@ -20,6 +20,8 @@ key.json, written last, repeats the key and lists every file with its size and s
 
 Where: one folder per backend in vlmedge.user_cache.cache_root().
 Off: vlmedge.load(..., cache=False), or VLMEDGE_NO_CACHE=1 in the environment.
+Seen and emptied with `vlmedge cache` (list_entries, clear_entries): entries are never
+evicted on their own.
 """
 
 from __future__ import annotations
@@ -53,13 +55,15 @@ def files_digest(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def cache_entry(backend: str, version: str, model_digest: str, device: str, options: dict[str, Any]) -> "CacheEntry":
+def cache_entry(backend: str, version: str, model_digest: str, device: str, options: dict[str, Any],
+                source: Path | None = None) -> "CacheEntry":
     """The cache entry for one model compiled by one backend version, on this CPU and device,
-    with these options (values must be plain JSON types)."""
+    with these options (values must be plain JSON types); `source`, the model file, is
+    recorded for listings, not keyed (the same content at another path is the same entry)."""
     key = {"format": CACHE_FORMAT, "backend": backend, "version": str(version), "model": model_digest,
            "cpu": cpu_key(), "device": str(device), "options": {k: options[k] for k in sorted(options)}}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return CacheEntry(key=key, folder=cache_root() / backend / name)
+    return CacheEntry(key=key, folder=cache_root() / backend / name, source=str(Path(source).absolute()) if source else None)
 
 
 @dataclass
@@ -71,6 +75,7 @@ class CacheEntry:
     folder: Path
     status: str = "miss"
     unsaved_because: str | None = None  # why the backend's last build was abandoned, when it said
+    source: str | None = None  # the model file it is built from, recorded in key.json for listings
 
     def lookup(self) -> bool:
         """Whether the folder holds a complete entry of this key whose files are exactly
@@ -115,7 +120,7 @@ class CacheEntry:
     def commit(self, built: Path) -> None:
         """Lists what the backend wrote, writes key.json last and renames the folder into place."""
         try:
-            _write_key_file(built, self.key)
+            _write_key_file(built, self.key, self.source)
             self._install(built)
             self.status = "miss"
         except OSError as exc:
@@ -137,7 +142,7 @@ class CacheEntry:
 
     def discard(self) -> None:
         """Removes an entry the backend could not use."""
-        self._remove(self.folder)
+        _remove_folder(self.folder)
 
     def _install(self, built: Path) -> None:
         try:
@@ -148,17 +153,8 @@ class CacheEntry:
                 raise
         if self.lookup():  # another process installed the same entry meanwhile: keep theirs
             return
-        self._remove(self.folder)
+        _remove_folder(self.folder)
         os.rename(built, self.folder)
-
-    def _remove(self, folder: Path) -> None:
-        # renamed first, so that no load ever sees a half-deleted entry
-        trash = folder.parent / f"{_OLD_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(folder, trash)
-        except OSError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
 
     def _unsaved(self, reason: OSError | str) -> None:
         self.status = "unsaved"
@@ -168,7 +164,48 @@ class CacheEntry:
 
 
 
-def _write_key_file(folder: Path, key: dict[str, Any]) -> None:
+def list_entries() -> list[dict[str, Any]]:
+    """The complete entries of the cache folder (those with a readable key.json), oldest
+    first: backend, version, device, options, source (the model file, when recorded),
+    created, bytes on disk, folder. Builds in progress are not entries yet."""
+    root = cache_root()
+    found = []
+    for folder in sorted(root.glob("*/*")) if root.is_dir() else []:
+        if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            record = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
+            key = record["key"]
+            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+            continue
+        found.append({"backend": key.get("backend"), "version": key.get("version"), "device": key.get("device"),
+                      "options": key.get("options"), "source": record.get("source"), "created": record.get("created"),
+                      "bytes": size, "folder": str(folder)})
+    return sorted(found, key=lambda e: str(e["created"]))
+
+
+def clear_entries() -> tuple[int, int]:
+    """Removes every complete entry of the cache folder, each renamed first as a rebuild
+    removes one (a load either finds it whole or not at all); builds in progress finish.
+    The number of entries and the bytes removed."""
+    entries = list_entries()
+    for entry in entries:
+        _remove_folder(Path(entry["folder"]))
+    return len(entries), sum(e["bytes"] for e in entries)
+
+
+def _remove_folder(folder: Path) -> None:
+    # renamed first, so that no load ever sees a half-deleted entry
+    trash = folder.parent / f"{_OLD_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_key_file(folder: Path, key: dict[str, Any], source: str | None = None) -> None:
     files = {}
     for path in sorted(folder.iterdir()):
         if path.name == KEY_FILE or path.name.startswith(".key-"):
@@ -177,7 +214,8 @@ def _write_key_file(folder: Path, key: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         info = path.stat()
         files[path.name] = {"size": info.st_size, "sha256": sha256_file(path), "stat": file_identity(info)}
-    record = {"key": key, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {"key": key, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "source": source}
     partial = folder / f".key-{uuid.uuid4().hex[:8]}"
     partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(partial, folder / KEY_FILE)

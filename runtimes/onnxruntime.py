@@ -105,7 +105,7 @@ class OnnxRuntimeSession(Session):
                 check_external_data(*model)
                 model_digest = files_digest(_model_files(model_path))
             entry = cache_entry(self.backend, ort.__version__, model_digest, device,
-                                {"optimization": optimization, "threads": threads or 0})
+                                {"optimization": optimization, "threads": threads or 0}, source=model_path)
         self._session = None
         if entry is not None:
             self._session = self._from_cache(entry, model, optimization, threads, providers)

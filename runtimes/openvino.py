@@ -130,7 +130,7 @@ class OpenVinoSession(Session):
         elif cache:
             entry = cache_entry(self.backend, ov.get_version(),
                                model_digest or files_digest([model_path, model_path.with_suffix(".bin")]),
-                               name, {k: str(v) for k, v in config.items()})
+                               name, {k: str(v) for k, v in config.items()}, source=model_path)
         # The file OpenVINO reads the weights from, through vlmedge's own mapping, kept as long
         # as the compiled model; None where OpenVINO maps the files itself (a caller's cache_dir).
         self._mapped: MappedFile | None = None

@@ -5,6 +5,7 @@ different answer from a load without it. Observed through Session.cache_status, 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import shutil
@@ -243,6 +244,28 @@ def test_an_entry_that_cannot_be_written_in_full_is_not_kept_and_the_load_says_w
     assert [p.name for p in (cache_dir / "onnxruntime").iterdir()] == []
     expected = _outputs(_session(two_target_artifact, "onnxruntime", cache=False))
     _assert_same({k: np.asarray(v, dtype=expected[k].dtype) for k, v in result["outputs"].items()}, expected)
+
+
+def test_vlmedge_cache_lists_the_compiled_models_by_their_files_and_clears_them(two_target_artifact, cache_dir):
+    """`vlmedge cache` names each entry's model file, backend and size; `--clear` removes
+    them (the next load compiles again) and keeps the verified-file memo."""
+    from tests.test_cli import vlmedge_cli
+
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    folders = {backend: _session(two_target_artifact, backend).cache_path for backend in backends}
+    listed = json.loads(vlmedge_cli("cache", "--json", env={"VLMEDGE_CACHE_DIR": str(cache_dir)}).stdout)
+    assert {e["backend"]: Path(e["folder"]) for e in listed} == folders
+    files = {"onnxruntime": "onnx/model.fp32.onnx", "openvino": "openvino/model.fp32.xml"}
+    for entry in listed:
+        assert entry["source"] == str(two_target_artifact / files[entry["backend"]])
+        assert entry["bytes"] == sum(p.stat().st_size for p in Path(entry["folder"]).iterdir())
+    shown = vlmedge_cli("cache", env={"VLMEDGE_CACHE_DIR": str(cache_dir)})
+    assert shown.returncode == 0 and str(two_target_artifact / files["onnxruntime"]) in shown.stdout
+    cleared = vlmedge_cli("cache", "--clear", env={"VLMEDGE_CACHE_DIR": str(cache_dir)})
+    assert cleared.returncode == 0 and f"removed {len(backends)} compiled model(s)" in cleared.stdout
+    assert _entries(cache_dir) == [] and (cache_dir / "verified-files.json").is_file()
+    assert json.loads(vlmedge_cli("cache", "--json", env={"VLMEDGE_CACHE_DIR": str(cache_dir)}).stdout) == []
+    assert all(_session(two_target_artifact, backend).cache_status == "miss" for backend in backends)
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):

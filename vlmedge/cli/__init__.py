@@ -433,6 +433,35 @@ def formats_command(
             console.print(f"{name}: {escape(str(section))}")
 
 
+@app.command(name="cache", cls=_Command)
+def cache_command(
+    clear: bool = typer.Option(False, "--clear", help="Delete every compiled model in the cache (each is rebuilt by "
+                                                      "its next load); the verified-file memo and measured peaks stay."),
+    as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
+) -> None:
+    """List the compiled models vlmedge keeps (each load's OpenVINO blob or ONNX Runtime optimised model), or delete them."""
+    from vlmedge.runtimes.cache import clear_entries, list_entries
+    from vlmedge.user_cache import cache_enabled, cache_root
+
+    root = cache_root()
+    if clear:
+        count, size = clear_entries()
+        console.print(f"removed {count} compiled model(s), {size / 1e9:.2f} GB, from {escape(str(root))}", highlight=False)
+        return
+    entries = list_entries()
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return
+    state = "" if cache_enabled() else " (off here: VLMEDGE_NO_CACHE is set)"
+    console.print(f"compiled-model cache{state}: {escape(str(root))}, {len(entries)} model(s), "
+                  f"{sum(e['bytes'] for e in entries) / 1e9:.2f} GB; VLMEDGE_CACHE_DIR moves it, "
+                  "`vlmedge cache --clear` empties it", highlight=False)
+    show([{"model file": escape(e["source"] or "(not recorded)"), "backend": f"{e['backend']} {e['version']}",
+           "device": str(e["device"]), "options": escape(", ".join(f"{k}={v}" for k, v in (e["options"] or {}).items())),
+           "size": f"{e['bytes'] / 1e6:.1f} MB", "created": str(e["created"])} for e in entries],
+         "compiled models, oldest first", right=("size",))
+
+
 from vlmedge.bench.command import bench as _bench_command  # noqa: E402 - typer and rich only
 
 app.command(name="bench", cls=_Command)(_bench_command)
