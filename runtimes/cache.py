@@ -20,8 +20,10 @@ key.json, written last, repeats the key and lists every file with its size and s
 
 Where: one folder per backend in vlmedge.user_cache.cache_root().
 Off: vlmedge.load(..., cache=False), or VLMEDGE_NO_CACHE=1 in the environment.
-Seen and emptied with `vlmedge cache` (list_entries, clear_entries): entries are never
-evicted on their own.
+Seen and emptied with `vlmedge cache` (list_entries, clear_entries). An entry is evicted
+only when a newer one replaces it: built from the same model file path, with the same key
+but the file's content (a re-export to the same folder), which the old one could serve only
+if the old bytes came back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from vlmedge.artifact import sha256_file
 from vlmedge.environment import cpu_key
@@ -127,6 +129,21 @@ class CacheEntry:
             self._unsaved(exc)
         finally:
             shutil.rmtree(built, ignore_errors=True)  # gone already when it was renamed
+        if self.status == "miss":
+            self._remove_superseded()
+
+    def _remove_superseded(self) -> None:
+        """Removes the entries this one replaces: from the same model file path, with the
+        same key but the model's content (re-exporting to one folder would otherwise leave
+        an entry per export behind)."""
+        if not self.source:
+            return
+        rest = {k: v for k, v in self.key.items() if k != "model"}
+        for folder, record in _records(self.folder.parent):
+            key = record["key"]
+            if folder != self.folder and record.get("source") == self.source and \
+                    {k: v for k, v in key.items() if k != "model"} == rest:
+                _remove_folder(folder)
 
     def abandon(self, built: Path, because: str | None = None) -> None:
         """Drops a build the backend could not finish; `because` is kept for the backend to
@@ -170,19 +187,30 @@ def list_entries() -> list[dict[str, Any]]:
     created, bytes on disk, folder. Builds in progress are not entries yet."""
     root = cache_root()
     found = []
-    for folder in sorted(root.glob("*/*")) if root.is_dir() else []:
+    for parent in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for folder, record in _records(parent):
+            key = record["key"]
+            try:
+                size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            except OSError:  # removed meanwhile
+                continue
+            found.append({"backend": key.get("backend"), "version": key.get("version"), "device": key.get("device"),
+                          "options": key.get("options"), "source": record.get("source"),
+                          "created": record.get("created"), "bytes": size, "folder": str(folder)})
+    return sorted(found, key=lambda e: str(e["created"]))
+
+
+def _records(parent: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(folder, key.json record) of each complete entry in one backend's folder."""
+    for folder in sorted(parent.iterdir()):
         if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) or folder.is_symlink() or not folder.is_dir():
             continue
         try:
             record = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
-            key = record["key"]
-            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             continue
-        found.append({"backend": key.get("backend"), "version": key.get("version"), "device": key.get("device"),
-                      "options": key.get("options"), "source": record.get("source"), "created": record.get("created"),
-                      "bytes": size, "folder": str(folder)})
-    return sorted(found, key=lambda e: str(e["created"]))
+        if isinstance(record, dict) and isinstance(record.get("key"), dict):
+            yield folder, record
 
 
 def clear_entries() -> tuple[int, int]:

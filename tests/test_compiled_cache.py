@@ -170,6 +170,12 @@ def test_a_changed_model_file_at_the_same_path_is_a_miss(two_target_artifact, ca
     changed = open_session(path, cache=True)
     assert changed.cache_status == "miss" and changed.cache_path != first.cache_path
     _assert_same(_outputs(changed), _outputs(open_session(path)))
+    # the old entry, which only the old bytes at that path could use, made way for the new one;
+    # another file's entry with the same options stays
+    other = tmp_path / "other.onnx"
+    shutil.copyfile(two_target_artifact / "onnx" / "model.fp32.onnx", other)
+    kept = open_session(other, cache=True).cache_path
+    assert _entries(cache_dir) == sorted([changed.cache_path, kept]) and not first.cache_path.exists()
 
 
 def test_openvino_weights_changed_at_the_same_path_are_a_miss(two_target_artifact, cache_dir, tmp_path):
