@@ -22,8 +22,8 @@ Where: one folder per backend in vlmedge.user_cache.cache_root().
 Off: vlmedge.load(..., cache=False), or VLMEDGE_NO_CACHE=1 in the environment.
 Seen and emptied with `vlmedge cache` (list_entries, clear_entries). An entry is evicted
 only when a newer one replaces it: built from the same model file path, with the same key
-but the file's content (a re-export to the same folder), which the old one could serve only
-if the old bytes came back.
+but the file's content (a re-export to the same folder) or the cache's format, which the old
+one could serve only if the old bytes, or an older vlmedge, came back.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from vlmedge.artifact import sha256_file
 from vlmedge.environment import cpu_key
 from vlmedge.user_cache import cache_enabled, cache_root, file_identity
 
-CACHE_FORMAT = 1
+# 2: ONNX Runtime's entries hold the packed weights; an entry of an older form is rebuilt
+CACHE_FORMAT = 2
 KEY_FILE = "key.json"
 _TMP_PREFIX, _OLD_PREFIX = ".tmp-", ".old-"
 _ABANDONED_AFTER_S = 24 * 3600  # a temporary folder this old belongs to a killed process
@@ -134,15 +135,16 @@ class CacheEntry:
 
     def _remove_superseded(self) -> None:
         """Removes the entries this one replaces: from the same model file path, with the
-        same key but the model's content (re-exporting to one folder would otherwise leave
-        an entry per export behind)."""
+        same key but the model's content or the cache's format (re-exporting to one folder
+        would otherwise leave an entry per export behind)."""
         if not self.source:
             return
-        rest = {k: v for k, v in self.key.items() if k != "model"}
+        replaced = ("model", "format")
+        rest = {k: v for k, v in self.key.items() if k not in replaced}
         for folder, record in _records(self.folder.parent):
             key = record["key"]
             if folder != self.folder and record.get("source") == self.source and \
-                    {k: v for k, v in key.items() if k != "model"} == rest:
+                    {k: v for k, v in key.items() if k not in replaced} == rest:
                 _remove_folder(folder)
 
     def abandon(self, built: Path, because: str | None = None) -> None:

@@ -178,6 +178,17 @@ def test_a_changed_model_file_at_the_same_path_is_a_miss(two_target_artifact, ca
     assert _entries(cache_dir) == sorted([changed.cache_path, kept]) and not first.cache_path.exists()
 
 
+def test_an_entry_of_an_older_cache_format_is_rebuilt_and_replaced(two_target_artifact, cache_dir, monkeypatch):
+    """An entry an older vlmedge wrote (another CACHE_FORMAT: ONNX Runtime's of format 1 held
+    no packed weights) is not used; the entry built instead replaces it."""
+    current = cache_module.CACHE_FORMAT
+    monkeypatch.setattr(cache_module, "CACHE_FORMAT", current - 1)
+    old = _session(two_target_artifact, "onnxruntime").cache_path
+    monkeypatch.setattr(cache_module, "CACHE_FORMAT", current)
+    new = _session(two_target_artifact, "onnxruntime")
+    assert new.cache_status == "miss" and _entries(cache_dir) == [new.cache_path] and not old.exists()
+
+
 def test_openvino_weights_changed_at_the_same_path_are_a_miss(two_target_artifact, cache_dir, tmp_path):
     pytest.importorskip("openvino", reason="the openvino package is not installed")
     for suffix in (".xml", ".bin"):
