@@ -66,7 +66,8 @@ def cache_entry(backend: str, version: str, model_digest: str, device: str, opti
     key = {"format": CACHE_FORMAT, "backend": backend, "version": str(version), "model": model_digest,
            "cpu": cpu_key(), "device": str(device), "options": {k: options[k] for k in sorted(options)}}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return CacheEntry(key=key, folder=cache_root() / backend / name, source=str(Path(source).absolute()) if source else None)
+    return CacheEntry(key=key, folder=cache_root() / backend / name,
+                      source=str(Path(source).absolute()) if source else None)
 
 
 @dataclass
@@ -189,7 +190,11 @@ def list_entries() -> list[dict[str, Any]]:
     created, bytes on disk, folder. Builds in progress are not entries yet."""
     root = cache_root()
     found = []
-    for parent in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    try:
+        parents = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:  # no cache folder yet, or none readable
+        parents = []
+    for parent in parents:
         for folder, record in _records(parent):
             key = record["key"]
             try:
@@ -203,8 +208,13 @@ def list_entries() -> list[dict[str, Any]]:
 
 
 def _records(parent: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """(folder, key.json record) of each complete entry in one backend's folder."""
-    for folder in sorted(parent.iterdir()):
+    """(folder, key.json record) of each complete entry in one backend's folder; none when
+    the folder cannot be read (replacing or listing entries never fails a load)."""
+    try:
+        folders = sorted(parent.iterdir())
+    except OSError:
+        return
+    for folder in folders:
         if folder.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) or folder.is_symlink() or not folder.is_dir():
             continue
         try:
