@@ -308,12 +308,12 @@ def markdown(result: dict[str, Any]) -> str:
         goals = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in row["goals"].items())
         cap = row.get("memory_cap")
         cap_cell = (f" {'runs, %.2f s' % cap['total_s'] if cap['runs'] else 'NO: ' + cap['why']} |" if cap else "")
-        if shared:
-            cap_cell = (f" {row['shared']['per_extra_process_ratio']:.2f}x |" if row.get("shared") else " |") + cap_cell
+        shared_cell = ((f" {row['shared']['per_extra_process_ratio']:.2f}x |" if row.get("shared") else " |")
+                       if shared else "")
         lines.append(f"| {row['backend']} | {row['precision']} | {row['model_bytes'] / 1e6:.1f} | "
                      f"{row['cold']['total_s']:.2f} | {row['warm']['total_s']:.2f} | {row['nocache']['total_s']:.2f} | "
                      f"{row['warm_speedup']:.1f}x | {row['cold']['rss_ratio']:.2f}x | {row['warm']['rss_ratio']:.2f}x | "
-                     f"{row['nocache']['rss_ratio']:.2f}x | {row['warm']['anon_ratio']:.2f}x |{cap_cell} {goals} |")
+                     f"{row['nocache']['rss_ratio']:.2f}x | {row['warm']['anon_ratio']:.2f}x |{shared_cell}{cap_cell} {goals} |")
     return "\n".join(lines) + "\n"
 
 
