@@ -34,13 +34,13 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vlmedge.artifact import sha256_file
 from vlmedge.environment import cpu_key
+from vlmedge.errors import warn_caller
 from vlmedge.user_cache import cache_enabled, cache_root, file_identity
 
 # 2: ONNX Runtime's entries hold the packed weights; an entry of an older form is rebuilt
@@ -178,9 +178,9 @@ class CacheEntry:
 
     def _unsaved(self, reason: OSError | str) -> None:
         self.status = "unsaved"
-        warnings.warn(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({reason}); "
-                      "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder with free space, or "
-                      "VLMEDGE_NO_CACHE=1 to turn the cache off.", stacklevel=3)
+        warn_caller(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({reason}); "
+                    "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder with free space, or "
+                    "VLMEDGE_NO_CACHE=1 to turn the cache off.")
 
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, first_line
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, first_line, warn_caller
 from vlmedge.runtimes.base import Session, TensorInfo, release_freed_heap
 from vlmedge.runtimes.cache import CacheEntry, cache_entry, files_digest
 from vlmedge.runtimes.onnx_external import check_external_data, external_data_locations
@@ -119,7 +118,7 @@ class OnnxRuntimeSession(Session):
         # Report what actually runs the model: a silent fallback to CPU is the complaint users have most.
         self.provider = self._session.get_providers()[0]
         if self.provider != wanted[0]:
-            warnings.warn(f"ONNX Runtime fell back to {self.provider} instead of {wanted[0]}.", stacklevel=2)
+            warn_caller(f"ONNX Runtime fell back to {self.provider} instead of {wanted[0]}.")
         self.inputs = _infos(self._session.get_inputs())
         self.outputs = _infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]

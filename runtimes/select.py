@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from vlmedge.artifact import Artifact
 from vlmedge.environment import cpu_flags, cpuinfo
-from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning
+from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning, warn_caller
 from vlmedge.runtimes.base import BACKENDS, Session, backend_named, backend_of_target, open_session
 from vlmedge.user_cache import cache_enabled
 
@@ -120,9 +119,9 @@ def _warn_if_unverified(artifact: Artifact, entry: dict[str, Any], session: Sess
     that has it (unverified: a warning)."""
     verified = (entry.get("parity") or {}).get("provider")
     if verified and session.provider != verified:
-        warnings.warn(f"{entry['path']} was verified on {verified} and runs here on {session.provider}, which its "
-                      f"parity gate did not check; `vlmedge check {artifact.root}` checks it on this machine.",
-                      UnverifiedWarning, stacklevel=2)
+        warn_caller(f"{entry['path']} was verified on {verified} and runs here on {session.provider}, which its "
+                    f"parity gate did not check; `vlmedge check {artifact.root}` checks it on this machine.",
+                    UnverifiedWarning)
 
 
 def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:

@@ -219,9 +219,10 @@ def test_an_unwritable_cache_only_costs_the_speed_up(two_target_artifact, tmp_pa
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(blocker / "cache"))
-    with pytest.warns(UserWarning, match="could not write its compiled-model cache"):
+    with pytest.warns(UserWarning, match="could not write its compiled-model cache") as caught:
         session = _session(two_target_artifact, "onnxruntime")
     assert session.cache_status == "unsaved"
+    assert caught[0].filename == __file__  # the caller's line that loaded it, not one inside vlmedge
     _assert_same(_outputs(session), _outputs(_session(two_target_artifact, "onnxruntime", cache=False)))
 
 

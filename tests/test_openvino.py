@@ -91,8 +91,10 @@ def test_a_file_that_runs_otherwise_than_it_was_verified_says_so(ov_artifact, tm
     (moved / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UnverifiedWarning) as caught:
         vlmedge.load(moved, backend="openvino", precision="fp16")
-    (message,) = [str(w.message) for w in caught if w.category is UnverifiedWarning]
+    (warning,) = [w for w in caught if w.category is UnverifiedWarning]
+    message = str(warning.message)
     assert verified in message and providers["fp16"] in message and "vlmedge check" in message
+    assert warning.filename == __file__  # the user's own line that loaded it, not a line inside vlmedge
     with warnings.catch_warnings():  # the check that warning asks for does not repeat it
         warnings.simplefilter("error", UnverifiedWarning)
         reports = {r["file"]: r for r in check_artifact(moved)}

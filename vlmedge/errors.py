@@ -5,6 +5,9 @@ problem with the user's input or environment, not a bug in vlmedge, and exits wi
 class's `exit_code` (EXIT_CODES lists them all).
 """
 
+import sys
+import warnings
+
 # The `vlmedge` command's exit codes, declared once (the README's "Errors" table mirrors them).
 EXIT_CODES = {
     0: "success",
@@ -26,6 +29,16 @@ def exception_line(exc: BaseException, limit: int = 300) -> str:
     """The exception's type and the first line of its message ("RuntimeError: ..."), or its
     type alone when the message is empty."""
     return f"{type(exc).__name__}: {first_line(exc, limit)}" if str(exc).strip() else type(exc).__name__
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn, attributed to the first frame outside vlmedge: the user's own line that
+    loaded the model, however deep in vlmedge the cause was found. Python prints that line
+    with the warning, and its default filter shows a warning once per such line."""
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "vlmedge":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class UnverifiedWarning(UserWarning):
