@@ -101,12 +101,12 @@ def test_shape_zero_shot_accuracy(loaded):
         probs = model(**inputs).logits_per_image.softmax(dim=-1)
     assert probs.shape == (100, 8)
     accuracy = float((probs.argmax(-1).numpy() == np.array(labels)).mean())
-    assert accuracy >= 0.6, f"shape zero-shot accuracy {accuracy:.2f} (chance 0.125)"
+    assert accuracy >= 0.9, f"shape zero-shot accuracy {accuracy:.2f} (chance 0.125; the model card: 0.962)"
 
 
 # Through the exported artifact (ONNX Runtime, torch-free preprocessing and tokenizer), as a user
-# runs it. Colour is the built-in CLIP's main zero-shot label set: the README's demo is
-# `vlmedge predict out/shapes-clip IMAGE --labels red,green,blue,yellow,purple,orange,white,black`.
+# runs it: the README's demos are `vlmedge predict out/shapes-clip IMAGE --labels red,green,...`
+# (the colours; also what `vlmedge export` suggests next) and `--labels circle,square,...`.
 SAMPLES = REPO / "exporters" / "sample_data"
 COLOR_LABELS = ",".join(shapes.COLORS)
 
@@ -122,8 +122,8 @@ def exported(tmp_path_factory):
 
 
 def test_colour_zero_shot_accuracy_through_the_exported_artifact(exported):
-    """>= 95% on 300 fresh images (the model card: 99.7% through the saved folder), with the
-    CLI's default template; the shape bound of test_shape_zero_shot_accuracy holds here too."""
+    """>= 95% colour and >= 90% shape on 300 fresh images (the model card: 100.0% and 96.2%
+    through the saved folder), with the CLI's default template."""
     import vlmedge
 
     clip = vlmedge.load(exported)
@@ -136,19 +136,21 @@ def test_colour_zero_shot_accuracy_through_the_exported_artifact(exported):
     assert colour_accuracy >= 0.95, f"colour zero-shot accuracy through the artifact {colour_accuracy:.3f}"
     shapes_ = clip.zero_shot(images, list(shapes.SHAPES), ["a photo of a {}."], top_k=1)
     shape_accuracy = float(np.mean([p[0].label == e[1] for p, e in zip(shapes_, examples)]))
-    assert shape_accuracy >= 0.6, f"shape zero-shot accuracy through the artifact {shape_accuracy:.3f}"
+    assert shape_accuracy >= 0.9, f"shape zero-shot accuracy through the artifact {shape_accuracy:.3f}"
 
 
-def test_cli_names_the_colour_of_every_bundled_sample(exported):
+@pytest.mark.parametrize("labels, word, least_score", [(COLOR_LABELS, 0, 0.9), (",".join(shapes.SHAPES), 1, 0.8)],
+                         ids=["colour", "shape"])
+def test_cli_names_the_colour_and_the_shape_of_every_bundled_sample(exported, labels, word, least_score):
     """`vlmedge predict ARTIFACT IMAGE... --labels red,green,...` names each bundled image's
-    colour, the first word of its file name."""
+    colour, the first word of its file name; `--labels circle,square,...` its shape, the second."""
     from tests.test_cli import vlmedge_cli
 
     images = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".png"))
     assert len(images) >= 5
-    result = vlmedge_cli("predict", exported, *images, "--labels", COLOR_LABELS, "--top-k", "1", "--json")
+    result = vlmedge_cli("predict", exported, *images, "--labels", labels, "--top-k", "1", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     answers = {Path(r["input"]).name: r["predictions"][0] for r in rows}
-    assert {name: p["label"] for name, p in answers.items()} == {p.name: p.name.split("-")[0] for p in images}
-    assert min(p["score"] for p in answers.values()) >= 0.9, answers
+    assert {name: p["label"] for name, p in answers.items()} == {p.name: p.stem.split("-")[word] for p in images}
+    assert min(p["score"] for p in answers.values()) >= least_score, answers

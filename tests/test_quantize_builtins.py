@@ -45,7 +45,7 @@ def test_builtin_shapes_clip_int8_keeps_its_zero_shot_accuracy(tmp_path):
     colours = [e[2] for e in examples]
 
     def accuracy(backend: str, precision: str) -> tuple[float, float]:
-        """Zero-shot (shape, colour) accuracy; colour is the model's main label set."""
+        """Zero-shot (shape, colour) accuracy."""
         clip = vlmedge.load(artifact.root, backend=backend, precision=precision)
         assert clip.model.precision == precision and set(clip.model.sessions) == {"image", "text"}
         predictions = clip.zero_shot(images, list(shapes.SHAPES), top_k=1)
@@ -54,7 +54,7 @@ def test_builtin_shapes_clip_int8_keeps_its_zero_shot_accuracy(tmp_path):
                 float(np.mean([p[0].label == t for p, t in zip(colour_predictions, colours)])))
 
     fp32, fp32_colour = accuracy("onnxruntime", "fp32")
-    assert fp32 >= 0.6, f"fp32 zero-shot shape accuracy {fp32:.3f} (chance 0.125)"
+    assert fp32 >= 0.9, f"fp32 zero-shot shape accuracy {fp32:.3f} (chance 0.125)"
     assert fp32_colour >= 0.95, f"fp32 zero-shot colour accuracy {fp32_colour:.3f}"
     for backend, target in BACKENDS:
         for graph in ("image", "text"):
