@@ -31,23 +31,39 @@ def measure_latency(session: Any, feeds: dict[str, np.ndarray], warmup: int = 3,
     second a call gets one warm-up call (CPU fp16 files can take tens of seconds). The load
     average is recorded because a busy machine inflates every figure.
     """
-    one = next(feed_batches(feeds, 1))
-    if takes_trimmed_padding(session.inputs):
-        one = trim_padding(one)
-    one = {name: np.ascontiguousarray(value) for name, value in one.items()}
-    for i in range(max(1, warmup)):
-        t0 = time.perf_counter()
-        session.run(one)
-        if time.perf_counter() - t0 > 1.0:
-            break
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < runs and (len(times) < 3 or time.perf_counter() - started < max_seconds):
-        t0 = time.perf_counter()
-        session.run(one)
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "runs": len(times),
-            "batch_size": 1, "load_average": round(os.getloadavg()[0], 2)}
+    return measure_latencies([session], feeds, warmup, runs, max_seconds)[0]
+
+
+def measure_latencies(sessions: list[Any], feeds: dict[str, np.ndarray], warmup: int = 3, runs: int = 15,
+                      max_seconds: float = 4.0) -> list[dict[str, Any]]:
+    """measure_latency of several sessions of one graph, taken round-robin, one run of each
+    in turn: a CPU whose speed drifts within a minute (another process, a frequency or
+    memory-bandwidth mode) then slows every candidate alike, where one after the other it
+    slowed some (an AST-base int8 file timed 1.8% apart in its two float precisions, one
+    after the other, and 14% apart interleaved). Stops after `runs` rounds, or after
+    `max_seconds` per session once each has 3 runs."""
+    ones = []
+    for session in sessions:
+        one = next(feed_batches(feeds, 1))
+        if takes_trimmed_padding(session.inputs):
+            one = trim_padding(one)
+        ones.append({name: np.ascontiguousarray(value) for name, value in one.items()})
+    for session, one in zip(sessions, ones):
+        for _ in range(max(1, warmup)):
+            t0 = time.perf_counter()
+            session.run(one)
+            if time.perf_counter() - t0 > 1.0:
+                break
+    times: list[list[float]] = [[] for _ in sessions]
+    started, budget = time.perf_counter(), max_seconds * len(sessions)
+    while len(times[0]) < runs and (len(times[0]) < 3 or time.perf_counter() - started < budget):
+        for session, one, taken in zip(sessions, ones, times):
+            t0 = time.perf_counter()
+            session.run(one)
+            taken.append((time.perf_counter() - t0) * 1000)
+    load = round(os.getloadavg()[0], 2)
+    return [{"median_ms": round(statistics.median(taken), 3), "min_ms": round(min(taken), 3), "runs": len(taken),
+             "batch_size": 1, "load_average": load} for taken in times]
 
 
 def speed_fields(latency: dict[str, Any], precision: str, baseline_ms: float | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from vlmedge.errors import ExportError, ParityError
-from vlmedge.exporters.budget import add_accuracy, measure_latency
+from vlmedge.exporters.budget import add_accuracy, measure_latencies
 from vlmedge.exporters.calibration import rows
 from vlmedge.exporters.pipeline import quiet_progress_bars
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
@@ -121,11 +121,14 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                     attempt.update(_summary(report))
                     context.say(f"[{graph.name}] {target} {precision} {label}: "
                                 + ("passed" if report["passed"] else "failed: " + "; ".join(report["failures"])))
-                    if report["passed"]:
-                        if timed:
-                            attempt["latency_ms"] = measure_latency(session, context.feeds)["median_ms"]
-                        passing.append((attempt, recipe, files, run_options, extra))
+                    if report["passed"]:  # kept open, to be timed beside the level's other passing files
+                        passing.append((attempt, recipe, files, run_options, extra, session))
                     del session
+            if passing and timed:
+                latencies = measure_latencies([p[-1] for p in passing], context.feeds)
+                for (attempt, *_), latency in zip(passing, latencies):
+                    attempt["latency_ms"] = latency["median_ms"]
+            passing = [p[:-1] for p in passing]  # closes the sessions
             if passing:
                 _, recipe, files, options, extra = _keep(passing)
                 written = []

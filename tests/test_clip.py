@@ -255,6 +255,25 @@ def test_export_latency_times_the_text_graph_as_the_runtime_runs_it(kind, made):
     assert set(widths) == ({64} if kind == "siglip" else {first}) and first < feeds["input_ids"].shape[1]
 
 
+def test_the_int8_ladder_times_a_level_s_files_round_robin(made):
+    """measure_latencies (what the int8 ladder ranks a level's passing files by) runs one call
+    of each session in turn, so a CPU that slows down for a while slows each file alike."""
+    import vlmedge
+    from vlmedge.exporters.budget import measure_latencies
+
+    calls = []
+    sessions = [vlmedge.load(made("clip")[1]).model.sessions["text"] for _ in range(3)]
+    for tag, session in enumerate(sessions):
+        run = session.run
+        session.run = lambda feeds, tag=tag, run=run, **kw: calls.append(tag) or run(feeds, **kw)
+    parity = np.load(made("clip")[1] / "samples" / "parity.npz")
+    feeds = {name: parity[f"text.input.{name}"] for name in ("input_ids", "attention_mask")}
+    latencies = measure_latencies(sessions, feeds, warmup=1, runs=4)
+    assert [latency["runs"] for latency in latencies] == [4, 4, 4]
+    assert all(latency["median_ms"] > 0 for latency in latencies)
+    assert calls == [0, 1, 2] + [0, 1, 2] * 4  # a warm-up call each, then four rounds
+
+
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_bench_times_the_text_graph_as_the_runtime_runs_it(kind, made, pipelines):
     import vlmedge
