@@ -42,11 +42,10 @@ def measure_latencies(sessions: list[Any], feeds: dict[str, np.ndarray], warmup:
     slowed some (an AST-base int8 file timed 1.8% apart in its two float precisions, one
     after the other, and 14% apart interleaved). Stops after `runs` rounds, or after
     `max_seconds` per session once each has 3 runs."""
+    first = next(feed_batches(feeds, 1))
     ones = []
     for session in sessions:
-        one = next(feed_batches(feeds, 1))
-        if takes_trimmed_padding(session.inputs):
-            one = trim_padding(one)
+        one = trim_padding(first) if takes_trimmed_padding(session.inputs) else first
         ones.append({name: np.ascontiguousarray(value) for name, value in one.items()})
     for session, one in zip(sessions, ones):
         for _ in range(max(1, warmup)):

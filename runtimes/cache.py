@@ -183,7 +183,6 @@ class CacheEntry:
                     "VLMEDGE_NO_CACHE=1 to turn the cache off.")
 
 
-
 def list_entries() -> list[dict[str, Any]]:
     """The complete entries of the cache folder (those with a readable key.json), oldest
     first: backend, version, device, options, source (the model file, when recorded),
