@@ -10,7 +10,9 @@ entry alike), on one exported image encoder:
                           folder of photo-like JPEGs of several sizes, with the default decode
                           workers (decoding and preprocessing overlap the model)
     (c) serial decode     the same with --decode-workers 1
-    decode only           decoding + preprocessing alone, 1 thread and the default workers
+    decode only           decoding + preprocessing alone, 1 thread and the default workers;
+                          and reading the files alone (load_image), 1 thread: what of it is the
+                          JPEG decode and what the resizing
     transformers          the same photos decoded and preprocessed as users do without vlmedge:
                           transformers' load_image + the source model's Pillow image processor,
                           1 thread (the parity reference: the arrays are checked equal first)
@@ -243,6 +245,10 @@ def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: i
                 pass
         return run
 
+    def read_only() -> None:  # decoding the file alone: what preprocess_images adds is the rest
+        for file in found.files:
+            load_image(file)
+
     def hf_pixels(file: Any) -> np.ndarray:
         return np.asarray(processor(hf_load_image(str(file)), return_tensors="np")["pixel_values"])
 
@@ -253,7 +259,7 @@ def measure(artifact: Path, folder: Path, backend: str, precision: str, batch: i
     equal_to_hf = all(np.array_equal(preprocess_images([load_image(f)], pipeline.spec), hf_pixels(f))
                       for f in found.files)
     entries = {"model_only": model_only, "embed_folder": embed_folder(workers), "embed_folder_serial": embed_folder(1),
-               "decode_only_serial": decode_only(1), "decode_only": decode_only(workers),
+               "decode_only_serial": decode_only(1), "decode_only": decode_only(workers), "read_only_serial": read_only,
                "transformers_decode_serial": hf_decode_only}
     for run in entries.values():  # warm-up: sessions, page cache, thread start-up
         run()
@@ -305,6 +311,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| (c) `vlmedge embed FOLDER --decode-workers 1` | {rate['embed_folder_serial']:.1f} |",
         f"| decode + preprocess only, 1 thread | {rate['decode_only_serial']:.1f} |",
         f"| decode + preprocess only, {r['decode_workers']} workers | {rate['decode_only']:.1f} |",
+        *([f"| decode only (`load_image`: the file to an RGB image), 1 thread | {rate['read_only_serial']:.1f} |"]
+          if "read_only_serial" in rate else []),
         *([f"| transformers' `load_image` + `{r['transformers_processor']}`, 1 thread | "
            f"{rate['transformers_decode_serial']:.1f} |"] if "transformers_decode_serial" in rate else []),
         "",
@@ -320,6 +328,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"core-ms, so, were the model to keep every core busy, no overlap could pass {bound:.1f} images/s = "
         f"{bound / rate['model_only']:.3f} of (a); (b) reaches {rate['embed_folder'] / bound:.0%} of that bound "
         "(above 100%: decoding fills core time the model leaves idle).",
+        *([f"Of the decoding's {1e3 / rate['decode_only_serial']:.1f} core-ms, reading the file takes "
+           f"{1e3 / rate['read_only_serial']:.1f}; the rest is `preprocess_images` (resizing, cropping, the "
+           "value lookup)."] if "read_only_serial" in rate else []),
         "",
     ]
     return "\n".join(lines)

@@ -65,7 +65,9 @@ def embed_rates(work: Path, spin: bool) -> dict[str, float]:
 
     ort.SessionOptions = Options  # what vlmedge.runtimes.onnxruntime builds its sessions with
     try:
-        result = embed_throughput.measure(work / "dinov2-s14-onnx", work / "photos-200", "onnxruntime", 32, 2, 1, work)
+        result = embed_throughput.measure(work / "dinov2-s14-onnx", work / "photos-200", "onnxruntime", "fp32",
+                                          embed_throughput.embed_batch_size(), 2, 1, work,
+                                          embed_throughput.hf_processor(work / "dinov2-s14-source"))
     finally:
         ort.SessionOptions = real
     return result["images_per_s"]

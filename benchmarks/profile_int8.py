@@ -191,7 +191,9 @@ def main() -> int:
     load_start = os.getloadavg()[0]
     threads = available_cores()
     slug = (args.artifact.parent if args.artifact.name == "artifact" else args.artifact).name
-    title = Artifact.open(args.artifact, verify=False).manifest.get("name") or slug
+    source = Artifact.open(args.artifact, verify=False).manifest.get("source") or {}
+    # a module's reference is the name it was exported under; a folder's is its path, less telling than the slug
+    title = source.get("reference") if source.get("kind") == "module" else slug
     if args.graph != "model":
         slug, title = f"{slug}-{args.graph}", f"{title}, {args.graph} graph"
     precision = float_precision(args.artifact, xml)

@@ -162,10 +162,18 @@ class Model:
     name: str
     title: str
     published: str
-    build: Callable[[Path, bool], None]
+    builder: Callable[[Path, bool], None]
     task: str
     batch_sizes: tuple[int, ...] = (1, 8)
     peer_task: str | None = None  # optimum-cli task when Optimum exports it as a peer
+
+    def build(self, folder: Path, quick: bool) -> None:
+        """Saves the model to `folder` with the suite's weights: every script that builds it seeds the
+        same way, so their figures and gates are of one model."""
+        import torch
+
+        torch.manual_seed(0)
+        self.builder(folder, quick)
 
 
 MODELS = [
@@ -304,9 +312,6 @@ def run_model(model: Model, work: Path, args: argparse.Namespace, say) -> dict[s
     folder = work / model.name / "hf"
     if not (folder / "config.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        import torch
-
-        torch.manual_seed(0)
         model.build(folder, args.quick)
     variants = buildable_variants(args.quick, args.precision)
     artifact = work / model.name / "artifact"

@@ -18,9 +18,9 @@ from vlmedge.user_cache import cache_enabled
 def openvino_leads_on_this_cpu() -> bool:
     """Whether this CPU is one where OpenVINO's CPU plugin was measured ahead of ONNX Runtime:
     Intel's, with AMX or without, and AMD's with AVX-512. On an AMD EPYC (Zen 4) the suite
-    (benchmarks/results/amd-epyc-2c.md) found OpenVINO's fastest passing file at batch 1
-    within 7% of ONNX Runtime's for ViT-B/16 and Swin-T and 1.4-3.5x faster for DINOv2-S/14,
-    CLIP B/32 and AST-base (its bf16 runs on AVX512-BF16); other CPUs were not measured."""
+    (benchmarks/README.md) found OpenVINO's fastest passing file at batch 1 ahead of ONNX
+    Runtime's on five of its six graphs one day (0.94-3.5x) and four the next (0.82-3.4x), its
+    bf16 running on AVX512-BF16; other CPUs were not measured."""
     fields = cpuinfo()
     vendor = fields.get("vendor_id", "")
     return vendor == "GenuineIntel" or (vendor == "AuthenticAMD" and "avx512f" in cpu_flags(fields))
