@@ -17,7 +17,7 @@ vlmedge and plain NNCF are calibrated on the same feeds: photo crops (matplotlib
 grace_hopper.jpg, as benchmarks/quantization.py makes them), captions, or synthesised
 10 s sound clips, preprocessed by the artifact's own preprocessing.
 
-    .venv/bin/python benchmarks/quantization_models.py                  # all four, ~45 min on 2 cores
+    .venv/bin/python benchmarks/quantization_models.py                  # all four, 20-45 min on 2 cores
     .venv/bin/python benchmarks/quantization_models.py --models swin-t --reuse
     .venv/bin/python benchmarks/quantization_models.py --quick            # tiny configs: checks the wiring
 

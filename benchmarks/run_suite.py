@@ -286,6 +286,17 @@ def _fingerprint(folder: Path, variants: list[tuple[str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
+def reusable(artifact: Path, stamp: Path, fingerprint: str, folder: Path) -> bool:
+    """Whether an earlier run's artifact is this model's, with these variants, and exported from
+    this folder: `vlmedge bench` rebuilds its PyTorch baseline from the source the manifest
+    names, so an artifact left behind by a moved work folder would lose that row."""
+    if not ((artifact / "manifest.json").is_file() and stamp.is_file()
+            and stamp.read_text().split("\n")[0] == fingerprint):
+        return False
+    source = json.loads((artifact / "manifest.json").read_text()).get("source") or {}
+    return Path(source.get("reference", "")).resolve() == folder.resolve()
+
+
 QUIET_LOAD = 1.5  # the 1-minute load average a model's timing starts under (issue 19)
 
 
@@ -317,7 +328,7 @@ def run_model(model: Model, work: Path, args: argparse.Namespace, say) -> dict[s
     artifact = work / model.name / "artifact"
     stamp = work / model.name / "artifact.fingerprint"
     fingerprint = _fingerprint(folder, variants)
-    if (artifact / "manifest.json").is_file() and stamp.is_file() and stamp.read_text().split("\n")[0] == fingerprint:
+    if reusable(artifact, stamp, fingerprint, folder):
         say(f"{model.name}: reusing {artifact}")
         record["dropped_variants"] = json.loads(stamp.read_text().split("\n", 1)[1] or "[]")
     else:

@@ -315,6 +315,21 @@ def test_suite_skips_a_task_that_is_not_exportable_yet(monkeypatch):
     assert {m.name for m in suite.MODELS} == {"vit-b16", "swin-t", "dinov2-s14", "clip-b32", "ast-base"}
 
 
+def test_suite_reuses_an_artifact_only_from_the_folder_it_was_exported_from(tmp_path):
+    """A work folder that moved keeps artifacts whose manifest names the old source folder:
+    bench could not rebuild their PyTorch baseline, so the suite exports them again."""
+    suite = _suite()
+    folder, artifact, stamp = tmp_path / "m" / "hf", tmp_path / "m" / "artifact", tmp_path / "m" / "artifact.fingerprint"
+    folder.mkdir(parents=True)
+    artifact.mkdir()
+    stamp.write_text("abc\n[]")
+    (artifact / "manifest.json").write_text(json.dumps({"source": {"reference": str(folder)}}))
+    assert suite.reusable(artifact, stamp, "abc", folder)
+    assert not suite.reusable(artifact, stamp, "other variants", folder)
+    moved = tmp_path / "moved" / "hf"
+    assert not suite.reusable(artifact, stamp, "abc", moved)
+
+
 def test_suite_drops_a_failing_variant_and_keeps_the_rest(monkeypatch, tmp_path):
     pytest.importorskip("torch")
     suite = _suite()
