@@ -288,13 +288,14 @@ def _fingerprint(folder: Path, variants: list[tuple[str, str]]) -> str:
 
 def reusable(artifact: Path, stamp: Path, fingerprint: str, folder: Path) -> bool:
     """Whether an earlier run's artifact is this model's, with these variants, and exported from
-    this folder: `vlmedge bench` rebuilds its PyTorch baseline from the source the manifest
-    names, so an artifact left behind by a moved work folder would lose that row."""
+    this folder: `vlmedge bench` rebuilds its PyTorch baseline from the source folder the
+    manifest records (resolved at export), so an artifact left behind by a moved work folder
+    would lose that row."""
     if not ((artifact / "manifest.json").is_file() and stamp.is_file()
             and stamp.read_text().split("\n")[0] == fingerprint):
         return False
     source = json.loads((artifact / "manifest.json").read_text()).get("source") or {}
-    return Path(source.get("reference", "")).resolve() == folder.resolve()
+    return source.get("folder") == str(folder.resolve())
 
 
 QUIET_LOAD = 1.5  # the 1-minute load average a model's timing starts under (issue 19)

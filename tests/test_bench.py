@@ -323,7 +323,8 @@ def test_suite_reuses_an_artifact_only_from_the_folder_it_was_exported_from(tmp_
     folder.mkdir(parents=True)
     artifact.mkdir()
     stamp.write_text("abc\n[]")
-    (artifact / "manifest.json").write_text(json.dumps({"source": {"reference": str(folder)}}))
+    source = {"kind": "huggingface", "reference": str(folder), "folder": str(folder.resolve())}  # as exports record it
+    (artifact / "manifest.json").write_text(json.dumps({"source": source}))
     assert suite.reusable(artifact, stamp, "abc", folder)
     assert not suite.reusable(artifact, stamp, "other variants", folder)
     moved = tmp_path / "moved" / "hf"
