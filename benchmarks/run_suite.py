@@ -2,8 +2,9 @@
 and AST-base, built from their published configs with seeded random weights (no hub is
 touched; latency does not depend on the weights' values), exported with vlmedge.export to
 every target and precision this machine can build, and measured with `vlmedge.bench` on
-every backend present, PyTorch eager in the same run. Optimum's ONNX export of ViT-B/16 is
-a "peer" row when its own virtualenv can be built (benchmarks/optimum_peer.sh).
+every backend present, PyTorch eager in the same run. Optimum's ONNX export of ViT-B/16, and
+its O2-optimised and int8 forms, are "peer" rows when its own virtualenv can be built
+(benchmarks/optimum_peer.sh).
 
     .venv/bin/python benchmarks/run_suite.py            # the published figures
     .venv/bin/python benchmarks/run_suite.py --quick    # tiny configs of the same classes: checks the wiring
@@ -260,8 +261,10 @@ def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]
         return artifact, dropped + [f"{d['target']} {d['precision']} (missed its gate): {d['reason'][:300]}" for d in missed]
 
 
-def optimum_peer(folder: Path, work: Path, task: str, say) -> tuple[Path | None, str | None]:
-    """Optimum's ONNX export of the folder, from benchmarks/optimum_peer.sh, or the reason it failed."""
+def optimum_peer(folder: Path, work: Path, task: str, say) -> tuple[dict[str, Path], str | None]:
+    """Optimum's files of the folder from benchmarks/optimum_peer.sh, as vlmedge.bench's peers
+    ({"NAME[:PRECISION]": file}: the export, and its O2-optimised and int8 forms where Optimum
+    made them), and why any was not made."""
     out = work / "optimum-onnx"
     log = work / "optimum-peer.log"
     say("optimum peer: benchmarks/optimum_peer.sh (creates benchmarks/.optimum-venv on first use)")
@@ -270,12 +273,16 @@ def optimum_peer(folder: Path, work: Path, task: str, say) -> tuple[Path | None,
             done = subprocess.run(["bash", str(HERE / "optimum_peer.sh"), str(folder), str(out), task],
                                   stdout=subprocess.PIPE, stderr=f, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"optimum_peer.sh did not finish: {exc}"
-    if done.returncode != 0 or not (out / "model.onnx").is_file():
+        return {}, f"optimum_peer.sh did not finish: {exc}"
+    lines = done.stdout.strip().splitlines()
+    peers = {key: Path(path) for key, _, path in (line.partition("=") for line in lines[1:] if "=" in line)}
+    if done.returncode != 0 or not peers:
         tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["no output"]
-        return None, f"optimum_peer.sh failed (exit {done.returncode}; see {log}): {tail[0][:300]}"
-    say(f"optimum peer: {done.stdout.strip().splitlines()[0] if done.stdout.strip() else 'exported'}")
-    return out / "model.onnx", None
+        return {}, f"optimum_peer.sh failed (exit {done.returncode}; see {log}): {tail[0][:300]}"
+    say(f"optimum peer: {lines[0]}; {', '.join(peers)}")
+    skipped = [line.split("skipped ", 1)[1] for line in log.read_text(errors="replace").splitlines()
+               if line.startswith("optimum_peer: skipped ")]
+    return peers, "; ".join(skipped) or None
 
 
 def _fingerprint(folder: Path, variants: list[tuple[str, str]]) -> str:
@@ -344,11 +351,9 @@ def run_model(model: Model, work: Path, args: argparse.Namespace, say) -> dict[s
         stamp.write_text(fingerprint + "\n" + json.dumps(dropped))
     peers = {}
     if model.peer_task and not args.no_peer:
-        path, why = optimum_peer(folder, work / model.name, model.peer_task, say)
-        record["peer"] = {"name": "optimum", "file": str(path) if path else None, "skipped": why}
-        if path:
-            peers["optimum"] = path
-        else:
+        peers, why = optimum_peer(folder, work / model.name, model.peer_task, say)
+        record["peer"] = {"name": "optimum", "files": {key: str(path) for key, path in peers.items()}, "skipped": why}
+        if why:
             say(f"optimum peer skipped: {why}")
     if not args.quick:  # --quick checks the wiring; its figures are not kept
         wait_for_quiet(say)
@@ -406,7 +411,7 @@ def write_outputs(records: list[dict[str, Any]], environment: Any, started: floa
         for drop in record["dropped_variants"]:
             lines.append(f"- not exported: {drop}")
         if record["peer"] and record["peer"]["skipped"]:
-            lines.append(f"- Optimum peer not measured: {record['peer']['skipped']}")
+            lines.append(f"- Optimum peer files not measured: {record['peer']['skipped']}")
         lines.append("")
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path

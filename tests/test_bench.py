@@ -17,6 +17,7 @@ import pytest
 
 import vlmedge
 from vlmedge.bench.result import BenchResult
+from vlmedge.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "benchmarks" / "bench.schema.json").read_text())
@@ -174,6 +175,32 @@ def test_peer_file_is_a_row_with_live_parity(vit_artifact, tmp_path):
     row = r.rows[-1]
     assert row.label == "copy (peer)" and row.peer == "copy" and row.file == str(peer)
     assert row.parity.source == "live" and row.parity.passed
+
+
+def test_int8_peer_is_judged_by_the_int8_gate(vit_artifact, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    peer = tmp_path / "peer" / "model.int8.onnx"
+    peer.parent.mkdir()
+    onnx = pytest.importorskip("onnx")
+    fp32 = vit_artifact / "onnx" / "model.fp32.onnx"
+    # one weight MatMul in int8: close enough for the int8 gate on this tiny random model (whose
+    # near-tied logits a fully quantized file flips), not for the fp32 one
+    first = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "MatMul")
+    quantize_dynamic(str(fp32), str(peer), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=[first])
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], roofline=False,
+                      peers={"quantized:int8": peer, "as fp32": peer}, **FAST)
+    rows = {row.peer: row for row in r.rows if row.peer}
+    assert rows["quantized"].precision == "int8" and rows["quantized"].label == "quantized (peer)"
+    assert rows["quantized"].parity.passed
+    # the same file said to be fp32 is held to the fp32 gate, which int8 rounding misses
+    assert rows["as fp32"].precision == "fp32" and rows["as fp32"].parity.passed is False
+
+
+@pytest.mark.parametrize("name", ["q:int4", ":int8", "q:"])
+def test_peer_with_an_unknown_precision_is_refused_before_measuring(vit_artifact, name):
+    with pytest.raises(InputError, match="NAME:PRECISION"):
+        vlmedge.bench(vit_artifact, peers={name: vit_artifact / "onnx" / "model.fp32.onnx"}, **FAST)
 
 
 def _two_graph_artifact(folder: Path) -> Path:

@@ -75,7 +75,9 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         random_inputs: seeded noise instead of the stored real samples.
         sweep: "threads" and/or "batch": measure a grid and recommend settings.
         device: the device the exported files run on ("cpu", "cuda", ...).
-        peers: name -> ONNX file exported by another tool, run on ONNX Runtime as extra rows.
+        peers: name -> ONNX file exported by another tool, run on ONNX Runtime as extra rows;
+            "NAME:int8" (or :fp16, :bf16) for a file of that precision, whose parity is then
+            judged by the gate this artifact's own files of it passed.
         progress: called with a line of text per row and per skip.
         roofline: give every row its operations per call, achieved GOP/s, % of the peak
             of the precision it computes in, and whether it is compute- or memory-bound
@@ -99,7 +101,6 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         >>> [(r.label, r.batch_size, r.latency.p50_ms) for r in result.rows]  # doctest: +SKIP
     """
     import datetime
-    from pathlib import Path
 
     from vlmedge.version import __version__
     from vlmedge.artifact import Artifact
@@ -107,7 +108,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
     from vlmedge.bench.measure import measure_backend, measure_peer
     from vlmedge.bench.plan import Plan
     from vlmedge.bench.result import BASELINE, SCHEMA, SCHEMA_VERSION, ArtifactInfo, BenchResult, annotate, recommend
-    from vlmedge.bench.settings import check_settings
+    from vlmedge.bench.settings import check_settings, peer_files
     from vlmedge.bench.timing import Memory
     from vlmedge.environment import describe
 
@@ -117,6 +118,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
                               warmup=warmup, iterations=iterations, duration=duration, min_iterations=min_iterations,
                               end_to_end=end_to_end, random_inputs=random_inputs, sweep=sweep, device=device,
                               memory_method=memory.method)
+    peer_list = peer_files(peers)
     environment = describe()
     plan = Plan.create(art, settings, progress or (lambda message: None), memory, asked_precisions=bool(precisions))
     cores = environment.cores_available
@@ -131,9 +133,9 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
                 measure_torch(plan, t)
             else:
                 measure_backend(plan, backend, t)
-    for name, path in (peers or {}).items():
+    for name, precision, path in peer_list:
         for t in settings.threads:
-            measure_peer(plan, name, Path(path), t)
+            measure_peer(plan, name, path, t, precision)
     plan.warnings += annotate(plan.rows)
     peaks = []
     if roofline:

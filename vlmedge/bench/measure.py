@@ -16,7 +16,7 @@ from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
 from vlmedge.bench.timing import Baseline, timed_calls
 from vlmedge.errors import exception_line
-from vlmedge.parity import GATES, parity_report, run_in_batches
+from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
 from vlmedge.runtimes.select import ModelSessions, open_entry
 
@@ -90,7 +90,8 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
                  f"{row.throughput_per_s:.1f} items/s")
 
 
-def live_parity(plan: Plan, graph: str, session: Session) -> tuple[Parity, dict[str, Any] | None]:
+def live_parity(plan: Plan, graph: str, session: Session,
+                gate: Gate = GATES["fp32"]) -> tuple[Parity, dict[str, Any] | None]:
     """The session's outputs on the stored parity inputs against the stored source outputs."""
     data = plan.stored.get(graph) or {}
     if not data.get("input") or not data.get("reference"):
@@ -102,7 +103,7 @@ def live_parity(plan: Plan, graph: str, session: Session) -> tuple[Parity, dict[
     dtypes = {i.name: i.dtype for i in session.inputs}
     feeds = {k: v.astype(dtypes[k], copy=False) for k, v in data["input"].items()}
     actual = run_in_batches(session, feeds)
-    report = parity_report(reference, actual, plan.compare_kinds(graph), GATES["fp32"], graph=graph)
+    report = parity_report(reference, actual, plan.compare_kinds(graph), gate, graph=graph)
     return Parity.from_report(report, "live"), report
 
 
@@ -115,6 +116,16 @@ def _open(plan: Plan, backend: str, threads: int, opener: Callable[..., Session]
             raise
         plan.warnings.append(f"the {backend} backend takes no thread count; it ran with its own default")
         return opener()
+
+
+def peer_gate(plan: Plan, graph: str, precision: str) -> Gate:
+    """The gate the artifact's own files of this graph and precision passed (a suite loosens
+    them for random weights), so that a peer is judged as they were; else the default one."""
+    for entry in plan.artifact.model_entries(graph=graph, precision=precision):
+        recorded = (entry.get("parity") or {}).get("gate")
+        if isinstance(recorded, dict):
+            return Gate(**recorded)
+    return GATES[precision]
 
 
 def _open_peer(path: Path, device: str, **options: Any) -> Session:
@@ -204,8 +215,9 @@ def _measure_end_to_end(plan: Plan, backend: str, precision: str, threads: int, 
         _measure_opened(plan, backend, precision, threads, label, graph, item, baseline, built)
 
 
-def measure_peer(plan: Plan, name: str, path: Path, threads: int) -> None:
-    """An ONNX file exported by another tool, on ONNX Runtime, against the same inputs."""
+def measure_peer(plan: Plan, name: str, path: Path, threads: int, precision: str = "fp32") -> None:
+    """An ONNX file exported by another tool, on ONNX Runtime, against the same inputs; its
+    parity judged by the gate of its precision (peer_gate)."""
     if plan.settings.mode == "end-to-end":
         return skip(plan, "onnxruntime", f"peer {name} is timed model-only; end-to-end runs artifact pipelines")
     if not path.is_file():
@@ -225,7 +237,7 @@ def measure_peer(plan: Plan, name: str, path: Path, threads: int) -> None:
         return skip(plan, "onnxruntime", f"peer {name} takes inputs {wanted}, which no graph of the artifact has")
     size = sum(p.stat().st_size for p in path.parent.iterdir()
                if p == path or (p.is_file() and p.name.startswith(path.name) and p.name != path.name))
-    parity, _ = live_parity(plan, graph, session)
-    measure_graph(plan, graph, session, backend="onnxruntime", precision="fp32", threads=threads,
+    parity, _ = live_parity(plan, graph, session, peer_gate(plan, graph, precision))
+    measure_graph(plan, graph, session, backend="onnxruntime", precision=precision, threads=threads,
                   label=f"{name} (peer)", load_s=load_s, baseline=baseline, file=str(path),
                   model_mb=round(size / 1e6, 3), parity=parity, peer=name)

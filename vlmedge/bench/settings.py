@@ -8,6 +8,7 @@ backend and precision tables are read when options are checked.
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vlmedge.errors import InputError
@@ -53,6 +54,23 @@ def _known(kind: str, given: Sequence[str] | None, known: Sequence[str]) -> None
     unknown = [x for x in given or () if x not in known]
     if unknown:
         raise InputError(f"Unknown {kind} {', '.join(unknown)}; choose from {', '.join(known)}.")
+
+
+def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
+    """(name, precision, file) of each peer given as {"NAME[:PRECISION]": FILE.onnx}: an int8
+    or fp16 file exported by another tool says so after a colon, so that its parity is judged
+    by that precision's gate and its roofline against that precision's peak (fp32 when not
+    said)."""
+    from vlmedge.parity import PRECISIONS
+
+    found = []
+    for key, path in (peers or {}).items():
+        name, _, precision = str(key).rpartition(":") if ":" in str(key) else (str(key), "", "fp32")
+        if not name or precision not in PRECISIONS:
+            raise InputError(f"A peer is named NAME or NAME:PRECISION with a precision of {', '.join(PRECISIONS)}, "
+                             f"not {key!r}.")
+        found.append((name, precision, Path(path)))
+    return found
 
 
 def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precisions: Sequence[str] | None,
