@@ -197,6 +197,21 @@ def test_int8_peer_is_judged_by_the_int8_gate(vit_artifact, tmp_path):
     assert rows["as fp32"].precision == "fp32" and rows["as fp32"].parity.passed is False
 
 
+def test_openvino_ir_peer_runs_on_openvino(two_target_artifact, tmp_path):
+    pytest.importorskip("openvino")
+    peer = tmp_path / "peer" / "ir.xml"
+    peer.parent.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile(two_target_artifact / "openvino" / f"model.fp32{suffix}", peer.with_suffix(suffix))
+    r = vlmedge.bench(two_target_artifact, backends=["onnxruntime"], batch_sizes=[1], peers={"plain ir": peer}, **FAST)
+    (row,) = [row for row in r.rows if row.peer]
+    assert row.backend == "openvino" and row.label == "plain ir (peer)" and row.file == str(peer)
+    assert row.provider.startswith("OpenVINO") and row.provider.endswith("f32")  # fp32 as said, not bf16
+    assert row.parity.source == "live" and row.parity.passed
+    assert row.model_mb == round((peer.stat().st_size + peer.with_suffix(".bin").stat().st_size) / 1e6, 3)
+    assert row.roofline is not None and row.roofline.percent_of_peak, row.roofline
+
+
 @pytest.mark.parametrize("name", ["q:int4", ":int8", "q:"])
 def test_peer_with_an_unknown_precision_is_refused_before_measuring(vit_artifact, name):
     with pytest.raises(InputError, match="NAME:PRECISION"):

@@ -17,7 +17,7 @@ The modules, in the order data flows:
     command   the `vlmedge bench` CLI command
     settings  the options: defaults, checks, what to measure
     plan      the Plan: inputs per graph and batch, and the rows and skips found so far
-    measure   timing each exported file (and a peer's ONNX file) into rows
+    measure   timing each exported file (and a peer's ONNX or OpenVINO file) into rows
     baseline  the torch source as the baseline row
     timing    the timing loop and the peak-memory sampling
     peak      what the machine can do: peak GEMM rate per precision and backend, bandwidth (cached)
@@ -75,9 +75,10 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         random_inputs: seeded noise instead of the stored real samples.
         sweep: "threads" and/or "batch": measure a grid and recommend settings.
         device: the device the exported files run on ("cpu", "cuda", ...).
-        peers: name -> ONNX file exported by another tool, run on ONNX Runtime as extra rows;
-            "NAME:int8" (or :fp16, :bf16) for a file of that precision, whose parity is then
-            judged by the gate this artifact's own files of it passed.
+        peers: name -> a model file exported by another tool, as extra rows: an ONNX file
+            run on ONNX Runtime, an OpenVINO IR (.xml) on OpenVINO; "NAME:int8" (or :fp16,
+            :bf16) for a file of that precision, whose parity is then judged by the gate this
+            artifact's own files of it passed (an IR runs in the precision it is said to be).
         progress: called with a line of text per row and per skip.
         roofline: give every row its operations per call, achieved GOP/s, % of the peak
             of the precision it computes in, and whether it is compute- or memory-bound

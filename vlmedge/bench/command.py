@@ -43,7 +43,7 @@ def _peers(values: Optional[list[str]]) -> dict[str, str]:
     for value in values or []:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
-            raise typer.BadParameter(f"give NAME=PATH.onnx or NAME:PRECISION=PATH.onnx, not {value!r}", param_hint="--peer")
+            raise typer.BadParameter(f"give NAME=FILE or NAME:PRECISION=FILE (an .onnx file or an OpenVINO .xml), not {value!r}", param_hint="--peer")
         try:  # NAME:PRECISION checked before anything is exported or measured
             peer_files({name: path})
         except InputError as exc:
@@ -115,7 +115,7 @@ def bench(
     random_inputs: bool = typer.Option(False, "--random-inputs", help="Seeded random inputs instead of the artifact's real samples."),
     sweep: Optional[str] = typer.Option(None, "--sweep", metavar="threads,batch", help="threads and/or batch: measure a grid and recommend settings."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for the exported files: cpu, cuda, ..."),
-    peer: Optional[list[str]] = typer.Option(None, "--peer", metavar="NAME[:PRECISION]=FILE.onnx", help="NAME=FILE.onnx exported by another tool, timed on ONNX Runtime beside the artifact (repeatable); NAME:int8=FILE.onnx for a quantized file, judged by the int8 gate."),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", metavar="NAME[:PRECISION]=FILE", help="NAME=FILE exported by another tool, timed beside the artifact (repeatable): FILE.onnx on ONNX Runtime, FILE.xml (OpenVINO IR) on OpenVINO; NAME:int8=FILE for a quantized file, judged by the int8 gate."),
     roofline: bool = typer.Option(True, "--roofline/--no-roofline", help="Per row: operations per call, GOP/s, % of this machine's measured peak for its precision, compute- or memory-bound (the peaks are measured once and cached)."),
     remeasure_peak: bool = typer.Option(False, "--remeasure-peak", help="Measure the machine's peak GEMM rates and bandwidth again instead of reading them from the cache."),
     json_path: Optional[str] = typer.Option(None, "--json", metavar="FILE", help="Write the result as JSON to FILE ('-': stdout, tables then go to stderr)."),

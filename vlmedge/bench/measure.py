@@ -1,5 +1,6 @@
 """The measuring of `vlmedge bench`: open each model file of the artifact (or a peer's ONNX
-file), time it on every batch size, and record a Row or a Skip with its reason in the Plan.
+or OpenVINO file), time it on every batch size, and record a Row or a Skip with its reason in
+the Plan.
 
 A variant that fails to load or run becomes a Skip, never an aborted benchmark: one
 broken file should not hide the figures of the others.
@@ -128,11 +129,6 @@ def peer_gate(plan: Plan, graph: str, precision: str) -> Gate:
     return GATES[precision]
 
 
-def _open_peer(path: Path, device: str, **options: Any) -> Session:
-    """A peer's ONNX file on ONNX Runtime (which refuses external data outside its folder)."""
-    return open_session(path, backend="onnxruntime", device=device, **options)
-
-
 def _prime(plan: Plan, backend: str, opener: Callable[..., Session], graph: str | None) -> None:
     """Opens and runs a throwaway session once per backend, so that the library's one-time
     start-up (its environment, allocators, code pages: ~30 MB and ~0.3 s for ONNX Runtime)
@@ -216,28 +212,33 @@ def _measure_end_to_end(plan: Plan, backend: str, precision: str, threads: int, 
 
 
 def measure_peer(plan: Plan, name: str, path: Path, threads: int, precision: str = "fp32") -> None:
-    """An ONNX file exported by another tool, on ONNX Runtime, against the same inputs; its
-    parity judged by the gate of its precision (peer_gate)."""
+    """A model file exported by another tool, against the same inputs: an ONNX file on ONNX
+    Runtime, an OpenVINO IR (.xml) on OpenVINO in the precision it is said to be (an int8 IR
+    with its float parts in OpenVINO's default); its parity judged by that precision's gate
+    (peer_gate)."""
+    backend = "openvino" if path.suffix == ".xml" else "onnxruntime"
     if plan.settings.mode == "end-to-end":
-        return skip(plan, "onnxruntime", f"peer {name} is timed model-only; end-to-end runs artifact pipelines")
+        return skip(plan, backend, f"peer {name} is timed model-only; end-to-end runs artifact pipelines")
     if not path.is_file():
-        return skip(plan, "onnxruntime", f"peer {name}: no file at {path}")
-    opener = functools.partial(_open_peer, path, plan.settings.device)
-    _prime(plan, "onnxruntime", opener, None)
+        return skip(plan, backend, f"peer {name}: no file at {path}")
+    options = {"inference_precision": precision} if backend == "openvino" and precision != "int8" else {}
+    opener = functools.partial(open_session, path, backend=backend, device=plan.settings.device, **options)
+    _prime(plan, backend, opener, None)
     baseline = plan.memory.start()
     try:
         t0 = time.perf_counter()
-        session = _open(plan, "onnxruntime", threads, opener)
+        session = _open(plan, backend, threads, opener)
         load_s = time.perf_counter() - t0
     except Exception as exc:
-        return skip(plan, "onnxruntime", f"peer {name}: {exception_line(exc)}")
+        return skip(plan, backend, f"peer {name}: {exception_line(exc)}")
     wanted = [i.name for i in session.inputs]
     graph = next((g for g, d in plan.stored.items() if set(d.get("input", {})) == set(wanted)), None)
     if graph is None:
-        return skip(plan, "onnxruntime", f"peer {name} takes inputs {wanted}, which no graph of the artifact has")
+        return skip(plan, backend, f"peer {name} takes inputs {wanted}, which no graph of the artifact has")
+    # its side files: ONNX external data (FILE.onnx.data ...) or the IR's weights (FILE.bin)
     size = sum(p.stat().st_size for p in path.parent.iterdir()
-               if p == path or (p.is_file() and p.name.startswith(path.name) and p.name != path.name))
+               if p.is_file() and (p.name.startswith(path.name) or p == path.with_suffix(".bin")))
     parity, _ = live_parity(plan, graph, session, peer_gate(plan, graph, precision))
-    measure_graph(plan, graph, session, backend="onnxruntime", precision=precision, threads=threads,
+    measure_graph(plan, graph, session, backend=backend, precision=precision, threads=threads,
                   label=f"{name} (peer)", load_s=load_s, baseline=baseline, file=str(path),
                   model_mb=round(size / 1e6, 3), parity=parity, peer=name)

@@ -339,7 +339,7 @@ def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
     placed: list[tuple[Row, tuple[str, int | None], OpCount | str]] = []
     for row in plan.rows:
         count = _count_of(plan, row, counts)
-        key = ("onnxruntime" if row.peer else row.backend, row.threads)
+        key = (row.backend, row.threads)
         if key not in peaks:
             peaks[key] = _peaks(plan, key, remeasure)
         row.roofline = _place(row, count, peaks[key])
