@@ -358,7 +358,8 @@ def run_model(model: Model, work: Path, args: argparse.Namespace, say) -> dict[s
     if not args.quick:  # --quick checks the wiring; its figures are not kept
         wait_for_quiet(say)
     result = vlmedge.bench(artifact, batch_sizes=list(model.batch_sizes), threads=args.threads, warmup=args.warmup,
-                           duration=args.duration, min_iterations=args.min_iterations, peers=peers, progress=say)
+                           duration=args.duration, min_iterations=args.min_iterations, peers=peers, progress=say,
+                           rounds=args.rounds or None)
     record.update(status="measured", result=result.to_dict())
     return record
 
@@ -430,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-min", type=float, default=40.0,
                         help="skip models not started within this many minutes (reported as skipped)")
     parser.add_argument("--no-peer", action="store_true", help="do not build the Optimum peer")
+    parser.add_argument("--rounds", type=int, default=5, help="vlmedge bench's rounds: every row of a model timed "
+                        "round-robin, so that this host's drift slows them alike (0: one row after another)")
     parser.add_argument("--work", type=Path, default=HERE / ".work", help="model folders and artifacts (reused)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)

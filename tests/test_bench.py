@@ -83,7 +83,7 @@ def test_rows_carry_every_figure_and_a_checked_torch_baseline(result, vit_artifa
 def test_json_validates_against_the_schema_and_round_trips(result, tmp_path):
     path = result.save(tmp_path / "r.json")
     document = json.loads(path.read_text())
-    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 3
+    assert document["schema"] == "vlmedge-bench" and document["schema_version"] == 4
     validate(document)
     assert BenchResult.load(path).to_dict() == document
 
@@ -150,6 +150,36 @@ def test_sweep_measures_a_grid_and_recommends(vit_artifact):
     assert latency.objective == "latency" and latency.batch_size == 1
     assert latency.p50_ms == min(row.latency.p50_ms for row in r.rows if row.batch_size == 1)
     assert throughput.throughput_per_s == max(row.throughput_per_s for row in r.rows)
+
+
+def test_rounds_time_every_row_round_robin_with_the_same_rows(vit_artifact, tmp_path):
+    sequential = vlmedge.bench(vit_artifact, batch_sizes=[1, 2], roofline=False, iterations=6, warmup=1)
+    r = vlmedge.bench(vit_artifact, batch_sizes=[1, 2], roofline=False, iterations=6, warmup=1, rounds=3)
+    assert r.settings.rounds == 3 and sequential.settings.rounds is None
+    assert [row.key for row in r.rows] == [row.key for row in sequential.rows]  # torch and onnxruntime, 1 and 2
+    assert all(row.latency.iterations == 6 and row.first_inference_ms > 0 for row in r.rows)
+    assert all(row.speedup_vs_torch for row in r.rows) and "round-robin" in r.settings.memory_method
+    validate(r.to_dict())
+    assert BenchResult.load(r.save(tmp_path / "r.json")).settings.rounds == 3
+
+
+def test_round_robin_visits_every_call_each_round_and_keeps_a_failure_to_its_call():
+    from vlmedge.bench.timing import round_robin
+
+    order: list[int] = []
+
+    def call(i: int, fail_at: int | None = None):
+        def run():
+            order.append(i)
+            if fail_at is not None and order.count(i) == fail_at:
+                raise RuntimeError("out of memory")
+        return run
+
+    results = round_robin([call(0), call(1), call(2, fail_at=4)], rounds=2, iterations=4, duration=0.0,
+                          min_iterations=1)
+    # each round: one untimed call then half the iterations, call by call
+    assert order == [0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2]
+    assert [len(x) for x in results[:2]] == [4, 4] and isinstance(results[2], RuntimeError)
 
 
 def test_wrong_variant_is_visible_and_a_changed_source_gives_no_baseline(vit_artifact, tmp_path):
@@ -277,6 +307,8 @@ def test_bad_options_are_one_sentence_errors(vit_artifact):
         vlmedge.bench(vit_artifact, backends=["cuda-magic"])
     with pytest.raises(InputError, match="sweep"):
         vlmedge.bench(vit_artifact, sweep=["precision"])
+    with pytest.raises(InputError, match="rounds must be positive"):
+        vlmedge.bench(vit_artifact, rounds=0)
 
 
 def test_runs_torch_free_unless_torch_is_asked_for(vit_artifact):

@@ -277,7 +277,7 @@ def test_bench_rows_carry_the_roofline_in_json_markdown_and_table(vit_artifact, 
                                                                                      rel=1e-2)
     assert r.bound in ("compute", "memory") and r.ridge == pytest.approx(r.peak_gops / machine.bandwidth_gbs, rel=1e-2)
     document = json.loads(result.save(tmp_path / "r.json").read_text())
-    assert document["schema_version"] == 3 and document["rows"][0]["roofline"]["ops"] == r.ops
+    assert document["schema_version"] == 4 and document["rows"][0]["roofline"]["ops"] == r.ops
     if importlib.util.find_spec("jsonschema"):
         import jsonschema
 

@@ -50,7 +50,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
           random_inputs: bool = False, sweep: Sequence[str] = (), device: str = "cpu",
           peers: dict[str, str | os.PathLike] | None = None,
           progress: Callable[[str], None] | None = None, roofline: bool = True,
-          remeasure_peak: bool = False) -> BenchResult:
+          remeasure_peak: bool = False, rounds: int | None = None) -> BenchResult:
     """Measures every graph of an artifact on each backend, precision, batch size and thread count.
 
     A variant that cannot be loaded or run is reported in `skipped` with its reason; it
@@ -85,6 +85,11 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
             (vlmedge.bench.roofline); the peaks are measured once per machine, backend and
             thread count (a few seconds) and cached in the user cache folder.
         remeasure_peak: measure the peaks again instead of reading the cache.
+        rounds: time every row round-robin in this many rounds, each a share of the
+            iterations or duration, once all are opened and warmed up: a machine whose
+            speed drifts during the run (a shared host) then slows every row alike, so the
+            ratios between rows hold. Every session stays open until the end, so the memory
+            needed is that of all of them together. None: each row in turn (the default).
 
     Returns:
         A BenchResult: one Row per graph, variant, batch size and thread count measured,
@@ -106,7 +111,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
     from vlmedge.version import __version__
     from vlmedge.artifact import Artifact
     from vlmedge.bench.baseline import measure_torch
-    from vlmedge.bench.measure import measure_backend, measure_peer
+    from vlmedge.bench.measure import measure_backend, measure_peer, time_round_robin
     from vlmedge.bench.plan import Plan
     from vlmedge.bench.result import BASELINE, SCHEMA, SCHEMA_VERSION, ArtifactInfo, BenchResult, annotate, recommend
     from vlmedge.bench.settings import check_settings, peer_files
@@ -118,7 +123,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
     settings = check_settings(art, backends=backends, precisions=precisions, batch_sizes=batch_sizes, threads=threads,
                               warmup=warmup, iterations=iterations, duration=duration, min_iterations=min_iterations,
                               end_to_end=end_to_end, random_inputs=random_inputs, sweep=sweep, device=device,
-                              memory_method=memory.method)
+                              memory_method=memory.method, rounds=rounds)
     peer_list = peer_files(peers)
     environment = describe()
     plan = Plan.create(art, settings, progress or (lambda message: None), memory, asked_precisions=bool(precisions))
@@ -137,6 +142,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
     for name, precision, path in peer_list:
         for t in settings.threads:
             measure_peer(plan, name, path, t, precision)
+    time_round_robin(plan)  # the rows left waiting when rounds is set
     plan.warnings += annotate(plan.rows)
     peaks = []
     if roofline:

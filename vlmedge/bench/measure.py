@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
-from vlmedge.bench.timing import Baseline, timed_calls
+from vlmedge.bench.timing import Baseline, first_call, round_robin, timed_samples
 from vlmedge.errors import exception_line
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
@@ -71,24 +71,50 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
                 feeds, inputs = plan.feeds(graph, batch, session)
                 session.check_feeds(feeds)  # once, untimed: only the backend's own call is timed
                 call = functools.partial(session.run, feeds, check=False)
-            first_ns, samples = timed_calls(call, settings.warmup, settings.iterations, settings.duration_s or 0.0,
-                                            settings.min_iterations or 1)
+            first_ns = first_call(call, settings.warmup)
+            samples = None if settings.rounds else timed_samples(call, settings.iterations, settings.duration_s or 0.0,
+                                                                 settings.min_iterations or 1)
         except Exception as exc:  # a backend that cannot run this batch: say why, measure the rest
             skip(plan, backend, exception_line(exc), graph, precision, batch)
             continue
-        latency = Latency.from_ns(samples)
-        row = Row(
+        fields = dict(
             graph=graph, backend=backend, precision=precision, batch_size=batch, threads=threads,
             mode=settings.mode, label=label, provider=session.provider, device=settings.device, file=file,
             model_mb=model_mb, load_s=round(load_s, 4), load_cache=session.cache_status,
-            first_inference_ms=round(first_ns / 1e6, 3),
-            latency=latency, throughput_per_s=float(f"{batch * 1e3 / latency.mean_ms:.5g}"),
-            peak_rss_increase_mb=plan.memory.increase(baseline),
+            first_inference_ms=round(first_ns / 1e6, 3), peak_rss_increase_mb=plan.memory.increase(baseline),
             anonymous_increase_mb=plan.memory.anonymous_increase(baseline), parity=parity, inputs=inputs, peer=peer,
         )
-        plan.rows.append(row)
-        plan.say(f"{label} [{graph}] batch {batch}, {threads} threads: p50 {latency.p50_ms:.2f} ms, "
-                 f"{row.throughput_per_s:.1f} items/s")
+        if samples is None:  # timed later with every other row (time_round_robin); the call keeps the session
+            plan.waiting.append((fields, call))
+            plan.say(f"{label} [{graph}] batch {batch}, {threads} threads: warmed up, to be timed round-robin")
+        else:
+            _add_row(plan, fields, samples)
+
+
+def _add_row(plan: Plan, fields: dict[str, Any], samples: list[int]) -> None:
+    latency = Latency.from_ns(samples)
+    row = Row(**fields, latency=latency, throughput_per_s=float(f"{fields['batch_size'] * 1e3 / latency.mean_ms:.5g}"))
+    plan.rows.append(row)
+    plan.say(f"{row.label} [{row.graph}] batch {row.batch_size}, {row.threads} threads: p50 {latency.p50_ms:.2f} ms, "
+             f"{row.throughput_per_s:.1f} items/s")
+
+
+def time_round_robin(plan: Plan) -> None:
+    """Times the rows measure_graph left waiting (settings.rounds), all together in rounds
+    (vlmedge.bench.timing.round_robin), and adds them in the order they were opened."""
+    settings = plan.settings
+    waiting, plan.waiting = plan.waiting, []
+    if not waiting:
+        return
+    plan.say(f"timing {len(waiting)} rows round-robin in {settings.rounds} rounds")
+    results = round_robin([call for _, call in waiting], settings.rounds, settings.iterations,
+                          settings.duration_s or 0.0, settings.min_iterations or 1)
+    for (fields, _), result in zip(waiting, results):
+        if isinstance(result, Exception):
+            skip(plan, fields["backend"], exception_line(result), fields["graph"], fields["precision"],
+                 fields["batch_size"])
+        else:
+            _add_row(plan, fields, result)
 
 
 def live_parity(plan: Plan, graph: str, session: Session,

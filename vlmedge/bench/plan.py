@@ -57,6 +57,9 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     torch_cache: dict[str, Any] = field(default_factory=dict)
     primed: set[str] = field(default_factory=set)
+    # with settings.rounds: (a row's fields but its latency, its timed call), opened and warmed up,
+    # to be timed together at the end (measure.time_round_robin)
+    waiting: list[tuple[dict[str, Any], Callable[[], Any]]] = field(default_factory=list)
     asked_precisions: bool = False  # given explicitly: a backend without them is reported, not passed over
 
     @classmethod

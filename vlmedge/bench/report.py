@@ -112,6 +112,8 @@ def header_lines(result: BenchResult) -> list[str]:
     s, env = result.settings, result.environment
     timing = (f"{s.iterations} timed calls" if s.iterations else
               f"{s.duration_s:g} s of timed calls per row (at least {s.min_iterations})")
+    if s.rounds:
+        timing += f", every row timed round-robin in {s.rounds} rounds (each a share, after one untimed call)"
     versions = ", ".join(f"{k} {v}" for k, v in env.versions.items())
     return [
         f"artifact: {result.artifact.path} ({result.artifact.task}, {result.artifact.reference})",

@@ -1,8 +1,9 @@
 """The typed result of `vlmedge bench`, its versioned JSON form, and what is read off its
 rows (speed-ups over the torch baseline, warnings, recommended settings).
 
-JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 3;
-version 1, without the roofline, and 2, without the anonymous memory, are read too).
+JSON schema: benchmarks/bench.schema.json ("schema": "vlmedge-bench", "schema_version": 4;
+version 1, without the roofline, 2, without the anonymous memory, and 3, without
+settings.rounds, are read too).
 Times are milliseconds (`*_ms`) or seconds (`*_s`), memory and sizes megabytes (10^6
 bytes for files, MiB for resident memory: `*_mb`), throughput items per second.
 """
@@ -23,8 +24,8 @@ from vlmedge.environment import Environment, Gpu
 from vlmedge.errors import InputError
 
 SCHEMA = "vlmedge-bench"
-SCHEMA_VERSION = 3
-READ_VERSIONS = (1, 2, 3)  # version 1: no roofline per row, no peaks; 2: no anonymous memory
+SCHEMA_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)  # version 1: no roofline per row, no peaks; 2: no anonymous memory; 3: no rounds
 # The backend name and precision of the PyTorch source's rows (not a backend of vlmedge.runtimes).
 BASELINE = "torch"
 BASELINE_PRECISION = "fp32"
@@ -176,6 +177,9 @@ class Settings:
     device: str
     sweep: list[str]
     memory_method: str
+    # timed round-robin in this many rounds, every session open at once (schema version 4);
+    # None: each row timed in turn, its session closed before the next opens
+    rounds: int | None = None
 
 
 @dataclass

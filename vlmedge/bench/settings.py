@@ -76,7 +76,7 @@ def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
 def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precisions: Sequence[str] | None,
                    batch_sizes: Sequence[int] | None, threads: int | None, warmup: int, iterations: int | None,
                    duration: float | None, min_iterations: int, end_to_end: bool, random_inputs: bool,
-                   sweep: Sequence[str], device: str, memory_method: str) -> Settings:
+                   sweep: Sequence[str], device: str, memory_method: str, rounds: int | None = None) -> Settings:
     """Checks the options of vlmedge.bench.bench (an InputError of one sentence for a bad
     one) and fills in the defaults from the artifact and this machine."""
     from vlmedge.bench.result import BASELINE, Settings
@@ -94,6 +94,10 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
     sweep = list(dict.fromkeys(sweep))
     if set(sweep) - set(SWEEPS):
         raise InputError(f"sweep takes 'threads' and/or 'batch', not {', '.join(sorted(set(sweep) - set(SWEEPS)))}.")
+    if rounds is not None:
+        _positive("rounds", [rounds])
+        memory_method += ("; with rounds, read after the warm-up calls, each session staying open until the "
+                          "round-robin timing ends")
     _known("backend", backends, _backend_names())
     _known("precision", precisions, PRECISIONS)
     cores = available_cores()
@@ -112,5 +116,5 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
         warmup=warmup, iterations=iterations, min_iterations=None if iterations else min_iterations,
         duration_s=None if iterations else float(duration or DEFAULT_DURATION),
         threads=thread_grid, batch_sizes=batches, backends=chosen_backends, precisions=chosen_precisions,
-        device=device, sweep=sweep, memory_method=memory_method,
+        device=device, sweep=sweep, memory_method=memory_method, rounds=rounds,
     )

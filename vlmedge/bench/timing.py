@@ -17,13 +17,25 @@ MAX_ITERATIONS = 100_000
 def timed_calls(call: Callable[[], Any], warmup: int, iterations: int | None, duration: float,
                 min_iterations: int) -> tuple[int, list[int]]:
     """(first call in ns, timed calls in ns): `iterations` calls, or calls for `duration`
-    seconds (at least `min_iterations`). The garbage collector is paused while timing so
-    its pauses land in no sample."""
+    seconds (at least `min_iterations`), after the first call and `warmup` more."""
+    first = first_call(call, warmup)
+    return first, timed_samples(call, iterations, duration, min_iterations)
+
+
+def first_call(call: Callable[[], Any], warmup: int) -> int:
+    """The first call's time in ns, then `warmup` untimed calls."""
     start = time.perf_counter_ns()
     call()
     first = time.perf_counter_ns() - start
     for _ in range(warmup):
         call()
+    return first
+
+
+def timed_samples(call: Callable[[], Any], iterations: int | None, duration: float, min_iterations: int) -> list[int]:
+    """The times in ns of `iterations` calls, or of calls for `duration` seconds (at least
+    `min_iterations`). The garbage collector is paused while timing so its pauses land in
+    no sample."""
     samples: list[int] = []
     enabled = gc.isenabled()
     gc.disable()
@@ -37,7 +49,28 @@ def timed_calls(call: Callable[[], Any], warmup: int, iterations: int | None, du
     finally:
         if enabled:
             gc.enable()
-    return first, samples
+    return samples
+
+
+def round_robin(calls: list[Callable[[], Any]], rounds: int, iterations: int | None, duration: float,
+                min_iterations: int) -> list[list[int] | Exception]:
+    """Each call's timed samples (or the exception that stopped it), taken in `rounds` rounds
+    that visit every call in turn, a round's share of the iterations or duration each, after
+    one untimed call that warms the caches the others used: a machine whose speed drifts
+    then slows every call alike, so the ratios between them hold."""
+    per_round = (lambda total: -(-total // rounds))  # ceil
+    results: list[list[int] | Exception] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            if isinstance(results[i], Exception):
+                continue
+            try:
+                call()
+                results[i] += timed_samples(call, per_round(iterations) if iterations else None, duration / rounds,
+                                            per_round(min_iterations))
+            except Exception as exc:  # reported as that row's skip by the caller
+                results[i] = exc
+    return results
 
 
 class Memory:
