@@ -19,7 +19,8 @@ def openvino_leads_on_this_cpu() -> bool:
     """Whether this CPU is one where OpenVINO's CPU plugin was measured ahead of ONNX Runtime:
     Intel's, with AMX or without, and AMD's with AVX-512. On an AMD EPYC (Zen 4) the suite
     (benchmarks/README.md) found OpenVINO's fastest passing file at batch 1 ahead of ONNX
-    Runtime's on five of its six graphs one day (0.94-3.5x) and four the next (0.82-3.4x), its
+    Runtime's on five of its six graphs one day (0.94-3.5x), four the next (0.82-3.4x) and five
+    when that day's rows were timed round-robin (0.96-3.35x), its
     bf16 running on AVX512-BF16; other CPUs were not measured."""
     fields = cpuinfo()
     vendor = fields.get("vendor_id", "")

@@ -1,5 +1,6 @@
-"""How `vlmedge bench` takes its two measures: the timing loop around one call, and the
-resident memory of a session's life (its peak, and the anonymous memory it holds)."""
+"""How `vlmedge bench` takes its two measures: the timing loop around one call (or around
+every call in turn, round-robin), and the resident memory of a session's life (its peak, and
+the anonymous memory it holds)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,6 @@ from typing import Any, Callable, NamedTuple
 from vlmedge.runtimes.base import release_freed_heap
 
 MAX_ITERATIONS = 100_000
-
-
-def timed_calls(call: Callable[[], Any], warmup: int, iterations: int | None, duration: float,
-                min_iterations: int) -> tuple[int, list[int]]:
-    """(first call in ns, timed calls in ns): `iterations` calls, or calls for `duration`
-    seconds (at least `min_iterations`), after the first call and `warmup` more."""
-    first = first_call(call, warmup)
-    return first, timed_samples(call, iterations, duration, min_iterations)
 
 
 def first_call(call: Callable[[], Any], warmup: int) -> int:
@@ -55,7 +48,8 @@ def timed_samples(call: Callable[[], Any], iterations: int | None, duration: flo
 def round_robin(calls: list[Callable[[], Any]], rounds: int, iterations: int | None, duration: float,
                 min_iterations: int) -> list[list[int] | Exception]:
     """Each call's timed samples (or the exception that stopped it), taken in `rounds` rounds
-    that visit every call in turn, a round's share of the iterations or duration each, after
+    that visit every call in turn, a round's share of the iterations (rounded up) or of the
+    duration each, after
     one untimed call that warms the caches the others used: a machine whose speed drifts
     then slows every call alike, so the ratios between them hold."""
     per_round = (lambda total: -(-total // rounds))  # ceil
