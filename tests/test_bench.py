@@ -208,11 +208,11 @@ def test_peer_file_is_a_row_with_live_parity(vit_artifact, tmp_path):
 
 
 def test_int8_peer_is_judged_by_the_int8_gate(vit_artifact, tmp_path):
+    onnx = pytest.importorskip("onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     peer = tmp_path / "peer" / "model.int8.onnx"
     peer.parent.mkdir()
-    onnx = pytest.importorskip("onnx")
     fp32 = vit_artifact / "onnx" / "model.fp32.onnx"
     # one weight MatMul in int8: close enough for the int8 gate on this tiny random model (whose
     # near-tied logits a fully quantized file flips), not for the fp32 one

@@ -303,7 +303,8 @@ def annotate(rows: list[Row]) -> list[str]:
             row.speedup_vs_torch = float(f"{torch_row.latency.p50_ms / row.latency.p50_ms:.4g}")
         if row.latency.cov > HIGH_COV:
             row.warnings.append(f"noisy: CoV {row.latency.cov:.0%} > {HIGH_COV:.0%}; "
-                                "close other programs or raise --iterations/--duration")
+                                "close other programs, raise --iterations/--duration, or time the rows "
+                                "round-robin (--rounds) so that they compare")
         if row.parity.passed is False:
             row.warnings.append("fails its parity gate: its outputs differ from the source model's")
         base = by_key.get((row.graph, row.backend, "fp32", row.batch_size, row.threads, row.mode, row.peer))
