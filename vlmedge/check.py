@@ -12,7 +12,7 @@ import numpy as np
 
 from vlmedge.artifact import Artifact
 from vlmedge.errors import ArtifactError, UnverifiedWarning
-from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
+from vlmedge.parity import GATES, parity_report, recorded_gate, run_in_batches
 from vlmedge.runtimes.base import backend_of_target, unavailable_reason
 from vlmedge.runtimes.select import open_entry
 
@@ -53,11 +53,10 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8) -
         if reason:
             reports.append({**context, "skipped": reason, "passed": None})
             continue
-        gate_dict = (entry.get("parity") or {}).get("gate")
-        if not gate_dict and entry["precision"] not in GATES:
+        gate = recorded_gate(entry) or GATES.get(entry["precision"])
+        if gate is None:
             raise ArtifactError(f"{entry['path']} in {artifact.root} has precision '{entry['precision']}' and no gate; "
                                 "this vlmedge cannot check it. Upgrade vlmedge or re-export the artifact.")
-        gate = Gate(**gate_dict) if gate_dict else GATES[entry["precision"]]
         # the options the file was verified with (OpenVINO's inference precision, for one)
         with warnings.catch_warnings():  # this is the check that warning asks for; the report names the provider
             warnings.simplefilter("ignore", UnverifiedWarning)

@@ -39,6 +39,13 @@ GATES = {
 PRECISIONS: tuple[str, ...] = tuple(GATES)
 
 
+def recorded_gate(entry: dict[str, Any]) -> Gate | None:
+    """The gate a manifest file entry's parity report says it was verified with (an export
+    may loosen the defaults: a suite's random weights); None where it records none."""
+    gate = (entry.get("parity") or {}).get("gate")
+    return Gate(**gate) if gate else None
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)

@@ -17,7 +17,7 @@ from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
 from vlmedge.bench.timing import Baseline, first_call, round_robin, timed_samples
 from vlmedge.errors import exception_line
-from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
+from vlmedge.parity import GATES, Gate, parity_report, recorded_gate, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
 from vlmedge.runtimes.select import ModelSessions, open_entry
 
@@ -148,11 +148,8 @@ def _open(plan: Plan, backend: str, threads: int, opener: Callable[..., Session]
 def peer_gate(plan: Plan, graph: str, precision: str) -> Gate:
     """The gate the artifact's own files of this graph and precision passed (a suite loosens
     them for random weights), so that a peer is judged as they were; else the default one."""
-    for entry in plan.artifact.model_entries(graph=graph, precision=precision):
-        recorded = (entry.get("parity") or {}).get("gate")
-        if isinstance(recorded, dict):
-            return Gate(**recorded)
-    return GATES[precision]
+    recorded = (recorded_gate(e) for e in plan.artifact.model_entries(graph=graph, precision=precision))
+    return next((gate for gate in recorded if gate is not None), GATES[precision])
 
 
 def _prime(plan: Plan, backend: str, opener: Callable[..., Session], graph: str | None) -> None:
