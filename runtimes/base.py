@@ -14,6 +14,15 @@ import numpy as np
 
 from vlmedge.errors import BackendUnavailableError, InputError
 
+
+@dataclass(frozen=True)
+class SessionOption:
+    """A session option a caller may pass a backend (vlmedge.load(..., name=value))."""
+
+    name: str
+    meaning: str  # what it sets, and its values
+
+
 @dataclass(frozen=True)
 class Backend:
     """A backend vlmedge can run model files on: declared once here, looked up everywhere."""
@@ -24,14 +33,29 @@ class Backend:
     extra: str         # the pip requirement that brings the package
     module: str | None  # the vlmedge module implementing it; None: no runtime in this vlmedge yet
     needs: str = ""    # hardware beyond a CPU, said when it is chosen
+    options: tuple[SessionOption, ...] = ()  # what a caller may set on its sessions
 
     def install_hint(self) -> str:
         return f"pip install '{self.extra}'"
 
+    def option_names(self) -> list[str]:
+        return [o.name for o in self.options]
+
+
+_THREADS = SessionOption("threads", "the threads one call runs on (default: the backend's, one per core)")
+
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("onnxruntime", "onnx", "onnxruntime", "vlmedge", "vlmedge.runtimes.onnxruntime"),
-    Backend("openvino", "openvino", "openvino", "vlmedge[openvino]", "vlmedge.runtimes.openvino"),
+    Backend("onnxruntime", "onnx", "onnxruntime", "vlmedge", "vlmedge.runtimes.onnxruntime", options=(
+        _THREADS,
+        SessionOption("optimization", "ONNX Runtime's graph optimisation level: all (default), basic or none"),
+    )),
+    Backend("openvino", "openvino", "openvino", "vlmedge[openvino]", "vlmedge.runtimes.openvino", options=(
+        _THREADS,
+        SessionOption("performance_hint", "latency (default), throughput or cumulative_throughput"),
+        SessionOption("inference_precision", "fp32, bf16 or fp16: what the float parts compute in (default: what "
+                                             "the file's parity gate verified)"),
+    )),
     # Kept so that artifacts and the CLI can name it; selecting it says what it needs.
     Backend("tensorrt", "tensorrt", "tensorrt", "vlmedge[tensorrt]", None, needs="an NVIDIA GPU with CUDA"),
 )}
@@ -42,6 +66,23 @@ def backend_named(name: str) -> Backend:
     if name not in BACKENDS:
         raise BackendUnavailableError(f"Unknown backend '{name}'; choose one of {', '.join(BACKENDS)}.")
     return BACKENDS[name]
+
+
+def check_session_options(backend: Backend, options: Mapping[str, Any]) -> None:
+    """A caller's session options must be ones the backend takes (an option of another
+    backend is named as such: with backend="auto" the caller may not know which one runs),
+    and threads a whole number from 1 up."""
+    unknown = [name for name in options if name not in backend.option_names()]
+    if unknown:
+        whose = {name: [b.name for b in BACKENDS.values() if name in b.option_names()] for name in unknown}
+        said = ", ".join(f"'{name}'" + (f" (an option of {' and '.join(whose[name])})" if whose[name] else "")
+                         for name in unknown)
+        advice = "leave it out or choose that backend" if any(whose.values()) else "leave it out"
+        raise InputError(f"The {backend.name} backend takes no session option {said}; its options are "
+                         f"{', '.join(backend.option_names()) or 'none'}: {advice}.")
+    threads = options.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a whole number of at least 1, not {threads!r}.")
 
 
 def backend_of_target(target: str) -> Backend | None:

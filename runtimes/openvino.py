@@ -104,7 +104,7 @@ class OpenVinoSession(Session):
 
     def __init__(self, model_path: Path, device: str = "cpu", inference_precision: str | None = None,
                  performance_hint: str = "latency", threads: int | None = None,
-                 cache_dir: str | None = None, cache: bool = False, model_digest: str | None = None) -> None:
+                 cache: bool = False, model_digest: str | None = None) -> None:
         if performance_hint not in PERFORMANCE_HINTS:
             raise InputError(f"Unknown performance hint '{performance_hint}'; choose one of {', '.join(PERFORMANCE_HINTS)}.")
         if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
@@ -125,14 +125,12 @@ class OpenVinoSession(Session):
         # one blob: OpenVINO writes it while compiling, and a hit imports it without asking
         # OpenVINO to look it up (its lookup hashes the whole model, or keys a file by path).
         entry = None
-        if cache_dir:  # the caller's own OpenVINO cache folder, managed by the caller
-            config["CACHE_DIR"] = str(cache_dir)
-        elif cache:
+        if cache:
             entry = cache_entry(self.backend, ov.get_version(),
                                model_digest or files_digest([model_path, model_path.with_suffix(".bin")]),
                                name, {k: str(v) for k, v in config.items()}, source=model_path)
         # The file OpenVINO reads the weights from, through vlmedge's own mapping, kept as long
-        # as the compiled model; None where OpenVINO maps the files itself (a caller's cache_dir).
+        # as the compiled model; None where there is none (an IR without weights).
         self._mapped: MappedFile | None = None
         self._first_call_done = False
         self._compiled = self._compile(model_path, name, config, entry)
@@ -163,8 +161,6 @@ class OpenVinoSession(Session):
                  entry: CacheEntry | None) -> ov.CompiledModel:
         """The compiled model: imported from the cache entry on a hit, else compiled from the
         file (and saved in a new entry when there is one)."""
-        if "CACHE_DIR" in config:  # the caller's own cache folder: OpenVINO reads the files itself
-            return self._compile_file(model_path, name, config)
         if entry is not None and entry.lookup():
             try:
                 compiled = self._import_blob(entry.folder, name, config)

@@ -11,7 +11,8 @@ from typing import Any
 from vlmedge.artifact import Artifact
 from vlmedge.environment import cpu_flags, cpuinfo
 from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning, warn_caller
-from vlmedge.runtimes.base import BACKENDS, Session, backend_named, backend_of_target, open_session
+from vlmedge.runtimes.base import (BACKENDS, Session, backend_named, backend_of_target, check_session_options,
+                                   open_session)
 from vlmedge.user_cache import cache_enabled
 
 
@@ -85,7 +86,7 @@ class ModelSessions:
 def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = None, device: str = "cpu",
                **options: Any) -> Session:
     """Opens one model file of the artifact with the session options it was verified with
-    (caller's options win), after hashing it and its weights files against the manifest
+    (caller's options win; they must be ones the backend takes: runtimes.base.Backend.options), after hashing it and its weights files against the manifest
     (unless the artifact already did), and checks that the file's inputs and outputs are the
     ones the manifest describes. ONNX Runtime checks that a file's external data stays inside
     the artifact before it parses the file (a cache hit parses its own saved model instead).
@@ -99,6 +100,7 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
             raise BackendUnavailableError(f"{entry['path']} in {artifact.root} is of target '{entry['target']}', "
                                           "which this vlmedge cannot run; upgrade vlmedge.")
         backend = known.name
+    check_session_options(backend_named(backend), {k: v for k, v in options.items() if k != "cache"})
     options = {**entry.get("session_options", {}), **options}
     options["cache"] = cache_enabled(options.get("cache"))
     artifact.verify_model(entry, cache=options["cache"])  # before any parser reads the file

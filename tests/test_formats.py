@@ -1,6 +1,7 @@
 """`vlmedge formats --architectures` and the README's architecture table say the same thing,
 both computed by the export's own checks (vlmedge.exporters.sources.supported_architectures),
-for every task exported from a Hugging Face folder."""
+for every task exported from a Hugging Face folder; so do `vlmedge formats` and the README's
+table of each backend's session options."""
 
 from __future__ import annotations
 
@@ -27,6 +28,24 @@ def test_readme_architecture_table_is_what_formats_lists(rows):
     block = re.search(r"<!-- architectures:start -->\n(.*?)\n<!-- architectures:end -->", README.read_text(), re.S)
     assert block, "README.md has no architecture table between its markers"
     assert block.group(1).strip() == expected, "README's architecture table is stale; replace it with:\n" + expected
+
+
+def test_readme_session_options_are_the_declared_ones():
+    """The README's table of session options is runtimes.base.BACKENDS's, which `vlmedge
+    formats --json` lists too."""
+    import json
+    import subprocess
+    import sys
+
+    facts = json.loads(subprocess.run([sys.executable, "-m", "vlmedge.cli", "formats", "--json"], check=True,
+                                      capture_output=True, text=True).stdout)
+    declared = {(b["name"], o["name"], o["meaning"]) for b in facts["backends"] for o in b["session_options"]}
+    text = README.read_text()
+    table = text[text.index("| backend | option | what it sets |"):]
+    table = table[:table.index("\n\n")]
+    listed = {tuple(cell.strip() for cell in line.strip("|").split("|")) for line in table.splitlines()[2:]}
+    assert declared and listed == declared, "README's session options are stale; they are:\n" + "\n".join(
+        f"| {' | '.join(row)} |" for row in sorted(declared))
 
 
 # The least share of each task's architectures that exports, just under today's, so that a check

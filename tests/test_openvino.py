@@ -254,3 +254,52 @@ def test_auto_picks_openvino_on_the_cpus_it_was_measured_ahead_on(two_target_art
 
     monkeypatch.setattr(select, "cpuinfo", lambda: {} if vendor is None else {"vendor_id": vendor, "flags": flags})
     assert vlmedge.load(two_target_artifact, precision="fp32", cache=False).model.backend == expected
+
+
+def test_session_options_are_the_chosen_backends_own(two_target_artifact, monkeypatch):
+    """A session option of another backend, such as OpenVINO's performance_hint when
+    backend="auto" picked ONNX Runtime, is an InputError naming whose option it is (it was a
+    TypeError about a class's __init__); the OpenVINO-only cache_dir is gone (vlmedge's own
+    cache replaces it); each backend takes its own."""
+    import vlmedge
+    import vlmedge.runtimes.select as select
+    from vlmedge.errors import InputError
+
+    monkeypatch.setattr(select, "cpuinfo", lambda: {"vendor_id": "AuthenticAMD", "flags": "avx2"})  # auto: ORT
+    with pytest.raises(InputError, match=r"^The onnxruntime backend takes no session option 'performance_hint' "
+                                         r"\(an option of openvino\); its options are threads, optimization"):
+        vlmedge.load(two_target_artifact, precision="fp32", cache=False, performance_hint="throughput")
+    with pytest.raises(InputError, match=r"no session option 'cache_dir'; .*: leave it out\.$"):
+        vlmedge.load(two_target_artifact, backend="openvino", precision="fp32", cache=False, cache_dir="/tmp/ov")
+    for threads in (0, "2", True):
+        with pytest.raises(InputError, match="threads must be a whole number of at least 1"):
+            vlmedge.load(two_target_artifact, backend="onnxruntime", precision="fp32", cache=False, threads=threads)
+    ov = vlmedge.load(two_target_artifact, backend="openvino", precision="fp32", cache=False, threads=1,
+                      performance_hint="throughput", inference_precision="fp32").model.sessions["model"]
+    assert (ov.performance_hint, ov.inference_precision) == ("throughput", "f32")
+    ort = vlmedge.load(two_target_artifact, backend="onnxruntime", precision="fp32", cache=False, threads=1,
+                       optimization="basic").model.sessions["model"]
+    assert ort._session.get_session_options().intra_op_num_threads == 1
+
+
+def test_the_declared_session_options_are_those_the_sessions_take():
+    """runtimes.base.BACKENDS declares each backend's session options (vlmedge formats shows
+    them); they must be the session class's own keywords, less what vlmedge passes itself,
+    and their meanings must name every value the backend accepts."""
+    import inspect
+
+    from vlmedge.runtimes import onnxruntime as ort_runtime
+    from vlmedge.runtimes import openvino as ov_runtime
+    from vlmedge.runtimes.base import BACKENDS
+
+    vlmedge_own = {"self", "model_path", "device", "cache", "model_digest", "data_root"}
+    for name, session_class in (("onnxruntime", ort_runtime.OnnxRuntimeSession),
+                                ("openvino", ov_runtime.OpenVinoSession)):
+        taken = set(inspect.signature(session_class.__init__).parameters) - vlmedge_own
+        assert taken == set(BACKENDS[name].option_names()), name
+    meanings = {(b.name, o.name): o.meaning for b in BACKENDS.values() for o in b.options}
+    values = {("onnxruntime", "optimization"): ort_runtime._LEVELS,
+              ("openvino", "performance_hint"): ov_runtime.PERFORMANCE_HINTS,
+              ("openvino", "inference_precision"): ["fp32", "bf16", "fp16"]}
+    for key, accepted in values.items():
+        assert all(value in meanings[key] for value in accepted), key

@@ -311,6 +311,8 @@ def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, expo
         vray.run(exported("clip"), images, "embed_texts")
     with pytest.raises(VlmedgeError, match="No artifact folder"):
         vray.run(tmp_path / "nothing", images)
+    with pytest.raises(InputError, match=r"onnxruntime backend takes no session option 'performance_hint' \(an option"):
+        vray.run(vit_artifact, images, session_options={"performance_hint": "throughput"}, **BACKEND)
 
 
 def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monkeypatch):

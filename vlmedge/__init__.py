@@ -41,7 +41,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
             None: on unless the environment sets VLMEDGE_NO_CACHE=1. Entries are keyed by the
             files' hashes, backend version, CPU and options, and verified before use. The
             artifact's files are then not hashed again while unchanged (vlmedge.user_cache).
-        **options: backend session options, e.g. threads=4.
+        **options: the session options of the backend that runs the files, e.g. threads=4:
+            onnxruntime takes threads and optimization, openvino threads, performance_hint
+            and inference_precision (`vlmedge formats` says what each sets).
 
     Returns:
         The task's pipeline (vlmedge.registry names them): ImageClassifier (`classify`),
@@ -52,6 +54,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
     Raises:
         ArtifactError: the folder is not a readable, untampered vlmedge artifact.
         BackendUnavailableError: the backend is not installed or cannot run here.
+        InputError: a session option the chosen backend does not take, or a bad value.
 
     Example:
         >>> import vlmedge

@@ -107,7 +107,8 @@ def backends() -> list[dict[str, Any]]:
     return [{"name": b.name, "target": b.target, "package": b.package,
              "installed": importlib.util.find_spec(b.package) is not None,
              "runs_here": unavailable_reason(b) is None, "reason": unavailable_reason(b),
-             "install": b.install_hint(), "needs": b.needs or None} for b in BACKENDS.values()]
+             "install": b.install_hint(), "needs": b.needs or None,
+             "session_options": [{"name": o.name, "meaning": o.meaning} for o in b.options]} for b in BACKENDS.values()]
 
 
 def precisions() -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from vlmedge.bench.result import Latency, Parity, Row, Skip
 from vlmedge.bench.timing import Baseline, first_call, round_robin, timed_samples
 from vlmedge.errors import exception_line
 from vlmedge.parity import GATES, Gate, parity_report, recorded_gate, run_in_batches
-from vlmedge.runtimes.base import BACKENDS, Session, open_session, unavailable_reason
+from vlmedge.runtimes.base import BACKENDS, Session, backend_named, open_session, unavailable_reason
 from vlmedge.runtimes.select import ModelSessions, open_entry
 
 
@@ -136,13 +136,10 @@ def live_parity(plan: Plan, graph: str, session: Session,
 
 def _open(plan: Plan, backend: str, threads: int, opener: Callable[..., Session]) -> Session:
     """opener(threads=threads); a backend whose sessions take no thread count runs with its own."""
-    try:
+    if "threads" in backend_named(backend).option_names():
         return opener(threads=threads)
-    except TypeError as exc:
-        if "threads" not in str(exc):
-            raise
-        plan.warnings.append(f"the {backend} backend takes no thread count; it ran with its own default")
-        return opener()
+    plan.warnings.append(f"the {backend} backend takes no thread count; it ran with its own default")
+    return opener()
 
 
 def peer_gate(plan: Plan, graph: str, precision: str) -> Gate:

@@ -418,7 +418,9 @@ def formats_command(
     show([{"task": t["name"], "inputs": ", ".join(t["inputs"]), "predict runs": t["cli_predict"],
            "summary": escape(t["summary"])} for t in facts["tasks"]], "tasks (--task)")
     show([{"backend": b["name"], "target (--to)": b["target"], "status": "ready" if b["runs_here"] else
-           escape(b["reason"] or "")} for b in facts["backends"]], "backends (--backend) and targets (--to)")
+           escape(b["reason"] or ""), "session options (vlmedge.load)": ", ".join(
+               o["name"] for o in b["session_options"]) or "none"} for b in facts["backends"]],
+         "backends (--backend) and targets (--to)")
     console.print(f"precisions (--precision): {', '.join(p['name'] for p in facts['precisions'])}", highlight=False)
     console.print(f"built-in models (builtin:NAME): {', '.join(facts['builtin_models']) or 'none'}", highlight=False)
     extra = facts["export"]

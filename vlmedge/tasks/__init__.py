@@ -21,7 +21,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
         decode_workers: threads that decode and preprocess the inputs of a list call while the
             model runs (None: min(4, CPUs); 1: serially); the pipeline's ``decode_workers``.
         cache: the compiled-model cache and the verified-file memo (vlmedge.load says more).
-        **options: backend session options, e.g. threads=4.
+        **options: the backend's session options, e.g. threads=4 (vlmedge.load says which).
     """
     from vlmedge.artifact import Artifact
     from vlmedge.preprocess.parallel import check_workers
