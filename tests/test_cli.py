@@ -102,3 +102,36 @@ def test_bad_input_image_is_an_error_not_a_traceback(vit_artifact, tmp_path):
 def test_bad_usage_exits_2():
     assert vlmedge_cli("predict").returncode == 2
     assert vlmedge_cli("export", "x", "--to").returncode == 2
+
+
+def test_threads_reach_the_backend_sessions_of_predict_bulk_and_serve(vit_artifact, tmp_path, monkeypatch):
+    """--threads of predict (one call, and bulk into Parquet) and serve's load_models reach the
+    session ONNX Runtime opens: every open_session vlmedge makes is watched (and run)."""
+    pytest.importorskip("pyarrow")
+    from typer.testing import CliRunner
+
+    import vlmedge.runtimes.select as select
+    from vlmedge.cli import app
+    from vlmedge.serve.app import load_models
+
+    opened: list[int | None] = []
+    real_open_session = select.open_session
+
+    def watched(path, **options):
+        session = real_open_session(path, **options)
+        opened.append(session._session.get_session_options().intra_op_num_threads)
+        return session
+
+    monkeypatch.setattr(select, "open_session", watched)
+    base = ["--backend", "onnxruntime", "--threads", "1"]
+    for args in ([], ["--out", str(tmp_path / "rows.parquet")]):
+        opened.clear()
+        result = CliRunner().invoke(app, ["predict", str(vit_artifact), str(SAMPLE), *base, *args])
+        assert result.exit_code == 0, result.output
+        assert opened == [1], args
+    opened.clear()
+    load_models([str(vit_artifact)], backend="onnxruntime", session_options={"threads": 1})
+    assert opened == [1]
+    opened.clear()
+    assert CliRunner().invoke(app, ["predict", str(vit_artifact), str(SAMPLE), "--backend", "onnxruntime"]).exit_code == 0
+    assert opened == [0]  # ONNX Runtime's own default

@@ -232,7 +232,7 @@ def test_the_cli_takes_decode_workers(encoder_artifact, photos, tmp_path):
 
     out = tmp_path / "cli.npy"
     result = CliRunner().invoke(app, ["embed", str(encoder_artifact), str(photos), "--out", str(out),
-                                      "--decode-workers", "2", "--batch-size", "5"])
+                                      "--decode-workers", "2", "--batch-size", "5", "--threads", "1"])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(out), load(encoder_artifact, 1).embed(good_images(photos)))
     refused = CliRunner().invoke(app, ["embed", str(encoder_artifact), str(photos), "--out", str(out),

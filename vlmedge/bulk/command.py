@@ -50,7 +50,8 @@ def check_decode_workers(engine: str, decode_workers: Optional[int]) -> None:
 def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str, address: Optional[str],
             batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
             precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console,
-            device: str = "cpu", decode_workers: Optional[int] = None) -> None:
+            device: str = "cpu", decode_workers: Optional[int] = None,
+            session_options: Optional[dict[str, Any]] = None) -> None:
     """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file."""
     check_decode_workers(engine, decode_workers)
     if out is None or out.suffix.lower() != ".parquet":
@@ -67,7 +68,8 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
         raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; pass them, "
                                  "e.g. --labels \"cat,dog,car\"", param_hint="--labels")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
-                   device=_device(device, gpus_per_worker), **{k: v for k, v in options.items() if k in takes})
+                   device=_device(device, gpus_per_worker), session_options=session_options,
+                   **{k: v for k, v in options.items() if k in takes})
     _run(job, artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, console, err_console,
          decode_workers)
 
@@ -75,7 +77,8 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
 def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, address: Optional[str],
           batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
           precision: Optional[str], pooling: Optional[str], normalize: bool, texts: list[str], console: Console,
-          err_console: Console, device: str = "cpu", decode_workers: Optional[int] = None) -> None:
+          err_console: Console, device: str = "cpu", decode_workers: Optional[int] = None,
+          session_options: Optional[dict[str, Any]] = None) -> None:
     """`vlmedge embed`: images (or CLIP captions from .txt/.csv/.parquet inputs, or --text)
     into a Parquet file, or into a .npy + .files.json. ``decode_workers``: the local engine's
     decode threads (None: min(4, CPUs); 1: serially)."""
@@ -107,14 +110,14 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
     elif not normalize:
         raise InputError("CLIP embeddings are always L2-normalised; drop --no-normalize.")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
-                   device=_device(device, gpus_per_worker), **options)
+                   device=_device(device, gpus_per_worker), session_options=session_options, **options)
     if bulk:
         if out.suffix.lower() not in (".parquet", ".npy"):
             out = out.with_name(out.name + ".npy")
         return _run(job, artifact, list(inputs or []), out, engine, address, batch_size, concurrency,
                     gpus_per_worker, console, err_console, decode_workers)
     text_job = (make_job(artifact, methods["text"].name, backend=backend, precision=precision,
-                         device=_device(device, gpus_per_worker)) if texts else None)
+                         device=_device(device, gpus_per_worker), session_options=session_options) if texts else None)
     _embed_to_npy(job, text_job, artifact, inputs, texts, out, batch_size, console, err_console, decode_workers)
 
 

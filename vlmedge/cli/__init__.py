@@ -240,6 +240,7 @@ def predict(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: the backend's, one per core)."),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
     from vlmedge.bulk import command as bulk
@@ -256,10 +257,11 @@ def predict(
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,
-                            decode_workers=decode_workers)
+                            decode_workers=decode_workers, session_options=formats.session_options(threads))
     from vlmedge.tasks import load
 
-    pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers)
+    pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers,
+                    **formats.session_options(threads))
     rows = ROWS[method.result](pipeline, method, list(inputs), **options)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -311,13 +313,15 @@ def embed(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: the backend's, one per core)."),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
     from vlmedge.bulk import command as bulk
 
     _check_run_options(backend, precision)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
-               pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers)
+               pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers,
+               session_options=formats.session_options(threads))
 
 
 @app.command(cls=_Command)

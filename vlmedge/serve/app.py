@@ -46,11 +46,12 @@ def named_artifacts(artifacts: Iterable[str | os.PathLike]) -> dict[str, str]:
 
 
 def load_models(artifacts: Iterable[str | os.PathLike], backend: str = "auto", precision: str | None = None,
-                device: str = "cpu") -> dict[str, Any]:
-    """Loads artifacts into pipelines named by their folder ("name=path" names one explicitly)."""
+                device: str = "cpu", session_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Loads artifacts into pipelines named by their folder ("name=path" names one explicitly);
+    session_options: the backend's (vlmedge.load's **options), e.g. {"threads": 2}."""
     from vlmedge.tasks import load
 
-    return {name: load(path, backend=backend, device=device, precision=precision)
+    return {name: load(path, backend=backend, device=device, precision=precision, **(session_options or {}))
             for name, path in named_artifacts(artifacts).items()}
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from vlmedge import formats
 from vlmedge.errors import BackendUnavailableError
 from vlmedge.serve.config import BatchConfig, Limits
 
@@ -54,6 +55,8 @@ def serve(
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray Serve application "
                                                          "on the Ray cluster of RAY_ADDRESS, else a local one)."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="With --engine ray: replicas per model."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads one model call runs on (the "
+                                          "backend's session option; default: the backend's, one per core)."),
 ) -> None:
     """Serve artifacts over HTTP: a web page at /, API docs at /docs, the API under /v1, the Open Inference
     Protocol v2 under /v2, OpenAI-compatible /v1/embeddings, /metrics, /healthz, /readyz, /openapi.json."""
@@ -61,15 +64,16 @@ def serve(
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                     max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s)
+    session = formats.session_options(threads)
     if engine == "ray":
-        return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas)
+        return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas, session)
     if engine != "local":
         raise BackendUnavailableError(f"Unknown engine '{engine}'; choose local or ray.")
     import uvicorn
 
     from vlmedge.serve.app import create_app, load_models
 
-    pipelines = load_models(artifacts, backend=backend, precision=precision, device=device)
+    pipelines = load_models(artifacts, backend=backend, precision=precision, device=device, session_options=session)
     app = create_app(pipelines, batch, limits)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -84,7 +88,7 @@ def serve(
 
 
 def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, precision: Optional[str], device: str,
-                  batch: BatchConfig, limits: Limits, replicas: int) -> None:
+                  batch: BatchConfig, limits: Limits, replicas: int, session: dict[str, Any]) -> None:
     """The same routes as a Ray Serve application; blocks until interrupted."""
     import os
 
@@ -106,4 +110,5 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
     typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
                f"(page: {url}/  docs: {url}/docs)")
     serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
-                    batch=batch, limits=limits), name="vlmedge", route_prefix="/", blocking=True)
+                    batch=batch, limits=limits, session_options=session), name="vlmedge", route_prefix="/",
+              blocking=True)

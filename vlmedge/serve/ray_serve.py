@@ -37,12 +37,13 @@ class ModelReplica:
     """One artifact's model in one Ray Serve replica."""
 
     def __init__(self, name: str, path: str, backend: str, precision: str | None, device: str,
-                 batch: BatchConfig) -> None:
+                 batch: BatchConfig, session_options: dict[str, Any] | None = None) -> None:
         from vlmedge.serve.models import serve_pipeline
         from vlmedge.serve.protocols.graph import batch_runner
         from vlmedge.tasks import load
 
-        self.served = serve_pipeline(name, load(path, backend=backend, precision=precision, device=device))
+        self.served = serve_pipeline(name, load(path, backend=backend, precision=precision, device=device,
+                                                **(session_options or {})))
         self._runner = batch_runner(self.served)
         self.run_batch.set_max_batch_size(batch.max_batch)
         self.run_batch.set_batch_wait_timeout_s(batch.max_delay_ms / 1000)
@@ -140,11 +141,11 @@ class Ingress:
     """The HTTP entry: the single-process server's app, with remote batchers."""
 
     def __init__(self, handles: dict[str, Any], paths: dict[str, str], backend: str, precision: str | None,
-                 device: str, batch: BatchConfig, limits: Limits) -> None:
+                 device: str, batch: BatchConfig, limits: Limits, session_options: dict[str, Any] | None = None) -> None:
         from vlmedge.serve.app import create_app
         from vlmedge.tasks import load
 
-        pipelines = {name: load(path, backend=backend, precision=precision, device=device)
+        pipelines = {name: load(path, backend=backend, precision=precision, device=device, **(session_options or {}))
                      for name, path in paths.items()}
         self._app = create_app(pipelines, batch, limits, batchers=lambda name, _: RemoteBatcher(name, handles[name]))
         state = self._app.state.vlmedge
@@ -157,9 +158,10 @@ class Ingress:
 
 def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precision: str | None = None,
           device: str = "cpu", batch: BatchConfig | None = None, limits: Limits | None = None,
-          replica_cpus: float = 1.0) -> Any:
+          replica_cpus: float = 1.0, session_options: dict[str, Any] | None = None) -> Any:
     """The Ray Serve application (serve.run it): an ingress and one deployment per artifact
-    ("name=path" names one), each with `replicas` replicas of `replica_cpus` CPUs."""
+    ("name=path" names one), each with `replicas` replicas of `replica_cpus` CPUs;
+    session_options: the backend's (vlmedge.load's **options), e.g. {"threads": 2}."""
     from vlmedge.serve.app import named_artifacts
 
     if replicas < 1:
@@ -172,7 +174,7 @@ def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precis
                                       max_ongoing_requests=max(2 * batch.max_batch, 8),
                                       max_queued_requests=batch.max_queue,
                                       ray_actor_options={"num_cpus": replica_cpus})
-        handles[name] = deployment.bind(name, path, backend, precision, device, batch)
+        handles[name] = deployment.bind(name, path, backend, precision, device, batch, session_options)
     ingress = serve.deployment(serve.ingress()(Ingress), name="ingress", ray_actor_options={"num_cpus": 0},
                                max_ongoing_requests=max(4 * batch.max_queue, 64))
-    return ingress.bind(handles, paths, backend, precision, device, batch, limits or Limits())
+    return ingress.bind(handles, paths, backend, precision, device, batch, limits or Limits(), session_options)
