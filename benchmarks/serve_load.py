@@ -5,6 +5,7 @@ server memory at several levels of concurrency, with dynamic batching and withou
     .venv/bin/python benchmarks/serve_load.py --seconds 20 --levels 8,32
     .venv/bin/python benchmarks/serve_load.py --protocol v2-binary --levels 1,2,8   # KServe V2, binary tensors
     .venv/bin/python benchmarks/serve_load.py --engine ray --replicas 2             # through Ray Serve
+    .venv/bin/python benchmarks/serve_load.py --threads 1                           # vlmedge serve --threads 1
 
 For each server configuration (--max-batch N, then --max-batch 1 as the baseline) it starts
 `vlmedge serve` in a subprocess on 127.0.0.1 at a free port, waits for /readyz, and runs
@@ -147,7 +148,7 @@ class Server:
     """`vlmedge serve` in a subprocess on 127.0.0.1:<free port> (engine "local" or "ray")."""
 
     def __init__(self, artifact: Path, name: str, max_batch: int, max_delay_ms: float, max_queue: int,
-                 engine: str = "local", replicas: int = 1) -> None:
+                 engine: str = "local", replicas: int = 1, threads: int | None = None) -> None:
         self.engine = engine
         # Ray Serve's proxy needs a fixed port: take a free one
         port = str(free_port()) if engine == "ray" else "0"
@@ -155,6 +156,8 @@ class Server:
                    "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--max-queue", str(max_queue)]
         if engine == "ray":
             command += ["--engine", "ray", "--replicas", str(replicas)]
+        if threads:
+            command += ["--threads", str(threads)]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray, never a cluster's
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local (one process) or ray (vlmedge serve --engine ray, a local Ray Serve)")
     parser.add_argument("--replicas", type=int, default=2, help="with --engine ray: replicas of the model")
+    parser.add_argument("--threads", type=int, help="vlmedge serve --threads (default: the backend's own)")
     parser.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/serve-load-<machine>"
                                                  "[-<protocol>][-ray<N>].json)")
     args = parser.parse_args(argv)
@@ -334,11 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     request = classify_request(name, args.image.read_bytes(), args.protocol)
     result = {"schema": "vlmedge-serve-load", "machine": describe().machine_name, "model": model_desc, "protocol": args.protocol,
               "engine": args.engine, **({"replicas": args.replicas} if args.engine == "ray" else {}),
+              "threads": args.threads,
               "artifact": str(artifact), "image": args.image.name, "seconds_per_level": args.seconds,
               "levels": levels, "load_average_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "python": platform.python_version(), "configs": []}
     for max_batch in (args.max_batch, args.baseline_max_batch):
-        server = Server(artifact, name, max_batch, args.max_delay_ms, args.max_queue, args.engine, args.replicas)
+        server = Server(artifact, name, max_batch, args.max_delay_ms, args.max_queue, args.engine, args.replicas,
+                        args.threads)
         try:
             asyncio.run(run_level(server.port, request, 4, 2.0, 10_000))  # warm-up, not recorded
             config = {"max_batch": max_batch, "max_delay_ms": args.max_delay_ms, "max_queue": args.max_queue,

@@ -86,10 +86,11 @@ class ModelSessions:
 def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = None, device: str = "cpu",
                **options: Any) -> Session:
     """Opens one model file of the artifact with the session options it was verified with
-    (caller's options win; they must be ones the backend takes: runtimes.base.Backend.options), after hashing it and its weights files against the manifest
-    (unless the artifact already did), and checks that the file's inputs and outputs are the
-    ones the manifest describes. ONNX Runtime checks that a file's external data stays inside
-    the artifact before it parses the file (a cache hit parses its own saved model instead).
+    (caller's options win; they must be ones the backend takes: runtimes.base.Backend.options),
+    after hashing it and its weights files against the manifest (unless the artifact already
+    did), and checks that the file's inputs and outputs are the ones the manifest describes.
+    ONNX Runtime checks that a file's external data stays inside the artifact before it
+    parses the file (a cache hit parses its own saved model instead).
 
     The backend's compiled form is cached (vlmedge.runtimes.cache) unless options has
     cache=False or VLMEDGE_NO_CACHE=1 is set; the key uses the manifest's file hashes.
