@@ -10,7 +10,8 @@ from typing import Any
 
 from vlmedge.artifact import Artifact
 from vlmedge.environment import cpu_flags, cpuinfo
-from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning, warn_caller
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, UnverifiedWarning, warn_caller
+from vlmedge.parity import PRECISIONS
 from vlmedge.runtimes.base import (BACKENDS, Session, backend_named, backend_of_target, check_session_options,
                                    open_session)
 from vlmedge.user_cache import cache_enabled
@@ -154,6 +155,9 @@ def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
         )
     if precision is None:
         precision = choose_precision(entries)
+    elif precision not in PRECISIONS:
+        raise InputError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}, or None for the "
+                         "fastest file that passed its parity gate.")
     sessions = {}
     for graph in artifact.manifest["graphs"]:
         chosen = [e for e in entries if e["graph"] == graph and e["precision"] == precision]

@@ -314,6 +314,24 @@ case("manifest-missing", r"has no manifest\.json; it is not a vlmedge artifact")
     lambda c: _load((lambda r: ((r / "manifest.json").unlink(), r)[1])(c.artifact())))
 case("artifact-not-a-folder", r"No artifact folder at")(lambda c: _load(c.work / "nothing-here"))
 
+# -- vlmedge.load's own arguments -----------------------------------------------------------------
+
+case("load-path-not-a-path", r"path must be an artifact folder \(a str or os\.PathLike\), not int")(
+    lambda c: vlmedge.load(5))
+case("load-device-none", r"device must be a name such as 'cpu', 'cuda' or 'GPU', not None")(
+    lambda c: vlmedge.load(c.vit_artifact, device=None))
+case("load-cache-a-string", r"cache must be True, False or None .*not 'no'")(
+    lambda c: vlmedge.load(c.vit_artifact, cache="no"))
+case("load-unknown-precision", r"Unknown precision 'int4'; choose one of fp32, fp16, bf16, int8, or None")(
+    lambda c: vlmedge.load(c.vit_artifact, precision="int4"))
+case("load-option-of-another-backend",
+     r"onnxruntime backend takes no session option 'performance_hint' \(an option of openvino\)")(
+    lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", performance_hint="throughput"))
+case("load-unknown-option", r"takes no session option 'intra_op_threads'; its options are threads, optimization")(
+    lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", intra_op_threads=2))
+case("load-threads-zero", r"threads must be a whole number of at least 1, not 0")(
+    lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", threads=0))
+
 
 def _symlinked_manifest(c: Ctx):
     root = c.artifact()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 from vlmedge.errors import UsageError
 
@@ -49,11 +49,6 @@ def check_backends(option: str, value: str | Iterable[str] | None, allowed: Iter
         if reason:
             raise BackendUnavailableError(reason)
     return chosen
-
-
-def session_options(threads: Optional[int]) -> dict[str, Any]:
-    """The backend session options the run commands' flags set (--threads of predict, embed, serve)."""
-    return {} if threads is None else {"threads": threads}
 
 
 def task_names() -> list[str]:

@@ -257,11 +257,11 @@ def predict(
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,
-                            decode_workers=decode_workers, session_options=formats.session_options(threads))
+                            decode_workers=decode_workers, session_options={"threads": threads} if threads else {})
     from vlmedge.tasks import load
 
     pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers,
-                    **formats.session_options(threads))
+                    **({"threads": threads} if threads else {}))
     rows = ROWS[method.result](pipeline, method, list(inputs), **options)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -321,7 +321,7 @@ def embed(
     _check_run_options(backend, precision)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
                pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers,
-               session_options=formats.session_options(threads))
+               session_options={"threads": threads} if threads else {})
 
 
 @app.command(cls=_Command)

@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 import typer
 
-from vlmedge import formats
 from vlmedge.errors import BackendUnavailableError
 from vlmedge.serve.config import BatchConfig, Limits
 
@@ -64,7 +63,7 @@ def serve(
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                     max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s)
-    session = formats.session_options(threads)
+    session = {"threads": threads} if threads else {}  # else the backend's own default
     if engine == "ray":
         return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas, session)
     if engine != "local":
