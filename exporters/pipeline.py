@@ -30,7 +30,7 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import ExportError, ParityError, VlmedgeError, exception_line
+from vlmedge.errors import ExportError, InputError, ParityError, VlmedgeError, exception_line
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
@@ -188,6 +188,10 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
     """
     from vlmedge.exporters.sources import resolve
 
+    if not isinstance(out, (str, os.PathLike)):
+        raise InputError(f"out must be the artifact folder to write (a str or os.PathLike), not {type(out).__name__}.")
+    if isinstance(calibration_size, bool) or not isinstance(calibration_size, int) or calibration_size < 1:
+        raise InputError(f"calibration_size must be a positive integer, not {calibration_size!r}.")
     plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
     plan.strict = strict
     started = time.perf_counter()

@@ -309,6 +309,15 @@ def test_bad_options_are_one_sentence_errors(vit_artifact):
         vlmedge.bench(vit_artifact, sweep=["precision"])
     with pytest.raises(InputError, match="rounds must be positive"):
         vlmedge.bench(vit_artifact, rounds=0)
+    with pytest.raises(InputError, match="batch sizes must be positive integers, not 1.5"):
+        vlmedge.bench(vit_artifact, batch_sizes=1.5)
+
+
+def test_a_list_option_may_be_given_one_value(vit_artifact):
+    """backends="onnxruntime" is that backend (it was iterated into 'o', 'n', 'n', ...), batch_sizes=2
+    that batch size (a TypeError before)."""
+    result = vlmedge.bench(vit_artifact, backends="onnxruntime", precisions="fp32", batch_sizes=2, **FAST)
+    assert [(row.backend, row.precision, row.batch_size) for row in result.rows] == [("onnxruntime", "fp32", 2)]
 
 
 def test_runs_torch_free_unless_torch_is_asked_for(vit_artifact):

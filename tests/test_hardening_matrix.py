@@ -329,6 +329,10 @@ case("load-option-of-another-backend",
     lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", performance_hint="throughput"))
 case("load-unknown-option", r"takes no session option 'intra_op_threads'; its options are threads, optimization")(
     lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", intra_op_threads=2))
+case("export-out-none", r"out must be the artifact folder to write \(a str or os\.PathLike\), not NoneType")(
+    lambda c: vlmedge.export(str(c.hf_vit), None))
+case("export-calibration-size-zero", r"calibration_size must be a positive integer, not 0")(
+    lambda c: vlmedge.export(str(c.hf_vit), c.work / "out", precision=["int8"], calibration_size=0))
 case("load-threads-zero", r"threads must be a whole number of at least 1, not 0")(
     lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", threads=0))
 

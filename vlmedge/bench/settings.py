@@ -42,6 +42,14 @@ def _positive(name: str, values: Sequence[Any]) -> list[int]:
     return sorted(dict.fromkeys(out))
 
 
+def _as_list(value: Any) -> list[Any] | None:
+    """A list option given one value (backends="onnxruntime", batch_sizes=8) as a list of it,
+    not iterated into characters or refused; None stays None (the default)."""
+    if value is None or isinstance(value, (str, numbers.Number)):
+        return None if value is None else [value]
+    return list(value)
+
+
 def _thread_grid(cores: int) -> list[int]:
     grid, n = [], 1
     while n < cores:
@@ -91,7 +99,8 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
         raise InputError(f"duration must be a positive number of seconds, not {duration!r}.")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise InputError(f"warmup must be a non-negative integer, not {warmup!r}.")
-    sweep = list(dict.fromkeys(sweep))
+    backends, precisions, batch_sizes = _as_list(backends), _as_list(precisions), _as_list(batch_sizes)
+    sweep = list(dict.fromkeys(_as_list(sweep)))
     if set(sweep) - set(SWEEPS):
         raise InputError(f"sweep takes 'threads' and/or 'batch', not {', '.join(sorted(set(sweep) - set(SWEEPS)))}.")
     if rounds is not None:
