@@ -422,6 +422,8 @@ def test_bad_inputs_are_input_errors(pipelines):
     for labels in (None, [], "cat,dog", ["cat", ""], ["cat", None]):
         with pytest.raises(InputError):
             clip.zero_shot(image, labels)
+    with pytest.raises(InputError, match=r"Label 'cat' is given twice \(labels 0 and 2\)"):
+        clip.zero_shot(image, ["cat", "dog", "cat"])
     with pytest.raises(InputError):
         clip.zero_shot(image, ["cat"], templates=["no placeholder"])
     with pytest.raises(InputError):

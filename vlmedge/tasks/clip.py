@@ -258,16 +258,22 @@ class Clip:
     @staticmethod
     def check_labels(labels: Any) -> list[str]:
         """The candidate labels of a zero-shot call as a list; raises InputError unless they
-        are a non-empty list of non-empty strings. Needs no model, so a bulk job is checked
-        before any worker starts."""
+        are a non-empty list of distinct non-empty strings (a label given twice would split
+        its score between the two). Needs no model, so a bulk job is checked before any
+        worker starts."""
         if isinstance(labels, str):
             raise InputError(f"labels must be a list of strings, not one string ({labels[:40]!r}); "
                              "e.g. labels=['cat', 'dog'].")
         if labels is None or not isinstance(labels, (list, tuple)) or not labels:
             raise InputError("Zero-shot needs a non-empty list of candidate labels, e.g. labels=['cat', 'dog'].")
+        first: dict[str, int] = {}
         for i, label in enumerate(labels):
             if not isinstance(label, str) or not label.strip():
                 raise InputError(f"Label {i} is {label!r}; every label must be a non-empty string.")
+            if label in first:
+                raise InputError(f"Label {label!r} is given twice (labels {first[label]} and {i}); give each candidate "
+                                 "once, or the two share its score.")
+            first[label] = i
         return list(labels)
 
     @staticmethod
