@@ -37,6 +37,7 @@ from vlmedge.exporters.reference import reference_outputs
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason
+from vlmedge.tasks.base import check_flag
 
 TARGETS = tuple(b.target for b in BACKENDS.values())
 # (target, precision) -> (module, function(writer, context) -> (relpath, files, session_options));
@@ -192,6 +193,7 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
         raise InputError(f"out must be the artifact folder to write (a str or os.PathLike), not {type(out).__name__}.")
     if isinstance(calibration_size, bool) or not isinstance(calibration_size, int) or calibration_size < 1:
         raise InputError(f"calibration_size must be a positive integer, not {calibration_size!r}.")
+    strict = check_flag("strict", strict)
     plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
     plan.strict = strict
     started = time.perf_counter()

@@ -333,6 +333,8 @@ case("export-out-none", r"out must be the artifact folder to write \(a str or os
     lambda c: vlmedge.export(str(c.hf_vit), None))
 case("export-calibration-size-zero", r"calibration_size must be a positive integer, not 0")(
     lambda c: vlmedge.export(str(c.hf_vit), c.work / "out", precision=["int8"], calibration_size=0))
+case("export-strict-a-string", r"strict must be True or False, not 'no'")(
+    lambda c: vlmedge.export(str(c.hf_vit), c.work / "out", strict="no"))
 case("load-threads-zero", r"threads must be a whole number of at least 1, not 0")(
     lambda c: vlmedge.load(c.vit_artifact, backend="onnxruntime", threads=0))
 

@@ -198,6 +198,12 @@ def test_unavailable_pooling_is_a_clear_error(exported):
         swin.embed(SAMPLES / "red-circle.jpg", pooling="cls")
     with pytest.raises(InputError, match="Unknown pooling"):
         swin.embed(SAMPLES / "red-circle.jpg", pooling="max")
+    with pytest.raises(InputError, match="normalize must be True or False, not 'no'"):  # a true string
+        swin.embed(SAMPLES / "red-circle.jpg", normalize="no")
+    from vlmedge.bulk.job import make_job
+
+    with pytest.raises(InputError, match="normalize must be True or False, not 'false'"):
+        make_job(exported("swin"), "embed", normalize="false")
 
 
 @pytest.mark.parametrize("family", ["dinov2", "dinov2-registers"])

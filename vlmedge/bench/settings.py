@@ -92,6 +92,9 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
     from vlmedge.parity import PRECISIONS
     from vlmedge.runtimes.base import BACKENDS
 
+    from vlmedge.tasks.base import check_flag
+
+    end_to_end, random_inputs = check_flag("end_to_end", end_to_end), check_flag("random_inputs", random_inputs)
     if iterations is not None and duration is not None:
         raise InputError("Give either iterations or duration, not both.")
     _positive("iterations", ([iterations] if iterations is not None else []) + [min_iterations])

@@ -106,14 +106,14 @@ def _checks(manifest: dict[str, Any], result: str) -> dict[str, Callable[[Any], 
     """Option name -> the pipeline's check of it, from the manifest alone."""
     from vlmedge.preprocess.audio import AudioPreprocessSpec
     from vlmedge.tasks.audio import AudioTagger
-    from vlmedge.tasks.base import check_threshold, check_top_k
+    from vlmedge.tasks.base import check_flag, check_threshold, check_top_k
     from vlmedge.tasks.clip import Clip
     from vlmedge.tasks.encoder import ImageEncoder
 
     return {
         "top_k": lambda v: check_top_k(v, allow_all=result == "tags"),
         "pooling": lambda v: ImageEncoder.check_pooling(manifest, v),
-        "normalize": bool,
+        "normalize": lambda v: check_flag("normalize", v),
         "labels": Clip.check_labels,
         "templates": Clip.check_templates,
         "threshold": check_threshold,

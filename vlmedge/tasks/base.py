@@ -42,6 +42,14 @@ def check_top_k(top_k: Any, allow_all: bool = False) -> int | None:
     return int(top_k)
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A yes/no option must be True or False: a string such as "no" is true to Python, so
+    it would silently do the opposite of what it says."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, not {value!r}.")
+    return bool(value)
+
+
 def check_threshold(threshold: Any) -> float | None:
     """A score from 0 to 1, or None for no threshold."""
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)

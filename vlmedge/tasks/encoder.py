@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import as_list, chunks, l2_normalize, pipeline_repr, pixel_batches
+from vlmedge.tasks.base import as_list, check_flag, chunks, l2_normalize, pipeline_repr, pixel_batches
 
 # pooling -> the model outputs it reads
 POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -134,6 +134,8 @@ class ImageEncoder:
     def _embed(self, run, pooling: str | None, normalize: bool, patch_tokens: bool):
         """Pooled (and normalised) embeddings of the outputs `run(names)` gives."""
         pooling = self.resolve_pooling(pooling)
+        normalize = check_flag("normalize", normalize)
+        patch_tokens = check_flag("patch_tokens", patch_tokens)
         names = list(POOLING_OUTPUTS[pooling])
         if patch_tokens and "patch_tokens" not in names:
             names = names + ["patch_tokens"]
