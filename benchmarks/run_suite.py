@@ -264,9 +264,17 @@ def export_with_fallback(folder: Path, out: Path, variants: list[tuple[str, str]
 def optimum_peer(folder: Path, work: Path, task: str, say) -> tuple[dict[str, Path], str | None]:
     """Optimum's files of the folder from benchmarks/optimum_peer.sh, as vlmedge.bench's peers
     ({"NAME[:PRECISION]": file}: the export, and its O2-optimised and int8 forms where Optimum
-    made them), and why any was not made."""
+    made them), and why any was not made. An earlier run's files are reused while the model
+    folder, the script and the task are unchanged (the export and quantization take ~30 s)."""
     out = work / "optimum-onnx"
     log = work / "optimum-peer.log"
+    record = work / "optimum-peer.json"
+    key = _peer_key(folder, task)
+    earlier = json.loads(record.read_text()) if record.is_file() else {}
+    if earlier.get("key") == key and all(Path(p).is_file() for p in earlier.get("peers", {}).values()):
+        say(f"optimum peer: {earlier['versions']}; reusing {', '.join(earlier['peers'])} from {record}")
+        return {name: Path(p) for name, p in earlier["peers"].items()}, earlier.get("skipped")
+    record.unlink(missing_ok=True)
     say("optimum peer: benchmarks/optimum_peer.sh (creates benchmarks/.optimum-venv on first use)")
     try:
         with open(log, "w") as f:
@@ -282,7 +290,21 @@ def optimum_peer(folder: Path, work: Path, task: str, say) -> tuple[dict[str, Pa
     say(f"optimum peer: {lines[0]}; {', '.join(peers)}")
     skipped = [line.split("skipped ", 1)[1] for line in log.read_text(errors="replace").splitlines()
                if line.startswith("optimum_peer: skipped ")]
-    return peers, "; ".join(skipped) or None
+    why = "; ".join(skipped) or None
+    files = {name: str(path.resolve()) for name, path in peers.items()}
+    record.write_text(json.dumps({"key": key, "versions": lines[0], "peers": files, "skipped": why}, indent=2) + "\n")
+    return peers, why
+
+
+def _peer_key(folder: Path, task: str) -> str:
+    """What Optimum's files depend on: the model folder's files (content of its config, size
+    and mtime of the rest), optimum_peer.sh itself and the task."""
+    digest = hashlib.sha256((HERE / "optimum_peer.sh").read_bytes() + task.encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        info = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{info.st_size}:{info.st_mtime_ns}".encode())
+    digest.update((folder / "config.json").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _fingerprint(folder: Path, variants: list[tuple[str, str]]) -> str:
