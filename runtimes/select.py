@@ -138,13 +138,26 @@ def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def resolve_backend(artifact: Artifact, backend: str, device: str) -> str:
+    """The backend open_model runs the artifact on: "auto" chosen (choose_backend), a name checked."""
+    if backend == "auto":
+        return choose_backend(artifact, device)
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"Unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}.")
+    return backend
+
+
+def check_load_options(artifact: Artifact, backend: str, device: str, options: dict[str, Any]) -> None:
+    """Checks, without opening anything, that the backend a load of the artifact would run on
+    takes these session options: for callers that load it later elsewhere (bulk workers,
+    Ray Serve replicas), so that a mistake is said before any of them starts."""
+    check_session_options(backend_named(resolve_backend(artifact, backend, device)), options)
+
+
 def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
                precision: str | None = None, **options: Any) -> ModelSessions:
     """Opens every graph of the artifact on one backend, device and precision."""
-    if backend == "auto":
-        backend = choose_backend(artifact, device)
-    elif backend not in BACKENDS:
-        raise BackendUnavailableError(f"Unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}.")
+    backend = resolve_backend(artifact, backend, device)
     target = backend_named(backend).target
     entries = artifact.model_entries(target=target)
     if not entries:

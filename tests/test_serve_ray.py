@@ -207,3 +207,13 @@ def test_cli_engine_errors_are_one_sentence(vit_artifact, args, words):
     result = subprocess.run([sys.executable, "-m", "vlmedge.cli", "serve", str(vit_artifact), *args],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr and words in result.stderr, result.stderr
+
+
+def test_a_session_option_the_backend_does_not_take_is_refused_before_any_replica_starts(vit_artifact):
+    from vlmedge.errors import InputError
+    from vlmedge.serve.ray_serve import build
+
+    with pytest.raises(InputError, match=r"onnxruntime backend takes no session option 'performance_hint'"):
+        build([str(vit_artifact)], backend="onnxruntime", session_options={"performance_hint": "throughput"})
+    with pytest.raises(InputError, match="replicas must be a whole number of at least 1, not 0"):
+        build([str(vit_artifact)], replicas=0)

@@ -82,11 +82,9 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
         refusal = image_embedding_refusal((manifest.get("postprocess") or {}).get("image_reduction"))
         if refusal:
             raise InputError(refusal)
-    from vlmedge.runtimes.base import backend_named, check_session_options
-    from vlmedge.runtimes.select import choose_backend
+    from vlmedge.runtimes.select import check_load_options
 
-    runs_on = choose_backend(art, device) if backend == "auto" else backend  # as each worker's load resolves it
-    check_session_options(backend_named(runs_on), session_options or {})
+    check_load_options(art, backend, device, session_options or {})
     checks = _checks(manifest, chosen.result)
     values = {name: checks[name]({**given, "top_k": top_k}[name]) for name in takes}
     tokenizer_json = None

@@ -205,12 +205,10 @@ class InferenceWorker(Predictor):
 
 def _backend_of(job: BulkJob, artifact: str | None) -> str:
     """The backend vlmedge.load will open ("auto" resolved as it resolves it)."""
-    if job.backend != "auto":
-        return job.backend
     from vlmedge.artifact import Artifact
-    from vlmedge.runtimes.select import choose_backend
+    from vlmedge.runtimes.select import resolve_backend
 
-    return choose_backend(Artifact.open(artifact or job.artifact, verify=False), job.device)
+    return resolve_backend(Artifact.open(artifact or job.artifact, verify=False), job.backend, job.device)
 
 
 def pack_artifact(folder: str | os.PathLike) -> bytes:

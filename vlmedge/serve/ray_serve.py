@@ -28,6 +28,7 @@ from typing import Any, Hashable
 
 from ray import serve
 
+from vlmedge.errors import InputError
 from vlmedge.serve.batcher import Timing
 from vlmedge.serve.config import BatchConfig, Limits
 from vlmedge.serve.problems import Problem, retry_after
@@ -162,12 +163,16 @@ def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precis
     """The Ray Serve application (serve.run it): an ingress and one deployment per artifact
     ("name=path" names one), each with `replicas` replicas of `replica_cpus` CPUs;
     session_options: the backend's (vlmedge.load's **options), e.g. {"threads": 2}."""
+    from vlmedge.artifact import Artifact
+    from vlmedge.runtimes.select import check_load_options
     from vlmedge.serve.app import named_artifacts
 
-    if replicas < 1:
-        raise ValueError("replicas must be at least 1.")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise InputError(f"replicas must be a whole number of at least 1, not {replicas!r}.")
     batch = batch or BatchConfig()
     paths = {name: str(path) for name, path in named_artifacts(artifacts).items()}
+    for path in paths.values():  # before any replica starts: each would fail on its own
+        check_load_options(Artifact.open(path, verify=False), backend, device, session_options or {})
     handles = {}
     for name, path in paths.items():
         deployment = serve.deployment(ModelReplica, name=f"model-{name}", num_replicas=replicas,
