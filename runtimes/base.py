@@ -129,6 +129,11 @@ class Session(ABC):
     # built for a range (TensorRT optimisation profiles); None: any batch.
     batch_range: tuple[int, int] | None = None
 
+    # Whether each item of a batch runs in a call of its own: set by the artifact for a file
+    # whose answer for one item would depend on the other items of its call (ONNX Runtime's
+    # dynamic int8 takes one activation scale per tensor, the whole batch's range).
+    one_item_per_call: bool = False
+
     def run(self, feeds: dict[str, np.ndarray], check: bool = True) -> dict[str, np.ndarray]:
         """Checks the feeds, then runs the model. A zero-length batch returns empty outputs
         of the right shapes and dtypes without calling the backend.
@@ -140,7 +145,20 @@ class Session(ABC):
             self.check_feeds(feeds)
         if self._is_empty_batch(feeds):
             return self._empty_outputs(feeds)
+        if self.one_item_per_call:
+            return self._run_items_alone(feeds)
         return self._run(feeds)
+
+    def _run_items_alone(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs each item of the batch alone and stacks the outputs, so that an item's answer
+        is the same whatever else shares its batch (inputs without a batch axis go whole)."""
+        batched = [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
+        items = feeds[batched[0]].shape[0] if batched else 1
+        if items <= 1:
+            return self._run(feeds)
+        parts = [self._run({name: value[k:k + 1] if name in batched else value for name, value in feeds.items()})
+                 for k in range(items)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -81,6 +81,34 @@ def test_int8_reports_its_recipe_and_calibration(every_variant):
     assert static and static[0]["calibration"]["source"] == "bundled samples + generated inputs"
 
 
+def test_a_dynamic_int8_file_answers_an_item_alike_whatever_shares_its_batch(every_variant, tmp_path):
+    """ONNX Runtime's dynamic int8 quantizes each call's activations with one scale, the whole
+    batch's range: batched with a louder item, the others' answers move. Such a file is
+    recorded to run each item alone, so a batch answers as its items do one by one, in the
+    parity gate as at load; the same file run batched does not."""
+    import vlmedge
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vlmedge.runtimes.base import open_session
+
+    entry = _variants(every_variant)["onnx", "int8"]
+    dynamic = entry["parity"]["quantization"]["method"] == "ort-dynamic"
+    assert entry.get("session_options", {}).get("one_item_per_call", False) == dynamic
+    path = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(every_variant / "onnx" / "model.fp32.onnx"), str(path), per_channel=True,
+                     weight_type=QuantType.QInt8)
+    batch = np.random.default_rng(3).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    batch[3] *= 8  # a louder batchmate
+    alone = np.concatenate([open_session(path).run({"pixel_values": batch[i:i + 1]})["logits"] for i in range(4)])
+    together = open_session(path).run({"pixel_values": batch})["logits"]
+    assert np.abs(together[:3] - alone[:3]).max() > 1e-3  # the effect this guards against
+    items_alone = open_session(path, one_item_per_call=True).run({"pixel_values": batch})["logits"]
+    np.testing.assert_array_equal(items_alone, alone)
+    if dynamic:  # the artifact's own int8 file, as load opens it
+        model = vlmedge.load(every_variant, backend="onnxruntime", precision="int8", cache=False).model
+        assert model.sessions["model"].one_item_per_call
+
+
 @needs_openvino
 def test_openvino_int8_fell_back_and_records_what_it_kept(every_variant):
     """NNCF's defaults miss the gate on this random model; the retry keeps the first and

@@ -27,7 +27,8 @@ from vlmedge.registry import TASKS
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Session options a model entry may carry to its backend (plain values only, no paths).
-MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "precision"})
+MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "precision",
+                                      "one_item_per_call"})
 
 
 def check_manifest_shape(manifest: Any, where: Path) -> None:
