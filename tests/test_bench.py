@@ -311,6 +311,8 @@ def test_bad_options_are_one_sentence_errors(vit_artifact):
         vlmedge.bench(vit_artifact, rounds=0)
     with pytest.raises(InputError, match="batch sizes must be positive integers, not 1.5"):
         vlmedge.bench(vit_artifact, batch_sizes=1.5)
+    with pytest.raises(InputError, match="Unknown backend 5; choose from"):
+        vlmedge.bench(vit_artifact, backends=5)
 
 
 def test_a_list_option_may_be_given_one_value(vit_artifact):

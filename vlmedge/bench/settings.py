@@ -61,7 +61,7 @@ def _thread_grid(cores: int) -> list[int]:
 def _known(kind: str, given: Sequence[str] | None, known: Sequence[str]) -> None:
     unknown = [x for x in given or () if x not in known]
     if unknown:
-        raise InputError(f"Unknown {kind} {', '.join(unknown)}; choose from {', '.join(known)}.")
+        raise InputError(f"Unknown {kind} {', '.join(map(str, unknown))}; choose from {', '.join(known)}.")
 
 
 def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
@@ -91,7 +91,6 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
     from vlmedge.environment import available_cores
     from vlmedge.parity import PRECISIONS
     from vlmedge.runtimes.base import BACKENDS
-
     from vlmedge.tasks.base import check_flag
 
     end_to_end, random_inputs = check_flag("end_to_end", end_to_end), check_flag("random_inputs", random_inputs)
