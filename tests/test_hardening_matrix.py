@@ -316,8 +316,10 @@ case("artifact-not-a-folder", r"No artifact folder at")(lambda c: _load(c.work /
 
 # -- vlmedge.load's own arguments -----------------------------------------------------------------
 
-case("load-path-not-a-path", r"path must be an artifact folder \(a str or os\.PathLike\), not int")(
+case("load-path-not-a-path", r"An artifact is a folder path \(a str or os\.PathLike\), not int")(
     lambda c: vlmedge.load(5))
+case("check-path-not-a-path", r"An artifact is a folder path \(a str or os\.PathLike\), not NoneType")(
+    lambda c: __import__("vlmedge.check", fromlist=["check_artifact"]).check_artifact(None))
 case("load-device-none", r"device must be a name such as 'cpu', 'cuda' or 'GPU', not None")(
     lambda c: vlmedge.load(c.vit_artifact, device=None))
 case("load-cache-a-string", r"cache must be True, False or None .*not 'no'")(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlmedge.errors import ArtifactError, ExportError
+from vlmedge.errors import ArtifactError, ExportError, InputError
 from vlmedge.manifest import MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
 
@@ -86,6 +86,8 @@ class Artifact:
         verify_model(), before a backend reads one: a load reads one precision of one target,
         and hashing the others (most of a fp32 + int8, ONNX + OpenVINO artifact's bytes) would
         make up most of a cold load's time."""
+        if not isinstance(path, (str, os.PathLike)):  # load, check, bench, bulk and serve all come here first
+            raise InputError(f"An artifact is a folder path (a str or os.PathLike), not {type(path).__name__}.")
         root = Path(path)
         if not root.is_dir():
             raise ArtifactError(f"No artifact folder at {root}; pass the folder that `vlmedge export -o` wrote.")

@@ -28,7 +28,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
     from vlmedge.runtimes.select import open_model
     from vlmedge.registry import task_named
 
-    _check_load_arguments(path, device, cache)
+    _check_load_arguments(device, cache)
     workers = None if decode_workers is None else check_workers(decode_workers)
     artifact = Artifact.open(path, cache=cache, defer_models=True)  # open_model verifies the files it opens
     task = task_named(artifact.task, f"Artifact {path}")
@@ -38,13 +38,12 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
     return pipeline
 
 
-def _check_load_arguments(path: Any, device: Any, cache: Any) -> None:
-    """The arguments whose wrong type would otherwise surface as a TypeError deep inside, or,
-    for cache="no" (a true string), silently as its opposite."""
+def _check_load_arguments(device: Any, cache: Any) -> None:
+    """The arguments whose wrong type would otherwise surface as an AttributeError deep
+    inside, or, for cache="no" (a true string), silently as its opposite (Artifact.open checks
+    the path)."""
     from vlmedge.errors import InputError
 
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"path must be an artifact folder (a str or os.PathLike), not {type(path).__name__}.")
     if not isinstance(device, str) or not device.strip():
         raise InputError(f"device must be a name such as 'cpu', 'cuda' or 'GPU', not {device!r}.")
     if cache is not None and not isinstance(cache, bool):
