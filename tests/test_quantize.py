@@ -547,6 +547,10 @@ def test_cli_exports_every_precision_then_info_lists_and_check_reverifies(tmp_pa
     assert all(e["parity"]["passed"] and e["parity"]["samples"] > 0 for e in models.values())
     listing = cli("info", str(out)).stdout
     assert all(Path(path).name in listing for path in expected)
+    # the options each file runs with: OpenVINO's verified precision, ONNX Runtime dynamic int8's item at a time
+    assert "inference_precision=fp32" in listing
+    dynamic = models["onnx/model.int8.onnx"]["parity"]["quantization"]["method"] == "ort-dynamic"
+    assert ("one_item_per_call=True" in listing) == dynamic
     checked = cli("check", str(out), "--json")
     assert checked.returncode == 0, checked.stderr
     reports = json.loads(checked.stdout)

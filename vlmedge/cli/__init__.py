@@ -348,7 +348,9 @@ def info(
         say(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
     show([{"path": escape(e["path"]), "role": e["role"], "target": e.get("target", ""),
            "precision": e.get("precision", ""), "size": f"{e['size'] / 1e6:.2f} MB", "parity": _parity_cell(e.get("parity")),
-           "speed (export machine)": _speed_cell(e.get("parity"))} for e in art.files], "files", right=("size",))
+           "speed (export machine)": _speed_cell(e.get("parity")),
+           "runs with": escape(", ".join(f"{k}={v}" for k, v in (e.get("session_options") or {}).items()))}
+          for e in art.files], "files", right=("size",))
     for entry in m.get("export", {}).get("dropped", []):
         console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']} (missed its gate): "
                       f"{escape(entry['reason'])}", highlight=False)
