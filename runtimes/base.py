@@ -268,11 +268,15 @@ def unavailable_reason(backend: Backend) -> str | None:
     return None
 
 
-def open_session(model_path: str | Path, backend: str = "onnxruntime", device: str = "cpu", **options: Any) -> Session:
-    """Opens a model file on a backend; the backend's package is imported only now."""
+def open_session(model_path: str | Path, backend: str = "onnxruntime", device: str = "cpu",
+                 one_item_per_call: bool = False, **options: Any) -> Session:
+    """Opens a model file on a backend; the backend's package is imported only now.
+    one_item_per_call: Session.one_item_per_call, whatever the backend (an artifact's say)."""
     chosen = backend_named(backend)
     reason = unavailable_reason(chosen)
     if reason:
         raise BackendUnavailableError(reason)
     module = importlib.import_module(chosen.module)
-    return module.open_session(Path(model_path), device=device, **options)
+    session = module.open_session(Path(model_path), device=device, **options)
+    session.one_item_per_call = bool(one_item_per_call)
+    return session

@@ -78,7 +78,7 @@ class OnnxRuntimeSession(Session):
 
     def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None,
                  optimization: str = "all", cache: bool = False, model_digest: str | None = None,
-                 data_root: Path | None = None, one_item_per_call: bool = False) -> None:
+                 data_root: Path | None = None) -> None:
         if device not in PROVIDERS:
             raise BackendUnavailableError(
                 f"ONNX Runtime has no device '{device}'; choose one of {', '.join(PROVIDERS)}."
@@ -115,7 +115,6 @@ class OnnxRuntimeSession(Session):
         self.cache_status = entry.status if entry is not None else "off"
         self.cache_path = entry.folder if entry is not None else None
         self.device = device
-        self.one_item_per_call = bool(one_item_per_call)  # the artifact's say (Session.one_item_per_call)
         # Report what actually runs the model: a silent fallback to CPU is the complaint users have most.
         self.provider = self._session.get_providers()[0]
         if self.provider != wanted[0]:

@@ -292,7 +292,7 @@ def test_the_declared_session_options_are_those_the_sessions_take():
     from vlmedge.runtimes import openvino as ov_runtime
     from vlmedge.runtimes.base import BACKENDS
 
-    vlmedge_own = {"self", "model_path", "device", "cache", "model_digest", "data_root", "one_item_per_call"}
+    vlmedge_own = {"self", "model_path", "device", "cache", "model_digest", "data_root"}
     for name, session_class in (("onnxruntime", ort_runtime.OnnxRuntimeSession),
                                 ("openvino", ov_runtime.OpenVinoSession)):
         taken = set(inspect.signature(session_class.__init__).parameters) - vlmedge_own

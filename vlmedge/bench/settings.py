@@ -65,10 +65,10 @@ def _known(kind: str, given: Sequence[str] | None, known: Sequence[str]) -> None
 
 
 def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
-    """(name, precision, file) of each peer given as {"NAME[:PRECISION]": FILE.onnx}: an int8
-    or fp16 file exported by another tool says so after a colon, so that its parity is judged
-    by that precision's gate and its roofline against that precision's peak (fp32 when not
-    said)."""
+    """(name, precision, file) of each peer given as {"NAME[:PRECISION]": FILE} (an .onnx file
+    or an OpenVINO .xml): an int8 or fp16 file exported by another tool says so after a colon,
+    so that its parity is judged by that precision's gate and its roofline against that
+    precision's peak (fp32 when not said)."""
     from vlmedge.parity import PRECISIONS
 
     found = []

@@ -49,9 +49,8 @@ def round_robin(calls: list[Callable[[], Any]], rounds: int, iterations: int | N
                 min_iterations: int) -> list[list[int] | Exception]:
     """Each call's timed samples (or the exception that stopped it), taken in `rounds` rounds
     that visit every call in turn, a round's share of the iterations (rounded up) or of the
-    duration each, after
-    one untimed call that warms the caches the others used: a machine whose speed drifts
-    then slows every call alike, so the ratios between them hold."""
+    duration each, after one untimed call that warms the caches the others used: a machine
+    whose speed drifts then slows every call alike, so the ratios between them hold."""
     per_round = (lambda total: -(-total // rounds))  # ceil
     results: list[list[int] | Exception] = [[] for _ in calls]
     for _ in range(rounds):
