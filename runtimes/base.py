@@ -32,6 +32,7 @@ class Backend:
     package: str       # the Python package it imports
     extra: str         # the pip requirement that brings the package
     module: str | None  # the vlmedge module implementing it; None: no runtime in this vlmedge yet
+    file_suffix: str   # the suffix of the model files it reads ("model.fp32.onnx": ".onnx")
     needs: str = ""    # hardware beyond a CPU, said when it is chosen
     options: tuple[SessionOption, ...] = ()  # what a caller may set on its sessions
 
@@ -46,19 +47,24 @@ _THREADS = SessionOption("threads", "the threads one call runs on (default: the 
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("onnxruntime", "onnx", "onnxruntime", "vlmedge", "vlmedge.runtimes.onnxruntime", options=(
+    Backend("onnxruntime", "onnx", "onnxruntime", "vlmedge", "vlmedge.runtimes.onnxruntime", ".onnx", options=(
         _THREADS,
         SessionOption("optimization", "ONNX Runtime's graph optimisation level: all (default), basic or none"),
     )),
-    Backend("openvino", "openvino", "openvino", "vlmedge[openvino]", "vlmedge.runtimes.openvino", options=(
+    Backend("openvino", "openvino", "openvino", "vlmedge[openvino]", "vlmedge.runtimes.openvino", ".xml", options=(
         _THREADS,
         SessionOption("performance_hint", "latency (default), throughput or cumulative_throughput"),
         SessionOption("inference_precision", "fp32, bf16 or fp16: what the float parts compute in (default: what "
                                              "the file's parity gate verified)"),
     )),
     # Kept so that artifacts and the CLI can name it; selecting it says what it needs.
-    Backend("tensorrt", "tensorrt", "tensorrt", "vlmedge[tensorrt]", None, needs="an NVIDIA GPU with CUDA"),
+    Backend("tensorrt", "tensorrt", "tensorrt", "vlmedge[tensorrt]", None, ".plan", needs="an NVIDIA GPU with CUDA"),
 )}
+
+
+def backend_for_file(path: Path) -> Backend | None:
+    """The backend that reads a model file with this suffix (an IR .xml: OpenVINO), or None."""
+    return next((b for b in BACKENDS.values() if b.file_suffix == path.suffix), None)
 
 
 def backend_named(name: str) -> Backend:

@@ -19,7 +19,7 @@ import numpy as np
 import openvino as ov
 
 from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
-from vlmedge.runtimes.base import Session, TensorInfo
+from vlmedge.runtimes.base import Session, TensorInfo, backend_named
 from vlmedge.runtimes.cache import CacheEntry, files_digest
 from vlmedge.runtimes.cache import cache_entry
 from vlmedge.runtimes.mapped import MappedFile
@@ -119,8 +119,9 @@ class OpenVinoSession(Session):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         model_path = Path(model_path)
-        if model_path.suffix != ".xml":
-            raise BackendUnavailableError(f"The OpenVINO backend reads IR .xml files, not {model_path.name}.")
+        suffix = backend_named(self.backend).file_suffix
+        if model_path.suffix != suffix:
+            raise BackendUnavailableError(f"The OpenVINO backend reads IR {suffix} files, not {model_path.name}.")
         # Each vlmedge entry, keyed by the files' content, is a CACHE_DIR of its own holding
         # one blob: OpenVINO writes it while compiling, and a hit imports it without asking
         # OpenVINO to look it up (its lookup hashes the whole model, or keys a file by path).

@@ -248,6 +248,13 @@ def test_peer_with_an_unknown_precision_is_refused_before_measuring(vit_artifact
         vlmedge.bench(vit_artifact, peers={name: vit_artifact / "onnx" / "model.fp32.onnx"}, **FAST)
 
 
+def test_peer_file_no_backend_reads_is_refused_before_measuring(vit_artifact, tmp_path):
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(InputError, match=r"a \.onnx file \(onnxruntime\) or a \.xml file \(openvino\)"):
+        vlmedge.bench(vit_artifact, peers={"weights": weights}, **FAST)
+
+
 def _two_graph_artifact(folder: Path) -> Path:
     """A CLIP-shaped artifact ("image" and "text" graphs) built from two tiny ONNX graphs."""
     onnx = pytest.importorskip("onnx")

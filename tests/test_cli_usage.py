@@ -66,6 +66,7 @@ def test_shell_completion_script():
     (["bench", "ART", "--sweep", "memory"], "threads, batch"),
     (["bench", "ART", "--metric", "p42_ms"], "p50_ms"),
     (["bench", "ART", "--peer", "other:int4=other.onnx"], "fp32, fp16, bf16, int8"),
+    (["bench", "ART", "--peer", "other=other.bin"], "a .onnx file (onnxruntime) or a .xml file (openvino)"),
     (["bench", "ART", "--rounds", "0"], "--rounds"),
 ])
 def test_bad_values_are_usage_errors_naming_the_valid_ones(args, named, tmp_path):

@@ -18,7 +18,7 @@ from vlmedge.bench.result import Latency, Parity, Row, Skip
 from vlmedge.bench.timing import Baseline, first_call, round_robin, timed_samples
 from vlmedge.errors import exception_line
 from vlmedge.parity import GATES, Gate, parity_report, recorded_gate, run_in_batches
-from vlmedge.runtimes.base import BACKENDS, Session, backend_named, open_session, unavailable_reason
+from vlmedge.runtimes.base import BACKENDS, Session, backend_for_file, backend_named, open_session, unavailable_reason
 from vlmedge.runtimes.select import ModelSessions, open_entry
 
 
@@ -236,7 +236,7 @@ def measure_peer(plan: Plan, name: str, path: Path, threads: int, precision: str
     Runtime, an OpenVINO IR (.xml) on OpenVINO in the precision it is said to be (an int8 IR
     with its float parts in OpenVINO's default); its parity judged by that precision's gate
     (peer_gate)."""
-    backend = "openvino" if path.suffix == ".xml" else "onnxruntime"
+    backend = backend_for_file(path).name  # peer_files let only files a runnable backend reads through
     if plan.settings.mode == "end-to-end":
         return skip(plan, backend, f"peer {name} is timed model-only; end-to-end runs artifact pipelines")
     if not path.is_file():

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from vlmedge.bench.peak import MachinePeaks, machine_peaks
 from vlmedge.bench.result import BASELINE, Roofline, Row
 from vlmedge.errors import VlmedgeError, exception_line
+from vlmedge.runtimes.base import backend_for_file
 
 if TYPE_CHECKING:
     from vlmedge.bench.plan import Plan
@@ -317,11 +318,11 @@ def _count_file(plan: Plan, row: Row) -> tuple[Path, str] | str:
         candidates = [plan.artifact.path_of(e) for e in entries] + own + [
             plan.artifact.path_of(e) for e in plan.artifact.model_entries(graph=row.graph, target="openvino",
                                                                           precision="fp32")]
-    for path in candidates:
-        kind = "openvino" if path.suffix == ".xml" else "onnx"
-        if have[kind] and path.suffix in (".xml", ".onnx"):
+    kinds = [(path, getattr(backend_for_file(path), "target", None)) for path in candidates]
+    for path, kind in kinds:
+        if have.get(kind):
             return path, kind
-    if any(p.suffix == ".onnx" for p in candidates) and not have["onnx"]:
+    if any(kind == "onnx" for _, kind in kinds) and not have["onnx"]:
         return "the onnx package counts operations and is not installed (pip install onnx)"
     return "no ONNX or OpenVINO file of this graph to count operations from"
 

@@ -70,6 +70,7 @@ def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
     so that its parity is judged by that precision's gate and its roofline against that
     precision's peak (fp32 when not said)."""
     from vlmedge.parity import PRECISIONS
+    from vlmedge.runtimes.base import BACKENDS, backend_for_file
 
     found = []
     for key, path in (peers or {}).items():
@@ -77,6 +78,10 @@ def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
         if not name or precision not in PRECISIONS:
             raise InputError(f"A peer is named NAME or NAME:PRECISION with a precision of {', '.join(PRECISIONS)}, "
                              f"not {key!r}.")
+        readers = [b for b in BACKENDS.values() if b.module]
+        if backend_for_file(Path(path)) not in readers:
+            raise InputError(f"Peer {name}'s file {path} is not a model file bench can run; give "
+                             f"{' or '.join(f'a {b.file_suffix} file ({b.name})' for b in readers)}.")
         found.append((name, precision, Path(path)))
     return found
 
