@@ -5,14 +5,18 @@ answers 503 with Retry-After; limits and timeouts answer 4xx JSON; the CLI serve
 from __future__ import annotations
 
 import base64
+import gzip
 import io
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -328,6 +332,8 @@ def test_limits_answer_4xx_json(artifacts, tmp_path):
     Image.new("RGB", (200, 160), "red").save(big, format="PNG")
     two_seconds = io.BytesIO()
     sf.write(two_seconds, np.zeros(32000, np.float32), 16000, format="WAV")
+    one_second = io.BytesIO()
+    sf.write(one_second, np.zeros(15000, np.float32), 16000, format="WAV")
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(noise, format="PNG")
     with running(create_app(pipelines, limits=limits, warm_up=False)) as url:
@@ -341,6 +347,21 @@ def test_limits_answer_4xx_json(artifacts, tmp_path):
              "text_too_long"),
             (post("/v1/models/clip/zero-shot", json={"images": [b64(IMAGES[0])], "labels": list("abcd")}), 422,
              "too_many_labels"),
+            (post("/v1/models/vit/classify", files=files("images", IMAGES[:3])), 422, "too_many_inputs"),
+            (post("/v1/models/vit/classify", content=b"[" * 100_000 + b"]" * 100_000, headers=JSON), 400,
+             "invalid_json"),  # nested too deep for Python's parser
+            # beyond the decoder's own limit: refused from the header as too large, not as unreadable
+            (post("/v1/models/vit/classify", files=[("images", ("bomb.png", png_header(20_000, 20_000)))]), 413,
+             "image_too_large"),
+            # clips within the duration limit, cut by a tiny hop into more windows than a request may make
+            (post("/v1/models/ast/tag", files=[("audio", ("1s.wav", one_second.getvalue()))],
+                  data={"window_hop": "0.01"}), 413, "too_many_windows"),
+            (post("/v1/models/vit/classify", content=gzip.compress(b"\0" * 1_000_000),
+                  headers={**JSON, "content-encoding": "gzip"}), 413, "body_too_large"),  # a small gzip bomb
+            (post("/v1/models/vit/classify", content=b"{}", headers={**JSON, "content-encoding": "br"}), 415,
+             "unsupported_encoding"),
+            (post("/v1/models/ast/tag", files=[("audio", ("1s.wav", one_second.getvalue()))],
+                  data={"timeout_ms": "1"}), 408, "timeout"),
         ]
         for response, status, code in cases:
             assert response.status_code == status, (status, code, response.text)
@@ -355,25 +376,63 @@ def test_limits_answer_4xx_json(artifacts, tmp_path):
             reply = reply.decode()
         assert reply.startswith("HTTP/1.1 408") and '"body_timeout"' in reply
         assert httpx.get(f"{url}/healthz").status_code == 200
+        # a compressed body is read as the plain one
+        plain = post("/v1/models/vit/classify", json={"images": [b64(IMAGES[0])]}).json()["results"]
+        packed = gzip.compress(json.dumps({"images": [b64(IMAGES[0])]}).encode())
+        assert post("/v1/models/vit/classify", content=packed,
+                    headers={**JSON, "content-encoding": "gzip"}).json()["results"] == plain
+
+
+JSON = {"content-type": "application/json"}
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares this size and holds no pixels: enough for a header check."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+
+
+def test_server_settings_are_checked_before_serving(vit_artifact):
+    from vlmedge.errors import UsageError
+    from vlmedge.preprocess.image import MAX_IMAGE_PIXELS
+    from vlmedge.serve.app import named_artifacts
+    from vlmedge.serve.command import bind
+
+    with pytest.raises(UsageError, match="letters, digits"):
+        named_artifacts([f"a/b={vit_artifact}"])  # a name no URL can reach
+    with pytest.raises(UsageError, match=f"from 1 to {MAX_IMAGE_PIXELS:,}"):
+        Limits(max_image_pixels=MAX_IMAGE_PIXELS + 1)  # more than the decoder takes
+    with pytest.raises(vlmedge.VlmedgeError, match="--host"):
+        bind("999.1.1.1", 0)
+
+
+def _cli_server(*args: str) -> tuple[subprocess.Popen, str]:
+    """`vlmedge serve ARGS --port 0` in a process of its own, and its URL once it prints it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "serve", *args, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = None
+    deadline = time.monotonic() + 90
+    lines = []
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("serving "):
+            url = line.split(" on ", 1)[1].split()[0]
+    if not (url and url.startswith("http://127.0.0.1:")):
+        proc.kill()
+        pytest.fail("".join(lines) + proc.communicate()[0])
+    return proc, url
 
 
 def test_cli_serve_runs_and_stops(vit_artifact):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "serve", str(vit_artifact),
-                             f"shapes={vit_artifact}", "--port", "0", "--max-batch", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc, url = _cli_server(str(vit_artifact), f"shapes={vit_artifact}", "--max-batch", "4")
     try:
-        url = None
-        deadline = time.monotonic() + 90
-        lines = []
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("serving "):
-                url = line.split(" on ", 1)[1].split()[0]
-        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="readiness")
         names = [m["name"] for m in httpx.get(f"{url}/v1/models").json()["models"]]
         assert names == ["shapes", "vit"]
@@ -385,6 +444,32 @@ def test_cli_serve_runs_and_stops(vit_artifact):
     # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped
     assert proc.returncode in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in rest, rest
+
+
+def test_requests_running_when_the_shutdown_grace_ends_are_answered_503_json(artifacts):
+    """On SIGTERM requests in flight have --shutdown-grace-s to finish; those still running
+    then get a JSON 503 saying the server is shutting down, not a bare 500."""
+    import soundfile as sf
+
+    clip = io.BytesIO()
+    sf.write(clip, np.random.default_rng(0).standard_normal(16000 * 60).astype(np.float32), 16000, format="WAV")
+    proc, url = _cli_server(str(artifacts["ast"]), "--max-batch", "1", "--shutdown-grace-s", "0")
+    try:
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="readiness")
+        with ThreadPoolExecutor(3) as pool:
+            sent = [pool.submit(httpx.post, f"{url}/v1/models/ast/tag", files=[("audio", ("a.wav", clip.getvalue()))] * 8,
+                                timeout=120) for _ in range(3)]
+            wait_for(lambda: metric(httpx.get(f"{url}/metrics").text, "vlmedge_requests_in_flight") >= 3,
+                     what="three requests in flight")
+            proc.terminate()
+            answers = [f.result() for f in sent]
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=60)
+    assert "Traceback" not in rest, rest
+    codes = [(a.status_code, a.json()["error"]["code"] if a.status_code != 200 else "") for a in answers]
+    assert set(codes) <= {(200, ""), (503, "shutting_down")} and (503, "shutting_down") in codes, codes
+    assert all(a.headers["retry-after"] for a in answers if a.status_code == 503)
 
 
 def test_cli_serve_errors_are_one_sentence(tmp_path):

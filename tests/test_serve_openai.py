@@ -110,6 +110,10 @@ def test_bad_requests_are_openai_errors(client, server):
     refused(openai.BadRequestError, 400, "not a readable image", model="dino",
             input=base64.b64encode(b"not an image").decode())
     refused(openai.BadRequestError, 400, "token arrays", model="clip", input=[[1, 2, 3]])
+    # a bad item is named by its place in `input`, not in the captions or images it was sorted into
+    refused(openai.BadRequestError, 400, "input[2] is not a readable image", model="clip",
+            input=["a caption", "another", "data:image/png;base64," + base64.b64encode(b"not an image").decode()])
+    refused(openai.BadRequestError, 400, "input[2] has", model="clip", input=[data_url(IMAGES[0]), "short", "x" * 1200])
     refused(openai.BadRequestError, 400, "dimensions", model="clip", input="x", dimensions=3)
     refused(openai.BadRequestError, 400, "limit is 8", model="clip", input=["x"] * 9)
     refused(openai.APIStatusError, 413, "limit", model="clip", input="x" * (LIMIT + 10))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -17,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from vlmedge.errors import ArtifactError
+from vlmedge.errors import ArtifactError, UsageError
 from vlmedge.serve.batcher import DynamicBatcher
 from vlmedge.serve.config import BatchConfig, Limits
-from vlmedge.serve.handling import error_response, in_thread, instrumented, off_loop, read_body, submit
+from vlmedge.serve.handling import error_response, instrumented, off_loop, prepare_in_time, read_body, submit
 from vlmedge.serve.inputs import check_limits, parse_json, parse_multipart
 from vlmedge.serve.metrics import Metrics
 from vlmedge.serve.models import ServedModel, serve_pipeline
@@ -28,8 +29,11 @@ from vlmedge.serve.openapi import build_openapi
 from vlmedge.serve.problems import Problem, retry_after
 from vlmedge.serve.protocols import routes as protocol_routes
 from vlmedge.serve.protocols.graph import batch_runner
+from vlmedge.serve.protocols.v2 import error as v2_error
 
 log = logging.getLogger("vlmedge.serve")
+# what a model's name may be: one URL path segment that needs no escaping
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def named_artifacts(artifacts: Iterable[str | os.PathLike]) -> dict[str, str]:
@@ -39,6 +43,9 @@ def named_artifacts(artifacts: Iterable[str | os.PathLike]) -> dict[str, str]:
         text = os.fspath(item)
         name, _, path = text.partition("=") if "=" in text and not Path(text).exists() else ("", "", text)
         name = name or Path(path).resolve().name
+        if not SERVED_NAME.fullmatch(name):
+            raise UsageError(f"'{name}' cannot name a served model: a name is part of every URL, so it is letters, "
+                             f"digits, '.', '_' and '-', starting with a letter or digit; name it, e.g. model={path}.")
         if name in named:
             raise ArtifactError(f"Two artifacts are named '{name}'; name one explicitly, e.g. other-{name}={path}.")
         named[name] = path
@@ -79,9 +86,11 @@ class _State:
         return self.models[name]
 
 
-async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint: Any, limits: Limits) -> Any:
+async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint: Any, state: Any,
+                   started: float) -> Any:
     """Body -> checked inputs (parsed on the loop for small bodies) -> the model's job, whose
     files are decoded and preprocessed in this request's own thread, not in the batch."""
+    limits = state.limits
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         def from_json() -> Any:
@@ -100,6 +109,10 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
                                                             max_part_size=limits.max_body_bytes) as form:
                 inputs = await parse_multipart(form, endpoint.name, endpoint.fields)
         except HTTPException as exc:  # the multipart parser's own limits and syntax errors
+            if str(exc.detail).startswith("Too many files"):  # Starlette's words for max_files
+                raise Problem(422, "too_many_inputs", f"The request has more than {limits.max_inputs} files; the "
+                                                      f"limit is {limits.max_inputs} inputs per request. Split it "
+                                                      "into several requests.") from None
             raise Problem(400, "invalid_multipart",
                           f"The multipart body could not be read: {exc.detail}") from None
         check_limits(inputs, limits)
@@ -107,7 +120,8 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
         raise Problem(415, "unsupported_media_type",
                       f"Content-Type {content_type or '(none)'} is not supported; send application/json "
                       "(base64 files) or multipart/form-data (file uploads).")
-    return inputs, await in_thread(served.prepare, endpoint, inputs, limits)
+    return inputs, await prepare_in_time(state, started, inputs.options.get("timeout_ms"), served.prepare, endpoint,
+                                         inputs, limits)
 
 
 def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limits: Limits | None = None,
@@ -176,7 +190,7 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
                                                    f"it serves: {', '.join(served.endpoints)}.")
         limits = state.limits
         body = await read_body(request, limits)
-        inputs, job = await _prepare(request, body, served, endpoint, limits)
+        inputs, job = await _prepare(request, body, served, endpoint, state, started)
         result, timing = await submit(state, name, job, started, inputs.options.get("timeout_ms"))
         total = (time.perf_counter() - started) * 1000
         return {"model": name, **result, "inputs": job.inputs,
@@ -215,11 +229,17 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
         detail = getattr(exc, "detail", None) or "error"
         message = (f"No route for {request.method} {request.url.path}; see GET /openapi.json." if status == 404
                    else f"{request.method} is not allowed on {request.url.path}." if status == 405 else str(detail))
-        return error_response(Problem(status, code, message, dict(getattr(exc, "headers", None) or {})))
+        return render(request, Problem(status, code, message, dict(getattr(exc, "headers", None) or {})))
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-        return error_response(Problem(500, "internal_error", "The server failed on this request; see its log."))
+        return render(request, Problem(500, "internal_error", "The server failed on this request; see its log."))
+
+    def render(request: Request, problem: Problem) -> Response:
+        """A V2 client reads {"error": "<message>"} from every /v2 answer (tritonclient fails
+        on vlmedge's own error body), every other client vlmedge's."""
+        path = request.url.path
+        return v2_error(problem) if path == "/v2" or path.startswith("/v2/") else error_response(problem)
 
     routes = [
         Route("/", index, methods=["GET"]),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from vlmedge.serve.config import BatchConfig
-from vlmedge.serve.problems import Problem, retry_after
+from vlmedge.serve.problems import Problem, retry_after, shutting_down
 
 log = logging.getLogger("vlmedge.serve")
 
@@ -82,7 +82,7 @@ class DynamicBatcher:
         while self._pending:
             job = self._pending.popleft()
             if not job.future.done():
-                job.future.set_exception(Problem(503, "shutting_down", "The server is shutting down; retry elsewhere."))
+                job.future.set_exception(shutting_down())
         self._set_depth()
         self._executor.shutdown(wait=True, cancel_futures=True)
 

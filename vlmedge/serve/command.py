@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any, Optional
 
@@ -30,8 +31,11 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
-        raise BackendUnavailableError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
-                                      "or stop what is using it.") from None
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise BackendUnavailableError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
+                                          "or stop what is using it.") from None
+        raise BackendUnavailableError(f"Cannot listen on {host}:{port} ({exc.strerror}); give --host an address of "
+                                      "this machine (127.0.0.1, 0.0.0.0 for every interface, ::1, ::).") from None
 
 
 def serve(
@@ -56,6 +60,9 @@ def serve(
     replicas: int = typer.Option(1, "--replicas", min=1, help="With --engine ray: replicas per model."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads one model call runs on (the "
                                           "backend's session option; default: the backend's, one per core)."),
+    shutdown_grace_s: float = typer.Option(30.0, "--shutdown-grace-s", min=0, help="On SIGTERM or Ctrl-C, how long "
+                                           "requests in flight may take to finish; those still running then are "
+                                           "answered 503."),
 ) -> None:
     """Serve artifacts over HTTP: a web page at /, API docs at /docs, the API under /v1, the Open Inference
     Protocol v2 under /v2, OpenAI-compatible /v1/embeddings, /metrics, /healthz, /readyz, /openapi.json."""
@@ -81,7 +88,7 @@ def serve(
         model = pipeline.model
         typer.echo(f"  {name}: {pipeline.task} on {model.backend} {model.precision} ({model.provider})")
     typer.echo(f"serving {len(pipelines)} model(s) on {url}  (page: {url}/  API: {url}/openapi.json)", err=False)
-    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5,
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=shutdown_grace_s,
                             lifespan="on", server_header=False)
     uvicorn.Server(config).run(sockets=[sock])
 

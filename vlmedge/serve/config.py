@@ -39,3 +39,11 @@ class Limits:
     max_top_k: int = 1000
     body_timeout_s: float = 30.0      # to receive the whole body
     request_timeout_s: float = 60.0   # from arrival to answer; a request may ask for less
+
+    def __post_init__(self) -> None:
+        from vlmedge.errors import UsageError
+        from vlmedge.preprocess.image import MAX_IMAGE_PIXELS
+
+        if not 0 < self.max_image_pixels <= MAX_IMAGE_PIXELS:
+            raise UsageError(f"max_image_pixels must be from 1 to {MAX_IMAGE_PIXELS:,} (the most the image decoder "
+                             f"takes), not {self.max_image_pixels:,}.")

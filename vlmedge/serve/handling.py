@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -15,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from vlmedge.errors import VlmedgeError
 from vlmedge.serve.config import Limits
-from vlmedge.serve.problems import Problem, from_vlmedge_error
+from vlmedge.serve.problems import Problem, from_vlmedge_error, shutting_down
 
 log = logging.getLogger("vlmedge.serve")
 
@@ -27,8 +28,39 @@ def error_response(problem: Problem) -> JSONResponse:
     return JSONResponse(problem.body(), status_code=problem.status, headers=problem.headers)
 
 
+# Content-Encoding -> zlib's wbits: 47 reads a gzip or a zlib header alike (HTTP's "deflate"
+# is zlib; Triton's and KServe's clients compress requests with either when asked to)
+ENCODINGS = {"gzip": 47, "deflate": 47, "x-gzip": 47}
+
+
 async def read_body(request: Request, limits: Limits) -> bytes:
-    """The whole body, refusing more than max_body_bytes (declared or sent) and slow senders."""
+    """The whole body, refusing more than max_body_bytes (declared, sent or decompressed) and
+    slow senders; a gzip or deflate body (Content-Encoding) comes back decompressed."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", *ENCODINGS):
+        raise Problem(415, "unsupported_encoding", f"Content-Encoding {encoding} is not supported; send the body "
+                                                   f"uncompressed, or compressed with {' or '.join(ENCODINGS)}.")
+    body = await _read_raw(request, limits)
+    return body if encoding in ("identity", "") else await off_loop(len(body), _decompress, body, encoding, limits)
+
+
+def _decompress(body: bytes, encoding: str, limits: Limits) -> bytes:
+    """The body decompressed, never more than max_body_bytes of it (a small bomb stays small)."""
+    unpacker = zlib.decompressobj(ENCODINGS[encoding])
+    try:
+        out = unpacker.decompress(body, limits.max_body_bytes + 1)
+    except zlib.error as exc:
+        raise Problem(400, "bad_request", f"The body is not valid {encoding} data ({exc}).") from None
+    if len(out) > limits.max_body_bytes:
+        raise Problem(413, "body_too_large", f"The request body decompresses to more than the limit of "
+                                             f"{limits.max_body_bytes:,} bytes; send fewer or smaller files.")
+    if not unpacker.eof:
+        raise Problem(400, "bad_request", f"The {encoding} body ends before its compressed data does; the body was "
+                                          "cut short.")
+    return out
+
+
+async def _read_raw(request: Request, limits: Limits) -> bytes:
     declared = request.headers.get("content-length")
     too_big = Problem(413, "body_too_large", f"The request body is larger than the limit of "
                                              f"{limits.max_body_bytes:,} bytes; send fewer or smaller files.")
@@ -65,19 +97,42 @@ async def off_loop(size: int, fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-async def in_thread(fn: Any, *args: Any) -> Any:
-    """Runs fn in a request thread of its own: decoding and preprocessing (item: a request's
-    inputs are prepared in parallel with the other requests and the running batch)."""
-    return await anyio.to_thread.run_sync(fn, *args)
+def remaining_s(state: Any, started: float, timeout_ms: int | None = None) -> float:
+    """Seconds the request has left (the server's limit, or the request's own smaller
+    timeout_ms, from its arrival); a 408 if none are left."""
+    limit = _limit_s(state, timeout_ms)
+    spent = time.perf_counter() - started
+    if spent >= limit:
+        raise _out_of_time(limit)
+    return limit - spent
+
+
+def _limit_s(state: Any, timeout_ms: int | None) -> float:
+    return state.limits.request_timeout_s if timeout_ms is None else min(state.limits.request_timeout_s,
+                                                                          timeout_ms / 1000)
+
+
+def _out_of_time(timeout: float) -> Problem:
+    return Problem(408, "timeout", f"The request's inputs were not received and prepared (decoded, preprocessed) "
+                                   f"within its time limit of {timeout:.3g} s, before reaching the model; send fewer "
+                                   "or shorter inputs, or allow a longer timeout_ms.")
+
+
+async def prepare_in_time(state: Any, started: float, timeout_ms: int | None, fn: Any, *args: Any) -> Any:
+    """Runs fn, a request's decoding and preprocessing, in a request thread of its own (so
+    requests are prepared in parallel with each other and with the running batch), and
+    answers 408 once the request's time is up: the thread, which cannot be stopped, then
+    finishes unobserved and its result is dropped."""
+    timeout = remaining_s(state, started, timeout_ms)
+    try:
+        return await asyncio.wait_for(anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True), timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise _out_of_time(_limit_s(state, timeout_ms)) from None
 
 
 async def submit(state: Any, name: str, job: Any, started: float, timeout_ms: int | None = None) -> tuple[Any, Any]:
     """Queues a model job on the model's batcher, within the request's remaining time."""
-    timeout = state.limits.request_timeout_s
-    if timeout_ms is not None:
-        timeout = min(timeout, timeout_ms / 1000)
-    timeout = max(0.001, timeout - (time.perf_counter() - started))
-    return await state.batchers[name].submit(job.key, job.inputs, job.payload, timeout)
+    return await state.batchers[name].submit(job.key, job.inputs, job.payload, remaining_s(state, started, timeout_ms))
 
 
 async def instrumented(state: Any, name: str | Callable[[], str], endpoint: str,
@@ -92,6 +147,9 @@ async def instrumented(state: Any, name: str | Callable[[], str], endpoint: str,
     try:
         response = await work(started)
     except Problem as problem:
+        response, code = render(problem), problem.code
+    except asyncio.CancelledError:  # the server's shutdown grace ran out before this request's answer
+        problem = shutting_down()
         response, code = render(problem), problem.code
     except VlmedgeError as exc:
         problem = from_vlmedge_error(exc)

@@ -84,8 +84,8 @@ def parse_json(body: bytes, endpoint: str, fields: tuple[str, ...]) -> Inputs:
     """A JSON object with list fields (images and audio as base64) and options."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid("invalid_json", f"The body is not valid JSON ({exc}).", 400) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise invalid("invalid_json", f"The body is not valid JSON ({str(exc)[:80]}).", 400) from None
     if not isinstance(data, dict):
         raise invalid("invalid_json", f"The body must be a JSON object, not {type(data).__name__}; "
                                       f"{_allowed(fields, endpoint)}.", 400)
@@ -217,24 +217,27 @@ def check_image(data: bytes, index: int, limits: Limits) -> None:
     """Reads only the header: an image format Pillow knows, within the pixel limit."""
     from PIL import Image
 
-    from vlmedge.preprocess.image import FORMATS
+    from vlmedge.preprocess.image.decode import FORMATS, MAX_IMAGE_PIXELS, header_size
 
     where = f"images[{index}]"
     if not data:
         raise invalid("invalid_input", f"{where} is empty; send the bytes of an image file.")
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-            width, height = image.size
+        width, height = header_size(io.BytesIO(data))
+        size = f"{width}x{height} = {width * height:,} pixels"
+    except Image.DecompressionBombError:  # beyond what the decoder takes, so beyond the limit
+        width = height = None
+        size = f"larger than {MAX_IMAGE_PIXELS:,} pixels"
     except Exception:  # noqa: BLE001 - any failure to read a header means "not an image"
         raise invalid("invalid_input", f"{where} is not a readable image ({', '.join(FORMATS)}); "
                                        "send a PNG or JPEG file.") from None
-    if width * height > limits.max_image_pixels:
-        raise invalid("image_too_large", f"{where} is {width}x{height} = {width * height:,} pixels; the limit is "
-                                         f"{limits.max_image_pixels:,}. Downscale it first.", 413)
+    if width is None or width * height > limits.max_image_pixels:
+        raise invalid("image_too_large", f"{where} is {size}; the limit is {limits.max_image_pixels:,}. "
+                                         "Downscale it first.", 413)
 
 
-def check_audio(data: bytes, index: int, limits: Limits) -> None:
-    """Reads only the header: a format soundfile decodes, within the duration limit."""
+def check_audio(data: bytes, index: int, limits: Limits) -> float:
+    """Reads only the header: a format soundfile decodes, within the duration limit; its seconds."""
     import soundfile as sf
 
     where = f"audio[{index}]"
@@ -248,3 +251,4 @@ def check_audio(data: bytes, index: int, limits: Limits) -> None:
     if not math.isfinite(seconds) or seconds > limits.max_audio_seconds:
         raise invalid("audio_too_long", f"{where} lasts {seconds:.1f} s; the limit is {limits.max_audio_seconds:g} s. "
                                         "Cut it into shorter clips.", 413)
+    return seconds

@@ -147,11 +147,9 @@ class ServedModel:
                                            "send two requests.")
         for i, data in enumerate(inputs.images):
             check_image(data, i, limits)
-        for i, data in enumerate(inputs.audio):
-            check_audio(data, i, limits)
-        return self.job(endpoint.name, inputs)
+        return self.job(endpoint.name, inputs, limits)
 
-    def job(self, endpoint: str, inputs: Inputs) -> Job:
+    def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
         """The request's batchable job; its files decoded and preprocessed (in its thread)."""
         raise NotImplementedError
 
@@ -168,7 +166,7 @@ class ClassifierModel(ServedModel):
     endpoints = {"classify": Endpoint("classify", "Ranked labels for each image.", ("images",), ("top_k",),
                                       ("images",))}
 
-    def job(self, endpoint: str, inputs: Inputs) -> Job:
+    def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
         pixels = _pixels(inputs.images, self.pipeline.spec)
         return Job(("classify",), len(inputs.images), (pixels, inputs.options.get("top_k", DEFAULT_TOP_K)))
 
@@ -194,7 +192,7 @@ class EncoderModel(ServedModel):
                     attention=self.pipeline.has_attention)
         return info
 
-    def job(self, endpoint: str, inputs: Inputs) -> Job:
+    def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
         with _as_invalid_field():
             pooling = self.pipeline.resolve_pooling(inputs.options.get("pooling"))
         attention = inputs.options.get("attention", False)
@@ -249,7 +247,7 @@ class ClipModel(ServedModel):
         info.update(scoring=self.pipeline.scoring, context_length=self.pipeline.context_length)
         return info
 
-    def job(self, endpoint: str, inputs: Inputs) -> Job:
+    def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
         if endpoint == "embed":
             refusal = image_embedding_refusal(self.pipeline.image_reduction) if inputs.images else None
             if refusal:
@@ -313,12 +311,31 @@ class AudioModel(ServedModel):
                     activation=self.pipeline.activation)
         return info
 
-    def job(self, endpoint: str, inputs: Inputs) -> Job:
+    def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
+        spec = self.pipeline.spec
         with _as_invalid_field():
-            hop = self.pipeline.check_window_hop(inputs.options.get("window_hop"), self.pipeline.spec)
+            hop = self.pipeline.check_window_hop(inputs.options.get("window_hop"), spec)
+        seconds = [check_audio(data, i, limits) for i, data in enumerate(inputs.audio)]
+        self._check_windows(seconds, hop, limits)
         key = ("tag", hop, inputs.options.get("aggregate", "max"))
         trim = (inputs.options.get("top_k", DEFAULT_TOP_K), inputs.options.get("threshold"))
         return Job(key, len(inputs.audio), (_clips(inputs.audio, self.pipeline.spec, hop), trim))
+
+    def _check_windows(self, seconds: list[float], hop: float | None, limits: Limits) -> None:
+        """Refuses, from the files' headers, a request whose clips make more model windows
+        than the most clips of the longest duration make at the default hop: each window's
+        features are computed and held before the model runs, so a small hop on long clips
+        would cost memory and time out of all proportion to the request's size."""
+        from vlmedge.preprocess.audio import window_count
+
+        spec = self.pipeline.spec
+        windows = sum(window_count(round(s * spec.sampling_rate), spec, hop) for s in seconds)
+        most = limits.max_inputs * window_count(round(limits.max_audio_seconds * spec.sampling_rate), spec)
+        if windows > most:
+            raise invalid("too_many_windows", f"The request's clips make {windows:,} analysis windows at window_hop="
+                                              f"{hop:g} s; the limit is {most:,} (what {limits.max_inputs} clips of "
+                                              f"{limits.max_audio_seconds:g} s make at the default hop). Raise "
+                                              "window_hop or send fewer or shorter clips.", 413)
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
         _, hop, aggregate = key

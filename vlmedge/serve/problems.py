@@ -29,5 +29,10 @@ def from_vlmedge_error(exc: VlmedgeError) -> Problem:
     return Problem(400, "bad_request", str(exc))
 
 
+def shutting_down() -> Problem:
+    """The answer to a request the server stops before answering (SIGTERM)."""
+    return Problem(503, "shutting_down", "The server is shutting down; retry elsewhere.", retry_after(1))
+
+
 def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, int(seconds + 0.999)))}

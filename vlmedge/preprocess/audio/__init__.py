@@ -14,7 +14,7 @@ extractor with numpy only, so the runtime needs neither torch nor transformers:
 Decoding uses soundfile; resampling uses soxr, or scipy when soxr is missing.
 """
 
-from vlmedge.preprocess.audio.features import fbank, preprocess_audio, split_windows
+from vlmedge.preprocess.audio.features import fbank, preprocess_audio, split_windows, window_count
 from vlmedge.preprocess.audio.io import (
     AUDIO_SUFFIXES,
     MAX_CHANNELS,
@@ -27,5 +27,5 @@ from vlmedge.preprocess.audio.spec import FRONT_ENDS, AudioPreprocessSpec
 
 __all__ = [
     "AUDIO_SUFFIXES", "FRONT_ENDS", "MAX_CHANNELS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioPreprocessSpec",
-    "fbank", "load_audio", "preprocess_audio", "resample", "split_windows",
+    "fbank", "load_audio", "preprocess_audio", "resample", "split_windows", "window_count",
 ]

@@ -159,20 +159,30 @@ def split_windows(
     """
     wave = check_wave(wave)
     sr, win, n = spec.sampling_rate, spec.window_samples, wave.size
+    hop = _hop_samples(spec, hop_seconds)
+    if n <= win:
+        return [(0.0, n / sr, wave)]
+    starts = list(range(0, n - win, hop)) + [n - win]
+    return [(s / sr, (s + win) / sr, wave[s : s + win]) for s in starts]
+
+
+def window_count(samples: int, spec: AudioPreprocessSpec, hop_seconds: float | None = None) -> int:
+    """How many model windows ``split_windows`` cuts a clip of ``samples`` (at the model's
+    rate) into, without the clip: what a server counts before computing any features."""
+    hop, win = _hop_samples(spec, hop_seconds), spec.window_samples
+    return 1 if samples <= win else len(range(0, samples - win, hop)) + 1
+
+
+def _hop_samples(spec: AudioPreprocessSpec, hop_seconds: float | None) -> int:
     if hop_seconds is None:
-        hop = spec.hop_samples
-    elif isinstance(hop_seconds, bool) or not (
+        return spec.hop_samples
+    if isinstance(hop_seconds, bool) or not (
         isinstance(hop_seconds, (int, float)) and 0 < hop_seconds <= spec.window_seconds
     ):
         raise InputError(
             f"hop_seconds={hop_seconds!r} is not in (0, {spec.window_seconds:g}]; pass a hop no longer than a window."
         )
-    else:
-        hop = max(1, round(hop_seconds * sr))
-    if n <= win:
-        return [(0.0, n / sr, wave)]
-    starts = list(range(0, n - win, hop)) + [n - win]
-    return [(s / sr, (s + win) / sr, wave[s : s + win]) for s in starts]
+    return max(1, round(hop_seconds * spec.sampling_rate))
 
 
 def preprocess_audio(audio_list: list[np.ndarray], spec: AudioPreprocessSpec) -> np.ndarray:

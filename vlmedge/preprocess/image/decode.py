@@ -69,6 +69,20 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
         return _decode(handle, f"Image file {name!s}")
 
 
+def header_size(source: Any) -> tuple[int, int]:
+    """(width, height) from an image file's header, its pixels not decoded: what a server
+    checks against its limit before decoding. Raises Image.DecompressionBombError for more
+    than MAX_IMAGE_PIXELS (Pillow's warning made an error, as _decode does), Pillow's own
+    errors for anything that is not an image of FORMATS."""
+    with _WARNINGS, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(source, formats=FORMATS) as image:
+                return image.size
+        except Image.DecompressionBombWarning as e:
+            raise Image.DecompressionBombError(str(e)) from None
+
+
 def _decode(source: Any, what: str) -> Image.Image:
     """Opens (allowed formats only), fully decodes and converts, turning every failure into InputError.
 

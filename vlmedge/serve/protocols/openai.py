@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vlmedge.serve.handling import in_thread, instrumented, off_loop, read_body, submit
+from vlmedge.errors import VlmedgeError
+from vlmedge.serve.handling import instrumented, off_loop, prepare_in_time, read_body, submit
 from vlmedge.serve.inputs import Inputs, check_limits, decode_base64
-from vlmedge.serve.problems import Problem
+from vlmedge.serve.problems import Problem, from_vlmedge_error
 
 FORMATS = ("float", "base64")
 IGNORED = ("user",)
@@ -99,6 +101,14 @@ def parse(body: bytes, models: dict[str, Any]) -> tuple[Any, dict[str, Any], lis
     return served, data, [_item(value, i, clip) for i, value in enumerate(items)]
 
 
+def _named_by_input(exc: Problem | VlmedgeError, groups: dict[str, list[int]]) -> Problem:
+    """The problem, its images[i] / texts[i] (the per-kind lists the items were sorted into)
+    named input[j], as the request named them."""
+    problem = exc if isinstance(exc, Problem) else from_vlmedge_error(exc)
+    message = re.sub(r"\b(images|texts)\[(\d+)\]", lambda m: f"input[{groups[m[1]][int(m[2])]}]", problem.message)
+    return Problem(problem.status, problem.code, message, problem.headers)
+
+
 def routes(state: Any) -> list[Route]:
     async def embeddings(request: Request) -> Response:
         chosen = {"model": "-"}  # for the metrics, once the body names it
@@ -110,10 +120,13 @@ def routes(state: Any) -> list[Route]:
             endpoint = served.endpoints["embed"]
             groups = {kind: [i for i, (k, _) in enumerate(items) if k == kind] for kind in ("images", "texts")}
             all_inputs = Inputs(**{kind: [items[i][1] for i in rows] for kind, rows in groups.items()})
-            check_limits(all_inputs, state.limits)
             kinds = [kind for kind, rows in groups.items() if rows]
-            jobs = [await in_thread(served.prepare, endpoint, Inputs(**{k: getattr(all_inputs, k)}), state.limits)
-                    for k in kinds]
+            try:
+                check_limits(all_inputs, state.limits)
+                jobs = [await prepare_in_time(state, started, None, served.prepare, endpoint,
+                                              Inputs(**{k: getattr(all_inputs, k)}), state.limits) for k in kinds]
+            except (Problem, VlmedgeError) as exc:
+                raise _named_by_input(exc, groups) from None
             results = await asyncio.gather(*(submit(state, served.name, job, started) for job in jobs))
             vectors: list[Any] = [None] * len(items)
             tokens = 0

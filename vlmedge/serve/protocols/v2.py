@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vlmedge.serve.handling import in_thread, instrumented, off_loop, read_body, submit
+from vlmedge.serve.handling import instrumented, off_loop, prepare_in_time, read_body, submit
 from vlmedge.serve.inputs import Inputs, check_limits, check_option, decode_base64
 from vlmedge.serve.models import Job
 from vlmedge.serve.problems import Problem
@@ -150,10 +150,9 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
                       f", not {{{', '.join(sorted(names))}}}.")
         if params:
             raise bad(f"A request to the '{graph}' graph takes no parameters, not {', '.join(params)}.")
-        rows = max((t.shape[0] for t in tensors if t.shape), default=1)
-        if rows > limits.max_inputs:
-            raise bad(f"The request has {rows} rows; the limit is {limits.max_inputs} per request.")
-        job = graphs.graph_job(served.pipeline, graph, {t.name: t.data for t in tensors})
+        job = graphs.graph_job(served.pipeline, graph, {t.name: t.data for t in tensors})  # checks the shapes first
+        if job.inputs > limits.max_inputs:
+            raise bad(f"The request has {job.inputs} rows; the limit is {limits.max_inputs} per request.")
         return Call(job, lambda result: result, timeout_ms)
     inputs = Inputs()
     for tensor in tensors:
@@ -223,7 +222,7 @@ def routes(state: Any) -> list[Route]:
             body = await read_body(request, state.limits)
             head, tensors = await off_loop(len(body), parse_request, body,
                                            request.headers.get("inference-header-content-length"))
-            call = await in_thread(plan, served, head, tensors, state.limits)
+            call = await prepare_in_time(state, started, None, plan, served, head, tensors, state.limits)
             result, _ = await submit(state, name, call.job, started, call.timeout_ms)
             outputs = call.outputs(result)
             wanted = requested_outputs(head, list(outputs))

@@ -119,7 +119,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             size = int(header_length)
         except ValueError:
             raise bad("The Inference-Header-Content-Length header is not a number.") from None
-        if not 0 < size <= len(body):
+        if size < 1:
+            raise bad(f"Inference-Header-Content-Length must be the JSON header's length in bytes, at least 1, "
+                      f"not {size}.")
+        if size > len(body):
             raise bad(f"Inference-Header-Content-Length is {size} but the body has {len(body)} bytes; "
                       "the body was cut short.")
         body, rest = body[:size], body[size:]
