@@ -9,6 +9,7 @@ clip cut into windows. Then the CLI, bad inputs and the built-in model.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -389,6 +390,98 @@ def test_bad_inputs_raise_clear_errors(exported, audio_files, tmp_path):
         assert isinstance(info.value, InputError), what
         assert str(info.value).strip(), what
     assert "clip 1" in str(pytest.raises(InputError, bad_calls["bad clip in a list"]).value)
+
+
+def test_clip_shorter_than_one_frame_is_an_input_error_everywhere(exported, audio_files, tmp_path):
+    """Kaldi makes no frame of a clip under 400 samples and the extractor raises on it; the
+    Python API, CLI predict and bulk refuse it, naming its length (no score of silence)."""
+    import vlmedge
+    from typer.testing import CliRunner
+
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
+    from vlmedge.cli import app
+
+    art = exported("single-softmax")
+    tiny = tone_clip(0.002)  # 32 samples
+    with pytest.raises(ValueError):
+        transformers.ASTFeatureExtractor(**CONFIGS["single-softmax"][1])(tiny, sampling_rate=SR)
+    message = r"32 samples at 16000 Hz, shorter than one 25 ms frame \(400 samples at 16000 Hz\)"
+    with pytest.raises(InputError, match=message):
+        vlmedge.load(art).tag(tiny, sample_rate=SR)
+    sf.write(tmp_path / "tiny.wav", tiny, SR, subtype="FLOAT")
+    predicted = CliRunner().invoke(app, ["predict", str(art), str(tmp_path / "tiny.wav")])
+    assert predicted.exit_code == 1 and "shorter than one 25 ms frame" in predicted.output
+    pytest.importorskip("pyarrow")
+    rows = run_local(make_job(art, "tag"), collect([str(tmp_path / "tiny.wav"), str(audio_files["short"])], "audio"),
+                     batch_size=2).to_pylist()
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert "shorter than one 25 ms frame" in by_name["tiny.wav"]["error"]
+    assert by_name[audio_files["short"].name]["error"] is None
+
+
+@pytest.mark.parametrize("num_labels,problem_type,activation", [(4, "regression", "none"), (1, None, "softmax")])
+def test_regression_and_one_label_scores_match_the_transformers_pipeline(num_labels, problem_type, activation,
+                                                                         audio_files, tmp_path):
+    """transformers' audio-classification pipeline gives a regression model's raw outputs and
+    softmaxes one logit (unlike its image pipeline); so does the artifact. Raw outputs take no
+    threshold (in the API and in a bulk job) and aggregate over windows as they are."""
+    import vlmedge
+    from vlmedge.bulk.job import make_job
+
+    model_cfg, extractor_cfg, _ = CONFIGS["single-softmax"]
+    torch.manual_seed(0)
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    patch_size=16, initializer_range=0.2,
+                                    **{**model_cfg, "num_labels": num_labels, "problem_type": problem_type})
+    model = transformers.ASTForAudioClassification(config).eval()
+    extractor = transformers.ASTFeatureExtractor(**extractor_cfg)
+    model.save_pretrained(tmp_path / "hf")
+    extractor.save_pretrained(tmp_path / "hf")
+    vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
+    tagger = vlmedge.load(tmp_path / "artifact")
+    assert tagger.activation == activation
+    wave = read_mono_16k(audio_files["short"])
+    pipe = transformers.pipeline("audio-classification", model=model, feature_extractor=extractor)
+    expected = {e["label"]: e["score"] for e in pipe(wave, top_k=num_labels)}
+    got = tagger.tag(wave, sample_rate=SR, top_k=None).tags
+    assert [t.label for t in got] == list(expected)
+    np.testing.assert_allclose([t.score for t in got], list(expected.values()), atol=ATOL)
+    if activation != "none":
+        return
+    with pytest.raises(InputError, match="raw regression outputs"):
+        tagger.tag(wave, sample_rate=SR, threshold=0.5)
+    with pytest.raises(InputError, match="raw regression outputs"):
+        make_job(tmp_path / "artifact", "tag", threshold=0.5)
+    if importlib.util.find_spec("starlette") and importlib.util.find_spec("httpx"):  # served: refused alike
+        import httpx
+
+        from tests.serve_support import running
+        from vlmedge.serve import create_app
+
+        with running(create_app({"ast": tagger}, warm_up=False)) as url:
+            answer = httpx.post(f"{url}/v1/models/ast/tag", data={"threshold": "0.5"},
+                                files=[("audio", ("short.wav", audio_files["short"].read_bytes()))])
+        assert answer.status_code == 422 and "raw regression outputs" in answer.json()["error"]["message"]
+    (_, windows), = tagger.window_probabilities(audio_files["long"])
+    assert len(windows) > 1 and (windows < 0).any()
+    np.testing.assert_allclose(tagger.probabilities(audio_files["long"], aggregate="mean")[0], windows.mean(0),
+                               atol=1e-6)
+
+
+def test_id2label_with_a_gap_is_refused_naming_the_missing_ids(tmp_path):
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    model_cfg, extractor_cfg, _ = CONFIGS["single-softmax"]
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    patch_size=16, **{**model_cfg, "num_labels": 3},
+                                    id2label={0: "a", 2: "c", 5: "f"})
+    transformers.ASTForAudioClassification(config).save_pretrained(tmp_path / "hf")
+    transformers.ASTFeatureExtractor(**extractor_cfg).save_pretrained(tmp_path / "hf")
+    with pytest.raises(UnsupportedModelError, match=r"no label for id\(s\) 1 of its 3 labels .*fix id2label"):
+        vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
 
 
 # -- the built-in model --------------------------------------------------------------------------

@@ -88,3 +88,46 @@ def test_fp32_abs_bound_scales_with_the_output_magnitude():
     off[0, 0] += 2e-3  # below 1 in magnitude: the bound stays 1e-3
     failures = judge({"logits": compare_output(small, off, "logits")}, GATES["fp32"])
     assert any("max abs error 0.002 > 0.001" in f for f in failures)
+
+
+def tiny_vit(folder, **config):
+    """A tiny seeded ViT classifier with its processor, saved in ``folder``."""
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        initializer_range=0.2, **config)).eval()
+    processor = transformers.ViTImageProcessorPil(size={"height": 32, "width": 32})
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+@pytest.mark.parametrize("config,activation", [(dict(num_labels=1), "sigmoid"),
+                                               (dict(num_labels=3, problem_type="regression"), "none")])
+def test_one_label_and_regression_scores_match_the_transformers_pipeline(config, activation, image_files, tmp_path):
+    """transformers' image-classification pipeline takes a sigmoid of one logit (a softmax
+    would score every image 1.0) and a regression model's raw outputs; so does the artifact."""
+    import vlmedge
+
+    model, processor = tiny_vit(tmp_path / "hf", **config)
+    vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
+    classifier = vlmedge.load(tmp_path / "artifact")
+    assert classifier.activation == activation
+    pipe = transformers.pipeline("image-classification", model=model, image_processor=processor)
+    for path in image_files[:3]:
+        expected = {e["label"]: e["score"] for e in pipe(str(path), top_k=config["num_labels"])}
+        got = classifier.classify(str(path), top_k=config["num_labels"])
+        assert [p.label for p in got] == list(expected), path.name
+        np.testing.assert_allclose([p.score for p in got], list(expected.values()), atol=1e-4, err_msg=path.name)
+    scores = classifier.probabilities([str(p) for p in image_files[:3]])
+    assert not np.allclose(scores, 1.0) and (activation == "sigmoid" or (scores < 0).any())
+
+
+def test_id2label_with_a_gap_is_refused_naming_the_missing_ids(tmp_path):
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    tiny_vit(tmp_path / "hf", id2label={0: "a", 2: "c", 5: "f"})
+    with pytest.raises(UnsupportedModelError, match=r"no label for id\(s\) 1 of its 3 labels .*fix id2label in "
+                                                    r"config.json to name every id from 0 to 2"):
+        vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")

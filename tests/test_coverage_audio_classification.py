@@ -223,6 +223,31 @@ def test_int8_calibrates_and_evaluates_on_clips_of_different_lengths(tmp_path):
     assert report["accuracy"]["source_top1"] == pytest.approx(float(np.mean(source == np.array(truth))))
 
 
+def test_whisper_at_8_khz_exports_with_parity(tmp_path):
+    """An 8 kHz WhisperFeatureExtractor draws its mel bank up to 8 kHz, above Nyquist; transformers
+    warns and runs it (the filters above 4 kHz are zero), and the export matches it."""
+    import vlmedge
+    from vlmedge.exporters.pipeline import export as export_model
+
+    torch.set_num_threads(1)
+    model, _ = tiny_model("whisper")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extractor = transformers.WhisperFeatureExtractor(feature_size=80, sampling_rate=8000, hop_length=80, n_fft=200)
+        model.save_pretrained(tmp_path / "hf")
+        extractor.save_pretrained(tmp_path / "hf")
+        artifact = export_model(str(tmp_path / "hf"), tmp_path / "artifact")
+    tagger = vlmedge.load(artifact.root if hasattr(artifact, "root") else artifact)
+    assert tagger.spec.sampling_rate == 8000
+    waves = [resample(wave, SR, 8000) for wave in clips().values()]
+    expected = []
+    for wave in waves:
+        with torch.no_grad():
+            logits = model(**extractor(wave, sampling_rate=8000, return_tensors="pt")).logits
+        expected.append(logits.softmax(-1)[0].numpy())
+    np.testing.assert_allclose(tagger.probabilities(waves, sample_rate=8000), np.stack(expected), atol=ATOL)
+
+
 def test_window_seconds_is_checked(tmp_path):
     from vlmedge.errors import ExportError
 

@@ -271,7 +271,7 @@ _manifest_case("manifest-preprocess-missing-image", r"image-classification task 
 _manifest_case("manifest-graphs-missing", r"lacks a valid 'graphs' field", lambda m: m.pop("graphs"))
 _manifest_case("manifest-graphs-empty", r"it lists no graphs", lambda m: m.update(graphs={}))
 _manifest_case("manifest-labels-missing", r"has 0 labels but its model scores 12 classes", lambda m: m.pop("labels"))
-_manifest_case("manifest-unknown-activation", r"asks for the activation 'relu'; this vlmedge knows softmax and sigmoid",
+_manifest_case("manifest-unknown-activation", r"asks for the activation 'relu'; this vlmedge knows softmax, sigmoid, none",
                lambda m: m["postprocess"].update(activation="relu"))
 _manifest_case("manifest-second-graph", r"the image-classification task has 1 graph\(s\), not 2",
                lambda m: (m["graphs"].update(extra=m["graphs"]["model"]),

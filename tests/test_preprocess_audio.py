@@ -238,10 +238,38 @@ def test_silence_hits_the_log_mel_floor():
     np.testing.assert_array_equal(out[8:], np.float32(-spec.mean / (2 * spec.std)))  # padding is 0 before normalizing
 
 
-def test_clip_shorter_than_one_frame_is_all_padding():
-    # The extractor itself crashes on < 400 samples; Kaldi makes no frame, so we return pure padding.
-    spec = AudioPreprocessSpec(max_length=10, num_mel_bins=8, do_normalize=False)
-    np.testing.assert_array_equal(fbank(np.ones(399, dtype=np.float32), spec), np.zeros((10, 8), np.float32))
+def test_clip_shorter_than_one_frame_is_refused_as_the_extractor_refuses_it():
+    """Kaldi makes no frame of fewer than 400 samples; the AST extractor raises on most such
+    clips (from 240 samples up it returns the features of silence instead). vlmedge refuses
+    every one with an InputError naming the clip's length and the frame. One frame is enough;
+    Whisper's log-mel pads every clip to 30 s, so it takes any length, as its extractor does."""
+    spec = _spec("small")
+    with pytest.raises(ValueError):
+        _reference("small", SIGNALS["speech"][:32])
+    for n in (1, 32, 399):
+        wave = SIGNALS["speech"][:n]
+        with pytest.raises(InputError, match=rf"{n} samples? at 16000 Hz, shorter than one 25 ms frame "
+                                             r"\(400 samples at 16000 Hz\)"):
+            fbank(wave, spec)
+    one_frame = SIGNALS["speech"][:400]
+    assert np.abs(fbank(one_frame, spec) - _reference("small", one_frame)).max() <= GOLDEN_ATOL
+    whisper = _hf_extractor("whisper", "whisper-80")
+    tiny = SIGNALS["speech"][:5]
+    ref = whisper(tiny, sampling_rate=SR, return_tensors="np")["input_features"][0]
+    assert np.abs(fbank(tiny, AudioPreprocessSpec.from_hf(whisper.to_dict())) - ref).max() <= FRONT_END_ATOL
+
+
+def test_whisper_log_mel_at_8_khz_matches_whisper_feature_extractor():
+    """An 8 kHz WhisperFeatureExtractor still draws its mel bank up to 8 kHz, above Nyquist (4 kHz):
+    transformers warns and runs it with the filters above Nyquist all zero, and so does the spec."""
+    transformers = pytest.importorskip("transformers")
+    with pytest.warns(UserWarning, match="mel filter has all zero values"):
+        extractor = transformers.WhisperFeatureExtractor(feature_size=80, sampling_rate=8000, hop_length=80, n_fft=200)
+    spec = AudioPreprocessSpec.from_hf(extractor.to_dict())
+    assert (spec.sampling_rate, spec.nyquist_cutoff, spec.window_seconds) == (8000, 8000.0, 30.0)
+    for name in ("speech", "noise", "short"):  # read as 8 kHz samples
+        ref = extractor(SIGNALS[name], sampling_rate=8000, return_tensors="np")["input_features"][0]
+        assert np.abs(fbank(SIGNALS[name], spec) - ref).max() <= FRONT_END_ATOL, name
 
 
 def test_preprocess_audio_batches_fbank():
@@ -303,6 +331,11 @@ def test_spec_from_hf_reads_a_preprocessor_config():
 def test_spec_from_dict_rejects_bad_specs(bad):
     with pytest.raises(ArtifactError):
         AudioPreprocessSpec.from_dict(bad)
+
+
+def test_a_bad_mel_range_is_refused_naming_its_values():
+    with pytest.raises(ArtifactError, match="not low_freq 20 Hz, high_freq 9000 Hz and Nyquist 8000 Hz"):
+        AudioPreprocessSpec(high_freq=9000.0)
 
 
 def test_spec_normalises_numpy_scalars_to_plain_python():

@@ -11,7 +11,7 @@ Manifest schema v1 (JSON):
                     "graph", "target", "precision" and "parity" (a ParityReport as a dict)
     preprocess      {"image": {...}} | {"text": {...}} | {"audio": {...}}
     labels          [str] or null
-    postprocess     {"activation": "softmax" | "sigmoid" | null, ...}
+    postprocess     {"activation": "softmax" | "sigmoid" | "none" | null, ...} (vlmedge.tasks.base.ACTIVATIONS)
     versions        {"vlmedge", "torch", "onnx", "onnxruntime", ...}
     created         ISO 8601 UTC time
 """

@@ -18,6 +18,7 @@ import torch
 
 from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
+from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
 from vlmedge.exporters.sources.hf_naflex import NaFlex, is_naflex, naflex_setup
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec
@@ -403,6 +404,7 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
                      **_: Any) -> ExportSpec:
     """ViT, DeiT (with and without distillation head), BEiT, Swin, DINOv2 and any other
     Hugging Face image classifier; SigLIP2 (NaFlex) at the resolution image_size= chooses."""
+    labels = label_names(config, folder)
     naflex = naflex_or_processor_size(folder, config, arch, image_size, "a classifier")
     preprocess = naflex.preprocess if naflex else image_preprocess(folder)
     check_pixel_values_only(model_class(arch), arch)
@@ -425,13 +427,12 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
         dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
         compare={"logits": "logits"},
     )
-    multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
     return ExportSpec(
         task="image-classification",
         graphs=[graph],
         preprocess={"image": preprocess.to_dict()},
-        labels=[str(config.id2label[i]) for i in range(config.num_labels)],
-        postprocess={"activation": "sigmoid" if multi_label else "softmax"},
+        labels=labels,
+        postprocess={"activation": pipeline_activation(config, one_logit_sigmoid=True)},
         source={**source_info(reference, folder, arch, config), **(naflex.source() if naflex else {})},
         parity_feeds={"model": {"pixel_values": pixels}},
         extra_files=sample_files,

@@ -13,6 +13,7 @@ import torch
 from vlmedge.errors import ExportError, UnsupportedModelError
 from vlmedge.exporters.samples import audio_parity_feeds, random_waveforms, sample_audio_files
 from vlmedge.exporters.sources.hf import load_model, read_json, source_info
+from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample
 from vlmedge.preprocess.audio.spec import VARIABLE_LENGTH
@@ -109,9 +110,11 @@ def audio_classifier(folder: Path, config: Any, arch: str, reference: str, windo
     Wav2Vec2-BERT: (N, frames / 2, 2 * num_mel_bins) stacked fbank, any length) -> logits.
 
     ``window_seconds`` sets a raw-waveform or Wav2Vec2-BERT model's window (default 10 s); AST and Whisper windows
-    follow their feature extractors. Multi-label models (problem_type "multi_label_classification",
-    as AudioSet taggers are) get a sigmoid; single-label ones a softmax.
+    follow their feature extractors. Scores as transformers' audio pipeline makes them: multi-label
+    models (problem_type "multi_label_classification", as AudioSet taggers are) get a sigmoid,
+    regression models their raw outputs, the others a softmax.
     """
+    labels = label_names(config, folder)
     preprocess = audio_preprocess(folder, config, arch, window_seconds)
     model = load_model(folder, arch)
     features, sample_files = parity_feeds(preprocess)
@@ -131,13 +134,13 @@ def audio_classifier(folder: Path, config: Any, arch: str, reference: str, windo
         dynamic_axes={input_name: dynamic, "logits": {0: "batch"}},
         compare={"logits": "logits"},
     )
-    multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
     return ExportSpec(
         task="audio-classification",
         graphs=[graph],
         preprocess={"audio": preprocess.to_dict()},
-        labels=[str(config.id2label[i]) for i in range(config.num_labels)],
-        postprocess={"activation": "sigmoid" if multi_label else "softmax"},
+        labels=labels,
+        # unlike the image pipeline, transformers' audio pipeline softmaxes a single logit
+        postprocess={"activation": pipeline_activation(config, one_logit_sigmoid=False)},
         source=source_info(reference, folder, arch, config),
         parity_feeds={"model": {input_name: features}},
         extra_files=sample_files,

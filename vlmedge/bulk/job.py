@@ -85,7 +85,7 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
     from vlmedge.runtimes.select import check_load_options
 
     check_load_options(art, backend, device, session_options or {})
-    checks = _checks(manifest, chosen.result)
+    checks = _checks(manifest, chosen.result, art.root)
     values = {name: checks[name]({**given, "top_k": top_k}[name]) for name in takes}
     tokenizer_json = None
     if chosen.input == "text":
@@ -100,11 +100,11 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
                    cwd=os.getcwd())
 
 
-def _checks(manifest: dict[str, Any], result: str) -> dict[str, Callable[[Any], Any]]:
+def _checks(manifest: dict[str, Any], result: str, root: Path) -> dict[str, Callable[[Any], Any]]:
     """Option name -> the pipeline's check of it, from the manifest alone."""
     from vlmedge.preprocess.audio import AudioPreprocessSpec
     from vlmedge.tasks.audio import AudioTagger
-    from vlmedge.tasks.base import check_flag, check_threshold, check_top_k
+    from vlmedge.tasks.base import check_flag, check_threshold, check_top_k, manifest_activation
     from vlmedge.tasks.clip import Clip
     from vlmedge.tasks.encoder import ImageEncoder
 
@@ -114,7 +114,7 @@ def _checks(manifest: dict[str, Any], result: str) -> dict[str, Callable[[Any], 
         "normalize": lambda v: check_flag("normalize", v),
         "labels": Clip.check_labels,
         "templates": Clip.check_templates,
-        "threshold": check_threshold,
+        "threshold": lambda v: check_threshold(v, manifest_activation(manifest, root)),
         "aggregate": AudioTagger.check_aggregate,
         "window_hop": lambda v: AudioTagger.check_window_hop(
             v, AudioPreprocessSpec.from_dict(manifest["preprocess"]["audio"])),

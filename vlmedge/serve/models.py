@@ -29,6 +29,7 @@ from vlmedge.preprocess import READ_ERRORS
 from vlmedge.preprocess.parallel import prepare_ordered
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
+from vlmedge.tasks.base import check_threshold
 from vlmedge.tasks.clip import image_embedding_refusal
 
 DEFAULT_TOP_K = 5
@@ -104,7 +105,7 @@ def _clips(audio: list[bytes], spec: Any, hop: float | None) -> list[Any]:
         try:
             return AudioTagger.prepare_clip(data, spec, window_hop=hop)
         except READ_ERRORS as exc:
-            raise invalid("invalid_input", f"audio[{i}] could not be decoded: {exc}") from None
+            raise invalid("invalid_input", f"audio[{i}] cannot be tagged: {exc}") from None
 
     return list(prepare_ordered(one, list(enumerate(audio)), ahead=len(audio)))
 
@@ -315,6 +316,7 @@ class AudioModel(ServedModel):
         spec = self.pipeline.spec
         with _as_invalid_field():
             hop = self.pipeline.check_window_hop(inputs.options.get("window_hop"), spec)
+            check_threshold(inputs.options.get("threshold"), self.pipeline.activation)  # none for raw scores
         seconds = [check_audio(data, i, limits) for i, data in enumerate(inputs.audio)]
         self._check_windows(seconds, hop, limits)
         key = ("tag", hop, inputs.options.get("aggregate", "max"))

@@ -22,15 +22,15 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (MAX_BATCH, Prediction, check_threshold, check_top_k, chunks, pipeline_repr, rank,
-                                sigmoid, softmax)
+from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Prediction, check_threshold, check_top_k, chunks,
+                                manifest_activation, pipeline_repr, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
 AGGREGATES = ("max", "mean")
 
 
-# One label and its score (sigmoid for multi-label models, softmax otherwise): the same
-# ranked-label type every task returns.
+# One label and its score (sigmoid for multi-label models, the raw output for regression
+# models, softmax otherwise): the same ranked-label type every task returns.
 Tag = Prediction
 
 
@@ -138,7 +138,7 @@ class AudioTagger:
         if isinstance(num_labels, int) and num_labels >= 0 and num_labels != len(self.labels):
             raise ArtifactError(f"Artifact {model.artifact.root} has {len(self.labels)} labels but its model scores "
                                 f"{num_labels} classes; re-export the artifact.")
-        self.activation = (manifest.get("postprocess") or {}).get("activation", "softmax")
+        self.activation = manifest_activation(manifest, model.artifact.root)
 
     @property
     def window_seconds(self) -> float:
@@ -202,7 +202,7 @@ class AudioTagger:
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
+        return ACTIVATIONS[self.activation](logits)
 
     # -- scoring -------------------------------------------------------------------------------
 
@@ -267,7 +267,8 @@ class AudioTagger:
     def probabilities(self, audio: Any, sample_rate: int | None = None, window_hop: float | None = None,
                       aggregate: str = "max") -> np.ndarray:
         """Clip-level scores, (N, num_labels): the max (or mean) over each clip's windows of
-        the per-window sigmoid (multi-label models) or softmax."""
+        the per-window sigmoid (multi-label models), softmax, or raw output (regression models,
+        activation "none")."""
         aggregate = self.check_aggregate(aggregate)
         scored, _ = self._score(audio, sample_rate, window_hop)
         return np.stack([self._aggregate(s.scores, aggregate) for s in scored])
@@ -283,7 +284,8 @@ class AudioTagger:
                 dtype's range), or a list of them.
             sample_rate: the sample rate of numpy arrays in Hz (files carry their own).
             top_k: at most this many tags per clip and per window; None for all.
-            threshold: keep only tags whose score is at least this (0..1).
+            threshold: keep only tags whose score is at least this (0..1); refused for a
+                regression model (activation "none"), whose scores are raw values.
             window_hop: seconds between window starts for clips longer than one model
                 window; default half a window.
             aggregate: "max" or "mean" of the windows' scores for the clip-level tags.
@@ -292,7 +294,7 @@ class AudioTagger:
             A ClipTags for one clip, a list of them for a list.
         """
         top_k = check_top_k(top_k, allow_all=True)
-        threshold = check_threshold(threshold)
+        threshold = check_threshold(threshold, self.activation)
         aggregate = self.check_aggregate(aggregate)
         scored, single = self._score(audio, sample_rate, window_hop)
         results = [self._clip_tags(s, top_k, threshold, aggregate) for s in scored]
@@ -304,7 +306,7 @@ class AudioTagger:
         always a list, equal to what `tag` gives for those clips. The windows of all clips
         run through the model together."""
         top_k = check_top_k(top_k, allow_all=True)
-        threshold = check_threshold(threshold)
+        threshold = check_threshold(threshold, self.activation)
         aggregate = self.check_aggregate(aggregate)
         if not clips:
             return []

@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import numbers
-from typing import Any, Iterator, NamedTuple, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 
-from vlmedge.errors import InputError
+from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 
@@ -50,11 +51,15 @@ def check_flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def check_threshold(threshold: Any) -> float | None:
-    """A score from 0 to 1, or None for no threshold."""
+def check_threshold(threshold: Any, activation: str = "softmax") -> float | None:
+    """A score from 0 to 1, or None for no threshold. A model scored with the activation
+    "none" (regression) gives raw values, not scores from 0 to 1, so it takes no threshold."""
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
                                   or not 0.0 <= threshold <= 1.0):
         raise InputError(f"threshold must be a score from 0 to 1 (or None), not {threshold!r}.")
+    if threshold is not None and activation == "none":
+        raise InputError("threshold applies to scores from 0 to 1, but this model's scores are raw regression "
+                         "outputs (activation none); leave threshold out and use top_k.")
     return None if threshold is None else float(threshold)
 
 
@@ -132,3 +137,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function without overflow for large negative logits."""
     z = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(x.dtype, copy=False)
+
+
+# How a classifier's logits become its scores, by the name its manifest records
+# (postprocess.activation), as transformers' pipelines choose: a softmax over the labels, an
+# independent sigmoid per label (multi-label and one-logit models), or none: a regression
+# model's raw outputs, which are not scores from 0 to 1.
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"softmax": softmax, "sigmoid": sigmoid,
+                                                             "none": lambda x: x}
+
+
+def manifest_activation(manifest: dict[str, Any], root: Path) -> str:
+    """The activation an artifact's manifest names (softmax where it names none); ArtifactError
+    unless it is one of ACTIVATIONS."""
+    activation = (manifest.get("postprocess") or {}).get("activation") or "softmax"
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:  # a list is unhashable
+        raise ArtifactError(f"Artifact {root} asks for the activation {activation!r}; this vlmedge knows "
+                            f"{', '.join(ACTIVATIONS)}. Re-export it or upgrade vlmedge.")
+    return activation

@@ -9,7 +9,8 @@ import numpy as np
 from vlmedge.errors import ArtifactError
 from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import Prediction, as_list, check_top_k, chunks, pipeline_repr, pixel_batches, rank, sigmoid, softmax
+from vlmedge.tasks.base import (ACTIVATIONS, Prediction, as_list, check_top_k, chunks, manifest_activation,
+                                pipeline_repr, pixel_batches, rank)
 
 
 class ImageClassifier:
@@ -28,10 +29,7 @@ class ImageClassifier:
         manifest = model.artifact.manifest
         self.spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
         self.labels: list[str] = manifest.get("labels") or []
-        self.activation = (manifest.get("postprocess") or {}).get("activation") or "softmax"
-        if self.activation not in ("softmax", "sigmoid"):
-            raise ArtifactError(f"Artifact {model.artifact.root} asks for the activation {self.activation!r}; "
-                                "this vlmedge knows softmax and sigmoid. Re-export it or upgrade vlmedge.")
+        self.activation = manifest_activation(manifest, model.artifact.root)
         (self._graph, self._session), = model.sessions.items()
         self._input = self._session.inputs[0].name
         self._output = manifest["graphs"][self._graph]["outputs"][0]["name"]
@@ -47,7 +45,8 @@ class ImageClassifier:
                                for pixels in pixel_batches(items, self.spec, self.decode_workers)])
 
     def probabilities(self, images: Any) -> np.ndarray:
-        """Softmax (or sigmoid, for multi-label models) of the logits."""
+        """The logits' scores: their softmax, their sigmoid (multi-label and one-label models) or,
+        for regression models (activation "none"), the logits themselves."""
         return self._activate(self.logits(images))
 
     def classify(self, images: Any, top_k: int = 5) -> list[Prediction] | list[list[Prediction]]:
@@ -72,7 +71,7 @@ class ImageClassifier:
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(logits) if self.activation == "sigmoid" else softmax(logits)
+        return ACTIVATIONS[self.activation](logits)
 
     def _ranked(self, probs: np.ndarray, top_k: int) -> list[list[Prediction]]:
         if probs.ndim != 2 or probs.shape[1] != len(self.labels):

@@ -60,8 +60,11 @@ def _slaney_filters(spec: AudioPreprocessSpec) -> np.ndarray:
 def _log_mel(wave: np.ndarray, spec: AudioPreprocessSpec) -> np.ndarray:
     """Log-mel energies of at most ``max_length`` frames, in the extractor's exact order of operations."""
     length, shift = spec.frame_length, spec.frame_shift
-    if wave.size < length:  # Kaldi (snip_edges) makes no frame from a clip shorter than one frame
-        return np.zeros((0, spec.num_mel_bins), dtype=np.float32)
+    if wave.size < length:  # Kaldi (snip_edges) makes no frame of it, and the extractor raises on it
+        raise InputError(f"The audio clip is {wave.size} sample{'' if wave.size == 1 else 's'} at {spec.sampling_rate} "
+                         "Hz, shorter than one "
+                         f"{spec.frame_length_ms:g} ms frame ({length} samples at {spec.sampling_rate} Hz); "
+                         f"pass a clip of at least {spec.frame_length_ms:g} ms.")
     # Frames past max_length would be truncated anyway, so an hour-long clip costs no more than 10 s.
     wave = wave[: spec.window_samples].astype(np.float64)
     frames = np.lib.stride_tricks.sliding_window_view(wave, length)[::shift]

@@ -94,8 +94,12 @@ class AudioPreprocessSpec:
             (self.frame_length >= 2 and self.frame_shift >= 1, "frames must span 2 samples and shift by 1"),
             (self.window in WINDOWS, f"window must be one of {sorted(WINDOWS)}"),
             (0.0 <= self.preemphasis < 1.0, "preemphasis must be in [0, 1)"),
-            (0.0 <= self.low_freq < self.nyquist_cutoff <= self.sampling_rate / 2,
-             "need 0 <= low_freq < high_freq <= Nyquist"),
+            # Whisper's extractor draws its mel bank up to 8 kHz whatever the rate: at 8 kHz the
+            # filters above Nyquist are all zero, and transformers warns and runs it, as this does.
+            (0.0 <= self.low_freq < self.nyquist_cutoff and (self.nyquist_cutoff <= self.nyquist
+                                                             or self.front_end == "whisper-log-mel"),
+             f"need 0 <= low_freq < high_freq <= Nyquist, not low_freq {self.low_freq:g} Hz, "
+             f"high_freq {self.nyquist_cutoff:g} Hz and Nyquist {self.nyquist:g} Hz"),
             # Dither adds random noise; vlmedge promises the same features on every run.
             (self.dither == 0.0, "dither must be 0 so features are deterministic"),
             (1 <= self.min_samples <= self.window_samples, "min_samples must be from 1 to one window"),
@@ -123,9 +127,14 @@ class AudioPreprocessSpec:
         return 1 << (self.frame_length - 1).bit_length()
 
     @property
+    def nyquist(self) -> float:
+        """Half the sampling rate in Hz: the highest frequency the FFT sees."""
+        return self.sampling_rate / 2
+
+    @property
     def nyquist_cutoff(self) -> float:
         """Upper edge of the mel filter bank in Hz."""
-        return self.high_freq if self.high_freq > 0 else self.sampling_rate / 2 + self.high_freq
+        return self.high_freq if self.high_freq > 0 else self.nyquist + self.high_freq
 
     @property
     def window_samples(self) -> int:
