@@ -154,9 +154,12 @@ def check_load_options(artifact: Artifact, backend: str, device: str, options: d
     check_session_options(backend_named(resolve_backend(artifact, backend, device)), options)
 
 
-def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
-               precision: str | None = None, **options: Any) -> ModelSessions:
-    """Opens every graph of the artifact on one backend, device and precision."""
+def entries_to_open(artifact: Artifact, backend: str = "auto", device: str = "cpu",
+                    precision: str | None = None) -> tuple[str, str, dict[str, dict[str, Any]]]:
+    """What open_model would open, found from the manifest alone: the backend, the precision
+    and each graph's manifest entry. Callers that load the artifact later elsewhere (bulk
+    workers) call it first, so that a backend or precision the artifact lacks is said before
+    any of them starts."""
     backend = resolve_backend(artifact, backend, device)
     target = backend_named(backend).target
     entries = artifact.model_entries(target=target)
@@ -171,16 +174,25 @@ def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
     elif precision not in PRECISIONS:
         raise InputError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}, or None for the "
                          "fastest file that passed its parity gate.")
-    sessions = {}
+    chosen = {}
     for graph in artifact.manifest["graphs"]:
-        chosen = [e for e in entries if e["graph"] == graph and e["precision"] == precision]
-        if not chosen:
+        matches = [e for e in entries if e["graph"] == graph and e["precision"] == precision]
+        if not matches:
             have = sorted({e["precision"] for e in entries if e["graph"] == graph})
             raise BackendUnavailableError(
                 f"Artifact {artifact.root} has no {precision} {target} file for graph '{graph}' "
                 f"(it has: {', '.join(have)}); export that precision or choose another."
             )
-        sessions[graph] = open_entry(artifact, chosen[0], backend=backend, device=device, **options)
+        chosen[graph] = matches[0]
+    return backend, precision, chosen
+
+
+def open_model(artifact: Artifact, backend: str = "auto", device: str = "cpu",
+               precision: str | None = None, **options: Any) -> ModelSessions:
+    """Opens every graph of the artifact on one backend, device and precision."""
+    backend, precision, entries = entries_to_open(artifact, backend, device, precision)
+    sessions = {graph: open_entry(artifact, entry, backend=backend, device=device, **options)
+                for graph, entry in entries.items()}
     return ModelSessions(artifact, backend, precision, device, sessions)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlmedge.errors import InputError, VlmedgeError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, UsageError, VlmedgeError
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray Data is not installed (pip install 'vlmedge[ray]')")
@@ -75,6 +75,7 @@ def clips(tmp_path_factory) -> Path:
             wave = soxr.resample(wave, 16000, rate).astype(np.float32)
         sf.write(folder / f"clip-{i:02d}.{'wav' if i % 2 else 'flac'}", wave, rate)
     (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (folder / "empty.wav").write_bytes(b"")
     return folder
 
 
@@ -270,14 +271,60 @@ def test_audio_tagging_equals_the_pipeline(ray_local, exported, clips):
     artifact = exported("ast")
     rows = rows_of(vray.run(artifact, clips, batch_size=5, top_k=3, window_hop=0.4, **BACKEND))  # default: "tag"
     assert [r["path"] for r in rows] == expected_order(clips, kind="audio")
-    failed = [Path(r["path"]).name for r in rows if r["error"]]
-    assert failed == ["broken.wav"]
+    failed = [r for r in rows if r["error"]]
+    assert [Path(r["path"]).name for r in failed] == ["broken.wav", "empty.wav"]
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
+
+    job = make_job(artifact, top_k=3, window_hop=0.4, **BACKEND)
+    local = run_local(job, collect([r["path"] for r in failed], "audio"))
+    assert [r["error"] for r in failed] == local.column("error").to_pylist()  # the same messages, not rewritten
+    assert failed[1]["error"] == f"Audio file {clips / 'empty.wav'} is empty (0 bytes); pass a complete audio file."
     good = [r for r in rows if not r["error"]]
     tagger = vlmedge.load(artifact, **BACKEND)
     results = tagger.tag([r["path"] for r in good], top_k=3, window_hop=0.4)
     assert max(len(c.windows) for c in results) > 1  # long clips were cut into windows
     assert_ranked_equal(good, [c.tags for c in results])
     assert [r["duration"] for r in good] == [c.duration for c in results]
+
+
+@needs_ray
+def test_unreadable_files_get_the_local_engines_rows(ray_local, vit_artifact, images, tmp_path):
+    """A FIFO, a dangling link, a file deleted after listing, a missing one (and, when not
+    root, a file without read permission): the Ray engine's rows, error messages included,
+    are the local engine's; nothing fails the job."""
+    import shutil
+
+    import vlmedge.ray as vray
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted(images.glob("*.png"))[:4]
+    for source in sources:
+        shutil.copy(source, folder / source.name)
+    shutil.copy(sources[0], folder / "vanishes.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "locked.png").write_bytes(b"")
+    (folder / "locked.png").chmod(0)  # unreadable unless this runs as root
+    os.mkfifo(tmp_path / "pipe.png")
+    inputs = [str(folder), str(tmp_path / "pipe.png"), str(tmp_path / "missing.png")]
+    job = make_job(vit_artifact, "classify", top_k=2, **BACKEND)
+    found = collect(inputs, "image")
+    dataset = vray.run(vit_artifact, inputs, "classify", batch_size=3, top_k=2, **BACKEND)  # listed, not yet read
+    (folder / "vanishes.png").unlink()
+    rows = rows_of(dataset)
+    assert rows == run_local(job, found, batch_size=3).to_pylist()
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"dangling.png", "vanishes.png", "locked.png", "pipe.png", "missing.png"}
+    assert "is not a regular file" in errors["pipe.png"]
+    assert errors["vanishes.png"] == f"Image file {folder / 'vanishes.png'} does not exist; check the path."
+    assert "does not exist" in errors["dangling.png"] and "does not exist" in errors["missing.png"]
+    if os.geteuid() != 0:
+        assert "could not be opened (Permission denied)" in errors["locked.png"]
 
 
 @needs_ray
@@ -313,6 +360,25 @@ def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, expo
         vray.run(tmp_path / "nothing", images)
     with pytest.raises(InputError, match=r"onnxruntime backend takes no session option 'performance_hint' \(an option"):
         vray.run(vit_artifact, images, session_options={"performance_hint": "throughput"}, **BACKEND)
+    with pytest.raises(BackendUnavailableError, match="has no int8 onnx file for graph"):
+        vray.run(vit_artifact, images, backend="onnxruntime", precision="int8")
+
+
+def test_make_job_refuses_what_a_worker_could_not_load(artifact_copy):
+    """A precision or model file the artifact lacks is one sentence from make_job, as from vlmedge.load."""
+    import json
+
+    from vlmedge.bulk.job import make_job
+
+    with pytest.raises(InputError, match="Unknown precision 'fp33'"):
+        make_job(artifact_copy, precision="fp33")
+    with pytest.raises(BackendUnavailableError, match="has no int8 onnx file for graph"):
+        make_job(artifact_copy, backend="onnxruntime", precision="int8")
+    model = next(e["path"] for e in json.loads((artifact_copy / "manifest.json").read_text())["files"]
+                 if e.get("role") == "model" and e["path"].endswith(".onnx"))
+    (artifact_copy / model).unlink()
+    with pytest.raises(ArtifactError, match=f"is missing {model}"):
+        make_job(artifact_copy, **BACKEND)
 
 
 def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monkeypatch):
@@ -327,15 +393,108 @@ def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monke
 
     for i, source in enumerate(sorted(images.glob("*.png"))[:5]):
         shutil.copy(source, tmp_path / f"{i}0")  # a file named "00", "10", ...: text, not a number
-    (tmp_path / "t.csv").write_text("path,id\n" + "".join(f"{i}0,{i}\n" for i in range(6)))
+    (tmp_path / "t.csv").write_text("path,id\n" + "".join(f"{i}0,{i}\n" for i in range(6)) + ",6\n")
     monkeypatch.chdir(tmp_path)
     job = make_job(vit_artifact, "classify", top_k=2, **BACKEND)
     table = run_local(job, collect(["t.csv"], "image"), batch_size=4)
     rows = table.to_pylist()
-    assert [r["path"] for r in rows] == [f"{i}0" for i in range(6)] and [r["id"] for r in rows] == list(range(6))
-    assert "does not exist" in rows[-1]["error"] and rows[-1]["labels"] is None
+    assert [r["path"] for r in rows] == [f"{i}0" for i in range(6)] + [""] and [r["id"] for r in rows] == list(range(7))
+    assert "does not exist" in rows[5]["error"] and rows[5]["labels"] is None
+    assert rows[6]["error"] == "The path cell of this row is empty; fill it in or drop the row."
+    rows = rows[:6]
+    for bad in (2.5, "4", True, 0):  # the one check of both engines
+        with pytest.raises(InputError, match="batch_size must be a positive integer"):
+            run_local(job, collect(["t.csv"], "image"), batch_size=bad)
     expected = vlmedge.load(vit_artifact, **BACKEND).classify([str(tmp_path / f"{i}0") for i in range(5)], top_k=2)
     assert_ranked_equal(rows[:5], expected)
+
+
+def test_bad_tables_and_caption_files_are_one_sentence(tmp_path):
+    """A corrupt Parquet, an empty CSV, captions that are not UTF-8: InputError naming the file."""
+    from vlmedge.bulk.inputs import holds_captions, read_table
+    from vlmedge.bulk.writers import NpyWriter
+
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1garbagePAR1")
+    (tmp_path / "zero.csv").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    for name, fmt, says in (("bad.parquet", "parquet", "could not be read as a Parquet table"),
+                            ("zero.csv", "csv", r"could not be read as a CSV table \(Empty CSV file\)"),
+                            ("latin1.txt", "text", r"is not UTF-8 text \(invalid continuation byte at byte 3\)")):
+        with pytest.raises(InputError, match=says):
+            read_table(str(tmp_path / name), fmt)
+    with pytest.raises(InputError, match="could not be read as a Parquet table"):
+        holds_captions([str(tmp_path / "bad.parquet")])
+    with pytest.raises(InputError, match=r"hold nothing to embed \(no files, rows or captions\)"):
+        with NpyWriter(tmp_path / "e.npy", tmp_path):  # an empty captions file: no rows at all
+            pass
+    assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob(".*"))
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_run(tmp_path, monkeypatch):
+    """A folder, a path under a file, a read-only folder: one sentence before any input is read;
+    a write that fails later (a full disk) is one sentence too and leaves nothing behind."""
+    import errno
+
+    from vlmedge.bulk.writers import NpyWriter, ParquetWriter
+
+    (tmp_path / "d.parquet").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="d.parquet is a folder; name a file"):
+        ParquetWriter(tmp_path / "d.parquet")
+    with pytest.raises(UsageError, match=r"Cannot write .*file/x.npy: .*file is a file, not a folder"):
+        NpyWriter(tmp_path / "file" / "x.npy", tmp_path)
+    (tmp_path / "ro").mkdir(mode=0o555)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")  # root may write anyway
+    with pytest.raises(UsageError, match=r"Cannot write .*ro/r.parquet: no permission to create files in"):
+        ParquetWriter(tmp_path / "ro" / "r.parquet")
+    monkeypatch.undo()
+    assert NpyWriter(tmp_path / "x.NPY", tmp_path).listing == tmp_path / "x.files.json"  # suffixes in any case
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = ParquetWriter(tmp_path / "r.parquet")
+    monkeypatch.setattr(os, "replace", full)
+    from vlmedge.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"Could not write .*r.parquet \(No space left on device\)"):
+        with writer:
+            writer.add({"path": ["a"], "error": ["x"]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet", "file", "ro"]
+
+
+def test_cli_out_mistakes_are_usage_errors(vit_artifact, images, tmp_path):
+    """predict --out of a suffix bulk does not write is exit 2 naming .parquet (also with a
+    folder input); an --out that is a folder is exit 2 before anything runs."""
+    image = sorted(images.glob("*.png"))[0]
+    for inputs in ([image], [images]):
+        result = cli("predict", vit_artifact, *inputs, "--out", tmp_path / "r.csv")
+        assert result.returncode == 2 and "writes its results to a .parquet file (not r.csv)" in result.stderr
+    (tmp_path / "d.parquet").mkdir()
+    result = cli("predict", vit_artifact, image, "--out", tmp_path / "d.parquet")
+    assert result.returncode == 2 and "d.parquet is a folder" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+
+def test_sigterm_mid_run_leaves_nothing_behind(exported, images, tmp_path):
+    """`timeout`, `kill` or a scheduler's SIGTERM ends a bulk run as Ctrl-C does: the
+    temporary file is removed, and the process ends by SIGTERM."""
+    import signal
+    import time
+
+    pytest.importorskip("pyarrow")
+    artifact = exported("dinov2")
+    process = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "embed", str(artifact), str(images), "--out",
+                                str(tmp_path / "e.parquet"), "--batch-size", "1", "--decode-workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".e.parquet.tmp-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM, stderr[-2000:]
+    assert b"Traceback" not in stderr and list(tmp_path.iterdir()) == []
 
 
 # -- the CLI -----------------------------------------------------------------------------------

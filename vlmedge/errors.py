@@ -62,6 +62,10 @@ class UsageError(VlmedgeError, ValueError):
     exit_code = 2
 
 
+class OutputError(VlmedgeError):
+    """A results file that could not be written (a full disk, a folder removed mid-run)."""
+
+
 class ArtifactError(VlmedgeError):
     """An artifact that is missing, corrupt, tampered with or of an unknown schema."""
 

@@ -22,7 +22,8 @@ from rich.console import Console
 from vlmedge.bulk.inputs import batches, collect, holds_captions
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
-from vlmedge.errors import InputError, VlmedgeError
+from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format
+from vlmedge.errors import InputError, UsageError, VlmedgeError
 
 ENGINES = ("local", "ray")
 SHOWN_ERRORS = 20
@@ -37,7 +38,16 @@ def wants_bulk(engine: str, out: Optional[Path], address: Optional[str] = None, 
     if engine == "local" and (address or concurrency or gpus_per_worker):
         raise typer.BadParameter("--address, --concurrency and --gpus-per-worker need --engine ray",
                                  param_hint="--engine")
-    return engine == "ray" or (out is not None and out.suffix.lower() == ".parquet")
+    return engine == "ray" or (out is not None and out_format(out) == "parquet")
+
+
+def check_predict_out(engine: str, out: Optional[Path]) -> None:
+    """`predict` writes bulk results to a Parquet file only: an --out of another suffix (or
+    --engine ray without --out) is refused before anything runs."""
+    if (out is not None or engine == "ray") and (out is None or out_format(out) != "parquet"):
+        given = f"not {out.name}" if out is not None else "and --engine ray needs one"
+        raise UsageError(f"vlmedge predict writes its results to a .parquet file ({given}); pass e.g. "
+                         "--out results.parquet, or drop --out to print the results.")
 
 
 def check_decode_workers(engine: str, decode_workers: Optional[int]) -> None:
@@ -54,9 +64,7 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
             session_options: Optional[dict[str, Any]] = None) -> None:
     """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file."""
     check_decode_workers(engine, decode_workers)
-    if out is None or out.suffix.lower() != ".parquet":
-        raise typer.BadParameter("bulk predictions go to a Parquet file; pass e.g. --out results.parquet",
-                                 param_hint="--out")
+    check_predict_out(engine, out)
     if options.pop("attention", None) is not None:
         raise typer.BadParameter("--attention writes images per input; run it without --out/--engine ray",
                                  param_hint="--attention")
@@ -112,7 +120,7 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
     job = make_job(artifact, method.name, backend=backend, precision=precision,
                    device=_device(device, gpus_per_worker), session_options=session_options, **options)
     if bulk:
-        if out.suffix.lower() not in (".parquet", ".npy"):
+        if out_format(out) is None:
             out = out.with_name(out.name + ".npy")
         return _run(job, artifact, list(inputs or []), out, engine, address, batch_size, concurrency,
                     gpus_per_worker, console, err_console, decode_workers)
@@ -140,8 +148,8 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
     given), then over the --text captions, into one .npy; its own report."""
     from vlmedge.bulk.local import iter_local, local_batches
     from vlmedge.bulk.predict import load_pipeline
-    from vlmedge.bulk.writers import NpyWriter
 
+    writer = NpyWriter(out, artifact)  # refuses an --out it could not write before any input is read
     found = collect(inputs or [], job.kind, absolute=False, allow_empty=True)
     job = dataclasses.replace(job, cwd="")  # this process reads the paths: as given, also in messages
     if not (found.files or found.missing or found.tables or texts):
@@ -153,7 +161,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
         runs.append((text_job, batches({"text": texts}, batch_size)))
     total = None if found.tables else len(found.files) + len(found.missing) + len(texts)
     started = time.perf_counter()
-    with NpyWriter(out, artifact) as writer, _progress(err_console, "embedding", total) as advance:
+    with _sigterm_as_interrupt(), writer, _progress(err_console, "embedding", total) as advance:
         for run_job, input_batches in runs:
             for results in iter_local(run_job, input_batches, advance, pipeline, decode_workers):
                 writer.add(results, run_job)
@@ -177,26 +185,59 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
         from vlmedge.bulk import ray as bulk_ray
 
         bulk_ray.require_ray()
-        _require_pyarrow()
-        ray = bulk_ray.init(address)
-        try:
-            dataset = bulk_ray.run_job(job, inputs, batch_size=batch_size, concurrency=concurrency,
-                                       num_gpus_per_worker=gpus_per_worker)
-            summary = _write(dataset.iter_batches(batch_format="pyarrow", batch_size=None), job, out, artifact)
-            where = f"Ray ({address})" if address else f"a local Ray instance ({os.cpu_count()} CPUs)"
-        finally:
-            ray.shutdown()  # stops the local instance; only disconnects from a cluster
-    else:
-        from vlmedge.bulk.local import iter_local, local_batches
+    _require_pyarrow()
+    summary = _Summary()
+    # the writer refuses an --out it could not write before Ray starts or any input is read
+    writer = ParquetWriter(out) if out_format(out) == "parquet" else NpyWriter(out, artifact)
+    with _sigterm_as_interrupt(), writer:
+        if engine == "ray":
+            ray = bulk_ray.init(address)
+            try:
+                dataset = bulk_ray.run_job(job, inputs, batch_size=batch_size, concurrency=concurrency,
+                                           num_gpus_per_worker=gpus_per_worker)
+                _write(dataset.iter_batches(batch_format="pyarrow", batch_size=None), job, writer, summary)
+                where = f"Ray ({address})" if address else f"a local Ray instance ({os.cpu_count()} CPUs)"
+            finally:
+                ray.shutdown()  # stops the local instance; only disconnects from a cluster
+        else:
+            from vlmedge.bulk.local import iter_local, local_batches
 
-        _require_pyarrow()
-        found = collect(inputs, job.kind)
-        label = "classify" if job.result == "ranked" else job.method
-        with _progress(err_console, label, len(found.files) + len(found.missing) or None) as advance:
-            summary = _write(iter_local(job, local_batches(found, batch_size), advance, workers=decode_workers),
-                             job, out, artifact)
-        where = "the local engine (one process)"
-    _report(summary, out, time.perf_counter() - started, where, console, err_console)
+            found = collect(inputs, job.kind)
+            label = "classify" if job.result == "ranked" else job.method
+            with _progress(err_console, label, len(found.files) + len(found.missing) or None) as advance:
+                _write(iter_local(job, local_batches(found, batch_size), advance, workers=decode_workers), job,
+                       writer, summary)
+            where = "the local engine (one process)"
+    _report(summary, writer.out, time.perf_counter() - started, where, console, err_console)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the run is, so that it unwinds as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`timeout`, `kill`, a scheduler) ends a bulk run as Ctrl-C does: the writers
+    remove their temporary files on the way out; then the process ends by SIGTERM, as it
+    would have without this handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
@@ -225,16 +266,11 @@ class _Summary:
         self.errors.extend((str(name), error) for name, error in zip(inputs, errors) if error is not None)
 
 
-def _write(results: Iterable[Any], job: BulkJob, out: Path, artifact: Path) -> _Summary:
-    """Writes result batches to out (.parquet, else .npy + .files.json)."""
-    from vlmedge.bulk.writers import NpyWriter, ParquetWriter
-
-    summary = _Summary()
-    with (ParquetWriter(out) if out.suffix.lower() == ".parquet" else NpyWriter(out, artifact)) as writer:
-        for batch in results:
-            summary.add(batch)
-            writer.add(batch, job)
-    return summary
+def _write(results: Iterable[Any], job: BulkJob, writer: Any, summary: _Summary) -> None:
+    """Writes result batches with the writer, counting them in the summary."""
+    for batch in results:
+        summary.add(batch)
+        writer.add(batch, job)
 
 
 def _report(summary: _Summary, out: Path, seconds: float, where: str, console: Console, err_console: Console) -> None:

@@ -3,6 +3,7 @@ tables of paths or captions; and the column of a table or Dataset that holds the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -83,10 +84,11 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
             found.files.append(name)
         elif os.path.isdir(name):
             root = Path(name).resolve() if absolute else Path(name)
-            hits = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+            # a dangling symbolic link is kept, so that its row says why it cannot be read
+            hits = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and (p.is_file() or not p.exists())
                     and not any(part.startswith(".") for part in p.relative_to(root).parts)]
             found.files.extend(str(p) for p in sorted(hits, key=lambda p: p.relative_to(root).parts))
-        elif os.path.isfile(name):
+        elif os.path.exists(name):  # a file, or a FIFO or device that its row says is not a regular file
             found.files.append(local)
         else:
             found.missing.append(local)
@@ -109,13 +111,7 @@ def holds_captions(inputs: Sequence[str]) -> bool:
         if suffix in TEXT_SUFFIXES:
             return True
         if suffix in TABLE_SUFFIXES and os.path.isfile(name):
-            if suffix == ".parquet":
-                import pyarrow.parquet as pq
-
-                columns = pq.read_schema(name).names
-            else:
-                with open(name, encoding="utf-8") as f:
-                    columns = [c.strip().strip('"') for c in f.readline().split(",")]
+            columns = table_columns(name)
             return any(c in columns for c in TEXT_COLUMNS) and "path" not in columns
     return False
 
@@ -147,18 +143,44 @@ def csv_convert_options():
     return pa_csv.ConvertOptions(column_types={name: pa.string() for name in names})
 
 
+def table_columns(path: str) -> list[str]:
+    """The column names of a local .parquet (its schema) or .csv (its header line)."""
+    with _reading(path, TABLE_FORMATS[_suffix(path)]):
+        if _suffix(path) == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_schema(path).names
+        with open(path, encoding="utf-8") as f:
+            return [c.strip().strip('"') for c in f.readline().split(",")]
+
+
 def read_table(path: str, fmt: str) -> dict[str, list[Any]]:
     """A Parquet / CSV / text table as columns, read the way the Ray engine reads it."""
-    if fmt == "text":
-        lines = Path(path).read_bytes().decode("utf-8").splitlines()
-        return {"text": [line for line in lines if line.strip()]}
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    with _reading(path, fmt):
+        if fmt == "text":
+            lines = Path(path).read_bytes().decode("utf-8").splitlines()
+            return {"text": [line for line in lines if line.strip()]}
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pydict()
-    import pyarrow.csv as pa_csv
+            return pq.read_table(path).to_pydict()
+        import pyarrow.csv as pa_csv
 
-    return pa_csv.read_csv(path, convert_options=csv_convert_options()).to_pydict()
+        return pa_csv.read_csv(path, convert_options=csv_convert_options()).to_pydict()
+
+
+@contextlib.contextmanager
+def _reading(path: str, fmt: str) -> Iterator[None]:
+    """A table that cannot be read (corrupt, empty, not UTF-8, unreadable) as one InputError."""
+    from vlmedge.errors import first_line
+
+    what = {"text": "a UTF-8 text file of captions", "csv": "a CSV table", "parquet": "a Parquet table"}[fmt]
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its ArrowIOError an OSError
+        raise InputError(f"{path} could not be read as {what} ({first_line(exc)}); check the file.") from None
 
 
 def rows_of(inputs: Inputs) -> dict[str, list[Any]]:
@@ -171,6 +193,13 @@ def rows_of(inputs: Inputs) -> dict[str, list[Any]]:
         for name, values in read_table(table, inputs.table_format).items():
             rows.setdefault(name, []).extend(values)
     return rows
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Both engines' check of batch_size: a positive int (not a bool, float or string)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, not {batch_size!r}.")
+    return batch_size
 
 
 def batches(columns: dict[str, list[Any]], batch_size: int) -> Iterator[dict[str, list[Any]]]:

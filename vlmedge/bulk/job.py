@@ -82,9 +82,7 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
         refusal = image_embedding_refusal((manifest.get("postprocess") or {}).get("image_reduction"))
         if refusal:
             raise InputError(refusal)
-    from vlmedge.runtimes.select import check_load_options
-
-    check_load_options(art, backend, device, session_options or {})
+    _check_model_files(art, backend, device, precision, session_options or {})
     checks = _checks(manifest, chosen.result, art.root)
     values = {name: checks[name]({**given, "top_k": top_k}[name]) for name in takes}
     tokenizer_json = None
@@ -98,6 +96,18 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
                    prepare_options={k: v for k, v in values.items() if k in PREPARE_OPTIONS},
                    session_options=dict(session_options or {}), tokenizer_json=tokenizer_json, column=column,
                    cwd=os.getcwd())
+
+
+def _check_model_files(art: Any, backend: str, device: str, precision: str | None,
+                       session_options: dict[str, Any]) -> None:
+    """The files a worker's load would open (vlmedge.runtimes.select's own lookup) are in the
+    artifact, of their listed size, and their backend takes the session options; hashing
+    them is left to each worker's load."""
+    from vlmedge.runtimes.select import check_load_options, entries_to_open
+
+    check_load_options(art, backend, device, session_options)
+    _, _, entries = entries_to_open(art, backend, device, precision)
+    art.verify([f for entry in entries.values() for f in art.model_files(entry)], defer_models=True)
 
 
 def _checks(manifest: dict[str, Any], result: str, root: Path) -> dict[str, Callable[[Any], Any]]:

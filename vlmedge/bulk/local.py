@@ -9,7 +9,7 @@ import contextlib
 import itertools
 from typing import Any, Callable, Iterable, Iterator
 
-from vlmedge.bulk.inputs import Inputs, batches, rows_of
+from vlmedge.bulk.inputs import Inputs, batches, check_batch_size, rows_of
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
@@ -33,9 +33,7 @@ def run_local(job: BulkJob, inputs: Inputs, batch_size: int = 32, progress: Call
 
 def local_batches(inputs: Inputs, batch_size: int) -> Iterator[dict[str, list[Any]]]:
     """The input rows in batches, in the engines' order."""
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, not {batch_size}.")
-    return batches(rows_of(inputs), batch_size)
+    return batches(rows_of(inputs), check_batch_size(batch_size))
 
 
 def iter_local(job: BulkJob, input_batches: Iterable[dict[str, list[Any]]],

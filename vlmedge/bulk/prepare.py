@@ -1,10 +1,10 @@
 """The first stage of a bulk run: decode and preprocess, no model (Ray runs it in CPU tasks,
 the local engine in threads).
 
-``prepare_batch`` turns the input column (``bytes`` from Ray's binary reader, ``path``,
-``image`` arrays or ``text``) into the model input the pipeline's ``<method>_prepared``
-takes, held in ``_``-prefixed work columns; ``prepared_inputs`` reads them back in the
-second stage. A row that cannot be read gets its message in ``_error`` (and zeros as
+``prepare_batch`` turns the input column (``path``, read here by both engines as the
+pipeline reads a path; ``bytes``, ``image`` arrays or ``text`` of a Dataset) into the
+model input the pipeline's ``<method>_prepared`` takes, held in ``_``-prefixed work
+columns; ``prepared_inputs`` reads them back in the second stage. A row that cannot be read gets its message in ``_error`` (and zeros as
 features), so one bad file costs only its own row.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from vlmedge.bulk.inputs import TEXT_COLUMNS, input_column, is_uri
 from vlmedge.bulk.job import BulkJob
+from vlmedge.errors import InputError, first_line
 from vlmedge.preprocess import READ_ERRORS
 
 # columns that only carry data from the first stage to the second; never in the results
@@ -32,8 +33,7 @@ def prepare_batch(batch: dict[str, Any], job: BulkJob) -> dict[str, Any]:
     column = input_column(job, batch)
     values = batch[column]
     out = {k: v for k, v in batch.items() if k not in ("bytes", "image")}
-    errors = np.array([_null_message(batch, column, i) if v is None else "" for i, v in enumerate(values)],
-                      dtype=object)
+    errors = np.array([_empty_message(batch, column, i) for i in range(len(values))], dtype=object)
     sources = list(values) if job.kind == "text" else [None if v is None else _source(v, column, job.cwd) for v in values]
     out.update(PREPARE[job.kind](sources, job, errors, lambda exc, i: _message(exc, batch, column, i)))
     out["_error"] = errors
@@ -54,12 +54,18 @@ def prepared_inputs(batch: dict[str, Any], ok: np.ndarray, kind: str) -> Any:
                          np.asarray(batch["_features"][i], dtype=np.float32)) for i in rows]
 
 
-def _null_message(batch: dict[str, Any], column: str, i: int) -> str:
-    if column == "bytes" and "path" in batch:
-        return f"File {batch['path'][i]} does not exist; check the path."
-    if column in TEXT_COLUMNS:
-        return "The caption is missing (null)."
-    return f"The {column} of this row is missing (null)."
+def _empty_message(batch: dict[str, Any], column: str, i: int) -> str:
+    """The error of a row whose input cell is null, or an empty path; "" for any other row."""
+    value = batch[column][i]
+    if value is None:
+        if column == "bytes" and "path" in batch:
+            return f"File {batch['path'][i]} does not exist; check the path."
+        if column in TEXT_COLUMNS:
+            return "The caption is missing (null)."
+        return f"The {column} of this row is missing (null)."
+    if isinstance(value, str) and column not in TEXT_COLUMNS and not value.strip():
+        return f"The {column} cell of this row is empty; fill it in or drop the row."
+    return ""
 
 
 def _source(value: Any, column: str, cwd: str) -> Any:
@@ -69,13 +75,36 @@ def _source(value: Any, column: str, cwd: str) -> Any:
     return value if os.path.isabs(value) or is_uri(value) else os.path.join(cwd, value)
 
 
+def _read(source: Any) -> Any:
+    """What the decoders read: a URI's bytes (s3://, gs://, read through pyarrow's file
+    systems, as Ray's readers read them); any other source as it is."""
+    if not (isinstance(source, str) and is_uri(source)):
+        return source
+    import pyarrow as pa
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(source)
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(f"File {source} could not be read ({first_line(exc)}); check the URI and its "
+                         "access.") from None
+
+
 def _message(exc: BaseException, batch: dict[str, Any], column: str, i: int) -> str:
-    """The error's message; for bytes read from a file, worded as the pipeline words it
-    for that file's path."""
+    """The error's message; for the bytes of a named file (a ``bytes`` column beside a
+    ``path``, or a URI), worded as the pipeline words it for a file's path. Files given by
+    local path are decoded from the path, so their messages are the pipeline's own."""
     message = str(exc) or type(exc).__name__
-    if column == "bytes" and "path" in batch:
-        path = batch["path"][i]
+    value = batch[column][i]
+    if column == "bytes":
+        path = batch["path"][i] if "path" in batch else None
+    else:
+        path = value if isinstance(value, str) and is_uri(value) else None
+    if path is not None:
         message = message.replace("The image given as bytes", f"Image file {path}")
+        message = message.replace("The audio bytes are empty", f"Audio file {path} is empty")
         message = message.replace("The audio bytes", f"Audio file {path}").replace("the audio bytes", f"audio file {path}")
     return message
 
@@ -91,7 +120,7 @@ def _images(sources: list[Any], job: BulkJob, errors: np.ndarray, message) -> di
         if errors[i]:
             continue
         try:
-            pixels[i] = preprocess_images([load_image(source)], spec)[0]
+            pixels[i] = preprocess_images([load_image(_read(source))], spec)[0]
         except READ_ERRORS as exc:
             errors[i] = message(exc, i)
     return {"_pixels": pixels}
@@ -112,7 +141,7 @@ def _audio(sources: list[Any], job: BulkJob, errors: np.ndarray, message) -> dic
         if errors[i]:
             continue
         try:
-            durations[i], spans[i], features[i] = AudioTagger.prepare_clip(source, spec, **job.prepare_options)
+            durations[i], spans[i], features[i] = AudioTagger.prepare_clip(_read(source), spec, **job.prepare_options)
         except READ_ERRORS as exc:
             errors[i] = message(exc, i)
     return {"_features": features, "_spans": spans, "_duration": durations}

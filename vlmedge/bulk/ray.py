@@ -1,6 +1,6 @@
 """Scale-out: bulk classification, embedding and tagging on Ray Data (extra "ray").
 
-    files / folders  -> ray.data.read_binary_files(include_paths=True) ┐
+    files / folders  -> ray.data.from_items (rows of paths)             ┐
     .parquet / .csv  -> ray.data.read_parquet / read_csv (paths or captions) ├-> map_batches(preprocess)  CPU tasks
     .txt captions    -> ray.data.read_text                              ┘         decode, resize, fbank, tokenize
                      -> map_batches(inference actor, ActorPoolStrategy)  each actor loads the artifact once
@@ -28,7 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlmedge.bulk.inputs import Inputs, collect, csv_convert_options, input_column
+from vlmedge.bulk.inputs import (Inputs, check_batch_size, collect, csv_convert_options, input_column, is_uri,
+                                  rows_of, table_columns)
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
@@ -105,8 +106,7 @@ def run_job(job: BulkJob, dataset_or_paths: Any, *, batch_size: int = 32,
     """`run` for a job made by ``vlmedge.bulk.job.make_job`` (with device "cuda" when the
     actors get GPUs)."""
     ray = require_ray()
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, not {batch_size!r}.")
+    check_batch_size(batch_size)
     source, columns = _source_dataset(ray, job, dataset_or_paths, preprocess_cpus)
     input_column(job, columns)  # a table without the right column fails here, not in a worker
     size = _actor_pool_size(ray, concurrency, num_gpus_per_worker, cpus_per_worker, preprocess_cpus)
@@ -128,12 +128,15 @@ def run_job(job: BulkJob, dataset_or_paths: Any, *, batch_size: int = 32,
 
 
 def _source_dataset(ray, job: BulkJob, dataset_or_paths: Any, cpus: float):
-    """The input as a Dataset, read with Ray Data's own readers, and its columns."""
+    """The input as a Dataset (tables read with Ray Data's own readers; files as rows of paths) and its columns."""
     if isinstance(dataset_or_paths, ray.data.Dataset):
         return dataset_or_paths, dataset_or_paths.columns()
     inputs: Inputs = collect(dataset_or_paths, job.kind)
     if inputs.tables:
         fmt = inputs.table_format
+        for table in inputs.tables:
+            if fmt != "text" and not is_uri(table):
+                table_columns(table)  # a corrupt or empty table is said here, not in a Ray task
         if fmt == "parquet":
             ds = ray.data.read_parquet(inputs.tables, num_cpus=cpus)
         elif fmt == "csv":
@@ -141,17 +144,12 @@ def _source_dataset(ray, job: BulkJob, dataset_or_paths: Any, cpus: float):
         else:
             ds = ray.data.read_text(inputs.tables, drop_empty_lines=True, num_cpus=cpus)
         return ds, ds.columns()
-    parts = []
-    if inputs.files:
-        parts.append(ray.data.read_binary_files(inputs.files, include_paths=True, num_cpus=cpus))
-    if inputs.missing:  # rows for them, so they are reported like any unreadable file
-        import pyarrow as pa
-
-        table = pa.table({"bytes": pa.array([None] * len(inputs.missing), pa.binary()),
-                          "path": pa.array(inputs.missing, pa.string())})
-        parts.append(ray.data.from_arrow(table))
-    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    return ds, ["bytes", "path"]
+    # Files are rows of paths that the preprocessing tasks decode as the local engine does
+    # (load_image / load_audio of the path): an unreadable, vanished or missing file gets the
+    # same message in its row, where Ray's read_binary_files would fail the whole job.
+    paths = rows_of(inputs)["path"]
+    ds = ray.data.from_items([{"path": path} for path in paths])  # in blocks of rows, one task each
+    return ds, ["path"]
 
 
 def _actor_pool_size(ray, concurrency: Any, gpus: float, cpus: float, preprocess_cpus: float) -> int | tuple[int, int]:

@@ -5,8 +5,9 @@
                    beside it <name>.files.json: which input each row is, in order (images,
                    then texts), and the inputs that could not be read, with the reason
 
-Each writes under a temporary name and renames into place only when complete; used as a
-context manager, it leaves nothing behind when the run fails.
+Each checks where it writes before any input is read, writes under a temporary name and
+renames into place only when complete; used as a context manager, it leaves nothing behind
+when the run fails.
 """
 
 from __future__ import annotations
@@ -21,7 +22,35 @@ import numpy as np
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import column, column_names, to_arrow
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, OutputError, UsageError
+
+# the suffixes (in any case) of the files bulk results go to, and their formats
+OUT_FORMATS = {".parquet": "parquet", ".npy": "npy"}
+
+
+def out_format(out: str | os.PathLike) -> str | None:
+    """"parquet" or "npy" for a results path of that suffix (in any case), else None."""
+    return OUT_FORMATS.get(Path(out).suffix.lower())
+
+
+def check_out(path: Path) -> None:
+    """Refuses a results path that could not be written: a folder, a path under a file, a
+    folder without write permission (the writers create missing folders)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name a file to write the results to, e.g. "
+                         f"{path / ('results' + (path.suffix.lower() or '.parquet'))}.")
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"Cannot write {path}: {folder} is a file, not a folder; choose another path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"Cannot write {path}: no permission to create files in {folder}; choose another path.")
+
+
+def _write_failed(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"Could not write {path} ({exc.strerror or exc}); nothing was written, free space or choose "
+                       "another path and run again.")
 
 
 class _Writer:
@@ -57,7 +86,11 @@ class ParquetWriter(_Writer):
 
     def __init__(self, out: str | os.PathLike) -> None:
         self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        check_out(self.out)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_failed(self.out, exc) from None
         self._temporary = []
         self._path = self._tmp(self.out)
         self._writer = None
@@ -70,30 +103,38 @@ class ParquetWriter(_Writer):
         table = to_arrow(batch) if isinstance(batch, dict) else batch
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._path, table.schema)
-        elif table.schema != self._writer.schema:
+        if self._writer is not None and table.schema != self._writer.schema:
             table = table.cast(self._writer.schema)
-        self._writer.write_table(table)
+        try:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._path, table.schema)
+            self._writer.write_table(table)
+        except OSError as exc:
+            raise _write_failed(self.out, exc) from None
         self.rows += table.num_rows
 
     def close(self) -> None:
         if self._writer is None:
             raise InputError("There were no results to write.")
-        self._writer.close()
-        self._writer = None
-        os.replace(self._path, self.out)
-
-    def abort(self) -> None:
-        if self._writer is not None:
+        try:
             self._writer.close()
             self._writer = None
-        super().abort()
+            os.replace(self._path, self.out)
+        except OSError as exc:
+            raise _write_failed(self.out, exc) from None
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer, writer = None, self._writer
+                writer.close()
+        finally:
+            super().abort()
 
 
 def side_file(out: Path) -> Path:
     """embeddings.npy -> embeddings.files.json"""
-    stem = out.name[:-len(".npy")] if out.name.endswith(".npy") else out.name
+    stem = out.stem if out_format(out) == "npy" else out.name
     return out.with_name(stem + ".files.json")
 
 
@@ -102,15 +143,17 @@ class NpyWriter(_Writer):
 
     def __init__(self, out: str | os.PathLike, artifact: str | os.PathLike) -> None:
         out = Path(out)
-        self.out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+        self.out = out if out_format(out) == "npy" else out.with_name(out.name + ".npy")
         self.listing = side_file(self.out)
+        check_out(self.out)
+        check_out(self.listing)
         self._temporary = []
         self.meta: dict[str, Any] = {"artifact": str(artifact), "task": None, "shape": None, "dtype": "float32"}
         self.files: list[str] = []
         self.texts: list[str] = []
         self.skipped: list[dict[str, str]] = []
         self._parts: list[np.ndarray] = []
-        self._images = True  # whether every row was meant to be an image (for the message)
+        self._kinds: set[str] = set()  # what the rows were meant to be (for the message)
         self.embeddings = np.zeros((0, 0), dtype=np.float32)
 
     def add(self, batch: Any, job: BulkJob) -> None:
@@ -124,23 +167,27 @@ class NpyWriter(_Writer):
                    if error is None]
         if vectors:
             self._parts.append(np.stack(vectors))
-        self._images = self._images and job.kind == "image"
+        self._kinds.add(job.kind)
         self.meta["task"] = job.task
         self.meta.update({"pooling": job.options["pooling"], "normalized": job.options["normalize"]}
                          if "pooling" in job.options else {"normalized": True})
 
     def close(self) -> None:
+        if not self.skipped and not self._parts:
+            raise InputError("The inputs hold nothing to embed (no files, rows or captions); nothing was written.")
         if not self._parts:
-            n = len(self.skipped)
-            raise InputError(f"None of the {n} inputs could be read{' as an image' if self._images else ''}; "
-                             "nothing was written. "
-                             + (f"First error: {self.skipped[0]['error']}" if self.skipped else ""))
+            what = " as an image" if self._kinds == {"image"} else ""
+            raise InputError(f"None of the {len(self.skipped)} inputs could be read{what}; nothing was written. "
+                             f"First error: {self.skipped[0]['error']}")
         self.embeddings = np.concatenate(self._parts).astype(np.float32, copy=False)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "shape": list(self.embeddings.shape), "files": self.files, "texts": self.texts,
                 "skipped": self.skipped}
-        npy, listing = self._tmp(self.out, ".npy"), self._tmp(self.listing)
-        np.save(npy, self.embeddings)
-        listing.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(npy, self.out)
-        os.replace(listing, self.listing)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            npy, listing = self._tmp(self.out, ".npy"), self._tmp(self.listing)
+            np.save(npy, self.embeddings)
+            listing.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            os.replace(npy, self.out)
+            os.replace(listing, self.listing)
+        except OSError as exc:
+            raise _write_failed(self.out, exc) from None

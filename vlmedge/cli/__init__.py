@@ -247,6 +247,7 @@ def predict(
 
     _check_run_options(backend, precision)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
+    bulk.check_predict_out(engine, out)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
     folders = [name for name in inputs if Path(name).is_dir()]
     if folders and not bulk_run:

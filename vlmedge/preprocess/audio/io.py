@@ -93,6 +93,8 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     if isinstance(audio, (str, os.PathLike)):
         path = Path(audio)
         if not path.is_file():
+            if path.exists():  # a folder, FIFO or device: opening one may block forever
+                raise InputError(f"{path} is not a regular file; pass an audio file.")
             raise InputError(f"Audio file {path} does not exist; check the path.")
         if path.stat().st_size == 0:
             raise InputError(f"Audio file {path} is empty (0 bytes); pass a complete audio file.")

@@ -60,6 +60,8 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
     if os.path.isdir(name):
         raise InputError(f"{name!s} is a directory, not an image file; pass the path of an image file inside it.")
     if not os.path.isfile(name):
+        if os.path.exists(name):  # a FIFO or device: opening one may block forever
+            raise InputError(f"{name!s} is not a regular file (a FIFO, socket or device); pass an image file.")
         raise InputError(f"Image file {name!s} does not exist; check the path.")
     try:
         handle = open(name, "rb")  # ours to close, so the decoded image stays usable (see _decode)
