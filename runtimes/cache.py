@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator
 
 from vlmedge.artifact import sha256_file
 from vlmedge.environment import cpu_key
-from vlmedge.errors import warn_caller
+from vlmedge.errors import VlmedgeError, warn_caller
 from vlmedge.user_cache import cache_enabled, cache_root, file_identity
 
 # 2: ONNX Runtime's entries hold the packed weights; an entry of an older form is rebuilt
@@ -227,21 +227,29 @@ def _records(parent: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 def clear_entries() -> tuple[int, int]:
     """Removes every complete entry of the cache folder, each renamed first as a rebuild
     removes one (a load either finds it whole or not at all); builds in progress finish.
-    The number of entries and the bytes removed."""
+    The number of entries and the bytes removed; a VlmedgeError naming the folder if some
+    could not be removed (the others are)."""
     entries = list_entries()
-    for entry in entries:
-        _remove_folder(Path(entry["folder"]))
+    errors = [error for entry in entries if (error := _remove_folder(Path(entry["folder"]))) is not None]
+    if errors:
+        raise VlmedgeError(f"{len(errors)} of the {len(entries)} compiled models in {cache_root()} could not be removed "
+                           f"({errors[0].strerror or errors[0]}; the other {len(entries) - len(errors)} were); check "
+                           "the folder's permissions, or set VLMEDGE_CACHE_DIR to a folder of your own.")
     return len(entries), sum(e["bytes"] for e in entries)
 
 
-def _remove_folder(folder: Path) -> None:
-    # renamed first, so that no load ever sees a half-deleted entry
+def _remove_folder(folder: Path) -> OSError | None:
+    """Removes an entry's folder, renamed first, so that no load ever sees it half-deleted;
+    the error if it could not be renamed (a concurrent clear or rebuild took it: no matter)."""
     trash = folder.parent / f"{_OLD_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(folder, trash)
-    except OSError:
-        return
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return error
     shutil.rmtree(trash, ignore_errors=True)
+    return None
 
 
 def _write_key_file(folder: Path, key: dict[str, Any], source: str | None = None) -> None:

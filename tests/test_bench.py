@@ -100,8 +100,36 @@ def test_compare_api_reports_ratios_per_row_and_metric(result):
         "onnxruntime fp32 [model] batch 1, 2 threads, model-only".replace("2 threads", f"{result.rows[2].threads} threads")]
     assert not compare(result, slower, metric="throughput").passed
     assert compare(result, slower, metric="p99_ms").passed  # only p50 and throughput changed
-    slower.rows.pop()
-    assert len(compare(result, slower).only_base) == 1
+    fewer = BenchResult.from_dict(result.to_dict())
+    fewer.rows.pop()  # a variant that failed to run in NEW fails the gate, as a regression does
+    assert len(compare(result, fewer).only_base) == 1 and not compare(result, fewer).passed
+    assert compare(fewer, result).passed and len(compare(fewer, result).only_new) == 1  # a new variant does not
+    zero = BenchResult.from_dict(result.to_dict())
+    zero.rows[2].latency.p50_ms = 0.0  # no ratio to take: said, not an infinite regression
+    verdict = compare(result, zero)
+    assert verdict.passed and len(verdict.rows) == len(result.rows) - 1 and "is 0 in NEW" in verdict.notes[0]
+
+
+def test_a_noisy_row_is_told_what_would_steady_it(result):
+    from vlmedge.bench.result import annotate
+
+    noisy = BenchResult.from_dict(result.to_dict())
+    for row in noisy.rows:
+        row.latency.cov, row.warnings = 0.5, []
+    annotate(noisy.rows)
+    assert "round-robin (--rounds)" in noisy.rows[0].warnings[0]
+    for row in noisy.rows:
+        row.warnings = []
+    annotate(noisy.rows, rounds=2)  # already round-robin: more rounds, not --rounds again
+    assert "more --rounds than 2" in noisy.rows[0].warnings[0] and "round-robin" not in noisy.rows[0].warnings[0]
+
+
+@pytest.mark.parametrize("field, value", [("p50_ms", "fast"), ("p50_ms", None), ("min_ms", -1.0), ("max_ms", True)])
+def test_a_stored_row_with_a_figure_that_is_not_a_number_is_malformed(result, field, value):
+    document = result.to_dict()
+    document["rows"][0]["latency"][field] = value
+    with pytest.raises(InputError, match=f"malformed .*latency.{field} {value!r}, not a number from 0 up"):
+        BenchResult.from_dict(document)
 
 
 def test_inputs_are_the_stored_real_samples_tiled(vit_artifact, monkeypatch):
@@ -383,6 +411,11 @@ def test_cli_errors(tmp_path, capsys):
     assert code == 1 and "not a vlmedge bench result" in stderr and "Traceback" not in stderr
     assert cli_here(capsys, "bench")[0] == 2
     assert cli_here(capsys, "bench", "x", "--iterations", "3", "--duration", "1")[0] == 2
+    # found before anything is measured: a typo in a list, a folder where a file is written, a missing peer
+    for args, words in ((["--batch-size", "1,,8"], "positive integers"), (["--json", tmp_path], "is a folder"),
+                        (["--peer", f"p={tmp_path / 'none.onnx'}"], "does not exist")):
+        code, _, stderr = cli_here(capsys, "bench", tmp_path, *map(str, args))
+        assert code == 2 and words in stderr and "Traceback" not in stderr, stderr
 
 
 def _suite():

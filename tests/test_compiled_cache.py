@@ -286,6 +286,33 @@ def test_vlmedge_cache_lists_the_compiled_models_by_their_files_and_clears_them(
     assert all(_session(two_target_artifact, backend).cache_status == "miss" for backend in backends)
 
 
+def test_a_clear_that_cannot_remove_the_entries_says_so(two_target_artifact, cache_dir):
+    """`vlmedge cache --clear` on a folder it may not change names the folder and fails,
+    rather than counting as removed what is still there."""
+    from tests.test_cli import vlmedge_cli
+
+    _session(two_target_artifact, "onnxruntime")
+    entries = _entries(cache_dir)
+    assert entries
+    # root may change any folder; without these capabilities it keeps to the permissions
+    prefix = [] if os.geteuid() else ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                                       "-dac_override,-dac_read_search", "--"]
+    if prefix and not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux) to drop root's file-permission override")
+    parents = sorted({entry.parent for entry in entries})
+    for parent in parents:
+        parent.chmod(0o555)
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-m", "vlmedge.cli", "cache", "--clear"], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "VLMEDGE_CACHE_DIR": str(cache_dir)})
+    finally:
+        for parent in parents:
+            parent.chmod(0o755)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{len(entries)} of the {len(entries)} compiled models in {cache_dir} could not be removed" in done.stderr
+    assert "removed" not in done.stdout and _entries(cache_dir) == entries
+
+
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("VLMEDGE_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -26,6 +26,7 @@ from PIL import Image
 
 import vlmedge
 from vlmedge.artifact import sha256_file
+from vlmedge.check import check_artifact
 from vlmedge.errors import VlmedgeError
 from tests.hardening_support import REPO, assert_unchanged, tree_state, write_tokenizer
 
@@ -259,7 +260,9 @@ def _manifest_case(name: str, pattern: str, change: Callable[[dict], Any]):
 _manifest_case("manifest-schema-2", r"schema version 2, but this vlmedge reads version 1", lambda m: m.update(schema_version=2))
 _manifest_case("manifest-labels-a-string", r"labels must be a list of strings or null", lambda m: m.update(labels="cat,dog"))
 _manifest_case("manifest-labels-numbers", r"labels must be a list of strings or null", lambda m: m.update(labels=list(range(12))))
-_manifest_case("manifest-labels-too-few", r"has 11 labels but its model scores 12 classes", lambda m: m["labels"].pop())
+_manifest_case("manifest-labels-too-few", r"names 11 labels for a model that scores 12 classes", lambda m: m["labels"].pop())
+case("manifest-labels-too-few-checked", r"names 11 labels for a model that scores 12 classes")(  # info, check, bench
+    lambda c: check_artifact(_edit(c.artifact(), lambda m: m["labels"].pop())))
 _manifest_case("manifest-image-spec-no-size", r"image preprocessing spec is malformed",
                lambda m: m["preprocess"]["image"].pop("size"))
 _manifest_case("manifest-image-spec-bad-mean", r"image preprocessing spec is invalid: image_mean must be three numbers",

@@ -451,16 +451,18 @@ def test_requests_running_when_the_shutdown_grace_ends_are_answered_503_json(art
     then get a JSON 503 saying the server is shutting down, not a bare 500."""
     import soundfile as sf
 
-    clip = io.BytesIO()
-    sf.write(clip, np.random.default_rng(0).standard_normal(16000 * 60).astype(np.float32), 16000, format="WAV")
+    clip = io.BytesIO()  # a small body that takes seconds to tag: ~3000 windows a clip
+    sf.write(clip, 0.1 * np.random.default_rng(0).standard_normal(16000 * 30), 16000, format="WAV", subtype="PCM_16")
     proc, url = _cli_server(str(artifacts["ast"]), "--max-batch", "1", "--shutdown-grace-s", "0")
     try:
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="readiness")
         with ThreadPoolExecutor(3) as pool:
-            sent = [pool.submit(httpx.post, f"{url}/v1/models/ast/tag", files=[("audio", ("a.wav", clip.getvalue()))] * 8,
-                                timeout=120) for _ in range(3)]
+            sent = [pool.submit(httpx.post, f"{url}/v1/models/ast/tag", files=[("audio", ("a.wav", clip.getvalue()))] * 2,
+                                data={"window_hop": "0.01"}, timeout=120) for _ in range(3)]
             wait_for(lambda: metric(httpx.get(f"{url}/metrics").text, "vlmedge_requests_in_flight") >= 3,
                      what="three requests in flight")
+            # their bodies read: a server stopping while a client still uploads cannot be sure it reads the answer
+            time.sleep(1.0)
             proc.terminate()
             answers = [f.result() for f in sent]
     finally:

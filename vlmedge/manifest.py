@@ -76,10 +76,10 @@ def _check_fields_shape(manifest: dict[str, Any], where: Path) -> None:
     for kind, spec in manifest["preprocess"].items():
         if not isinstance(spec, dict):
             raise _malformed(where, f"preprocess['{kind}'] is a {type(spec).__name__}, not an object")
-    _check_task_shape(manifest, where)
     labels = manifest.get("labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise _malformed(where, "labels must be a list of strings or null")
+    _check_task_shape(manifest, where)
     if not isinstance(manifest.get("postprocess") or {}, dict):
         raise _malformed(where, "postprocess must be an object or null")
     for key in ("source", "versions", "export"):
@@ -122,6 +122,12 @@ def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
     missing = set(task.preprocess) - set(manifest["preprocess"])
     if missing:
         raise _malformed(where, f"the {task.name} task needs preprocess {sorted(missing)}")
+    labels = manifest.get("labels")
+    if task.scores_labels and isinstance(labels, list):
+        (graph,) = graphs.values()  # such a task has one graph (checked above)
+        shape = graph["outputs"][0]["shape"]
+        if shape and isinstance(shape[-1], int) and shape[-1] != len(labels):
+            raise _malformed(where, f"it names {len(labels)} labels for a model that scores {shape[-1]} classes")
 
 
 _METRICS = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "top1", "top5", "prob_max_abs")

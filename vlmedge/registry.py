@@ -45,6 +45,8 @@ class Task:
     methods: tuple[Method, ...]     # the first is what bulk runs when no method is named
     # other names for a method: the CLI's verbs ("predict", "embed") and older names
     aliases: Mapping[str, str] = field(default_factory=dict)
+    # whether the manifest's labels name its graph's scores, one per class of the first output
+    scores_labels: bool = False
 
     @property
     def input_kinds(self) -> tuple[str, ...]:
@@ -84,7 +86,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         served="vlmedge.serve.models:ClassifierModel",
         graphs=("model",), preprocess=("image",),
         methods=(Method("classify", "image", "model", "ranked", "ranked labels per image", ("top_k",)),),
-        aliases={"predict": "classify"},
+        aliases={"predict": "classify"}, scores_labels=True,
     ),
     Task(
         name="image-embedding",
@@ -119,7 +121,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         graphs=("model",), preprocess=("audio",),
         methods=(Method("tag", "audio", "model", "tags", "ranked tags per clip and per window",
                          ("top_k", "threshold", "aggregate", "window_hop")),),
-        aliases={"predict": "tag", "classify": "tag"},
+        aliases={"predict": "tag", "classify": "tag"}, scores_labels=True,
     ),
 )}
 

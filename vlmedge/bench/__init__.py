@@ -143,7 +143,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         for t in settings.threads:
             measure_peer(plan, name, path, t, precision)
     time_round_robin(plan)  # the rows left waiting when rounds is set
-    plan.warnings += annotate(plan.rows)
+    plan.warnings += annotate(plan.rows, settings.rounds)
     peaks = []
     if roofline:
         from vlmedge.bench.roofline import add_roofline

@@ -11,7 +11,7 @@ import importlib.util
 import json
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -29,8 +29,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 def _ints(value: Optional[str], option: str) -> list[int] | None:
     if not value:
         return None
-    try:
-        numbers = [int(part) for part in formats.split(value)]
+    try:  # every comma separates a number: "1,,8" is a typo, not 1,8
+        numbers = [int(part) for part in value.split(",")]
     except ValueError:
         numbers = []
     if not numbers or min(numbers) < 1:
@@ -53,9 +53,14 @@ def _peers(values: Optional[list[str]]) -> dict[str, str]:
 
 
 def _check_options(backend: Optional[str], precision: Optional[str], sweep: Optional[str], metric: str,
-                   max_slowdown: float, plot_path: Optional[Path]) -> None:
-    """Every option value, before anything is exported, loaded or measured."""
+                   max_slowdown: float, plot_path: Optional[Path], outputs: dict[str, Any]) -> None:
+    """Every option value, before anything is exported, loaded or measured; `outputs`: the
+    files a run writes, by option (a folder there would be found only after measuring)."""
     from vlmedge.bench.report import METRICS
+
+    for option, path in outputs.items():
+        if path and path != "-" and Path(path).is_dir():
+            raise UsageError(f"{option} {path} is a folder; give the path of the file to write.")
 
     if backend:
         formats.check_backends("--backend", backend, ["torch", *formats.backend_names()])
@@ -128,7 +133,8 @@ def bench(
 ) -> None:
     """Measure latency, throughput, start-up time and memory per backend, precision and batch, beside PyTorch."""
     out = err_console if json_path == "-" else console
-    _check_options(backend, precision, sweep, metric, max_slowdown, plot_path)
+    _check_options(backend, precision, sweep, metric, max_slowdown, plot_path,
+                   {"--json": json_path, "--markdown": markdown_path, "--plot": plot_path})
     batches, peers = _ints(batch_size, "--batch-size"), _peers(peer)
     if compare:
         if artifact:

@@ -51,10 +51,11 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
     """One row per batch size: the session's own call (model-only), or the pipeline's
     method for the graph on the sample files (end-to-end, when `pipeline` is given)."""
     settings = plan.settings
+    whose = f"peer {peer}: " if peer else ""  # a peer's skip names it: its row shares the artifact's columns
     for batch in settings.batch_sizes:
         static = session.inputs[0].shape[0] if session.inputs else None
         if isinstance(static, int) and static >= 0 and static != batch:
-            skip(plan, backend, f"the {graph} graph takes batch {static} only", graph, precision, batch)
+            skip(plan, backend, f"{whose}the {graph} graph takes batch {static} only", graph, precision, batch)
             continue
         try:
             if pipeline is not None:
@@ -75,7 +76,7 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
             samples = None if settings.rounds else timed_samples(call, settings.iterations, settings.duration_s or 0.0,
                                                                  settings.min_iterations or 1)
         except Exception as exc:  # a backend that cannot run this batch: say why, measure the rest
-            skip(plan, backend, exception_line(exc), graph, precision, batch)
+            skip(plan, backend, whose + exception_line(exc), graph, precision, batch)
             continue
         fields = dict(
             graph=graph, backend=backend, precision=precision, batch_size=batch, threads=threads,

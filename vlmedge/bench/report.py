@@ -258,7 +258,9 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        return not self.regressions
+        """No regression, and every row of BASE measured again (a variant that failed to
+        run in NEW must not pass a CI gate)."""
+        return not self.regressions and not self.only_base
 
 
 def _value(row: Row, metric: str) -> float:
@@ -278,17 +280,20 @@ def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, met
         raise InputError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
     base_rows = {r.key: r for r in base.rows}
     new_rows = {r.key: r for r in new.rows}
-    compared = []
+    compared, notes = [], []
     for key, b in base_rows.items():
         n = new_rows.get(key)
         if n is None:
             continue
         bv, nv = _value(b, metric), _value(n, metric)
-        slowdown = (bv / nv if metric == "throughput" else nv / bv) if min(bv, nv) > 0 else float("inf")
+        if min(bv, nv) <= 0:  # no ratio: a figure of 0 (a malformed or hand-made file)
+            notes.append(f"{_describe(key, b)} not compared: its {metric} is 0 in {'BASE' if bv <= 0 else 'NEW'}")
+            continue
+        slowdown = bv / nv if metric == "throughput" else nv / bv
         compared.append(ComparedRow(key, _describe(key, b), bv, nv, round(slowdown, 4), slowdown > max_slowdown))
     result = Comparison(metric, max_slowdown, compared,
                         only_base=[_describe(k, r) for k, r in base_rows.items() if k not in new_rows],
-                        only_new=[_describe(k, r) for k, r in new_rows.items() if k not in base_rows])
+                        only_new=[_describe(k, r) for k, r in new_rows.items() if k not in base_rows], notes=notes)
     be, ne = base.environment, new.environment
     if (be.cpu_model, be.cores_available) != (ne.cpu_model, ne.cores_available):
         result.notes.append(f"different machines: {be.cpu_model} ({be.cores_available} cores) vs "
@@ -321,9 +326,12 @@ def print_comparison(comparison: Comparison, console: Console, names: tuple[str,
         console.print(f"only in {escape(names[1])}: {escape(line)}", highlight=False)
     for note in comparison.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
-    n = len(comparison.regressions)
-    console.print(f"[red]{n} regression(s)[/red]" if n else f"[green]no regression[/green] in {len(comparison.rows)} rows",
-                  highlight=False)
+    n, missing = len(comparison.regressions), len(comparison.only_base)
+    if n or missing:
+        console.print(f"[red]{n} regression(s)[/red]" + (f", [red]{missing} row(s) of {escape(names[0])} not measured "
+                                                        f"in {escape(names[1])}[/red]" if missing else ""), highlight=False)
+    else:
+        console.print(f"[green]no regression[/green] in {len(comparison.rows)} rows", highlight=False)
 
 
 def as_dict(comparison: Comparison) -> dict[str, Any]:

@@ -10,6 +10,7 @@ bytes for files, MiB for resident memory: `*_mb`), throughput items per second.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +22,7 @@ import numpy as np
 
 from vlmedge.bench.peak import MachinePeaks, Peak
 from vlmedge.environment import Environment, Gpu
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, OutputError
 
 SCHEMA = "vlmedge-bench"
 SCHEMA_VERSION = 4
@@ -227,10 +228,16 @@ class BenchResult:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the JSON form (atomically: a partial file never replaces a good one)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise OutputError(f"Cannot write the bench result to {path} ({exc.strerror or exc}); give a file path "
+                             "in a folder you can write.") from None
         return path
 
     @classmethod
@@ -247,6 +254,7 @@ class BenchResult:
             rows = []
             for r in d["rows"]:
                 r = dict(r)
+                _check_figures(r)
                 r["latency"], r["parity"] = Latency(**r["latency"]), Parity(**r["parity"])
                 r["roofline"] = Roofline(**r["roofline"]) if r.get("roofline") else None
                 rows.append(Row(**r))
@@ -275,6 +283,16 @@ class BenchResult:
             raise InputError(f"{path}: {exc}") from None
 
 
+def _check_figures(row: dict[str, Any]) -> None:
+    """A stored row's latency figures and throughput are numbers, not below zero (KeyError or
+    TypeError otherwise, which from_dict words as a malformed result)."""
+    figures = {f"latency.{k}": v for k, v in dict(row["latency"]).items()}
+    figures["throughput_per_s"] = row["throughput_per_s"]
+    for name, value in figures.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise TypeError(f"row {row.get('label', '?')!r} has {name} {value!r}, not a number from 0 up")
+
+
 def recommend(rows: list[Row]) -> list[Recommendation]:
     """Per graph: lowest p50 at the smallest batch measured, and highest throughput."""
     found = []
@@ -292,19 +310,21 @@ def recommend(rows: list[Row]) -> list[Recommendation]:
     return found
 
 
-def annotate(rows: list[Row]) -> list[str]:
+def annotate(rows: list[Row], rounds: int | None = None) -> list[str]:
     """Sets each row's speed-up over the torch row of the same graph, batch, threads and mode,
     and its warnings (noisy figures, a failed parity gate, a lower precision that is not
-    faster than fp32); returns those warnings as lines for the whole result."""
+    faster than fp32); returns those warnings as lines for the whole result. `rounds`: the
+    round-robin rounds the rows were timed in (None: each row on its own)."""
     by_key = {r.key: r for r in rows}
+    remedy = (f"more --rounds than {rounds}" if rounds else
+              "time the rows round-robin (--rounds) so that they compare")
     for row in rows:
         torch_row = by_key.get((row.graph, BASELINE, BASELINE_PRECISION, row.batch_size, row.threads, row.mode, None))
         if torch_row is not None:
             row.speedup_vs_torch = float(f"{torch_row.latency.p50_ms / row.latency.p50_ms:.4g}")
         if row.latency.cov > HIGH_COV:
             row.warnings.append(f"noisy: CoV {row.latency.cov:.0%} > {HIGH_COV:.0%}; "
-                                "close other programs, raise --iterations/--duration, or time the rows "
-                                "round-robin (--rounds) so that they compare")
+                                f"close other programs, raise --iterations/--duration, or {remedy}")
         if row.parity.passed is False:
             row.warnings.append("fails its parity gate: its outputs differ from the source model's")
         base = by_key.get((row.graph, row.backend, "fp32", row.batch_size, row.threads, row.mode, row.peer))

@@ -82,6 +82,8 @@ def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
         if backend_for_file(Path(path)) not in readers:
             raise InputError(f"Peer {name}'s file {path} is not a model file bench can run; give "
                              f"{' or '.join(f'a {b.file_suffix} file ({b.name})' for b in readers)}.")
+        if not Path(path).is_file():
+            raise InputError(f"Peer {name}'s file {path} does not exist; check the path.")
         found.append((name, precision, Path(path)))
     return found
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,10 @@ class DynamicBatcher:
             if not job.future.done():
                 job.future.set_exception(shutting_down())
         self._set_depth()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # waits for a running batch off the event loop, which meanwhile answers the requests
+        # the shutdown cut off (their 503s) instead of freezing until the batch ends
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
 
     def call(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
         """Runs fn in the model's worker thread (warm-up, one-off calls), between batches."""
