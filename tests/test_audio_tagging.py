@@ -407,12 +407,15 @@ def test_clip_shorter_than_one_frame_is_an_input_error_everywhere(exported, audi
     tiny = tone_clip(0.002)  # 32 samples
     with pytest.raises(ValueError):
         transformers.ASTFeatureExtractor(**CONFIGS["single-softmax"][1])(tiny, sampling_rate=SR)
-    message = r"32 samples at 16000 Hz, shorter than one 25 ms frame \(400 samples at 16000 Hz\)"
+    message = r"32 samples at 16000 Hz, shorter than one 25 ms frame \(400 samples\)"
     with pytest.raises(InputError, match=message):
         vlmedge.load(art).tag(tiny, sample_rate=SR)
     sf.write(tmp_path / "tiny.wav", tiny, SR, subtype="FLOAT")
-    predicted = CliRunner().invoke(app, ["predict", str(art), str(tmp_path / "tiny.wav")])
+    predicted = CliRunner().invoke(app, ["predict", str(art), str(audio_files["short"]), str(tmp_path / "tiny.wav")])
     assert predicted.exit_code == 1 and "shorter than one 25 ms frame" in predicted.output
+    assert "tiny.wav: The audio clip is 32 samples" in " ".join(predicted.output.split())  # named among the files
+    with pytest.raises(InputError, match="Audio clip 1 of the list: The audio clip is 32 samples"):
+        vlmedge.load(art).tag([tone_clip(1.0), tiny], sample_rate=SR)
     pytest.importorskip("pyarrow")
     rows = run_local(make_job(art, "tag"), collect([str(tmp_path / "tiny.wav"), str(audio_files["short"])], "audio"),
                      batch_size=2).to_pylist()

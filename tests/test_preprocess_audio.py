@@ -249,7 +249,7 @@ def test_clip_shorter_than_one_frame_is_refused_as_the_extractor_refuses_it():
     for n in (1, 32, 399):
         wave = SIGNALS["speech"][:n]
         with pytest.raises(InputError, match=rf"{n} samples? at 16000 Hz, shorter than one 25 ms frame "
-                                             r"\(400 samples at 16000 Hz\)"):
+                                             r"\(400 samples\)"):
             fbank(wave, spec)
     one_frame = SIGNALS["speech"][:400]
     assert np.abs(fbank(one_frame, spec) - _reference("small", one_frame)).max() <= GOLDEN_ATOL

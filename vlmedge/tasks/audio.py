@@ -20,6 +20,7 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
+from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Prediction, check_threshold, check_top_k, chunks,
@@ -99,6 +100,11 @@ def _spans(windows: list[tuple[float, float, np.ndarray]]) -> list[tuple[float, 
     return [(float(start), float(end)) for start, end, _ in windows]
 
 
+def _clip_name(item: Any, i: int) -> str:
+    """How a message names a clip: its file, else its place in the list."""
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"Audio clip {i} of the list"
+
+
 def _as_clips(audio: Any) -> tuple[list[Any], bool]:
     """One clip or a list of them -> a list; says whether it was a single one."""
     if isinstance(audio, AUDIO_TYPES):
@@ -164,9 +170,15 @@ class AudioTagger:
                 except InputError as exc:
                     if single or isinstance(item, (str, os.PathLike)):  # a file's message names it
                         raise
-                    raise InputError(f"Audio clip {i} of the list: {exc}") from None
+                    raise InputError(f"{_clip_name(item, i)}: {exc}") from None
                 if isinstance(clip, Deferred):
                     raise clip.error
+                try:  # before any features, so that the message can name the clip among many
+                    check_clip_length(clip[0].size, self.spec)
+                except InputError as exc:
+                    if single and not isinstance(item, (str, os.PathLike)):  # one array: nothing to name
+                        raise
+                    raise InputError(f"{_clip_name(item, i)}: {exc}") from None
                 loaded.append(clip)
         return loaded
 

@@ -61,10 +61,7 @@ def _log_mel(wave: np.ndarray, spec: AudioPreprocessSpec) -> np.ndarray:
     """Log-mel energies of at most ``max_length`` frames, in the extractor's exact order of operations."""
     length, shift = spec.frame_length, spec.frame_shift
     if wave.size < length:  # Kaldi (snip_edges) makes no frame of it, and the extractor raises on it
-        raise InputError(f"The audio clip is {wave.size} sample{'' if wave.size == 1 else 's'} at {spec.sampling_rate} "
-                         "Hz, shorter than one "
-                         f"{spec.frame_length_ms:g} ms frame ({length} samples at {spec.sampling_rate} Hz); "
-                         f"pass a clip of at least {spec.frame_length_ms:g} ms.")
+        raise _shorter_than_a_frame(wave.size, spec)
     # Frames past max_length would be truncated anyway, so an hour-long clip costs no more than 10 s.
     wave = wave[: spec.window_samples].astype(np.float64)
     frames = np.lib.stride_tricks.sliding_window_view(wave, length)[::shift]
@@ -78,6 +75,20 @@ def _log_mel(wave: np.ndarray, spec: AudioPreprocessSpec) -> np.ndarray:
     spectrum = np.fft.rfft(frames, n=spec.fft_length).astype(np.complex64)
     power = np.abs(spectrum, dtype=np.float64) ** 2
     return np.log(np.maximum(spec.mel_floor, power @ _mel_filters(spec))).astype(np.float32)
+
+
+def check_clip_length(samples: int, spec: AudioPreprocessSpec) -> None:
+    """InputError for a clip (at the model's rate) too short for the front end: Kaldi fbank
+    frames the clip as it is and makes no frame of fewer samples than one, as its extractor
+    refuses them; the other front ends pad a short clip."""
+    if spec.front_end == "kaldi-fbank" and samples < spec.frame_length:
+        raise _shorter_than_a_frame(samples, spec)
+
+
+def _shorter_than_a_frame(samples: int, spec: AudioPreprocessSpec) -> InputError:
+    return InputError(f"The audio clip is {samples} sample{'' if samples == 1 else 's'} at {spec.sampling_rate} Hz, "
+                      f"shorter than one {spec.frame_length_ms:g} ms frame ({spec.frame_length} samples); pass a "
+                      f"clip of at least {spec.frame_length_ms:g} ms.")
 
 
 def _kaldi_fbank(wave: np.ndarray, spec: AudioPreprocessSpec) -> np.ndarray:
