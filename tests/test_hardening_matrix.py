@@ -263,6 +263,8 @@ _manifest_case("manifest-labels-numbers", r"labels must be a list of strings or 
 _manifest_case("manifest-labels-too-few", r"names 11 labels for a model that scores 12 classes", lambda m: m["labels"].pop())
 case("manifest-labels-too-few-checked", r"names 11 labels for a model that scores 12 classes")(  # info, check, bench
     lambda c: check_artifact(_edit(c.artifact(), lambda m: m["labels"].pop())))
+_manifest_case("manifest-task-without-its-section", r"image-embedding task needs an 'embedding' section with "
+               r"default_pooling", lambda m: m.update(task="image-embedding"))
 _manifest_case("manifest-image-spec-no-size", r"image preprocessing spec is malformed",
                lambda m: m["preprocess"]["image"].pop("size"))
 _manifest_case("manifest-image-spec-bad-mean", r"image preprocessing spec is invalid: image_mean must be three numbers",

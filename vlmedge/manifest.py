@@ -122,6 +122,10 @@ def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
     missing = set(task.preprocess) - set(manifest["preprocess"])
     if missing:
         raise _malformed(where, f"the {task.name} task needs preprocess {sorted(missing)}")
+    for name, keys in task.sections.items():
+        section = manifest.get(name)
+        if not isinstance(section, dict) or not set(keys) <= set(section):
+            raise _malformed(where, f"the {task.name} task needs an '{name}' section with {', '.join(keys)}")
     labels = manifest.get("labels")
     if task.scores_labels and isinstance(labels, list):
         (graph,) = graphs.values()  # such a task has one graph (checked above)

@@ -47,6 +47,8 @@ class Task:
     aliases: Mapping[str, str] = field(default_factory=dict)
     # whether the manifest's labels name its graph's scores, one per class of the first output
     scores_labels: bool = False
+    # other manifest sections its pipeline reads, with the keys each must hold
+    sections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def input_kinds(self) -> tuple[str, ...]:
@@ -96,7 +98,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         graphs=("model",), preprocess=("image",),
         methods=(Method("embed", "image", "model", "embedding", "one pooled vector per image",
                          ("pooling", "normalize")),),
-        aliases={"predict": "embed"},
+        aliases={"predict": "embed"}, sections={"embedding": ("default_pooling",)},
     ),
     Task(
         name="clip",

@@ -42,10 +42,7 @@ class ImageEncoder:
         self.model = model
         manifest = model.artifact.manifest
         self.spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
-        info = manifest.get("embedding")
-        if not isinstance(info, dict) or "default_pooling" not in info:
-            raise ArtifactError(f"Artifact {model.artifact.root} has no 'embedding' section in its manifest; "
-                                "re-export it with this version of vlmedge.")
+        info = manifest["embedding"]  # with its default pooling: the manifest check (registry) requires them
         self.info: dict[str, Any] = info
         (self._graph, self._session), = model.sessions.items()
         self._input = self._session.inputs[0].name
@@ -86,7 +83,7 @@ class ImageEncoder:
     def check_pooling(manifest: dict[str, Any], pooling: str | None) -> str:
         """`resolve_pooling` from an image-embedding artifact's manifest alone, without
         opening its model: what a bulk job checks before any worker starts."""
-        info = manifest.get("embedding") or {}
+        info = manifest["embedding"]
         outputs = [o["name"] for graph in manifest["graphs"].values() for o in graph["outputs"]]
         pooling = info.get("default_pooling") if pooling is None else pooling
         if pooling not in POOLINGS:
