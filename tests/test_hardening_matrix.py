@@ -608,6 +608,34 @@ case("model-unknown-image-processor", r"cannot reproduce the image processor 'My
 case("export-over-a-folder-that-is-not-an-artifact", r"precious exists and is not a vlmedge artifact")(_output_not_an_artifact)
 
 
+def _output_with_another_manifest(c: Ctx):
+    """A folder holding someone else's manifest.json (a web app's) is not an artifact either."""
+    out = c.work / "webapp"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "My PWA"}')
+    (out / "index.html").write_text("do not delete")
+    from vlmedge.artifact import ArtifactWriter
+
+    try:
+        ArtifactWriter(out)
+    finally:
+        assert (out / "index.html").read_text() == "do not delete"
+
+
+case("export-over-a-folder-with-another-manifest", r"webapp exists and is not a vlmedge artifact")(
+    _output_with_another_manifest)
+
+
+def _output_under_a_file(c: Ctx):
+    from vlmedge.artifact import ArtifactWriter
+
+    ArtifactWriter(c.file("afile", b"x") / "sub")
+
+
+case("export-under-a-file", r"Cannot write the artifact at .*afile.sub \(File exists\); choose an output path")(
+    _output_under_a_file)
+
+
 # -- the test -----------------------------------------------------------------------------------
 
 def test_matrix_has_at_least_forty_cases():

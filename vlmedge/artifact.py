@@ -216,21 +216,23 @@ class ArtifactWriter:
 
     def __post_init__(self) -> None:
         self.destination = Path(self.destination).absolute()
-        if self.destination.exists() and not (self.destination / MANIFEST_NAME).is_file():
+        # An export replaces what is there: only an earlier artifact, or an empty folder.
+        if self.destination.exists() and not _holds_an_artifact(self.destination):
             if not self.destination.is_dir() or any(self.destination.iterdir()):
                 raise ExportError(
                     f"{self.destination} exists and is not a vlmedge artifact; choose another output path."
                 )
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_builds(self.destination)
         # The pid in the name lets a later export tell an abandoned build from a running one.
         name = f"{_TMP_MARKER}{self.destination.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp = self.destination.parent / name
         try:
+            self.destination.parent.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned_builds(self.destination)
             self.tmp.mkdir()
         except OSError as exc:
             _raise_if_disk_full(exc, self.destination)
-            raise
+            raise ExportError(f"Cannot write the artifact at {self.destination} ({exc.strerror or exc}); choose an "
+                              "output path in a folder you can write.") from None
 
     def __enter__(self) -> "ArtifactWriter":
         return self
@@ -276,6 +278,17 @@ class ArtifactWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _holds_an_artifact(folder: Path) -> bool:
+    """Whether a folder holds a vlmedge artifact (of any schema version): its manifest.json is
+    a JSON object with a schema version and a file list. Any other manifest.json (a web app's,
+    a dataset's) is not one, and its folder is never replaced."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("files"), list)
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
