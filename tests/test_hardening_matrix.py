@@ -582,16 +582,22 @@ def _bad_processor(c: Ctx):
     return _export(c, folder)
 
 
-def _output_not_an_artifact(c: Ctx):
-    out = c.work / "precious"
+def _export_over(c: Ctx, name: str, files: dict[str, str]) -> None:
+    """An export to a folder holding these files, which must be left as they were."""
+    out = c.work / name
     out.mkdir()
-    (out / "thesis.txt").write_text("do not delete")
+    for file, text in files.items():
+        (out / file).write_text(text)
     from vlmedge.artifact import ArtifactWriter
 
     try:
         ArtifactWriter(out)
     finally:
-        assert (out / "thesis.txt").read_text() == "do not delete"
+        assert {file: (out / file).read_text() for file in files} == files
+
+
+def _output_not_an_artifact(c: Ctx):
+    _export_over(c, "precious", {"thesis.txt": "do not delete"})
 
 
 case("model-pickle-payload-bin", r"weights in .* are a pickle that would run code .*\(it calls (io|builtins)\.open\).*never unpickles")(
@@ -610,16 +616,7 @@ case("export-over-a-folder-that-is-not-an-artifact", r"precious exists and is no
 
 def _output_with_another_manifest(c: Ctx):
     """A folder holding someone else's manifest.json (a web app's) is not an artifact either."""
-    out = c.work / "webapp"
-    out.mkdir()
-    (out / "manifest.json").write_text('{"name": "My PWA"}')
-    (out / "index.html").write_text("do not delete")
-    from vlmedge.artifact import ArtifactWriter
-
-    try:
-        ArtifactWriter(out)
-    finally:
-        assert (out / "index.html").read_text() == "do not delete"
+    _export_over(c, "webapp", {"manifest.json": '{"name": "My PWA"}', "index.html": "do not delete"})
 
 
 case("export-over-a-folder-with-another-manifest", r"webapp exists and is not a vlmedge artifact")(
