@@ -244,6 +244,9 @@ def evaluation_sets(path: str | Path, spec: ExportSpec, size: int | None = None,
         if not items:
             raise ExportError(f"--eval {path}: the class folders hold no {kind} files.")
         batch, kept = _preprocess_all([f for f, _ in items], Preprocessor(spec, kind), say)
+        if not kept:  # else the missing batch reads as preprocessing that makes no model input
+            raise ExportError(f"--eval {path}: all {len(items)} {kind} file(s) in its class folders were unreadable "
+                              f"and skipped; put readable {kind} files there.")
         output = next(name for name, kind_ in graph.compare.items() if kind_ == "logits")
         sets[graph.name] = EvalSet(_match_dtypes(batch, graph, spec), np.array([items[i][1] for i in kept]),
                                    output, len(folders))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -13,10 +15,15 @@ from pathlib import Path
 import onnx
 import torch
 
-from vlmedge.errors import UnsupportedModelError
+from vlmedge.errors import ExportError, UnsupportedModelError, exception_line
 from vlmedge.exporters.spec import GraphSpec
 
 DEFAULT_OPSET = 18
+# The opsets an export may ask for: from 17, where LayerNormalization is one operator, to the
+# newest that torch's TorchScript exporter (dynamo=False, see export_onnx) writes.
+MIN_OPSET = 17
+# (a private name of torch's: 20 where a later torch moves it, the newest torch 2.13 writes)
+MAX_OPSET = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 # Protobuf cannot hold more than 2 GB; bigger models keep their weights in a side file.
 _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
@@ -146,5 +153,27 @@ def _optimize_basic(path: Path) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(optimized)
     options.log_severity_level = 3
-    ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    os.replace(optimized, path)
+    try:
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        os.replace(optimized, path)
+    except Exception as exc:  # ORT reports a full disk as InvalidProtobuf, with no errno to test
+        optimized.unlink(missing_ok=True)
+        if _disk_full(path):
+            # The errno lets ArtifactWriter tell a full disk from other failures, as it does for
+            # every step, and name the destination rather than its temporary build folder.
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path.parent))
+            full.__cause__ = exc
+            raise ExportError(
+                f"No space left on the disk holding {path.parent} while ONNX Runtime optimised {path.name}; "
+                "free some space and export again."
+            ) from full
+        raise ExportError(
+            f"ONNX Runtime's graph optimisation of {path.name} failed ({exception_line(exc)}); "
+            "check that the output folder is writable and export again."
+        ) from exc
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the filesystem holding `path` lacks room for the optimised copy of it, which
+    is about as big as the file itself."""
+    return shutil.disk_usage(path.parent).free < path.stat().st_size

@@ -30,9 +30,9 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import ExportError, InputError, ParityError, VlmedgeError, exception_line
+from vlmedge.errors import ExportError, InputError, ParityError, UsageError, VlmedgeError, exception_line
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
-from vlmedge.exporters.onnx import DEFAULT_OPSET, export_onnx
+from vlmedge.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
@@ -85,6 +85,9 @@ def _check_choices(kind: str, chosen: str | Iterable[str], allowed: tuple[str, .
     """The chosen names, in order, once each: a list, one name, or names joined by commas
     (vlmedge.formats.split's forms, which the CLI passes; formats imports this package)."""
     names = chosen.split(",") if isinstance(chosen, str) else chosen
+    names = list(names) if isinstance(names, Iterable) else [names]  # once: a generator reads only once
+    if not all(isinstance(name, str) for name in names):
+        raise UsageError(f"The {kind} must be a name or a list of names ({', '.join(allowed)}), not {chosen!r}.")
     chosen = list(dict.fromkeys(name.strip() for name in names if name and name.strip()))
     unknown = [c for c in chosen if c not in allowed]
     if unknown or not chosen:
@@ -173,7 +176,7 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
         evaluation: a folder with one sub-folder per label: every file's accuracy, and the
             drop against the source, is measured and judged by the gate's accuracy budget.
         task: the task when the architecture does not imply it.
-        opset: ONNX opset (>= 17, so LayerNormalization is one operator).
+        opset: ONNX opset, MIN_OPSET (17: LayerNormalization is one operator) to MAX_OPSET.
         gates: parity gates per precision, replacing the defaults (tightening is safe;
             loosening is recorded in each report).
         progress: called with a line of text at every step.
@@ -193,6 +196,12 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
         raise InputError(f"out must be the artifact folder to write (a str or os.PathLike), not {type(out).__name__}.")
     if isinstance(calibration_size, bool) or not isinstance(calibration_size, int) or calibration_size < 1:
         raise InputError(f"calibration_size must be a positive integer, not {calibration_size!r}.")
+    if not (calibration is None or isinstance(calibration, (dict, str, os.PathLike))):
+        raise InputError(f"calibration must be a path or {{graph: {{input: array}}}}, not {type(calibration).__name__}.")
+    if not (evaluation is None or isinstance(evaluation, (str, os.PathLike))):
+        raise InputError(f"evaluation must be the path of a folder of labelled files, not {type(evaluation).__name__}.")
+    if not (progress is None or callable(progress)):
+        raise InputError(f"progress must be a function taking a line of text, not {type(progress).__name__}.")
     strict = check_flag("strict", strict)
     plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
     plan.strict = strict
@@ -243,8 +252,9 @@ def plan_variants(to: str | Iterable[str], precision: str | Iterable[str], opset
     if unsupported:
         raise ExportError(f"This vlmedge cannot build {', '.join(unsupported)}; "
                           f"it builds: {', '.join(f'{t} {p}' for t, p in VARIANT_BUILDERS)}.")
-    if opset < 17:
-        raise ExportError(f"opset {opset} is too old; use 17 or newer.")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"opset must be a whole number from {MIN_OPSET} to {MAX_OPSET} (the ONNX opsets vlmedge "
+                         f"exports with), not {opset!r}.")
     variants = [("onnx", "fp32")] + [v for v in requested if v != ("onnx", "fp32")]
     return VariantPlan(targets, precisions, variants, {**GATES, **(gates or {})}, opset, say, requested=requested)
 

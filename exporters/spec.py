@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from vlmedge.errors import ModelNotFoundError
 
 if TYPE_CHECKING:  # annotations only: reading the built-in list (vlmedge formats) needs no torch
     import torch
@@ -44,3 +47,14 @@ class ExportSpec:
     # artifact-relative path -> file to copy in (tokenizer, sample inputs)
     extra_files: dict[str, Path] = field(default_factory=dict)
     manifest_extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_labels(labels: Any) -> Any:
+    """labels= as a source takes it: a file (a str or PathLike, as --labels FILE gives) becomes
+    its non-empty lines, one label a line; anything else is returned as it is."""
+    if not isinstance(labels, (str, os.PathLike)):
+        return labels
+    file = Path(labels).expanduser()
+    if not file.is_file():
+        raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
+    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -52,6 +52,33 @@ def test_export_takes_targets_and_precisions_as_a_list_a_name_or_names_joined_by
         planned("onyx", "fp32")
 
 
+@pytest.mark.parametrize("opset", [16, 99, "18", 17.5, True, None])
+def test_an_opset_torch_onnx_cannot_export_is_refused_before_anything_loads(opset):
+    """Not a TypeError, nor torch.onnx's refusal after loading blamed on the model."""
+    from vlmedge.errors import UsageError
+    from vlmedge.exporters.onnx import MAX_OPSET, MIN_OPSET
+    from vlmedge.exporters.pipeline import plan_variants
+
+    assert plan_variants("onnx", "fp32", MAX_OPSET, None, lambda _: None).opset == MAX_OPSET
+    with pytest.raises(UsageError, match=rf"opset must be a whole number from {MIN_OPSET} to {MAX_OPSET} .*not "):
+        plan_variants("onnx", "fp32", opset, None, lambda _: None)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"to": None}, r"The target must be a name or a list of names \(onnx, .*\), not None"),
+    ({"precision": ["fp32", 8]}, r"The precision must be a name or a list of names \(fp32, .*\), not \['fp32', 8\]"),
+    ({"calibration": 123}, r"calibration must be a path or \{graph: \{input: array\}\}, not int"),
+    ({"evaluation": 123}, r"evaluation must be the path of a folder of labelled files, not int"),
+    ({"progress": "x"}, r"progress must be a function taking a line of text, not str"),
+])
+def test_export_arguments_of_the_wrong_type_are_one_sentence_before_anything_loads(option, message, tmp_path):
+    from vlmedge.errors import VlmedgeError
+
+    with pytest.raises(VlmedgeError, match=message):
+        vlmedge.export("no-such-model", tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_loaded_pipeline_reads_as_one_line(vit_artifact):
     """In a notebook or a log, a pipeline and its artifact say what runs, not the manifest."""
     import vlmedge
@@ -274,6 +301,21 @@ def test_plain_module_with_preprocessing_and_labels(tmp_path):
         expected = module(pixels).softmax(-1).numpy()
     np.testing.assert_allclose(classifier.probabilities(image), expected, atol=1e-5)
     assert {p.label for p in classifier.classify(image, top_k=3)} == {"cat", "dog", "car"}
+
+
+def test_a_plain_modules_labels_may_be_a_file_one_label_a_line(tmp_path):
+    """labels="labels.txt" names a file, as --labels FILE does: not the characters of its name."""
+    torch = pytest.importorskip("torch")
+    from vlmedge.exporters.sources.module import from_module
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
+    (tmp_path / "labels.txt").write_text("cat\ndog\n\ncar\n", encoding="utf-8")
+    for labels in (str(tmp_path / "labels.txt"), tmp_path / "labels.txt"):
+        assert from_module(module, preprocess=spec, labels=labels).labels == ["cat", "dog", "car"]
+    with pytest.raises(ModelNotFoundError, match="The labels file abc does not exist"):
+        from_module(module, preprocess=spec, labels="abc")
 
 
 def test_unchanged_files_are_not_hashed_again_and_altered_ones_always_are(artifact_copy, monkeypatch, tmp_path):

@@ -388,3 +388,48 @@ def test_a_failed_trace_is_one_sentence_without_the_graph_dump(tmp_path, capfd):
         export_onnx(graph, tmp_path / "model.onnx")
     printed = capfd.readouterr()
     assert "\n" not in str(info.value) and len(printed.out) + len(printed.err) < 2000, printed
+
+
+def _linear_onnx(path, op="MatMul"):
+    """A 64 KiB ONNX file (one 128x128 float weight) for the optimisation step to work on."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((128, 128), np.float32), "w")
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def test_a_failed_graph_optimisation_is_one_export_error_naming_the_step(tmp_path):
+    """ONNX Runtime's optimisation step raises its own types; vlmedge names the step."""
+    from vlmedge.errors import ExportError
+    from vlmedge.exporters.onnx import _optimize_basic
+
+    _linear_onnx(tmp_path / "model.onnx", op="NoSuchOp")  # ORT cannot load what it has no kernel for
+    with pytest.raises(ExportError, match=r"ONNX Runtime's graph optimisation of model.onnx failed \(.*\); check"):
+        _optimize_basic(tmp_path / "model.onnx")
+
+
+def test_a_full_disk_during_graph_optimisation_says_it_is_the_disk(tmp_path):
+    """ORT reports a full disk as InvalidProtobuf, without errno or text to tell; the free
+    space of the output folder's filesystem does."""
+    import subprocess
+
+    from vlmedge.errors import ExportError
+    from vlmedge.exporters.onnx import _optimize_basic
+
+    _linear_onnx(tmp_path / "model.onnx")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        (disk / "model.onnx").write_bytes((tmp_path / "model.onnx").read_bytes())
+        with pytest.raises(ExportError, match=r"No space left on the disk holding .*model.onnx; free some space") \
+                as info:
+            _optimize_basic(disk / "model.onnx")
+        assert not (disk / "model.opt.onnx").exists() and isinstance(info.value.__cause__, OSError)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

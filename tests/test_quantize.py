@@ -78,7 +78,10 @@ def test_int8_reports_its_recipe_and_calibration(every_variant):
     assert variants["onnx", "int8"]["path"] == "onnx/model.int8.onnx"
     onnx_quant = variants["onnx", "int8"]["parity"]["quantization"]
     static = [a for a in onnx_quant["attempts"] if a["method"] == "ort-static-qdq"]
-    assert static and static[0]["calibration"]["source"] == "bundled samples + generated inputs"
+    # without the user's data: half the parity inputs, the other half held out for the gate
+    assert static and static[0]["calibration"]["source"].startswith("every other bundled sample")
+    parity_rows = variants["onnx", "int8"]["parity"]["samples"]
+    assert static[0]["calibration"]["samples"] == (parity_rows + 1) // 2
 
 
 def test_a_dynamic_int8_file_answers_an_item_alike_whatever_shares_its_batch(every_variant, tmp_path):
@@ -226,7 +229,8 @@ def test_openvino_int8_keeps_embedding_tables_int8_in_the_compiled_model(tmp_pat
     base = tmp_path / "text.fp32.onnx"
     table = _embedding_graph(base)
     ids = np.random.default_rng(1).integers(0, len(table), (12, 7)).astype(np.int64)
-    context = SimpleNamespace(base=base, feeds={"input_ids": ids}, calibration=None,
+    # calibrated on the very ids it is judged on (as user data): this is about the table's layout
+    context = SimpleNamespace(base=base, feeds={"input_ids": ids}, calibration={"input_ids": ids},
                               graph=SimpleNamespace(name="text"), say=lambda message: None)
     reference = ort.InferenceSession(str(base), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
     recipes = [r for r in openvino_int8_recipes(context) if r.method == "nncf-transformer"]
@@ -439,6 +443,19 @@ def test_calibration_feeds_follow_the_artifact_preprocessing(small_vit, tmp_path
     image_spec = ImagePreprocessSpec.from_dict(spec.preprocess["image"])
     everything = preprocess_images([load_image(p) for p in files if p.name != "broken.png"], image_spec)
     assert all(any(np.array_equal(row, other) for other in everything) for row in pixels)
+
+
+def test_eval_files_that_are_all_unreadable_say_so(small_vit, tmp_path):
+    """Not "the graph takes pixel_values, which its preprocessing does not make"."""
+    from vlmedge.errors import ExportError
+    from vlmedge.exporters.calibration import evaluation_sets
+    from vlmedge.exporters.sources import resolve
+
+    (tmp_path / "eval" / "class_0").mkdir(parents=True)
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "eval" / "class_0" / name).write_bytes(b"not an image")
+    with pytest.raises(ExportError, match=r"--eval .*eval: all 2 image file\(s\) in its class folders were unreadable"):
+        evaluation_sets(tmp_path / "eval", resolve(str(small_vit)))
 
 
 @pytest.mark.skipif(not (SHAPES_VIT / "config.json").is_file(), reason="builtin:shapes-vit is not trained yet")

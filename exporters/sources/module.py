@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.exporters.spec import ExportSpec, GraphSpec, read_labels
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
 
 def from_module(module: torch.nn.Module, task: str | None = None, preprocess: ImagePreprocessSpec | dict | None = None,
-                labels: list[str] | None = None, name: str | None = None, **_: Any) -> ExportSpec:
-    """An image classifier module: (N, 3, H, W) float pixels -> (N, num_labels) logits."""
+                labels: list[str] | str | os.PathLike | None = None, name: str | None = None,
+                **_: Any) -> ExportSpec:
+    """An image classifier module: (N, 3, H, W) float pixels -> (N, num_labels) logits.
+
+    labels: the class names, a list or a file with one a line.
+    """
     if (task or "image-classification") != "image-classification":
         raise UnsupportedModelError(f"A plain torch module can be exported for image-classification only, not '{task}'.")
     if preprocess is None or labels is None:
         raise UnsupportedModelError(
             "A plain torch module needs preprocess= (an ImagePreprocessSpec or its dict) and labels= to be exported."
         )
+    labels = read_labels(labels)
     spec = preprocess if isinstance(preprocess, ImagePreprocessSpec) else ImagePreprocessSpec.from_dict(preprocess)
     height, width = spec.output_size
     pixels, sample_files = image_parity_feeds(spec)

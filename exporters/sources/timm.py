@@ -35,7 +35,7 @@ import torch
 from vlmedge.artifact import sha256_file
 from vlmedge.errors import ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.exporters.spec import ExportSpec, GraphSpec, read_labels
 from vlmedge.preprocess.image import ImagePreprocessSpec
 from vlmedge.preprocess.image.values import RESAMPLE
 
@@ -265,11 +265,7 @@ def _build(timm: Any, name: str, path: Path | None, from_folder: bool, model_kwa
 def _labels(timm: Any, model: torch.nn.Module, num_classes: int, labels: Any) -> tuple[list[str], str]:
     """The labels and where they came from: labels= (a list or a file, one a line), the
     model's label_names, timm's ImageNet names for its number of classes, else LABEL_i."""
-    if isinstance(labels, (str, os.PathLike)):
-        file = Path(labels).expanduser()
-        if not file.is_file():
-            raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
-        labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = read_labels(labels)
     if labels is not None:
         labels = [str(label) for label in labels]
         if len(labels) != num_classes:

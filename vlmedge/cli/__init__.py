@@ -127,7 +127,7 @@ def export(
                                   help=f"Comma-separated precisions: {', '.join(formats.precision_names())}."),
     task: Optional[str] = typer.Option(None, "--task", metavar="TASK", help="Task, when the architecture does not "
                                        f"imply it: {', '.join(formats.task_names())}."),
-    opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (>= 17)."),
+    opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset: 17 up to the newest torch.onnx exports."),
     image_size: Optional[str] = typer.Option(
         None, "--image-size", metavar="SIZE", help="Export resolution of image encoders and of SigLIP2 (NaFlex) models, which need one: e.g. 448 or 448x336 (height x width), a multiple of the patch size."),
     checkpoint: Optional[Path] = typer.Option(
