@@ -79,6 +79,20 @@ def test_export_arguments_of_the_wrong_type_are_one_sentence_before_anything_loa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_misspelt_source_option_is_refused_not_dropped(hf_classifier_dir, tmp_path):
+    """A keyword the source does not take (calibraton= for calibration=) would be swallowed by
+    its builder, and int8 calibrated on the wrong data without a word: it is refused instead."""
+    torch = pytest.importorskip("torch")
+    from vlmedge.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"ViTForImageClassification \(image-classification\) takes no option "
+                                         r"'calibraton', 'imagesize'; it takes image_size"):
+        vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "out", calibraton=tmp_path, imagesize=64)
+    with pytest.raises(UsageError, match=r"A Linear module takes no option 'preproces'; it takes preprocess, labels"):
+        vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preproces={}, labels=["a", "b"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_loaded_pipeline_reads_as_one_line(vit_artifact):
     """In a notebook or a log, a pipeline and its artifact say what runs, not the manifest."""
     import vlmedge

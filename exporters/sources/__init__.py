@@ -23,8 +23,10 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     import torch
 
     if isinstance(model, torch.nn.Module):
+        from vlmedge.exporters.sources.hf import check_source_options
         from vlmedge.exporters.sources.module import from_module
 
+        check_source_options(from_module, 2, options, f"A {type(model).__name__} module")  # after module, task
         return from_module(model, task=task, **options)
     if not isinstance(model, str):
         raise UnsupportedModelError(
