@@ -71,5 +71,8 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8) -
         if set(data["reference"]) - set(actual):
             raise ArtifactError(f"{entry['path']} in {artifact.root} does not produce the stored outputs "
                                 f"{sorted(set(data['reference']) - set(actual))}; re-export the artifact.")
-        reports.append(parity_report(data["reference"], actual, compare, gate, provider=session.provider, **context))
+        report = parity_report(data["reference"], actual, compare, gate, provider=session.provider, **context)
+        if entry["precision"] in GATES and gate != GATES[entry["precision"]]:  # as the export records it
+            report["gate_default"] = GATES[entry["precision"]].to_dict()
+        reports.append(report)
     return reports

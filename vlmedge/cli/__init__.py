@@ -380,6 +380,8 @@ def _parity_cell(report: dict[str, Any] | None) -> str:
     worst_abs = max(o.get("max_abs", 0.0) for o in report["outputs"].values())
     top1 = [o["top1"] for o in report["outputs"].values() if "top1" in o]
     verdict = "[green]pass[/green]" if report["passed"] else "[red]FAIL[/red]"
+    if report["passed"] and "gate_default" in report:  # judged by the exporter's own gate, not vlmedge's default
+        verdict = "[yellow]pass (own gate)[/yellow]"
     text = f"{verdict} cos {worst_cos:.6f} abs {worst_abs:.1e}"
     return text + (f" top1 {min(top1):.0%}" if top1 else "") + f" (n={report['samples']})"
 
