@@ -220,3 +220,26 @@ def test_full_disk_on_the_command_line(monkeypatch, vit_artifact, hf_classifier_
     assert "error: No space left on the disk holding" in err and "Free some space and export again." in err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vit"]
+
+
+def test_a_terminated_export_command_leaves_nothing_behind(tmp_path):
+    """`vlmedge export` stopped by SIGTERM (`timeout`, a scheduler) unwinds as Ctrl-C does: no
+    build folder beside the destination, no quantizer scratch in the temporary folder; then
+    it ends by SIGTERM."""
+    scratch, out = tmp_path / "tmp", tmp_path / "out" / "vit"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "export", "builtin:shapes-vit", "-o", str(out),
+                             "--precision", "fp32,int8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        deadline = time.monotonic() + 240
+        while not list(scratch.glob("vlmedge-quantize-*")):  # the int8 ladder is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM, stderr[-2000:]
+    assert not out.exists() and list(out.parent.iterdir()) == [], list(out.parent.iterdir())
+    assert not list(scratch.glob("vlmedge-quantize-*"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmedge.errors import UnsupportedModelError
+from vlmedge.errors import UnsupportedModelError, UsageError
 from vlmedge.exporters.sources.support import ArchitectureSupport, supported_architectures
 from vlmedge.exporters.spec import ExportSpec
 
@@ -23,7 +23,6 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     import torch
 
     if isinstance(model, torch.nn.Module):
-        from vlmedge.exporters.sources.hf import check_source_options
         from vlmedge.exporters.sources.module import from_module
 
         check_source_options(from_module, 2, options, f"A {type(model).__name__} module")  # after module, task
@@ -60,3 +59,17 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     from vlmedge.exporters.sources.hf import from_hf
 
     return from_hf(model, task=task, **options)
+
+
+def check_source_options(builder: Any, given: int, options: dict[str, Any], what: str) -> None:
+    """Refuses an option a source's builder does not take (its named parameters after the
+    `given` ones): a misspelt keyword (calibraton=, imagesize=) would otherwise be dropped
+    without a word by the builder's catch-all."""
+    import inspect
+
+    takes = [name for name, p in list(inspect.signature(builder).parameters.items())[given:]
+             if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        raise UsageError(f"{what} takes no option {', '.join(map(repr, unknown))}; it takes "
+                         f"{', '.join(takes) or 'none'} besides vlmedge.export's own (to, precision, calibration, ...).")

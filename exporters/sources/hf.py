@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, UsageError, exception_line, first_line
+from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
 from vlmedge.exporters.sources.hf_naflex import NaFlex, is_naflex, naflex_setup
@@ -485,19 +485,7 @@ def from_hf(reference: str, /, task: str | None = None, **options: Any) -> Expor
     module_name, function_name = BUILDERS[task]
     builder = getattr(importlib.import_module(module_name), function_name)
     reference = options.pop("reference", reference)
+    from vlmedge.exporters.sources import check_source_options
+
     check_source_options(builder, 4, options, f"{arch} ({task})")  # after folder, config, arch, reference
     return builder(folder, config, arch, reference, **options)
-
-
-def check_source_options(builder: Any, given: int, options: dict[str, Any], what: str) -> None:
-    """Refuses an option a source's builder does not take (its named parameters after the
-    `given` ones): a misspelt keyword (calibraton=, imagesize=) would otherwise be dropped
-    without a word by the builder's catch-all."""
-    import inspect
-
-    takes = [name for name, p in list(inspect.signature(builder).parameters.items())[given:]
-             if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    unknown = sorted(set(options) - set(takes))
-    if unknown:
-        raise UsageError(f"{what} takes no option {', '.join(map(repr, unknown))}; it takes "
-                         f"{', '.join(takes) or 'none'} besides vlmedge.export's own (to, precision, calibration, ...).")

@@ -23,6 +23,7 @@ from vlmedge.bulk.inputs import batches, collect, holds_captions
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
 from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format
+from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.errors import InputError, UsageError, VlmedgeError
 
 ENGINES = ("local", "ray")
@@ -161,7 +162,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
         runs.append((text_job, batches({"text": texts}, batch_size)))
     total = None if found.tables else len(found.files) + len(found.missing) + len(texts)
     started = time.perf_counter()
-    with _sigterm_as_interrupt(), writer, _progress(err_console, "embedding", total) as advance:
+    with sigterm_as_interrupt(), writer, _progress(err_console, "embedding", total) as advance:
         for run_job, input_batches in runs:
             for results in iter_local(run_job, input_batches, advance, pipeline, decode_workers):
                 writer.add(results, run_job)
@@ -189,7 +190,7 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
     summary = _Summary()
     # the writer refuses an --out it could not write before Ray starts or any input is read
     writer = ParquetWriter(out) if out_format(out) == "parquet" else NpyWriter(out, artifact)
-    with _sigterm_as_interrupt(), writer:
+    with sigterm_as_interrupt(), writer:
         if engine == "ray":
             ray = bulk_ray.init(address)
             try:
@@ -209,35 +210,6 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
                        writer, summary)
             where = "the local engine (one process)"
     _report(summary, writer.out, time.perf_counter() - started, where, console, err_console)
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised where the run is, so that it unwinds as Ctrl-C does."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (`timeout`, `kill`, a scheduler) ends a bulk run as Ctrl-C does: the writers
-    remove their temporary files on the way out; then the process ends by SIGTERM, as it
-    would have without this handler."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager

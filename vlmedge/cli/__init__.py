@@ -26,6 +26,7 @@ from rich.text import Text
 
 from vlmedge import formats
 from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
+from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.errors import ParityError, UsageError, VlmedgeError
 from vlmedge.version import __version__
 
@@ -172,9 +173,10 @@ def export(
                 out.print(f"  {message}", markup=False, highlight=False)  # "[image]" is a graph name
                 status.update(f"exporting: {message}")
 
-        artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
-                              progress=progress, calibration=calibration, calibration_size=calibration_size,
-                              evaluation=evaluation, strict=strict, **source_options)
+        with sigterm_as_interrupt():  # a killed export leaves no build folder or quantizer scratch behind
+            artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
+                                  progress=progress, calibration=calibration, calibration_size=calibration_size,
+                                  evaluation=evaluation, strict=strict, **source_options)
     dropped = artifact.manifest.get("export", {}).get("dropped", [])
     if as_json:
         files = [{k: e.get(k) for k in ("path", "graph", "target", "precision")} for e in artifact.files
