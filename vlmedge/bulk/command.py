@@ -23,8 +23,8 @@ from vlmedge.bulk.inputs import batches, collect, holds_captions
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
 from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format
-from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.errors import InputError, UsageError, VlmedgeError
+from vlmedge.signals import sigterm_as_interrupt
 
 ENGINES = ("local", "ray")
 SHOWN_ERRORS = 20
@@ -63,9 +63,9 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
             precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console,
             device: str = "cpu", decode_workers: Optional[int] = None,
             session_options: Optional[dict[str, Any]] = None) -> None:
-    """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file."""
+    """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file
+    (the command has checked --out with check_predict_out already)."""
     check_decode_workers(engine, decode_workers)
-    check_predict_out(engine, out)
     if options.pop("attention", None) is not None:
         raise typer.BadParameter("--attention writes images per input; run it without --out/--engine ray",
                                  param_hint="--attention")

@@ -26,8 +26,8 @@ from rich.text import Text
 
 from vlmedge import formats
 from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
-from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.errors import ParityError, UsageError, VlmedgeError
+from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.version import __version__
 
 
