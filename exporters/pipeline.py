@@ -36,6 +36,7 @@ from vlmedge.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_o
 from vlmedge.exporters.reference import reference_outputs
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
+from vlmedge.registry import TASKS
 from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason
 from vlmedge.tasks.base import check_flag
 
@@ -50,7 +51,7 @@ VARIANT_BUILDERS.update({
 })
 # Combinations that are no file type of their target: skipped when another requested target
 # builds that precision, refused when none does.
-SKIPPED_VARIANTS = {("onnx", "bf16"): "ONNX Runtime has no bf16 CPU kernels; bf16 is an OpenVINO inference precision"}
+SKIPPED_VARIANTS = {(b.target, precision): why for b in BACKENDS.values() for precision, why in b.lacks}
 
 
 @dataclass
@@ -202,6 +203,8 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
         raise InputError(f"evaluation must be the path of a folder of labelled files, not {type(evaluation).__name__}.")
     if not (progress is None or callable(progress)):
         raise InputError(f"progress must be a function taking a line of text, not {type(progress).__name__}.")
+    if not (task is None or task in TASKS):
+        raise UsageError(f"task must be one of {', '.join(TASKS)}, or None to take it from the model, not {task!r}.")
     strict = check_flag("strict", strict)
     plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
     plan.strict = strict
@@ -256,17 +259,29 @@ def plan_variants(to: str | Iterable[str], precision: str | Iterable[str], opset
         raise UsageError(f"opset must be a whole number from {MIN_OPSET} to {MAX_OPSET} (the ONNX opsets vlmedge "
                          f"exports with), not {opset!r}.")
     variants = [("onnx", "fp32")] + [v for v in requested if v != ("onnx", "fp32")]
-    return VariantPlan(targets, precisions, variants, {**GATES, **(gates or {})}, opset, say, requested=requested)
+    return VariantPlan(targets, precisions, variants, {**GATES, **_check_gates(gates)}, opset, say, requested=requested)
+
+
+def _check_gates(gates: Any) -> dict[str, Gate]:
+    """The user's gates: a Gate per precision named, checked before anything is built."""
+    if gates is None:
+        return {}
+    if not (isinstance(gates, dict) and all(p in PRECISIONS and isinstance(g, Gate) for p, g in gates.items())):
+        raise UsageError(f"gates must map precisions ({', '.join(PRECISIONS)}) to vlmedge.parity.Gate thresholds, "
+                         f"not {gates!r}.")
+    return gates
 
 
 def prepare_data(spec: ExportSpec, plan: VariantPlan, calibration: Any, calibration_size: int,
                  evaluation: str | Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per graph: int8 calibration feeds (a path is read through the source's own
     preprocessing) and labelled evaluation sets (--eval)."""
-    if isinstance(calibration, (str, Path)) and "int8" not in plan.precisions:
+    if isinstance(calibration, dict):
+        _check_calibration_feeds(calibration, spec)
+    if calibration is not None and "int8" not in plan.precisions:
         plan.say("no int8 requested: the calibration data is not used")
         calibration = None
-    elif isinstance(calibration, (str, Path)):
+    elif isinstance(calibration, (str, os.PathLike)):
         from vlmedge.exporters.calibration import calibration_feeds
 
         calibration = calibration_feeds(calibration, spec, size=calibration_size, say=plan.say)
@@ -276,6 +291,21 @@ def prepare_data(spec: ExportSpec, plan: VariantPlan, calibration: Any, calibrat
 
         eval_sets = evaluation_sets(evaluation, spec, say=plan.say)
     return calibration or {}, eval_sets
+
+
+def _check_calibration_feeds(calibration: dict[Any, Any], spec: ExportSpec) -> None:
+    """Preprocessed calibration data names the source's graphs and their inputs: a misspelt
+    name would otherwise leave that graph calibrated on the bundled samples without a word."""
+    inputs = {graph.name: sorted(spec.parity_feeds[graph.name]) for graph in spec.graphs}
+    unknown = [name for name in calibration if name not in inputs]
+    if unknown:
+        raise InputError(f"calibration names graph(s) {', '.join(map(repr, unknown))} this model does not have; "
+                         f"its graphs are {', '.join(inputs)}.")
+    for name, feeds in calibration.items():
+        if not (isinstance(feeds, dict) and sorted(feeds) == inputs[name]
+                and all(isinstance(array, np.ndarray) and array.ndim >= 1 and len(array) for array in feeds.values())):
+            raise InputError(f"calibration[{name!r}] must map each of the graph's inputs ({', '.join(inputs[name])}) "
+                             "to a non-empty array of preprocessed rows.")
 
 
 def run_reference(graph: GraphSpec, feeds: dict[str, np.ndarray], evaluation: Any,

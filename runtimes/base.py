@@ -35,6 +35,11 @@ class Backend:
     file_suffix: str   # the suffix of the model files it reads ("model.fp32.onnx": ".onnx")
     needs: str = ""    # hardware beyond a CPU, said when it is chosen
     options: tuple[SessionOption, ...] = ()  # what a caller may set on its sessions
+    lacks: tuple[tuple[str, str], ...] = ()  # (precision, why) it never runs
+
+    def why_not(self, precision: str) -> str | None:
+        """Why this backend never runs `precision`, or None when it may."""
+        return dict(self.lacks).get(precision)
 
     def install_hint(self) -> str:
         return f"pip install '{self.extra}'"
@@ -50,7 +55,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("onnxruntime", "onnx", "onnxruntime", "vlmedge", "vlmedge.runtimes.onnxruntime", ".onnx", options=(
         _THREADS,
         SessionOption("optimization", "ONNX Runtime's graph optimisation level: all (default), basic or none"),
-    )),
+    ), lacks=(("bf16", "ONNX Runtime has no bf16 CPU kernels; bf16 is an OpenVINO inference precision"),)),
     Backend("openvino", "openvino", "openvino", "vlmedge[openvino]", "vlmedge.runtimes.openvino", ".xml", options=(
         _THREADS,
         SessionOption("performance_hint", "latency (default), throughput or cumulative_throughput"),

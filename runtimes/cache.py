@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator
 from vlmedge.artifact import sha256_file
 from vlmedge.environment import cpu_key
 from vlmedge.errors import VlmedgeError, warn_caller
-from vlmedge.user_cache import cache_enabled, cache_root, file_identity
+from vlmedge.user_cache import cache_root, file_identity
 
 # 2: ONNX Runtime's entries hold the packed weights; an entry of an older form is rebuilt
 CACHE_FORMAT = 2

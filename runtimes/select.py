@@ -30,12 +30,14 @@ def openvino_leads_on_this_cpu() -> bool:
 
 
 def choose_backend(artifact: Artifact, device: str) -> str:
-    """'auto': TensorRT on NVIDIA GPUs, OpenVINO on Intel CPUs and AMD CPUs with AVX-512 (and
-    OpenVINO's other devices), else ONNX Runtime."""
+    """'auto': TensorRT files on an NVIDIA device where TensorRT is installed; OpenVINO on Intel
+    CPUs, AMD CPUs with AVX-512 and OpenVINO's own devices (GPU, NPU, AUTO); else ONNX Runtime,
+    whose providers also take the NVIDIA devices (cuda, tensorrt)."""
     targets = {e["target"] for e in artifact.model_entries()}
-    if "tensorrt" in targets and device.startswith("cuda") and importlib.util.find_spec("tensorrt"):
+    nvidia = device.lower().startswith(("cuda", "tensorrt"))  # never OpenVINO's: it has no such device
+    if "tensorrt" in targets and nvidia and importlib.util.find_spec("tensorrt"):
         return "tensorrt"
-    if "openvino" in targets and importlib.util.find_spec("openvino") and (
+    if "openvino" in targets and importlib.util.find_spec("openvino") and not nvidia and (
         device != "cpu" or openvino_leads_on_this_cpu()
     ):
         return "openvino"
@@ -179,9 +181,11 @@ def entries_to_open(artifact: Artifact, backend: str = "auto", device: str = "cp
         matches = [e for e in entries if e["graph"] == graph and e["precision"] == precision]
         if not matches:
             have = sorted({e["precision"] for e in entries if e["graph"] == graph})
+            never = backend_named(backend).why_not(precision)
+            advice = f"{never}: choose another backend or precision" if never else "export that precision or choose another"
             raise BackendUnavailableError(
                 f"Artifact {artifact.root} has no {precision} {target} file for graph '{graph}' "
-                f"(it has: {', '.join(have)}); export that precision or choose another."
+                f"(it has: {', '.join(have)}); {advice}."
             )
         chosen[graph] = matches[0]
     return backend, precision, chosen

@@ -13,6 +13,7 @@ import pytest
 import vlmedge
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.errors import ArtifactError, ExportError, ModelNotFoundError, ParityError
+from vlmedge.parity import GATES
 
 
 def _rewrite_manifest(root: Path, change) -> None:
@@ -70,6 +71,10 @@ def test_an_opset_torch_onnx_cannot_export_is_refused_before_anything_loads(opse
     ({"calibration": 123}, r"calibration must be a path or \{graph: \{input: array\}\}, not int"),
     ({"evaluation": 123}, r"evaluation must be the path of a folder of labelled files, not int"),
     ({"progress": "x"}, r"progress must be a function taking a line of text, not str"),
+    ({"gates": {"int8": (0.9, None, 0.5)}}, r"gates must map precisions \(fp32, .*\) to vlmedge.parity.Gate"),
+    ({"gates": {"int4": GATES["int8"]}}, r"gates must map precisions \(fp32, .*\) to vlmedge.parity.Gate"),
+    ({"task": ""}, r"task must be one of image-classification, .*, or None to take it from the model, not ''"),
+    ({"task": "detection"}, r"task must be one of image-classification, .*not 'detection'"),
 ])
 def test_export_arguments_of_the_wrong_type_are_one_sentence_before_anything_loads(option, message, tmp_path):
     from vlmedge.errors import VlmedgeError
@@ -90,6 +95,26 @@ def test_a_misspelt_source_option_is_refused_not_dropped(hf_classifier_dir, tmp_
         vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "out", calibraton=tmp_path, imagesize=64)
     with pytest.raises(UsageError, match=r"A Linear module takes no option 'preproces'; it takes preprocess, labels"):
         vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preproces={}, labels=["a", "b"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_data_or_a_task_the_model_does_not_have_is_refused_by_name(hf_classifier_dir, tmp_path):
+    """Calibration feeds for a misspelt graph left that graph calibrated on the bundled samples
+    without a word; a task the model's class is not made for failed in that task's builder, on
+    a cause that was not the user's (an audio feature extractor for a ViT)."""
+    from vlmedge.errors import InputError, UnsupportedModelError
+
+    folder = str(hf_classifier_dir("vit"))
+    with pytest.raises(InputError, match=r"calibration names graph\(s\) 'image' this model does not have; "
+                                         r"its graphs are model"):
+        vlmedge.export(folder, tmp_path / "out", precision="int8", calibration={"image": {}})
+    with pytest.raises(InputError, match=r"calibration\['model'\] must map each of the graph's inputs "
+                                         r"\(pixel_values\) to a non-empty array"):
+        vlmedge.export(folder, tmp_path / "out", precision="int8", calibration={"model": {"pixels": np.zeros(3)}})
+    for task in ("audio-classification", "clip", "image-embedding"):
+        with pytest.raises(UnsupportedModelError, match=rf"ViTForImageClassification is exported for "
+                                                        rf"image-classification, not {task}: leave out the task"):
+            vlmedge.export(folder, tmp_path / "out", task=task)
     assert not (tmp_path / "out").exists()
 
 
@@ -357,3 +382,15 @@ def test_unchanged_files_are_not_hashed_again_and_altered_ones_always_are(artifa
     os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
     with pytest.raises(ArtifactError, match="model.fp32.onnx"):
         Artifact.open(artifact_copy)
+
+
+def test_a_precision_the_backend_never_runs_says_so_not_export_it(vit_artifact):
+    """ONNX bf16 cannot be exported, so "export that precision" was advice that could not be followed."""
+    from vlmedge.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=r"has no bf16 onnx file for graph 'model' \(it has: .*\); "
+                                                      r"ONNX Runtime has no bf16 CPU kernels; .*: choose another "
+                                                      r"backend or precision\."):
+        vlmedge.load(vit_artifact, backend="onnxruntime", precision="bf16")
+    with pytest.raises(BackendUnavailableError, match=r"has no fp16 onnx file .*; export that precision"):
+        vlmedge.load(vit_artifact, backend="onnxruntime", precision="fp16")

@@ -487,6 +487,26 @@ def test_id2label_with_a_gap_is_refused_naming_the_missing_ids(tmp_path):
         vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
 
 
+def test_a_feature_extractor_it_cannot_reproduce_is_the_model_folders_fault_not_an_artifacts(hf_dir, tmp_path):
+    """An invalid extractor config was refused in the artifact spec's words ("re-export the
+    artifact") when there was no artifact yet: the export names the folder's file instead."""
+    import json
+    import shutil
+
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_dir("single-softmax"), folder)
+    extractor = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**extractor, "std": 0.0}))
+    with pytest.raises(UnsupportedModelError, match=r"preprocessor_config.json describes features vlmedge cannot make "
+                                                    r"\(Invalid audio spec: std and mel_floor must be positive\); "
+                                                    r"fix the feature extractor and save it again\.$"):
+        vlmedge.export(str(folder), tmp_path / "artifact")
+    assert not (tmp_path / "artifact").exists()
+
+
 # -- the built-in model --------------------------------------------------------------------------
 
 

@@ -35,6 +35,8 @@ def test_version_and_formats_come_from_the_tables():
     tensorrt = next(b for b in facts["backends"] if b["name"] == "tensorrt")
     assert not tensorrt["runs_here"] and "NVIDIA GPU" in tensorrt["reason"]
     assert tensorrt["install"] == "pip install 'vlmedge[tensorrt]'"
+    onnxruntime = next(b for b in facts["backends"] if b["name"] == "onnxruntime")
+    assert list(onnxruntime["never_runs"]) == ["bf16"] and "no bf16 CPU kernels" in onnxruntime["never_runs"]["bf16"]
     assert isinstance(facts["export"]["installed"], bool) and "torch" in facts["export"]["packages"]
 
     result = vlmedge_cli("formats", columns=80)
@@ -68,6 +70,10 @@ def test_shell_completion_script():
     (["bench", "ART", "--peer", "other:int4=other.onnx"], "fp32, fp16, bf16, int8"),
     (["bench", "ART", "--peer", "other=other.bin"], "a .onnx file (onnxruntime) or a .xml file (openvino)"),
     (["bench", "ART", "--rounds", "0"], "--rounds"),
+    # serve checks them before it opens any artifact, as predict does
+    (["serve", "ART", "--backend", "onnx"], "auto, onnxruntime, openvino, tensorrt"),
+    (["serve", "ART", "--precision", "fp33"], "fp32, fp16, bf16, int8"),
+    (["serve", "ART", "--engine", "threads"], "local, ray"),
 ])
 def test_bad_values_are_usage_errors_naming_the_valid_ones(args, named, tmp_path):
     args = [str(tmp_path / "out") if a == "OUT" else str(tmp_path) if a == "ART" else a for a in args]

@@ -394,7 +394,8 @@ def test_image_size_parsing_and_preprocess_scaling():
     assert parse_image_size(None) is None
     assert parse_image_size(448) == parse_image_size("448") == (448, 448)
     assert parse_image_size("448x336") == parse_image_size((448, 336)) == (448, 336)
-    for bad in ("big", 0, (1, 2, 3), "4x", True):
+    assert parse_image_size("448,336") == (448, 336) and parse_image_size(4096) == (4096, 4096)
+    for bad in ("big", 0, (1, 2, 3), "4x", True, "-5", 4097, "100000", (224, 100000)):
         with pytest.raises(ExportError):
             parse_image_size(bad)
     dinov2 = ImagePreprocessSpec(size={"shortest_edge": 256}, do_center_crop=True,

@@ -234,6 +234,8 @@ def test_info_lists_the_variants(ov_artifact):
     assert result.returncode == 0, result.stderr
     for precision in ("fp32", "fp16", "bf16"):
         assert f"openvino/model.{precision}.xml" in result.stdout
+    # what each file was verified on: OpenVINO's fp32 file computes in f32, its bf16 file in bf16
+    assert "verified on: OpenVINO CPU f32" in result.stdout and "verified on: CPUExecutionProvider" in result.stdout
     manifest = json.loads(vlmedge_cli("info", ov_artifact, "--json").stdout)
     assert any(e.get("session_options") == {"inference_precision": "bf16"} for e in manifest["files"])
 
@@ -303,3 +305,32 @@ def test_the_declared_session_options_are_those_the_sessions_take():
               ("openvino", "inference_precision"): ["fp32", "bf16", "fp16"]}
     for key, accepted in values.items():
         assert all(value in meanings[key] for value in accepted), key
+
+
+def test_check_one_backend_and_a_device_only_some_backends_reach(two_target_artifact, vit_artifact):
+    """`check --backend` checks that backend's files alone; a device one backend lacks skips its
+    files with the reason and checks the others'; a check that checked nothing fails."""
+    from tests.test_cli import vlmedge_cli
+
+    only = json.loads(vlmedge_cli("check", two_target_artifact, "--backend", "openvino", "--json").stdout)
+    assert only and {r["backend"] for r in only} == {"openvino"} and all(r["passed"] for r in only)
+    # OpenVINO's AUTO device picks the CPU here; ONNX Runtime has no such device
+    result = vlmedge_cli("check", two_target_artifact, "--device", "auto", "--json")
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert all(r["passed"] for r in reports if r["backend"] == "openvino")
+    assert all("has no device 'auto'" in r["skipped"] for r in reports if r["backend"] == "onnxruntime")
+    nothing = vlmedge_cli("check", vit_artifact, "--device", "auto")
+    assert nothing.returncode == 1 and "No file of" in nothing.stderr and "every one was skipped" in nothing.stderr
+    absent = vlmedge_cli("check", vit_artifact, "--backend", "openvino")
+    assert absent.returncode == 1 and "has no openvino files to check with openvino (it has: onnx)" in absent.stderr
+
+
+def test_auto_gives_nvidia_devices_to_onnx_runtime_and_openvinos_own_devices_to_openvino(two_target_artifact):
+    """OpenVINO has no 'cuda' device: auto chose it for any device but the CPU, and the load failed."""
+    from vlmedge.artifact import Artifact
+    from vlmedge.runtimes.select import choose_backend
+
+    artifact = Artifact.open(two_target_artifact)
+    assert choose_backend(artifact, "cuda") == choose_backend(artifact, "tensorrt") == "onnxruntime"
+    assert choose_backend(artifact, "GPU") == choose_backend(artifact, "npu") == "openvino"

@@ -322,7 +322,9 @@ def test_unreadable_files_get_the_local_engines_rows(ray_local, vit_artifact, im
     assert set(errors) == {"dangling.png", "vanishes.png", "locked.png", "pipe.png", "missing.png"}
     assert "is not a regular file" in errors["pipe.png"]
     assert errors["vanishes.png"] == f"Image file {folder / 'vanishes.png'} does not exist; check the path."
-    assert "does not exist" in errors["dangling.png"] and "does not exist" in errors["missing.png"]
+    assert errors["dangling.png"] == (f"{folder / 'dangling.png'} is a link to {tmp_path / 'nowhere.png'}, which "
+                                      "does not exist; fix the link or pass the file.")
+    assert "does not exist" in errors["missing.png"]
     if os.geteuid() != 0:
         assert "could not be opened (Permission denied)" in errors["locked.png"]
 

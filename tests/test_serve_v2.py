@@ -223,6 +223,8 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
     # raw requests a client library would never send
     head = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                         "parameters": {"binary_data_size": 5000}}]}
+    many = [base64.b64encode(path.read_bytes()).decode() for path in IMAGES] * 4
+    image_tensor = {"name": "image", "datatype": "BYTES", "shape": [len(many)], "data": many}
     cases = [
         (_raw(server, "vit", head, binary=b"\x00" * 10), 400, "cut short"),  # binary data cut short
         (_raw(server, "vit", {"inputs": []}), 400, "inputs"),  # missing input
@@ -247,6 +249,13 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
         (_raw(server, "vit", {"inputs": [{"name": "x"}]}, header_length=0), 400, "at least 1, not 0"),
         (httpx.post(f"{server}/v2/models/vit/infer", content=b"{}", headers={"content-encoding": "br"}), 415,
          "Content-Encoding br"),
+        # the request's own limit (timeout_ms wins over Triton's microseconds) bounds its decoding, as the queue
+        (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout": 10 ** 9, "timeout_ms": 1}}), 408,
+         "within its time limit of 0.001 s"),
+        (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout": 0}}), 400,
+         "'timeout' must be a positive number of microseconds"),
+        (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout_ms": "soon"}}), 400,
+         "'timeout_ms' must be an integer"),
     ]
     for response, status, words in cases:
         assert response.status_code == status, (words, response.text)

@@ -36,6 +36,14 @@ def choose(option: str, value: str | Iterable[str] | None, allowed: Iterable[str
     return list(dict.fromkeys(chosen))
 
 
+def check_run_options(backend: str, precision: str | None) -> None:
+    """--backend and --precision of the commands that run an artifact (predict, embed, serve),
+    before it is opened."""
+    check_backends("--backend", backend, ["auto", *backend_names()], many=False)
+    if precision is not None:
+        choose("--precision", precision, precision_names(), many=False)
+
+
 def check_backends(option: str, value: str | Iterable[str] | None, allowed: Iterable[str],
                    many: bool = True) -> list[str]:
     """choose() for backends; one that cannot run here (TensorRT without its GPU and
@@ -107,7 +115,7 @@ def backends() -> list[dict[str, Any]]:
     return [{"name": b.name, "target": b.target, "package": b.package,
              "installed": importlib.util.find_spec(b.package) is not None,
              "runs_here": unavailable_reason(b) is None, "reason": unavailable_reason(b),
-             "install": b.install_hint(), "needs": b.needs or None,
+             "install": b.install_hint(), "needs": b.needs or None, "never_runs": dict(b.lacks),
              "session_options": [{"name": o.name, "meaning": o.meaning} for o in b.options]} for b in BACKENDS.values()]
 
 

@@ -193,10 +193,8 @@ def source_info(reference: str, folder: Path, arch: str, config: Any) -> dict[st
 def _image_classification_archs() -> set[str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-    names: set[str] = set()
-    for value in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
-        names.update(value if isinstance(value, (tuple, list)) else [value])
-    return names
+    values = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values()
+    return {name for value in values for name in (value if isinstance(value, (tuple, list)) else [value])}
 
 
 def infer_task(arch: str) -> str:
@@ -210,6 +208,21 @@ def infer_task(arch: str) -> str:
         if arch in importlib.import_module(module_name).ARCHITECTURES:
             return task
     raise UnsupportedModelError(f"vlmedge cannot export {arch}: it is not a supported image, CLIP or audio model.")
+
+
+def task_of(arch: str, asked: str | None) -> str:
+    """The task its class implies; another asked for is refused here, as its builder would fail
+    on a mismatch of its own (an audio feature extractor) and name the wrong cause."""
+    try:
+        implied = infer_task(arch)
+    except UnsupportedModelError:
+        if asked is None:
+            raise
+        return asked  # a class only the asked task's builder knows decides for itself
+    if asked not in (None, implied) and asked in BUILDERS:
+        raise UnsupportedModelError(f"{arch} is exported for {implied}, not {asked}: leave out the task, "
+                                    f"or export a model class made for {asked}.")
+    return asked or implied
 
 
 class LogitsOnly(torch.nn.Module):
@@ -313,6 +326,9 @@ def naflex_or_processor_size(folder: Path, config: Any, arch: str, image_size: A
     return None
 
 
+MAX_IMAGE_SIDE = 4096  # 85,000 patches of 14 pixels: beyond, tracing would run out of memory, not fail clearly
+
+
 def parse_image_size(image_size: Any) -> tuple[int, int] | None:
     """None, an int, "448", "448x336" (height x width) or (height, width) -> (height, width)."""
     if image_size is None:
@@ -320,18 +336,15 @@ def parse_image_size(image_size: Any) -> tuple[int, int] | None:
     value = image_size
     if isinstance(value, str):
         parts = value.lower().replace(",", "x").split("x")
-        try:
-            value = [int(p) for p in parts] if len(parts) in (1, 2) else None
-        except ValueError:
-            value = None
-        if value is not None and len(value) == 1:
-            value = value[0]
+        digits = len(parts) in (1, 2) and all(part.strip().isdigit() for part in parts)
+        value = [int(part) for part in (parts * 2)[:2]] if digits else None  # "448" is 448 x 448
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
     if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE for v in value)):
         return int(value[0]), int(value[1])
-    raise ExportError(f"image_size must be a positive int or (height, width), e.g. 448 or 448x336, not {image_size!r}.")
+    raise ExportError(f"image_size must be an int or (height, width) from 1 to {MAX_IMAGE_SIDE}, e.g. 448 or 448x336, "
+                      f"not {image_size!r}.")
 
 
 def image_preprocess(folder: Path) -> ImagePreprocessSpec:
@@ -460,11 +473,8 @@ BUILDERS: dict[str, tuple[str, str]] = {
 
 
 def from_hf(reference: str, /, task: str | None = None, **options: Any) -> ExportSpec:
-    """Builds the ExportSpec of a Hugging Face model folder or cached model id.
-
-    `reference` is positional-only so that builtin: sources can pass the name to record as
-    options["reference"] beside the folder they resolved.
-    """
+    """Builds the ExportSpec of a Hugging Face model folder or cached model id. `reference` is positional-only:
+    builtin: sources pass the name to record as options["reference"] beside the folder they resolved."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder = resolve_folder(reference)
     from transformers import AutoConfig
@@ -477,11 +487,9 @@ def from_hf(reference: str, /, task: str | None = None, **options: Any) -> Expor
     except (ValueError, OSError, KeyError) as exc:
         raise UnsupportedModelError(f"Cannot read the model config in {folder}: {exc}") from None
     arch = architecture(config, folder)
-    task = task or infer_task(arch)
+    task = task_of(arch, task)
     if task not in BUILDERS:
-        raise UnsupportedModelError(
-            f"vlmedge cannot export {arch} for the task '{task}'; tasks are {', '.join(BUILDERS)}."
-        )
+        raise UnsupportedModelError(f"vlmedge cannot export {arch} for the task '{task}'; tasks are {', '.join(BUILDERS)}.")
     module_name, function_name = BUILDERS[task]
     builder = getattr(importlib.import_module(module_name), function_name)
     reference = options.pop("reference", reference)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlmedge.errors import ExportError, UnsupportedModelError
+from vlmedge.errors import ArtifactError, ExportError, UnsupportedModelError
 from vlmedge.exporters.samples import audio_parity_feeds, random_waveforms, sample_audio_files
 from vlmedge.exporters.sources.hf import load_model, read_json, source_info
 from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
@@ -65,7 +65,11 @@ def audio_preprocess(folder: Path, config: Any, arch: str = "ASTForAudioClassifi
             f"{folder} has no preprocessor_config.json; save the model's feature extractor beside it "
             "(feature_extractor.save_pretrained(folder)) so vlmedge can reproduce its preprocessing."
         )
-    spec = AudioPreprocessSpec.from_hf(read_json(config_path), window_seconds, receptive_field(config))
+    try:
+        spec = AudioPreprocessSpec.from_hf(read_json(config_path), window_seconds, receptive_field(config))
+    except ArtifactError as exc:  # the spec's own words end in advice for an artifact, which this is not yet
+        raise UnsupportedModelError(f"{config_path} describes features vlmedge cannot make "
+                                    f"({str(exc).split(';')[0]}); fix the feature extractor and save it again.") from None
     wanted = FRONT_END.get(arch, "waveform")
     if spec.front_end != wanted:
         raise UnsupportedModelError(f"{folder}: {arch} takes {wanted} input, but the saved feature extractor makes "

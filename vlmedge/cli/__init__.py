@@ -26,7 +26,7 @@ from rich.text import Text
 
 from vlmedge import formats
 from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
-from vlmedge.errors import ParityError, UsageError, VlmedgeError
+from vlmedge.errors import BackendUnavailableError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.version import __version__
 
@@ -78,13 +78,6 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Export, verify and run vision, vision-language and audio transformers on edge hardware."""
-
-
-def _check_run_options(backend: str, precision: Optional[str]) -> None:
-    """--backend and --precision of the commands that run an artifact, before it is opened."""
-    formats.check_backends("--backend", backend, BACKEND_CHOICES, many=False)
-    if precision is not None:
-        formats.choose("--precision", precision, formats.precision_names(), many=False)
 
 
 def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
@@ -247,7 +240,7 @@ def predict(
     """Run ARTIFACT on input files and print the results."""
     from vlmedge.bulk import command as bulk
 
-    _check_run_options(backend, precision)
+    formats.check_run_options(backend, precision)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
@@ -321,7 +314,7 @@ def embed(
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
     from vlmedge.bulk import command as bulk
 
-    _check_run_options(backend, precision)
+    formats.check_run_options(backend, precision)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
                pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers,
                session_options={"threads": threads} if threads else {})
@@ -351,6 +344,7 @@ def info(
         say(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
     show([{"path": escape(e["path"]), "role": e["role"], "target": e.get("target", ""),
            "precision": e.get("precision", ""), "size": f"{e['size'] / 1e6:.2f} MB", "parity": _parity_cell(e.get("parity")),
+           "verified on": escape((e.get("parity") or {}).get("provider", "")),  # OpenVINO: what the floats ran in
            "speed (export machine)": _speed_cell(e.get("parity")),
            "runs with": escape(", ".join(f"{k}={v}" for k, v in (e.get("session_options") or {}).items()))}
           for e in art.files], "files", right=("size",))
@@ -392,12 +386,17 @@ def _parity_cell(report: dict[str, Any] | None) -> str:
 def check(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on."),
+    backend: str = typer.Option("all", "--backend", metavar="BACKEND",
+                                help=f"Check only this backend's files: {', '.join(formats.backend_names())}; "
+                                     "default: every file."),
     as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
     """Re-run the artifact's stored parity inputs on this machine against the stored source outputs (exit 3 on a miss)."""
     from vlmedge.check import check_artifact
 
-    reports = check_artifact(artifact, device=device)
+    if backend != "all":
+        formats.check_backends("--backend", backend, formats.backend_names(), many=False)
+    reports = check_artifact(artifact, device=device, backend=None if backend == "all" else backend)
     failed = [r for r in reports if r.get("passed") is False]
     if as_json:
         print(json.dumps(reports, indent=2))
@@ -410,6 +409,9 @@ def check(
                 err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
     if failed:
         raise typer.Exit(ParityError.exit_code)
+    if all("skipped" in r for r in reports):  # a check that checked nothing must not read as passed
+        raise BackendUnavailableError(f"No file of {artifact} could be checked here: every one was skipped "
+                                      "(the reasons are above); install the backend it needs or choose another device.")
 
 
 @app.command(name="formats", cls=_Command)
@@ -429,8 +431,8 @@ def formats_command(
     show([{"task": t["name"], "inputs": ", ".join(t["inputs"]), "predict runs": t["cli_predict"],
            "summary": escape(t["summary"])} for t in facts["tasks"]], "tasks (--task)")
     show([{"backend": b["name"], "target (--to)": b["target"], "status": "ready" if b["runs_here"] else
-           escape(b["reason"] or ""), "session options (vlmedge.load)": ", ".join(
-               o["name"] for o in b["session_options"]) or "none"} for b in facts["backends"]],
+           escape(b["reason"] or ""), "session options (vlmedge.load)": ", ".join(o["name"] for o in b["session_options"])
+           or "none", "never runs": "; ".join(f"{p}: {why}" for p, why in b["never_runs"].items())} for b in facts["backends"]],
          "backends (--backend) and targets (--to)")
     console.print(f"precisions (--precision): {', '.join(p['name'] for p in facts['precisions'])}", highlight=False)
     console.print(f"built-in models (builtin:NAME): {', '.join(facts['builtin_models']) or 'none'}", highlight=False)

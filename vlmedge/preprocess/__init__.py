@@ -7,14 +7,29 @@ functions that turn raw inputs into model-ready numpy arrays with it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
-from vlmedge.errors import ArtifactError, VlmedgeError
+from vlmedge.errors import ArtifactError, InputError, VlmedgeError
 
 # What decoding and preprocessing one untrusted input (an image, a clip) may raise: the
 # decoders turn what they know into InputError, and Pillow/soundfile can still raise these.
 # Whoever handles a batch of inputs charges such an error to that input alone.
 READ_ERRORS = (VlmedgeError, OSError, ValueError, SyntaxError, MemoryError)
+
+
+def check_input_file(path: str, kind: str) -> None:
+    """A path to decode must name a regular file: a FIFO or device could block the read forever,
+    and a link to nothing is a broken link, not a missing file. `kind`: "image" or "audio"."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory, not an {kind} file; pass the path of an {kind} file inside it.")
+    if os.path.exists(path):
+        raise InputError(f"{path} is not a regular file (a FIFO, socket or device); pass an {kind} file.")
+    if os.path.islink(path):
+        raise InputError(f"{path} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
+    raise InputError(f"{kind.capitalize()} file {path} does not exist; check the path.")
 
 
 def spec_from_dict(cls: Any, d: Any, what: str) -> Any:

@@ -11,6 +11,7 @@ import numpy as np
 import soundfile as sf
 
 from vlmedge.errors import InputError
+from vlmedge.preprocess import check_input_file
 
 try:
     import soxr
@@ -92,10 +93,7 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """
     if isinstance(audio, (str, os.PathLike)):
         path = Path(audio)
-        if not path.is_file():
-            if path.exists():  # a folder, FIFO or device: opening one may block forever
-                raise InputError(f"{path} is not a regular file; pass an audio file.")
-            raise InputError(f"Audio file {path} does not exist; check the path.")
+        check_input_file(str(path), "audio")
         if path.stat().st_size == 0:
             raise InputError(f"Audio file {path} is empty (0 bytes); pass a complete audio file.")
         data, sr = _decode(str(path), f"audio file {path}")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vlmedge.errors import InputError
+from vlmedge.preprocess import check_input_file
 
 # Pillow's decompression-bomb limit, checked by vlmedge itself before decoding.
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -57,12 +58,7 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
     name = os.fspath(path)
     if isinstance(name, str) and name.startswith(("http://", "https://")):
         raise InputError(f"{name} is a URL; vlmedge does not download images, so download it and pass the file path.")
-    if os.path.isdir(name):
-        raise InputError(f"{name!s} is a directory, not an image file; pass the path of an image file inside it.")
-    if not os.path.isfile(name):
-        if os.path.exists(name):  # a FIFO or device: opening one may block forever
-            raise InputError(f"{name!s} is not a regular file (a FIFO, socket or device); pass an image file.")
-        raise InputError(f"Image file {name!s} does not exist; check the path.")
+    check_input_file(str(name), "image")
     try:
         handle = open(name, "rb")  # ours to close, so the decoded image stays usable (see _decode)
     except OSError as e:

@@ -91,7 +91,18 @@ def metadata(served: Any) -> dict[str, Any]:
 class Call:
     job: Job
     outputs: Callable[[Any], dict[str, np.ndarray]]
-    timeout_ms: int | None
+
+
+def request_timeout_ms(head: dict[str, Any]) -> int | None:
+    """The request's own time limit: its timeout_ms, else Triton's timeout (microseconds). Read
+    before its inputs are prepared, so that it bounds their decoding too, not only the queue."""
+    params = head.get("parameters") or {}
+    if params.get("timeout_ms") is not None:
+        return check_option("timeout_ms", params["timeout_ms"])
+    timeout = params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1):
+        raise bad("The parameter 'timeout' must be a positive number of microseconds.")
+    return None if timeout is None else max(1, timeout // 1000)
 
 
 def _texts(tensor: Tensor) -> list[str]:
@@ -134,12 +145,8 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
     """In the request's thread: the request's job (task-level or graph-level) and how its
     result becomes output tensors."""
     params = dict(head.get("parameters") or {})
-    timeout = params.pop("timeout", None)
-    for name in PROTOCOL_PARAMETERS:
+    for name in PROTOCOL_PARAMETERS:  # timeout (request_timeout_ms read it) and those the encoder reads
         params.pop(name, None)
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1):
-        raise bad("The parameter 'timeout' must be a positive number of microseconds.")
-    timeout_ms = None if timeout is None else max(1, timeout // 1000)
     names = {t.name for t in tensors}
     task_names = task_inputs(served)
     if not names <= set(task_names):
@@ -153,7 +160,7 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
         job = graphs.graph_job(served.pipeline, graph, {t.name: t.data for t in tensors})  # checks the shapes first
         if job.inputs > limits.max_inputs:
             raise bad(f"The request has {job.inputs} rows; the limit is {limits.max_inputs} per request.")
-        return Call(job, lambda result: result, timeout_ms)
+        return Call(job, lambda result: result)
     inputs = Inputs()
     for tensor in tensors:
         if tensor.datatype != "BYTES":
@@ -177,7 +184,7 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
     check_limits(inputs, limits)
     job = served.prepare(endpoint, inputs, limits)
     convert = _embedding if endpoint.name == "embed" else _ranked
-    return Call(job, convert, inputs.options.get("timeout_ms", timeout_ms))
+    return Call(job, convert)
 
 
 def routes(state: Any) -> list[Route]:
@@ -222,8 +229,9 @@ def routes(state: Any) -> list[Route]:
             body = await read_body(request, state.limits)
             head, tensors = await off_loop(len(body), parse_request, body,
                                            request.headers.get("inference-header-content-length"))
-            call = await prepare_in_time(state, started, None, plan, served, head, tensors, state.limits)
-            result, _ = await submit(state, name, call.job, started, call.timeout_ms)
+            timeout_ms = request_timeout_ms(head)
+            call = await prepare_in_time(state, started, timeout_ms, plan, served, head, tensors, state.limits)
+            result, _ = await submit(state, name, call.job, started, timeout_ms)
             outputs = call.outputs(result)
             wanted = requested_outputs(head, list(outputs))
             answer = {"model_name": name, "model_version": VERSION, **({"id": head["id"]} if "id" in head else {})}
