@@ -46,6 +46,7 @@ from vlmedge.user_cache import cache_root, file_identity
 # 2: ONNX Runtime's entries hold the packed weights; an entry of an older form is rebuilt
 CACHE_FORMAT = 2
 KEY_FILE = "key.json"
+_KEY_PARTIAL = ".key-"  # key.json being written
 _TMP_PREFIX, _OLD_PREFIX = ".tmp-", ".old-"
 _ABANDONED_AFTER_S = 24 * 3600  # a temporary folder this old belongs to a killed process
 
@@ -91,8 +92,9 @@ class CacheEntry:
         if not isinstance(record, dict) or record.get("key") != self.key or not isinstance(record.get("files"), dict):
             return False
         listed: dict[str, Any] = record["files"]
+        moved = {}  # files whose identity changed (a copied cache) but whose content is the same
         try:
-            present = {p.name for p in self.folder.iterdir()} - {KEY_FILE}
+            present = {p.name for p in self.folder.iterdir() if not p.name.startswith(_KEY_PARTIAL)} - {KEY_FILE}
             if present != set(listed):
                 return False
             for name, want in listed.items():
@@ -102,10 +104,19 @@ class CacheEntry:
                 info = path.stat()
                 if info.st_size != want.get("size"):
                     return False
-                if want.get("stat") != file_identity(info) and sha256_file(path) != want.get("sha256"):
-                    return False
+                if want.get("stat") != file_identity(info):
+                    if sha256_file(path) != want.get("sha256"):
+                        return False
+                    moved[name] = file_identity(info)
         except OSError:
             return False
+        if moved:  # recorded, so that the next load of a copied cache is not hashed again
+            for name, identity in moved.items():
+                listed[name]["stat"] = identity
+            try:
+                _replace_key_record(self.folder, record)
+            except OSError:  # a read-only cache: hashed again next time, still correct
+                pass
         return True
 
     def start_build(self) -> Path | None:
@@ -186,7 +197,39 @@ class CacheEntry:
 def list_entries() -> list[dict[str, Any]]:
     """The complete entries of the cache folder (those with a readable key.json), oldest
     first: backend, version, device, options, source (the model file, when recorded),
-    created, bytes on disk, folder. Builds in progress are not entries yet."""
+    created, bytes on disk, folder. Builds in progress are not entries yet. What cannot be
+    read (another user's entries, a cache "folder" that is a file) is warned of, so that a
+    listing is never read as an empty cache."""
+    unread = _unreadable(cache_root(), "listed")
+    if unread:
+        warn_caller(unread)
+    return _entries()
+
+
+def _unreadable(root: Path, doing: str) -> str | None:
+    """Why part of the cache folder cannot be `doing` (listed, removed), or None."""
+    if root.exists() and not root.is_dir():
+        return f"The cache folder {root} is not a folder, so nothing in it can be {doing}; set VLMEDGE_CACHE_DIR to one."
+    try:
+        parents = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return (f"The cache folder {root} cannot be read ({exc.strerror or exc}), so nothing in it can be {doing}; "
+                "check its permissions.")
+    blocked = 0
+    for parent in parents:
+        try:
+            folders = [f for f in parent.iterdir() if not f.name.startswith((_TMP_PREFIX, _OLD_PREFIX))]
+        except OSError:
+            blocked += 1
+            continue
+        blocked += sum(1 for f in folders if f.is_dir() and not os.access(f / KEY_FILE, os.R_OK))
+    return (f"{blocked} compiled model(s) in {root} cannot be read (another user's, or no permission) and were not "
+            f"{doing}; check the folder's permissions, or set VLMEDGE_CACHE_DIR to a folder of your own.") if blocked else None
+
+
+def _entries() -> list[dict[str, Any]]:
     root = cache_root()
     found = []
     try:
@@ -229,12 +272,15 @@ def clear_entries() -> tuple[int, int]:
     removes one (a load either finds it whole or not at all); builds in progress finish.
     The number of entries and the bytes removed; a VlmedgeError naming the folder if some
     could not be removed (the others are)."""
-    entries = list_entries()
+    entries = _entries()
     errors = [error for entry in entries if (error := _remove_folder(Path(entry["folder"]))) is not None]
     if errors:
         raise VlmedgeError(f"{len(errors)} of the {len(entries)} compiled models in {cache_root()} could not be removed "
                            f"({errors[0].strerror or errors[0]}; the other {len(entries) - len(errors)} were); check "
                            "the folder's permissions, or set VLMEDGE_CACHE_DIR to a folder of your own.")
+    unread = _unreadable(cache_root(), "removed")
+    if unread:
+        raise VlmedgeError(unread)
     return len(entries), sum(e["bytes"] for e in entries)
 
 
@@ -255,7 +301,7 @@ def _remove_folder(folder: Path) -> OSError | None:
 def _write_key_file(folder: Path, key: dict[str, Any], source: str | None = None) -> None:
     files = {}
     for path in sorted(folder.iterdir()):
-        if path.name == KEY_FILE or path.name.startswith(".key-"):
+        if path.name == KEY_FILE or path.name.startswith(_KEY_PARTIAL):
             continue
         with open(path, "rb") as f:
             os.fsync(f.fileno())
@@ -263,9 +309,17 @@ def _write_key_file(folder: Path, key: dict[str, Any], source: str | None = None
         files[path.name] = {"size": info.st_size, "sha256": sha256_file(path), "stat": file_identity(info)}
     record = {"key": key, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "source": source}
-    partial = folder / f".key-{uuid.uuid4().hex[:8]}"
-    partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(partial, folder / KEY_FILE)
+    _replace_key_record(folder, record)
+
+
+def _replace_key_record(folder: Path, record: dict[str, Any]) -> None:
+    """Writes key.json whole or not at all (a reader sees the old record or the new one)."""
+    partial = folder / f"{_KEY_PARTIAL}{uuid.uuid4().hex[:8]}"
+    try:
+        partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, folder / KEY_FILE)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _sweep(parent: Path) -> None:

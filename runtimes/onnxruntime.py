@@ -134,8 +134,8 @@ class OnnxRuntimeSession(Session):
                 return None
             try:  # its weights are its own: the entry is its data root
                 session = cls._open((entry.folder / _CACHED_MODEL, entry.folder), "none", threads, providers)
-            except ArtifactError:
-                entry.discard()  # not loadable after all
+            except (ArtifactError, OSError):  # not loadable after all, or removed meanwhile (cache --clear)
+                entry.discard()
                 entry.status = "unsaved"
                 continue
             entry.status = status

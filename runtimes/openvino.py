@@ -126,7 +126,7 @@ class OpenVinoSession(Session):
         # one blob: OpenVINO writes it while compiling, and a hit imports it without asking
         # OpenVINO to look it up (its lookup hashes the whole model, or keys a file by path).
         entry = None
-        if cache:
+        if cache and name.split(":")[0] not in _VIRTUAL_DEVICES:  # a virtual device cannot import a blob
             entry = cache_entry(self.backend, ov.get_version(),
                                model_digest or files_digest([model_path, model_path.with_suffix(".bin")]),
                                name, {k: str(v) for k, v in config.items()}, source=model_path)
@@ -177,7 +177,10 @@ class OpenVinoSession(Session):
             if built is not None:
                 entry.abandon(built)
             raise
-        if built is not None:
+        if built is not None and not any(built.iterdir()):  # OpenVINO skips its blob without a word (a full disk)
+            entry.abandon(built, "OpenVINO wrote no compiled blob: a full disk, or a device that exports none")
+            entry.warn_unsaved()
+        elif built is not None:
             entry.commit(built)
         return compiled
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vlmedge.artifact import Artifact
@@ -14,7 +17,7 @@ from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, U
 from vlmedge.parity import PRECISIONS
 from vlmedge.runtimes.base import (BACKENDS, Session, backend_named, backend_of_target, check_session_options,
                                    open_session)
-from vlmedge.user_cache import cache_enabled
+from vlmedge.user_cache import cache_enabled, file_identity
 
 
 def openvino_leads_on_this_cpu() -> bool:
@@ -107,6 +110,8 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
     check_session_options(backend_named(backend), {k: v for k, v in options.items() if k != "cache"})
     options = {**entry.get("session_options", {}), **options}
     options["cache"] = cache_enabled(options.get("cache"))
+    files = [artifact.path_of(e) for e in artifact.model_files(entry)]
+    before = _identities(files)
     artifact.verify_model(entry, cache=options["cache"])  # before any parser reads the file
     path = artifact.path_of(entry)
     if backend == "onnxruntime":  # it checks the external data of the files it parses, and only those
@@ -114,9 +119,31 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
     if options["cache"]:
         options.setdefault("model_digest", model_digest(artifact, entry))
     session = open_session(path, backend=backend, device=device, **options)
+    if _identities(files) != before:
+        _forget(session)
+        raise ArtifactError(f"{entry['path']} in {artifact.root} changed while it was loaded (re-exported or copied "
+                            "over meanwhile), so what was read may not be what was verified; load the artifact again.")
     _check_graph_io(artifact, entry["graph"], session, entry["path"])
     _warn_if_unverified(artifact, entry, session)
     return session
+
+
+def _identities(files: list[Path]) -> list[Any]:
+    """Each file's identity (size, times, inode): a file replaced or rewritten changes it."""
+    identities: list[Any] = []
+    for path in files:
+        try:
+            identities.append(file_identity(os.stat(path)))
+        except OSError:
+            identities.append(None)
+    return identities
+
+
+def _forget(session: Session) -> None:
+    """Removes the cache entry a session compiled just now from files that changed as it read
+    them: keyed by the verified content, it may hold the other content."""
+    if getattr(session, "cache_status", None) == "miss" and getattr(session, "cache_path", None):
+        shutil.rmtree(session.cache_path, ignore_errors=True)
 
 
 def _warn_if_unverified(artifact: Artifact, entry: dict[str, Any], session: Session) -> None:

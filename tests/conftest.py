@@ -102,3 +102,12 @@ def artifact_copy(vit_artifact, tmp_path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(vit_artifact, target)
     return target
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A compiled-model cache of the test's own, turned on whatever the environment says."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(folder))
+    monkeypatch.delenv("VLMEDGE_NO_CACHE", raising=False)
+    return folder

@@ -129,6 +129,17 @@ def test_a_loaded_pipeline_reads_as_one_line(vit_artifact):
     assert repr(classifier.model.artifact).startswith(f"Artifact({str(vit_artifact)!r}, task='image-classification'")
 
 
+def test_one_image_as_bytes_bytearray_or_memoryview_is_one_input(vit_artifact):
+    """load_image reads all three; a single bytearray was refused where a list of one worked."""
+    import vlmedge
+
+    classifier = vlmedge.load(vit_artifact, backend="onnxruntime", precision="fp32")
+    data = (Path(__file__).resolve().parent.parent / "exporters" / "sample_data" / "red-circle.jpg").read_bytes()
+    expected = classifier.classify(data, top_k=2)
+    assert classifier.classify(bytearray(data), top_k=2) == classifier.classify(memoryview(data), top_k=2) == expected
+    assert classifier.classify([bytearray(data)], top_k=2) == [expected]
+
+
 def test_onnx_file_is_valid_with_dynamic_batch(vit_artifact):
     onnx = pytest.importorskip("onnx")
     model = onnx.load(str(vit_artifact / "onnx" / "model.fp32.onnx"))

@@ -176,3 +176,14 @@ def test_readme_lists_every_exit_code():
 
     errors = README.read_text(encoding="utf-8").split("## Errors", 1)[1].split("\n## ", 1)[0]
     assert {int(code) for code in re.findall(r"^\| (\d) \|", errors, flags=re.M)} == set(EXIT_CODES)
+
+
+def test_a_warning_is_one_line_naming_no_source_file(vit_artifact, tmp_path):
+    """Python's warning format named a line inside typer's source, on two lines."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE, env={"VLMEDGE_CACHE_DIR": str(blocker)})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("warning: vlmedge could not write its compiled-model cache") for line in lines)
+    assert "UserWarning" not in result.stderr and "typer" not in result.stderr

@@ -426,6 +426,14 @@ def test_bad_inputs_are_input_errors(pipelines):
         clip.zero_shot(image, ["cat", "dog", "cat"])
     with pytest.raises(InputError):
         clip.zero_shot(image, ["cat"], templates=["no placeholder"])
+    # templates are filled as transformers' pipeline fills them (str.format), and one whose fields could
+    # do more than place the label (a huge width from a request, an attribute, a second label) is refused
+    filled = clip.embed_texts(["{a} cat"])  # '{{a}} {}'.format('cat'), with the label in any of its spellings
+    for template in ("{{a}} {}", "{{a}} {0}", "{{a}} {label}"):
+        np.testing.assert_allclose(clip.text_embeddings(["cat"], [template]), filled, atol=1e-6)
+    for bad in ("{:>999999999}", "{0.__class__}", "{} and {}", "{x}", "a {"):
+        with pytest.raises(InputError, match="is not a template of one label"):
+            clip.zero_shot(image, ["cat"], templates=[bad])
     with pytest.raises(InputError):
         clip.zero_shot(image, ["cat"], top_k=0)
     with pytest.raises(InputError):

@@ -22,13 +22,6 @@ from vlmedge.runtimes import cache as cache_module
 from vlmedge.runtimes.base import open_session
 from vlmedge.user_cache import cache_root
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(folder))
-    monkeypatch.delenv("VLMEDGE_NO_CACHE", raising=False)
-    return folder
-
 
 def _backend_or_skip(backend: str) -> None:
     if backend == "openvino":

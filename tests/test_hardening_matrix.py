@@ -142,11 +142,14 @@ def _load_audio(*args, **kwargs):
 
 case("audio-missing-file", r"Audio file .*nope\.wav does not exist")(lambda c: _load_audio(c.work / "nope.wav"))
 case("audio-empty-file", r"empty\.wav is empty \(0 bytes\)")(lambda c: _load_audio(c.file("empty.wav", b"")))
-case("audio-garbage-bytes", r"Cannot decode the audio bytes .*WAV, FLAC or OGG")(lambda c: _load_audio(b"RIFFgarbage" * 20))
+case("audio-garbage-bytes", r"Cannot decode the audio bytes \((?!.*BytesIO)[^)]*\); pass a WAV, FLAC, OGG, MP3 or AIFF file")(
+    lambda c: _load_audio(b"RIFFgarbage" * 20))
 case("audio-truncated-header", r"Cannot decode audio file .*cut\.wav")(lambda c: _load_audio(c.file("cut.wav", _wav()[:20])))
 case("audio-text-named-wav", r"Cannot decode audio file .*notes\.wav")(lambda c: _load_audio(c.file("notes.wav", b"hello\n" * 40)))
 case("audio-rate-too-low", r"4000 Hz is outside 8000\.\.192000 Hz")(lambda c: _load_audio(c.file("slow.wav", _wav(rate=4000))))
 case("audio-nan-array", r"NaN or infinite samples")(lambda c: _load_audio(np.full(1600, np.nan, np.float32), 16000))
+case("audio-beyond-float32", r"samples beyond float32's range \(up to 1e\+39\); audio samples belong in \[-1, 1\]")(
+    lambda c: _load_audio(np.array([1e39] + [0.0] * 1599), 16000))
 case("audio-array-without-rate", r"needs its sample rate")(lambda c: _load_audio(np.zeros(1600, np.float32)))
 case("audio-3d-array", r"1-D or 2-D .*not 3-D")(lambda c: _load_audio(np.zeros((2, 2, 400), np.float32), 16000))
 case("audio-object-array", r"integer or float samples, not object")(lambda c: _load_audio(np.array([None] * 8), 16000))
@@ -269,6 +272,9 @@ _manifest_case("manifest-image-spec-no-size", r"image preprocessing spec is malf
                lambda m: m["preprocess"]["image"].pop("size"))
 _manifest_case("manifest-image-spec-bad-mean", r"image preprocessing spec is invalid: image_mean must be three numbers",
                lambda m: m["preprocess"]["image"].update(image_mean=[0.5]))
+_manifest_case("manifest-image-size-the-model-does-not-take", r"preprocesses images to 48x48, but its model takes "
+               r"\d+x\d+; its manifest was edited", lambda m: m["preprocess"]["image"].update(
+                   size={"height": 48, "width": 48}, do_center_crop=False, crop_size=None))
 _manifest_case("manifest-preprocess-a-list", r"preprocess\['image'\] is a list, not an object",
                lambda m: m["preprocess"].update(image=[1, 2]))
 _manifest_case("manifest-preprocess-missing-image", r"image-classification task needs preprocess \['image'\]",
@@ -307,8 +313,10 @@ _manifest_case("manifest-size-a-string", r"file entry 'onnx/model\.fp32\.onnx' n
 _manifest_case("manifest-duplicate-entry", r"lists 'onnx/model\.fp32\.onnx' twice", lambda m: m["files"].append(dict(_model(m))))
 _manifest_case("manifest-unknown-task", r"has task 'segmentation', which this vlmedge cannot run",
                lambda m: m.update(task="segmentation"))
-_manifest_case("manifest-no-schema-version", r"schema version None, but this vlmedge reads version 1",
-               lambda m: m.pop("schema_version"))
+_manifest_case("manifest-no-schema-version", r"has a schema_version of None, not a whole number; the artifact is "
+               r"corrupt", lambda m: m.pop("schema_version"))
+_manifest_case("manifest-schema-as-text", r"has a schema_version of '1', not a whole number",
+               lambda m: m.update(schema_version="1"))
 case("manifest-top-level-list", r"is not a manifest object")(
     lambda c: _load((lambda r: ((r / "manifest.json").write_text("[1, 2]"), r)[1])(c.artifact())))
 case("manifest-invalid-json", r"manifest\.json is not valid JSON")(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageOps
+from PIL import Image
 
 from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
 from vlmedge.preprocess import image as image_module
@@ -39,6 +39,7 @@ PROCESSORS = {
     "vit-lanczos": ("ViTImageProcessorPil", {"resample": 1}),
     "vit-box": ("ViTImageProcessorPil", {"resample": 4, "size": {"height": 64, "width": 48}}),
     "vit-hamming": ("ViTImageProcessorPil", {"resample": 5}),
+    "vit-scalar-mean-zero": ("ViTImageProcessorPil", {"image_mean": 0.0, "image_std": 1.0}),  # 0.0 is not "unset"
     "deit-resize-crop": ("DeiTImageProcessorPil", {}),
     "deit-crop-pads": ("DeiTImageProcessorPil", {"do_resize": False, "crop_size": {"height": 33, "width": 500}}),
     "beit-bicubic": ("BeitImageProcessorPil", {}),
@@ -161,14 +162,17 @@ def test_files_and_bytes_follow_hf_load_image(mode, name, mode_files, processors
     _assert_close(preprocess_images([load_image(str(path))], spec), ref)
 
 
+@pytest.mark.parametrize("name", ["clip-shortest-edge", "vit-bilinear"])
 @pytest.mark.parametrize("mode", MODES)
-def test_pil_images_follow_hf_convert_to_rgb(mode, mode_files, processors):
-    """PIL images get the EXIF orientation, then the processor's convert_to_rgb (alpha on white)."""
-    processor, spec = processors("clip-shortest-edge")
+def test_pil_images_follow_the_pipelines_load_image(mode, name, mode_files, processors, hf):
+    """A transformers pipeline passes a PIL image through load_image too (EXIF orientation,
+    convert("RGB")), so a file gives one answer whether passed by path or opened."""
+    processor, spec = processors(name)
     with Image.open(mode_files[mode]) as opened:
         ours = preprocess_images([load_image(opened)], spec)
-        ref = processor(ImageOps.exif_transpose(opened), return_tensors="np")["pixel_values"]
+        ref = processor(hf.image_utils.load_image(opened), return_tensors="np")["pixel_values"]
     _assert_close(ours, ref)
+    _assert_close(ours, preprocess_images([load_image(mode_files[mode])], spec))
 
 
 def test_exif_orientation_is_applied(mode_files):
@@ -177,15 +181,16 @@ def test_exif_orientation_is_applied(mode_files):
     assert load_image(mode_files["exif6"]).size == (47, 61)
 
 
-def test_alpha_dropped_for_files_but_composited_for_pil(mode_files):
-    """HF's own asymmetry, kept: load_image(path) drops alpha, convert_to_rgb composites it."""
+def test_alpha_dropped_for_files_and_pil_but_composited_for_arrays(mode_files):
+    """load_image (every pipeline's) drops alpha; an RGBA array, which pipelines do not take,
+    follows the processor's convert_to_rgb and is composited on white."""
     path = mode_files["RGBA"]
-    rgba = np.asarray(Image.open(path)).astype(np.float64)
-    from_file = np.asarray(load_image(path)).astype(np.float64)
-    from_pil = np.asarray(load_image(Image.open(path))).astype(np.float64)
-    assert np.array_equal(from_file, rgba[..., :3])
+    rgba = np.asarray(Image.open(path))
+    assert np.array_equal(np.asarray(load_image(path)), rgba[..., :3])
+    assert np.array_equal(np.asarray(load_image(Image.open(path))), rgba[..., :3])
     alpha = rgba[..., 3:] / 255
-    assert np.abs(from_pil - (alpha * rgba[..., :3] + (1 - alpha) * 255)).max() <= 1
+    composited = alpha * rgba[..., :3] + (1 - alpha) * 255
+    assert np.abs(np.asarray(load_image(rgba)).astype(np.float64) - composited).max() <= 1
 
 
 @pytest.mark.parametrize("channels", [3, 4, 1])

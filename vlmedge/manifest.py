@@ -37,6 +37,9 @@ def check_manifest_shape(manifest: Any, where: Path) -> None:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where} is not a manifest object; re-export the artifact.")
     version = manifest.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):  # "1" is a damaged field, not another version
+        raise ArtifactError(f"{where} has a schema_version of {version!r}, not a whole number; the artifact is "
+                            "corrupt, re-export it.")
     if version != SCHEMA_VERSION:
         raise ArtifactError(
             f"{where} has schema version {version!r}, but this vlmedge reads version {SCHEMA_VERSION}; "

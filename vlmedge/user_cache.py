@@ -38,7 +38,7 @@ def cache_enabled(requested: bool | None = None) -> bool:
     """An explicit True/False wins; None follows VLMEDGE_NO_CACHE (on unless it is set)."""
     if requested is not None:
         return bool(requested)
-    return os.environ.get("VLMEDGE_NO_CACHE", "").strip().lower() in ("", "0", "false", "no")
+    return os.environ.get("VLMEDGE_NO_CACHE", "").strip().lower() in ("", "0", "false", "no", "off")
 
 
 def file_identity(info: os.stat_result) -> list[int]:

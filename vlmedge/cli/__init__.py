@@ -1,21 +1,20 @@
 """The `vlmedge` command: export, predict, embed, info, check, bench, serve, formats.
 
-User errors (VlmedgeError) print as one sentence, never a traceback, and exit with their
-class's code (vlmedge.errors.EXIT_CODES): 1 a runtime failure, 2 bad usage (every option is
-checked before a model is loaded), 3 a parity gate failure. Tables turn into key: value
-blocks when the terminal (or a log: 80 columns) is too narrow for them; a line of text is
-never wrapped, so that each stays one line in a log.
+User errors (VlmedgeError) print as one sentence, never a traceback, and exit with their class's code
+(vlmedge.errors.EXIT_CODES): 1 a runtime failure, 2 bad usage (every option is checked before a model is
+loaded), 3 a parity gate failure; warnings print as one line too. Tables turn into key: value blocks when
+the terminal (or a log: 80 columns) is too narrow; a line of text is never wrapped, to stay one line in a log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
-
-import contextlib
 
 import typer
 import typer.core
@@ -45,13 +44,16 @@ class _Command(typer.core.TyperCommand):
         return [re.sub(r"\{([^{}]+)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
     def invoke(self, ctx: Any) -> Any:
-        """A VlmedgeError ends the command with one line and its class's exit code, however
-        the app is run (the console script, `python -m`, or typer's test runner)."""
-        try:
-            return super().invoke(ctx)
-        except VlmedgeError as exc:
-            print_error(exc)
-            raise typer.Exit(exc.exit_code) from None
+        """A VlmedgeError ends the command with one line and its class's exit code, however the app is run
+        (the console script, `python -m`, typer's test runner); a warning is one line, not Python's two."""
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *_, **__: err_console.print(
+                f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+            try:
+                return super().invoke(ctx)
+            except VlmedgeError as exc:
+                print_error(exc)
+                raise typer.Exit(exc.exit_code) from None
 
 
 app = typer.Typer(
@@ -60,11 +62,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: "pip install 'vlmedge[ray]'" keeps its [ray]
 )
-# Soft wrap: a line of text stays one line however narrow the terminal, and in a log, where rich
-# would wrap it at 80 columns (grep finds a whole warning); tables are laid out to the width (show).
+# Soft wrap: a line of text stays one line however narrow the terminal or a log (rich would wrap at 80).
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
-_split = formats.split
 BACKEND_CHOICES = ["auto", *formats.backend_names()]
 
 

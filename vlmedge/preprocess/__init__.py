@@ -16,6 +16,8 @@ from vlmedge.errors import ArtifactError, InputError, VlmedgeError
 # decoders turn what they know into InputError, and Pillow/soundfile can still raise these.
 # Whoever handles a batch of inputs charges such an error to that input alone.
 READ_ERRORS = (VlmedgeError, OSError, ValueError, SyntaxError, MemoryError)
+# How messages name the audio containers soundfile (libsndfile 1.1+) decodes.
+AUDIO_FORMATS = "WAV, FLAC, OGG, MP3 or AIFF"
 
 
 def check_input_file(path: str, kind: str) -> None:

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmedge.preprocess import AUDIO_FORMATS
 from vlmedge.serve.config import Limits
 from vlmedge.serve.problems import Problem
 
@@ -242,12 +243,12 @@ def check_audio(data: bytes, index: int, limits: Limits) -> float:
 
     where = f"audio[{index}]"
     if not data:
-        raise invalid("invalid_input", f"{where} is empty; send the bytes of a WAV, FLAC or OGG file.")
+        raise invalid("invalid_input", f"{where} is empty; send the bytes of a {AUDIO_FORMATS} file.")
     try:
         info = sf.info(io.BytesIO(data))
         seconds = info.frames / info.samplerate
     except Exception:  # noqa: BLE001 - any failure to read a header means "not audio"
-        raise invalid("invalid_input", f"{where} is not a readable audio file; send WAV, FLAC or OGG.") from None
+        raise invalid("invalid_input", f"{where} is not a readable audio file; send a {AUDIO_FORMATS} file.") from None
     if not math.isfinite(seconds) or seconds > limits.max_audio_seconds:
         raise invalid("audio_too_long", f"{where} lasts {seconds:.1f} s; the limit is {limits.max_audio_seconds:g} s. "
                                         "Cut it into shorter clips.", 413)

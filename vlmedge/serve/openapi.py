@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmedge.version import __version__
+from vlmedge.preprocess import AUDIO_FORMATS
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import OPTIONS
 from vlmedge.serve.protocols import schema as protocols
@@ -57,7 +58,7 @@ def _field_schemas(endpoint: Any, limits: Limits, multipart: bool) -> dict[str, 
     text = {"type": "string", "maxLength": limits.max_caption_chars}
     fields = {
         "images": {**media, "description": "Image files (PNG, JPEG, ...)" + ("" if multipart else ", base64")},
-        "audio": {**media, "description": "Audio files (WAV, FLAC, OGG)" + ("" if multipart else ", base64")},
+        "audio": {**media, "description": f"Audio files ({AUDIO_FORMATS})" + ("" if multipart else ", base64")},
         "texts": {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs},
         "labels": {"type": "array", "minItems": 1, "maxItems": limits.max_labels,
                    # not blank; in a form, a comma separates labels

@@ -147,6 +147,19 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"softmax": softmax
                                                              "none": lambda x: x}
 
 
+def image_spec_for(manifest: dict[str, Any], session: Any, root: Path) -> ImagePreprocessSpec:
+    """The manifest's image preprocessing, checked against the image graph's input: a size the
+    model does not take (an edited manifest) fails the load, not every call with an input error."""
+    spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
+    shape = session.inputs[0].shape
+    dims = list(shape[2:4] if spec.layout == "NCHW" else shape[1:3])
+    if len(shape) == 4 and any(isinstance(d, int) and d > 0 and d != want for d, want in zip(dims, spec.output_size)):
+        height, width = spec.output_size
+        raise ArtifactError(f"Artifact {root} preprocesses images to {height}x{width}, but its model takes "
+                            f"{dims[0]}x{dims[1]}; its manifest was edited or is corrupt, so re-export it.")
+    return spec
+
+
 def manifest_activation(manifest: dict[str, Any], root: Path) -> str:
     """The activation an artifact's manifest names (softmax where it names none); ArtifactError
     unless it is one of ACTIVATIONS."""

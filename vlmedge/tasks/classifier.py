@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from vlmedge.errors import ArtifactError
-from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
+from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ACTIVATIONS, Prediction, as_list, check_top_k, chunks, manifest_activation,
-                                pipeline_repr, pixel_batches, rank)
+from vlmedge.tasks.base import (ACTIVATIONS, Prediction, as_list, check_top_k, chunks, image_spec_for,
+                                manifest_activation, pipeline_repr, pixel_batches, rank)
 
 
 class ImageClassifier:
@@ -27,10 +27,10 @@ class ImageClassifier:
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
         manifest = model.artifact.manifest
-        self.spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
+        (self._graph, self._session), = model.sessions.items()
+        self.spec = image_spec_for(manifest, self._session, model.artifact.root)
         self.labels: list[str] = manifest.get("labels") or []
         self.activation = manifest_activation(manifest, model.artifact.root)
-        (self._graph, self._session), = model.sessions.items()
         self._input = self._session.inputs[0].name
         self._output = manifest["graphs"][self._graph]["outputs"][0]["name"]
         width = next((o.shape[-1] for o in self._session.outputs if o.name == self._output and o.shape), None)

@@ -20,16 +20,17 @@ Runtime sessions are thread-safe and the tokenizer gives each call its own token
 
 from __future__ import annotations
 
+import string
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
-from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec
+from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, l2_normalize, pipeline_repr,
-                                pixel_batches, rank, sigmoid, softmax)
+from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, image_spec_for, l2_normalize,
+                                pipeline_repr, pixel_batches, rank, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -45,8 +46,29 @@ def image_embedding_refusal(image_reduction: str | None) -> str | None:
             "stands for; use zero-shot for images, or embed captions.")
 
 
+def _label_fields(template: Any) -> int | None:
+    """How many places for the label a template has, or None unless it is a str.format string
+    whose fields are all plain '{}', '{0}' or '{label}': no format spec, conversion or
+    attribute, which a request could use to make a huge caption ('{:>999999999}')."""
+    if not isinstance(template, str):
+        return None
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # an unmatched brace
+        return None
+    if any(name not in ("", "0", "label") or spec or conversion for name, spec, conversion in fields):
+        return None
+    names = [name for name, _, _ in fields]
+    if names.count("") > 1 or {"", "0"} <= set(names):  # one label to fill: str.format would raise
+        return None
+    return len(fields)
+
+
 def _fill(template: str, label: str) -> str:
-    return template.replace("{}", label) if "{}" in template else template.replace("{label}", label)
+    """str.format, as transformers' zero-shot pipeline fills its hypothesis_template ('{}',
+    '{0}', '{{' for a brace), with '{label}' too."""
+    return template.format(label, label=label)
 
 
 class Clip:
@@ -70,7 +92,7 @@ class Clip:
             raise ArtifactError(f"{where} lacks image or text preprocessing; re-export it with this version of vlmedge.")
         if {"image", "text"} - set(model.sessions):
             raise ArtifactError(f"{where} needs an 'image' and a 'text' graph but has {sorted(model.sessions)}; re-export it.")
-        self.image_spec = ImagePreprocessSpec.from_dict(preprocess["image"])
+        self.image_spec = image_spec_for(manifest, model.sessions["image"], artifact.root)
         text_spec = TextPreprocessSpec.from_dict(preprocess["text"])
         self.tokenizer = TextTokenizer(artifact.path_of(text_spec.tokenizer_file), text_spec)
 
@@ -287,7 +309,11 @@ class Clip:
         if not isinstance(templates, (list, tuple)) or not templates:
             raise InputError("templates must be a non-empty list of strings such as 'a photo of a {}.'.")
         for t in templates:
-            if not isinstance(t, str) or ("{}" not in t and "{label}" not in t):
+            fields = _label_fields(t)
+            if fields is None:
+                raise InputError(f"Template {t!r} is not a template of one label: put '{{}}' (or '{{0}}', '{{label}}') "
+                                 "where the label goes, with no format spec, and write a brace as '{{'.")
+            if not fields:
                 raise InputError(f"Template {t!r} has no '{{}}' where the label goes; e.g. 'a photo of a {{}}.'.")
         return list(templates)
 

@@ -12,9 +12,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmedge.errors import ArtifactError, InputError
-from vlmedge.preprocess.image import IMAGE_TYPES, ImagePreprocessSpec, load_image, preprocess_images
+from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import as_list, check_flag, chunks, l2_normalize, pipeline_repr, pixel_batches
+from vlmedge.tasks.base import (as_list, check_flag, chunks, image_spec_for, l2_normalize, pipeline_repr,
+                                pixel_batches)
 
 # pooling -> the model outputs it reads
 POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -41,10 +42,10 @@ class ImageEncoder:
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
         manifest = model.artifact.manifest
-        self.spec = ImagePreprocessSpec.from_dict(manifest["preprocess"]["image"])
+        (self._graph, self._session), = model.sessions.items()
+        self.spec = image_spec_for(manifest, self._session, model.artifact.root)
         info = manifest["embedding"]  # with its default pooling: the manifest check (registry) requires them
         self.info: dict[str, Any] = info
-        (self._graph, self._session), = model.sessions.items()
         self._input = self._session.inputs[0].name
         self.outputs = [o["name"] for o in manifest["graphs"][self._graph]["outputs"]]
         self.default_pooling: str = info["default_pooling"]

@@ -6,12 +6,13 @@ import io
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 from vlmedge.errors import InputError
-from vlmedge.preprocess import check_input_file
+from vlmedge.preprocess import AUDIO_FORMATS, check_input_file
 
 try:
     import soxr
@@ -49,7 +50,12 @@ def check_wave(wave, what: str = "waveform") -> np.ndarray:
     if not np.isfinite(wave).all():
         raise InputError(f"The {what} contains NaN or infinite samples; clean or re-decode the audio.")
     # The extractor works from float32 samples, so float64 input is rounded the same way.
-    return np.ascontiguousarray(wave, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        samples = np.ascontiguousarray(wave, dtype=np.float32)
+    if not np.isfinite(samples).all():
+        raise InputError(f"The {what} has samples beyond float32's range (up to {np.abs(wave).max():.3g}); "
+                         "audio samples belong in [-1, 1], so scale it.")
+    return samples
 
 
 def _to_mono(data: np.ndarray, channel_axis: int | None) -> np.ndarray:
@@ -60,7 +66,8 @@ def _to_mono(data: np.ndarray, channel_axis: int | None) -> np.ndarray:
         data = (data.astype(np.float64) - offset) / half
     if channel_axis is not None:
         data = data.mean(axis=channel_axis, dtype=np.float64)
-    return check_wave(np.asarray(data, dtype=np.float32), "audio")
+    floats = data if data.dtype.kind == "f" else np.asarray(data, dtype=np.float32)  # check_wave rounds to float32
+    return check_wave(floats, "audio")
 
 
 def _decode(source, name: str) -> tuple[np.ndarray, int]:
@@ -68,10 +75,16 @@ def _decode(source, name: str) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
-        raise InputError(f"Cannot decode {name} ({exc}); pass a WAV, FLAC or OGG file.") from None
+        raise InputError(f"Cannot decode {name} ({_named(exc, source, name)}); pass a {AUDIO_FORMATS} file.") from None
     except Exception as exc:  # noqa: BLE001 - a decoder given untrusted bytes may raise anything
-        raise InputError(f"Cannot decode {name} ({type(exc).__name__}: {exc}); pass a WAV, FLAC or OGG file.") from None
+        raise InputError(f"Cannot decode {name} ({type(exc).__name__}: {_named(exc, source, name)}); pass a "
+                         f"{AUDIO_FORMATS} file.") from None
     return data, sr
+
+
+def _named(exc: Exception, source: Any, name: str) -> str:
+    """soundfile's message, which names a file object by its repr (<_io.BytesIO object at 0x...>), naming it as we do."""
+    return str(exc).replace(f"Error opening {source!r}: ", "").replace(repr(source), name)
 
 
 def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

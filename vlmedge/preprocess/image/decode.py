@@ -20,7 +20,7 @@ MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # What one image may be when a pipeline is given a single input rather than a list
 # (a uint8 numpy array of up to 3 dimensions is one image too: see tasks.base.as_list).
-IMAGE_TYPES = (str, bytes, os.PathLike, Image.Image)
+IMAGE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
 # held around every warnings.catch_warnings() of the decoders (see _decode)
 _WARNINGS = threading.Lock()
 
@@ -29,12 +29,12 @@ _WARNINGS = threading.Lock()
 def load_image(image: Any) -> Image.Image:
     """Decodes or converts one image to an RGB PIL image, as Hugging Face does.
 
-    Files and bytes follow ``transformers.image_utils.load_image``: EXIF orientation is
-    applied, then ``convert("RGB")`` (so alpha is dropped, not composited; a palette's
-    transparency colour stays in ``info`` for ``preprocess_images``). PIL images get
-    the EXIF orientation too, then the processor's ``convert_to_rgb``: transparency is
-    composited on white. Arrays must be uint8 (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4)
-    RGBA; RGBA is composited on white with the processor's numpy rounding.
+    Files, bytes and PIL images follow ``transformers.image_utils.load_image``, which every
+    transformers pipeline applies to each input: EXIF orientation is applied, then
+    ``convert("RGB")`` (so alpha is dropped, not composited; a palette's transparency colour
+    stays in ``info`` for ``preprocess_images``). Arrays, which pipelines do not take, follow
+    the processor: uint8 (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, RGBA composited on
+    white with its numpy rounding.
 
     Args:
         image: a path (str or os.PathLike), encoded bytes, a PIL image or a numpy array.
@@ -125,9 +125,14 @@ def convert_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    """EXIF orientation, then HF's convert_to_rgb."""
+    """EXIF orientation, then convert("RGB"), as load_image does (the caller's image untouched)."""
     try:
-        return convert_to_rgb(ImageOps.exif_transpose(image))
+        turned = ImageOps.exif_transpose(image)
+        if turned.mode == "RGB":
+            return turned
+        with _WARNINGS, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
+            return turned.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"The {image.mode} PIL image {image.size} could not be decoded or converted to RGB "
                          f"({e}); open the file with load_image(path) to see why.") from None

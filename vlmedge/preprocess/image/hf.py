@@ -136,12 +136,13 @@ def spec_fields(cls: type, processor_config: dict) -> Any:
         extra["resize_after_rescale"] = True
     if family == "MobileViT" and c.get("do_flip_channel_order"):
         extra["channel_order"] = "BGR"
-    mean, std = c["image_mean"] or (0.5,) * 3, c["image_std"] or (0.5,) * 3  # unused when null
+    # null only when unused; a scalar 0.0 is a mean, not a missing one
+    mean, std = ((0.5,) * 3 if c[k] is None else c[k] for k in ("image_mean", "image_std"))
     resample = 2 if c["resample"] is None else c["resample"]  # null and unused
     try:
         return cls(do_resize=bool(c["do_resize"]), size=size, do_center_crop=do_crop, crop_size=crop,
                    resample=_RESAMPLE_NAMES.get(resample, str(resample).lower()),
-                   do_rescale=bool(c["do_rescale"]), rescale_factor=c["rescale_factor"] or 1 / 255,
+                   do_rescale=bool(c["do_rescale"]), rescale_factor=1 / 255 if c["rescale_factor"] is None else c["rescale_factor"],
                    do_normalize=bool(c["do_normalize"]), image_mean=[mean] * 3 if is_number(mean) else mean,
                    image_std=[std] * 3 if is_number(std) else std, do_convert_rgb=bool(c["do_convert_rgb"]), **extra)
     except InputError as e:
