@@ -342,6 +342,8 @@ def test_cli_predict_table_and_json(exported, audio_files):
     bad = runner.invoke(app, ["predict", art, str(audio_files["short"]), "--aggregate", "median"])
     # a usage error (exit 2) whose one line names the flag and its choices
     assert bad.exit_code == 2 and "--aggregate must be max or mean" in bad.output
+    hop = runner.invoke(app, ["predict", art, str(audio_files["short"]), "--window-hop", "0"])
+    assert hop.exit_code == 2 and "window_hop=0.0 must be a number of seconds from" in hop.output
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -495,6 +495,8 @@ def test_cli_predict_and_embed(made, pipelines, tmp_path):
     result = runner.invoke(app, ["predict", str(out), image])
     assert result.exit_code == 2
     assert "--labels" in result.output
+    result = runner.invoke(app, ["predict", str(out), image, "--labels", "cat,dog", "--template", "photo"])
+    assert result.exit_code == 2 and "Template 'photo' has no '{}' where the label goes" in result.output
 
     npy = tmp_path / "emb.npy"
     result = runner.invoke(app, ["embed", str(out), image, "--text", "a cat", "--text", "日本語", "--out", str(npy)])

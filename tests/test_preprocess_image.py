@@ -389,10 +389,11 @@ def test_unsupported_type(value):
 
 @pytest.mark.parametrize("array, message", [
     (np.zeros((8, 8, 5), np.uint8), r"shape .*not \(8, 8, 5\)"),
-    (np.zeros((2, 8, 8, 3), np.uint8), r"not \(2, 8, 8, 3\)"),
-    (np.zeros((8,), np.uint8), r"not \(8,\)"),
-    (np.zeros((8, 8, 3), np.float32), "dtype uint8"),
-    (np.zeros((8, 8), np.uint16), "dtype uint8"),
+    (np.zeros((2, 8, 8, 3), np.uint8), r"not \(2, 8, 8, 3\); pass a batch as a list of arrays"),
+    (np.zeros((8,), np.uint8), r"not \(8,\)\.$"),
+    (np.zeros((8, 8, 3), np.float32), r"dtype uint8 .*pass 0-1 floats as \(array \* 255\)"),
+    (np.zeros((8, 8), np.uint16), r"dtype uint8 .*pass 16-bit values as \(array >> 8\)"),
+    (np.zeros((3, 8, 9), np.uint8), r"is channels-first; pass array.transpose\(1, 2, 0\)"),
     (np.zeros((0, 8, 3), np.uint8), "empty"),
     (np.zeros((0, 0), np.uint8), "empty"),
 ])

@@ -51,6 +51,24 @@ def check_predict_out(engine: str, out: Optional[Path]) -> None:
                          "--out results.parquet, or drop --out to print the results.")
 
 
+def check_method_values(artifact: Path, templates: Optional[list[str]], window_hop: Optional[float]) -> None:
+    """Values the task's own checks would refuse once the model is loaded (a template without
+    '{}', a window hop outside one frame to one window), refused before as usage errors (exit 2)."""
+    from vlmedge.artifact import Artifact
+    from vlmedge.preprocess.audio import AudioPreprocessSpec
+    from vlmedge.tasks.audio import AudioTagger
+    from vlmedge.tasks.clip import Clip
+
+    try:
+        if templates:
+            Clip.check_templates(templates)
+        if window_hop is not None:
+            spec = AudioPreprocessSpec.from_dict(Artifact.open(artifact).manifest["preprocess"]["audio"])
+            AudioTagger.check_window_hop(window_hop, spec)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def check_decode_workers(engine: str, decode_workers: Optional[int]) -> None:
     """--decode-workers sets the local engine's threads; Ray runs preprocessing in its own tasks."""
     if engine == "ray" and decode_workers is not None:

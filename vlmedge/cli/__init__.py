@@ -244,12 +244,12 @@ def predict(
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
+    bulk.check_method_values(artifact, template, window_hop)
     folders = [name for name in inputs if Path(name).is_dir()]
     if folders and not bulk_run:
         raise UsageError(f"{folders[0]} is a folder; folders of inputs go with --out results.parquet (bulk), "
                          "or pass the files themselves.")
-    options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate,
-                   attention=attention)
+    options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, attention=attention)
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,

@@ -141,12 +141,17 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
 def _array_to_rgb(array: np.ndarray) -> Image.Image:
     shapes = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
     if array.dtype != np.uint8:
-        raise InputError(f"Image arrays must have dtype uint8 (0-255), not {array.dtype}; for 0-1 floats pass "
-                         "(array * 255).round().astype(np.uint8).")
+        hint = {"f": "0-1 floats as (array * 255).round().astype(np.uint8)", "b": "a mask as array.astype(np.uint8) * 255",
+                }.get(array.dtype.kind, "16-bit values as (array >> 8).astype(np.uint8)" if array.dtype.itemsize == 2
+                      else "its values scaled to 0-255, then .astype(np.uint8)")
+        raise InputError(f"Image arrays must have dtype uint8 (0-255), not {array.dtype}; pass {hint}.")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (3, 4):
+        raise InputError(f"The image array of shape {array.shape} is channels-first; pass array.transpose(1, 2, 0).")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise InputError(f"An image array must have shape {shapes}, not {array.shape}; pass a batch as a list.")
+        batch = "; pass a batch as a list of arrays" if array.ndim == 4 else ""
+        raise InputError(f"An image array must have shape {shapes}, not {array.shape}{batch}.")
     if array.size == 0:
         raise InputError(f"The image array is empty (shape {array.shape}); pass an image of at least 1x1 pixel.")
     if array.ndim == 2:
