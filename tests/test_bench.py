@@ -105,9 +105,16 @@ def test_compare_api_reports_ratios_per_row_and_metric(result):
     assert len(compare(result, fewer).only_base) == 1 and not compare(result, fewer).passed
     assert compare(fewer, result).passed and len(compare(fewer, result).only_new) == 1  # a new variant does not
     zero = BenchResult.from_dict(result.to_dict())
-    zero.rows[2].latency.p50_ms = 0.0  # no ratio to take: said, not an infinite regression
+    zero.rows[2].latency.p50_ms = 0.0  # no ratio to take: said, not an infinite regression, and not a pass
     verdict = compare(result, zero)
-    assert verdict.passed and len(verdict.rows) == len(result.rows) - 1 and "is 0 in NEW" in verdict.notes[0]
+    assert not verdict.passed and len(verdict.rows) == len(result.rows) - 1 and "is 0 in NEW" in verdict.uncompared[0]
+    other = BenchResult.from_dict(result.to_dict())  # other inputs (random vs samples) or another model
+    counted = next(r for r in other.rows if r.roofline and r.roofline.ops)
+    counted.roofline.ops *= 2
+    other.settings.inputs, other.artifact.reference = "random", "another-model"
+    verdict = compare(result, other)
+    assert not verdict.passed and "did other work in NEW" in verdict.uncompared[0]
+    assert any("different models: " in note for note in verdict.notes) and any("different inputs" in n for n in verdict.notes)
 
 
 def test_a_noisy_row_is_told_what_would_steady_it(result):
@@ -249,7 +256,7 @@ def test_int8_peer_is_judged_by_the_int8_gate(vit_artifact, tmp_path):
     r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], roofline=False,
                       peers={"quantized:int8": peer, "as fp32": peer}, **FAST)
     rows = {row.peer: row for row in r.rows if row.peer}
-    assert rows["quantized"].precision == "int8" and rows["quantized"].label == "quantized (peer)"
+    assert rows["quantized"].precision == "int8" and rows["quantized"].label == "quantized:int8 (peer)"
     assert rows["quantized"].parity.passed
     # the same file said to be fp32 is held to the fp32 gate, which int8 rounding misses
     assert rows["as fp32"].precision == "fp32" and rows["as fp32"].parity.passed is False
@@ -556,3 +563,32 @@ def test_the_memory_baseline_does_not_count_heap_a_closed_session_freed():
     baseline = Memory().start()
     libc.free(chunks[-1])
     assert held - baseline.rss_mb > 150, (held, baseline)  # ~190 MB were freed
+
+
+def test_a_peer_of_a_fixed_batch_runs_at_that_batch_and_is_skipped_at_others(vit_artifact, tmp_path):
+    """A peer exported at batch 1 aborted the whole run (its parity check ran 8 inputs per call)."""
+    import onnx
+
+    model = onnx.load(str(vit_artifact / "onnx" / "model.fp32.onnx"))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    peer = tmp_path / "static.onnx"
+    onnx.save(model, str(peer))
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1, 2], peers={"one": peer}, **FAST)
+    rows = [row for row in r.rows if row.peer == "one"]
+    assert [row.batch_size for row in rows] == [1] and rows[0].parity.source == "live" and rows[0].parity.passed
+    assert any("one" in s.reason or s.batch_size == 2 for s in r.skipped)
+
+
+def test_bench_output_paths_are_checked_before_measuring(vit_artifact, tmp_path):
+    from tests.test_cli import vlmedge_cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for args, words in ((["--markdown", str(blocker / "r.md")], "is a file, not a folder"),
+                        (["--plot", str(tmp_path / "r.weird")], "--plot writes .png, .svg, .pdf files"),
+                        (["--peer", f"a={vit_artifact / 'onnx' / 'model.fp32.onnx'}",
+                          "--peer", f"a={vit_artifact / 'onnx' / 'model.fp32.onnx'}"], "a is given twice")):
+        result = vlmedge_cli("bench", vit_artifact, *args)
+        assert result.returncode == 2 and words in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.stderr

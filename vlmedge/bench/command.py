@@ -18,7 +18,7 @@ from rich.console import Console
 
 from vlmedge import formats
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS, peer_files
-from vlmedge.errors import BackendUnavailableError, InputError, UsageError
+from vlmedge.errors import BackendUnavailableError, InputError, OutputError, UsageError
 
 # Soft wrap, as vlmedge.cli's consoles: each line of the report, a warning, a progress line is one
 # line in a log (rich would wrap it at 80 columns); the tables are laid out to the width.
@@ -38,6 +38,9 @@ def _ints(value: Optional[str], option: str) -> list[int] | None:
     return numbers
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes without extra backends
+
+
 def _peers(values: Optional[list[str]]) -> dict[str, str]:
     peers = {}
     for value in values or []:
@@ -48,6 +51,8 @@ def _peers(values: Optional[list[str]]) -> dict[str, str]:
             peer_files({name: path})
         except InputError as exc:
             raise typer.BadParameter(str(exc), param_hint="--peer") from None
+        if name in peers:
+            raise typer.BadParameter(f"{name} is given twice; give each peer a name of its own", param_hint="--peer")
         peers[name] = path
     return peers
 
@@ -61,6 +66,11 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
     for option, path in outputs.items():
         if path and path != "-" and Path(path).is_dir():
             raise UsageError(f"{option} {path} is a folder; give the path of the file to write.")
+        blocking = next((parent for parent in Path(path).parents if parent.is_file()), None) if path else None
+        if blocking is not None:  # found only when writing, after every row was measured
+            raise UsageError(f"{option} {path} cannot be written: {blocking} is a file, not a folder.")
+    if plot_path and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"--plot writes {', '.join(PLOT_SUFFIXES)} files, not {Path(plot_path).name}.")
 
     if backend:
         formats.check_backends("--backend", backend, ["torch", *formats.backend_names()])
@@ -169,9 +179,7 @@ def bench(
     elif json_path:
         out.print(f"wrote {result.save(json_path)}", highlight=False, markup=False)
     if markdown_path:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(markdown(result) + "\n", encoding="utf-8")
-        out.print(f"wrote {markdown_path}", highlight=False, markup=False)
+        out.print(f"wrote {_write(markdown_path, markdown(result))}", highlight=False, markup=False)
     if plot_path:
         from vlmedge.bench.plot import plot
 
@@ -193,6 +201,16 @@ def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_pa
     if json_path == "-":
         print(json.dumps(as_dict(comparison), indent=2))
     elif json_path:
-        Path(json_path).write_text(json.dumps(as_dict(comparison), indent=2) + "\n", encoding="utf-8")
+        _write(Path(json_path), json.dumps(as_dict(comparison), indent=2))
     if not comparison.passed:
         raise typer.Exit(1)
+
+
+def _write(path: Path, text: str) -> Path:
+    """A report file, its folders made; a failure is one OutputError, not a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); choose a writable path.") from None
+    return path

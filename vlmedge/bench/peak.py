@@ -315,6 +315,19 @@ def _store(key: str, value: Any, warnings: list[str] | None) -> None:
             warnings.append(f"the peaks could not be cached in {path} ({exc.strerror or exc})")
 
 
+def _sound(peaks: MachinePeaks) -> bool:
+    """A cached entry whose figures are numbers (an edited or damaged file is measured again),
+    and which measured every precision this backend can run: one that could not (a package
+    missing then) is measured again rather than kept."""
+    for peak in peaks.peaks:
+        if peak.gops is None:
+            if _unavailable(peaks.backend, peak.precision) is None:
+                return False
+        elif isinstance(peak.gops, bool) or not isinstance(peak.gops, (int, float)) or not peak.gops > 0:
+            return False
+    return True
+
+
 def _said_if_busy(peaks: MachinePeaks, warnings: list[str] | None) -> MachinePeaks:
     """Warns when the peaks were measured on a machine busier than their thread count."""
     load = peaks.load_average
@@ -339,13 +352,13 @@ def _higher(new: Peak, earlier: dict[str, Any]) -> Peak:
 
 
 # Bandwidth measured or read by this process, per (threads, megabytes): every backend's rows
-# use the same figure (so one remeasure measures it once, not once per backend).
+# use the same figure; a remeasure measures it again.
 _bandwidth_now: dict[tuple[int, int], float] = {}
 
 
 def machine_bandwidth(threads: int, remeasure: bool = False, warnings: list[str] | None = None) -> float:
     """The cached memory bandwidth at a thread count (GB/s), measured when absent or asked."""
-    if (threads, BANDWIDTH_MB) in _bandwidth_now:
+    if not remeasure and (threads, BANDWIDTH_MB) in _bandwidth_now:
         return _bandwidth_now[(threads, BANDWIDTH_MB)]
     key = f"{cpu_signature()} | {threads} threads | numpy copy {BANDWIDTH_MB} MiB | v{CACHE_VERSION}"
     found = None if remeasure else _cached(key)
@@ -375,7 +388,8 @@ def machine_peaks(backend: str, threads: int, remeasure: bool = False, size: int
         try:
             peaks = MachinePeaks(**{**found, "peaks": [Peak(**p) for p in found["peaks"]], "cached": True,
                                     "bandwidth_gbs": machine_bandwidth(threads, warnings=warnings)})
-            return _said_if_busy(peaks, warnings)
+            if _sound(peaks):
+                return _said_if_busy(peaks, warnings)
         except (KeyError, TypeError):
             pass  # an entry of another shape: measure again
     try:

@@ -251,6 +251,7 @@ class Comparison:
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    uncompared: list[str] = field(default_factory=list)  # matching rows with no ratio, each with why
 
     @property
     def regressions(self) -> list[ComparedRow]:
@@ -258,9 +259,9 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        """No regression, and every row of BASE measured again (a variant that failed to
-        run in NEW must not pass a CI gate)."""
-        return not self.regressions and not self.only_base
+        """No regression, and every row of BASE measured again and compared (a variant that
+        failed to run in NEW, or a row that did other work, must not pass a CI gate)."""
+        return not self.regressions and not self.only_base and not self.uncompared
 
 
 def _value(row: Row, metric: str) -> float:
@@ -280,20 +281,29 @@ def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, met
         raise InputError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
     base_rows = {r.key: r for r in base.rows}
     new_rows = {r.key: r for r in new.rows}
-    compared, notes = [], []
+    compared, uncompared = [], []
     for key, b in base_rows.items():
         n = new_rows.get(key)
         if n is None:
             continue
         bv, nv = _value(b, metric), _value(n, metric)
+        work = [r.roofline.ops if r.roofline else None for r in (b, n)]
         if min(bv, nv) <= 0:  # no ratio: a figure of 0 (a malformed or hand-made file)
-            notes.append(f"{_describe(key, b)} not compared: its {metric} is 0 in {'BASE' if bv <= 0 else 'NEW'}")
-            continue
-        slowdown = bv / nv if metric == "throughput" else nv / bv
-        compared.append(ComparedRow(key, _describe(key, b), bv, nv, round(slowdown, 4), slowdown > max_slowdown))
+            uncompared.append(f"{_describe(key, b)} not compared: its {metric} is 0 in {'BASE' if bv <= 0 else 'NEW'}")
+        elif None not in work and abs(work[0] - work[1]) > 0.01 * max(work):
+            uncompared.append(f"{_describe(key, b)} not compared: it did other work in NEW ({work[0] / 1e9:.4g} vs "
+                              f"{work[1] / 1e9:.4g} GOP/call: other inputs, or another model)")
+        else:
+            slowdown = bv / nv if metric == "throughput" else nv / bv
+            compared.append(ComparedRow(key, _describe(key, b), bv, nv, round(slowdown, 4), slowdown > max_slowdown))
     result = Comparison(metric, max_slowdown, compared,
                         only_base=[_describe(k, r) for k, r in base_rows.items() if k not in new_rows],
-                        only_new=[_describe(k, r) for k, r in new_rows.items() if k not in base_rows], notes=notes)
+                        only_new=[_describe(k, r) for k, r in new_rows.items() if k not in base_rows],
+                        notes=list(uncompared), uncompared=uncompared)
+    if base.artifact.reference != new.artifact.reference:
+        result.notes.append(f"different models: {base.artifact.reference} vs {new.artifact.reference}")
+    if base.settings.inputs != new.settings.inputs:
+        result.notes.append(f"different inputs: {base.settings.inputs} vs {new.settings.inputs}")
     be, ne = base.environment, new.environment
     if (be.cpu_model, be.cores_available) != (ne.cpu_model, ne.cores_available):
         result.notes.append(f"different machines: {be.cpu_model} ({be.cores_available} cores) vs "
@@ -326,10 +336,11 @@ def print_comparison(comparison: Comparison, console: Console, names: tuple[str,
         console.print(f"only in {escape(names[1])}: {escape(line)}", highlight=False)
     for note in comparison.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
-    n, missing = len(comparison.regressions), len(comparison.only_base)
-    if n or missing:
+    n, missing, unchecked = len(comparison.regressions), len(comparison.only_base), len(comparison.uncompared)
+    if not comparison.passed:
         console.print(f"[red]{n} regression(s)[/red]" + (f", [red]{missing} row(s) of {escape(names[0])} not measured "
-                                                        f"in {escape(names[1])}[/red]" if missing else ""), highlight=False)
+                                                        f"in {escape(names[1])}[/red]" if missing else "")
+                      + (f", [red]{unchecked} row(s) not compared[/red]" if unchecked else ""), highlight=False)
     else:
         console.print(f"[green]no regression[/green] in {len(comparison.rows)} rows", highlight=False)
 
@@ -338,4 +349,5 @@ def as_dict(comparison: Comparison) -> dict[str, Any]:
     return {"metric": comparison.metric, "max_slowdown": comparison.max_slowdown, "passed": comparison.passed,
             "rows": [{"row": r.label, "base": r.base, "new": r.new, "slowdown": r.slowdown, "regression": r.regression}
                      for r in comparison.rows],
-            "only_base": comparison.only_base, "only_new": comparison.only_new, "notes": comparison.notes}
+            "only_base": comparison.only_base, "only_new": comparison.only_new, "uncompared": comparison.uncompared,
+            "notes": comparison.notes}

@@ -3,12 +3,16 @@ counted from the model graph, its achieved rate against the measured peak of the
 it computes in (vlmedge.bench.peak), and whether it is compute- or memory-bound.
 
 Counting (count_onnx, count_openvino), with the shapes of the feeds the row ran:
-    operations  2 x the multiply-accumulates (MACs) of MatMul, Gemm, Conv, Einsum and their
-                integer and QLinear forms; everything else is not counted as operations;
+    operations  2 x the multiply-accumulates (MACs) of MatMul, Gemm, Conv, ConvTranspose,
+                Einsum, their integer and QLinear forms and ONNX Runtime's own (FusedMatMul,
+                DynamicQuantizeMatMul, MatMulIntegerToFloat); nothing else counts as operations;
     bytes       a stated simple model: every weight (initializer, Constant) read once, plus
                 every input and output of the other nodes read or written once; nodes
                 folded at load (all inputs constant) and views (Reshape, Squeeze, Flatten
-                ...) move nothing; GEMM activations are counted at their producers/consumers.
+                ...) move nothing; GEMM activations are counted at their producers/consumers,
+                and a graph input or output only GEMMs touch once.
+An ONNX graph whose shapes ONNX shape inference cannot follow is counted by OpenVINO where it
+is installed, whatever backends the run timed.
 The count comes from the artifact's fp32 ONNX file of the same graph whatever the variant
 (an int8 graph does the same MACs), else from the variant's own file. Bytes per element are
 those of the variant: weights 1 (int8) or the float width it computes in, activations that
@@ -24,9 +28,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
 
 from vlmedge.bench.peak import MachinePeaks, machine_peaks
 from vlmedge.bench.result import BASELINE, Roofline, Row
@@ -37,8 +44,10 @@ if TYPE_CHECKING:
     from vlmedge.bench.plan import Plan
 
 # op type -> (index of the input whose last axis is K, index of the weight for convolutions)
-MATMULS = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
-CONVS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+MATMULS = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0,
+           # ONNX Runtime's own (com.microsoft), in a graph its optimiser saved: an Optimum or ORT int8 file
+           "DynamicQuantizeMatMul": 0, "MatMulIntegerToFloat": 0, "FusedMatMul": 0}
+CONVS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
 VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant", "Dropout",
          "ShapeOf", "Parameter", "Result", "Convert"}  # (Convert: OpenVINO's decompression of weights)
 FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -70,13 +79,16 @@ def _prod(values: Iterable[int]) -> int:
 def _einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int | None:
     """Multiplies of a two-or-more-operand einsum: the product of every index's size."""
     inputs = equation.replace(" ", "").split("->")[0].split(",")
+    if len(inputs) == 1 == len(shapes):  # a transpose, trace or sum: no multiplies
+        return 0
     if len(inputs) < 2 or "..." in equation or len(inputs) != len(shapes):
         return None
     sizes: dict[str, int] = {}
     for letters, shape in zip(inputs, shapes):
         if len(letters) != len(shape):
             return None
-        sizes.update(zip(letters, shape))
+        for letter, size in zip(letters, shape):  # an axis of 1 broadcasts against the others' size
+            sizes[letter] = max(sizes.get(letter, 1), int(size))
     return _prod(sizes.values())
 
 
@@ -87,16 +99,35 @@ def gemm_macs(op: str, inputs: Sequence[Sequence[int] | None], output: Sequence[
         if any(s is None for s in inputs):
             return None
         return _einsum_macs(str(attributes.get("equation", "")), inputs)  # type: ignore[arg-type]
+    if output is None and op in MATMULS and op != "QLinearMatMul":  # ONNX shape inference skips ORT's own ops
+        output = _matmul_output(inputs[0], inputs[1] if len(inputs) > 1 else None, attributes)
     if output is None:
         return None
     if op in MATMULS:
         a = inputs[MATMULS[op]]
-        return None if not a else _prod(output) * int(a[-1])
+        return None if not a else _prod(output) * int(a[-2] if attributes.get("transA") and len(a) > 1 else a[-1])
     if op == "Gemm":
         a = inputs[0]
         return None if not a or len(a) != 2 else _prod(output) * int(a[0] if attributes.get("transA") else a[1])
     w = inputs[CONVS[op]] if len(inputs) > CONVS[op] else None
+    if op == "ConvTranspose":  # every input pixel meets the whole kernel: weights [C_in, C_out / groups, k...]
+        return None if not w or not inputs[0] else _prod(inputs[0]) * _prod(w[1:])
     return None if not w else _prod(output) * _prod(w[1:])
+
+
+def _matmul_output(a: Sequence[int] | None, b: Sequence[int] | None, attributes: dict[str, Any]) -> list[int] | None:
+    """numpy.matmul's output shape of [.., M, K] x [.., K, N] (transposed as transA/transB say)."""
+    if not a or not b:
+        return None
+    a, b = list(a), list(b)
+    for shape, flag in ((a, "transA"), (b, "transB")):
+        if attributes.get(flag) and len(shape) > 1:
+            shape[-2], shape[-1] = shape[-1], shape[-2]
+    try:
+        batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    except ValueError:
+        return None
+    return [*batch, *a[-2:-1], *(b[-1:] if len(b) > 1 else [])]
 
 
 def count_onnx(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> OpCount:
@@ -145,6 +176,7 @@ def _count_onnx_at(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> 
     for name, tensor in initializers.items():
         shapes[name] = (list(tensor.dims), helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
     constant = set(initializers)
+    touched: set[str] = set()  # tensors whose bytes the non-GEMM nodes counted
     count = OpCount(0, {}, 0, 0, 0, 0, source=f"{Path(path).name} (ONNX graph, onnx.shape_inference)")
     for tensor in initializers.values():
         count.weight_elements += _prod(tensor.dims)
@@ -173,17 +205,29 @@ def _count_onnx_at(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> 
                 count.macs += macs
                 count.by_op[node.op_type] = count.by_op.get(node.op_type, 0) + macs
             continue
-        if node.op_type in VIEWS:
+        if node.op_type in VIEWS:  # the same bytes under another shape: counted where its input was
+            if node.input and node.input[0] in touched:
+                touched.update(node.output)
             continue
         for name in [*(i for i in node.input if i and i not in constant), *node.output]:
-            dims, size = shapes.get(name, (None, 4))
-            if dims is not None:
-                count.activation_elements += _prod(dims)
-                count.activation_bytes += _prod(dims) * size
+            touched.add(name)
+            _add_activation(count, shapes.get(name, (None, 4)))
+    # a graph input or output that only a GEMM reads or writes is still read or written once
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name not in touched and value.name not in constant:
+            _add_activation(count, shapes.get(value.name, (None, 4)))
     return count
 
 
-OPENVINO_GEMMS = ("MatMul", "Convolution", "GroupConvolution", "ScaledDotProductAttention", "Einsum")
+def _add_activation(count: OpCount, shape: tuple[list[int] | None, int]) -> None:
+    dims, size = shape
+    if dims is not None:
+        count.activation_elements += _prod(dims)
+        count.activation_bytes += _prod(dims) * size
+
+
+OPENVINO_GEMMS = ("MatMul", "Convolution", "GroupConvolution", "ScaledDotProductAttention", "Einsum",
+                  "ConvolutionBackpropData", "GroupConvolutionBackpropData")
 
 
 def _openvino_macs(op: Any, kind: str) -> int | None:
@@ -200,6 +244,8 @@ def _openvino_macs(op: Any, kind: str) -> int | None:
         return _prod(out) * int(a[-2] if attributes.get("transpose_a") and len(a) > 1 else a[-1])
     if kind == "ScaledDotProductAttention":  # Q K^T, then (softmax) V: [.., L, E] x [.., S, E] and [.., S, Ev]
         return (_prod(a) + _prod(out)) * int(w[-2])
+    if kind.endswith("BackpropData"):  # transposed convolution: each input pixel meets the whole kernel
+        return _prod(a) * _prod(w[2:] if kind.startswith("Group") else w[1:])
     return _prod(out) * _prod(w[2:] if kind == "GroupConvolution" else w[1:])
 
 
@@ -263,6 +309,9 @@ def float_precision(row: Row) -> str:
     """The width the row's float tensors have while it runs."""
     if row.backend == "openvino":
         return OPENVINO_PRECISIONS.get(row.provider.split()[-1], "fp32") if row.provider else "fp32"
+    if row.backend == "onnxruntime" and row.precision == "fp16" and row.device == "cpu" and \
+            platform.machine().lower() in ("x86_64", "amd64"):
+        return "fp32"  # its CPU provider has no fp16 GEMM on x86: it casts around each one (InsertedPrecisionFreeCast)
     return row.precision if row.precision in FLOAT_BYTES and row.backend != BASELINE else "fp32"
 
 
@@ -298,7 +347,7 @@ def roofline(row: Row, count: OpCount | None, peaks: MachinePeaks | None, why: s
                      f"{row.backend} than its chain of {peaks.gemm_size}^3 GEMMs does")
     return Roofline(
         ops=count.ops, macs=count.macs, gops_per_s=float(f"{gops:.4g}"), compute_precision=precision,
-        peak_gops=peak, percent_of_peak=float(f"{100 * gops / peak:.3g}") if peak else None, bytes=nbytes,
+        peak_gops=peak, percent_of_peak=round(100 * gops / peak, 1) if peak else None, bytes=nbytes,
         intensity=float(f"{intensity:.4g}") if intensity else None, bandwidth_gbs=bandwidth,
         ridge=float(f"{ridge:.4g}") if ridge else None, attainable_gops=float(f"{attainable:.4g}") if attainable else None,
         bound=("compute" if intensity >= ridge else "memory") if ridge and intensity else None,
@@ -345,7 +394,7 @@ def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
             peaks[key] = _peaks(plan, key, remeasure)
         row.roofline = _place(row, count, peaks[key])
         placed.append((row, key, count))
-    stale = {key for row, key, _ in placed if peaks[key].cached and (row.roofline.percent_of_peak or 0) > 100}
+    stale = {key for row, key, count in placed if peaks[key].cached and _above_peak(row, count, peaks[key])}
     for key in stale:
         plan.say(f"{key[0]}: a row ran above the cached peak of its precision; measuring {key[0]}'s peaks again")
         peaks[key] = _peaks(plan, key, remeasure=True, keep_higher=True)
@@ -353,6 +402,15 @@ def add_roofline(plan: Plan, remeasure: bool = False) -> list[MachinePeaks]:
         if key in stale:
             row.roofline = _place(row, count, peaks[key])
     return list(peaks.values())
+
+
+def _above_peak(row: Row, count: OpCount | str, peaks: MachinePeaks) -> bool:
+    """Whether the row ran faster than the peak of the precision it computes in (unrounded:
+    100.3% is above it, though it reads 100.0)."""
+    peak = peaks.gops(compute_precision(row))
+    if isinstance(count, str) or not peak or not row.latency.p50_ms:
+        return False
+    return count.ops / (row.latency.p50_ms / 1e3) / 1e9 > peak
 
 
 def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCount | str:
@@ -369,7 +427,7 @@ def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCou
         else:
             try:
                 counts[key] = (count_onnx if found[1] == "onnx" else count_openvino)(found[0], shapes)
-                if found[1] == "onnx" and counts[key].unknown and any(r.backend == "openvino" for r in plan.rows):
+                if found[1] == "onnx" and counts[key].unknown and importlib.util.find_spec("openvino"):
                     counts[key] = _fewer_unknown(counts[key], found[0], shapes)
             except Exception as exc:  # an unreadable graph: this row has no roofline, the others do
                 counts[key] = f"operations could not be counted: {exception_line(exc)}"
@@ -378,8 +436,10 @@ def _count_of(plan: Plan, row: Row, counts: dict[tuple, OpCount | str]) -> OpCou
 
 def _fewer_unknown(count: OpCount, path: Path, shapes: dict[str, Sequence[int]]) -> OpCount:
     """ONNX shape inference cannot follow some graphs (Swin's window partition divides a
-    length computed from the input's shape); OpenVINO's reading of the same file, reshaped
-    to static shapes, can. Used only where the run asked for OpenVINO, so it is imported."""
+    length computed from the input's shape, ONNX Runtime's own operators in a graph its
+    optimiser saved); OpenVINO's reading of the same file, reshaped to static shapes, can.
+    Used wherever OpenVINO is installed, asked for or not: a file's count must not depend on
+    the run's --backend list. Counting happens after every row is timed."""
     other = count_openvino(path, shapes)
     if len(other.unknown) >= len(count.unknown):
         return count
