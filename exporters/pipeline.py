@@ -248,7 +248,7 @@ def plan_variants(to: str | Iterable[str], precision: str | Iterable[str], opset
     requested = [(t, p) for t in targets for p in precisions]
     for t, p in [v for v in requested if v in SKIPPED_VARIANTS]:
         if all(v in SKIPPED_VARIANTS for v in requested if v[1] == p):
-            raise ExportError(f"Cannot build {t} {p}: {SKIPPED_VARIANTS[(t, p)]}; add --to openvino or choose another precision.")
+            raise UsageError(f"Cannot build {t} {p}: {SKIPPED_VARIANTS[(t, p)]}; add --to openvino or choose another precision.")
         say(f"skipping {t} {p}: {SKIPPED_VARIANTS[(t, p)]}")
     requested = [v for v in requested if v not in SKIPPED_VARIANTS]
     unsupported = [f"{t} {p}" for t, p in requested if (t, p) not in VARIANT_BUILDERS]

@@ -592,3 +592,11 @@ def test_bench_output_paths_are_checked_before_measuring(vit_artifact, tmp_path)
         result = vlmedge_cli("bench", vit_artifact, *args)
         assert result.returncode == 2 and words in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_more_threads_than_cores_is_said(vit_artifact):
+    from vlmedge.environment import available_cores
+
+    cores = available_cores()
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], threads=cores + 1, **FAST)
+    assert any(f"{cores + 1} threads on {cores} available cores" in w for w in r.warnings)

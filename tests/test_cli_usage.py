@@ -62,6 +62,7 @@ def test_shell_completion_script():
     (["export", "builtin:shapes-vit", "-o", "OUT", "--to", "onxx"], "onnx, openvino, tensorrt"),
     (["export", "builtin:shapes-vit", "-o", "OUT", "--precision", "fp32,fp33"], "fp32, fp16, bf16, int8"),
     (["export", "builtin:shapes-vit", "-o", "OUT", "--task", "detection"], "image-classification"),
+    (["export", "builtin:shapes-vit", "-o", "OUT", "--precision", "bf16"], "add --to openvino"),  # onnx alone
     (["predict", "ART", SAMPLE, "--backend", "onnx"], "auto, onnxruntime, openvino, tensorrt"),
     (["predict", "ART", SAMPLE, "--precision", "int4"], "fp32, fp16, bf16, int8"),
     (["bench", "ART", "--precision", "int4"], "fp32, fp16, bf16, int8"),

@@ -197,9 +197,9 @@ def test_altered_weights_are_refused(ov_artifact, tmp_path):
 
 def test_onnx_bf16_is_skipped_or_refused(tmp_path, hf_classifier_dir):
     import vlmedge
-    from vlmedge.errors import ExportError
+    from vlmedge.errors import UsageError
 
-    with pytest.raises(ExportError, match="bf16"):
+    with pytest.raises(UsageError, match="bf16"):  # decided from the options alone, as --to onxx is: exit 2
         vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "x", to=["onnx"], precision=["bf16"])
     assert not (tmp_path / "x").exists()
 

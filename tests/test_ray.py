@@ -553,3 +553,15 @@ def test_cli_embed_engine_ray_writes_what_plain_embed_writes(ray_local, exported
     assert ray_listing["files"] == [str(Path(f).resolve()) for f in plain_listing["files"]]
     assert sorted(Path(s["input"]).name for s in ray_listing["skipped"]) == sorted(CORRUPT)
     assert ray_listing["pooling"] == plain_listing["pooling"] and ray_listing["shape"] == plain_listing["shape"]
+
+
+@needs_ray
+def test_no_cluster_at_the_address_is_one_sentence(vit_artifact, tmp_path):
+    """`--address auto` with no running cluster ended in a 40-line ConnectionError traceback."""
+    from tests.test_cli import vlmedge_cli
+
+    sample = Path(__file__).resolve().parent.parent / "exporters" / "sample_data" / "red-circle.jpg"
+    result = vlmedge_cli("predict", vit_artifact, str(sample), "--engine", "ray", "--address", "auto",
+                         "--out", str(tmp_path / "x.parquet"), env={"RAY_ADDRESS": ""})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: Cannot reach the Ray cluster at auto" in result.stderr and "ray start --head" in result.stderr

@@ -217,3 +217,23 @@ def test_a_session_option_the_backend_does_not_take_is_refused_before_any_replic
         build([str(vit_artifact)], backend="onnxruntime", session_options={"performance_hint": "throughput"})
     with pytest.raises(InputError, match="replicas must be a whole number of at least 1, not 0"):
         build([str(vit_artifact)], replicas=0)
+
+
+def test_replicas_the_cluster_has_no_cpus_for_are_refused(vit_artifact):
+    """They would wait for CPUs forever, /readyz answering 503, where bulk refuses such a pool."""
+    import ray
+
+    from vlmedge.errors import InputError
+    from vlmedge.serve.ray_serve import build
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        cpus = int(ray.cluster_resources()["CPU"])
+        with pytest.raises(InputError, match=rf"1 model\(s\) x {cpus + 1} replica\(s\) of 1 CPU\(s\) need {cpus + 1} CPUs, "
+                                             rf"but the Ray cluster has {cpus}; lower --replicas"):
+            build([str(vit_artifact)], replicas=cpus + 1, backend="onnxruntime")
+    finally:
+        if started:
+            ray.shutdown()

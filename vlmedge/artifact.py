@@ -152,8 +152,9 @@ class Artifact:
                 raise ArtifactError(f"Artifact {self.root} is missing {entry['path']}; re-export it.")
             info = path.stat()
             if info.st_nlink > 1:
-                raise ArtifactError(
-                    f"{entry['path']} in {self.root} is hard-linked elsewhere; copy the artifact without links."
+                raise ArtifactError(  # a link from outside could change the file under a verified artifact
+                    f"{entry['path']} in {self.root} is hard-linked elsewhere ({info.st_nlink} names: a backup made "
+                    "with cp -al or rsync --link-dest?); remove the other links, or copy the artifact without links."
                 )
             if info.st_size == entry["size"] and (entry["path"] in self.verified or (
                     defer_models and entry.get("role") in BACKEND_FILE_ROLES)):

@@ -133,6 +133,9 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
             f"load average {environment.load_average[0]:.1f} on {cores} available cores: other processes compete "
             "for the CPU, so these figures are slower and noisier than this machine can do"
         )
+    if max(settings.threads) > cores:
+        plan.warnings.append(f"{max(settings.threads)} threads on {cores} available cores: the threads take turns, "
+                             "so those rows are slower and noisier than with at most one thread a core")
     for backend in settings.backends:
         for t in settings.threads:
             if backend == BASELINE:

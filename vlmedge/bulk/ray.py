@@ -34,7 +34,7 @@ from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
 from vlmedge.bulk.table import to_arrow
-from vlmedge.errors import InputError, VlmedgeError
+from vlmedge.errors import BackendUnavailableError, InputError, VlmedgeError, exception_line
 
 INSTALL_HINT = "pip install 'vlmedge[ray]'"
 
@@ -249,10 +249,15 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs: Any)
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        raise BackendUnavailableError(f"Cannot reach the Ray cluster at {address or 'a new local instance'} "
+                                      f"({exception_line(exc)}); start one (ray start --head) or give another "
+                                      "address, or leave the address out to run Ray on this machine.") from None
     return ray
 
 

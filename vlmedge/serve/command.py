@@ -109,7 +109,6 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
     import os
 
     try:
-        import ray
         from ray import serve
     except ImportError:
         raise BackendUnavailableError("`vlmedge serve --engine ray` needs Ray Serve; install the 'ray' extra: "
@@ -120,7 +119,9 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
     from vlmedge.serve.ray_serve import build
 
     named_artifacts(artifacts)  # two artifacts of one name: the one-sentence error, before Ray starts
-    ray.init(address=os.environ.get("RAY_ADDRESS"), configure_logging=False)
+    from vlmedge.bulk.ray import init
+
+    init(address=os.environ.get("RAY_ADDRESS") or None, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "

@@ -135,8 +135,10 @@ def check_option(name: str, value: Any) -> Any:
     if "enum" in schema and value not in schema["enum"]:
         raise invalid("invalid_field", f"'{name}' must be one of {', '.join(schema['enum'])}, not {value!r}.")
     if "minimum" in schema and value < schema["minimum"] or "maximum" in schema and value > schema["maximum"]:
-        low, high = schema.get("minimum", "-inf"), schema.get("maximum", "inf")
-        raise invalid("invalid_field", f"'{name}' must be from {low} to {high}, not {value!r}.")
+        low, high = schema.get("minimum"), schema.get("maximum")
+        bounds = f"from {low} to {high}" if None not in (low, high) else f"at least {low}" if high is None else \
+            f"at most {high}"
+        raise invalid("invalid_field", f"'{name}' must be {bounds}, not {value!r}.")
     if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
         raise invalid("invalid_field", f"'{name}' must be more than {schema['exclusiveMinimum']}, not {value!r}.")
     return value

@@ -157,6 +157,15 @@ class Ingress:
         return self._app
 
 
+def _check_cluster_cpus(need: float, what: str) -> None:
+    """Replicas the cluster has no CPUs for would wait for them forever, /readyz answering 503."""
+    import ray
+
+    have = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else None
+    if have is not None and have < need:
+        raise InputError(f"{what} need {need:g} CPUs, but the Ray cluster has {have:g}; lower --replicas or add nodes.")
+
+
 def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precision: str | None = None,
           device: str = "cpu", batch: BatchConfig | None = None, limits: Limits | None = None,
           replica_cpus: float = 1.0, session_options: dict[str, Any] | None = None) -> Any:
@@ -173,6 +182,8 @@ def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precis
     paths = {name: str(path) for name, path in named_artifacts(artifacts).items()}
     for path in paths.values():  # before any replica starts: each would fail on its own
         check_load_options(Artifact.open(path, verify=False), backend, device, session_options or {})
+    _check_cluster_cpus(len(paths) * replicas * replica_cpus, f"{len(paths)} model(s) x {replicas} replica(s) of "
+                                                               f"{replica_cpus:g} CPU(s)")
     handles = {}
     for name, path in paths.items():
         deployment = serve.deployment(ModelReplica, name=f"model-{name}", num_replicas=replicas,

@@ -88,7 +88,7 @@ def parse(body: bytes, models: dict[str, Any]) -> tuple[Any, dict[str, Any], lis
                                             f"{', '.join(sorted(models)) or 'none'}.")
     served = models[name]
     if "embed" not in served.endpoints:
-        raise _bad(f"Model '{name}' is a {served.task} model, which does not embed; /v1/embeddings serves CLIP "
+        raise _bad(f"Model '{name}' is {'an' if served.task[0] in 'aeiou' else 'a'} {served.task} model, which does not embed; /v1/embeddings serves CLIP "
                    "and image-embedding models.")
     fmt = data.get("encoding_format", "float")
     if fmt not in FORMATS:
