@@ -219,7 +219,8 @@ def task_of(arch: str, asked: str | None) -> str:
         if asked is None:
             raise
         return asked  # a class only the asked task's builder knows decides for itself
-    if asked not in (None, implied) and asked in BUILDERS:
+    known = asked in ARCHITECTURES_IN_BUILDER and arch in importlib.import_module(BUILDERS[asked][0]).ARCHITECTURES
+    if asked not in (None, implied) and asked in BUILDERS and not known:  # a builder that knows it says why itself
         raise UnsupportedModelError(f"{arch} is exported for {implied}, not {asked}: leave out the task, "
                                     f"or export a model class made for {asked}.")
     return asked or implied

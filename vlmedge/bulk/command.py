@@ -265,8 +265,10 @@ def _write(results: Iterable[Any], job: BulkJob, writer: Any, summary: _Summary)
 
 def _report(summary: _Summary, out: Path, seconds: float, where: str, console: Console, err_console: Console) -> None:
     rate = summary.rows / max(seconds, 1e-9)
-    console.print(f"wrote {out} ({summary.rows} rows, {len(summary.errors)} unreadable) in {seconds:.1f} s, "
-                  f"{rate:.1f} inputs/s on {where}", highlight=False)
+    npy = out_format(out) == "npy"  # a .npy holds the embeddings alone; a table keeps a row per input, errors too
+    written = summary.rows - len(summary.errors) if npy else summary.rows
+    console.print(f"wrote {out} ({written} rows, {len(summary.errors)} unreadable{' left out' if npy else ''}) in "
+                  f"{seconds:.1f} s, {rate:.1f} inputs/s on {where}", highlight=False)
     if summary.errors:
         err_console.print(f"[yellow]{len(summary.errors)} input(s) could not be read[/yellow] "
                           f"(their 'error' column says why):")
