@@ -600,3 +600,15 @@ def test_more_threads_than_cores_is_said(vit_artifact):
     cores = available_cores()
     r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], threads=cores + 1, **FAST)
     assert any(f"{cores + 1} threads on {cores} available cores" in w for w in r.warnings)
+
+
+def test_a_peer_openvino_cannot_compile_is_skipped_with_the_cause(two_target_artifact, tmp_path):
+    """OpenVINO puts its cause after lines of source locations ("Exception from src/...cpp:N:"),
+    which the skip quoted alone."""
+    pytest.importorskip("openvino")
+    peer = tmp_path / "nobin.xml"  # an IR whose weights file is missing
+    shutil.copyfile(two_target_artifact / "openvino" / "model.fp32.xml", peer)
+    r = vlmedge.bench(two_target_artifact, backends=["onnxruntime"], batch_sizes=[1], peers={"nobin": peer}, **FAST)
+    (skip,) = [s for s in r.skipped if "nobin" in s.reason]
+    assert "could not compile nobin.xml" in skip.reason and "Exception from" not in skip.reason, skip.reason
+    assert not skip.reason.rstrip().endswith(":"), skip.reason

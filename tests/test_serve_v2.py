@@ -97,6 +97,9 @@ def test_health_and_metadata(client, server, pipelines):
     assert vit["versions"] == ["1"] and vit["parameters"]["labels"] == pipelines["vit"].labels
     clip = client.get_model_metadata("clip", "1")
     assert clip["parameters"]["input_sets"]["task"] == ["image", "text", "labels", "templates"]
+    # labels and templates may come as request parameters too, which the metadata says
+    assert {"labels", "templates", "top_k", "timeout_ms"} <= set(clip["parameters"]["task_parameters"])
+    assert "labels" not in vit["parameters"]["task_parameters"]
     assert clip["parameters"]["input_sets"]["graph:text"] == ["input_ids", "attention_mask"] or \
         set(clip["parameters"]["input_sets"]["graph:text"]) == {"input_ids", "attention_mask"}
     assert httpx.get(f"{server}/v2/models/clip/versions/1/ready").json() == {"name": "clip", "ready": True}

@@ -5,6 +5,7 @@ problem with the user's input or environment, not a bug in vlmedge, and exits wi
 class's `exit_code` (EXIT_CODES lists them all).
 """
 
+import re
 import sys
 import warnings
 
@@ -21,8 +22,14 @@ EXIT_CODES = {
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, cut to `limit` characters: what a
-    one-sentence error quotes of the backend's or library's exception behind it."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:limit]
+    one-sentence error quotes of the backend's or library's exception behind it. A line that
+    ends in a colon is joined to the next, and OpenVINO's source locations ("Exception from
+    src/...cpp:132:") are dropped, so that the cause they precede is what is quoted."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    while len(lines) > 1 and lines[0].endswith(":"):
+        lines[:2] = [f"{lines[0]} {lines[1]}"]
+    text = re.sub(r"Exception from \S+:\d+:\s*(?=\S)", "", lines[0]) if lines else type(exc).__name__
+    return text[:limit]
 
 
 def exception_line(exc: BaseException, limit: int = 300) -> str:

@@ -108,7 +108,7 @@ def _v2_parameters(models: dict[str, Any], limits: Limits) -> dict[str, Any]:
     """The request-level parameters: the task options of any served model, CLIP's labels and
     templates, and the protocol's own; any other is refused."""
     names = sorted({name for served in models.values() for name in parameters_of(served)})
-    properties: dict[str, Any] = {name: dict(OPTIONS[name]) for name in names}
+    properties: dict[str, Any] = {name: dict(OPTIONS[name]) for name in names if name in OPTIONS}
     if "top_k" in properties:
         properties["top_k"]["maximum"] = limits.max_top_k
     for name in ("labels", "templates"):

@@ -68,8 +68,10 @@ def task_outputs(served: Any) -> list[tuple[str, str, list[int]]]:
 
 
 def parameters_of(served: Any) -> list[str]:
-    return list(dict.fromkeys(o for e in served.endpoints.values() for o in e.options + ("timeout_ms",)
-                              if o not in NOT_OFFERED))
+    """The request parameters a model takes: its endpoints' options, and the CLIP inputs that
+    may come as parameters instead (plan() reads labels and templates either way)."""
+    options = [o for e in served.endpoints.values() for o in e.options + ("timeout_ms",) if o not in NOT_OFFERED]
+    return list(dict.fromkeys(options + [n for n in ("labels", "templates") if n in task_inputs(served)]))
 
 
 def metadata(served: Any) -> dict[str, Any]:
