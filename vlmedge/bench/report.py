@@ -292,7 +292,8 @@ def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, met
             uncompared.append(f"{_describe(key, b)} not compared: its {metric} is 0 in {'BASE' if bv <= 0 else 'NEW'}")
         elif None not in work and abs(work[0] - work[1]) > 0.01 * max(work):
             uncompared.append(f"{_describe(key, b)} not compared: it did other work in NEW ({work[0] / 1e9:.4g} vs "
-                              f"{work[1] / 1e9:.4g} GOP/call: other inputs, or another model)")
+                              f"{work[1] / 1e9:.4g} GOP/call: other inputs, another model, or a vlmedge that counts "
+                              "otherwise)")
         else:
             slowdown = bv / nv if metric == "throughput" else nv / bv
             compared.append(ComparedRow(key, _describe(key, b), bv, nv, round(slowdown, 4), slowdown > max_slowdown))
