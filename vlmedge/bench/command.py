@@ -18,7 +18,7 @@ from rich.console import Console
 
 from vlmedge import formats
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS, peer_files
-from vlmedge.errors import BackendUnavailableError, InputError, OutputError, UsageError
+from vlmedge.errors import BackendUnavailableError, InputError, UsageError
 
 # Soft wrap, as vlmedge.cli's consoles: each line of the report, a warning, a progress line is one
 # line in a log (rich would wrap it at 80 columns); the tables are laid out to the width.
@@ -156,6 +156,7 @@ def bench(
         raise typer.BadParameter("give --iterations or --duration, not both", param_hint="--iterations")
     from vlmedge.bench import bench as run_bench
     from vlmedge.bench.report import markdown, print_result
+    from vlmedge.bench.result import write_report
 
     with out.status("benchmarking") as status:
         def say(message: str) -> None:
@@ -179,7 +180,7 @@ def bench(
     elif json_path:
         out.print(f"wrote {result.save(json_path)}", highlight=False, markup=False)
     if markdown_path:
-        out.print(f"wrote {_write(markdown_path, markdown(result))}", highlight=False, markup=False)
+        out.print(f"wrote {write_report(markdown_path, markdown(result))}", highlight=False, markup=False)
     if plot_path:
         from vlmedge.bench.plot import plot
 
@@ -193,7 +194,7 @@ def bench(
 
 def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_path: Optional[str], out: Console) -> None:
     from vlmedge.bench.report import as_dict, compare, print_comparison
-    from vlmedge.bench.result import BenchResult
+    from vlmedge.bench.result import BenchResult, write_report
 
     base, new = (BenchResult.load(f) for f in files)
     comparison = compare(base, new, max_slowdown=max_slowdown, metric=metric)
@@ -201,16 +202,7 @@ def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_pa
     if json_path == "-":
         print(json.dumps(as_dict(comparison), indent=2))
     elif json_path:
-        _write(Path(json_path), json.dumps(as_dict(comparison), indent=2))
+        write_report(Path(json_path), json.dumps(as_dict(comparison), indent=2))
     if not comparison.passed:
         raise typer.Exit(1)
 
-
-def _write(path: Path, text: str) -> Path:
-    """A report file, its folders made; a failure is one OutputError, not a traceback."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); choose a writable path.") from None
-    return path

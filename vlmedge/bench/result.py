@@ -227,18 +227,7 @@ class BenchResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the JSON form (atomically: a partial file never replaces a good one)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise OutputError(f"Cannot write the bench result to {path} ({exc.strerror or exc}); give a file path "
-                             "in a folder you can write.") from None
-        return path
+        return write_report(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchResult":
@@ -333,3 +322,19 @@ def annotate(rows: list[Row], rounds: int | None = None) -> list[str]:
                                 f"(p50 {row.latency.p50_ms:.2f} vs {base.latency.p50_ms:.2f} ms)")
     return [f"{row.label} [{row.graph}] batch {row.batch_size}, {row.threads} threads: {w}"
             for row in rows for w in row.warnings]
+
+
+def write_report(path: Path, text: str) -> Path:
+    """Writes a report file (JSON, Markdown), its folders made, atomically: a partial file never
+    replaces a good one, and a failure is one OutputError, not a traceback."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"Cannot write {path} ({exc.strerror or exc}); give a file path in a folder you can "
+                          "write.") from None
+    return path
