@@ -84,7 +84,7 @@ EXPORT_PACKAGES = ("vlmedge", "torch", "transformers", "onnx", "onnxruntime", "o
 
 def _check_choices(kind: str, chosen: str | Iterable[str], allowed: tuple[str, ...]) -> list[str]:
     """The chosen names, in order, once each: a list, one name, or names joined by commas
-    (vlmedge.formats.split's forms, which the CLI passes; formats imports this package)."""
+    (vlmedge.choices.split's forms, which the CLI passes; an API caller gets an ExportError)."""
     names = chosen.split(",") if isinstance(chosen, str) else chosen
     names = list(names) if isinstance(names, Iterable) else [names]  # once: a generator reads only once
     if not all(isinstance(name, str) for name in names):

@@ -1,5 +1,6 @@
 """Parity inputs: the bundled sample files, preprocessed by the artifact's own
-preprocessing, plus seeded random inputs."""
+preprocessing (vlmedge.preprocess.samples: the recipe `vlmedge check` rebuilds them with),
+plus seeded random inputs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
-from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample
+from vlmedge.preprocess.audio import AudioPreprocessSpec
+from vlmedge.preprocess.image import ImagePreprocessSpec
+from vlmedge.preprocess.samples import audio_rows, clip_at_rate, image_rows, in_row_order
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -18,7 +20,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def sample_images() -> list[Path]:
-    return sorted(p for p in SAMPLE_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return in_row_order(p for p in SAMPLE_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def random_images(n: int, seed: int) -> list[Image.Image]:
@@ -35,8 +37,7 @@ def image_parity_feeds(spec: ImagePreprocessSpec, n_random: int = 4, seed: int =
     """(N, 3, H, W) pixel values: every sample image, random-noise images, and standard
     normal tensors; and the sample files to bundle as {artifact path: source path}."""
     files = sample_images()
-    images = [load_image(p) for p in files] + random_images(n_random, seed)
-    pixels = preprocess_images(images, spec)
+    pixels = image_rows(files + random_images(n_random, seed), spec)
     height, width = spec.output_size
     gaussian = np.random.default_rng(seed + 1).standard_normal((2, 3, height, width)).astype(np.float32)
     bundled = {f"samples/{p.name}": p for p in files}
@@ -47,7 +48,7 @@ def sample_audio_files() -> list[Path]:
     """The bundled audio clips (exporters/sample_data/audio/, made by builtin/make_audio_samples.py)."""
     if not AUDIO_DIR.is_dir():
         return []
-    return sorted(p for p in AUDIO_DIR.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    return in_row_order(p for p in AUDIO_DIR.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def random_waveforms(n: int, seed: int, spec: AudioPreprocessSpec) -> list[np.ndarray]:
@@ -64,16 +65,12 @@ def random_waveforms(n: int, seed: int, spec: AudioPreprocessSpec) -> list[np.nd
 
 
 def audio_parity_feeds(spec: AudioPreprocessSpec, n_random: int = 4, seed: int = 0) -> tuple[np.ndarray, dict[str, Path]]:
-    """(N, max_length, num_mel_bins) features: every sample clip (decoded, downmixed and
-    resampled as the runtime does), seeded random waveforms, and one standard normal
-    feature map; and the sample files to bundle as {artifact path: source path}."""
+    """The model input of every sample clip (decoded, downmixed and resampled as the runtime
+    does) and of seeded random clips, plus one standard normal input; and the sample files to
+    bundle as {artifact path: source path}."""
     files = sample_audio_files()
-    waves = []
-    for path in files:
-        wave, rate = load_audio(path)
-        waves.append(resample(wave, rate, spec.sampling_rate))
-    waves += random_waveforms(n_random, seed, spec)
-    features = np.stack([fbank(w, spec) for w in waves])
-    gaussian = np.random.default_rng(seed + 1).standard_normal((1, spec.max_length, spec.num_mel_bins))
+    waves = [clip_at_rate(path, spec) for path in files] + random_waveforms(n_random, seed, spec)
+    features = audio_rows(waves, spec)
+    gaussian = np.random.default_rng(seed + 1).standard_normal((1, *features.shape[1:])).astype(np.float32)
     bundled = {f"samples/{p.name}": p for p in files}
-    return np.concatenate([features, gaussian.astype(np.float32)]), bundled
+    return np.concatenate([features, gaussian]), bundled

@@ -4,6 +4,7 @@ working CI gate. Structure and correctness only: no assertion depends on how fas
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import vlmedge
+from vlmedge.bench.report import header_lines
 from vlmedge.bench.result import BenchResult
 from vlmedge.errors import InputError
 
@@ -196,6 +198,9 @@ def test_rounds_time_every_row_round_robin_with_the_same_rows(vit_artifact, tmp_
     assert all(row.speedup_vs_torch for row in r.rows) and "round-robin" in r.settings.memory_method
     validate(r.to_dict())
     assert BenchResult.load(r.save(tmp_path / "r.json")).settings.rounds == 3
+    # the header counts the calls each row got: a round's share is rounded up (7 in 3 rounds: 9)
+    odd = dataclasses.replace(r, settings=dataclasses.replace(r.settings, iterations=7))
+    assert "; 9 timed calls, every row timed round-robin in 3 rounds" in "\n".join(header_lines(odd))
 
 
 def test_round_robin_visits_every_call_each_round_and_keeps_a_failure_to_its_call():
@@ -389,7 +394,7 @@ def test_cli_table_json_markdown_plot_and_compare_gate(vit_artifact, tmp_path, c
                  "1.00x (base)", "recommended", "peak RSS", "latency per call (ms)"):
         assert text in stdout, text
     for column in ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max", "items/s", "vs torch",
-                   "load s", "first ms", "peak RSS +MB", "anon +MB", "size MB", "provider", "parity"):
+                   "load s", "first ms", "peak RSS +MiB", "anon +MiB", "size MB", "provider", "parity"):
         assert column in stdout and column in (tmp_path / "base.md").read_text(), column
     document = json.loads(out.read_text())
     validate(document)

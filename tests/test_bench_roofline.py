@@ -412,3 +412,13 @@ def test_onnx_runtime_fp16_rows_compute_in_fp32_on_x86():
               peak_rss_increase_mb=None, parity=Parity(None, None, None, None, None, "none"), inputs="")
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     assert compute_precision(row) == ("fp32" if x86 else "fp16")
+
+
+def test_a_backend_version_is_found_whatever_distribution_installed_it():
+    """onnxruntime-gpu installs the module onnxruntime: its peaks were cached as 'not installed'.
+    Pillow is a real package whose module (PIL) is named otherwise."""
+    import importlib.metadata
+
+    assert peak.backend_version("PIL") == importlib.metadata.version("pillow")
+    assert peak.backend_version("onnxruntime") == importlib.metadata.version("onnxruntime")
+    assert peak.backend_version("no_such_backend_module") == "not installed"

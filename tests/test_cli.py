@@ -80,6 +80,29 @@ def test_check_fails_on_a_wrong_reference(vit_artifact, tmp_path):
     assert "max abs error" in result.stderr
 
 
+def test_check_makes_the_bundled_samples_rows_again_here(vit_artifact, tmp_path):
+    """The manifest is not signed: preprocessing edited after the export passed the check, which
+    ran the stored inputs. The bundled files' rows are now made again, so it fails."""
+    import shutil
+
+    from vlmedge.check import check_artifact
+
+    (report,) = check_artifact(vit_artifact)
+    assert report["sample_files"]["max_input_difference"] == 0.0 and len(report["sample_files"]["files"]) == 5
+    out = tmp_path / "art"
+    shutil.copytree(vit_artifact, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["preprocess"]["image"]["image_mean"] = [0.0, 0.0, 0.0]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = vlmedge_cli("check", out)
+    assert result.returncode == 3, result.stderr
+    assert "the bundled samples, decoded and preprocessed here, differ" in result.stderr
+    manifest["preprocess"]["image"]["size"] = {"height": 16, "width": 16}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = vlmedge_cli("check", out)
+    assert result.returncode == 1 and "edited or is corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["predict", "/no/such/artifact", "x.jpg"], "No artifact folder"),
     (["export", "builtin:nope", "-o", "OUT"], "no built-in model"),

@@ -160,6 +160,12 @@ def test_manifest_two_graphs_tokenizer_and_scoring(kind, made, hf):
     else:
         assert post["scoring"] == "softmax" and post["logit_bias"] is None
         assert artifact.manifest["source"]["text_pooling"] == ("argmax" if kind == "clip-legacy" else "first_eos")
+    # `vlmedge check` makes the bundled images' and captions' rows again, as the export made them
+    from vlmedge.check import check_artifact
+
+    remade = {r["graph"]: r["sample_files"] for r in check_artifact(artifact.root)}
+    assert remade["text"] == {"files": ["captions.txt"], "max_input_difference": 0.0}
+    assert len(remade["image"]["files"]) == 5 and remade["image"]["max_input_difference"] == 0.0
 
 
 # -- parity with Hugging Face ----------------------------------------------------------------

@@ -180,6 +180,12 @@ def test_long_clip_windows_match_hugging_face_per_window(model_type, tmp_path):
     clip = tagger.tag(wave, sample_rate=SR, top_k=3)
     assert [t.index for t in clip.tags] == list(np.argsort(-expected.max(axis=0), kind="stable")[:3])
     assert len(clip.windows) == 2
+    # `vlmedge check` makes the bundled clips' rows again, as the export made them, each front end
+    from vlmedge.check import check_artifact
+
+    (report,) = check_artifact(artifact.root if hasattr(artifact, "root") else artifact)
+    assert report["passed"] and report["sample_files"]["max_input_difference"] == 0.0
+    assert len(report["sample_files"]["files"]) == 3
 
 
 def test_int8_calibrates_and_evaluates_on_clips_of_different_lengths(tmp_path):

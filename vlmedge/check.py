@@ -1,5 +1,10 @@
 """`vlmedge check`: re-runs the parity inputs stored in an artifact through each of its
-model files on this machine and compares with the stored source outputs. No torch needed."""
+model files on this machine and compares with the stored source outputs. No torch needed.
+
+The rows the bundled sample files made are made again first, from the artifact's copies of
+those files, with this machine's decoders and the manifest's preprocessing as it reads now, and
+run in place of the stored ones: a preprocessing section edited after the export, or a decoder
+here that reads a file otherwise, shows as a parity miss rather than passing unseen."""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import numpy as np
 from vlmedge.artifact import Artifact
 from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning
 from vlmedge.parity import GATES, parity_report, recorded_gate, run_in_batches
+from vlmedge.preprocess.samples import in_row_order, sample_kind, sample_rows
+from vlmedge.registry import task_named
 from vlmedge.runtimes.base import backend_named, backend_of_target, unavailable_reason
 from vlmedge.runtimes.select import open_entry
 
@@ -42,6 +49,7 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8,
     CPU here, get a report with "skipped" set to the reason."""
     artifact = Artifact.open(path)
     stored = stored_parity_inputs(artifact)
+    remade = remake_sample_rows(artifact, stored)
     reports = []
     for entry in _entries_of(artifact, backend):
         backend = backend_of_target(entry["target"])  # never import a module named by the manifest
@@ -81,10 +89,53 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8,
             raise ArtifactError(f"{entry['path']} in {artifact.root} does not produce the stored outputs "
                                 f"{sorted(set(data['reference']) - set(actual))}; re-export the artifact.")
         report = parity_report(data["reference"], actual, compare, gate, provider=session.provider, **context)
+        if entry["graph"] in remade:
+            report["sample_files"] = remade[entry["graph"]]
+            difference = remade[entry["graph"]]["max_input_difference"]
+            if not report["passed"] and difference > 0:  # say where the miss may come from
+                report["failures"].append(
+                    f"the bundled samples, decoded and preprocessed here, differ from the inputs the export verified "
+                    f"by up to {difference:.3g}: the manifest's preprocessing was edited, or this machine decodes "
+                    f"them otherwise (Pillow, soundfile, soxr or tokenizers versions)")
         if entry["precision"] in GATES and gate != GATES[entry["precision"]]:  # as the export records it
             report["gate_default"] = GATES[entry["precision"]].to_dict()
         reports.append(report)
     return reports
+
+
+def remake_sample_rows(artifact: Artifact, stored: dict[str, dict[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
+    """Makes the rows of the artifact's bundled sample files again (vlmedge.preprocess.samples)
+    and puts them in `stored` in place of the stored ones. Per graph: the files, and the
+    largest difference between a remade input and the stored one (0 where this machine
+    preprocesses as the export's did)."""
+    files: dict[str, list[str]] = {}
+    for entry in artifact.files:
+        kind = sample_kind(entry["path"]) if entry.get("role") == "sample" else None
+        if kind:
+            files.setdefault(kind, []).append(entry["path"])
+    task, sections = task_named(artifact.task, artifact.root), artifact.manifest.get("preprocess") or {}
+    remade = {}
+    for kind, paths in files.items():
+        graph = next((m.graph for m in task.methods if m.input == kind), None)
+        inputs = stored.get(graph, {}).get("input")
+        if not inputs or not isinstance(sections.get(kind), dict):
+            continue
+        paths = in_row_order(paths)
+        rows = sample_rows(kind, [artifact.path_of(p) for p in paths], sections[kind], artifact.root)
+        rows = rows if isinstance(rows, dict) else {next(iter(inputs)): rows}
+        difference = 0.0
+        for name, new in rows.items():
+            old = inputs.get(name)
+            if old is None:
+                continue
+            if old.shape[1:] != new.shape[1:] or len(old) < len(new):
+                raise ArtifactError(f"The bundled samples of {artifact.root}, preprocessed as its manifest says, make "
+                                    f"{name} rows of shape {list(new.shape[1:])}, but its model was verified on "
+                                    f"{list(old.shape[1:])}; its manifest was edited or is corrupt, so re-export it.")
+            difference = max(difference, float(np.max(np.abs(new.astype(np.float64) - old[:len(new)]))))
+            inputs[name] = np.concatenate([new.astype(old.dtype), old[len(new):]])
+        remade[graph] = {"files": [Path(p).name for p in paths], "max_input_difference": difference}
+    return remade
 
 
 def _entries_of(artifact: Artifact, backend: str | None) -> list[dict[str, Any]]:

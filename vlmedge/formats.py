@@ -1,6 +1,5 @@
-"""What this install can export and run (`vlmedge formats`), and the checks of option values
-against those same tables (tasks, targets, backends, precisions), so that the CLI refuses a
-bad value before it loads anything.
+"""What this install can export and run (`vlmedge formats`). The option checks against the
+same tables are in vlmedge.choices.
 
 Everything is looked up where it is declared: tasks in vlmedge.registry, backends and
 targets in runtimes.base.BACKENDS, precisions in vlmedge.parity.PRECISIONS, the built-in
@@ -13,74 +12,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from vlmedge.errors import UsageError
-
-
-def split(value: str | Iterable[str] | None) -> list[str]:
-    """'a, b,,c' -> ['a', 'b', 'c']; a list is returned as given, without blanks."""
-    parts = value.split(",") if isinstance(value, str) else list(value or [])
-    return [part.strip() for part in parts if part and part.strip()]
-
-
-def choose(option: str, value: str | Iterable[str] | None, allowed: Iterable[str], many: bool = True) -> list[str]:
-    """The comma-separated values of `option`, each checked against `allowed`; a UsageError
-    (exit 2) naming the valid values otherwise."""
-    allowed = list(allowed)
-    chosen = split(value)
-    unknown = [c for c in chosen if c not in allowed]
-    if unknown or not chosen or (not many and len(chosen) > 1):
-        given = ", ".join(unknown) or ", ".join(chosen) or "nothing"
-        raise UsageError(f"{option} {given} is not valid; choose {'from' if many else 'one of'} {', '.join(allowed)}.")
-    return list(dict.fromkeys(chosen))
-
-
-def check_run_options(backend: str, precision: str | None) -> None:
-    """--backend and --precision of the commands that run an artifact (predict, embed, serve),
-    before it is opened."""
-    check_backends("--backend", backend, ["auto", *backend_names()], many=False)
-    if precision is not None:
-        choose("--precision", precision, precision_names(), many=False)
-
-
-def check_backends(option: str, value: str | Iterable[str] | None, allowed: Iterable[str],
-                   many: bool = True) -> list[str]:
-    """choose() for backends; one that cannot run here (TensorRT without its GPU and
-    package, a package not installed) raises runtimes.base.unavailable_reason's sentence."""
-    from vlmedge.errors import BackendUnavailableError
-    from vlmedge.runtimes.base import BACKENDS, unavailable_reason
-
-    chosen = choose(option, value, allowed, many)
-    for name in chosen:
-        reason = unavailable_reason(BACKENDS[name]) if name in BACKENDS else None
-        if reason:
-            raise BackendUnavailableError(reason)
-    return chosen
-
-
-def task_names() -> list[str]:
-    from vlmedge.registry import TASKS
-
-    return list(TASKS)
-
-
-def target_names() -> list[str]:
-    from vlmedge.runtimes.base import BACKENDS
-
-    return list(dict.fromkeys(b.target for b in BACKENDS.values()))
-
-
-def backend_names() -> list[str]:
-    from vlmedge.runtimes.base import BACKENDS
-
-    return list(BACKENDS)
-
-
-def precision_names() -> list[str]:
-    from vlmedge.parity import PRECISIONS
-
-    return list(PRECISIONS)
 
 
 def extra_packages(extra: str) -> list[str]:

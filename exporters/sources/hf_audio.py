@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from vlmedge.errors import ArtifactError, ExportError, UnsupportedModelError
-from vlmedge.exporters.samples import audio_parity_feeds, random_waveforms, sample_audio_files
+from vlmedge.exporters.samples import audio_parity_feeds
 from vlmedge.exporters.sources.hf import load_model, read_json, source_info
 from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
-from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample
+from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank
 from vlmedge.preprocess.audio.spec import VARIABLE_LENGTH
 
 # The front end each architecture's feature extractor must make; the others take raw waveforms.
@@ -92,21 +92,6 @@ def audio_preprocess(folder: Path, config: Any, arch: str = "ASTForAudioClassifi
     return spec
 
 
-def parity_feeds(spec: AudioPreprocessSpec, n_random: int = 4, seed: int = 0) -> tuple[np.ndarray, dict[str, Path]]:
-    """The model input of every sample clip and of seeded random clips, plus one standard normal
-    input; raw-waveform clips are tiled or cut to one window so they batch. AST keeps its own."""
-    if spec.front_end == "kaldi-fbank":
-        return audio_parity_feeds(spec, n_random, seed)
-    files = sample_audio_files()
-    waves = [resample(*load_audio(path), spec.sampling_rate) for path in files]
-    waves += random_waveforms(n_random, seed, spec)
-    if spec.variable_length:
-        waves = [np.resize(wave, spec.window_samples) for wave in waves]
-    features = np.stack([fbank(wave, spec) for wave in waves])
-    gaussian = np.random.default_rng(seed + 1).standard_normal((1, *features.shape[1:])).astype(np.float32)
-    return np.concatenate([features, gaussian]), {f"samples/{p.name}": p for p in files}
-
-
 def audio_classifier(folder: Path, config: Any, arch: str, reference: str, window_seconds: float | None = None,
                      **_: Any) -> ExportSpec:
     """An audio classifier: model input of one window (AST: (N, max_length, num_mel_bins) log-mel;
@@ -121,7 +106,7 @@ def audio_classifier(folder: Path, config: Any, arch: str, reference: str, windo
     labels = label_names(config, folder)
     preprocess = audio_preprocess(folder, config, arch, window_seconds)
     model = load_model(folder, arch)
-    features, sample_files = parity_feeds(preprocess)
+    features, sample_files = audio_parity_feeds(preprocess)
     input_name = "input_values"
     dynamic = {0: "batch"}
     shape = preprocess.feature_shape

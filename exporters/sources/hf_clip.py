@@ -52,6 +52,7 @@ from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
 from vlmedge.exporters.sources.hf import image_preprocess, load_model, naflex_or_processor_size, source_info
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.preprocess.samples import caption_lines
 from vlmedge.preprocess.text import TextTokenizer, trim_padding
 
 CAPTIONS_FILE = SAMPLE_DIR / "captions.txt"
@@ -212,9 +213,7 @@ HEADS = {"features": (ImageTower, TextTower), "itc": (ContrastiveImageHead, Cont
 
 def sample_captions() -> list[str]:
     """The bundled captions (exporters/sample_data/captions.txt), one per line."""
-    if not CAPTIONS_FILE.is_file():
-        return []
-    return [line for line in CAPTIONS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return caption_lines(CAPTIONS_FILE) if CAPTIONS_FILE.is_file() else []
 
 
 _ALPHABETS = (

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from vlmedge import formats
+from vlmedge import choices
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS, peer_files
 from vlmedge.errors import BackendUnavailableError, InputError, UsageError
 
@@ -73,12 +73,12 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
         raise UsageError(f"--plot writes {', '.join(PLOT_SUFFIXES)} files, not {Path(plot_path).name}.")
 
     if backend:
-        formats.check_backends("--backend", backend, ["torch", *formats.backend_names()])
+        choices.check_backends("--backend", backend, ["torch", *choices.backend_names()])
     if precision:
-        formats.choose("--precision", precision, formats.precision_names())
+        choices.choose("--precision", precision, choices.precision_names())
     if sweep:
-        formats.choose("--sweep", sweep, SWEEPS)
-    formats.choose("--metric", metric, METRICS, many=False)
+        choices.choose("--sweep", sweep, SWEEPS)
+    choices.choose("--metric", metric, METRICS, many=False)
     if not max_slowdown >= 1.0:
         raise UsageError(f"--max-slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
     if plot_path and importlib.util.find_spec("matplotlib") is None:
@@ -89,7 +89,7 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
 def _quiet_loading(backend: Optional[str]):
     """Silences transformers' "Loading weights" bar while the torch baseline loads its
     source (exporters.pipeline.quiet_progress_bars); nothing to do without torch rows."""
-    if (backend and "torch" not in formats.split(backend)) or importlib.util.find_spec("transformers") is None:
+    if (backend and "torch" not in choices.split(backend)) or importlib.util.find_spec("transformers") is None:
         return contextlib.nullcontext()
     from vlmedge.exporters.pipeline import quiet_progress_bars
 
@@ -119,8 +119,8 @@ def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDi
 
 def bench(
     artifact: Optional[str] = typer.Argument(None, metavar="ARTIFACT", help="Artifact folder (or builtin:NAME / a Hugging Face folder, exported first)."),
-    backend: Optional[str] = typer.Option(None, "--backend", metavar="BACKENDS", help=f"Comma-separated: torch, {', '.join(formats.backend_names())}. Default: torch and every backend with files."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISIONS", help=f"Comma-separated: {', '.join(formats.precision_names())}. Default: all the artifact has."),
+    backend: Optional[str] = typer.Option(None, "--backend", metavar="BACKENDS", help=f"Comma-separated: torch, {', '.join(choices.backend_names())}. Default: torch and every backend with files."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISIONS", help=f"Comma-separated: {', '.join(choices.precision_names())}. Default: all the artifact has."),
     batch_size: Optional[str] = typer.Option(None, "--batch-size", metavar="SIZES", help=f"Comma-separated batch sizes. Default: {','.join(map(str, DEFAULT_BATCHES))}."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", min=1, help="Intra-op threads for every backend, torch included. Default: the cores available."),
     warmup: int = typer.Option(DEFAULT_WARMUP, "--warmup", metavar="N", min=0, help="Untimed calls after the first one."),
@@ -138,7 +138,7 @@ def bench(
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="Write the result as Markdown to FILE."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Write a PNG: p50 per variant with p90 whiskers, throughput vs batch (needs the 'plot' extra: matplotlib)."),
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", metavar="BASE.json NEW.json", help="BASE.json NEW.json: print per-row ratios; exit 1 on a regression."),
-    max_slowdown: float = typer.Option(1.10, "--max-slowdown", metavar="RATIO", help="With --compare: the largest new/base ratio that is not a regression."),
+    max_slowdown: float = typer.Option(1.10, "--max-slowdown", metavar="RATIO", help="With --compare: the largest slowdown that is not a regression: new/base for times, base/new for --metric throughput (1.10: 10% slower)."),
     metric: str = typer.Option("p50_ms", "--metric", metavar="METRIC", help="With --compare: p50_ms, mean_ms, p90_ms, p95_ms, p99_ms, min_ms or throughput."),
 ) -> None:
     """Measure latency, throughput, start-up time and memory per backend, precision and batch, beside PyTorch."""
@@ -166,10 +166,10 @@ def bench(
         path, tmp = _artifact_or_export(artifact, say)
         try:
             with _quiet_loading(backend):
-                result = run_bench(path, backends=formats.split(backend) or None, precisions=formats.split(precision) or None,
+                result = run_bench(path, backends=choices.split(backend) or None, precisions=choices.split(precision) or None,
                                    batch_sizes=batches, threads=threads, warmup=warmup,
                                    iterations=iterations, duration=duration, end_to_end=end_to_end,
-                                   random_inputs=random_inputs, sweep=formats.split(sweep), device=device, peers=peers,
+                                   random_inputs=random_inputs, sweep=choices.split(sweep), device=device, peers=peers,
                                    progress=say, roofline=roofline, remeasure_peak=remeasure_peak, rounds=rounds)
         finally:
             if tmp is not None:

@@ -93,10 +93,14 @@ def cpu_signature() -> str:
 
 
 def backend_version(backend: str) -> str:
-    try:
-        return importlib.metadata.version(backend)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    """The version of the distribution that installed the backend's package, whatever it is
+    called: onnxruntime-gpu, onnxruntime-openvino and others install `onnxruntime`."""
+    for distribution in (backend, *sorted(importlib.metadata.packages_distributions().get(backend, []))):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def cache_key(backend: str, version: str, threads: int, size: int) -> str:

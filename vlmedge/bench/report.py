@@ -16,11 +16,12 @@ from rich.table import Table
 
 from vlmedge.bench.peak import GEMM_DEPTH
 from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
+from vlmedge.bench.timing import round_share
 from vlmedge.errors import InputError
 
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
 LATENCY_COLUMNS = ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max")
-OTHER_COLUMNS = ("items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "anon +MB", "size MB", "provider",
+OTHER_COLUMNS = ("items/s", "vs torch", "load s", "first ms", "peak RSS +MiB", "anon +MiB", "size MB", "provider",
                  "parity")
 ROOFLINE_COLUMNS = ("GOP/call", "GOP/s", "computes in", "peak GOP/s", "% of peak", "ops/byte", "ridge", "bound")
 
@@ -110,8 +111,9 @@ def _key_cells(row: Row) -> list[str]:
 
 def header_lines(result: BenchResult) -> list[str]:
     s, env = result.settings, result.environment
-    timing = (f"{s.iterations} timed calls" if s.iterations else
-              f"{s.duration_s:g} s of timed calls per row (at least {s.min_iterations})")
+    rounds = s.rounds or 1  # a round's share is rounded up: 50 calls in 3 rounds are 51
+    timing = (f"{round_share(s.iterations, rounds) * rounds} timed calls" if s.iterations else
+              f"{s.duration_s:g} s of timed calls per row (at least {round_share(s.min_iterations, rounds) * rounds})")
     if s.rounds:
         timing += f", every row timed round-robin in {s.rounds} rounds (each a share, after one untimed call)"
     versions = ", ".join(f"{k} {v}" for k, v in env.versions.items())
@@ -179,7 +181,7 @@ def row_block(row: Row) -> list[str]:
             "              " + "  ".join(f"{k} {latency[k]}" for k in ("min", "mean", "max", "std", "CoV")),
             f"  items/s {other['items/s']}  vs torch {other['vs torch']}  load {other['load s']} s  "
             f"first {other['first ms']} ms",
-            f"  peak RSS +{other['peak RSS +MB']} MB  anon +{other['anon +MB']} MB  size {other['size MB']} MB",
+            f"  peak RSS +{other['peak RSS +MiB']} MiB  anon +{other['anon +MiB']} MiB  size {other['size MB']} MB",
             f"  provider {other['provider']}",
             f"  parity: {other['parity']}"] + ([f"  roofline: {roofline_text(row)}"] if row.roofline else [])
 
@@ -204,7 +206,7 @@ def print_result(result: BenchResult, console: Console) -> None:
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MB", "anon +MB", "size MB",
+    right = {"batch", "threads", "items/s", "vs torch", "load s", "first ms", "peak RSS +MiB", "anon +MiB", "size MB",
              *LATENCY_COLUMNS, *ROOFLINE_COLUMNS[:2], *ROOFLINE_COLUMNS[3:7]}
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in right else "---" for h in headers) + "|"]

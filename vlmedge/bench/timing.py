@@ -45,13 +45,17 @@ def timed_samples(call: Callable[[], Any], iterations: int | None, duration: flo
     return samples
 
 
+def round_share(total: int, rounds: int) -> int:
+    """A round's share of `total` timed calls: rounded up, so the rounds time at least `total`."""
+    return -(-total // rounds)
+
+
 def round_robin(calls: list[Callable[[], Any]], rounds: int, iterations: int | None, duration: float,
                 min_iterations: int) -> list[list[int] | Exception]:
     """Each call's timed samples (or the exception that stopped it), taken in `rounds` rounds
     that visit every call in turn, a round's share of the iterations (rounded up) or of the
     duration each, after one untimed call that warms the caches the others used: a machine
     whose speed drifts then slows every call alike, so the ratios between them hold."""
-    per_round = (lambda total: -(-total // rounds))  # ceil
     results: list[list[int] | Exception] = [[] for _ in calls]
     for _ in range(rounds):
         for i, call in enumerate(calls):
@@ -59,8 +63,8 @@ def round_robin(calls: list[Callable[[], Any]], rounds: int, iterations: int | N
                 continue
             try:
                 call()
-                results[i] += timed_samples(call, per_round(iterations) if iterations else None, duration / rounds,
-                                            per_round(min_iterations))
+                results[i] += timed_samples(call, round_share(iterations, rounds) if iterations else None,
+                                            duration / rounds, round_share(min_iterations, rounds))
             except Exception as exc:  # reported as that row's skip by the caller
                 results[i] = exc
     return results

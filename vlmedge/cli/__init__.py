@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from vlmedge import formats
+from vlmedge import choices, formats
 from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
 from vlmedge.errors import BackendUnavailableError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
@@ -65,7 +65,7 @@ app = typer.Typer(
 # Soft wrap: a line of text stays one line however narrow the terminal or a log (rich would wrap at 80).
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
-BACKEND_CHOICES = ["auto", *formats.backend_names()]
+BACKEND_CHOICES = ["auto", *choices.backend_names()]
 
 
 def _version(value: bool) -> None:
@@ -116,11 +116,11 @@ def export(
                                 + "), a Hugging Face folder or cached id, timm:NAME or open_clip:ARCH (with --checkpoint)."),
     output: Path = typer.Option(..., "-o", "--output", "--out", metavar="DIR", help="Artifact folder to write."),
     to: str = typer.Option("onnx", "--to", metavar="TARGETS",
-                           help=f"Comma-separated targets: {', '.join(formats.target_names())}."),
+                           help=f"Comma-separated targets: {', '.join(choices.target_names())}."),
     precision: str = typer.Option("fp32", "--precision", metavar="PRECISIONS",
-                                  help=f"Comma-separated precisions: {', '.join(formats.precision_names())}."),
+                                  help=f"Comma-separated precisions: {', '.join(choices.precision_names())}."),
     task: Optional[str] = typer.Option(None, "--task", metavar="TASK", help="Task, when the architecture does not "
-                                       f"imply it: {', '.join(formats.task_names())}."),
+                                       f"imply it: {', '.join(choices.task_names())}."),
     opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset: 17 up to the newest torch.onnx exports."),
     image_size: Optional[str] = typer.Option(
         None, "--image-size", metavar="SIZE", help="Export resolution of image encoders and of SigLIP2 (NaFlex) models, which need one: e.g. 448 or 448x336 (height x width), a multiple of the patch size."),
@@ -143,10 +143,10 @@ def export(
     A variant that misses its parity gate is left out (shown, recorded in the manifest) and
     the command exits 3; the fp32 ONNX reference must always pass.
     """
-    targets = formats.choose("--to", to, formats.target_names())
-    precisions = formats.choose("--precision", precision, formats.precision_names())
+    targets = choices.choose("--to", to, choices.target_names())
+    precisions = choices.choose("--precision", precision, choices.precision_names())
     if task is not None:
-        formats.choose("--task", task, formats.task_names(), many=False)
+        choices.choose("--task", task, choices.task_names(), many=False)
     if image_size is not None and not re.fullmatch(r"\d+(x\d+)?", image_size):
         raise UsageError(f"--image-size takes 448 or 448x336 (height x width), not {image_size!r}.")
     for flag, path in (("--calibration", calibration), ("--eval", evaluation)):
@@ -226,7 +226,7 @@ def predict(
     attention: Optional[Path] = typer.Option(None, "--attention", metavar="PNG", help="Image encoders: write attention heat maps to this PNG."),
     backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on: cpu, cuda, or a backend's device name (GPU, NPU)."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(formats.precision_names())}; default: fastest verified."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(choices.precision_names())}; default: fastest verified."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Bulk: write every result to this .parquet (folders and .parquet/.csv tables of paths allowed)."),
     engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="Bulk engine: local (this process) or ray (Ray Data; pip install 'vlmedge[ray]')."),
@@ -240,7 +240,7 @@ def predict(
     """Run ARTIFACT on input files and print the results."""
     from vlmedge.bulk import command as bulk
 
-    formats.check_run_options(backend, precision)
+    choices.check_run_options(backend, precision)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
@@ -303,7 +303,7 @@ def embed(
     batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Images per model call."),
     backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on: cpu, cuda, or a backend's device name (GPU, NPU)."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(formats.precision_names())}; default: fastest verified."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(choices.precision_names())}; default: fastest verified."),
     engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="local (this process) or ray (Ray Data; pip install 'vlmedge[ray]'); --out may be a .parquet."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
@@ -314,7 +314,7 @@ def embed(
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
     from vlmedge.bulk import command as bulk
 
-    formats.check_run_options(backend, precision)
+    choices.check_run_options(backend, precision)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
                pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers,
                session_options={"threads": threads} if threads else {})
@@ -387,7 +387,7 @@ def check(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on."),
     backend: str = typer.Option("all", "--backend", metavar="BACKEND",
-                                help=f"Check only this backend's files: {', '.join(formats.backend_names())}; "
+                                help=f"Check only this backend's files: {', '.join(choices.backend_names())}; "
                                      "default: every file."),
     as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
@@ -395,7 +395,7 @@ def check(
     from vlmedge.check import check_artifact
 
     if backend != "all":
-        formats.check_backends("--backend", backend, formats.backend_names(), many=False)
+        choices.check_backends("--backend", backend, choices.backend_names(), many=False)
     reports = check_artifact(artifact, device=device, backend=None if backend == "all" else backend)
     failed = [r for r in reports if r.get("passed") is False]
     if as_json:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from rich.markup import escape
 
 from vlmedge.errors import UsageError
-from vlmedge.formats import split
+from vlmedge.choices import split
 
 
 def ranked_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -8,9 +8,8 @@ from typing import Any, Optional
 
 import typer
 
-from vlmedge.errors import BackendUnavailableError, UsageError
-from vlmedge.parity import PRECISIONS
-from vlmedge.runtimes.base import BACKENDS
+from vlmedge import choices
+from vlmedge.errors import BackendUnavailableError
 from vlmedge.serve.config import BatchConfig, Limits
 
 
@@ -38,15 +37,6 @@ def bind(host: str, port: int) -> socket.socket:
                                           "or stop what is using it.") from None
         raise BackendUnavailableError(f"Cannot listen on {host}:{port} ({exc.strerror}); give --host an address of "
                                       "this machine (127.0.0.1, 0.0.0.0 for every interface, ::1, ::).") from None
-
-
-def _check_choices(backend: str, precision: Optional[str], engine: str) -> None:
-    """--backend, --precision and --engine before any artifact is opened: a usage error (exit 2),
-    as predict's. (vlmedge.formats has the CLI's own check, but it may import the exporters.)"""
-    for option, value, allowed in (("--backend", backend, ("auto", *BACKENDS)), ("--precision", precision, PRECISIONS),
-                                   ("--engine", engine, ("local", "ray"))):
-        if value is not None and value not in allowed:
-            raise UsageError(f"{option} {value} is not valid; choose one of {', '.join(allowed)}.")
 
 
 def serve(
@@ -78,7 +68,8 @@ def serve(
     """Serve artifacts over HTTP: a web page at /, API docs at /docs, the API under /v1, the Open Inference
     Protocol v2 under /v2, OpenAI-compatible /v1/embeddings, /metrics, /healthz, /readyz, /openapi.json."""
     _require_extra()
-    _check_choices(backend, precision, engine)
+    choices.check_run_options(backend, precision)  # before any artifact is opened, as predict's
+    choices.choose("--engine", engine, ("local", "ray"), many=False)
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                     max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s)
