@@ -4,6 +4,7 @@ answers 503 with Retry-After; limits and timeouts answer 4xx JSON; the CLI serve
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import io
@@ -284,6 +285,46 @@ def test_a_full_queue_answers_503_with_retry_after(gated):
     assert metric(text, "vlmedge_queue_depth", model="vit") == 0
 
 
+class SlowToPrepare:
+    """A classifier whose requests' preprocessing waits for a gate (in their request threads)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.gate, self.prepared = inner, threading.Event(), []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def spec(self):  # what a request's preprocessing reads first
+        self.prepared.append(threading.current_thread().name)
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.inner.spec
+
+
+def test_requests_being_prepared_count_toward_the_queue_and_wait_for_a_slot(vit_artifact):
+    """An overload was all 408s: every request decoded at once, each too slowly, and --max-queue
+    only counted requests already decoded. Now those being prepared count, and one request
+    per slot is prepared at a time; one that waits past its time never starts."""
+    slow = SlowToPrepare(vlmedge.load(vit_artifact, backend="onnxruntime"))
+    app = create_app({"vit": slow}, BatchConfig(max_queue=3), warm_up=False)
+    state = app.state.vlmedge
+    state.prepare_slots = asyncio.Semaphore(1)  # one core's worth
+    body = {"images": [b64(IMAGES[0])]}
+    post = lambda **extra: httpx.post(f"{url}/v1/models/vit/classify", json={**body, **extra}, timeout=60)  # noqa: E731
+    with running(app) as url, ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(post)]
+        wait_for(lambda: len(slow.prepared) == 1, what="the first request to be prepared")
+        late = post(timeout_ms=300)  # waits for the slot past its time: 408, never prepared
+        assert late.status_code == 408 and len(slow.prepared) == 1
+        held += [pool.submit(post) for _ in range(2)]
+        wait_for(lambda: state.preparing["vit"] == 3, what="three requests to be preparing")
+        refused = post()
+        slow.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200, 200]
+    assert refused.status_code == 503 and "has 3 requests waiting" in refused.json()["error"]["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
 def test_a_request_that_waits_past_its_timeout_answers_408_and_never_runs(gated):
     app = create_app({"vit": gated}, BatchConfig(max_batch=1, max_delay_ms=0), warm_up=False)
     body = {"images": [b64(IMAGES[0])]}
@@ -381,6 +422,28 @@ def test_limits_answer_4xx_json(artifacts, tmp_path):
         packed = gzip.compress(json.dumps({"images": [b64(IMAGES[0])]}).encode())
         assert post("/v1/models/vit/classify", content=packed,
                     headers={**JSON, "content-encoding": "gzip"}).json()["results"] == plain
+        # gzip members one after another are one body (RFC 1952); bytes after the data are refused
+        text = json.dumps({"images": [b64(IMAGES[0])]}).encode()
+        members = gzip.compress(text[:10]) + gzip.compress(text[10:])
+        assert post("/v1/models/vit/classify", content=members,
+                    headers={**JSON, "content-encoding": "gzip"}).json()["results"] == plain
+        junk = post("/v1/models/vit/classify", content=packed + b"trailing junk", headers={**JSON, "content-encoding": "gzip"})
+        assert junk.status_code == 400 and "after its compressed data" in junk.json()["error"]["message"]
+
+
+def test_a_slow_upload_gets_408_within_the_request_time_limit(vit_artifact):
+    """--timeout-s bounds the upload too: the body's own 30 s did, whatever the request's limit."""
+    app = create_app({"vit": vlmedge.load(vit_artifact, backend="onnxruntime")},
+                     limits=Limits(request_timeout_s=0.5), warm_up=False)
+    with running(app) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as conn:
+        started = time.monotonic()
+        conn.sendall(b"POST /v1/models/vit/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{\"images\":")
+        reply = b""
+        while b"}}" not in reply and (chunk := conn.recv(4096)):
+            reply += chunk
+        assert time.monotonic() - started < 9
+    assert reply.decode().startswith("HTTP/1.1 408") and "within 0.5 s of the request" in reply.decode()
 
 
 JSON = {"content-type": "application/json"}

@@ -94,6 +94,8 @@ def test_an_image_encoder_embeds_base64_images(client, pipelines):
 
 def test_models_list_names_the_served_models(client):
     assert sorted(m.id for m in client.models.list()) == ["clip", "dino", "vit"]
+    model = client.models.retrieve("dino")  # its fields were all None
+    assert (model.id, model.object, model.owned_by) == ("dino", "model", "vlmedge")
 
 
 def test_bad_requests_are_openai_errors(client, server):

@@ -237,3 +237,49 @@ def test_replicas_the_cluster_has_no_cpus_for_are_refused(vit_artifact):
     finally:
         if started:
             ray.shutdown()
+
+
+def test_sigterm_lets_requests_in_flight_finish_on_ray(vit_artifact):
+    """`vlmedge serve --engine ray` stopped by SIGTERM drains as the local server does: the
+    requests in flight are answered (they were dropped, and the process aborted), new ones get
+    503 shutting_down, and the process ends."""
+    import signal
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    # a batch waits 3 s to fill: requests are in flight when the signal comes
+    server = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "serve", f"vit={vit_artifact}", "--engine", "ray",
+                               "--port", str(port), "--backend", "onnxruntime", "--max-batch", "64",
+                               "--max-delay-ms", "3000", "--shutdown-grace-s", "30"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.communicate()
+            time.sleep(0.1)
+        body = {"images": [b64(IMAGES[0])]}
+        with ThreadPoolExecutor(4) as pool:
+            answers = [pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=body, timeout=60) for _ in range(4)]
+            for _ in range(100):
+                if metric(httpx.get(f"{url}/metrics").text, "vlmedge_requests_in_flight") >= 4:
+                    break
+                time.sleep(0.05)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            late = httpx.post(f"{url}/v1/models/vit/classify", json=body, timeout=60)
+            assert [a.result().status_code for a in answers] == [200] * 4
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+        _, err = server.communicate(timeout=120)
+        assert "shutting down: requests in flight have 30 s to finish" in err and "Traceback" not in err, err
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -259,10 +259,31 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
          "'timeout' must be a positive number of microseconds"),
         (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout_ms": "soon"}}), 400,
          "'timeout_ms' must be an integer"),
+        # an empty tensor too wide for numpy to shape (it was a 500)
+        (_raw(server, "vit", {"inputs": [{"name": name, "datatype": "FP32", "shape": [0, 10 ** 12, 10 ** 12],
+                                          "parameters": {"binary_data_size": 0}}]}, binary=b""), 400,
+         "more elements than any request can hold"),
+        # Triton's classification extension is refused by name, not ignored
+        (_raw(server, "vit", {"inputs": [image_tensor], "outputs": [{"name": "labels", "parameters": {"class_count": 3}}]}),
+         400, "classification extension"),
+        # no labels is not a zero-shot request quietly answered with embeddings
+        (_raw(server, "clip", {"inputs": [image_tensor], "parameters": {"labels": " , "}}), 400, "holds no labels"),
+        (_raw(server, "clip", {"inputs": [image_tensor, {"name": "labels", "datatype": "BYTES", "shape": [0],
+                                                         "data": []}]}), 400, "holds no labels"),
+        (_raw(server, "clip", {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a cat"]}],
+                               "parameters": {"labels": "cat,dog"}}), 400, "cannot take labels and text"),
     ]
     for response, status, words in cases:
         assert response.status_code == status, (words, response.text)
         assert set(response.json()) == {"error"} and words in response.json()["error"], response.text
+    # a graph-level request takes timeout_ms, as the README says
+    graph_tensor = {"name": name, "datatype": "FP32", "shape": shape, "data": [0.0] * int(np.prod(shape))}
+    assert _raw(server, "vit", {"inputs": [graph_tensor], "parameters": {"timeout_ms": 30000}}).status_code == 200
+    # outputs JSON cannot carry are refused with the way out; as binary data they are answered
+    huge = {**graph_tensor, "data": [3e38] * int(np.prod(shape))}
+    nan = _raw(server, "vit", {"inputs": [huge]})  # the test model makes NaN logits of such pixels
+    assert nan.status_code == 400 and "binary_data: true" in nan.json()["error"], nan.text
+    assert _raw(server, "vit", {"inputs": [huge], "parameters": {"binary_data_output": True}}).status_code == 200
     # still serving
     assert client.is_server_live() and client.is_model_ready("vit")
     result = client.infer("vit", [bytes_input("image", [IMAGES[1].read_bytes()])])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -26,7 +27,8 @@ from vlmedge.serve.inputs import check_limits, parse_json, parse_multipart
 from vlmedge.serve.metrics import Metrics
 from vlmedge.serve.models import ServedModel, serve_pipeline
 from vlmedge.serve.openapi import build_openapi
-from vlmedge.serve.problems import Problem, retry_after
+from vlmedge.serve.problems import Problem, retry_after, shutting_down
+from vlmedge.serve.protocols import openai
 from vlmedge.serve.protocols import routes as protocol_routes
 from vlmedge.serve.protocols.graph import batch_runner
 from vlmedge.serve.protocols.v2 import error as v2_error
@@ -74,10 +76,30 @@ class _State:
         self.batchers = {name: make(name, m) for name, m in self.models.items()}
         self.ready = False
         self.warmup_error: str | None = None
+        self.draining = False  # drain(): requests are answered 503 shutting_down
+        self.answering: set[asyncio.Task] = set()  # the tasks answering inference requests now
+        self.preparing: collections.Counter[str] = collections.Counter()  # requests being prepared, per model
+        self.prepare_slots = asyncio.Semaphore(os.cpu_count() or 1)  # requests prepared at once (handling.py)
         self.openapi = build_openapi(self.models, limits)
         for name, m in self.models.items():
             info = m.describe()
             self.metrics.model_info.labels(name, m.task, info["backend"], info["precision"]).set(1)
+
+    async def drain(self, grace_s: float) -> int:
+        """A server's shutdown where no web server does it for the app (Ray Serve's ingress):
+        new requests are answered 503 shutting_down (and /readyz), those in flight get grace_s
+        to finish, and the rest are then cancelled, to be answered 503 too. Returns how many
+        were cut short."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while self.answering and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        late = list(self.answering)
+        for task in late:
+            task.cancel()
+        while self.answering and time.monotonic() < deadline + 5:  # their 503s on their way
+            await asyncio.sleep(0.05)
+        return len(late)
 
     def find(self, name: str) -> ServedModel:
         if name not in self.models:
@@ -120,8 +142,8 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
         raise Problem(415, "unsupported_media_type",
                       f"Content-Type {content_type or '(none)'} is not supported; send application/json "
                       "(base64 files) or multipart/form-data (file uploads).")
-    return inputs, await prepare_in_time(state, started, inputs.options.get("timeout_ms"), served.prepare, endpoint,
-                                         inputs, limits)
+    return inputs, await prepare_in_time(state, served.name, started, inputs.options.get("timeout_ms"), served.prepare,
+                                         endpoint, inputs, limits)
 
 
 def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limits: Limits | None = None,
@@ -148,6 +170,8 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
     async def readyz(request: Request) -> Response:
         if state.warmup_error:
             return error_response(Problem(503, "warmup_failed", f"Warm-up failed: {state.warmup_error}"))
+        if state.draining:
+            return error_response(shutting_down())
         if not state.ready:
             return error_response(Problem(503, "not_ready", "Models are still warming up.", retry_after(1)))
         return JSONResponse({"status": "ready"})
@@ -162,7 +186,7 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
         names = sorted(state.models)
         # "models": vlmedge's own form; "object"/"data": what OpenAI clients read (models.list())
         return JSONResponse({"models": [state.models[n].describe() for n in names], "object": "list",
-                             "data": [{"id": n, "object": "model", "created": 0, "owned_by": "vlmedge"} for n in names]})
+                             "data": [openai.model_object(n) for n in names]})
 
     async def get_model(request: Request) -> Response:
         try:
@@ -170,7 +194,8 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
         except Problem as problem:
             return error_response(problem)
         labels = getattr(served.pipeline, "labels", None)
-        return JSONResponse({**served.describe(), **({"label_names": list(labels)} if labels is not None else {})})
+        return JSONResponse({**served.describe(), **({"label_names": list(labels)} if labels is not None else {}),
+                             **openai.model_object(served.name)})  # what OpenAI's models.retrieve() reads
 
     async def infer(request: Request) -> Response:
         name, endpoint_name = request.path_params["model"], request.path_params["endpoint"]
@@ -189,7 +214,7 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
             raise Problem(404, "unknown_endpoint", f"Model '{name}' ({served.task}) has no '{endpoint_name}' endpoint; "
                                                    f"it serves: {', '.join(served.endpoints)}.")
         limits = state.limits
-        body = await read_body(request, limits)
+        body = await read_body(request, limits, started)
         inputs, job = await _prepare(request, body, served, endpoint, state, started)
         result, timing = await submit(state, name, job, started, inputs.options.get("timeout_ms"))
         total = (time.perf_counter() - started) * 1000

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from vlmedge.serve.config import BatchConfig
-from vlmedge.serve.problems import Problem, retry_after, shutting_down
+from vlmedge.serve.problems import Problem, queue_full, retry_after, shutting_down
 
 log = logging.getLogger("vlmedge.serve")
 
@@ -118,10 +118,7 @@ class DynamicBatcher:
         if len(self._pending) >= self.config.max_queue:
             if self._metrics is not None:
                 self._metrics.rejected.labels(self.name).inc()
-            raise Problem(503, "queue_full",
-                          f"Model '{self.name}' has {len(self._pending)} requests waiting, its limit "
-                          f"(--max-queue {self.config.max_queue}); retry after the Retry-After seconds.",
-                          retry_after(self.retry_after_s()))
+            raise queue_full(self.name, len(self._pending), self.config.max_queue, self.retry_after_s())
         loop = asyncio.get_running_loop()
         now = loop.time()
         job = _Job(key, max(1, inputs), payload, loop.create_future(), now, now + timeout_s)

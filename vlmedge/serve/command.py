@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from typing import Any, Optional
 
 import typer
 
 from vlmedge import choices
-from vlmedge.errors import BackendUnavailableError
+from vlmedge.errors import BackendUnavailableError, first_line
 from vlmedge.serve.config import BatchConfig, Limits
+from vlmedge.signals import sigterm_as_interrupt
+
+RAY_APP = "vlmedge"  # the Ray Serve application's name
 
 
 def _require_extra() -> None:
@@ -72,10 +76,12 @@ def serve(
     choices.choose("--engine", engine, ("local", "ray"), many=False)
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
-                    max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s)
+                    max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s,
+                    body_timeout_s=timeout_s)  # the upload counts against --timeout-s alone
     session = {"threads": threads} if threads else {}  # else the backend's own default
     if engine == "ray":
-        return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas, session)
+        return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas, session,
+                             shutdown_grace_s)
     import uvicorn
 
     from vlmedge.serve.app import create_app, load_models
@@ -95,8 +101,10 @@ def serve(
 
 
 def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, precision: Optional[str], device: str,
-                  batch: BatchConfig, limits: Limits, replicas: int, session: dict[str, Any]) -> None:
-    """The same routes as a Ray Serve application; blocks until interrupted."""
+                  batch: BatchConfig, limits: Limits, replicas: int, session: dict[str, Any],
+                  shutdown_grace_s: float) -> None:
+    """The same routes as a Ray Serve application; blocks until Ctrl-C or SIGTERM, then
+    shuts down as the local server does (the ingress drains: `_stop_on_ray`)."""
     import os
 
     try:
@@ -114,9 +122,38 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
 
     init(address=os.environ.get("RAY_ADDRESS") or None, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
-               f"(page: {url}/  docs: {url}/docs)")
-    serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
-                    batch=batch, limits=limits, session_options=session), name="vlmedge", route_prefix="/",
-              blocking=True)
+    with sigterm_as_interrupt():  # from the start: the proxy answers before serve.run returns
+        try:
+            serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
+                            batch=batch, limits=limits, session_options=session), name=RAY_APP, route_prefix="/")
+            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+            typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
+                       f"(page: {url}/  docs: {url}/docs)")
+            while True:
+                time.sleep(3600)
+        finally:  # Ctrl-C, SIGTERM or a failed start: Ray's own exit would drop every request in flight
+            _stop_on_ray(serve, shutdown_grace_s)
+
+
+def _stop_on_ray(serve: Any, grace_s: float) -> None:
+    """The ingress drains (if it runs), then Ray Serve and a local Ray instance stop."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        try:
+            handle = serve.get_app_handle(RAY_APP)
+        except RayServeException:  # never deployed: nothing in flight
+            return
+        typer.echo(f"shutting down: requests in flight have {grace_s:g} s to finish", err=True)
+        try:
+            cut = handle.drain.remote(grace_s).result(timeout_s=grace_s + 30)
+        except Exception as exc:  # noqa: BLE001 - an ingress that failed to start: nothing was in flight
+            typer.echo(f"the ingress could not drain ({first_line(exc)})", err=True)
+            return
+        if cut:
+            typer.echo(f"{cut} request(s) still running after {grace_s:g} s were answered 503", err=True)
+    finally:
+        import ray
+
+        serve.shutdown()
+        ray.shutdown()  # stops a local instance; only disconnects from a cluster

@@ -37,7 +37,7 @@ class Limits:
     max_labels: int = 256
     max_templates: int = 16
     max_top_k: int = 1000
-    body_timeout_s: float = 30.0      # to receive the whole body
+    body_timeout_s: float = 30.0      # to receive the whole body (at most request_timeout_s)
     request_timeout_s: float = 60.0   # from arrival to answer; a request may ask for less
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ timeouts whichever protocol it came in by."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import zlib
@@ -16,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from vlmedge.errors import VlmedgeError
 from vlmedge.serve.config import Limits
-from vlmedge.serve.problems import Problem, from_vlmedge_error, shutting_down
+from vlmedge.serve.problems import Problem, from_vlmedge_error, queue_full, shutting_down
 
 log = logging.getLogger("vlmedge.serve")
 
@@ -31,36 +32,45 @@ def error_response(problem: Problem) -> JSONResponse:
 # Content-Encoding -> zlib's wbits: 47 reads a gzip or a zlib header alike (HTTP's "deflate"
 # is zlib; Triton's and KServe's clients compress requests with either when asked to)
 ENCODINGS = {"gzip": 47, "deflate": 47, "x-gzip": 47}
+GZIP_MAGIC = b"\x1f\x8b"
 
 
-async def read_body(request: Request, limits: Limits) -> bytes:
+async def read_body(request: Request, limits: Limits, started: float) -> bytes:
     """The whole body, refusing more than max_body_bytes (declared, sent or decompressed) and
-    slow senders; a gzip or deflate body (Content-Encoding) comes back decompressed."""
+    senders slower than body_timeout_s or the request's time limit (from `started`, its
+    arrival); a gzip or deflate body (Content-Encoding) comes back decompressed."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "", *ENCODINGS):
         raise Problem(415, "unsupported_encoding", f"Content-Encoding {encoding} is not supported; send the body "
                                                    f"uncompressed, or compressed with {' or '.join(ENCODINGS)}.")
-    body = await _read_raw(request, limits)
+    body = await _read_raw(request, limits, started)
     return body if encoding in ("identity", "") else await off_loop(len(body), _decompress, body, encoding, limits)
 
 
 def _decompress(body: bytes, encoding: str, limits: Limits) -> bytes:
     """The body decompressed, never more than max_body_bytes of it (a small bomb stays small)."""
-    unpacker = zlib.decompressobj(ENCODINGS[encoding])
-    try:
-        out = unpacker.decompress(body, limits.max_body_bytes + 1)
-    except zlib.error as exc:
-        raise Problem(400, "bad_request", f"The body is not valid {encoding} data ({exc}).") from None
-    if len(out) > limits.max_body_bytes:
-        raise Problem(413, "body_too_large", f"The request body decompresses to more than the limit of "
-                                             f"{limits.max_body_bytes:,} bytes; send fewer or smaller files.")
-    if not unpacker.eof:
-        raise Problem(400, "bad_request", f"The {encoding} body ends before its compressed data does; the body was "
-                                          "cut short.")
-    return out
+    out, rest = b"", body
+    while True:  # a gzip body may be several members, one after another (RFC 1952)
+        unpacker = zlib.decompressobj(ENCODINGS[encoding])
+        try:
+            out += unpacker.decompress(rest, limits.max_body_bytes + 1 - len(out))
+        except zlib.error as exc:
+            raise Problem(400, "bad_request", f"The body is not valid {encoding} data ({exc}).") from None
+        if len(out) > limits.max_body_bytes or unpacker.unconsumed_tail:
+            raise Problem(413, "body_too_large", f"The request body decompresses to more than the limit of "
+                                                 f"{limits.max_body_bytes:,} bytes; send fewer or smaller files.")
+        if not unpacker.eof:
+            raise Problem(400, "bad_request", f"The {encoding} body ends before its compressed data does; the body "
+                                              "was cut short.")
+        rest = unpacker.unused_data
+        if not rest:
+            return out
+        if not rest.startswith(GZIP_MAGIC):
+            raise Problem(400, "bad_request", f"The {encoding} body has {len(rest)} bytes after its compressed data; "
+                                              "send the compressed data alone.")
 
 
-async def _read_raw(request: Request, limits: Limits) -> bytes:
+async def _read_raw(request: Request, limits: Limits, started: float) -> bytes:
     declared = request.headers.get("content-length")
     too_big = Problem(413, "body_too_large", f"The request body is larger than the limit of "
                                              f"{limits.max_body_bytes:,} bytes; send fewer or smaller files.")
@@ -80,10 +90,12 @@ async def _read_raw(request: Request, limits: Limits) -> bytes:
                 raise too_big
             chunks.append(chunk)
 
+    limit = min(limits.body_timeout_s, limits.request_timeout_s)  # from the request's arrival
     try:
-        await asyncio.wait_for(read(), limits.body_timeout_s)
+        await asyncio.wait_for(read(), max(0.0, limit - (time.perf_counter() - started)))
     except (asyncio.TimeoutError, TimeoutError):
-        raise Problem(408, "body_timeout", f"The request body did not arrive within {limits.body_timeout_s:g} s.") from None
+        raise Problem(408, "body_timeout", f"The request body did not arrive within {limit:g} s of the request; "
+                                           "send it faster, or smaller.") from None
     except ClientDisconnect:
         raise Problem(400, "client_disconnected", "The client went away while sending the body.") from None
     return b"".join(chunks)
@@ -118,16 +130,43 @@ def _out_of_time(timeout: float) -> Problem:
                                    "or shorter inputs, or allow a longer timeout_ms.")
 
 
-async def prepare_in_time(state: Any, started: float, timeout_ms: int | None, fn: Any, *args: Any) -> Any:
-    """Runs fn, a request's decoding and preprocessing, in a request thread of its own (so
-    requests are prepared in parallel with each other and with the running batch), and
-    answers 408 once the request's time is up: the thread, which cannot be stopped, then
-    finishes unobserved and its result is dropped."""
+async def prepare_in_time(state: Any, name: str, started: float, timeout_ms: int | None, fn: Any, *args: Any) -> Any:
+    """Runs fn, a request's decoding and preprocessing for model `name`, in a request thread of
+    its own (so requests are prepared in parallel with each other and with the running batch),
+    and answers 408 once the request's time is up: the thread, which cannot be stopped, then
+    finishes unobserved and its result is dropped.
+
+    A request being prepared waits for the model as a queued one does: past --max-queue of
+    both it is refused at once (503), and at most one request per core is prepared at a time,
+    a thread cut off by its 408 keeping its slot until it ends. Else an overload decodes every
+    request at once, each too slowly to make its time (all 408), and the CPU keeps working on
+    answers already given."""
     timeout = remaining_s(state, started, timeout_ms)
+    batcher = state.batchers[name]
+    waiting = batcher.depth + state.preparing[name]
+    if waiting >= state.batch.max_queue:
+        state.metrics.rejected.labels(name).inc()
+        raise queue_full(name, waiting, state.batch.max_queue, batcher.retry_after_s())
+
+    async def prepare() -> Any:
+        await state.prepare_slots.acquire()
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(fn, *args))
+        work.add_done_callback(functools.partial(_release, state.prepare_slots))
+        return await asyncio.shield(work)
+
+    state.preparing[name] += 1
     try:
-        return await asyncio.wait_for(anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True), timeout)
+        return await asyncio.wait_for(prepare(), timeout)
     except (asyncio.TimeoutError, TimeoutError):
         raise _out_of_time(_limit_s(state, timeout_ms)) from None
+    finally:
+        state.preparing[name] -= 1
+
+
+def _release(slots: asyncio.Semaphore, work: asyncio.Future) -> None:
+    slots.release()
+    if not work.cancelled():
+        work.exception()  # retrieved: the error of a request already answered 408 is nobody's
 
 
 async def submit(state: Any, name: str, job: Any, started: float, timeout_ms: int | None = None) -> tuple[Any, Any]:
@@ -144,7 +183,11 @@ async def instrumented(state: Any, name: str | Callable[[], str], endpoint: str,
     started = time.perf_counter()
     state.metrics.in_flight.inc()
     code = None
+    task = asyncio.current_task()
+    state.answering.add(task)  # what a drain waits for, then cancels
     try:
+        if state.draining:
+            raise shutting_down()
         response = await work(started)
     except Problem as problem:
         response, code = render(problem), problem.code
@@ -160,6 +203,7 @@ async def instrumented(state: Any, name: str | Callable[[], str], endpoint: str,
         code = "internal_error"
     finally:
         state.metrics.in_flight.dec()
+        state.answering.discard(task)
     model = name() if callable(name) else name
     known = model in state.models if known is None else known
     labels = (model, endpoint) if known else ("-", "-")

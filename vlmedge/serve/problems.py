@@ -34,5 +34,11 @@ def shutting_down() -> Problem:
     return Problem(503, "shutting_down", "The server is shutting down; retry elsewhere.", retry_after(1))
 
 
+def queue_full(name: str, waiting: int, limit: int, retry_s: float) -> Problem:
+    """The answer to a request beyond a model's --max-queue."""
+    return Problem(503, "queue_full", f"Model '{name}' has {waiting} requests waiting, its limit (--max-queue {limit}); "
+                                      "retry after the Retry-After seconds.", retry_after(retry_s))
+
+
 def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, int(seconds + 0.999)))}

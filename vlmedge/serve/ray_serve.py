@@ -99,6 +99,9 @@ class RemoteBatcher:
     def start(self) -> None:
         pass
 
+    def retry_after_s(self) -> float:
+        return 1.0  # the replicas' queues are Ray Serve's
+
     async def stop(self) -> None:
         pass
 
@@ -155,6 +158,11 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Any:
         return self._app
+
+    async def drain(self, grace_s: float) -> int:
+        """The server's shutdown (SIGTERM): 503 to new requests, grace_s for those in flight
+        (the model replicas still running), then 503 to the rest; how many were cut short."""
+        return await self._app.state.vlmedge.drain(grace_s)
 
 
 def _check_cluster_cpus(need: float, what: str) -> None:

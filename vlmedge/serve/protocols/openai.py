@@ -109,12 +109,17 @@ def _named_by_input(exc: Problem | VlmedgeError, groups: dict[str, list[int]]) -
     return Problem(problem.status, problem.code, message, problem.headers)
 
 
+def model_object(name: str) -> dict[str, Any]:
+    """A served model as OpenAI's Model object (what models.list() and models.retrieve() read)."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "vlmedge"}
+
+
 def routes(state: Any) -> list[Route]:
     async def embeddings(request: Request) -> Response:
         chosen = {"model": "-"}  # for the metrics, once the body names it
 
         async def work(started: float) -> Response:
-            body = await read_body(request, state.limits)
+            body = await read_body(request, state.limits, started)
             served, data, items = await off_loop(len(body), parse, body, state.models)
             chosen["model"] = served.name
             endpoint = served.endpoints["embed"]
@@ -123,7 +128,7 @@ def routes(state: Any) -> list[Route]:
             kinds = [kind for kind, rows in groups.items() if rows]
             try:
                 check_limits(all_inputs, state.limits)
-                jobs = [await prepare_in_time(state, started, None, served.prepare, endpoint,
+                jobs = [await prepare_in_time(state, served.name, started, None, served.prepare, endpoint,
                                               Inputs(**{k: getattr(all_inputs, k)}), state.limits) for k in kinds]
             except (Problem, VlmedgeError) as exc:
                 raise _named_by_input(exc, groups) from None

@@ -137,10 +137,14 @@ def _embedding(result: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def _parameter_list(name: str, value: Any) -> list[str]:
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise bad(f"The parameter '{name}' must be a list of strings or one comma-separated string.")
+        values = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        values = list(value)
+    else:
+        raise bad(f"The parameter '{name}' must be a list of strings or one comma-separated string.")
+    if not values:  # else a zero-shot request would quietly become an embedding one
+        raise bad(f"The parameter '{name}' holds no {name}; give at least one, or leave it out.")
+    return values
 
 
 def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) -> Call:
@@ -157,8 +161,9 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
             sets = metadata(served)["parameters"]["input_sets"]
             raise bad(f"Model '{served.name}' takes the inputs {' or '.join('{' + ', '.join(s) + '}' for s in sets.values())}"
                       f", not {{{', '.join(sorted(names))}}}.")
+        params.pop("timeout_ms", None)  # request_timeout_ms read it
         if params:
-            raise bad(f"A request to the '{graph}' graph takes no parameters, not {', '.join(params)}.")
+            raise bad(f"A request to the '{graph}' graph takes no parameters but timeout_ms, not {', '.join(params)}.")
         job = graphs.graph_job(served.pipeline, graph, {t.name: t.data for t in tensors})  # checks the shapes first
         if job.inputs > limits.max_inputs:
             raise bad(f"The request has {job.inputs} rows; the limit is {limits.max_inputs} per request.")
@@ -168,6 +173,8 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
         if tensor.datatype != "BYTES":
             raise bad(f"Input '{tensor.name}' must be BYTES ({'encoded files' if tensor.name in FILES else 'UTF-8 text'})"
                       f", not {tensor.datatype}.")
+        if tensor.name in ("labels", "templates") and not tensor.data.size:
+            raise bad(f"Input '{tensor.name}' holds no {tensor.name}; give at least one, or leave it out.")
         setattr(inputs, FIELDS[tensor.name], _files(tensor) if tensor.name in FILES else _texts(tensor))
     for name in ("labels", "templates"):
         if name in params and name in task_names:
@@ -177,7 +184,9 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
     given = {f for f in FIELDS.values() if getattr(inputs, f)}
     endpoint = next((e for e in served.endpoints.values() if given <= set(e.inputs)), None)
     if endpoint is None:
-        raise bad(f"Model '{served.name}' cannot take {', '.join(sorted(names))} in one request.")
+        takes = " or ".join("{" + ", ".join(map(_field_of, e.inputs)) + "}" for e in served.endpoints.values())
+        raise bad(f"Model '{served.name}' cannot take {' and '.join(sorted(map(_field_of, given)))} in one request; "
+                  f"it takes {takes}.")
     allowed = [o for o in endpoint.options + ("timeout_ms",) if o not in NOT_OFFERED]
     for name, value in params.items():
         if name not in allowed:
@@ -228,11 +237,12 @@ def routes(state: Any) -> list[Route]:
 
         async def work(started: float) -> Response:
             served = find(request)
-            body = await read_body(request, state.limits)
+            body = await read_body(request, state.limits, started)
             head, tensors = await off_loop(len(body), parse_request, body,
                                            request.headers.get("inference-header-content-length"))
             timeout_ms = request_timeout_ms(head)
-            call = await prepare_in_time(state, started, timeout_ms, plan, served, head, tensors, state.limits)
+            call = await prepare_in_time(state, name, started, timeout_ms, plan, served, head, tensors,
+                                         state.limits)
             result, _ = await submit(state, name, call.job, started, timeout_ms)
             outputs = call.outputs(result)
             wanted = requested_outputs(head, list(outputs))

@@ -24,6 +24,8 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
+# More elements than a request body of any allowed size holds (each takes at least a byte).
+MAX_ELEMENTS = 1 << 40
 
 
 def datatype_of(dtype: Any) -> str:
@@ -153,6 +155,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         if (not isinstance(shape, list) or len(shape) > 8
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise bad(f"Input '{name}' needs a 'shape': a list of non-negative integers.")
+        if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy cannot even make an empty array that wide
+            raise bad(f"Input '{name}' has shape {shape}, more elements than any request can hold.")
         params = spec.get("parameters", {})
         if not isinstance(params, dict):
             raise bad(f"Input '{name}': 'parameters' must be a JSON object.")
@@ -196,6 +200,12 @@ def requested_outputs(head: dict[str, Any], available: list[str]) -> list[tuple[
         params = spec.get("parameters", {})
         if not isinstance(params, dict):
             raise bad(f"outputs[{i}]: 'parameters' must be a JSON object.")
+        unknown = [key for key in params if key != "binary_data"]
+        if unknown:
+            extension = (" (Triton's classification extension: a classifier's labels, scores and indices outputs carry "
+                         "its top classes; set the top_k parameter)" if "class_count" in unknown else "")
+            raise bad(f"outputs[{i}] has the parameter '{unknown[0]}', which this server does not implement{extension}; "
+                      "an output takes binary_data only.")
         binary = params.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise bad(f"outputs[{i}]: binary_data must be true or false.")
@@ -228,9 +238,12 @@ def encode_response(head: dict[str, Any], outputs: dict[str, np.ndarray],
             entry["data"] = [item if isinstance(item, str) else bytes(item).decode("utf-8", "replace")
                              for item in array.reshape(-1)]
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():  # JSON has no NaN or infinity
+                raise bad(f"Output '{name}' holds NaN or infinite values, which JSON cannot carry; ask for it as "
+                          "binary data (binary_data: true), or check the input values that made them.")
             entry["data"] = array.reshape(-1).tolist()
         described.append(entry)
-    header = json.dumps({**head, "outputs": described}, separators=(",", ":")).encode("utf-8")
+    header = json.dumps({**head, "outputs": described}, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if not blobs:
         return header, {}, "application/json"
     return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}, "application/octet-stream"
