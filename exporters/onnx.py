@@ -43,7 +43,8 @@ def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> lis
     large = parameter_bytes(graph.module) > _PROTOBUF_LIMIT
     graph.module.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _captured_output() as printed, _col2im_symbolic(opset):
+        with torch.no_grad(), warnings.catch_warnings(), _captured_output() as printed, _col2im_symbolic(opset), \
+                _whole_map_pools(graph.module, args):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph.module, args, str(path),
@@ -131,6 +132,41 @@ def _captured_output() -> Iterator[_Captured]:
                 os.close(fd)
             sink.seek(0)
             captured.text = sink.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def _whole_map_pools(module: torch.nn.Module, args: tuple) -> Iterator[None]:
+    """Within it, each AvgPool2d whose unpadded window covers its whole input (EfficientNet's
+    and ALIGN's pooler: AvgPool2d(hidden_dim, ceil_mode=True) over a smaller map) is the
+    AdaptiveAvgPool2d(1) it computes, the mean of every value, which exports as
+    GlobalAveragePool: OpenVINO's ONNX frontend cannot convert a window larger than its input."""
+    pools = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+             if isinstance(child, torch.nn.AvgPool2d)]
+    seen: dict[int, tuple] = {}
+
+    def note(pool: torch.nn.Module, given: tuple, made: torch.Tensor) -> None:  # None: the output stays
+        seen[id(pool)] = (tuple(given[0].shape[-2:]), tuple(made.shape[-2:]))
+
+    hooks = [child.register_forward_hook(note) for _, _, child in pools]
+    try:
+        if pools:
+            module(*args)  # the sizes of the maps they pool, at the export's image size
+    finally:
+        for hook in hooks:
+            hook.remove()
+    swapped = []
+    for parent, name, pool in pools:
+        given, made = seen.get(id(pool), ((), ()))
+        kernel, padding = torch.nn.modules.utils._pair(pool.kernel_size), torch.nn.modules.utils._pair(pool.padding)
+        if (made == (1, 1) and given and all(k >= d for k, d in zip(kernel, given)) and padding == (0, 0)
+                and pool.divisor_override is None):
+            setattr(parent, name, torch.nn.AdaptiveAvgPool2d(1))
+            swapped.append((parent, name, pool))
+    try:
+        yield
+    finally:
+        for parent, name, pool in swapped:
+            setattr(parent, name, pool)
 
 
 def _remove_side_files(path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmedge.errors import ModelNotFoundError
+from vlmedge.errors import ExportError, ModelNotFoundError
 
 if TYPE_CHECKING:  # annotations only: reading the built-in list (vlmedge formats) needs no torch
     import torch
@@ -58,3 +58,26 @@ def read_labels(labels: Any) -> Any:
     if not file.is_file():
         raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
     return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+MAX_IMAGE_SIDE = 4096  # 85,000 patches of 14 pixels: beyond, tracing would run out of memory, not fail clearly
+
+
+def parse_image_size(image_size: Any, name: str = "image_size", error: type[Exception] = ExportError
+                     ) -> tuple[int, int] | None:
+    """None, an int, "448", "448x336" (height x width) or (height, width) -> (height, width);
+    `error` (the CLI's UsageError for --image-size) naming `name` otherwise."""
+    if image_size is None:
+        return None
+    value = image_size
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        digits = len(parts) in (1, 2) and all(part.strip().isdigit() for part in parts)
+        value = [int(part) for part in (parts * 2)[:2]] if digits else None  # "448" is 448 x 448
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE for v in value)):
+        return int(value[0]), int(value[1])
+    raise error(f"{name} must be an int or (height, width) from 1 to {MAX_IMAGE_SIDE}, e.g. 448 or 448x336, "
+                f"not {image_size!r}.")

@@ -131,3 +131,22 @@ def test_id2label_with_a_gap_is_refused_naming_the_missing_ids(tmp_path):
     with pytest.raises(UnsupportedModelError, match=r"no label for id\(s\) 1 of its 3 labels .*fix id2label in "
                                                     r"config.json to name every id from 0 to 2"):
         vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
+
+
+def test_weights_that_do_not_fit_the_config_are_named_in_one_sentence(tmp_path):
+    """id2label edited to 2 labels over a 3-output head: transformers' error only pointed at a
+    report table it had printed."""
+    import json
+
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    tiny_vit(tmp_path / "hf", id2label={0: "a", 1: "b", 2: "c"})
+    config_file = tmp_path / "hf" / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(id2label={"0": "a", "1": "b"}, label2id={"a": 0, "b": 1})
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=r"classifier.weight is \[3, \d+\] in the weights but \[2, \d+\] by "
+                                                    r"config.json.*id2label names 2 labels") as caught:
+        vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
+    assert "\n" not in str(caught.value) and "report" not in str(caught.value)

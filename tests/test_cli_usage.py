@@ -63,6 +63,8 @@ def test_shell_completion_script():
     (["export", "builtin:shapes-vit", "-o", "OUT", "--precision", "fp32,fp33"], "fp32, fp16, bf16, int8"),
     (["export", "builtin:shapes-vit", "-o", "OUT", "--task", "detection"], "image-classification"),
     (["export", "builtin:shapes-vit", "-o", "OUT", "--precision", "bf16"], "add --to openvino"),  # onnx alone
+    (["export", "builtin:shapes-vit", "-o", "OUT", "--image-size", "0"], "from 1 to 4096"),  # was exit 1, late
+    (["export", "builtin:shapes-vit", "-o", "OUT", "--image-size", "99999"], "from 1 to 4096"),
     (["predict", "ART", SAMPLE, "--backend", "onnx"], "auto, onnxruntime, openvino, tensorrt"),
     (["predict", "ART", SAMPLE, "--precision", "int4"], "fp32, fp16, bf16, int8"),
     (["bench", "ART", "--precision", "int4"], "fp32, fp16, bf16, int8"),

@@ -534,3 +534,28 @@ def test_builtin_shapes_clip_exports_and_classifies_shapes(tmp_path):
     predictions = clip.zero_shot([e[0] for e in examples], labels, top_k=1, text_embeddings=matrix)
     accuracy = np.mean([preds[0].label == e[1] for preds, e in zip(predictions, examples)])
     assert accuracy >= 0.6, f"shape zero-shot accuracy {accuracy:.2f} (chance {1 / len(labels):.2f})"
+
+
+def test_towers_that_embed_in_different_widths_are_refused(tmp_path):
+    """A SigLIP whose text projection (24) is not its image width (32): transformers' own forward
+    fails on it, and vlmedge exported it with parity, then failed every zero-shot call blaming
+    the user's text embeddings."""
+    import vlmedge
+    from tests.clip_models import SIGLIP_CONTEXT, tiny_siglip
+    from tests.text_fixtures import tiny_sentencepiece_tokenizer
+    from vlmedge.errors import UnsupportedModelError
+
+    tokenizer = tiny_sentencepiece_tokenizer("Siglip2Tokenizer", padding_side="right", add_eos_token=True,
+                                             model_max_length=SIGLIP_CONTEXT)
+    model, processor = tiny_siglip(
+        dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+             max_position_embeddings=SIGLIP_CONTEXT, pad_token_id=tokenizer.pad_token_id,
+             eos_token_id=tokenizer.eos_token_id, projection_size=24),
+        dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    folder = tmp_path / "siglip"
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    with pytest.raises(UnsupportedModelError, match="image tower embeds in 32 dimensions and its text tower in 24"):
+        vlmedge.export(str(folder), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -205,7 +205,7 @@ def test_encoder_exports_with_parity_or_is_refused(model_type, arch, tmp_path):
     # ShieldGemma2 has only its classifier; asked for an image embedding it must say why not.
     task = "image-embedding" if arch.endswith("ForImageClassification") else None
     try:
-        export(str(tmp_path / "hf"), tmp_path / "artifact", task=task)
+        export(str(tmp_path / "hf"), tmp_path / "artifact", task=task, to=("onnx", "openvino"))  # both promised
     except UnsupportedModelError as exc:  # one sentence naming the reason, nothing written
         RESULTS[arch] = f"refused: {exc}"
         assert arch in REFUSED, f"{arch} was refused: {exc}"
@@ -216,6 +216,8 @@ def test_encoder_exports_with_parity_or_is_refused(model_type, arch, tmp_path):
     pooling = POOLING[arch]
     encoder = vlmedge.load(tmp_path / "artifact")
     assert encoder.task == "image-embedding" and encoder.default_pooling == pooling
+    assert {e["target"] for e in encoder.model.artifact.model_entries() if e["parity"]["passed"]} == \
+        {"onnx", "openvino"}, f"{arch}: a target is missing"
     paths = sample_images()
     embeddings, grid = encoder.embed([str(p) for p in paths], patch_tokens=True)
     expected, tokens = hf_reference(model, image_processor, paths, pooling, grid)

@@ -60,9 +60,12 @@ def test_two_tower_matches_hugging_face(kind, sample_paths, tmp_path):
     torch.set_num_threads(1)
     folder = tiny_two_tower_folder(kind, tmp_path)
     size = "x".join(map(str, NAFLEX_SIZE))
-    vlmedge.export(str(folder), tmp_path / "artifact", **({"image_size": size} if kind in NAFLEX else {}))
+    vlmedge.export(str(folder), tmp_path / "artifact", to=("onnx", "openvino"),  # both targets, as promised
+                   **({"image_size": size} if kind in NAFLEX else {}))
     clip = vlmedge.load(tmp_path / "artifact")
     assert clip.task == "clip"
+    assert {(e["graph"], e["target"]) for e in clip.model.artifact.model_entries() if e["parity"]["passed"]} == \
+        {(graph, target) for graph in ("image", "text") for target in ("onnx", "openvino")}, f"{kind}: a file is missing"
 
     config = transformers.AutoConfig.from_pretrained(folder)
     arch = config.architectures[0]

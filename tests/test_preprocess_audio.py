@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from vlmedge.errors import ArtifactError, InputError, UnsupportedModelError
 from vlmedge.preprocess import audio as A
 from vlmedge.preprocess.audio import io as audio_io
+from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.audio import (
     AudioPreprocessSpec,
     fbank,
@@ -253,6 +254,16 @@ def test_clip_shorter_than_one_frame_is_refused_as_the_extractor_refuses_it():
             fbank(wave, spec)
     one_frame = SIGNALS["speech"][:400]
     assert np.abs(fbank(one_frame, spec) - _reference("small", one_frame)).max() <= GOLDEN_ATOL
+    # Wav2Vec2-BERT's Kaldi fbank too: its extractor raises or makes no frame, and vlmedge
+    # answered padded silence
+    import transformers
+
+    seamless = transformers.SeamlessM4TFeatureExtractor()
+    with pytest.raises(ValueError):
+        seamless(SIGNALS["speech"][:50], sampling_rate=SR, return_tensors="np")
+    assert seamless(SIGNALS["speech"][:399], sampling_rate=SR, return_tensors="np")["input_features"].shape[1] == 0
+    with pytest.raises(InputError, match=r"399 samples at 16000 Hz, shorter than one 25 ms frame"):
+        check_clip_length(399, AudioPreprocessSpec.from_hf(seamless.to_dict()))
     whisper = _hf_extractor("whisper", "whisper-80")
     tiny = SIGNALS["speech"][:5]
     ref = whisper(tiny, sampling_rate=SR, return_tensors="np")["input_features"][0]
@@ -326,7 +337,8 @@ def test_spec_from_hf_reads_a_preprocessor_config():
 @pytest.mark.parametrize(
     "bad",
     [[1, 2], {"num_mel_bins": "128"}, {"max_length": 0}, {"mean": float("nan")}, {"do_normalize": 1},
-     {"window": "blackman"}, {"dither": 1.0}, {"std": 0.0}, {"low_freq": 9000.0}, {"colour": "red"}],
+     {"window": "blackman"}, {"dither": 1.0}, {"std": 0.0}, {"low_freq": 9000.0}, {"colour": "red"},
+     {"sampling_rate": 100}, {"sampling_rate": 10_000_000}],
 )
 def test_spec_from_dict_rejects_bad_specs(bad):
     with pytest.raises(ArtifactError):
@@ -481,10 +493,16 @@ def test_load_audio_rejects_bad_input(tmp_path, make_input, sample_rate):
 
 
 def test_load_audio_rejects_file_with_out_of_range_rate(tmp_path):
+    """Below 1 kHz a file is refused with what to do about the file (it was told to pass its
+    "real sample rate", which it had); 6 kHz and 5.5 kHz files are legal and read."""
     path = tmp_path / "low.wav"
-    sf.write(path, np.zeros(100, np.float32), 4000)
-    with pytest.raises(InputError, match="4000 Hz"):
+    sf.write(path, np.zeros(100, np.float32), 500)
+    with pytest.raises(InputError, match="low.wav, 500 Hz, is outside the 1000..192000 Hz vlmedge reads; resample the file"):
         load_audio(path)
+    for rate in (6000, 5512):
+        sf.write(path, _sine(440, rate), rate)
+        wave, got = load_audio(path)
+        assert got == rate and abs(_dominant_hz(resample(wave, rate, SR), SR) - 440) <= 1.0
 
 
 # --- split_windows ------------------------------------------------------------------------

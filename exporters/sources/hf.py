@@ -20,7 +20,7 @@ from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelErro
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
 from vlmedge.exporters.sources.hf_naflex import NaFlex, is_naflex, naflex_setup
-from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.exporters.spec import ExportSpec, GraphSpec, parse_image_size
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -104,6 +104,8 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
     except ImportError as exc:  # a model class that needs a package this environment lacks (natten, timm ...)
         raise UnsupportedModelError(f"{arch} needs a package that is not installed: {first_line(exc)}") from None
     except (OSError, ValueError, RuntimeError, EOFError) as exc:
+        if "ignore_mismatched_sizes" in str(exc):  # transformers points at a report it printed above
+            raise _mismatch_error(cls, folder) from None
         raise UnsupportedModelError(f"Cannot load the weights in {folder}: {str(exc).strip()[:400]}") from None
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
         if type(exc).__name__ != "SafetensorError":
@@ -112,6 +114,25 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
             f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
         ) from None
     return model.eval()
+
+
+def _mismatch_error(cls: Any, folder: Path) -> UnsupportedModelError:
+    """The weights that do not fit the config, in one sentence (loaded again, quietly, to list them)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(str(folder), local_files_only=True, ignore_mismatched_sizes=True,
+                                          output_loading_info=True, weights_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    found = sorted(info["mismatched_keys"], key=lambda item: item[0])
+    listed = ", ".join(f"{key} is {list(saved)} in the weights but {list(made)} by config.json" for key, saved, made in found[:3])
+    labels = len(getattr(model.config, "id2label", None) or {})
+    hint = (f" (its id2label names {labels} labels: make id2label and num_labels match the classifier's outputs)"
+            if any(labels and list(made)[:1] == [labels] for _, _, made in found) else "")
+    return UnsupportedModelError(f"The weights in {folder} do not fit its config.json: {listed}{hint}.")
 
 
 # Classifiers whose processor turns pixels into input_ids of colour clusters: their graph
@@ -325,27 +346,6 @@ def naflex_or_processor_size(folder: Path, config: Any, arch: str, image_size: A
             "resolution."
         )
     return None
-
-
-MAX_IMAGE_SIDE = 4096  # 85,000 patches of 14 pixels: beyond, tracing would run out of memory, not fail clearly
-
-
-def parse_image_size(image_size: Any) -> tuple[int, int] | None:
-    """None, an int, "448", "448x336" (height x width) or (height, width) -> (height, width)."""
-    if image_size is None:
-        return None
-    value = image_size
-    if isinstance(value, str):
-        parts = value.lower().replace(",", "x").split("x")
-        digits = len(parts) in (1, 2) and all(part.strip().isdigit() for part in parts)
-        value = [int(part) for part in (parts * 2)[:2]] if digits else None  # "448" is 448 x 448
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE for v in value)):
-        return int(value[0]), int(value[1])
-    raise ExportError(f"image_size must be an int or (height, width) from 1 to {MAX_IMAGE_SIDE}, e.g. 448 or 448x336, "
-                      f"not {image_size!r}.")
 
 
 def image_preprocess(folder: Path) -> ImagePreprocessSpec:

@@ -349,6 +349,10 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
     example_text = tokenizer.encode(["a photo of a cat", "a diagram"])
     with torch.no_grad():
         dim = int(image(torch.zeros(1, 3, height, width)).shape[-1])
+        text_dim = int(text(*(torch.from_numpy(example_text[name]) for name in text_inputs)).shape[-1])
+    if text_dim != dim:  # zero-shot scores image against text embeddings; transformers' own forward fails too
+        raise UnsupportedModelError(f"{folder}: its image tower embeds in {dim} dimensions and its text tower in "
+                                    f"{text_dim}, so they cannot be compared; fix the towers' projection sizes.")
     image_graph = GraphSpec(
         name="image",
         module=image,

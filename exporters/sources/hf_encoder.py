@@ -34,10 +34,10 @@ import torch
 
 from vlmedge.errors import ExportError, UnsupportedModelError, exception_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import (freeze_position_embeddings, image_preprocess, load_model,
-                                          parse_image_size, processor_config, source_info)
+from vlmedge.exporters.sources.hf import (freeze_position_embeddings, image_preprocess, load_model, processor_config,
+                                          source_info)
 from vlmedge.exporters.sources.hf_naflex import naflex_setup
-from vlmedge.exporters.spec import ExportSpec, GraphSpec
+from vlmedge.exporters.spec import ExportSpec, GraphSpec, parse_image_size
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
 POOLINGS = ("cls", "mean", "cls+mean", "pooled")

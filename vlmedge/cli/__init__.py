@@ -147,8 +147,8 @@ def export(
     precisions = choices.choose("--precision", precision, choices.precision_names())
     if task is not None:
         choices.choose("--task", task, choices.task_names(), many=False)
-    if image_size is not None and not re.fullmatch(r"\d+(x\d+)?", image_size):
-        raise UsageError(f"--image-size takes 448 or 448x336 (height x width), not {image_size!r}.")
+    from vlmedge.exporters.spec import parse_image_size  # torch-free: a usage error before anything loads
+    parse_image_size(image_size, "--image-size", UsageError)
     for flag, path in (("--calibration", calibration), ("--eval", evaluation)):
         if path is not None and not path.exists():
             raise UsageError(f"{flag} {path} does not exist; give a folder of files (or a .txt of captions).")

@@ -116,6 +116,10 @@ class Clip:
 
         self._image = model.sessions["image"]
         self._text = model.sessions["text"]
+        widths = [session.outputs[0].shape[-1] for session in (self._image, self._text)]
+        if all(isinstance(w, int) for w in widths) and widths[0] != widths[1]:  # else every zero-shot call fails
+            raise ArtifactError(f"{where} embeds images in {widths[0]} dimensions and text in {widths[1]}, which "
+                                "cannot be compared; re-export it from a model whose towers embed alike.")
         self._image_input = self._image.inputs[0].name
         self._text_inputs = [i.name for i in self._text.inputs]
         graphs = manifest["graphs"]

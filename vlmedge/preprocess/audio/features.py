@@ -78,10 +78,10 @@ def _log_mel(wave: np.ndarray, spec: AudioPreprocessSpec) -> np.ndarray:
 
 
 def check_clip_length(samples: int, spec: AudioPreprocessSpec) -> None:
-    """InputError for a clip (at the model's rate) too short for the front end: Kaldi fbank
-    frames the clip as it is and makes no frame of fewer samples than one, as its extractor
-    refuses them; the other front ends pad a short clip."""
-    if spec.front_end == "kaldi-fbank" and samples < spec.frame_length:
+    """InputError for a clip (at the model's rate) too short for the front end: the Kaldi
+    fbanks (AST's, Wav2Vec2-BERT's) make no frame of fewer samples than one, as their
+    extractors refuse them; the other front ends pad a short clip."""
+    if spec.front_end in ("kaldi-fbank", "seamless-fbank") and samples < spec.frame_length:
         raise _shorter_than_a_frame(samples, spec)
 
 

@@ -21,23 +21,24 @@ except ImportError:  # pragma: no cover - soxr is a core dependency; scipy is th
 
 # File suffixes of the audio containers soundfile (libsndfile) decodes.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
-MIN_SAMPLE_RATE = 8_000
+# Rates vlmedge reads: telephony's 8 kHz and below (6 kHz, 5.5 kHz) to studio's 192 kHz. Below
+# 1 kHz a rate is a mistake (kHz for Hz) that would resample a clip into a huge one.
+MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 192_000
 # More channels than this is almost certainly a batch of clips passed as one 2-D array.
 MAX_CHANNELS = 64
 
 
-def check_rate(rate, what: str = "sample rate") -> int:
-    """Returns ``rate`` as an int, or raises InputError if it is not a plausible audio rate."""
+def check_rate(rate, what: str = "sample rate", advice: str = "pass the clip's real sample rate") -> int:
+    """Returns ``rate`` as an int, or raises InputError, ending with `advice`, if it is not a
+    plausible audio rate."""
     if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
         rate = int(rate)
     if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool):
         raise InputError(f"The {what} {rate!r} is not an integer number of Hz; pass e.g. 16000.")
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise InputError(
-            f"The {what} {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz; "
-            "pass the clip's real sample rate."
-        )
+        raise InputError(f"The {what}, {rate} Hz, is outside the {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz vlmedge "
+                         f"reads; {advice}.")
     return int(rate)
 
 
@@ -102,7 +103,7 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
 
     Raises:
         InputError: The input is missing, empty, corrupt, non-finite, of the wrong shape
-            or dtype, or its sample rate is outside 8..192 kHz.
+            or dtype, or its sample rate is outside 1..192 kHz.
     """
     if isinstance(audio, (str, os.PathLike)):
         path = Path(audio)
@@ -110,12 +111,12 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
         if path.stat().st_size == 0:
             raise InputError(f"Audio file {path} is empty (0 bytes); pass a complete audio file.")
         data, sr = _decode(str(path), f"audio file {path}")
-        return _to_mono(data, channel_axis=1), check_rate(sr, f"sample rate of {path}")
+        return _to_mono(data, channel_axis=1), check_rate(sr, f"sample rate of {path}", "resample the file")
     if isinstance(audio, (bytes, bytearray, memoryview)):
         if len(audio) == 0:
             raise InputError("The audio bytes are empty; pass the full contents of an audio file.")
         data, sr = _decode(io.BytesIO(bytes(audio)), "the audio bytes")
-        return _to_mono(data, channel_axis=1), check_rate(sr, "sample rate in the audio bytes")
+        return _to_mono(data, channel_axis=1), check_rate(sr, "sample rate in the audio bytes", "resample the file")
     if not isinstance(audio, np.ndarray):
         raise InputError(f"Cannot read audio from a {type(audio).__name__}; pass a path, bytes or a numpy array.")
     if sample_rate is None:

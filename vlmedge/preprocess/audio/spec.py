@@ -10,6 +10,7 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, UnsupportedModelError
 from vlmedge.preprocess import spec_from_dict
+from vlmedge.preprocess.audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 # The model input each front end makes, per window: (frames, mels), (samples,), (mels, frames),
 # (frames / stack_frames, mels * stack_frames).
@@ -88,7 +89,8 @@ class AudioPreprocessSpec:
             object.__setattr__(self, f.name, _field_value(f.name, f.type, getattr(self, f.name)))
         checks = [
             (self.front_end in FRONT_ENDS, f"front_end must be one of {', '.join(FRONT_ENDS)}"),
-            (self.sampling_rate > 0, "sampling_rate must be positive"),
+            (MIN_SAMPLE_RATE <= self.sampling_rate <= MAX_SAMPLE_RATE,
+             f"sampling_rate must be from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz, not {self.sampling_rate}"),
             (self.num_mel_bins >= 1 and self.max_length >= 1, "num_mel_bins and max_length must be at least 1"),
             (self.std > 0 and self.mel_floor > 0, "std and mel_floor must be positive"),
             (self.frame_length >= 2 and self.frame_shift >= 1, "frames must span 2 samples and shift by 1"),
