@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from vlmedge.errors import ExportError, InputError
+from vlmedge.errors import ExportError, InputError, UsageError
 from vlmedge.exporters.samples import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import feed_batches
@@ -214,15 +214,15 @@ def evaluation_sets(path: str | Path, spec: ExportSpec, size: int | None = None,
     """{graph: EvalSet} from a folder with one sub-folder of files per class label.
 
     Only graphs with a logits output over the model's labels are evaluated (classifiers);
-    for other tasks it says so and returns nothing.
+    for other tasks --eval is refused, so that it is never silently ignored.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ExportError(f"--eval needs a folder with one sub-folder per class label; {path} is not a folder.")
     graphs = [g for g in spec.graphs if spec.labels and any(kind == "logits" for kind in g.compare.values())]
     if not graphs:
-        say(f"--eval: accuracy is measured for classifiers only; a {spec.task} artifact gets none")
-        return {}
+        raise UsageError(f"--eval measures the accuracy of classifiers, by class folder; a {spec.task} artifact has "
+                         "none to measure, so leave --eval out (its int8 files are gated on parity alone).")
     index = {_label_key(label): i for i, label in enumerate(spec.labels)}
     folders = sorted(p for p in path.iterdir() if p.is_dir())
     unknown = [p.name for p in folders if _label_key(p.name) not in index]

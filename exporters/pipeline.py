@@ -30,7 +30,8 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import ExportError, InputError, ParityError, UsageError, VlmedgeError, exception_line
+from vlmedge.errors import (ExportError, InputError, ParityError, UnsupportedModelError, UsageError, VlmedgeError,
+                            exception_line)
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
@@ -314,6 +315,12 @@ def run_reference(graph: GraphSpec, feeds: dict[str, np.ndarray], evaluation: An
     source's accuracy and predictions on it, which the variants are judged against."""
     say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
     references = reference_outputs(graph, feeds)
+    for name, values in references.items():  # else every file "misses" its gate, at tolerance inf
+        broken = int((~np.isfinite(values)).reshape(len(values), -1).any(axis=1).sum())
+        if broken:
+            raise UnsupportedModelError(f"The source model gives NaN or infinite {name} on {broken} of its "
+                                        f"{len(values)} parity inputs (graph '{graph.name}'); its weights or config "
+                                        "are broken, so check it with transformers before exporting it.")
     if evaluation is not None:
         source_outputs = reference_outputs(graph, evaluation.feeds)
         evaluation.source_accuracy = evaluation.accuracy(source_outputs)

@@ -89,7 +89,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     graph = context.graph
     name = Path(relpath).name
     attempts: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="vlmedge-quantize-") as work:
+    # inside the build folder, which the next export to this destination removes after a SIGKILL
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=writer.tmp) as work:
         for level in sorted({r.level for r in recipes}):
             passing = []
             candidates = [r for r in recipes if r.level == level]

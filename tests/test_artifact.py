@@ -308,6 +308,25 @@ def test_writer_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path):
     (tmp_path / "precious" / "thesis.txt").write_text("do not delete")
     with pytest.raises(ExportError, match="not a vlmedge artifact"):
         ArtifactWriter(tmp_path / "precious")
+    # another tool's manifest.json with a schema version and a file list is not an artifact either
+    (tmp_path / "precious" / "manifest.json").write_text('{"schema_version": 3, "files": [], "name": "my dataset"}')
+    with pytest.raises(ExportError, match="not a vlmedge artifact"):
+        ArtifactWriter(tmp_path / "precious")
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "do not delete"
+
+
+def test_a_destination_that_is_a_link_becomes_the_artifact_and_leaves_no_link_behind(vit_artifact, tmp_path):
+    """The swap moved the link to a temporary name that was never removed (rmtree of a link
+    fails quietly), and later exports skipped it; what the link pointed to is untouched."""
+    shutil.copytree(vit_artifact, tmp_path / "v1")
+    before = (tmp_path / "v1" / "manifest.json").read_bytes()
+    (tmp_path / "current").symlink_to("v1")
+    with ArtifactWriter(tmp_path / "current") as writer:
+        writer.path("notes.txt").write_text("hello")
+        writer.add("notes.txt", role="resource")
+        writer.commit({"task": "image-classification", "graphs": {}, "preprocess": {}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]
+    assert not (tmp_path / "current").is_symlink() and (tmp_path / "v1" / "manifest.json").read_bytes() == before
 
 
 def test_parity_failure_reports_numbers_and_writes_nothing(tmp_path):

@@ -150,3 +150,17 @@ def test_weights_that_do_not_fit_the_config_are_named_in_one_sentence(tmp_path):
                                                     r"config.json.*id2label names 2 labels") as caught:
         vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
     assert "\n" not in str(caught.value) and "report" not in str(caught.value)
+
+
+def test_a_source_model_with_non_finite_outputs_is_named(tmp_path):
+    """A NaN in the weights made every file 'miss' its gate at tolerance inf (exit 3)."""
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    model, processor = tiny_vit(tmp_path / "hf")
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(UnsupportedModelError, match=r"gives NaN or infinite logits on 11 of its 11 parity inputs"):
+        vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
+    assert not (tmp_path / "artifact").exists()

@@ -376,12 +376,12 @@ def test_image_size_is_refused_where_the_processor_fixes_the_resolution(arch, mo
     import json
 
     import vlmedge
-    from vlmedge.errors import UnsupportedModelError
+    from vlmedge.errors import UsageError
 
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [arch]}))
-    with pytest.raises(UnsupportedModelError, match=f"{what} is exported at its processor's resolution") as info:
+    with pytest.raises(UsageError, match=f"{what} is exported at its processor's resolution") as info:
         vlmedge.export(str(folder), tmp_path / "artifact", image_size="64x64")
     assert "\n" not in str(info.value) and not (tmp_path / "artifact").exists()
 

@@ -411,6 +411,35 @@ def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monke
     assert_ranked_equal(rows[:5], expected)
 
 
+def test_tables_of_other_columns_keep_every_row_and_a_result_column_is_refused(vit_artifact, images, tmp_path,
+                                                                                 monkeypatch):
+    """Two tables with other columns lost rows silently (columns of different lengths); an
+    input column the results write ('labels') was dropped; a CSV or .txt with a BOM misread."""
+    pytest.importorskip("pyarrow")
+    import shutil
+
+    from vlmedge.bulk.inputs import collect, holds_captions, read_table
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
+
+    for i, source in enumerate(sorted(images.glob("*.png"))[:5]):
+        shutil.copy(source, tmp_path / f"{i}.png")
+    (tmp_path / "a.csv").write_text("id,path\n1,0.png\n2,1.png\n")
+    (tmp_path / "b.csv").write_text("path\n2.png\n3.png\n4.png\n")
+    monkeypatch.chdir(tmp_path)
+    job = make_job(vit_artifact, "classify", top_k=2, **BACKEND)
+    for batch_size in (1, 2, 4):
+        rows = run_local(job, collect(["a.csv", "b.csv"], "image"), batch_size=batch_size).to_pylist()
+        assert [r["path"] for r in rows] == [f"{i}.png" for i in range(5)] and [r["id"] for r in rows] == [1, 2] + [None] * 3
+        assert all(r["error"] is None for r in rows)
+    (tmp_path / "truth.csv").write_text("path,labels\n0.png,cat\n")
+    with pytest.raises(InputError, match="The input has a column 'labels', which the results of classify write"):
+        run_local(job, collect(["truth.csv"], "image"), batch_size=2)
+    (tmp_path / "caps.csv").write_bytes("\ufefftext,k\na red circle,1\n".encode())
+    (tmp_path / "caps.txt").write_bytes("\ufeffa red circle\n".encode())
+    assert holds_captions(["caps.csv"]) and read_table("caps.txt", "text") == {"text": ["a red circle"]}
+
+
 def test_bad_tables_and_caption_files_are_one_sentence(tmp_path):
     """A corrupt Parquet, an empty CSV, captions that are not UTF-8: InputError naming the file."""
     from vlmedge.bulk.inputs import holds_captions, read_table
@@ -465,7 +494,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_run(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet", "file", "ro"]
 
 
-def test_cli_out_mistakes_are_usage_errors(vit_artifact, images, tmp_path):
+def test_cli_out_mistakes_are_usage_errors(vit_artifact, exported, images, tmp_path):
     """predict --out of a suffix bulk does not write is exit 2 naming .parquet (also with a
     folder input); an --out that is a folder is exit 2 before anything runs."""
     image = sorted(images.glob("*.png"))[0]
@@ -476,6 +505,15 @@ def test_cli_out_mistakes_are_usage_errors(vit_artifact, images, tmp_path):
     result = cli("predict", vit_artifact, image, "--out", tmp_path / "d.parquet")
     assert result.returncode == 2 and "d.parquet is a folder" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+    # a table without --out, --json with --out, a label twice: usage errors before anything loads
+    (tmp_path / "t.csv").write_text(f"path\n{image}\n")
+    for args, words in ((["predict", vit_artifact, tmp_path / "t.csv"], "t.csv is a table; tables of inputs go with --out"),
+                        (["predict", vit_artifact, image, "--out", tmp_path / "r.parquet", "--json"], "--json prints"),
+                        (["predict", exported("clip"), image, "--labels", "a,a"], "given twice"),
+                        (["embed", exported("clip"), image, "--pooling", "cls", "--out", tmp_path / "e.npy"],
+                         "--pooling applies to image encoders")):
+        result = cli(*args)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_sigterm_mid_run_leaves_nothing_behind(exported, images, tmp_path):
@@ -511,6 +549,9 @@ def test_without_address_a_local_instance_with_every_cpu_starts(monkeypatch):
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    from vlmedge.bulk import ray as bulk_ray
+
+    monkeypatch.setattr(bulk_ray, "_check_reachable", lambda address: None)  # no head to reach here
     vray.init()
     vray.init("ray://head:10001")
     assert calls == [{"address": "local", "num_cpus": os.cpu_count()}, {"address": "ray://head:10001"}]
@@ -568,3 +609,19 @@ def test_no_cluster_at_the_address_is_one_sentence(vit_artifact, tmp_path):
                          "--out", str(tmp_path / "x.parquet"), env={"RAY_ADDRESS": ""})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: Cannot reach the Ray cluster at ray://127.0.0.1:1" in result.stderr and "ray start" in result.stderr
+
+
+def test_a_column_empty_in_the_first_batches_takes_its_type_from_later_ones(tmp_path):
+    """The first batch fixed the Parquet schema: a column all null there had no type, and the
+    next batch with values failed the run with a pyarrow traceback."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from vlmedge.bulk.writers import ParquetWriter
+
+    with ParquetWriter(tmp_path / "r.parquet") as writer:
+        writer.add({"path": ["a", "b"], "note": [None, None], "error": [None, None]})
+        writer.add({"path": ["c"], "note": ["x"], "error": [None]})
+    table = pq.read_table(tmp_path / "r.parquet")
+    assert table.column("note").to_pylist() == [None, None, "x"] and str(table.schema.field("note").type) == "string"
+    with ParquetWriter(tmp_path / "s.parquet") as writer:  # empty to the end: written as it is
+        writer.add({"path": ["a"], "note": [None], "error": [None]})
+    assert pq.read_table(tmp_path / "s.parquet").column("note").to_pylist() == [None]

@@ -283,13 +283,17 @@ class ArtifactWriter:
 
 def _holds_an_artifact(folder: Path) -> bool:
     """Whether a folder holds a vlmedge artifact (of any schema version): its manifest.json is
-    a JSON object with a schema version and a file list. Any other manifest.json (a web app's,
-    a dataset's) is not one, and its folder is never replaced."""
+    a JSON object with a schema version, a task and a list of files with their hashes. Any
+    other manifest.json (a web app's, a dataset's) is not one, and its folder is never replaced."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("files"), list)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    return (isinstance(manifest.get("schema_version"), int) and isinstance(manifest.get("task"), str)
+            and isinstance(files, list) and bool(files)
+            and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+                    for f in files))
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -319,8 +323,8 @@ def _remove_abandoned_builds(destination: Path) -> None:
         # of a sibling named like "<name>-2" is never taken for one of this destination's.
         match = re.fullmatch(r"(\d+)-(?:old)?[0-9a-f]{8}", candidate.name[len(prefix):]) \
             if candidate.name.startswith(prefix) else None
-        if match and not candidate.is_symlink() and not _process_alive(int(match.group(1))):
-            shutil.rmtree(candidate, ignore_errors=True)
+        if match and not _process_alive(int(match.group(1))):
+            _remove(candidate)
 
 
 def _process_alive(pid: int) -> bool:
@@ -352,15 +356,28 @@ def _swap_into_place(new: Path, destination: Path) -> None:
     Linux's renameat2(RENAME_EXCHANGE) swaps two folders in one step, so there is no
     moment at which the destination is missing; elsewhere two renames are used.
     """
-    if not destination.exists():
-        os.rename(new, destination)
-        return
+    if not destination.exists() and not destination.is_symlink():
+        try:
+            os.rename(new, destination)
+            return
+        except OSError as exc:  # another export made it meanwhile: swap with that one
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
     if not _rename_exchange(new, destination):
         backup = destination.parent / f"{_TMP_MARKER}{destination.name}-{os.getpid()}-old{uuid.uuid4().hex[:8]}"
         os.rename(destination, backup)
         os.rename(new, destination)
         new = backup
-    shutil.rmtree(new, ignore_errors=True)
+    _remove(new)
+
+
+def _remove(path: Path) -> None:
+    """A replaced destination or an abandoned build: a folder, or the symbolic link the
+    destination was (the link goes, never what it points to)."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:

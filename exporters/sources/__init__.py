@@ -35,8 +35,8 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     scheme, _, name = model.partition(":")
     foreign = sorted({"checkpoint", "pretrained", "labels", "model_kwargs"} & set(options))
     if foreign and scheme not in ("timm", "open_clip"):
-        raise UnsupportedModelError(f"{', '.join(foreign)} is for timm: and open_clip: models; a Hugging Face model "
-                                    "brings its weights and labels in its folder.")
+        raise UsageError(f"{', '.join(foreign)} (--{foreign[0]}) is for timm: and open_clip: models; a Hugging Face "
+                         "model brings its weights and labels in its folder.")
     if scheme == "builtin" and name:
         from vlmedge.exporters.sources.builtin import builtin_folder
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
+from vlmedge.errors import (ExportError, ModelNotFoundError, UnsupportedModelError, UsageError, exception_line,
+                            first_line)
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
 from vlmedge.exporters.sources.hf_naflex import NaFlex, is_naflex, naflex_setup
@@ -341,10 +342,8 @@ def naflex_or_processor_size(folder: Path, config: Any, arch: str, image_size: A
     if is_naflex(config):
         return naflex_setup(config, arch, parse_image_size(image_size), lambda: processor_config(folder))
     if image_size is not None:
-        raise UnsupportedModelError(
-            f"--image-size applies to image encoders and SigLIP2 models; {what} is exported at its processor's "
-            "resolution."
-        )
+        raise UsageError(f"--image-size applies to image encoders and SigLIP2 models; {what} is exported at its "
+                         "processor's resolution.")
     return None
 
 

@@ -19,10 +19,11 @@ from typing import Any, Iterable, Optional
 import typer
 from rich.console import Console
 
-from vlmedge.bulk.inputs import batches, collect, holds_captions
+from vlmedge.bulk.inputs import TABLE_SUFFIXES, batches, collect, holds_captions
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
 from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format
+from vlmedge.choices import split
 from vlmedge.errors import InputError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
 
@@ -42,18 +43,28 @@ def wants_bulk(engine: str, out: Optional[Path], address: Optional[str] = None, 
     return engine == "ray" or (out is not None and out_format(out) == "parquet")
 
 
-def check_predict_out(engine: str, out: Optional[Path]) -> None:
+def check_predict_out(engine: str, out: Optional[Path], inputs: list[str], as_json: bool) -> None:
     """`predict` writes bulk results to a Parquet file only: an --out of another suffix (or
-    --engine ray without --out) is refused before anything runs."""
+    --engine ray without --out) is refused before anything runs, as are folders and tables
+    without one (they are bulk inputs) and --json with one (the results go to the file)."""
     if (out is not None or engine == "ray") and (out is None or out_format(out) != "parquet"):
         given = f"not {out.name}" if out is not None else "and --engine ray needs one"
         raise UsageError(f"vlmedge predict writes its results to a .parquet file ({given}); pass e.g. "
                          "--out results.parquet, or drop --out to print the results.")
+    bulk_inputs = [name for name in inputs if Path(name).is_dir() or Path(name).suffix.lower() in TABLE_SUFFIXES]
+    if bulk_inputs and out is None:
+        kind = "folder" if Path(bulk_inputs[0]).is_dir() else "table"
+        raise UsageError(f"{bulk_inputs[0]} is a {kind}; {kind}s of inputs go with --out results.parquet (bulk), "
+                         "or pass the files themselves.")
+    if as_json and out is not None:
+        raise UsageError(f"--json prints the results, which --out writes to {out.name}; drop one of them.")
 
 
-def check_method_values(artifact: Path, templates: Optional[list[str]], window_hop: Optional[float]) -> None:
+def check_method_values(artifact: Path, templates: Optional[list[str]], window_hop: Optional[float],
+                        labels: Optional[str] = None) -> None:
     """Values the task's own checks would refuse once the model is loaded (a template without
-    '{}', a window hop outside one frame to one window), refused before as usage errors (exit 2)."""
+    '{}', a label given twice, a window hop outside one frame to one window), refused before as
+    usage errors (exit 2)."""
     from vlmedge.artifact import Artifact
     from vlmedge.preprocess.audio import AudioPreprocessSpec
     from vlmedge.tasks.audio import AudioTagger
@@ -62,6 +73,8 @@ def check_method_values(artifact: Path, templates: Optional[list[str]], window_h
     try:
         if templates:
             Clip.check_templates(templates)
+        if labels:
+            Clip.check_labels(split(labels))  # --labels "a,b"
         if window_hop is not None:
             spec = AudioPreprocessSpec.from_dict(Artifact.open(artifact).manifest["preprocess"]["audio"])
             AudioTagger.check_window_hop(window_hop, spec)
@@ -133,9 +146,9 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
     if "pooling" in method.options:
         options.update(pooling=pooling, normalize=normalize)
     elif pooling is not None:
-        raise InputError("--pooling applies to image encoders; a CLIP artifact has one image embedding.")
+        raise UsageError("--pooling applies to image encoders; a CLIP artifact has one image embedding.")
     elif not normalize:
-        raise InputError("CLIP embeddings are always L2-normalised; drop --no-normalize.")
+        raise UsageError("CLIP embeddings are always L2-normalised; drop --no-normalize.")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
                    device=_device(device, gpus_per_worker), session_options=session_options, **options)
     if bulk:

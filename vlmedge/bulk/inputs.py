@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from vlmedge.bulk.job import BulkJob
+from vlmedge.bulk.table import written_by
 from vlmedge.errors import InputError
 
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -134,6 +135,18 @@ def input_column(job: BulkJob, columns: Iterable[str] | None) -> str:
                      f"{' or '.join(repr(w) for w in wanted)} column (or name one with column=...).")
 
 
+def source_column(job: BulkJob, columns: Iterable[str] | None) -> str:
+    """input_column() of an input before it is run: its other columns pass through to the
+    output, so one that the results would write (a table's own 'labels') is refused by name
+    rather than dropped or overwritten."""
+    column = input_column(job, columns)
+    written = [name for name in written_by(job.result) if name in list(columns or ())]
+    if written:
+        raise InputError(f"The input has a column {written[0]!r}, which the results of {job.method} write; rename it "
+                         "in the input (its other columns are kept in the output).")
+    return column
+
+
 def csv_convert_options():
     """Path and caption columns of a CSV are text, even when a value looks like a number."""
     import pyarrow as pa
@@ -150,7 +163,7 @@ def table_columns(path: str) -> list[str]:
             import pyarrow.parquet as pq
 
             return pq.read_schema(path).names
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
             return [c.strip().strip('"') for c in f.readline().split(",")]
 
 
@@ -158,7 +171,7 @@ def read_table(path: str, fmt: str) -> dict[str, list[Any]]:
     """A Parquet / CSV / text table as columns, read the way the Ray engine reads it."""
     with _reading(path, fmt):
         if fmt == "text":
-            lines = Path(path).read_bytes().decode("utf-8").splitlines()
+            lines = Path(path).read_bytes().decode("utf-8-sig").splitlines()  # a BOM is not a caption
             return {"text": [line for line in lines if line.strip()]}
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -189,9 +202,13 @@ def rows_of(inputs: Inputs) -> dict[str, list[Any]]:
     if not inputs.tables:
         return {"path": inputs.files + inputs.missing}
     rows: dict[str, list[Any]] = {}
-    for table in inputs.tables:
-        for name, values in read_table(table, inputs.table_format).items():
-            rows.setdefault(name, []).extend(values)
+    count = 0
+    for table in inputs.tables:  # tables of other columns: each row gets None where its table has none
+        columns = read_table(table, inputs.table_format)
+        length = len(next(iter(columns.values()), []))
+        for name in dict.fromkeys([*rows, *columns]):
+            rows.setdefault(name, [None] * count).extend(columns.get(name, [None] * length))
+        count += length
     return rows
 
 

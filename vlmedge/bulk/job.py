@@ -20,10 +20,12 @@ from vlmedge.errors import ArtifactError, InputError
 # for the first stage.
 PREPARE_OPTIONS = ("window_hop",)
 # options left at these values count as not given
-DEFAULTS: dict[str, Any] = {"pooling": None, "normalize": True, "labels": None, "templates": None,
+DEFAULTS: dict[str, Any] = {"top_k": None, "pooling": None, "normalize": True, "labels": None, "templates": None,
                             "window_hop": None, "aggregate": "max", "threshold": None}
+TOP_K = 5  # the ranked methods' top_k when none is given
 # what to say when an option is given to a method that does not take it
 NOT_TAKEN = (
+    (("top_k",), "top_k applies to methods that rank labels (classify, zero-shot, tag), not to embeddings."),
     (("pooling", "normalize"), "pooling and normalize apply to image-embedding artifacts only."),
     (("labels", "templates"), "labels and templates are for zero-shot classification with a CLIP artifact "
                               "(task method 'classify')."),
@@ -54,7 +56,7 @@ class BulkJob:
 
 
 def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend: str = "auto",
-             precision: str | None = None, device: str = "cpu", top_k: int | None = 5,
+             precision: str | None = None, device: str = "cpu", top_k: int | None = None,
              pooling: str | None = None, normalize: bool = True, labels: Any = None, templates: Any = None,
              window_hop: float | None = None, aggregate: str = "max", threshold: float | None = None,
              column: str | None = None, session_options: dict[str, Any] | None = None) -> BulkJob:
@@ -70,8 +72,8 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
     chosen = task.method(method)
     if not hasattr(task.pipeline_class(), f"{chosen.name}_prepared"):
         raise ArtifactError(f"Bulk inference cannot run {chosen.name} of a {task.name} artifact; upgrade vlmedge.")
-    given = dict(pooling=pooling, normalize=normalize, labels=labels, templates=templates, window_hop=window_hop,
-                 aggregate=aggregate, threshold=threshold)
+    given = dict(top_k=top_k, pooling=pooling, normalize=normalize, labels=labels, templates=templates,
+                 window_hop=window_hop, aggregate=aggregate, threshold=threshold)
     takes = chosen.options
     for names, message in NOT_TAKEN:
         if any(given[n] != DEFAULTS[n] for n in names if n not in takes):
@@ -84,7 +86,7 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
             raise InputError(refusal)
     _check_model_files(art, backend, device, precision, session_options or {})
     checks = _checks(manifest, chosen.result, art.root)
-    values = {name: checks[name]({**given, "top_k": top_k}[name]) for name in takes}
+    values = {name: checks[name]({**given, "top_k": TOP_K if top_k is None else top_k}[name]) for name in takes}
     tokenizer_json = None
     if chosen.input == "text":
         text = manifest["preprocess"].get("text") or {}

@@ -13,7 +13,7 @@ from vlmedge.bulk.inputs import Inputs, batches, check_batch_size, rows_of
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
-from vlmedge.bulk.table import to_arrow
+from vlmedge.bulk.table import to_arrow, written_by
 from vlmedge.errors import InputError
 from vlmedge.preprocess.parallel import check_workers, prepare_ordered
 
@@ -24,11 +24,11 @@ def run_local(job: BulkJob, inputs: Inputs, batch_size: int = 32, progress: Call
     and rows the Ray engine gives for the same job and inputs). ``workers``: as for `iter_local`."""
     import pyarrow as pa
 
-    tables = [to_arrow(columns) for columns in iter_local(job, local_batches(inputs, batch_size), progress, pipeline,
-                                                          workers)]
+    batches = iter_local(job, local_batches(inputs, batch_size), progress, pipeline, workers)
+    tables = [to_arrow(columns, written_by(job.result)) for columns in batches]
     if not tables:
         raise InputError("The inputs hold no rows.")
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="permissive")  # a column empty in one batch has no type there
 
 
 def local_batches(inputs: Inputs, batch_size: int) -> Iterator[dict[str, list[Any]]]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.prepare import WORK_COLUMNS, prepared_inputs
-from vlmedge.bulk.table import RESULT_COLUMNS, RESULT_NAMES
+from vlmedge.bulk.table import written_by
 
 
 def load_pipeline(job: BulkJob, artifact: str | None = None):
@@ -51,7 +51,7 @@ class Predictor:
     def __init__(self, job: BulkJob, artifact: str | None = None, pipeline: Any = None) -> None:
         self.job = job
         self.pipeline = pipeline if pipeline is not None else load_pipeline(job, artifact)
-        self.outputs = RESULT_COLUMNS[job.result] + ("error",)
+        self.outputs = written_by(job.result)
         options = dict(job.options)
         if "labels" in options:  # zero-shot: the label embeddings once, not per batch
             options["text_embeddings"] = self.pipeline.text_embeddings(options["labels"], options["templates"])
@@ -61,7 +61,7 @@ class Predictor:
         errors = [str(e) if e else None for e in batch["_error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
         results = COLUMNS_OF[self.job.result](self._run(prepared_inputs(batch, ok, self.job.kind))) if ok.any() else {}
-        out = {k: v for k, v in batch.items() if k not in WORK_COLUMNS and k not in RESULT_NAMES}
+        out = {k: v for k, v in batch.items() if k not in WORK_COLUMNS and k not in self.outputs}
         rows = np.flatnonzero(ok)
         for name in self.outputs:
             if name == "error":

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmedge.bulk.inputs import TEXT_COLUMNS, input_column, is_uri
+from vlmedge.bulk.inputs import TEXT_COLUMNS, is_uri, source_column
 from vlmedge.bulk.job import BulkJob
 from vlmedge.errors import InputError, first_line
 from vlmedge.preprocess import READ_ERRORS
@@ -30,7 +30,7 @@ WORK_COLUMNS = ("bytes", "_pixels", "_features", "_spans", "_duration", "_input_
 def prepare_batch(batch: dict[str, Any], job: BulkJob) -> dict[str, Any]:
     """Decodes and preprocesses one batch of inputs. Every column but the input's passes
     through (``bytes`` and ``image`` are dropped); the work columns are added."""
-    column = input_column(job, batch)
+    column = source_column(job, batch)
     values = batch[column]
     out = {k: v for k, v in batch.items() if k not in ("bytes", "image")}
     errors = np.array([_empty_message(batch, column, i) for i in range(len(values))], dtype=object)

@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlmedge.bulk.inputs import (Inputs, check_batch_size, collect, csv_convert_options, input_column, is_uri,
+from vlmedge.bulk.inputs import (Inputs, check_batch_size, collect, csv_convert_options, is_uri, source_column,
                                   rows_of, table_columns)
-from vlmedge.bulk.job import BulkJob, make_job
+from vlmedge.bulk.job import DEFAULTS, BulkJob, make_job
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
 from vlmedge.bulk.table import to_arrow
@@ -92,6 +92,9 @@ def run(artifact: str | os.PathLike, dataset_or_paths: Any, task_method: str | N
         (+ ``duration`` for audio) or ``embedding``, then ``error`` (null when fine).
     """
     require_ray()
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise InputError(f"run() takes no option {unknown[0]!r}; a task method's options are {', '.join(DEFAULTS)}.")
     device = "cuda" if num_gpus_per_worker else "cpu"
     job = make_job(artifact, task_method, backend=backend, precision=precision, device=device, column=column,
                    session_options=session_options, **options)
@@ -108,7 +111,7 @@ def run_job(job: BulkJob, dataset_or_paths: Any, *, batch_size: int = 32,
     ray = require_ray()
     check_batch_size(batch_size)
     source, columns = _source_dataset(ray, job, dataset_or_paths, preprocess_cpus)
-    input_column(job, columns)  # a table without the right column fails here, not in a worker
+    source_column(job, columns)  # a table without the right column fails here, not in a worker
     size = _actor_pool_size(ray, concurrency, num_gpus_per_worker, cpus_per_worker, preprocess_cpus)
 
     shipped = None
@@ -142,7 +145,7 @@ def _source_dataset(ray, job: BulkJob, dataset_or_paths: Any, cpus: float):
         elif fmt == "csv":
             ds = ray.data.read_csv(inputs.tables, num_cpus=cpus, convert_options=csv_convert_options())
         else:
-            ds = ray.data.read_text(inputs.tables, drop_empty_lines=True, num_cpus=cpus)
+            ds = ray.data.read_text(inputs.tables, encoding="utf-8-sig", drop_empty_lines=True, num_cpus=cpus)
         return ds, ds.columns()
     # Files are rows of paths that the preprocessing tasks decode as the local engine does
     # (load_image / load_audio of the path): an unreadable, vanished or missing file gets the
@@ -150,6 +153,20 @@ def _source_dataset(ray, job: BulkJob, dataset_or_paths: Any, cpus: float):
     paths = rows_of(inputs)["path"]
     ds = ray.data.from_items([{"path": path} for path in paths])  # in blocks of rows, one task each
     return ds, ["path"]
+
+
+def _check_reachable(address: str) -> None:
+    """A "host:port" or "ray://host:port" nothing answers on: ConnectionError at once, where
+    Ray retries its control server for minutes ("auto" is Ray's own to find)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _actor_pool_size(ray, concurrency: Any, gpus: float, cpus: float, preprocess_cpus: float) -> int | tuple[int, int]:
@@ -198,7 +215,7 @@ class InferenceWorker(Predictor):
         super().__init__(job, artifact=artifact)
 
     def __call__(self, batch: dict[str, Any]):
-        return to_arrow(super().__call__(batch))
+        return to_arrow(super().__call__(batch), self.outputs)
 
 
 def _backend_of(job: BulkJob, artifact: str | None) -> str:
@@ -251,6 +268,7 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs: Any)
         return ray
     try:
         if address:
+            _check_reachable(address)
             ray.init(address=address, **kwargs)
         else:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)

@@ -13,8 +13,11 @@ RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "tags": ("labels", "indices", "scores", "duration"),
     "embedding": ("embedding",),
 }
-# every result column, never passed through from the input
-RESULT_NAMES = ("labels", "indices", "scores", "duration", "embedding", "error")
+
+
+def written_by(result: str) -> tuple[str, ...]:
+    """The columns a result kind writes, "error" last (an input's columns of those names are refused)."""
+    return RESULT_COLUMNS[result] + ("error",)
 
 
 def result_types() -> dict[str, Any]:
@@ -24,15 +27,15 @@ def result_types() -> dict[str, Any]:
             "duration": pa.float64(), "embedding": pa.list_(pa.float32()), "error": pa.string()}
 
 
-def to_arrow(columns: dict[str, Any]):
-    """Result columns as a pyarrow Table with fixed types; passed-through input columns keep
-    their own types."""
+def to_arrow(columns: dict[str, Any], written: tuple[str, ...]):
+    """Result columns as a pyarrow Table, the `written` ones (written_by) with fixed types;
+    passed-through input columns keep their own types."""
     import pyarrow as pa
 
     types = result_types()
     arrays, names = [], []
     for name, values in columns.items():
-        if name in types:
+        if name in written:
             if name == "embedding":
                 values = [None if v is None else np.asarray(v, dtype=np.float32) for v in values]
             arrays.append(pa.array(list(values), type=types[name]))
@@ -41,7 +44,7 @@ def to_arrow(columns: dict[str, Any]):
 
             arrays.append(ArrowTensorArray.from_numpy(values))
         else:
-            arrays.append(pa.array(list(values) if isinstance(values, np.ndarray) else values))
+            arrays.append(_passed_through(list(values) if isinstance(values, np.ndarray) else values))
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
 
@@ -55,3 +58,15 @@ def column_names(batch: Any) -> list[str]:
 def column(batch: Any, name: str) -> list[Any]:
     """One column of a batch of results as a list."""
     return list(batch[name]) if isinstance(batch, dict) else batch.column(name).to_pylist()
+
+
+def _passed_through(values: list[Any]):
+    """An input column as Arrow; a file name that is not UTF-8 (os.fsdecode's surrogates, which
+    Arrow's UTF-8 strings cannot hold) is kept with its bytes escaped, b'\\xff' as '\\xff'."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except UnicodeEncodeError:
+        return pa.array([v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                         if isinstance(v, str) else v for v in values])

@@ -21,7 +21,7 @@ import numpy as np
 
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
-from vlmedge.bulk.table import column, column_names, to_arrow
+from vlmedge.bulk.table import column, column_names, to_arrow, written_by
 from vlmedge.errors import InputError, OutputError, UsageError
 
 # the suffixes (in any case) of the files bulk results go to, and their formats
@@ -82,7 +82,11 @@ class _Writer:
 
 
 class ParquetWriter(_Writer):
-    """Streams result tables into one Parquet file (the first table's schema)."""
+    """Streams result tables into one Parquet file. Its schema is set by the first tables: an
+    input column that is empty in those (all null, no type yet) holds the tables back until one
+    gives it a type, up to PENDING_TABLES of them."""
+
+    PENDING_TABLES = 64
 
     def __init__(self, out: str | os.PathLike) -> None:
         self.out = Path(out)
@@ -94,26 +98,56 @@ class ParquetWriter(_Writer):
         self._temporary = []
         self._path = self._tmp(self.out)
         self._writer = None
+        self._pending: list[Any] = []
         self.rows = 0
 
     def add(self, batch: Any, job: BulkJob | None = None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        table = to_arrow(batch) if isinstance(batch, dict) else batch
+        written = written_by(job.result) if job is not None else ()  # the result columns' fixed types
+        table = to_arrow(batch, written) if isinstance(batch, dict) else batch
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        if self._writer is not None and table.schema != self._writer.schema:
-            table = table.cast(self._writer.schema)
+        if self._writer is None:
+            self._pending.append(table)
+            schema = pa.unify_schemas([t.schema for t in self._pending], promote_options="permissive")
+            if any(pa.types.is_null(field.type) for field in schema) and len(self._pending) < self.PENDING_TABLES:
+                return
+            self._open(schema)
+            return
+        self._write(table)
+
+    def _open(self, schema: Any) -> None:
+        import pyarrow.parquet as pq
+
         try:
-            if self._writer is None:
-                self._writer = pq.ParquetWriter(self._path, table.schema)
+            self._writer = pq.ParquetWriter(self._path, schema)
+        except OSError as exc:
+            raise _write_failed(self.out, exc) from None
+        pending, self._pending = self._pending, []
+        for table in pending:
+            self._write(table)
+
+    def _write(self, table: Any) -> None:
+        import pyarrow as pa
+
+        if table.schema != self._writer.schema:
+            try:
+                table = table.cast(self._writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise InputError(f"An input column changes type between rows ({exc}); give each column one type "
+                                 "in the input.") from None
+        try:
             self._writer.write_table(table)
         except OSError as exc:
             raise _write_failed(self.out, exc) from None
         self.rows += table.num_rows
 
     def close(self) -> None:
+        if self._writer is None and self._pending:
+            import pyarrow as pa
+
+            self._open(pa.unify_schemas([t.schema for t in self._pending], promote_options="permissive"))
         if self._writer is None:
             raise InputError("There were no results to write.")
         try:

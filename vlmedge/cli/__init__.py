@@ -151,7 +151,8 @@ def export(
     parse_image_size(image_size, "--image-size", UsageError)
     for flag, path in (("--calibration", calibration), ("--eval", evaluation)):
         if path is not None and not path.exists():
-            raise UsageError(f"{flag} {path} does not exist; give a folder of files (or a .txt of captions).")
+            raise UsageError(f"{flag} {path} does not exist; give " + ("a folder of files (or a .txt of captions)."
+                                                                      if flag == "--calibration" else "a folder with one sub-folder of files per class label."))
     for flag, path in (("--checkpoint", checkpoint), ("--labels", labels)):
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path} is not a file; give the path of the file.")
@@ -242,13 +243,9 @@ def predict(
 
     choices.check_run_options(backend, precision)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
-    bulk.check_predict_out(engine, out)
+    bulk.check_predict_out(engine, out, list(inputs), as_json)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
-    bulk.check_method_values(artifact, template, window_hop)
-    folders = [name for name in inputs if Path(name).is_dir()]
-    if folders and not bulk_run:
-        raise UsageError(f"{folders[0]} is a folder; folders of inputs go with --out results.parquet (bulk), "
-                         "or pass the files themselves.")
+    bulk.check_method_values(artifact, template, window_hop, labels)
     options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, attention=attention)
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
