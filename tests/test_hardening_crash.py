@@ -224,8 +224,8 @@ def test_full_disk_on_the_command_line(monkeypatch, vit_artifact, hf_classifier_
 
 def test_a_terminated_export_command_leaves_nothing_behind(tmp_path):
     """`vlmedge export` stopped by SIGTERM (`timeout`, a scheduler) unwinds as Ctrl-C does: no
-    build folder beside the destination, no quantizer scratch in the temporary folder; then
-    it ends by SIGTERM."""
+    build folder beside the destination, nor the quantizer's scratch inside it, nothing in the
+    temporary folder; then it ends by SIGTERM."""
     scratch, out = tmp_path / "tmp", tmp_path / "out" / "vit"
     scratch.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "export", "builtin:shapes-vit", "-o", str(out),
@@ -233,7 +233,7 @@ def test_a_terminated_export_command_leaves_nothing_behind(tmp_path):
                             env={**os.environ, "TMPDIR": str(scratch)})
     try:
         deadline = time.monotonic() + 240
-        while not list(scratch.glob("vlmedge-quantize-*")):  # the int8 ladder is under way
+        while not list(out.parent.glob(".vlmedge-tmp-*/.quantize-*")):  # the int8 ladder is under way
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
             time.sleep(0.05)
         proc.terminate()
@@ -242,4 +242,4 @@ def test_a_terminated_export_command_leaves_nothing_behind(tmp_path):
         proc.kill()
     assert proc.returncode == -signal.SIGTERM, stderr[-2000:]
     assert not out.exists() and list(out.parent.iterdir()) == [], list(out.parent.iterdir())
-    assert not list(scratch.glob("vlmedge-quantize-*"))
+    assert not [p.name for p in scratch.iterdir() if "vlmedge" in p.name or "quantize" in p.name]  # torch keeps its own

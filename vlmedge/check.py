@@ -18,7 +18,7 @@ import numpy as np
 from vlmedge.artifact import Artifact
 from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning
 from vlmedge.parity import GATES, parity_report, recorded_gate, run_in_batches
-from vlmedge.preprocess.samples import in_row_order, sample_kind, sample_rows
+from vlmedge.preprocess.samples import caption_lines, in_row_order, sample_kind, sample_rows
 from vlmedge.registry import task_named
 from vlmedge.runtimes.base import backend_named, backend_of_target, unavailable_reason
 from vlmedge.runtimes.select import open_entry
@@ -121,6 +121,8 @@ def remake_sample_rows(artifact: Artifact, stored: dict[str, dict[str, dict[str,
         if not inputs or not isinstance(sections.get(kind), dict):
             continue
         paths = in_row_order(paths)
+        if kind == "text" and not any(caption_lines(artifact.path_of(p)) for p in paths):
+            continue  # a captions file without captions makes no rows
         rows = sample_rows(kind, [artifact.path_of(p) for p in paths], sections[kind], artifact.root)
         rows = rows if isinstance(rows, dict) else {next(iter(inputs)): rows}
         difference = 0.0
