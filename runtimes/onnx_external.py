@@ -136,3 +136,8 @@ def check_external_data(model_path: Path, root: Path) -> None:
                 f"{model_path.name} refers to external data at {location!r}, outside its artifact folder; "
                 "refusing to load it."
             )
+
+
+def model_files(model_path: Path) -> list[Path]:
+    """The ONNX file and the external-data files it names, each once."""
+    return [model_path] + [model_path.parent / loc for loc in dict.fromkeys(external_data_locations(model_path))]

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, first_line, warn_caller
 from vlmedge.runtimes.base import Session, TensorInfo, release_freed_heap
 from vlmedge.runtimes.cache import CacheEntry, cache_entry, files_digest
-from vlmedge.runtimes.onnx_external import check_external_data, external_data_locations
+from vlmedge.runtimes.onnx_external import check_external_data, model_files
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -102,7 +102,7 @@ class OnnxRuntimeSession(Session):
         if cache and device == "cpu" and optimization != "none":
             if model_digest is None:  # hashes the files the model names, so they are checked first
                 check_external_data(*model)
-                model_digest = files_digest(_model_files(model_path))
+                model_digest = files_digest(model_files(model_path))
             entry = cache_entry(self.backend, ort.__version__, model_digest, device,
                                 {"optimization": optimization, "threads": threads or 0}, source=model_path)
         self._session = None
@@ -217,11 +217,6 @@ class OnnxRuntimeSession(Session):
             raise InputError(f"ONNX Runtime could not run the model on inputs of shapes {shapes}: "
                              f"{first_line(exc)}") from None
         return dict(zip(self._output_names, results))
-
-
-def _model_files(model_path: Path) -> list[Path]:
-    """The ONNX file and the external-data files it names."""
-    return [model_path] + [model_path.parent / loc for loc in dict.fromkeys(external_data_locations(model_path))]
 
 
 def open_session(model_path: Path, device: str = "cpu", **options: Any) -> OnnxRuntimeSession:

@@ -12,6 +12,9 @@ from typing import Iterable
 
 from vlmedge.errors import UsageError
 
+# Where predict, embed and serve run: this process, or a Ray cluster (--engine).
+ENGINES = ("local", "ray")
+
 
 def split(value: str | Iterable[str] | None) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']; a list is returned as given, without blanks."""

@@ -205,4 +205,3 @@ def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_pa
         write_report(Path(json_path), json.dumps(as_dict(comparison), indent=2))
     if not comparison.passed:
         raise typer.Exit(1)
-

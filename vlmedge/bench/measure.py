@@ -276,9 +276,9 @@ def _peer_files(path: Path) -> list[Path]:
     """A peer file and its side files: the external-data files an ONNX file names, or an IR's weights."""
     if path.suffix == ".xml":
         return [path, path.with_suffix(".bin")]
-    from vlmedge.runtimes.onnx_external import external_data_locations
+    from vlmedge.runtimes.onnx_external import model_files
 
-    return [path, *dict.fromkeys(path.parent / location for location in external_data_locations(path))]
+    return model_files(path)
 
 
 def peer_label(name: str, precision: str) -> str:

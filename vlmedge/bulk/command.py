@@ -23,11 +23,10 @@ from vlmedge.bulk.inputs import TABLE_SUFFIXES, batches, collect, holds_captions
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
 from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format
-from vlmedge.choices import split
+from vlmedge.choices import ENGINES, split
 from vlmedge.errors import InputError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
 
-ENGINES = ("local", "ray")
 SHOWN_ERRORS = 20
 
 

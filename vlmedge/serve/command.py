@@ -43,6 +43,11 @@ def bind(host: str, port: int) -> socket.socket:
                                       "this machine (127.0.0.1, 0.0.0.0 for every interface, ::1, ::).") from None
 
 
+def _url(host: str, port: int) -> str:
+    """The address a server prints (an IPv6 host in brackets)."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
 def serve(
     artifacts: list[str] = typer.Argument(..., help="Artifact folders, each served under its folder name "
                                                     "(NAME=PATH names one)."),
@@ -73,7 +78,7 @@ def serve(
     Protocol v2 under /v2, OpenAI-compatible /v1/embeddings, /metrics, /healthz, /readyz, /openapi.json."""
     _require_extra()
     choices.check_run_options(backend, precision)  # before any artifact is opened, as predict's
-    choices.choose("--engine", engine, ("local", "ray"), many=False)
+    choices.choose("--engine", engine, choices.ENGINES, many=False)
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                     max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s,
@@ -90,7 +95,7 @@ def serve(
     app = create_app(pipelines, batch, limits)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
+    url = _url(bound_host, bound_port)
     for name, pipeline in pipelines.items():
         model = pipeline.model
         typer.echo(f"  {name}: {pipeline.task} on {model.backend} {model.precision} ({model.provider})")
@@ -126,7 +131,7 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
         try:
             serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
                             batch=batch, limits=limits, session_options=session), name=RAY_APP, route_prefix="/")
-            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+            url = _url(host, port)
             typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
                        f"(page: {url}/  docs: {url}/docs)")
             while True:
