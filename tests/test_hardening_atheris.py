@@ -29,6 +29,7 @@ def test_atheris_target_finds_no_crash(target, tmp_path):
         [sys.executable, str(REPO / "tests" / "fuzz" / "fuzz_inputs.py"), target, f"-runs={RUNS}", "-timeout=30",
          "-rss_limit_mb=4096", f"-artifact_prefix={crashes}/", str(corpus)],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+        # TMPDIR: the harness's scratch folder goes with the test's, not into /tmp for good.
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)})
     assert done.returncode == 0 and not any(crashes.iterdir()), done.stderr[-4000:]
     assert f"Done {RUNS} runs" in done.stderr
