@@ -315,6 +315,19 @@ def test_writer_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path):
     assert (tmp_path / "precious" / "thesis.txt").read_text() == "do not delete"
 
 
+def test_an_export_over_an_artifact_holding_files_of_its_own_names_them_and_deletes_nothing(vit_artifact, tmp_path):
+    """An export replaces the folder whole: a file added beside the artifact's went with it."""
+    target = tmp_path / "art"
+    shutil.copytree(vit_artifact, target)
+    (target / "samples" / "my-photo.jpg").write_bytes(b"mine")
+    (target / "NOTES.md").write_text("how we trained it")
+    with pytest.raises(ExportError, match=r"holds NOTES\.md, samples/my-photo\.jpg, which the artifact there does not "
+                                          r"list, and an export replaces the whole folder; move them out"):
+        ArtifactWriter(target)
+    assert (target / "NOTES.md").read_text() == "how we trained it"
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
 def test_a_destination_that_is_a_link_becomes_the_artifact_and_leaves_no_link_behind(vit_artifact, tmp_path):
     """The swap moved the link to a temporary name that was never removed (rmtree of a link
     fails quietly), and later exports skipped it; what the link pointed to is untouched."""

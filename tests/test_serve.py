@@ -339,6 +339,25 @@ def test_a_request_that_waits_past_its_timeout_answers_408_and_never_runs(gated)
     assert gated.calls == [1]  # the timed-out request was dropped, not run
 
 
+def test_a_request_whose_client_left_leaves_the_queue_and_never_runs(gated):
+    """A client that gave up (its own timeout) had its request run anyway, the model's time
+    spent on an answer nobody reads; now it leaves the queue, counted as 499."""
+    app = create_app({"vit": gated}, BatchConfig(max_batch=1, max_delay_ms=0), warm_up=False)
+    batcher = app.state.vlmedge.batchers["vit"]
+    body = {"images": [b64(IMAGES[0])]}
+    with running(app) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/models/vit/classify", json=body, timeout=60)
+        wait_for(lambda: len(gated.calls) == 1, what="the first batch to start")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/models/vit/classify", json=body, timeout=httpx.Timeout(30, read=1))
+        wait_for(lambda: batcher.depth == 0, what="the request of the client that left to leave the queue")
+        gated.gate.set()
+        assert first.result().status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+    assert gated.calls == [1]
+    assert metric(text, "vlmedge_requests_total", model="vit", endpoint="classify", code="499") == 1
+
+
 def test_one_bad_input_fails_only_its_own_request(gated):
     """A file whose header reads but whose body does not decode fails in its own request's
     thread (files are decoded there, not in the batch): it answers 422 at once, while the

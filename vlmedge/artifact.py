@@ -137,12 +137,11 @@ class Artifact:
             self.path_of(relpath)  # refuses escaping paths before anything else is looked at
         if entries is None:
             entries = self.files
-            for extra in _walk_files(self.root):
-                if extra != MANIFEST_NAME and extra not in listed:
-                    raise ArtifactError(
-                        f"Artifact {self.root} holds {extra}, which its manifest does not list; "
-                        "it may have been tampered with. Re-export it or remove the file."
-                    )
+            for extra in _unlisted_files(self.root, listed)[:1]:
+                raise ArtifactError(
+                    f"Artifact {self.root} holds {extra}, which its manifest does not list; "
+                    "it may have been tampered with. Re-export it or remove the file."
+                )
         hashes = VerifiedFiles(sha256_file, enabled=cache)
         for entry in entries:
             path = self.path_of(entry)
@@ -195,12 +194,15 @@ class Artifact:
         return next((e for e in self.files if e.get("role") == role), None)
 
 
-def _walk_files(root: Path) -> list[str]:
+def _unlisted_files(root: Path, listed: set[str]) -> list[str]:
+    """The files (and links to folders) under root that are neither the manifest nor listed in it."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
-            found.append(Path(dirpath, name).relative_to(root).as_posix())
-    return found
+            relpath = Path(dirpath, name).relative_to(root).as_posix()
+            if relpath != MANIFEST_NAME and relpath not in listed:
+                found.append(relpath)
+    return sorted(found)
 
 
 @dataclass
@@ -223,6 +225,7 @@ class ArtifactWriter:
                 raise ExportError(
                     f"{self.destination} exists and is not a vlmedge artifact; choose another output path."
                 )
+        _refuse_files_of_the_user(self.destination)
         # The pid in the name lets a later export tell an abandoned build from a running one.
         name = f"{_TMP_MARKER}{self.destination.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp = self.destination.parent / name
@@ -279,6 +282,19 @@ class ArtifactWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _refuse_files_of_the_user(destination: Path) -> None:
+    """An earlier artifact is replaced whole: files someone added to it (notes, a licence)
+    would go with it, so they are named instead."""
+    if not _holds_an_artifact(destination):
+        return
+    listed = {entry["path"] for entry in json.loads((destination / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]}
+    added = _unlisted_files(destination, listed)
+    if added:
+        shown = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+        raise ExportError(f"{destination} holds {shown}, which the artifact there does not list, and an export "
+                          "replaces the whole folder; move them out, or choose another output path.")
 
 
 def _holds_an_artifact(folder: Path) -> bool:

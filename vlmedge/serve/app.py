@@ -74,6 +74,9 @@ class _State:
         self.metrics = Metrics()
         make = batchers or (lambda name, m: DynamicBatcher(name, batch_runner(m), batch, self.metrics))
         self.batchers = {name: make(name, m) for name, m in self.models.items()}
+        # A request whose client left is taken out of the queue (handling.submit): uvicorn's
+        # receive channel says so. Behind Ray Serve's proxy (remote batchers) that is left to Serve.
+        self.cancel_on_disconnect = batchers is None
         self.ready = False
         self.warmup_error: str | None = None
         self.draining = False  # drain(): requests are answered 503 shutting_down
@@ -216,7 +219,7 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
         limits = state.limits
         body = await read_body(request, limits, started)
         inputs, job = await _prepare(request, body, served, endpoint, state, started)
-        result, timing = await submit(state, name, job, started, inputs.options.get("timeout_ms"))
+        result, timing = await submit(state, name, job, started, inputs.options.get("timeout_ms"), request)
         total = (time.perf_counter() - started) * 1000
         return {"model": name, **result, "inputs": job.inputs,
                 "batch": {"inputs": timing.batch_inputs, "requests": timing.batch_requests},

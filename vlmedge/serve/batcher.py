@@ -137,6 +137,9 @@ class DynamicBatcher:
         finally:
             if not job.future.done():
                 job.future.cancel()
+            if job.started is None and job in self._pending:  # out of the queue now, not at the next batch
+                self._pending.remove(job)
+                self._set_depth()
 
     def _queue_timeout(self, waited_s: float) -> Problem:
         return Problem(408, "timeout", f"The request waited {waited_s:.3g} s in the queue of model '{self.name}' "

@@ -169,9 +169,38 @@ def _release(slots: asyncio.Semaphore, work: asyncio.Future) -> None:
         work.exception()  # retrieved: the error of a request already answered 408 is nobody's
 
 
-async def submit(state: Any, name: str, job: Any, started: float, timeout_ms: int | None = None) -> tuple[Any, Any]:
-    """Queues a model job on the model's batcher, within the request's remaining time."""
-    return await state.batchers[name].submit(job.key, job.inputs, job.payload, remaining_s(state, started, timeout_ms))
+async def submit(state: Any, name: str, job: Any, started: float, timeout_ms: int | None = None,
+                 request: Request | None = None) -> tuple[Any, Any]:
+    """Queues a model job on the model's batcher, within the request's remaining time. Given
+    the request (its body read), a client that leaves first takes its job out of the queue."""
+    work = state.batchers[name].submit(job.key, job.inputs, job.payload, remaining_s(state, started, timeout_ms))
+    if request is None or not state.cancel_on_disconnect:
+        return await work
+    return await _unless_the_client_leaves(asyncio.ensure_future(work), request)
+
+
+async def _unless_the_client_leaves(work: asyncio.Future, request: Request) -> Any:
+    """The work's result, or, when the client disconnects first, the work cancelled (a queued
+    job never runs: the batcher skips it) and 499 for the log and the metrics. uvicorn does
+    not cancel a handler whose client left; once the body is read, its receive channel
+    answers only http.disconnect, at a disconnect or when the response is complete."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler was cancelled (a drain): so is its work
+        work.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not work.done():  # the client left first
+        work.cancel()
+        raise Problem(499, "client_closed_request", "The client closed the connection before its answer was ready.")
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def instrumented(state: Any, name: str | Callable[[], str], endpoint: str,

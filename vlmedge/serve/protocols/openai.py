@@ -132,7 +132,7 @@ def routes(state: Any) -> list[Route]:
                                               Inputs(**{k: getattr(all_inputs, k)}), state.limits) for k in kinds]
             except (Problem, VlmedgeError) as exc:
                 raise _named_by_input(exc, groups) from None
-            results = await asyncio.gather(*(submit(state, served.name, job, started) for job in jobs))
+            results = await asyncio.gather(*(submit(state, served.name, job, started, None, request) for job in jobs))
             vectors: list[Any] = [None] * len(items)
             tokens = 0
             for kind, job, (result, _) in zip(kinds, jobs, results):

@@ -243,7 +243,7 @@ def routes(state: Any) -> list[Route]:
             timeout_ms = request_timeout_ms(head)
             call = await prepare_in_time(state, name, started, timeout_ms, plan, served, head, tensors,
                                          state.limits)
-            result, _ = await submit(state, name, call.job, started, timeout_ms)
+            result, _ = await submit(state, name, call.job, started, timeout_ms, request)
             outputs = call.outputs(result)
             wanted = requested_outputs(head, list(outputs))
             answer = {"model_name": name, "model_version": VERSION, **({"id": head["id"]} if "id" in head else {})}
