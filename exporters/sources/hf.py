@@ -107,7 +107,8 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
     except (OSError, ValueError, RuntimeError, EOFError) as exc:
         if "ignore_mismatched_sizes" in str(exc):  # transformers points at a report it printed above
             raise _mismatch_error(cls, folder) from None
-        raise UnsupportedModelError(f"Cannot load the weights in {folder}: {str(exc).strip()[:400]}") from None
+        raise UnsupportedModelError(f"Cannot load the weights in {folder} ({str(exc).strip()[:400].rstrip('.')}); save "
+                                    "the model there again with save_pretrained().") from None
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
         if type(exc).__name__ != "SafetensorError":
             raise
