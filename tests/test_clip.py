@@ -284,16 +284,18 @@ def test_the_int8_ladder_times_a_level_s_files_round_robin(made):
 def test_bench_times_the_text_graph_as_the_runtime_runs_it(kind, made, pipelines):
     import vlmedge
 
-    report = vlmedge.bench(made(kind)[1], backends=["onnxruntime"], precisions=["fp32"], batch_sizes=[1],
+    report = vlmedge.bench(made(kind)[1], backends=["onnxruntime"], precisions=["fp32"], batch_sizes=[1, 4],
                            iterations=2, warmup=0, roofline=False)
-    text = next(row for row in report.rows if row.graph == "text")
+    texts = [row for row in report.rows if row.graph == "text"]
     if kind == "siglip":
-        assert "tokens" not in text.inputs
+        assert all("tokens" not in text.inputs for text in texts)
         return
-    # batch 1 runs the first bundled caption, at its own length
+    # every batch size runs the first bundled caption, at its own length: the same work per caption
+    # (the first captions tiled ran batch 1 at 8 tokens and batch 8 at 46)
     first = (made(kind)[1] / "samples" / "captions.txt").read_text(encoding="utf-8").splitlines()[0]
     length = int(pipelines(kind).tokenizer.encode(first)["attention_mask"].sum())
-    assert length < pipelines(kind).context_length and text.inputs.endswith(f", {length} tokens"), text.inputs
+    assert length < pipelines(kind).context_length and [t.batch_size for t in texts] == [1, 4]
+    assert all(text.inputs.endswith(f", {length} tokens") for text in texts), [text.inputs for text in texts]
 
 
 def test_text_past_the_positions_is_an_input_error_on_each_backend(made, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from vlmedge.bench.plan import Plan
 from vlmedge.bench.result import Latency, Parity, Row, Skip
@@ -41,10 +41,6 @@ def pipeline(plan: Plan, backend: str, precision: str, sessions: dict[str, Sessi
     return task_named(plan.task).pipeline_class()(sessions)
 
 
-def _tile(items: Sequence[Any], n: int) -> list[Any]:
-    return [items[i % len(items)] for i in range(n)]
-
-
 def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, precision: str, threads: int,
                   label: str, load_s: float, baseline: Baseline, file: str | None, model_mb: float | None,
                   parity: Parity, pipeline: Any = None, peer: str | None = None) -> None:
@@ -65,9 +61,9 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
                     skip(plan, backend, f"the artifact bundles no {method.input} samples to run end to end", graph,
                          precision)
                     return
-                call = functools.partial(getattr(pipeline, method.name), _tile(items, batch))
-                inputs = (f"{len(items)} sample {method.input} {'texts' if method.input == 'text' else 'files'} "
-                          f"tiled to {batch}")
+                # the first sample repeated, as the model-only rows: the same work per item at every batch size
+                call = functools.partial(getattr(pipeline, method.name), [items[0]] * batch)
+                inputs = f"the first sample {'text' if method.input == 'text' else 'file'} repeated to {batch}"
             else:
                 feeds, inputs = plan.feeds(graph, batch, session)
                 session.check_feeds(feeds)  # once, untimed: only the backend's own call is timed

@@ -1,10 +1,11 @@
 """What one `vlmedge bench` run measures and on which inputs, and what it has found so far:
 the Plan that vlmedge.bench.measure fills with rows, skips and warnings.
 
-Inputs are the real samples stored in samples/parity.npz (the first rows; exporters/samples.py
-writes the bundled files first), tiled to the batch size; settings.inputs "random" uses
-seeded noise of the same shapes. A text graph that takes captions of any length gets them
-without the padding they all end with, as the runtime runs it.
+Inputs are the first real sample stored in samples/parity.npz (exporters/samples.py writes
+the bundled files first), repeated to the batch size: every batch size does the same work per
+item (the first rows tiled gave batch 1 an 8-token caption and batch 8 a 46-token one);
+settings.inputs "random" uses seeded noise of the same shapes. A text graph that takes
+captions of any length gets them without the padding they end with, as the runtime runs it.
 """
 
 from __future__ import annotations
@@ -122,11 +123,9 @@ class Plan:
                     feeds[name] = rng.integers(array.min(), array.max() + 1, size=shape).astype(array.dtype)
             described = f"seeded random inputs, batch {batch}"
         else:
-            real = len(self.samples.get(self.method(graph).input, []))
-            use = real if 0 < real <= n else n
-            index = np.arange(batch) % use
-            feeds = {name: np.ascontiguousarray(array[index]) for name, array in stored.items()}
-            described = f"{use} {'real samples' if use == real else 'stored parity inputs'} tiled to {batch}"
+            real = 0 < len(self.samples.get(self.method(graph).input, [])) <= n
+            feeds = {name: np.ascontiguousarray(np.repeat(array[:1], batch, axis=0)) for name, array in stored.items()}
+            described = f"the first {'real sample' if real else 'stored parity input'} repeated to {batch}"
         inputs = [TensorInfo.from_dict(i) for i in self.artifact.manifest["graphs"][graph].get("inputs", [])]
         if takes_trimmed_padding(inputs):  # as the runtime runs it: at the longest caption of the batch
             feeds = trim_padding(feeds)
