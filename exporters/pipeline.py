@@ -30,8 +30,8 @@ import numpy as np
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
 from vlmedge.environment import package_versions
-from vlmedge.errors import (ExportError, InputError, ParityError, UnsupportedModelError, UsageError, VlmedgeError,
-                            exception_line)
+from vlmedge.errors import (BackendUnavailableError, ExportError, InputError, ParityError, UnsupportedModelError,
+                            UsageError, VlmedgeError, exception_line)
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
@@ -242,10 +242,12 @@ def plan_variants(to: str | Iterable[str], precision: str | Iterable[str], opset
     (target, precision) files to build: the fp32 ONNX file always, first."""
     targets = _check_choices("target", to, TARGETS)
     precisions = _check_choices("precision", precision, PRECISIONS)
-    for target in targets:
+    for target in targets:  # before the model loads: a missing package failed after the ONNX files were built
         backend = backend_of_target(target)
-        if backend.module is None:  # no runtime for it in this vlmedge: say what it needs
-            raise ExportError(f"Cannot build {target} files here: {unavailable_reason(backend)}")
+        reason = unavailable_reason(backend)
+        if reason:  # no runtime for it in this vlmedge, or its package not installed: say what it needs
+            raise (ExportError if backend.module is None else BackendUnavailableError)(
+                f"Cannot build {target} files here: {reason}")
     requested = [(t, p) for t in targets for p in precisions]
     for t, p in [v for v in requested if v in SKIPPED_VARIANTS]:
         if all(v in SKIPPED_VARIANTS for v in requested if v[1] == p):

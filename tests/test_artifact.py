@@ -65,6 +65,20 @@ def test_an_opset_torch_onnx_cannot_export_is_refused_before_anything_loads(opse
         plan_variants("onnx", "fp32", opset, None, lambda _: None)
 
 
+def test_a_target_whose_package_is_not_installed_is_refused_before_the_model_loads(monkeypatch, tmp_path):
+    """It failed after the model loaded and every ONNX file was built, on a ModuleNotFoundError."""
+    import importlib.util
+
+    from vlmedge.errors import BackendUnavailableError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(BackendUnavailableError, match=r"Cannot build openvino files here: .*'openvino' package, which is "
+                                                      r"not installed; install it with: pip install 'vlmedge\[openvino\]'"):
+        vlmedge.export("builtin:no-such-model-either", tmp_path / "out", to="onnx,openvino")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("option, message", [
     ({"to": None}, r"The target must be a name or a list of names \(onnx, .*\), not None"),
     ({"precision": ["fp32", 8]}, r"The precision must be a name or a list of names \(fp32, .*\), not \['fp32', 8\]"),
