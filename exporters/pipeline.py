@@ -39,7 +39,7 @@ from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
 from vlmedge.registry import TASKS
 from vlmedge.runtimes.base import BACKENDS, backend_of_target, open_session, unavailable_reason
-from vlmedge.tasks.base import check_flag
+from vlmedge.tasks.base import check_flag, check_progress
 
 TARGETS = tuple(b.target for b in BACKENDS.values())
 # (target, precision) -> (module, function(writer, context) -> (relpath, files, session_options));
@@ -202,8 +202,7 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
         raise InputError(f"calibration must be a path or {{graph: {{input: array}}}}, not {type(calibration).__name__}.")
     if not (evaluation is None or isinstance(evaluation, (str, os.PathLike))):
         raise InputError(f"evaluation must be the path of a folder of labelled files, not {type(evaluation).__name__}.")
-    if not (progress is None or callable(progress)):
-        raise InputError(f"progress must be a function taking a line of text, not {type(progress).__name__}.")
+    check_progress(progress)
     if not (task is None or task in TASKS):
         raise UsageError(f"task must be one of {', '.join(TASKS)}, or None to take it from the model, not {task!r}.")
     strict = check_flag("strict", strict)

@@ -361,6 +361,15 @@ def test_bad_options_are_one_sentence_errors(vit_artifact):
         vlmedge.bench(vit_artifact, batch_sizes=1.5)
     with pytest.raises(InputError, match="Unknown backend 5; choose from"):
         vlmedge.bench(vit_artifact, backends=5)
+    # each was taken before any measuring: 0 threads as the default, "no" as yes, a string called
+    with pytest.raises(InputError, match="threads must be positive integers, not 0"):
+        vlmedge.bench(vit_artifact, threads=0)
+    with pytest.raises(InputError, match="roofline must be True or False, not 'no'"):
+        vlmedge.bench(vit_artifact, roofline="no")
+    with pytest.raises(InputError, match="remeasure_peak must be True or False, not 'yes'"):
+        vlmedge.bench(vit_artifact, remeasure_peak="yes")
+    with pytest.raises(InputError, match="progress must be a function taking a line of text, not str"):
+        vlmedge.bench(vit_artifact, progress="x")
 
 
 def test_a_list_option_may_be_given_one_value(vit_artifact):

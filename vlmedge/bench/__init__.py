@@ -117,7 +117,10 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
     from vlmedge.bench.settings import check_settings, peer_files
     from vlmedge.bench.timing import Memory
     from vlmedge.environment import describe
+    from vlmedge.tasks.base import check_flag, check_progress
 
+    check_progress(progress)
+    roofline, remeasure_peak = check_flag("roofline", roofline), check_flag("remeasure_peak", remeasure_peak)
     art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     memory = Memory()
     settings = check_settings(art, backends=backends, precisions=precisions, batch_sizes=batch_sizes, threads=threads,

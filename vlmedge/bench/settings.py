@@ -119,7 +119,8 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
     _known("backend", backends, _backend_names())
     _known("precision", precisions, PRECISIONS)
     cores = available_cores()
-    thread_grid = _thread_grid(cores) if "threads" in sweep else _positive("threads", [threads or cores])
+    thread_grid = (_thread_grid(cores) if "threads" in sweep
+                   else _positive("threads", [cores if threads is None else threads]))  # 0 is refused, not the default
     batches = _positive("batch sizes", batch_sizes or (SWEEP_BATCHES if "batch" in sweep else DEFAULT_BATCHES))
     have = artifact.model_entries()
     chosen_backends = [b for b in _backend_names() if (b in backends if backends else b == BASELINE or

@@ -51,6 +51,12 @@ def check_flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_progress(progress: Any) -> None:
+    """A progress option is None or a function that takes each line of text."""
+    if not (progress is None or callable(progress)):
+        raise InputError(f"progress must be a function taking a line of text, not {type(progress).__name__}.")
+
+
 def check_threshold(threshold: Any, activation: str = "softmax") -> float | None:
     """A score from 0 to 1, or None for no threshold. A model scored with the activation
     "none" (regression) gives raw values, not scores from 0 to 1, so it takes no threshold."""
