@@ -328,15 +328,21 @@ def test_load_picks_the_variant_and_stays_close_to_fp32(every_variant, image_fil
     assert cosine.min() > (0.99 if precision == "int8" else 0.999)
 
 
-def test_precision_none_picks_the_fastest_that_passed(every_variant):
+def test_precision_none_picks_the_widest_as_fast_as_the_fastest_that_passed(every_variant):
+    """The fastest by more than 10%; within that, the widest precision (an int8 file 4% faster
+    than fp32, within the timings' noise, was taken for its speed and lost accuracy)."""
     import vlmedge
+    from vlmedge.parity import PRECISIONS
+    from vlmedge.runtimes.select import FASTER_BY
 
     variants = _variants(every_variant)
     for backend, target in (("onnxruntime", "onnx"), ("openvino", "openvino")):
         if target == "openvino" and not HAVE_OPENVINO:
             continue
-        fastest = min((e for (t, _), e in variants.items() if t == target), key=lambda e: e["parity"]["latency_ms"])
-        assert vlmedge.load(every_variant, backend=backend).model.precision == fastest["precision"]
+        latency = {p: e["parity"]["latency_ms"] for (t, p), e in variants.items()
+                   if t == target and e["parity"]["passed"]}
+        widest = next(p for p in PRECISIONS if latency.get(p, float("inf")) <= min(latency.values()) * FASTER_BY)
+        assert vlmedge.load(every_variant, backend=backend).model.precision == widest
 
 
 def test_check_reverifies_every_variant(every_variant):

@@ -33,7 +33,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
             their target: onnxruntime the "onnx" files, openvino the "openvino" ones.
         device: "cpu", "cuda", or a backend's own device name such as "GPU" or "NPU" (CLI: --device).
         precision: "fp32", "fp16", "bf16" or "int8"; None takes the fastest file that passed
-            its parity gate (CLI: --precision).
+            its parity gate, or the widest precision within 10% of it (CLI: --precision).
         decode_workers: threads that decode and preprocess the inputs of a list call while the
             model runs (None: min(4, CPUs); 1: serially); the pipeline's ``decode_workers``.
         cache: keep the backend's compiled model in the user cache folder ($VLMEDGE_CACHE_DIR,
