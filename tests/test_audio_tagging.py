@@ -409,14 +409,17 @@ def test_clip_shorter_than_one_frame_is_an_input_error_everywhere(exported, audi
     tiny = tone_clip(0.002)  # 32 samples
     with pytest.raises(ValueError):
         transformers.ASTFeatureExtractor(**CONFIGS["single-softmax"][1])(tiny, sampling_rate=SR)
-    message = r"32 samples at 16000 Hz, shorter than one 25 ms frame \(400 samples\)"
+    message = r"lasts 2 ms, shorter than one 25 ms frame; pass a clip of at least 25 ms"
     with pytest.raises(InputError, match=message):
         vlmedge.load(art).tag(tiny, sample_rate=SR)
+    # at another rate, the clip's own length (its count at 16 kHz read as 398 samples of 199)
+    with pytest.raises(InputError, match=r"lasts 24\.9 ms, shorter than one 25 ms frame"):
+        vlmedge.load(art).tag(tone_clip(199 / 8000, sr=8000), sample_rate=8000)
     sf.write(tmp_path / "tiny.wav", tiny, SR, subtype="FLOAT")
     predicted = CliRunner().invoke(app, ["predict", str(art), str(audio_files["short"]), str(tmp_path / "tiny.wav")])
     assert predicted.exit_code == 1 and "shorter than one 25 ms frame" in predicted.output
-    assert "tiny.wav: The audio clip is 32 samples" in " ".join(predicted.output.split())  # named among the files
-    with pytest.raises(InputError, match="Audio clip 1 of the list: The audio clip is 32 samples"):
+    assert "tiny.wav: The audio clip lasts 2 ms" in " ".join(predicted.output.split())  # named among the files
+    with pytest.raises(InputError, match="Audio clip 1 of the list: The audio clip lasts 2 ms"):
         vlmedge.load(art).tag([tone_clip(1.0), tiny], sample_rate=SR)
     pytest.importorskip("pyarrow")
     rows = run_local(make_job(art, "tag"), collect([str(tmp_path / "tiny.wav"), str(audio_files["short"])], "audio"),

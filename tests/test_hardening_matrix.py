@@ -141,6 +141,8 @@ def _load_audio(*args, **kwargs):
 
 
 case("audio-missing-file", r"Audio file .*nope\.wav does not exist")(lambda c: _load_audio(c.work / "nope.wav"))
+case("audio-url", r"^https://example\.com/a\.wav is a URL; vlmedge does not download audio files")(
+    lambda c: _load_audio("https://example.com/a.wav"))
 case("audio-empty-file", r"empty\.wav is empty \(0 bytes\)")(lambda c: _load_audio(c.file("empty.wav", b"")))
 case("audio-garbage-bytes", r"Cannot decode the audio bytes \((?!.*BytesIO)[^)]*\); pass a WAV, FLAC, OGG, MP3 or AIFF file")(
     lambda c: _load_audio(b"RIFFgarbage" * 20))

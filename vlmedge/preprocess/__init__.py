@@ -23,6 +23,9 @@ AUDIO_FORMATS = "WAV, FLAC, OGG, MP3 or AIFF"
 def check_input_file(path: str, kind: str) -> None:
     """A path to decode must name a regular file: a FIFO or device could block the read forever,
     and a link to nothing is a broken link, not a missing file. `kind`: "image" or "audio"."""
+    if path.startswith(("http://", "https://")):
+        raise InputError(f"{path} is a URL; vlmedge does not download {kind} files, so download it and pass the "
+                         "file path.")
     if os.path.isfile(path):
         return
     if os.path.isdir(path):

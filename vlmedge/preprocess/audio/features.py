@@ -86,9 +86,9 @@ def check_clip_length(samples: int, spec: AudioPreprocessSpec) -> None:
 
 
 def _shorter_than_a_frame(samples: int, spec: AudioPreprocessSpec) -> InputError:
-    return InputError(f"The audio clip is {samples} sample{'' if samples == 1 else 's'} at {spec.sampling_rate} Hz, "
-                      f"shorter than one {spec.frame_length_ms:g} ms frame ({spec.frame_length} samples); pass a "
-                      f"clip of at least {spec.frame_length_ms:g} ms.")
+    # in milliseconds, whatever rate the clip came at (its sample count is the model's rate's)
+    return InputError(f"The audio clip lasts {samples * 1000 / spec.sampling_rate:.3g} ms, shorter than one "
+                      f"{spec.frame_length_ms:g} ms frame; pass a clip of at least {spec.frame_length_ms:g} ms.")
 
 
 def _kaldi_fbank(wave: np.ndarray, spec: AudioPreprocessSpec) -> np.ndarray:

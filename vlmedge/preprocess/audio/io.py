@@ -106,8 +106,8 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
             or dtype, or its sample rate is outside 1..192 kHz.
     """
     if isinstance(audio, (str, os.PathLike)):
+        check_input_file(str(os.fspath(audio)), "audio")  # as given: Path() would turn http:// into http:/
         path = Path(audio)
-        check_input_file(str(path), "audio")
         if path.stat().st_size == 0:
             raise InputError(f"Audio file {path} is empty (0 bytes); pass a complete audio file.")
         data, sr = _decode(str(path), f"audio file {path}")

@@ -56,8 +56,6 @@ def load_image(image: Any) -> Image.Image:
 
 def _open_file(path: str | os.PathLike) -> Image.Image:
     name = os.fspath(path)
-    if isinstance(name, str) and name.startswith(("http://", "https://")):
-        raise InputError(f"{name} is a URL; vlmedge does not download images, so download it and pass the file path.")
     check_input_file(str(name), "image")
     try:
         handle = open(name, "rb")  # ours to close, so the decoded image stays usable (see _decode)
