@@ -432,6 +432,10 @@ def test_bad_inputs_are_input_errors(pipelines):
             clip.zero_shot(image, labels)
     with pytest.raises(InputError, match=r"Label 'cat' is given twice \(labels 0 and 2\)"):
         clip.zero_shot(image, ["cat", "dog", "cat"])
+    # a numpy column of labels is a list of them (it was "needs a non-empty list")
+    assert clip.zero_shot(image, np.array(["cat", "dog"])) == clip.zero_shot(image, ["cat", "dog"])
+    with pytest.raises(InputError, match=r"Label 0 is 1; every label must be a non-empty string"):
+        clip.zero_shot(image, np.array([1, 2]))
     with pytest.raises(InputError):
         clip.zero_shot(image, ["cat"], templates=["no placeholder"])
     # templates are filled as transformers' pipeline fills them (str.format), and one whose fields could

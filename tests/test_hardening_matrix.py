@@ -107,6 +107,8 @@ case("image-format-not-allowed-tga", r"image\.tga is not a readable JPEG, PNG, B
 case("image-format-not-allowed-ico", r"icon\.ico is not a readable JPEG")(
     lambda c: c.classifier.classify(c.file("icon.ico", _encoded("ICO", (32, 32)))))
 case("image-url", r"is a URL; vlmedge does not download")(lambda c: c.classifier.classify("https://example.com/cat.jpg"))
+case("image-bytes-among-many", r"^Image 2 of the list: The image given as bytes is not a readable JPEG")(
+    lambda c: c.classifier.classify([np.zeros((8, 8, 3), np.uint8)] * 2 + [b"junk"] + [np.zeros((8, 8, 3), np.uint8)]))
 case("image-float-array", r"dtype uint8 .*not float32")(lambda c: c.classifier.classify(np.zeros((8, 8, 3), np.float32)))
 case("image-five-channels", r"must have shape .*not \(8, 8, 5\)")(lambda c: c.classifier.classify(np.zeros((8, 8, 5), np.uint8)))
 case("image-empty-array", r"image array is empty")(lambda c: c.classifier.classify(np.zeros((0, 10, 3), np.uint8)))

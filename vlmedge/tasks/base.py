@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import numbers
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -108,9 +109,16 @@ def chunks(items: Sequence[Any], size: int = MAX_BATCH):
         yield items[start:start + size]
 
 
-def _pixels_of(item: Any, spec: ImagePreprocessSpec) -> np.ndarray | Deferred:
-    """One image decoded (an error raised now) and preprocessed (an error deferred)."""
-    image = load_image(item)
+def _pixels_of(numbered: tuple[int, Any], spec: ImagePreprocessSpec, among: int) -> np.ndarray | Deferred:
+    """One image decoded (an error raised now) and preprocessed (an error deferred). Among
+    others, an image that is not a file is named by its place in the list."""
+    i, item = numbered
+    try:
+        image = load_image(item)
+    except InputError as exc:
+        if among == 1 or isinstance(item, (str, os.PathLike)):  # one input, or a file's message names it
+            raise
+        raise InputError(f"Image {i} of the list: {exc}") from None
     try:
         return preprocess_images([image], spec)[0]
     except Exception as exc:  # noqa: BLE001 - raised by pixel_batches as the serial loop raises it
@@ -123,8 +131,9 @@ def pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int 
     items, equal to the array, the order and the first error of that serial loop, with the
     items decoded by up to ``workers`` threads (None: the default; 1: serially) and the next
     two chunks prepared while the caller runs the model on this one."""
-    rows = prepare_ordered(functools.partial(_pixels_of, spec=spec), items, workers, ahead=2 * size,
-                           inline=lambda item: isinstance(item, Image.Image))  # may be lazily loaded, or repeated
+    # a PIL image is converted inline: it may be lazily loaded, or the same object repeated
+    rows = prepare_ordered(functools.partial(_pixels_of, spec=spec, among=len(items)), list(enumerate(items)),
+                           workers, ahead=2 * size, inline=lambda numbered: isinstance(numbered[1], Image.Image))
     with contextlib.closing(rows):
         for batch in in_batches(rows, size):
             failed = next((row for row in batch if isinstance(row, Deferred)), None)

@@ -290,6 +290,8 @@ class Clip:
         if isinstance(labels, str):
             raise InputError(f"labels must be a list of strings, not one string ({labels[:40]!r}); "
                              "e.g. labels=['cat', 'dog'].")
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:  # a column of labels from numpy or pandas
+            labels = labels.tolist()
         if labels is None or not isinstance(labels, (list, tuple)) or not labels:
             raise InputError("Zero-shot needs a non-empty list of candidate labels, e.g. labels=['cat', 'dog'].")
         first: dict[str, int] = {}
