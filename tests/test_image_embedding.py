@@ -353,6 +353,30 @@ def test_predict_attention_writes_png(exported, tmp_path):
     assert all(Path(r["attention"]).is_file() for r in rows) and rows[0]["dim"] == 32
 
 
+def test_render_attention_refuses_what_it_cannot_draw_or_write_before_drawing(exported, tmp_path):
+    """A folder (IsADirectoryError), a missing folder under /proc (FileNotFoundError), panel_size 0
+    (a 34 x 29 sheet), alpha 2 (an extrapolated blend) and a .jpg name (PNG bytes in it) went through."""
+    import vlmedge
+    from vlmedge.errors import InputError, OutputError
+
+    encoder = vlmedge.load(exported("dino"))
+    image = SAMPLES / "red-circle.jpg"
+    for kwargs, message in [({"path": tmp_path}, r"writes a PNG; name the file \.png"),
+                            ({"path": tmp_path / "sheet.jpg"}, r"writes a PNG; name the file \.png"),
+                            ({"panel_size": 0}, "panel_size must be a whole number of pixels from 16 up, not 0"),
+                            ({"alpha": 2}, r"alpha must be a number from 0 \(the image only\) to 1"),
+                            ({"columns": 0}, "columns must be a positive whole number or None, not 0")]:
+        with pytest.raises(InputError, match=message):
+            encoder.render_attention(image, **{"path": tmp_path / "ok.png", **kwargs})
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(InputError, match="is a folder; name the PNG file to write inside it"):
+        encoder.render_attention(image, tmp_path / "taken.png")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match=r"Cannot write the attention sheet .*file/sheet\.png \(.*\); choose a path"):
+        encoder.render_attention(image, tmp_path / "file" / "sheet.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.png"]
+
+
 def test_cli_export_image_size(encoder_dir, tmp_path):
     """`vlmedge export --image-size HxW` reaches the source as image_size."""
     from vlmedge.artifact import Artifact

@@ -56,10 +56,11 @@ def windows_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def attention_paths(attention: Path, inputs: list[str]) -> list[Path]:
-    """One input: the path as given; several: out-<stem>.png per input (numbered on a clash)."""
-    if len(inputs) == 1:
-        return [attention]
+    """One input: the path as given (.png added to a name without a suffix); several:
+    out-<stem>.png per input (numbered on a clash)."""
     suffix = attention.suffix or ".png"
+    if len(inputs) == 1:
+        return [attention.with_suffix(suffix)]
     paths, seen = [], set()
     for i, name in enumerate(inputs):
         path = attention.with_name(f"{attention.stem}-{Path(name).stem}{suffix}")

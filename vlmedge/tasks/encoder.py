@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlmedge.errors import ArtifactError, InputError
+from vlmedge.errors import ArtifactError, InputError, OutputError
 from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (as_list, check_flag, chunks, image_spec_for, l2_normalize, pipeline_repr,
@@ -167,17 +167,40 @@ class ImageEncoder:
         heat map per head over the image. Each map is scaled to its own min..max."""
         if isinstance(image, (list, tuple)):
             raise InputError("render_attention takes one image; call it once per image.")
+        path = _sheet_path(path, panel_size, alpha, columns)
         maps = self.attention_maps(image)[0]
         view = self.model_view(image)
         panels = [("input", _fit(view, panel_size)),
                   ("mean of heads", overlay(view, maps.mean(axis=0), panel_size, alpha))]
         panels += [(f"head {i}", overlay(view, m, panel_size, alpha)) for i, m in enumerate(maps)]
         sheet = contact_sheet(panels, columns=columns)
-        path = Path(path)
-        if path.parent and not path.parent.exists():
+        partial = path.with_name(f".{path.name}.partial")  # renamed into place: never half a PNG at `path`
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        sheet.save(path, format="PNG")
+            sheet.save(partial, format="PNG")
+            os.replace(partial, path)
+        except OSError as exc:
+            if partial.parent.is_dir():
+                partial.unlink(missing_ok=True)
+            raise OutputError(f"Cannot write the attention sheet {path} ({exc.strerror or exc}); choose a path in a "
+                              "folder you can write.") from None
         return path
+
+
+def _sheet_path(path: Any, panel_size: Any, alpha: Any, columns: Any) -> Path:
+    """render_attention's options, checked before any drawing: a PNG path that is not a
+    folder, a panel of some pixels, a blend weight in 0..1, a positive column count."""
+    if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".png":
+        raise InputError(f"render_attention writes a PNG; name the file .png, not {str(path)!r}.")
+    if Path(path).is_dir():
+        raise InputError(f"{path} is a folder; name the PNG file to write inside it.")
+    if isinstance(panel_size, bool) or not isinstance(panel_size, int) or panel_size < 16:
+        raise InputError(f"panel_size must be a whole number of pixels from 16 up, not {panel_size!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise InputError(f"alpha must be a number from 0 (the image only) to 1 (the map only), not {alpha!r}.")
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise InputError(f"columns must be a positive whole number or None, not {columns!r}.")
+    return Path(path)
 
 
 def _poolings_of(outputs: list[str]) -> list[str]:
