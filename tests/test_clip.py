@@ -322,6 +322,12 @@ def test_tokens_of_another_width_are_input_errors(pipelines):
                 {k: v[0] for k, v in tokens.items()}):
         with pytest.raises(InputError, match="tokenizer.encode"):
             clip.embed_texts_prepared(bad)
+    # ids outside the vocabulary: -1 was gathered as the last row and gave an embedding
+    for bad_id in (-1, clip.tokenizer.vocab_size):
+        bad = {k: v.copy() for k, v in tokens.items()}
+        bad["input_ids"][0, 1] = bad_id
+        with pytest.raises(InputError, match=rf"ids outside the tokenizer's 0\.\.{clip.tokenizer.vocab_size - 1}"):
+            clip.embed_texts_prepared(bad)
     np.testing.assert_allclose(clip.embed_texts_prepared(tokens), clip.embed_texts(["a cat", "a dog"]), atol=1e-6)
 
 

@@ -175,7 +175,7 @@ class TextTokenizer:
 
         first = self._new_slot()  # validates the file once, up front
         tok = first.tok
-        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        vocab_size = self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(spec, name)
             if value is not None and value >= vocab_size:

@@ -181,6 +181,10 @@ class Clip:
                for name in self._text_inputs):
             raise InputError(f"The tokenized captions must be (N, {self.context_length}) arrays; pass what "
                              "tokenizer.encode returns.")
+        ids, vocab = np.asarray(tokens.get("input_ids", [])), self.tokenizer.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):  # the model's gather would wrap or fail
+            raise InputError(f"The tokenized captions hold ids outside the tokenizer's 0..{vocab - 1}; pass what "
+                             "tokenizer.encode returns.")
         return l2_normalize(self._text_features(tokens))
 
     def zero_shot_prepared(self, pixels: np.ndarray, labels: Sequence[str],
