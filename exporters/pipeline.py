@@ -271,6 +271,16 @@ def _check_gates(gates: Any) -> dict[str, Gate]:
     if not (isinstance(gates, dict) and all(p in PRECISIONS and isinstance(g, Gate) for p, g in gates.items())):
         raise UsageError(f"gates must map precisions ({', '.join(PRECISIONS)}) to vlmedge.parity.Gate thresholds, "
                          f"not {gates!r}.")
+    # a threshold no file can meet failed only after the whole export (a negative accuracy drop,
+    # a gain, can be met)
+    for precision, gate in gates.items():
+        for name, low, high in (("min_cosine", -1, 1), ("min_top1", 0, 1), ("max_abs", 0, float("inf")),
+                                ("max_accuracy_drop", -1, 1), ("min_eval_agreement", 0, 1)):
+            value = getattr(gate, name)
+            if value is None and name not in ("min_cosine", "min_top1"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise UsageError(f"gates[{precision!r}].{name} must be a number from {low} to {high}, not {value!r}.")
     return gates
 
 

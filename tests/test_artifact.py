@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -87,6 +88,10 @@ def test_a_target_whose_package_is_not_installed_is_refused_before_the_model_loa
     ({"progress": "x"}, r"progress must be a function taking a line of text, not str"),
     ({"gates": {"int8": (0.9, None, 0.5)}}, r"gates must map precisions \(fp32, .*\) to vlmedge.parity.Gate"),
     ({"gates": {"int4": GATES["int8"]}}, r"gates must map precisions \(fp32, .*\) to vlmedge.parity.Gate"),
+    ({"gates": {"int8": dataclasses.replace(GATES["int8"], min_cosine=2.0)}},
+     r"gates\['int8'\]\.min_cosine must be a number from -1 to 1, not 2\.0"),
+    ({"gates": {"fp16": dataclasses.replace(GATES["fp16"], max_abs=-1)}},
+     r"gates\['fp16'\]\.max_abs must be a number from 0 to inf, not -1"),
     ({"task": ""}, r"task must be one of image-classification, .*, or None to take it from the model, not ''"),
     ({"task": "detection"}, r"task must be one of image-classification, .*not 'detection'"),
 ])
