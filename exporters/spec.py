@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmedge.errors import ExportError, ModelNotFoundError
+from vlmedge.errors import ExportError, ModelNotFoundError, UsageError
 
 if TYPE_CHECKING:  # annotations only: reading the built-in list (vlmedge formats) needs no torch
     import torch
@@ -52,12 +52,21 @@ class ExportSpec:
 def read_labels(labels: Any) -> Any:
     """labels= as a source takes it: a file (a str or PathLike, as --labels FILE gives) becomes
     its non-empty lines, one label a line; anything else is returned as it is."""
-    if not isinstance(labels, (str, os.PathLike)):
-        return labels
-    file = Path(labels).expanduser()
-    if not file.is_file():
-        raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
-    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if isinstance(labels, (str, os.PathLike)):
+        file = Path(labels).expanduser()
+        if not file.is_file():
+            raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
+        labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if isinstance(labels, (list, tuple)):  # a label empty or given twice could not be told apart in the answers
+        first: dict[str, int] = {}
+        for i, label in enumerate(str(label).strip() for label in labels):
+            if not label:
+                raise UsageError(f"Label {i} is empty; give every class a name.")
+            if label in first:
+                raise UsageError(f"Label {label!r} is given twice (labels {first[label]} and {i}); give each class "
+                                 "its own name.")
+            first[label] = i
+    return labels
 
 
 MAX_IMAGE_SIDE = 4096  # 85,000 patches of 14 pixels: beyond, tracing would run out of memory, not fail clearly

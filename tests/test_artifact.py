@@ -417,6 +417,13 @@ def test_a_plain_modules_labels_may_be_a_file_one_label_a_line(tmp_path):
         assert from_module(module, preprocess=spec, labels=labels).labels == ["cat", "dog", "car"]
     with pytest.raises(ModelNotFoundError, match="The labels file abc does not exist"):
         from_module(module, preprocess=spec, labels="abc")
+    # a label given twice or empty was exported, and served, as it was
+    from vlmedge.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"Label 'cat' is given twice \(labels 0 and 1\); give each class its own"):
+        from_module(module, preprocess=spec, labels=["cat", "cat", "dog"])
+    with pytest.raises(UsageError, match="Label 2 is empty; give every class a name"):
+        from_module(module, preprocess=spec, labels=["cat", "dog", " "])
 
 
 def test_unchanged_files_are_not_hashed_again_and_altered_ones_always_are(artifact_copy, monkeypatch, tmp_path):
