@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -69,6 +70,8 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
         blocking = next((parent for parent in Path(path).parents if parent.is_file()), None) if path else None
         if blocking is not None:  # found only when writing, after every row was measured
             raise UsageError(f"{option} {path} cannot be written: {blocking} is a file, not a folder.")
+        if path and path != "-":
+            _check_writable(option, Path(path))
     if plot_path and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"--plot writes {', '.join(PLOT_SUFFIXES)} files, not {Path(plot_path).name}.")
 
@@ -84,6 +87,19 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise BackendUnavailableError("--plot needs matplotlib (pip install 'vlmedge[plot]'), which is not "
                                       "installed; nothing was measured.")
+
+
+def _check_writable(option: str, path: Path) -> None:
+    """A file can be made in the folder that will hold `path` (its nearest existing one):
+    tried, since permissions do not tell root, nor a read-only or virtual file system."""
+    folder = next(parent for parent in path.absolute().parents if parent.exists())
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".vlmedge-write-check-")
+    except OSError as exc:
+        raise UsageError(f"{option} {path} cannot be written ({exc.strerror or exc} in {folder}); give a path in a "
+                         "folder you can write.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _quiet_loading(backend: Optional[str]):
