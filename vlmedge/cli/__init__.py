@@ -283,7 +283,7 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, a
             raise UsageError(f"{flag} does not apply to {task.name} artifacts, whose predict runs {method.name} "
                              f"(it takes {', '.join(takes) or 'no such option'}); drop {flag}.")
     if attention is not None and not (method.result == "embedding" and method.input == "image"):
-        raise UsageError(f"--attention draws an image encoder's attention; a {task.name} artifact has none to draw.")
+        raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to draw.")
     return method
 
 
