@@ -591,6 +591,8 @@ def test_cli_embed_engine_ray_writes_what_plain_embed_writes(ray_local, exported
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), np.load(tmp_path / "p.npy"))
     rows = len(np.load(tmp_path / "r.npy"))  # the summary counts what the .npy holds, not the unreadable too
     assert f"({rows} rows, {len(CORRUPT)} unreadable left out)" in result.stdout
+    # a .npy has no error column: the message points at the side file, as plain embed's does
+    assert "listed in r.files.json" in result.stderr and "'error' column" not in result.stderr
     ray_listing = json.loads((tmp_path / "r.files.json").read_text())
     plain_listing = json.loads((tmp_path / "p.files.json").read_text())
     assert ray_listing["files"] == [str(Path(f).resolve()) for f in plain_listing["files"]]

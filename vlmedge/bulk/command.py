@@ -22,7 +22,7 @@ from rich.console import Console
 from vlmedge.bulk.inputs import TABLE_SUFFIXES, batches, collect, holds_captions
 from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
-from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format
+from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format, side_file
 from vlmedge.choices import ENGINES, split
 from vlmedge.errors import InputError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
@@ -282,8 +282,9 @@ def _report(summary: _Summary, out: Path, seconds: float, where: str, console: C
     console.print(f"wrote {out} ({written} rows, {len(summary.errors)} unreadable{' left out' if npy else ''}) in "
                   f"{seconds:.1f} s, {rate:.1f} inputs/s on {where}", highlight=False)
     if summary.errors:
-        err_console.print(f"[yellow]{len(summary.errors)} input(s) could not be read[/yellow] "
-                          f"(their 'error' column says why):")
+        # as plain embed says it: a .npy has no error column, its side file lists the skipped inputs
+        where_listed = f"listed in {side_file(out).name}" if npy else "their 'error' column says why"
+        err_console.print(f"[yellow]{len(summary.errors)} input(s) could not be read[/yellow] ({where_listed}):")
         for name, error in summary.errors[:SHOWN_ERRORS]:
             err_console.print(f"  {name}: {error}", highlight=False)
         if len(summary.errors) > SHOWN_ERRORS:
