@@ -628,3 +628,22 @@ def test_a_peer_openvino_cannot_compile_is_skipped_with_the_cause(two_target_art
     (skip,) = [s for s in r.skipped if "nobin" in s.reason]
     assert "could not compile nobin.xml" in skip.reason and "Exception from" not in skip.reason, skip.reason
     assert not skip.reason.rstrip().endswith(":"), skip.reason
+
+
+def test_a_model_folder_is_exported_to_the_targets_installed_here_and_measured(hf_classifier_dir, monkeypatch):
+    """A Hugging Face folder is exported to a temporary artifact first; where OpenVINO is not
+    installed, to ONNX alone (it was announced, then built, as onnx and openvino)."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from vlmedge.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    result = CliRunner().invoke(app, ["bench", str(hf_classifier_dir("vit")), "--backend", "onnxruntime",
+                                      "--iterations", "2", "--warmup", "0", "--batch-size", "1", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert "exporting it to a temporary artifact (onnx fp32)" in " ".join(result.output.split())
+    rows = json.loads(result.stdout[result.stdout.index("{"):])["rows"]
+    assert [(row["backend"], row["precision"]) for row in rows] == [("onnxruntime", "fp32")]

@@ -119,10 +119,13 @@ def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDi
     if (path / "manifest.json").is_file() or not (reference.startswith("builtin:") or (path / "config.json").is_file()):
         return path, None
     from vlmedge.exporters.pipeline import VARIANT_BUILDERS, export
+    from vlmedge.runtimes.base import backend_of_target, unavailable_reason
 
     tmp = tempfile.TemporaryDirectory(prefix="vlmedge-bench-")
-    # fp32 only: lower precisions need calibration choices that belong to an explicit `vlmedge export`.
-    targets = [t for t in ("onnx", "openvino") if (t, "fp32") in VARIANT_BUILDERS]
+    # fp32 only: lower precisions need calibration choices that belong to an explicit `vlmedge export`;
+    # the targets whose backend is installed here
+    targets = [t for t in ("onnx", "openvino") if (t, "fp32") in VARIANT_BUILDERS
+               and backend_of_target(t) is not None and unavailable_reason(backend_of_target(t)) is None]
     say(f"{reference} is a model, not an artifact: exporting it to a temporary artifact ({', '.join(targets)} fp32); "
         "export once with `vlmedge export` to keep it and to add fp16/int8")
     try:
