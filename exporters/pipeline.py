@@ -85,7 +85,7 @@ EXPORT_PACKAGES = ("vlmedge", "torch", "transformers", "onnx", "onnxruntime", "o
 
 def _check_choices(kind: str, chosen: str | Iterable[str], allowed: tuple[str, ...]) -> list[str]:
     """The chosen names, in order, once each: a list, one name, or names joined by commas
-    (vlmedge.choices.split's forms, which the CLI passes; an API caller gets an ExportError)."""
+    (vlmedge.choices.split's forms, which the CLI passes; an API caller gets a UsageError)."""
     names = chosen.split(",") if isinstance(chosen, str) else chosen
     names = list(names) if isinstance(names, Iterable) else [names]  # once: a generator reads only once
     if not all(isinstance(name, str) for name in names):
@@ -93,7 +93,7 @@ def _check_choices(kind: str, chosen: str | Iterable[str], allowed: tuple[str, .
     chosen = list(dict.fromkeys(name.strip() for name in names if name and name.strip()))
     unknown = [c for c in chosen if c not in allowed]
     if unknown or not chosen:
-        raise ExportError(f"Unsupported {kind} {', '.join(unknown) or '(none)'}; choose from {', '.join(allowed)}.")
+        raise UsageError(f"Unsupported {kind} {', '.join(unknown) or '(none)'}; choose from {', '.join(allowed)}.")
     return chosen
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import vlmedge
 from vlmedge.artifact import Artifact, ArtifactWriter
-from vlmedge.errors import ArtifactError, ExportError, ModelNotFoundError, ParityError
+from vlmedge.errors import ArtifactError, ExportError, InputError, ModelNotFoundError, ParityError, UsageError
 from vlmedge.parity import GATES
 
 
@@ -50,7 +50,7 @@ def test_export_takes_targets_and_precisions_as_a_list_a_name_or_names_joined_by
 
     assert planned("onnx", "fp32") == planned(["onnx"], ["fp32"]) == [("onnx", "fp32")]
     assert planned("onnx, onnx", "fp32,int8") == planned(("onnx",), ("fp32", "int8"))
-    with pytest.raises(ExportError, match="Unsupported target onyx; choose from onnx"):
+    with pytest.raises(UsageError, match="Unsupported target onyx; choose from onnx"):  # as to=None is
         planned("onyx", "fp32")
 
 
@@ -110,10 +110,16 @@ def test_a_misspelt_source_option_is_refused_not_dropped(hf_classifier_dir, tmp_
     from vlmedge.errors import UsageError
 
     with pytest.raises(UsageError, match=r"ViTForImageClassification \(image-classification\) takes no option "
-                                         r"'calibraton', 'imagesize'; it takes image_size"):
+                                         r"'calibraton', 'imagesize'; its source takes image_size"):
         vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "out", calibraton=tmp_path, imagesize=64)
-    with pytest.raises(UsageError, match=r"A Linear module takes no option 'preproces'; it takes preprocess, labels"):
+    with pytest.raises(UsageError, match=r"A Linear module takes no option 'preproces'; its source takes preprocess, "
+                                         r"labels"):
         vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preproces={}, labels=["a", "b"])
+    # a preprocess= dict that is not a spec's is the caller's mistake, not an artifact's to re-export
+    with pytest.raises(UsageError, match=r"preprocess= must be an ImagePreprocessSpec or a dict of its fields, with size"):
+        vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preprocess={"sise": 24}, labels=["a", "b"])
+    with pytest.raises(InputError, match=r"size must be a dict with positive integer values"):
+        vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preprocess={"size": 24}, labels=["a", "b"])
     assert not (tmp_path / "out").exists()
 
 

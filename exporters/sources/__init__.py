@@ -71,5 +71,6 @@ def check_source_options(builder: Any, given: int, options: dict[str, Any], what
              if p.kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(options) - set(takes))
     if unknown:
-        raise UsageError(f"{what} takes no option {', '.join(map(repr, unknown))}; it takes "
-                         f"{', '.join(takes) or 'none'} besides vlmedge.export's own (to, precision, calibration, ...).")
+        raise UsageError(f"{what} takes no option {', '.join(map(repr, unknown))}; its source takes "
+                         f"{', '.join(takes) or 'none'} (not each for every model) besides vlmedge.export's own (to, "
+                         "precision, calibration, ...).")

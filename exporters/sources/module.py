@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import torch
 
-from vlmedge.errors import UnsupportedModelError
+from vlmedge.errors import UnsupportedModelError, UsageError
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.spec import ExportSpec, GraphSpec, read_labels
 from vlmedge.preprocess.image import ImagePreprocessSpec
@@ -27,7 +28,7 @@ def from_module(module: torch.nn.Module, task: str | None = None, preprocess: Im
             "A plain torch module needs preprocess= (an ImagePreprocessSpec or its dict) and labels= to be exported."
         )
     labels = read_labels(labels)
-    spec = preprocess if isinstance(preprocess, ImagePreprocessSpec) else ImagePreprocessSpec.from_dict(preprocess)
+    spec = preprocess if isinstance(preprocess, ImagePreprocessSpec) else _preprocess_spec(preprocess)
     height, width = spec.output_size
     pixels, sample_files = image_parity_feeds(spec)
     module = module.eval()
@@ -50,3 +51,13 @@ def from_module(module: torch.nn.Module, task: str | None = None, preprocess: Im
         source={"kind": "module", "reference": name or type(module).__name__, "architecture": type(module).__name__},
         parity_feeds={"model": {"pixel_values": pixels}}, extra_files=sample_files,
     )
+
+
+def _preprocess_spec(preprocess: Any) -> ImagePreprocessSpec:
+    """preprocess= as a dict: the spec's own fields (an invalid value is the spec's InputError;
+    from_dict would blame an artifact, and there is none yet)."""
+    fields = [f.name for f in dataclasses.fields(ImagePreprocessSpec)]
+    if not isinstance(preprocess, dict) or "size" not in preprocess or set(preprocess) - set(fields):
+        raise UsageError(f"preprocess= must be an ImagePreprocessSpec or a dict of its fields, with size "
+                         f"({', '.join(fields)}), not {preprocess!r}.")
+    return ImagePreprocessSpec(**preprocess)
