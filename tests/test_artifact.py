@@ -163,6 +163,10 @@ def test_one_image_as_bytes_bytearray_or_memoryview_is_one_input(vit_artifact):
     expected = classifier.classify(data, top_k=2)
     assert classifier.classify(bytearray(data), top_k=2) == classifier.classify(memoryview(data), top_k=2) == expected
     assert classifier.classify([bytearray(data)], top_k=2) == [expected]
+    # top_k=None: every label, best first, as transformers' pipeline and tag() take it
+    every = classifier.classify(data, top_k=None)
+    assert len(every) == len(classifier.labels) and every[:2] == expected
+    assert [p.score for p in every] == sorted((p.score for p in every), reverse=True)
 
 
 def test_onnx_file_is_valid_with_dynamic_batch(vit_artifact):

@@ -49,21 +49,22 @@ class ImageClassifier:
         for regression models (activation "none"), the logits themselves."""
         return self._activate(self.logits(images))
 
-    def classify(self, images: Any, top_k: int = 5) -> list[Prediction] | list[list[Prediction]]:
-        """Ranked (label, index, score) per image; one list for one image, a list of lists for a list."""
-        top_k = check_top_k(top_k)
+    def classify(self, images: Any, top_k: int | None = 5) -> list[Prediction] | list[list[Prediction]]:
+        """Ranked (label, index, score) per image, the top_k best (None: every label, as
+        transformers' pipeline takes it); one list for one image, a list of lists for a list."""
+        top_k = check_top_k(top_k, allow_all=True)
         _, single = as_list(images, IMAGE_TYPES)
         results = self._ranked(self.probabilities(images), top_k)
         return results[0] if single else results
 
-    def classify_prepared(self, pixels: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+    def classify_prepared(self, pixels: np.ndarray, top_k: int | None = 5) -> list[list[Prediction]]:
         """`classify` for images already preprocessed: ``pixels`` is what
         ``preprocess_images(images, classifier.spec)`` returns for them, (N, ...) float32.
         Returns one ranked list per row, equal to what `classify` gives for those images.
 
         The bulk engines decode and preprocess in one stage (CPU tasks) and call this in the
         next (where the model is loaded)."""
-        top_k = check_top_k(top_k)
+        top_k = check_top_k(top_k, allow_all=True)
         return self._ranked(self._activate(self._pixel_logits(pixels)), top_k)
 
     def _pixel_logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -73,7 +74,7 @@ class ImageClassifier:
     def _activate(self, logits: np.ndarray) -> np.ndarray:
         return ACTIVATIONS[self.activation](logits)
 
-    def _ranked(self, probs: np.ndarray, top_k: int) -> list[list[Prediction]]:
+    def _ranked(self, probs: np.ndarray, top_k: int | None) -> list[list[Prediction]]:
         if probs.ndim != 2 or probs.shape[1] != len(self.labels):
             raise ArtifactError(f"The model scored {list(probs.shape)} classes for {len(self.labels)} labels; "
                                 "its artifact is inconsistent, re-export it.")
