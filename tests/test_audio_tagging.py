@@ -385,6 +385,7 @@ def test_bad_inputs_raise_clear_errors(exported, audio_files, tmp_path):
         "window_hop longer than window": lambda: tagger.tag(good, sample_rate=SR, window_hop=60.0),
         "window_hop string": lambda: tagger.tag(good, sample_rate=SR, window_hop="1"),
         "threshold": lambda: tagger.tag(good, sample_rate=SR, threshold=1.5),
+        "sample_rate for files only": lambda: tagger.tag(audio_files["short"], sample_rate=8000),  # was ignored
     }
     for what, call in bad_calls.items():
         with pytest.raises(VlmedgeError) as info:

@@ -160,6 +160,9 @@ class AudioTagger:
             ``(wave, duration_seconds)`` per clip, wave float32 mono at ``spec.sampling_rate``.
         """
         items, single = _as_clips(audio)
+        if sample_rate is not None and not any(isinstance(item, np.ndarray) for item in items):
+            raise InputError(f"sample_rate={sample_rate!r} is the rate of numpy arrays, and none was given: a file "
+                             "carries its own rate. Leave sample_rate out, or resample the file.")
         loaded = []
         clips = prepare_ordered(functools.partial(_decoded, sample_rate=sample_rate, spec=self.spec), items,
                                 self.decode_workers, ahead=2 * MAX_BATCH)
