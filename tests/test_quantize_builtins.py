@@ -129,5 +129,5 @@ def test_builtin_shape_classifier_int8_agrees_with_fp32(tmp_path):
                               precision=["fp32", "int8"], calibration=tmp_path / "calibration",
                               evaluation=tmp_path / "heldout")
     fp32 = vlmedge.load(artifact.root, backend="onnxruntime", precision="fp32").logits(heldout).argmax(1)
-    assert (fp32 == np.array(truth)).mean() >= 0.85  # the model card: 0.885 on 2,000 images
+    assert (fp32 == np.array(truth)).mean() >= 0.97  # the model card: 0.989 on 2,000 images
     assert_int8_agrees_with_fp32(artifact, heldout)
