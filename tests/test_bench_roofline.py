@@ -275,8 +275,9 @@ def test_bench_rows_carry_the_roofline_in_json_markdown_and_table(vit_artifact, 
     assert r.gops_per_s == pytest.approx(r.ops / (row.latency.p50_ms * 1e6), rel=1e-3)
     [machine] = result.peaks
     assert (machine.backend, machine.gemm_size, machine.threads) == ("onnxruntime", 96, row.threads)
+    # percent_of_peak is rounded to 0.1: at a few percent that is more than 1% of it
     assert r.peak_gops == machine.gops("fp32") and r.percent_of_peak == pytest.approx(100 * r.gops_per_s / r.peak_gops,
-                                                                                     rel=1e-2)
+                                                                                     rel=1e-2, abs=0.051)
     assert r.bound in ("compute", "memory") and r.ridge == pytest.approx(r.peak_gops / machine.bandwidth_gbs, rel=1e-2)
     document = json.loads(result.save(tmp_path / "r.json").read_text())
     assert document["schema_version"] == 4 and document["rows"][0]["roofline"]["ops"] == r.ops
@@ -308,8 +309,9 @@ def test_a_cached_peak_that_a_row_runs_above_is_measured_again(vit_artifact, qui
     assert not machine.cached and machine.gops("fp32") > 1e-6
     assert any("ran above the cached peak" in line and "measuring onnxruntime's peaks again" in line for line in said)
     r = result.rows[0].roofline
+    # percent_of_peak is rounded to 0.1: at a few percent that is more than 1% of it
     assert r.peak_gops == machine.gops("fp32") and r.percent_of_peak == pytest.approx(100 * r.gops_per_s / r.peak_gops,
-                                                                                     rel=1e-2)
+                                                                                     rel=1e-2, abs=0.051)
     stored = peak._cached(peak.cache_key("onnxruntime", peak.backend_version("onnxruntime"), threads, 96))
     assert {p["precision"]: p["gops"] for p in stored["peaks"]}["fp32"] == machine.gops("fp32")
 
