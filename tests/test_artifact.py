@@ -341,6 +341,9 @@ def test_writer_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path):
     (tmp_path / "precious" / "manifest.json").write_text('{"schema_version": 3, "files": [], "name": "my dataset"}')
     with pytest.raises(ExportError, match="not a vlmedge artifact"):
         ArtifactWriter(tmp_path / "precious")
+    (tmp_path / "precious" / "manifest.json").write_text("[1, 2]")  # an AttributeError before
+    with pytest.raises(ExportError, match="not a vlmedge artifact"):
+        ArtifactWriter(tmp_path / "precious")
     assert (tmp_path / "precious" / "thesis.txt").read_text() == "do not delete"
 
 

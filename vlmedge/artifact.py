@@ -305,7 +305,9 @@ def _holds_an_artifact(folder: Path) -> bool:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
-    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):  # a JSON list or number: manifest.get() raised AttributeError
+        return False
+    files = manifest.get("files")
     return (isinstance(manifest.get("schema_version"), int) and isinstance(manifest.get("task"), str)
             and isinstance(files, list) and bool(files)
             and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
