@@ -220,12 +220,14 @@ class ArtifactWriter:
     def __post_init__(self) -> None:
         self.destination = Path(self.destination).absolute()
         # An export replaces what is there: only an earlier artifact, or an empty folder.
-        if self.destination.exists() and not _holds_an_artifact(self.destination):
+        earlier = _artifact_files(self.destination)
+        if earlier is None and self.destination.exists():
             if not self.destination.is_dir() or any(self.destination.iterdir()):
                 raise ExportError(
                     f"{self.destination} exists and is not a vlmedge artifact; choose another output path."
                 )
-        _refuse_files_of_the_user(self.destination)
+        if earlier is not None:
+            _refuse_files_of_the_user(self.destination, earlier)
         # The pid in the name lets a later export tell an abandoned build from a running one.
         name = f"{_TMP_MARKER}{self.destination.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp = self.destination.parent / name
@@ -284,12 +286,9 @@ class ArtifactWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _refuse_files_of_the_user(destination: Path) -> None:
-    """An earlier artifact is replaced whole: files someone added to it (notes, a licence)
-    would go with it, so they are named instead."""
-    if not _holds_an_artifact(destination):
-        return
-    listed = {entry["path"] for entry in json.loads((destination / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]}
+def _refuse_files_of_the_user(destination: Path, listed: set[str]) -> None:
+    """An earlier artifact (its manifest lists `listed`) is replaced whole: files someone
+    added to it (notes, a licence) would go with it, so they are named instead."""
     added = _unlisted_files(destination, listed)
     if added:
         shown = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
@@ -297,21 +296,23 @@ def _refuse_files_of_the_user(destination: Path) -> None:
                           "replaces the whole folder; move them out, or choose another output path.")
 
 
-def _holds_an_artifact(folder: Path) -> bool:
-    """Whether a folder holds a vlmedge artifact (of any schema version): its manifest.json is
-    a JSON object with a schema version, a task and a list of files with their hashes. Any
-    other manifest.json (a web app's, a dataset's) is not one, and its folder is never replaced."""
+def _artifact_files(folder: Path) -> set[str] | None:
+    """The files a folder's vlmedge artifact (of any schema version) lists, or None when it
+    holds none: its manifest.json must be a JSON object with a schema version, a task and a
+    list of files with their hashes. Any other manifest.json (a web app's, a dataset's) is not
+    one, and its folder is never replaced."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
-        return False
+        return None
     if not isinstance(manifest, dict):  # a JSON list or number: manifest.get() raised AttributeError
-        return False
+        return None
     files = manifest.get("files")
-    return (isinstance(manifest.get("schema_version"), int) and isinstance(manifest.get("task"), str)
-            and isinstance(files, list) and bool(files)
-            and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
-                    for f in files))
+    holds = (isinstance(manifest.get("schema_version"), int) and isinstance(manifest.get("task"), str)
+             and isinstance(files, list) and bool(files)
+             and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+                     for f in files))
+    return {f["path"] for f in files} if holds else None
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
