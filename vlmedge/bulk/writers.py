@@ -110,12 +110,18 @@ class ParquetWriter(_Writer):
             table = pa.Table.from_batches([table])
         if self._writer is None:
             self._pending.append(table)
-            schema = pa.unify_schemas([t.schema for t in self._pending], promote_options="permissive")
+            schema = self._pending_schema()
             if any(pa.types.is_null(field.type) for field in schema) and len(self._pending) < self.PENDING_TABLES:
                 return
             self._open(schema)
             return
         self._write(table)
+
+    def _pending_schema(self) -> Any:
+        """The schema of the tables held back, each column of the type one of them gives it."""
+        import pyarrow as pa
+
+        return pa.unify_schemas([t.schema for t in self._pending], promote_options="permissive")
 
     def _open(self, schema: Any) -> None:
         import pyarrow.parquet as pq
@@ -145,9 +151,7 @@ class ParquetWriter(_Writer):
 
     def close(self) -> None:
         if self._writer is None and self._pending:
-            import pyarrow as pa
-
-            self._open(pa.unify_schemas([t.schema for t in self._pending], promote_options="permissive"))
+            self._open(self._pending_schema())
         if self._writer is None:
             raise InputError("There were no results to write.")
         try:
