@@ -124,8 +124,8 @@ def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDi
     tmp = tempfile.TemporaryDirectory(prefix="vlmedge-bench-")
     # fp32 only: lower precisions need calibration choices that belong to an explicit `vlmedge export`;
     # the targets whose backend is installed here
-    targets = [t for t in ("onnx", "openvino") if (t, "fp32") in VARIANT_BUILDERS
-               and backend_of_target(t) is not None and unavailable_reason(backend_of_target(t)) is None]
+    targets = [t for t in ("onnx", "openvino")
+               if (t, "fp32") in VARIANT_BUILDERS and unavailable_reason(backend_of_target(t)) is None]
     say(f"{reference} is a model, not an artifact: exporting it to a temporary artifact ({', '.join(targets)} fp32); "
         "export once with `vlmedge export` to keep it and to add fp16/int8")
     try:

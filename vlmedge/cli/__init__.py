@@ -149,10 +149,10 @@ def export(
         choices.choose("--task", task, choices.task_names(), many=False)
     from vlmedge.exporters.spec import parse_image_size  # torch-free: a usage error before anything loads
     parse_image_size(image_size, "--image-size", UsageError)
-    for flag, path in (("--calibration", calibration), ("--eval", evaluation)):
+    for flag, path, wanted in (("--calibration", calibration, "a folder of files (or a .txt of captions)"),
+                               ("--eval", evaluation, "a folder with one sub-folder of files per class label")):
         if path is not None and not path.exists():
-            raise UsageError(f"{flag} {path} does not exist; give " + ("a folder of files (or a .txt of captions)."
-                                                                      if flag == "--calibration" else "a folder with one sub-folder of files per class label."))
+            raise UsageError(f"{flag} {path} does not exist; give {wanted}.")
     for flag, path in (("--checkpoint", checkpoint), ("--labels", labels)):
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path} is not a file; give the path of the file.")
