@@ -69,6 +69,9 @@ class TorchSession(Session):
             result = (result,)
         return {info.name: tensor.detach().float().numpy() for info, tensor in zip(self.outputs, result)}
 
+    def _release(self) -> None:
+        self.module = None
+
 
 def source_unavailable_reason(manifest: dict[str, Any]) -> str | None:
     """Why the source of an artifact cannot be rebuilt here, or None when it can (probably)."""

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlmedge.errors import BackendUnavailableError, InputError
+from vlmedge.errors import BackendUnavailableError, InputError, UsageError
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class SessionOption:
 
     name: str
     meaning: str  # what it sets, and its values
+    kind: type = str  # the type of its value: the CLI's --session-option NAME=VALUE converts to it
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Backend:
         return [o.name for o in self.options]
 
 
-_THREADS = SessionOption("threads", "the threads one call runs on (default: the backend's, one per core)")
+_THREADS = SessionOption("threads", "the threads one call runs on (default: the backend's, one per core)", int)
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
@@ -145,6 +146,8 @@ class Session(ABC):
     # dynamic int8 takes one activation scale per tensor, the whole batch's range).
     one_item_per_call: bool = False
 
+    closed: bool = False
+
     def run(self, feeds: dict[str, np.ndarray], check: bool = True) -> dict[str, np.ndarray]:
         """Checks the feeds, then runs the model. A zero-length batch returns empty outputs
         of the right shapes and dtypes without calling the backend.
@@ -152,6 +155,8 @@ class Session(ABC):
         check=False skips the feed checks, for callers that already checked the same feeds
         once (a benchmark timing only the backend's own call).
         """
+        if self.closed:
+            raise UsageError(f"This {self.backend} model was closed; load the artifact again to run it.")
         if check:
             self.check_feeds(feeds)
         if self._is_empty_batch(feeds):
@@ -174,6 +179,18 @@ class Session(ABC):
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the model; feeds are already checked."""
+
+    def close(self) -> None:
+        """Drops the backend's model and hands the freed memory back to the system now; a
+        later run raises UsageError. A call already running keeps what it uses until it ends."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+            release_freed_heap()
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Drops every reference this session holds to the backend's objects."""
 
     def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         """Names, types, dtypes, ranks, static sizes, one batch size across inputs, the

@@ -218,6 +218,9 @@ class OnnxRuntimeSession(Session):
                              f"{first_line(exc)}") from None
         return dict(zip(self._output_names, results))
 
+    def _release(self) -> None:
+        self._session = None
+
 
 def open_session(model_path: Path, device: str = "cpu", **options: Any) -> OnnxRuntimeSession:
     return OnnxRuntimeSession(model_path, device=device, **options)

@@ -236,15 +236,25 @@ class OpenVinoSession(Session):
     def _infer(self, inputs: dict[int, np.ndarray]) -> Any:
         """One inference; the first one hands back the mapped pages the plugin reads as it
         packs the weights it left for then (dynamic shapes pack at the first call)."""
-        if self._first_call_done or self._mapped is None:
-            return self._request().infer(inputs, share_outputs=False)
-        with self._mapped.handing_back_pages():
-            results = self._request().infer(inputs, share_outputs=False)
+        # Held for the whole call: close() on another thread drops the session's references,
+        # and the weights' mapping must outlive a request that reads it.
+        request, mapped = self._request(), self._mapped
+        if self._first_call_done or mapped is None:
+            return request.infer(inputs, share_outputs=False)
+        with mapped.handing_back_pages():
+            results = request.infer(inputs, share_outputs=False)
         self._first_call_done = True
         return results
 
+    def _release(self) -> None:
+        self._local = threading.local()  # every thread's infer request
+        self._output_ports = []
+        self._compiled = None
+        self._mapped = None
+
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {self._input_index[name]: np.ascontiguousarray(value) for name, value in feeds.items()}
+        ports = self._output_ports  # before the call: close() on another thread clears it
         try:
             results = self._infer(inputs)
         except RuntimeError as exc:  # e.g. a dynamic axis longer than the model takes (a text past its positions)
@@ -253,7 +263,7 @@ class OpenVinoSession(Session):
             why = " ".join(line.strip() for line in str(exc).splitlines()
                            if line.strip() and not line.startswith("Exception from")) or str(exc).strip()
             raise InputError(f"OpenVINO could not run the model on inputs of shapes {shapes}: {why}") from None
-        return {name: np.array(results[port], copy=True) for name, port in self._output_ports}
+        return {name: np.array(results[port], copy=True) for name, port in ports}
 
 
 def _not_compiled(model_path: Path, device_name: str, exc: RuntimeError) -> BackendUnavailableError:

@@ -94,6 +94,11 @@ class ModelSessions:
     def provider(self) -> str:
         return ", ".join(sorted({s.provider for s in self.sessions.values()}))
 
+    def close(self) -> None:
+        """Closes every session (Session.close)."""
+        for session in self.sessions.values():
+            session.close()
+
     def __repr__(self) -> str:  # one line: the dataclass's own would print the whole manifest
         return (f"ModelSessions({str(self.artifact.root)!r}, backend={self.backend!r}, precision={self.precision!r}, "
                 f"device={self.device!r}, provider={self.provider!r}, graphs={list(self.sessions)})")

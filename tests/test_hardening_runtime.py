@@ -130,3 +130,23 @@ def test_check_never_imports_a_module_the_manifest_names(tmp_path):
     (report,) = check_artifact(root)
     assert report["skipped"] == "this vlmedge has no backend for target 'antigravity.x'" and report["passed"] is None
     assert "antigravity" not in sys.modules
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_closed_pipeline_frees_its_model_and_refuses_to_run(backend, two_target_artifact, image_files):
+    import gc
+    import weakref
+
+    import vlmedge
+    from vlmedge.errors import UsageError
+
+    with vlmedge.load(two_target_artifact, backend=backend, cache=False) as classifier:
+        session = classifier.model.sessions["model"]
+        # what holds the model's memory: ONNX Runtime's session, OpenVINO's mapping of the weights
+        held = weakref.ref(session._session if backend == "onnxruntime" else session._mapped)
+        assert classifier.classify(image_files[0], top_k=1)
+    gc.collect()
+    assert held() is None, "close() left the backend's model alive"
+    with pytest.raises(UsageError, match="was closed; load the artifact again"):
+        classifier.classify(image_files[0])
+    classifier.close()  # a second close does nothing

@@ -49,7 +49,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
         The task's pipeline (vlmedge.registry names them): ImageClassifier (`classify`),
         ImageEncoder (`embed`), Clip (`embed_images`, `embed_texts`, `zero_shot`) or
         AudioTagger (`tag`). The CLI's `predict` runs the first of these the task declares
-        for "predict". `.model.backend`, `.model.precision` and `.model.provider` say what runs.
+        for "predict". `.model.backend`, `.model.precision` and `.model.provider` say what runs;
+        `.close()`, or a `with` block, frees the model at once.
 
     Raises:
         ArtifactError: the folder is not a readable, untampered vlmedge artifact.

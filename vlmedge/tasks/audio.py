@@ -24,7 +24,7 @@ from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Prediction, check_threshold, check_top_k, chunks,
-                                manifest_activation, pipeline_repr, rank)
+                                manifest_activation, Pipeline, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
 AGGREGATES = ("max", "mean")
@@ -121,14 +121,13 @@ def _as_clips(audio: Any) -> tuple[list[Any], bool]:
     )
 
 
-class AudioTagger:
+class AudioTagger(Pipeline):
     """Tags audio clips with an audio-classification artifact (AST, Whisper or a raw-waveform model)."""
 
     task = "audio-classification"
     # threads that decode, resample and compute features while the model runs (None:
     # vlmedge.preprocess.parallel.DEFAULT_WORKERS; 1: serially)
     decode_workers: int | None = None
-    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model

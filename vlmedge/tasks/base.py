@@ -21,9 +21,26 @@ from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 MAX_BATCH = 32
 
 
-def pipeline_repr(pipeline: Any) -> str:
-    """A pipeline as one line: its class and what it runs (pipeline.model, a ModelSessions)."""
-    return f"{type(pipeline).__name__}({pipeline.model!r})"
+class Pipeline:
+    """What every task's pipeline shares: its `model` (a ModelSessions: the loaded sessions),
+    a one-line repr, and `close()` / `with`, which free the model's memory at once instead of
+    when the pipeline is collected (a process that loads one model after another)."""
+
+    model: Any  # runtimes.select.ModelSessions; not imported here, so that no backend loads with this module
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r})"
+
+    def close(self) -> None:
+        """Frees the backend's compiled models; a later call raises UsageError. Calls already
+        running on other threads finish first. Closing twice does nothing."""
+        self.model.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
 
 
 class Prediction(NamedTuple):

@@ -10,10 +10,10 @@ from vlmedge.errors import ArtifactError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, Prediction, as_list, check_top_k, chunks, image_spec_for,
-                                manifest_activation, pipeline_repr, pixel_batches, rank)
+                                manifest_activation, Pipeline, pixel_batches, rank)
 
 
-class ImageClassifier:
+class ImageClassifier(Pipeline):
     """Classifies images with an image-classification artifact.
 
     ``decode_workers``: threads that decode and preprocess the images of a list call while
@@ -22,7 +22,6 @@ class ImageClassifier:
 
     task = "image-classification"
     decode_workers: int | None = None
-    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model

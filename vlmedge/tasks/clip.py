@@ -30,7 +30,7 @@ from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, image_spec_for, l2_normalize,
-                                pipeline_repr, pixel_batches, rank, sigmoid, softmax)
+                                Pipeline, pixel_batches, rank, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -71,7 +71,7 @@ def _fill(template: str, label: str) -> str:
     return template.format(label, label=label)
 
 
-class Clip:
+class Clip(Pipeline):
     """Embeds images and captions and classifies images zero-shot with a "clip" artifact.
 
     ``decode_workers``: threads that decode and preprocess the images of a list call while
@@ -80,7 +80,6 @@ class Clip:
 
     task = "clip"
     decode_workers: int | None = None
-    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from vlmedge.errors import ArtifactError, InputError, OutputError
 from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (as_list, check_flag, chunks, image_spec_for, l2_normalize, pipeline_repr,
+from vlmedge.tasks.base import (as_list, check_flag, chunks, image_spec_for, l2_normalize, Pipeline,
                                 pixel_batches)
 
 # pooling -> the model outputs it reads
@@ -24,7 +24,7 @@ POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
 POOLINGS = tuple(POOLING_OUTPUTS)
 
 
-class ImageEncoder:
+class ImageEncoder(Pipeline):
     """Embeds images with an image-embedding artifact (DINO, DINOv2, MAE, Swin, DeiT, BEiT).
 
     The manifest's "embedding" section says how the source's authors pool (DINOv2: CLS
@@ -37,7 +37,6 @@ class ImageEncoder:
 
     task = "image-embedding"
     decode_workers: int | None = None
-    __repr__ = pipeline_repr
 
     def __init__(self, model: ModelSessions) -> None:
         self.model = model
