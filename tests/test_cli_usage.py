@@ -3,6 +3,7 @@ validation before anything is loaded, exit codes, help text and narrow output.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -77,6 +78,10 @@ def test_shell_completion_script():
     (["serve", "ART", "--backend", "onnx"], "auto, onnxruntime, openvino, tensorrt"),
     (["serve", "ART", "--precision", "fp33"], "fp32, fp16, bf16, int8"),
     (["serve", "ART", "--engine", "threads"], "local, ray"),
+    (["predict", "ART", SAMPLE, "--session-option", "hint=latency"], "threads, optimization, performance_hint"),
+    (["embed", "ART", SAMPLE, "--out", "OUT", "--session-option", "threads"], "NAME=VALUE"),
+    (["serve", "ART", "--session-option", "threads=two"], "threads is a whole number"),
+    (["predict", "ART", SAMPLE, "--threads", "2", "--session-option", "threads=4"], "given twice"),
 ])
 def test_bad_values_are_usage_errors_naming_the_valid_ones(args, named, tmp_path):
     args = [str(tmp_path / "out") if a == "OUT" else str(tmp_path) if a == "ART" else a for a in args]
@@ -99,6 +104,18 @@ def test_tensorrt_refusals_say_why_and_how(args, tmp_path):
     message = " ".join(result.stderr.split())
     assert "NVIDIA GPU" in message and "pip install 'vlmedge[tensorrt]'" in message
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_session_options_reach_the_backend_that_runs_the_files(two_target_artifact):
+    result = vlmedge_cli("predict", two_target_artifact, SAMPLE, "--backend", "openvino", "--json",
+                         "--session-option", "inference_precision=bf16", "--session-option", "performance_hint=throughput")
+    assert result.returncode == 0, result.stderr
+    # the file's parity gate verified it in f32 (fp32 is forced at export), so bf16 is said to be unverified
+    assert "OpenVINO CPU bf16" in result.stderr and "parity gate did not check" in result.stderr
+    result = vlmedge_cli("predict", two_target_artifact, SAMPLE, "--backend", "onnxruntime",
+                         "--session-option", "performance_hint=throughput")
+    assert result.returncode == 1 and "takes no session option 'performance_hint' (an option of openvino)" in result.stderr
 
 
 def test_predict_refuses_options_its_task_does_not_take(vit_artifact, tmp_path):

@@ -8,7 +8,7 @@ lists what this install can export, does).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from vlmedge.errors import UsageError
 
@@ -40,6 +40,36 @@ def check_run_options(backend: str, precision: str | None) -> None:
     check_backends("--backend", backend, ["auto", *backend_names()], many=False)
     if precision is not None:
         choose("--precision", precision, precision_names(), many=False)
+
+
+SESSION_OPTION_HELP = ("A session option of the backend that runs the files (repeatable): optimization=basic, "
+                       "performance_hint=throughput, inference_precision=fp32; `vlmedge formats` lists each backend's.")
+
+
+def session_options(threads: int | None, pairs: Iterable[str] | None) -> dict[str, Any]:
+    """--threads and each --session-option NAME=VALUE as the session options of vlmedge.load,
+    each value of the type its option declares (runtimes.base.BACKENDS). Whether the backend
+    that runs the files takes them is checked when it loads (with --backend auto, which one
+    runs is known only then)."""
+    from vlmedge.runtimes.base import BACKENDS
+
+    declared = {option.name: option for backend in BACKENDS.values() for option in backend.options}
+    options: dict[str, Any] = {"threads": threads} if threads else {}
+    for pair in pairs or []:
+        name, equals, value = (part.strip() for part in pair.partition("="))
+        if not (name and equals and value):
+            raise UsageError(f"--session-option takes NAME=VALUE, not {pair!r}; for example "
+                             "--session-option performance_hint=throughput.")
+        if name not in declared:
+            raise UsageError(f"--session-option {name} is no backend's session option; choose from "
+                             f"{', '.join(declared)} (`vlmedge formats` says what each sets).")
+        if name in options:
+            raise UsageError(f"The session option {name} is given twice; give it once.")
+        try:
+            options[name] = declared[name].kind(value)
+        except ValueError:
+            raise UsageError(f"--session-option {name}={value} is not valid: {name} is a whole number.") from None
+    return options
 
 
 def check_backends(option: str, value: str | Iterable[str] | None, allowed: Iterable[str],

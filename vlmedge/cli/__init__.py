@@ -237,11 +237,13 @@ def predict(
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: the backend's, one per core)."),
+    session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE", help=choices.SESSION_OPTION_HELP),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
     from vlmedge.bulk import command as bulk
 
     choices.check_run_options(backend, precision)
+    session = choices.session_options(threads, session_option)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out, list(inputs), as_json)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
@@ -250,11 +252,11 @@ def predict(
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,
-                            decode_workers=decode_workers, session_options={"threads": threads} if threads else {})
+                            decode_workers=decode_workers, session_options=session)
     from vlmedge.tasks import load
 
     pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers,
-                    **({"threads": threads} if threads else {}))
+                    **session)
     rows = ROWS[method.result](pipeline, method, list(inputs), **options)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -287,8 +289,6 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, a
     return method
 
 
-
-
 @app.command(cls=_Command)
 def embed(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder (image-embedding, or clip)."),
@@ -307,14 +307,16 @@ def embed(
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: the backend's, one per core)."),
+    session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE", help=choices.SESSION_OPTION_HELP),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""
     from vlmedge.bulk import command as bulk
 
     choices.check_run_options(backend, precision)
+    session = choices.session_options(threads, session_option)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
                pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers,
-               session_options={"threads": threads} if threads else {})
+               session_options=session)
 
 
 @app.command(cls=_Command)

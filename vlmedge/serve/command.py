@@ -70,6 +70,8 @@ def serve(
     replicas: int = typer.Option(1, "--replicas", min=1, help="With --engine ray: replicas per model."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads one model call runs on (the "
                                           "backend's session option; default: the backend's, one per core)."),
+    session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE",
+                                                       help=choices.SESSION_OPTION_HELP),
     shutdown_grace_s: float = typer.Option(30.0, "--shutdown-grace-s", min=0, help="On SIGTERM or Ctrl-C, how long "
                                            "requests in flight may take to finish; those still running then are "
                                            "answered 503."),
@@ -83,7 +85,7 @@ def serve(
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                     max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s,
                     body_timeout_s=timeout_s)  # the upload counts against --timeout-s alone
-    session = {"threads": threads} if threads else {}  # else the backend's own default
+    session = choices.session_options(threads, session_option)  # else the backends' own defaults
     if engine == "ray":
         return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas, session,
                              shutdown_grace_s)
