@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vlmedge.errors import InputError
 from tests.clip_models import CONFIGS, EXTRA_TOKEN, tiny_clip_folder
 
 torch = pytest.importorskip("torch")
@@ -302,7 +303,6 @@ def test_text_past_the_positions_is_an_input_error_on_each_backend(made, tmp_pat
     """The dynamic sequence axis takes any length; past the model's positions the backend
     refuses it, and the session says so as an InputError with the shapes."""
     import vlmedge
-    from vlmedge.errors import InputError
 
     out = tmp_path / "openvino"
     vlmedge.export(str(made("clip")[0]), out, to=["openvino"], precision=["fp32"])
@@ -314,7 +314,6 @@ def test_text_past_the_positions_is_an_input_error_on_each_backend(made, tmp_pat
 
 
 def test_tokens_of_another_width_are_input_errors(pipelines):
-    from vlmedge.errors import InputError
 
     clip = pipelines("clip")
     tokens = clip.tokenizer.encode(["a cat", "a dog"])
@@ -381,8 +380,11 @@ def test_prompt_ensembling_and_reuse(pipelines, hf):
     expected = _normalize(per_prompt.reshape(len(LABELS), len(templates), -1).mean(axis=1))
     assert _rowwise_cosine(matrix, expected).min() >= 0.99999
     image = str(SAMPLES / "red-circle.jpg")
-    reused = clip.zero_shot(image, LABELS, templates, text_embeddings=matrix)
+    reused = clip.zero_shot(image, LABELS, text_embeddings=matrix)
     assert reused == clip.zero_shot(image, LABELS, templates)
+    # the templates make the label embeddings: with these given, other templates would be ignored
+    with pytest.raises(InputError, match="templates and text_embeddings were both given"):
+        clip.zero_shot(image, LABELS, ["a sketch of a {}"], text_embeddings=matrix)
 
 
 # -- concurrency -------------------------------------------------------------------------------
@@ -423,7 +425,6 @@ def test_threads_give_the_serial_results(pipelines, image_files):
 # -- bad input ----------------------------------------------------------------------------------
 
 def test_bad_inputs_are_input_errors(pipelines):
-    from vlmedge.errors import InputError
 
     clip = pipelines("clip")
     image = str(SAMPLES / "red-circle.jpg")

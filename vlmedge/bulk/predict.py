@@ -54,7 +54,7 @@ class Predictor:
         self.outputs = written_by(job.result)
         options = dict(job.options)
         if "labels" in options:  # zero-shot: the label embeddings once, not per batch
-            options["text_embeddings"] = self.pipeline.text_embeddings(options["labels"], options["templates"])
+            options["text_embeddings"] = self.pipeline.text_embeddings(options["labels"], options.pop("templates"))
         self._run = functools.partial(getattr(self.pipeline, f"{job.method}_prepared"), **options)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

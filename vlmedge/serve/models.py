@@ -291,7 +291,7 @@ class ClipModel(ServedModel):
         _, labels, templates = key
         pixels = np.concatenate([batch for batch, _ in payloads])
         top_k = max(k for _, k in payloads)
-        ranked = self.pipeline.zero_shot_prepared(pixels, list(labels), list(templates), top_k=top_k,
+        ranked = self.pipeline.zero_shot_prepared(pixels, list(labels), top_k=top_k,
                                                   text_embeddings=self._label_embeddings(labels, templates))
         parts = _split(ranked, [len(batch) for batch, _ in payloads])
         return [{"results": [{"predictions": _ranked(preds, k)} for preds in part]}

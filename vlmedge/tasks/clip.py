@@ -187,7 +187,7 @@ class Clip(Pipeline):
         return l2_normalize(self._text_features(tokens))
 
     def zero_shot_prepared(self, pixels: np.ndarray, labels: Sequence[str],
-                           templates: Sequence[str] = DEFAULT_TEMPLATES, top_k: int = 5,
+                           templates: Sequence[str] | None = None, top_k: int = 5,
                            text_embeddings: np.ndarray | None = None) -> list[list[Prediction]]:
         """`zero_shot` for images already preprocessed (``pixels`` as for
         `embed_images_prepared`); always one ranked list per row."""
@@ -222,19 +222,19 @@ class Clip(Pipeline):
         embeddings = self.embed_texts(captions).astype(np.float64).reshape(len(labels), len(templates), -1)
         return l2_normalize(embeddings.mean(axis=1))
 
-    def logits(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+    def logits(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
                text_embeddings: np.ndarray | None = None) -> np.ndarray:
         """logit_scale * cosine (+ logit_bias for SigLIP), (N images, L labels) float32."""
         labels = self.check_labels(labels)
         matrix = self._label_matrix(labels, templates, text_embeddings)
         return self._logits(self.embed_images(images), matrix)
 
-    def probabilities(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+    def probabilities(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
                       text_embeddings: np.ndarray | None = None) -> np.ndarray:
         """Softmax over the labels (CLIP) or an independent sigmoid per label (SigLIP), (N, L)."""
         return self._scores(self.logits(images, labels, templates, text_embeddings))
 
-    def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+    def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
                   top_k: int = 5, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
         """Ranked (label, index, score) per image, best first; one list for one image, a
         list of lists for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)``
@@ -246,10 +246,15 @@ class Clip(Pipeline):
         results = [rank(row, labels, top_k) for row in probs]
         return results[0] if single else results
 
-    def _label_matrix(self, labels: list[str], templates: Sequence[str], text_embeddings: Any) -> np.ndarray:
-        """The checked (L, D) float64 label embeddings: the given ones, or computed from the templates."""
+    def _label_matrix(self, labels: list[str], templates: Sequence[str] | None, text_embeddings: Any) -> np.ndarray:
+        """The checked (L, D) float64 label embeddings: the given ones, or computed from the
+        templates (None: DEFAULT_TEMPLATES). Both at once is refused: the given embeddings
+        already hold the templates they were computed with, and others would be ignored."""
         if text_embeddings is None:
-            text_embeddings = self.text_embeddings(labels, templates)
+            text_embeddings = self.text_embeddings(labels, self.check_templates(templates))
+        elif templates is not None:
+            raise InputError("templates and text_embeddings were both given, but the templates only make the label "
+                             "embeddings; pass them to text_embeddings(labels, templates) and leave templates out here.")
         return self._check_text_embeddings(text_embeddings, len(labels))
 
     def _logits(self, image_embeddings: np.ndarray, label_matrix: np.ndarray) -> np.ndarray:
