@@ -322,6 +322,7 @@ print("ok")
 def test_cli_predict_table_and_json(exported, audio_files):
     from typer.testing import CliRunner
 
+    import vlmedge
     from vlmedge.cli import app
 
     art = str(exported("multi-sigmoid"))
@@ -344,6 +345,18 @@ def test_cli_predict_table_and_json(exported, audio_files):
     assert bad.exit_code == 2 and "--aggregate must be max or mean" in bad.output
     hop = runner.invoke(app, ["predict", art, str(audio_files["short"]), "--window-hop", "0"])
     assert hop.exit_code == 2 and "window_hop=0.0 must be a number of seconds from" in hop.output
+
+    # --threshold keeps the tags scoring at least it, per clip and per window, as tag(threshold=) does
+    scores = [p["score"] for p in rows[0]["predictions"]]
+    cut = (scores[0] + scores[1]) / 2
+    kept = runner.invoke(app, ["predict", art, str(audio_files["long"]), "--json", "--window-hop", "0.5",
+                               "--aggregate", "mean", "--top-k", "2", "--threshold", str(cut)])
+    assert kept.exit_code == 0, kept.output
+    expected = vlmedge.load(art).tag(str(audio_files["long"]), top_k=2, window_hop=0.5, aggregate="mean", threshold=cut)
+    assert [p["label"] for p in json.loads(kept.output)[0]["predictions"]] == [t.label for t in expected.tags]
+    assert len(expected.tags) == 1
+    none = runner.invoke(app, ["predict", art, str(audio_files["short"]), "--threshold", "1"])
+    assert none.exit_code == 0 and "(none at or above the threshold)" in none.output
 
 
 # -- bad input -----------------------------------------------------------------------------------

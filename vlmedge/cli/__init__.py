@@ -210,7 +210,7 @@ def _next_steps(output: Path, artifact: Any) -> list[str]:
 # registry's Method.options name); given to a method that does not take it, they are refused.
 METHOD_OPTIONS = {"top_k": ("--top-k", "top_k"), "labels": ("--labels", "labels"),
                   "template": ("--template", "templates"), "window_hop": ("--window-hop", "window_hop"),
-                  "aggregate": ("--aggregate", "aggregate")}
+                  "aggregate": ("--aggregate", "aggregate"), "threshold": ("--threshold", "threshold")}
 
 
 @app.command(cls=_Command)
@@ -224,6 +224,7 @@ def predict(
     template: Optional[list[str]] = typer.Option(None, "--template", metavar="TEXT", help="CLIP zero-shot prompt template(s), e.g. 'a photo of a {}.'"),
     window_hop: Optional[float] = typer.Option(None, "--window-hop", metavar="SECONDS", help="Audio: seconds between analysis windows."),
     aggregate: str = typer.Option("max", "--aggregate", metavar="max|mean", help="Audio: clip-level aggregate of windows, max or mean."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0, max=1, metavar="SCORE", help="Audio: only the tags scoring at least this (0 to 1), clip and windows."),
     attention: Optional[Path] = typer.Option(None, "--attention", metavar="PNG", help="Image encoders: write attention heat maps to this PNG."),
     backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on: cpu, cuda, or a backend's device name (GPU, NPU)."),
@@ -248,7 +249,7 @@ def predict(
     bulk.check_predict_out(engine, out, list(inputs), as_json)
     method = _check_predict_options(ctx, artifact, aggregate, attention)
     bulk.check_method_values(artifact, template, window_hop, labels)
-    options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, attention=attention)
+    options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, threshold=threshold, attention=attention)
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,

@@ -12,10 +12,16 @@ from vlmedge.errors import UsageError
 from vlmedge.choices import split
 
 
+# An input, or an audio window, none of whose labels scored at least --threshold.
+NONE_ABOVE = "(none at or above the threshold)"
+
+
 def ranked_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One row per (input, rank): rows are {"input": ..., "predictions": [{label, score, ...}]}."""
     return [{"input": escape(row["input"]) if rank == 1 else "", "rank": str(rank), "label": escape(str(p["label"])),
-             "score": f"{p['score']:.4f}"} for row in rows for rank, p in enumerate(row["predictions"], 1)]
+             "score": f"{p['score']:.4f}"} if p else {"input": escape(row["input"]), "rank": "", "label": NONE_ABOVE,
+                                                      "score": ""}
+            for row in rows for rank, p in enumerate(row["predictions"] or [None], 1)]
 
 
 def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
@@ -30,13 +36,14 @@ def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, label
         if not candidates:
             raise UsageError("A CLIP artifact classifies zero-shot against labels you give; pass them, "
                              "e.g. --labels \"cat,dog,car\" (and optionally --template 'a photo of a {}.').")
-        results = call(inputs, candidates, list(templates) if templates else ["a photo of a {}."], top_k=top_k)
+        results = call(inputs, candidates, list(templates) if templates else None, top_k=top_k)
     return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
 
 
 def tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
-              aggregate: str = "max", **_: Any) -> list[dict[str, Any]]:
-    results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate)
+             aggregate: str = "max", threshold: Optional[float] = None, **_: Any) -> list[dict[str, Any]]:
+    results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate,
+                                             threshold=threshold)
     return [{"input": name, "duration": round(clip.duration, 3),
              "predictions": [t._asdict() for t in clip.tags],
              "windows": [{"start": round(w.start, 3), "end": round(w.end, 3),
@@ -49,9 +56,10 @@ def windows_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     table = []
     for row in rows:
         for i, w in enumerate(row.get("windows") or []):
-            top = w["predictions"][0] if w["predictions"] else {"label": "", "score": float("nan")}
+            top = w["predictions"][0] if w["predictions"] else None
             table.append({"input": escape(row["input"]) if i == 0 else "", "start s": f"{w['start']:.2f}",
-                          "end s": f"{w['end']:.2f}", "top label": escape(str(top["label"])), "score": f"{top['score']:.4f}"})
+                          "end s": f"{w['end']:.2f}", "top label": escape(str(top["label"])) if top else NONE_ABOVE,
+                          "score": f"{top['score']:.4f}" if top else ""})
     return table
 
 
