@@ -358,6 +358,24 @@ def test_a_request_whose_client_left_leaves_the_queue_and_never_runs(gated):
     assert metric(text, "vlmedge_requests_total", model="vit", endpoint="classify", code="499") == 1
 
 
+def test_a_client_that_leaves_during_its_upload_counts_as_499_not_a_bad_request(gated):
+    import socket
+    from urllib.parse import urlsplit
+
+    app = create_app({"vit": gated}, BatchConfig(), warm_up=False)
+    with running(app) as url:
+        where = urlsplit(url)
+        with socket.create_connection((where.hostname, where.port)) as conn:
+            conn.sendall(b"POST /v1/models/vit/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"images\": [")
+            conn.shutdown(socket.SHUT_WR)
+        wait_for(lambda: metric(httpx.get(f"{url}/metrics").text, "vlmedge_requests_total", model="vit",
+                                endpoint="classify", code="499") == 1, what="the request counted as 499")
+        text = httpx.get(f"{url}/metrics").text
+    assert metric(text, "vlmedge_requests_total", model="vit", endpoint="classify", code="400") == 0
+    assert gated.calls == []
+
+
 def test_one_bad_input_fails_only_its_own_request(gated):
     """A file whose header reads but whose body does not decode fails in its own request's
     thread (files are decoded there, not in the batch): it answers 422 at once, while the

@@ -112,6 +112,14 @@ def test_bad_requests_are_openai_errors(client, server):
     refused(openai.BadRequestError, 400, "not a readable image", model="dino",
             input=base64.b64encode(b"not an image").decode())
     refused(openai.BadRequestError, 400, "token arrays", model="clip", input=[[1, 2, 3]])
+    refused(openai.BadRequestError, 400, "never fetches one", model="clip",
+            input=[{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}])
+    refused(openai.BadRequestError, 400, '"image_url": {"url": ...}', model="clip", input=[{"picture": "x"}])
+    # the image_url item with the URL alone, as some clients send it, embeds as the object form does
+    url_alone = client.embeddings.create(model="clip", input=[{"type": "image_url", "image_url": data_url(IMAGES[0])}])
+    as_object = client.embeddings.create(model="clip", input=[{"type": "image_url",
+                                                              "image_url": {"url": data_url(IMAGES[0])}}])
+    assert url_alone.data[0].embedding == as_object.data[0].embedding
     # a bad item is named by its place in `input`, not in the captions or images it was sorted into
     refused(openai.BadRequestError, 400, "input[2] is not a readable image", model="clip",
             input=["a caption", "another", "data:image/png;base64," + base64.b64encode(b"not an image").decode()])

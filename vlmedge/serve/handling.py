@@ -97,7 +97,7 @@ async def _read_raw(request: Request, limits: Limits, started: float) -> bytes:
         raise Problem(408, "body_timeout", f"The request body did not arrive within {limit:g} s of the request; "
                                            "send it faster, or smaller.") from None
     except ClientDisconnect:
-        raise Problem(400, "client_disconnected", "The client went away while sending the body.") from None
+        raise Problem(499, "client_disconnected", "The client went away while sending the body.") from None  # as a client that leaves later
     return b"".join(chunks)
 
 

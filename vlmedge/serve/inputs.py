@@ -11,6 +11,7 @@ import binascii
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,9 @@ def _allowed(fields: tuple[str, ...], endpoint: str) -> str:
 def decode_base64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise invalid("invalid_field", f"{where} must be a base64 string, not {type(value).__name__}.")
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", value):  # README: no URL is ever fetched
+        raise invalid("invalid_base64", f"{where} is a URL ({value[:60]}); this server never fetches one: send the "
+                                        "file's bytes as base64 or a data: URL.")
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
     try:
         return base64.b64decode(text.strip(), validate=True)

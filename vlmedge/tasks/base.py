@@ -31,6 +31,10 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r})"
 
+    def check_graph_feeds(self, graph: str, feeds: dict[str, np.ndarray]) -> None:
+        """What the task checks of raw feeds for one of its graphs beyond Session.check_feeds
+        (serve's tensor route, where users preprocess themselves): nothing unless a task says."""
+
     def close(self) -> None:
         """Frees the backend's compiled models; a later call raises UsageError. Calls already
         running on other threads finish first. Closing twice does nothing."""

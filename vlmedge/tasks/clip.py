@@ -180,11 +180,25 @@ class Clip(Pipeline):
                for name in self._text_inputs):
             raise InputError(f"The tokenized captions must be (N, {self.context_length}) arrays; pass what "
                              "tokenizer.encode returns.")
-        ids, vocab = np.asarray(tokens.get("input_ids", [])), self.tokenizer.vocab_size
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):  # the model's gather would wrap or fail
-            raise InputError(f"The tokenized captions hold ids outside the tokenizer's 0..{vocab - 1}; pass what "
-                             "tokenizer.encode returns.")
+        self._check_token_ids(np.asarray(tokens.get("input_ids", [])), "pass what tokenizer.encode returns")
         return l2_normalize(self._text_features(tokens))
+
+    def check_graph_feeds(self, graph: str, feeds: dict[str, np.ndarray]) -> None:
+        """The text graph's input_ids: at most context_length tokens each, inside the vocabulary."""
+        ids = feeds.get("input_ids") if graph == "text" else None
+        if ids is None:
+            return
+        if ids.ndim == 2 and ids.shape[1] > self.context_length:  # past the model's positions
+            raise InputError(f"input_ids holds {ids.shape[1]} tokens per caption; this model takes at most "
+                             f"{self.context_length}.")
+        self._check_token_ids(ids, "tokenize with the artifact's tokenizer.json")
+
+    def _check_token_ids(self, ids: np.ndarray, advice: str) -> None:
+        """Every id inside the tokenizer's vocabulary: outside it the model's embedding gather
+        fails on ONNX Runtime, and on OpenVINO reads past the table and answers garbage."""
+        vocab = self.tokenizer.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise InputError(f"The tokenized captions hold ids outside the tokenizer's 0..{vocab - 1}; {advice}.")
 
     def zero_shot_prepared(self, pixels: np.ndarray, labels: Sequence[str],
                            templates: Sequence[str] | None = None, top_k: int = 5,

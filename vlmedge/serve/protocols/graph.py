@@ -30,6 +30,7 @@ def graph_job(pipeline: Any, graph: str, feeds: dict[str, np.ndarray]) -> Job:
     the batchable job."""
     session = graphs(pipeline)[graph]
     session.check_feeds(feeds)
+    pipeline.check_graph_feeds(graph, feeds)
     first = session.inputs[0]
     rows = int(feeds[first.name].shape[0]) if feeds[first.name].ndim else 1
     static = any(not i.shape or isinstance(i.shape[0], int) for i in session.inputs)

@@ -50,8 +50,9 @@ def _item(value: Any, i: int, clip: bool) -> tuple[str, Any]:
     """("images", bytes) or ("texts", str) for input item i."""
     where = f"input[{i}]"
     if isinstance(value, dict):
-        if value.get("type") == "image_url" and isinstance(value.get("image_url"), dict):
-            value = {"image": value["image_url"].get("url")}
+        if value.get("type") == "image_url" and isinstance(value.get("image_url"), (dict, str)):
+            url = value["image_url"]  # {"url": ...} as OpenAI's chat API has it, or the URL alone, as some clients send
+            value = {"image": url.get("url") if isinstance(url, dict) else url}
         elif value.get("type") == "text":
             value = {"text": value.get("text")}
         if set(value) == {"image"}:
@@ -60,7 +61,8 @@ def _item(value: Any, i: int, clip: bool) -> tuple[str, Any]:
             if not isinstance(value["text"], str):
                 raise _bad(f"{where}.text must be a string.")
             return "texts", value["text"]
-        raise _bad(f"{where} must be a string, {{\"text\": ...}} or {{\"image\": ...}}.")
+        raise _bad(f"{where} must be a string, {{\"text\": ...}}, {{\"image\": ...}} or "
+                   f"{{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}}.")
     if not isinstance(value, str):
         raise _bad(f"{where} must be a string, not {type(value).__name__}; token arrays are not supported.")
     if not clip or value.startswith("data:image/"):

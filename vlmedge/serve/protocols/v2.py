@@ -104,7 +104,7 @@ def request_timeout_ms(head: dict[str, Any]) -> int | None:
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1):
         raise bad("The parameter 'timeout' must be a positive number of microseconds.")
-    return None if timeout is None else max(1, timeout // 1000)
+    return None if timeout is None else -(-timeout // 1000)  # whole milliseconds, rounded up
 
 
 def _texts(tensor: Tensor) -> list[str]:
@@ -164,6 +164,10 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
         params.pop("timeout_ms", None)  # request_timeout_ms read it
         if params:
             raise bad(f"A request to the '{graph}' graph takes no parameters but timeout_ms, not {', '.join(params)}.")
+        declared = {i["name"]: i["datatype"] for i in graphs.tensor_metadata(graphs.graphs(served.pipeline)[graph].inputs)}
+        for tensor in tensors:  # in the protocol's words, before Session.check_feeds says it in numpy's
+            if tensor.datatype != declared[tensor.name]:
+                raise bad(f"Input '{tensor.name}' is {declared[tensor.name]} (the model's metadata), not {tensor.datatype}.")
         job = graphs.graph_job(served.pipeline, graph, {t.name: t.data for t in tensors})  # checks the shapes first
         if job.inputs > limits.max_inputs:
             raise bad(f"The request has {job.inputs} rows; the limit is {limits.max_inputs} per request.")
@@ -173,6 +177,8 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
         if tensor.datatype != "BYTES":
             raise bad(f"Input '{tensor.name}' must be BYTES ({'encoded files' if tensor.name in FILES else 'UTF-8 text'})"
                       f", not {tensor.datatype}.")
+        if len(tensor.shape) != 1:  # the metadata's [-1], as Triton checks a rank
+            raise bad(f"Input '{tensor.name}' has shape {list(tensor.shape)}; it is a list of elements, shape [N].")
         if tensor.name in ("labels", "templates") and not tensor.data.size:
             raise bad(f"Input '{tensor.name}' holds no {tensor.name}; give at least one, or leave it out.")
         setattr(inputs, FIELDS[tensor.name], _files(tensor) if tensor.name in FILES else _texts(tensor))
@@ -217,7 +223,8 @@ def routes(state: Any) -> list[Route]:
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+        ready = state.ready and not state.draining  # as /readyz: a draining server takes no new requests
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def model_metadata(request: Request) -> Response:
         try:
@@ -230,7 +237,8 @@ def routes(state: Any) -> list[Route]:
             served = find(request)
         except Problem as problem:
             return error(problem)
-        return JSONResponse({"name": served.name, "ready": state.ready}, status_code=200 if state.ready else 503)
+        ready = state.ready and not state.draining
+        return JSONResponse({"name": served.name, "ready": ready}, status_code=200 if ready else 503)
 
     async def infer(request: Request) -> Response:
         name = request.path_params["model"]

@@ -131,7 +131,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     try:
         head = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise bad(f"The inference request is not valid JSON ({str(exc)[:80]}).") from None
+        # bytes after a JSON object: binary tensor data sent without the header that says where the JSON ends
+        binary = header_length is None and (isinstance(exc, UnicodeDecodeError) or str(exc).startswith("Extra data"))
+        raise bad(f"The inference request is not valid JSON ({str(exc)[:80]})"
+                  + ("; binary tensor data after the JSON needs the Inference-Header-Content-Length header, the "
+                     "JSON's length in bytes." if binary else ".")) from None
     if not isinstance(head, dict):
         raise bad("The inference request must be a JSON object with an 'inputs' list.")
     inputs = head.get("inputs")
@@ -187,7 +191,7 @@ def requested_outputs(head: dict[str, Any], available: list[str]) -> list[tuple[
     if not isinstance(default_binary, bool):
         raise bad("The parameter binary_data_output must be true or false.")
     wanted = head.get("outputs")
-    if wanted is None:
+    if wanted is None or wanted == []:  # an empty list asks for no output in particular: all, as Triton answers
         return [(name, default_binary) for name in available]
     if not isinstance(wanted, list):
         raise bad("'outputs' must be a list of objects with a 'name'.")
@@ -197,6 +201,8 @@ def requested_outputs(head: dict[str, Any], available: list[str]) -> list[tuple[
             raise bad(f"outputs[{i}] must be an object with a 'name'.")
         if spec["name"] not in available:
             raise bad(f"There is no output '{spec['name']}' for this request; it gives {', '.join(available)}.")
+        if any(name == spec["name"] for name, _ in out):
+            raise bad(f"outputs[{i}] asks for '{spec['name']}' again; request each output once.")
         params = spec.get("parameters", {})
         if not isinstance(params, dict):
             raise bad(f"outputs[{i}]: 'parameters' must be a JSON object.")
