@@ -62,10 +62,12 @@ FASTER_BY = 1.10
 def choose_precision(entries: list[dict[str, Any]]) -> str:
     """The widest precision (PRECISIONS: fp32 first) that passed its parity gate and runs
     within FASTER_BY of the fastest that passed, by the latency the export measured; fp32
-    when it measured none."""
+    when it measured none. A narrower file the export found no faster than the fp32 ONNX file
+    (not_faster) is never the default: an exact file was as fast, on ONNX Runtime."""
     from vlmedge.parity import PRECISIONS
 
-    passed = [e for e in entries if (e.get("parity") or {}).get("passed", False)]
+    passed = [e for e in entries if (e.get("parity") or {}).get("passed", False)
+              and not (e.get("parity") or {}).get("not_faster", False)]
     graphs = {e.get("graph") for e in entries}
     # per precision, the latency of one call of every graph (CLIP: image + text)
     totals: dict[str, dict[Any, float]] = {}

@@ -340,9 +340,22 @@ def test_precision_none_picks_the_widest_as_fast_as_the_fastest_that_passed(ever
         if target == "openvino" and not HAVE_OPENVINO:
             continue
         latency = {p: e["parity"]["latency_ms"] for (t, p), e in variants.items()
-                   if t == target and e["parity"]["passed"]}
+                   if t == target and e["parity"]["passed"] and not e["parity"].get("not_faster")}
         widest = next(p for p in PRECISIONS if latency.get(p, float("inf")) <= min(latency.values()) * FASTER_BY)
         assert vlmedge.load(every_variant, backend=backend).model.precision == widest
+
+
+def test_precision_none_never_takes_a_narrower_file_no_faster_than_the_fp32_onnx_one():
+    """An OpenVINO int8 file 3x faster than OpenVINO's fp32 but no faster than ONNX Runtime's
+    fp32 (a small model) gave up accuracy for nothing by default: the export flags it."""
+    from vlmedge.runtimes.select import choose_precision
+
+    def entry(precision, ms, **flags):
+        return {"graph": "model", "precision": precision, "parity": {"passed": True, "latency_ms": ms, **flags}}
+
+    assert choose_precision([entry("fp32", 2.9), entry("int8", 1.0, not_faster=True)]) == "fp32"
+    assert choose_precision([entry("fp32", 2.9), entry("int8", 1.0, not_faster=False)]) == "int8"
+    assert choose_precision([entry("int8", 1.0, not_faster=True)]) == "int8"  # the only file there is
 
 
 def test_check_reverifies_every_variant(every_variant):
