@@ -78,3 +78,21 @@ def test_every_architecture_of_the_builders_is_listed(rows):
     expected |= {("clip", a) for a in [*hf_clip.TWO_TOWERS, *hf_clip.REFUSED]}
     expected |= {("audio-classification", a) for a in TASK_ARCHITECTURES["audio-classification"]}
     assert not expected - listed, sorted(expected - listed)
+
+
+@pytest.mark.parametrize("arch, advice", [
+    # a head vlmedge does not export over a backbone it does: export the backbone
+    ("ViTForMaskedImageModeling", "save its backbone, ViTModel, with model.base_model.save_pretrained(FOLDER) and "
+                                  "export that (image-embedding)"),
+    ("SegformerForSemanticSegmentation", "save its backbone, SegformerModel"),
+    ("Wav2Vec2ForCTC", "`vlmedge formats --architectures` lists those it exports"),  # no task takes Wav2Vec2Model
+    ("BertForSequenceClassification", "`vlmedge formats --architectures` lists those it exports"),
+])
+def test_a_refused_architecture_is_told_what_to_do(arch, advice):
+    pytest.importorskip("transformers")
+    from vlmedge.errors import UnsupportedModelError
+    from vlmedge.exporters.sources.hf import infer_task
+
+    with pytest.raises(UnsupportedModelError, match="it is not a supported image, CLIP or audio model; ") as caught:
+        infer_task(arch)
+    assert advice in str(caught.value)

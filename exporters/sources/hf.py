@@ -213,24 +213,28 @@ def source_info(reference: str, folder: Path, arch: str, config: Any) -> dict[st
     }
 
 
-def _image_classification_archs() -> set[str]:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+def known_task(arch: str) -> str | None:
+    """The task vlmedge exports `arch` for, or None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS
 
-    values = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values()
-    return {name for value in values for name in (value if isinstance(value, (tuple, list)) else [value])}
+    if arch.endswith("ForImageClassificationWithTeacher") or any(
+            arch == value or (isinstance(value, (tuple, list)) and arch in value) for value in CLASSIFIERS.values()):
+        return "image-classification"
+    for task in ARCHITECTURES_IN_BUILDER:  # the builder's module holds the list (facts once)
+        if arch in importlib.import_module(BUILDERS[task][0]).ARCHITECTURES:
+            return task
+    return next((task for task, archs in TASK_ARCHITECTURES.items() if arch in archs), None)
 
 
 def infer_task(arch: str) -> str:
-    if arch in _image_classification_archs() or arch.endswith("ForImageClassificationWithTeacher"):
-        return "image-classification"
-    for task, archs in TASK_ARCHITECTURES.items():
-        if arch in archs:
-            return task
-    for task in ARCHITECTURES_IN_BUILDER:  # the builder's module holds the list (facts once)
-        module_name, _ = BUILDERS[task]
-        if arch in importlib.import_module(module_name).ARCHITECTURES:
-            return task
-    raise UnsupportedModelError(f"vlmedge cannot export {arch}: it is not a supported image, CLIP or audio model.")
+    """known_task, or a refusal that says what to do (export its backbone where vlmedge takes it)."""
+    if (task := known_task(arch)) is None:
+        backbone = arch.split("For")[0] + "Model"  # ViTForMaskedImageModeling: ViTModel
+        found = known_task(backbone) if backbone != arch else None
+        advice = (f"save its backbone, {backbone}, with model.base_model.save_pretrained(FOLDER) and export that ({found})"
+                  if found else "`vlmedge formats --architectures` lists those it exports")
+        raise UnsupportedModelError(f"vlmedge cannot export {arch}: it is not a supported image, CLIP or audio model; {advice}.")
+    return task
 
 
 def task_of(arch: str, asked: str | None) -> str:
@@ -453,16 +457,12 @@ def image_classifier(folder: Path, config: Any, arch: str, reference: str, image
     )
 
 
-# Architectures of the other tasks; image classifiers are recognised from transformers' own mapping, and
-# the tasks of ARCHITECTURES_IN_BUILDER from the ARCHITECTURES (exported or refused by name) of their builder's module.
+# Architectures of the other tasks (known_task: classifiers by transformers' mapping, these builders by their ARCHITECTURES).
 ARCHITECTURES_IN_BUILDER = ("image-embedding", "clip")
 TASK_ARCHITECTURES: dict[str, set[str]] = {
-    "audio-classification": {"ASTForAudioClassification", "WhisperForAudioClassification",
-                             "Wav2Vec2ForSequenceClassification", "Wav2Vec2BertForSequenceClassification",
-                             "Wav2Vec2ConformerForSequenceClassification", "HubertForSequenceClassification",
-                             "WavLMForSequenceClassification", "Data2VecAudioForSequenceClassification",
-                             "UniSpeechForSequenceClassification", "UniSpeechSatForSequenceClassification",
-                             "SEWForSequenceClassification", "SEWDForSequenceClassification"},
+    "audio-classification": {"ASTForAudioClassification", "WhisperForAudioClassification"} | {
+        f"{family}ForSequenceClassification" for family in ("Wav2Vec2", "Wav2Vec2Bert", "Wav2Vec2Conformer", "Hubert",
+                                                            "WavLM", "Data2VecAudio", "UniSpeech", "UniSpeechSat", "SEW", "SEWD")},
 }
 # task -> (module, function(folder, config, arch, reference, **options) -> ExportSpec); one module per family
 BUILDERS: dict[str, tuple[str, str]] = {
