@@ -315,6 +315,8 @@ def test_embed_folder_skips_a_corrupt_file(exported, tmp_path):
     result = vlmedge_cli("embed", artifact, folder, "--out", out, "--batch-size", "2")
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr and "skipped 1" in result.stderr
+    # notes.txt is no image: left out of the rows, and said so (a folder of mixed files lost them silently)
+    assert "left out 1 file(s) of the folders that are not image files (.txt 1)" in " ".join(result.stderr.split())
 
     embeddings = np.load(out)
     listing = json.loads((tmp_path / "out" / "embeddings.files.json").read_text())

@@ -186,6 +186,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
     if not (found.files or found.missing or found.tables or texts):
         raise typer.BadParameter("no images found; give image files or folders that contain images"
                                  + (" (or --text for CLIP)" if inputs is None else ""), param_hint="INPUT")
+    _say_passed_over(found, job.kind, err_console)
     pipeline = load_pipeline(job)
     runs = [(job, local_batches(found, batch_size))]
     if text_job is not None:
@@ -234,12 +235,19 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
             from vlmedge.bulk.local import iter_local, local_batches
 
             found = collect(inputs, job.kind)
+            _say_passed_over(found, job.kind, err_console)
             label = "classify" if job.result == "ranked" else job.method
             with _progress(err_console, label, len(found.files) + len(found.missing) or None) as advance:
                 _write(iter_local(job, local_batches(found, batch_size), advance, workers=decode_workers), job,
                        writer, summary)
             where = "the local engine (one process)"
     _report(summary, writer.out, time.perf_counter() - started, where, console, err_console)
+
+
+def _say_passed_over(found: Any, kind: str, err_console: Console) -> None:
+    note = found.passed_over_note(kind)
+    if note:
+        err_console.print(f"[yellow]{note}[/yellow]", highlight=False)
 
 
 @contextlib.contextmanager

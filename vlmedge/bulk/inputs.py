@@ -3,6 +3,7 @@ tables of paths or captions; and the column of a table or Dataset that holds the
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -32,6 +33,18 @@ class Inputs:
     files: list[str] = dataclasses.field(default_factory=list)
     missing: list[str] = dataclasses.field(default_factory=list)
     tables: list[str] = dataclasses.field(default_factory=list)
+    # files of the walked folders that are not of the kind (an image folder's .wav), by suffix:
+    # left out, and said so (passed_over_note), not read as unreadable inputs
+    passed_over: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def passed_over_note(self, kind: str) -> str | None:
+        """One line on the files left out of the folders, or None when there were none."""
+        if not self.passed_over:
+            return None
+        counts = ", ".join(f"{suffix or '(no suffix)'} {n}" for suffix, n in self.passed_over.most_common(5))
+        more = ", ..." if len(self.passed_over) > 5 else ""
+        return (f"left out {sum(self.passed_over.values())} file(s) of the folders that are not {kind} files "
+                f"({counts}{more})")
 
     @property
     def table_format(self) -> str | None:
@@ -86,9 +99,10 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         elif os.path.isdir(name):
             root = Path(name).resolve() if absolute else Path(name)
             # a dangling symbolic link is kept, so that its row says why it cannot be read
-            hits = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and (p.is_file() or not p.exists())
-                    and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            walked = [p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            hits = [p for p in walked if p.suffix.lower() in suffixes and (p.is_file() or not p.exists())]
             found.files.extend(str(p) for p in sorted(hits, key=lambda p: p.relative_to(root).parts))
+            found.passed_over.update(p.suffix.lower() for p in walked if p.suffix.lower() not in suffixes and p.is_file())
         elif os.path.exists(name):  # a file, or a FIFO or device that its row says is not a regular file
             found.files.append(local)
         else:
