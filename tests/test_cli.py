@@ -53,6 +53,7 @@ def test_export_predict_info_check(hf_classifier_dir, tmp_path):
     result = vlmedge_cli("check", out)
     assert result.returncode == 0, result.stderr
     assert "pass" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "check passed: 1 of 1 file(s), 0 skipped"
 
 
 def test_check_fails_on_a_wrong_reference(vit_artifact, tmp_path):
@@ -78,6 +79,7 @@ def test_check_fails_on_a_wrong_reference(vit_artifact, tmp_path):
     result = vlmedge_cli("check", out)
     assert result.returncode == 3  # a parity gate failure (vlmedge.errors.EXIT_CODES)
     assert "max abs error" in result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("check FAILED: 1 of ")
 
 
 def test_check_makes_the_bundled_samples_rows_again_here(vit_artifact, tmp_path):

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vlmedge import choices, formats
-from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
+from vlmedge.cli.rows import ROWS, TABLES, check_summary, ranked_table, windows_table
 from vlmedge.errors import BackendUnavailableError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.version import __version__
@@ -407,11 +407,11 @@ def check(
         for r in failed:
             for failure in r["failures"]:
                 err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
+        console.print(check_summary(reports), highlight=False)  # last: what `| tail -1` of a log shows
     if failed:
         raise typer.Exit(ParityError.exit_code)
     if all("skipped" in r for r in reports):  # a check that checked nothing must not read as passed
-        raise BackendUnavailableError(f"No file of {artifact} could be checked here: every one was skipped "
-                                      "(the reasons are above); install the backend it needs or choose another device.")
+        raise BackendUnavailableError(f"No file of {artifact} could be checked here: every one was skipped (the reasons are above); install the backend it needs or choose another device.")
 
 
 @app.command(name="formats", cls=_Command)

@@ -104,3 +104,15 @@ def embedding_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 ROWS = {"ranked": ranked_rows, "tags": tag_rows, "embedding": embedding_rows}
 # result kind -> function(rows) -> the rows shown, where they are not ranked labels
 TABLES = {"embedding": embedding_table}
+
+
+def check_summary(reports: list[dict[str, Any]]) -> str:
+    """`vlmedge check`'s last line: how many files passed, missed their gate and were skipped."""
+    failed = sum(r.get("passed") is False for r in reports)
+    skipped = sum("skipped" in r for r in reports)
+    passed = len(reports) - failed - skipped
+    if failed:
+        return f"check FAILED: {failed} of {len(reports)} file(s) missed their gate, {passed} passed, {skipped} skipped"
+    if passed:
+        return f"check passed: {passed} of {len(reports)} file(s), {skipped} skipped"
+    return f"nothing checked: {skipped} of {len(reports)} file(s) skipped"
