@@ -216,6 +216,9 @@ def test_encoder_exports_with_parity_or_is_refused(model_type, arch, tmp_path):
     pooling = POOLING[arch]
     encoder = vlmedge.load(tmp_path / "artifact")
     assert encoder.task == "image-embedding" and encoder.default_pooling == pooling
+    absolute = [getattr(model.config, flag, None) for flag in ("use_absolute_position_embeddings", "use_absolute_embeddings")]
+    if encoder.info["position_embeddings"] in ("learned", "relative"):  # what the config says, not the family's default
+        assert (encoder.info["position_embeddings"] == "relative") == (False in absolute), arch
     assert {e["target"] for e in encoder.model.artifact.model_entries() if e["parity"]["passed"]} == \
         {"onnx", "openvino"}, f"{arch}: a target is missing"
     paths = sample_images()

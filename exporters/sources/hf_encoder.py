@@ -389,7 +389,10 @@ def image_encoder(folder: Path, config: Any, arch: str, reference: str, image_si
         "grid": list(grid),
         "image_size": [height, width],
         "native_image_size": list(native),
-        "position_embeddings": family.positions,
+        # "relative" where the config turns absolute ones off (BEiT, Data2Vec vision, Swin: a relative bias)
+        "position_embeddings": "relative" if family.positions == "learned" and False in (
+            getattr(config, "use_absolute_position_embeddings", None), getattr(config, "use_absolute_embeddings", None)
+        ) else family.positions,
         "position_embeddings_interpolated": resized and (
             not family.merges or bool(getattr(config, "use_absolute_embeddings", False))),
         "static_resolution": True,
