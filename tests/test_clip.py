@@ -387,6 +387,17 @@ def test_prompt_ensembling_and_reuse(pipelines, hf):
         clip.zero_shot(image, LABELS, ["a sketch of a {}"], text_embeddings=matrix)
 
 
+def test_zero_shot_ranks_every_label_unless_top_k_says_fewer(pipelines):
+    """As transformers' zero-shot pipeline answers: every candidate (it kept 5 of 6 silently)."""
+    clip = pipelines("clip")
+    image = str(SAMPLES / "red-circle.jpg")
+    labels = ["cat", "dog", "red circle", "a car", "yellow star", "purple cross"]
+    every = clip.zero_shot(image, labels)
+    assert sorted(p.label for p in every) == sorted(labels) and every == clip.zero_shot(image, labels, top_k=None)
+    assert clip.zero_shot(image, labels, top_k=2) == every[:2]
+    assert sum(p.score for p in every) == pytest.approx(1.0, abs=1e-5)  # CLIP: a softmax over the labels
+
+
 # -- concurrency -------------------------------------------------------------------------------
 
 def test_threads_give_the_serial_results(pipelines, image_files):

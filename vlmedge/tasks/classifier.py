@@ -49,8 +49,9 @@ class ImageClassifier(Pipeline):
         return self._activate(self.logits(images))
 
     def classify(self, images: Any, top_k: int | None = 5) -> list[Prediction] | list[list[Prediction]]:
-        """Ranked (label, index, score) per image, the top_k best (None: every label, as
-        transformers' pipeline takes it); one list for one image, a list of lists for a list."""
+        """Ranked (label, index, score) per image, the top_k best (None: every label, where
+        transformers' pipeline reads None as its default, 5); one list for one image, a list of
+        lists for a list."""
         top_k = check_top_k(top_k, allow_all=True)
         _, single = as_list(images, IMAGE_TYPES)
         results = self._ranked(self.probabilities(images), top_k)

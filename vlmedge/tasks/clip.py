@@ -201,11 +201,11 @@ class Clip(Pipeline):
             raise InputError(f"The tokenized captions hold ids outside the tokenizer's 0..{vocab - 1}; {advice}.")
 
     def zero_shot_prepared(self, pixels: np.ndarray, labels: Sequence[str],
-                           templates: Sequence[str] | None = None, top_k: int = 5,
+                           templates: Sequence[str] | None = None, top_k: int | None = None,
                            text_embeddings: np.ndarray | None = None) -> list[list[Prediction]]:
         """`zero_shot` for images already preprocessed (``pixels`` as for
         `embed_images_prepared`); always one ranked list per row."""
-        top_k = check_top_k(top_k)
+        top_k = check_top_k(top_k, allow_all=True)
         labels = self.check_labels(labels)
         matrix = self._label_matrix(labels, templates, text_embeddings)
         probs = self._scores(self._logits(self.embed_images_prepared(pixels), matrix))
@@ -249,11 +249,12 @@ class Clip(Pipeline):
         return self._scores(self.logits(images, labels, templates, text_embeddings))
 
     def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
-                  top_k: int = 5, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
-        """Ranked (label, index, score) per image, best first; one list for one image, a
-        list of lists for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)``
-        to reuse the label embeddings across calls."""
-        top_k = check_top_k(top_k)
+                  top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
+        """Ranked (label, index, score) per image, best first: every label, as transformers'
+        zero-shot pipeline answers, or the top_k best; one list for one image, a list of lists
+        for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)`` to reuse
+        the label embeddings across calls."""
+        top_k = check_top_k(top_k, allow_all=True)
         labels = self.check_labels(labels)
         _, single = as_list(images, IMAGE_TYPES)
         probs = self.probabilities(images, labels, templates, text_embeddings)
