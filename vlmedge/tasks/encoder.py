@@ -86,9 +86,9 @@ class ImageEncoder(Pipeline):
         info = manifest["embedding"]
         outputs = [o["name"] for graph in manifest["graphs"].values() for o in graph["outputs"]]
         pooling = info.get("default_pooling") if pooling is None else pooling
-        if pooling not in POOLINGS:
-            raise InputError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
         poolings = _poolings_of(outputs)
+        if pooling not in POOLINGS:  # the choices this model has, not every model's
+            raise InputError(f"Unknown pooling {pooling!r}; choose one of {', '.join(poolings)}.")
         if pooling not in poolings:
             family = info.get("family", "this model")
             raise InputError(f"Pooling {pooling!r} is not available for {family} (it has "
