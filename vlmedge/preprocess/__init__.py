@@ -23,18 +23,22 @@ AUDIO_FORMATS = "WAV, FLAC, OGG, MP3 or AIFF"
 def check_input_file(path: str, kind: str) -> None:
     """A path to decode must name a regular file: a FIFO or device could block the read forever,
     and a link to nothing is a broken link, not a missing file. `kind`: "image" or "audio"."""
+    shown = path if len(path) <= 120 else f"{path[:100]}... ({len(path):,} characters)"
     if path.startswith(("http://", "https://")):
-        raise InputError(f"{path} is a URL; vlmedge does not download {kind} files, so download it and pass the "
+        raise InputError(f"{shown} is a URL; vlmedge does not download {kind} files, so download it and pass the "
                          "file path.")
+    if path.startswith("data:"):
+        raise InputError(f"{shown} is a data: URI, not a path; pass its bytes: "
+                         "base64.b64decode(uri.split(',', 1)[1]).")
     if os.path.isfile(path):
         return
     if os.path.isdir(path):
-        raise InputError(f"{path} is a directory, not an {kind} file; pass the path of an {kind} file inside it.")
+        raise InputError(f"{shown} is a directory, not an {kind} file; pass the path of an {kind} file inside it.")
     if os.path.exists(path):
-        raise InputError(f"{path} is not a regular file (a FIFO, socket or device); pass an {kind} file.")
+        raise InputError(f"{shown} is not a regular file (a FIFO, socket or device); pass an {kind} file.")
     if os.path.islink(path):
-        raise InputError(f"{path} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
-    raise InputError(f"{kind.capitalize()} file {path} does not exist; check the path.")
+        raise InputError(f"{shown} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
+    raise InputError(f"{kind.capitalize()} file {shown} does not exist; check the path.")
 
 
 def spec_from_dict(cls: Any, d: Any, what: str) -> Any:

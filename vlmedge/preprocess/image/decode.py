@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import warnings
 from typing import Any
@@ -51,7 +52,7 @@ def load_image(image: Any) -> Image.Image:
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     raise InputError(f"Cannot read an image from a {type(image).__name__}; pass a file path, encoded bytes, "
-                     "a PIL image or a uint8 numpy array of shape (H, W, 3).")
+                     f"a PIL image or a uint8 numpy array of shape {ARRAY_SHAPES}.")
 
 
 def _open_file(path: str | os.PathLike) -> Image.Image:
@@ -63,6 +64,14 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
         raise InputError(f"Image file {name!s} could not be opened ({e.strerror or e}); check its permissions.") from None
     with handle:
         return _decode(handle, f"Image file {name!s}")
+
+
+def too_many_pixels(what: str, error: Exception) -> InputError:
+    """One sentence with one limit, vlmedge's: Pillow's own message names its twice as high one."""
+    found = re.search(r"(\d+) pixels", str(error))  # Pillow's "Image size (N pixels) exceeds ...", or ours
+    size = f"{int(found.group(1)):,} pixels; " if found else ""
+    return InputError(f"{what} is too large to decode safely ({size}the limit is {MAX_IMAGE_PIXELS:,} pixels); "
+                      "downscale it first.")
 
 
 def header_size(source: Any) -> tuple[int, int]:
@@ -93,7 +102,7 @@ def _decode(source: Any, what: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(source, formats=FORMATS)
         if opened.width * opened.height > MAX_IMAGE_PIXELS:
-            raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
+            raise Image.DecompressionBombError(f"{opened.width * opened.height} pixels")
         opened.load()  # decode everything now, so truncation is caught here
         ImageOps.exif_transpose(opened, in_place=True)
         if "transparency" not in opened.info:
@@ -102,8 +111,7 @@ def _decode(source: Any, what: str) -> Image.Image:
             warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
             return opened.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{what} is too large to decode safely ({e}; the limit is {MAX_IMAGE_PIXELS:,} "
-                         "pixels); downscale it first.") from None
+        raise too_many_pixels(what, e) from None
     except Image.UnidentifiedImageError:
         raise InputError(f"{what} is not a readable {', '.join(FORMATS)} image; convert it to PNG or JPEG.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -122,6 +130,10 @@ def convert_to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+# The image arrays load_image takes (uint8).
+ARRAY_SHAPES = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
+
+
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
     """EXIF orientation, then convert("RGB"), as load_image does (the caller's image untouched)."""
     try:
@@ -132,12 +144,12 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
             warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
             return turned.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise InputError(f"The {image.mode} PIL image {image.size} could not be decoded or converted to RGB "
-                         f"({e}); open the file with load_image(path) to see why.") from None
+        raise InputError(f"The {image.mode} PIL image {image.size} could not be converted to RGB ({e}); convert "
+                         "it to RGB yourself, or pass the file it came from.") from None
 
 
 def _array_to_rgb(array: np.ndarray) -> Image.Image:
-    shapes = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
+    shapes = ARRAY_SHAPES
     if array.dtype != np.uint8:
         hint = {"f": "0-1 floats as (array * 255).round().astype(np.uint8)", "b": "a mask as array.astype(np.uint8) * 255",
                 }.get(array.dtype.kind, "16-bit values as (array >> 8).astype(np.uint8)" if array.dtype.itemsize == 2
