@@ -224,12 +224,20 @@ def test_stereo_44k_file_windows_and_aggregate(name, exported, hf_reference, aud
         scores = np.zeros_like(row)
         scores[[t.index for t in window.tags]] = [t.score for t in window.tags]
         np.testing.assert_allclose(scores, row, atol=ATOL)
-    np.testing.assert_allclose(tagger.probabilities(audio_files["stereo"])[0], expected.max(0), atol=ATOL)
+    np.testing.assert_allclose(tagger.probabilities(audio_files["stereo"], aggregate="max")[0], expected.max(0),
+                               atol=ATOL)
     np.testing.assert_allclose(tagger.probabilities(audio_files["stereo"], aggregate="mean")[0], expected.mean(0),
                                atol=ATOL)
+    # by default a multi-label (sigmoid) model keeps a tag heard in any window (max); a softmax model's clip
+    # scores stay a distribution (mean: the max of each label summed to up to one per window)
+    default = expected.max(0) if tagger.activation == "sigmoid" else expected.mean(0)
+    assert tagger.default_aggregate == ("max" if tagger.activation == "sigmoid" else "mean")
+    np.testing.assert_allclose(tagger.probabilities(audio_files["stereo"])[0], default, atol=ATOL)
     clip_scores = [t.score for t in result.tags]
     assert clip_scores == sorted(clip_scores, reverse=True)
-    np.testing.assert_allclose(sorted(clip_scores, reverse=True), np.sort(expected.max(0))[::-1], atol=ATOL)
+    np.testing.assert_allclose(sorted(clip_scores, reverse=True), np.sort(default)[::-1], atol=ATOL)
+    if tagger.activation == "softmax":
+        assert sum(clip_scores) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

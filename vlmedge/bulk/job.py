@@ -21,7 +21,7 @@ from vlmedge.errors import ArtifactError, InputError
 PREPARE_OPTIONS = ("window_hop",)
 # options left at these values count as not given
 DEFAULTS: dict[str, Any] = {"top_k": None, "pooling": None, "normalize": True, "labels": None, "templates": None,
-                            "window_hop": None, "aggregate": "max", "threshold": None}
+                            "window_hop": None, "aggregate": None, "threshold": None}
 TOP_K = 5  # the ranked methods' top_k when none is given
 # what to say when an option is given to a method that does not take it
 NOT_TAKEN = (
@@ -58,7 +58,7 @@ class BulkJob:
 def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend: str = "auto",
              precision: str | None = None, device: str = "cpu", top_k: int | None = None,
              pooling: str | None = None, normalize: bool = True, labels: Any = None, templates: Any = None,
-             window_hop: float | None = None, aggregate: str = "max", threshold: float | None = None,
+             window_hop: float | None = None, aggregate: str | None = None, threshold: float | None = None,
              column: str | None = None, session_options: dict[str, Any] | None = None) -> BulkJob:
     """Checks the method (a registry name or alias; None: the task's default) and its
     options against the artifact's manifest, without opening a model, so that a mistake is

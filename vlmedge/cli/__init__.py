@@ -223,7 +223,7 @@ def predict(
     labels: Optional[str] = typer.Option(None, "--labels", metavar="A,B,...", help="CLIP zero-shot: comma-separated candidate labels."),
     template: Optional[list[str]] = typer.Option(None, "--template", metavar="TEXT", help="CLIP zero-shot prompt template(s), e.g. 'a photo of a {}.'"),
     window_hop: Optional[float] = typer.Option(None, "--window-hop", metavar="SECONDS", help="Audio: seconds between analysis windows."),
-    aggregate: str = typer.Option("max", "--aggregate", metavar="max|mean", help="Audio: clip-level aggregate of windows, max or mean."),
+    aggregate: Optional[str] = typer.Option(None, "--aggregate", metavar="max|mean", help="Audio: clip-level aggregate of windows, max or mean; default: max for a multi-label (sigmoid) model, else mean."),
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0, max=1, metavar="SCORE", help="Audio: only the tags scoring at least this (0 to 1), clip and windows."),
     attention: Optional[Path] = typer.Option(None, "--attention", metavar="PNG", help="Image encoders: write attention heat maps to this PNG."),
     backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
@@ -268,7 +268,7 @@ def predict(
         show(windows_table(rows), "windows", right=("start s", "end s", "score"))
 
 
-def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, attention: Optional[Path]) -> Any:
+def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Optional[str], attention: Optional[Path]) -> Any:
     """The artifact task's "predict" method; refuses options it does not take (exit 2)."""
     from vlmedge.artifact import Artifact
     from vlmedge.registry import task_named
@@ -278,7 +278,7 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: str, a
     takes = [flag for flag, name in METHOD_OPTIONS.values() if name in method.options]
     from vlmedge.tasks.audio import AGGREGATES
 
-    if aggregate not in AGGREGATES:
+    if aggregate is not None and aggregate not in AGGREGATES:
         raise UsageError(f"--aggregate must be {' or '.join(AGGREGATES)}, not {aggregate!r}.")
     for parameter, (flag, name) in METHOD_OPTIONS.items():
         source = ctx.get_parameter_source(parameter)

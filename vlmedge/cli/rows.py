@@ -41,7 +41,7 @@ def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, label
 
 
 def tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
-             aggregate: str = "max", threshold: Optional[float] = None, **_: Any) -> list[dict[str, Any]]:
+             aggregate: Optional[str] = None, threshold: Optional[float] = None, **_: Any) -> list[dict[str, Any]]:
     results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate,
                                              threshold=threshold)
     return [{"input": name, "duration": round(clip.duration, 3),

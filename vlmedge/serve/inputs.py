@@ -31,7 +31,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "window_hop": {"type": "number", "exclusiveMinimum": 0,
                    "description": "Seconds between the starts of analysis windows of long clips."},
     "aggregate": {"type": "string", "enum": ["max", "mean"],
-                  "description": "Clip-level score: max or mean of the windows' scores."},
+                  "description": "Clip-level score: max or mean of the windows' scores; default: max for a "
+                                 "multi-label (sigmoid) model, else mean."},
     "pooling": {"type": "string", "enum": ["cls", "mean", "cls+mean", "pooled"],
                 "description": "How patch tokens become one embedding; default: the model's own."},
     "normalize": {"type": "boolean", "description": "L2-normalise each embedding (default true)."},

@@ -319,7 +319,7 @@ class AudioModel(ServedModel):
             check_threshold(inputs.options.get("threshold"), self.pipeline.activation)  # none for raw scores
         seconds = [check_audio(data, i, limits) for i, data in enumerate(inputs.audio)]
         self._check_windows(seconds, hop, limits)
-        key = ("tag", hop, inputs.options.get("aggregate", "max"))
+        key = ("tag", hop, inputs.options.get("aggregate"))  # None: the model's default_aggregate
         trim = (inputs.options.get("top_k", DEFAULT_TOP_K), inputs.options.get("threshold"))
         return Job(key, len(inputs.audio), (_clips(inputs.audio, self.pipeline.spec, hop), trim))
 

@@ -236,11 +236,22 @@ class AudioTagger(Pipeline):
         return float(window_hop)
 
     @staticmethod
-    def check_aggregate(aggregate: Any) -> str:
-        """How the windows' scores make a clip's: one of AGGREGATES, else InputError."""
-        if aggregate not in AGGREGATES:
-            raise InputError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)}.")
+    def check_aggregate(aggregate: Any) -> str | None:
+        """How the windows' scores make a clip's: one of AGGREGATES, or None (the model's
+        default_aggregate), else InputError."""
+        if aggregate is not None and aggregate not in AGGREGATES:
+            raise InputError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)} (or None).")
         return aggregate
+
+    @property
+    def default_aggregate(self) -> str:
+        """"max" for a multi-label (sigmoid) model: a tag heard in any window is in the clip;
+        "mean" for the others, whose softmax per window sums to 1: the clip's mean does too,
+        where the max of each label over the windows summed to one per window."""
+        return "max" if self.activation == "sigmoid" else "mean"
+
+    def _aggregate_of(self, aggregate: Any) -> str:
+        return self.check_aggregate(aggregate) or self.default_aggregate
 
     def _score(self, audio: Any, sample_rate: int | None, window_hop: Any) -> tuple[list[_Scored], bool]:
         """Per clip: duration, window spans and per-window scores. Windows of all clips are
@@ -279,17 +290,17 @@ class AudioTagger(Pipeline):
         return [(np.asarray(s.spans, dtype=np.float64).reshape(-1, 2), s.scores) for s in scored]
 
     def probabilities(self, audio: Any, sample_rate: int | None = None, window_hop: float | None = None,
-                      aggregate: str = "max") -> np.ndarray:
-        """Clip-level scores, (N, num_labels): the max (or mean) over each clip's windows of
-        the per-window sigmoid (multi-label models), softmax, or raw output (regression models,
-        activation "none")."""
-        aggregate = self.check_aggregate(aggregate)
+                      aggregate: str | None = None) -> np.ndarray:
+        """Clip-level scores, (N, num_labels): the max or mean (aggregate; None: the model's
+        default_aggregate) over each clip's windows of the per-window sigmoid (multi-label
+        models), softmax, or raw output (regression models, activation "none")."""
+        aggregate = self._aggregate_of(aggregate)
         scored, _ = self._score(audio, sample_rate, window_hop)
         return np.stack([self._aggregate(s.scores, aggregate) for s in scored])
 
     def tag(self, audio: Any, sample_rate: int | None = None, top_k: int | None = 5,
             threshold: float | None = None, window_hop: float | None = None,
-            aggregate: str = "max") -> ClipTags | list[ClipTags]:
+            aggregate: str | None = None) -> ClipTags | list[ClipTags]:
         """Tags one clip or a list of clips.
 
         Args:
@@ -302,26 +313,27 @@ class AudioTagger(Pipeline):
                 regression model (activation "none"), whose scores are raw values.
             window_hop: seconds between window starts for clips longer than one model
                 window; default half a window.
-            aggregate: "max" or "mean" of the windows' scores for the clip-level tags.
+            aggregate: "max" or "mean" of the windows' scores for the clip-level tags; None:
+                default_aggregate, max for a multi-label (sigmoid) model, else mean.
 
         Returns:
             A ClipTags for one clip, a list of them for a list.
         """
         top_k = check_top_k(top_k, allow_all=True)
         threshold = check_threshold(threshold, self.activation)
-        aggregate = self.check_aggregate(aggregate)
+        aggregate = self._aggregate_of(aggregate)
         scored, single = self._score(audio, sample_rate, window_hop)
         results = [self._clip_tags(s, top_k, threshold, aggregate) for s in scored]
         return results[0] if single else results
 
     def tag_prepared(self, clips: Sequence[PreparedClip], top_k: int | None = 5, threshold: float | None = None,
-                     aggregate: str = "max") -> list[ClipTags]:
+                     aggregate: str | None = None) -> list[ClipTags]:
         """`tag` for clips already prepared by `prepare_clip` (with the window_hop wanted);
         always a list, equal to what `tag` gives for those clips. The windows of all clips
         run through the model together."""
         top_k = check_top_k(top_k, allow_all=True)
         threshold = check_threshold(threshold, self.activation)
-        aggregate = self.check_aggregate(aggregate)
+        aggregate = self._aggregate_of(aggregate)
         if not clips:
             return []
         windows = [np.asarray(window, dtype=np.float32) for clip in clips for window in clip.features]
