@@ -394,6 +394,8 @@ def test_bad_inputs_raise_clear_errors(exported, audio_files, tmp_path):
         "list of floats": lambda: tagger.tag([0.1, 0.2, 0.3], sample_rate=SR),
         "empty list": lambda: tagger.tag([]),
         "dict": lambda: tagger.tag({"wave": good}),
+        "dict without its rate": lambda: tagger.tag({"raw": good}),
+        "dict and another rate": lambda: tagger.tag({"raw": good, "sampling_rate": SR}, sample_rate=8000),
         "bad clip in a list": lambda: tagger.tag([audio_files["short"], np.zeros(0, np.float32)], sample_rate=SR),
         "top_k 0": lambda: tagger.tag(good, sample_rate=SR, top_k=0),
         "top_k float": lambda: tagger.tag(good, sample_rate=SR, top_k=2.5),
@@ -414,6 +416,9 @@ def test_bad_inputs_raise_clear_errors(exported, audio_files, tmp_path):
         assert isinstance(info.value, InputError), what
         assert str(info.value).strip(), what
     assert "clip 1" in str(pytest.raises(InputError, bad_calls["bad clip in a list"]).value)
+    # transformers' pipeline input, {"raw": array, "sampling_rate": rate}, is the array with its rate
+    assert tagger.tag({"raw": good, "sampling_rate": SR}, top_k=None) == tagger.tag(good, sample_rate=SR, top_k=None)
+    assert tagger.tag([{"array": good, "sampling_rate": SR}], top_k=2) == tagger.tag([good], sample_rate=SR, top_k=2)
 
 
 def test_clip_shorter_than_one_frame_is_an_input_error_everywhere(exported, audio_files, tmp_path):

@@ -26,7 +26,7 @@ from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Prediction, check_threshold, check_top_k, chunks,
                                 manifest_activation, Pipeline, rank)
 
-AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
+AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
 AGGREGATES = ("max", "mean")
 
 
@@ -117,7 +117,7 @@ def _as_clips(audio: Any) -> tuple[list[Any], bool]:
         return list(audio), False
     raise InputError(
         f"Unsupported audio input {type(audio).__name__}; pass a path, the bytes of an audio file, "
-        "a numpy array with sample_rate, or a list of them."
+        "a numpy array with sample_rate, {\"raw\": array, \"sampling_rate\": rate}, or a list of them."
     )
 
 
@@ -159,7 +159,7 @@ class AudioTagger(Pipeline):
             ``(wave, duration_seconds)`` per clip, wave float32 mono at ``spec.sampling_rate``.
         """
         items, single = _as_clips(audio)
-        if sample_rate is not None and not any(isinstance(item, np.ndarray) for item in items):
+        if sample_rate is not None and not any(isinstance(item, (np.ndarray, dict)) for item in items):
             raise InputError(f"sample_rate={sample_rate!r} is the rate of numpy arrays, and none was given: a file "
                              "carries its own rate. Leave sample_rate out, or resample the file.")
         loaded = []

@@ -88,12 +88,26 @@ def _named(exc: Exception, source: Any, name: str) -> str:
     return str(exc).replace(f"Error opening {source!r}: ", "").replace(repr(source), name)
 
 
+def _unpacked(clip: dict, sample_rate: int | None) -> tuple[Any, int | None]:
+    """transformers' audio-classification pipeline's {"raw": array, "sampling_rate": rate}
+    (datasets' Audio feature: "array") as an array and its rate."""
+    arrays = [key for key in ("raw", "array") if key in clip]
+    if len(arrays) != 1 or "sampling_rate" not in clip or set(clip) - {"raw", "array", "sampling_rate", "path"}:
+        raise InputError(f"An audio dict takes 'raw' (or 'array') and 'sampling_rate', as transformers' pipeline "
+                         f"does, not the keys {sorted(clip)}.")
+    if sample_rate is not None and sample_rate != clip["sampling_rate"]:
+        raise InputError(f"sample_rate={sample_rate!r} disagrees with the clip's own sampling_rate "
+                         f"{clip['sampling_rate']!r}; leave sample_rate out.")
+    return clip[arrays[0]], clip["sampling_rate"]
+
+
 def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Loads a clip as float32 mono samples in [-1, 1] at its own sample rate.
 
     Args:
         audio: A path (WAV incl. float/24-bit/extensible, FLAC, OGG), the bytes of such a
-            file, or a numpy array: 1-D mono, or 2-D with channels on the smaller axis.
+            file, or a numpy array: 1-D mono, or 2-D with channels on the smaller axis; or
+            {"raw": array, "sampling_rate": rate}, as transformers' pipeline takes it.
             Integer arrays are scaled by their dtype's range.
         sample_rate: The array's sample rate in Hz; required for arrays, ignored for
             files and bytes, whose header is authoritative.
@@ -105,6 +119,8 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
         InputError: The input is missing, empty, corrupt, non-finite, of the wrong shape
             or dtype, or its sample rate is outside 1..192 kHz.
     """
+    if isinstance(audio, dict):
+        audio, sample_rate = _unpacked(audio, sample_rate)
     if isinstance(audio, (str, os.PathLike)):
         check_input_file(str(os.fspath(audio)), "audio")  # as given: Path() would turn http:// into http:/
         path = Path(audio)
