@@ -310,11 +310,12 @@ def test_embed_folder_skips_a_corrupt_file(exported, tmp_path):
         shutil.copy(SAMPLES / name, folder / "nested" / name)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     (folder / "notes.txt").write_text("not an image")
+    (folder / os.fsdecode(b"bro\xfeken.jpg")).write_bytes(b"x")  # a name that is not UTF-8: escaped, not fatal
     out = tmp_path / "out" / "embeddings.npy"
 
     result = vlmedge_cli("embed", artifact, folder, "--out", out, "--batch-size", "2")
     assert result.returncode == 0, result.stderr
-    assert "broken.jpg" in result.stderr and "skipped 1" in result.stderr
+    assert "broken.jpg" in result.stderr and "skipped 2" in result.stderr
     # notes.txt is no image: left out of the rows, and said so (a folder of mixed files lost them silently)
     assert "left out 1 file(s) of the folders that are not image files (.txt 1)" in " ".join(result.stderr.split())
 
@@ -325,7 +326,8 @@ def test_embed_folder_skips_a_corrupt_file(exported, tmp_path):
                       folder / "nested" / "green-square-rgba.png", folder / "nested" / "purple-cross-portrait.jpg"]
     expected_files.sort(key=lambda p: p.relative_to(folder).parts)
     assert listing["files"] == [str(p) for p in expected_files]
-    assert [s["input"] for s in listing["skipped"]] == [str(folder / "broken.jpg")]
+    assert [s["input"] for s in listing["skipped"]] == [str(folder / "broken.jpg"), str(folder / "bro\\xfeken.jpg")]
+    assert f"Image file {folder}/bro\\xfeken.jpg is not a readable" in listing["skipped"][1]["error"]
     assert embeddings.shape == (5, 64) and embeddings.dtype == np.float32
     assert listing["pooling"] == "cls+mean" and listing["shape"] == [5, 64]
     direct = vlmedge.load(artifact).embed([str(p) for p in expected_files])

@@ -310,6 +310,7 @@ def test_unreadable_files_get_the_local_engines_rows(ray_local, vit_artifact, im
     (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     (folder / "locked.png").write_bytes(b"")
     (folder / "locked.png").chmod(0)  # unreadable unless this runs as root
+    (folder / os.fsdecode(b"bro\xfeken.png")).write_bytes(b"x")  # a name that is not UTF-8, in its message too
     os.mkfifo(tmp_path / "pipe.png")
     inputs = [str(folder), str(tmp_path / "pipe.png"), str(tmp_path / "missing.png")]
     job = make_job(vit_artifact, "classify", top_k=2, **BACKEND)
@@ -319,7 +320,8 @@ def test_unreadable_files_get_the_local_engines_rows(ray_local, vit_artifact, im
     rows = rows_of(dataset)
     assert rows == run_local(job, found, batch_size=3).to_pylist()
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
-    assert set(errors) == {"dangling.png", "vanishes.png", "locked.png", "pipe.png", "missing.png"}
+    assert set(errors) == {"dangling.png", "vanishes.png", "locked.png", "pipe.png", "missing.png", "bro\\xfeken.png"}
+    assert errors["bro\\xfeken.png"].startswith(f"Image file {folder}/bro\\xfeken.png is not a readable")
     assert "is not a regular file" in errors["pipe.png"]
     assert errors["vanishes.png"] == f"Image file {folder / 'vanishes.png'} does not exist; check the path."
     assert errors["dangling.png"] == (f"{folder / 'dangling.png'} is a link to {tmp_path / 'nowhere.png'}, which "

@@ -38,6 +38,8 @@ def to_arrow(columns: dict[str, Any], written: tuple[str, ...]):
         if name in written:
             if name == "embedding":
                 values = [None if v is None else np.asarray(v, dtype=np.float32) for v in values]
+            elif name == "error":  # a message that quotes a file name that is not UTF-8
+                values = [printable(v) for v in values]
             arrays.append(pa.array(list(values), type=types[name]))
         elif isinstance(values, np.ndarray) and values.ndim > 1:  # a tensor column of a Ray Dataset
             from ray.data.extensions import ArrowTensorArray
@@ -60,13 +62,20 @@ def column(batch: Any, name: str) -> list[Any]:
     return list(batch[name]) if isinstance(batch, dict) else batch.column(name).to_pylist()
 
 
+def printable(text: Any) -> Any:
+    """A string with the bytes of a file name that is not UTF-8 (os.fsdecode's surrogates, which
+    Arrow's UTF-8 strings and strict JSON cannot hold) escaped, b'\\xff' as '\\xff': in the path
+    column, in an error message that quotes the name, in a .files.json. Anything else as it is."""
+    if not isinstance(text, str):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _passed_through(values: list[Any]):
-    """An input column as Arrow; a file name that is not UTF-8 (os.fsdecode's surrogates, which
-    Arrow's UTF-8 strings cannot hold) is kept with its bytes escaped, b'\\xff' as '\\xff'."""
+    """An input column as Arrow, its non-UTF-8 file names escaped (printable)."""
     import pyarrow as pa
 
     try:
         return pa.array(values)
     except UnicodeEncodeError:
-        return pa.array([v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                         if isinstance(v, str) else v for v in values])
+        return pa.array([printable(v) for v in values])

@@ -21,7 +21,7 @@ import numpy as np
 
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
-from vlmedge.bulk.table import column, column_names, to_arrow, written_by
+from vlmedge.bulk.table import column, column_names, printable, to_arrow, written_by
 from vlmedge.errors import InputError, OutputError, UsageError
 
 # the suffixes (in any case) of the files bulk results go to, and their formats
@@ -198,9 +198,10 @@ class NpyWriter(_Writer):
         """One batch of results of ``job`` (an embedding method): its readable rows in order."""
         names = column(batch, input_column(job, column_names(batch)))
         errors = column(batch, "error")
-        kept = [str(name) for name, error in zip(names, errors) if error is None]
+        kept = [printable(str(name)) for name, error in zip(names, errors) if error is None]
         (self.texts if job.kind == "text" else self.files).extend(kept)
-        self.skipped.extend({"input": str(name), "error": error} for name, error in zip(names, errors) if error)
+        self.skipped.extend({"input": printable(str(name)), "error": printable(error)}
+                            for name, error in zip(names, errors) if error)
         vectors = [np.asarray(v, dtype=np.float32) for v, error in zip(column(batch, "embedding"), errors)
                    if error is None]
         if vectors:
