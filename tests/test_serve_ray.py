@@ -232,8 +232,10 @@ def test_replicas_the_cluster_has_no_cpus_for_are_refused(vit_artifact):
     try:
         cpus = int(ray.cluster_resources()["CPU"])
         with pytest.raises(InputError, match=rf"1 model\(s\) x {cpus + 1} replica\(s\) of 1 CPU\(s\) need {cpus + 1} CPUs, "
-                                             rf"but the Ray cluster has {cpus}; lower --replicas"):
+                                             rf"but the Ray cluster has {cpus}; lower --replicas or --replica-cpus"):
             build([str(vit_artifact)], replicas=cpus + 1, backend="onnxruntime")
+        # fractional replicas fit (the CLI's --replica-cpus): the check passes; nothing is deployed here
+        build([str(vit_artifact)], replicas=cpus + 1, backend="onnxruntime", replica_cpus=cpus / (cpus + 1))
     finally:
         if started:
             ray.shutdown()

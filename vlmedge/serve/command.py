@@ -68,6 +68,8 @@ def serve(
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray Serve application "
                                                          "on the Ray cluster of RAY_ADDRESS, else a local one)."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="With --engine ray: replicas per model."),
+    replica_cpus: float = typer.Option(1.0, "--replica-cpus", min=0.01, help="With --engine ray: the CPUs Ray "
+                                       "reserves per replica (0.5: two replicas share a core)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads one model call runs on (the "
                                           "backend's session option; default: the backend's, one per core)."),
     session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE",
@@ -88,7 +90,7 @@ def serve(
     session = choices.session_options(threads, session_option)  # else the backends' own defaults
     if engine == "ray":
         return _serve_on_ray(artifacts, host, port, backend, precision, device, batch, limits, replicas, session,
-                             shutdown_grace_s)
+                             shutdown_grace_s, replica_cpus)
     import uvicorn
 
     from vlmedge.serve.app import create_app, load_models
@@ -109,7 +111,7 @@ def serve(
 
 def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, precision: Optional[str], device: str,
                   batch: BatchConfig, limits: Limits, replicas: int, session: dict[str, Any],
-                  shutdown_grace_s: float) -> None:
+                  shutdown_grace_s: float, replica_cpus: float = 1.0) -> None:
     """The same routes as a Ray Serve application; blocks until Ctrl-C or SIGTERM, then
     shuts down as the local server does (the ingress drains: `_stop_on_ray`)."""
     import os
@@ -132,7 +134,8 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
     with sigterm_as_interrupt():  # from the start: the proxy answers before serve.run returns
         try:
             serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
-                            batch=batch, limits=limits, session_options=session), name=RAY_APP, route_prefix="/")
+                            batch=batch, limits=limits, replica_cpus=replica_cpus, session_options=session),
+                      name=RAY_APP, route_prefix="/")
             url = _url(host, port)
             typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
                        f"(page: {url}/  docs: {url}/docs)")

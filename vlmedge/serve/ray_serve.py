@@ -171,7 +171,7 @@ def _check_cluster_cpus(need: float, what: str) -> None:
 
     have = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else None
     if have is not None and have < need:
-        raise InputError(f"{what} need {need:g} CPUs, but the Ray cluster has {have:g}; lower --replicas or add nodes.")
+        raise InputError(f"{what} need {need:g} CPUs, but the Ray cluster has {have:g}; lower --replicas or --replica-cpus, or add nodes.")
 
 
 def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precision: str | None = None,
