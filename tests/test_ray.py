@@ -358,6 +358,9 @@ def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, expo
     (tmp_path / "t.csv").write_text("file\na.png\n")
     with pytest.raises(InputError, match="reads a 'bytes' or 'path' or 'image' column"):
         vray.run(vit_artifact, tmp_path / "t.csv")
+    (tmp_path / "captions.txt").write_text("a red circle\n")  # was read as an image: "not a readable JPEG, PNG, ..."
+    with pytest.raises(InputError, match=r"captions.txt is a .txt file: captions, .* 'path' column instead"):
+        vray.run(vit_artifact, [str(images), str(tmp_path / "captions.txt")])
     with pytest.raises(InputError, match="Captions come from"):
         vray.run(exported("clip"), images, "embed_texts")
     with pytest.raises(VlmedgeError, match="No artifact folder"):

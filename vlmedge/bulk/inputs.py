@@ -94,6 +94,9 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         suffix = _suffix(name)
         if suffix in TABLE_SUFFIXES or (kind == "text" and suffix in TEXT_SUFFIXES):
             found.tables.append(local)
+        elif suffix in TEXT_SUFFIXES:  # read as an image it was "not a readable JPEG, PNG, ..."
+            raise InputError(f"{name} is a .txt file: captions, one per line, which a CLIP artifact embeds as texts; "
+                             f"list {kind} files in a .csv or .parquet with a 'path' column instead.")
         elif is_uri(name):
             found.files.append(name)
         elif os.path.isdir(name):
