@@ -68,7 +68,7 @@ class Task:
         for method in self.methods:
             if method.name == wanted:
                 return method
-        raise InputError(f"A {self.name} artifact runs {', '.join(m.name for m in self.methods)}, not {name!r}.")
+        raise InputError(f"An artifact for {self.name} runs {', '.join(m.name for m in self.methods)}, not {name!r}.")
 
     def method_for_graph(self, graph: str) -> Method:
         """The first method that runs `graph` (what `vlmedge bench` times end to end)."""
