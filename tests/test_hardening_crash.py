@@ -217,7 +217,7 @@ def test_full_disk_on_the_command_line(monkeypatch, vit_artifact, hf_classifier_
         main(["export", str(hf_classifier_dir("vit")), "-o", str(destination)])
     assert info.value.code == 1
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
-    assert "error: No space left on the disk holding" in err and "Free some space and export again." in err
+    assert "Error: No space left on the disk holding" in err and "Free some space and export again." in err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vit"]
 

@@ -615,7 +615,7 @@ def test_no_cluster_at_the_address_is_one_sentence(vit_artifact, tmp_path):
     result = vlmedge_cli("predict", vit_artifact, str(sample), "--engine", "ray", "--address", "ray://127.0.0.1:1",
                          "--out", str(tmp_path / "x.parquet"), env={"RAY_ADDRESS": ""})
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "error: Cannot reach the Ray cluster at ray://127.0.0.1:1" in result.stderr and "ray start" in result.stderr
+    assert "Error: Cannot reach the Ray cluster at ray://127.0.0.1:1" in result.stderr and "ray start" in result.stderr
 
 
 def test_a_column_empty_in_the_first_batches_takes_its_type_from_later_ones(tmp_path):

@@ -496,5 +496,5 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_error(exc: VlmedgeError) -> None:
     """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+    err_console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)  # as click says a usage error
 
