@@ -23,8 +23,8 @@ from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, res
 from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Prediction, check_threshold, check_top_k, chunks,
-                                manifest_activation, Pipeline, rank)
+from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Pipeline, Prediction, check_threshold, check_top_k, chunks,
+                                manifest_activation, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
 AGGREGATES = ("max", "mean")

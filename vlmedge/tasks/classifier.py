@@ -9,8 +9,8 @@ import numpy as np
 from vlmedge.errors import ArtifactError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ACTIVATIONS, Prediction, as_list, check_top_k, chunks, image_spec_for,
-                                manifest_activation, Pipeline, pixel_batches, rank)
+from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
+                                manifest_activation, pixel_batches, rank)
 
 
 class ImageClassifier(Pipeline):

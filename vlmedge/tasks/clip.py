@@ -29,8 +29,8 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (MAX_BATCH, Prediction, as_list, check_top_k, chunks, image_spec_for, l2_normalize,
-                                Pipeline, pixel_batches, rank, sigmoid, softmax)
+from vlmedge.tasks.base import (MAX_BATCH, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
+                                l2_normalize, pixel_batches, rank, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from vlmedge.errors import ArtifactError, InputError, OutputError
 from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (as_list, check_flag, chunks, image_spec_for, l2_normalize, Pipeline,
+from vlmedge.tasks.base import (Pipeline, as_list, check_flag, chunks, image_spec_for, l2_normalize,
                                 pixel_batches)
 
 # pooling -> the model outputs it reads
