@@ -156,6 +156,10 @@ def test_help_reads_well():
     result = vlmedge_cli("export", "--help", columns=100)
     text = " ".join(result.stdout.split())
     assert "shapes-vit" in text and "image-classification, image-embedding, clip, audio-classification" in text
+    for command in ("serve", "bench", "embed"):  # metavars that say what goes there, not click's types
+        result = vlmedge_cli(command, "--help", columns=100)
+        assert result.returncode == 0 and not re.search(r"<(str|int|float)( range)?>|INTEGER|FLOAT", result.stdout), \
+            result.stdout
 
 
 def test_bench_fails_on_a_missing_plot_package_before_measuring(vit_artifact, tmp_path):

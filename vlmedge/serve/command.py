@@ -49,32 +49,32 @@ def _url(host: str, port: int) -> str:
 
 
 def serve(
-    artifacts: list[str] = typer.Argument(..., help="Artifact folders, each served under its folder name "
+    artifacts: list[str] = typer.Argument(..., metavar="[NAME=]ARTIFACT", help="Artifact folders, each served under its folder name "
                                                     "(NAME=PATH names one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; the default answers this machine only."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port; 0 picks a free one."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16, int8; default: fastest verified."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, or a backend's device name."),
-    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most inputs per model call."),
-    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", min=0, help="How long a batch waits to fill."),
-    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests waiting per model before 503."),
-    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body."),
-    max_inputs: int = typer.Option(32, "--max-inputs", min=1, help="Most images, clips or captions per request."),
-    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest image (width x height)."),
-    max_audio_seconds: float = typer.Option(120.0, "--max-audio-seconds", min=0.001, help="Longest audio clip."),
-    timeout_s: float = typer.Option(60.0, "--timeout-s", min=0.001, help="Answer 408 after this long."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on; the default answers this machine only."),
+    port: int = typer.Option(8000, "--port", metavar="PORT", min=0, max=65535, help="Port; 0 picks a free one."),
+    backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help="auto, onnxruntime, openvino or tensorrt."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help="fp32, fp16, bf16, int8; default: fastest verified."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, cuda, or a backend's device name."),
+    max_batch: int = typer.Option(16, "--max-batch", metavar="N", min=1, help="Most inputs per model call."),
+    max_delay_ms: float = typer.Option(5.0, "--max-delay-ms", metavar="MS", min=0, help="How long a batch waits to fill."),
+    max_queue: int = typer.Option(64, "--max-queue", metavar="N", min=1, help="Requests waiting per model before 503."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", metavar="MB", min=0.001, help="Largest request body."),
+    max_inputs: int = typer.Option(32, "--max-inputs", metavar="N", min=1, help="Most images, clips or captions per request."),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", metavar="PIXELS", min=1, help="Largest image (width x height)."),
+    max_audio_seconds: float = typer.Option(120.0, "--max-audio-seconds", metavar="SECONDS", min=0.001, help="Longest audio clip."),
+    timeout_s: float = typer.Option(60.0, "--timeout-s", metavar="SECONDS", min=0.001, help="Answer 408 after this long."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray Serve application "
+    engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="local (this process) or ray (a Ray Serve application "
                                                          "on the Ray cluster of RAY_ADDRESS, else a local one)."),
-    replicas: int = typer.Option(1, "--replicas", min=1, help="With --engine ray: replicas per model."),
-    replica_cpus: float = typer.Option(1.0, "--replica-cpus", min=0.01, help="With --engine ray: the CPUs Ray "
+    replicas: int = typer.Option(1, "--replicas", metavar="N", min=1, help="With --engine ray: replicas per model."),
+    replica_cpus: float = typer.Option(1.0, "--replica-cpus", metavar="CPUS", min=0.01, help="With --engine ray: the CPUs Ray "
                                        "reserves per replica (0.5: two replicas share a core)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads one model call runs on (the "
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", min=1, help="Threads one model call runs on (the "
                                           "backend's session option; default: the backend's, one per core)."),
     session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE",
                                                        help=choices.SESSION_OPTION_HELP),
-    shutdown_grace_s: float = typer.Option(30.0, "--shutdown-grace-s", min=0, help="On SIGTERM or Ctrl-C, how long "
+    shutdown_grace_s: float = typer.Option(30.0, "--shutdown-grace-s", metavar="SECONDS", min=0, help="On SIGTERM or Ctrl-C, how long "
                                            "requests in flight may take to finish; those still running then are "
                                            "answered 503."),
 ) -> None:
