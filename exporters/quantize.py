@@ -73,11 +73,37 @@ def calibration_rows(context: Any) -> tuple[list[dict[str, np.ndarray]], str]:
     so a file fitted to its calibration inputs alone (it passed on them, and missed by far on
     fresh ones) fails its gate instead of shipping."""
     if context.calibration:
-        return list(rows(context.calibration)), "user data"
+        feeds = list(rows(context.calibration))
+        _note_thin_calibration(context, feeds)
+        return feeds, "user data"
     context.say(f"[{context.graph.name}] no --calibration data: calibrating int8 on half of the bundled samples "
                 "and generated inputs, the other half held out for the gate; real data from the model's domain "
                 "gives better int8 accuracy")
     return list(rows(context.feeds))[::2], "every other bundled sample and generated input (the rest held out)"
+
+
+# Fewer calibration inputs than this rarely stand for a model's real inputs.
+FEW_CALIBRATION_INPUTS = 20
+
+
+def _note_thin_calibration(context: Any, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Says so when the user's calibration data is too little or too uniform to fit int8 scales
+    that hold on real inputs (one image, one solid colour): the gate still judges the file, on
+    inputs that may be as narrow, so the user should know before trusting it."""
+    first = [np.asarray(next(iter(feed.values()))) for feed in feeds]
+    where = f"[{context.graph.name}] note: "
+    if first and all(_uniform(x) for x in first):
+        context.say(where + "every calibration input is uniform (a solid colour, silence): int8 scales fitted on "
+                    "such inputs hold for no real one; give real data from the model's domain")
+    elif len(feeds) < FEW_CALIBRATION_INPUTS:
+        context.say(where + f"only {len(feeds)} calibration input(s): int8 scales fitted on so few may not hold on "
+                    f"other inputs; give {FEW_CALIBRATION_INPUTS} or more from the model's domain")
+
+
+def _uniform(x: np.ndarray) -> bool:
+    """One value per channel (an image: (1, C, H, W)), or one value (any other input)."""
+    values = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim == 4 else x.reshape(1, 1, -1)
+    return values.size > 0 and float(np.ptp(values, axis=-1).max()) == 0.0
 
 
 def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: list[Recipe],
@@ -155,8 +181,9 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     error = ParityError(
         f"No {target} {precision} file of graph '{graph.name}' passed its gate (min cosine {gate.min_cosine}, "
         f"top-1 {gate.min_top1:.0%}) after {len(attempts)} attempt(s), the later ones keeping "
-        f"{', '.join(SENSITIVE)} in float: {best_text}. Loosen the gate explicitly, give real --calibration data, "
-        "or export without int8. No artifact was written."
+        f"{', '.join(SENSITIVE)} in float: {best_text}. Loosen the gate explicitly, "
+        + ("" if context.calibration else "give real --calibration data, ")  # given, it was used
+        + "or export without int8. No artifact was written."
     )
     error.attempts = attempts  # what each recipe reached, for callers that want to show or test it
     raise error

@@ -226,12 +226,21 @@ def entries_to_open(artifact: Artifact, backend: str = "auto", device: str = "cp
         if not matches:
             have = sorted({e["precision"] for e in entries if e["graph"] == graph})
             never = backend_named(backend).why_not(precision)
-            advice = f"{never}: choose another backend or precision" if never else "export that precision or choose another"
+            dropped = next((d for d in (artifact.manifest.get("export") or {}).get("dropped") or []
+                            if d.get("target") == target and d.get("precision") == precision), None)
+            advice = (f"{never}: choose another backend or precision" if never else
+                      f"the export left it out ({str(dropped.get('reason')).rstrip('.')}): choose another" if dropped else
+                      "export that precision or choose another")
             raise BackendUnavailableError(
                 f"Artifact {artifact.root} has no {precision} {target} file for graph '{graph}' "
                 f"(it has: {', '.join(have)}); {advice}."
             )
         chosen[graph] = matches[0]
+        parity = matches[0].get("parity") or {}
+        if parity.get("passed") is False:  # an export leaves such a file out: the manifest was edited
+            why = "; ".join(parity.get("failures") or []) or "no reason recorded"
+            raise ArtifactError(f"{matches[0]['path']} in {artifact.root} is recorded as failing its parity gate "
+                                f"({why}); an export never ships such a file, so re-export the artifact.")
     return backend, precision, chosen
 
 

@@ -190,6 +190,18 @@ def test_tampered_model_file_is_refused_naming_the_file(artifact_copy):
         vlmedge.load(artifact_copy)
 
 
+def test_a_file_recorded_as_failing_its_gate_is_not_loaded(artifact_copy):
+    """An export leaves a failing file out, so a manifest that says one failed was edited: it
+    loaded and ran anyway, where `vlmedge info` showed FAIL."""
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == "onnx/model.fp32.onnx")
+    entry["parity"].update(passed=False, failures=["output 'logits': cosine similarity 0.5 < 0.9999"])
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"onnx/model\.fp32\.onnx in .* is recorded as failing its parity gate "
+                                            r"\(output 'logits': cosine similarity 0.5 < 0.9999\); .* re-export"):
+        vlmedge.load(artifact_copy, precision="fp32")
+
+
 def test_a_load_hashes_only_the_model_files_it_opens(two_target_artifact, tmp_path, monkeypatch):
     """vlmedge.load hashes the model and weights files of the backend it opens, not the other
     target's (checked for size only), and every other file; a same-size change to the other

@@ -90,6 +90,29 @@ def test_fp32_abs_bound_scales_with_the_output_magnitude():
     assert any("max abs error 0.002 > 0.001" in f for f in failures)
 
 
+def test_non_finite_outputs_fail_every_gate_however_loose():
+    """A file whose values overflow (fp16) answers NaN: its rows' cosine read 0, and the failure
+    said that min_cosine <= 0 would pass; with the gate loosened so, the file shipped, passed
+    `check` and classified with NaN scores. Non-finite outputs now fail any gate, and say why."""
+    import dataclasses
+
+    from vlmedge.parity import GATES, compare_output, judge
+
+    reference = np.random.default_rng(0).normal(0, 1, (4, 10)).astype(np.float32)
+    overflowed = np.full_like(reference, np.nan)
+    overflowed[1] = reference[1]  # one row still right
+    anything = dataclasses.replace(GATES["fp16"], min_cosine=-1.0, min_top1=0.0)
+    metrics = compare_output(reference, overflowed, "logits")
+    assert metrics["non_finite"] == 30
+    (failure,) = judge({"logits": metrics}, anything)
+    assert failure == ("output 'logits' holds 30 NaN or infinite value(s) where the source's are finite: the model's "
+                       "values overflow this precision, so no gate passes it")
+    with_inf = reference.copy()
+    with_inf[0, 0] = np.inf
+    assert judge({"logits": compare_output(reference, with_inf, "logits")}, anything)
+    assert judge({"logits": compare_output(reference, reference.copy(), "logits")}, GATES["fp16"]) == []
+
+
 def tiny_vit(folder, **config):
     """A tiny seeded ViT classifier with its processor, saved in ``folder``."""
     torch.manual_seed(0)

@@ -33,6 +33,11 @@ def test_export_keeps_what_passed_and_records_what_was_dropped(hf_classifier_dir
 
     result = vlmedge_cli("info", out, columns=80)
     assert result.returncode == 0 and "left out onnx int8" in result.stdout
+    # asked for, the left-out precision says why it is not there (it said: export that precision)
+    from vlmedge.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=r"has no int8 onnx file .*; the export left it out \(.*cosine"):
+        vlmedge.load(out, precision="int8")
 
     with pytest.raises(ParityError):  # all or nothing
         vlmedge.export(str(hf_classifier_dir("vit")), tmp_path / "strict", precision=["fp32", "int8"], gates=gates,
@@ -54,6 +59,11 @@ def test_cli_exits_3_and_shows_the_dropped_variant(hf_classifier_dir, tmp_path):
     assert [f["precision"] for f in summary["files"]] == ["fp32"]
     assert summary["dropped"][0]["precision"] == "int8"
     assert "left out onnx int8" in " ".join(result.stderr.split())
+    # without --json: a partial export does not say "export success" (a log's reader saw that and not exit 3)
+    result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", tmp_path / "table", "--precision", "fp32,int8",
+                         prelude=prelude)
+    assert result.returncode == 3 and "export success" not in result.stdout
+    assert f"export partial (1 variant(s) left out, below): {tmp_path / 'table'}" in result.stdout
 
     result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", tmp_path / "strict", "--precision", "fp32,int8",
                          "--strict", "--quiet", prelude=prelude)

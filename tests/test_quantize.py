@@ -436,6 +436,29 @@ def test_cli_calibration_and_eval(small_vit, tmp_path):
     static = [a for a in entries["int8"]["parity"]["quantization"]["attempts"] if a["method"] == "ort-static-qdq"]
     assert static[0]["calibration"] == {"samples": 8, "source": "user data"}
     assert "[model] calibration: 8 image item(s)" in result.stdout and "source accuracy" in result.stdout
+    assert "[model] note: only 8 calibration input(s)" in " ".join(result.stdout.split())  # too few: said
+
+
+def test_uniform_or_scarce_calibration_data_is_said_before_it_is_used():
+    """One image, or images of one solid colour, were taken without a word (the gate, judging
+    on inputs as narrow, may pass a file that fails on real ones)."""
+    import types
+
+    from vlmedge.exporters.quantize import _note_thin_calibration
+
+    said = []
+    context = types.SimpleNamespace(graph=types.SimpleNamespace(name="model"), say=said.append)
+    solid = np.broadcast_to(np.array([0.9, -0.2, 0.4], np.float32)[None, :, None, None], (1, 3, 8, 8))
+    _note_thin_calibration(context, [{"pixel_values": solid.copy()} for _ in range(50)])
+    assert said == ["[model] note: every calibration input is uniform (a solid colour, silence): int8 scales fitted "
+                    "on such inputs hold for no real one; give real data from the model's domain"]
+    said.clear()
+    varied = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    _note_thin_calibration(context, [{"pixel_values": varied}])
+    assert said and said[0].startswith("[model] note: only 1 calibration input(s)")
+    said.clear()
+    _note_thin_calibration(context, [{"pixel_values": varied + i} for i in range(20)])
+    assert said == []
 
 
 def test_accuracy_budget_fails_the_export(small_vit, tmp_path):

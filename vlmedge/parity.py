@@ -78,6 +78,9 @@ def compare_output(reference: np.ndarray, actual: np.ndarray, kind: str = "embed
     reference = reference.astype(np.float64)
     actual = actual.astype(np.float64)
     diff = np.abs(reference - actual)
+    # values the file leaves non-finite where the source's are finite: an overflow (fp16), which
+    # fails any gate (judge); the cosine of such a row reads 0, which a loosened gate would take
+    non_finite = int((~np.isfinite(actual) & np.isfinite(reference)).sum())
     if not np.isfinite(actual).all():
         diff = np.where(np.isfinite(actual), diff, np.inf)
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
@@ -89,6 +92,8 @@ def compare_output(reference: np.ndarray, actual: np.ndarray, kind: str = "embed
         "cosine_min": float(_rowwise_cosine(reference, actual).min()) if diff.size else 1.0,
         "cosine_mean": float(_rowwise_cosine(reference, actual).mean()) if diff.size else 1.0,
     }
+    if non_finite:
+        metrics["non_finite"] = non_finite
     if kind == "logits" and reference.ndim == 2:
         metrics["top1"] = _topk_agreement(reference, actual, 1)
         metrics["top5"] = _topk_agreement(reference, actual, 5)
@@ -112,6 +117,10 @@ def judge(metrics: dict[str, dict[str, Any]], gate: Gate) -> list[str]:
         if "shape_mismatch" in m:
             ref_shape, act_shape = m["shape_mismatch"]
             failures.append(f"output '{name}' has shape {act_shape} but the source gives {ref_shape}")
+            continue
+        if m.get("non_finite"):  # whatever the gate: no tolerance makes NaN or inf a right answer
+            failures.append(f"output '{name}' holds {m['non_finite']} NaN or infinite value(s) where the source's are "
+                            "finite: the model's values overflow this precision, so no gate passes it")
             continue
         if m["cosine_min"] < gate.min_cosine:
             failures.append(
