@@ -41,7 +41,9 @@ def graph_kind(graph: GraphSpec) -> str | None:
 
 
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    """The files of these suffixes under folder, hidden ones left out (as `vlmedge embed` does)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _subset(items: list[Any], size: int | None, seed: int = 0) -> list[Any]:

@@ -337,6 +337,12 @@ def run_reference(graph: GraphSpec, feeds: dict[str, np.ndarray], evaluation: An
         evaluation.source_accuracy = evaluation.accuracy(source_outputs)
         evaluation.source_predictions = evaluation.predictions(source_outputs)
         say(f"[{graph.name}] source accuracy on the labelled data: {evaluation.source_accuracy:.2%}")
+        chance = 1 / max(source_outputs[evaluation.output].shape[-1], 1)  # a guess among the model's labels
+        if evaluation.source_accuracy < chance:  # the model passes parity: its folders are likely misnamed
+            say(f"[{graph.name}] note: the source model itself scores below chance ({chance:.2%}) on the labelled "
+                "data: are the class folders named after the labels they hold?")
+        if evaluation.classes == 1:
+            say(f"[{graph.name}] note: the labelled data holds one class: its accuracy says little of the others")
     return references
 
 

@@ -439,6 +439,27 @@ def test_cli_calibration_and_eval(small_vit, tmp_path):
     assert "[model] note: only 8 calibration input(s)" in " ".join(result.stdout.split())  # too few: said
 
 
+def test_labelled_data_that_looks_misnamed_or_narrow_is_said(tmp_path):
+    """Class folders with swapped names gave 'source accuracy 0.00%' and nothing else; one class
+    alone, nothing at all."""
+    import torch
+
+    import vlmedge
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    torch.manual_seed(0)
+    always_a = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    with torch.no_grad():
+        always_a[1].weight.zero_()
+        always_a[1].bias.copy_(torch.tensor([5.0, 0.0]))
+    said = []
+    vlmedge.export(always_a, tmp_path / "a", preprocess=ImagePreprocessSpec(size={"height": 8, "width": 8}),
+                   labels=["a", "b"], evaluation=_image_folder(tmp_path / "eval", {"b": [1, 2, 3]}), progress=said.append)
+    notes = [line for line in said if "note:" in line]
+    assert any("scores below chance (50.00%) on the labelled data: are the class folders named" in n for n in notes)
+    assert any("the labelled data holds one class" in n for n in notes)
+
+
 def test_uniform_or_scarce_calibration_data_is_said_before_it_is_used():
     """One image, or images of one solid colour, were taken without a word (the gate, judging
     on inputs as narrow, may pass a file that fails on real ones)."""
