@@ -19,6 +19,8 @@ from vlmedge.preprocess import check_input_file
 # Pillow's decompression-bomb limit, checked by vlmedge itself before decoding.
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# The image arrays load_image takes (uint8).
+ARRAY_SHAPES = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
 # What one image may be when a pipeline is given a single input rather than a list
 # (a uint8 numpy array of up to 3 dimensions is one image too: see tasks.base.as_list).
 IMAGE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
@@ -66,7 +68,7 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
         return _decode(handle, f"Image file {name!s}")
 
 
-def too_many_pixels(what: str, error: Exception) -> InputError:
+def _too_many_pixels(what: str, error: Exception) -> InputError:
     """One sentence with one limit, vlmedge's: Pillow's own message names its twice as high one."""
     found = re.search(r"(\d+) pixels", str(error))  # Pillow's "Image size (N pixels) exceeds ...", or ours
     size = f"{int(found.group(1)):,} pixels; " if found else ""
@@ -111,7 +113,7 @@ def _decode(source: Any, what: str) -> Image.Image:
             warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)  # HF's path too
             return opened.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise too_many_pixels(what, e) from None
+        raise _too_many_pixels(what, e) from None
     except Image.UnidentifiedImageError:
         raise InputError(f"{what} is not a readable {', '.join(FORMATS)} image; convert it to PNG or JPEG.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -130,10 +132,6 @@ def convert_to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-# The image arrays load_image takes (uint8).
-ARRAY_SHAPES = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
-
-
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
     """EXIF orientation, then convert("RGB"), as load_image does (the caller's image untouched)."""
     try:
@@ -149,7 +147,6 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _array_to_rgb(array: np.ndarray) -> Image.Image:
-    shapes = ARRAY_SHAPES
     if array.dtype != np.uint8:
         hint = {"f": "0-1 floats as (array * 255).round().astype(np.uint8)", "b": "a mask as array.astype(np.uint8) * 255",
                 }.get(array.dtype.kind, "16-bit values as (array >> 8).astype(np.uint8)" if array.dtype.itemsize == 2
@@ -161,7 +158,7 @@ def _array_to_rgb(array: np.ndarray) -> Image.Image:
         raise InputError(f"The image array of shape {array.shape} is channels-first; pass array.transpose(1, 2, 0).")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         batch = "; pass a batch as a list of arrays" if array.ndim == 4 else ""
-        raise InputError(f"An image array must have shape {shapes}, not {array.shape}{batch}.")
+        raise InputError(f"An image array must have shape {ARRAY_SHAPES}, not {array.shape}{batch}.")
     if array.size == 0:
         raise InputError(f"The image array is empty (shape {array.shape}); pass an image of at least 1x1 pixel.")
     if array.ndim == 2:
