@@ -88,6 +88,11 @@ class _State:
             info = m.describe()
             self.metrics.model_info.labels(name, m.task, info["backend"], info["precision"]).set(1)
 
+    @property
+    def accepting(self) -> bool:
+        """Warmed up and not draining: what a readiness route answers."""
+        return self.ready and not self.draining
+
     async def drain(self, grace_s: float) -> int:
         """A server's shutdown where no web server does it for the app (Ray Serve's ingress):
         new requests are answered 503 shutting_down (and /readyz), those in flight get grace_s

@@ -223,8 +223,7 @@ def routes(state: Any) -> list[Route]:
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        ready = state.ready and not state.draining  # as /readyz: a draining server takes no new requests
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": state.accepting}, status_code=200 if state.accepting else 503)
 
     async def model_metadata(request: Request) -> Response:
         try:
@@ -237,8 +236,8 @@ def routes(state: Any) -> list[Route]:
             served = find(request)
         except Problem as problem:
             return error(problem)
-        ready = state.ready and not state.draining
-        return JSONResponse({"name": served.name, "ready": ready}, status_code=200 if ready else 503)
+        return JSONResponse({"name": served.name, "ready": state.accepting},
+                            status_code=200 if state.accepting else 503)
 
     async def infer(request: Request) -> Response:
         name = request.path_params["model"]
