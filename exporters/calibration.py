@@ -185,7 +185,9 @@ def calibration_feeds(path: str | Path, spec: ExportSpec, size: int = DEFAULT_CA
             say(f"[{graph.name}] calibration: {len(kept)} {kind} item(s) from {path}")
     if not feeds:
         wanted = sorted({graph_kind(g) or "?" for g in spec.graphs})
-        raise ExportError(f"{path} holds no usable {' or '.join(wanted)} data for this model's calibration.")
+        other = {kind: len(items) for kind, items in data.items() if items and kind not in wanted}  # the wrong kind
+        found = f" (it holds {', '.join(f'{n} {kind} item(s)' for kind, n in other.items())})" if other else ""
+        raise ExportError(f"{path} holds no usable {' or '.join(wanted)} data for this model's calibration{found}.")
     return feeds
 
 

@@ -460,6 +460,19 @@ def test_labelled_data_that_looks_misnamed_or_narrow_is_said(tmp_path):
     assert any("the labelled data holds one class" in n for n in notes)
 
 
+def test_calibration_data_of_the_wrong_kind_says_what_it_found(small_vit, tmp_path):
+    import soundfile as sf
+
+    import vlmedge
+    from vlmedge.errors import ExportError
+
+    (tmp_path / "calib").mkdir()
+    sf.write(tmp_path / "calib" / "tone.wav", np.zeros(1600, np.float32), 16000)
+    with pytest.raises(ExportError, match=r"holds no usable image data for this model's calibration \(it holds 1 "
+                                          r"audio item\(s\)\)"):
+        vlmedge.export(str(small_vit), tmp_path / "a", precision=["fp32", "int8"], calibration=tmp_path / "calib")
+
+
 def test_uniform_or_scarce_calibration_data_is_said_before_it_is_used():
     """One image, or images of one solid colour, were taken without a word (the gate, judging
     on inputs as narrow, may pass a file that fails on real ones)."""
