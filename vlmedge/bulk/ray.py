@@ -193,8 +193,8 @@ def _actor_pool_size(ray, concurrency: Any, gpus: float, cpus: float, preprocess
         need = least * cpus + preprocess_cpus
         if have.get("CPU", 0) < need:
             raise InputError(f"{least} actor(s) with {cpus:g} CPU(s) each plus a preprocessing task need {need:g} "
-                             f"CPUs, but the Ray cluster has {have.get('CPU', 0):g}; lower the concurrency or "
-                             "cpus_per_worker.")
+                             f"CPUs, but the Ray cluster has {have.get('CPU', 0):g}; lower --concurrency (Python: "
+                             "concurrency= or cpus_per_worker=).")
     return size
 
 
