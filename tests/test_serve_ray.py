@@ -199,6 +199,8 @@ def test_a_replica_killed_mid_load_costs_no_wrong_or_hung_answer(ray_serve_url, 
 @pytest.mark.parametrize("args, words, code", [
     (["--engine", "ray", "--port", "0"], "fixed --port", 1),
     (["--engine", "bogus"], "--engine bogus is not valid; choose one of local, ray", 2),  # usage, before loading
+    # the cluster's CPUs are checked before Serve starts (it started, then refused)
+    (["--engine", "ray", "--port", "18731", "--replicas", "99"], "lower --replicas or --replica-cpus", 1),
 ])
 def test_cli_engine_errors_are_one_sentence(vit_artifact, args, words, code):
     import subprocess

@@ -130,12 +130,14 @@ def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, prec
     from vlmedge.bulk.ray import init
 
     init(address=os.environ.get("RAY_ADDRESS") or None, configure_logging=False)
-    serve.start(http_options={"host": host, "port": port})
     with sigterm_as_interrupt():  # from the start: the proxy answers before serve.run returns
         try:
-            serve.run(build(list(artifacts), replicas=replicas, backend=backend, precision=precision, device=device,
-                            batch=batch, limits=limits, replica_cpus=replica_cpus, session_options=session),
-                      name=RAY_APP, route_prefix="/")
+            # built first: its checks (the options, the cluster's CPUs) refuse before Serve starts
+            application = build(list(artifacts), replicas=replicas, backend=backend, precision=precision,
+                                device=device, batch=batch, limits=limits, replica_cpus=replica_cpus,
+                                session_options=session)
+            serve.start(http_options={"host": host, "port": port})
+            serve.run(application, name=RAY_APP, route_prefix="/")
             url = _url(host, port)
             typer.echo(f"serving {len(artifacts)} model(s) x {replicas} replica(s) on Ray Serve at {url}  "
                        f"(page: {url}/  docs: {url}/docs)")
