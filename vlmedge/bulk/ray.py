@@ -23,8 +23,10 @@ import dataclasses
 import hashlib
 import io
 import os
+import signal
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,10 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs: Any)
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    # ray.init makes SIGTERM sys.exit(15) wherever the driver is; the caller's handler (a CLI run's
+    # vlmedge.signals: unwind, remove what was half-written, end by SIGTERM) is put back after it
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address:
             _check_reachable(address)
@@ -276,6 +282,9 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs: Any)
         raise BackendUnavailableError(f"Cannot reach the Ray cluster at {address or 'a new local instance'} "
                                       f"({exception_line(exc)}); start one (ray start --head) or give another "
                                       "address, or leave the address out to run Ray on this machine.") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return ray
 
 
