@@ -190,6 +190,16 @@ def test_tampered_model_file_is_refused_naming_the_file(artifact_copy):
         vlmedge.load(artifact_copy)
 
 
+def test_a_misspelt_load_keyword_is_named_as_such(vit_artifact):
+    """It was called a session option the backend does not take ('session_options', 'precison')."""
+    from vlmedge.errors import InputError
+
+    for keyword in ("precison", "session_options"):
+        with pytest.raises(InputError, match=rf"vlmedge.load takes no keyword '{keyword}'; it takes backend, device, "
+                                             r"precision, decode_workers, cache and the backends' session options: threads"):
+            vlmedge.load(vit_artifact, **{keyword: 1})
+
+
 def test_a_file_recorded_as_failing_its_gate_is_not_loaded(artifact_copy):
     """An export leaves a failing file out, so a manifest that says one failed was edited: it
     loaded and ran anyway, where `vlmedge info` showed FAIL."""

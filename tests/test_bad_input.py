@@ -55,6 +55,16 @@ def test_decompression_bomb(classifier, tmp_path):
                                  f"{MAX_IMAGE_PIXELS:,} pixels); downscale it first.")
 
 
+def test_a_text_or_audio_file_is_named_as_what_it_is(classifier, tmp_path):
+    """They were told to convert themselves to PNG or JPEG."""
+    (tmp_path / "captions.txt").write_text("a red circle\n")
+    (tmp_path / "tone.wav").write_bytes(b"RIFF" + bytes(40))
+    with pytest.raises(InputError, match=r"captions\.txt is a text file \(captions, .*\), not an image"):
+        classifier.classify(tmp_path / "captions.txt")
+    with pytest.raises(InputError, match=r"tone\.wav is an audio file, not an image; this model takes image files"):
+        classifier.classify(tmp_path / "tone.wav")
+
+
 def test_a_data_uri_or_a_long_string_is_not_echoed_whole_as_a_path(classifier):
     uri = "data:image/png;base64," + "A" * 200_000
     with pytest.raises(InputError, match=r"is a data: URI, not a path; pass its bytes") as caught:

@@ -78,6 +78,8 @@ def test_shell_completion_script():
     (["serve", "ART", "--backend", "onnx"], "auto, onnxruntime, openvino, tensorrt"),
     (["serve", "ART", "--precision", "fp33"], "fp32, fp16, bf16, int8"),
     (["serve", "ART", "--engine", "threads"], "local, ray"),
+    (["serve", "ART", "--replicas", "2"], "--replicas and --replica-cpus apply to --engine ray"),
+    (["serve", "ART", "--replica-cpus", "0.5"], "--replicas and --replica-cpus apply to --engine ray"),
     (["predict", "ART", SAMPLE, "--session-option", "hint=latency"], "threads, optimization, performance_hint"),
     (["embed", "ART", SAMPLE, "--out", "OUT", "--session-option", "threads"], "NAME=VALUE"),
     (["serve", "ART", "--session-option", "threads=two"], "threads is a whole number"),

@@ -82,7 +82,8 @@ def test_every_architecture_of_the_builders_is_listed(rows):
 
 @pytest.mark.parametrize("arch, advice", [
     # a head vlmedge does not export over a backbone it does: export the backbone
-    ("ViTForMaskedImageModeling", "save its backbone, ViTModel, with model.base_model.save_pretrained(FOLDER) and "
+    ("ViTForMaskedImageModeling", "save its backbone, ViTModel, and its processor in a FOLDER "
+                                  "(model.base_model.save_pretrained(FOLDER), processor.save_pretrained(FOLDER)) and "
                                   "export that (image-embedding)"),
     ("SegformerForSemanticSegmentation", "save its backbone, SegformerModel"),
     ("Wav2Vec2ForCTC", "`vlmedge formats --architectures` lists those it exports"),  # no task takes Wav2Vec2Model

@@ -271,7 +271,7 @@ def test_session_options_are_the_chosen_backends_own(two_target_artifact, monkey
     with pytest.raises(InputError, match=r"^The onnxruntime backend takes no session option 'performance_hint' "
                                          r"\(an option of openvino\); its options are threads, optimization"):
         vlmedge.load(two_target_artifact, precision="fp32", cache=False, performance_hint="throughput")
-    with pytest.raises(InputError, match=r"no session option 'cache_dir'; .*: leave it out\.$"):
+    with pytest.raises(InputError, match=r"vlmedge.load takes no keyword 'cache_dir'; .*session options: threads"):
         vlmedge.load(two_target_artifact, backend="openvino", precision="fp32", cache=False, cache_dir="/tmp/ov")
     for threads in (0, "2", True):
         with pytest.raises(InputError, match="threads must be a whole number of at least 1"):

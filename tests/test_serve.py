@@ -153,6 +153,11 @@ def test_clip_embeddings_and_zero_shot_match_the_runtime(server, pipelines):
     r = httpx.post(f"{server}/v1/models/clip/zero-shot",
                    json={"images": [b64(IMAGES[1])], "labels": labels, "templates": templates, "top_k": 2})
     assert_ranked(r.json()["results"][0]["predictions"], expected[1][:2])
+    # without top_k every label, as the pipeline's zero_shot (it was 5 of them)
+    six = labels + ["hexagon", "triangle"]
+    r = httpx.post(f"{server}/v1/models/clip/zero-shot", json={"images": [b64(IMAGES[1])], "labels": six})
+    assert_ranked(r.json()["results"][0]["predictions"], clip.zero_shot(IMAGES[1], six))
+    assert len(r.json()["results"][0]["predictions"]) == 6
     r = httpx.post(f"{server}/v1/models/clip/zero-shot", json={"images": [b64(IMAGES[1])]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_input"
 

@@ -231,7 +231,7 @@ def infer_task(arch: str) -> str:
     if (task := known_task(arch)) is None:
         backbone = arch.split("For")[0] + "Model"  # ViTForMaskedImageModeling: ViTModel
         found = known_task(backbone) if backbone != arch else None
-        advice = (f"save its backbone, {backbone}, with model.base_model.save_pretrained(FOLDER) and export that ({found})"
+        advice = (f"save its backbone, {backbone}, and its processor in a FOLDER (model.base_model.save_pretrained(FOLDER), processor.save_pretrained(FOLDER)) and export that ({found})"
                   if found else "`vlmedge formats --architectures` lists those it exports")
         raise UnsupportedModelError(f"vlmedge cannot export {arch}: it is not a supported image, CLIP or audio model; {advice}.")
     return task

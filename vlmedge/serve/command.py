@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from vlmedge import choices
-from vlmedge.errors import BackendUnavailableError, first_line
+from vlmedge.errors import BackendUnavailableError, UsageError, first_line
 from vlmedge.serve.config import BatchConfig, Limits
 from vlmedge.signals import sigterm_as_interrupt
 
@@ -83,6 +83,9 @@ def serve(
     _require_extra()
     choices.check_run_options(backend, precision)  # before any artifact is opened, as predict's
     choices.choose("--engine", engine, choices.ENGINES, many=False)
+    if engine == "local" and (replicas != 1 or replica_cpus != 1.0):  # else they were ignored without a word
+        raise UsageError("--replicas and --replica-cpus apply to --engine ray; one local process serves each model "
+                         "once: add --engine ray, or drop them.")
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_inputs=max_inputs,
                     max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, request_timeout_s=timeout_s,

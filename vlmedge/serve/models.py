@@ -264,7 +264,8 @@ class ClipModel(ServedModel):
             templates = tuple(self.pipeline.check_templates(list(inputs.templates) or None))
         key = ("zero-shot", tuple(inputs.labels), templates)
         pixels = _pixels(inputs.images, self.pipeline.image_spec)
-        return Job(key, len(inputs.images), (pixels, inputs.options.get("top_k", DEFAULT_TOP_K)))
+        # every label by default, as the pipeline's zero_shot answers
+        return Job(key, len(inputs.images), (pixels, inputs.options.get("top_k", len(inputs.labels))))
 
     def _label_embeddings(self, labels: tuple, templates: tuple) -> np.ndarray:
         key = (labels, templates)

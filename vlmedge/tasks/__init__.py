@@ -28,7 +28,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
     from vlmedge.runtimes.select import open_model
     from vlmedge.registry import task_named
 
-    _check_load_arguments(device, cache)
+    _check_load_arguments(device, cache, options)
     workers = None if decode_workers is None else check_workers(decode_workers)
     artifact = Artifact.open(path, cache=cache, defer_models=True)  # open_model verifies the files it opens
     task = task_named(artifact.task, f"Artifact {path}")
@@ -38,11 +38,18 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu",
     return pipeline
 
 
-def _check_load_arguments(device: Any, cache: Any) -> None:
+def _check_load_arguments(device: Any, cache: Any, options: dict[str, Any]) -> None:
     """The arguments whose wrong type would otherwise surface as an AttributeError deep
     inside, or, for cache="no" (a true string), silently as its opposite (Artifact.open checks
-    the path)."""
+    the path); a keyword no backend takes is a misspelling, not a session option."""
     from vlmedge.errors import InputError
+    from vlmedge.runtimes.base import BACKENDS
+
+    declared = list(dict.fromkeys(o for b in BACKENDS.values() for o in b.option_names()))
+    unknown = [name for name in options if name not in declared]
+    if unknown:
+        raise InputError(f"vlmedge.load takes no keyword {', '.join(map(repr, unknown))}; it takes backend, device, "
+                         f"precision, decode_workers, cache and the backends' session options: {', '.join(declared)}.")
 
     if not isinstance(device, str) or not device.strip():
         raise InputError(f"device must be a name such as 'cpu', 'cuda' or 'GPU', not {device!r}.")

@@ -65,7 +65,26 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
     except OSError as e:
         raise InputError(f"Image file {name!s} could not be opened ({e.strerror or e}); check its permissions.") from None
     with handle:
-        return _decode(handle, f"Image file {name!s}")
+        try:
+            return _decode(handle, f"Image file {name!s}")
+        except InputError:
+            kind = _not_an_image(str(name))
+            if kind is None:
+                raise
+            raise InputError(f"{name!s} is {kind}, not an image; this model takes image files.") from None
+
+
+def _not_an_image(name: str) -> str | None:
+    """What a file that did not decode as an image is by its suffix: it said "convert it to PNG"
+    of a .txt of captions or a .wav (None: nothing known, the decoder's message stands)."""
+    from vlmedge.preprocess.audio.io import AUDIO_SUFFIXES
+
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in AUDIO_SUFFIXES:
+        return "an audio file"
+    return {".txt": "a text file (captions, one a line, are for a CLIP artifact's embed_texts)",
+            ".csv": "a table (a bulk run reads its paths: add --out results.parquet)",
+            ".parquet": "a table (a bulk run reads its paths: add --out results.parquet)"}.get(suffix)
 
 
 def _too_many_pixels(what: str, error: Exception) -> InputError:
