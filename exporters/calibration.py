@@ -23,6 +23,7 @@ from vlmedge.errors import ExportError, InputError, UsageError
 from vlmedge.exporters.samples import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import feed_batches
+from vlmedge.preprocess import visible_paths
 
 DEFAULT_CALIBRATION_SIZE = 300
 TEXT_SUFFIXES = (".txt",)
@@ -42,8 +43,7 @@ def graph_kind(graph: GraphSpec) -> str | None:
 
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """The files of these suffixes under folder, hidden ones left out (as `vlmedge embed` does)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in visible_paths(folder) if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def _subset(items: list[Any], size: int | None, seed: int = 0) -> list[Any]:

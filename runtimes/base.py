@@ -68,6 +68,11 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}
 
 
+def declared_session_options() -> dict[str, SessionOption]:
+    """Every backend's session options by name, in BACKENDS order (threads, which two take, once)."""
+    return {option.name: option for backend in BACKENDS.values() for option in backend.options}
+
+
 def backend_for_file(path: Path) -> Backend | None:
     """The backend that reads a model file with this suffix (an IR .xml: OpenVINO), or None."""
     return next((b for b in BACKENDS.values() if b.file_suffix == path.suffix), None)

@@ -51,9 +51,9 @@ def session_options(threads: int | None, pairs: Iterable[str] | None) -> dict[st
     each value of the type its option declares (runtimes.base.BACKENDS). Whether the backend
     that runs the files takes them is checked when it loads (with --backend auto, which one
     runs is known only then)."""
-    from vlmedge.runtimes.base import BACKENDS
+    from vlmedge.runtimes.base import declared_session_options
 
-    declared = {option.name: option for backend in BACKENDS.values() for option in backend.options}
+    declared = declared_session_options()
     options: dict[str, Any] = {"threads": threads} if threads else {}
     for pair in pairs or []:
         name, equals, value = (part.strip() for part in pair.partition("="))

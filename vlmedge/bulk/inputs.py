@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import written_by
 from vlmedge.errors import InputError
+from vlmedge.preprocess import visible_paths
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 TEXT_SUFFIXES = (".txt",)
@@ -102,7 +103,7 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         elif os.path.isdir(name):
             root = Path(name).resolve() if absolute else Path(name)
             # a dangling symbolic link is kept, so that its row says why it cannot be read
-            walked = [p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            walked = visible_paths(root)
             hits = [p for p in walked if p.suffix.lower() in suffixes and (p.is_file() or not p.exists())]
             found.files.extend(str(p) for p in sorted(hits, key=lambda p: p.relative_to(root).parts))
             found.passed_over.update(p.suffix.lower() for p in walked if p.suffix.lower() not in suffixes and p.is_file())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from vlmedge.errors import ArtifactError, InputError, VlmedgeError
@@ -18,6 +19,12 @@ from vlmedge.errors import ArtifactError, InputError, VlmedgeError
 READ_ERRORS = (VlmedgeError, OSError, ValueError, SyntaxError, MemoryError)
 # How messages name the audio containers soundfile (libsndfile 1.1+) decodes.
 AUDIO_FORMATS = "WAV, FLAC, OGG, MP3 or AIFF"
+
+
+def visible_paths(root: Path) -> list[Path]:
+    """Every path under a folder given as input, hidden ones (a file or folder named '.x' on
+    the way) left out: what `vlmedge embed`, a bulk run and --calibration / --eval read."""
+    return [p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
 
 
 def check_input_file(path: str, kind: str) -> None:

@@ -43,9 +43,9 @@ def _check_load_arguments(device: Any, cache: Any, options: dict[str, Any]) -> N
     inside, or, for cache="no" (a true string), silently as its opposite (Artifact.open checks
     the path); a keyword no backend takes is a misspelling, not a session option."""
     from vlmedge.errors import InputError
-    from vlmedge.runtimes.base import BACKENDS
+    from vlmedge.runtimes.base import declared_session_options
 
-    declared = list(dict.fromkeys(o for b in BACKENDS.values() for o in b.option_names()))
+    declared = list(declared_session_options())
     unknown = [name for name in options if name not in declared]
     if unknown:
         raise InputError(f"vlmedge.load takes no keyword {', '.join(map(repr, unknown))}; it takes backend, device, "

@@ -266,7 +266,7 @@ class Clip(Pipeline):
         templates (None: DEFAULT_TEMPLATES). Both at once is refused: the given embeddings
         already hold the templates they were computed with, and others would be ignored."""
         if text_embeddings is None:
-            text_embeddings = self.text_embeddings(labels, self.check_templates(templates))
+            text_embeddings = self.text_embeddings(labels, templates)  # it checks them (None: the default)
         elif templates is not None:
             raise InputError("templates and text_embeddings were both given, but the templates only make the label "
                              "embeddings; pass them to text_embeddings(labels, templates) and leave templates out here.")
