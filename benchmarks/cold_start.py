@@ -86,7 +86,7 @@ def build_small_model(name: str, seed: int = 0):
 
 def export_artifact(folder: Path, model_name: str, precisions: list[str]) -> None:
     import vlmedge
-    from vlmedge.exporters.sources.hf import LogitsOnly
+    from vlmedge.exporters.sources.hf.classifier import LogitsOnly
     from vlmedge.preprocess.image import ImagePreprocessSpec
 
     model = build_model() if model_name == "vit-b16" else build_small_model(model_name)

@@ -200,7 +200,7 @@ def hf_processor(source: Path) -> Any:
     (read, and its class named, as vlmedge's export reads it)."""
     import transformers
 
-    from vlmedge.exporters.sources.hf import processor_config
+    from vlmedge.exporters.sources.hf.processor import processor_config
     from vlmedge.preprocess.image.hf import processor_kind
 
     kind = processor_kind(processor_config(source))

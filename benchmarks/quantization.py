@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = photo_crops(args.work / "calibration", count=args.calibration)
     if not (args.reuse and (artifact_dir / "manifest.json").is_file()):
         t0 = time.time()
-        from vlmedge.exporters.sources.hf import LogitsOnly
+        from vlmedge.exporters.sources.hf.classifier import LogitsOnly
 
         vlmedge.export(LogitsOnly(model), artifact_dir, to=["onnx", "openvino"], precision=["fp32", "fp16", "bf16", "int8"],
                        preprocess=preprocess, labels=[model.config.id2label[i] for i in range(model.config.num_labels)],

@@ -189,7 +189,7 @@ def spread_activations(model, size: int, inputs: dict | None = None) -> None:
 def hf_probabilities(model, processor, path) -> np.ndarray:
     from transformers.image_utils import load_image
 
-    from vlmedge.exporters.sources.hf import logits_field
+    from vlmedge.exporters.sources.hf.classifier import logits_field
 
     inputs = processor(load_image(str(path)), return_tensors="pt")
     if "input_ids" in inputs:  # ImageGPT: the processor's own colour clusters

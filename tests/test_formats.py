@@ -70,7 +70,7 @@ def test_every_refused_architecture_says_why(rows):
 def test_every_architecture_of_the_builders_is_listed(rows):
     """The builders' own tables (exported and refused) and the audio architectures all have a row
     of their task, so a family added to a source shows in the listing."""
-    from vlmedge.exporters.sources import hf_clip, hf_encoder
+    from vlmedge.exporters.sources.hf import clip as hf_clip, encoder as hf_encoder
     from vlmedge.exporters.sources.hf import TASK_ARCHITECTURES
 
     listed = {(r["task"], r["architecture"]) for r in rows}

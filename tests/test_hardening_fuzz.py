@@ -154,13 +154,13 @@ _IMAGE = np.random.default_rng(3).integers(0, 255, (20, 28, 3), dtype=np.uint8)
 
 def _load_and_run(root: Path) -> None:
     """`vlmedge info`, `vlmedge check` and load + classify, as a user would run them."""
-    from vlmedge import cli
     from vlmedge.check import check_artifact
+    from vlmedge.cli import inspection
 
     try:
         with time_limit(CASE_SECONDS):
-            with cli.console.capture():
-                cli.info(root, as_json=False)
+            with inspection.console.capture():
+                inspection.info(root, as_json=False)
             for report in check_artifact(root):
                 assert report["passed"] in (True, False, None)
             pipeline = vlmedge.load(root)

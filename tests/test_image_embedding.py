@@ -416,7 +416,7 @@ def test_image_size_is_refused_where_the_processor_fixes_the_resolution(arch, mo
 
 def test_image_size_parsing_and_preprocess_scaling():
     from vlmedge.errors import ExportError
-    from vlmedge.exporters.sources.hf_encoder import preprocess_at
+    from vlmedge.exporters.sources.hf.encoder import preprocess_at
     from vlmedge.exporters.spec import parse_image_size
     from vlmedge.preprocess.image import ImagePreprocessSpec
 

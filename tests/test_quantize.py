@@ -391,7 +391,7 @@ def test_int8_retries_with_sensitive_ops_kept_in_float(small_vit, tmp_path):
     assert report["passed"] and report["gate"]["min_cosine"] == tightened.min_cosine
     assert report["gate_default"]["min_cosine"] == 0.99  # a changed gate is recorded
     from vlmedge.check import check_artifact
-    from vlmedge.cli import _parity_cell
+    from vlmedge.cli.inspection import _parity_cell
 
     (checked,) = [r for r in check_artifact(artifact.root) if r["precision"] == "int8"]
     assert checked["passed"] and checked["gate_default"]["min_cosine"] == 0.99  # check says so too

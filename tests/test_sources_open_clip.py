@@ -92,7 +92,7 @@ def _normalized(x):
 def test_matches_open_clip(exported, name):
     import torch
 
-    from vlmedge.exporters.sources.hf_clip import sample_captions
+    from vlmedge.exporters.sources.hf.clip import sample_captions
     from vlmedge.preprocess.image import preprocess_images
 
     model, tokenizer, clip, _ = exported(name)

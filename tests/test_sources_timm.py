@@ -268,7 +268,7 @@ def test_timm_wrapper_preprocessing_is_timms_data_config(timm, tmp_path):
     config's), is timm's eval transform of the data config timm resolves from it."""
     import json
 
-    from vlmedge.exporters.sources.hf import image_preprocess
+    from vlmedge.exporters.sources.hf.processor import image_preprocess
     from vlmedge.exporters.sources.timm import timm_preprocess
 
     pretrained_cfg = {"input_size": [3, 40, 40], "crop_pct": 0.95, "interpolation": "bilinear",

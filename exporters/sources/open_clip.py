@@ -45,7 +45,7 @@ import torch
 from vlmedge.artifact import sha256_file
 from vlmedge.errors import ExportError, ModelNotFoundError, UnsupportedModelError, exception_line, first_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf_clip import CAPTIONS_FILE, sample_captions, text_parity_feeds
+from vlmedge.exporters.sources.hf.clip import CAPTIONS_FILE, sample_captions, text_parity_feeds
 from vlmedge.exporters.sources.timm import checkpoint_file, eval_transform_spec, import_library, json_safe
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.image import ImagePreprocessSpec

@@ -79,7 +79,7 @@ def candidates() -> list[tuple[str, str | None, str]]:
                                                         MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES,
                                                         MODEL_MAPPING_NAMES)
 
-    from vlmedge.exporters.sources import hf_clip, hf_encoder
+    from vlmedge.exporters.sources.hf import clip as hf_clip, encoder as hf_encoder
 
     rows: list[tuple[str, str | None, str]] = []
     for model_type, names in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.items():
@@ -117,9 +117,11 @@ def _refusal(task: str, model_type: str, arch: str, processor: str | None) -> st
     """The first of the export's checks that refuses `arch` for `task`, or None."""
     import torch
 
-    from vlmedge.exporters.sources import hf_clip, hf_encoder
-    from vlmedge.exporters.sources.hf import check_pixel_values_only, infer_task, model_class
-    from vlmedge.exporters.sources.hf_naflex import MODEL_TYPES, needs_image_size
+    from vlmedge.exporters.sources.hf import clip as hf_clip, encoder as hf_encoder
+    from vlmedge.exporters.sources.hf import infer_task
+    from vlmedge.exporters.sources.hf.classifier import check_pixel_values_only
+    from vlmedge.exporters.sources.hf.folder import model_class
+    from vlmedge.exporters.sources.hf.naflex import MODEL_TYPES, needs_image_size
     from vlmedge.preprocess.image.hf import refusal
 
     if model_type == "timm_wrapper":  # its config and processor need timm, which loads only with torchvision

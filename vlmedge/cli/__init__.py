@@ -1,116 +1,30 @@
-"""The `vlmedge` command: export, predict, embed, info, check, bench, serve, formats.
+"""The `vlmedge` command: export, predict, embed here; info, check, formats, cache in
+vlmedge.cli.inspection; bench and serve in their packages.
 
 User errors (VlmedgeError) print as one sentence, never a traceback, and exit with their class's code
 (vlmedge.errors.EXIT_CODES): 1 a runtime failure, 2 bad usage (every option is checked before a model is
-loaded), 3 a parity gate failure; warnings print as one line too. Tables turn into key: value blocks when
-the terminal (or a log: 80 columns) is too narrow; a line of text is never wrapped, to stay one line in a log.
+loaded), 3 a parity gate failure; warnings print as one line too (vlmedge.cli.app.Command).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import typer.core
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from vlmedge import choices, formats
-from vlmedge.cli.rows import ROWS, TABLES, check_summary, ranked_table, windows_table
-from vlmedge.errors import BackendUnavailableError, ParityError, UsageError, VlmedgeError
+from vlmedge.cli.app import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
+from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
+from vlmedge.errors import ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
-from vlmedge.version import __version__
 
 
-class _Command(typer.core.TyperCommand):
-    """Help that reads `ARTIFACT INPUTS...`, not typer's `{ARTIFACT} {INPUTS}...` with
-    `<list[str]>` type labels beside each argument."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if isinstance(param, typer.core.TyperArgument):
-                param.display_type = lambda ctx: None  # the metavar and help say what it is
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return [re.sub(r"\{([^{}]+)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
-
-    def invoke(self, ctx: Any) -> Any:
-        """A VlmedgeError ends the command with one line and its class's exit code, however the app is run
-        (the console script, `python -m`, typer's test runner); a warning is one line, not Python's two."""
-        with warnings.catch_warnings():
-            warnings.showwarning = lambda message, *_, **__: err_console.print(
-                f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
-            try:
-                return super().invoke(ctx)
-            except VlmedgeError as exc:
-                print_error(exc)
-                raise typer.Exit(exc.exit_code) from None
-
-
-app = typer.Typer(
-    help="Export, verify and run vision, vision-language and audio transformers on edge hardware.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain help: "pip install 'vlmedge[ray]'" keeps its [ray]
-)
-# Soft wrap: a line of text stays one line however narrow the terminal or a log (rich would wrap at 80).
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
-BACKEND_CHOICES = ["auto", *choices.backend_names()]
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"vlmedge {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    """Export, verify and run vision, vision-language and audio transformers on edge hardware."""
-
-
-def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
-    """Rows (column -> text with rich markup) as a table when it fits the console, else (a
-    narrow terminal, a log: 80 columns) as blocks: the first column, then the others as
-    `column: value` pairs, as many to a line as fit."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*(row.get(c, "") for c in columns))
-    if console.measure(table, options=console.options.update(width=10_000)).maximum <= console.width:
-        console.print(table)
-        return
-    console.print(f"[bold]{escape(title)}[/bold]")
-    for row in rows:
-        if row[columns[0]]:
-            console.print(row[columns[0]], highlight=False)
-        lines: list[str] = []
-        for pair in (f"{column}: {row[column]}" for column in columns[1:] if row.get(column)):
-            joined = f"{lines[-1]}, {pair}" if lines else pair
-            if lines and len(Text.from_markup("  " + joined)) <= console.width:
-                lines[-1] = joined
-            else:
-                lines.append(pair)
-        for line in lines:
-            console.print(f"  {line}", highlight=False)
-
-
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def export(
     model: str = typer.Argument(..., metavar="MODEL", help="builtin:NAME (" + ", ".join(formats.builtin_models())
                                 + "), a Hugging Face folder or cached id, timm:NAME or open_clip:ARCH (with --checkpoint)."),
@@ -213,7 +127,7 @@ METHOD_OPTIONS = {"top_k": ("--top-k", "top_k"), "labels": ("--labels", "labels"
                   "aggregate": ("--aggregate", "aggregate"), "threshold": ("--threshold", "threshold")}
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def predict(
     ctx: typer.Context,
     artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
@@ -290,7 +204,7 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Option
     return method
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def embed(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder (image-embedding, or clip)."),
     inputs: Optional[list[str]] = typer.Argument(None, metavar="INPUTS", help="Image files, or folders searched recursively (sorted)."),
@@ -320,170 +234,15 @@ def embed(
                session_options=session)
 
 
-@app.command(cls=_Command)
-def info(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON (full paths, every figure)."),
-) -> None:
-    """Show an artifact's task, source, files, preprocessing, parity results and the variants left out."""
-    from vlmedge.artifact import Artifact
-
-    art = Artifact.open(artifact)
-    m = art.manifest
-    if as_json:
-        print(json.dumps(m, indent=2))
-        return
-    source = m.get("source", {})
-    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-    console.print(f"[bold]{escape(str(artifact))}[/bold]  task: {m['task']}  schema: v{m['schema_version']}")
-    say(f"source: {source.get('reference')} ({source.get('architecture')})  created: {m.get('created')}")
-    labels = m.get("labels") or []
-    if labels:
-        say(f"labels ({len(labels)}): " + ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else ""))
-    for kind, spec in m["preprocess"].items():
-        say(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
-    show([{"path": escape(e["path"]), "role": e["role"], "target": e.get("target", ""),
-           "precision": e.get("precision", ""), "size": f"{e['size'] / 1e6:.2f} MB", "parity": _parity_cell(e.get("parity")),
-           "verified on": escape((e.get("parity") or {}).get("provider", "")),  # OpenVINO: what the floats ran in
-           "speed (export machine)": _speed_cell(e.get("parity")),
-           "runs with": escape(", ".join(f"{k}={v}" for k, v in (e.get("session_options") or {}).items()))}
-          for e in art.files], "files", right=("size",))
-    for entry in m.get("export", {}).get("dropped", []):
-        console.print(f"[yellow]left out[/yellow] {entry['target']} {entry['precision']} (missed its gate): "
-                      f"{escape(entry['reason'])}", highlight=False)
-    say("made with: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
-
-
-def _speed_cell(report: dict[str, Any] | None) -> str:
-    """Batch-1 latency measured at export, the speed-up over fp32 ONNX Runtime, the int8 recipe."""
-    if not report or not report.get("latency_ms"):
-        return ""
-    text = f"{report['latency_ms']:.1f} ms"
-    if "speedup_vs_onnx_fp32" in report:
-        text += f" x{report['speedup_vs_onnx_fp32']:.2f}" + (" [yellow]not faster[/yellow]" if report.get("not_faster") else "")
-    if "accuracy" in report:
-        text += f" acc {report['accuracy']['top1']:.1%}"
-    quantization = report.get("quantization")
-    if quantization:
-        text += f" {quantization['method']} L{quantization['level']}"
-    return text
-
-
-def _parity_cell(report: dict[str, Any] | None) -> str:
-    if not report:
-        return ""
-    worst_cos = min(o.get("cosine_min", 1.0) for o in report["outputs"].values())
-    worst_abs = max(o.get("max_abs", 0.0) for o in report["outputs"].values())
-    top1 = [o["top1"] for o in report["outputs"].values() if "top1" in o]
-    verdict = "[green]pass[/green]" if report["passed"] else "[red]FAIL[/red]"
-    if report["passed"] and "gate_default" in report:  # judged by the exporter's own gate, not vlmedge's default
-        verdict = "[yellow]pass (own gate)[/yellow]"
-    text = f"{verdict} cos {worst_cos:.6f} abs {worst_abs:.1e}"
-    return text + (f" top1 {min(top1):.0%}" if top1 else "") + f" (n={report['samples']})"
-
-
-@app.command(cls=_Command)
-def check(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
-    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on."),
-    backend: str = typer.Option("all", "--backend", metavar="BACKEND",
-                                help=f"Check only this backend's files: {', '.join(choices.backend_names())}; "
-                                     "default: every file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
-) -> None:
-    """Re-run the artifact's stored parity inputs on this machine against the stored source outputs (exit 3 on a miss)."""
-    from vlmedge.check import check_artifact
-
-    if backend != "all":
-        choices.check_backends("--backend", backend, choices.backend_names(), many=False)
-    reports = check_artifact(artifact, device=device, backend=None if backend == "all" else backend)
-    failed = [r for r in reports if r.get("passed") is False]
-    if as_json:
-        print(json.dumps(reports, indent=2))
-    else:
-        show([{"file": escape(r["file"]), "backend": r["backend"], "precision": r["precision"],
-               "result": f"skipped: {escape(r['skipped'])}" if "skipped" in r else _parity_cell(r)} for r in reports],
-             f"parity check of {artifact}")
-        for r in failed:
-            for failure in r["failures"]:
-                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
-        console.print(check_summary(reports), highlight=False)  # last: what `| tail -1` of a log shows
-    if failed:
-        raise typer.Exit(ParityError.exit_code)
-    if all("skipped" in r for r in reports):  # a check that checked nothing must not read as passed
-        raise BackendUnavailableError(f"No file of {artifact} could be checked here: every one was skipped (the reasons are above); install the backend it needs or choose another device.")
-
-
-@app.command(name="formats", cls=_Command)
-def formats_command(
-    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
-    with_architectures: bool = typer.Option(
-        False, "--architectures", help="Also list the Hugging Face architectures of every task exported from a model "
-                                       "folder, each with its task, exported or refused with the reason or what it "
-                                       "needs (needs the export extra; some seconds)."),
-) -> None:
-    """What this install can export and run: tasks, targets and backends, precisions, built-in models."""
-    facts = formats.describe(with_architectures)
-    if as_json:
-        print(json.dumps(facts, indent=2))
-        return
-    console.print(f"vlmedge {facts['version']}", highlight=False)
-    show([{"task": t["name"], "inputs": ", ".join(t["inputs"]), "predict runs": t["cli_predict"],
-           "summary": escape(t["summary"])} for t in facts["tasks"]], "tasks (--task)")
-    show([{"backend": b["name"], "target (--to)": b["target"], "status": "ready" if b["runs_here"] else
-           escape(b["reason"] or ""), "session options (vlmedge.load)": ", ".join(o["name"] for o in b["session_options"])
-           or "none", "never runs": "; ".join(f"{p}: {why}" for p, why in b["never_runs"].items())} for b in facts["backends"]],
-         "backends (--backend) and targets (--to)")
-    console.print(f"precisions (--precision): {', '.join(p['name'] for p in facts['precisions'])}", highlight=False)
-    console.print(f"built-in models (builtin:NAME): {', '.join(facts['builtin_models']) or 'none'}", highlight=False)
-    extra = facts["export"]
-    console.print("export extra: " + ("installed" if extra["installed"] else escape(
-        f"not installed (missing {', '.join(extra['missing'])}); {extra['install']}")), highlight=False)
-    shown = ("tasks", "backends", "precisions", "builtin_models", "export")
-    for name in [n for n in facts if n not in shown and n != "version"]:
-        section = facts[name]  # a section added later: a list of flat dicts shows as a table
-        if isinstance(section, list) and section and isinstance(section[0], dict):
-            show([{k: escape(str(v)) for k, v in row.items()} for row in section], name)
-        else:
-            console.print(f"{name}: {escape(str(section))}")
-
-
-@app.command(name="cache", cls=_Command)
-def cache_command(
-    clear: bool = typer.Option(False, "--clear", help="Delete every compiled model in the cache (each is rebuilt by "
-                                                      "its next load); the verified-file memo and measured peaks stay."),
-    as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
-) -> None:
-    """List the compiled models vlmedge keeps (each load's OpenVINO blob or ONNX Runtime optimised model), or delete them."""
-    from vlmedge.runtimes.cache import clear_entries, list_entries
-    from vlmedge.user_cache import cache_enabled, cache_root
-
-    root = cache_root()
-    if clear:
-        count, size = clear_entries()
-        console.print(f"removed {count} compiled model(s), {size / 1e9:.2f} GB, from {escape(str(root))}", highlight=False)
-        return
-    entries = list_entries()
-    if as_json:
-        print(json.dumps(entries, indent=2))
-        return
-    state = "" if cache_enabled() else " (off here: VLMEDGE_NO_CACHE is set)"
-    console.print(f"compiled-model cache{state}: {escape(str(root))}, {len(entries)} model(s), "
-                  f"{sum(e['bytes'] for e in entries) / 1e9:.2f} GB; VLMEDGE_CACHE_DIR moves it, "
-                  "`vlmedge cache --clear` empties it", highlight=False)
-    show([{"model file": escape(e["source"] or "(not recorded)"), "backend": f"{e['backend']} {e['version']}",
-           "device": str(e["device"]), "options": escape(", ".join(f"{k}={v}" for k, v in (e["options"] or {}).items())),
-           "size": f"{e['bytes'] / 1e6:.1f} MB", "created": str(e["created"])} for e in entries],
-         "compiled models, oldest first", right=("size",))
-
+from vlmedge.cli import inspection  # noqa: E402,F401 - info, check, formats, cache, registered in this order
 
 from vlmedge.bench.command import bench as _bench_command  # noqa: E402 - typer and rich only
 
-app.command(name="bench", cls=_Command)(_bench_command)
+app.command(name="bench", cls=Command)(_bench_command)
 
 from vlmedge.serve.command import serve as _serve_command  # noqa: E402 - typer only; the server loads when run
 
-app.command(name="serve", cls=_Command)(_serve_command)
+app.command(name="serve", cls=Command)(_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -493,8 +252,4 @@ def main(argv: list[str] | None = None) -> None:
         print_error(exc)
         sys.exit(exc.exit_code)
 
-
-def print_error(exc: VlmedgeError) -> None:
-    """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
-    err_console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)  # as click says a usage error
 

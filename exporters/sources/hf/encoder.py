@@ -2,7 +2,7 @@
 (ViTModel), DINOv2 with and without registers, DINOv3 (ViT and ConvNeXt), MAE used as a
 feature encoder, I-JEPA, MSN, Hiera, Data2Vec vision, the Swin family, DeiT, BEiT, the
 SigLIP, CLIP, MetaCLIP 2, AIMv2, MLCD and TIPSv2 vision towers, SigLIP2's NaFlex tower at a
-resolution the user chooses (hf_naflex), the CNNs and hybrids of transformers'
+resolution the user chooses (hf.naflex), the CNNs and hybrids of transformers'
 image-classification and backbone mappings; each family's layout and its authors' pooling
 (what its image classifier pools) are data in FAMILIES, and the refusals with their reasons
 in REFUSED.
@@ -34,9 +34,10 @@ import torch
 
 from vlmedge.errors import ExportError, UnsupportedModelError, exception_line
 from vlmedge.exporters.samples import image_parity_feeds
-from vlmedge.exporters.sources.hf import (freeze_position_embeddings, image_preprocess, load_model, processor_config,
-                                          source_info)
-from vlmedge.exporters.sources.hf_naflex import naflex_setup
+from vlmedge.exporters.sources.hf.folder import load_model, source_info
+from vlmedge.exporters.sources.hf.naflex import naflex_setup
+from vlmedge.exporters.sources.hf.positions import freeze_position_embeddings
+from vlmedge.exporters.sources.hf.processor import image_preprocess, processor_config
 from vlmedge.exporters.spec import ExportSpec, GraphSpec, parse_image_size
 from vlmedge.preprocess.image import ImagePreprocessSpec
 
@@ -91,7 +92,7 @@ FAMILIES: dict[str, Family] = {
     # Data2Vec vision's linear probe mean-pools the patches; HF builds the model without its pooler.
     "Data2VecVisionModel": Family("data2vec-vision", "mean", use_pooler=True),
     "SiglipVisionModel": Family("siglip", "pooled", has_cls=False, attention=False, use_pooler=True),
-    # SigLIP2's NaFlex tower, exported at the resolution image_size= chooses (hf_naflex)
+    # SigLIP2's NaFlex tower, exported at the resolution image_size= chooses (hf.naflex)
     "Siglip2VisionModel": Family("siglip2", "pooled", has_cls=False, pos_flag=False, attention=False, use_pooler=True,
                                  positions="naflex"),
     "CLIPVisionModel": Family("clip", "pooled", use_pooler=True),  # post-LayerNorm CLS, before the projection

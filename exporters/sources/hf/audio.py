@@ -12,8 +12,8 @@ import torch
 
 from vlmedge.errors import ArtifactError, ExportError, UnsupportedModelError
 from vlmedge.exporters.samples import audio_parity_feeds
-from vlmedge.exporters.sources.hf import load_model, read_json, source_info
-from vlmedge.exporters.sources.hf_heads import label_names, pipeline_activation
+from vlmedge.exporters.sources.hf.folder import load_model, read_json, source_info
+from vlmedge.exporters.sources.hf.heads import label_names, pipeline_activation
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank
 from vlmedge.preprocess.audio.spec import VARIABLE_LENGTH

@@ -1,5 +1,5 @@
 """CLIP-style dual encoders from Hugging Face: CLIPModel (softmax scoring), SiglipModel
-(sigmoid scoring), SigLIP2 (NaFlex, at a resolution the user chooses: hf_naflex),
+(sigmoid scoring), SigLIP2 (NaFlex, at a resolution the user chooses: hf.naflex),
 ChineseCLIP, MetaCLIP 2, AltCLIP, ALIGN, BlipModel, and the contrastive heads of BLIP and
 BLIP-2 retrieval; how each pools its text and scores a pair is data in TWO_TOWERS.
 
@@ -50,7 +50,8 @@ import torch
 
 from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
-from vlmedge.exporters.sources.hf import image_preprocess, load_model, naflex_or_processor_size, source_info
+from vlmedge.exporters.sources.hf.folder import load_model, source_info
+from vlmedge.exporters.sources.hf.processor import image_preprocess, naflex_or_processor_size
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.samples import caption_lines
 from vlmedge.preprocess.text import TextTokenizer, trim_padding
@@ -81,7 +82,7 @@ class TwoTower:
 TWO_TOWERS: dict[str, TwoTower] = {
     "CLIPModel": TwoTower("softmax", "eos"),
     "SiglipModel": TwoTower("sigmoid", "last"),
-    "Siglip2Model": TwoTower("sigmoid", "last"),  # NaFlex: exported at image_size= (hf_naflex)
+    "Siglip2Model": TwoTower("sigmoid", "last"),  # NaFlex: exported at image_size= (hf.naflex)
     "ChineseCLIPModel": TwoTower("softmax", "cls"),
     "MetaClip2Model": TwoTower("softmax", "eos"),
     # CLIPSeg's own CLIP towers (its segmentation decoder is not part of zero-shot classification)

@@ -1,0 +1,155 @@
+"""A Hugging Face model folder: found (a folder saved with save_pretrained, or a model id
+already in the local cache, never downloaded: vlmedge runs where there may be no network), its
+config read, its model class built and its weights loaded without unrestricted unpickling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmedge.errors import ModelNotFoundError, UnsupportedModelError, first_line
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def resolve_folder(reference: str) -> Path:
+    """A local folder, or the cached snapshot of a hub id, without touching the network."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnsupportedModelError(
+                f"{path} has no config.json; pass a folder written by save_pretrained()."
+            )
+        return path
+    if path.exists():
+        raise UnsupportedModelError(f"{path} is a file; pass the folder written by save_pretrained().")
+    if not _MODEL_ID.match(reference):
+        raise ModelNotFoundError(f"No model folder at {reference}; check the path.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(reference, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError, HFValidationError, OfflineModeIsEnabled ...
+        raise ModelNotFoundError(
+            f"'{reference}' is neither a local folder nor a model in the Hugging Face cache ({HF_HUB_CACHE}); "
+            f"download it where there is network (`hf download {reference}`) or pass a folder saved with save_pretrained()."
+        ) from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"Cannot read {path}: {exc}") from None
+
+
+def architecture(config: Any, folder: Path) -> str:
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        raise UnsupportedModelError(
+            f"{folder}/config.json names no architecture; save the model with save_pretrained() from its model class."
+        )
+    return architectures[0]
+
+
+def model_class(arch: str) -> type:
+    import transformers
+
+    cls = getattr(transformers, arch, None)
+    # Only model classes: config.json is data, and must not name any other attribute to call.
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise UnsupportedModelError(f"Architecture {arch} is not in this version of transformers; vlmedge cannot export it.")
+    return cls
+
+
+def load_model(folder: Path, arch: str) -> torch.nn.Module:
+    """Loads weights (safetensors, or torch.load(weights_only=True) for .bin) in eval mode.
+
+    Eager attention keeps the exported graph to standard ONNX operators and lets
+    encoders return attention maps.
+
+    Weights are never unpickled without restriction: safetensors holds no code, and a
+    pickle checkpoint (pytorch_model.bin) goes through torch.load(weights_only=True), which
+    refuses any object but tensors and plain containers. There is deliberately no opt-in
+    to unrestricted unpickling; convert such a checkpoint to safetensors where you trust it.
+    """
+    cls = model_class(arch)
+    _check_buildable(cls, folder, arch)
+    try:
+        model = cls.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
+                                                  weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+)", str(exc))
+        reason = f"it calls {named.group(1)}" if named else "torch.load(weights_only=True) refused it"
+        raise UnsupportedModelError(
+            f"The weights in {folder} are a pickle that would run code or build objects other than tensors when "
+            f"loaded ({reason}); vlmedge loads pickles only with torch.load(weights_only=True) and never unpickles "
+            "them unrestricted. Save the model as safetensors (save_pretrained) from a source you trust."
+        ) from None
+    except ImportError as exc:  # a model class that needs a package this environment lacks (natten, timm ...)
+        raise UnsupportedModelError(f"{arch} needs a package that is not installed: {first_line(exc)}") from None
+    except (OSError, ValueError, RuntimeError, EOFError) as exc:
+        if "ignore_mismatched_sizes" in str(exc):  # transformers points at a report it printed above
+            raise _mismatch_error(cls, folder) from None
+        raise UnsupportedModelError(f"Cannot load the weights in {folder} ({str(exc).strip()[:400].rstrip('.')}); save "
+                                    "the model there again with save_pretrained().") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UnsupportedModelError(
+            f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
+        ) from None
+    return model.eval()
+
+
+def _mismatch_error(cls: Any, folder: Path) -> UnsupportedModelError:
+    """The weights that do not fit the config, in one sentence (loaded again, quietly, to list them)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(str(folder), local_files_only=True, ignore_mismatched_sizes=True,
+                                          output_loading_info=True, weights_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    found = sorted(info["mismatched_keys"], key=lambda item: item[0])
+    listed = ", ".join(f"{key} is {list(saved)} in the weights but {list(made)} by config.json" for key, saved, made in found[:3])
+    labels = len(getattr(model.config, "id2label", None) or {})
+    hint = (f" (its id2label names {labels} labels: make id2label and num_labels match the classifier's outputs)"
+            if any(labels and list(made)[:1] == [labels] for _, _, made in found) else "")
+    return UnsupportedModelError(f"The weights in {folder} do not fit its config.json: {listed}{hint}.")
+
+
+def _check_buildable(cls: type, folder: Path, arch: str) -> None:
+    """Builds the model class on the meta device (no memory, no weights read) so that a class
+    needing a package this environment lacks (Dinat: natten) is refused before its weights load."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        with torch.device("meta"):
+            cls(config)
+    except ImportError as exc:
+        raise UnsupportedModelError(f"{arch} needs a package that is not installed: {first_line(exc)}") from None
+    except Exception:  # noqa: BLE001 - anything else is for from_pretrained to report
+        pass
+
+
+def source_info(reference: str, folder: Path, arch: str, config: Any) -> dict[str, Any]:
+    config_bytes = (folder / "config.json").read_bytes()
+    return {
+        "kind": "huggingface",
+        "reference": reference,
+        "folder": str(folder.resolve()),
+        "architecture": arch,
+        "model_type": getattr(config, "model_type", None),
+        "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+    }

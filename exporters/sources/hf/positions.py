@@ -1,0 +1,44 @@
+"""Position embeddings interpolated once by the source's own code and traced as constants."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import torch
+
+from vlmedge.errors import ExportError
+
+
+class FrozenPositions:
+    """Stands in for an embeddings module's interpolate_pos_encoding: runs the source's own
+    method once per resolution, eagerly, and returns that tensor from then on (a constant
+    when traced), so the exported graph carries exactly the source's position embeddings."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, embeddings: torch.Tensor, height: Any, width: Any) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # int() of traced sizes
+            key = (int(height), int(width), int(embeddings.shape[1]))
+        if key not in self.cache:
+            if torch.jit.is_tracing():
+                raise ExportError("internal: position embeddings were not prepared for the export resolution")
+            with torch.no_grad():
+                self.cache[key] = self.method(embeddings, height, width).detach().clone()
+        return self.cache[key]
+
+
+def freeze_position_embeddings(model: torch.nn.Module) -> None:
+    """Position embeddings interpolated by the source's own code once, eagerly, and traced
+    as constants (as the encoder path does), so an antialiased bicubic resize (DINOv2 with
+    registers) never has to be exported."""
+    for module in model.modules():
+        method = getattr(module, "interpolate_pos_encoding", None)
+        if not (callable(method) and inspect.ismethod(method)):
+            continue
+        if list(inspect.signature(method).parameters)[:3] == ["embeddings", "height", "width"]:
+            module.interpolate_pos_encoding = FrozenPositions(method)
