@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlmedge.errors import BackendUnavailableError, InputError, UsageError
+from vlmedge.errors import BackendUnavailableError, InputError, NonFiniteOutputError, UsageError
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,9 @@ class Session(ABC):
 
     `run` checks the feeds against `inputs` (names, dtypes, ranks, static dims, batch,
     finiteness) before the backend sees them, so a wrong array gives a clear InputError
-    instead of a backend crash; a zero-length batch never reaches the backend.
+    instead of a backend crash; a zero-length batch never reaches the backend. It refuses
+    outputs holding NaN or infinity too (NonFiniteOutputError): a file that passed its gate
+    may still overflow its precision on an input unlike those it was verified on.
     """
 
     backend: str = ""
@@ -153,12 +155,20 @@ class Session(ABC):
 
     closed: bool = False
 
-    def run(self, feeds: dict[str, np.ndarray], check: bool = True) -> dict[str, np.ndarray]:
-        """Checks the feeds, then runs the model. A zero-length batch returns empty outputs
-        of the right shapes and dtypes without calling the backend.
+    # What the file is, for messages: its path in the artifact and its precision (set by the
+    # artifact that opens it; a bare file is named by its file name).
+    model_file: str = "the model file"
+    precision: str | None = None
 
-        check=False skips the feed checks, for callers that already checked the same feeds
-        once (a benchmark timing only the backend's own call).
+    def run(self, feeds: dict[str, np.ndarray], check: bool = True,
+            non_finite_outputs: bool = False) -> dict[str, np.ndarray]:
+        """Checks the feeds, runs the model and checks that its outputs are finite. A
+        zero-length batch returns empty outputs of the right shapes and dtypes without
+        calling the backend.
+
+        check=False skips the feed and output checks, for callers that already checked the
+        same feeds once (a benchmark timing only the backend's own call);
+        non_finite_outputs=True returns NaN or infinite outputs, for a parity gate to judge.
         """
         if self.closed:
             raise UsageError(f"This {self.backend} model was closed; load the artifact again to run it.")
@@ -166,9 +176,28 @@ class Session(ABC):
             self.check_feeds(feeds)
         if self._is_empty_batch(feeds):
             return self._empty_outputs(feeds)
-        if self.one_item_per_call:
-            return self._run_items_alone(feeds)
-        return self._run(feeds)
+        outputs = self._run_items_alone(feeds) if self.one_item_per_call else self._run(feeds)
+        if check and not non_finite_outputs:
+            self._check_finite(outputs)
+        return outputs
+
+    def _check_finite(self, outputs: dict[str, np.ndarray]) -> None:
+        """Refuses outputs holding NaN or infinity (the feeds were finite), naming how many of
+        the call's items they touch and what to do."""
+        bad = None
+        for value in outputs.values():
+            if value.dtype.kind != "f" or value.ndim == 0 or np.isfinite(value).all():
+                continue
+            rows = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+            bad = rows if bad is None or len(bad) != len(rows) else bad | rows
+        if bad is None:
+            return
+        advice = ("load the artifact with precision='fp32' (--precision fp32)" if self.precision not in (None, "fp32")
+                  else "the input is outside what this model handles (check its scale and its preprocessing)")
+        raise NonFiniteOutputError(
+            f"{self.model_file} ({self.backend}, {self.precision or 'its precision'}) answered NaN or infinity for "
+            f"{int(bad.sum())} of the {len(bad)} input(s) of one call, whose values are finite: it overflows on them; "
+            f"{advice}.")
 
     def _run_items_alone(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs each item of the batch alone and stacks the outputs, so that an item's answer
@@ -312,4 +341,5 @@ def open_session(model_path: str | Path, backend: str = "onnxruntime", device: s
     module = importlib.import_module(chosen.module)
     session = module.open_session(Path(model_path), device=device, **options)
     session.one_item_per_call = bool(one_item_per_call)
+    session.model_file = Path(model_path).name
     return session

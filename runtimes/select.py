@@ -142,6 +142,7 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
                             "over meanwhile), so what was read may not be what was verified; load the artifact again.")
     _check_graph_io(artifact, entry["graph"], session, entry["path"])
     _warn_if_unverified(artifact, entry, session)
+    session.model_file, session.precision = entry["path"], entry.get("precision")
     return session
 
 

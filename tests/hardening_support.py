@@ -301,9 +301,11 @@ def mutate_bytes(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
     return bytes(buf)
 
 
-def tiny_classifier_artifact(destination: Path, labels: int = 4) -> Path:
+def tiny_classifier_artifact(destination: Path, labels: int = 4, overflows_on_white: bool = False) -> Path:
     """A real image-classification artifact written by ArtifactWriter around a tiny ONNX
-    graph (channel means -> linear -> logits): no torch, so harnesses can build one."""
+    graph (channel means -> linear -> logits): no torch, so harnesses can build one.
+    overflows_on_white: logits = exp(60 x the sum of the channel means), which is infinite in
+    float32 for a bright image (white: exp(180)) and finite for dark ones (and its parity inputs)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from vlmedge.artifact import ArtifactWriter
@@ -313,15 +315,21 @@ def tiny_classifier_artifact(destination: Path, labels: int = 4) -> Path:
     spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
     with ArtifactWriter(destination) as writer:
         nodes = [helper.make_node("ReduceMean", ["pixel_values", "hw"], ["pooled"], keepdims=0),
-                 helper.make_node("MatMul", ["pooled", "w"], ["logits"])]
+                 helper.make_node("MatMul", ["pooled", "w"], ["linear" if overflows_on_white else "logits"])]
+        weights = _weights("w", (3, labels), 4)
+        if overflows_on_white:
+            nodes.append(helper.make_node("Exp", ["linear"], ["logits"]))
+            weights = numpy_helper.from_array(np.full((3, labels), 60.0, np.float32), "w")
         graph = helper.make_graph(
             nodes, "model",
             [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 16, 16])],
             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels])],
-            initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "hw"), _weights("w", (3, labels), 4)])
+            initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "hw"), weights])
         path = _save(graph, writer.path("onnx/model.fp32.onnx"))
         session = open_session(path)
         pixels = np.random.default_rng(5).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        if overflows_on_white:
+            pixels = -np.abs(pixels)  # dark: the gate's inputs stay finite
         np.savez(writer.path("samples/parity.npz"), **{"model.input.pixel_values": pixels,
                                                        "model.reference.logits": session.run({"pixel_values": pixels})["logits"]})
         writer.add("samples/parity.npz", role="parity_inputs")

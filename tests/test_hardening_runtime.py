@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmedge.errors import ArtifactError, InputError
+from vlmedge.errors import ArtifactError, InputError, NonFiniteOutputError
 from vlmedge.runtimes.base import open_session
 from tests.hardening_support import cpu_backends, text_model, tiny_clip, to_backend
 
@@ -150,3 +150,62 @@ def test_a_closed_pipeline_frees_its_model_and_refuses_to_run(backend, two_targe
     with pytest.raises(UsageError, match="was closed; load the artifact again"):
         classifier.classify(image_files[0])
     classifier.close()  # a second close does nothing
+
+
+def scaled_model(path, scale: float):
+    """x (batch, 2) -> y = x * scale: infinite in float32 for a large enough x."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.hardening_support import _save
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])], "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(np.array(scale, np.float32), "scale")])
+    return _save(graph, path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_holding_nan_or_infinity_are_refused_unless_asked_for(backend, tmp_path):
+    """A file that passed its gate may still overflow on an input unlike those it was verified
+    on (an fp16 file most often): Session.run refuses such outputs, saying how many of the
+    call's inputs overflowed and what to do; a parity gate asks for them to judge them."""
+    session = open_session(to_backend(scaled_model(tmp_path / "scaled.onnx", 1e30), backend), backend=backend)
+    fine = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
+    np.testing.assert_allclose(session.run({"x": fine})["y"], fine * 1e30, rtol=1e-2)
+    overflowing = np.array([[1.0, 2.0], [1e10, 0.0], [-1e10, 1.0]], np.float32)
+    with pytest.raises(NonFiniteOutputError, match=r"^scaled\.(onnx|xml) \(" + backend + r", its precision\) answered "
+                       r"NaN or infinity for 2 of the 3 input\(s\) of one call, whose values are finite"):
+        session.run({"x": overflowing})
+    for kept in (session.run({"x": overflowing}, non_finite_outputs=True), session.run({"x": overflowing}, check=False)):
+        assert np.isinf(kept["y"][1:, 0]).all() and np.isfinite(kept["y"][0]).all()
+
+
+def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, image_files):
+    """The Python API refuses the call (never a NaN score); a bulk job runs the batch's rows
+    alone and gives the overflowing row the error, the others their labels."""
+    from PIL import Image
+
+    import vlmedge
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
+    from tests.hardening_support import tiny_classifier_artifact
+
+    artifact = tiny_classifier_artifact(tmp_path / "artifact", overflows_on_white=True)
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "white.png")
+    Image.new("RGB", (16, 16), (20, 20, 20)).save(tmp_path / "dark.png")
+    classifier = vlmedge.load(artifact)
+    assert classifier.classify(tmp_path / "dark.png", top_k=1)
+    message = (r"onnx/model\.fp32\.onnx \(onnxruntime, fp32\) answered NaN or infinity for 1 of the 2 input\(s\) of "
+               r"one call, whose values are finite: it overflows on them; the input is outside what this model handles")
+    with pytest.raises(NonFiniteOutputError, match=message):
+        classifier.classify([tmp_path / "dark.png", tmp_path / "white.png"])
+    pytest.importorskip("pyarrow")
+    paths = [str(tmp_path / name) for name in ("dark.png", "white.png", "dark.png")]
+    rows = run_local(make_job(artifact, "classify"), collect(paths, "image"), batch_size=3).to_pylist()
+    assert [r["error"] is None for r in rows] == [True, False, True]
+    assert "answered NaN or infinity for 1 of the 1 input(s)" in rows[1]["error"] and rows[1]["labels"] is None
+    assert rows[0]["labels"] == rows[2]["labels"] and len(rows[0]["labels"]) == 4
+

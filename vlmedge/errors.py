@@ -63,6 +63,11 @@ class InputError(VlmedgeError, ValueError):
     """An image, audio clip, caption or array that cannot be used as model input."""
 
 
+class NonFiniteOutputError(InputError):
+    """A model file that answered NaN or infinity for finite inputs: its precision (fp16 most
+    often) overflows on them. Its answer is refused rather than ranked or returned."""
+
+
 class UsageError(VlmedgeError, ValueError):
     """An option or argument outside its choices, found before anything is loaded or run."""
 

@@ -184,6 +184,6 @@ def run_in_batches(session: Any, feeds: dict[str, Any], batch_size: int = 8) -> 
     trims = takes_trimmed_padding(session.inputs)
     parts: dict[str, list[np.ndarray]] = {}
     for batch in feed_batches(feeds, batch_size):
-        for name, value in session.run(trim_padding(batch) if trims else batch).items():
+        for name, value in session.run(trim_padding(batch) if trims else batch, non_finite_outputs=True).items():
             parts.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}

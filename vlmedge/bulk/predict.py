@@ -16,6 +16,7 @@ import numpy as np
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.prepare import WORK_COLUMNS, prepared_inputs
 from vlmedge.bulk.table import written_by
+from vlmedge.errors import NonFiniteOutputError
 
 
 def load_pipeline(job: BulkJob, artifact: str | None = None):
@@ -60,7 +61,7 @@ class Predictor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         errors = [str(e) if e else None for e in batch["_error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
-        results = COLUMNS_OF[self.job.result](self._run(prepared_inputs(batch, ok, self.job.kind))) if ok.any() else {}
+        results = self._results(batch, ok, errors) if ok.any() else {}
         out = {k: v for k, v in batch.items() if k not in WORK_COLUMNS and k not in self.outputs}
         rows = np.flatnonzero(ok)
         for name in self.outputs:
@@ -72,3 +73,26 @@ class Predictor:
                 column[row] = value
             out[name] = column
         return out
+
+    def _results(self, batch: dict[str, Any], ok: np.ndarray, errors: list[Any]) -> dict[str, list[Any]]:
+        """The result columns of the rows `ok` marks. Where the model overflows (NaN or infinite
+        outputs) on some of them, each row runs alone: those that overflow get the error and
+        leave `ok`, the others keep their results."""
+        def columns(rows: np.ndarray) -> dict[str, list[Any]]:
+            return COLUMNS_OF[self.job.result](self._run(prepared_inputs(batch, rows, self.job.kind)))
+
+        try:
+            return columns(ok)
+        except NonFiniteOutputError as exc:
+            if ok.sum() == 1:
+                errors[int(np.flatnonzero(ok)[0])], ok[:] = str(exc), False
+                return {}
+        parts = []
+        for row in np.flatnonzero(ok):
+            alone = np.zeros_like(ok)
+            alone[row] = True
+            try:
+                parts.append(columns(alone))
+            except NonFiniteOutputError as exc:
+                errors[row], ok[row] = str(exc), False
+        return {name: [value for part in parts for value in part[name]] for name in parts[0]} if parts else {}

@@ -40,13 +40,16 @@ def graph_job(pipeline: Any, graph: str, feeds: dict[str, np.ndarray]) -> Job:
 
 
 def run_graph(pipeline: Any, key: Hashable, payloads: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """In the model's worker thread: one session call for the batch, outputs split by rows."""
+    """In the model's worker thread: one session call for the batch, outputs split by rows.
+    A graph's outputs go back as the model gave them, NaN included, as Triton answers: the
+    codec refuses what JSON cannot carry and sends it as binary data (a task's answers, ranked
+    from such outputs, would hide them: the pipelines refuse them)."""
     session = graphs(pipeline)[key[1]]
     if len(payloads) == 1:
-        return [session.run(payloads[0])]
+        return [session.run(payloads[0], non_finite_outputs=True)]
     names = [i.name for i in session.inputs]
     counts = [len(p[names[0]]) for p in payloads]
-    outputs = session.run({n: np.concatenate([p[n] for p in payloads]) for n in names})
+    outputs = session.run({n: np.concatenate([p[n] for p in payloads]) for n in names}, non_finite_outputs=True)
     bounds = np.cumsum([0] + counts)
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != bounds[-1]:
