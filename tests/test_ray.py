@@ -475,13 +475,13 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_run(tmp_path, monke
 
     (tmp_path / "d.parquet").mkdir()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UsageError, match="d.parquet is a folder; name a file"):
+    with pytest.raises(UsageError, match=r"d.parquet is a folder; give the path of a file to write, e.g. .*d.parquet/results.parquet"):
         ParquetWriter(tmp_path / "d.parquet")
-    with pytest.raises(UsageError, match=r"Cannot write .*file/x.npy: .*file is a file, not a folder"):
+    with pytest.raises(UsageError, match=r"file/x.npy cannot be written: .*file is a file, not a folder"):
         NpyWriter(tmp_path / "file" / "x.npy", tmp_path)
     (tmp_path / "ro").mkdir(mode=0o555)
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")  # root may write anyway
-    with pytest.raises(UsageError, match=r"Cannot write .*ro/r.parquet: no permission to create files in"):
+    with pytest.raises(UsageError, match=r"ro/r.parquet cannot be written \(no permission to create files in .*ro\)"):
         ParquetWriter(tmp_path / "ro" / "r.parquet")
     monkeypatch.undo()
     assert NpyWriter(tmp_path / "x.NPY", tmp_path).listing == tmp_path / "x.files.json"  # suffixes in any case

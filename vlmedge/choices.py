@@ -8,6 +8,9 @@ lists what this install can export, does).
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.errors import UsageError
@@ -109,3 +112,30 @@ def precision_names() -> list[str]:
     from vlmedge.parity import PRECISIONS
 
     return list(PRECISIONS)
+
+
+def check_writable_file(path: Path, named: str, example: str = "") -> None:
+    """Refuses a path a command could not write its file to, before anything runs: a folder,
+    a path under a file, a folder where no file can be made (its permissions, and a file made
+    there and removed: permissions do not tell root, nor a read-only or virtual file system).
+    `named`: how the message names the path ("--json r.json"); `example`: a file to suggest
+    for a folder. Folders that do not exist yet are the writer's to create."""
+    if path.is_dir():
+        raise UsageError(f"{named} is a folder; give the path of a file to write{example}.")
+    folder = path.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{named} cannot be written: {folder} is a file, not a folder; choose another path.")
+    reason = None if os.access(folder, os.W_OK | os.X_OK) else "no permission to create files"
+    if reason is None:
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".vlmedge-write-check-")
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        else:
+            os.close(fd)
+            os.unlink(probe)
+    if reason is not None:
+        raise UsageError(f"{named} cannot be written ({reason} in {folder}); choose a path in a folder you can write.")
+

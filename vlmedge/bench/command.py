@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -65,13 +64,8 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
     from vlmedge.bench.report import METRICS
 
     for option, path in outputs.items():
-        if path and path != "-" and Path(path).is_dir():
-            raise UsageError(f"{option} {path} is a folder; give the path of the file to write.")
-        blocking = next((parent for parent in Path(path).parents if parent.is_file()), None) if path else None
-        if blocking is not None:  # found only when writing, after every row was measured
-            raise UsageError(f"{option} {path} cannot be written: {blocking} is a file, not a folder.")
-        if path and path != "-":
-            _check_writable(option, Path(path))
+        if path and path != "-":  # a path found unwritable only after every row was measured would waste the run
+            choices.check_writable_file(Path(path), f"{option} {path}")
     if plot_path and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"--plot writes {', '.join(PLOT_SUFFIXES)} files, not {Path(plot_path).name}.")
 
@@ -87,19 +81,6 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise BackendUnavailableError("--plot needs matplotlib (pip install 'vlmedge[plot]'), which is not "
                                       "installed; nothing was measured.")
-
-
-def _check_writable(option: str, path: Path) -> None:
-    """A file can be made in the folder that will hold `path` (its nearest existing one):
-    tried, since permissions do not tell root, nor a read-only or virtual file system."""
-    folder = next(parent for parent in path.absolute().parents if parent.exists())
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".vlmedge-write-check-")
-    except OSError as exc:
-        raise UsageError(f"{option} {path} cannot be written ({exc.strerror or exc} in {folder}); give a path in a "
-                         "folder you can write.") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def _quiet_loading(backend: Optional[str]):

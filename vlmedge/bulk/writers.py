@@ -22,7 +22,8 @@ import numpy as np
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import column, column_names, printable, to_arrow, written_by
-from vlmedge.errors import InputError, OutputError, UsageError
+from vlmedge.choices import check_writable_file
+from vlmedge.errors import InputError, OutputError
 
 # the suffixes (in any case) of the files bulk results go to, and their formats
 OUT_FORMATS = {".parquet": "parquet", ".npy": "npy"}
@@ -34,18 +35,8 @@ def out_format(out: str | os.PathLike) -> str | None:
 
 
 def check_out(path: Path) -> None:
-    """Refuses a results path that could not be written: a folder, a path under a file, a
-    folder without write permission (the writers create missing folders)."""
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; name a file to write the results to, e.g. "
-                         f"{path / ('results' + (path.suffix.lower() or '.parquet'))}.")
-    folder = path.parent
-    while not folder.exists() and not folder.is_symlink():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"Cannot write {path}: {folder} is a file, not a folder; choose another path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"Cannot write {path}: no permission to create files in {folder}; choose another path.")
+    """Refuses a results path that could not be written (choices.check_writable_file)."""
+    check_writable_file(path, str(path), f", e.g. {path / ('results' + (path.suffix.lower() or '.parquet'))}")
 
 
 def _write_failed(path: Path, exc: OSError) -> OutputError:

@@ -11,7 +11,7 @@ import typer
 
 from vlmedge import choices
 from vlmedge.errors import BackendUnavailableError, UsageError, first_line
-from vlmedge.serve.config import BatchConfig, Limits
+from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
 from vlmedge.signals import sigterm_as_interrupt
 
 RAY_APP = "vlmedge"  # the Ray Serve application's name
@@ -68,7 +68,7 @@ def serve(
     engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="local (this process) or ray (a Ray Serve application "
                                                          "on the Ray cluster of RAY_ADDRESS, else a local one)."),
     replicas: int = typer.Option(1, "--replicas", metavar="N", min=1, help="With --engine ray: replicas per model."),
-    replica_cpus: float = typer.Option(1.0, "--replica-cpus", metavar="CPUS", min=0.01, help="With --engine ray: the CPUs Ray "
+    replica_cpus: float = typer.Option(REPLICA_CPUS, "--replica-cpus", metavar="CPUS", min=0.01, help="With --engine ray: the CPUs Ray "
                                        "reserves per replica (0.5: two replicas share a core)."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", min=1, help="Threads one model call runs on (the "
                                           "backend's session option; default: the backend's, one per core)."),
@@ -83,7 +83,7 @@ def serve(
     _require_extra()
     choices.check_run_options(backend, precision)  # before any artifact is opened, as predict's
     choices.choose("--engine", engine, choices.ENGINES, many=False)
-    if engine == "local" and (replicas != 1 or replica_cpus != 1.0):  # else they were ignored without a word
+    if engine == "local" and (replicas != 1 or replica_cpus != REPLICA_CPUS):  # else they were ignored without a word
         raise UsageError("--replicas and --replica-cpus apply to --engine ray; one local process serves each model "
                          "once: add --engine ray, or drop them.")
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
@@ -114,7 +114,7 @@ def serve(
 
 def _serve_on_ray(artifacts: list[str], host: str, port: int, backend: str, precision: Optional[str], device: str,
                   batch: BatchConfig, limits: Limits, replicas: int, session: dict[str, Any],
-                  shutdown_grace_s: float, replica_cpus: float = 1.0) -> None:
+                  shutdown_grace_s: float, replica_cpus: float) -> None:
     """The same routes as a Ray Serve application; blocks until Ctrl-C or SIGTERM, then
     shuts down as the local server does (the ingress drains: `_stop_on_ray`)."""
     import os

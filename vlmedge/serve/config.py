@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The CPUs Ray reserves per replica of a model (`serve --engine ray`, --replica-cpus).
+REPLICA_CPUS = 1.0
+
 
 @dataclass(frozen=True)
 class BatchConfig:

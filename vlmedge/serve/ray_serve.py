@@ -30,7 +30,7 @@ from ray import serve
 
 from vlmedge.errors import InputError
 from vlmedge.serve.batcher import Timing
-from vlmedge.serve.config import BatchConfig, Limits
+from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
 from vlmedge.serve.problems import Problem, retry_after
 
 
@@ -176,7 +176,7 @@ def _check_cluster_cpus(need: float, what: str) -> None:
 
 def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precision: str | None = None,
           device: str = "cpu", batch: BatchConfig | None = None, limits: Limits | None = None,
-          replica_cpus: float = 1.0, session_options: dict[str, Any] | None = None) -> Any:
+          replica_cpus: float = REPLICA_CPUS, session_options: dict[str, Any] | None = None) -> Any:
     """The Ray Serve application (serve.run it): an ingress and one deployment per artifact
     ("name=path" names one), each with `replicas` replicas of `replica_cpus` CPUs;
     session_options: the backend's (vlmedge.load's **options), e.g. {"threads": 2}."""
