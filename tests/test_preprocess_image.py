@@ -246,6 +246,10 @@ def test_resize_output_size_matches_hf(h, w, edge, extra):
     assert image_module.resize_output_size(h, w, {"shortest_edge": edge}) == tuple(ref)
     longest = edge + extra
     ref = hf_transforms.get_size_with_aspect_ratio((h, w), edge, longest)
+    if min(ref) < 1:  # transformers' resize then fails on the image; vlmedge says why
+        with pytest.raises(InputError, match=rf"The image is {w}x{h} pixels: .* its short side would be under 1 pixel"):
+            image_module.resize_output_size(h, w, {"shortest_edge": edge, "longest_edge": longest})
+        return
     assert image_module.resize_output_size(h, w, {"shortest_edge": edge, "longest_edge": longest}) == tuple(ref)
 
 
@@ -294,7 +298,7 @@ def test_from_dict_rejects_bad_values_as_artifact_error():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"size": {"shortest_edge": 224}}, "depend on each image"),
-    ({"do_resize": False}, "depend on each image"),
+    ({"do_resize": False}, r"depend on each image \(do_resize=False: images keep their own size"),
     ({"do_center_crop": True}, "crop_size is missing"),
     ({"size": {"height": 0, "width": 3}}, "positive integer"),
     ({"image_std": (0.5, 0.0, 0.5)}, "must not contain 0"),
@@ -309,13 +313,13 @@ def test_spec_validation(overrides, message):
 
 @pytest.mark.parametrize("config, message", [
     ({"image_processor_type": "DPTImageProcessor"}, "DPT"),
-    ({"size": 224}, "unknown type"),
+    ({"size": 224}, r"names no class \(image_processor_type\)"),
     ({"image_processor_type": "ViTImageProcessor", "do_pad": True, "pad_size": 256}, "pad_size"),
     ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "do_center_crop": True, "crop_size": 200},
      "second centre crop"),
     ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "depend on each image"),
     ({"image_processor_type": "ViTImageProcessor", "resample": None}, "do_resize but no size or resample"),
-    ({"image_processor_type": "ViTImageProcessor", "do_resize": False}, "depend on each image"),
+    ({"image_processor_type": "ViTImageProcessor", "do_resize": False}, r"depend on each image \(do_resize=False: images keep"),
 ])
 def test_from_hf_refuses_what_it_cannot_reproduce(config, message):
     with pytest.raises(UnsupportedModelError, match=message):
@@ -415,3 +419,16 @@ def test_module_imports_neither_torch_nor_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.strip() == "[]"
+
+
+def test_an_image_too_long_for_longest_edge_is_an_input_error():
+    """Fitted into longest_edge, a 2000x3 image's short side rounds to 0 pixels: transformers'
+    resize fails on it (ValueError), vlmedge says why in one sentence (it raised Pillow's
+    ValueError, a traceback in the CLI)."""
+    spec = ImagePreprocessSpec(size={"shortest_edge": 32, "longest_edge": 48}, do_center_crop=True,
+                               crop_size={"height": 32, "width": 32})
+    for size in ((2000, 3), (3, 900)):
+        with pytest.raises(InputError, match=rf"The image is {size[0]}x{size[1]} pixels: fitted into this model's size "
+                                             r"\(.*\), its short side would be under 1 pixel; crop it"):
+            preprocess_images([Image.new("RGB", size)], spec)
+    assert preprocess_images([Image.new("RGB", (300, 20))], spec).shape == (1, 3, 32, 32)

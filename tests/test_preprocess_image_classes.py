@@ -84,7 +84,7 @@ def test_every_mapped_class_is_reproduced_or_refused():
 
 
 def _saved_spec(kind: str, kwargs: dict, folder):
-    from vlmedge.exporters.sources.hf import image_preprocess
+    from vlmedge.exporters.sources.hf.processor import image_preprocess
 
     processor = getattr(transformers, f"{kind}ImageProcessorPil")(**kwargs)
     processor.save_pretrained(folder)
@@ -156,7 +156,7 @@ def test_dinov3_torchvision_processor_is_reproduced_to_float32_rounding(name, fi
     """Not bit for bit: the float resize is Pillow's 32-bit float mode, which sums in double
     where torch sums in float32; every value within 1e-4 of the reference (their range is +-2.6)."""
     pytest.importorskip("torch")
-    from vlmedge.exporters.sources.hf import image_preprocess
+    from vlmedge.exporters.sources.hf.processor import image_preprocess
 
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(DINOV3[name]))
     spec = ImagePreprocessSpec.from_dict(json.loads(json.dumps(image_preprocess(tmp_path).to_dict())))
@@ -169,7 +169,7 @@ def test_dinov3_torchvision_processor_is_reproduced_to_float32_rounding(name, fi
 
 
 def test_dinov3_with_a_centre_crop_is_refused(tmp_path):
-    from vlmedge.exporters.sources.hf import image_preprocess
+    from vlmedge.exporters.sources.hf.processor import image_preprocess
 
     config = {**DINOV3["bilinear"], "do_center_crop": True, "crop_size": {"height": 32, "width": 32}}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
@@ -203,10 +203,33 @@ def test_every_byte_value_of_every_channel_is_rescaled_and_normalized_bit_for_bi
 
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_processor_class_is_refused_by_name(kind, tmp_path):
-    from vlmedge.exporters.sources.hf import image_preprocess
+    from vlmedge.exporters.sources.hf.processor import image_preprocess
 
     (tmp_path / "preprocessor_config.json").write_text(f'{{"image_processor_type": "{kind}ImageProcessor"}}')
     with pytest.raises(UnsupportedModelError, match=f"{kind}.*{REFUSED[kind]}"):
+        image_preprocess(tmp_path)
+
+
+def test_a_processor_config_naming_no_class_takes_the_class_of_the_model_type(tmp_path):
+    """AutoImageProcessor reads a config without image_processor_type as the class of the
+    model's type (config.json's model_type); so does the export. Without either, the refusal
+    says what is missing (it read "the image processor 'of unknown type'")."""
+    from vlmedge.exporters.sources.hf.processor import image_preprocess
+
+    config = {"size": {"height": 48, "width": 32}, "resample": 3, "image_mean": [0.2, 0.3, 0.4]}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text('{"model_type": "vit"}')
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "preprocessor_config.json").write_text(json.dumps({**config, "image_processor_type": "ViTImageProcessor"}))
+    assert image_preprocess(tmp_path).to_dict() == image_preprocess(named).to_dict()
+    processor = transformers.ViTImageProcessorPil.from_dict(config)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(preprocess_images([image], image_preprocess(tmp_path)),
+                                  processor(image, return_tensors="np")["pixel_values"])
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-type"}')
+    with pytest.raises(UnsupportedModelError, match=r"^The image processor config names no class \(image_processor_type\)"
+                                                    r" and the model's type does not imply one; save the processor"):
         image_preprocess(tmp_path)
 
 

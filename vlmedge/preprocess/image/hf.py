@@ -37,7 +37,7 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
 # Pillow to match, only float32 sums (see the spec).
 _HF_DEFAULTS["DINOv3ViT"] = {"image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225)}
 # ImageGPT's processor then maps each pixel to its nearest colour cluster (input_ids): the
-# exported graph does that step (vlmedge.exporters.sources.hf.ColourClusters), the runtime
+# exported graph does that step (vlmedge.exporters.sources.hf.classifier.ColourClusters), the runtime
 # feeds it these normalised pixels.
 _HF_DEFAULTS["ImageGPT"] = {"size": {"height": 256, "width": 256}}
 _HF_DEFAULTS["Bit"] = _HF_DEFAULTS["ChineseCLIP"] = _HF_DEFAULTS["CLIP"]
@@ -80,7 +80,10 @@ def refusal(kind: str) -> str | None:
         return None
     if kind in REFUSED:
         return f"vlmedge cannot reproduce the {kind} image processor: {REFUSED[kind]}."
-    return (f"vlmedge cannot reproduce the image processor {kind or 'of unknown type'!r}; supported: "
+    if not kind:
+        return ("The image processor config names no class (image_processor_type) and the model's type does not "
+                "imply one; save the processor with processor.save_pretrained(folder), which records it.")
+    return (f"vlmedge cannot reproduce the image processor {kind!r}; supported: "
             f"{', '.join(sorted(SUPPORTED))} image processors.")
 
 

@@ -145,9 +145,20 @@ def _pad_centred(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_output_size(height: int, width: int, size: dict) -> tuple[int, int]:
-    """(height, width) after resizing, with HF's int truncation and rounding."""
+    """(height, width) after resizing, with HF's int truncation and rounding; an image whose
+    short side would shrink below one pixel (fitting a very long one into longest_edge)
+    is refused, as transformers fails on it too."""
     if "height" in size:
         return size["height"], size["width"]
+    new_height, new_width = _aspect_resize(height, width, size)
+    if min(new_height, new_width) < 1:
+        raise InputError(f"The image is {width}x{height} pixels: fitted into this model's size ({size}), its short side "
+                         "would be under 1 pixel; crop it to a less extreme aspect ratio.")
+    return new_height, new_width
+
+
+def _aspect_resize(height: int, width: int, size: dict) -> tuple[int, int]:
+    """resize_output_size of a {shortest_edge[, longest_edge]} size, which keeps the aspect ratio."""
     edge, max_size = size["shortest_edge"], size.get("longest_edge")
     if max_size is None:  # get_resize_output_image_size(default_to_square=False)
         short, long = (width, height) if width <= height else (height, width)

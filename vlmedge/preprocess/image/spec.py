@@ -120,7 +120,8 @@ class ImagePreprocessSpec:
         fixed = (self.do_center_crop or self.pad_to_canvas
                  or (self.do_resize and "height" in self.size and self.size_divisor == 1 and not self.thumbnail))
         if not fixed:
-            raise InputError(f"The output size would depend on each image (size={self.size}, do_center_crop="
+            resizing = f"size={self.size}" if self.do_resize else "do_resize=False: images keep their own size"
+            raise InputError(f"The output size would depend on each image ({resizing}, do_center_crop="
                              f"{self.do_center_crop}); resize to a fixed height and width or add a centre crop.")
 
     @property
