@@ -225,7 +225,7 @@ def evaluation_sets(path: str | Path, spec: ExportSpec, size: int | None = None,
         raise ExportError(f"--eval needs a folder with one sub-folder per class label; {path} is not a folder.")
     graphs = [g for g in spec.graphs if spec.labels and any(kind == "logits" for kind in g.compare.values())]
     if not graphs:
-        raise UsageError(f"--eval measures the accuracy of classifiers, by class folder; a {spec.task} artifact has "
+        raise UsageError(f"--eval measures the accuracy of classifiers, by class folder; an artifact for {spec.task} has "
                          "none to measure, so leave --eval out (its int8 files are gated on parity alone).")
     index = {_label_key(label): i for i, label in enumerate(spec.labels)}
     folders = sorted(p for p in path.iterdir() if p.is_dir())

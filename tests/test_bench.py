@@ -82,6 +82,28 @@ def test_rows_carry_every_figure_and_a_checked_torch_baseline(result, vit_artifa
     assert {r.objective for r in result.recommendations} == {"latency", "throughput"}
 
 
+def test_a_comparison_in_a_log_prints_one_block_per_row(result):
+    """At 80 columns (a log) or fewer, --compare's rows are blocks of `column: value` pairs
+    as every other table's; its cells were wrapped over several lines."""
+    import io
+
+    from rich.console import Console
+
+    from vlmedge.bench.report import compare, print_comparison
+
+    slower = BenchResult.from_dict(result.to_dict())
+    slower.rows[2].latency.p50_ms *= 1.5
+    for width in (80, 60):
+        out = io.StringIO()
+        print_comparison(compare(result, slower), Console(file=out, width=width, soft_wrap=True))
+        lines = out.getvalue().splitlines()
+        label = compare(result, slower).rows[2].label
+        assert label in lines, lines  # the row's name, whole, on its own line
+        (pairs,) = [line for line in lines[lines.index(label) + 1:][:2] if "slowdown: 1.500x" in line]
+        assert pairs.startswith("  base ms: ") and "verdict: REGRESSION" in " ".join(lines[lines.index(label):][:3])
+        assert not any("│" in line for line in lines), "a table at this width"
+
+
 def test_json_validates_against_the_schema_and_round_trips(result, tmp_path):
     path = result.save(tmp_path / "r.json")
     document = json.loads(path.read_text())

@@ -213,3 +213,22 @@ def test_a_warning_is_one_line_naming_no_source_file(vit_artifact, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and all(line.startswith("warning: vlmedge could not write its compiled-model cache") for line in lines)
     assert "UserWarning" not in result.stderr and "typer" not in result.stderr
+
+
+@pytest.mark.parametrize("args,line", [
+    (("frobnicate",), "Error: No such command 'frobnicate'; see 'vlmedge --help'."),
+    (("--bogus",), "Error: No such option: --bogus; see 'vlmedge --help'."),
+    (("predict",), "Error: Missing argument 'ARTIFACT'; see 'vlmedge predict --help'."),
+    (("predict", "art", "cat.jpg", "--to", "onnx"), "Error: No such option: --to (Possible options: --json, --out, "
+                                                     "--top-k); see 'vlmedge predict --help'."),
+    (("predict", "art", "cat.jpg", "--top-k", "0"), "Error: Invalid value for '--top-k': Input should be greater than "
+                                                     "or equal to 1; see 'vlmedge predict --help'."),
+    (("embed", "art", "x.jpg", "--out", "e.npy", "--engine", "ray", "--decode-workers", "2"),
+     "Error: Invalid value for --decode-workers: --decode-workers sets the threads of the local engine; with --engine "
+     "ray preprocessing runs in Ray tasks, one per CPU; see 'vlmedge embed --help'."),
+])
+def test_a_usage_error_is_one_line_as_every_other_error(args, line):
+    """click printed the usage, a hint and the error on three lines (and a blank one); a log
+    gets one `Error:` line, as for vlmedge's own errors, with the hint at its end."""
+    result = vlmedge_cli(*args)
+    assert result.returncode == 2 and result.stderr.splitlines() == [line], result.stderr

@@ -18,6 +18,7 @@ from vlmedge.bench.peak import GEMM_DEPTH
 from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
 from vlmedge.bench.timing import round_share
 from vlmedge.errors import InputError
+from vlmedge.tables import print_rows
 
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
 LATENCY_COLUMNS = ("min", "mean", "std", "CoV", "p50", "p90", "p95", "p99", "max")
@@ -324,15 +325,12 @@ def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, met
 
 def print_comparison(comparison: Comparison, console: Console, names: tuple[str, str] = ("base", "new")) -> None:
     unit = "items/s" if comparison.metric == "throughput" else "ms"
-    table = Table(title=f"{comparison.metric}: {names[1]} vs {names[0]} (regression above "
-                        f"{comparison.max_slowdown:.2f}x slower)", title_justify="left")
-    for column in ("row", f"base {unit}", f"new {unit}", "slowdown", "verdict"):
-        table.add_column(column, justify="left" if column in ("row", "verdict") else "right", overflow="fold")
-    for r in comparison.rows:
-        verdict = "[red]REGRESSION[/red]" if r.regression else ("faster" if r.slowdown < 1 / comparison.max_slowdown
-                                                                 else "ok")
-        table.add_row(escape(r.label), f"{r.base:.3f}", f"{r.new:.3f}", f"{r.slowdown:.3f}x", verdict)
-    console.print(table)
+    rows = [{"row": escape(r.label), f"base {unit}": f"{r.base:.3f}", f"new {unit}": f"{r.new:.3f}",
+             "slowdown": f"{r.slowdown:.3f}x",
+             "verdict": "[red]REGRESSION[/red]" if r.regression else ("faster" if r.slowdown < 1 / comparison.max_slowdown
+                                                                       else "ok")} for r in comparison.rows]
+    print_rows(console, rows, f"{comparison.metric}: {names[1]} vs {names[0]} (regression above "
+                              f"{comparison.max_slowdown:.2f}x slower)", right=(f"base {unit}", f"new {unit}", "slowdown"))
     for line in comparison.only_base:
         console.print(f"[yellow]only in {escape(names[0])}:[/yellow] {escape(line)}", highlight=False)
     for line in comparison.only_new:

@@ -3,7 +3,7 @@ vlmedge.cli.inspection; bench and serve in their packages.
 
 User errors (VlmedgeError) print as one sentence, never a traceback, and exit with their class's code
 (vlmedge.errors.EXIT_CODES): 1 a runtime failure, 2 bad usage (every option is checked before a model is
-loaded), 3 a parity gate failure; warnings print as one line too (vlmedge.cli.app.Command).
+loaded), 3 a parity gate failure; warnings print as one line too (vlmedge.cli.base.Command).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 
 from vlmedge import choices, formats
-from vlmedge.cli.app import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
+from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
 from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
 from vlmedge.errors import ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from vlmedge import choices, formats
-from vlmedge.cli.app import Command, app, console, err_console, show
+from vlmedge.cli.base import Command, app, console, err_console, show
 from vlmedge.cli.rows import check_summary
 from vlmedge.errors import BackendUnavailableError, ParityError
 

@@ -1,10 +1,12 @@
 """The `vlmedge` typer app and what every command prints through: its command class (one-line
 errors and warnings, plain help), the consoles, and `show`, which prints rows as a table or, where
-a table does not fit (a narrow terminal, a log: 80 columns), as blocks. A line of text is never
-wrapped, to stay one line in a log."""
+a table does not fit (a narrow terminal, a log: 80 columns), as blocks (vlmedge.tables). A line of
+text is never wrapped, to stay one line in a log."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import warnings
 from typing import Any
@@ -13,17 +15,48 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from vlmedge import choices
 from vlmedge.errors import VlmedgeError
+from vlmedge.tables import print_rows
 from vlmedge.version import __version__
+
+
+# click's UsageError, whether typer vendors click (typer._click, typer >= 0.2x) or imports it.
+ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextlib.contextmanager
+def one_line_usage_errors():
+    """click prints a usage error as three lines (the usage, a hint, the error); a log gets one,
+    as a VlmedgeError's: `Error: No such option: --to; see 'vlmedge predict --help'.`"""
+    try:
+        yield
+    except ClickUsageError as exc:
+        if exc.ctx is None:
+            raise
+        raise ClickUsageError(f"{exc.format_message().rstrip('.')}; see '{exc.ctx.command_path} --help'.") from None
+
+
+class Group(typer.core.TyperGroup):
+    """The app: an unknown command, or an option of its own it does not know, is one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        with one_line_usage_errors():
+            return super().resolve_command(ctx, args)
 
 
 class Command(typer.core.TyperCommand):
     """Help that reads `ARTIFACT INPUTS...`, not typer's `{ARTIFACT} {INPUTS}...` with
-    `<list[str]>` type labels beside each argument."""
+    `<list[str]>` type labels beside each argument; usage errors in one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,13 +74,15 @@ class Command(typer.core.TyperCommand):
             warnings.showwarning = lambda message, *_, **__: err_console.print(
                 f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
             try:
-                return super().invoke(ctx)
+                with one_line_usage_errors():  # a typer.BadParameter of the command's own checks
+                    return super().invoke(ctx)
             except VlmedgeError as exc:
                 print_error(exc)
                 raise typer.Exit(exc.exit_code) from None
 
 
 app = typer.Typer(
+    cls=Group,
     help="Export, verify and run vision, vision-language and audio transformers on edge hardware.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -56,6 +91,8 @@ app = typer.Typer(
 # Soft wrap: a line of text stays one line however narrow the terminal or a log (rich would wrap at 80).
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+# Rows as a table where it fits the console, else as blocks (vlmedge.tables.print_rows).
+show = functools.partial(print_rows, console)
 BACKEND_CHOICES = ["auto", *choices.backend_names()]
 
 
@@ -69,36 +106,6 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Export, verify and run vision, vision-language and audio transformers on edge hardware."""
-
-
-def show(rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
-    """Rows (column -> text with rich markup) as a table when it fits the console, else (a
-    narrow terminal, a log: 80 columns) as blocks: the first column, then the others as
-    `column: value` pairs, as many to a line as fit."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*(row.get(c, "") for c in columns))
-    if console.measure(table, options=console.options.update(width=10_000)).maximum <= console.width:
-        console.print(table)
-        return
-    console.print(f"[bold]{escape(title)}[/bold]")
-    for row in rows:
-        if row[columns[0]]:
-            console.print(row[columns[0]], highlight=False)
-        lines: list[str] = []
-        for pair in (f"{column}: {row[column]}" for column in columns[1:] if row.get(column)):
-            joined = f"{lines[-1]}, {pair}" if lines else pair
-            if lines and len(Text.from_markup("  " + joined)) <= console.width:
-                lines[-1] = joined
-            else:
-                lines.append(pair)
-        for line in lines:
-            console.print(f"  {line}", highlight=False)
 
 
 def print_error(exc: VlmedgeError) -> None:

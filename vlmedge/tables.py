@@ -1,0 +1,40 @@
+"""Rows printed for a person: as a table where it fits the console, else (a narrow terminal,
+a log: 80 columns) as one block per row, so that no cell is ever wrapped over lines. The
+commands' tables (vlmedge.cli) and bench's comparison print through it."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+
+def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
+    """Rows (column -> text with rich markup) as a table when it fits the console, else (a
+    narrow terminal, a log: 80 columns) as blocks: the first column, then the others as
+    `column: value` pairs, as many to a line as fit."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(row.get(c, "") for c in columns))
+    if console.measure(table, options=console.options.update(width=10_000)).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(f"[bold]{escape(title)}[/bold]")
+    for row in rows:
+        if row[columns[0]]:
+            console.print(row[columns[0]], highlight=False)
+        lines: list[str] = []
+        for pair in (f"{column}: {row[column]}" for column in columns[1:] if row.get(column)):
+            joined = f"{lines[-1]}, {pair}" if lines else pair
+            if lines and len(Text.from_markup("  " + joined)) <= console.width:
+                lines[-1] = joined
+            else:
+                lines.append(pair)
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
