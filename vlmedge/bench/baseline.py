@@ -30,12 +30,14 @@ def _rebuild(plan: Plan, threads: int) -> None:
     import transformers  # noqa: F401
 
     import vlmedge.exporters.sources.hf  # noqa: F401
+    from vlmedge.exporters.pipeline import quiet_progress_bars
     from vlmedge.exporters.reference import open_reference
 
     baseline = plan.memory.start()
     t0 = time.perf_counter()
     try:
-        cache["sessions"] = open_reference(plan.artifact, threads=threads, device=plan.settings.device)
+        with quiet_progress_bars():  # transformers' "Loading weights" bar, in a CLI table or a notebook cell
+            cache["sessions"] = open_reference(plan.artifact, threads=threads, device=plan.settings.device)
         cache.update(load_s=time.perf_counter() - t0, baseline=baseline, parity={})
     except Exception as exc:
         cache["error"] = exception_line(exc)

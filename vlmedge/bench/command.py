@@ -6,7 +6,6 @@ measuring code and every backend load when the command runs, so `vlmedge --help`
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import tempfile
@@ -83,16 +82,6 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
                                       "installed; nothing was measured.")
 
 
-def _quiet_loading(backend: Optional[str]):
-    """Silences transformers' "Loading weights" bar while the torch baseline loads its
-    source (exporters.pipeline.quiet_progress_bars); nothing to do without torch rows."""
-    if (backend and "torch" not in choices.split(backend)) or importlib.util.find_spec("transformers") is None:
-        return contextlib.nullcontext()
-    from vlmedge.exporters.pipeline import quiet_progress_bars
-
-    return quiet_progress_bars()
-
-
 def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     """An artifact folder as given; a model reference (builtin:NAME, a Hugging Face folder)
     is exported to a temporary artifact first, which is removed afterwards."""
@@ -165,12 +154,11 @@ def bench(
 
         path, tmp = _artifact_or_export(artifact, say)
         try:
-            with _quiet_loading(backend):
-                result = run_bench(path, backends=choices.split(backend) or None, precisions=choices.split(precision) or None,
-                                   batch_sizes=batches, threads=threads, warmup=warmup,
-                                   iterations=iterations, duration=duration, end_to_end=end_to_end,
-                                   random_inputs=random_inputs, sweep=choices.split(sweep), device=device, peers=peers,
-                                   progress=say, roofline=roofline, remeasure_peak=remeasure_peak, rounds=rounds)
+            result = run_bench(path, backends=choices.split(backend) or None, precisions=choices.split(precision) or None,
+                               batch_sizes=batches, threads=threads, warmup=warmup,
+                               iterations=iterations, duration=duration, end_to_end=end_to_end,
+                               random_inputs=random_inputs, sweep=choices.split(sweep), device=device, peers=peers,
+                               progress=say, roofline=roofline, remeasure_peak=remeasure_peak, rounds=rounds)
         finally:
             if tmp is not None:
                 tmp.cleanup()
