@@ -221,8 +221,8 @@ def test_a_warning_is_one_line_naming_no_source_file(vit_artifact, tmp_path):
     (("predict",), "Error: Missing argument 'ARTIFACT'; see 'vlmedge predict --help'."),
     (("predict", "art", "cat.jpg", "--to", "onnx"), "Error: No such option: --to (Possible options: --json, --out, "
                                                      "--top-k); see 'vlmedge predict --help'."),
-    (("predict", "art", "cat.jpg", "--top-k", "0"), "Error: Invalid value for '--top-k': Input should be greater than "
-                                                     "or equal to 1; see 'vlmedge predict --help'."),
+    (("predict", "art", "cat.jpg", "--batch-size", "0"), "Error: Invalid value for '--batch-size': Input should be "
+                                                          "greater than or equal to 1; see 'vlmedge predict --help'."),
     (("embed", "art", "x.jpg", "--out", "e.npy", "--engine", "ray", "--decode-workers", "2"),
      "Error: Invalid value for --decode-workers: --decode-workers sets the threads of the local engine; with --engine "
      "ray preprocessing runs in Ray tasks, one per CPU; see 'vlmedge embed --help'."),

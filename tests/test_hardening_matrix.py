@@ -158,7 +158,7 @@ case("audio-beyond-float32", r"samples beyond float32's range \(up to 1e\+39\); 
 case("audio-array-without-rate", r"needs its sample rate")(lambda c: _load_audio(np.zeros(1600, np.float32)))
 case("audio-3d-array", r"1-D or 2-D .*not 3-D")(lambda c: _load_audio(np.zeros((2, 2, 400), np.float32), 16000))
 case("audio-object-array", r"integer or float samples, not object")(lambda c: _load_audio(np.array([None] * 8), 16000))
-case("audio-too-many-channels", r"too many channels")(lambda c: _load_audio(np.zeros((100, 1000), np.float32), 16000))
+case("audio-too-many-channels", r"reads as one clip of 100 channels, which would be averaged into one: too many channels for an array, most likely a batch of clips; pass a list")(lambda c: _load_audio(np.zeros((100, 1000), np.float32), 16000))
 case("audio-bad-rate-type", r"'16k' is not an integer number of Hz")(lambda c: _load_audio(np.zeros(1600, np.float32), "16k"))
 
 

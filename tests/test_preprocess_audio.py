@@ -413,6 +413,17 @@ def test_load_audio_arrays_channels_on_the_smaller_axis():
     assert got.dtype == np.float32 and np.array_equal(got, a)
 
 
+def test_an_array_of_more_than_two_channels_is_refused_as_a_likely_batch():
+    """Three clips stacked as a (3, 16000) array were averaged into one clip of 3 channels (one
+    answer for three clips); a 2-D array is one clip of at most 2 channels, a batch a list."""
+    clips = np.stack([_sine(f, SR) for f in (220, 440, 880)])
+    for array, axis in ((clips, 0), (clips.T, 1)):
+        with pytest.raises(InputError, match=rf"shape \({array.shape[0]}, {array.shape[1]}\) reads as one clip of 3 channels, "
+                                             rf"which would be averaged .* pass a list of 1-D clips \(list\(array\)\), or "
+                                             rf"mix a multi-channel recording down yourself \(array\.mean\(axis={axis}\)\)"):
+            load_audio(array, sample_rate=SR)
+
+
 @pytest.mark.parametrize(
     "arr,expected",
     [(np.array([-32768, 0, 16384], np.int16), [-1.0, 0.0, 0.5]), (np.array([-2**31, 2**30], np.int32), [-1.0, 0.5]),

@@ -11,6 +11,7 @@ unreadable inputs land in the `error` column. Skipped where Ray Data is not inst
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -635,3 +636,29 @@ def test_a_column_empty_in_the_first_batches_takes_its_type_from_later_ones(tmp_
     with ParquetWriter(tmp_path / "s.parquet") as writer:  # empty to the end: written as it is
         writer.add({"path": ["a"], "note": [None], "error": [None]})
     assert pq.read_table(tmp_path / "s.parquet").column("note").to_pylist() == [None]
+
+
+def test_top_k_left_out_is_the_python_calls_default_on_every_surface(exported, vit_artifact, image_files):
+    """Zero-shot ranks every candidate label in Python and when served; bulk jobs and the CLI
+    kept 5 of 6 (their own TOP_K), and neither could ask for every label of a classifier. Left
+    out, top_k is now the Python method's own default everywhere; None (--top-k all) is every label."""
+    from tests.test_cli import vlmedge_cli
+    from vlmedge.artifact import Artifact
+    from vlmedge.bulk.job import make_job
+    from vlmedge.errors import InputError
+
+    labels = ["red", "green", "blue", "yellow", "purple", "orange"]
+    assert make_job(exported("clip"), "zero_shot", labels=labels).options["top_k"] is None
+    assert make_job(exported("clip"), "zero_shot", labels=labels, top_k=2).options["top_k"] == 2
+    assert make_job(vit_artifact, "classify").options["top_k"] == 5
+    assert make_job(vit_artifact, "classify", top_k=None).options["top_k"] is None
+    with pytest.raises(InputError, match=r"top_k must be a positive integer \(or None for all labels\), not 0"):
+        make_job(vit_artifact, "classify", top_k=0)
+    zero_shot = vlmedge_cli("predict", exported("clip"), image_files[0], "--labels", ",".join(labels), "--json")
+    assert zero_shot.returncode == 0 and len(json.loads(zero_shot.stdout)[0]["predictions"]) == 6, zero_shot.stderr
+    every = vlmedge_cli("predict", vit_artifact, image_files[0], "--top-k", "all", "--json")
+    assert len(json.loads(every.stdout)[0]["predictions"]) == len(Artifact.open(vit_artifact).manifest["labels"]) > 5
+    default = vlmedge_cli("predict", vit_artifact, image_files[0], "--json")
+    assert len(json.loads(default.stdout)[0]["predictions"]) == 5
+    refused = vlmedge_cli("predict", vit_artifact, image_files[0], "--top-k", "0")
+    assert refused.returncode == 2 and "--top-k takes a positive number of labels or all, not '0'" in refused.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Callable
 
 from vlmedge.errors import ArtifactError, InputError
@@ -20,9 +21,9 @@ from vlmedge.errors import ArtifactError, InputError
 # for the first stage.
 PREPARE_OPTIONS = ("window_hop",)
 # options left at these values count as not given
-DEFAULTS: dict[str, Any] = {"top_k": None, "pooling": None, "normalize": True, "labels": None, "templates": None,
+# (top_k's `...`: the method's own default, as its Python call has it; None: every label)
+DEFAULTS: dict[str, Any] = {"top_k": ..., "pooling": None, "normalize": True, "labels": None, "templates": None,
                             "window_hop": None, "aggregate": None, "threshold": None}
-TOP_K = 5  # the ranked methods' top_k when none is given
 # what to say when an option is given to a method that does not take it
 NOT_TAKEN = (
     (("top_k",), "top_k applies to methods that rank labels (classify, zero-shot, tag), not to embeddings."),
@@ -56,13 +57,15 @@ class BulkJob:
 
 
 def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend: str = "auto",
-             precision: str | None = None, device: str = "cpu", top_k: int | None = None,
+             precision: str | None = None, device: str = "cpu", top_k: int | None | EllipsisType = ...,
              pooling: str | None = None, normalize: bool = True, labels: Any = None, templates: Any = None,
              window_hop: float | None = None, aggregate: str | None = None, threshold: float | None = None,
              column: str | None = None, session_options: dict[str, Any] | None = None) -> BulkJob:
     """Checks the method (a registry name or alias; None: the task's default) and its
     options against the artifact's manifest, without opening a model, so that a mistake is
-    reported before any worker starts, and returns the job."""
+    reported before any worker starts, and returns the job. top_k: as the method's Python
+    call takes it (None: every label); left out, the method's own default (5; zero-shot: every
+    label)."""
     from vlmedge.artifact import Artifact
     from vlmedge.registry import task_named
 
@@ -85,8 +88,12 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
         if refusal:
             raise InputError(refusal)
     _check_model_files(art, backend, device, precision, session_options or {})
-    checks = _checks(manifest, chosen.result, art.root)
-    values = {name: checks[name]({**given, "top_k": TOP_K if top_k is None else top_k}[name]) for name in takes}
+    checks = _checks(manifest, art.root)
+    if "top_k" in takes and top_k is ...:  # the method's own default, as its Python call has it
+        from vlmedge.tasks.base import option_default
+
+        given["top_k"] = option_default(getattr(task.pipeline_class(), chosen.name), "top_k")
+    values = {name: checks[name](given[name]) for name in takes}
     tokenizer_json = None
     if chosen.input == "text":
         text = manifest["preprocess"].get("text") or {}
@@ -112,7 +119,7 @@ def _check_model_files(art: Any, backend: str, device: str, precision: str | Non
     art.verify([f for entry in entries.values() for f in art.model_files(entry)], defer_models=True)
 
 
-def _checks(manifest: dict[str, Any], result: str, root: Path) -> dict[str, Callable[[Any], Any]]:
+def _checks(manifest: dict[str, Any], root: Path) -> dict[str, Callable[[Any], Any]]:
     """Option name -> the pipeline's check of it, from the manifest alone."""
     from vlmedge.preprocess.audio import AudioPreprocessSpec
     from vlmedge.tasks.audio import AudioTagger
@@ -121,7 +128,7 @@ def _checks(manifest: dict[str, Any], result: str, root: Path) -> dict[str, Call
     from vlmedge.tasks.encoder import ImageEncoder
 
     return {
-        "top_k": lambda v: check_top_k(v, allow_all=result == "tags"),
+        "top_k": check_top_k,
         "pooling": lambda v: ImageEncoder.check_pooling(manifest, v),
         "normalize": lambda v: check_flag("normalize", v),
         "labels": Clip.check_labels,

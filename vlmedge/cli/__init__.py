@@ -133,7 +133,7 @@ def predict(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="Artifact folder."),
     inputs: list[str] = typer.Argument(..., metavar="INPUTS", help="Input files (images or audio); folders and "
                                        "tables of paths go with --out results.parquet."),
-    top_k: int = typer.Option(5, "--top-k", min=1, metavar="K", help="How many labels to show per input."),
+    top_k: Optional[str] = typer.Option(None, "--top-k", metavar="K|all", help="How many labels to show per input, or all; default: the task's own, as in Python (5; zero-shot: every candidate label)."),
     labels: Optional[str] = typer.Option(None, "--labels", metavar="A,B,...", help="CLIP zero-shot: comma-separated candidate labels."),
     template: Optional[list[str]] = typer.Option(None, "--template", metavar="TEXT", help="CLIP zero-shot prompt template(s), e.g. 'a photo of a {}.'"),
     window_hop: Optional[float] = typer.Option(None, "--window-hop", metavar="SECONDS", help="Audio: seconds between analysis windows."),
@@ -161,9 +161,9 @@ def predict(
     session = choices.session_options(threads, session_option)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out, list(inputs), as_json)
-    method = _check_predict_options(ctx, artifact, aggregate, attention)
+    task, method = _check_predict_options(ctx, artifact, aggregate, attention)
     bulk.check_method_values(artifact, template, window_hop, labels)
-    options = dict(top_k=top_k, labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, threshold=threshold, attention=attention)
+    options = dict(top_k=_top_k(top_k, task, method), labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, threshold=threshold, attention=attention)
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,
@@ -182,8 +182,22 @@ def predict(
         show(windows_table(rows), "windows", right=("start s", "end s", "score"))
 
 
-def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Optional[str], attention: Optional[Path]) -> Any:
-    """The artifact task's "predict" method; refuses options it does not take (exit 2)."""
+def _top_k(given: Optional[str], task: Any, method: Any) -> int | None:
+    """--top-k: a count, or all (None: every label); not given, the method's own default, as its
+    Python call has it."""
+    if given is None:
+        from vlmedge.tasks.base import option_default
+
+        return option_default(getattr(task.pipeline_class(), method.name), "top_k") if "top_k" in method.options else None
+    if given.strip().lower() == "all":
+        return None
+    if not given.strip().isdigit() or int(given) < 1:
+        raise UsageError(f"--top-k takes a positive number of labels or all, not {given!r}.")
+    return int(given)
+
+
+def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Optional[str], attention: Optional[Path]) -> tuple[Any, Any]:
+    """The artifact's task and its "predict" method; refuses options it does not take (exit 2)."""
     from vlmedge.artifact import Artifact
     from vlmedge.registry import task_named
 
@@ -201,7 +215,7 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Option
                              f"(it takes {', '.join(takes) or 'no such option'}); drop {flag}.")
     if attention is not None and not (method.result == "embedding" and method.input == "image"):
         raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to draw.")
-    return method
+    return task, method
 
 
 @app.command(cls=Command)

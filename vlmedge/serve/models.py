@@ -29,11 +29,8 @@ from vlmedge.preprocess import READ_ERRORS
 from vlmedge.preprocess.parallel import prepare_ordered
 from vlmedge.serve.config import Limits
 from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
-from vlmedge.tasks.base import check_threshold
+from vlmedge.tasks.base import check_threshold, option_default
 from vlmedge.tasks.clip import image_embedding_refusal
-
-DEFAULT_TOP_K = 5
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -169,7 +166,8 @@ class ClassifierModel(ServedModel):
 
     def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
         pixels = _pixels(inputs.images, self.pipeline.spec)
-        return Job(("classify",), len(inputs.images), (pixels, inputs.options.get("top_k", DEFAULT_TOP_K)))
+        top_k = inputs.options.get("top_k", option_default(self.pipeline.classify, "top_k"))  # as the Python call's
+        return Job(("classify",), len(inputs.images), (pixels, top_k))
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
         pixels = np.concatenate([batch for batch, _ in payloads])
@@ -321,7 +319,7 @@ class AudioModel(ServedModel):
         seconds = [check_audio(data, i, limits) for i, data in enumerate(inputs.audio)]
         self._check_windows(seconds, hop, limits)
         key = ("tag", hop, inputs.options.get("aggregate"))  # None: the model's default_aggregate
-        trim = (inputs.options.get("top_k", DEFAULT_TOP_K), inputs.options.get("threshold"))
+        trim = (inputs.options.get("top_k", option_default(self.pipeline.tag, "top_k")), inputs.options.get("threshold"))
         return Job(key, len(inputs.audio), (_clips(inputs.audio, self.pipeline.spec, hop), trim))
 
     def _check_windows(self, seconds: list[float], hop: float | None, limits: Limits) -> None:

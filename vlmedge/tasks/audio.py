@@ -319,7 +319,7 @@ class AudioTagger(Pipeline):
         Returns:
             A ClipTags for one clip, a list of them for a list.
         """
-        top_k = check_top_k(top_k, allow_all=True)
+        top_k = check_top_k(top_k)
         threshold = check_threshold(threshold, self.activation)
         aggregate = self._aggregate_of(aggregate)
         scored, single = self._score(audio, sample_rate, window_hop)
@@ -331,7 +331,7 @@ class AudioTagger(Pipeline):
         """`tag` for clips already prepared by `prepare_clip` (with the window_hop wanted);
         always a list, equal to what `tag` gives for those clips. The windows of all clips
         run through the model together."""
-        top_k = check_top_k(top_k, allow_all=True)
+        top_k = check_top_k(top_k)
         threshold = check_threshold(threshold, self.activation)
         aggregate = self._aggregate_of(aggregate)
         if not clips:

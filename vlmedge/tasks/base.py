@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import numbers
 import os
 from pathlib import Path
@@ -55,13 +56,19 @@ class Prediction(NamedTuple):
     score: float
 
 
-def check_top_k(top_k: Any, allow_all: bool = False) -> int | None:
-    """The one top_k rule: a positive integer (not a bool); None means every label where allowed."""
-    if top_k is None and allow_all:
+def option_default(method: Callable[..., Any], option: str) -> Any:
+    """The default of `option` in a pipeline method's own signature (top_k: 5 for classify and
+    tag, every label for zero_shot): where the CLI, bulk and serve are given no value, they
+    take this one, so that every surface answers as the Python call does."""
+    return inspect.signature(method).parameters[option].default
+
+
+def check_top_k(top_k: Any) -> int | None:
+    """The one top_k rule: a positive integer (not a bool), or None for every label."""
+    if top_k is None:
         return None
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        also = " (or None for all labels)" if allow_all else ""
-        raise InputError(f"top_k must be a positive integer{also}, not {top_k!r}.")
+        raise InputError(f"top_k must be a positive integer (or None for all labels), not {top_k!r}.")
     return int(top_k)
 
 

@@ -52,7 +52,7 @@ class ImageClassifier(Pipeline):
         """Ranked (label, index, score) per image, the top_k best (None: every label, where
         transformers' pipeline reads None as its default, 5); one list for one image, a list of
         lists for a list."""
-        top_k = check_top_k(top_k, allow_all=True)
+        top_k = check_top_k(top_k)
         _, single = as_list(images, IMAGE_TYPES)
         results = self._ranked(self.probabilities(images), top_k)
         return results[0] if single else results
@@ -64,7 +64,7 @@ class ImageClassifier(Pipeline):
 
         The bulk engines decode and preprocess in one stage (CPU tasks) and call this in the
         next (where the model is loaded)."""
-        top_k = check_top_k(top_k, allow_all=True)
+        top_k = check_top_k(top_k)
         return self._ranked(self._activate(self._pixel_logits(pixels)), top_k)
 
     def _pixel_logits(self, pixels: np.ndarray) -> np.ndarray:

@@ -205,7 +205,7 @@ class Clip(Pipeline):
                            text_embeddings: np.ndarray | None = None) -> list[list[Prediction]]:
         """`zero_shot` for images already preprocessed (``pixels`` as for
         `embed_images_prepared`); always one ranked list per row."""
-        top_k = check_top_k(top_k, allow_all=True)
+        top_k = check_top_k(top_k)
         labels = self.check_labels(labels)
         matrix = self._label_matrix(labels, templates, text_embeddings)
         probs = self._scores(self._logits(self.embed_images_prepared(pixels), matrix))
@@ -254,7 +254,7 @@ class Clip(Pipeline):
         zero-shot pipeline answers, or the top_k best; one list for one image, a list of lists
         for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)`` to reuse
         the label embeddings across calls."""
-        top_k = check_top_k(top_k, allow_all=True)
+        top_k = check_top_k(top_k)
         labels = self.check_labels(labels)
         _, single = as_list(images, IMAGE_TYPES)
         probs = self.probabilities(images, labels, templates, text_embeddings)

@@ -17,7 +17,7 @@ Decoding uses soundfile; resampling uses soxr, or scipy when soxr is missing.
 from vlmedge.preprocess.audio.features import fbank, preprocess_audio, split_windows, window_count
 from vlmedge.preprocess.audio.io import (
     AUDIO_SUFFIXES,
-    MAX_CHANNELS,
+    MAX_ARRAY_CHANNELS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     load_audio,
@@ -26,6 +26,6 @@ from vlmedge.preprocess.audio.io import (
 from vlmedge.preprocess.audio.spec import FRONT_ENDS, AudioPreprocessSpec
 
 __all__ = [
-    "AUDIO_SUFFIXES", "FRONT_ENDS", "MAX_CHANNELS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioPreprocessSpec",
+    "AUDIO_SUFFIXES", "FRONT_ENDS", "MAX_ARRAY_CHANNELS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioPreprocessSpec",
     "fbank", "load_audio", "preprocess_audio", "resample", "split_windows", "window_count",
 ]

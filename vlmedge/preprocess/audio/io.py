@@ -25,8 +25,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".ai
 # 1 kHz a rate is a mistake (kHz for Hz) that would resample a clip into a huge one.
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 192_000
-# More channels than this is almost certainly a batch of clips passed as one 2-D array.
-MAX_CHANNELS = 64
+# An array with more channels than stereo is most likely a batch of clips passed as one 2-D
+# array (N, samples), which would be averaged into one clip; files keep any channel count.
+MAX_ARRAY_CHANNELS = 2
 
 
 def check_rate(rate, what: str = "sample rate", advice: str = "pass the clip's real sample rate") -> int:
@@ -148,9 +149,11 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
         raise InputError("The audio array is empty; pass a clip with at least one sample.")
     # Channels go on the smaller axis; a square array is read as (samples, channels), like soundfile.
     channel_axis = None if audio.ndim == 1 else int(audio.shape[1] <= audio.shape[0])
-    if channel_axis is not None and audio.shape[channel_axis] > MAX_CHANNELS:
+    if channel_axis is not None and audio.shape[channel_axis] > MAX_ARRAY_CHANNELS:
         raise InputError(
-            f"An audio array of shape {audio.shape} has too many channels; pass a list of 1-D clips instead."
+            f"An audio array of shape {audio.shape} reads as one clip of {audio.shape[channel_axis]} channels, which "
+            f"would be averaged into one: too many channels for an array, most likely a batch of clips; pass a list of "
+            f"1-D clips (list(array)), or mix a multi-channel recording down yourself (array.mean(axis={channel_axis}))."
         )
     return _to_mono(audio, channel_axis), sr
 
