@@ -209,3 +209,37 @@ def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, im
     assert "answered NaN or infinity for 1 of the 1 input(s)" in rows[1]["error"] and rows[1]["labels"] is None
     assert rows[0]["labels"] == rows[2]["labels"] and len(rows[0]["labels"]) == 4
 
+
+
+def test_a_pipeline_refuses_to_be_pickled_in_one_sentence(two_target_artifact, image_files):
+    """pickle, deepcopy and a multiprocessing pool raised ONNX Runtime's own TypeError ("cannot
+    pickle InferenceSession"); now a UsageError says to load the artifact in each worker.
+    copy.copy shares the loaded model; the repr of a closed pipeline says so."""
+    import copy
+    import pickle
+
+    import vlmedge
+    from vlmedge.errors import UsageError
+
+    classifier = vlmedge.load(two_target_artifact, backend="onnxruntime", cache=False)
+    for attempt in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(UsageError, match=r"^A loaded ImageClassifier cannot be pickled or copied to another process "
+                                             r"\(its onnxruntime session lives in this one\); pass the artifact path"):
+            attempt(classifier)
+    shared = copy.copy(classifier)
+    assert shared.classify(image_files[0]) == classifier.classify(image_files[0])
+    classifier.close()
+    assert repr(classifier).endswith(", closed)") and "closed" not in repr(vlmedge.load(two_target_artifact, cache=False))
+
+
+def test_loading_a_model_reference_says_to_export_it_first(hf_classifier_dir):
+    """vlmedge.load("builtin:shapes-vit") or a save_pretrained folder is a model, not an artifact:
+    the refusal says to export it (it said to pass an export's folder, or that no manifest was found)."""
+    import vlmedge
+
+    with pytest.raises(ArtifactError, match=r"^No artifact folder at builtin:shapes-vit; export it first \(vlmedge "
+                                            r"export builtin:shapes-vit -o out/model\) and pass that folder\.$"):
+        vlmedge.load("builtin:shapes-vit")
+    folder = hf_classifier_dir("vit")
+    with pytest.raises(ArtifactError, match=rf"^{folder} is a model folder, not an artifact; export it first"):
+        vlmedge.load(folder)

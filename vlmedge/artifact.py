@@ -90,11 +90,17 @@ class Artifact:
             raise InputError(f"An artifact is a folder path (a str or os.PathLike), not {type(path).__name__}.")
         root = Path(path)
         if not root.is_dir():
-            raise ArtifactError(f"No artifact folder at {root}; pass the folder that `vlmedge export -o` wrote.")
+            advice = (f"export it first (vlmedge export {path} -o out/model) and pass that folder"
+                      if str(path).startswith(("builtin:", "timm:", "open_clip:")) else
+                      "pass the folder that `vlmedge export -o` wrote")
+            raise ArtifactError(f"No artifact folder at {path}; {advice}.")
         manifest_path = root / MANIFEST_NAME
         if manifest_path.is_symlink():
             raise ArtifactError(f"{manifest_path} is a symbolic link; artifacts must hold plain files. Re-export it.")
         if not manifest_path.is_file():
+            if (root / "config.json").is_file():
+                raise ArtifactError(f"{root} is a model folder, not an artifact; export it first (vlmedge export {root} "
+                                    "-o out/model) and pass that folder.")
             raise ArtifactError(f"{root} has no {MANIFEST_NAME}; it is not a vlmedge artifact (or its export did not finish).")
         info = manifest_path.stat()
         if info.st_nlink > 1:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from vlmedge.errors import ArtifactError, InputError
+from vlmedge.errors import ArtifactError, InputError, UsageError
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 
@@ -30,7 +30,22 @@ class Pipeline:
     model: Any  # runtimes.select.ModelSessions; not imported here, so that no backend loads with this module
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.model!r})"
+        closed = ", closed" if all(s.closed for s in self.model.sessions.values()) else ""
+        return f"{type(self).__name__}({self.model!r}{closed})"
+
+    def __reduce__(self) -> Any:
+        """A pipeline does not travel to another process (pickle, multiprocessing, deepcopy):
+        its backend's session lives in this one. Said in one sentence, not as the backend's
+        TypeError; a worker loads the artifact itself."""
+        raise UsageError(f"A loaded {type(self).__name__} cannot be pickled or copied to another process (its "
+                         f"{self.model.backend} session lives in this one); pass the artifact path and call "
+                         "vlmedge.load in each worker.")
+
+    def __copy__(self) -> "Pipeline":
+        """A second pipeline object sharing this one's loaded model (copy.copy)."""
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
 
     def check_graph_feeds(self, graph: str, feeds: dict[str, np.ndarray]) -> None:
         """What the task checks of raw feeds for one of its graphs beyond Session.check_feeds

@@ -49,9 +49,23 @@ class ImageClassifier(Pipeline):
         return self._activate(self.logits(images))
 
     def classify(self, images: Any, top_k: int | None = 5) -> list[Prediction] | list[list[Prediction]]:
-        """Ranked (label, index, score) per image, the top_k best (None: every label, where
-        transformers' pipeline reads None as its default, 5); one list for one image, a list of
-        lists for a list."""
+        """Ranked labels per image, best first.
+
+        Args:
+            images: a path, the bytes of an image file, a PIL image or an HWC uint8 array, or a
+                list of them (decoded and preprocessed by `decode_workers` threads).
+            top_k: the top_k best labels; None: every label (where transformers' pipeline reads
+                None as its default, 5).
+
+        Returns:
+            A list of Prediction(label, index, score) for one image, a list of such lists for a
+            list. Scores are the model's activation: softmax, sigmoid (multi-label and
+            one-label models) or the raw outputs of a regression model.
+
+        Raises:
+            InputError: an input that cannot be read or used (its position in a list named),
+                or a top_k that is not a positive integer or None.
+        """
         top_k = check_top_k(top_k)
         _, single = as_list(images, IMAGE_TYPES)
         results = self._ranked(self.probabilities(images), top_k)

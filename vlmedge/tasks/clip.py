@@ -250,10 +250,26 @@ class Clip(Pipeline):
 
     def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
                   top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
-        """Ranked (label, index, score) per image, best first: every label, as transformers'
-        zero-shot pipeline answers, or the top_k best; one list for one image, a list of lists
-        for a list. Pass ``text_embeddings=clip.text_embeddings(labels, templates)`` to reuse
-        the label embeddings across calls."""
+        """Ranks candidate labels per image, best first, as transformers' zero-shot pipeline.
+
+        Args:
+            images: a path, the bytes of an image file, a PIL image or an HWC uint8 array, or a
+                list of them.
+            labels: the candidate labels (at least one, none twice).
+            templates: prompts with one "{}" for the label, e.g. "a photo of a {}."; several
+                are averaged (prompt ensembling); None: DEFAULT_TEMPLATES.
+            top_k: the top_k best labels; None: every label.
+            text_embeddings: ``clip.text_embeddings(labels, templates)``, to reuse the label
+                embeddings across calls (then leave templates out).
+
+        Returns:
+            A list of Prediction(label, index, score) for one image, a list of such lists for a
+            list; scores are a softmax over the labels (CLIP) or a sigmoid per label (SigLIP).
+
+        Raises:
+            InputError: an unreadable input, empty or repeated labels, a template without
+                "{}", templates given with text_embeddings, or a bad top_k.
+        """
         top_k = check_top_k(top_k)
         labels = self.check_labels(labels)
         _, single = as_list(images, IMAGE_TYPES)
