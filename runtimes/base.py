@@ -81,7 +81,7 @@ def backend_for_file(path: Path) -> Backend | None:
 def backend_named(name: str) -> Backend:
     """The backend called `name`; a clear error listing the known ones otherwise."""
     if name not in BACKENDS:
-        raise BackendUnavailableError(f"Unknown backend '{name}'; choose one of {', '.join(BACKENDS)}.")
+        raise UsageError(f"Unknown backend '{name}'; choose one of {', '.join(BACKENDS)}.")
     return BACKENDS[name]
 
 
@@ -95,11 +95,11 @@ def check_session_options(backend: Backend, options: Mapping[str, Any]) -> None:
         said = ", ".join(f"'{name}'" + (f" (an option of {' and '.join(whose[name])})" if whose[name] else "")
                          for name in unknown)
         advice = "leave it out or choose that backend" if any(whose.values()) else "leave it out"
-        raise InputError(f"The {backend.name} backend takes no session option {said}; its options are "
+        raise UsageError(f"The {backend.name} backend takes no session option {said}; its options are "
                          f"{', '.join(backend.option_names()) or 'none'}: {advice}.")
     threads = options.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a whole number of at least 1, not {threads!r}.")
+        raise UsageError(f"threads must be a whole number of at least 1, not {threads!r}.")
 
 
 def backend_of_target(target: str) -> Backend | None:

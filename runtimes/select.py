@@ -13,7 +13,7 @@ from typing import Any
 
 from vlmedge.artifact import Artifact
 from vlmedge.environment import cpu_flags, cpuinfo
-from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, UnverifiedWarning, warn_caller
+from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning, UsageError, warn_caller
 from vlmedge.parity import PRECISIONS
 from vlmedge.runtimes.base import (BACKENDS, Session, backend_named, backend_of_target, check_session_options,
                                    open_session)
@@ -219,7 +219,7 @@ def entries_to_open(artifact: Artifact, backend: str = "auto", device: str = "cp
     if precision is None:
         precision = choose_precision(entries)
     elif precision not in PRECISIONS:
-        raise InputError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}, or None for the "
+        raise UsageError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}, or None for the "
                          "fastest file that passed its parity gate.")
     chosen = {}
     for graph in artifact.manifest["graphs"]:

@@ -195,7 +195,7 @@ def test_a_misspelt_load_keyword_is_named_as_such(vit_artifact):
     from vlmedge.errors import InputError
 
     for keyword in ("precison", "session_options"):
-        with pytest.raises(InputError, match=rf"vlmedge.load takes no keyword '{keyword}'; it takes backend, device, "
+        with pytest.raises(UsageError, match=rf"vlmedge.load takes no keyword '{keyword}'; it takes backend, device, "
                                              r"precision, decode_workers, cache and the backends' session options: threads"):
             vlmedge.load(vit_artifact, **{keyword: 1})
 

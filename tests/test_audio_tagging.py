@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vlmedge.errors import InputError, VlmedgeError
+from vlmedge.errors import InputError, UsageError, VlmedgeError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -413,7 +413,8 @@ def test_bad_inputs_raise_clear_errors(exported, audio_files, tmp_path):
     for what, call in bad_calls.items():
         with pytest.raises(VlmedgeError) as info:
             call()
-        assert isinstance(info.value, InputError), what
+        option = what.startswith(("top_k", "aggregate", "window_hop", "threshold"))  # a value outside its choices
+        assert isinstance(info.value, UsageError if option else InputError), what
         assert str(info.value).strip(), what
     assert "clip 1" in str(pytest.raises(InputError, bad_calls["bad clip in a list"]).value)
     # transformers' pipeline input, {"raw": array, "sampling_rate": rate}, is the array with its rate
@@ -485,9 +486,9 @@ def test_regression_and_one_label_scores_match_the_transformers_pipeline(num_lab
     np.testing.assert_allclose([t.score for t in got], list(expected.values()), atol=ATOL)
     if activation != "none":
         return
-    with pytest.raises(InputError, match="raw regression outputs"):
+    with pytest.raises(UsageError, match="raw regression outputs"):
         tagger.tag(wave, sample_rate=SR, threshold=0.5)
-    with pytest.raises(InputError, match="raw regression outputs"):
+    with pytest.raises(UsageError, match="raw regression outputs"):
         make_job(tmp_path / "artifact", "tag", threshold=0.5)
     if importlib.util.find_spec("starlette") and importlib.util.find_spec("httpx"):  # served: refused alike
         import httpx

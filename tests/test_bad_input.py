@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import vlmedge
-from vlmedge.errors import InputError, ModelNotFoundError, UnsupportedModelError
+from vlmedge.errors import InputError, ModelNotFoundError, UnsupportedModelError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_wrong_shaped_array(classifier, shape):
 
 
 def test_bad_top_k(classifier):
-    with pytest.raises(InputError, match="top_k"):
+    with pytest.raises(UsageError, match="top_k"):  # an option, not an input
         classifier.classify(np.zeros((8, 8, 3), np.uint8), top_k=0)
 
 

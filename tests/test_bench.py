@@ -19,7 +19,7 @@ import pytest
 import vlmedge
 from vlmedge.bench.report import header_lines
 from vlmedge.bench.result import BenchResult
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "benchmarks" / "bench.schema.json").read_text())
@@ -307,7 +307,7 @@ def test_openvino_ir_peer_runs_on_openvino(two_target_artifact, tmp_path):
 
 @pytest.mark.parametrize("name", ["q:int4", ":int8", "q:"])
 def test_peer_with_an_unknown_precision_is_refused_before_measuring(vit_artifact, name):
-    with pytest.raises(InputError, match="NAME:PRECISION"):
+    with pytest.raises(UsageError, match="NAME:PRECISION"):
         vlmedge.bench(vit_artifact, peers={name: vit_artifact / "onnx" / "model.fp32.onnx"}, **FAST)
 
 
@@ -371,26 +371,26 @@ def test_every_graph_is_measured_and_absences_are_explained(tmp_path):
 def test_bad_options_are_one_sentence_errors(vit_artifact):
     from vlmedge.errors import InputError
 
-    with pytest.raises(InputError, match="not both"):
+    with pytest.raises(UsageError, match="not both"):
         vlmedge.bench(vit_artifact, iterations=3, duration=1.0)
-    with pytest.raises(InputError, match="Unknown backend"):
+    with pytest.raises(UsageError, match="Unknown backend"):
         vlmedge.bench(vit_artifact, backends=["cuda-magic"])
-    with pytest.raises(InputError, match="sweep"):
+    with pytest.raises(UsageError, match="sweep"):
         vlmedge.bench(vit_artifact, sweep=["precision"])
-    with pytest.raises(InputError, match="rounds must be positive"):
+    with pytest.raises(UsageError, match="rounds must be positive"):
         vlmedge.bench(vit_artifact, rounds=0)
-    with pytest.raises(InputError, match="batch sizes must be positive integers, not 1.5"):
+    with pytest.raises(UsageError, match="batch sizes must be positive integers, not 1.5"):
         vlmedge.bench(vit_artifact, batch_sizes=1.5)
-    with pytest.raises(InputError, match="Unknown backend 5; choose from"):
+    with pytest.raises(UsageError, match="Unknown backend 5; choose from"):
         vlmedge.bench(vit_artifact, backends=5)
     # each was taken before any measuring: 0 threads as the default, "no" as yes, a string called
-    with pytest.raises(InputError, match="threads must be positive integers, not 0"):
+    with pytest.raises(UsageError, match="threads must be positive integers, not 0"):
         vlmedge.bench(vit_artifact, threads=0)
-    with pytest.raises(InputError, match="roofline must be True or False, not 'no'"):
+    with pytest.raises(UsageError, match="roofline must be True or False, not 'no'"):
         vlmedge.bench(vit_artifact, roofline="no")
-    with pytest.raises(InputError, match="remeasure_peak must be True or False, not 'yes'"):
+    with pytest.raises(UsageError, match="remeasure_peak must be True or False, not 'yes'"):
         vlmedge.bench(vit_artifact, remeasure_peak="yes")
-    with pytest.raises(InputError, match="progress must be a function taking a line of text, not str"):
+    with pytest.raises(UsageError, match="progress must be a function taking a line of text, not str"):
         vlmedge.bench(vit_artifact, progress="x")
 
 

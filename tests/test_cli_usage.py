@@ -117,7 +117,7 @@ def test_session_options_reach_the_backend_that_runs_the_files(two_target_artifa
     assert "OpenVINO CPU bf16" in result.stderr and "parity gate did not check" in result.stderr
     result = vlmedge_cli("predict", two_target_artifact, SAMPLE, "--backend", "onnxruntime",
                          "--session-option", "performance_hint=throughput")
-    assert result.returncode == 1 and "takes no session option 'performance_hint' (an option of openvino)" in result.stderr
+    assert result.returncode == 2 and "takes no session option 'performance_hint' (an option of openvino)" in result.stderr
 
 
 def test_predict_refuses_options_its_task_does_not_take(vit_artifact, tmp_path):

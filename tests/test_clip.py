@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 from tests.clip_models import CONFIGS, EXTRA_TOKEN, tiny_clip_folder
 
 torch = pytest.importorskip("torch")
@@ -464,7 +464,7 @@ def test_bad_inputs_are_input_errors(pipelines):
     for bad in ("{:>999999999}", "{0.__class__}", "{} and {}", "{x}", "a {"):
         with pytest.raises(InputError, match="is not a template of one label"):
             clip.zero_shot(image, ["cat"], templates=[bad])
-    with pytest.raises(InputError):
+    with pytest.raises(UsageError):
         clip.zero_shot(image, ["cat"], top_k=0)
     with pytest.raises(InputError):
         clip.zero_shot(image, ["cat", "dog"], text_embeddings=clip.text_embeddings(["cat"]))

@@ -191,18 +191,18 @@ def test_embeddings_and_attention_match_hugging_face(family, exported, encoder_d
 
 def test_unavailable_pooling_is_a_clear_error(exported):
     import vlmedge
-    from vlmedge.errors import InputError
+    from vlmedge.errors import UsageError
 
     swin = vlmedge.load(exported("swin"))
-    with pytest.raises(InputError, match="not available for swin"):
+    with pytest.raises(UsageError, match="not available for swin"):
         swin.embed(SAMPLES / "red-circle.jpg", pooling="cls")
-    with pytest.raises(InputError, match="Unknown pooling 'max'; choose one of mean, pooled.$"):  # swin's own choices
+    with pytest.raises(UsageError, match="Unknown pooling 'max'; choose one of mean, pooled.$"):  # swin's own choices
         swin.embed(SAMPLES / "red-circle.jpg", pooling="max")
-    with pytest.raises(InputError, match="normalize must be True or False, not 'no'"):  # a true string
+    with pytest.raises(UsageError, match="normalize must be True or False, not 'no'"):  # a true string
         swin.embed(SAMPLES / "red-circle.jpg", normalize="no")
     from vlmedge.bulk.job import make_job
 
-    with pytest.raises(InputError, match="normalize must be True or False, not 'false'"):
+    with pytest.raises(UsageError, match="normalize must be True or False, not 'false'"):
         make_job(exported("swin"), "embed", normalize="false")
 
 
@@ -361,7 +361,7 @@ def test_render_attention_refuses_what_it_cannot_draw_or_write_before_drawing(ex
     """A folder (IsADirectoryError), a missing folder under /proc (FileNotFoundError), panel_size 0
     (a 34 x 29 sheet), alpha 2 (an extrapolated blend) and a .jpg name (PNG bytes in it) went through."""
     import vlmedge
-    from vlmedge.errors import InputError, OutputError
+    from vlmedge.errors import OutputError, UsageError
 
     encoder = vlmedge.load(exported("dino"))
     image = SAMPLES / "red-circle.jpg"
@@ -370,10 +370,10 @@ def test_render_attention_refuses_what_it_cannot_draw_or_write_before_drawing(ex
                             ({"panel_size": 0}, "panel_size must be a whole number of pixels from 16 up, not 0"),
                             ({"alpha": 2}, r"alpha must be a number from 0 \(the image only\) to 1"),
                             ({"columns": 0}, "columns must be a positive whole number or None, not 0")]:
-        with pytest.raises(InputError, match=message):
+        with pytest.raises(UsageError, match=message):
             encoder.render_attention(image, **{"path": tmp_path / "ok.png", **kwargs})
     (tmp_path / "taken.png").mkdir()
-    with pytest.raises(InputError, match="is a folder; name the PNG file to write inside it"):
+    with pytest.raises(UsageError, match="is a folder; name the PNG file to write inside it"):
         encoder.render_attention(image, tmp_path / "taken.png")
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match=r"Cannot write the attention sheet .*file/sheet\.png \(.*\); choose a path"):

@@ -265,16 +265,16 @@ def test_session_options_are_the_chosen_backends_own(two_target_artifact, monkey
     cache replaces it); each backend takes its own."""
     import vlmedge
     import vlmedge.runtimes.select as select
-    from vlmedge.errors import InputError
+    from vlmedge.errors import UsageError
 
     monkeypatch.setattr(select, "cpuinfo", lambda: {"vendor_id": "AuthenticAMD", "flags": "avx2"})  # auto: ORT
-    with pytest.raises(InputError, match=r"^The onnxruntime backend takes no session option 'performance_hint' "
+    with pytest.raises(UsageError, match=r"^The onnxruntime backend takes no session option 'performance_hint' "
                                          r"\(an option of openvino\); its options are threads, optimization"):
         vlmedge.load(two_target_artifact, precision="fp32", cache=False, performance_hint="throughput")
-    with pytest.raises(InputError, match=r"vlmedge.load takes no keyword 'cache_dir'; .*session options: threads"):
+    with pytest.raises(UsageError, match=r"vlmedge.load takes no keyword 'cache_dir'; .*session options: threads"):
         vlmedge.load(two_target_artifact, backend="openvino", precision="fp32", cache=False, cache_dir="/tmp/ov")
     for threads in (0, "2", True):
-        with pytest.raises(InputError, match="threads must be a whole number of at least 1"):
+        with pytest.raises(UsageError, match="threads must be a whole number of at least 1"):
             vlmedge.load(two_target_artifact, backend="onnxruntime", precision="fp32", cache=False, threads=threads)
     ov = vlmedge.load(two_target_artifact, backend="openvino", precision="fp32", cache=False, threads=1,
                       performance_hint="throughput", inference_precision="fp32").model.sessions["model"]

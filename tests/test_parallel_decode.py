@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 from vlmedge.preprocess.parallel import DEFAULT_WORKERS, check_workers, prepare_ordered
 
 BACKEND = {"backend": "onnxruntime"}
@@ -71,7 +71,7 @@ def test_the_worker_count_is_checked():
     assert check_workers(None) == DEFAULT_WORKERS == min(4, __import__("os").cpu_count() or 1)
     assert check_workers(3) == 3
     for bad in (0, -1, 1.5, True, "2"):
-        with pytest.raises(InputError, match="decode_workers must be a positive integer"):
+        with pytest.raises(UsageError, match="decode_workers must be a positive integer"):
             check_workers(bad)
 
 
@@ -197,7 +197,7 @@ def test_embed_list_equals_the_serial_loop(encoder_artifact, photos):
 
 
 def test_the_decode_workers_option_is_checked(vit_artifact):
-    with pytest.raises(InputError, match="decode_workers must be a positive integer"):
+    with pytest.raises(UsageError, match="decode_workers must be a positive integer"):
         load(vit_artifact, 0)
 
 

@@ -179,6 +179,8 @@ def test_exif_orientation_is_applied(mode_files):
     with Image.open(mode_files["exif6"]) as raw:
         assert raw.size == (61, 47)
     assert load_image(mode_files["exif6"]).size == (47, 61)
+    plain = Image.new("RGB", (5, 4))
+    assert load_image(plain) is plain  # nothing to turn or convert: read as it is, not copied whole per call
 
 
 def test_alpha_dropped_for_files_and_pil_but_composited_for_arrays(mode_files):

@@ -350,7 +350,7 @@ def test_clip_image_embeddings_from_a_shipped_artifact(ray_local, exported, imag
 def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, exported, images, tmp_path):
     import vlmedge.ray as vray
 
-    with pytest.raises(InputError, match="runs classify, not 'tag'"):
+    with pytest.raises(UsageError, match="runs classify, not 'tag'"):
         vray.run(vit_artifact, images, "tag")
     with pytest.raises(InputError, match="non-empty list of candidate labels"):
         vray.run(exported("clip"), images, "classify")
@@ -366,7 +366,7 @@ def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, expo
         vray.run(exported("clip"), images, "embed_texts")
     with pytest.raises(VlmedgeError, match="No artifact folder"):
         vray.run(tmp_path / "nothing", images)
-    with pytest.raises(InputError, match=r"onnxruntime backend takes no session option 'performance_hint' \(an option"):
+    with pytest.raises(UsageError, match=r"onnxruntime backend takes no session option 'performance_hint' \(an option"):
         vray.run(vit_artifact, images, session_options={"performance_hint": "throughput"}, **BACKEND)
     with pytest.raises(BackendUnavailableError, match="has no int8 onnx file for graph"):
         vray.run(vit_artifact, images, backend="onnxruntime", precision="int8")
@@ -378,7 +378,7 @@ def test_make_job_refuses_what_a_worker_could_not_load(artifact_copy):
 
     from vlmedge.bulk.job import make_job
 
-    with pytest.raises(InputError, match="Unknown precision 'fp33'"):
+    with pytest.raises(UsageError, match="Unknown precision 'fp33'"):
         make_job(artifact_copy, precision="fp33")
     with pytest.raises(BackendUnavailableError, match="has no int8 onnx file for graph"):
         make_job(artifact_copy, backend="onnxruntime", precision="int8")
@@ -645,14 +645,14 @@ def test_top_k_left_out_is_the_python_calls_default_on_every_surface(exported, v
     from tests.test_cli import vlmedge_cli
     from vlmedge.artifact import Artifact
     from vlmedge.bulk.job import make_job
-    from vlmedge.errors import InputError
+    from vlmedge.errors import UsageError
 
     labels = ["red", "green", "blue", "yellow", "purple", "orange"]
     assert make_job(exported("clip"), "zero_shot", labels=labels).options["top_k"] is None
     assert make_job(exported("clip"), "zero_shot", labels=labels, top_k=2).options["top_k"] == 2
     assert make_job(vit_artifact, "classify").options["top_k"] == 5
     assert make_job(vit_artifact, "classify", top_k=None).options["top_k"] is None
-    with pytest.raises(InputError, match=r"top_k must be a positive integer \(or None for all labels\), not 0"):
+    with pytest.raises(UsageError, match=r"top_k must be a positive integer \(or None for all labels\), not 0"):
         make_job(vit_artifact, "classify", top_k=0)
     zero_shot = vlmedge_cli("predict", exported("clip"), image_files[0], "--labels", ",".join(labels), "--json")
     assert zero_shot.returncode == 0 and len(json.loads(zero_shot.stdout)[0]["predictions"]) == 6, zero_shot.stderr

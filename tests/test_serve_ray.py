@@ -212,12 +212,12 @@ def test_cli_engine_errors_are_one_sentence(vit_artifact, args, words, code):
 
 
 def test_a_session_option_the_backend_does_not_take_is_refused_before_any_replica_starts(vit_artifact):
-    from vlmedge.errors import InputError
+    from vlmedge.errors import UsageError
     from vlmedge.serve.ray_serve import build
 
-    with pytest.raises(InputError, match=r"onnxruntime backend takes no session option 'performance_hint'"):
+    with pytest.raises(UsageError, match=r"onnxruntime backend takes no session option 'performance_hint'"):
         build([str(vit_artifact)], backend="onnxruntime", session_options={"performance_hint": "throughput"})
-    with pytest.raises(InputError, match="replicas must be a whole number of at least 1, not 0"):
+    with pytest.raises(UsageError, match="replicas must be a whole number of at least 1, not 0"):
         build([str(vit_artifact)], replicas=0)
 
 

@@ -55,7 +55,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
     Raises:
         ArtifactError: the folder is not a readable, untampered vlmedge artifact.
         BackendUnavailableError: the backend is not installed or cannot run here.
-        InputError: a session option the chosen backend does not take, or a bad value.
+        UsageError: an argument outside its choices: a precision, a session option the chosen
+            backend does not take, a keyword vlmedge.load does not take.
 
     Example:
         >>> import vlmedge

@@ -16,7 +16,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vlmedge.errors import ArtifactError, InputError
+from vlmedge.errors import ArtifactError, UsageError
 
 # What one input of a method is.
 INPUT_KINDS = ("image", "audio", "text")
@@ -68,7 +68,7 @@ class Task:
         for method in self.methods:
             if method.name == wanted:
                 return method
-        raise InputError(f"An artifact for {self.name} runs {', '.join(m.name for m in self.methods)}, not {name!r}.")
+        raise UsageError(f"An artifact for {self.name} runs {', '.join(m.name for m in self.methods)}, not {name!r}.")
 
     def method_for_graph(self, graph: str) -> Method:
         """The first method that runs `graph` (what `vlmedge bench` times end to end)."""

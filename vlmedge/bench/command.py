@@ -48,7 +48,7 @@ def _peers(values: Optional[list[str]]) -> dict[str, str]:
             raise typer.BadParameter(f"give NAME=FILE or NAME:PRECISION=FILE (an .onnx file or an OpenVINO .xml), not {value!r}", param_hint="--peer")
         try:  # NAME:PRECISION checked before anything is exported or measured
             peer_files({name: path})
-        except InputError as exc:
+        except (InputError, UsageError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--peer") from None
         if name in peers:
             raise typer.BadParameter(f"{name} is given twice; give each peer a name of its own", param_hint="--peer")

@@ -17,7 +17,7 @@ from rich.table import Table
 from vlmedge.bench.peak import GEMM_DEPTH
 from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
 from vlmedge.bench.timing import round_share
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 from vlmedge.tables import print_rows
 
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
@@ -279,7 +279,7 @@ def _describe(key: tuple, row: Row) -> str:
 def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, metric: str = "p50_ms") -> Comparison:
     """Per matching row, how much slower NEW is than BASE; regressions exceed max_slowdown."""
     if metric not in METRICS:
-        raise InputError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
+        raise UsageError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
     if not max_slowdown >= 1.0:
         raise InputError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
     base_rows = {r.key: r for r in base.rows}

@@ -11,7 +11,7 @@ import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from vlmedge.artifact import Artifact
@@ -37,7 +37,7 @@ def _positive(name: str, values: Sequence[Any]) -> list[int]:
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise InputError(f"{name} must be positive integers, not {v!r}.")
+            raise UsageError(f"{name} must be positive integers, not {v!r}.")
         out.append(int(v))
     return sorted(dict.fromkeys(out))
 
@@ -61,7 +61,7 @@ def _thread_grid(cores: int) -> list[int]:
 def _known(kind: str, given: Sequence[str] | None, known: Sequence[str]) -> None:
     unknown = [x for x in given or () if x not in known]
     if unknown:
-        raise InputError(f"Unknown {kind} {', '.join(map(str, unknown))}; choose from {', '.join(known)}.")
+        raise UsageError(f"Unknown {kind} {', '.join(map(str, unknown))}; choose from {', '.join(known)}.")
 
 
 def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
@@ -76,7 +76,7 @@ def peer_files(peers: dict[str, Any] | None) -> list[tuple[str, str, Path]]:
     for key, path in (peers or {}).items():
         name, _, precision = str(key).rpartition(":") if ":" in str(key) else (str(key), "", "fp32")
         if not name or precision not in PRECISIONS:
-            raise InputError(f"A peer is named NAME or NAME:PRECISION with a precision of {', '.join(PRECISIONS)}, "
+            raise UsageError(f"A peer is named NAME or NAME:PRECISION with a precision of {', '.join(PRECISIONS)}, "
                              f"not {key!r}.")
         readers = [b for b in BACKENDS.values() if b.module]
         if backend_for_file(Path(path)) not in readers:
@@ -102,16 +102,16 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
 
     end_to_end, random_inputs = check_flag("end_to_end", end_to_end), check_flag("random_inputs", random_inputs)
     if iterations is not None and duration is not None:
-        raise InputError("Give either iterations or duration, not both.")
+        raise UsageError("Give either iterations or duration, not both.")
     _positive("iterations", ([iterations] if iterations is not None else []) + [min_iterations])
     if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
-        raise InputError(f"duration must be a positive number of seconds, not {duration!r}.")
+        raise UsageError(f"duration must be a positive number of seconds, not {duration!r}.")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise InputError(f"warmup must be a non-negative integer, not {warmup!r}.")
+        raise UsageError(f"warmup must be a non-negative integer, not {warmup!r}.")
     backends, precisions, batch_sizes = _as_list(backends), _as_list(precisions), _as_list(batch_sizes)
     sweep = list(dict.fromkeys(_as_list(sweep)))
     if set(sweep) - set(SWEEPS):
-        raise InputError(f"sweep takes 'threads' and/or 'batch', not {', '.join(sorted(set(sweep) - set(SWEEPS)))}.")
+        raise UsageError(f"sweep takes 'threads' and/or 'batch', not {', '.join(sorted(set(sweep) - set(SWEEPS)))}.")
     if rounds is not None:
         _positive("rounds", [rounds])
         memory_method += ("; with rounds, read after the warm-up calls, each session staying open until the "

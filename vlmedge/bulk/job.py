@@ -14,7 +14,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, Callable
 
-from vlmedge.errors import ArtifactError, InputError
+from vlmedge.errors import ArtifactError, InputError, UsageError
 
 # The options a task method takes are the registry's (Method.options). All but
 # PREPARE_OPTIONS are keyword arguments of the pipeline's `<method>_prepared`; those are
@@ -80,7 +80,7 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
     takes = chosen.options
     for names, message in NOT_TAKEN:
         if any(given[n] != DEFAULTS[n] for n in names if n not in takes):
-            raise InputError(message)
+            raise UsageError(message)
     if chosen.name == "embed_images":
         from vlmedge.tasks.clip import image_embedding_refusal
 

@@ -17,7 +17,7 @@ import numbers
 import os
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from vlmedge.errors import InputError
+from vlmedge.errors import UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,7 +40,7 @@ def check_workers(workers: Any) -> int:
     if workers is None:
         return DEFAULT_WORKERS
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
-        raise InputError(f"decode_workers must be a positive integer (1: decode serially), or None for the "
+        raise UsageError(f"decode_workers must be a positive integer (1: decode serially), or None for the "
                          f"default of {DEFAULT_WORKERS}; not {workers!r}.")
     return int(workers)
 

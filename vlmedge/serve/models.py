@@ -24,7 +24,7 @@ from typing import Any, Hashable
 
 import numpy as np
 
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 from vlmedge.preprocess import READ_ERRORS
 from vlmedge.preprocess.parallel import prepare_ordered
 from vlmedge.serve.config import Limits
@@ -70,10 +70,11 @@ def _split(items: list[Any], counts: list[int]) -> list[list[Any]]:
 
 @contextlib.contextmanager
 def _as_invalid_field():
-    """A pipeline's InputError about a request option, as the protocol's 422 invalid_field."""
+    """A pipeline's refusal of a request option (a UsageError: a value outside its choices; an
+    InputError: labels or templates it cannot use), as the protocol's 422 invalid_field."""
     try:
         yield
-    except InputError as exc:
+    except (InputError, UsageError) as exc:
         raise invalid("invalid_field", str(exc)) from None
 
 

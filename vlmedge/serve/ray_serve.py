@@ -28,7 +28,7 @@ from typing import Any, Hashable
 
 from ray import serve
 
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 from vlmedge.serve.batcher import Timing
 from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
 from vlmedge.serve.problems import Problem, retry_after
@@ -185,7 +185,7 @@ def build(artifacts: list[str], replicas: int = 1, backend: str = "auto", precis
     from vlmedge.serve.app import named_artifacts
 
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise InputError(f"replicas must be a whole number of at least 1, not {replicas!r}.")
+        raise UsageError(f"replicas must be a whole number of at least 1, not {replicas!r}.")
     batch = batch or BatchConfig()
     paths = {name: str(path) for name, path in named_artifacts(artifacts).items()}
     for path in paths.values():  # before any replica starts: each would fail on its own

@@ -42,16 +42,16 @@ def _check_load_arguments(device: Any, cache: Any, options: dict[str, Any]) -> N
     """The arguments whose wrong type would otherwise surface as an AttributeError deep
     inside, or, for cache="no" (a true string), silently as its opposite (Artifact.open checks
     the path); a keyword no backend takes is a misspelling, not a session option."""
-    from vlmedge.errors import InputError
+    from vlmedge.errors import UsageError
     from vlmedge.runtimes.base import declared_session_options
 
     declared = list(declared_session_options())
     unknown = [name for name in options if name not in declared]
     if unknown:
-        raise InputError(f"vlmedge.load takes no keyword {', '.join(map(repr, unknown))}; it takes backend, device, "
+        raise UsageError(f"vlmedge.load takes no keyword {', '.join(map(repr, unknown))}; it takes backend, device, "
                          f"precision, decode_workers, cache and the backends' session options: {', '.join(declared)}.")
 
     if not isinstance(device, str) or not device.strip():
-        raise InputError(f"device must be a name such as 'cpu', 'cuda' or 'GPU', not {device!r}.")
+        raise UsageError(f"device must be a name such as 'cpu', 'cuda' or 'GPU', not {device!r}.")
     if cache is not None and not isinstance(cache, bool):
-        raise InputError(f"cache must be True, False or None (the environment decides), not {cache!r}.")
+        raise UsageError(f"cache must be True, False or None (the environment decides), not {cache!r}.")

@@ -18,7 +18,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from vlmedge.errors import ArtifactError, InputError
+from vlmedge.errors import ArtifactError, InputError, UsageError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
 from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
@@ -229,7 +229,7 @@ class AudioTagger(Pipeline):
         shift = spec.frame_shift / spec.sampling_rate
         if (isinstance(window_hop, bool) or not isinstance(window_hop, numbers.Real)
                 or not math.isfinite(window_hop) or not shift <= window_hop <= spec.window_seconds):
-            raise InputError(
+            raise UsageError(
                 f"window_hop={window_hop!r} must be a number of seconds from {shift:g} (one frame) "
                 f"to {spec.window_seconds:g} (one model window)."
             )
@@ -240,7 +240,7 @@ class AudioTagger(Pipeline):
         """How the windows' scores make a clip's: one of AGGREGATES, or None (the model's
         default_aggregate), else InputError."""
         if aggregate is not None and aggregate not in AGGREGATES:
-            raise InputError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)} (or None).")
+            raise UsageError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)} (or None).")
         return aggregate
 
     @property

@@ -83,7 +83,7 @@ def check_top_k(top_k: Any) -> int | None:
     if top_k is None:
         return None
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise InputError(f"top_k must be a positive integer (or None for all labels), not {top_k!r}.")
+        raise UsageError(f"top_k must be a positive integer (or None for all labels), not {top_k!r}.")
     return int(top_k)
 
 
@@ -91,14 +91,14 @@ def check_flag(name: str, value: Any) -> bool:
     """A yes/no option must be True or False: a string such as "no" is true to Python, so
     it would silently do the opposite of what it says."""
     if not isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} must be True or False, not {value!r}.")
+        raise UsageError(f"{name} must be True or False, not {value!r}.")
     return bool(value)
 
 
 def check_progress(progress: Any) -> None:
     """A progress option is None or a function that takes each line of text."""
     if not (progress is None or callable(progress)):
-        raise InputError(f"progress must be a function taking a line of text, not {type(progress).__name__}.")
+        raise UsageError(f"progress must be a function taking a line of text, not {type(progress).__name__}.")
 
 
 def check_threshold(threshold: Any, activation: str = "softmax") -> float | None:
@@ -106,9 +106,9 @@ def check_threshold(threshold: Any, activation: str = "softmax") -> float | None
     "none" (regression) gives raw values, not scores from 0 to 1, so it takes no threshold."""
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
                                   or not 0.0 <= threshold <= 1.0):
-        raise InputError(f"threshold must be a score from 0 to 1 (or None), not {threshold!r}.")
+        raise UsageError(f"threshold must be a score from 0 to 1 (or None), not {threshold!r}.")
     if threshold is not None and activation == "none":
-        raise InputError("threshold applies to scores from 0 to 1, but this model's scores are raw regression "
+        raise UsageError("threshold applies to scores from 0 to 1, but this model's scores are raw regression "
                          "outputs (activation none); leave threshold out and use top_k.")
     return None if threshold is None else float(threshold)
 

@@ -63,8 +63,8 @@ class ImageClassifier(Pipeline):
             one-label models) or the raw outputs of a regression model.
 
         Raises:
-            InputError: an input that cannot be read or used (its position in a list named),
-                or a top_k that is not a positive integer or None.
+            InputError: an input that cannot be read or used (its position in a list named).
+            UsageError: a top_k that is not a positive integer or None.
         """
         top_k = check_top_k(top_k)
         _, single = as_list(images, IMAGE_TYPES)

@@ -268,7 +268,8 @@ class Clip(Pipeline):
 
         Raises:
             InputError: an unreadable input, empty or repeated labels, a template without
-                "{}", templates given with text_embeddings, or a bad top_k.
+                "{}", or templates given with text_embeddings.
+            UsageError: a top_k that is not a positive integer or None.
         """
         top_k = check_top_k(top_k)
         labels = self.check_labels(labels)

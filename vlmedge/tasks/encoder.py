@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlmedge.errors import ArtifactError, InputError, OutputError
+from vlmedge.errors import ArtifactError, InputError, OutputError, UsageError
 from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (Pipeline, as_list, check_flag, chunks, image_spec_for, l2_normalize,
@@ -88,10 +88,10 @@ class ImageEncoder(Pipeline):
         pooling = info.get("default_pooling") if pooling is None else pooling
         poolings = _poolings_of(outputs)
         if pooling not in POOLINGS:  # the choices this model has, not every model's
-            raise InputError(f"Unknown pooling {pooling!r}; choose one of {', '.join(poolings)}.")
+            raise UsageError(f"Unknown pooling {pooling!r}; choose one of {', '.join(poolings)}.")
         if pooling not in poolings:
             family = info.get("family", "this model")
-            raise InputError(f"Pooling {pooling!r} is not available for {family} (it has "
+            raise UsageError(f"Pooling {pooling!r} is not available for {family} (it has "
                              f"{', '.join(outputs)}); choose one of {', '.join(poolings)}.")
         return pooling
 
@@ -190,15 +190,15 @@ def _sheet_path(path: Any, panel_size: Any, alpha: Any, columns: Any) -> Path:
     """render_attention's options, checked before any drawing: a PNG path that is not a
     folder, a panel of some pixels, a blend weight in 0..1, a positive column count."""
     if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".png":
-        raise InputError(f"render_attention writes a PNG; name the file .png, not {str(path)!r}.")
+        raise UsageError(f"render_attention writes a PNG; name the file .png, not {str(path)!r}.")
     if Path(path).is_dir():
-        raise InputError(f"{path} is a folder; name the PNG file to write inside it.")
+        raise UsageError(f"{path} is a folder; name the PNG file to write inside it.")
     if isinstance(panel_size, bool) or not isinstance(panel_size, int) or panel_size < 16:
-        raise InputError(f"panel_size must be a whole number of pixels from 16 up, not {panel_size!r}.")
+        raise UsageError(f"panel_size must be a whole number of pixels from 16 up, not {panel_size!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise InputError(f"alpha must be a number from 0 (the image only) to 1 (the map only), not {alpha!r}.")
+        raise UsageError(f"alpha must be a number from 0 (the image only) to 1 (the map only), not {alpha!r}.")
     if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
-        raise InputError(f"columns must be a positive whole number or None, not {columns!r}.")
+        raise UsageError(f"columns must be a positive whole number or None, not {columns!r}.")
     return Path(path)
 
 

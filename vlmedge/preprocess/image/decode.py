@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from vlmedge.errors import InputError
 from vlmedge.preprocess import check_input_file
@@ -152,9 +152,12 @@ def convert_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    """EXIF orientation, then convert("RGB"), as load_image does (the caller's image untouched)."""
+    """EXIF orientation, then convert("RGB"), as load_image does (the caller's image untouched:
+    turned or converted into a new image, else read as it is; exif_transpose would copy it
+    whole on every call)."""
     try:
-        turned = ImageOps.exif_transpose(image)
+        oriented = image.getexif().get(ExifTags.Base.Orientation) in range(2, 9)  # 1: as stored
+        turned = ImageOps.exif_transpose(image) if oriented else image
         if turned.mode == "RGB":
             return turned
         with _WARNINGS, warnings.catch_warnings():
