@@ -190,7 +190,7 @@ def resolve_backend(artifact: Artifact, backend: str, device: str) -> str:
     if backend == "auto":
         return choose_backend(artifact, device)
     if backend not in BACKENDS:
-        raise BackendUnavailableError(f"Unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}.")
+        raise UsageError(f"Unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}.")
     return backend
 
 

@@ -232,3 +232,10 @@ def test_a_usage_error_is_one_line_as_every_other_error(args, line):
     gets one `Error:` line, as for vlmedge's own errors, with the hint at its end."""
     result = vlmedge_cli(*args)
     assert result.returncode == 2 and result.stderr.splitlines() == [line], result.stderr
+
+
+def test_a_bare_vlmedge_prints_its_help():
+    """No arguments is click's request for help (exit 2), not a usage error to fold into one line."""
+    result = vlmedge_cli()
+    assert result.returncode == 2 and result.stderr.startswith("Usage: vlmedge [OPTIONS] COMMAND") and "Error" not in result.stderr
+    assert "export   Export MODEL" in result.stderr

@@ -243,3 +243,15 @@ def test_loading_a_model_reference_says_to_export_it_first(hf_classifier_dir):
     folder = hf_classifier_dir("vit")
     with pytest.raises(ArtifactError, match=rf"^{folder} is a model folder, not an artifact; export it first"):
         vlmedge.load(folder)
+
+
+def test_an_unknown_backend_is_a_usage_error_in_python_as_on_the_command_line(vit_artifact):
+    """backend="onxx" was a BackendUnavailableError (exit code 1) from vlmedge.load and bulk,
+    where bench and the CLI (exit 2) call it a usage error."""
+    import vlmedge
+    from vlmedge.bulk.job import make_job
+    from vlmedge.errors import UsageError
+
+    for call in (lambda: vlmedge.load(vit_artifact, backend="onxx"), lambda: make_job(vit_artifact, backend="onxx")):
+        with pytest.raises(UsageError, match=r"^Unknown backend 'onxx'; choose one of auto, onnxruntime, openvino"):
+            call()

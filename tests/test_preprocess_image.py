@@ -434,3 +434,21 @@ def test_an_image_too_long_for_longest_edge_is_an_input_error():
                                              r"\(.*\), its short side would be under 1 pixel; crop it"):
             preprocess_images([Image.new("RGB", size)], spec)
     assert preprocess_images([Image.new("RGB", (300, 20))], spec).shape == (1, 3, 32, 32)
+
+
+def test_an_image_the_preprocessing_refuses_is_named_among_several(tmp_path):
+    """A pipeline named an unreadable file, but not one its preprocessing refused: of several
+    files given to predict, which one was too long went unsaid."""
+    from vlmedge.tasks.base import pixel_batches
+
+    spec = ImagePreprocessSpec(size={"shortest_edge": 32, "longest_edge": 48}, do_center_crop=True,
+                               crop_size={"height": 32, "width": 32})
+    Image.new("RGB", (2000, 3)).save(tmp_path / "wide.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "fine.png")
+    too_long = r"The image is 2000x3 pixels: fitted into this model's size"
+    with pytest.raises(InputError, match=rf"^Image file {tmp_path}/wide.png: {too_long}"):
+        list(pixel_batches([str(tmp_path / "fine.png"), str(tmp_path / "wide.png")], spec))
+    with pytest.raises(InputError, match=rf"^Image 1 of the list: {too_long}"):
+        list(pixel_batches([Image.new("RGB", (40, 30)), Image.new("RGB", (2000, 3))], spec))
+    with pytest.raises(InputError, match=rf"^{too_long}"):
+        list(pixel_batches([Image.new("RGB", (2000, 3))], spec))

@@ -575,7 +575,7 @@ def test_cli_predict_engine_ray_equals_the_local_engine(ray_local, vit_artifact,
     result = cli("predict", vit_artifact, folder, "--engine", "ray", "--address", address,
                  "--out", tmp_path / "ray.parquet", "--batch-size", "8", "--top-k", "2", "--backend", "onnxruntime")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Ray ({address})" in result.stdout and "3 unreadable" in result.stdout
+    assert f"Ray ({address})" in result.stdout and "3 failed" in result.stdout
     assert "broken.jpg" in result.stderr
     local = cli("predict", vit_artifact, folder, "--out", tmp_path / "local.parquet", "--top-k", "2",
                 "--backend", "onnxruntime")
@@ -599,7 +599,7 @@ def test_cli_embed_engine_ray_writes_what_plain_embed_writes(ray_local, exported
     assert plain.returncode == 0, plain.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), np.load(tmp_path / "p.npy"))
     rows = len(np.load(tmp_path / "r.npy"))  # the summary counts what the .npy holds, not the unreadable too
-    assert f"({rows} rows, {len(CORRUPT)} unreadable left out)" in result.stdout
+    assert f"({rows} rows, {len(CORRUPT)} failed, left out)" in result.stdout
     # a .npy has no error column: the message points at the side file, as plain embed's does
     assert "listed in r.files.json" in result.stderr and "'error' column" not in result.stderr
     ray_listing = json.loads((tmp_path / "r.files.json").read_text())

@@ -203,7 +203,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
     console.print(f"wrote {writer.out} ({rows} x {dim} float32) and {writer.listing}; "
                   f"{rate:.1f} inputs/s on {model.backend} ({model.provider})")
     if writer.skipped:
-        err_console.print(f"[yellow]skipped {len(writer.skipped)} unreadable file(s)[/yellow] "
+        err_console.print(f"[yellow]skipped {len(writer.skipped)} file(s) that failed[/yellow] "
                           f"(listed in {writer.listing}):")
         for item in writer.skipped:
             err_console.print(f"  {item['input']}: {item['error']}", highlight=False)
@@ -287,12 +287,13 @@ def _report(summary: _Summary, out: Path, seconds: float, where: str, console: C
     rate = summary.rows / max(seconds, 1e-9)
     npy = out_format(out) == "npy"  # a .npy holds the embeddings alone; a table keeps a row per input, errors too
     written = summary.rows - len(summary.errors) if npy else summary.rows
-    console.print(f"wrote {out} ({written} rows, {len(summary.errors)} unreadable{' left out' if npy else ''}) in "
+    console.print(f"wrote {out} ({written} rows, {len(summary.errors)} failed{', left out' if npy else ''}) in "
                   f"{seconds:.1f} s, {rate:.1f} inputs/s on {where}", highlight=False)
     if summary.errors:
         # as plain embed says it: a .npy has no error column, its side file lists the skipped inputs
         where_listed = f"listed in {side_file(out).name}" if npy else "their 'error' column says why"
-        err_console.print(f"[yellow]{len(summary.errors)} input(s) could not be read[/yellow] ({where_listed}):")
+        # failed: unreadable, or a model that overflowed on them (NonFiniteOutputError)
+        err_console.print(f"[yellow]{len(summary.errors)} input(s) failed[/yellow] ({where_listed}):")
         for name, error in summary.errors[:SHOWN_ERRORS]:
             err_console.print(f"  {name}: {error}", highlight=False)
         if len(summary.errors) > SHOWN_ERRORS:

@@ -36,7 +36,7 @@ from vlmedge.bulk.job import DEFAULTS, BulkJob, make_job
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
 from vlmedge.bulk.table import to_arrow
-from vlmedge.errors import BackendUnavailableError, InputError, VlmedgeError, exception_line
+from vlmedge.errors import BackendUnavailableError, InputError, UsageError, VlmedgeError, exception_line
 
 INSTALL_HINT = "pip install 'vlmedge[ray]'"
 
@@ -96,7 +96,7 @@ def run(artifact: str | os.PathLike, dataset_or_paths: Any, task_method: str | N
     require_ray()
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        raise InputError(f"run() takes no option {unknown[0]!r}; a task method's options are {', '.join(DEFAULTS)}.")
+        raise UsageError(f"run() takes no option {unknown[0]!r}; a task method's options are {', '.join(DEFAULTS)}.")
     device = "cuda" if num_gpus_per_worker else "cpu"
     job = make_job(artifact, task_method, backend=backend, precision=precision, device=device, column=column,
                    session_options=session_options, **options)

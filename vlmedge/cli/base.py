@@ -33,7 +33,7 @@ def one_line_usage_errors():
     try:
         yield
     except ClickUsageError as exc:
-        if exc.ctx is None:
+        if exc.ctx is None or type(exc).__name__ == "NoArgsIsHelpError":  # a bare `vlmedge`: its help, as click prints it
             raise
         raise ClickUsageError(f"{exc.format_message().rstrip('.')}; see '{exc.ctx.command_path} --help'.") from None
 

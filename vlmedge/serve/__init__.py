@@ -21,15 +21,11 @@ from vlmedge.serve.config import BatchConfig, Limits
 __all__ = ["BatchConfig", "Limits", "create_app", "load_models"]
 
 
-def create_app(*args, **kwargs):
-    """Builds the Starlette app (see vlmedge.serve.app.create_app)."""
-    from vlmedge.serve.app import create_app as _create_app
+def __getattr__(name: str):
+    """create_app and load_models are vlmedge.serve.app's own (their signatures and docs in
+    help()), imported on first use: `import vlmedge.serve` loads no web framework."""
+    if name in ("create_app", "load_models"):
+        from vlmedge.serve import app
 
-    return _create_app(*args, **kwargs)
-
-
-def load_models(*args, **kwargs):
-    """Loads artifacts into named pipelines (see vlmedge.serve.app.load_models)."""
-    from vlmedge.serve.app import load_models as _load_models
-
-    return _load_models(*args, **kwargs)
+        return getattr(app, name)
+    raise AttributeError(f"module 'vlmedge.serve' has no attribute {name!r}")

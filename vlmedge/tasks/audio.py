@@ -152,7 +152,7 @@ class AudioTagger(Pipeline):
 
     # -- input -------------------------------------------------------------------------------
 
-    def load(self, audio: Any, sample_rate: int | None = None) -> list[tuple[np.ndarray, float]]:
+    def decode(self, audio: Any, sample_rate: int | None = None) -> list[tuple[np.ndarray, float]]:
         """Decodes, downmixes and resamples each clip to the model's rate.
 
         Returns:
@@ -258,7 +258,7 @@ class AudioTagger(Pipeline):
         batched together and their features computed one chunk at a time."""
         hop = self.check_window_hop(window_hop, self.spec)
         _, single = _as_clips(audio)
-        clips = self.load(audio, sample_rate)
+        clips = self.decode(audio, sample_rate)
         windows = [split_windows(wave, self.spec, hop) for wave, _ in clips]
         segments = [segment for clip_windows in windows for _, _, segment in clip_windows]  # views, no copies
         spans = [(duration, _spans(clip_windows)) for (_, duration), clip_windows in zip(clips, windows)]

@@ -164,6 +164,10 @@ def _pixels_of(numbered: tuple[int, Any], spec: ImagePreprocessSpec, among: int)
         raise InputError(f"Image {i} of the list: {exc}") from None
     try:
         return preprocess_images([image], spec)[0]
+    except InputError as exc:  # an image the preprocessing refuses (too long for longest_edge), named as above
+        if isinstance(item, (str, os.PathLike)):
+            return Deferred(InputError(f"Image file {item}: {exc}"))
+        return Deferred(InputError(f"Image {i} of the list: {exc}") if among > 1 else exc)
     except Exception as exc:  # noqa: BLE001 - raised by pixel_batches as the serial loop raises it
         return Deferred(exc)
 
