@@ -22,7 +22,7 @@ from vlmedge.tables import print_rows
 from vlmedge.version import __version__
 
 
-# click's UsageError, whether typer vendors click (typer._click, typer >= 0.2x) or imports it.
+# click's UsageError, whether typer vendors click (typer._click, as typer 0.29 does) or imports it.
 ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
