@@ -24,7 +24,7 @@ def ranked_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
             for row in rows for rank, p in enumerate(row["predictions"] or [None], 1)]
 
 
-def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, labels: Optional[str] = None,
+def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int | None, labels: Optional[str] = None,
                  templates: Optional[list[str]] = None, **_: Any) -> list[dict[str, Any]]:
     """Ranked labels per input; a zero-shot method ranks against the --labels, through the
     --template prompts."""
@@ -40,7 +40,7 @@ def ranked_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, label
     return [{"input": name, "predictions": [p._asdict() for p in preds]} for name, preds in zip(inputs, results)]
 
 
-def tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int, window_hop: Optional[float] = None,
+def tag_rows(pipeline: Any, method: Any, inputs: list[str], top_k: int | None, window_hop: Optional[float] = None,
              aggregate: Optional[str] = None, threshold: Optional[float] = None, **_: Any) -> list[dict[str, Any]]:
     results = getattr(pipeline, method.name)(inputs, top_k=top_k, window_hop=window_hop, aggregate=aggregate,
                                              threshold=threshold)
