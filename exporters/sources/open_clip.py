@@ -6,7 +6,7 @@ ARCH is a name open_clip knows (``open_clip.list_models()``), a path to a model-
 JSON (registered with ``open_clip.add_model_config``), or local-dir:FOLDER (a model repository
 with open_clip_config.json and its weights, downloaded beforehand).
 
-Graphs, as for Hugging Face CLIP models (see hf_clip), each with a dynamic batch axis:
+Graphs, as for Hugging Face CLIP models (see hf.clip), each with a dynamic batch axis:
 
     image   pixel_values (N, 3, H, W)  -> image_embeds (N, D)   model.encode_image
     text    input_ids (N, L)           -> text_embeds  (N, D)   model.encode_text

@@ -5,8 +5,8 @@ The architectures of each task are those its tables and transformers' mappings n
 
     image-classification   transformers' image-classification mapping
     clip                   transformers' zero-shot image-classification mapping, and the two-tower
-                           models hf_clip takes or refuses (TWO_TOWERS, REFUSED)
-    image-embedding        hf_encoder's FAMILIES and REFUSED, and the base model of every model type
+                           models hf.clip takes or refuses (TWO_TOWERS, REFUSED)
+    image-embedding        hf.encoder's FAMILIES and REFUSED, and the base model of every model type
                            of the image-classification and backbone mappings (as the coverage test
                            walks them) that no other task exports
     audio-classification   transformers' audio-classification mapping

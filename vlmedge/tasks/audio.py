@@ -75,7 +75,7 @@ def _at_model_rate(wave: np.ndarray, rate: int, spec: AudioPreprocessSpec) -> tu
 
 
 def _decoded(item: Any, sample_rate: int | None, spec: AudioPreprocessSpec) -> tuple[np.ndarray, float] | Deferred:
-    """One clip decoded (an error raised now, for `AudioTagger.load` to word) and resampled
+    """One clip decoded (an error raised now, for `AudioTagger.decode` to word) and resampled
     (an error handed back as it is)."""
     wave, rate = load_audio(item, sample_rate)
     try:

@@ -23,8 +23,8 @@ which it does when ``max_num_patches`` is (H/p) * (W/p) and the image has the as
 an image of another aspect is stretched to HxW here, where the processor would pick another
 grid.
 
-This module imports no other source module: hf, hf_encoder and hf_clip each call
-``naflex_setup`` for their SigLIP2 architecture.
+This module imports no other source module: hf.encoder calls ``naflex_setup`` for its SigLIP2
+architecture, hf.classifier and hf.clip through hf.processor's ``naflex_or_processor_size``.
 """
 
 from __future__ import annotations
