@@ -97,7 +97,7 @@ def bench(artifact: str | os.PathLike | Artifact, backends: Sequence[str] | None
         peaks used. `result.save(path)` writes its JSON form.
 
     Raises:
-        InputError: an option is invalid (unknown backend, precision or sweep; iterations
+        UsageError: an option is invalid (unknown backend, precision or sweep; iterations
             with duration; a batch size, thread count or warm-up that is not a count).
         ArtifactError: `artifact` is not a readable vlmedge artifact.
 

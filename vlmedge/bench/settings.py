@@ -92,7 +92,7 @@ def check_settings(artifact: Artifact, *, backends: Sequence[str] | None, precis
                    batch_sizes: Sequence[int] | None, threads: int | None, warmup: int, iterations: int | None,
                    duration: float | None, min_iterations: int, end_to_end: bool, random_inputs: bool,
                    sweep: Sequence[str], device: str, memory_method: str, rounds: int | None = None) -> Settings:
-    """Checks the options of vlmedge.bench.bench (an InputError of one sentence for a bad
+    """Checks the options of vlmedge.bench.bench (a UsageError of one sentence for a bad
     one) and fills in the defaults from the artifact and this machine."""
     from vlmedge.bench.result import BASELINE, Settings
     from vlmedge.environment import available_cores

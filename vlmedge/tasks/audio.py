@@ -223,7 +223,7 @@ class AudioTagger(Pipeline):
     @staticmethod
     def check_window_hop(window_hop: Any, spec: AudioPreprocessSpec) -> float | None:
         """The seconds between window starts (None: the default, half a window); raises
-        InputError unless it lies from one frame (10 ms) to one model window of ``spec``."""
+        UsageError unless it lies from one frame (10 ms) to one model window of ``spec``."""
         if window_hop is None:
             return None
         shift = spec.frame_shift / spec.sampling_rate
@@ -238,7 +238,7 @@ class AudioTagger(Pipeline):
     @staticmethod
     def check_aggregate(aggregate: Any) -> str | None:
         """How the windows' scores make a clip's: one of AGGREGATES, or None (the model's
-        default_aggregate), else InputError."""
+        default_aggregate), else UsageError."""
         if aggregate is not None and aggregate not in AGGREGATES:
             raise UsageError(f"aggregate={aggregate!r} is not one of {', '.join(AGGREGATES)} (or None).")
         return aggregate
