@@ -197,7 +197,7 @@ class Session(ABC):
         raise NonFiniteOutputError(
             f"{self.model_file} ({self.backend}, {self.precision or 'its precision'}) answered NaN or infinity for "
             f"{int(bad.sum())} of the {len(bad)} input(s) of one call, whose values are finite: it overflows on them; "
-            f"{advice}.")
+            f"{advice}.", tuple(int(row) for row in np.flatnonzero(bad)))
 
     def _run_items_alone(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs each item of the batch alone and stacks the outputs, so that an item's answer

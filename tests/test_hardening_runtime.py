@@ -200,8 +200,13 @@ def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, im
     assert classifier.classify(tmp_path / "dark.png", top_k=1)
     message = (r"onnx/model\.fp32\.onnx \(onnxruntime, fp32\) answered NaN or infinity for 1 of the 2 input\(s\) of "
                r"one call, whose values are finite: it overflows on them; the input is outside what this model handles")
-    with pytest.raises(NonFiniteOutputError, match=message):
-        classifier.classify([tmp_path / "dark.png", tmp_path / "white.png"])
+    with pytest.raises(NonFiniteOutputError, match=rf"^{tmp_path}/white.png: {message}") as raised:
+        classifier.classify([tmp_path / "dark.png", tmp_path / "white.png"])  # named among several
+    assert raised.value.rows == (1,)
+    with pytest.raises(NonFiniteOutputError, match=rf"^image 0 of the list: {message}"):
+        classifier.classify([Image.new("RGB", (16, 16), "white"), tmp_path / "dark.png"])
+    with pytest.raises(NonFiniteOutputError, match=r"^onnx/model\.fp32\.onnx .* for 1 of the 1 input\(s\)"):
+        classifier.classify(tmp_path / "white.png")
     pytest.importorskip("pyarrow")
     paths = [str(tmp_path / name) for name in ("dark.png", "white.png", "dark.png")]
     rows = run_local(make_job(artifact, "classify"), collect(paths, "image"), batch_size=3).to_pylist()

@@ -65,7 +65,12 @@ class InputError(VlmedgeError, ValueError):
 
 class NonFiniteOutputError(InputError):
     """A model file that answered NaN or infinity for finite inputs: its precision (fp16 most
-    often) overflows on them. Its answer is refused rather than ranked or returned."""
+    often) overflows on them. Its answer is refused rather than ranked or returned; `rows`:
+    the items of the call that overflowed."""
+
+    def __init__(self, message: str, rows: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.rows = tuple(rows)
 
 
 class UsageError(VlmedgeError, ValueError):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from vlmedge.errors import ArtifactError, InputError, UsageError
+from vlmedge.errors import ArtifactError, InputError, NonFiniteOutputError, UsageError
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 
@@ -145,6 +145,21 @@ def as_list(inputs: Any, single_types: tuple[type, ...]) -> tuple[list[Any], boo
             f"Got an array of shape {list(inputs.shape)}; pass one HWC image array or a list of them."
         )
     raise InputError(f"Unsupported input type {type(inputs).__name__}; pass a path, bytes, an image, or a list of them.")
+
+
+@contextlib.contextmanager
+def naming_overflows(items: Sequence[Any], start: int):
+    """Among several inputs, the ones a model call overflowed on (NonFiniteOutputError's rows,
+    counted from `start` in `items`) are named: files by path, others by place in the list."""
+    try:
+        yield
+    except NonFiniteOutputError as exc:
+        if len(items) < 2 or not exc.rows:
+            raise
+        rows = [start + row for row in exc.rows if start + row < len(items)]
+        names = [str(items[row]) if isinstance(items[row], (str, os.PathLike)) else f"image {row} of the list"
+                 for row in rows]
+        raise NonFiniteOutputError(f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: {exc}", rows) from None
 
 
 def chunks(items: Sequence[Any], size: int = MAX_BATCH):

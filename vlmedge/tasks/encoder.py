@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -15,7 +15,7 @@ from vlmedge.errors import ArtifactError, InputError, OutputError, UsageError
 from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (Pipeline, as_list, check_flag, chunks, image_spec_for, l2_normalize,
-                                pixel_batches)
+                                naming_overflows, pixel_batches)
 
 # pooling -> the model outputs it reads
 POOLING_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -64,13 +64,18 @@ class ImageEncoder(Pipeline):
     def _run(self, images: Any, names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs for every image, batched."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return self._outputs(pixel_batches(items, self.spec, self.decode_workers), names)
+        return self._outputs(pixel_batches(items, self.spec, self.decode_workers), names, items)
 
-    def _outputs(self, pixel_batches: Iterable[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        """The named outputs for batches of preprocessed images, concatenated."""
+    def _outputs(self, pixel_batches: Iterable[np.ndarray], names: list[str],
+                 items: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+        """The named outputs for batches of preprocessed images (made of `items`, which an
+        overflow names), concatenated."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        start = 0
         for pixels in pixel_batches:
-            out = self._session.run({self._input: pixels})
+            with naming_overflows(items, start):
+                out = self._session.run({self._input: pixels})
+            start += len(pixels)
             for name in names:
                 parts[name].append(out[name])
         return {name: np.concatenate(values).astype(np.float32, copy=False) for name, values in parts.items()}
