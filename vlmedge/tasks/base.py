@@ -204,6 +204,18 @@ def pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int 
             yield np.stack(batch)
 
 
+def run_pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int | None,
+                      run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`run` on the pixels of `items`, batch by batch (pixel_batches), concatenated; a model
+    overflow names the inputs it overflowed on (naming_overflows)."""
+    parts, start = [], 0
+    for pixels in pixel_batches(items, spec, workers):
+        with naming_overflows(items, start):
+            parts.append(run(pixels))
+        start += len(pixels)
+    return np.concatenate(parts)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=-1, keepdims=True)
     e = np.exp(shifted)

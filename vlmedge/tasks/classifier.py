@@ -10,7 +10,7 @@ from vlmedge.errors import ArtifactError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
-                                manifest_activation, naming_overflows, pixel_batches, rank)
+                                manifest_activation, rank, run_pixel_batches)
 
 
 class ImageClassifier(Pipeline):
@@ -40,12 +40,7 @@ class ImageClassifier(Pipeline):
     def logits(self, images: Any) -> np.ndarray:
         """Raw model outputs, (N, num_labels) float32."""
         items, _ = as_list(images, IMAGE_TYPES)
-        parts, start = [], 0
-        for pixels in pixel_batches(items, self.spec, self.decode_workers):
-            with naming_overflows(items, start):
-                parts.append(self._pixel_logits(pixels))
-            start += len(pixels)
-        return np.concatenate(parts)
+        return run_pixel_batches(items, self.spec, self.decode_workers, self._pixel_logits)
 
     def probabilities(self, images: Any) -> np.ndarray:
         """The logits' scores: their softmax, their sigmoid (multi-label and one-label models) or,

@@ -30,7 +30,7 @@ from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (MAX_BATCH, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
-                                l2_normalize, naming_overflows, pixel_batches, rank, sigmoid, softmax)
+                                l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -140,12 +140,7 @@ class Clip(Pipeline):
         """The projected image embeddings as the model gives them, (N, D) float32, not normalised;
         (N, Q, D) for BLIP-2, one vector per query token."""
         items, _ = as_list(images, IMAGE_TYPES)
-        parts, start = [], 0
-        for pixels in pixel_batches(items, self.image_spec, self.decode_workers):
-            with naming_overflows(items, start):
-                parts.append(self._image_features(pixels))
-            start += len(pixels)
-        return np.concatenate(parts)
+        return run_pixel_batches(items, self.image_spec, self.decode_workers, self._image_features)
 
     def text_features(self, texts: str | Sequence[str]) -> np.ndarray:
         """The projected text embeddings as the model gives them, (N, D) float32, not normalised.
