@@ -17,7 +17,7 @@ from rich.table import Table
 from vlmedge.bench.peak import GEMM_DEPTH
 from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
 from vlmedge.bench.timing import round_share
-from vlmedge.errors import InputError, UsageError
+from vlmedge.errors import UsageError
 from vlmedge.tables import print_rows
 
 METRICS = ("p50_ms", "mean_ms", "p90_ms", "p95_ms", "p99_ms", "min_ms", "throughput")
@@ -281,7 +281,7 @@ def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, met
     if metric not in METRICS:
         raise UsageError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
     if not max_slowdown >= 1.0:
-        raise InputError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
+        raise UsageError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
     base_rows = {r.key: r for r in base.rows}
     new_rows = {r.key: r for r in new.rows}
     compared, uncompared = [], []

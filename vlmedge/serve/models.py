@@ -32,6 +32,7 @@ from vlmedge.serve.inputs import Inputs, check_audio, check_image, invalid
 from vlmedge.tasks.base import check_threshold, option_default
 from vlmedge.tasks.clip import image_embedding_refusal
 
+
 @dataclass(frozen=True)
 class Endpoint:
     """POST /v1/models/{model}/{name}: the fields it takes and the inputs it needs."""
@@ -165,10 +166,13 @@ class ClassifierModel(ServedModel):
     endpoints = {"classify": Endpoint("classify", "Ranked labels for each image.", ("images",), ("top_k",),
                                       ("images",))}
 
+    def __init__(self, name: str, pipeline: Any) -> None:
+        super().__init__(name, pipeline)
+        self.default_top_k = option_default(pipeline.classify, "top_k")  # as the Python call's, read once
+
     def job(self, endpoint: str, inputs: Inputs, limits: Limits) -> Job:
         pixels = _pixels(inputs.images, self.pipeline.spec)
-        top_k = inputs.options.get("top_k", option_default(self.pipeline.classify, "top_k"))  # as the Python call's
-        return Job(("classify",), len(inputs.images), (pixels, top_k))
+        return Job(("classify",), len(inputs.images), (pixels, inputs.options.get("top_k", self.default_top_k)))
 
     def run(self, key: Hashable, payloads: list[Any]) -> list[dict[str, Any]]:
         pixels = np.concatenate([batch for batch, _ in payloads])
@@ -306,6 +310,10 @@ class AudioModel(ServedModel):
     endpoints = {"tag": Endpoint("tag", "Ranked tags for each clip, per clip and per analysis window.", ("audio",),
                                  ("top_k", "threshold", "window_hop", "aggregate"), ("audio",))}
 
+    def __init__(self, name: str, pipeline: Any) -> None:
+        super().__init__(name, pipeline)
+        self.default_top_k = option_default(pipeline.tag, "top_k")  # as the Python call's, read once
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(sample_rate=self.pipeline.spec.sampling_rate, window_seconds=self.pipeline.window_seconds,
@@ -320,7 +328,7 @@ class AudioModel(ServedModel):
         seconds = [check_audio(data, i, limits) for i, data in enumerate(inputs.audio)]
         self._check_windows(seconds, hop, limits)
         key = ("tag", hop, inputs.options.get("aggregate"))  # None: the model's default_aggregate
-        trim = (inputs.options.get("top_k", option_default(self.pipeline.tag, "top_k")), inputs.options.get("threshold"))
+        trim = (inputs.options.get("top_k", self.default_top_k), inputs.options.get("threshold"))
         return Job(key, len(inputs.audio), (_clips(inputs.audio, self.pipeline.spec, hop), trim))
 
     def _check_windows(self, seconds: list[float], hop: float | None, limits: Limits) -> None:
