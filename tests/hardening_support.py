@@ -149,19 +149,25 @@ def _weights(name: str, shape: tuple[int, ...], seed: int):
     return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 
 
-def audio_model(path: Path, frames: int, mel_bins: int, labels: int) -> Path:
-    """input_values (batch, frames, mel) -> logits (batch, labels): mean over time, then linear."""
+def audio_model(path: Path, frames: int, mel_bins: int, labels: int, overflows_when_loud: bool = False) -> Path:
+    """input_values (batch, frames, mel) -> logits (batch, labels): mean over time, then linear.
+    overflows_when_loud: logits = exp(60 x the sum of the mean features), infinite in float32
+    for a loud window and finite (zero) for a silent one."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [
         helper.make_node("ReduceMean", ["input_values", "axes"], ["pooled"], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+        helper.make_node("MatMul", ["pooled", "w"], ["linear" if overflows_when_loud else "logits"]),
     ]
+    weights = _weights("w", (mel_bins, labels), 1)
+    if overflows_when_loud:
+        nodes.append(helper.make_node("Exp", ["linear"], ["logits"]))
+        weights = numpy_helper.from_array(np.full((mel_bins, labels), 60.0, np.float32), "w")
     graph = helper.make_graph(
         nodes, "audio",
         [helper.make_tensor_value_info("input_values", TensorProto.FLOAT, ["batch", frames, mel_bins])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels])],
-        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axes"), _weights("w", (mel_bins, labels), 1)])
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axes"), weights])
     return _save(graph, path)
 
 
@@ -217,14 +223,14 @@ def pipeline_from(task_class, root: Path, sessions: dict, manifest: dict, backen
     return task_class(ModelSessions(Artifact(root=root, manifest=manifest), backend, "fp32", "cpu", sessions))
 
 
-def tiny_audio_tagger(folder: Path, backend: str = "onnxruntime"):
+def tiny_audio_tagger(folder: Path, backend: str = "onnxruntime", overflows_when_loud: bool = False):
     """An AudioTagger on a tiny ONNX graph: 16 mel bins x 32 frames, 6 sigmoid labels."""
     from vlmedge.preprocess.audio import AudioPreprocessSpec
     from vlmedge.runtimes.base import open_session
     from vlmedge.tasks.audio import AudioTagger
 
     spec = AudioPreprocessSpec(num_mel_bins=16, max_length=32)
-    path = audio_model(folder / "audio.onnx", spec.max_length, spec.num_mel_bins, 6)
+    path = audio_model(folder / "audio.onnx", spec.max_length, spec.num_mel_bins, 6, overflows_when_loud)
     session = open_session(to_backend(path, backend), backend=backend)
     manifest = {"task": "audio-classification", "preprocess": {"audio": spec.to_dict()},
                 "labels": [f"tag{i}" for i in range(6)], "postprocess": {"activation": "sigmoid"}}

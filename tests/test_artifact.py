@@ -192,7 +192,6 @@ def test_tampered_model_file_is_refused_naming_the_file(artifact_copy):
 
 def test_a_misspelt_load_keyword_is_named_as_such(vit_artifact):
     """It was called a session option the backend does not take ('session_options', 'precison')."""
-    from vlmedge.errors import InputError
 
     for keyword in ("precison", "session_options"):
         with pytest.raises(UsageError, match=rf"vlmedge.load takes no keyword '{keyword}'; it takes backend, device, "

@@ -18,7 +18,7 @@ import pytest
 
 import vlmedge
 from vlmedge.bench.report import header_lines
-from vlmedge.bench.result import BenchResult
+from vlmedge.bench.result import BenchResult, threads_text
 from vlmedge.errors import InputError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +121,8 @@ def test_compare_api_reports_ratios_per_row_and_metric(result):
     slower.rows[2].throughput_per_s /= 1.5
     verdict = compare(result, slower, max_slowdown=1.10)
     assert not verdict.passed and [r.label for r in verdict.regressions] == [
-        "onnxruntime fp32 [model] batch 1, 2 threads, model-only".replace("2 threads", f"{result.rows[2].threads} threads")]
+        f"onnxruntime fp32 [model] batch 1, {threads_text(result.rows[2].threads)}, model-only"]
+    assert threads_text(1) == "1 thread" and threads_text(2) == "2 threads"
     assert not compare(result, slower, metric="throughput").passed
     assert compare(result, slower, metric="p99_ms").passed  # only p50 and throughput changed
     fewer = BenchResult.from_dict(result.to_dict())
@@ -369,8 +370,6 @@ def test_every_graph_is_measured_and_absences_are_explained(tmp_path):
 
 
 def test_bad_options_are_one_sentence_errors(vit_artifact):
-    from vlmedge.errors import InputError
-
     with pytest.raises(UsageError, match="not both"):
         vlmedge.bench(vit_artifact, iterations=3, duration=1.0)
     with pytest.raises(UsageError, match="Unknown backend"):

@@ -216,6 +216,30 @@ def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, im
 
 
 
+def test_an_audio_overflow_names_the_clips_whose_windows_overflowed(tmp_path):
+    """It said how many of the call's windows overflowed, not which clips: the windows of
+    every clip run together, in batches of MAX_BATCH, so their rows are mapped back to clips."""
+    import soundfile
+
+    from tests.hardening_support import tiny_audio_tagger
+
+    tagger = tiny_audio_tagger(tmp_path, overflows_when_loud=True)
+    silence = np.zeros(16000, np.float32)
+    noise = (np.random.default_rng(0).standard_normal(4000) * 0.5).astype(np.float32)
+    soundfile.write(tmp_path / "noise.wav", noise, 16000)
+    assert tagger.tag(silence, sample_rate=16000, top_k=1).tags[0].score == 0.5  # exp(-large) = 0: finite
+    message = r"audio\.onnx \(onnxruntime, its precision\) answered NaN or infinity for 1 of the \d+ input\(s\) of one call"
+    with pytest.raises(NonFiniteOutputError, match=rf"^{tmp_path}/noise\.wav: {message}") as raised:
+        tagger.tag([silence, str(tmp_path / "noise.wav")], sample_rate=16000)
+    assert raised.value.rows == (1,)
+    long_silence = np.zeros(16000 * 7, np.float32)  # 43 windows: the noise's is in the second batch
+    with pytest.raises(NonFiniteOutputError, match=rf"^Audio clip 2 of the list: {message}") as raised:
+        tagger.tag([long_silence, silence, noise, silence], sample_rate=16000)
+    assert raised.value.rows == (2,)
+    with pytest.raises(NonFiniteOutputError, match=rf"^{message}"):
+        tagger.tag(noise, sample_rate=16000)
+
+
 def test_a_pipeline_refuses_to_be_pickled_in_one_sentence(two_target_artifact, image_files):
     """pickle, deepcopy and a multiprocessing pool raised ONNX Runtime's own TypeError ("cannot
     pickle InferenceSession"); now a UsageError says to load the artifact in each worker.

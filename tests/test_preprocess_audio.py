@@ -8,7 +8,6 @@ extractors (skipped when transformers is absent); everything else needs only num
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import os

@@ -319,6 +319,9 @@ def test_spec_validation(overrides, message):
     ({"image_processor_type": "ViTImageProcessor", "do_pad": True, "pad_size": 256}, "pad_size"),
     ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "do_center_crop": True, "crop_size": 200},
      "second centre crop"),
+    # transformers divides by it and fails on every image; vlmedge used 224/256 without a word
+    ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "crop_pct": None}, "crop_pct is null"),
+    ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "crop_pct": 0}, "crop_pct is 0, which"),
     ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "depend on each image"),
     ({"image_processor_type": "ViTImageProcessor", "resample": None}, "do_resize but no size or resample"),
     ({"image_processor_type": "ViTImageProcessor", "do_resize": False}, r"depend on each image \(do_resize=False: images keep"),
@@ -326,6 +329,14 @@ def test_spec_validation(overrides, message):
 def test_from_hf_refuses_what_it_cannot_reproduce(config, message):
     with pytest.raises(UnsupportedModelError, match=message):
         ImagePreprocessSpec.from_hf(config)
+
+
+def test_a_convnext_crop_pct_is_read_only_where_it_is_used():
+    # from a shortest edge of 384 ConvNeXt warps to a square and never reads crop_pct
+    spec = ImagePreprocessSpec.from_hf({"image_processor_type": "ConvNextImageProcessor", "size": 384, "crop_pct": None})
+    assert spec.size == {"height": 384, "width": 384} and not spec.do_center_crop
+    spec = ImagePreprocessSpec.from_hf({"image_processor_type": "ConvNextImageProcessor", "size": 224, "crop_pct": 1.25})
+    assert spec.size == {"shortest_edge": 179} and spec.crop_size == {"height": 224, "width": 224}
 
 
 # --- bad inputs -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ written atomically and verified before anything parses it.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import json

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlmedge.bench.plan import Plan
-from vlmedge.bench.result import Latency, Parity, Row, Skip
+from vlmedge.bench.result import Latency, Parity, Row, Skip, threads_text
 from vlmedge.bench.timing import Baseline, first_call, round_robin, timed_samples
 from vlmedge.errors import VlmedgeError, exception_line
 from vlmedge.parity import GATES, Gate, parity_report, recorded_gate, run_in_batches
@@ -83,7 +83,7 @@ def measure_graph(plan: Plan, graph: str, session: Session, *, backend: str, pre
         )
         if samples is None:  # timed later with every other row (time_round_robin); the call keeps the session
             plan.waiting.append((fields, call))
-            plan.say(f"{label} [{graph}] batch {batch}, {_threads(threads)}: warmed up, to be timed round-robin")
+            plan.say(f"{label} [{graph}] batch {batch}, {threads_text(threads)}: warmed up, to be timed round-robin")
         else:
             _add_row(plan, fields, samples)
 
@@ -92,12 +92,8 @@ def _add_row(plan: Plan, fields: dict[str, Any], samples: list[int]) -> None:
     latency = Latency.from_ns(samples)
     row = Row(**fields, latency=latency, throughput_per_s=float(f"{fields['batch_size'] * 1e3 / latency.mean_ms:.5g}"))
     plan.rows.append(row)
-    plan.say(f"{row.label} [{row.graph}] batch {row.batch_size}, {_threads(row.threads)}: p50 {latency.p50_ms:.2f} ms, "
+    plan.say(f"{row.label} [{row.graph}] batch {row.batch_size}, {threads_text(row.threads)}: p50 {latency.p50_ms:.2f} ms, "
              f"{row.throughput_per_s:.1f} items/s")
-
-
-def _threads(n: int) -> str:
-    return f"{n} thread{'' if n == 1 else 's'}"
 
 
 def time_round_robin(plan: Plan) -> None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmedge.bench.peak import GEMM_DEPTH
-from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row
+from vlmedge.bench.result import BASELINE, HIGH_COV, BenchResult, Row, threads_text
 from vlmedge.bench.timing import round_share
 from vlmedge.errors import UsageError
 from vlmedge.tables import print_rows
@@ -99,7 +99,7 @@ def peak_lines(result: BenchResult) -> list[str]:
     for m in result.peaks:
         have = ", ".join(f"{p.precision} {p.gops:.4g}" for p in m.peaks if p.gops is not None)
         missing = "; ".join(f"{p.precision}: {p.note}" for p in m.peaks if p.gops is None)
-        lines.append(f"peak {m.backend} {m.backend_version}, {m.threads} threads: {have or 'none'} GOP/s "
+        lines.append(f"peak {m.backend} {m.backend_version}, {threads_text(m.threads)}: {have or 'none'} GOP/s "
                      f"({GEMM_DEPTH} chained {m.gemm_size}^3 GEMMs); bandwidth {m.bandwidth_gbs} GB/s ({m.bandwidth_method}); "
                      f"{'cached, ' if m.cached else ''}measured {m.measured} at load "
                      f"{', '.join(map(str, m.load_average)) or 'n/a'}" + (f"; n/a: {missing}" if missing else ""))
@@ -152,9 +152,9 @@ def tables(result: BenchResult) -> list[Table]:
 
 
 def recommendation_lines(result: BenchResult) -> list[str]:
-    return [f"[{r.graph}] lowest latency: {r.label}, batch {r.batch_size}, {r.threads} threads (p50 {r.p50_ms:.3f} ms)"
+    return [f"[{r.graph}] lowest latency: {r.label}, batch {r.batch_size}, {threads_text(r.threads)} (p50 {r.p50_ms:.3f} ms)"
             if r.objective == "latency" else
-            f"[{r.graph}] highest throughput: {r.label}, batch {r.batch_size}, {r.threads} threads "
+            f"[{r.graph}] highest throughput: {r.label}, batch {r.batch_size}, {threads_text(r.threads)} "
             f"({r.throughput_per_s:.1f} items/s)" for r in result.recommendations]
 
 
@@ -176,8 +176,8 @@ def row_block(row: Row) -> list[str]:
     """One measured row as lines of `name value` pairs, readable at 80 columns."""
     latency = dict(zip(LATENCY_COLUMNS, _latency_cells(row)))
     other = dict(zip(OTHER_COLUMNS, _other_cells(row)))
-    graph, label, batch, threads = _key_cells(row)
-    return [f"[{graph}] {label}, batch {batch}, {threads} threads",
+    graph, label, batch, _ = _key_cells(row)
+    return [f"[{graph}] {label}, batch {batch}, {threads_text(row.threads)}",
             "  latency ms: " + "  ".join(f"{k} {latency[k]}" for k in ("p50", "p90", "p95", "p99")),
             "              " + "  ".join(f"{k} {latency[k]}" for k in ("min", "mean", "max", "std", "CoV")),
             f"  items/s {other['items/s']}  vs torch {other['vs torch']}  load {other['load s']} s  "
@@ -273,7 +273,7 @@ def _value(row: Row, metric: str) -> float:
 
 def _describe(key: tuple, row: Row) -> str:
     graph, _, _, batch, threads, mode, _ = key
-    return f"{row.label} [{graph}] batch {batch}, {threads} threads, {mode}"
+    return f"{row.label} [{graph}] batch {batch}, {threads_text(threads)}, {mode}"
 
 
 def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, metric: str = "p50_ms") -> Comparison:

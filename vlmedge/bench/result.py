@@ -320,8 +320,13 @@ def annotate(rows: list[Row], rounds: int | None = None) -> list[str]:
         if row.precision != "fp32" and base is not None and row.latency.p50_ms >= base.latency.p50_ms:
             row.warnings.append(f"{row.precision} is not faster than fp32 here "
                                 f"(p50 {row.latency.p50_ms:.2f} vs {base.latency.p50_ms:.2f} ms)")
-    return [f"{row.label} [{row.graph}] batch {row.batch_size}, {row.threads} threads: {w}"
+    return [f"{row.label} [{row.graph}] batch {row.batch_size}, {threads_text(row.threads)}: {w}"
             for row in rows for w in row.warnings]
+
+
+def threads_text(threads: int) -> str:
+    """'1 thread', '2 threads': how reports and progress lines name a thread count."""
+    return "1 thread" if threads == 1 else f"{threads} threads"
 
 
 def write_report(path: Path, text: str) -> Path:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from vlmedge.bench.peak import MachinePeaks, machine_peaks
-from vlmedge.bench.result import BASELINE, Roofline, Row
+from vlmedge.bench.result import BASELINE, Roofline, Row, threads_text
 from vlmedge.errors import VlmedgeError, exception_line
 from vlmedge.runtimes.base import backend_for_file
 
@@ -450,7 +450,7 @@ def _fewer_unknown(count: OpCount, path: Path, shapes: dict[str, Sequence[int]])
 def _peaks(plan: Plan, key: tuple[str, int | None], remeasure: bool, keep_higher: bool = False) -> MachinePeaks:
     backend, threads = key
     if not keep_higher:
-        plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {threads} threads "
+        plan.say(f"peak GEMM rates and memory bandwidth for {backend}, {threads_text(threads or 1)} "
                  "(measured once per machine, then read from the cache)")
     return machine_peaks(backend, threads or 1, remeasure, warnings=plan.warnings, keep_higher=keep_higher)
 

@@ -24,7 +24,7 @@ from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Pipeline, Prediction, check_threshold, check_top_k, chunks,
-                                manifest_activation, rank)
+                                manifest_activation, naming_overflows, overflow_rows_as, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
 AGGREGATES = ("max", "mean")
@@ -210,9 +210,13 @@ class AudioTagger(Pipeline):
                 by_shape.setdefault(np.shape(f), []).append(i)
             out = np.empty((len(features), len(self.labels)), dtype=np.float32)
             for rows in by_shape.values():
-                out[rows] = self.logits(np.stack([features[i] for i in rows]))
+                with overflow_rows_as(rows):
+                    out[rows] = self.logits(np.stack([features[i] for i in rows]))
             return out
-        outputs = [self._session.run({self._input: batch})[self._output] for batch in chunks(features, MAX_BATCH)]
+        outputs = []
+        for start in range(0, len(features), MAX_BATCH):
+            with overflow_rows_as(range(start, start + MAX_BATCH)):
+                outputs.append(self._session.run({self._input: features[start:start + MAX_BATCH]})[self._output])
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
@@ -257,21 +261,27 @@ class AudioTagger(Pipeline):
         """Per clip: duration, window spans and per-window scores. Windows of all clips are
         batched together and their features computed one chunk at a time."""
         hop = self.check_window_hop(window_hop, self.spec)
-        _, single = _as_clips(audio)
+        items, single = _as_clips(audio)
         clips = self.decode(audio, sample_rate)
         windows = [split_windows(wave, self.spec, hop) for wave, _ in clips]
         segments = [segment for clip_windows in windows for _, _, segment in clip_windows]  # views, no copies
         spans = [(duration, _spans(clip_windows)) for (_, duration), clip_windows in zip(clips, windows)]
         features = prepare_ordered(functools.partial(fbank, spec=self.spec), segments, self.decode_workers,
                                    ahead=2 * MAX_BATCH)
-        with contextlib.closing(features):
+        with contextlib.closing(features), naming_overflows(items, 0, _clip_name):
             return self._scored(spans, (_stacked(batch) for batch in in_batches(features, MAX_BATCH))), single
 
     def _scored(self, clips: list[tuple[float, list[tuple[float, float]]]],
                 feature_batches: Iterable[np.ndarray | list[np.ndarray]]) -> list[_Scored]:
         """Scores the windows of all clips together, one batch of their features at a time,
-        and splits the scores back per (duration, spans)."""
-        parts = [self._activate(self.logits(features)) for features in feature_batches]
+        and splits the scores back per (duration, spans); an overflow names the clips (rows)
+        whose windows overflowed."""
+        clip_of_window = [clip for clip, (_, spans) in enumerate(clips) for _ in spans]
+        parts, start = [], 0
+        for features in feature_batches:
+            with overflow_rows_as(clip_of_window[start:]):
+                parts.append(self._activate(self.logits(features)))
+            start += len(features)
         scores = np.concatenate(parts)
         results, offset = [], 0
         for duration, spans in clips:

@@ -147,8 +147,12 @@ def as_list(inputs: Any, single_types: tuple[type, ...]) -> tuple[list[Any], boo
     raise InputError(f"Unsupported input type {type(inputs).__name__}; pass a path, bytes, an image, or a list of them.")
 
 
+def _image_name(item: Any, i: int) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"image {i} of the list"
+
+
 @contextlib.contextmanager
-def naming_overflows(items: Sequence[Any], start: int):
+def naming_overflows(items: Sequence[Any], start: int, name: Callable[[Any, int], str] = _image_name):
     """Among several inputs, the ones a model call overflowed on (NonFiniteOutputError's rows,
     counted from `start` in `items`) are named: files by path, others by place in the list."""
     try:
@@ -157,9 +161,18 @@ def naming_overflows(items: Sequence[Any], start: int):
         if len(items) < 2 or not exc.rows:
             raise
         rows = [start + row for row in exc.rows if start + row < len(items)]
-        names = [str(items[row]) if isinstance(items[row], (str, os.PathLike)) else f"image {row} of the list"
-                 for row in rows]
+        names = [name(items[row], row) for row in rows]
         raise NonFiniteOutputError(f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: {exc}", rows) from None
+
+
+@contextlib.contextmanager
+def overflow_rows_as(rows: Sequence[int]):
+    """A NonFiniteOutputError raised inside, whose rows index a part of a larger call, comes
+    out with rows[i] for its row i (windows become their clips, a chunk its place in a batch)."""
+    try:
+        yield
+    except NonFiniteOutputError as exc:
+        raise NonFiniteOutputError(str(exc), sorted({rows[row] for row in exc.rows if row < len(rows)})) from None
 
 
 def chunks(items: Sequence[Any], size: int = MAX_BATCH):

@@ -116,7 +116,7 @@ def spec_fields(cls: type, processor_config: dict) -> Any:
     if c["do_resize"] and family == "Levit" and "shortest_edge" in size:
         size = {"shortest_edge": int((256 / 224) * size["shortest_edge"])}
     if c["do_resize"] and family == "ConvNext":
-        size, do_crop, crop = _convnext_resize(size, float(c["crop_pct"] or 224 / 256), do_crop, crop)
+        size, do_crop, crop = _convnext_resize(size, c["crop_pct"], do_crop, crop)
     if c["do_resize"] and family == "PoolFormer" and c.get("crop_pct") is not None:
         size = _poolformer_resize(size, float(c["crop_pct"]))
     if family == "Perceiver" and do_crop:  # crop a share of the shortest side first, then resize
@@ -163,7 +163,7 @@ def _hf_size(size: Any, default_to_square: bool) -> Any:
     return size
 
 
-def _convnext_resize(size: dict, crop_pct: float, do_crop: bool, crop: dict | None) -> tuple[dict, bool, dict | None]:
+def _convnext_resize(size: dict, crop_pct: Any, do_crop: bool, crop: dict | None) -> tuple[dict, bool, dict | None]:
     """ConvNeXt resizes the shortest edge to edge/crop_pct and crops edge x edge below 384, else warps."""
     edge = size.get("shortest_edge") if isinstance(size, dict) else None
     if edge is None:
@@ -171,6 +171,10 @@ def _convnext_resize(size: dict, crop_pct: float, do_crop: bool, crop: dict | No
     square = {"height": edge, "width": edge}
     if edge >= 384:
         return square, do_crop, crop
+    if not (is_number(crop_pct) and crop_pct > 0):  # transformers fails on every image too
+        raise UnsupportedModelError(f"This ConvNeXt processor's crop_pct is {'null' if crop_pct is None else repr(crop_pct)}, which its resize to a "
+                                    f"shortest edge of {edge} divides by; save it with a positive crop_pct "
+                                    "(ConvNeXt's default is 0.875).")
     if do_crop and crop != square:
         raise UnsupportedModelError(f"vlmedge cannot reproduce ConvNeXt's crop_pct crop followed by a second "
                                     f"centre crop to {crop}.")
