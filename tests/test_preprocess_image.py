@@ -53,6 +53,16 @@ PROCESSORS = {
     "convnext-crop-pct": ("ConvNextImageProcessorPil", {"size": {"shortest_edge": 224}}),
     "convnext-384-warp": ("ConvNextImageProcessorPil", {}),
     "levit": ("LevitImageProcessorPil", {}),
+    # do_pad with a pad_size: zeros below and right after normalising; classes whose own
+    # _preprocess never pads (BEiT) ignore it
+    "vit-pad-size": ("ViTImageProcessorPil", {"size": {"height": 64, "width": 48}, "do_pad": True,
+                                              "pad_size": {"height": 72, "width": 64}}),
+    "clip-longest-edge-pad": ("CLIPImageProcessorPil", {"size": {"shortest_edge": 48, "longest_edge": 64},
+                                                        "do_center_crop": False, "do_pad": True,
+                                                        "pad_size": {"height": 64, "width": 64}}),
+    "poolformer-pad": ("PoolFormerImageProcessorPil", {"size": {"shortest_edge": 48}, "crop_size": {"height": 48, "width": 48},
+                                                       "do_pad": True, "pad_size": {"height": 50, "width": 56}}),
+    "beit-pad-ignored": ("BeitImageProcessorPil", {"do_pad": True, "pad_size": {"height": 300, "width": 300}}),
 }
 
 
@@ -316,7 +326,6 @@ def test_spec_validation(overrides, message):
 @pytest.mark.parametrize("config, message", [
     ({"image_processor_type": "DPTImageProcessor"}, "DPT"),
     ({"size": 224}, r"names no class \(image_processor_type\)"),
-    ({"image_processor_type": "ViTImageProcessor", "do_pad": True, "pad_size": 256}, "pad_size"),
     ({"image_processor_type": "ConvNextImageProcessor", "size": 224, "do_center_crop": True, "crop_size": 200},
      "second centre crop"),
     # transformers divides by it and fails on every image; vlmedge used 224/256 without a word
@@ -329,6 +338,17 @@ def test_spec_validation(overrides, message):
 def test_from_hf_refuses_what_it_cannot_reproduce(config, message):
     with pytest.raises(UnsupportedModelError, match=message):
         ImagePreprocessSpec.from_hf(config)
+
+
+def test_an_image_larger_than_the_pad_size_is_refused(size_files, hf):
+    processor = hf.ViTImageProcessorPil(size={"shortest_edge": 64}, do_pad=True,  # 64 x 213 for a 300x1000 portrait
+                                        pad_size={"height": 72, "width": 64})
+    spec = ImagePreprocessSpec.from_hf(processor.to_dict())
+    with pytest.raises(ValueError, match="Padding dimensions are negative"):  # transformers refuses it too
+        processor(Image.open(size_files["portrait-300x1000"]), return_tensors="np")
+    with pytest.raises(InputError, match=r"^The image is 64x213 pixels after resizing, larger than the 64x72 this "
+                                         r"model's processor pads images to \(transformers refuses it too\)"):
+        preprocess_images([load_image(size_files["portrait-300x1000"])], spec)
 
 
 def test_a_convnext_crop_pct_is_read_only_where_it_is_used():

@@ -46,6 +46,10 @@ _HF_DEFAULTS["Bit"] = _HF_DEFAULTS["ChineseCLIP"] = _HF_DEFAULTS["CLIP"]
 _READ_AS_WRITTEN = {"MobileNetV1", "MobileNetV2", "MobileViT", "PoolFormer", "Pvt", "Segformer", "Perceiver",
                     "TextNet", "Donut", "EfficientNet", "Blip", "Gemma3"}
 SUPPORTED = frozenset(_HF_DEFAULTS) | _READ_AS_WRITTEN
+# Classes whose own _preprocess never pads: do_pad and pad_size in their configs do nothing
+# (the base one and PoolFormer's pad after normalising; Donut pads to its canvas, below).
+_NEVER_PADS = {"Beit", "ConvNext", "DINOv3ViT", "EfficientNet", "Gemma3", "ImageGPT", "MobileNetV2", "MobileViT",
+               "Perceiver", "Segformer", "TextNet"}
 # Processors that resize uint8 tensors with torchvision's own kernel, which rounds 0.2% of the
 # pixels one step away from Pillow's (DINOv3 resizes the float image instead: reproduced above).
 _TORCHVISION_ONLY = ("it exists only as a torchvision processor (tensor resizing), which Pillow does not reproduce "
@@ -95,9 +99,6 @@ def spec_fields(cls: type, processor_config: dict) -> Any:
         raise UnsupportedModelError(reason)
     base = _HF_DEFAULTS["ViT"] if family in _HF_DEFAULTS else {**_HF_DEFAULTS["ViT"], **dict.fromkeys(_OFF)}
     c = {**base, **_HF_DEFAULTS.get(family, {}), **processor_config}
-    if c.get("do_pad") and c.get("pad_size") is not None and family != "Donut":
-        raise UnsupportedModelError(f"vlmedge cannot reproduce the padding to pad_size={c['pad_size']} of this "
-                                    f"{family} processor.")
     if family == "Gemma3" and c.get("do_pan_and_scan"):
         raise UnsupportedModelError("vlmedge cannot reproduce Gemma3's pan-and-scan (a varying number of crops "
                                     "per image); save the processor with do_pan_and_scan=False.")
@@ -128,6 +129,8 @@ def spec_fields(cls: type, processor_config: dict) -> Any:
         extra["size_divisor"] = int(c.get("size_divisor") or 1)
     if family == "Donut":
         size, extra = _donut(size, c)
+    elif c.get("do_pad") and c.get("pad_size") is not None and family not in _NEVER_PADS:
+        extra["pad_size"] = _hf_size(c["pad_size"], True)  # without one it pads to the batch's largest: a no-op here
     if family == "EfficientNet":
         extra.update(rescale_offset=bool(c.get("rescale_offset")), normalize_std_again=bool(c.get("include_top")))
         if extra["normalize_std_again"] and c["image_std"] is None:

@@ -32,10 +32,14 @@ def preprocess_images(images: list[Image.Image], spec: ImagePreprocessSpec) -> n
     table = _value_table(spec)
     # channel c of the output is channel sources[c] of the image (BGR models flip after normalizing)
     sources = (2, 1, 0) if spec.channel_order == "BGR" else (0, 1, 2)
-    batch = np.empty((len(pixels), 3) + pixels[0].shape[:2], dtype=np.float32)
+    if spec.pad_size is None:
+        batch = np.empty((len(pixels), 3) + pixels[0].shape[:2], dtype=np.float32)
+    else:  # zeros below and right of each normalised image
+        batch = np.zeros((len(pixels), 3) + spec.output_size, dtype=np.float32)
     for out, array in zip(batch, pixels):
-        for channel, source in enumerate(sources):
-            np.take(table[source], array[..., source], out=out[channel], mode="clip")  # uint8: never out of range
+        height, width = array.shape[:2]
+        for channel, source in enumerate(sources):  # uint8: never out of range
+            np.take(table[source], array[..., source], out=out[channel, :height, :width], mode="clip")
     return batch if spec.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
 
 
@@ -79,6 +83,10 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
     if spec.do_center_crop:
         crop = torchvision_center_crop if spec.crop_style == "torchvision" else center_crop
         array = crop(array, spec.crop_size["height"], spec.crop_size["width"])
+    if spec.pad_size is not None and (array.shape[0] > spec.pad_size["height"] or array.shape[1] > spec.pad_size["width"]):
+        raise InputError(f"The image is {array.shape[1]}x{array.shape[0]} pixels after resizing, larger than the "
+                         f"{spec.pad_size['width']}x{spec.pad_size['height']} this model's processor pads images to "
+                         "(transformers refuses it too); crop it closer to a square.")
     return array
 
 

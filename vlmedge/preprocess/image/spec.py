@@ -44,6 +44,8 @@ class ImagePreprocessSpec:
       float32, so values agree to ~1e-5, not bit for bit);
     - normalise (``do_normalize``) by ``image_mean``/``image_std``, then divide by
       ``image_std`` once more when ``normalize_std_again`` (EfficientNet's include_top);
+    - ``pad_size``: zeros below and right of the normalised image up to {height, width}
+      (transformers' do_pad); an image larger than it is refused, as transformers refuses it;
     - ``channel_order`` BGR flips the channels (MobileViT), ``layout`` NHWC transposes.
     """
 
@@ -71,6 +73,7 @@ class ImagePreprocessSpec:
     normalize_std_again: bool = False
     crop_style: str = "huggingface"
     resize_after_rescale: bool = False
+    pad_size: dict | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise copies of the inputs once here
@@ -79,6 +82,8 @@ class ImagePreprocessSpec:
             set_(self, "crop_size", _check_size("crop_size", self.crop_size, square=True))
         if self.canvas is not None:
             set_(self, "canvas", _check_size("canvas", self.canvas, square=True))
+        if self.pad_size is not None:
+            set_(self, "pad_size", _check_size("pad_size", self.pad_size, square=True))
         for name in ("image_mean", "image_std"):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(is_number(v) for v in values):
@@ -109,6 +114,8 @@ class ImagePreprocessSpec:
             raise InputError(f"size_divisor must be a positive integer, not {self.size_divisor!r}.")
         if (self.align_long_axis or self.thumbnail or self.pad_to_canvas) and self.canvas is None:
             raise InputError("align_long_axis, thumbnail and pad_to_canvas need canvas={'height': H, 'width': W}.")
+        if self.pad_size is not None and (self.canvas is not None or self.resize_after_rescale):
+            raise InputError("pad_size pads after normalising; it takes no canvas or resize_after_rescale.")
         if self.resize_after_rescale and (self.resample not in ("bilinear", "bicubic") or self.do_center_crop
                                           or self.pre_crop is not None or self.canvas is not None
                                           or self.size_divisor != 1 or self.rescale_offset or self.normalize_std_again):
@@ -117,7 +124,7 @@ class ImagePreprocessSpec:
         if self.do_center_crop and self.crop_size is None:
             raise InputError("do_center_crop is set but crop_size is missing; "
                              "give crop_size={'height': H, 'width': W}.")
-        fixed = (self.do_center_crop or self.pad_to_canvas
+        fixed = (self.do_center_crop or self.pad_to_canvas or self.pad_size is not None
                  or (self.do_resize and "height" in self.size and self.size_divisor == 1 and not self.thumbnail))
         if not fixed:
             resizing = f"size={self.size}" if self.do_resize else "do_resize=False: images keep their own size"
@@ -127,7 +134,8 @@ class ImagePreprocessSpec:
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of every image in the produced tensor."""
-        box = self.crop_size if self.do_center_crop else self.canvas if self.pad_to_canvas else self.size
+        box = (self.pad_size or (self.crop_size if self.do_center_crop else self.canvas if self.pad_to_canvas
+                                 else self.size))
         return box["height"], box["width"]
 
     def to_dict(self) -> dict:
@@ -138,8 +146,9 @@ class ImagePreprocessSpec:
             d["pre_crop"] = list(self.pre_crop)
         if self.crop_style == "huggingface":  # what specs without the field have always meant
             del d["crop_style"]
-        if not self.resize_after_rescale:  # likewise: the manifests of every other processor stay as they were
-            del d["resize_after_rescale"]
+        for name in ("resize_after_rescale", "pad_size"):  # likewise: other processors' manifests stay as they were
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod
