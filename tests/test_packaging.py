@@ -52,3 +52,40 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path, vit_artifact):
     cli = subprocess.run([str(env_dir / "bin" / "vlmedge"), "info", str(vit_artifact)], capture_output=True,
                          text=True, cwd=tmp_path, env=env, timeout=120)
     assert cli.returncode == 0 and "image-classification" in cli.stdout, cli.stderr
+    _check_types_as_a_user(python, tmp_path, env)
+
+
+# Code a user type-checks against the installed wheel (it ships py.typed): one input gives one
+# result, a list a list of them, for each pipeline method whose return depends on it.
+USER_CODE = """
+import numpy as np
+from pathlib import Path
+import vlmedge
+from vlmedge.tasks.audio import AudioTagger
+from vlmedge.tasks.classifier import ImageClassifier
+from vlmedge.tasks.clip import Clip
+
+classifier: ImageClassifier = vlmedge.load("out/vit")
+reveal_type(classifier.classify("cat.jpg")[0].label)
+reveal_type(classifier.classify([Path("a.jpg"), b"..."])[0][0].score)
+reveal_type(classifier.classify(np.zeros((8, 8, 3), np.uint8), top_k=None)[0].index)
+clip: Clip = vlmedge.load("out/clip")
+reveal_type(clip.zero_shot("cat.jpg", ["cat", "dog"])[0].label)
+reveal_type(clip.zero_shot(("a.jpg", "b.jpg"), labels=["cat"])[1][0].label)
+tagger: AudioTagger = vlmedge.load("out/ast")
+reveal_type(tagger.tag("clip.wav").tags[0].label)
+reveal_type(tagger.tag(["a.wav", np.zeros(16000, np.float32)], sample_rate=16000)[1].duration)
+reveal_type(tagger.tag({"raw": np.zeros(10), "sampling_rate": 16000}).windows[0].start)
+classifier.classify("cat.jpg", top_k="3")
+"""
+
+
+def _check_types_as_a_user(python: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    pytest.importorskip("mypy")
+    (tmp_path / "user.py").write_text(USER_CODE)
+    run = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable",
+                          str(python), "user.py"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    revealed = [line.split('Revealed type is "')[1].rstrip('"') for line in run.stdout.splitlines() if "Revealed" in line]
+    assert revealed == ["str", "float", "int", "str", "str", "str", "float", "float"], run.stdout
+    errors = [line for line in run.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and 'No overload variant of "classify"' in errors[0], run.stdout  # a wrong top_k is caught

@@ -14,7 +14,7 @@ import functools
 import math
 import numbers
 import os
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence, Union, overload
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Pipeline, Prediction, ch
                                 manifest_activation, naming_overflows, overflow_rows_as, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
+# AUDIO_TYPES for type checkers (tag's overloads): one clip given alone
+OneClip = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, dict[str, Any]]
 AGGREGATES = ("max", "mean")
 
 
@@ -307,6 +309,15 @@ class AudioTagger(Pipeline):
         aggregate = self._aggregate_of(aggregate)
         scored, _ = self._score(audio, sample_rate, window_hop)
         return np.stack([self._aggregate(s.scores, aggregate) for s in scored])
+
+    @overload
+    def tag(self, audio: OneClip, sample_rate: int | None = None, top_k: int | None = 5,
+            threshold: float | None = None, window_hop: float | None = None,
+            aggregate: str | None = None) -> ClipTags: ...
+    @overload
+    def tag(self, audio: Sequence[OneClip], sample_rate: int | None = None, top_k: int | None = 5,
+            threshold: float | None = None, window_hop: float | None = None,
+            aggregate: str | None = None) -> list[ClipTags]: ...
 
     def tag(self, audio: Any, sample_rate: int | None = None, top_k: int | None = 5,
             threshold: float | None = None, window_hop: float | None = None,

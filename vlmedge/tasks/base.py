@@ -9,7 +9,7 @@ import inspect
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,9 @@ from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 
 # The largest batch handed to a backend at once; longer lists are run in chunks.
 MAX_BATCH = 32
+# One image given alone (a result for it alone); a list of them gives a list of results.
+# For type checkers (the pipelines' overloads): the runtime checks are as_list's.
+OneImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
 class Pipeline:

@@ -21,7 +21,7 @@ Runtime sessions are thread-safe and the tokenizer gives each call its own token
 from __future__ import annotations
 
 import string
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (MAX_BATCH, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
+from vlmedge.tasks.base import (MAX_BATCH, OneImage, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
                                 l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -246,6 +246,13 @@ class Clip(Pipeline):
                       text_embeddings: np.ndarray | None = None) -> np.ndarray:
         """Softmax over the labels (CLIP) or an independent sigmoid per label (SigLIP), (N, L)."""
         return self._scores(self.logits(images, labels, templates, text_embeddings))
+
+    @overload
+    def zero_shot(self, images: OneImage, labels: Sequence[str], templates: Sequence[str] | None = None,
+                  top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[Prediction]: ...
+    @overload
+    def zero_shot(self, images: Sequence[OneImage], labels: Sequence[str], templates: Sequence[str] | None = None,
+                  top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[list[Prediction]]: ...
 
     def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
                   top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[Prediction] | list[list[Prediction]]:
