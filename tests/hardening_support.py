@@ -210,6 +210,17 @@ def image_model(path: Path, size: int, dim: int) -> Path:
     return _save(graph, path)
 
 
+def model_calls(pipeline) -> list[int]:
+    """The batch size of every call the pipeline's sessions make from now on (a spy: each
+    session's run is wrapped, and still runs)."""
+    calls: list[int] = []
+    for session in pipeline.model.sessions.values():
+        run = session.run
+        session.run = lambda feeds, *args, _run=run, **kwargs: calls.append(len(next(iter(feeds.values())))) or \
+            _run(feeds, *args, **kwargs)
+    return calls
+
+
 def graph_io(session) -> dict[str, Any]:
     return {"inputs": [i.to_dict() for i in session.inputs], "outputs": [o.to_dict() for o in session.outputs]}
 

@@ -195,7 +195,8 @@ def test_a_misspelt_load_keyword_is_named_as_such(vit_artifact):
 
     for keyword in ("precison", "session_options"):
         with pytest.raises(UsageError, match=rf"vlmedge.load takes no keyword '{keyword}'; it takes backend, device, "
-                                             r"precision, decode_workers, cache and the backends' session options: threads"):
+                                             r"precision, decode_workers, cache, batch_size and the backends' session "
+                                             r"options: threads"):
             vlmedge.load(vit_artifact, **{keyword: 1})
 
 

@@ -241,15 +241,14 @@ def test_stereo_44k_file_windows_and_aggregate(name, exported, hf_reference, aud
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_long_clip_per_window_scores_match_hugging_face(name, exported, hf_reference, audio_files, monkeypatch):
+def test_long_clip_per_window_scores_match_hugging_face(name, exported, hf_reference, audio_files):
     """A 3 s clip with an explicit hop: window times tile the clip, each window's scores equal
     HF on exactly those samples, and mean/max aggregate them. A small batch size makes the
     windows run in several chunks."""
     import vlmedge
-    import vlmedge.tasks.audio as audio_task
 
-    monkeypatch.setattr(audio_task, "MAX_BATCH", 3)
-    tagger = vlmedge.load(exported(name))
+    tagger = vlmedge.load(exported(name), batch_size=3)
+    assert tagger.batch_size == 3
     hop = 0.25
     raw = read_mono_16k(audio_files["long"])
     result = tagger.tag(audio_files["long"], top_k=3, window_hop=hop, aggregate="mean")

@@ -291,6 +291,27 @@ def test_int8_peer_is_judged_by_the_int8_gate(vit_artifact, tmp_path):
     assert rows["as fp32"].precision == "fp32" and rows["as fp32"].parity.passed is False
 
 
+
+def test_a_peers_operations_and_traffic_are_counted_as_the_artifacts_own(vit_artifact, tmp_path):
+    """A peer's row was counted from its own file, whose quantize/dequantize nodes counted as
+    traffic: the same int8 file had half the ops per byte as a peer that it had as the
+    artifact's. Now both count the artifact's fp32 graph, at the row's precision."""
+    pytest.importorskip("onnx")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    peer = tmp_path / "model.int8.onnx"
+    fp32 = vit_artifact / "onnx" / "model.fp32.onnx"
+    quantize_dynamic(str(fp32), str(peer), weight_type=QuantType.QInt8)
+    r = vlmedge.bench(vit_artifact, backends=["onnxruntime"], batch_sizes=[1], peers={"q:int8": peer, "f": fp32},
+                      **FAST)
+    ours = next(row for row in r.rows if not row.peer and row.precision == "fp32")
+    rows = {row.peer: row for row in r.rows if row.peer}
+    assert rows["f"].roofline.bytes == ours.roofline.bytes and rows["f"].roofline.ops == ours.roofline.ops
+    assert rows["q"].roofline.ops == ours.roofline.ops and rows["q"].roofline.compute_precision == "int8"
+    assert rows["q"].roofline.count_source == ours.roofline.count_source
+    assert rows["q"].roofline.bytes < ours.roofline.bytes  # weights at one byte, not four
+
+
 def test_openvino_ir_peer_runs_on_openvino(two_target_artifact, tmp_path):
     pytest.importorskip("openvino")
     peer = tmp_path / "peer" / "ir.xml"

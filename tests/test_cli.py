@@ -124,6 +124,34 @@ def test_bad_input_image_is_an_error_not_a_traceback(vit_artifact, tmp_path):
     assert result.returncode == 1 and "fake.jpg" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_one_unreadable_input_does_not_cost_the_others_their_results(vit_artifact, image_files, tmp_path):
+    """`predict a.jpg bad.jpg b.png` printed only the error, where `embed` skips the bad file;
+    a name that is not UTF-8 came out as a lone surrogate, which strict JSON readers refuse.
+    A bulk run of which every input failed exited 0."""
+    import os
+    import shutil
+
+    import vlmedge
+
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("hello")
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png").decode("utf-8", "surrogateescape")
+    shutil.copy(image_files[1], odd)
+    result = vlmedge_cli("predict", vit_artifact, image_files[0], fake, odd, "--top-k", "1", "--json")
+    assert result.returncode == 1 and "1 of the 3 inputs could not be run" in result.stderr
+    rows = json.loads(result.stdout)
+    assert [row["input"] for row in rows] == [str(image_files[0]), str(fake), f"{tmp_path}/caf\\xe9.png"]
+    assert "error" in rows[1] and "not a readable" in rows[1]["error"] and "predictions" not in rows[1]
+    expected = vlmedge.load(vit_artifact).classify([str(image_files[0]), odd], top_k=1)
+    assert [row["predictions"][0]["label"] for row in (rows[0], rows[2])] == [p[0].label for p in expected]
+    table = vlmedge_cli("predict", vit_artifact, image_files[0], fake, "--top-k", "1")
+    assert table.returncode == 1 and expected[0][0].label in table.stdout and "fake.jpg" in table.stderr
+    pytest.importorskip("pyarrow")
+    every = vlmedge_cli("predict", vit_artifact, fake, fake, "--out", tmp_path / "r.parquet")
+    assert every.returncode == 1 and "None of the 2 inputs could be run" in every.stderr
+    assert (tmp_path / "r.parquet").exists()  # their rows, whose error column says why
+
+
 def test_bad_usage_exits_2():
     assert vlmedge_cli("predict").returncode == 2
     assert vlmedge_cli("export", "x", "--to").returncode == 2

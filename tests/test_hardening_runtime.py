@@ -218,7 +218,7 @@ def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, im
 
 def test_an_audio_overflow_names_the_clips_whose_windows_overflowed(tmp_path):
     """It said how many of the call's windows overflowed, not which clips: the windows of
-    every clip run together, in batches of MAX_BATCH, so their rows are mapped back to clips."""
+    every clip run together, in batches of the pipeline's batch_size, so their rows are mapped back to clips."""
     import soundfile
 
     from tests.hardening_support import tiny_audio_tagger

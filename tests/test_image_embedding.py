@@ -355,6 +355,14 @@ def test_predict_attention_writes_png(exported, tmp_path):
     assert [r["attention"] for r in rows] == [str(tmp_path / "attention-red-circle.png"),
                                               str(tmp_path / "attention-yellow-star.png")]
     assert all(Path(r["attention"]).is_file() for r in rows) and rows[0]["dim"] == 32
+    # the values embed() and `embed --out` give (they were the unnormalised ones), with the norm before
+    import vlmedge
+
+    encoder = vlmedge.load(artifact)
+    images = [SAMPLES / "red-circle.jpg", SAMPLES / "yellow-star.png"]
+    unit, raw = (encoder.embed(images, normalize=normalize) for normalize in (True, False))
+    for row, u, r in zip(rows, unit, raw):
+        assert row["first"] == [round(float(v), 5) for v in u[:4]] and row["norm"] == pytest.approx(np.linalg.norm(r))
 
 
 def test_render_attention_refuses_what_it_cannot_draw_or_write_before_drawing(exported, tmp_path):

@@ -201,6 +201,34 @@ def test_the_decode_workers_option_is_checked(vit_artifact):
         load(vit_artifact, 0)
 
 
+def test_batch_size_bounds_every_model_call(vit_artifact, encoder_artifact, ast_artifact, photos, clips):
+    """vlmedge.load(batch_size=N): no model call holds more than N inputs (a small device's
+    memory), the answers are the default's; it is checked like the other options."""
+    import vlmedge
+    from tests.hardening_support import model_calls
+
+    items = good_images(photos)[:7]
+    for artifact, method in ((vit_artifact, "classify"), (encoder_artifact, "embed")):
+        default, small = vlmedge.load(artifact, **BACKEND), vlmedge.load(artifact, batch_size=3, **BACKEND)
+        assert default.batch_size == 32 and small.batch_size == 3
+        calls = model_calls(small)
+        ours, theirs = getattr(small, method)(items), getattr(default, method)(items)
+        if method == "classify":
+            assert [[p.label for p in row] for row in ours] == [[p.label for p in row] for row in theirs]
+        else:
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        assert calls == [3, 3, 1]
+        getattr(small, f"{method}_prepared")(np.zeros((5, 3, *default.spec.output_size), np.float32))
+        assert calls[3:] == [3, 2]  # the prepared path (bulk, serve) too
+    tagger = vlmedge.load(ast_artifact, batch_size=2, **BACKEND)
+    calls = model_calls(tagger)
+    windows = sum(len(clip.windows) for clip in tagger.tag(clips))
+    assert calls and max(calls) == 2 and sum(calls) == windows
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(UsageError, match=r"batch_size must be a positive integer \(the most inputs per model call\)"):
+            vlmedge.load(vit_artifact, batch_size=bad)
+
+
 # -- `vlmedge embed FOLDER` and bulk -----------------------------------------------------------
 
 

@@ -478,8 +478,8 @@ def test_an_image_the_preprocessing_refuses_is_named_among_several(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "fine.png")
     too_long = r"The image is 2000x3 pixels: fitted into this model's size"
     with pytest.raises(InputError, match=rf"^Image file {tmp_path}/wide.png: {too_long}"):
-        list(pixel_batches([str(tmp_path / "fine.png"), str(tmp_path / "wide.png")], spec))
+        list(pixel_batches([str(tmp_path / "fine.png"), str(tmp_path / "wide.png")], spec, None, 32))
     with pytest.raises(InputError, match=rf"^Image 1 of the list: {too_long}"):
-        list(pixel_batches([Image.new("RGB", (40, 30)), Image.new("RGB", (2000, 3))], spec))
+        list(pixel_batches([Image.new("RGB", (40, 30)), Image.new("RGB", (2000, 3))], spec, None, 32))
     with pytest.raises(InputError, match=rf"^{too_long}"):
-        list(pixel_batches([Image.new("RGB", (2000, 3))], spec))
+        list(pixel_batches([Image.new("RGB", (2000, 3))], spec, None, 32))

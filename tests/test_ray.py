@@ -360,9 +360,9 @@ def test_mistakes_are_clear_errors_before_any_work(ray_local, vit_artifact, expo
     with pytest.raises(InputError, match="reads a 'bytes' or 'path' or 'image' column"):
         vray.run(vit_artifact, tmp_path / "t.csv")
     (tmp_path / "captions.txt").write_text("a red circle\n")  # was read as an image: "not a readable JPEG, PNG, ..."
-    with pytest.raises(InputError, match=r"captions.txt is a .txt file: captions, .* 'path' column instead"):
+    with pytest.raises(UsageError, match=r"captions.txt is a .txt file: captions, .* 'path' column instead"):
         vray.run(vit_artifact, [str(images), str(tmp_path / "captions.txt")])
-    with pytest.raises(InputError, match="Captions come from"):
+    with pytest.raises(UsageError, match="Captions come from"):
         vray.run(exported("clip"), images, "embed_texts")
     with pytest.raises(VlmedgeError, match="No artifact folder"):
         vray.run(tmp_path / "nothing", images)
@@ -410,8 +410,8 @@ def test_local_engine_reads_a_csv_of_paths(vit_artifact, images, tmp_path, monke
     assert "does not exist" in rows[5]["error"] and rows[5]["labels"] is None
     assert rows[6]["error"] == "The path cell of this row is empty; fill it in or drop the row."
     rows = rows[:6]
-    for bad in (2.5, "4", True, 0):  # the one check of both engines
-        with pytest.raises(InputError, match="batch_size must be a positive integer"):
+    for bad in (2.5, "4", True, 0):  # the one check of both engines, and of vlmedge.load
+        with pytest.raises(UsageError, match="batch_size must be a positive integer"):
             run_local(job, collect(["t.csv"], "image"), batch_size=bad)
     expected = vlmedge.load(vit_artifact, **BACKEND).classify([str(tmp_path / f"{i}0") for i in range(5)], top_k=2)
     assert_ranked_equal(rows[:5], expected)
@@ -444,6 +444,65 @@ def test_tables_of_other_columns_keep_every_row_and_a_result_column_is_refused(v
     (tmp_path / "caps.csv").write_bytes("\ufefftext,k\na red circle,1\n".encode())
     (tmp_path / "caps.txt").write_bytes("\ufeffa red circle\n".encode())
     assert holds_captions(["caps.csv"]) and read_table("caps.txt", "text") == {"text": ["a red circle"]}
+
+
+def test_a_tables_own_columns_keep_their_types(vit_artifact, images, tmp_path, monkeypatch):
+    """They were read as Python values and typed again per batch: a map or a uint64 above 2**63
+    failed with a traceback, a decimal128(5, 2) came back decimal128(3, 2), float16 as double,
+    a dictionary as string; a column typed differently in two tables failed (a traceback at
+    some batch sizes). Now they pass through as read, and the second is refused by name."""
+    pa = pytest.importorskip("pyarrow")
+    import decimal
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from vlmedge.bulk.inputs import collect
+    from vlmedge.bulk.job import make_job
+    from vlmedge.bulk.local import run_local
+
+    for i, source in enumerate(sorted(images.glob("*.png"))[:3]):
+        shutil.copy(source, tmp_path / f"{i}.png")
+    own = {"price": pa.array([decimal.Decimal("1.50"), None, decimal.Decimal("123.25")], pa.decimal128(5, 2)),
+           "big": pa.array([2 ** 63 + 5, 1, None], pa.uint64()),
+           "tags": pa.array([[("a", 1)], [], None], pa.map_(pa.string(), pa.int64())),
+           "half": pa.array(np.array([0.5, 1.5, 2.5], np.float16)),
+           "kind": pa.array(["x", "y", "x"]).dictionary_encode()}
+    pq.write_table(pa.table({"path": [f"{i}.png" for i in range(3)], **own}), tmp_path / "t.parquet")
+    monkeypatch.chdir(tmp_path)
+    job = make_job(vit_artifact, "classify", top_k=1, **BACKEND)
+    for batch_size in (1, 2, 8):
+        table = run_local(job, collect(["t.parquet"], "image"), batch_size=batch_size)
+        for name, column in own.items():
+            assert table.schema.field(name).type == column.type and table.column(name).to_pylist() == column.to_pylist()
+        assert all(error is None for error in table.column("error").to_pylist())
+    pq.write_table(pa.table({"path": ["0.png"], "price": ["cheap"]}), tmp_path / "u.parquet")
+    for batch_size in (1, 8):
+        with pytest.raises(InputError, match=rf"^Column 'price' is decimal128\(5, 2\) in {tmp_path}/t.parquet but "
+                                             rf"string in {tmp_path}/u.parquet; give the column one type in every "
+                                             r"table\.$"):
+            run_local(job, collect(["t.parquet", "u.parquet"], "image"), batch_size=batch_size)
+
+
+def test_a_folder_walk_says_what_it_leaves_out(tmp_path):
+    """A FIFO named like an image got no row, as a named one does ("not a regular file"), and a
+    link to a folder was not followed without a word."""
+    import os
+
+    from PIL import Image
+
+    from vlmedge.bulk.inputs import collect
+
+    folder, other = tmp_path / "in", tmp_path / "other"
+    folder.mkdir(), other.mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "a.png")
+    Image.new("RGB", (4, 4)).save(other / "b.png")
+    os.mkfifo(folder / "f.png")
+    os.symlink(other, folder / "linked")
+    found = collect([str(folder)], "image")
+    assert found.files == [str(folder / "a.png"), str(folder / "f.png")]
+    assert found.passed_over_note("image") == (f"did not follow 1 link(s) to folders ({folder / 'linked'}); name a "
+                                               "linked folder as an input to include it")
 
 
 def test_bad_tables_and_caption_files_are_one_sentence(tmp_path):
@@ -522,6 +581,32 @@ def test_cli_out_mistakes_are_usage_errors(vit_artifact, exported, images, tmp_p
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_embed_out_mistakes_and_an_out_naming_an_input_are_usage_errors(exported, images, tmp_path):
+    """embed --out x.csv wrote x.csv.npy, an existing folder folder.npy beside it, '-' a file
+    named -.npy; an --out naming the input table replaced it; tables and files mixed, and
+    tables of two formats, were exit 1. Now each is exit 2 before anything loads."""
+    image = sorted(images.glob("*.png"))[0]
+    (tmp_path / "t.csv").write_text(f"path\n{image}\n")
+    (tmp_path / "t.parquet").write_bytes(b"")
+    artifact = exported("dinov2")
+    for args, words in ((["embed", artifact, image, "--out", tmp_path / "x.csv"], "writes a .npy (and its .files.json) "
+                                                                                  "or a .parquet, not x.csv"),
+                        (["embed", artifact, image, "--out", tmp_path], "is a folder; pass a file in it"),
+                        (["embed", artifact, image, "--out", "-"], "not standard output"),
+                        (["predict", artifact, tmp_path / "t.parquet", "--out", tmp_path / "t.parquet"],
+                         "is one of the inputs"),
+                        (["embed", artifact, tmp_path / "t.parquet", "--out", tmp_path / "t.parquet"],
+                         "is one of the inputs"),
+                        (["predict", artifact, tmp_path / "t.csv", image, "--out", tmp_path / "r.parquet"],
+                         "not both"),
+                        (["predict", artifact, tmp_path / "t.csv", tmp_path / "t.parquet", "--out", tmp_path / "r.parquet"],
+                         "one format at a time")):
+        result = cli(*args)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.parquet"]
+    assert (tmp_path / "t.csv").read_text() == f"path\n{image}\n"
+
+
 @pytest.mark.parametrize("engine", [["--decode-workers", "1"], pytest.param(["--engine", "ray"], marks=needs_ray)],
                          ids=["local", "ray"])
 def test_sigterm_mid_run_leaves_nothing_behind(exported, images, tmp_path, engine):
@@ -544,6 +629,7 @@ def test_sigterm_mid_run_leaves_nothing_behind(exported, images, tmp_path, engin
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM, stderr[-2000:]
     assert b"Traceback" not in stderr and b"SIGTERM received" not in stderr and list(tmp_path.iterdir()) == []
+    assert b"Terminated: nothing was written" in stderr
 
 
 # -- the CLI -----------------------------------------------------------------------------------

@@ -100,7 +100,9 @@ def test_classify_multipart_and_json_match_the_runtime(server, pipelines):
     assert "Server-Timing" in r.headers
     for got, want in zip(body["results"], expected):
         assert_ranked(got["predictions"], want)
-    r = httpx.post(f"{server}/v1/models/vit/classify", json={"images": [b64(p) for p in IMAGES[:2]], "top_k": 3})
+    # base64 in one line, and as MIME writes it (the base64 tool, base64.encodebytes: lines of 76)
+    encoded = [b64(IMAGES[0]), base64.encodebytes(IMAGES[1].read_bytes()).decode()]
+    r = httpx.post(f"{server}/v1/models/vit/classify", json={"images": encoded, "top_k": 3})
     assert r.status_code == 200, r.text
     for got, want in zip(r.json()["results"], expected[:2]):
         assert_ranked(got["predictions"], want)
@@ -204,11 +206,35 @@ def test_errors_are_json_with_4xx_codes(server):
         (post("/v1/models/ast/tag", json={"audio": [b64(AUDIO[0])], "window_hop": 99.0}), 422, "invalid_field"),
         (httpx.get(f"{server}/v1/models/nope"), 404, "unknown_model"),
         (httpx.delete(f"{server}/v1/models"), 405, "method_not_allowed"),
+        # an integer longer than Python converts (4,300 digits) is malformed JSON too (it was a 500)
+        (post("/v1/models/vit/classify", content=b'{"images": [], "top_k": 1' + b"0" * 5000 + b"}",
+              headers={"content-type": "application/json"}), 400, "invalid_json"),
     ]
     for response, status, code in cases:
         assert response.status_code == status, (status, code, response.text)
         error = response.json()["error"]
         assert error["status"] == status and error["code"] == code and error["message"].endswith((".", ")"))
+
+
+def test_no_model_call_holds_more_inputs_than_max_batch(vit_artifact):
+    """A request of 5 images with --max-batch 2 ran as one model call of 5 (a task request and
+    a V2 graph request alike); the caller's pipeline keeps its own batch size."""
+    from tests.hardening_support import model_calls
+
+    pipeline = vlmedge.load(vit_artifact, backend="onnxruntime")
+    calls = model_calls(pipeline)
+    images = (IMAGES * 2)[:5]
+    with running(create_app({"vit": pipeline}, BatchConfig(max_batch=2, max_delay_ms=1), warm_up=False)) as url:
+        answer = httpx.post(f"{url}/v1/models/vit/classify", files=files("images", images), timeout=60)
+        pixels = np.zeros((5, 3, *pipeline.spec.output_size), np.float32)
+        name = pipeline.model.sessions["model"].inputs[0].name
+        graph = httpx.post(f"{url}/v2/models/vit/infer", timeout=60, json={"inputs": [
+            {"name": name, "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}]})
+    assert answer.status_code == 200 and graph.status_code == 200, (answer.text, graph.text)
+    assert calls == [2, 2, 1, 2, 2, 1] and pipeline.batch_size == 32
+    for got, expected in zip(answer.json()["results"], pipeline.classify(images)):
+        assert_ranked(got["predictions"], expected)
+    assert len(graph.json()["outputs"][0]["data"]) == 5 * len(pipeline.labels)
 
 
 # -- batching, the queue bound, timeouts -----------------------------------------------------
@@ -223,6 +249,8 @@ class GatedClassifier:
         self.calls: list[int] = []
 
     def __getattr__(self, name):
+        if name == "inner":  # not set yet: a copy being made (the server serves a copy)
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def classify_prepared(self, pixels, top_k=5):  # what the server's batches call
@@ -297,6 +325,8 @@ class SlowToPrepare:
         self.inner, self.gate, self.prepared = inner, threading.Event(), []
 
     def __getattr__(self, name):
+        if name == "inner":  # not set yet: a copy being made (the server serves a copy)
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     @property

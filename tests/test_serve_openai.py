@@ -107,6 +107,8 @@ def test_bad_requests_are_openai_errors(client, server):
         assert words in error["message"] and error["type"] == "invalid_request_error", error
 
     refused(openai.NotFoundError, 404, "no model 'nope'", model="nope", input="x")
+    refused(openai.BadRequestError, 400, "takes model, input, encoding_format and dimensions (and user, which it "
+            "ignores)", model="clip", input="x", extra_body={"colour": "red"})
     refused(openai.BadRequestError, 400, "does not embed", model="vit", input=data_url(IMAGES[0]))
     refused(openai.BadRequestError, 400, "not valid base64", model="dino", input="%%% not base64")
     refused(openai.BadRequestError, 400, "not a readable image", model="dino",
@@ -131,6 +133,11 @@ def test_bad_requests_are_openai_errors(client, server):
     bad_json = httpx.post(f"{server}/v1/embeddings", content=b'{"model": "clip", "input": ',
                           headers={"content-type": "application/json"})
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
+    too_long = httpx.post(f"{server}/v1/embeddings", content=b'{"model": "clip", "input": "x", "dimensions": '
+                          + b"9" * 5000 + b"}", headers={"content-type": "application/json"})
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_json"  # it was a 500
+    wrong_method = httpx.get(f"{server}/v1/embeddings")  # OpenAI's error shape on every answer of the route
+    assert wrong_method.status_code == 405 and set(wrong_method.json()["error"]) == {"message", "type", "param", "code"}
     text = httpx.get(f"{server}/metrics").text
     assert metric(text, "vlmedge_requests_total", model="clip", endpoint="embeddings", code="200") >= 1
     assert metric(text, "vlmedge_requests_total", model="dino", endpoint="embeddings", code="400") >= 1

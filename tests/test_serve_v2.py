@@ -217,7 +217,7 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
     refused("400", name, "shape", model_name="vit", inputs=[array_input(name, wrong)])
     refused("404", "nope", model_name="nope", inputs=[array_input(name, good)])
     refused("404", "version", model_name="vit", model_version="7", inputs=[array_input(name, good)])
-    refused("400", "images[0]", "not a readable image", model_name="vit",
+    refused("400", "image[0]", "not a readable image", model_name="vit",  # named as this request names it
             inputs=[bytes_input("image", [b"not an image at all"])])
     refused("400", "BYTES", model_name="vit", inputs=[array_input("image", np.zeros(3, np.float32))])
     refused("400", "top_k", model_name="vit", inputs=[bytes_input("image", [IMAGES[0].read_bytes()])],
@@ -235,6 +235,13 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
         mask = np.ones_like(ids)
         refused("400", *words, model_name="clip",
                 inputs=[array_input("input_ids", ids.astype(np.int64)), array_input("attention_mask", mask)])
+    # inputs that share an axis disagree on it, or leave it empty: one sentence, not the backend's internals
+    for ids, mask, words in ((tokens["input_ids"][:, :3], tokens["attention_mask"][:, :4],
+                              ("'attention_mask' has 4 on its 'sequence' axis (1), but input 'input_ids' has 3",)),
+                             (tokens["input_ids"][:, :0], tokens["attention_mask"][:, :0],
+                              ("'input_ids' is empty on its 'sequence' axis (1)",))):
+        refused("400", *words, model_name="clip", inputs=[array_input("input_ids", ids.astype(np.int64)),
+                                                          array_input("attention_mask", mask.astype(np.int64))])
     refused("400", "Unknown parameter 'labels'", model_name="vit", inputs=[bytes_input("image", [IMAGES[0].read_bytes()])],
             parameters={"labels": "cat,dog"})
     refused("400", "takes the inputs {image} or {" + name, model_name="vit",
@@ -259,6 +266,8 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
         (_raw(server, "vit", {"inputs": [{"name": "image", "datatype": "STRING", "shape": [1], "data": ["x"]}]}),
          400, "datatype"),
         (httpx.post(f"{server}/v2/models/vit/infer", content=b'{"inputs": [', timeout=30), 400, "JSON"),
+        (httpx.post(f"{server}/v2/models/vit/infer", content=b'{"id": ' + b"1" * 5000 + b', "inputs": []}', timeout=30),
+         400, "not valid JSON"),  # an integer longer than Python converts: it was a 500
         # binary data after the JSON without the header that says where the JSON ends
         (httpx.post(f"{server}/v2/models/vit/infer", content=json.dumps(head).encode() + b"\xf6\x00\x01", timeout=30),
          400, "needs the Inference-Header-Content-Length header"),
@@ -282,6 +291,8 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(client, serv
          "within its time limit of 0.001 s"),
         (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout": 0}}), 400,
          "'timeout' must be a positive number of microseconds"),
+        (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout": 1.5}}), 408,
+         "within its time limit of 0.001 s"),  # a JSON number with a fraction: whole milliseconds, rounded up
         (_raw(server, "vit", {"inputs": [image_tensor], "parameters": {"timeout_ms": "soon"}}), 400,
          "'timeout_ms' must be an integer"),
         # an empty tensor too wide for numpy to shape (it was a 500)
@@ -325,6 +336,8 @@ class Gated:
         self.inner, self.gate, self.calls = inner, threading.Event(), []
 
     def __getattr__(self, name):
+        if name == "inner":  # not set yet: a copy being made (the server serves a copy)
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def classify_prepared(self, pixels, top_k=5):

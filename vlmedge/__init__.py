@@ -23,7 +23,8 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str | None = None,
-         decode_workers: int | None = None, cache: bool | None = None, **options: Any):
+         decode_workers: int | None = None, cache: bool | None = None, batch_size: int | None = None,
+         **options: Any):
     """Loads an artifact folder and returns the pipeline of its task, without torch.
 
     Args:
@@ -41,6 +42,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
             None: on unless the environment sets VLMEDGE_NO_CACHE=1. Entries are keyed by the
             files' hashes, backend version, CPU and options, and verified before use. The
             artifact's files are then not hashed again while unchanged (vlmedge.user_cache).
+        batch_size: the most inputs (images, captions, audio windows) handed to the backend in
+            one call; longer lists run in chunks of this many (None: 32). Smaller saves memory
+            on a small device, larger may run faster on a GPU; the pipeline's ``batch_size``.
         **options: the session options of the backend that runs the files, e.g. threads=4:
             onnxruntime takes threads and optimization, openvino threads, performance_hint
             and inference_precision (`vlmedge formats` says what each sets).
@@ -66,7 +70,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "cpu", pr
     from vlmedge.tasks import load as _load
 
     return _load(path, backend=backend, device=device, precision=precision, decode_workers=decode_workers, cache=cache,
-                 **options)
+                 batch_size=batch_size, **options)
 
 
 def export(model: Any, out: str | os.PathLike, to: str | Iterable[str] = ("onnx",),

@@ -8,6 +8,7 @@ class's `exit_code` (EXIT_CODES lists them all).
 import re
 import sys
 import warnings
+from typing import Any
 
 # The `vlmedge` command's exit codes, declared once (the README's "Errors" table mirrors them).
 EXIT_CODES = {
@@ -107,3 +108,13 @@ class ParityError(ExportError):
     """An exported file whose outputs differ from the source model beyond its gate."""
 
     exit_code = 3
+
+
+def printable(text: Any) -> Any:
+    """A string with the bytes of a file name that is not UTF-8 (os.fsdecode's surrogates, which
+    Arrow's UTF-8 strings, strict JSON and some terminals cannot hold) escaped, b'\\xff' as
+    '\\xff': in a message, a printed or JSON row, a path column, a .files.json. Anything else as
+    it is."""
+    if not isinstance(text, str):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -14,10 +15,11 @@ class _Terminated(BaseException):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt(stopped: str | None = None) -> Iterator[None]:
     """Within it, SIGTERM unwinds the run as Ctrl-C does, so that what it was writing (an
     export's build folder and scratch files, a bulk run's temporary output) is removed on the
-    way out; then the process ends by SIGTERM, as it would have without this handler."""
+    way out; then the process ends by SIGTERM, as it would have without this handler.
+    `stopped`: a line for stderr when either stops the run (what was left as it was)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
@@ -28,7 +30,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
-    except _Terminated:
+    except (_Terminated, KeyboardInterrupt) as exc:
+        if stopped:
+            print(f"\n{'Terminated' if isinstance(exc, _Terminated) else 'Interrupted'}: {stopped}", file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
     finally:

@@ -118,7 +118,7 @@ def bench(
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Time the task pipeline on the artifact's sample files: decode, preprocess, model, postprocess."),
     random_inputs: bool = typer.Option(False, "--random-inputs", help="Seeded random inputs instead of the artifact's real samples."),
     sweep: Optional[str] = typer.Option(None, "--sweep", metavar="threads,batch", help="threads and/or batch: measure a grid and recommend settings."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", metavar="N", min=1, help="Time every row round-robin in N rounds, all sessions open at once (the memory of all of them): ratios between rows then hold on a machine whose speed drifts. Default: each row in turn."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", metavar="N", min=1, help="Time every row round-robin in N rounds, all sessions open at once (the memory of all of them): ratios between rows then hold on a machine whose speed drifts; --iterations is shared among the rounds, each share rounded up (3 in 5 rounds time 5 calls). Default: each row in turn."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for the exported files: cpu, cuda, ..."),
     peer: Optional[list[str]] = typer.Option(None, "--peer", metavar="NAME[:PRECISION]=FILE", help="NAME=FILE exported by another tool, timed beside the artifact (repeatable): FILE.onnx on ONNX Runtime, FILE.xml (OpenVINO IR) on OpenVINO; NAME:int8=FILE for a quantized file, judged by the int8 gate."),
     roofline: bool = typer.Option(True, "--roofline/--no-roofline", help="Per row: operations per call, GOP/s, % of this machine's measured peak for its precision, compute- or memory-bound (the peaks are measured once and cached)."),

@@ -14,7 +14,9 @@ Counting (count_onnx, count_openvino), with the shapes of the feeds the row ran:
 An ONNX graph whose shapes ONNX shape inference cannot follow is counted by OpenVINO where it
 is installed, whatever backends the run timed.
 The count comes from the artifact's fp32 ONNX file of the same graph whatever the variant
-(an int8 graph does the same MACs), else from the variant's own file. Bytes per element are
+(an int8 graph does the same MACs), a --peer's too (another tool's file of the same model,
+judged against the same outputs: its quantize/dequantize nodes would count as traffic the
+artifact's int8 file of the same model is not charged), else from the variant's own file. Bytes per element are
 those of the variant: weights 1 (int8) or the float width it computes in, activations that
 float width (bf16 and fp16: 2, else 4).
 
@@ -356,17 +358,15 @@ def roofline(row: Row, count: OpCount | None, peaks: MachinePeaks | None, why: s
 
 def _count_file(plan: Plan, row: Row) -> tuple[Path, str] | str:
     """The file whose graph is counted for a row and its kind ("onnx" or "openvino"): the
-    artifact's fp32 ONNX file of the graph, else the row's own file, else its fp32 OpenVINO
-    file (without the onnx package: the OpenVINO files only); or why there is none."""
+    artifact's fp32 ONNX file of the graph (for a peer's row too), else the row's own file,
+    else its fp32 OpenVINO file (without the onnx package: the OpenVINO files only); or why
+    there is none."""
     have = {kind: importlib.util.find_spec(kind) is not None for kind in ("onnx", "openvino")}
-    if row.peer is not None and row.file:
-        candidates = [Path(row.file)]
-    else:
-        entries = [*plan.artifact.model_entries(graph=row.graph, target="onnx", precision="fp32")]
-        own = [plan.artifact.root / row.file] if row.file else []
-        candidates = [plan.artifact.path_of(e) for e in entries] + own + [
-            plan.artifact.path_of(e) for e in plan.artifact.model_entries(graph=row.graph, target="openvino",
-                                                                          precision="fp32")]
+    entries = [*plan.artifact.model_entries(graph=row.graph, target="onnx", precision="fp32")]
+    own = [Path(row.file) if row.peer is not None else plan.artifact.root / row.file] if row.file else []
+    candidates = [plan.artifact.path_of(e) for e in entries] + own + [
+        plan.artifact.path_of(e) for e in plan.artifact.model_entries(graph=row.graph, target="openvino",
+                                                                      precision="fp32")]
     kinds = [(path, getattr(backend_for_file(path), "target", None)) for path in candidates]
     for path, kind in kinds:
         if have.get(kind):

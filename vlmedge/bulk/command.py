@@ -24,10 +24,14 @@ from vlmedge.bulk.job import BulkJob, make_job
 from vlmedge.bulk.table import column, column_names
 from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format, side_file
 from vlmedge.choices import ENGINES, split
-from vlmedge.errors import InputError, UsageError, VlmedgeError
+from vlmedge.errors import InputError, UsageError, VlmedgeError, printable
 from vlmedge.signals import sigterm_as_interrupt
 
 SHOWN_ERRORS = 20
+
+
+# what a stopped bulk run says (the writers remove their temporary files on the way out)
+STOPPED = "nothing was written (an earlier file of that name is left as it was)."
 
 
 def wants_bulk(engine: str, out: Optional[Path], address: Optional[str] = None, concurrency: Optional[int] = None,
@@ -57,6 +61,29 @@ def check_predict_out(engine: str, out: Optional[Path], inputs: list[str], as_js
                          "or pass the files themselves.")
     if as_json and out is not None:
         raise UsageError(f"--json prints the results, which --out writes to {out.name}; drop one of them.")
+    _check_out_is_no_input(out, inputs)
+
+
+def check_embed_out(out: Path, inputs: Optional[list[str]]) -> None:
+    """`embed` writes a .npy (a name without a suffix gets one, as numpy.save gives it) and its
+    .files.json, or a .parquet: another suffix, a folder or '-' is refused (they were written
+    as x.csv.npy, folder.npy beside the folder, and a file named -.npy)."""
+    if str(out) == "-":
+        raise UsageError("vlmedge embed writes files (a .npy and its .files.json, or a .parquet), not standard "
+                         "output; pass e.g. --out embeddings.npy.")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; pass a file in it, e.g. --out {out / 'embeddings.npy'}.")
+    if out.suffix and out_format(out) is None:
+        raise UsageError(f"vlmedge embed writes a .npy (and its .files.json) or a .parquet, not {out.name}; pass "
+                         "e.g. --out embeddings.npy.")
+    _check_out_is_no_input(out, inputs)
+
+
+def _check_out_is_no_input(out: Optional[Path], inputs: Optional[list[str]]) -> None:
+    """An --out that names one of the inputs (a table of paths) would replace it."""
+    for name in inputs or []:
+        if out is not None and Path(name).exists() and out.exists() and out.samefile(name):
+            raise UsageError(f"--out {out} is one of the inputs; write the results to another file.")
 
 
 def check_method_values(artifact: Path, templates: Optional[list[str]], window_hop: Optional[float],
@@ -121,6 +148,7 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
     """`vlmedge embed`: images (or CLIP captions from .txt/.csv/.parquet inputs, or --text)
     into a Parquet file, or into a .npy + .files.json. ``decode_workers``: the local engine's
     decode threads (None: min(4, CPUs); 1: serially)."""
+    check_embed_out(out, inputs)
     bulk = wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     check_decode_workers(engine, decode_workers)
     if bulk and texts:
@@ -193,7 +221,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
         runs.append((text_job, batches({"text": texts}, batch_size)))
     total = None if found.tables else len(found.files) + len(found.missing) + len(texts)
     started = time.perf_counter()
-    with sigterm_as_interrupt(), writer, _progress(err_console, "embedding", total) as advance:
+    with sigterm_as_interrupt(STOPPED), writer, _progress(err_console, "embedding", total) as advance:
         for run_job, input_batches in runs:
             for results in iter_local(run_job, input_batches, advance, pipeline, decode_workers):
                 writer.add(results, run_job)
@@ -221,7 +249,7 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
     summary = _Summary()
     # the writer refuses an --out it could not write before Ray starts or any input is read
     writer = ParquetWriter(out) if out_format(out) == "parquet" else NpyWriter(out, artifact)
-    with sigterm_as_interrupt(), writer:
+    with sigterm_as_interrupt(STOPPED), writer:
         if engine == "ray":
             ray = bulk_ray.init(address)
             try:
@@ -242,6 +270,9 @@ def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str
                        writer, summary)
             where = "the local engine (one process)"
     _report(summary, writer.out, time.perf_counter() - started, where, console, err_console)
+    if summary.rows and len(summary.errors) == summary.rows:  # a .npy of none is refused as it closes
+        raise InputError(f"None of the {summary.rows} inputs could be run; the 'error' column of {writer.out} says "
+                         "why (listed above).")
 
 
 def _say_passed_over(found: Any, kind: str, err_console: Console) -> None:
@@ -273,7 +304,8 @@ class _Summary:
         errors = column(batch, "error")
         self.rows += len(errors)
         inputs = column(batch, "path" if "path" in names else names[0])
-        self.errors.extend((str(name), error) for name, error in zip(inputs, errors) if error is not None)
+        self.errors.extend((printable(str(name)), printable(error)) for name, error in zip(inputs, errors)
+                           if error is not None)
 
 
 def _write(results: Iterable[Any], job: BulkJob, writer: Any, summary: _Summary) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import written_by
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, UsageError
 from vlmedge.preprocess import visible_paths
 
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -37,15 +37,22 @@ class Inputs:
     # files of the walked folders that are not of the kind (an image folder's .wav), by suffix:
     # left out, and said so (passed_over_note), not read as unreadable inputs
     passed_over: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # symbolic links to folders inside the walked folders: not followed (a link may loop)
+    linked_folders: list[str] = dataclasses.field(default_factory=list)
 
     def passed_over_note(self, kind: str) -> str | None:
-        """One line on the files left out of the folders, or None when there were none."""
-        if not self.passed_over:
-            return None
-        counts = ", ".join(f"{suffix or '(no suffix)'} {n}" for suffix, n in self.passed_over.most_common(5))
-        more = ", ..." if len(self.passed_over) > 5 else ""
-        return (f"left out {sum(self.passed_over.values())} file(s) of the folders that are not {kind} files "
-                f"({counts}{more})")
+        """One line on what the folder walks left out, or None when they left nothing out."""
+        notes = []
+        if self.passed_over:
+            counts = ", ".join(f"{suffix or '(no suffix)'} {n}" for suffix, n in self.passed_over.most_common(5))
+            more = ", ..." if len(self.passed_over) > 5 else ""
+            notes.append(f"left out {sum(self.passed_over.values())} file(s) of the folders that are not {kind} "
+                         f"files ({counts}{more})")
+        if self.linked_folders:
+            notes.append(f"did not follow {len(self.linked_folders)} link(s) to folders ({self.linked_folders[0]}"
+                         f"{', ...' if len(self.linked_folders) > 1 else ''}); name a linked folder as an input to "
+                         "include it")
+        return "; ".join(notes) or None
 
     @property
     def table_format(self) -> str | None:
@@ -83,12 +90,12 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not isinstance(inputs, (list, tuple)) or (not inputs and not allow_empty):
-        raise InputError("Give at least one input: files, folders, or Parquet/CSV files of paths or captions.")
+        raise UsageError("Give at least one input: files, folders, or Parquet/CSV files of paths or captions.")
     suffixes = media_suffixes(kind)
     found = Inputs()
     for raw in inputs:
         if not isinstance(raw, (str, os.PathLike)):
-            raise InputError(f"Inputs must be paths, not {type(raw).__name__}; for data in memory build a "
+            raise UsageError(f"Inputs must be paths, not {type(raw).__name__}; for data in memory build a "
                              "ray.data Dataset with a 'path', 'bytes' or 'text' column.")
         name = os.fspath(raw)
         local = name if is_uri(name) or not absolute else os.path.abspath(name)
@@ -96,7 +103,7 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         if suffix in TABLE_SUFFIXES or (kind == "text" and suffix in TEXT_SUFFIXES):
             found.tables.append(local)
         elif suffix in TEXT_SUFFIXES:  # read as an image it was "not a readable JPEG, PNG, ..."
-            raise InputError(f"{name} is a .txt file: captions, one per line, which a CLIP artifact embeds as texts; "
+            raise UsageError(f"{name} is a .txt file: captions, one per line, which a CLIP artifact embeds as texts; "
                              f"list {kind} files in a .csv or .parquet with a 'path' column instead.")
         elif is_uri(name):
             found.files.append(name)
@@ -104,22 +111,24 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
             root = Path(name).resolve() if absolute else Path(name)
             # a dangling symbolic link is kept, so that its row says why it cannot be read
             walked = visible_paths(root)
-            hits = [p for p in walked if p.suffix.lower() in suffixes and (p.is_file() or not p.exists())]
+            # so is a FIFO or device, so that its row says it is not a regular file, as when it is named
+            hits = [p for p in walked if p.suffix.lower() in suffixes and not p.is_dir()]
             found.files.extend(str(p) for p in sorted(hits, key=lambda p: p.relative_to(root).parts))
             found.passed_over.update(p.suffix.lower() for p in walked if p.suffix.lower() not in suffixes and p.is_file())
+            found.linked_folders.extend(str(p) for p in walked if p.is_symlink() and p.is_dir())
         elif os.path.exists(name):  # a file, or a FIFO or device that its row says is not a regular file
             found.files.append(local)
         else:
             found.missing.append(local)
     if found.tables and (found.files or found.missing):
-        raise InputError("Give either media files and folders or tables (.parquet/.csv) of paths or captions, not both.")
+        raise UsageError("Give either media files and folders or tables (.parquet/.csv) of paths or captions, not both.")
     if len({_suffix(t) for t in found.tables}) > 1:
-        raise InputError("Give tables of one format at a time (all .parquet, all .csv or all .txt).")
+        raise UsageError("Give tables of one format at a time (all .parquet, all .csv or all .txt).")
     if kind == "text" and not found.tables:
-        raise InputError("Captions come from a .parquet or .csv file with a 'text' (or 'caption') column, "
+        raise UsageError("Captions come from a .parquet or .csv file with a 'text' (or 'caption') column, "
                          "or a .txt file with one caption per line.")
     if not (found.files or found.missing or found.tables) and not allow_empty:
-        raise InputError(f"No {kind} files found in {', '.join(map(os.fspath, inputs))}.")
+        raise UsageError(f"No {kind} files found in {', '.join(map(os.fspath, inputs))}.")
     return found
 
 
@@ -185,8 +194,9 @@ def table_columns(path: str) -> list[str]:
             return [c.strip().strip('"') for c in f.readline().split(",")]
 
 
-def read_table(path: str, fmt: str) -> dict[str, list[Any]]:
-    """A Parquet / CSV / text table as columns, read the way the Ray engine reads it."""
+def read_table(path: str, fmt: str) -> Any:
+    """A Parquet / CSV table as a pyarrow Table, read the way the Ray engine reads it; a text
+    file of captions as {"text": [caption, ...]}."""
     with _reading(path, fmt):
         if fmt == "text":
             lines = Path(path).read_bytes().decode("utf-8-sig").splitlines()  # a BOM is not a caption
@@ -194,10 +204,10 @@ def read_table(path: str, fmt: str) -> dict[str, list[Any]]:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pydict()
+            return pq.read_table(path)
         import pyarrow.csv as pa_csv
 
-        return pa_csv.read_csv(path, convert_options=csv_convert_options()).to_pydict()
+        return pa_csv.read_csv(path, convert_options=csv_convert_options())
 
 
 @contextlib.contextmanager
@@ -214,27 +224,40 @@ def _reading(path: str, fmt: str) -> Iterator[None]:
         raise InputError(f"{path} could not be read as {what} ({first_line(exc)}); check the file.") from None
 
 
-def rows_of(inputs: Inputs) -> dict[str, list[Any]]:
+def rows_of(inputs: Inputs) -> dict[str, Any]:
     """The input rows as columns, in the engines' order: files, then named files that do not
-    exist; or the rows of each table in turn."""
+    exist; or the rows of each table in turn. A Parquet or CSV table's columns stay Arrow
+    arrays of their own types (a list of paths or captions of a text file), so that the
+    output passes them through as they are."""
     if not inputs.tables:
         return {"path": inputs.files + inputs.missing}
-    rows: dict[str, list[Any]] = {}
-    count = 0
-    for table in inputs.tables:  # tables of other columns: each row gets None where its table has none
-        columns = read_table(table, inputs.table_format)
-        length = len(next(iter(columns.values()), []))
-        for name in dict.fromkeys([*rows, *columns]):
-            rows.setdefault(name, [None] * count).extend(columns.get(name, [None] * length))
-        count += length
-    return rows
+    tables = [read_table(table, inputs.table_format) for table in inputs.tables]
+    if inputs.table_format == "text":
+        return {"text": [caption for table in tables for caption in table["text"]]}
+    names = dict.fromkeys(name for table in tables for name in table.column_names)
+    return {name: _joined_column(name, tables, inputs.tables) for name in names}
 
 
-def check_batch_size(batch_size: Any) -> int:
-    """Both engines' check of batch_size: a positive int (not a bool, float or string)."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, not {batch_size!r}.")
-    return batch_size
+def _joined_column(name: str, tables: list[Any], paths: list[str]) -> Any:
+    """One column of several tables as one Arrow array of the type they give it, null in the
+    rows of a table without it (or where it is all null)."""
+    import pyarrow as pa
+
+    typed = {path: table.schema.field(name).type for path, table in zip(paths, tables)
+             if name in table.column_names and not pa.types.is_null(table.schema.field(name).type)}
+    kinds = list(dict.fromkeys(typed.values()))
+    if len(kinds) > 1:
+        (first, a), (other, b) = next(iter(typed.items())), next((p, t) for p, t in typed.items() if t != kinds[0])
+        raise InputError(f"Column {name!r} is {a} in {first} but {b} in {other}; give the column one type in "
+                         "every table.")
+    kind = kinds[0] if kinds else pa.null()
+    parts = [table.column(name).combine_chunks().cast(kind) if name in table.column_names
+             else pa.nulls(table.num_rows, kind) for table in tables]
+    try:
+        return pa.concat_arrays(parts)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise InputError(f"Column {name!r} of the tables cannot be joined into one ({exc}); give it one type "
+                         "in every table.") from None
 
 
 def batches(columns: dict[str, list[Any]], batch_size: int) -> Iterator[dict[str, list[Any]]]:

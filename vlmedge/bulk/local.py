@@ -9,13 +9,14 @@ import contextlib
 import itertools
 from typing import Any, Callable, Iterable, Iterator
 
-from vlmedge.bulk.inputs import Inputs, batches, check_batch_size, rows_of
+from vlmedge.bulk.inputs import Inputs, batches, rows_of
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
-from vlmedge.bulk.table import to_arrow, written_by
+from vlmedge.bulk.table import is_arrow, to_arrow, written_by
 from vlmedge.errors import InputError
 from vlmedge.preprocess.parallel import check_workers, prepare_ordered
+from vlmedge.tasks.base import check_batch_size
 
 
 def run_local(job: BulkJob, inputs: Inputs, batch_size: int = 32, progress: Callable[[int], None] | None = None,
@@ -45,13 +46,14 @@ def iter_local(job: BulkJob, input_batches: Iterable[dict[str, list[Any]]],
     in this thread). The rows of a batch are prepared concurrently, and those of the next two
     batches while the model runs this one."""
     workers = check_workers(workers)
-    predictor = Predictor(job, pipeline=pipeline)
     source = iter(input_batches)
     first = next(source, None)
     if first is None:
         return
+    size = len(next(iter(first.values())))
+    predictor = Predictor(job, pipeline=pipeline, batch_size=size)
     # one row per task, so that threads share a batch's rows evenly; captions: one tokenizer call per batch
-    per_batch = 1 if job.kind == "text" else len(next(iter(first.values())))
+    per_batch = 1 if job.kind == "text" else size
 
     def slices() -> Iterator[tuple[dict[str, list[Any]], bool]]:
         for batch in itertools.chain([first], source):
@@ -88,4 +90,11 @@ def _join(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
+            else _arrow_concat([p[k] for p in parts]) if is_arrow(parts[0][k])
             else [v for p in parts for v in p[k]] for k in parts[0]}
+
+
+def _arrow_concat(arrays: list[Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_arrays(arrays)

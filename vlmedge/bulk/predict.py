@@ -8,6 +8,7 @@ the same inputs, so each row equals the single-process pipeline's result.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
@@ -49,9 +50,13 @@ class Predictor:
     """Loads the artifact once (or takes a loaded pipeline) and turns prepared batches into
     result columns: the batch's own columns, then the result's, then ``error``."""
 
-    def __init__(self, job: BulkJob, artifact: str | None = None, pipeline: Any = None) -> None:
+    def __init__(self, job: BulkJob, artifact: str | None = None, pipeline: Any = None,
+                 batch_size: int | None = None) -> None:
         self.job = job
         self.pipeline = pipeline if pipeline is not None else load_pipeline(job, artifact)
+        if batch_size is not None:  # the job's batch is one model call (a copy: a given pipeline keeps its own)
+            self.pipeline = copy.copy(self.pipeline)
+            self.pipeline.batch_size = batch_size
         self.outputs = written_by(job.result)
         options = dict(job.options)
         if "labels" in options:  # zero-shot: the label embeddings once, not per batch

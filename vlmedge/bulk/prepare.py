@@ -20,6 +20,7 @@ import numpy as np
 
 from vlmedge.bulk.inputs import TEXT_COLUMNS, is_uri, source_column
 from vlmedge.bulk.job import BulkJob
+from vlmedge.bulk.table import is_arrow
 from vlmedge.errors import InputError, first_line
 from vlmedge.preprocess import READ_ERRORS
 
@@ -31,6 +32,8 @@ def prepare_batch(batch: dict[str, Any], job: BulkJob) -> dict[str, Any]:
     """Decodes and preprocesses one batch of inputs. Every column but the input's passes
     through (``bytes`` and ``image`` are dropped); the work columns are added."""
     column = source_column(job, batch)
+    if is_arrow(batch[column]):  # a table's column as read: its paths or captions as Python values
+        batch = {**batch, column: batch[column].to_pylist()}
     values = batch[column]
     out = {k: v for k, v in batch.items() if k not in ("bytes", "image")}
     errors = np.array([_empty_message(batch, column, i) for i in range(len(values))], dtype=object)

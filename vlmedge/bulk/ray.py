@@ -30,13 +30,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vlmedge.bulk.inputs import (Inputs, check_batch_size, collect, csv_convert_options, is_uri, source_column,
+from vlmedge.bulk.inputs import (Inputs, collect, csv_convert_options, is_uri, source_column,
                                   rows_of, table_columns)
 from vlmedge.bulk.job import DEFAULTS, BulkJob, make_job
 from vlmedge.bulk.predict import Predictor
 from vlmedge.bulk.prepare import prepare_batch
 from vlmedge.bulk.table import to_arrow
 from vlmedge.errors import BackendUnavailableError, InputError, UsageError, VlmedgeError, exception_line
+from vlmedge.tasks.base import check_batch_size
 
 INSTALL_HINT = "pip install 'vlmedge[ray]'"
 
@@ -125,7 +126,8 @@ def run_job(job: BulkJob, dataset_or_paths: Any, *, batch_size: int = 32,
         ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
     threads = None if num_gpus_per_worker else max(1, int(cpus_per_worker))
     results = prepared.map_batches(InferenceWorker,
-                                   fn_constructor_kwargs={"job": job, "shipped": shipped, "threads": threads},
+                                   fn_constructor_kwargs={"job": job, "shipped": shipped, "threads": threads,
+                                                          "batch_size": batch_size},
                                    batch_size=batch_size, batch_format="numpy", compute=strategy,
                                    num_cpus=cpus_per_worker, num_gpus=num_gpus_per_worker or None)
     results.context.execution_options.preserve_order = True
@@ -204,7 +206,8 @@ class InferenceWorker(Predictor):
     """The inference actor: loads the artifact once (from the shared path, or from the copy
     shipped through the object store) and runs preprocessed batches."""
 
-    def __init__(self, job: BulkJob, shipped: list | None = None, threads: int | None = None) -> None:
+    def __init__(self, job: BulkJob, shipped: list | None = None, threads: int | None = None,
+                 batch_size: int | None = None) -> None:
         artifact = None
         if shipped:
             import ray
@@ -214,7 +217,7 @@ class InferenceWorker(Predictor):
             # As many ONNX Runtime threads as CPUs Ray reserved for this actor: more would
             # spin on the cores the preprocessing tasks were given (the results are the same).
             job = dataclasses.replace(job, session_options={**job.session_options, "threads": threads})
-        super().__init__(job, artifact=artifact)
+        super().__init__(job, artifact=artifact, batch_size=batch_size)
 
     def __call__(self, batch: dict[str, Any]):
         return to_arrow(super().__call__(batch), self.outputs)

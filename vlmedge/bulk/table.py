@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmedge.errors import printable
+
 # result kind (the registry's Method.result) -> the columns it fills, before "error"
 RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "ranked": ("labels", "indices", "scores"),
@@ -59,22 +61,27 @@ def column_names(batch: Any) -> list[str]:
 
 def column(batch: Any, name: str) -> list[Any]:
     """One column of a batch of results as a list."""
-    return list(batch[name]) if isinstance(batch, dict) else batch.column(name).to_pylist()
+    values = batch[name] if isinstance(batch, dict) else batch.column(name)
+    return as_list(values)
 
 
-def printable(text: Any) -> Any:
-    """A string with the bytes of a file name that is not UTF-8 (os.fsdecode's surrogates, which
-    Arrow's UTF-8 strings and strict JSON cannot hold) escaped, b'\\xff' as '\\xff': in the path
-    column, in an error message that quotes the name, in a .files.json. Anything else as it is."""
-    if not isinstance(text, str):
-        return text
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def as_list(values: Any) -> list[Any]:
+    """A column as Python values: a list, or an Arrow array (a table's column, as read)."""
+    return values.to_pylist() if is_arrow(values) else list(values)
 
 
-def _passed_through(values: list[Any]):
-    """An input column as Arrow, its non-UTF-8 file names escaped (printable)."""
+def is_arrow(values: Any) -> bool:
+    """Whether a column is an Arrow array (pyarrow imported only where one may be)."""
+    return type(values).__module__.startswith("pyarrow")
+
+
+def _passed_through(values: Any):
+    """An input column as Arrow (a table's column already is: as it was read), its non-UTF-8
+    file names escaped (printable)."""
     import pyarrow as pa
 
+    if is_arrow(values):
+        return values
     try:
         return pa.array(values)
     except UnicodeEncodeError:

@@ -21,9 +21,9 @@ import numpy as np
 
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
-from vlmedge.bulk.table import column, column_names, printable, to_arrow, written_by
+from vlmedge.bulk.table import column, column_names, to_arrow, written_by
 from vlmedge.choices import check_writable_file
-from vlmedge.errors import InputError, OutputError
+from vlmedge.errors import InputError, OutputError, printable
 
 # the suffixes (in any case) of the files bulk results go to, and their formats
 OUT_FORMATS = {".parquet": "parquet", ".npy": "npy"}

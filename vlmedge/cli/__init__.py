@@ -19,8 +19,8 @@ from rich.markup import escape
 
 from vlmedge import choices, formats
 from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
-from vlmedge.cli.rows import ROWS, TABLES, ranked_table, windows_table
-from vlmedge.errors import ParityError, UsageError, VlmedgeError
+from vlmedge.cli.rows import TABLES, ranked_table, rows_of_readable, windows_table
+from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError, printable
 from vlmedge.signals import sigterm_as_interrupt
 
 
@@ -81,7 +81,7 @@ def export(
                 out.print(f"  {message}", markup=False, highlight=False)  # "[image]" is a graph name
                 status.update(f"exporting: {message}")
 
-        with sigterm_as_interrupt():  # a killed export leaves no build folder or quantizer scratch behind
+        with sigterm_as_interrupt("nothing was written (an earlier artifact in that folder is left as it was)."):
             artifact = run_export(model, output, to=targets, precision=precisions, task=task, opset=opset,
                                   progress=progress, calibration=calibration, calibration_size=calibration_size,
                                   evaluation=evaluation, strict=strict, **source_options)
@@ -172,14 +172,23 @@ def predict(
 
     pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers,
                     **session)
-    rows = ROWS[method.result](pipeline, method, list(inputs), **options)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
-    show(TABLES.get(method.result, ranked_table)(rows), title, right=("rank", "score", "dim", "norm", "start s", "end s"))
-    if any(len(row.get("windows") or []) > 1 for row in rows):
-        show(windows_table(rows), "windows", right=("start s", "end s", "score"))
+    rows, failed = rows_of_readable(method.result, pipeline, method, list(inputs), **options)
+    if as_json:  # in input order, a failed input as {"input", "error"}
+        order = {name: i for i, name in enumerate(map(printable, map(str, inputs)))}
+        print(json.dumps(sorted(rows + failed, key=lambda row: order.get(row["input"], 0)), indent=2))
+    else:
+        title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
+        show(TABLES.get(method.result, ranked_table)(rows), title,
+             right=("rank", "score", "dim", "norm before normalising", "start s", "end s"))
+        if any(len(row.get("windows") or []) > 1 for row in rows):
+            show(windows_table(rows), "windows", right=("start s", "end s", "score"))
+    if failed:
+        for row in failed:  # most messages name their file already
+            line = row["error"] if row["input"] in row["error"] else f"{row['input']}: {row['error']}"
+            err_console.print(f"  {escape(line)}", highlight=False)
+        raise InputError(f"{len(failed)} of the {len(inputs)} inputs could not be run (listed above); the others' "
+                         "results are printed." if rows else f"None of the {len(inputs)} inputs could be run (listed "
+                         "above).")
 
 
 def _top_k(given: Optional[str], task: Any, method: Any) -> int | None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from vlmedge import choices
-from vlmedge.errors import VlmedgeError
+from vlmedge.errors import VlmedgeError, printable
 from vlmedge.tables import print_rows
 from vlmedge.version import __version__
 
@@ -110,4 +110,4 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def print_error(exc: VlmedgeError) -> None:
     """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
-    err_console.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)  # as click says a usage error
+    err_console.print(f"[red]Error:[/red] {escape(printable(str(exc)))}", highlight=False)  # as click says a usage error

@@ -83,10 +83,13 @@ def embedding_rows(pipeline: Any, method: Any, inputs: list[str], attention: Opt
                     **_: Any) -> list[dict[str, Any]]:
     import numpy as np
 
+    from vlmedge.tasks.base import l2_normalize
+
+    # the values embed() and `embed --out` give (normalised), and the norm they had before
     raw = getattr(pipeline, method.name)(inputs, normalize=False)
     rows = [{"input": name, "pooling": pipeline.default_pooling, "dim": int(vector.shape[0]),
-             "norm": float(np.linalg.norm(vector)), "first": [round(float(v), 5) for v in vector[:4]]}
-            for name, vector in zip(inputs, raw)]
+             "norm": float(np.linalg.norm(vector)), "first": [round(float(v), 5) for v in unit[:4]]}
+            for name, vector, unit in zip(inputs, raw, l2_normalize(raw))]
     if attention is not None:
         for row, name, path in zip(rows, inputs, attention_paths(attention, inputs)):
             row["attention"] = str(pipeline.render_attention(name, path))
@@ -94,7 +97,8 @@ def embedding_rows(pipeline: Any, method: Any, inputs: list[str], attention: Opt
 
 
 def embedding_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"input": escape(row["input"]), "pooling": row["pooling"], "dim": str(row["dim"]), "norm": f"{row['norm']:.4f}",
+    return [{"input": escape(row["input"]), "pooling": row["pooling"], "dim": str(row["dim"]),
+             "norm before normalising": f"{row['norm']:.4f}",
              "first values": " ".join(f"{v:+.4f}" for v in row["first"]) + " ...",
              **({"attention": escape(row["attention"])} if "attention" in row else {})} for row in rows]
 
@@ -102,6 +106,36 @@ def embedding_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 # the registry's result kind of the "predict" method -> function(pipeline, method, inputs,
 # **options) -> rows for the table or JSON
 ROWS = {"ranked": ranked_rows, "tags": tag_rows, "embedding": embedding_rows}
+
+
+def rows_of_readable(result: str, pipeline: Any, method: Any, inputs: list[str],
+                     **options: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(rows of the inputs that ran, {"input", "error"} of those that could not) for several
+    inputs of which some cannot be read (or overflow the model): the list call stops at the
+    first, so each input is tried alone to find them and the others run as one list again.
+    Names are printable (a file name that is not UTF-8 escaped)."""
+    from vlmedge.errors import InputError, printable
+
+    make = ROWS[result]
+    try:
+        rows, failed = make(pipeline, method, inputs, **options), []
+    except InputError as exc:
+        if len(inputs) == 1:
+            raise
+        failed = []
+        for name in inputs:
+            try:
+                make(pipeline, method, [name], **{**options, "attention": None})
+            except InputError as alone:
+                failed.append({"input": name, "error": str(alone)})
+        if not failed:  # only the list call failed: say why
+            raise exc
+        bad = {row["input"] for row in failed}
+        readable = [name for name in inputs if name not in bad]
+        rows = make(pipeline, method, readable, **options) if readable else []
+    for row in rows + failed:
+        row.update({key: printable(row[key]) for key in ("input", "error") if key in row})
+    return rows, failed
 # result kind -> function(rows) -> the rows shown, where they are not ranked labels
 TABLES = {"embedding": embedding_table}
 

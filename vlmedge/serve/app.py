@@ -68,7 +68,8 @@ class _State:
     """What the routes share: served models, their batchers, limits and metrics."""
 
     def __init__(self, pipelines: dict[str, Any], batch: BatchConfig, limits: Limits, batchers: Any = None) -> None:
-        self.models: dict[str, ServedModel] = {name: serve_pipeline(name, p) for name, p in pipelines.items()}
+        self.models: dict[str, ServedModel] = {name: serve_pipeline(name, p, batch.max_batch)
+                                               for name, p in pipelines.items()}
         self.batch = batch
         self.limits = limits
         self.metrics = Metrics()
@@ -143,6 +144,9 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
                 raise Problem(422, "too_many_inputs", f"The request has more than {limits.max_inputs} files; the "
                                                       f"limit is {limits.max_inputs} inputs per request. Split it "
                                                       "into several requests.") from None
+            if str(exc.detail).startswith("Too many fields"):  # labels (and templates) are the repeated fields
+                raise Problem(422, "too_many_labels", f"The request has more form fields than labels may make; the limit "
+                                                      f"is {limits.max_labels} labels per request.") from None
             raise Problem(400, "invalid_multipart",
                           f"The multipart body could not be read: {exc.detail}") from None
         check_limits(inputs, limits)
@@ -270,9 +274,12 @@ def create_app(pipelines: dict[str, Any], batch: BatchConfig | None = None, limi
 
     def render(request: Request, problem: Problem) -> Response:
         """A V2 client reads {"error": "<message>"} from every /v2 answer (tritonclient fails
-        on vlmedge's own error body), every other client vlmedge's."""
+        on vlmedge's own error body), an OpenAI client OpenAI's from /v1/embeddings, every
+        other client vlmedge's."""
         path = request.url.path
-        return v2_error(problem) if path == "/v2" or path.startswith("/v2/") else error_response(problem)
+        if path == "/v2" or path.startswith("/v2/"):
+            return v2_error(problem)
+        return openai.error(problem) if path == openai.PATH else error_response(problem)
 
     routes = [
         Route("/", index, methods=["GET"]),

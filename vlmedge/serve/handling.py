@@ -227,7 +227,7 @@ async def instrumented(state: Any, name: str | Callable[[], str], endpoint: str,
         problem = from_vlmedge_error(exc)
         response, code = render(problem), problem.code
     except Exception:  # noqa: BLE001 - a bug: log it, answer 500 as JSON
-        log.exception("request to %s/%s failed", name, endpoint)
+        log.exception("request to %s/%s failed", name() if callable(name) else name, endpoint)
         response = render(Problem(500, "internal_error", "The server failed on this request; see its log."))
         code = "internal_error"
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 
 from vlmedge.preprocess import AUDIO_FORMATS
 from vlmedge.serve.config import Limits
-from vlmedge.serve.problems import Problem
+from vlmedge.serve.problems import MALFORMED_JSON, Problem
 
 FILE_FIELDS = ("images", "audio")
 TEXT_FIELDS = ("texts", "labels", "templates")
@@ -79,8 +79,9 @@ def decode_base64(value: Any, where: str) -> bytes:
         raise invalid("invalid_base64", f"{where} is a URL ({value[:60]}); this server never fetches one: send the "
                                         "file's bytes as base64 or a data: URL.")
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    text = "".join(text.split())  # MIME base64 (the base64 tool's, encodebytes') wraps its lines
     try:
-        return base64.b64decode(text.strip(), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise invalid("invalid_base64", f"{where} is not valid base64; encode the file's bytes with base64 "
                                         "(a data: URL is accepted too).") from None
@@ -90,7 +91,7 @@ def parse_json(body: bytes, endpoint: str, fields: tuple[str, ...]) -> Inputs:
     """A JSON object with list fields (images and audio as base64) and options."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+    except MALFORMED_JSON as exc:
         raise invalid("invalid_json", f"The body is not valid JSON ({str(exc)[:80]}).", 400) from None
     if not isinstance(data, dict):
         raise invalid("invalid_json", f"The body must be a JSON object, not {type(data).__name__}; "

@@ -366,8 +366,14 @@ class AudioModel(ServedModel):
         self.pipeline.tag(np.zeros(rate, dtype=np.float32), sample_rate=rate)
 
 
-def serve_pipeline(name: str, pipeline: Any) -> ServedModel:
-    """The served model for a pipeline: the adapter its task's registry entry names."""
+def serve_pipeline(name: str, pipeline: Any, max_batch: int) -> ServedModel:
+    """The served model for a pipeline: the adapter its task's registry entry names, around a
+    copy of the pipeline (sharing its loaded model) that hands the backend at most
+    `max_batch` inputs per call: a request larger than --max-batch runs in several."""
+    import copy
+
     from vlmedge.registry import task_named
 
-    return task_named(pipeline.task, f"Model '{name}'").served_class()(name, pipeline)
+    capped = copy.copy(pipeline)
+    capped.batch_size = min(pipeline.batch_size, max_batch)
+    return task_named(pipeline.task, f"Model '{name}'").served_class()(name, capped)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 from vlmedge.errors import InputError, VlmedgeError
+
+# What json.loads raises for a body that is not JSON it can read: bad UTF-8 and bad syntax
+# (UnicodeDecodeError, JSONDecodeError), an integer longer than Python converts (a plain
+# ValueError), nesting too deep (RecursionError). Every protocol answers them as malformed JSON.
+MALFORMED_JSON = (ValueError, RecursionError)
 
 
 class Problem(Exception):
@@ -27,6 +35,14 @@ def from_vlmedge_error(exc: VlmedgeError) -> Problem:
     if isinstance(exc, InputError):
         return Problem(422, "invalid_input", str(exc))
     return Problem(400, "bad_request", str(exc))
+
+
+def inputs_renamed(exc: Problem | VlmedgeError, rename: Callable[[str, int], str]) -> Problem:
+    """The problem, its inputs named as another protocol names them: each ``images[i]``,
+    ``texts[i]`` or ``audio[i]`` of the /v1 fields becomes ``rename(field, i)``."""
+    problem = exc if isinstance(exc, Problem) else from_vlmedge_error(exc)
+    message = re.sub(r"\b(images|texts|audio)\[(\d+)\]", lambda m: rename(m[1], int(m[2])), problem.message)
+    return Problem(problem.status, problem.code, message, problem.headers)
 
 
 def shutting_down() -> Problem:

@@ -44,7 +44,7 @@ class ModelReplica:
         from vlmedge.tasks import load
 
         self.served = serve_pipeline(name, load(path, backend=backend, precision=precision, device=device,
-                                                **(session_options or {})))
+                                                **(session_options or {})), batch.max_batch)
         self._runner = batch_runner(self.served)
         self.run_batch.set_max_batch_size(batch.max_batch)
         self.run_batch.set_batch_wait_timeout_s(batch.max_delay_ms / 1000)

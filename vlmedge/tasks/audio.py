@@ -23,7 +23,7 @@ from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, res
 from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ACTIVATIONS, MAX_BATCH, Pipeline, Prediction, check_threshold, check_top_k, chunks,
+from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, check_threshold, check_top_k, chunks,
                                 manifest_activation, naming_overflows, overflow_rows_as, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
@@ -166,7 +166,7 @@ class AudioTagger(Pipeline):
                              "carries its own rate. Leave sample_rate out, or resample the file.")
         loaded = []
         clips = prepare_ordered(functools.partial(_decoded, sample_rate=sample_rate, spec=self.spec), items,
-                                self.decode_workers, ahead=2 * MAX_BATCH)
+                                self.decode_workers, ahead=2 * self.batch_size)
         with contextlib.closing(clips):
             for i, item in enumerate(items):
                 try:
@@ -216,9 +216,10 @@ class AudioTagger(Pipeline):
                     out[rows] = self.logits(np.stack([features[i] for i in rows]))
             return out
         outputs = []
-        for start in range(0, len(features), MAX_BATCH):
-            with overflow_rows_as(range(start, start + MAX_BATCH)):
-                outputs.append(self._session.run({self._input: features[start:start + MAX_BATCH]})[self._output])
+        size = self.batch_size
+        for start in range(0, len(features), size):
+            with overflow_rows_as(range(start, start + size)):
+                outputs.append(self._session.run({self._input: features[start:start + size]})[self._output])
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
@@ -269,9 +270,9 @@ class AudioTagger(Pipeline):
         segments = [segment for clip_windows in windows for _, _, segment in clip_windows]  # views, no copies
         spans = [(duration, _spans(clip_windows)) for (_, duration), clip_windows in zip(clips, windows)]
         features = prepare_ordered(functools.partial(fbank, spec=self.spec), segments, self.decode_workers,
-                                   ahead=2 * MAX_BATCH)
+                                   ahead=2 * self.batch_size)
         with contextlib.closing(features), naming_overflows(items, 0, _clip_name):
-            return self._scored(spans, (_stacked(batch) for batch in in_batches(features, MAX_BATCH))), single
+            return self._scored(spans, (_stacked(batch) for batch in in_batches(features, self.batch_size))), single
 
     def _scored(self, clips: list[tuple[float, list[tuple[float, float]]]],
                 feature_batches: Iterable[np.ndarray | list[np.ndarray]]) -> list[_Scored]:
@@ -359,7 +360,7 @@ class AudioTagger(Pipeline):
             return []
         windows = [np.asarray(window, dtype=np.float32) for clip in clips for window in clip.features]
         spans = [(float(clip.duration), [(float(start), float(end)) for start, end in clip.spans]) for clip in clips]
-        batches = (_stacked(batch) for batch in chunks(windows, MAX_BATCH))
+        batches = (_stacked(batch) for batch in chunks(windows, self.batch_size))
         return [self._clip_tags(s, top_k, threshold, aggregate) for s in self._scored(spans, batches)]
 
     def _clip_tags(self, scored: _Scored, top_k: int | None, threshold: float | None, aggregate: str) -> ClipTags:

@@ -18,7 +18,8 @@ from vlmedge.errors import ArtifactError, InputError, NonFiniteOutputError, Usag
 from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 
-# The largest batch handed to a backend at once; longer lists are run in chunks.
+# The largest batch handed to a backend at once unless vlmedge.load's batch_size says
+# otherwise (a pipeline's `batch_size`); longer lists are run in chunks.
 MAX_BATCH = 32
 # One image given alone (a result for it alone); a list of them gives a list of results.
 # For type checkers (the pipelines' overloads): the runtime checks are as_list's.
@@ -31,6 +32,9 @@ class Pipeline:
     when the pipeline is collected (a process that loads one model after another)."""
 
     model: Any  # runtimes.select.ModelSessions; not imported here, so that no backend loads with this module
+    # the most inputs (images, captions, audio windows) handed to the backend in one call;
+    # longer lists run in chunks of this many (vlmedge.load's batch_size)
+    batch_size: int = MAX_BATCH
 
     def __repr__(self) -> str:
         closed = ", closed" if all(s.closed for s in self.model.sessions.values()) else ""
@@ -178,7 +182,14 @@ def overflow_rows_as(rows: Sequence[int]):
         raise NonFiniteOutputError(str(exc), sorted({rows[row] for row in exc.rows if row < len(rows)})) from None
 
 
-def chunks(items: Sequence[Any], size: int = MAX_BATCH):
+def check_batch_size(batch_size: Any) -> int:
+    """A pipeline's batch_size: a positive integer, else UsageError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer (the most inputs per model call), not {batch_size!r}.")
+    return int(batch_size)
+
+
+def chunks(items: Sequence[Any], size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -203,8 +214,8 @@ def _pixels_of(numbered: tuple[int, Any], spec: ImagePreprocessSpec, among: int)
         return Deferred(exc)
 
 
-def pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int | None = None,
-                  size: int = MAX_BATCH) -> Iterator[np.ndarray]:
+def pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int | None,
+                  size: int) -> Iterator[np.ndarray]:
     """``preprocess_images([load_image(i) for i in chunk], spec)`` for each chunk of ``size``
     items, equal to the array, the order and the first error of that serial loop, with the
     items decoded by up to ``workers`` threads (None: the default; 1: serially) and the next
@@ -220,12 +231,12 @@ def pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int 
             yield np.stack(batch)
 
 
-def run_pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int | None,
+def run_pixel_batches(items: Sequence[Any], spec: ImagePreprocessSpec, workers: int | None, size: int,
                       run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """`run` on the pixels of `items`, batch by batch (pixel_batches), concatenated; a model
     overflow names the inputs it overflowed on (naming_overflows)."""
     parts, start = [], 0
-    for pixels in pixel_batches(items, spec, workers):
+    for pixels in pixel_batches(items, spec, workers, size):
         with naming_overflows(items, start):
             parts.append(run(pixels))
         start += len(pixels)

@@ -40,7 +40,7 @@ class ImageClassifier(Pipeline):
     def logits(self, images: Any) -> np.ndarray:
         """Raw model outputs, (N, num_labels) float32."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return run_pixel_batches(items, self.spec, self.decode_workers, self._pixel_logits)
+        return run_pixel_batches(items, self.spec, self.decode_workers, self.batch_size, self._pixel_logits)
 
     def probabilities(self, images: Any) -> np.ndarray:
         """The logits' scores: their softmax, their sigmoid (multi-label and one-label models) or,
@@ -86,7 +86,7 @@ class ImageClassifier(Pipeline):
         return self._ranked(self._activate(self._pixel_logits(pixels)), top_k)
 
     def _pixel_logits(self, pixels: np.ndarray) -> np.ndarray:
-        outputs = [self._session.run({self._input: part})[self._output] for part in chunks(pixels)]
+        outputs = [self._session.run({self._input: part})[self._output] for part in chunks(pixels, self.batch_size)]
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ zero-shot classification of images against any set of labels.
                                sigmoid(logit_scale * cos + logit_bias)  (SigLIP)
 
 Captions are tokenized to the context length; a text graph exported with a dynamic sequence
-axis (towers pooled at EOS or CLS) runs each batch of at most MAX_BATCH captions without the
+axis (towers pooled at EOS or CLS) runs each batch of at most batch_size captions without the
 padding they all end with (preprocess.text.trim_padding), which gives the same embeddings.
 
 BLIP-2 retrieval (``postprocess["image_reduction"] == "max"``) embeds an image as one vector
@@ -29,7 +29,7 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (MAX_BATCH, OneImage, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
+from vlmedge.tasks.base import (OneImage, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
                                 l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -140,14 +140,15 @@ class Clip(Pipeline):
         """The projected image embeddings as the model gives them, (N, D) float32, not normalised;
         (N, Q, D) for BLIP-2, one vector per query token."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return run_pixel_batches(items, self.image_spec, self.decode_workers, self._image_features)
+        return run_pixel_batches(items, self.image_spec, self.decode_workers, self.batch_size, self._image_features)
 
     def text_features(self, texts: str | Sequence[str]) -> np.ndarray:
         """The projected text embeddings as the model gives them, (N, D) float32, not normalised.
 
         Captions longer than the context are truncated (the EOS token is kept)."""
         batch = self._texts(texts)
-        return np.concatenate([self._text_features(self.tokenizer.encode(part)) for part in chunks(batch)])
+        return np.concatenate([self._text_features(self.tokenizer.encode(part))
+                               for part in chunks(batch, self.batch_size)])
 
     def embed_images(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, (N, D) float32; one image gives N = 1.
@@ -211,14 +212,15 @@ class Clip(Pipeline):
         return [rank(row, labels, top_k) for row in probs]
 
     def _image_features(self, pixels: np.ndarray) -> np.ndarray:
-        parts = [self._image.run({self._image_input: part})[self._image_output] for part in chunks(pixels)]
+        parts = [self._image.run({self._image_input: part})[self._image_output]
+                 for part in chunks(pixels, self.batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _text_features(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
         n = len(tokens[self._text_inputs[0]])
         parts = []
-        for start in range(0, n, MAX_BATCH):
-            feeds = {name: np.asarray(tokens[name][start:start + MAX_BATCH]) for name in self._text_inputs}
+        for start in range(0, n, self.batch_size):
+            feeds = {name: np.asarray(tokens[name][start:start + self.batch_size]) for name in self._text_inputs}
             parts.append(self._text.run(trim_padding(feeds) if self._trims_padding else feeds)[self._text_output])
         return np.concatenate(parts).astype(np.float32, copy=False)
 

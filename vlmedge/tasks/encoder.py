@@ -64,7 +64,7 @@ class ImageEncoder(Pipeline):
     def _run(self, images: Any, names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs for every image, batched."""
         items, _ = as_list(images, IMAGE_TYPES)
-        return self._outputs(pixel_batches(items, self.spec, self.decode_workers), names, items)
+        return self._outputs(pixel_batches(items, self.spec, self.decode_workers, self.batch_size), names, items)
 
     def _outputs(self, pixel_batches: Iterable[np.ndarray], names: list[str],
                  items: Sequence[Any] = ()) -> dict[str, np.ndarray]:
@@ -131,7 +131,7 @@ class ImageEncoder(Pipeline):
 
         The bulk engines decode and preprocess in one stage (CPU tasks) and call this in the
         next (where the model is loaded)."""
-        return self._embed(lambda names: self._outputs(chunks(pixels), names), pooling, normalize, False)
+        return self._embed(lambda names: self._outputs(chunks(pixels, self.batch_size), names), pooling, normalize, False)
 
     def _embed(self, run, pooling: str | None, normalize: bool, patch_tokens: bool):
         """Pooled (and normalised) embeddings of the outputs `run(names)` gives."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from typing import Any
 
 import numpy as np
@@ -27,10 +26,11 @@ from starlette.routing import Route
 from vlmedge.errors import VlmedgeError
 from vlmedge.serve.handling import instrumented, off_loop, prepare_in_time, read_body, submit
 from vlmedge.serve.inputs import Inputs, check_limits, decode_base64
-from vlmedge.serve.problems import Problem, from_vlmedge_error
+from vlmedge.serve.problems import MALFORMED_JSON, Problem, inputs_renamed
 
 FORMATS = ("float", "base64")
 IGNORED = ("user",)
+PATH = "/v1/embeddings"
 
 
 def error(problem: Problem) -> Response:
@@ -74,14 +74,14 @@ def parse(body: bytes, models: dict[str, Any]) -> tuple[Any, dict[str, Any], lis
     """The request -> (served model, request fields, [(kind, item)] in input order)."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except MALFORMED_JSON as exc:
         raise _bad(f"The body is not valid JSON ({str(exc)[:80]}).", "invalid_json") from None
     if not isinstance(data, dict):
         raise _bad("The body must be a JSON object with 'model' and 'input'.")
     unknown = set(data) - {"model", "input", "encoding_format", "dimensions", *IGNORED}
     if unknown:
-        raise _bad(f"Unknown field(s) {', '.join(sorted(unknown))}; /v1/embeddings takes model, input, "
-                   "encoding_format and dimensions.")
+        raise _bad(f"Unknown field(s) {', '.join(sorted(unknown))}; {PATH} takes model, input, "
+                   f"encoding_format and dimensions (and {', '.join(IGNORED)}, which it ignores).")
     name = data.get("model")
     if not isinstance(name, str):
         raise _bad("'model' must name a served model (GET /v1/models).")
@@ -101,14 +101,6 @@ def parse(body: bytes, models: dict[str, Any]) -> tuple[Any, dict[str, Any], lis
         raise _bad("'input' must be a string or a non-empty list.")
     clip = "texts" in served.endpoints["embed"].inputs
     return served, data, [_item(value, i, clip) for i, value in enumerate(items)]
-
-
-def _named_by_input(exc: Problem | VlmedgeError, groups: dict[str, list[int]]) -> Problem:
-    """The problem, its images[i] / texts[i] (the per-kind lists the items were sorted into)
-    named input[j], as the request named them."""
-    problem = exc if isinstance(exc, Problem) else from_vlmedge_error(exc)
-    message = re.sub(r"\b(images|texts)\[(\d+)\]", lambda m: f"input[{groups[m[1]][int(m[2])]}]", problem.message)
-    return Problem(problem.status, problem.code, message, problem.headers)
 
 
 def model_object(name: str) -> dict[str, Any]:
@@ -132,8 +124,9 @@ def routes(state: Any) -> list[Route]:
                 check_limits(all_inputs, state.limits)
                 jobs = [await prepare_in_time(state, served.name, started, None, served.prepare, endpoint,
                                               Inputs(**{k: getattr(all_inputs, k)}), state.limits) for k in kinds]
-            except (Problem, VlmedgeError) as exc:
-                raise _named_by_input(exc, groups) from None
+            except (Problem, VlmedgeError) as exc:  # images[i] / texts[i]: the per-kind lists the items went to
+                raise inputs_renamed(exc, lambda field, i: f"input[{groups[field][i]}]" if field in groups
+                                     else f"{field}[{i}]") from None
             results = await asyncio.gather(*(submit(state, served.name, job, started, None, request) for job in jobs))
             vectors: list[Any] = [None] * len(items)
             tokens = 0
@@ -155,4 +148,4 @@ def routes(state: Any) -> list[Route]:
 
         return await instrumented(state, lambda: chosen["model"], "embeddings", work, render=error)
 
-    return [Route("/v1/embeddings", embeddings, methods=["POST"])]
+    return [Route(PATH, embeddings, methods=["POST"])]

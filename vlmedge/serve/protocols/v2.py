@@ -15,6 +15,7 @@ model's batcher, limits and metrics. Errors are {"error": "<one sentence>"}.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,10 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from vlmedge.errors import VlmedgeError
 from vlmedge.serve.handling import instrumented, off_loop, prepare_in_time, read_body, submit
 from vlmedge.serve.inputs import Inputs, check_limits, check_option, decode_base64
 from vlmedge.serve.models import Job
-from vlmedge.serve.problems import Problem
+from vlmedge.serve.problems import Problem, inputs_renamed
 from vlmedge.serve.protocols import graph as graphs
 from vlmedge.serve.protocols.v2_codec import Tensor, bad, encode_response, parse_request, requested_outputs
 
@@ -102,9 +104,12 @@ def request_timeout_ms(head: dict[str, Any]) -> int | None:
     if params.get("timeout_ms") is not None:
         return check_option("timeout_ms", params["timeout_ms"])
     timeout = params.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1):
+    if timeout is None:
+        return None
+    # an integer as tritonclient sends it, or a number a JSON writer wrote as 1.5e6
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < math.inf:
         raise bad("The parameter 'timeout' must be a positive number of microseconds.")
-    return None if timeout is None else -(-timeout // 1000)  # whole milliseconds, rounded up
+    return -(-timeout // 1000) if isinstance(timeout, int) else math.ceil(timeout / 1000)  # whole ms, rounded up
 
 
 def _texts(tensor: Tensor) -> list[str]:
@@ -198,8 +203,11 @@ def plan(served: Any, head: dict[str, Any], tensors: list[Tensor], limits: Any) 
         if name not in allowed:
             raise bad(f"Unknown parameter '{name}'; this request takes {', '.join(allowed) or 'none'}.")
         inputs.options[name] = check_option(name, value)
-    check_limits(inputs, limits)
-    job = served.prepare(endpoint, inputs, limits)
+    try:
+        check_limits(inputs, limits)
+        job = served.prepare(endpoint, inputs, limits)
+    except (Problem, VlmedgeError) as exc:  # the /v1 fields' images[i] are this request's image[i]
+        raise inputs_renamed(exc, lambda field, i: f"{_field_of(field)}[{i}]") from None
     convert = _embedding if endpoint.name == "embed" else _ranked
     return Call(job, convert)
 

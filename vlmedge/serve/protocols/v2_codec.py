@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmedge.serve.problems import Problem
+from vlmedge.serve.problems import MALFORMED_JSON, Problem
 
 # V2 datatype -> numpy dtype (BYTES: an object array of bytes)
 DATATYPES: dict[str, np.dtype] = {
@@ -130,7 +130,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         body, rest = body[:size], body[size:]
     try:
         head = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except MALFORMED_JSON as exc:
         # bytes after a JSON object: binary tensor data sent without the header that says where the JSON ends
         binary = header_length is None and (isinstance(exc, UnicodeDecodeError) or str(exc).startswith("Extra data"))
         raise bad(f"The inference request is not valid JSON ({str(exc)[:80]})"
