@@ -124,6 +124,17 @@ def test_bad_input_image_is_an_error_not_a_traceback(vit_artifact, tmp_path):
     assert result.returncode == 1 and "fake.jpg" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_predict_batch_size_is_the_model_call_size(vit_artifact, image_files):
+    """It applied to bulk runs only: a plain predict ran its inputs in one call whatever it said."""
+    spy = "\n".join(["import atexit, sys", "from vlmedge.runtimes.base import Session", "calls, run = [], Session.run",
+                     "def counted(self, feeds, *args, **kwargs):",
+                     "    calls.append(len(next(iter(feeds.values()))))",
+                     "    return run(self, feeds, *args, **kwargs)",
+                     "Session.run = counted", "atexit.register(lambda: print('calls', calls, file=sys.stderr))"])
+    result = vlmedge_cli("predict", vit_artifact, *image_files[:3], "--batch-size", "2", prelude=spy)
+    assert result.returncode == 0 and "calls [2, 1]" in result.stderr, result.stderr
+
+
 def test_one_unreadable_input_does_not_cost_the_others_their_results(vit_artifact, image_files, tmp_path):
     """`predict a.jpg bad.jpg b.png` printed only the error, where `embed` skips the bad file;
     a name that is not UTF-8 came out as a lone surrogate, which strict JSON readers refuse.
@@ -137,10 +148,11 @@ def test_one_unreadable_input_does_not_cost_the_others_their_results(vit_artifac
     fake.write_text("hello")
     odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png").decode("utf-8", "surrogateescape")
     shutil.copy(image_files[1], odd)
-    result = vlmedge_cli("predict", vit_artifact, image_files[0], fake, odd, "--top-k", "1", "--json")
-    assert result.returncode == 1 and "1 of the 3 inputs could not be run" in result.stderr
-    rows = json.loads(result.stdout)
-    assert [row["input"] for row in rows] == [str(image_files[0]), str(fake), f"{tmp_path}/caf\\xe9.png"]
+    result = vlmedge_cli("predict", vit_artifact, image_files[0], fake, odd, image_files[0], "--top-k", "1", "--json")
+    assert result.returncode == 1 and "1 of the 4 inputs could not be run" in result.stderr
+    rows = json.loads(result.stdout)  # in input order, an input named twice in both places
+    assert [row["input"] for row in rows] == [str(image_files[0]), str(fake), f"{tmp_path}/caf\\xe9.png",
+                                              str(image_files[0])]
     assert "error" in rows[1] and "not a readable" in rows[1]["error"] and "predictions" not in rows[1]
     expected = vlmedge.load(vit_artifact).classify([str(image_files[0]), odd], top_k=1)
     assert [row["predictions"][0]["label"] for row in (rows[0], rows[2])] == [p[0].label for p in expected]

@@ -64,6 +64,7 @@ import vlmedge
 from vlmedge.tasks.audio import AudioTagger
 from vlmedge.tasks.classifier import ImageClassifier
 from vlmedge.tasks.clip import Clip
+from vlmedge.tasks.encoder import ImageEncoder
 
 classifier: ImageClassifier = vlmedge.load("out/vit")
 reveal_type(classifier.classify("cat.jpg")[0].label)
@@ -76,6 +77,13 @@ tagger: AudioTagger = vlmedge.load("out/ast")
 reveal_type(tagger.tag("clip.wav").tags[0].label)
 reveal_type(tagger.tag(["a.wav", np.zeros(16000, np.float32)], sample_rate=16000)[1].duration)
 reveal_type(tagger.tag({"raw": np.zeros(10), "sampling_rate": 16000}).windows[0].start)
+def either(images: str | list[str]) -> None:  # a str is a Sequence of str too: it is still one input
+    reveal_type(classifier.classify(images))
+encoder: ImageEncoder = vlmedge.load("out/dinov2")
+reveal_type(encoder.embed(["a.jpg", "b.jpg"]).shape)
+reveal_type(encoder.embed("a.jpg", patch_tokens=True)[1])
+with vlmedge.load("out/vit") as loaded, classifier as same:
+    reveal_type(same)
 classifier.classify("cat.jpg", top_k="3")
 """
 
@@ -86,6 +94,10 @@ def _check_types_as_a_user(python: Path, tmp_path: Path, env: dict[str, str]) ->
     run = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable",
                           str(python), "user.py"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     revealed = [line.split('Revealed type is "')[1].rstrip('"') for line in run.stdout.splitlines() if "Revealed" in line]
-    assert revealed == ["str", "float", "int", "str", "str", "str", "float", "float"], run.stdout
+    prediction = "tuple[str, int, float, fallback=vlmedge.tasks.base.Prediction]"  # how mypy shows a NamedTuple
+    assert revealed == ["str", "float", "int", "str", "str", "str", "float", "float",
+                        f"list[{prediction}] | list[list[{prediction}]]", "tuple[Any, ...]",
+                        "numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]",
+                        "vlmedge.tasks.classifier.ImageClassifier"], run.stdout
     errors = [line for line in run.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and 'No overload variant of "classify"' in errors[0], run.stdout  # a wrong top_k is caught

@@ -224,9 +224,16 @@ def test_batch_size_bounds_every_model_call(vit_artifact, encoder_artifact, ast_
     calls = model_calls(tagger)
     windows = sum(len(clip.windows) for clip in tagger.tag(clips))
     assert calls and max(calls) == 2 and sum(calls) == windows
-    for bad in (0, 2.5, True, "8"):
-        with pytest.raises(UsageError, match=r"batch_size must be a positive integer \(the most inputs per model call\)"):
+    for bad in (0, 2.5, True, "8", 2 ** 62):
+        with pytest.raises(UsageError, match=r"batch_size must be a positive integer up to 1,048,576 \(the most"):
             vlmedge.load(vit_artifact, batch_size=bad)
+        with pytest.raises(UsageError, match="batch_size must be a positive integer"):
+            tagger.batch_size = bad  # set on a loaded pipeline, checked as vlmedge.load checks it
+    # an empty batch of the prepared path (a bulk batch whose every row failed to decode) is an empty answer
+    classifier = vlmedge.load(vit_artifact, **BACKEND)
+    assert classifier.classify_prepared(np.zeros((0, 3, *classifier.spec.output_size), np.float32)) == []
+    encoder = vlmedge.load(encoder_artifact, **BACKEND)
+    assert encoder.embed_prepared(np.zeros((0, 3, *encoder.spec.output_size), np.float32)).shape[0] == 0
 
 
 # -- `vlmedge embed FOLDER` and bulk -----------------------------------------------------------

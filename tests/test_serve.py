@@ -235,6 +235,12 @@ def test_no_model_call_holds_more_inputs_than_max_batch(vit_artifact):
     for got, expected in zip(answer.json()["results"], pipeline.classify(images)):
         assert_ranked(got["predictions"], expected)
     assert len(graph.json()["outputs"][0]["data"]) == 5 * len(pipeline.labels)
+    # and a --max-batch above the pipelines' default of 32 is the size of a model call too
+    calls.clear()
+    with running(create_app({"vit": pipeline}, BatchConfig(max_batch=40, max_delay_ms=1), warm_up=False,
+                            limits=Limits(max_inputs=64))) as url:
+        answer = httpx.post(f"{url}/v1/models/vit/classify", files=files("images", (IMAGES * 12)[:36]), timeout=60)
+    assert answer.status_code == 200 and calls == [36], (answer.text, calls)
 
 
 # -- batching, the queue bound, timeouts -----------------------------------------------------
@@ -459,6 +465,9 @@ def test_limits_answer_4xx_json(artifacts, tmp_path):
             (post("/v1/models/clip/embed", json={"texts": ["a caption much longer than thirty characters"]}), 422,
              "text_too_long"),
             (post("/v1/models/clip/zero-shot", json={"images": [b64(IMAGES[0])], "labels": list("abcd")}), 422,
+             "too_many_labels"),
+            # as multipart fields: beyond what labels may make, the form parser's limit (it was 400 invalid_multipart)
+            (post("/v1/models/clip/zero-shot", files=files("images", IMAGES[:1]), data={"labels": ["x"] * 100}), 422,
              "too_many_labels"),
             (post("/v1/models/vit/classify", files=files("images", IMAGES[:3])), 422, "too_many_inputs"),
             (post("/v1/models/vit/classify", content=b"[" * 100_000 + b"]" * 100_000, headers=JSON), 400,

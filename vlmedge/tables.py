@@ -38,3 +38,9 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
                 lines.append(pair)
         for line in lines:
             console.print(f"  {line}", highlight=False)
+
+
+def failure_line(name: str, error: str) -> str:
+    """An input that failed, as the lists after a run print it: its message, which names its
+    file already as most do, else the input and the message."""
+    return error if name in error else f"{name}: {error}"

@@ -26,6 +26,7 @@ from vlmedge.bulk.writers import NpyWriter, ParquetWriter, out_format, side_file
 from vlmedge.choices import ENGINES, split
 from vlmedge.errors import InputError, UsageError, VlmedgeError, printable
 from vlmedge.signals import sigterm_as_interrupt
+from vlmedge.tables import failure_line
 
 SHOWN_ERRORS = 20
 
@@ -234,7 +235,7 @@ def _embed_to_npy(job: BulkJob, text_job: Optional[BulkJob], artifact: Path, inp
         err_console.print(f"[yellow]skipped {len(writer.skipped)} file(s) that failed[/yellow] "
                           f"(listed in {writer.listing}):")
         for item in writer.skipped:
-            err_console.print(f"  {item['input']}: {item['error']}", highlight=False)
+            err_console.print(f"  {failure_line(item['input'], item['error'])}", highlight=False)
 
 
 def _run(job: BulkJob, artifact: Path, inputs: list[str], out: Path, engine: str, address: Optional[str],
@@ -327,7 +328,7 @@ def _report(summary: _Summary, out: Path, seconds: float, where: str, console: C
         # failed: unreadable, or a model that overflowed on them (NonFiniteOutputError)
         err_console.print(f"[yellow]{len(summary.errors)} input(s) failed[/yellow] ({where_listed}):")
         for name, error in summary.errors[:SHOWN_ERRORS]:
-            err_console.print(f"  {name}: {error}", highlight=False)
+            err_console.print(f"  {failure_line(name, error)}", highlight=False)
         if len(summary.errors) > SHOWN_ERRORS:
             err_console.print(f"  ... and {len(summary.errors) - SHOWN_ERRORS} more", highlight=False)
 

@@ -19,9 +19,10 @@ from rich.markup import escape
 
 from vlmedge import choices, formats
 from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
-from vlmedge.cli.rows import TABLES, ranked_table, rows_of_readable, windows_table
-from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError, printable
+from vlmedge.cli.rows import TABLES, in_input_order, ranked_table, rows_of_readable, windows_table
+from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
+from vlmedge.tables import failure_line
 
 
 @app.command(cls=Command)
@@ -147,7 +148,7 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Bulk: write every result to this .parquet (folders and .parquet/.csv tables of paths allowed)."),
     engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="Bulk engine: local (this process) or ray (Ray Data; pip install 'vlmedge[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Bulk: inputs per model call."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Inputs per model call (vlmedge.load's batch_size)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
@@ -171,11 +172,10 @@ def predict(
     from vlmedge.tasks import load
 
     pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers,
-                    **session)
+                    batch_size=batch_size, **session)
     rows, failed = rows_of_readable(method.result, pipeline, method, list(inputs), **options)
-    if as_json:  # in input order, a failed input as {"input", "error"}
-        order = {name: i for i, name in enumerate(map(printable, map(str, inputs)))}
-        print(json.dumps(sorted(rows + failed, key=lambda row: order.get(row["input"], 0)), indent=2))
+    if as_json:  # in input order, a failed input as {"input", "error"} in its place
+        print(json.dumps(in_input_order(list(inputs), rows, failed), indent=2))
     else:
         title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
         show(TABLES.get(method.result, ranked_table)(rows), title,
@@ -183,9 +183,8 @@ def predict(
         if any(len(row.get("windows") or []) > 1 for row in rows):
             show(windows_table(rows), "windows", right=("start s", "end s", "score"))
     if failed:
-        for row in failed:  # most messages name their file already
-            line = row["error"] if row["input"] in row["error"] else f"{row['input']}: {row['error']}"
-            err_console.print(f"  {escape(line)}", highlight=False)
+        for row in failed:
+            err_console.print(f"  {escape(failure_line(row['input'], row['error']))}", highlight=False)
         raise InputError(f"{len(failed)} of the {len(inputs)} inputs could not be run (listed above); the others' "
                          "results are printed." if rows else f"None of the {len(inputs)} inputs could be run (listed "
                          "above).")

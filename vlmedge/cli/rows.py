@@ -136,6 +136,16 @@ def rows_of_readable(result: str, pipeline: Any, method: Any, inputs: list[str],
     for row in rows + failed:
         row.update({key: printable(row[key]) for key in ("input", "error") if key in row})
     return rows, failed
+
+
+def in_input_order(inputs: list[str], rows: list[dict[str, Any]], failed: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The rows and the failures of rows_of_readable (each in input order) merged back into the
+    order of the inputs: an input named twice has two places."""
+    from vlmedge.errors import printable
+
+    done, bad = iter(rows), iter(failed)
+    failures = {row["input"] for row in failed}
+    return [next(bad) if printable(str(name)) in failures else next(done) for name in inputs]
 # result kind -> function(rows) -> the rows shown, where they are not ranked labels
 TABLES = {"embedding": embedding_table}
 

@@ -368,12 +368,12 @@ class AudioModel(ServedModel):
 
 def serve_pipeline(name: str, pipeline: Any, max_batch: int) -> ServedModel:
     """The served model for a pipeline: the adapter its task's registry entry names, around a
-    copy of the pipeline (sharing its loaded model) that hands the backend at most
-    `max_batch` inputs per call: a request larger than --max-batch runs in several."""
+    copy of the pipeline (sharing its loaded model) whose model calls hold up to `max_batch`
+    inputs (--max-batch): a request larger than it runs in several, a batch of it in one."""
     import copy
 
     from vlmedge.registry import task_named
 
-    capped = copy.copy(pipeline)
-    capped.batch_size = min(pipeline.batch_size, max_batch)
-    return task_named(pipeline.task, f"Model '{name}'").served_class()(name, capped)
+    served = copy.copy(pipeline)
+    served.batch_size = max_batch
+    return task_named(pipeline.task, f"Model '{name}'").served_class()(name, served)

@@ -316,7 +316,7 @@ class AudioTagger(Pipeline):
             threshold: float | None = None, window_hop: float | None = None,
             aggregate: str | None = None) -> ClipTags: ...
     @overload
-    def tag(self, audio: Sequence[OneClip], sample_rate: int | None = None, top_k: int | None = 5,
+    def tag(self, audio: list[Any] | tuple[Any, ...], sample_rate: int | None = None, top_k: int | None = 5,
             threshold: float | None = None, window_hop: float | None = None,
             aggregate: str | None = None) -> list[ClipTags]: ...
 

@@ -9,7 +9,7 @@ import inspect
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -21,9 +21,15 @@ from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 # The largest batch handed to a backend at once unless vlmedge.load's batch_size says
 # otherwise (a pipeline's `batch_size`); longer lists are run in chunks.
 MAX_BATCH = 32
+MAX_BATCH_SIZE = 1 << 20  # beyond any batch a machine holds; a larger number is a mistake
 # One image given alone (a result for it alone); a list of them gives a list of results.
 # For type checkers (the pipelines' overloads): the runtime checks are as_list's.
 OneImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
+# Several (a list or tuple, as as_list takes them; not any Sequence: a str is one too, of str)
+ManyImages = Union[list[Any], tuple[Any, ...]]
+
+
+P = TypeVar("P", bound="Pipeline")
 
 
 class Pipeline:
@@ -32,9 +38,7 @@ class Pipeline:
     when the pipeline is collected (a process that loads one model after another)."""
 
     model: Any  # runtimes.select.ModelSessions; not imported here, so that no backend loads with this module
-    # the most inputs (images, captions, audio windows) handed to the backend in one call;
-    # longer lists run in chunks of this many (vlmedge.load's batch_size)
-    batch_size: int = MAX_BATCH
+    _batch_size: int = MAX_BATCH
 
     def __repr__(self) -> str:
         closed = ", closed" if all(s.closed for s in self.model.sessions.values()) else ""
@@ -63,7 +67,17 @@ class Pipeline:
         running on other threads finish first. Closing twice does nothing."""
         self.model.close()
 
-    def __enter__(self):
+    @property
+    def batch_size(self) -> int:
+        """The most inputs (images, captions, audio windows) handed to the backend in one call;
+        longer lists run in chunks of this many (vlmedge.load's batch_size; default 32)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = check_batch_size(value)
+
+    def __enter__(self: P) -> P:
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -183,14 +197,18 @@ def overflow_rows_as(rows: Sequence[int]):
 
 
 def check_batch_size(batch_size: Any) -> int:
-    """A pipeline's batch_size: a positive integer, else UsageError."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive integer (the most inputs per model call), not {batch_size!r}.")
+    """A pipeline's batch_size: a positive integer up to MAX_BATCH_SIZE, else UsageError."""
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or not 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise UsageError(f"batch_size must be a positive integer up to {MAX_BATCH_SIZE:,} (the most inputs per model "
+                         f"call), not {batch_size!r}.")
     return int(batch_size)
 
 
 def chunks(items: Sequence[Any], size: int):
-    for start in range(0, len(items), size):
+    """Consecutive slices of `size` items; an empty batch is one empty slice, which the
+    backend's Session.run answers with empty outputs of the right shapes."""
+    for start in range(0, max(len(items), 1), size):
         yield items[start:start + size]
 
 

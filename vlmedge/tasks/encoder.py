@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, overload
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -107,8 +107,19 @@ class ImageEncoder(Pipeline):
         if pooling == "pooled":
             return outputs["pooled"]
         tokens = outputs["patch_tokens"]
-        mean = tokens.reshape(len(tokens), -1, tokens.shape[-1]).mean(axis=1, dtype=np.float64).astype(np.float32)
+        grid = int(np.prod(tokens.shape[1:-1]))  # not -1: an empty batch has no size to infer it from
+        mean = tokens.reshape(len(tokens), grid, tokens.shape[-1]).mean(axis=1, dtype=np.float64).astype(np.float32)
         return mean if pooling == "mean" else np.concatenate([outputs["cls"], mean], axis=1)
+
+    @overload
+    def embed(self, images: Any, pooling: str | None = None, normalize: bool = True,
+              patch_tokens: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def embed(self, images: Any, pooling: str | None = None, normalize: bool = True, *,
+              patch_tokens: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    def embed(self, images: Any, pooling: str | None = None, normalize: bool = True,
+              patch_tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
 
     def embed(self, images: Any, pooling: str | None = None, normalize: bool = True,
               patch_tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

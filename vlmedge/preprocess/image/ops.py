@@ -83,10 +83,6 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
     if spec.do_center_crop:
         crop = torchvision_center_crop if spec.crop_style == "torchvision" else center_crop
         array = crop(array, spec.crop_size["height"], spec.crop_size["width"])
-    if spec.pad_size is not None and (array.shape[0] > spec.pad_size["height"] or array.shape[1] > spec.pad_size["width"]):
-        raise InputError(f"The image is {array.shape[1]}x{array.shape[0]} pixels after resizing, larger than the "
-                         f"{spec.pad_size['width']}x{spec.pad_size['height']} this model's processor pads images to "
-                         "(transformers refuses it too); crop it closer to a square.")
     return array
 
 

@@ -116,6 +116,8 @@ class ImagePreprocessSpec:
             raise InputError("align_long_axis, thumbnail and pad_to_canvas need canvas={'height': H, 'width': W}.")
         if self.pad_size is not None and (self.canvas is not None or self.resize_after_rescale):
             raise InputError("pad_size pads after normalising; it takes no canvas or resize_after_rescale.")
+        if self.pad_size is not None:
+            self._check_pad_holds_every_image()
         if self.resize_after_rescale and (self.resample not in ("bilinear", "bicubic") or self.do_center_crop
                                           or self.pre_crop is not None or self.canvas is not None
                                           or self.size_divisor != 1 or self.rescale_offset or self.normalize_std_again):
@@ -130,6 +132,25 @@ class ImagePreprocessSpec:
             resizing = f"size={self.size}" if self.do_resize else "do_resize=False: images keep their own size"
             raise InputError(f"The output size would depend on each image ({resizing}, do_center_crop="
                              f"{self.do_center_crop}); resize to a fixed height and width or add a centre crop.")
+
+    def _check_pad_holds_every_image(self) -> None:
+        """The padding holds what the resize and crop make of any image: else most images
+        would be refused at run time (transformers refuses them too), the parity inputs of
+        its export among them."""
+        pad = self.pad_size
+        if self.do_center_crop:
+            box = (self.crop_size["height"], self.crop_size["width"])
+        elif self.do_resize and "height" in self.size:
+            box = (self.size["height"], self.size["width"])
+        elif self.do_resize and "longest_edge" in self.size:
+            box = (max(self.size.values()),) * 2  # within the longest edge (a short one too: never larger)
+        else:
+            box = None
+        if box is None or box[0] > pad["height"] or box[1] > pad["width"]:
+            makes = ("images of any size" if box is None else f"up to {box[1]}x{box[0]} pixels")
+            raise InputError(f"pad_size {pad['width']}x{pad['height']} does not hold every image the resize and crop "
+                             f"make ({makes}), so most images would be refused, as transformers refuses them; give "
+                             "size a longest_edge within the pad, a fixed height and width, or a centre crop.")
 
     @property
     def output_size(self) -> tuple[int, int]:
