@@ -122,7 +122,8 @@ def main() -> None:
                      "ms_per_image": 1000 * statistics.median(r["seconds"] for r in runs) / args.images})
     for row in rows:
         base = next((r for r in rows if r["backend"] == row["backend"] and r["batch_size"] == DEFAULT_BATCH), row)
-        row["peak_ratio"], row["time_ratio"] = row["peak_mb"] / base["peak_mb"], row["ms_per_image"] / base["ms_per_image"]
+        row["peak_ratio"] = row["peak_mb"] / base["peak_mb"]
+        row["time_ratio"] = row["ms_per_image"] / base["ms_per_image"]
     result = {"model": args.model, "images": args.images, "machine": args.machine, "cpu": cpu_name(),
               "cores": len(os.sched_getaffinity(0)), "rounds": args.rounds, "load_start": load_start,
               "load_end": os.getloadavg()[0], "rows": rows,

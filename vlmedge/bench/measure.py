@@ -92,7 +92,8 @@ def _add_row(plan: Plan, fields: dict[str, Any], samples: list[int]) -> None:
     latency = Latency.from_ns(samples)
     row = Row(**fields, latency=latency, throughput_per_s=float(f"{fields['batch_size'] * 1e3 / latency.mean_ms:.5g}"))
     plan.rows.append(row)
-    plan.say(f"{row.label} [{row.graph}] batch {row.batch_size}, {threads_text(row.threads)}: p50 {latency.p50_ms:.2f} ms, "
+    plan.say(f"{row.label} [{row.graph}] batch {row.batch_size}, {threads_text(row.threads)}: "
+             f"p50 {latency.p50_ms:.2f} ms, "
              f"{row.throughput_per_s:.1f} items/s")
 
 

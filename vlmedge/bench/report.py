@@ -152,7 +152,8 @@ def tables(result: BenchResult) -> list[Table]:
 
 
 def recommendation_lines(result: BenchResult) -> list[str]:
-    return [f"[{r.graph}] lowest latency: {r.label}, batch {r.batch_size}, {threads_text(r.threads)} (p50 {r.p50_ms:.3f} ms)"
+    return [f"[{r.graph}] lowest latency: {r.label}, batch {r.batch_size}, {threads_text(r.threads)} "
+            f"(p50 {r.p50_ms:.3f} ms)"
             if r.objective == "latency" else
             f"[{r.graph}] highest throughput: {r.label}, batch {r.batch_size}, {threads_text(r.threads)} "
             f"({r.throughput_per_s:.1f} items/s)" for r in result.recommendations]

@@ -82,9 +82,10 @@ def check_embed_out(out: Path, inputs: Optional[list[str]]) -> None:
 
 def _check_out_is_no_input(out: Optional[Path], inputs: Optional[list[str]]) -> None:
     """An --out that names one of the inputs (a table of paths) would replace it."""
-    for name in inputs or []:
-        if out is not None and Path(name).exists() and out.exists() and out.samefile(name):
-            raise UsageError(f"--out {out} is one of the inputs; write the results to another file.")
+    if out is None or not out.exists():
+        return
+    if any(Path(name).exists() and out.samefile(name) for name in inputs or []):
+        raise UsageError(f"--out {out} is one of the inputs; write the results to another file.")
 
 
 def check_method_values(artifact: Path, templates: Optional[list[str]], window_hop: Optional[float],

@@ -121,7 +121,8 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         else:
             found.missing.append(local)
     if found.tables and (found.files or found.missing):
-        raise UsageError("Give either media files and folders or tables (.parquet/.csv) of paths or captions, not both.")
+        raise UsageError("Give either media files and folders or tables (.parquet/.csv) of paths or captions, "
+                         "not both.")
     if len({_suffix(t) for t in found.tables}) > 1:
         raise UsageError("Give tables of one format at a time (all .parquet, all .csv or all .txt).")
     if kind == "text" and not found.tables:

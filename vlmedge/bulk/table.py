@@ -62,12 +62,7 @@ def column_names(batch: Any) -> list[str]:
 def column(batch: Any, name: str) -> list[Any]:
     """One column of a batch of results as a list."""
     values = batch[name] if isinstance(batch, dict) else batch.column(name)
-    return as_list(values)
-
-
-def as_list(values: Any) -> list[Any]:
-    """A column as Python values: a list, or an Arrow array (a table's column, as read)."""
-    return values.to_pylist() if is_arrow(values) else list(values)
+    return values.to_pylist() if is_arrow(values) else list(values)  # an Arrow column: a table's, as read
 
 
 def is_arrow(values: Any) -> bool:

@@ -145,8 +145,8 @@ async def _prepare(request: Request, body: bytes, served: ServedModel, endpoint:
                                                       f"limit is {limits.max_inputs} inputs per request. Split it "
                                                       "into several requests.") from None
             if str(exc.detail).startswith("Too many fields"):  # labels (and templates) are the repeated fields
-                raise Problem(422, "too_many_labels", f"The request has more form fields than labels may make; the limit "
-                                                      f"is {limits.max_labels} labels per request.") from None
+                raise Problem(422, "too_many_labels", f"The request has more form fields than labels may make; "
+                                                      f"the limit is {limits.max_labels} labels per request.") from None
             raise Problem(400, "invalid_multipart",
                           f"The multipart body could not be read: {exc.detail}") from None
         check_limits(inputs, limits)

@@ -34,8 +34,9 @@ class Metrics:
                                 ["model"], registry=r)
         self.queue_wait = Histogram("vlmedge_queue_wait_seconds", "Time a request waited before its batch ran.",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("vlmedge_batch_size", "Inputs (images, clips, captions) per batch: one pipeline call, "
-                                                        "run in model calls of at most --max-batch.",
+        self.batch_size = Histogram("vlmedge_batch_size",
+                                    "Inputs (images, clips, captions) per batch: one pipeline call, run in model "
+                                    "calls of at most --max-batch.",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("vlmedge_batch_requests", "Requests merged into one model call.",
                                         ["model"], buckets=BATCH_BUCKETS, registry=r)

@@ -54,7 +54,8 @@ def _check_load_arguments(device: Any, cache: Any, options: dict[str, Any]) -> N
     unknown = [name for name in options if name not in declared]
     if unknown:
         raise UsageError(f"vlmedge.load takes no keyword {', '.join(map(repr, unknown))}; it takes backend, device, "
-                         f"precision, decode_workers, cache, batch_size and the backends' session options: {', '.join(declared)}.")
+                         "precision, decode_workers, cache, batch_size and the backends' session options: "
+                         f"{', '.join(declared)}.")
 
     if not isinstance(device, str) or not device.strip():
         raise UsageError(f"device must be a name such as 'cpu', 'cuda' or 'GPU', not {device!r}.")

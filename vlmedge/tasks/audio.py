@@ -23,7 +23,7 @@ from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, res
 from vlmedge.preprocess.audio.features import check_clip_length
 from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, check_threshold, check_top_k, chunks,
+from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, Several, check_threshold, check_top_k, chunks,
                                 manifest_activation, naming_overflows, overflow_rows_as, rank)
 
 AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
@@ -316,7 +316,7 @@ class AudioTagger(Pipeline):
             threshold: float | None = None, window_hop: float | None = None,
             aggregate: str | None = None) -> ClipTags: ...
     @overload
-    def tag(self, audio: list[Any] | tuple[Any, ...], sample_rate: int | None = None, top_k: int | None = 5,
+    def tag(self, audio: Several, sample_rate: int | None = None, top_k: int | None = 5,
             threshold: float | None = None, window_hop: float | None = None,
             aggregate: str | None = None) -> list[ClipTags]: ...
 

@@ -25,8 +25,9 @@ MAX_BATCH_SIZE = 1 << 20  # beyond any batch a machine holds; a larger number is
 # One image given alone (a result for it alone); a list of them gives a list of results.
 # For type checkers (the pipelines' overloads): the runtime checks are as_list's.
 OneImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
-# Several (a list or tuple, as as_list takes them; not any Sequence: a str is one too, of str)
-ManyImages = Union[list[Any], tuple[Any, ...]]
+# Several inputs of any kind (a list or tuple, as as_list and the audio tagger take them; not
+# any Sequence: a str is one too, of str)
+Several = Union[list[Any], tuple[Any, ...]]
 
 
 P = TypeVar("P", bound="Pipeline")

@@ -9,8 +9,8 @@ import numpy as np
 from vlmedge.errors import ArtifactError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ACTIVATIONS, ManyImages, OneImage, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
-                                manifest_activation, rank, run_pixel_batches)
+from vlmedge.tasks.base import (ACTIVATIONS, OneImage, Pipeline, Prediction, Several, as_list, check_top_k, chunks,
+                                image_spec_for, manifest_activation, rank, run_pixel_batches)
 
 
 class ImageClassifier(Pipeline):
@@ -50,7 +50,7 @@ class ImageClassifier(Pipeline):
     @overload
     def classify(self, images: OneImage, top_k: int | None = 5) -> list[Prediction]: ...
     @overload
-    def classify(self, images: ManyImages, top_k: int | None = 5) -> list[list[Prediction]]: ...
+    def classify(self, images: Several, top_k: int | None = 5) -> list[list[Prediction]]: ...
 
     def classify(self, images: Any, top_k: int | None = 5) -> list[Prediction] | list[list[Prediction]]:
         """Ranked labels per image, best first.

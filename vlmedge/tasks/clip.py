@@ -29,8 +29,8 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (ManyImages, OneImage, Pipeline, Prediction, as_list, check_top_k, chunks, image_spec_for,
-                                l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
+from vlmedge.tasks.base import (OneImage, Pipeline, Prediction, Several, as_list, check_top_k, chunks,
+                                image_spec_for, l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -253,7 +253,7 @@ class Clip(Pipeline):
     def zero_shot(self, images: OneImage, labels: Sequence[str], templates: Sequence[str] | None = None,
                   top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[Prediction]: ...
     @overload
-    def zero_shot(self, images: ManyImages, labels: Sequence[str], templates: Sequence[str] | None = None,
+    def zero_shot(self, images: Several, labels: Sequence[str], templates: Sequence[str] | None = None,
                   top_k: int | None = None, text_embeddings: np.ndarray | None = None) -> list[list[Prediction]]: ...
 
     def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,

@@ -142,7 +142,8 @@ class ImageEncoder(Pipeline):
 
         The bulk engines decode and preprocess in one stage (CPU tasks) and call this in the
         next (where the model is loaded)."""
-        return self._embed(lambda names: self._outputs(chunks(pixels, self.batch_size), names), pooling, normalize, False)
+        return self._embed(lambda names: self._outputs(chunks(pixels, self.batch_size), names), pooling, normalize,
+                           False)
 
     def _embed(self, run, pooling: str | None, normalize: bool, patch_tokens: bool):
         """Pooled (and normalised) embeddings of the outputs `run(names)` gives."""

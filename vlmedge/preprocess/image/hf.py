@@ -175,7 +175,8 @@ def _convnext_resize(size: dict, crop_pct: Any, do_crop: bool, crop: dict | None
     if edge >= 384:
         return square, do_crop, crop
     if not (is_number(crop_pct) and crop_pct > 0):  # transformers fails on every image too
-        raise UnsupportedModelError(f"This ConvNeXt processor's crop_pct is {'null' if crop_pct is None else repr(crop_pct)}, which its resize to a "
+        given = "null" if crop_pct is None else repr(crop_pct)
+        raise UnsupportedModelError(f"This ConvNeXt processor's crop_pct is {given}, which its resize to a "
                                     f"shortest edge of {edge} divides by; save it with a positive crop_pct "
                                     "(ConvNeXt's default is 0.875).")
     if do_crop and crop != square:

@@ -45,7 +45,7 @@ class ImagePreprocessSpec:
     - normalise (``do_normalize``) by ``image_mean``/``image_std``, then divide by
       ``image_std`` once more when ``normalize_std_again`` (EfficientNet's include_top);
     - ``pad_size``: zeros below and right of the normalised image up to {height, width}
-      (transformers' do_pad); an image larger than it is refused, as transformers refuses it;
+      (transformers' do_pad); it must hold every image the resize and crop make;
     - ``channel_order`` BGR flips the channels (MobileViT), ``layout`` NHWC transposes.
     """
 
@@ -114,9 +114,9 @@ class ImagePreprocessSpec:
             raise InputError(f"size_divisor must be a positive integer, not {self.size_divisor!r}.")
         if (self.align_long_axis or self.thumbnail or self.pad_to_canvas) and self.canvas is None:
             raise InputError("align_long_axis, thumbnail and pad_to_canvas need canvas={'height': H, 'width': W}.")
-        if self.pad_size is not None and (self.canvas is not None or self.resize_after_rescale):
-            raise InputError("pad_size pads after normalising; it takes no canvas or resize_after_rescale.")
         if self.pad_size is not None:
+            if self.canvas is not None or self.resize_after_rescale:
+                raise InputError("pad_size pads after normalising; it takes no canvas or resize_after_rescale.")
             self._check_pad_holds_every_image()
         if self.resize_after_rescale and (self.resample not in ("bilinear", "bicubic") or self.do_center_crop
                                           or self.pre_crop is not None or self.canvas is not None
