@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmedge.errors import ExportError, ModelNotFoundError, UsageError
+from vlmedge.tasks.base import check_distinct_labels
 
 if TYPE_CHECKING:  # annotations only: reading the built-in list (vlmedge formats) needs no torch
     import torch
@@ -57,15 +58,8 @@ def read_labels(labels: Any) -> Any:
         if not file.is_file():
             raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
         labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if isinstance(labels, (list, tuple)):  # a label empty or given twice could not be told apart in the answers
-        first: dict[str, int] = {}
-        for i, label in enumerate(str(label).strip() for label in labels):
-            if not label:
-                raise UsageError(f"Label {i} is empty; give every class a name.")
-            if label in first:
-                raise UsageError(f"Label {label!r} is given twice (labels {first[label]} and {i}); give each class "
-                                 "its own name.")
-            first[label] = i
+    if isinstance(labels, (list, tuple)):
+        check_distinct_labels([str(label) for label in labels], "class", UsageError)
     return labels
 
 

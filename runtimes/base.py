@@ -78,10 +78,11 @@ def backend_for_file(path: Path) -> Backend | None:
     return next((b for b in BACKENDS.values() if b.file_suffix == path.suffix), None)
 
 
-def backend_named(name: str) -> Backend:
-    """The backend called `name`; a clear error listing the known ones otherwise."""
+def backend_named(name: str, *, also: tuple[str, ...] = ()) -> Backend:
+    """The backend called `name`; otherwise a clear error listing the known ones, after
+    `also`: the other values the caller takes in its place (such as "auto")."""
     if name not in BACKENDS:
-        raise UsageError(f"Unknown backend '{name}'; choose one of {', '.join(BACKENDS)}.")
+        raise UsageError(f"Unknown backend '{name}'; choose one of {', '.join((*also, *BACKENDS))}.")
     return BACKENDS[name]
 
 

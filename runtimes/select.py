@@ -189,9 +189,7 @@ def resolve_backend(artifact: Artifact, backend: str, device: str) -> str:
     """The backend open_model runs the artifact on: "auto" chosen (choose_backend), a name checked."""
     if backend == "auto":
         return choose_backend(artifact, device)
-    if backend not in BACKENDS:
-        raise UsageError(f"Unknown backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}.")
-    return backend
+    return backend_named(backend, also=("auto",)).name
 
 
 def check_load_options(artifact: Artifact, backend: str, device: str, options: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ def vlmedge_cli(*args: str, timeout: float = 300, columns: int = 200, prelude: s
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real `vlmedge` command in a subprocess, its output to pipes; `prelude`: Python run
     before it in the same process (e.g. to make a package unfindable); `env`: added variables."""
-    command = [sys.executable, "-m", "vlmedge.cli"] if not prelude else [
+    command = [sys.executable, "-m", "vlmedge"] if not prelude else [
         sys.executable, "-c", f"{prelude}\nimport sys\nfrom vlmedge.cli import main\nmain(sys.argv[1:])"]
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**__import__("os").environ, "COLUMNS": str(columns), **(env or {})})

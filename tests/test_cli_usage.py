@@ -239,3 +239,20 @@ def test_a_bare_vlmedge_prints_its_help():
     result = vlmedge_cli()
     assert result.returncode == 2 and result.stderr.startswith("Usage: vlmedge [OPTIONS] COMMAND") and "Error" not in result.stderr
     assert "export   Export MODEL" in result.stderr
+
+
+def test_ctrl_c_while_the_command_line_imports_ends_as_during_a_command():
+    """Ctrl-C in the ~0.3 s the command spends importing typer, rich and the runtimes printed
+    Python's traceback of the interrupted import; it ends as Ctrl-C during a command does.
+    The interrupt is raised by the import of typer itself, where a keypress would land."""
+    interrupt_typer = ("import sys\n"
+                       "class Interrupt:\n"
+                       "    def find_spec(self, name, path=None, target=None):\n"
+                       "        if name == 'typer':\n"
+                       "            raise KeyboardInterrupt\n"
+                       "sys.meta_path.insert(0, Interrupt())\n"
+                       "sys.argv = ['vlmedge', 'formats']\n"
+                       "from vlmedge.__main__ import main\n"
+                       "main()\n")
+    result = subprocess.run([sys.executable, "-c", interrupt_typer], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (1, "Aborted!"), result.stderr

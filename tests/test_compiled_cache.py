@@ -296,7 +296,7 @@ def test_a_clear_that_cannot_remove_the_entries_says_so(two_target_artifact, cac
     for parent in parents:
         parent.chmod(0o555)
     try:
-        done = subprocess.run([*prefix, sys.executable, "-m", "vlmedge.cli", "cache", "--clear"], capture_output=True,
+        done = subprocess.run([*prefix, sys.executable, "-m", "vlmedge", "cache", "--clear"], capture_output=True,
                               text=True, timeout=120, env={**os.environ, "VLMEDGE_CACHE_DIR": str(cache_dir)})
     finally:
         for parent in parents:

@@ -37,7 +37,7 @@ def test_readme_session_options_are_the_declared_ones():
     import subprocess
     import sys
 
-    facts = json.loads(subprocess.run([sys.executable, "-m", "vlmedge.cli", "formats", "--json"], check=True,
+    facts = json.loads(subprocess.run([sys.executable, "-m", "vlmedge", "formats", "--json"], check=True,
                                       capture_output=True, text=True).stdout)
     declared = {(b["name"], o["name"], o["meaning"]) for b in facts["backends"] for o in b["session_options"]}
     text = README.read_text()

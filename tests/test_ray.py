@@ -30,7 +30,7 @@ CORRUPT = {"broken.jpg": b"\xff\xd8\xff\xe0 this is not a jpeg", "empty.png": b"
 
 
 def cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlmedge.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "vlmedge", *map(str, args)], capture_output=True, text=True,
                           timeout=300, cwd=cwd, env={**os.environ, "COLUMNS": "200", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
 
 
@@ -581,6 +581,43 @@ def test_cli_out_mistakes_are_usage_errors(vit_artifact, exported, images, tmp_p
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_cli_column_names_the_tables_column_of_paths(vit_artifact, exported, images, tmp_path):
+    """A table whose paths are in a column not named 'path' could not be run from the command
+    line: its error said to "name one with column=...", an option of Python only. --column names
+    it for predict and embed (a CLIP table's caption column then stays a passed-through column),
+    and is refused without a table."""
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    import vlmedge
+
+    paths = [str(p) for p in sorted(images.glob("*.png"))[:3]]
+    (tmp_path / "t.csv").write_text("file,caption\n" + "".join(f"{p},shape {i}\n" for i, p in enumerate(paths)))
+    result = cli("predict", vit_artifact, tmp_path / "t.csv", "--out", tmp_path / "r.parquet")
+    assert result.returncode == 1 and "(or name one: --column on the command line, column= in Python)" in result.stderr
+
+    result = cli("predict", vit_artifact, tmp_path / "t.csv", "--out", tmp_path / "r.parquet", "--column", "file",
+                 "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [r["file"] for r in rows] == paths and all(r["error"] is None for r in rows)
+    assert_ranked_equal(rows, vlmedge.load(vit_artifact, **BACKEND).classify(paths, top_k=2))
+
+    clip = exported("clip")  # without --column this table holds captions (a caption column, no path column)
+    result = cli("embed", clip, tmp_path / "t.csv", "--out", tmp_path / "e.npy", "--column", "file",
+                 "--backend", "onnxruntime")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads((tmp_path / "e.files.json").read_text())
+    assert listing["files"] == paths and listing["texts"] == []
+    expected = vlmedge.load(clip, backend="onnxruntime").embed_images(paths)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, atol=1e-6)
+
+    result = cli("embed", clip, paths[0], "--out", tmp_path / "x.npy", "--column", "file")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "Error: --column file names the column of file paths in a .parquet or .csv input table, and no table is "
+        "given; pass the table, or drop --column."), result.stderr
+
+
 def test_embed_out_mistakes_and_an_out_naming_an_input_are_usage_errors(exported, images, tmp_path):
     """embed --out x.csv wrote x.csv.npy, an existing folder folder.npy beside it, '-' a file
     named -.npy; an --out naming the input table replaced it; tables and files mixed, and
@@ -618,7 +655,7 @@ def test_sigterm_mid_run_leaves_nothing_behind(exported, images, tmp_path, engin
 
     pytest.importorskip("pyarrow")
     artifact = exported("dinov2")
-    process = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "embed", str(artifact), str(images), "--out",
+    process = subprocess.Popen([sys.executable, "-m", "vlmedge", "embed", str(artifact), str(images), "--out",
                                 str(tmp_path / "e.parquet"), "--batch-size", "1", *engine],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

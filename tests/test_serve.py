@@ -556,7 +556,7 @@ def test_server_settings_are_checked_before_serving(vit_artifact):
 def _cli_server(*args: str) -> tuple[subprocess.Popen, str]:
     """`vlmedge serve ARGS --port 0` in a process of its own, and its URL once it prints it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "serve", *args, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "vlmedge", "serve", *args, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = None
     deadline = time.monotonic() + 90
@@ -619,7 +619,7 @@ def test_requests_running_when_the_shutdown_grace_ends_are_answered_503_json(art
 
 
 def test_cli_serve_errors_are_one_sentence(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vlmedge.cli", "serve", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, "-m", "vlmedge", "serve", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "error" in result.stderr
 

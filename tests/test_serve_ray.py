@@ -206,7 +206,7 @@ def test_cli_engine_errors_are_one_sentence(vit_artifact, args, words, code):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "vlmedge.cli", "serve", str(vit_artifact), *args],
+    result = subprocess.run([sys.executable, "-m", "vlmedge", "serve", str(vit_artifact), *args],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == code and "Traceback" not in result.stderr and words in result.stderr, result.stderr
 
@@ -257,7 +257,7 @@ def test_sigterm_lets_requests_in_flight_finish_on_ray(vit_artifact):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     # a batch waits 3 s to fill: requests are in flight when the signal comes
-    server = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "serve", f"vit={vit_artifact}", "--engine", "ray",
+    server = subprocess.Popen([sys.executable, "-m", "vlmedge", "serve", f"vit={vit_artifact}", "--engine", "ray",
                                "--port", str(port), "--backend", "onnxruntime", "--max-batch", "64",
                                "--max-delay-ms", "3000", "--shutdown-grace-s", "30"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -60,7 +60,7 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
                    max_slowdown: float, plot_path: Optional[Path], outputs: dict[str, Any]) -> None:
     """Every option value, before anything is exported, loaded or measured; `outputs`: the
     files a run writes, by option (a folder there would be found only after measuring)."""
-    from vlmedge.bench.report import METRICS
+    from vlmedge.bench.report import METRICS, check_max_slowdown
 
     for option, path in outputs.items():
         if path and path != "-":  # a path found unwritable only after every row was measured would waste the run
@@ -75,8 +75,7 @@ def _check_options(backend: Optional[str], precision: Optional[str], sweep: Opti
     if sweep:
         choices.choose("--sweep", sweep, SWEEPS)
     choices.choose("--metric", metric, METRICS, many=False)
-    if not max_slowdown >= 1.0:
-        raise UsageError(f"--max-slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
+    check_max_slowdown(max_slowdown, "--max-slowdown")
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise BackendUnavailableError("--plot needs matplotlib (pip install 'vlmedge[plot]'), which is not "
                                       "installed; nothing was measured.")

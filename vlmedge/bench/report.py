@@ -277,12 +277,18 @@ def _describe(key: tuple, row: Row) -> str:
     return f"{row.label} [{graph}] batch {batch}, {threads_text(threads)}, {mode}"
 
 
+def check_max_slowdown(value: float, name: str = "max_slowdown") -> None:
+    """The largest slowdown that is not a regression is a ratio from 1.0 up (`name`: the
+    option as its caller spells it)."""
+    if not value >= 1.0:
+        raise UsageError(f"{name} must be at least 1.0 (1.10 allows 10% slower), not {value!r}.")
+
+
 def compare(base: BenchResult, new: BenchResult, max_slowdown: float = 1.10, metric: str = "p50_ms") -> Comparison:
     """Per matching row, how much slower NEW is than BASE; regressions exceed max_slowdown."""
     if metric not in METRICS:
         raise UsageError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
-    if not max_slowdown >= 1.0:
-        raise UsageError(f"max_slowdown must be at least 1.0 (1.10 allows 10% slower), not {max_slowdown!r}.")
+    check_max_slowdown(max_slowdown)
     base_rows = {r.key: r for r in base.rows}
     new_rows = {r.key: r for r in new.rows}
     compared, uncompared = [], []

@@ -110,6 +110,14 @@ def check_method_values(artifact: Path, templates: Optional[list[str]], window_h
         raise UsageError(str(exc)) from None
 
 
+def check_column(column: Optional[str], inputs: Optional[list[str]]) -> None:
+    """--column names the column of file paths in the input tables: without a table among the
+    inputs it would pick nothing, and is refused."""
+    if column is not None and not any(Path(name).suffix.lower() in TABLE_SUFFIXES for name in inputs or []):
+        raise UsageError(f"--column {column} names the column of file paths in a .parquet or .csv input table, "
+                         "and no table is given; pass the table, or drop --column.")
+
+
 def check_decode_workers(engine: str, decode_workers: Optional[int]) -> None:
     """--decode-workers sets the local engine's threads; Ray runs preprocessing in its own tasks."""
     if engine == "ray" and decode_workers is not None:
@@ -121,9 +129,10 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
             batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
             precision: Optional[str], options: dict[str, Any], console: Console, err_console: Console,
             device: str = "cpu", decode_workers: Optional[int] = None,
-            session_options: Optional[dict[str, Any]] = None) -> None:
+            session_options: Optional[dict[str, Any]] = None, column: Optional[str] = None) -> None:
     """`vlmedge predict` in bulk: the task's "predict" method on every input, into a Parquet file
-    (the command has checked --out with check_predict_out already)."""
+    (the command has checked --out with check_predict_out already); ``column``: the input
+    tables' column of paths, when it is not "path"."""
     check_decode_workers(engine, decode_workers)
     if options.pop("attention", None) is not None:
         raise typer.BadParameter("--attention writes images per input; run it without --out/--engine ray",
@@ -136,7 +145,7 @@ def predict(artifact: Path, inputs: list[str], out: Optional[Path], engine: str,
         raise typer.BadParameter("a CLIP artifact classifies zero-shot against labels you give; pass them, "
                                  "e.g. --labels \"cat,dog,car\"", param_hint="--labels")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
-                   device=_device(device, gpus_per_worker), session_options=session_options,
+                   device=_device(device, gpus_per_worker), session_options=session_options, column=column,
                    **{k: v for k, v in options.items() if k in takes})
     _run(job, artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, console, err_console,
          decode_workers)
@@ -146,11 +155,13 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
           batch_size: int, concurrency: Optional[int], gpus_per_worker: float, backend: str,
           precision: Optional[str], pooling: Optional[str], normalize: bool, texts: list[str], console: Console,
           err_console: Console, device: str = "cpu", decode_workers: Optional[int] = None,
-          session_options: Optional[dict[str, Any]] = None) -> None:
+          session_options: Optional[dict[str, Any]] = None, column: Optional[str] = None) -> None:
     """`vlmedge embed`: images (or CLIP captions from .txt/.csv/.parquet inputs, or --text)
     into a Parquet file, or into a .npy + .files.json. ``decode_workers``: the local engine's
-    decode threads (None: min(4, CPUs); 1: serially)."""
+    decode threads (None: min(4, CPUs); 1: serially); ``column``: the input tables' column of
+    image paths, when it is not "path" (captions are read from a text or caption column)."""
     check_embed_out(out, inputs)
+    check_column(column, inputs)
     bulk = wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     check_decode_workers(engine, decode_workers)
     if bulk and texts:
@@ -170,7 +181,9 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
         embedders = [t.name for t in TASKS.values() if any(m.result == "embedding" for m in t.methods)]
         raise InputError(f"vlmedge embed works with {' and '.join(embedders)} artifacts, but this one is "
                          f"{task.name}; run it with `vlmedge predict` instead.")
-    method = methods["text"] if "text" in methods and inputs and holds_captions(inputs) else methods["image"]
+    # a named column holds image paths; without one, a table of captions is told by its columns
+    captions = "text" in methods and inputs and column is None and holds_captions(inputs)
+    method = methods["text"] if captions else methods["image"]
     options: dict[str, Any] = {}
     if "pooling" in method.options:
         options.update(pooling=pooling, normalize=normalize)
@@ -179,7 +192,8 @@ def embed(artifact: Path, inputs: Optional[list[str]], out: Path, engine: str, a
     elif not normalize:
         raise UsageError("CLIP embeddings are always L2-normalised; drop --no-normalize.")
     job = make_job(artifact, method.name, backend=backend, precision=precision,
-                   device=_device(device, gpus_per_worker), session_options=session_options, **options)
+                   device=_device(device, gpus_per_worker), session_options=session_options, column=column,
+                   **options)
     if bulk:
         if out_format(out) is None:
             out = out.with_name(out.name + ".npy")

@@ -159,8 +159,10 @@ def input_column(job: BulkJob, columns: Iterable[str] | None) -> str:
     for name in wanted:
         if name in columns:
             return name
+    # the command line names a column of paths only: captions come from a text or caption column
+    naming = "column= in Python" if job.kind == "text" else "--column on the command line, column= in Python"
     raise InputError(f"The input has columns {', '.join(columns)}; {job.method} reads a "
-                     f"{' or '.join(repr(w) for w in wanted)} column (or name one with column=...).")
+                     f"{' or '.join(repr(w) for w in wanted)} column (or name one: {naming}).")
 
 
 def source_column(job: BulkJob, columns: Iterable[str] | None) -> str:

@@ -146,6 +146,7 @@ def predict(
     precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(choices.precision_names())}; default: fastest verified."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Bulk: write every result to this .parquet (folders and .parquet/.csv tables of paths allowed)."),
+    column: Optional[str] = typer.Option(None, "--column", metavar="NAME", help="The column of file paths in the input tables (.parquet/.csv), when it is not 'path'."),
     engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="Bulk engine: local (this process) or ray (Ray Data; pip install 'vlmedge[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Inputs per model call (vlmedge.load's batch_size)."),
@@ -162,13 +163,14 @@ def predict(
     session = choices.session_options(threads, session_option)
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out, list(inputs), as_json)
+    bulk.check_column(column, list(inputs))
     task, method = _check_predict_options(ctx, artifact, aggregate, attention)
     bulk.check_method_values(artifact, template, window_hop, labels)
     options = dict(top_k=_top_k(top_k, task, method), labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, threshold=threshold, attention=attention)
     if bulk_run:
         return bulk.predict(artifact, list(inputs), out, engine, address, batch_size, concurrency, gpus_per_worker,
                             backend, precision, options, console, err_console, device=device,
-                            decode_workers=decode_workers, session_options=session)
+                            decode_workers=decode_workers, session_options=session, column=column)
     from vlmedge.tasks import load
 
     pipeline = load(artifact, backend=backend, device=device, precision=precision, decode_workers=decode_workers,
@@ -238,6 +240,7 @@ def embed(
     backend: str = typer.Option("auto", "--backend", metavar="BACKEND", help=f"{', '.join(BACKEND_CHOICES)}."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device to run on: cpu, cuda, or a backend's device name (GPU, NPU)."),
     precision: Optional[str] = typer.Option(None, "--precision", metavar="PRECISION", help=f"{', '.join(choices.precision_names())}; default: fastest verified."),
+    column: Optional[str] = typer.Option(None, "--column", metavar="NAME", help="The column of image paths in the input tables (.parquet/.csv), when it is not 'path'."),
     engine: str = typer.Option("local", "--engine", metavar="ENGINE", help="local (this process) or ray (Ray Data; pip install 'vlmedge[ray]'); --out may be a .parquet."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="--engine ray: cluster address (auto, ray://head:10001); default: start a local Ray."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
@@ -253,7 +256,7 @@ def embed(
     session = choices.session_options(threads, session_option)
     bulk.embed(artifact, inputs, out, engine, address, batch_size, concurrency, gpus_per_worker, backend, precision,
                pooling, normalize, list(text or []), console, err_console, device=device, decode_workers=decode_workers,
-               session_options=session)
+               session_options=session, column=column)
 
 
 from vlmedge.cli import inspection  # noqa: E402,F401 - info, check, formats, cache, registered in this order

@@ -109,6 +109,19 @@ def check_top_k(top_k: Any) -> int | None:
     return int(top_k)
 
 
+def check_distinct_labels(labels: Sequence[str], noun: str, error: type[Exception]) -> None:
+    """No label blank or given twice (`noun`: what a label names, a class or a candidate):
+    answers are keyed by label, so two alike, or a blank one, could not be told apart."""
+    first: dict[str, int] = {}
+    for i, label in enumerate(label.strip() for label in labels):
+        if not label:
+            raise error(f"Label {i} is empty; give every {noun} a name.")
+        if label in first:
+            raise error(f"Label {label!r} is given twice (labels {first[label]} and {i}); give each {noun} its "
+                        "own name.")
+        first[label] = i
+
+
 def check_flag(name: str, value: Any) -> bool:
     """A yes/no option must be True or False: a string such as "no" is true to Python, so
     it would silently do the opposite of what it says."""

@@ -29,8 +29,8 @@ from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES
 from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
 from vlmedge.runtimes.select import ModelSessions
-from vlmedge.tasks.base import (OneImage, Pipeline, Prediction, Several, as_list, check_top_k, chunks,
-                                image_spec_for, l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
+from vlmedge.tasks.base import (OneImage, Pipeline, Prediction, Several, as_list, check_distinct_labels, check_top_k,
+                                chunks, image_spec_for, l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SCORINGS = ("softmax", "sigmoid")
@@ -342,14 +342,10 @@ class Clip(Pipeline):
             labels = labels.tolist()
         if labels is None or not isinstance(labels, (list, tuple)) or not labels:
             raise InputError("Zero-shot needs a non-empty list of candidate labels, e.g. labels=['cat', 'dog'].")
-        first: dict[str, int] = {}
         for i, label in enumerate(labels):
-            if not isinstance(label, str) or not label.strip():
+            if not isinstance(label, str):
                 raise InputError(f"Label {i} is {label!r}; every label must be a non-empty string.")
-            if label in first:
-                raise InputError(f"Label {label!r} is given twice (labels {first[label]} and {i}); give each candidate "
-                                 "once, or the two share its score.")
-            first[label] = i
+        check_distinct_labels(labels, "candidate", InputError)
         return list(labels)
 
     @staticmethod
