@@ -46,6 +46,11 @@ SENSITIVE = ["LayerNormalization", "Gelu/Erf", "Softmax", "residual Add", "atten
 # on a small graph the timings differ by noise while the cosines do not (the built-in CLIP's
 # text files of one level pass at 0.9906-0.9965 and lose 0-1.3 points of zero-shot accuracy).
 LATENCY_TIE = 1.05
+# What makes a file int8: ONNX Runtime's quantized operators (Q/DQ pairs, integer kernels);
+# in an OpenVINO IR, NNCF's FakeQuantize layers and weights stored in 8 (or 4) bits.
+ONNX_INT8_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+IR_INT8_TYPES = ("i8", "u8", "i4", "u4")
 
 
 @dataclass
@@ -133,6 +138,12 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                     attempts.append({**described, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
                     context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) failed to build: {exc}")
                     continue
+                if not int8_operations(files[0]):  # the fp32 graph again: it would pass its gate as "int8"
+                    nothing = ("it quantizes nothing: every operation it would quantize is kept in float in this "
+                               "model")
+                    attempts.append({**described, "passed": False, "error": nothing})
+                    context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) left out: {nothing}")
+                    continue
                 for extra in ({}, *recipe.alternatives):
                     attempt: dict[str, Any] = {**described, **({"session_options": extra} if extra else {})}
                     attempts.append(attempt)
@@ -187,6 +198,19 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     )
     error.attempts = attempts  # what each recipe reached, for callers that want to show or test it
     raise error
+
+
+def int8_operations(path: Path) -> int:
+    """How many int8 operations (or 8- and 4-bit weights) a built ONNX or OpenVINO IR file holds."""
+    if path.suffix == ".xml":
+        import xml.etree.ElementTree as ElementTree
+
+        layers = ElementTree.parse(path).getroot().iter("layer")
+        return sum(1 for layer in layers if layer.get("type") == "FakeQuantize" or (
+            layer.get("type") == "Const" and (layer.find("data") is not None)
+            and layer.find("data").get("element_type") in IR_INT8_TYPES))
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(1 for node in graph.node if node.op_type in ONNX_INT8_OPS)
 
 
 def _keep(passing: list[tuple]) -> tuple:

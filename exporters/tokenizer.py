@@ -42,6 +42,7 @@ PROBE_TEXTS: tuple[str, ...] = (
     " ",
     "café naïve résumé Ångström Straße İstanbul ÉCOLE",
     "e\u0301 combining accents o\u0308",
+    "ΟΔΟΣ σας, ΣΑΣ ΑΣ.Β Σ",  # a word-final capital sigma lowercases to "ς" in Python, "σ" in tokenizers
     "a dog 🐶 and a cat 🐱 👩‍👩‍👧 🇫🇷",
     "日本語のテキスト 中文字符 한국어 텍스트",
     "!!!???...,,,;;;:::---___***",
@@ -252,6 +253,8 @@ def export_tokenizer(
         padding_side=padding_side,
         truncation_side=truncation_side,
         prefix="▁" if _is_siglip_sentencepiece(hf_tokenizer) else "",
+        # the one source here that lowercases in Python; PROBE_TEXTS find any other
+        final_sigma=_is_siglip_sentencepiece(hf_tokenizer) and bool(getattr(hf_tokenizer, "do_lower_case", False)),
     )
 
     out = Path(out_dir)

@@ -170,7 +170,8 @@ def tiny_siglip_sentencepiece_tokenizer(folder: Path):
 
     corpus = ["a photo of a cat", "a photo of a dog", "a red circle and a yellow star", "a green square",
               "a purple cross in the wild", "a drawing of a car", "the quick brown fox jumps over the lazy dog",
-              "café naïve résumé straße", "日本語のテキスト 中文字符", "numbers 1234567890", "a white triangle"] * 20
+              "café naïve résumé straße", "日本語のテキスト 中文字符", "numbers 1234567890", "a white triangle",
+              "οδος σας σε"] * 20  # "σ" and the word-final "ς" as pieces of their own
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=model, vocab_size=80, model_type="unigram", pad_id=0, eos_id=1,

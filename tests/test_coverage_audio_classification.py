@@ -157,6 +157,12 @@ def test_audio_classifier_exports_with_parity_or_is_refused(model_type, tmp_path
         assert list(np.argsort(-row_got, kind="stable")[:5]) == top
     result = tagger.tag(list(waves.values())[0], sample_rate=SR, top_k=5)
     assert [t.index for t in result.tags] == list(np.argsort(-expected[0], kind="stable")[:5])
+    if MODELS[model_type][2].startswith("waveform"):  # the shortest clip the model takes, and a shorter one
+        shortest = artifact.manifest["preprocess"]["audio"]["min_samples"]  # SEW and SEW-D pool frames: it was one frame
+        clip = waves["tone"][int(0.3 * SR):][:shortest]
+        np.testing.assert_allclose(tagger.probabilities(clip, sample_rate=SR)[0],
+                                   reference(model, extractor, [clip])[0], atol=ATOL)
+        assert np.isfinite(tagger.probabilities(clip[:shortest // 3], sample_rate=SR)).all()  # padded to it
     COUNTS["exported"] += 1
 
 

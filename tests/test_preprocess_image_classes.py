@@ -118,6 +118,20 @@ def test_processor_class_is_reproduced_bit_for_bit(name, files, tmp_path):
         assert np.array_equal(ours, expected), (name, path.name, float(np.abs(ours - expected).max()))
 
 
+@pytest.mark.parametrize("name", ["Donut", "Donut-align-nearest"])
+def test_an_image_too_thin_for_donuts_thumbnail_is_an_input_error_naming_its_size(name, tmp_path):
+    """A 2x500 image shrinks to under one pixel in Donut's thumbnail (transformers fails on it
+    too): it was Pillow's ValueError, a traceback in the command line; it is an InputError
+    naming the image's size as given, not as the resize before the thumbnail made it."""
+    from vlmedge.errors import InputError
+
+    _, spec = _saved_spec("Donut", VARIANTS[name], tmp_path)
+    thin = Image.fromarray(np.full((2, 500, 3), 128, np.uint8))
+    with pytest.raises(InputError, match=r"^The image is 500x2 pixels: fitted into this model's size .* its short "
+                                         r"side would be under 1 pixel; crop it to a less extreme aspect ratio\.$"):
+        preprocess_images([thin], spec)
+
+
 # DINOv3's processor exists only for torchvision (no Pillow class) and rescales before resizing:
 # name -> the preprocessor_config.json it is saved with (as the Hub's DINOv3 checkpoints ship it).
 DINOV3 = {

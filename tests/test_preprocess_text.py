@@ -475,3 +475,31 @@ def test_trim_padding_drops_the_positions_every_caption_pads():
     assert takes_trimmed_padding(inputs(("batch", "sequence"), ("batch", "sequence")))
     assert not takes_trimmed_padding(inputs(("batch", 77), ("batch", 77)))
     assert not takes_trimmed_padding(inputs(("batch", "sequence")))  # no mask: padding cannot be told apart
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ΣσςΑβ .,!'-_\u0301\u00ad:İx1")), max_size=12))
+def test_with_final_sigmas_writes_the_sigmas_python_lowercases_to_final_form(text):
+    """Lowercased a character at a time (as tokenizers' Lowercase does), the text with its final
+    sigmas written is what Python's str.lower() makes of the text: the rule is Python's own."""
+    from vlmedge.preprocess.text import with_final_sigmas
+
+    assert "".join(c.lower() for c in with_final_sigmas(text)) == text.lower()
+
+
+def test_a_word_final_capital_sigma_is_lowercased_as_siglips_python_tokenizer_does(tmp_path):
+    """SiglipTokenizer lowercases in Python, where "ΟΔΟΣ" becomes "οδος" (word-final ς), and
+    tokenizers' Lowercase "οδοσ": the exported tokenizer gave other ids (text embedding cosine
+    0.95 against transformers) and its probes had no such caption. "σ" and "ς" are pieces of
+    their own in this vocabulary, so other ids would show."""
+    from tests.clip_models import tiny_siglip_sentencepiece_tokenizer
+
+    hf = tiny_siglip_sentencepiece_tokenizer(tmp_path / "spm")
+    assert hf("ς")["input_ids"] != hf("σ")["input_ids"]
+    spec = export_tokenizer(hf, tmp_path / "out")  # its probes include such captions
+    assert spec.final_sigma and TextPreprocessSpec.from_dict(spec.to_dict()) == spec
+    tokenizer = TextTokenizer(tmp_path / "out" / "tokenizer.json", spec)
+    for text in ("ΟΔΟΣ σας", "ΟΔΟΣ", "Σ", "ΑΣ.Β", "ΑΣ!Β σ", "ΣΑΣ</s>ΣΑΣ"):
+        ids = tokenizer.encode(text)["input_ids"][0].tolist()
+        assert ids == hf(text, padding="max_length", max_length=spec.context_length, truncation=True)["input_ids"], text
+    assert "final_sigma" not in TextPreprocessSpec().to_dict()  # specs without it are written as before

@@ -402,6 +402,37 @@ def test_int8_retries_with_sensitive_ops_kept_in_float(small_vit, tmp_path):
                                                       "/model/classifier/Gemm"]
 
 
+def test_a_recipe_that_quantizes_nothing_makes_no_int8_file(tmp_path):
+    """In a conv net, level 2 (MatMuls with constant weights, the first and last layers kept in
+    float) quantizes nothing: it built the fp32 graph again, which passed the gate its int8
+    recipes missed and shipped as int8. It is left out, saying why, and the export fails."""
+    import torch
+    import transformers as t
+
+    import vlmedge
+    from vlmedge.errors import ParityError
+    from vlmedge.exporters.quantize import int8_operations
+    from vlmedge.parity import Gate
+
+    torch.manual_seed(0)
+    labels = {i: f"class_{i}" for i in range(3)}
+    config = t.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, id2label=labels,
+                            label2id={v: k for k, v in labels.items()})
+    t.ResNetForImageClassification(config).save_pretrained(tmp_path / "hf")
+    image_processor(FAMILIES["vit"], 32).save_pretrained(tmp_path / "hf")
+    with pytest.raises(ParityError, match="No onnx int8 file") as failed:
+        vlmedge.export(str(tmp_path / "hf"), tmp_path / "a", to=["onnx"], precision=["int8"],
+                       gates={"int8": Gate(min_cosine=0.9999999, max_abs=None, min_top1=0.95)})
+    attempts = failed.value.attempts
+    nothing = [(a["method"], a["level"]) for a in attempts if a.get("error", "").startswith("it quantizes nothing")]
+    assert nothing == [("ort-static-qdq", 2)] and not (tmp_path / "a").exists()
+    assert all(a["cosine_min"] < 0.9999999 for a in attempts if "error" not in a)  # the others quantized, and missed
+
+    artifact = vlmedge.export(str(tmp_path / "hf"), tmp_path / "b", to=["onnx"], precision=["int8"])
+    (entry,) = artifact.model_entries(precision="int8")
+    assert int8_operations(artifact.root / entry["path"]) > 0
+
+
 def _image_folder(root: Path, classes: dict[str, list[int]], size: int = 40) -> Path:
     """Noise images in one folder per class (the label of image i is given by `classes`)."""
     rng = np.random.default_rng(3)

@@ -242,7 +242,8 @@ def clip_bpe_tokenizer(simple: Any, clean: str, out_dir: Path) -> TextPreprocess
     tok.enable_padding(direction="right", pad_id=0, pad_token=tok.id_to_token(0), length=length)  # zeros, as open_clip
     tok.save(str(out_dir / TOKENIZER_FILE), pretty=False)
     return TextPreprocessSpec(tokenizer_file=TOKENIZER_FILE, context_length=length, pad_id=0,
-                              bos_id=simple.sot_token_id, eos_id=simple.eot_token_id, lowercase=clean != "whitespace")
+                              bos_id=simple.sot_token_id, eos_id=simple.eot_token_id, lowercase=clean != "whitespace",
+                              final_sigma=clean != "whitespace")  # SimpleTokenizer lowercases with str.lower()
 
 
 def check_tokenizer(simple: Any, tokenizer: TextTokenizer, texts: list[str], repaired: Any) -> list[str]:

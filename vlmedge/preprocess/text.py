@@ -64,6 +64,9 @@ class TextPreprocessSpec:
     padding_side: str = "right"
     truncation_side: str = "right"
     prefix: str = ""  # put before every caption before tokenizing (SigLIP's SentencePiece tokenizer: "▁")
+    # The source lowercases in Python (str.lower), which writes a word-final capital sigma as
+    # "ς"; tokenizer.json's Lowercase maps each character alone, to "σ" (with_final_sigmas)
+    final_sigma: bool = False
 
     def __post_init__(self) -> None:
         def is_int(v) -> bool:
@@ -79,8 +82,10 @@ class TextPreprocessSpec:
             if value is not None and not is_int(value):
                 raise ArtifactError(f"Text spec field '{name}' is {value!r}, not an int or null; re-export the artifact.")
             object.__setattr__(self, name, None if value is None else int(value))
-        if not isinstance(self.lowercase, bool):
-            raise ArtifactError(f"Text spec field 'lowercase' is {self.lowercase!r}, not a bool; re-export the artifact.")
+        for name in ("lowercase", "final_sigma"):
+            if not isinstance(getattr(self, name), bool):
+                raise ArtifactError(f"Text spec field '{name}' is {getattr(self, name)!r}, not a bool; re-export the "
+                                    "artifact.")
         for name in ("tokenizer_file", "padding", "padding_side", "truncation_side", "prefix"):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -100,8 +105,9 @@ class TextPreprocessSpec:
     def to_dict(self) -> dict:
         """Returns the spec as a JSON-ready dict of plain Python values."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if not self.prefix:  # what specs without a prefix have always written
-            del values["prefix"]
+        for name in ("prefix", "final_sigma"):  # what specs without them have always written
+            if not values[name]:
+                del values[name]
         return values
 
     @classmethod
@@ -112,6 +118,20 @@ class TextPreprocessSpec:
             ArtifactError: ``d`` is not a dict, has unknown fields, or has invalid values.
         """
         return spec_from_dict(cls, d, "text")
+
+
+def with_final_sigmas(text: str) -> str:
+    """``text`` with each capital sigma that Python's ``str.lower()`` lowercases to a word-final
+    "ς" (Unicode's Final_Sigma rule: after a cased letter, before none) written "ς" already.
+
+    Apart from that rule ``str.lower()`` maps each character alone, so the sigma at
+    ``text[i]`` is at ``sum(len(c.lower()) for c in text[:i])`` in the lowered text."""
+    lowered = text.lower()
+    out, at = [], 0
+    for char in text:
+        out.append("ς" if char == "Σ" and lowered[at] == "ς" else char)
+        at += len(char.lower())
+    return "".join(out)
 
 
 def clean_text(text: str) -> str:
@@ -271,6 +291,8 @@ class TextTokenizer:
 
     def _prepare(self, slot: _Slot, text: str) -> str:
         text = self.spec.prefix + text
+        if self.spec.final_sigma and "Σ" in text:
+            text = with_final_sigmas(text)
         if len(text) > 4 * self._prefix_chars and self.spec.truncation_side == "right":
             text = self._safe_prefix(slot, text)
         return clean_text(text)

@@ -41,13 +41,16 @@ class AudioLogitsOnly(torch.nn.Module):
         return self.model(**{self.model_input: input_values}).logits
 
 
-def receptive_field(config: Any) -> int:
-    """Samples the convolutional feature encoder of a raw-waveform model needs for one frame."""
+def shortest_input(config: Any) -> int:
+    """Samples a raw-waveform model needs at least: its convolutional feature encoder's
+    receptive field for one frame, or for `squeeze_factor` frames where the encoder pools
+    frames by that factor (SEW, SEW-D: fewer fail in its pooling)."""
     field, stride = 1, 1
     for kernel, step in zip(getattr(config, "conv_kernel", ()), getattr(config, "conv_stride", ())):
         field += (kernel - 1) * stride
         stride *= step
-    return field
+    frames = getattr(config, "squeeze_factor", None) or 1
+    return field + (frames - 1) * stride
 
 
 def audio_preprocess(folder: Path, config: Any, arch: str = "ASTForAudioClassification",
@@ -66,7 +69,7 @@ def audio_preprocess(folder: Path, config: Any, arch: str = "ASTForAudioClassifi
             "(feature_extractor.save_pretrained(folder)) so vlmedge can reproduce its preprocessing."
         )
     try:
-        spec = AudioPreprocessSpec.from_hf(read_json(config_path), window_seconds, receptive_field(config))
+        spec = AudioPreprocessSpec.from_hf(read_json(config_path), window_seconds, shortest_input(config))
     except ArtifactError as exc:  # the spec's own words end in advice for an artifact, which this is not yet
         raise UnsupportedModelError(f"{config_path} describes features vlmedge cannot make "
                                     f"({str(exc).split(';')[0]}); fix the feature extractor and save it again.") from None

@@ -52,8 +52,9 @@ class AudioPreprocessSpec:
       their defaults are the ones ``ASTFeatureExtractor`` fixes. ``high_freq <= 0`` means an
       offset below Nyquist, as in Kaldi. ``max_length`` is frames per model window.
     - ``waveform``: ``max_length`` is samples per model window; ``do_normalize`` scales each
-      window to zero mean and unit variance; clips shorter than ``min_samples`` (the model's
-      convolutional receptive field) are padded with ``padding_value`` after normalising.
+      window to zero mean and unit variance; clips shorter than ``min_samples`` (the shortest the
+      model takes: its convolutional receptive field, for two frames or more where it pools
+      frames) are padded with ``padding_value`` after normalising.
     - ``whisper-log-mel``: ``max_length`` frames of ``frame_shift_ms`` (3000 = 30 s), an FFT of
       one frame, a Slaney mel bank from ``low_freq`` to ``high_freq``, log10 floored at
       ``mel_floor``, clamped to 8 below the maximum and scaled as ``(x + 4) / 4``.

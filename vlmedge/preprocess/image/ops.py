@@ -62,6 +62,7 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
         image = load_image(image)
     elif spec.do_convert_rgb:  # HF's load_image keeps a P/L/RGB file's transparency colour for this step
         image = convert_to_rgb(image)
+    given = (image.height, image.width)  # as errors name it: the steps below turn, crop and resize it
     if spec.pre_crop is not None:  # Perceiver: a share of the shortest side, before resizing
         edge = min(image.height, image.width)
         image = Image.fromarray(center_crop(np.asarray(image), int(spec.pre_crop[0] * edge),
@@ -69,12 +70,12 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
     if spec.align_long_axis:
         image = _align_long_axis(image, spec.canvas)
     if spec.do_resize and not spec.resize_after_rescale:
-        height, width = resize_output_size(image.height, image.width, spec.size)
+        height, width = resize_output_size(image.height, image.width, spec.size, given)
         if spec.size_divisor > 1:  # rounded up to a multiple (TextNet)
             height, width = (-(-side // spec.size_divisor) * spec.size_divisor for side in (height, width))
         image = image.resize((width, height), resample=RESAMPLE[spec.resample])
     if spec.thumbnail:  # HF's thumbnail takes `resample or BICUBIC`, so nearest (0) becomes bicubic
-        image = _thumbnail(image, spec.canvas, RESAMPLE[spec.resample] or RESAMPLE["bicubic"])
+        image = _thumbnail(image, spec.canvas, RESAMPLE[spec.resample] or RESAMPLE["bicubic"], given)
     array = np.asarray(image)
     if spec.resize_after_rescale:  # resized in float by _resized_after_rescale
         return array
@@ -129,8 +130,9 @@ def _align_long_axis(image: Image.Image, canvas: dict) -> Image.Image:
     return image
 
 
-def _thumbnail(image: Image.Image, canvas: dict, resample: int) -> Image.Image:
-    """Donut's thumbnail: fit inside the canvas keeping the aspect, never enlarging."""
+def _thumbnail(image: Image.Image, canvas: dict, resample: int, given: tuple[int, int]) -> Image.Image:
+    """Donut's thumbnail: fit inside the canvas keeping the aspect, never enlarging (`given`:
+    the (height, width) of the image as passed in, which a refusal names)."""
     height, width = min(image.height, canvas["height"]), min(image.width, canvas["width"])
     if height == image.height and width == image.width:
         return image
@@ -138,6 +140,8 @@ def _thumbnail(image: Image.Image, canvas: dict, resample: int) -> Image.Image:
         width = int(image.width * height / image.height)
     elif image.width > image.height:
         height = int(image.height * width / image.width)
+    if min(height, width) < 1:
+        raise _too_thin(given, canvas)
     return image.resize((width, height), resample=resample)
 
 
@@ -148,16 +152,24 @@ def _pad_centred(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(array, ((top, dh - top), (left, dw - left), (0, 0)), mode="constant", constant_values=0)
 
 
-def resize_output_size(height: int, width: int, size: dict) -> tuple[int, int]:
+def _too_thin(given: tuple[int, int], size: dict) -> InputError:
+    """An image (of `given` (height, width)) whose short side a resize to this size would
+    shrink below one pixel, which transformers fails on too."""
+    height, width = given
+    return InputError(f"The image is {width}x{height} pixels: fitted into this model's size ({size}), its short side "
+                      "would be under 1 pixel; crop it to a less extreme aspect ratio.")
+
+
+def resize_output_size(height: int, width: int, size: dict, given: tuple[int, int] | None = None) -> tuple[int, int]:
     """(height, width) after resizing, with HF's int truncation and rounding; an image whose
     short side would shrink below one pixel (fitting a very long one into longest_edge)
-    is refused, as transformers fails on it too."""
+    is refused, as transformers fails on it too, naming `given`: the image's (height, width)
+    as passed in, where earlier steps turned or cropped it."""
     if "height" in size:
         return size["height"], size["width"]
     new_height, new_width = _aspect_resize(height, width, size)
     if min(new_height, new_width) < 1:
-        raise InputError(f"The image is {width}x{height} pixels: fitted into this model's size ({size}), its short side "
-                         "would be under 1 pixel; crop it to a less extreme aspect ratio.")
+        raise _too_thin(given or (height, width), size)
     return new_height, new_width
 
 
