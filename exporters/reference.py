@@ -51,6 +51,7 @@ class TorchSession(Session):
 
     def __init__(self, module: torch.nn.Module, inputs: list[TensorInfo], outputs: list[TensorInfo],
                  device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
         if device != "cpu":
             raise BackendUnavailableError(f"The torch reference backend runs on the CPU only, not on '{device}'.")
         self.module = module.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.util
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,12 @@ class Session(ABC):
     model_file: str = "the model file"
     precision: str | None = None
 
+    def __init__(self) -> None:
+        # The runs in progress on any thread, which close() waits for: the backend's objects
+        # must outlive a run that uses them (OpenVINO's crash in native code otherwise).
+        self._runs = threading.Condition()
+        self._running = 0
+
     def run(self, feeds: dict[str, np.ndarray], check: bool = True,
             non_finite_outputs: bool = False) -> dict[str, np.ndarray]:
         """Checks the feeds, runs the model and checks that its outputs are finite. A
@@ -171,8 +178,19 @@ class Session(ABC):
         same feeds once (a benchmark timing only the backend's own call);
         non_finite_outputs=True returns NaN or infinite outputs, for a parity gate to judge.
         """
-        if self.closed:
-            raise UsageError(f"This {self.backend} model was closed; load the artifact again to run it.")
+        with self._runs:
+            if self.closed:
+                raise UsageError(f"This {self.backend} model was closed; load the artifact again to run it.")
+            self._running += 1
+        try:
+            return self._checked_run(feeds, check, non_finite_outputs)
+        finally:
+            with self._runs:
+                self._running -= 1
+                self._runs.notify_all()
+
+    def _checked_run(self, feeds: dict[str, np.ndarray], check: bool,
+                     non_finite_outputs: bool) -> dict[str, np.ndarray]:
         if check:
             self.check_feeds(feeds)
         if self._is_empty_batch(feeds):
@@ -217,11 +235,14 @@ class Session(ABC):
 
     def close(self) -> None:
         """Drops the backend's model and hands the freed memory back to the system now; a
-        later run raises UsageError. A call already running keeps what it uses until it ends."""
-        if not self.closed:
+        later run raises UsageError. Runs already in progress on other threads end first."""
+        with self._runs:
+            if self.closed:
+                return
             self.closed = True
-            self._release()
-            release_freed_heap()
+            self._runs.wait_for(lambda: self._running == 0)
+        self._release()
+        release_freed_heap()
 
     @abstractmethod
     def _release(self) -> None:

@@ -105,6 +105,7 @@ class OpenVinoSession(Session):
     def __init__(self, model_path: Path, device: str = "cpu", inference_precision: str | None = None,
                  performance_hint: str = "latency", threads: int | None = None,
                  cache: bool = False, model_digest: str | None = None) -> None:
+        super().__init__()
         if performance_hint not in PERFORMANCE_HINTS:
             raise InputError(f"Unknown performance hint '{performance_hint}'; choose one of {', '.join(PERFORMANCE_HINTS)}.")
         if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
@@ -236,8 +237,6 @@ class OpenVinoSession(Session):
     def _infer(self, inputs: dict[int, np.ndarray]) -> Any:
         """One inference; the first one hands back the mapped pages the plugin reads as it
         packs the weights it left for then (dynamic shapes pack at the first call)."""
-        # Held for the whole call: close() on another thread drops the session's references,
-        # and the weights' mapping must outlive a request that reads it.
         request, mapped = self._request(), self._mapped
         if self._first_call_done or mapped is None:
             return request.infer(inputs, share_outputs=False)
@@ -254,7 +253,7 @@ class OpenVinoSession(Session):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {self._input_index[name]: np.ascontiguousarray(value) for name, value in feeds.items()}
-        ports = self._output_ports  # before the call: close() on another thread clears it
+        ports = self._output_ports
         try:
             results = self._infer(inputs)
         except RuntimeError as exc:  # e.g. a dynamic axis longer than the model takes (a text past its positions)

@@ -123,3 +123,91 @@ def test_clip_towers_shared_across_threads(backend, images, tmp_path):
 
     made = hammer(call, 16, OTHER_CALLS)
     print(f"\n{backend} CLIP text+image towers: {made} threaded calls, all equal to serial")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_waits_for_the_runs_in_progress_and_refuses_later_ones(backend, vit_artifact, images, tmp_path):
+    """close() on one thread while another was inside a model call dropped the backend's objects
+    under it: OpenVINO crashed the process (SIGSEGV), ONNX Runtime raised AttributeError on
+    None. A run in progress now ends with its answer before close() returns; a later one is a
+    UsageError. The held run waits on an event inside the session's own run, the close
+    happens meanwhile."""
+    from vlmedge.errors import UsageError
+
+    classifier = _classifier(backend, vit_artifact, tmp_path)
+    expected = classifier.classify(images[0], top_k=3)
+    session = classifier.model.sessions["model"]
+    inside, release = threading.Event(), threading.Event()
+    backend_run = session._run
+
+    def held_run(feeds):
+        inside.set()
+        release.wait(30)
+        return backend_run(feeds)
+
+    session._run = held_run
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(classifier.classify(images[0], top_k=3)))
+    caller.start()
+    assert inside.wait(30)
+    closer = threading.Thread(target=classifier.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive() and session.closed  # waiting for the run; new ones are refused meanwhile
+    with pytest.raises(UsageError, match="model was closed"):
+        classifier.classify(images[1])
+    release.set()
+    caller.join(30)
+    closer.join(30)
+    assert not closer.is_alive() and _same(answers, [expected])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_text_tower_reads_its_batch_size_once_per_call(backend, tmp_path):
+    """embed_texts stepped through the captions by one batch_size and sliced them by another
+    when a thread set batch_size during the call: 12 captions gave 13-49 rows, or zero_shot a
+    reshape error. The setting is made inside the call's first model run."""
+    clip = tiny_clip(tmp_path, backend)
+    captions = [f"caption number {i}" for i in range(12)]
+    clip.batch_size = 5
+    expected = clip.embed_texts(captions)  # in calls of 5, 5 and 2, as the call below starts
+    text_run = clip._text.run
+
+    def run_then_change_the_batch_size(feeds, *args, **kwargs):
+        clip.batch_size = 1
+        return text_run(feeds, *args, **kwargs)
+
+    clip._text.run = run_then_change_the_batch_size
+    assert _same(clip.embed_texts(captions), expected)
+
+
+def test_fork_workers_that_load_their_own_model_do_not_hang(vit_artifact, images, tmp_path):
+    """The README's advice for worker processes (load the artifact in each), with Linux's default
+    start method, fork: a worker that replaced the ONNX Runtime pipeline it inherited hung for
+    ever in ONNX Runtime's destructor, which joins the parent's threads (onnxruntime#31961).
+    The child keeps inherited sessions alive instead. Run in a subprocess: forking pytest's
+    own threaded process is not the case tested."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "image.npy", images[0])
+    script = f"""
+import multiprocessing, numpy as np, vlmedge
+ARTIFACT, IMAGE = {str(vit_artifact)!r}, np.load({str(tmp_path / "image.npy")!r})
+pipeline = None
+
+def load_own():
+    global pipeline
+    pipeline = vlmedge.load(ARTIFACT, backend="onnxruntime")  # drops the one inherited from the parent
+
+def label(_):
+    return pipeline.classify(IMAGE, top_k=1)[0].label
+
+pipeline = vlmedge.load(ARTIFACT, backend="onnxruntime")
+expected = label(0)  # the parent's session has run: its thread pool is up
+with multiprocessing.get_context("fork").Pool(2, initializer=load_own) as pool:
+    assert pool.map(label, range(4)) == [expected] * 4
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

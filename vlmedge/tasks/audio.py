@@ -216,10 +216,9 @@ class AudioTagger(Pipeline):
                     out[rows] = self.logits(np.stack([features[i] for i in rows]))
             return out
         outputs = []
-        size = self.batch_size
-        for start in range(0, len(features), size):
-            with overflow_rows_as(range(start, start + size)):
-                outputs.append(self._session.run({self._input: features[start:start + size]})[self._output])
+        for rows in chunks(range(len(features)), self.batch_size):
+            with overflow_rows_as(rows):
+                outputs.append(self._session.run({self._input: features[rows.start:rows.stop]})[self._output])
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:

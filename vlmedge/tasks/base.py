@@ -64,8 +64,10 @@ class Pipeline:
         (serve's tensor route, where users preprocess themselves): nothing unless a task says."""
 
     def close(self) -> None:
-        """Frees the backend's compiled models; a later call raises UsageError. Calls already
-        running on other threads finish first. Closing twice does nothing."""
+        """Frees the backend's compiled models; a later call raises UsageError. A model call
+        running on another thread ends with its answer first (close waits for it); a call
+        over a list that still needs more model calls raises UsageError at the next one.
+        Closing twice does nothing."""
         self.model.close()
 
     @property

@@ -146,9 +146,8 @@ class Clip(Pipeline):
         """The projected text embeddings as the model gives them, (N, D) float32, not normalised.
 
         Captions longer than the context are truncated (the EOS token is kept)."""
-        batch = self._texts(texts)
-        return np.concatenate([self._text_features(self.tokenizer.encode(part))
-                               for part in chunks(batch, self.batch_size)])
+        batch, size = self._texts(texts), self.batch_size  # read once: another thread may set it meanwhile
+        return np.concatenate([self._text_features(self.tokenizer.encode(part), size) for part in chunks(batch, size)])
 
     def embed_images(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, (N, D) float32; one image gives N = 1.
@@ -181,7 +180,7 @@ class Clip(Pipeline):
             raise InputError(f"The tokenized captions must be (N, {self.context_length}) arrays; pass what "
                              "tokenizer.encode returns.")
         self._check_token_ids(np.asarray(tokens.get("input_ids", [])), "pass what tokenizer.encode returns")
-        return l2_normalize(self._text_features(tokens))
+        return l2_normalize(self._text_features(tokens, self.batch_size))
 
     def check_graph_feeds(self, graph: str, feeds: dict[str, np.ndarray]) -> None:
         """The text graph's input_ids: at most context_length tokens each, inside the vocabulary."""
@@ -216,11 +215,11 @@ class Clip(Pipeline):
                  for part in chunks(pixels, self.batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def _text_features(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
-        n = len(tokens[self._text_inputs[0]])
+    def _text_features(self, tokens: Mapping[str, np.ndarray], size: int) -> np.ndarray:
+        """The text tower on tokenized captions, in model calls of at most `size` captions."""
         parts = []
-        for start in range(0, n, self.batch_size):
-            feeds = {name: np.asarray(tokens[name][start:start + self.batch_size]) for name in self._text_inputs}
+        for rows in chunks(range(len(tokens[self._text_inputs[0]])), size):
+            feeds = {name: np.asarray(tokens[name][rows.start:rows.stop]) for name in self._text_inputs}
             parts.append(self._text.run(trim_padding(feeds) if self._trims_padding else feeds)[self._text_output])
         return np.concatenate(parts).astype(np.float32, copy=False)
 
