@@ -232,9 +232,10 @@ def evaluation_sets(path: str | Path, spec: ExportSpec, size: int | None = None,
     unknown = [p.name for p in folders if _label_key(p.name) not in index]
     if unknown or not folders:
         shown = ", ".join(spec.labels[:10]) + (" ..." if len(spec.labels) > 10 else "")
+        named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise ExportError(
-            f"--eval {path}: " + (f"the folders {', '.join(unknown[:5])} name no label of this model"
-                                  if unknown else "there are no class folders")
+            f"--eval {path}: " + (f"the folders {named} name no label of this model" if unknown
+                                  else "there are no class folders")
             + f"; make one folder per label (labels: {shown})."
         )
     sets: dict[str, EvalSet] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from vlmedge.errors import ExportError, UnsupportedModelError, exception_line
+from vlmedge.errors import ExportError, UnsupportedModelError, exception_line, warn_caller
 from vlmedge.exporters.spec import GraphSpec
 
 DEFAULT_OPSET = 18
@@ -24,12 +24,35 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17
 # (a private name of torch's: 20 where a later torch moves it, the newest torch 2.13 writes)
 MAX_OPSET = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+# Where the tracer's warnings of a value read from a tensor come from libraries whose models
+# read only shapes so (transformers' checks of sizes); anywhere else (the user's own module),
+# the value may be the data's, and the trace keeps the branch the example input took.
+_LIBRARIES = tuple(os.sep + name + os.sep for name in ("torch", "transformers", "timm", "open_clip", "exporters"))
+
+
+class TracedBranchWarning(UserWarning):
+    """The model turned a tensor into a Python value while it was traced: a branch or a loop
+    on it is frozen in the exported file as the example input took it."""
+
+
 # Protobuf cannot hold more than 2 GB; bigger models keep their weights in a side file.
 _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def _say_traced_branches(graph: str, caught: list[warnings.WarningMessage]) -> None:
+    """One warning naming the user's lines where tracing read a value from a tensor (the
+    tracer's own warnings are silenced: libraries' models raise dozens of them on shapes)."""
+    lines = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                    and not any(part in w.filename for part in _LIBRARIES)})
+    if lines:
+        warn_caller(f"Graph '{graph}' turned a tensor into a Python value while it was traced (at {', '.join(lines)}): "
+                    "a branch or loop on it is frozen in the exported file as the example input took it, and inputs "
+                    "that would take another answer wrongly; compute it with tensor operations (torch.where) instead.",
+                    TracedBranchWarning)
 
 
 def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> list[Path]:
@@ -43,9 +66,9 @@ def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> lis
     large = parameter_bytes(graph.module) > _PROTOBUF_LIMIT
     graph.module.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _captured_output() as printed, _col2im_symbolic(opset), \
-                _whole_map_pools(graph.module, args):
-            warnings.simplefilter("ignore")
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught, _captured_output() as printed, \
+                _col2im_symbolic(opset), _whole_map_pools(graph.module, args):
+            warnings.simplefilter("always")
             torch.onnx.export(
                 graph.module, args, str(path),
                 input_names=graph.input_names, output_names=graph.output_names,
@@ -63,6 +86,7 @@ def export_onnx(graph: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> lis
         ) from exc
     if printed.text:
         sys.stderr.write(printed.text)
+    _say_traced_branches(graph.name, caught)
     data_name = f"{path.name}.data"
     if large:
         model = onnx.load(str(path), load_external_data=True)

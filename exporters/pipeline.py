@@ -35,6 +35,7 @@ from vlmedge.errors import (BackendUnavailableError, ExportError, InputError, Pa
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
+from vlmedge.exporters.sources.module import training_modes_kept
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
 from vlmedge.registry import TASKS
@@ -209,7 +210,7 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
     plan = plan_variants(to, precision, opset, gates, progress or (lambda message: None))
     plan.strict = strict
     started = time.perf_counter()
-    with ArtifactWriter(Path(out)) as writer:  # first: a destination it cannot use fails before loading
+    with ArtifactWriter(Path(out)) as writer, training_modes_kept(model):  # the destination checked before loading
         plan.say(f"loading {model if isinstance(model, str) else type(model).__name__}")
         with quiet_progress_bars():
             spec = resolve(model, task=task, **source_options)

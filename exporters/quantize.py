@@ -72,15 +72,36 @@ def variant_gate(context: Any, precision: str) -> Gate:
     return getattr(context, "gate", None) or GATES[precision]
 
 
+# Every HOLD_OUT_EVERY-th input of the user's calibration data (of at least HOLD_OUT_FROM)
+# judges each int8 file beside the parity inputs instead of fitting its scales: inputs of
+# the model's own domain that its scales never saw (the parity set is a few bundled samples
+# and generated inputs, which a file can pass while missing on a few percent of real ones).
+HOLD_OUT_EVERY, HOLD_OUT_FROM = 4, 8
+
+
+def _split_calibration(feeds: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The user's calibration feeds as (fitted, held out); None held out below HOLD_OUT_FROM."""
+    n = len(next(iter(feeds.values())))
+    if n < HOLD_OUT_FROM:
+        return feeds, None
+
+    def take(value: Any, held: bool) -> Any:
+        index = [i for i in range(n) if (i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1) == held]
+        return [value[i] for i in index] if isinstance(value, list) else value[index]
+
+    return ({name: take(value, False) for name, value in feeds.items()},
+            {name: take(value, True) for name, value in feeds.items()})
+
+
 def calibration_rows(context: Any) -> tuple[list[dict[str, np.ndarray]], str]:
     """Batch-1 calibration feeds and where they came from. Without the user's data, every other
     parity input: the gate then judges each file on inputs half of which its scales never saw,
     so a file fitted to its calibration inputs alone (it passed on them, and missed by far on
-    fresh ones) fails its gate instead of shipping."""
+    fresh ones) fails its gate instead of shipping. With it, all but the held-out inputs."""
     if context.calibration:
-        feeds = list(rows(context.calibration))
-        _note_thin_calibration(context, feeds)
-        return feeds, "user data"
+        _note_thin_calibration(context, list(rows(context.calibration)))  # of the data as given
+        fitted, held = _split_calibration(context.calibration)
+        return list(rows(fitted)), "user data" + (f" (every {HOLD_OUT_EVERY}th input held out for the gate)" if held else "")
     context.say(f"[{context.graph.name}] no --calibration data: calibrating int8 on half of the bundled samples "
                 "and generated inputs, the other half held out for the gate; real data from the model's domain "
                 "gives better int8 accuracy")
@@ -106,9 +127,12 @@ def _note_thin_calibration(context: Any, feeds: list[dict[str, np.ndarray]]) -> 
 
 
 def _uniform(x: np.ndarray) -> bool:
-    """One value per channel (an image: (1, C, H, W)), or one value (any other input)."""
-    values = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim == 4 else x.reshape(1, 1, -1)
-    return values.size > 0 and float(np.ptp(values, axis=-1).max()) == 0.0
+    """One value per channel (an image: (1, C, H, W)); any other input, at most two values: a
+    silent clip is one value, and shorter than the window, also the padding it is filled to."""
+    if x.ndim == 4:
+        values = x.reshape(x.shape[0], x.shape[1], -1)
+        return values.size > 0 and float(np.ptp(values, axis=-1).max()) == 0.0
+    return x.size > 0 and len(np.unique(x)) <= 2
 
 
 def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: list[Recipe],
@@ -120,6 +144,7 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     graph = context.graph
     name = Path(relpath).name
     attempts: list[dict[str, Any]] = []
+    held_out = _held_out_references(context)
     # inside the build folder, which the next export to this destination removes after a SIGKILL
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=writer.tmp) as work:
         for level in sorted({r.level for r in recipes}):
@@ -159,6 +184,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                         context.say(f"[{graph.name}] {target} {precision} {label} failed to load: {exc}")
                         continue
                     report = parity_report(context.references, run_in_batches(session, context.feeds), graph.compare, gate)
+                    if held_out is not None:
+                        _judge_held_out(report, session, held_out, graph.compare, gate)
                     add_accuracy(report, session, getattr(context, "evaluation", None), gate)
                     attempt.update(_summary(report))
                     context.say(f"[{graph.name}] {target} {precision} {label}: "
@@ -200,6 +227,32 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     raise error
 
 
+def _held_out_references(context: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The held-out calibration inputs and the verified fp32 ONNX file's outputs on them (it
+    passed its own gate against the source), or None without them."""
+    _, held = _split_calibration(context.calibration) if context.calibration else (None, None)
+    if held is None:
+        return None
+    session = open_session(Path(context.base), backend="onnxruntime")
+    try:
+        return held, run_in_batches(session, held)
+    finally:
+        session.close()
+
+
+def _judge_held_out(report: dict[str, Any], session: Any, held_out: tuple[dict[str, Any], dict[str, np.ndarray]],
+                    compare: dict[str, str], gate: Gate) -> None:
+    """Adds the gate's verdict on the held-out calibration inputs to a file's parity report:
+    it passes only if it passes on both."""
+    feeds, references = held_out
+    judged = parity_report(references, run_in_batches(session, feeds), compare, gate)
+    report["held_out"] = {"samples": judged["samples"], "outputs": judged["outputs"], "passed": judged["passed"]}
+    if not judged["passed"]:
+        report["passed"] = False
+        report["failures"] = report["failures"] + [f"on {judged['samples']} held-out calibration inputs: {failure}"
+                                                   for failure in judged["failures"]]
+
+
 def int8_operations(path: Path) -> int:
     """How many int8 operations (or 8- and 4-bit weights) a built ONNX or OpenVINO IR file holds."""
     if path.suffix == ".xml":
@@ -222,11 +275,15 @@ def _keep(passing: list[tuple]) -> tuple:
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    outputs = report["outputs"].values()
+    """An attempt's figures for the report: its worst over the parity and held-out inputs."""
+    held_out = report.get("held_out")
+    outputs = [*report["outputs"].values(), *(held_out["outputs"].values() if held_out else ())]
     summary: dict[str, Any] = {
         "passed": report["passed"],
         "cosine_min": min((o.get("cosine_min", 0.0) for o in outputs), default=1.0),
     }
+    if held_out:
+        summary["held_out_samples"] = held_out["samples"]
     top1 = [o["top1"] for o in outputs if "top1" in o]
     if top1:
         summary["top1"] = min(top1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vlmedge.artifact import Artifact
-from vlmedge.errors import BackendUnavailableError
+from vlmedge.errors import BackendUnavailableError, UnsupportedModelError, exception_line
 from vlmedge.exporters.spec import GraphSpec
 from vlmedge.parity import feed_batches
 from vlmedge.runtimes.base import Session, TensorInfo
@@ -31,8 +31,17 @@ def reference_outputs(graph: GraphSpec, feeds: dict[str, np.ndarray], batch_size
     collected: dict[str, list[np.ndarray]] = {name: [] for name in graph.output_names}
     with torch.no_grad():
         for batch in feed_batches(feeds, batch_size):
-            args = [torch.from_numpy(np.ascontiguousarray(batch[name])) for name in graph.input_names]
-            outputs = graph.module(*args)
+            # copies: a module that edits its input in place (x.div_(255)) must not change the
+            # parity inputs every exported file is then run on
+            args = [torch.from_numpy(np.array(batch[name])) for name in graph.input_names]
+            try:
+                outputs = graph.module(*args)
+            except Exception as exc:  # the source's own forward: any type
+                shapes = ", ".join(f"{name} {list(arg.shape)} {str(arg.dtype).removeprefix('torch.')}"
+                                   for name, arg in zip(graph.input_names, args))
+                raise UnsupportedModelError(f"The source model failed on a batch of its parity inputs ({shapes}): "
+                                            f"{exception_line(exc)}; it must take any batch size of such inputs "
+                                            "on the CPU in float32.") from exc
             if isinstance(outputs, torch.Tensor):
                 outputs = (outputs,)
             for name, value in zip(graph.output_names, outputs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -57,7 +57,15 @@ def read_labels(labels: Any) -> Any:
         file = Path(labels).expanduser()
         if not file.is_file():
             raise ModelNotFoundError(f"The labels file {file} does not exist; give a text file with one label a line.")
-        labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the first label
+        labels = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    elif isinstance(labels, dict):  # id -> name, as a config's id2label
+        if set(labels) != set(range(len(labels))):
+            raise UsageError("labels= as a dict maps class ids 0, 1, ... to names (as id2label does), not "
+                             f"{list(labels)[:5]}; or give a list of names in class order.")
+        labels = [labels[i] for i in range(len(labels))]
+    elif isinstance(labels, Iterable) and not isinstance(labels, (list, tuple, bytes)):  # a generator, a range ...
+        labels = list(labels)
     if isinstance(labels, (list, tuple)):
         check_distinct_labels([str(label) for label in labels], "class", UsageError)
     return labels

@@ -417,7 +417,7 @@ def test_parity_failure_reports_numbers_and_writes_nothing(tmp_path):
     with pytest.raises(ParityError) as info:
         vlmedge.export(BranchOnData(), out, preprocess=spec, labels=list("abcd"))
     message = str(info.value)
-    assert "max abs error" in message and "at index" in message and "smallest tolerance" in message
+    assert "max abs error" in message and "at index" in message and "(the gate would pass at max_abs >= " in message
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -429,7 +429,10 @@ def test_plain_module_with_preprocessing_and_labels(tmp_path):
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.GELU(), torch.nn.Flatten(),
                                  torch.nn.Linear(8 * 4 * 4, 3))
     spec = ImagePreprocessSpec(size={"height": 16, "width": 16}, resample="bicubic")
+    module.train()  # exported half way through its training: it was left in eval mode
     vlmedge.export(module, tmp_path / "plain", preprocess=spec, labels=["cat", "dog", "car"])
+    assert all(m.training for m in module.modules())
+    module.eval()
     classifier = vlmedge.load(tmp_path / "plain")
     image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     pixels = torch.from_numpy(preprocess_images([load_image(image)], spec))
@@ -459,6 +462,105 @@ def test_a_plain_modules_labels_may_be_a_file_one_label_a_line(tmp_path):
         from_module(module, preprocess=spec, labels=["cat", "cat", "dog"])
     with pytest.raises(UsageError, match="Label 2 is empty; give every class a name"):
         from_module(module, preprocess=spec, labels=["cat", "dog", " "])
+
+
+def test_a_branch_on_the_inputs_values_is_said_when_traced(tmp_path):
+    """A module branching on its input's values exported with the branch its example input
+    took, and passed its gate when no parity input took the other: the tracer's warning was
+    silenced with the libraries' own. The user's line is now named; transformers' models, whose
+    tracer warnings are all on shapes, raise none."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    from vlmedge.exporters.onnx import TracedBranchWarning
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    class BrightFlip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.head = torch.nn.Linear(3 * 16 * 16, 3)
+
+        def forward(self, pixel_values):
+            logits = self.head(pixel_values.flatten(1))
+            if pixel_values.mean() > 100:  # never, for the parity inputs: normalised pixels
+                return -logits
+            return logits
+
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
+    with pytest.warns(TracedBranchWarning, match=r"^Graph 'model' turned a tensor into a Python value while it was "
+                                                 r"traced \(at test_artifact.py:\d+\): a branch or loop on it is frozen"):
+        vlmedge.export(BrightFlip(), tmp_path / "flip", preprocess=spec, labels=list("abc"))
+    from tests.hf_models import FAMILIES, image_processor, tiny_classifier
+
+    tiny_classifier("vit", num_labels=3).save_pretrained(tmp_path / "hf")
+    image_processor(FAMILIES["vit"], 32).save_pretrained(tmp_path / "hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracedBranchWarning)
+        vlmedge.export(str(tmp_path / "hf"), tmp_path / "vit")
+
+
+def test_plain_module_labels_as_a_bom_file_a_dict_or_a_generator(tmp_path):
+    """A labels file with a byte-order mark (Windows Notepad's) gave the label '\ufeffcat'; an
+    id2label dict became ['0', '1', '2']; a generator raised TypeError."""
+    torch = pytest.importorskip("torch")
+    from vlmedge.errors import UsageError
+    from vlmedge.exporters.sources.module import from_module
+    from vlmedge.preprocess.image import ImagePreprocessSpec
+
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
+    (tmp_path / "labels.txt").write_text("cat\ndog\ncar\n", encoding="utf-8-sig")
+    for labels in (tmp_path / "labels.txt", {2: "car", 0: "cat", 1: "dog"}, (name for name in ["cat", "dog", "car"])):
+        assert from_module(module, preprocess=spec, labels=labels).labels == ["cat", "dog", "car"]
+    with pytest.raises(UsageError, match="labels= as a dict maps class ids 0, 1, ... to names"):
+        from_module(module, preprocess=spec, labels={"cat": 0, "dog": 1, "car": 2})
+
+
+def test_plain_module_mistakes_are_one_sentence_and_one_label_is_a_sigmoid(tmp_path):
+    """A module's own failures (a float64 module, one that runs at batch 2 only), empty labels
+    and an NHWC layout were tracebacks from torch or numpy; a one-label module scored 1.0 on
+    every image (a softmax over one logit); a module dividing its input in place (x.div_(255))
+    changed the parity inputs under the exported files, which then missed their gate."""
+    torch = pytest.importorskip("torch")
+    from vlmedge.errors import UnsupportedModelError, UsageError
+    from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+
+    class BatchOfTwo(torch.nn.Module):
+        def forward(self, x):
+            return linear(x.reshape(2, 3 * 16 * 16))
+
+    float64 = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3)).double()
+    cases = [(float64, {}, UnsupportedModelError, r"^The module failed on two \(2, 3, 16, 16\) float32 images"),
+             (BatchOfTwo(), {}, UnsupportedModelError, r"^The source model failed on a batch of its parity inputs"),
+             (linear, {"labels": []}, UsageError, r"^labels= is empty"),
+             (linear, {"preprocess": ImagePreprocessSpec(size={"height": 16, "width": 16}, layout="NHWC")},
+              UsageError, r"layout 'NCHW', not 'NHWC'")]
+    for module, options, error, words in cases:
+        with pytest.raises(error, match=words) as caught:
+            vlmedge.export(module, tmp_path / "x", **{"preprocess": spec, "labels": list("abc"), **options})
+        assert "\n" not in str(caught.value) and not (tmp_path / "x").exists()
+
+    class Detector(torch.nn.Module):  # one logit, and its input divided in place
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 1))
+
+        def forward(self, x):
+            return self.head(x.div_(2))
+
+    detector = Detector()
+    raw = ImagePreprocessSpec(size={"height": 16, "width": 16}, do_normalize=False)
+    vlmedge.export(detector, tmp_path / "one", preprocess=raw, labels=["defect"])
+    image = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = torch.sigmoid(detector(torch.from_numpy(preprocess_images([load_image(image)], raw)))).item()
+    (score,) = vlmedge.load(tmp_path / "one").classify(image)
+    assert score.label == "defect" and abs(score.score - expected) < 1e-5
 
 
 def test_unchanged_files_are_not_hashed_again_and_altered_ones_always_are(artifact_copy, monkeypatch, tmp_path):

@@ -433,6 +433,28 @@ def test_a_recipe_that_quantizes_nothing_makes_no_int8_file(tmp_path):
     assert int8_operations(artifact.root / entry["path"]) > 0
 
 
+def test_int8_files_are_judged_on_held_out_calibration_inputs_too(small_vit, tmp_path):
+    """The gate judged int8 files on the bundled samples and generated inputs only, which a
+    file could pass while missing on a few percent of the model's own inputs (CLIP's int8
+    image tower: 1.7% of fresh images under its 0.99 cosine). Every 4th input of the user's
+    calibration data now judges each file instead of fitting its scales. Here those inputs are
+    50x louder than the fitted ones: a calibrated (static) file that quantizes the first layer's
+    input clips them, and is refused for it."""
+    import vlmedge
+
+    pixels = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    pixels[3::4] *= 50
+    artifact = vlmedge.export(str(small_vit), tmp_path / "a", to=["onnx"], precision=["int8"],
+                              calibration={"model": {"pixel_values": pixels}})
+    (entry,) = artifact.model_entries(precision="int8")
+    attempts = entry["parity"]["quantization"]["attempts"]
+    assert all(a["held_out_samples"] == 4 for a in attempts if "error" not in a)
+    static0 = [a for a in attempts if (a["method"], a["level"]) == ("ort-static-qdq", 0)]
+    assert static0 and not static0[0]["passed"], static0
+    assert static0[0]["calibration"] == {"samples": 12, "source": "user data (every 4th input held out for the gate)"}
+    assert any(f.startswith("on 4 held-out calibration inputs: ") for f in static0[0]["failures"])
+
+
 def _image_folder(root: Path, classes: dict[str, list[int]], size: int = 40) -> Path:
     """Noise images in one folder per class (the label of image i is given by `classes`)."""
     rng = np.random.default_rng(3)
@@ -465,7 +487,7 @@ def test_cli_calibration_and_eval(small_vit, tmp_path):
         assert accuracy["drop"] == pytest.approx(accuracy["source_top1"] - accuracy["top1"], abs=1e-6)
     assert entries["fp32"]["parity"]["accuracy"]["drop"] == 0
     static = [a for a in entries["int8"]["parity"]["quantization"]["attempts"] if a["method"] == "ort-static-qdq"]
-    assert static[0]["calibration"] == {"samples": 8, "source": "user data"}
+    assert static[0]["calibration"] == {"samples": 6, "source": "user data (every 4th input held out for the gate)"}
     assert "[model] calibration: 8 image item(s)" in result.stdout and "source accuracy" in result.stdout
     assert "[model] note: only 8 calibration input(s)" in " ".join(result.stdout.split())  # too few: said
 
@@ -524,6 +546,10 @@ def test_uniform_or_scarce_calibration_data_is_said_before_it_is_used():
     said.clear()
     _note_thin_calibration(context, [{"pixel_values": varied + i} for i in range(20)])
     assert said == []
+    # a silent clip shorter than the window: its frames, then the padding (AST's filterbank features)
+    silent = np.concatenate([np.full((1, 100, 8), -1.27, np.float32), np.zeros((1, 924, 8), np.float32)], axis=1)
+    _note_thin_calibration(context, [{"input_values": silent} for _ in range(25)])
+    assert said and said[0].startswith("[model] note: every calibration input is uniform (a solid colour, silence)")
 
 
 def test_accuracy_budget_fails_the_export(small_vit, tmp_path):
@@ -597,7 +623,8 @@ def test_builtin_shapes_vit_int8_keeps_its_accuracy(tmp_path):
     for entry in assert_int8_agrees_with_fp32(artifact, heldout):
         assert entry["parity"]["accuracy"]["source_top1"] >= 0.98
         calibrated = [a for a in entry["parity"]["quantization"]["attempts"] if "calibration" in a]
-        assert calibrated and all(a["calibration"] == {"samples": 120, "source": "user data"} for a in calibrated)
+        held = "user data (every 4th input held out for the gate)"  # 30 of the 120 judge the files
+        assert calibrated and all(a["calibration"] == {"samples": 90, "source": held} for a in calibrated)
 
 
 def assert_int8_agrees_with_fp32(artifact, heldout: list[str]) -> list[dict]:

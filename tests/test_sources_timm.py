@@ -281,3 +281,18 @@ def test_timm_wrapper_preprocessing_is_timms_data_config(timm, tmp_path):
         {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": pretrained_cfg}))
     assert image_preprocess(tmp_path).to_dict() == expected
     assert expected["size"] == {"shortest_edge": 42} and expected["crop_size"] == {"height": 40, "width": 40}
+
+
+def test_a_model_built_without_its_pooling_is_refused(timm, exported, tmp_path):
+    """global_pool='' leaves timm's feature map unpooled: the export passed its gate, embed()
+    normalised (N, 512, 2, 2) along its width, and predict and embed failed with tracebacks."""
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    _, _, artifact = exported("resnet")
+    name, kwargs = RESNET
+    with pytest.raises(UnsupportedModelError, match=r"^timm's resnet18 gives pooled of shape \[1, 512, 2, 2\] per "
+                                                   r"batch of one image, not \(1, features\)"):
+        vlmedge.export(f"timm:{name}", tmp_path / "out", checkpoint=artifact.parent / "model.safetensors",
+                       model_kwargs={**kwargs, "global_pool": ""})
+    assert not (tmp_path / "out").exists()

@@ -132,8 +132,8 @@ def judge(metrics: dict[str, dict[str, Any]], gate: Gate) -> list[str]:
             scale = max(1.0, m.get("reference_max_abs", 0.0))
             failures.append(
                 f"output '{name}': max abs error {m['max_abs']:.3g} > {bound:.3g} ({gate.max_abs:g} x max(1, max|reference| "
-                f"{scale:.3g})) at index {tuple(m['worst_index'])} (the smallest tolerance that would have passed "
-                f"is {m['max_abs'] / scale:.3g})"
+                f"{scale:.3g})) at index {tuple(m['worst_index'])} (the gate would pass at max_abs >= "
+                f"{m['max_abs'] / scale:.3g}, its factor of max(1, max|reference|))"
             )
         if "top1" in m and m["top1"] < gate.min_top1:
             failures.append(f"output '{name}': top-1 agreement {m['top1']:.2%} < {gate.min_top1:.0%}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from vlmedge.errors import UnsupportedModelError, UsageError
+from vlmedge.errors import UnsupportedModelError, UsageError, exception_line
 from vlmedge.exporters.samples import image_parity_feeds
 from vlmedge.exporters.spec import ExportSpec, GraphSpec, read_labels
 from vlmedge.preprocess.image import ImagePreprocessSpec
@@ -28,12 +29,22 @@ def from_module(module: torch.nn.Module, task: str | None = None, preprocess: Im
             "A plain torch module needs preprocess= (an ImagePreprocessSpec or its dict) and labels= to be exported."
         )
     labels = read_labels(labels)
+    if not labels:
+        raise UsageError("labels= is empty; give the class names, one per output of the module.")
     spec = preprocess if isinstance(preprocess, ImagePreprocessSpec) else _preprocess_spec(preprocess)
+    if spec.layout != "NCHW":  # what the module is traced, and its parity inputs made, in
+        raise UsageError(f"A plain torch module takes (N, 3, H, W) pixels: give preprocess= with layout 'NCHW', "
+                         f"not {spec.layout!r}.")
     height, width = spec.output_size
     pixels, sample_files = image_parity_feeds(spec)
     module = module.eval()
-    with torch.no_grad():
-        out = module(torch.from_numpy(pixels[:2]))
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(pixels[:2].copy()))
+    except Exception as exc:  # the module's own forward: any type
+        raise UnsupportedModelError(f"The module failed on two (2, 3, {height}, {width}) float32 images on the CPU "
+                                    f"({exception_line(exc)}); it must take a batch of float32 pixels alone, as "
+                                    "preprocess= makes them.") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != len(labels):
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UnsupportedModelError(
@@ -47,7 +58,8 @@ def from_module(module: torch.nn.Module, task: str | None = None, preprocess: Im
     )
     return ExportSpec(
         task="image-classification", graphs=[graph], preprocess={"image": spec.to_dict()},
-        labels=[str(label) for label in labels], postprocess={"activation": "softmax"},
+        # one label is a yes/no score: a softmax over one logit is always 1 (as for transformers' models)
+        labels=[str(label) for label in labels], postprocess={"activation": "sigmoid" if len(labels) == 1 else "softmax"},
         source={"kind": "module", "reference": name or type(module).__name__, "architecture": type(module).__name__},
         parity_feeds={"model": {"pixel_values": pixels}}, extra_files=sample_files,
     )
@@ -61,3 +73,16 @@ def _preprocess_spec(preprocess: Any) -> ImagePreprocessSpec:
         raise UsageError(f"preprocess= must be an ImagePreprocessSpec or a dict of its fields, with size "
                          f"({', '.join(fields)}), not {preprocess!r}.")
     return ImagePreprocessSpec(**preprocess)
+
+
+@contextlib.contextmanager
+def training_modes_kept(model: Any) -> Iterator[None]:
+    """A torch module passed to export comes back in the train or eval mode each of its
+    submodules had (the export runs it in eval mode): a training loop that exports a
+    checkpoint half way carries on with its dropout and batch statistics."""
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training

@@ -331,6 +331,11 @@ def from_timm(name: str, task: str | None = None, checkpoint: Any = None, pretra
             "model_kwargs to the size the model takes."
         ) from None
     output = "logits" if task == "image-classification" else "pooled"
+    if probe.ndim != 2:  # global_pool="" leaves the feature map, or the tokens, unpooled
+        raise UnsupportedModelError(
+            f"timm's {name} gives {output} of shape {list(probe.shape)} per batch of one image, not (1, "
+            f"{'classes' if output == 'logits' else 'features'}); build it with its pooling (leave out "
+            "global_pool='' in model_kwargs).")
     pixels, sample_files = image_parity_feeds(preprocess)
     graph = GraphSpec(
         name="model", module=module, input_names=["pixel_values"], output_names=[output],

@@ -242,14 +242,35 @@ def random_captions(n: int, seed: int, context_length: int) -> list[str]:
     return captions
 
 
+_PLAIN_WORDS = {
+    "colour": ("red", "green", "blue", "yellow", "black", "white", "purple", "orange", "grey", "pink"),
+    "size": ("small", "large", "tiny", "big", "old", "bright", "dark", "round"),
+    "thing": ("cat", "dog", "car", "circle", "square", "star", "cross", "triangle", "tree", "house", "bird", "person",
+              "bicycle", "flower", "boat", "cup"),
+}
+_PLAIN_TEMPLATES = ("a photo of a {thing}.", "a {colour} {thing}", "a {size} {colour} {thing}", "{thing}",
+                    "a photo of a {size} {thing}.", "a {thing} on a {colour} background", "{colour}",
+                    "a drawing of a {colour} {thing}.")
+
+
+def plain_captions(n: int, seed: int) -> list[str]:
+    """Seeded short captions of everyday words, as zero-shot prompts and search queries are:
+    the random and probe captions are long or unusual text, and an int8 text tower can pass on
+    those while missing on these (fitted to the others' activations)."""
+    rng = np.random.default_rng(seed)
+    pick = {kind: lambda words=words: words[int(rng.integers(len(words)))] for kind, words in _PLAIN_WORDS.items()}
+    return [_PLAIN_TEMPLATES[i % len(_PLAIN_TEMPLATES)].format(**{k: p() for k, p in pick.items()}) for i in range(n)]
+
+
 def text_parity_feeds(tokenizer: TextTokenizer, input_names: list[str], n_random: int = 8,
                       seed: int = 0) -> dict[str, np.ndarray]:
     """The bundled captions, the tokenizer probes (accents, emoji, CJK, control
-    characters, the empty string, over-long text) and seeded random captions, tokenized
-    by the artifact's own tokenizer."""
+    characters, the empty string, over-long text), seeded random captions and seeded plain
+    short ones, tokenized by the artifact's own tokenizer."""
     from vlmedge.exporters.tokenizer import PROBE_TEXTS
 
-    texts = sample_captions() + list(PROBE_TEXTS) + random_captions(n_random, seed, tokenizer.spec.context_length)
+    texts = (sample_captions() + list(PROBE_TEXTS) + random_captions(n_random, seed, tokenizer.spec.context_length)
+             + plain_captions(2 * n_random, seed))
     encoded = tokenizer.encode(texts)
     return {name: encoded[name] for name in input_names}
 
