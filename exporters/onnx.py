@@ -24,10 +24,18 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17
 # (a private name of torch's: 20 where a later torch moves it, the newest torch 2.13 writes)
 MAX_OPSET = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
-# Where the tracer's warnings of a value read from a tensor come from libraries whose models
-# read only shapes so (transformers' checks of sizes); anywhere else (the user's own module),
-# the value may be the data's, and the trace keeps the branch the example input took.
-_LIBRARIES = tuple(os.sep + name + os.sep for name in ("torch", "transformers", "timm", "open_clip", "exporters"))
+# The libraries whose models read only shapes when the tracer warns of a value read from a
+# tensor (transformers' checks of sizes), and vlmedge's own built-in models; anywhere else (the
+# user's own module), the value may be the data's, and the trace keeps the branch its input took.
+_LIBRARIES = ("torch", "transformers", "timm", "open_clip")
+
+
+def _library_folders() -> tuple[str, ...]:
+    """The installed folders of _LIBRARIES (those imported) and of vlmedge's exporters."""
+    modules = [sys.modules[name] for name in _LIBRARIES if name in sys.modules]
+    return tuple(str(Path(module.__file__).resolve().parent) + os.sep for module in modules
+                 if getattr(module, "__file__", None)) \
+        + (str(Path(__file__).resolve().parent) + os.sep,)
 
 
 class TracedBranchWarning(UserWarning):
@@ -46,8 +54,9 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 def _say_traced_branches(graph: str, caught: list[warnings.WarningMessage]) -> None:
     """One warning naming the user's lines where tracing read a value from a tensor (the
     tracer's own warnings are silenced: libraries' models raise dozens of them on shapes)."""
+    libraries = _library_folders()
     lines = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                    and not any(part in w.filename for part in _LIBRARIES)})
+                    and not str(Path(w.filename).resolve()).startswith(libraries)})
     if lines:
         warn_caller(f"Graph '{graph}' turned a tensor into a Python value while it was traced (at {', '.join(lines)}): "
                     "a branch or loop on it is frozen in the exported file as the example input took it, and inputs "

@@ -189,7 +189,9 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                     add_accuracy(report, session, getattr(context, "evaluation", None), gate)
                     attempt.update(_summary(report))
                     context.say(f"[{graph.name}] {target} {precision} {label}: "
-                                + ("passed" if report["passed"] else "failed: " + "; ".join(report["failures"])))
+                                + ("passed" if report["passed"] else "failed: " + "; ".join(report["failures"]))
+                                + (f" ({report['held_out']['samples']} held-out calibration inputs judged too)"
+                                   if report.get("held_out") and report["passed"] else ""))
                     if report["passed"]:  # kept open, to be timed beside the level's other passing files
                         passing.append((attempt, recipe, files, run_options, extra, session))
                     del session

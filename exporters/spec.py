@@ -64,6 +64,8 @@ def read_labels(labels: Any) -> Any:
             raise UsageError("labels= as a dict maps class ids 0, 1, ... to names (as id2label does), not "
                              f"{list(labels)[:5]}; or give a list of names in class order.")
         labels = [labels[i] for i in range(len(labels))]
+    elif isinstance(labels, (set, frozenset)):  # its order is the hash's: the names would go to the wrong classes
+        raise UsageError("labels= is a set, which has no order; give a list of the class names in class order.")
     elif isinstance(labels, Iterable) and not isinstance(labels, (list, tuple, bytes)):  # a generator, a range ...
         labels = list(labels)
     if isinstance(labels, (list, tuple)):

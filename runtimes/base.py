@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.util
+import os
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,18 @@ class TensorInfo:
         return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"])
 
 
+# Every open session of this process, for the fork hook below.
+_SESSIONS: "weakref.WeakSet[Session]" = weakref.WeakSet()
+
+
+def _forget_runs_in_child() -> None:
+    for session in list(_SESSIONS):
+        session._forget_runs()
+
+
+os.register_at_fork(after_in_child=_forget_runs_in_child)
+
+
 class Session(ABC):
     """One loaded model file on one backend and device.
 
@@ -165,6 +179,13 @@ class Session(ABC):
     def __init__(self) -> None:
         # The runs in progress on any thread, which close() waits for: the backend's objects
         # must outlive a run that uses them (OpenVINO's crash in native code otherwise).
+        self._runs = threading.Condition()
+        self._running = 0
+        _SESSIONS.add(self)
+
+    def _forget_runs(self) -> None:
+        """In a fork()ed child: the parent's runs in progress are not the child's to wait for
+        (their threads were not copied), and the lock may have been held when it forked."""
         self._runs = threading.Condition()
         self._running = 0
 

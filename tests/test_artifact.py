@@ -515,6 +515,10 @@ def test_plain_module_labels_as_a_bom_file_a_dict_or_a_generator(tmp_path):
         assert from_module(module, preprocess=spec, labels=labels).labels == ["cat", "dog", "car"]
     with pytest.raises(UsageError, match="labels= as a dict maps class ids 0, 1, ... to names"):
         from_module(module, preprocess=spec, labels={"cat": 0, "dog": 1, "car": 2})
+    with pytest.raises(UsageError, match="^labels= is a set, which has no order"):  # names in the hash's order
+        from_module(module, preprocess=spec, labels={"cat", "dog", "car"})
+    with pytest.raises(UsageError, match=r"^Labels 'cat' and ' cat' \(labels 0 and 2\) differ only in the spaces"):
+        from_module(module, preprocess=spec, labels=["cat", "dog", " cat"])
 
 
 def test_plain_module_mistakes_are_one_sentence_and_one_label_is_a_sigmoid(tmp_path):

@@ -255,4 +255,4 @@ def test_ctrl_c_while_the_command_line_imports_ends_as_during_a_command():
                        "from vlmedge.__main__ import main\n"
                        "main()\n")
     result = subprocess.run([sys.executable, "-c", interrupt_typer], capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stderr.strip()) == (1, "Aborted!"), result.stderr
+    assert (result.returncode, result.stderr) == (130, ""), result.stderr  # as typer ends a command on Ctrl-C

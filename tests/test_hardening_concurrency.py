@@ -211,3 +211,41 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_in_a_child_forked_during_a_run_returns(backend, two_target_artifact, images, tmp_path):
+    """A child forked while another thread of its parent was inside a model run inherited that
+    run in close()'s count, and its close() waited for ever for a run it does not have."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "image.npy", images[0])
+    script = f"""
+import os, threading, numpy as np, vlmedge
+pipeline = vlmedge.load({str(two_target_artifact)!r}, backend={backend!r})
+session = pipeline.model.sessions["model"]
+inside, release = threading.Event(), threading.Event()
+backend_run = session._run
+
+def held_run(feeds):
+    inside.set()
+    release.wait(30)
+    return backend_run(feeds)
+
+session._run = held_run
+caller = threading.Thread(target=pipeline.classify, args=(np.load({str(tmp_path / "image.npy")!r}),))
+caller.start()
+inside.wait(30)
+pid = os.fork()  # with a run in progress on the caller thread
+if pid == 0:
+    pipeline.close()
+    os._exit(0)
+release.set()
+caller.join()
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", script], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "child 0", done.stderr[-2000:]

@@ -161,8 +161,10 @@ def input_column(job: BulkJob, columns: Iterable[str] | None) -> str:
             return name
     # the command line names a column of paths only: captions come from a text or caption column
     naming = "column= in Python" if job.kind == "text" else "--column on the command line, column= in Python"
+    # a CLIP artifact's captions come from their own columns (a named column is one of paths)
+    captions = "; captions are read from a 'text' or 'caption' column" if job.method == "embed_images" else ""
     raise InputError(f"The input has columns {', '.join(columns)}; {job.method} reads a "
-                     f"{' or '.join(repr(w) for w in wanted)} column (or name one: {naming}).")
+                     f"{' or '.join(repr(w) for w in wanted)} column (or name one: {naming}){captions}.")
 
 
 def source_column(job: BulkJob, columns: Iterable[str] | None) -> str:

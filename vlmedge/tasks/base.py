@@ -115,13 +115,17 @@ def check_distinct_labels(labels: Sequence[str], noun: str, error: type[Exceptio
     """No label blank or given twice (`noun`: what a label names, a class or a candidate):
     answers are keyed by label, so two alike, or a blank one, could not be told apart."""
     first: dict[str, int] = {}
-    for i, label in enumerate(label.strip() for label in labels):
-        if not label:
+    for i, label in enumerate(labels):
+        name = label.strip()
+        if not name:
             raise error(f"Label {i} is empty; give every {noun} a name.")
-        if label in first:
-            raise error(f"Label {label!r} is given twice (labels {first[label]} and {i}); give each {noun} its "
+        if name in first and labels[first[name]] == label:
+            raise error(f"Label {label!r} is given twice (labels {first[name]} and {i}); give each {noun} its "
                         "own name.")
-        first[label] = i
+        if name in first:
+            raise error(f"Labels {labels[first[name]]!r} and {label!r} (labels {first[name]} and {i}) differ only "
+                        f"in the spaces around them; give each {noun} its own name.")
+        first[name] = i
 
 
 def check_flag(name: str, value: Any) -> bool:
