@@ -59,8 +59,8 @@ def _say_traced_branches(graph: str, caught: list[warnings.WarningMessage]) -> N
                     and not str(Path(w.filename).resolve()).startswith(libraries)})
     if lines:
         warn_caller(f"Graph '{graph}' turned a tensor into a Python value while it was traced (at {', '.join(lines)}): "
-                    "a branch or loop on it is frozen in the exported file as the example input took it, and inputs "
-                    "that would take another answer wrongly; compute it with tensor operations (torch.where) instead.",
+                    "a branch or loop on it is frozen in the exported file as the example input took it, so inputs "
+                    "that would take another get wrong answers; compute it with tensor operations (torch.where) instead.",
                     TracedBranchWarning)
 
 

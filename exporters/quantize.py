@@ -101,7 +101,8 @@ def calibration_rows(context: Any) -> tuple[list[dict[str, np.ndarray]], str]:
     if context.calibration:
         _note_thin_calibration(context, list(rows(context.calibration)))  # of the data as given
         fitted, held = _split_calibration(context.calibration)
-        return list(rows(fitted)), "user data" + (f" (every {HOLD_OUT_EVERY}th input held out for the gate)" if held else "")
+        held_out = f" (every {HOLD_OUT_EVERY}th input held out for the gate)" if held else ""
+        return list(rows(fitted)), "user data" + held_out
     context.say(f"[{context.graph.name}] no --calibration data: calibrating int8 on half of the bundled samples "
                 "and generated inputs, the other half held out for the gate; real data from the model's domain "
                 "gives better int8 accuracy")
