@@ -131,12 +131,12 @@ class TensorInfo:
 _SESSIONS: "weakref.WeakSet[Session]" = weakref.WeakSet()
 
 
-def _forget_runs_in_child() -> None:
+def _sessions_in_forked_child() -> None:
     for session in list(_SESSIONS):
-        session._forget_runs()
+        session._in_forked_child()
 
 
-os.register_at_fork(after_in_child=_forget_runs_in_child)
+os.register_at_fork(after_in_child=_sessions_in_forked_child)
 
 
 class Session(ABC):
@@ -183,9 +183,10 @@ class Session(ABC):
         self._running = 0
         _SESSIONS.add(self)
 
-    def _forget_runs(self) -> None:
-        """In a fork()ed child: the parent's runs in progress are not the child's to wait for
-        (their threads were not copied), and the lock may have been held when it forked."""
+    def _in_forked_child(self) -> None:
+        """In a fork()ed child, the session inherited from its parent: the parent's runs in
+        progress are not the child's to wait for (their threads were not copied), and the lock
+        may have been held when it forked. A backend adds what its own objects need."""
         self._runs = threading.Condition()
         self._running = 0
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +57,12 @@ _LEVELS = {
 # warm load maps them from disk instead of parsing them into memory.
 _CACHED_MODEL, _CACHED_WEIGHTS = "model.onnx", "model.onnx.data"
 
-# The sessions of this process, and those a fork()ed child inherited from its parent: the
-# child never destroys those, because ONNX Runtime's destructor joins the parent's thread-pool
-# threads, which do not exist in the child (it hangs, or crashes: onnxruntime#31961). A worker
-# forked by multiprocessing that loads its own model and drops the inherited one is the case.
-# Their memory is the parent's, shared copy-on-write.
-_LIVE_SESSIONS: "weakref.WeakSet[OnnxRuntimeSession]" = weakref.WeakSet()
+# The ONNX Runtime sessions a fork()ed child inherited from its parent, which the child never
+# destroys: ONNX Runtime's destructor joins the parent's thread-pool threads, which do not
+# exist in the child (it hangs, or crashes: onnxruntime#31961). A worker forked by
+# multiprocessing that loads its own model and drops the inherited one is the case. Their
+# memory is the parent's, shared copy-on-write.
 _INHERITED: list[Any] = []
-
-
-def _keep_inherited_sessions() -> None:
-    _INHERITED.extend(s._session for s in list(_LIVE_SESSIONS) if s._session is not None)
-
-
-os.register_at_fork(after_in_child=_keep_inherited_sessions)
 
 
 class OnnxRuntimeSession(Session):
@@ -140,7 +130,11 @@ class OnnxRuntimeSession(Session):
         self.inputs = _infos(self._session.get_inputs())
         self.outputs = _infos(self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
-        _LIVE_SESSIONS.add(self)
+
+    def _in_forked_child(self) -> None:
+        super()._in_forked_child()
+        if getattr(self, "_session", None) is not None:  # None: closed, or forked while it was being built
+            _INHERITED.append(self._session)
 
     @classmethod
     def _from_cache(cls, entry: CacheEntry, model: tuple[Path, Path], optimization: str, threads: int | None,

@@ -221,6 +221,21 @@ def model_calls(pipeline) -> list[int]:
     return calls
 
 
+def hold_runs(session) -> tuple[threading.Event, threading.Event]:
+    """Makes the session's backend runs wait inside Session.run until `release` is set; `inside`
+    is set once one waits there (a run held in progress, for close() and fork())."""
+    inside, release = threading.Event(), threading.Event()
+    backend_run = session._run
+
+    def held_run(feeds):
+        inside.set()
+        release.wait(30)
+        return backend_run(feeds)
+
+    session._run = held_run
+    return inside, release
+
+
 def graph_io(session) -> dict[str, Any]:
     return {"inputs": [i.to_dict() for i in session.inputs], "outputs": [o.to_dict() for o in session.outputs]}
 

@@ -22,7 +22,8 @@ import pytest
 
 import vlmedge
 from vlmedge.artifact import Artifact
-from tests.hardening_support import cpu_backends, pipeline_from, tiny_audio_tagger, tiny_clip, to_backend
+from tests.hardening_support import (REPO, cpu_backends, hold_runs, pipeline_from, tiny_audio_tagger, tiny_clip,
+                                    to_backend)
 
 THREADS = 8
 CALLS = int(os.environ.get("VLMEDGE_THREAD_CALLS", "500"))
@@ -137,15 +138,7 @@ def test_close_waits_for_the_runs_in_progress_and_refuses_later_ones(backend, vi
     classifier = _classifier(backend, vit_artifact, tmp_path)
     expected = classifier.classify(images[0], top_k=3)
     session = classifier.model.sessions["model"]
-    inside, release = threading.Event(), threading.Event()
-    backend_run = session._run
-
-    def held_run(feeds):
-        inside.set()
-        release.wait(30)
-        return backend_run(feeds)
-
-    session._run = held_run
+    inside, release = hold_runs(session)
     answers: list[Any] = []
     caller = threading.Thread(target=lambda: answers.append(classifier.classify(images[0], top_k=3)))
     caller.start()
@@ -222,18 +215,11 @@ def test_close_in_a_child_forked_during_a_run_returns(backend, two_target_artifa
 
     np.save(tmp_path / "image.npy", images[0])
     script = f"""
-import os, threading, numpy as np, vlmedge
+import os, sys, threading, numpy as np, vlmedge
+sys.path.insert(0, {str(REPO)!r})
+from tests.hardening_support import hold_runs
 pipeline = vlmedge.load({str(two_target_artifact)!r}, backend={backend!r})
-session = pipeline.model.sessions["model"]
-inside, release = threading.Event(), threading.Event()
-backend_run = session._run
-
-def held_run(feeds):
-    inside.set()
-    release.wait(30)
-    return backend_run(feeds)
-
-session._run = held_run
+inside, release = hold_runs(pipeline.model.sessions["model"])
 caller = threading.Thread(target=pipeline.classify, args=(np.load({str(tmp_path / "image.npy")!r}),))
 caller.start()
 inside.wait(30)

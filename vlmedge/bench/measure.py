@@ -93,8 +93,7 @@ def _add_row(plan: Plan, fields: dict[str, Any], samples: list[int]) -> None:
     row = Row(**fields, latency=latency, throughput_per_s=float(f"{fields['batch_size'] * 1e3 / latency.mean_ms:.5g}"))
     plan.rows.append(row)
     plan.say(f"{row.label} [{row.graph}] batch {row.batch_size}, {threads_text(row.threads)}: "
-             f"p50 {latency.p50_ms:.2f} ms, "
-             f"{row.throughput_per_s:.1f} items/s")
+             f"p50 {latency.p50_ms:.2f} ms, {row.throughput_per_s:.1f} items/s")
 
 
 def time_round_robin(plan: Plan) -> None:

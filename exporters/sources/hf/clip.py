@@ -258,8 +258,11 @@ def plain_captions(n: int, seed: int) -> list[str]:
     the random and probe captions are long or unusual text, and an int8 text tower can pass on
     those while missing on these (fitted to the others' activations)."""
     rng = np.random.default_rng(seed)
-    pick = {kind: lambda words=words: words[int(rng.integers(len(words)))] for kind, words in _PLAIN_WORDS.items()}
-    return [_PLAIN_TEMPLATES[i % len(_PLAIN_TEMPLATES)].format(**{k: p() for k, p in pick.items()}) for i in range(n)]
+
+    def words() -> dict[str, str]:  # one of each kind, whichever the template uses
+        return {kind: choices[int(rng.integers(len(choices)))] for kind, choices in _PLAIN_WORDS.items()}
+
+    return [_PLAIN_TEMPLATES[i % len(_PLAIN_TEMPLATES)].format(**words()) for i in range(n)]
 
 
 def text_parity_feeds(tokenizer: TextTokenizer, input_names: list[str], n_random: int = 8,
