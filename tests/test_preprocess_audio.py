@@ -433,6 +433,20 @@ def test_load_audio_scales_integer_arrays_by_dtype_range(arr, expected):
     np.testing.assert_array_equal(got, np.array(expected, np.float32))
 
 
+def test_integer_pcm_held_as_floats_is_said_and_a_loud_float_clip_is_not(tmp_path):
+    pcm = (_sine(440, SR, amp=1.0) * 20000).astype(np.int16)
+    with pytest.warns(UserWarning, match=r"reach (19999|20000)(\.\d+)?, far outside the \[-1, 1\].*divide it by its full scale") as seen:
+        got, _ = load_audio(pcm.astype(np.float32), sample_rate=SR)
+    assert seen[0].filename == __file__  # the user's own line, not vlmedge's
+    np.testing.assert_array_equal(got, pcm.astype(np.float32))  # said, not changed
+    sf.write(tmp_path / "loud.wav", (_sine(440, SR) * 1.5).astype(np.float32), SR, subtype="FLOAT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_audio(pcm, sample_rate=SR)  # integers are scaled
+        load_audio((_sine(440, SR) * 1.5).astype(np.float32), sample_rate=SR)  # mastered loud, clipped later
+        load_audio(tmp_path / "loud.wav")
+
+
 @pytest.mark.parametrize("sr", [44100, 8000, 192000])
 def test_resample_to_16k_keeps_pitch_and_energy(sr):
     wave = _sine(440, sr)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from vlmedge.errors import InputError
+from vlmedge.errors import InputError, warn_caller
 from vlmedge.preprocess import AUDIO_FORMATS, check_input_file
 
 try:
@@ -28,6 +28,10 @@ MAX_SAMPLE_RATE = 192_000
 # An array with more channels than stereo is most likely a batch of clips passed as one 2-D
 # array (N, samples), which would be averaged into one clip; files keep any channel count.
 MAX_ARRAY_CHANNELS = 2
+# Float samples belong in [-1, 1]; a clip a little beyond is clipped or mastered loud, but one
+# beyond this peak is most likely integer PCM held as floats (up to 32767), which shifts every
+# log-mel feature: answered as confidently as any clip, so it is said.
+LOUDEST_FLOAT_PEAK = 8.0
 
 
 def check_rate(rate, what: str = "sample rate", advice: str = "pass the clip's real sample rate") -> int:
@@ -155,7 +159,18 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
             f"would be averaged into one: too many channels for an array, most likely a batch of clips; pass a list of "
             f"1-D clips (list(array)), or mix a multi-channel recording down yourself (array.mean(axis={channel_axis}))."
         )
-    return _to_mono(audio, channel_axis), sr
+    wave = _to_mono(audio, channel_axis)
+    if audio.dtype.kind == "f":
+        _warn_if_unscaled(wave)
+    return wave, sr
+
+
+def _warn_if_unscaled(wave: np.ndarray) -> None:
+    peak = float(np.abs(wave).max())
+    if peak > LOUDEST_FLOAT_PEAK:
+        warn_caller(f"The audio array's samples reach {peak:.6g}, far outside the [-1, 1] audio models expect "
+                    f"(integer PCM held as floats?); divide it by its full scale (32768 for 16-bit), or pass the "
+                    f"integer array, which vlmedge scales.")
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
