@@ -227,22 +227,21 @@ def _optimize_basic(path: Path) -> None:
         os.replace(optimized, path)
     except Exception as exc:  # ORT reports a full disk as InvalidProtobuf, with no errno to test
         optimized.unlink(missing_ok=True)
-        if _disk_full(path):
-            # The errno lets ArtifactWriter tell a full disk from other failures, as it does for
-            # every step, and name the destination rather than its temporary build folder.
-            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path.parent))
-            full.__cause__ = exc
-            raise ExportError(
-                f"No space left on the disk holding {path.parent} while ONNX Runtime optimised {path.name}; "
-                "free some space and export again."
-            ) from full
+        raise_if_out_of_room(exc, path, f"ONNX Runtime optimised {path.name}")  # its copy is about as big
         raise ExportError(
             f"ONNX Runtime's graph optimisation of {path.name} failed ({exception_line(exc)}); "
             "check that the output folder is writable and export again."
         ) from exc
 
 
-def _disk_full(path: Path) -> bool:
-    """Whether the filesystem holding `path` lacks room for the optimised copy of it, which
-    is about as big as the file itself."""
-    return shutil.disk_usage(path.parent).free < path.stat().st_size
+def raise_if_out_of_room(exc: BaseException, path: Path, doing: str) -> None:
+    """A library's failure to write a file made from `path` (ONNX Runtime reports a full disk
+    as InvalidProtobuf, OpenVINO as "basic_ios::clear: iostream error": no errno to test) as a
+    full disk's ExportError when the disk holding `path` has less room left than `path` takes.
+    The ENOSPC in its chain lets ArtifactWriter name the destination rather than its build folder."""
+    if shutil.disk_usage(path.parent).free >= path.stat().st_size:
+        return
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path.parent))
+    full.__cause__ = exc
+    raise ExportError(f"No space left on the disk holding {path.parent} while {doing}; free some space and export "
+                      "again.") from full

@@ -33,6 +33,7 @@ import onnx
 from vlmedge.errors import ExportError, ParityError
 from vlmedge.exporters.budget import add_accuracy, measure_latencies
 from vlmedge.exporters.calibration import rows
+from vlmedge.exporters.onnx import raise_if_out_of_room
 from vlmedge.exporters.pipeline import quiet_progress_bars
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import backend_of_target, open_session
@@ -161,6 +162,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                     with quiet_progress_bars():
                         files, options = recipe.build(folder, name)
                 except Exception as exc:  # quantizers raise many unrelated types
+                    # a full disk is no accuracy verdict: counted as a miss, it wrote an artifact without the file
+                    raise_if_out_of_room(exc, Path(context.base), f"building {target} {precision} ({recipe.method})")
                     attempts.append({**described, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
                     context.say(f"[{graph.name}] {target} {precision} {recipe.method} (level {level}) failed to build: {exc}")
                     continue

@@ -16,6 +16,8 @@ key.json, written last, repeats the key and lists every file with its size and s
   key.json is written, so a power cut cannot leave a listed file with unwritten data.
 - an entry is built in a temporary sibling folder and renamed into place whole, so a
   process killed while compiling leaves at most a temporary folder that no load uses.
+- an entry is used only if its folder is the user's own and no other user can write into it
+  (start_build makes it 0700): in a shared cache folder, another user's entry is rebuilt.
 - failing to write the cache (read-only home, full disk) only costs the speed-up.
 
 Where: one folder per backend in vlmedge.user_cache.cache_root().
@@ -32,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -85,6 +88,8 @@ class CacheEntry:
     def lookup(self) -> bool:
         """Whether the folder holds a complete entry of this key whose files are exactly
         the ones listed, byte for byte."""
+        if not _made_here_and_private(self.folder):
+            return False
         try:
             record = json.loads((self.folder / KEY_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
@@ -192,6 +197,18 @@ class CacheEntry:
         warn_caller(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({reason}); "
                     "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder with free space, or "
                     "VLMEDGE_NO_CACHE=1 to turn the cache off.")
+
+
+def _made_here_and_private(folder: Path) -> bool:
+    """Whether an entry's folder is this user's and no other user can change what is in it, as
+    start_build makes it (mkdtemp: mode 0700). In a cache folder shared with others, another
+    user's entry could hold any model with a key.json to match: it is never used, but rebuilt."""
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        return False
+    owner_is_me = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
+    return stat.S_ISDIR(info.st_mode) and owner_is_me and not info.st_mode & 0o077
 
 
 def list_entries() -> list[dict[str, Any]]:

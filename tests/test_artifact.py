@@ -442,6 +442,28 @@ def test_plain_module_with_preprocessing_and_labels(tmp_path):
     assert {p.label for p in classifier.classify(image, top_k=3)} == {"cat", "dog", "car"}
 
 
+@pytest.mark.parametrize("wrapper", ["torch.compile", "DataParallel"])
+def test_a_wrapped_module_exports_the_module_it_wraps(wrapper, tmp_path):
+    """torch.compile's module failed in the tracer (its message: use FX ...); a DataParallel
+    one was recorded as architecture DataParallel. A state dict is said to be one."""
+    torch = pytest.importorskip("torch")
+    from vlmedge.errors import UnsupportedModelError
+    from vlmedge.preprocess.image import ImagePreprocessSpec, load_image, preprocess_images
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3)).eval()
+    wrapped = torch.compile(module) if wrapper == "torch.compile" else torch.nn.DataParallel(module)
+    spec = ImagePreprocessSpec(size={"height": 16, "width": 16})
+    artifact = vlmedge.export(wrapped, tmp_path / "a", preprocess=spec, labels=["cat", "dog", "car"])
+    assert artifact.manifest["source"]["architecture"] == "Sequential"
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(preprocess_images([load_image(image)], spec))).softmax(-1).numpy()
+    np.testing.assert_allclose(vlmedge.load(tmp_path / "a").probabilities(image), expected, atol=1e-5)
+    with pytest.raises(UnsupportedModelError, match=r"Cannot export a state dict, .*load it into its module"):
+        vlmedge.export(module.state_dict(), tmp_path / "b", preprocess=spec, labels=["cat", "dog", "car"])
+
+
 def test_a_plain_modules_labels_may_be_a_file_one_label_a_line(tmp_path):
     """labels="labels.txt" names a file, as --labels FILE does: not the characters of its name."""
     torch = pytest.importorskip("torch")

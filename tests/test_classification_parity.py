@@ -187,3 +187,33 @@ def test_a_source_model_with_non_finite_outputs_is_named(tmp_path):
     with pytest.raises(UnsupportedModelError, match=r"gives NaN or infinite logits on 11 of its 11 parity inputs"):
         vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact")
     assert not (tmp_path / "artifact").exists()
+
+
+@pytest.mark.parametrize("saved", ["bfloat16 weights", "float16 weights", "config dtype float16"])
+def test_half_precision_checkpoints_export_an_fp32_file_equal_to_the_model_in_fp32(saved, image_files, tmp_path):
+    """transformers 5 loads a checkpoint in the dtype it was saved in (or config.json names): a
+    bf16 checkpoint was traced in bf16 (an ONNX Runtime error blamed on the output folder), an
+    fp16 one gave a "model.fp32.onnx" of fp16 weights, judged against an fp16 reference."""
+    import json
+
+    import onnx
+
+    import vlmedge
+
+    model, _ = tiny_vit(tmp_path / "hf", num_labels=3)
+    if saved.endswith("weights"):
+        model.to(getattr(torch, saved.split()[0])).save_pretrained(tmp_path / "hf")
+    else:
+        config = json.loads((tmp_path / "hf" / "config.json").read_text())
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "dtype": "float16"}))
+    vlmedge.export(str(tmp_path / "hf"), tmp_path / "artifact", to="onnx", precision="fp32")
+    graph = onnx.load(tmp_path / "artifact" / "onnx" / "model.fp32.onnx").graph
+    assert {t.data_type for t in graph.initializer} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    classifier = vlmedge.load(tmp_path / "artifact")
+    reference = transformers.ViTForImageClassification.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    processor = transformers.ViTImageProcessorPil(size={"height": 32, "width": 32})
+    for path in image_files[:3]:
+        with torch.no_grad():
+            expected = reference(**processor(str(path), return_tensors="pt")).logits.softmax(-1).numpy()[0]
+        np.testing.assert_allclose(classifier.probabilities(str(path))[0], expected, atol=1e-5, err_msg=path.name)

@@ -200,3 +200,24 @@ def test_threads_reach_the_backend_sessions_of_predict_bulk_and_serve(vit_artifa
     opened.clear()
     assert CliRunner().invoke(app, ["predict", str(vit_artifact), str(SAMPLE), "--backend", "onnxruntime"]).exit_code == 0
     assert opened == [0]  # ONNX Runtime's own default
+
+
+def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_artifact, tmp_path):
+    """Labels come from the model's config: ESC sequences in one recoloured (or rewrote) the
+    user's terminal through the predict table; a file's name reaches the error lines."""
+    import shutil
+
+    artifact = tmp_path / "vit"
+    shutil.copytree(vit_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["labels"] = ["\x1b[31mred\x1b[0m\x07"] + [f"label {i}" for i in range(1, len(manifest["labels"]))]
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    bad = tmp_path / "bad\x1b]0;owned\x07.jpg"
+    bad.write_text("not an image")
+    result = vlmedge_cli("predict", artifact, SAMPLE, bad, "--top-k", str(len(manifest["labels"])))
+    assert result.returncode == 1, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
+    assert "\\x1b[31mred\\x1b[0m\\x07" in result.stdout and "bad\\x1b]0;owned\\x07.jpg" in result.stderr
+    as_json = vlmedge_cli("predict", artifact, SAMPLE, "--json", "--top-k", str(len(manifest["labels"])))
+    labels = {p["label"] for p in json.loads(as_json.stdout)[0]["predictions"]}
+    assert manifest["labels"][0] in labels  # the data itself is as the model names it

@@ -135,6 +135,27 @@ def test_a_damaged_entry_is_rebuilt_and_answers_right(two_target_artifact, cache
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("shared", ["writable by others", "another user's"])
+def test_an_entry_another_user_could_have_written_is_rebuilt_not_used(two_target_artifact, cache_dir, backend, shared):
+    """In a cache folder shared by users, one could write an entry (any model, with a key.json
+    to match) that another's load used: only the user's own entries, 0700 as made, are used."""
+    _backend_or_skip(backend)
+    reference = _outputs(_session(two_target_artifact, backend, cache=False))
+    entry = _session(two_target_artifact, backend).cache_path
+    assert entry.stat().st_mode & 0o777 == 0o700 and _session(two_target_artifact, backend).cache_status == "hit"
+    if shared == "writable by others":
+        entry.chmod(0o777)
+    elif os.geteuid() == 0:
+        os.chown(entry, 4242, 4242)
+    else:
+        pytest.skip("only root can give an entry to another user")
+    again = _session(two_target_artifact, backend)
+    assert again.cache_status == "miss"
+    _assert_same(_outputs(again), reference)
+    assert _session(two_target_artifact, backend).cache_status == "hit"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_a_leftover_build_of_a_killed_process_is_never_used(two_target_artifact, cache_dir, backend):
     _backend_or_skip(backend)
     entry = _session(two_target_artifact, backend).cache_path
@@ -482,3 +503,13 @@ def test_profile_memory_reports_each_step_of_an_openvino_load(two_target_artifac
     assert list(row["steps"]) == ["imports", "plugin loaded", "IR read", "compiled", "first call"]
     weights_mb = (two_target_artifact / "openvino" / "model.fp32.bin").stat().st_size / (1 << 20)
     assert row["graph_weights_mb"] == pytest.approx(weights_mb, rel=0.05)
+
+
+def test_check_runs_the_artifacts_own_files_never_the_cache(two_target_artifact, cache_dir):
+    """A cache entry gone bad answered for the files `check` verifies, and the failure was
+    blamed on the artifact's files: check opens them uncached."""
+    from vlmedge.check import check_artifact
+
+    reports = check_artifact(two_target_artifact)
+    assert len(reports) >= 2 and all(r["passed"] for r in reports)
+    assert not cache_dir.exists() or not _entries(cache_dir)

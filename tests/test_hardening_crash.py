@@ -156,6 +156,44 @@ def test_killed_exports_leave_the_previous_artifact_or_none(worker, vit_artifact
     print(f"\nkill trials: {TRIALS} (export takes {duration:.1f}s here): {dict(sorted(outcomes.items()))}")
 
 
+def test_a_build_whose_pid_another_process_holds_is_removed_and_a_locked_one_kept(tmp_path, monkeypatch):
+    """An export SIGKILLed as a container's pid 1 (an OOM kill) left a build whose pid is
+    always alive, kept for ever: a build is abandoned when no writer holds its lock."""
+    from vlmedge.artifact import ArtifactWriter
+
+    monkeypatch.setattr("vlmedge.artifact._LOCK_SETTLED_S", 0.0)  # the builds below are not just being made
+    reused = tmp_path / f"{TMP_MARKER}art-1-0123abcd"  # pid 1, alive whatever runs as it
+    reused.mkdir()
+    running = ArtifactWriter(tmp_path / "art")  # holds its build's lock
+    later = ArtifactWriter(tmp_path / "art")  # sweeps the abandoned builds as it starts
+    assert not reused.exists() and running.tmp.is_dir() and later.tmp.is_dir()
+    running.abort()
+    later.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_inside_an_artifact_is_refused(vit_artifact, tmp_path):
+    """`-o artifact/sub` wrote a second artifact inside the first, which then loaded no more."""
+    from vlmedge.artifact import Artifact, ArtifactWriter
+
+    outer = tmp_path / "vit"
+    shutil.copytree(vit_artifact, outer)
+    with pytest.raises(ExportError, match=r"vit.sub.deeper is inside the vlmedge artifact .*vit, which would then hold "
+                                          r"files its manifest does not list .*choose an output path outside it\.$"):
+        ArtifactWriter(outer / "sub" / "deeper")
+    assert not (outer / "sub").exists() and Artifact.open(outer)
+
+
+def test_a_long_destination_name_builds_beside_it(tmp_path):
+    """A 240-byte name (Linux takes 255) failed as "File name too long": its build folder's name
+    is the destination's plus a marker, a pid and a random part."""
+    from vlmedge.artifact import ArtifactWriter
+
+    writer = ArtifactWriter(tmp_path / ("a" * 240))
+    assert writer.tmp.is_dir() and len(writer.tmp.name) <= 255
+    writer.abort()
+
+
 def test_an_abandoned_build_of_a_running_export_is_kept(tmp_path):
     """Only builds whose process is gone are removed: a live pid's folder is left alone,
     and so is the build of a sibling destination whose name extends this one's."""
@@ -179,14 +217,25 @@ def _no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def _iostream_error(*args, **kwargs):
+    raise RuntimeError("basic_ios::clear: iostream error")  # OpenVINO's save on a full disk
+
+
 def _torch_no_space(*args, **kwargs):
     raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
                        "data/0: No space left on device")
 
 
-@pytest.mark.parametrize("where", ["fsync", "savez", "torch.onnx.export"])
+def _no_room_left(path):
+    return shutil._ntuple_diskusage(total=10**9, used=10**9, free=0)
+
+
+@pytest.mark.parametrize("where", ["fsync", "savez", "torch.onnx.export", "an int8 build"])
 def test_full_disk_is_one_clear_export_error_and_changes_nothing(where, monkeypatch, vit_artifact, hf_classifier_dir,
                                                                  tmp_path):
+    """An int8 build that failed on a full disk (OpenVINO says "basic_ios::clear: iostream error")
+    was counted as a gate miss: the export wrote an artifact without the file, exit 3."""
+    import onnxruntime.quantization
     import torch
 
     parent = tmp_path / "exports"
@@ -198,11 +247,15 @@ def test_full_disk_is_one_clear_export_error_and_changes_nothing(where, monkeypa
         monkeypatch.setattr("vlmedge.artifact._fsync", _no_space)
     elif where == "savez":
         monkeypatch.setattr(np, "savez", _no_space)
-    else:
+    elif where == "torch.onnx.export":
         monkeypatch.setattr(torch.onnx, "export", _torch_no_space)
+    else:
+        for quantizer in ("quantize_static", "quantize_dynamic"):
+            monkeypatch.setattr(onnxruntime.quantization, quantizer, _iostream_error)
+        monkeypatch.setattr("vlmedge.exporters.onnx.shutil.disk_usage", _no_room_left)
     with pytest.raises(ExportError, match=r"^No space left on the disk holding .*exports while writing the artifact; "
                                           r"nothing was written .* Free some space and export again\.$"):
-        vlmedge.export(str(hf_classifier_dir("vit")), destination)
+        vlmedge.export(str(hf_classifier_dir("vit")), destination, to="onnx", precision="fp32,int8")
     assert_unchanged(before, tree_state(parent), f"a full disk at {where}")
     assert Artifact.open(destination)
 

@@ -99,7 +99,17 @@ case("image-truncated-jpeg", r"cut\.jpg (could not be decoded|is not a readable)
     lambda c: c.classifier.classify(c.file("cut.jpg", _encoded("JPEG")[:300])))
 case("image-truncated-png", r"cut\.png (could not be decoded|is not a readable)")(
     lambda c: c.classifier.classify(c.file("cut.png", _encoded("PNG")[:200])))
-case("image-zero-bytes", r"empty\.png is not a readable")(lambda c: c.classifier.classify(c.file("empty.png", b"")))
+case("image-zero-bytes", r"empty\.png is empty \(0 bytes\); pass a complete image file")(
+    lambda c: c.classifier.classify(c.file("empty.png", b"")))
+
+
+def _link_loop(c: Ctx):
+    (c.work / "a.png").symlink_to("b.png")
+    (c.work / "b.png").symlink_to("a.png")
+    return c.classifier.classify(str(c.work / "a.png"))
+
+
+case("image-link-loop", r"a\.png is a link that leads back to itself through b\.png")(_link_loop)
 case("image-decompression-bomb", r"bomb\.png is too large to decode safely .*downscale it")(
     lambda c: c.classifier.classify(c.file("bomb.png", _png_bomb(30000, 30000))))
 case("image-format-not-allowed-tga", r"image\.tga is not a readable JPEG, PNG, BMP, GIF, TIFF, WEBP, PPM image")(
@@ -559,6 +569,42 @@ def _no_weights(c: Ctx):
     return _export(c, folder)
 
 
+def _weights_renamed(c: Ctx, rename: Callable[[str], str | None]) -> Path:
+    """The tiny ViT's folder with its weights' names changed (None: left out)."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = c.hf_folder()
+    weights = load_file(folder / "model.safetensors")
+    save_file({rename(k): v for k, v in weights.items() if rename(k) is not None}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    return folder
+
+
+def _weights_without_the_head(c: Ctx):
+    return _export(c, _weights_renamed(c, lambda key: None if key.startswith("classifier.") else key))
+
+
+def _weights_of_a_wrapper(c: Ctx):
+    return _export(c, _weights_renamed(c, lambda key: "module." + key))
+
+
+def _peft_adapter_beside_the_model(c: Ctx):
+    folder = c.hf_folder()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["query"]}))
+    return _export(c, folder)
+
+
+def _an_artifact_as_the_source(c: Ctx):
+    return _export(c, c.vit_artifact)
+
+
+def _a_training_run(c: Ctx):
+    run = c.work / "run"
+    run.mkdir()
+    shutil.copytree(c.hf_vit, run / "checkpoint-500")
+    return _export(c, run)
+
+
 def _unknown_architecture(c: Ctx):
     folder = c.hf_folder()
     config = json.loads((folder / "config.json").read_text())
@@ -623,6 +669,12 @@ case("model-remote-code-architecture", r"(EvilRemoteModel|trust_remote_code|cust
 case("model-architecture-not-a-model-class", r"Architecture pipeline is not in this version of transformers")(
     _architecture_not_a_model_class)
 case("model-no-config", r"(no config\.json|neither a local folder)")(_no_config)
+case("model-weights-without-the-head", r"leave 2 parameter\(s\) of ViTForImageClassification unset \(classifier.bias, "
+     r"classifier.weight\), which would be exported as random values")(_weights_without_the_head)
+case("model-weights-of-a-wrapper", r"unset .* start with 'module.', which DistributedDataParallel")(_weights_of_a_wrapper)
+case("model-peft-adapter-beside-the-model", r"holds a PEFT adapter .*merge_and_unload")(_peft_adapter_beside_the_model)
+case("model-an-artifact-as-the-source", r"is a vlmedge artifact, not a model folder")(_an_artifact_as_the_source)
+case("model-a-training-run", r"is a training run .*\(checkpoint-500\); pass one of them")(_a_training_run)
 case("model-unknown-image-processor", r"cannot reproduce the image processor 'Mystery'")(_bad_processor)
 case("export-over-a-folder-that-is-not-an-artifact", r"precious exists and is not a vlmedge artifact")(_output_not_an_artifact)
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ from typing import Any, Iterable
 from vlmedge.errors import ArtifactError, ExportError, InputError
 from vlmedge.manifest import MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
+
+try:
+    import fcntl
+except ImportError:  # Windows: builds are told abandoned by their pid alone
+    fcntl = None  # type: ignore[assignment]
 
 _TMP_MARKER = ".vlmedge-tmp-"
 # Real manifests are a few hundred KB at most (parity reports, thousands of labels).
@@ -221,9 +227,11 @@ class ArtifactWriter:
 
     destination: Path
     files: list[dict[str, Any]] = field(default_factory=list)
+    _lock: int | None = field(default=None, init=False, repr=False)  # held on the build folder while it builds
 
     def __post_init__(self) -> None:
         self.destination = Path(self.destination).absolute()
+        _refuse_inside_an_artifact(self.destination)
         # An export replaces what is there: only an earlier artifact, or an empty folder.
         earlier = _artifact_files(self.destination)
         if earlier is None and self.destination.exists():
@@ -233,13 +241,14 @@ class ArtifactWriter:
                 )
         if earlier is not None:
             _refuse_files_of_the_user(self.destination, earlier)
-        # The pid in the name lets a later export tell an abandoned build from a running one.
-        name = f"{_TMP_MARKER}{self.destination.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp = self.destination.parent / name
+        # A lock held on the build folder while it builds lets a later export tell an abandoned
+        # build from a running one (the pid in its name, where locks are not to be had).
+        self.tmp = self.destination.parent / f"{_build_prefix(self.destination)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             self.destination.parent.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_builds(self.destination)
             self.tmp.mkdir()
+            self._lock = _locked(self.tmp)
         except OSError as exc:
             _raise_if_disk_full(exc, self.destination)
             raise ExportError(f"Cannot write the artifact at {self.destination} ({exc.strerror or exc}); choose an "
@@ -278,6 +287,7 @@ class ArtifactWriter:
         for folder, _, _ in os.walk(self.tmp, topdown=False):  # every entry of every folder is durable
             _fsync_dir(Path(folder))
         _swap_into_place(self.tmp, self.destination)
+        self._release()
         _fsync_dir(self.destination.parent)
         memo = VerifiedFiles(sha256_file)  # the first load need not hash again what add() hashed
         for entry in self.files:
@@ -289,6 +299,12 @@ class ArtifactWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def _refuse_files_of_the_user(destination: Path, listed: set[str]) -> None:
@@ -339,16 +355,74 @@ def _raise_if_disk_full(exc: BaseException | None, destination: Path) -> None:
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
 
 
+def _refuse_inside_an_artifact(destination: Path) -> None:
+    """An artifact written inside another would be a folder its manifest does not list, which
+    no load of that one accepts."""
+    for parent in destination.parents:
+        if _artifact_files(parent) is not None:
+            raise ExportError(f"{destination} is inside the vlmedge artifact {parent}, which would then hold files "
+                              "its manifest does not list and load no more; choose an output path outside it.")
+
+
+def _build_prefix(destination: Path) -> str:
+    """The start of the names of the build folders of `destination`, beside it; a long name
+    is cut, so that the builds' names stay within the 255 bytes a file name may take."""
+    name = destination.name
+    while len(os.fsencode(name)) > 160:
+        name = name[:-1]
+    return f"{_TMP_MARKER}{name}-"
+
+
 def _remove_abandoned_builds(destination: Path) -> None:
     """Deletes temporary folders left by exports of `destination` that were killed."""
-    prefix = f"{_TMP_MARKER}{destination.name}-"
+    prefix = _build_prefix(destination)
     for candidate in destination.parent.iterdir():  # not glob: the name may hold [ or *
         # Exactly "<pid>-<8 hex>" or "<pid>-old<8 hex>" after the prefix, so that the build
         # of a sibling named like "<name>-2" is never taken for one of this destination's.
-        match = re.fullmatch(r"(\d+)-(?:old)?[0-9a-f]{8}", candidate.name[len(prefix):]) \
+        match = re.fullmatch(r"(\d+)-(old)?[0-9a-f]{8}", candidate.name[len(prefix):]) \
             if candidate.name.startswith(prefix) else None
-        if match and not _process_alive(int(match.group(1))):
+        if match and _abandoned(candidate, int(match.group(1)), replaced=bool(match.group(2))):
             _remove(candidate)
+
+
+# A build folder this young may be one whose writer has made it and not yet locked it.
+_LOCK_SETTLED_S = 10.0
+
+
+def _abandoned(candidate: Path, pid: int, replaced: bool) -> bool:
+    """Whether no export is writing this build folder any more. Its pid is not proof: a process
+    killed as a container's pid 1 (or any pid, later) leaves a pid that another process holds
+    again, so a build is abandoned when no one holds its lock. A replaced artifact's folder
+    (-old, removed within the commit that made it) and builds without locks go by the pid."""
+    if replaced or fcntl is None or candidate.is_symlink():
+        return not _process_alive(pid)
+    try:
+        fd = os.open(candidate, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if time.time() - os.fstat(fd).st_ctime < _LOCK_SETTLED_S and _process_alive(pid):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # its writer holds the lock: still building
+        return False
+    finally:
+        os.close(fd)
+
+
+def _locked(folder: Path) -> int | None:
+    """A descriptor of `folder` holding an exclusive lock on it (released when closed, or when the
+    process ends however it ends), or None where there are no such locks: its pid then says."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _process_alive(pid: int) -> bool:
@@ -356,8 +430,8 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's
+        pass
     return True
 
 
@@ -388,7 +462,7 @@ def _swap_into_place(new: Path, destination: Path) -> None:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
     if not _rename_exchange(new, destination):
-        backup = destination.parent / f"{_TMP_MARKER}{destination.name}-{os.getpid()}-old{uuid.uuid4().hex[:8]}"
+        backup = destination.parent / f"{_build_prefix(destination)}{os.getpid()}-old{uuid.uuid4().hex[:8]}"
         os.rename(destination, backup)
         os.rename(new, destination)
         new = backup

@@ -71,7 +71,9 @@ def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8,
         try:
             with warnings.catch_warnings():  # this is the check that warning asks for; the report names the provider
                 warnings.simplefilter("ignore", UnverifiedWarning)
-                session = open_entry(artifact, entry, backend=backend.name, device=device)
+                # the artifact's own files, hashed whole, never a compiled model of the cache: it is
+                # they that are checked, and a cache entry gone bad must not be blamed on them
+                session = open_entry(artifact, entry, backend=backend.name, device=device, cache=False)
         except BackendUnavailableError as exc:
             if device == "cpu":
                 raise

@@ -110,6 +110,17 @@ class ParityError(ExportError):
     exit_code = 3
 
 
+# Control characters but tab and newline: C0, DEL and C1 (ESC starts a terminal's commands).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def for_terminal(text: str) -> str:
+    """Text printed on a terminal with its control characters written as escapes ('\\x1b'): a
+    label from a model's config or a file's name holding ESC sequences would otherwise recolour
+    or rewrite the user's terminal. JSON output escapes them itself."""
+    return _CONTROL_CHARACTERS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def printable(text: Any) -> Any:
     """A string with the bytes of a file name that is not UTF-8 (os.fsdecode's surrogates, which
     Arrow's UTF-8 strings, strict JSON and some terminals cannot hold) escaped, b'\\xff' as

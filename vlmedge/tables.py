@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from vlmedge.errors import for_terminal
+
 
 def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
     """Rows (column -> text with rich markup) as a table when it fits the console, else (a
@@ -16,6 +18,8 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
     `column: value` pairs, as many to a line as fit."""
     if not rows:
         return
+    rows = [{column: for_terminal(text) for column, text in row.items()} for row in rows]
+    title = for_terminal(title)
     columns = list(rows[0])
     table = Table(title=title, title_justify="left")
     for column in columns:

@@ -13,6 +13,21 @@ __all__ = ["ArchitectureSupport", "resolve", "supported_architectures"]
 REMOTE_PREFIXES = ("hf-hub:", "hf_hub:")  # timm: and open_clip: names that open_clip/timm would download
 
 
+def _unwrapped(module: Any) -> Any:
+    """The module a wrapper runs, which is what is exported: torch.compile's (tracing cannot go
+    through its compiled frames) and DataParallel's or DistributedDataParallel's."""
+    import torch
+
+    compiled = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
+    while True:
+        if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif compiled is not None and isinstance(module, compiled.OptimizedModule):
+            module = module._orig_mod
+        else:
+            return module
+
+
 def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     """Turns a reference into an ExportSpec.
 
@@ -26,7 +41,10 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
         from vlmedge.exporters.sources.module import from_module
 
         check_source_options(from_module, 2, options, f"A {type(model).__name__} module")  # after module, task
-        return from_module(model, task=task, **options)
+        return from_module(_unwrapped(model), task=task, **options)
+    if isinstance(model, dict) and model and all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise UnsupportedModelError("Cannot export a state dict, which holds weights but not the model that uses "
+                                    "them; load it into its module (module.load_state_dict(...)) and pass the module.")
     if not isinstance(model, str):
         raise UnsupportedModelError(
             f"Cannot export a {type(model).__name__}; pass a torch.nn.Module, a folder, a model id, builtin:NAME, "

@@ -7,6 +7,7 @@ functions that turn raw inputs into model-ready numpy arrays with it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,20 @@ def check_input_file(path: str, kind: str) -> None:
         raise InputError(f"{shown} is a data: URI, not a path; pass its bytes: "
                          "base64.b64decode(uri.split(',', 1)[1]).")
     if os.path.isfile(path):
+        if os.path.getsize(path) == 0:
+            raise InputError(f"{kind.capitalize()} file {shown} is empty (0 bytes); pass a complete {kind} file.")
         return
     if os.path.isdir(path):
         raise InputError(f"{shown} is a directory, not an {kind} file; pass the path of an {kind} file inside it.")
     if os.path.exists(path):
         raise InputError(f"{shown} is not a regular file (a FIFO, socket or device); pass an {kind} file.")
     if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"{shown} is a link that leads back to itself through {os.readlink(path)}; fix the "
+                                 "link or pass the file.") from None
         raise InputError(f"{shown} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
     raise InputError(f"{kind.capitalize()} file {shown} does not exist; check the path.")
 

@@ -8,8 +8,9 @@ import hashlib
 import json
 import pickle
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -22,6 +23,7 @@ def resolve_folder(reference: str) -> Path:
     """A local folder, or the cached snapshot of a hub id, without touching the network."""
     path = Path(reference).expanduser()
     if path.is_dir():
+        _check_not_other_folder(path)
         if not (path / "config.json").is_file():
             raise UnsupportedModelError(
                 f"{path} has no config.json; pass a folder written by save_pretrained()."
@@ -41,6 +43,25 @@ def resolve_folder(reference: str) -> Path:
             f"'{reference}' is neither a local folder nor a model in the Hugging Face cache ({HF_HUB_CACHE}); "
             f"download it where there is network (`hf download {reference}`) or pass a folder saved with save_pretrained()."
         ) from None
+
+
+def _check_not_other_folder(path: Path) -> None:
+    """Folders that are not a model's, said as what they are: a PEFT adapter (beside its base
+    model, transformers would load the base model alone without a word), a vlmedge artifact,
+    a Trainer run whose checkpoints are in subfolders."""
+    if (path / "adapter_config.json").is_file():
+        raise UnsupportedModelError(
+            f"{path} holds a PEFT adapter (adapter_config.json), which vlmedge does not apply: exporting the folder "
+            "would export the model without it; merge it (PeftModel.merge_and_unload()) and save the merged model "
+            "with save_pretrained() into a folder of its own.")
+    if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
+        raise UnsupportedModelError(f"{path} is a vlmedge artifact, not a model folder; export from the model it was "
+                                    "made from (`vlmedge info` names it).")
+    checkpoints = sorted(p.name for p in path.glob("checkpoint-*") if (p / "config.json").is_file())
+    if checkpoints and not (path / "config.json").is_file():
+        raise UnsupportedModelError(f"{path} is a training run whose models are in its checkpoint folders "
+                                    f"({', '.join(checkpoints[:3])}{' ...' if len(checkpoints) > 3 else ''}); "
+                                    "pass one of them.")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -83,8 +104,12 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
     cls = model_class(arch)
     _check_buildable(cls, folder, arch)
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
-                                                  weights_only=True)
+        # float32 whatever the weights or config.json's dtype say: transformers' "auto" would trace
+        # a bf16/fp16 checkpoint in that precision, and the fp32 file and its reference with it.
+        # Its loading report is left unprinted: what it would report refuses the export below.
+        with _transformers_quiet():
+            model, loading = cls.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager",
+                                                 weights_only=True, dtype=torch.float32, output_loading_info=True)
     except pickle.UnpicklingError as exc:
         named = re.search(r"GLOBAL (\S+)", str(exc))
         reason = f"it calls {named.group(1)}" if named else "torch.load(weights_only=True) refused it"
@@ -96,7 +121,7 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
     except ImportError as exc:  # a model class that needs a package this environment lacks (natten, timm ...)
         raise UnsupportedModelError(f"{arch} needs a package that is not installed: {first_line(exc)}") from None
     except (OSError, ValueError, RuntimeError, EOFError) as exc:
-        if "ignore_mismatched_sizes" in str(exc):  # transformers points at a report it printed above
+        if "ignore_mismatched_sizes" in str(exc):  # transformers points at its (unprinted) loading report
             raise _mismatch_error(cls, folder) from None
         raise UnsupportedModelError(f"Cannot load the weights in {folder} ({str(exc).strip()[:400].rstrip('.')}); save "
                                     "the model there again with save_pretrained().") from None
@@ -106,20 +131,52 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
         raise UnsupportedModelError(
             f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
         ) from None
+    if loading.get("missing_keys"):
+        raise _missing_error(folder, arch, sorted(loading["missing_keys"]), sorted(loading.get("unexpected_keys") or []))
     return model.eval()
 
 
-def _mismatch_error(cls: Any, folder: Path) -> UnsupportedModelError:
-    """The weights that do not fit the config, in one sentence (loaded again, quietly, to list them)."""
+# Prefixes that wrappers add to every parameter name of a state dict saved from them.
+_WRAPPER_PREFIXES = {"module.": "DistributedDataParallel or DataParallel", "_orig_mod.": "torch.compile",
+                     "base_model.model.": "a PEFT model"}
+
+
+def _missing_error(folder: Path, arch: str, missing: list[str], unexpected: list[str]) -> UnsupportedModelError:
+    """Weights that leave parameters of the model unset, which from_pretrained fills with random
+    values (and parity, run on that same model, would pass): the cause in one sentence."""
+    named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    wrapped = [(prefix, by) for prefix, by in _WRAPPER_PREFIXES.items()
+               if unexpected and sum(key.startswith(prefix) for key in unexpected) * 2 >= len(unexpected)]
+    if wrapped:
+        prefix, by = wrapped[0]
+        fix = (f"its weights' names start with '{prefix}', which {by} adds: save the model itself (unwrapped"
+               + (", merged with merge_and_unload()" if "PEFT" in by else "") + ") with save_pretrained()")
+    else:
+        fix = ("save the trained model with save_pretrained() from its model class"
+               + (f" (the weights hold {len(unexpected)} names {arch} does not have, e.g. {unexpected[0]})"
+                  if unexpected else ""))
+    return UnsupportedModelError(f"The weights in {folder} leave {len(missing)} parameter(s) of {arch} unset "
+                                 f"({named}), which would be exported as random values; {fix}.")
+
+
+@contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    """transformers' warnings unprinted (its loading report), errors still printed."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = cls.from_pretrained(str(folder), local_files_only=True, ignore_mismatched_sizes=True,
-                                          output_loading_info=True, weights_only=True)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _mismatch_error(cls: Any, folder: Path) -> UnsupportedModelError:
+    """The weights that do not fit the config, in one sentence (loaded again, quietly, to list them)."""
+    with _transformers_quiet():
+        model, info = cls.from_pretrained(str(folder), local_files_only=True, ignore_mismatched_sizes=True,
+                                          output_loading_info=True, weights_only=True, dtype=torch.float32)
     found = sorted(info["mismatched_keys"], key=lambda item: item[0])
     listed = ", ".join(f"{key} is {list(saved)} in the weights but {list(made)} by config.json" for key, saved, made in found[:3])
     labels = len(getattr(model.config, "id2label", None) or {})

@@ -129,8 +129,6 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     if isinstance(audio, (str, os.PathLike)):
         check_input_file(str(os.fspath(audio)), "audio")  # as given: Path() would turn http:// into http:/
         path = Path(audio)
-        if path.stat().st_size == 0:
-            raise InputError(f"Audio file {path} is empty (0 bytes); pass a complete audio file.")
         data, sr = _decode(str(path), f"audio file {path}")
         return _to_mono(data, channel_axis=1), check_rate(sr, f"sample rate of {path}", "resample the file")
     if isinstance(audio, (bytes, bytearray, memoryview)):
