@@ -237,9 +237,12 @@ def _optimize_basic(path: Path) -> None:
 def raise_if_out_of_room(exc: BaseException, path: Path, doing: str) -> None:
     """A library's failure to write a file made from `path` (ONNX Runtime reports a full disk
     as InvalidProtobuf, OpenVINO as "basic_ios::clear: iostream error": no errno to test) as a
-    full disk's ExportError when the disk holding `path` has less room left than `path` takes.
-    The ENOSPC in its chain lets ArtifactWriter name the destination rather than its build folder."""
-    if shutil.disk_usage(path.parent).free >= path.stat().st_size:
+    full disk's ExportError when the disk holding `path` has less room left than `path` takes
+    (with its external data, past 2 GB). The ENOSPC in its chain lets ArtifactWriter name the
+    destination rather than its build folder."""
+    data = path.with_name(f"{path.name}.data")
+    size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    if shutil.disk_usage(path.parent).free >= size:
         return
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path.parent))
     full.__cause__ = exc

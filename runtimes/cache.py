@@ -17,7 +17,8 @@ key.json, written last, repeats the key and lists every file with its size and s
 - an entry is built in a temporary sibling folder and renamed into place whole, so a
   process killed while compiling leaves at most a temporary folder that no load uses.
 - an entry is used only if its folder is the user's own and no other user can write into it
-  (start_build makes it 0700): in a shared cache folder, another user's entry is rebuilt.
+  (start_build makes it 0700). Entries are named per user, and one user's never replaces or
+  removes another's: in a cache folder users share, each keeps their own.
 - failing to write the cache (read-only home, full disk) only costs the speed-up.
 
 Where: one folder per backend in vlmedge.user_cache.cache_root().
@@ -69,7 +70,9 @@ def cache_entry(backend: str, version: str, model_digest: str, device: str, opti
     recorded for listings, not keyed (the same content at another path is the same entry)."""
     key = {"format": CACHE_FORMAT, "backend": backend, "version": str(version), "model": model_digest,
            "cpu": cpu_key(), "device": str(device), "options": {k: options[k] for k in sorted(options)}}
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    # named per user too: in a cache folder users share, each one's entries are their own (0700)
+    user = getattr(os, "geteuid", lambda: None)()
+    name = hashlib.sha256(json.dumps({**key, "user": user}, sort_keys=True).encode()).hexdigest()[:32]
     return CacheEntry(key=key, folder=cache_root() / backend / name,
                       source=str(Path(source).absolute()) if source else None)
 
@@ -160,8 +163,8 @@ class CacheEntry:
         rest = {k: v for k, v in self.key.items() if k not in replaced}
         for folder, record in _records(self.folder.parent):
             key = record["key"]
-            if folder != self.folder and record.get("source") == self.source and \
-                    {k: v for k, v in key.items() if k not in replaced} == rest:
+            if folder != self.folder and record.get("source") == self.source and _made_here_and_private(folder) \
+                    and {k: v for k, v in key.items() if k not in replaced} == rest:
                 _remove_folder(folder)
 
     def abandon(self, built: Path, because: str | None = None) -> None:

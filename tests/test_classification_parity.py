@@ -217,3 +217,47 @@ def test_half_precision_checkpoints_export_an_fp32_file_equal_to_the_model_in_fp
         with torch.no_grad():
             expected = reference(**processor(str(path), return_tensors="pt")).logits.softmax(-1).numpy()[0]
         np.testing.assert_allclose(classifier.probabilities(str(path))[0], expected, atol=1e-5, err_msg=path.name)
+
+
+def _without(folder, drop) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    assert any(drop(k) for k in weights)
+    save_file({k: v for k, v in weights.items() if not drop(k)}, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("left_out", ["a pooler the embedding does not use", "BatchNorm's batch counts",
+                                      "an embedding used only in training"])
+def test_weights_left_out_that_no_exported_output_uses_are_no_reason_to_refuse(left_out, tmp_path):
+    """Refusing every missing weight refused DINO's ViTModel saved without its pooler (the CLS
+    token is the embedding), BatchNorm's num_batches_tracked (a buffer) and Wav2Vec2's
+    masked_spec_embed (SpecAugment, training only): only weights the graphs' outputs depend on
+    (or the two-tower scores read) refuse an export."""
+    import vlmedge
+
+    torch.manual_seed(0)
+    folder = tmp_path / "hf"
+    if left_out.startswith("a pooler"):
+        transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+        transformers.ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+        _without(folder, lambda key: key.startswith("pooler."))
+        task = "image-embedding"
+    elif left_out.startswith("BatchNorm"):
+        transformers.ResNetForImageClassification(transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)).save_pretrained(folder)
+        transformers.ConvNextImageProcessorPil(size={"shortest_edge": 32}).save_pretrained(folder)
+        _without(folder, lambda key: key.endswith("num_batches_tracked"))
+        task = "image-classification"
+    else:
+        from tests.test_coverage_audio_classification import CONV, ENCODER
+
+        config = transformers.Wav2Vec2Config(**{**CONV, **ENCODER, "mask_time_prob": 0.05, "num_labels": 3})
+        transformers.Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
+        transformers.Wav2Vec2FeatureExtractor().save_pretrained(folder)
+        _without(folder, lambda key: key.endswith("masked_spec_embed"))
+        task = "audio-classification"
+    options = {"window_seconds": 1.0} if task.startswith("audio") else {}
+    artifact = vlmedge.export(str(folder), tmp_path / "artifact", task=task, to="onnx", precision="fp32", **options)
+    assert artifact.model_entries()[0]["parity"]["passed"]

@@ -210,7 +210,8 @@ def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_ar
     artifact = tmp_path / "vit"
     shutil.copytree(vit_artifact, artifact)
     manifest = json.loads((artifact / "manifest.json").read_text())
-    manifest["labels"] = ["\x1b[31mred\x1b[0m\x07"] + [f"label {i}" for i in range(1, len(manifest["labels"]))]
+    manifest["labels"] = (["\x1b[31mred\x1b[0m\x07", "abc\u202edef"]
+                          + [f"label {i}" for i in range(2, len(manifest["labels"]))])
     (artifact / "manifest.json").write_text(json.dumps(manifest))
     bad = tmp_path / "bad\x1b]0;owned\x07.jpg"
     bad.write_text("not an image")
@@ -218,6 +219,9 @@ def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_ar
     assert result.returncode == 1, result.stderr
     assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
     assert "\\x1b[31mred\\x1b[0m\\x07" in result.stdout and "bad\\x1b]0;owned\\x07.jpg" in result.stderr
+    assert "\u202e" not in result.stdout and "abc\\u202edef" in result.stdout
+    info = vlmedge_cli("info", artifact)  # its labels line, as every line a command prints
+    assert info.returncode == 0 and "\x1b" not in info.stdout and "\\x1b[31mred" in info.stdout
     as_json = vlmedge_cli("predict", artifact, SAMPLE, "--json", "--top-k", str(len(manifest["labels"])))
     labels = {p["label"] for p in json.loads(as_json.stdout)[0]["predictions"]}
     assert manifest["labels"][0] in labels  # the data itself is as the model names it

@@ -192,6 +192,30 @@ def test_a_changed_model_file_at_the_same_path_is_a_miss(two_target_artifact, ca
     assert _entries(cache_dir) == sorted([changed.cache_path, kept]) and not first.cache_path.exists()
 
 
+def test_users_sharing_a_cache_folder_keep_their_own_entries(two_target_artifact, cache_dir, tmp_path,
+                                                              monkeypatch):
+    """Users of one cache folder took each other's entry's place at every load (all misses),
+    each leaving the other's folder renamed and undeletable (0700) behind: entries are named
+    per user, and one user's new entry removes only that user's old ones."""
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(two_target_artifact / "onnx" / "model.fp32.onnx", path)
+    mine = open_session(path, cache=True).cache_path
+    with monkeypatch.context() as another_user:
+        another_user.setattr(os, "geteuid", lambda: 4242)
+        theirs = cache_module.cache_entry("onnxruntime", "v", "digest", "cpu", {}).folder
+    assert theirs != cache_module.cache_entry("onnxruntime", "v", "digest", "cpu", {}).folder
+    if os.geteuid() != 0:
+        pytest.skip("only root can give an entry to another user")
+    os.chown(mine, 4242, 4242)  # another user's entry of this same file
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(path))
+    model.producer_name = "changed"  # new content at the same path: this user's entries of it are superseded
+    onnx.save(model, str(path))
+    ours = open_session(path, cache=True)
+    assert ours.cache_status == "miss" and mine.is_dir() and sorted(_entries(cache_dir)) == sorted([mine, ours.cache_path])
+    assert not [p for p in mine.parent.iterdir() if p.name.startswith(".")]  # nothing renamed aside
+
+
 def test_an_entry_of_an_older_cache_format_is_rebuilt_and_replaced(two_target_artifact, cache_dir, monkeypatch):
     """An entry an older vlmedge wrote (another CACHE_FORMAT: ONNX Runtime's of format 1 held
     no packed weights) is not used; the entry built instead replaces it."""

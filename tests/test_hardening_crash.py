@@ -181,7 +181,12 @@ def test_an_export_inside_an_artifact_is_refused(vit_artifact, tmp_path):
     with pytest.raises(ExportError, match=r"vit.sub.deeper is inside the vlmedge artifact .*vit, which would then hold "
                                           r"files its manifest does not list .*choose an output path outside it\.$"):
         ArtifactWriter(outer / "sub" / "deeper")
-    assert not (outer / "sub").exists() and Artifact.open(outer)
+    (tmp_path / "link").symlink_to(outer / "onnx")
+    with pytest.raises(ExportError, match=r"link.sub is inside the vlmedge artifact .*vit, "):
+        ArtifactWriter(tmp_path / "link" / "sub")
+    beside = ArtifactWriter(outer / ".." / "beside")  # out of it, through ".."
+    beside.abort()
+    assert not (outer / "sub").exists() and not (outer / "onnx" / "sub").exists() and Artifact.open(outer)
 
 
 def test_a_long_destination_name_builds_beside_it(tmp_path):

@@ -357,8 +357,10 @@ def _raise_if_disk_full(exc: BaseException | None, destination: Path) -> None:
 
 def _refuse_inside_an_artifact(destination: Path) -> None:
     """An artifact written inside another would be a folder its manifest does not list, which
-    no load of that one accepts."""
-    for parent in destination.parents:
+    no load of that one accepts. The folders it is in are those its real path names: through a
+    link into an artifact, not out of one by ".."."""
+    real_parent = Path(os.path.realpath(destination.parent))
+    for parent in (real_parent, *real_parent.parents):
         if _artifact_files(parent) is not None:
             raise ExportError(f"{destination} is inside the vlmedge artifact {parent}, which would then hold files "
                               "its manifest does not list and load no more; choose an output path outside it.")

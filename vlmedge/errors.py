@@ -110,8 +110,9 @@ class ParityError(ExportError):
     exit_code = 3
 
 
-# Control characters but tab and newline: C0, DEL and C1 (ESC starts a terminal's commands).
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Control characters but tab and newline: C0, DEL and C1 (ESC starts a terminal's commands), and
+# the bidirectional overrides and isolates, which reorder how the text after them reads.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def for_terminal(text: str) -> str:

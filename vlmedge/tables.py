@@ -4,12 +4,27 @@ commands' tables (vlmedge.cli) and bench's comparison print through it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from vlmedge.errors import for_terminal
+
+
+class TerminalConsole(Console):
+    """The commands' console: text printed through it has its control characters written as
+    escapes (errors.for_terminal), whatever it quotes (a label, a path, a library's message);
+    soft wrap, so that a line of text stays one line however narrow the terminal or a log (rich
+    would wrap at 80)."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        super().__init__(stderr=stderr, soft_wrap=True)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(for_terminal(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
 def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
@@ -30,6 +45,8 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
         console.print(table)
         return
     console.print(f"[bold]{escape(title)}[/bold]")
+    # a newline in a cell would start a line where the next row's first column goes
+    rows = [{column: text.replace("\n", "\\n") for column, text in row.items()} for row in rows]
     for row in rows:
         if row[columns[0]]:
             console.print(row[columns[0]], highlight=False)

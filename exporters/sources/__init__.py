@@ -25,7 +25,15 @@ def _unwrapped(module: Any) -> Any:
         elif compiled is not None and isinstance(module, compiled.OptimizedModule):
             module = module._orig_mod
         else:
-            return module
+            break
+    for name, part in module.named_modules():  # compiled in place (module.compile()), or a part wrapped
+        if getattr(part, "_compiled_call_impl", None) is not None or (
+                compiled is not None and isinstance(part, compiled.OptimizedModule)):
+            where = f"its part '{name}'" if name else "it"
+            raise UnsupportedModelError(f"The module cannot be exported: {where} was compiled with torch.compile in "
+                                        "place, which tracing cannot go through; export the module as it was before "
+                                        "compiling (torch.compile(module), which wraps it, exports what it wraps).")
+    return module
 
 
 def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
@@ -42,7 +50,7 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
 
         check_source_options(from_module, 2, options, f"A {type(model).__name__} module")  # after module, task
         return from_module(_unwrapped(model), task=task, **options)
-    if isinstance(model, dict) and model and all(isinstance(v, torch.Tensor) for v in model.values()):
+    if isinstance(model, dict) and ("state_dict" in model or any(isinstance(v, torch.Tensor) for v in model.values())):
         raise UnsupportedModelError("Cannot export a state dict, which holds weights but not the model that uses "
                                     "them; load it into its module (module.load_state_dict(...)) and pass the module.")
     if not isinstance(model, str):

@@ -18,11 +18,11 @@ from rich.console import Console
 from vlmedge import choices
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS, peer_files
 from vlmedge.errors import BackendUnavailableError, InputError, UsageError
+from vlmedge.tables import TerminalConsole
 
-# Soft wrap, as vlmedge.cli's consoles: each line of the report, a warning, a progress line is one
-# line in a log (rich would wrap it at 80 columns); the tables are laid out to the width.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# As vlmedge.cli's consoles: each line of the report, a warning, a progress line is one line in a
+# log; the tables are laid out to the width.
+console, err_console = TerminalConsole(), TerminalConsole(stderr=True)
 
 
 def _ints(value: Optional[str], option: str) -> list[int] | None:

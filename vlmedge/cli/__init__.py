@@ -20,7 +20,7 @@ from rich.markup import escape
 from vlmedge import choices, formats
 from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
 from vlmedge.cli.rows import TABLES, in_input_order, ranked_table, rows_of_readable, windows_table
-from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError, for_terminal
+from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.tables import failure_line
 
@@ -186,7 +186,7 @@ def predict(
             show(windows_table(rows), "windows", right=("start s", "end s", "score"))
     if failed:
         for row in failed:
-            err_console.print(f"  {escape(for_terminal(failure_line(row['input'], row['error'])))}", highlight=False)
+            err_console.print(f"  {escape(failure_line(row['input'], row['error']))}", highlight=False)
         raise InputError(f"{len(failed)} of the {len(inputs)} inputs could not be run (listed above); the others' "
                          "results are printed." if rows else f"None of the {len(inputs)} inputs could be run (listed "
                          "above).")

@@ -13,12 +13,11 @@ from typing import Any
 
 import typer
 import typer.core
-from rich.console import Console
 from rich.markup import escape
 
 from vlmedge import choices
-from vlmedge.errors import VlmedgeError, for_terminal, printable
-from vlmedge.tables import print_rows
+from vlmedge.errors import VlmedgeError, printable
+from vlmedge.tables import TerminalConsole, print_rows
 from vlmedge.version import __version__
 
 
@@ -72,7 +71,7 @@ class Command(typer.core.TyperCommand):
         (the console script, `python -m`, typer's test runner); a warning is one line, not Python's two."""
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *_, **__: err_console.print(
-                f"[yellow]warning:[/yellow] {escape(for_terminal(str(message)))}", highlight=False)
+                f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
             try:
                 with one_line_usage_errors():  # a typer.BadParameter of the command's own checks
                     return super().invoke(ctx)
@@ -88,9 +87,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: "pip install 'vlmedge[ray]'" keeps its [ray]
 )
-# Soft wrap: a line of text stays one line however narrow the terminal or a log (rich would wrap at 80).
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+console, err_console = TerminalConsole(), TerminalConsole(stderr=True)
 # Rows as a table where it fits the console, else as blocks (vlmedge.tables.print_rows).
 show = functools.partial(print_rows, console)
 BACKEND_CHOICES = ["auto", *choices.backend_names()]
@@ -110,4 +107,4 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def print_error(exc: VlmedgeError) -> None:
     """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
-    err_console.print(f"[red]Error:[/red] {escape(for_terminal(printable(str(exc))))}", highlight=False)  # as click says a usage error
+    err_console.print(f"[red]Error:[/red] {escape(printable(str(exc)))}", highlight=False)  # as click says a usage error

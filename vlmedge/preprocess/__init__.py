@@ -51,8 +51,8 @@ def check_input_file(path: str, kind: str) -> None:
             os.stat(path)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise InputError(f"{shown} is a link that leads back to itself through {os.readlink(path)}; fix the "
-                                 "link or pass the file.") from None
+                raise InputError(f"{shown} is a link into a loop of links ({os.readlink(path)} ...); fix the link or "
+                                 "pass the file.") from None
         raise InputError(f"{shown} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
     raise InputError(f"{kind.capitalize()} file {shown} does not exist; check the path.")
 

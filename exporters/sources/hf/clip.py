@@ -50,7 +50,7 @@ import torch
 
 from vlmedge.errors import UnsupportedModelError
 from vlmedge.exporters.samples import SAMPLE_DIR, image_parity_feeds
-from vlmedge.exporters.sources.hf.folder import load_model, source_info
+from vlmedge.exporters.sources.hf.folder import load_model, refuse_if_unset, source_info
 from vlmedge.exporters.sources.hf.processor import image_preprocess, naflex_or_processor_size
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.samples import caption_lines
@@ -400,6 +400,7 @@ def clip_model(folder: Path, config: Any, arch: str, reference: str, context_len
     )
     scoring = tower.scoring
     logit_bias = getattr(model, "logit_bias", None)
+    refuse_if_unset(*(getattr(model, name, None) for name in ("logit_scale", "logit_bias", "temperature")))
     if tower.scale == "temperature":
         scale = 1.0 / float(model.temperature.detach().reshape(-1)[0])
     elif tower.scale == "none":

@@ -4,6 +4,7 @@ config read, its model class built and its weights loaded without unrestricted u
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
@@ -15,8 +16,12 @@ from typing import Any, Iterator
 import torch
 
 from vlmedge.errors import ModelNotFoundError, UnsupportedModelError, first_line
+from vlmedge.exporters.spec import GraphSpec
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+# Set by a source on each parameter its weights left unset (from_pretrained's random values):
+# (the parameter's name, the function of the names that matter giving the refusal).
+UNSET_WEIGHT = "vlmedge_unset_weight"
 
 
 def resolve_folder(reference: str) -> Path:
@@ -131,9 +136,45 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
         raise UnsupportedModelError(
             f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
         ) from None
-    if loading.get("missing_keys"):
-        raise _missing_error(folder, arch, sorted(loading["missing_keys"]), sorted(loading.get("unexpected_keys") or []))
+    missing = set(loading.get("missing_keys") or ())  # buffers left out (num_batches_tracked) are no weights
+    refusal = functools.partial(_missing_error, folder, arch, unexpected=sorted(loading.get("unexpected_keys") or []))
+    for name, parameter in model.named_parameters():
+        if name in missing:  # judged by what the export's graphs use of them: refuse_unset_weights
+            setattr(parameter, UNSET_WEIGHT, (name, refusal))
     return model.eval()
+
+
+def refuse_if_unset(*parameters: Any) -> None:
+    """Refuses parameters a source reads as values (a two-tower model's logit scale) that its
+    weights left unset."""
+    unset = [getattr(p, UNSET_WEIGHT) for p in parameters if hasattr(p, UNSET_WEIGHT)]
+    if unset:
+        raise unset[0][1](sorted(name for name, _ in unset))
+
+
+def refuse_unset_weights(graph: GraphSpec) -> None:
+    """Refuses a graph whose outputs depend on parameters the source's weights left unset:
+    parity, run on that same model, cannot see them. Which ones matter is asked of autograd on
+    one pass over the example inputs: a pooler the graph leaves unused, or an embedding used
+    only in training, does not."""
+    unset = [p for p in graph.module.parameters() if hasattr(p, UNSET_WEIGHT)]
+    if not unset:
+        return
+    flags = [p.requires_grad for p in unset]
+    try:
+        for p in unset:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            outputs = graph.module(*(graph.example_inputs[name] for name in graph.input_names))
+            outputs = [o for o in ((outputs,) if isinstance(outputs, torch.Tensor) else outputs) if o.is_floating_point()]
+            generator = torch.Generator().manual_seed(0)  # a random projection: a plain sum is blind to what a
+            probe = sum((o * torch.randn(o.shape, generator=generator)).sum() for o in outputs)  # softmax cancels
+            grads = torch.autograd.grad(probe, unset, allow_unused=True) if torch.is_tensor(probe) and \
+                probe.requires_grad else [None] * len(unset)
+    finally:
+        for p, flag in zip(unset, flags):
+            p.requires_grad_(flag)
+    refuse_if_unset(*(p for p, grad in zip(unset, grads) if grad is not None and bool(grad.abs().sum() > 0)))
 
 
 # Prefixes that wrappers add to every parameter name of a state dict saved from them.
@@ -142,8 +183,8 @@ _WRAPPER_PREFIXES = {"module.": "DistributedDataParallel or DataParallel", "_ori
 
 
 def _missing_error(folder: Path, arch: str, missing: list[str], unexpected: list[str]) -> UnsupportedModelError:
-    """Weights that leave parameters of the model unset, which from_pretrained fills with random
-    values (and parity, run on that same model, would pass): the cause in one sentence."""
+    """Weights that leave parameters of the model unset that its export uses, which
+    from_pretrained fills with random values: the cause in one sentence."""
     named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     wrapped = [(prefix, by) for prefix, by in _WRAPPER_PREFIXES.items()
                if unexpected and sum(key.startswith(prefix) for key in unexpected) * 2 >= len(unexpected)]

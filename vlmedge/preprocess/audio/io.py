@@ -159,12 +159,13 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
         )
     wave = _to_mono(audio, channel_axis)
     if audio.dtype.kind == "f":
-        _warn_if_unscaled(wave)
+        _warn_if_unscaled(audio)  # each channel as given: one silent channel would halve the peak
     return wave, sr
 
 
-def _warn_if_unscaled(wave: np.ndarray) -> None:
-    peak = float(np.abs(wave).max())
+def _warn_if_unscaled(samples: np.ndarray) -> None:
+    with np.errstate(invalid="ignore"):
+        peak = float(np.abs(samples).max())
     if peak > LOUDEST_FLOAT_PEAK:
         warn_caller(f"The audio array's samples reach {peak:.6g}, far outside the [-1, 1] audio models expect "
                     f"(integer PCM held as floats?); divide it by its full scale (32768 for 16-bit), or pass the "

@@ -146,7 +146,9 @@ def spec_fields(cls: type, processor_config: dict) -> Any:
     mean, std = ((0.5,) * 3 if c[k] is None else c[k] for k in ("image_mean", "image_std"))
     resample = 2 if c["resample"] is None else c["resample"]  # null and unused
     if isinstance(resample, str):  # transformers' resize takes Pillow's numbers: any other value is bilinear
-        number = f" ({RESAMPLE[resample.lower()]} for {resample.lower()})" if resample.lower() in RESAMPLE else ""
+        named = resample.strip().lower()
+        number = (f" ({RESAMPLE[named]} for {named})" if named in RESAMPLE
+                  else f" ({int(named)}, not a string)" if named.isdigit() else "")
         raise UnsupportedModelError(f"This {family} processor gives resample as the string {resample!r}, which "
                                     f"transformers' image processors run as bilinear whatever it names; write Pillow's "
                                     f"number for the filter meant{number} in preprocessor_config.json.")
