@@ -461,12 +461,18 @@ def test_a_wrapped_module_exports_the_module_it_wraps(wrapper, tmp_path):
         expected = module(torch.from_numpy(preprocess_images([load_image(image)], spec))).softmax(-1).numpy()
     np.testing.assert_allclose(vlmedge.load(tmp_path / "a").probabilities(image), expected, atol=1e-5)
     for checkpoint in (module.state_dict(), {"state_dict": module.state_dict(), "epoch": 3}):  # Lightning's
-        with pytest.raises(UnsupportedModelError, match=r"Cannot export a state dict, .*load it into its module"):
+        with pytest.raises(UnsupportedModelError, match=r"Cannot export a state dict \(or a checkpoint holding one, "
+                                                        r"as Lightning saves\), .*load it into its module"):
             vlmedge.export(checkpoint, tmp_path / "b", preprocess=spec, labels=["cat", "dog", "car"])
     in_place = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
     in_place[1].compile()
-    with pytest.raises(UnsupportedModelError, match=r"its part '1' was compiled with torch.compile in place"):
+    with pytest.raises(UnsupportedModelError, match=r"its part '1' was compiled in place \(.compile\(\)\)"):
         vlmedge.export(in_place, tmp_path / "c", preprocess=spec, labels=["cat", "dog", "car"])
+    in_place[1] = torch.compile(torch.nn.Linear(3 * 16 * 16, 3))
+    with pytest.raises(UnsupportedModelError, match=r"its part '1' is wrapped by torch.compile"):
+        vlmedge.export(in_place, tmp_path / "c", preprocess=spec, labels=["cat", "dog", "car"])
+    with pytest.raises(UnsupportedModelError, match=r"Cannot export a dict; pass the module it holds under 'model'"):
+        vlmedge.export({"model": module}, tmp_path / "c", preprocess=spec, labels=["cat", "dog", "car"])
 
 
 def test_a_plain_modules_labels_may_be_a_file_one_label_a_line(tmp_path):

@@ -261,3 +261,31 @@ def test_weights_left_out_that_no_exported_output_uses_are_no_reason_to_refuse(l
     options = {"window_seconds": 1.0} if task.startswith("audio") else {}
     artifact = vlmedge.export(str(folder), tmp_path / "artifact", task=task, to="onnx", precision="fp32", **options)
     assert artifact.model_entries()[0]["parity"]["passed"]
+
+
+@pytest.mark.parametrize("left_out", ["DINOv2's position embeddings", "BatchNorm's running statistics"])
+def test_weights_an_output_reads_out_of_autograds_sight_are_refused_too(left_out, tmp_path):
+    """Position embeddings vlmedge interpolates once and traces as a constant, and BatchNorm's
+    running statistics (buffers), left out of the weights, exported from_pretrained's defaults
+    with parity passed (cosine 0.80 and 0.51 to the trained model)."""
+    import vlmedge
+    from vlmedge.errors import UnsupportedModelError
+
+    torch.manual_seed(0)
+    folder = tmp_path / "hf"
+    if left_out.startswith("DINOv2"):
+        transformers.Dinov2Model(transformers.Dinov2Config(image_size=32, patch_size=8, hidden_size=32, mlp_ratio=2,
+                                                           num_hidden_layers=1, num_attention_heads=2)).save_pretrained(folder)
+        transformers.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                                          ).save_pretrained(folder)
+        _without(folder, lambda key: key == "embeddings.position_embeddings")
+        task, named = "image-embedding", r"\(embeddings.position_embeddings\)"
+    else:
+        transformers.ResNetForImageClassification(transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)).save_pretrained(folder)
+        transformers.ConvNextImageProcessorPil(size={"shortest_edge": 32}).save_pretrained(folder)
+        _without(folder, lambda key: key.endswith(("running_mean", "running_var")))
+        task, named = "image-classification", r"\(resnet.embedder.embedder.normalization.running_mean, .*running_var"
+    with pytest.raises(UnsupportedModelError, match=r"leave \d+ parameter\(s\) of \w+ unset " + named):
+        vlmedge.export(str(folder), tmp_path / "artifact", task=task, to="onnx", precision="fp32")
+    assert not (tmp_path / "artifact").exists()

@@ -27,12 +27,12 @@ def _unwrapped(module: Any) -> Any:
         else:
             break
     for name, part in module.named_modules():  # compiled in place (module.compile()), or a part wrapped
-        if getattr(part, "_compiled_call_impl", None) is not None or (
-                compiled is not None and isinstance(part, compiled.OptimizedModule)):
-            where = f"its part '{name}'" if name else "it"
-            raise UnsupportedModelError(f"The module cannot be exported: {where} was compiled with torch.compile in "
-                                        "place, which tracing cannot go through; export the module as it was before "
-                                        "compiling (torch.compile(module), which wraps it, exports what it wraps).")
+        wrapped = compiled is not None and isinstance(part, compiled.OptimizedModule)
+        if wrapped or getattr(part, "_compiled_call_impl", None) is not None:
+            how = "is wrapped by torch.compile" if wrapped else "was compiled in place (.compile())"
+            raise UnsupportedModelError(f"The module cannot be exported: {f'its part {name!r}' if name else 'it'} {how}, "
+                                        "which tracing cannot go through; export the module as it was before compiling "
+                                        "(only a torch.compile(module) wrapper of the whole is unwrapped).")
     return module
 
 
@@ -51,8 +51,12 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
         check_source_options(from_module, 2, options, f"A {type(model).__name__} module")  # after module, task
         return from_module(_unwrapped(model), task=task, **options)
     if isinstance(model, dict) and ("state_dict" in model or any(isinstance(v, torch.Tensor) for v in model.values())):
-        raise UnsupportedModelError("Cannot export a state dict, which holds weights but not the model that uses "
-                                    "them; load it into its module (module.load_state_dict(...)) and pass the module.")
+        raise UnsupportedModelError("Cannot export a state dict (or a checkpoint holding one, as Lightning saves), which "
+                                    "holds weights but not the model that uses them; load it into its module "
+                                    "(module.load_state_dict(...)) and pass the module.")
+    held = [key for key, value in model.items() if isinstance(value, torch.nn.Module)] if isinstance(model, dict) else []
+    if held:
+        raise UnsupportedModelError(f"Cannot export a dict; pass the module it holds under {held[0]!r}.")
     if not isinstance(model, str):
         raise UnsupportedModelError(
             f"Cannot export a {type(model).__name__}; pass a torch.nn.Module, a folder, a model id, builtin:NAME, "

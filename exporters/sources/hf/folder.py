@@ -136,11 +136,20 @@ def load_model(folder: Path, arch: str) -> torch.nn.Module:
         raise UnsupportedModelError(
             f"The safetensors weights in {folder} are corrupt or truncated ({exc}); save the model again."
         ) from None
-    missing = set(loading.get("missing_keys") or ())  # buffers left out (num_batches_tracked) are no weights
+    missing = set(loading.get("missing_keys") or ())
     refusal = functools.partial(_missing_error, folder, arch, unexpected=sorted(loading.get("unexpected_keys") or []))
     for name, parameter in model.named_parameters():
         if name in missing:  # judged by what the export's graphs use of them: refuse_unset_weights
             setattr(parameter, UNSET_WEIGHT, (name, refusal))
+    # Of the buffers, only normalisation statistics are learned (num_batches_tracked only counts
+    # batches, the rest are made from the config): they are marked on the module that reads them.
+    statistics: dict[str, list[str]] = {}
+    for name in sorted(missing):
+        owner, _, buffer = name.rpartition(".")
+        if buffer in ("running_mean", "running_var"):
+            statistics.setdefault(owner, []).append(name)
+    for owner, names in statistics.items():
+        setattr(model.get_submodule(owner), UNSET_WEIGHT, (", ".join(names), refusal))
     return model.eval()
 
 
@@ -153,27 +162,44 @@ def refuse_if_unset(*parameters: Any) -> None:
 
 
 def refuse_unset_weights(graph: GraphSpec) -> None:
-    """Refuses a graph whose outputs depend on parameters the source's weights left unset:
-    parity, run on that same model, cannot see them. Which ones matter is asked of autograd on
-    one pass over the example inputs: a pooler the graph leaves unused, or an embedding used
-    only in training, does not."""
+    """Refuses a graph whose outputs depend on weights the source's files left unset: parity,
+    run on that same model, cannot see them. Which parameters matter is asked of autograd on
+    one pass over the example inputs (a pooler the graph leaves unused, or an embedding used
+    only in training, does not); normalisation statistics matter where their module runs."""
     unset = [p for p in graph.module.parameters() if hasattr(p, UNSET_WEIGHT)]
-    if not unset:
+    statistics = [m for m in graph.module.modules() if hasattr(m, UNSET_WEIGHT)]
+    if not unset and not statistics:
         return
+    ran: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda module, *_: ran.append(module)) for m in statistics]
     flags = [p.requires_grad for p in unset]
     try:
         for p in unset:
             p.requires_grad_(True)
         with torch.enable_grad():
             outputs = graph.module(*(graph.example_inputs[name] for name in graph.input_names))
-            outputs = [o for o in ((outputs,) if isinstance(outputs, torch.Tensor) else outputs) if o.is_floating_point()]
-            generator = torch.Generator().manual_seed(0)  # a random projection: a plain sum is blind to what a
-            probe = sum((o * torch.randn(o.shape, generator=generator)).sum() for o in outputs)  # softmax cancels
-            grads = torch.autograd.grad(probe, unset, allow_unused=True) if torch.is_tensor(probe) and \
-                probe.requires_grad else [None] * len(unset)
+            refuse_if_unset(*ran)
+            refuse_reached((outputs,) if isinstance(outputs, torch.Tensor) else outputs, unset)
     finally:
+        for hook in hooks:
+            hook.remove()
         for p, flag in zip(unset, flags):
             p.requires_grad_(flag)
+
+
+def refuse_reached(outputs: Any, candidates: Any) -> None:
+    """Refuses the unset parameters among `candidates` that `outputs`, computed with autograd
+    on, depend on."""
+    unset = [p for p in candidates if hasattr(p, UNSET_WEIGHT) and p.requires_grad]
+    outputs = [o for o in outputs if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad]
+    if not unset or not outputs:
+        return
+    generator = torch.Generator().manual_seed(0)  # a random projection: a plain sum is blind to what a softmax cancels
+    with torch.enable_grad():
+        probe = sum((o * torch.randn(o.shape, generator=generator)).sum() for o in outputs)
+        if not probe.requires_grad:  # made where autograd records nothing (inference mode)
+            return
+        grads = torch.autograd.grad(probe, unset, allow_unused=True)
     refuse_if_unset(*(p for p, grad in zip(unset, grads) if grad is not None and bool(grad.abs().sum() > 0)))
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from vlmedge.errors import ExportError, UnsupportedModelError
+from vlmedge.exporters.sources.hf.folder import refuse_if_unset
 from vlmedge.preprocess.image import ImagePreprocessSpec
 from vlmedge.preprocess.image.hf import processor_kind
 
@@ -167,8 +168,9 @@ class FrozenGridPositions:
     source's own resize once, eagerly, for the export grid (every image has it) and returns
     that (1, patches, D) tensor from then on, a constant when traced."""
 
-    def __init__(self, method: Any) -> None:
+    def __init__(self, method: Any, owner: torch.nn.Module) -> None:
         self.method = method
+        self.owner = owner  # the embeddings module, whose every weight the positions or the patches read
         self.cache: dict[int, torch.Tensor] = {}
 
     def __call__(self, positional_embeddings: torch.Tensor, spatial_shapes: torch.Tensor,
@@ -177,6 +179,7 @@ class FrozenGridPositions:
         if key not in self.cache:
             if torch.jit.is_tracing():
                 raise ExportError("internal: the NaFlex position embeddings were not prepared for the export grid")
+            refuse_if_unset(*self.owner.parameters())  # a constant from here on, out of autograd's sight
             with torch.no_grad():
                 self.cache[key] = self.method(positional_embeddings, spatial_shapes[:1], max_length=key).detach().clone()
         return self.cache[key]
@@ -198,7 +201,7 @@ class NaFlexImages(torch.nn.Module):
             raise UnsupportedModelError(f"{type(model).__name__} has no NaFlex position embeddings "
                                         "(resize_positional_embeddings); vlmedge cannot export it at a fixed resolution.")
         for module in resizers:
-            module.resize_positional_embeddings = FrozenGridPositions(module.resize_positional_embeddings)
+            module.resize_positional_embeddings = FrozenGridPositions(module.resize_positional_embeddings, module)
 
     def naflex_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """The processor's pixel_values, pixel_attention_mask and spatial_shapes for these images."""

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from vlmedge.errors import ExportError
+from vlmedge.exporters.sources.hf.folder import refuse_reached
 
 
 class FrozenPositions:
@@ -27,8 +28,12 @@ class FrozenPositions:
         if key not in self.cache:
             if torch.jit.is_tracing():
                 raise ExportError("internal: position embeddings were not prepared for the export resolution")
-            with torch.no_grad():
-                self.cache[key] = self.method(embeddings, height, width).detach().clone()
+            if torch.is_inference_mode_enabled():  # autograd cannot look: computed, kept once it can
+                return self.method(embeddings, height, width)
+            with torch.enable_grad():  # for autograd to say whether they read a weight the source left unset
+                positions = self.method(embeddings, height, width)
+            refuse_reached([positions], self.method.__self__.parameters())
+            self.cache[key] = positions.detach().clone()
         return self.cache[key]
 
 
