@@ -35,6 +35,7 @@ from vlmedge.errors import (BackendUnavailableError, ExportError, InputError, Pa
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
 from vlmedge.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 from vlmedge.exporters.reference import reference_outputs
+from vlmedge.exporters.sources.hf.folder import refuse_unset_weights
 from vlmedge.exporters.sources.module import training_modes_kept
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.parity import GATES, PRECISIONS, Gate, parity_report, run_in_batches
@@ -325,6 +326,7 @@ def run_reference(graph: GraphSpec, feeds: dict[str, np.ndarray], evaluation: An
                   say: Progress) -> dict[str, np.ndarray]:
     """The source model's outputs on the parity feeds; with labelled data, also the
     source's accuracy and predictions on it, which the variants are judged against."""
+    refuse_unset_weights(graph)  # once per graph, before its outputs are taken as the reference
     say(f"[{graph.name}] running the source model on {len(next(iter(feeds.values())))} parity inputs")
     references = reference_outputs(graph, feeds)
     for name, values in references.items():  # else every file "misses" its gate, at tolerance inf

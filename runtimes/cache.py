@@ -205,7 +205,7 @@ class CacheEntry:
 def _made_here_and_private(folder: Path) -> bool:
     """Whether an entry's folder is this user's and no other user can change what is in it, as
     start_build makes it (mkdtemp: mode 0700). In a cache folder shared with others, another
-    user's entry could hold any model with a key.json to match: it is never used, but rebuilt."""
+    user's entry could hold any model with a key.json to match: it is never used or removed."""
     try:
         info = os.lstat(folder)
     except OSError:

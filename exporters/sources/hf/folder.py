@@ -170,6 +170,7 @@ def refuse_unset_weights(graph: GraphSpec) -> None:
     statistics = [m for m in graph.module.modules() if hasattr(m, UNSET_WEIGHT)]
     if not unset and not statistics:
         return
+    graph.module.eval()  # as it is exported: a weight used only in training is then unused
     ran: list[torch.nn.Module] = []
     hooks = [m.register_forward_hook(lambda module, *_: ran.append(module)) for m in statistics]
     flags = [p.requires_grad for p in unset]
