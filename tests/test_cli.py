@@ -210,15 +210,19 @@ def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_ar
     artifact = tmp_path / "vit"
     shutil.copytree(vit_artifact, artifact)
     manifest = json.loads((artifact / "manifest.json").read_text())
-    manifest["labels"] = (["\x1b[31mred\x1b[0m\x07", "abc\u202edef"]
-                          + [f"label {i}" for i in range(2, len(manifest["labels"]))])
+    manifest["labels"] = (["\x1b[31mred\x1b[0m\x07", "abc\u202edef", "two\nlines\tand a tab"]
+                          + [f"label {i}" for i in range(3, len(manifest["labels"]))])
     (artifact / "manifest.json").write_text(json.dumps(manifest))
     bad = tmp_path / "bad\x1b]0;owned\x07.jpg"
     bad.write_text("not an image")
-    result = vlmedge_cli("predict", artifact, SAMPLE, bad, "--top-k", str(len(manifest["labels"])))
+    broken = tmp_path / "broken\nline.jpg"  # a newline would split the one line an error is
+    broken.write_text("not an image")
+    result = vlmedge_cli("predict", artifact, SAMPLE, bad, broken, "--top-k", str(len(manifest["labels"])))
     assert result.returncode == 1, result.stderr
     assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
     assert "\\x1b[31mred\\x1b[0m\\x07" in result.stdout and "bad\\x1b]0;owned\\x07.jpg" in result.stderr
+    assert "two\\nlines\\tand a tab" in result.stdout and "two\nlines" not in result.stdout
+    assert "broken\\nline.jpg" in result.stderr and "broken\nline" not in result.stderr
     assert "\u202e" not in result.stdout and "abc\\u202edef" in result.stdout
     info = vlmedge_cli("info", artifact)  # its labels line, as every line a command prints
     assert info.returncode == 0 and "\x1b" not in info.stdout and "\\x1b[31mred" in info.stdout

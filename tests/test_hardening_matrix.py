@@ -629,6 +629,15 @@ def _architecture_not_a_model_class(c: Ctx):
         assert not (c.work / "out").exists()
 
 
+def _a_weights_file_with_labels(c: Ctx):
+    """--labels (timm's) with a file: the file is the cause to name, not the option."""
+    weights = c.file("model.pt", b"not a module")
+    try:
+        return vlmedge.export(str(weights), c.work / "out", labels=["cat", "dog"])
+    finally:
+        assert not (c.work / "out").exists()
+
+
 def _no_config(c: Ctx):
     folder = c.hf_folder()
     (folder / "config.json").unlink()
@@ -668,6 +677,8 @@ case("model-no-weights", r"Cannot load the weights in .*hf")(_no_weights)
 case("model-remote-code-architecture", r"(EvilRemoteModel|trust_remote_code|custom code)")(_unknown_architecture)
 case("model-architecture-not-a-model-class", r"Architecture pipeline is not in this version of transformers")(
     _architecture_not_a_model_class)
+case("model-a-weights-file-with-labels", r"model\.pt is a file; .*or load the model in Python and pass the module")(
+    _a_weights_file_with_labels)
 case("model-no-config", r"(no config\.json|neither a local folder)")(_no_config)
 case("model-weights-without-the-head", r"leave 2 parameter\(s\) of ViTForImageClassification unset \(classifier.bias, "
      r"classifier.weight\), which would be exported as random values")(_weights_without_the_head)

@@ -124,6 +124,13 @@ def for_terminal(text: str) -> str:
     return _CONTROL_CHARACTERS.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def one_line(text: str) -> str:
+    """Text for a place that is one line by design (an error's sentence, a table's cell) with its
+    tabs and newlines written as escapes too: a newline in a quoted path or label would split the
+    error's line or start a row where the table's next row goes."""
+    return for_terminal(text).replace("\t", "\\t").replace("\n", "\\n")
+
+
 def printable(text: Any) -> Any:
     """A string with the bytes of a file name that is not UTF-8 (os.fsdecode's surrogates, which
     Arrow's UTF-8 strings, strict JSON and some terminals cannot hold) escaped, b'\\xff' as

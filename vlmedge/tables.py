@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from vlmedge.errors import for_terminal
+from vlmedge.errors import for_terminal, one_line
 
 
 class TerminalConsole(Console):
@@ -33,8 +33,8 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
     `column: value` pairs, as many to a line as fit."""
     if not rows:
         return
-    rows = [{column: for_terminal(text) for column, text in row.items()} for row in rows]
-    title = for_terminal(title)
+    rows = [{column: one_line(text) for column, text in row.items()} for row in rows]
+    title = one_line(title)
     columns = list(rows[0])
     table = Table(title=title, title_justify="left")
     for column in columns:
@@ -45,8 +45,6 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
         console.print(table)
         return
     console.print(f"[bold]{escape(title)}[/bold]")
-    # a newline in a cell would start a line where the next row's first column goes
-    rows = [{column: text.replace("\n", "\\n") for column, text in row.items()} for row in rows]
     for row in rows:
         if row[columns[0]]:
             console.print(row[columns[0]], highlight=False)
@@ -64,4 +62,4 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
 def failure_line(name: str, error: str) -> str:
     """An input that failed, as the lists after a run print it: its message, which names its
     file already as most do, else the input and the message."""
-    return error if name in error else f"{name}: {error}"
+    return one_line(error if name in error else f"{name}: {error}")

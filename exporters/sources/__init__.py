@@ -65,6 +65,10 @@ def resolve(model: Any, task: str | None = None, **options: Any) -> ExportSpec:
     scheme, _, name = model.partition(":")
     foreign = sorted({"checkpoint", "pretrained", "labels", "model_kwargs"} & set(options))
     if foreign and scheme not in ("timm", "open_clip"):
+        if scheme != "builtin":
+            from vlmedge.exporters.sources.hf import resolve_folder
+
+            resolve_folder(model)  # a file or a missing path is said as such, before the options it cannot take
         raise UsageError(f"{', '.join(foreign)} (--{foreign[0]}) is for timm: and open_clip: models; a Hugging Face "
                          "model brings its weights and labels in its folder.")
     if scheme == "builtin" and name:

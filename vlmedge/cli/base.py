@@ -16,7 +16,7 @@ import typer.core
 from rich.markup import escape
 
 from vlmedge import choices
-from vlmedge.errors import VlmedgeError, printable
+from vlmedge.errors import VlmedgeError, one_line, printable
 from vlmedge.tables import TerminalConsole, print_rows
 from vlmedge.version import __version__
 
@@ -71,7 +71,7 @@ class Command(typer.core.TyperCommand):
         (the console script, `python -m`, typer's test runner); a warning is one line, not Python's two."""
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *_, **__: err_console.print(
-                f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+                f"[yellow]warning:[/yellow] {escape(one_line(str(message)))}", highlight=False)
             try:
                 with one_line_usage_errors():  # a typer.BadParameter of the command's own checks
                     return super().invoke(ctx)
@@ -107,4 +107,4 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def print_error(exc: VlmedgeError) -> None:
     """One line on stderr; messages name extras such as vlmedge[ray], which are not markup."""
-    err_console.print(f"[red]Error:[/red] {escape(printable(str(exc)))}", highlight=False)  # as click says a usage error
+    err_console.print(f"[red]Error:[/red] {escape(one_line(printable(str(exc))))}", highlight=False)  # as click says a usage error

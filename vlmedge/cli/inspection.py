@@ -13,7 +13,7 @@ from rich.markup import escape
 from vlmedge import choices, formats
 from vlmedge.cli.base import Command, app, console, err_console, show
 from vlmedge.cli.rows import check_summary
-from vlmedge.errors import BackendUnavailableError, ParityError
+from vlmedge.errors import BackendUnavailableError, ParityError, one_line
 
 
 @app.command(cls=Command)
@@ -102,7 +102,7 @@ def check(
              f"parity check of {artifact}")
         for r in failed:
             for failure in r["failures"]:
-                err_console.print(f"[red]{escape(r['file'])}[/red]: {escape(failure)}", highlight=False)
+                err_console.print(f"[red]{escape(one_line(r['file']))}[/red]: {escape(one_line(failure))}", highlight=False)
         console.print(check_summary(reports), highlight=False)  # last: what `| tail -1` of a log shows
     if failed:
         raise typer.Exit(ParityError.exit_code)

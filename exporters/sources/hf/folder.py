@@ -35,7 +35,8 @@ def resolve_folder(reference: str) -> Path:
             )
         return path
     if path.exists():
-        raise UnsupportedModelError(f"{path} is a file; pass the folder written by save_pretrained().")
+        raise UnsupportedModelError(f"{path} is a file; pass the folder written by save_pretrained(), or load the model "
+                                    "in Python and pass the module to vlmedge.export().")
     if not _MODEL_ID.match(reference):
         raise ModelNotFoundError(f"No model folder at {reference}; check the path.")
     from huggingface_hub import snapshot_download
