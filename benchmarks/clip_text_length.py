@@ -3,7 +3,7 @@
 
 vlmedge tokenizes every caption to the context (77 for CLIP), and a text graph exported with
 a dynamic sequence axis (towers that pool at EOS or CLS under an attention mask; not SigLIP)
-runs each batch without the padding all its captions end with (vlmedge.preprocess.text.
+runs each batch without the padding all its captions end with (vlmedge.runtimes.base.
 trim_padding). This times, round-robin in one process, end to end from the caption strings
 (tokenizing included), the suite's CLIP ViT-B/32 (benchmarks/run_suite.py: its published config,
 seeded random weights, the real CLIP BPE tokenizer):
@@ -105,9 +105,9 @@ def measure(folder: Path, artifact: Path, rounds: int, runs: int) -> dict[str, A
         backend = {"onnx": "onnxruntime", "openvino": "openvino"}[entry["target"]]
         longest = vlmedge.load(artifact, backend=backend, precision=entry["precision"])
         full = vlmedge.load(artifact, backend=backend, precision=entry["precision"])
-        if not longest._trims_padding:
+        if not longest._text.trims_padding:
             raise SystemExit(f"{artifact}'s text graph has a fixed length; re-export it with this vlmedge")
-        full._trims_padding = False  # what vlmedge did before: every caption at the full context
+        full._text.trims_padding = False  # what vlmedge did before: every caption at the full context
         name = f"vlmedge {entry['target']} {entry['precision']}"
         embedders[f"{name}, longest caption"] = longest.embed_texts
         embedders[f"{name}, full context"] = full.embed_texts

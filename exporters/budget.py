@@ -19,7 +19,6 @@ import numpy as np
 
 from vlmedge.exporters.calibration import EvalSet
 from vlmedge.parity import Gate, feed_batches, run_in_batches
-from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
 
 
 def measure_latency(session: Any, feeds: dict[str, np.ndarray], warmup: int = 3, runs: int = 15,
@@ -43,10 +42,7 @@ def measure_latencies(sessions: list[Any], feeds: dict[str, np.ndarray], warmup:
     after the other, and 14% apart interleaved). Stops after `runs` rounds, or after
     `max_seconds` per session once each has 3 runs."""
     first = next(feed_batches(feeds, 1))
-    ones = []
-    for session in sessions:
-        one = trim_padding(first) if takes_trimmed_padding(session.inputs) else first
-        ones.append({name: np.ascontiguousarray(value) for name, value in one.items()})
+    ones = [{name: np.ascontiguousarray(value) for name, value in first.items()} for _ in sessions]
     for session, one in zip(sessions, ones):
         for _ in range(max(1, warmup)):
             t0 = time.perf_counter()

@@ -139,6 +139,38 @@ def _sessions_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_sessions_in_forked_child)
 
 
+# -- trailing padding ----------------------------------------------------------------------
+#
+# Token graphs exported with a dynamic sequence axis (CLIP-style text towers pooled at EOS or
+# CLS, with an attention mask and right padding; the exporter checks that on the source) give
+# the same output for a caption however many padding positions follow it, so a session drops
+# the positions that are padding in every caption of its call: the work scales with the longest
+# caption, not the context. Callers still tokenize to the full context, so batches from several
+# requests or workers concatenate as they are; only the graph's call is shortened.
+
+def takes_trimmed_padding(inputs) -> bool:
+    """Whether a graph's inputs (``TensorInfo``-like: ``name`` and ``shape``) take captions of
+    any length: an ``input_ids`` and an ``attention_mask`` whose second axis is dynamic. A
+    graph exported with a fixed context (SigLIP pools its last position) keeps its padding."""
+    by_name = {i.name: tuple(i.shape) for i in inputs}
+    return all(name in by_name and len(by_name[name]) == 2 and isinstance(by_name[name][1], str)
+               for name in ("input_ids", "attention_mask"))
+
+
+def trim_padding(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tokens`` without the trailing positions that are padding (attention mask 0) in every
+    caption; at least one position is kept. Arrays other than the (N, L) token arrays pass as they are."""
+    mask = tokens["attention_mask"]
+    if mask.ndim != 2 or not mask.shape[0]:
+        return dict(tokens)
+    used = np.flatnonzero(mask.any(axis=0))
+    length, full = (int(used[-1]) + 1 if used.size else 1), mask.shape[1]
+    if length >= full:
+        return dict(tokens)
+    return {name: value[:, :length] if value.ndim == 2 and value.shape[1] == full else value
+            for name, value in tokens.items()}
+
+
 class Session(ABC):
     """One loaded model file on one backend and device.
 
@@ -168,6 +200,10 @@ class Session(ABC):
     # whose answer for one item would depend on the other items of its call (ONNX Runtime's
     # dynamic int8 takes one activation scale per tensor, the whole batch's range).
     one_item_per_call: bool = False
+
+    # Whether calls run without the padding their captions all end with (takes_trimmed_padding;
+    # set when the file is opened): each item alone, when one_item_per_call, without its own.
+    trims_padding: bool = False
 
     closed: bool = False
 
@@ -217,6 +253,8 @@ class Session(ABC):
             self.check_feeds(feeds)
         if self._is_empty_batch(feeds):
             return self._empty_outputs(feeds)
+        if self.trims_padding:
+            feeds = trim_padding(feeds)
         outputs = self._run_items_alone(feeds) if self.one_item_per_call else self._run(feeds)
         if check and not non_finite_outputs:
             self._check_finite(outputs)
@@ -242,12 +280,15 @@ class Session(ABC):
 
     def _run_items_alone(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs each item of the batch alone and stacks the outputs, so that an item's answer
-        is the same whatever else shares its batch (inputs without a batch axis go whole)."""
+        is the same whatever else shares its batch (inputs without a batch axis go whole). A
+        caption runs without its own padding, not its call's: the padding a longer neighbour
+        needs would widen the activation range a dynamic int8 file takes its scales from."""
         batched = [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
         items = feeds[batched[0]].shape[0] if batched else 1
         if items <= 1:
             return self._run(feeds)
-        parts = [self._run({name: value[k:k + 1] if name in batched else value for name, value in feeds.items()})
+        alone = (trim_padding if self.trims_padding else dict)
+        parts = [self._run(alone({name: value[k:k + 1] if name in batched else value for name, value in feeds.items()}))
                  for k in range(items)]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
@@ -385,5 +426,6 @@ def open_session(model_path: str | Path, backend: str = "onnxruntime", device: s
     module = importlib.import_module(chosen.module)
     session = module.open_session(Path(model_path), device=device, **options)
     session.one_item_per_call = bool(one_item_per_call)
+    session.trims_padding = takes_trimmed_padding(session.inputs)
     session.model_file = Path(model_path).name
     return session

@@ -456,7 +456,7 @@ def test_sentencepiece_style_tokenizers_match_hf(tmp_path, class_name, kwargs, e
 def test_trim_padding_drops_the_positions_every_caption_pads():
     from types import SimpleNamespace
 
-    from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
+    from vlmedge.runtimes.base import takes_trimmed_padding, trim_padding
 
     mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     ids = np.array([[5, 6, 7, 9, 9, 9], [5, 7, 9, 9, 9, 9]])

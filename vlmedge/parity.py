@@ -175,15 +175,11 @@ def feed_batches(feeds: dict[str, Any], batch_size: int = 8) -> Iterator[dict[st
 def run_in_batches(session: Any, feeds: dict[str, Any], batch_size: int = 8) -> dict[str, np.ndarray]:
     """Runs a session over parity feeds in batches and concatenates the outputs.
 
-    A text graph that takes captions of any length runs each batch without the padding its
-    captions all end with, as the runtime runs it (preprocess.text.trim_padding); the
-    references are the source's at the full context, so parity covers that trimming too."""
-    # here, not at the top: Artifact.open imports this module, and the text module brings tokenizers
-    from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
-
-    trims = takes_trimmed_padding(session.inputs)
+    A text graph that takes captions of any length runs without the padding they end with,
+    as the session runs it at load (runtimes.base.trim_padding); the references are the
+    source's at the full context, so parity covers that trimming too."""
     parts: dict[str, list[np.ndarray]] = {}
     for batch in feed_batches(feeds, batch_size):
-        for name, value in session.run(trim_padding(batch) if trims else batch, non_finite_outputs=True).items():
+        for name, value in session.run(batch, non_finite_outputs=True).items():
             parts.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}

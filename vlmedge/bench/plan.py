@@ -19,9 +19,8 @@ from vlmedge.artifact import Artifact
 from vlmedge.bench.result import Row, Settings, Skip
 from vlmedge.bench.timing import Memory
 from vlmedge.errors import VlmedgeError
-from vlmedge.preprocess.text import takes_trimmed_padding, trim_padding
 from vlmedge.registry import Method, task_named
-from vlmedge.runtimes.base import TensorInfo
+from vlmedge.runtimes.base import TensorInfo, takes_trimmed_padding, trim_padding
 
 
 def _sample_items(artifact: Artifact) -> dict[str, list[Any]]:

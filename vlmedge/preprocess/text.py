@@ -349,38 +349,5 @@ def load_text_tokenizer(folder: str | Path, spec: TextPreprocessSpec | dict) -> 
     return TextTokenizer(Path(folder) / spec.tokenizer_file, spec)
 
 
-# -- trailing padding ----------------------------------------------------------------------
-#
-# Text graphs exported with a dynamic sequence axis (CLIP-style towers pooled at EOS or CLS,
-# with an attention mask and right padding) give the same embedding for a caption however many
-# padding positions follow it, so the positions that are padding in every caption of a batch
-# are dropped before the graph runs: the work scales with the longest caption, not the context.
-# Captions are still tokenized to the full context, so batches from several requests or workers
-# concatenate as they are; only the graph's call is shortened.
-
-def takes_trimmed_padding(inputs) -> bool:
-    """Whether a text graph's inputs (``TensorInfo``-like: ``name`` and ``shape``) take captions
-    of any length: an ``input_ids`` and an ``attention_mask`` whose second axis is dynamic. A
-    graph exported with a fixed context (SigLIP pools its last position) keeps its padding."""
-    by_name = {i.name: tuple(i.shape) for i in inputs}
-    return all(name in by_name and len(by_name[name]) == 2 and isinstance(by_name[name][1], str)
-               for name in ("input_ids", "attention_mask"))
-
-
-def trim_padding(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``tokens`` without the trailing positions that are padding (attention mask 0) in every
-    caption; at least one position is kept. Arrays other than the (N, L) token arrays pass as they are."""
-    mask = tokens["attention_mask"]
-    if mask.ndim != 2 or not mask.shape[0]:
-        return dict(tokens)
-    used = np.flatnonzero(mask.any(axis=0))
-    length, full = (int(used[-1]) + 1 if used.size else 1), mask.shape[1]
-    if length >= full:
-        return dict(tokens)
-    return {name: value[:, :length] if value.ndim == 2 and value.shape[1] == full else value
-            for name, value in tokens.items()}
-
-
-__all__ = ["TextPreprocessSpec", "TextTokenizer", "clean_text", "load_text_tokenizer", "takes_trimmed_padding",
-           "trim_padding"]
+__all__ = ["TextPreprocessSpec", "TextTokenizer", "clean_text", "load_text_tokenizer"]
 

@@ -8,7 +8,7 @@ zero-shot classification of images against any set of labels.
 
 Captions are tokenized to the context length; a text graph exported with a dynamic sequence
 axis (towers pooled at EOS or CLS) runs each batch of at most batch_size captions without the
-padding they all end with (preprocess.text.trim_padding), which gives the same embeddings.
+padding they all end with (runtimes.base.trim_padding), which gives the same embeddings.
 
 BLIP-2 retrieval (``postprocess["image_reduction"] == "max"``) embeds an image as one vector
 per Q-Former query token, (N, Q, D); a caption's cosine with the image is the largest over
@@ -27,7 +27,7 @@ import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image import IMAGE_TYPES
-from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer, takes_trimmed_padding, trim_padding
+from vlmedge.preprocess.text import TextPreprocessSpec, TextTokenizer
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (OneImage, Pipeline, Prediction, Several, as_list, check_distinct_labels, check_top_k,
                                 chunks, image_spec_for, l2_normalize, rank, run_pixel_batches, sigmoid, softmax)
@@ -127,8 +127,6 @@ class Clip(Pipeline):
         unknown = set(self._text_inputs) - {"input_ids", "attention_mask"}
         if unknown:
             raise ArtifactError(f"{where}: the text graph takes {sorted(unknown)}, which the tokenizer does not make.")
-        # a graph with a dynamic sequence axis runs each batch at its longest caption (preprocess.text)
-        self._trims_padding = takes_trimmed_padding(self._text.inputs)
 
     @property
     def context_length(self) -> int:
@@ -220,7 +218,7 @@ class Clip(Pipeline):
         parts = []
         for rows in chunks(range(len(tokens[self._text_inputs[0]])), size):
             feeds = {name: np.asarray(tokens[name][rows.start:rows.stop]) for name in self._text_inputs}
-            parts.append(self._text.run(trim_padding(feeds) if self._trims_padding else feeds)[self._text_output])
+            parts.append(self._text.run(feeds)[self._text_output])
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     # -- zero-shot --------------------------------------------------------------------------

@@ -54,7 +54,8 @@ from vlmedge.exporters.sources.hf.folder import load_model, refuse_if_unset, sou
 from vlmedge.exporters.sources.hf.processor import image_preprocess, naflex_or_processor_size
 from vlmedge.exporters.spec import ExportSpec, GraphSpec
 from vlmedge.preprocess.samples import caption_lines
-from vlmedge.preprocess.text import TextTokenizer, trim_padding
+from vlmedge.preprocess.text import TextTokenizer
+from vlmedge.runtimes.base import trim_padding
 
 CAPTIONS_FILE = SAMPLE_DIR / "captions.txt"
 _UNSET_MAX_LENGTH = 1_000_000  # HF uses int(1e30) for "no limit"
