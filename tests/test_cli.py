@@ -202,6 +202,28 @@ def test_threads_reach_the_backend_sessions_of_predict_bulk_and_serve(vit_artifa
     assert opened == [0]  # ONNX Runtime's own default
 
 
+def test_every_line_reaches_a_console_of_no_width_or_of_an_encoding_without_the_labels(vit_artifact, tmp_path):
+    """COLUMNS=0 made every command print nothing, errors included, and exit 0 or 1 without a
+    word; a console encoding without a label's characters (PYTHONIOENCODING=ascii, cp1252)
+    ended predict and info in UnicodeEncodeError tracebacks."""
+    import shutil
+
+    artifact = tmp_path / "vit"
+    shutil.copytree(vit_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["labels"] = ["café", "日本"] + [f"label {i}" for i in range(2, len(manifest["labels"]))]
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    every = ("--top-k", str(len(manifest["labels"])))
+    ascii_only = vlmedge_cli("predict", artifact, SAMPLE, *every, env={"PYTHONIOENCODING": "ascii"})
+    assert ascii_only.returncode == 0, ascii_only.stderr
+    assert "caf\\xe9" in ascii_only.stdout and "\\u65e5\\u672c" in ascii_only.stdout
+    assert vlmedge_cli("info", artifact, env={"PYTHONIOENCODING": "ascii"}).returncode == 0
+    no_width = vlmedge_cli("predict", artifact, SAMPLE, *every, columns=0)
+    assert no_width.returncode == 0 and "café" in no_width.stdout and "label 2" in no_width.stdout
+    missing = vlmedge_cli("predict", artifact, tmp_path / "nope.jpg", columns=0)
+    assert missing.returncode == 1 and "nope.jpg does not exist" in missing.stderr
+
+
 def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_artifact, tmp_path):
     """Labels come from the model's config: ESC sequences in one recoloured (or rewrote) the
     user's terminal through the predict table; a file's name reaches the error lines."""

@@ -34,3 +34,26 @@ def test_cli_help_imports_nothing_heavy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_export_on_a_runtime_only_install_names_the_extra(tmp_path):
+    """Without the export extra, `vlmedge export` and vlmedge.export ended in a 44-line
+    traceback (ModuleNotFoundError: onnx); each is one sentence naming the pip command."""
+    code = textwrap.dedent("""
+        import sys
+        for blocked in ("torch", "transformers", "onnx"):  # as on an install without them
+            sys.modules[blocked] = None
+        import vlmedge, vlmedge.cli
+        try:
+            vlmedge.export("builtin:shapes-vit", sys.argv[1])
+        except vlmedge.VlmedgeError as exc:
+            print("API:", type(exc).__name__, exc)
+        vlmedge.cli.main(["export", "builtin:shapes-vit", "-o", sys.argv[1]])
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "API: BackendUnavailableError Exporting needs the 'export' extra" in result.stdout
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: Exporting needs the 'export' extra") and "pip install 'vlmedge[export]'" in error
+    assert not (tmp_path / "out").exists()

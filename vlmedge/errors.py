@@ -112,8 +112,10 @@ class ParityError(ExportError):
 
 # Control characters but tab and newline: C0, DEL and C1 (ESC starts a terminal's commands); the
 # bidirectional marks, overrides and isolates, which reorder how the text after them reads; the
-# line and paragraph separators, the byte-order mark and the invisible tag characters.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+# zero-width space, which splits a label where nothing shows; the line and paragraph separators,
+# the byte-order mark and the invisible tag characters. (The zero-width joiners are not escaped:
+# emoji sequences and several scripts write with them.)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e"
                                  r"\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
 
 

@@ -4,6 +4,7 @@ commands' tables (vlmedge.cli) and bench's comparison print through it."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from rich.console import Console
@@ -22,6 +23,8 @@ class TerminalConsole(Console):
 
     def __init__(self, stderr: bool = False) -> None:
         super().__init__(stderr=stderr, soft_wrap=True)
+        if self.width < 1:  # COLUMNS=0, which rich takes as a width of 0 and prints nothing at all, errors included
+            self.width = shutil.get_terminal_size().columns  # which takes it as unset
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         super().print(*(for_terminal(o) if isinstance(o, str) else o for o in objects), **kwargs)

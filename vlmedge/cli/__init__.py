@@ -73,7 +73,7 @@ def export(
             raise UsageError(f"{flag} {path} is not a file; give the path of the file.")
     source_options = {k: v for k, v in (("image_size", image_size), ("checkpoint", checkpoint), ("labels", labels))
                       if v is not None}
-    from vlmedge.exporters.pipeline import export as run_export
+    from vlmedge import export as run_export
 
     out = err_console if as_json else console
     with contextlib.nullcontext() if quiet else out.status("exporting") as status:
@@ -271,6 +271,9 @@ app.command(name="serve", cls=Command)(_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:
+    for stream in (sys.stdout, sys.stderr):  # a label or path the console's encoding (ascii, cp1252) cannot hold
+        if hasattr(stream, "reconfigure"):  # is written as an escape (\u65e5), not a UnicodeEncodeError
+            stream.reconfigure(errors="backslashreplace")
     try:
         app(args=argv, prog_name="vlmedge")
     except VlmedgeError as exc:  # outside any command (the app's own callback)

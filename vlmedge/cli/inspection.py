@@ -35,7 +35,7 @@ def info(
     say(f"source: {source.get('reference')} ({source.get('architecture')})  created: {m.get('created')}")
     labels = m.get("labels") or []
     if labels:
-        say(f"labels ({len(labels)}): " + ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else ""))
+        say(f"labels ({len(labels)}): " + ", ".join(map(one_line, labels[:8])) + (" ..." if len(labels) > 8 else ""))
     for kind, spec in m["preprocess"].items():
         say(f"preprocess[{kind}]: " + ", ".join(f"{k}={v}" for k, v in spec.items()))
     show([{"path": escape(e["path"]), "role": e["role"], "target": e.get("target", ""),
