@@ -224,6 +224,22 @@ def test_every_line_reaches_a_console_of_no_width_or_of_an_encoding_without_the_
     assert missing.returncode == 1 and "nope.jpg does not exist" in missing.stderr
 
 
+def test_a_name_longer_than_the_file_system_takes_is_one_sentence(vit_artifact, tmp_path):
+    """A path component over 255 bytes made Path.is_dir raise (ENAMETOOLONG) in the checks
+    before any work: an OSError traceback from predict (whose other inputs did not run either),
+    info, check, bench and embed --out."""
+    long = "x" * 300
+    predicted = vlmedge_cli("predict", vit_artifact, tmp_path / f"{long}.jpg", SAMPLE)
+    assert predicted.returncode == 1 and "Traceback" not in predicted.stderr, predicted.stderr
+    assert SAMPLE.name in predicted.stdout  # the other input ran
+    info = vlmedge_cli("info", tmp_path / long)
+    assert info.returncode == 1 and info.stderr.startswith("Error: No artifact folder at"), info.stderr
+    embedded = vlmedge_cli("embed", vit_artifact, SAMPLE, "--out", tmp_path / f"{long}.npy")
+    assert embedded.returncode != 0 and "Traceback" not in embedded.stderr, embedded.stderr
+    assert embedded.stderr.strip().splitlines()[-1].endswith("has a name longer than the file system takes (255 bytes); "
+                                                             "shorten it.")
+
+
 def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_artifact, tmp_path):
     """Labels come from the model's config: ESC sequences in one recoloured (or rewrote) the
     user's terminal through the predict table; a file's name reaches the error lines."""

@@ -679,6 +679,8 @@ case("model-architecture-not-a-model-class", r"Architecture pipeline is not in t
     _architecture_not_a_model_class)
 case("model-a-weights-file-with-labels", r"model\.pt is a file; .*or load the model in Python and pass the module")(
     _a_weights_file_with_labels)
+case("output-a-name-too-long", r"has a name longer than file systems take \(255 bytes\)")(
+    lambda c: vlmedge.export(str(c.hf_vit), c.work / ("x" * 300)))
 case("model-no-config", r"(no config\.json|neither a local folder)")(_no_config)
 case("model-weights-without-the-head", r"leave 2 parameter\(s\) of ViTForImageClassification unset \(classifier.bias, "
      r"classifier.weight\), which would be exported as random values")(_weights_without_the_head)

@@ -94,7 +94,7 @@ class Artifact:
         if not isinstance(path, (str, os.PathLike)):  # load, check, bench, bulk and serve all come here first
             raise InputError(f"An artifact is a folder path (a str or os.PathLike), not {type(path).__name__}.")
         root = Path(path)
-        if not root.is_dir():
+        if not os.path.isdir(root):  # False where Path.is_dir raises: a name longer than the file system takes
             advice = (f"export it first (vlmedge export {path} -o out/model) and pass that folder"
                       if str(path).startswith(("builtin:", "timm:", "open_clip:")) else
                       "pass the folder that `vlmedge export -o` wrote")
@@ -231,6 +231,9 @@ class ArtifactWriter:
 
     def __post_init__(self) -> None:
         self.destination = Path(self.destination).absolute()
+        if any(len(os.fsencode(part)) > 255 for part in self.destination.parts):  # what file systems take
+            raise ExportError(f"{self.destination} has a name longer than file systems take (255 bytes); choose "
+                              "a shorter one.")
         _refuse_inside_an_artifact(self.destination)
         # An export replaces what is there: only an earlier artifact, or an empty folder.
         earlier = _artifact_files(self.destination)

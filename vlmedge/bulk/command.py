@@ -55,9 +55,10 @@ def check_predict_out(engine: str, out: Optional[Path], inputs: list[str], as_js
         given = f"not {out.name}" if out is not None else "and --engine ray needs one"
         raise UsageError(f"vlmedge predict writes its results to a .parquet file ({given}); pass e.g. "
                          "--out results.parquet, or drop --out to print the results.")
-    bulk_inputs = [name for name in inputs if Path(name).is_dir() or Path(name).suffix.lower() in TABLE_SUFFIXES]
+    # os.path.isdir: a name too long to stat is no folder (Path.is_dir raises); it fails as an input, the others run
+    bulk_inputs = [name for name in inputs if os.path.isdir(name) or Path(name).suffix.lower() in TABLE_SUFFIXES]
     if bulk_inputs and out is None:
-        kind = "folder" if Path(bulk_inputs[0]).is_dir() else "table"
+        kind = "folder" if os.path.isdir(bulk_inputs[0]) else "table"
         raise UsageError(f"{bulk_inputs[0]} is a {kind}; {kind}s of inputs go with --out results.parquet (bulk), "
                          "or pass the files themselves.")
     if as_json and out is not None:

@@ -6,6 +6,7 @@ text is never wrapped, to stay one line in a log."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import re
 import warnings
@@ -16,7 +17,7 @@ import typer.core
 from rich.markup import escape
 
 from vlmedge import choices
-from vlmedge.errors import VlmedgeError, one_line, printable
+from vlmedge.errors import InputError, VlmedgeError, one_line, printable
 from vlmedge.tables import TerminalConsole, print_rows
 from vlmedge.version import __version__
 
@@ -78,6 +79,13 @@ class Command(typer.core.TyperCommand):
             except VlmedgeError as exc:
                 print_error(exc)
                 raise typer.Exit(exc.exit_code) from None
+            except OSError as exc:  # a path the checks before any work met first (they stat what the user names)
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                too_long = InputError(f"{exc.filename} has a name longer than the file system takes (255 bytes); "
+                                      "shorten it.")
+                print_error(too_long)
+                raise typer.Exit(too_long.exit_code) from None
 
 
 app = typer.Typer(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import pickle
 import re
 from contextlib import contextmanager
@@ -27,14 +28,14 @@ UNSET_WEIGHT = "vlmedge_unset_weight"
 def resolve_folder(reference: str) -> Path:
     """A local folder, or the cached snapshot of a hub id, without touching the network."""
     path = Path(reference).expanduser()
-    if path.is_dir():
+    if os.path.isdir(path):  # False where Path.is_dir raises: a name longer than the file system takes
         _check_not_other_folder(path)
         if not (path / "config.json").is_file():
             raise UnsupportedModelError(
                 f"{path} has no config.json; pass a folder written by save_pretrained()."
             )
         return path
-    if path.exists():
+    if os.path.exists(path):
         raise UnsupportedModelError(f"{path} is a file; pass the folder written by save_pretrained(), or load the model "
                                     "in Python and pass the module to vlmedge.export().")
     if not _MODEL_ID.match(reference):
