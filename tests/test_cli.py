@@ -240,6 +240,25 @@ def test_a_name_longer_than_the_file_system_takes_is_one_sentence(vit_artifact, 
                                                              "shorten it.")
 
 
+def test_a_bulk_job_logging_to_a_file_says_how_far_it_got_as_it_goes(vit_artifact, tmp_path):
+    """rich draws its bar on a stderr that is no terminal only once, at the end: a job under
+    nohup, a service or CI said nothing until it was done. There, a plain line every
+    PROGRESS_LINE_EVERY_S (0 here: one per batch) and one at the end."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(3):
+        shutil.copy(SAMPLE, folder / f"{k}.jpg")
+    result = vlmedge_cli("predict", vit_artifact, folder, "--out", tmp_path / "r.parquet", "--batch-size", "1",
+                         prelude="import vlmedge.bulk.command as bulk\nbulk.PROGRESS_LINE_EVERY_S = 0")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("classify: ")]
+    assert [line.split(" inputs")[0] for line in lines] == [
+        "classify: 1/3 (33%)", "classify: 2/3 (67%)", "classify: 3/3 (100%)", "classify: 3/3 (100%)"], result.stderr
+    assert "\x1b" not in result.stderr
+
+
 def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_artifact, tmp_path):
     """Labels come from the model's config: ESC sequences in one recoloured (or rewrote) the
     user's terminal through the predict table; a file's name reaches the error lines."""

@@ -359,6 +359,21 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "mine"
 
 
+def test_an_empty_or_relative_home_or_xdg_folder_is_not_where_the_cache_goes(monkeypatch, tmp_path):
+    """HOME= put the cache at the file system's root (/.cache/vlmedge); a relative
+    XDG_CACHE_HOME, which the XDG spec says to ignore, followed the working folder."""
+    import pwd
+
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    monkeypatch.delenv("VLMEDGE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root() == tmp_path / ".cache" / "vlmedge"
+    for unusable in ("", "relative/home"):
+        monkeypatch.setenv("HOME", unusable)
+        assert cache_root() == home / ".cache" / "vlmedge"
+
+
 def test_an_untouched_entry_is_not_hashed_again_but_a_touched_one_is(two_target_artifact, cache_dir, monkeypatch):
     entry = _session(two_target_artifact, "onnxruntime").cache_path
     hashed: list[str] = []

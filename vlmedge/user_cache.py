@@ -30,8 +30,21 @@ def cache_root() -> Path:
     explicit = os.environ.get("VLMEDGE_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "vlmedge"
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative one is ignored (it would follow the working folder)
+        base = str(_home() / ".cache")
+    return Path(base) / "vlmedge"
+
+
+def _home() -> Path:
+    """$HOME where it is an absolute path, else the user's home in the password database: an
+    empty HOME put the cache at the file system's root, a relative one under the working folder."""
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        return Path(home)
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
 
 
 def cache_enabled(requested: bool | None = None) -> bool:

@@ -99,8 +99,8 @@ def peak_lines(result: BenchResult) -> list[str]:
     for m in result.peaks:
         have = ", ".join(f"{p.precision} {p.gops:.4g}" for p in m.peaks if p.gops is not None)
         missing = "; ".join(f"{p.precision}: {p.note}" for p in m.peaks if p.gops is None)
-        lines.append(f"peak {m.backend} {m.backend_version}, {threads_text(m.threads)}: {have or 'none'} GOP/s "
-                     f"({GEMM_DEPTH} chained {m.gemm_size}^3 GEMMs); bandwidth {m.bandwidth_gbs} GB/s ({m.bandwidth_method}); "
+        measured = f"{have} GOP/s ({GEMM_DEPTH} chained {m.gemm_size}^3 GEMMs)" if have else "no GEMM peak measured"
+        lines.append(f"peak {m.backend} {m.backend_version}, {threads_text(m.threads)}: {measured}; bandwidth {m.bandwidth_gbs} GB/s ({m.bandwidth_method}); "
                      f"{'cached, ' if m.cached else ''}measured {m.measured} at load "
                      f"{', '.join(map(str, m.load_average)) or 'n/a'}" + (f"; n/a: {missing}" if missing else ""))
     return lines

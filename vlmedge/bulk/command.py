@@ -298,15 +298,45 @@ def _say_passed_over(found: Any, kind: str, err_console: Console) -> None:
         err_console.print(f"[yellow]{note}[/yellow]", highlight=False)
 
 
+# How often a job whose stderr is no terminal (nohup, a service, CI, a file) says how far it got.
+PROGRESS_LINE_EVERY_S = 10.0
+
+
 @contextlib.contextmanager
 def _progress(err_console: Console, label: str, total: Optional[int]):
-    """A progress bar on stderr; yields the function that advances it by n inputs."""
+    """A progress bar on stderr, or where stderr is no terminal (rich draws a bar there only
+    once, at the end) a line every PROGRESS_LINE_EVERY_S and one at the end; yields the
+    function that advances it by n inputs."""
+    if not err_console.is_terminal:
+        yield from _progress_lines(err_console, label, total)
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         task_id = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task_id, n)
+
+
+def _progress_lines(err_console: Console, label: str, total: Optional[int]):
+    started = said = time.monotonic()
+    done = 0
+
+    def say() -> None:
+        of = f"/{total} ({100 * done / total:.0f}%)" if total else ""
+        err_console.print(f"{label}: {done}{of} inputs, {time.monotonic() - started:.0f} s", highlight=False)
+
+    def advance(n: int) -> None:
+        nonlocal done, said
+        done += n
+        if time.monotonic() - said >= PROGRESS_LINE_EVERY_S:
+            said = time.monotonic()
+            say()
+
+    try:
+        yield advance
+    finally:
+        say()
 
 
 class _Summary:
