@@ -35,6 +35,7 @@ from vlmedge.exporters.budget import add_accuracy, measure_latencies
 from vlmedge.exporters.calibration import rows
 from vlmedge.exporters.onnx import raise_if_out_of_room
 from vlmedge.exporters.pipeline import quiet_progress_bars
+from vlmedge.manifest import DYNAMIC_INT8_METHOD
 from vlmedge.parity import GATES, Gate, parity_report, run_in_batches
 from vlmedge.runtimes.base import backend_of_target, open_session
 
@@ -431,15 +432,15 @@ def ort_int8_recipes(context: Any) -> list[Recipe]:
     return [
         Recipe("ort-static-qdq", 0, {"op_types": norm, "nodes": []}, static(static_ops, False),
                {**calib, "quantized_op_types": static_ops}),
-        Recipe("ort-dynamic", 0, {"op_types": norm, "nodes": []}, dynamic(dynamic_ops, False),
+        Recipe(DYNAMIC_INT8_METHOD, 0, {"op_types": norm, "nodes": []}, dynamic(dynamic_ops, False),
                {"quantized_op_types": dynamic_ops}),
         Recipe("ort-static-qdq", 1, {"op_types": norm, "nodes": ends}, static(static_ops, True),
                {**calib, "quantized_op_types": static_ops}),
-        Recipe("ort-dynamic", 1, {"op_types": norm, "nodes": ends}, dynamic(dynamic_ops, True),
+        Recipe(DYNAMIC_INT8_METHOD, 1, {"op_types": norm, "nodes": ends}, dynamic(dynamic_ops, True),
                {"quantized_op_types": dynamic_ops}),
         Recipe("ort-static-qdq", 2, {"op_types": SENSITIVE[:5], "nodes": ends}, static(["MatMul"], True, True),
                {**calib, "quantized_op_types": ["MatMul with constant weights"]}),
-        Recipe("ort-dynamic", 2, {"op_types": SENSITIVE[:5], "nodes": ends}, dynamic(["MatMul"], True, True),
+        Recipe(DYNAMIC_INT8_METHOD, 2, {"op_types": SENSITIVE[:5], "nodes": ends}, dynamic(["MatMul"], True, True),
                {"quantized_op_types": ["MatMul with constant weights"]}),
     ]
 

@@ -14,6 +14,7 @@ from typing import Any
 from vlmedge.artifact import Artifact
 from vlmedge.environment import cpu_flags, cpuinfo
 from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning, UsageError, warn_caller
+from vlmedge.manifest import DYNAMIC_INT8_METHOD
 from vlmedge.parity import PRECISIONS
 from vlmedge.runtimes.base import (BACKENDS, Session, backend_named, backend_of_target, check_session_options,
                                    open_session)
@@ -126,6 +127,8 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
         backend = known.name
     check_session_options(backend_named(backend), {k: v for k, v in options.items() if k != "cache"})
     options = {**entry.get("session_options", {}), **options}
+    if ((entry.get("parity") or {}).get("quantization") or {}).get("method") == DYNAMIC_INT8_METHOD:
+        options["one_item_per_call"] = True  # also where an earlier vlmedge did not record it: batchmates moved answers
     options["cache"] = cache_enabled(options.get("cache"))
     files = [artifact.path_of(e) for e in artifact.model_files(entry)]
     before = _identities(files)

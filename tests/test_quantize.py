@@ -84,6 +84,27 @@ def test_int8_reports_its_recipe_and_calibration(every_variant):
     assert static[0]["calibration"]["samples"] == (parity_rows + 1) // 2
 
 
+def test_a_dynamic_int8_file_of_an_earlier_vlmedge_runs_each_item_alone_too(every_variant, tmp_path):
+    """Artifacts written before vlmedge recorded one_item_per_call name their method only: their
+    dynamic int8 files answered an item as its batchmates moved it (0.007 on an image beside
+    two others, served requests beside other clients'); the method alone now says so."""
+    import json
+    import shutil
+
+    import vlmedge
+
+    for method, alone in (("ort-dynamic", True), ("ort-static-qdq", False)):
+        artifact = tmp_path / method
+        shutil.copytree(every_variant, artifact)
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        (entry,) = [e for e in manifest["files"] if e.get("target") == "onnx" and e.get("precision") == "int8"]
+        entry["parity"].setdefault("quantization", {})["method"] = method
+        entry.pop("session_options", None)  # as an earlier vlmedge wrote it
+        (artifact / "manifest.json").write_text(json.dumps(manifest))
+        model = vlmedge.load(artifact, backend="onnxruntime", precision="int8", cache=False).model
+        assert model.sessions["model"].one_item_per_call is alone
+
+
 def test_a_dynamic_int8_file_answers_an_item_alike_whatever_shares_its_batch(every_variant, tmp_path):
     """ONNX Runtime's dynamic int8 quantizes each call's activations with one scale, the whole
     batch's range: batched with a louder item, the others' answers move. Such a file is

@@ -27,8 +27,10 @@ from vlmedge.registry import TASKS
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Session options a model entry may carry to its backend (plain values only, no paths).
-MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "precision",
-                                      "one_item_per_call"})
+MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "one_item_per_call"})
+# The quantization method (an entry's parity["quantization"]["method"]) of ONNX Runtime's dynamic
+# int8, whose activation scales are taken per call: its files run each item alone.
+DYNAMIC_INT8_METHOD = "ort-dynamic"
 
 
 def check_manifest_shape(manifest: Any, where: Path) -> None:
@@ -135,6 +137,10 @@ def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
         shape = graph["outputs"][0]["shape"]
         if shape and isinstance(shape[-1], int) and shape[-1] != len(labels):
             raise _malformed(where, f"it names {len(labels)} labels for a model that scores {shape[-1]} classes")
+        if len(labels) == 1 and (manifest.get("postprocess") or {}).get("activation") == "softmax":
+            raise ArtifactError(f"{where} scores its one output with a softmax, which is 1.0 for every input (as an "
+                                "earlier vlmedge wrote it: a one-output head is a sigmoid, a regression head its "
+                                "raw value); re-export the artifact with this version of vlmedge.")
 
 
 _METRICS = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "top1", "top5", "prob_max_abs")

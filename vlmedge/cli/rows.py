@@ -156,7 +156,9 @@ def check_summary(reports: list[dict[str, Any]]) -> str:
     skipped = sum("skipped" in r for r in reports)
     passed = len(reports) - failed - skipped
     if failed:
-        return f"check FAILED: {failed} of {len(reports)} file(s) missed their gate, {passed} passed, {skipped} skipped"
+        # each such file passed its gate at export: here it answers otherwise (another CPU, backend or vlmedge)
+        return (f"check FAILED: {failed} of {len(reports)} file(s) missed their gate, {passed} passed, {skipped} skipped; "
+                "re-export the artifact with this vlmedge (on this machine), or load another precision")
     if passed:
         return f"check passed: {passed} of {len(reports)} file(s), {skipped} skipped"
     return f"nothing checked: {skipped} of {len(reports)} file(s) skipped"
