@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.errors import ArtifactError, ExportError, InputError
-from vlmedge.manifest import MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
+from vlmedge.manifest import FORMAT_REVISION, MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
 
 try:
@@ -283,7 +283,7 @@ class ArtifactWriter:
 
     def commit(self, manifest: dict[str, Any]) -> Artifact:
         """Writes the manifest last, fsyncs, and swaps the folder into place."""
-        manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": self.files}
+        manifest = {**manifest, "schema_version": SCHEMA_VERSION, "format_revision": FORMAT_REVISION, "files": self.files}
         manifest_path = self.tmp / MANIFEST_NAME
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         _fsync(manifest_path)

@@ -4,6 +4,7 @@ KeyError or TypeError somewhere later.
 
 Manifest schema v1 (JSON):
     schema_version  1
+    format_revision 2 (FORMAT_REVISION; absent: 1)
     task            "image-classification" | "image-embedding" | "clip" | "audio-classification"
     source          {"reference", "architecture", "config_sha256", ...}
     graphs          {graph: {"inputs": [TensorInfo], "outputs": [TensorInfo], "dynamic_axes": {...}}}
@@ -25,6 +26,10 @@ from vlmedge.errors import ArtifactError
 from vlmedge.registry import TASKS
 
 SCHEMA_VERSION = 1
+# Raised whenever an export starts writing a field otherwise for the same model (a fix), so that
+# the runtime and the user (vlmedge info) can tell an artifact written before it. 2: one-output
+# heads a sigmoid and regression heads raw (were a softmax), dynamic int8 files one_item_per_call.
+FORMAT_REVISION = 2
 MANIFEST_NAME = "manifest.json"
 # Session options a model entry may carry to its backend (plain values only, no paths).
 MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "one_item_per_call"})

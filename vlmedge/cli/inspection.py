@@ -31,7 +31,8 @@ def info(
         return
     source = m.get("source", {})
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-    console.print(f"[bold]{escape(str(artifact))}[/bold]  task: {m['task']}  schema: v{m['schema_version']}")
+    console.print(f"[bold]{escape(str(artifact))}[/bold]  task: {m['task']}  schema: v{m['schema_version']} "
+                  f"(revision {m.get('format_revision', 1)})")
     say(f"source: {source.get('reference')} ({source.get('architecture')})  created: {m.get('created')}")
     labels = m.get("labels") or []
     if labels:
