@@ -188,7 +188,13 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                         attempt.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
                         context.say(f"[{graph.name}] {target} {precision} {label} failed to load: {exc}")
                         continue
-                    report = parity_report(context.references, run_in_batches(session, context.feeds), graph.compare, gate)
+                    try:
+                        actual = run_in_batches(session, context.feeds)
+                    except Exception as exc:  # a backend that computes the file wrongly: no verdict on accuracy
+                        attempt.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                        context.say(f"[{graph.name}] {target} {precision} {label} failed to run: {exc}")
+                        continue
+                    report = parity_report(context.references, actual, graph.compare, gate)
                     if held_out is not None:
                         _judge_held_out(report, session, held_out, graph.compare, gate)
                     add_accuracy(report, session, getattr(context, "evaluation", None), gate)

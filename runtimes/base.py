@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlmedge.errors import BackendUnavailableError, InputError, NonFiniteOutputError, UsageError
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, NonFiniteOutputError, UsageError
 
 
 @dataclass(frozen=True)
@@ -256,9 +256,30 @@ class Session(ABC):
         if self.trims_padding:
             feeds = trim_padding(feeds)
         outputs = self._run_items_alone(feeds) if self.one_item_per_call else self._run(feeds)
+        if check:
+            self._check_output_shapes(feeds, outputs)
         if check and not non_finite_outputs:
             self._check_finite(outputs)
         return outputs
+
+    def _check_output_shapes(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Refuses an output whose rank, fixed sizes or batch differ from what the file declares:
+        a backend's transformations may compute a file wrongly (OpenVINO's CPU plugin answered an
+        NNCF int8 text tower's (batch, 16) as (1, batch, 16)), which would be read as other rows."""
+        batched = [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
+        items = feeds[batched[0]].shape[0] if batched and batched[0] in feeds else None
+        for info in self.outputs:
+            value = outputs.get(info.name)
+            if value is None or not info.shape:
+                continue
+            fixed = all(not isinstance(want, int) or want == got for want, got in zip(info.shape, value.shape))
+            batch_ok = items is None or isinstance(info.shape[0], int) or value.shape[:1] == (items,)
+            if len(info.shape) != value.ndim or not fixed or not batch_ok:
+                raise ArtifactError(
+                    f"{self.model_file} ({self.backend}, {self.precision or 'its precision'}) answered '{info.name}' "
+                    f"of shape {tuple(value.shape)} for {items} input(s), where it declares "
+                    f"({', '.join(map(str, info.shape))}): {self.backend} computes this file wrongly here; load "
+                    "another precision or backend.")
 
     def _check_finite(self, outputs: dict[str, np.ndarray]) -> None:
         """Refuses outputs holding NaN or infinity (the feeds were finite), naming how many of

@@ -182,6 +182,31 @@ def test_outputs_holding_nan_or_infinity_are_refused_unless_asked_for(backend, t
         assert np.isinf(kept["y"][1:, 0]).all() and np.isfinite(kept["y"][0]).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_output_of_another_shape_than_the_file_declares_is_refused(backend, tmp_path):
+    """OpenVINO's CPU plugin answered an NNCF int8 text tower's (batch, 16) as (1, batch, 16):
+    read as it came, rows were other captions' (the int8 ladder's concatenation crashed the
+    whole export). An output of another rank, fixed size or batch is refused, naming both."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.hardening_support import _save
+
+    graph = helper.make_graph(  # declares (batch, 2), answers the first row alone
+        [helper.make_node("Slice", ["x", "start", "end"], ["y"])], "first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(np.array([0], np.int64), "start"),
+                     numpy_helper.from_array(np.array([1], np.int64), "end")])
+    session = open_session(to_backend(_save(graph, tmp_path / "first.onnx"), backend), backend=backend)
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(ArtifactError, match=r"^first\.(onnx|xml) \(" + backend + r", its precision\) answered 'y' of "
+                       r"shape \(1, 2\) for 3 input\(s\), where it declares \(batch, 2\): " + backend + r" computes this "
+                       r"file wrongly here; load another precision or backend\.$"):
+        session.run({"x": x})
+    assert session.run({"x": x[:1]})["y"].shape == (1, 2)
+    assert session.run({"x": x}, check=False)["y"].shape == (1, 2)  # a benchmark's timed call checks nothing
+
+
 def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, image_files):
     """The Python API refuses the call (never a NaN score); a bulk job runs the batch's rows
     alone and gives the overflowing row the error, the others their labels."""

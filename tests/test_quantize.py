@@ -423,6 +423,30 @@ def test_int8_retries_with_sensitive_ops_kept_in_float(small_vit, tmp_path):
                                                       "/model/classifier/Gemm"]
 
 
+def test_a_candidate_a_backend_runs_wrongly_is_a_failed_attempt_not_a_failed_export(small_vit, tmp_path, monkeypatch):
+    """OpenVINO answered an AltCLIP int8 text candidate in another shape: the ladder's run of it
+    raised, and the whole export stopped with nothing written. Such a candidate is a failed
+    attempt, recorded with its error, and the ladder goes on."""
+    import vlmedge
+    import vlmedge.exporters.quantize as quantize
+    from vlmedge.errors import ArtifactError
+
+    real, calls = quantize.run_in_batches, []
+
+    def wrong_the_first_time(session, feeds, *args, **kwargs):
+        calls.append(session)
+        if len(calls) == 1:
+            raise ArtifactError("answered 'logits' of shape (1, 8, 12) for 8 input(s), where it declares (batch, 12)")
+        return real(session, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "run_in_batches", wrong_the_first_time)
+    artifact = vlmedge.export(str(small_vit), tmp_path / "a", to=["onnx"], precision=["int8"])
+    (entry,) = artifact.model_entries(precision="int8")
+    attempts = entry["parity"]["quantization"]["attempts"]
+    assert attempts[0]["passed"] is False and attempts[0]["error"].startswith("ArtifactError: answered 'logits'")
+    assert entry["parity"]["passed"] and len(calls) > 1
+
+
 def test_a_recipe_that_quantizes_nothing_makes_no_int8_file(tmp_path):
     """In a conv net, level 2 (MatMuls with constant weights, the first and last layers kept in
     float) quantizes nothing: it built the fp32 graph again, which passed the gate its int8
