@@ -310,7 +310,7 @@ _manifest_case("manifest-absolute-path", r"names the path '/etc/passwd', which l
                lambda m: _model(m).update(path="/etc/passwd"))
 _manifest_case("manifest-dotdot-path", r"'onnx/\.\./\.\./outside\.onnx', which leaves the artifact folder",
                lambda m: _model(m).update(path="onnx/../../outside.onnx"))
-_manifest_case("manifest-one-output-softmaxed", r"scores its one output with a softmax, which is 1\.0 for every input .*"
+_manifest_case("manifest-one-output-softmaxed", r"scores its one output with a softmax, which is 1\.0 for every image .*"
                r"re-export the artifact", lambda m: (m.update(labels=["only"]),  # as vlmedge wrote one-output heads
                                                       m["graphs"]["model"]["outputs"][0].update(shape=["batch", 1])))
 _manifest_case("manifest-session-option-precision", r"session option precision='int8'.*may not set",  # no backend takes it

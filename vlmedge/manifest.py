@@ -142,8 +142,10 @@ def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
         shape = graph["outputs"][0]["shape"]
         if shape and isinstance(shape[-1], int) and shape[-1] != len(labels):
             raise _malformed(where, f"it names {len(labels)} labels for a model that scores {shape[-1]} classes")
-        if len(labels) == 1 and (manifest.get("postprocess") or {}).get("activation") == "softmax":
-            raise ArtifactError(f"{where} scores its one output with a softmax, which is 1.0 for every input (as an "
+        # an image classifier only: transformers' audio pipeline softmaxes one logit too, and vlmedge with it
+        if (task.name == "image-classification" and len(labels) == 1
+                and (manifest.get("postprocess") or {}).get("activation") == "softmax"):
+            raise ArtifactError(f"{where} scores its one output with a softmax, which is 1.0 for every image (as an "
                                 "earlier vlmedge wrote it: a one-output head is a sigmoid, a regression head its "
                                 "raw value); re-export the artifact with this version of vlmedge.")
 
