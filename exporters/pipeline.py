@@ -29,7 +29,7 @@ import numpy as np
 
 from vlmedge.artifact import Artifact, ArtifactWriter
 from vlmedge.check import PARITY_FILE
-from vlmedge.environment import package_versions
+from vlmedge.environment import export_extra_missing, package_versions
 from vlmedge.errors import (BackendUnavailableError, ExportError, InputError, ParityError, UnsupportedModelError,
                             UsageError, VlmedgeError, exception_line)
 from vlmedge.exporters.budget import add_accuracy, measure_latency, speed_fields
@@ -398,11 +398,13 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
     return graph_io
 
 
-def _build_failure(graph: str, target: str, prec: str, exc: Exception) -> ExportError:
+def _build_failure(graph: str, target: str, prec: str, exc: Exception) -> VlmedgeError:
     """A converter's or quantizer's own exception as one sentence naming the variant (the
-    full exception stays on __cause__), with `variant` set as for vlmedge's own errors."""
-    error = ExportError(f"Building the {target} {prec} file of graph '{graph}' failed ({exception_line(exc)}); "
-                        f"export without {target} {prec} (--to, --precision).")
+    full exception stays on __cause__), with `variant` set as for vlmedge's own errors; a
+    package of the export extra its tools import (NNCF) named with the pip command."""
+    missing = export_extra_missing(exc) if isinstance(exc, ModuleNotFoundError) else None
+    error = missing or ExportError(f"Building the {target} {prec} file of graph '{graph}' failed "
+                                   f"({exception_line(exc)}); export without {target} {prec} (--to, --precision).")
     error.variant = (target, prec)
     return error
 

@@ -229,6 +229,9 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     best = max(tried, key=lambda a: a["cosine_min"], default=None)
     best_text = (f"the best reached cosine {best['cosine_min']:.6f}" + (f", top-1 {best['top1']:.0%}" if "top1" in best else "")
                  + f" ({best['method']}, level {best['level']})") if best else "none could be built"
+    unjudged = [a["error"] for a in attempts if "cosine_min" not in a and "error" in a]
+    if unjudged and best:  # a candidate the backend could not build or run has no cosine to compare
+        best_text += f"; {len(unjudged)} could not be built or run ({unjudged[0][:160]})"
     error = ParityError(
         f"No {target} {precision} file of graph '{graph.name}' passed its gate (min cosine {gate.min_cosine}, "
         f"top-1 {gate.min_top1:.0%}) after {len(attempts)} attempt(s), the later ones keeping "

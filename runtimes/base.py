@@ -148,13 +148,16 @@ os.register_at_fork(after_in_child=_sessions_in_forked_child)
 # caption, not the context. Callers still tokenize to the full context, so batches from several
 # requests or workers concatenate as they are; only the graph's call is shortened.
 
-def takes_trimmed_padding(inputs) -> bool:
-    """Whether a graph's inputs (``TensorInfo``-like: ``name`` and ``shape``) take captions of
-    any length: an ``input_ids`` and an ``attention_mask`` whose second axis is dynamic. A
-    graph exported with a fixed context (SigLIP pools its last position) keeps its padding."""
+def takes_trimmed_padding(inputs, outputs) -> bool:
+    """Whether a graph (its ``TensorInfo``-like inputs and outputs: ``name`` and ``shape``) takes
+    captions of any length and pools them: an ``input_ids`` and an ``attention_mask`` whose
+    second axis is dynamic, and outputs of fixed sizes past the batch (a per-token output would
+    come out shorter). A graph exported with a fixed context (SigLIP pools its last position)
+    keeps its padding."""
     by_name = {i.name: tuple(i.shape) for i in inputs}
-    return all(name in by_name and len(by_name[name]) == 2 and isinstance(by_name[name][1], str)
-               for name in ("input_ids", "attention_mask"))
+    return (all(name in by_name and len(by_name[name]) == 2 and isinstance(by_name[name][1], str)
+                for name in ("input_ids", "attention_mask"))
+            and all(all(isinstance(d, int) for d in tuple(o.shape)[1:]) for o in outputs))
 
 
 def trim_padding(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -263,9 +266,11 @@ class Session(ABC):
         return outputs
 
     def _check_output_shapes(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        """Refuses an output whose rank, fixed sizes or batch differ from what the file declares:
-        a backend's transformations may compute a file wrongly (OpenVINO's CPU plugin answered an
-        NNCF int8 text tower's (batch, 16) as (1, batch, 16)), which would be read as other rows."""
+        """Refuses an output whose rank or fixed sizes differ from what the file declares, or
+        that is not one row per input (every graph vlmedge runs answers so): a backend's
+        transformations may compute a file wrongly (an NNCF int8 text tower, declared (batch, 16),
+        came out of OpenVINO's conversion declared (1, ?, 16) and answered (1, batch, 16)), which
+        would be read as other rows."""
         batched = [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
         items = feeds[batched[0]].shape[0] if batched and batched[0] in feeds else None
         for info in self.outputs:
@@ -273,7 +278,7 @@ class Session(ABC):
             if value is None or not info.shape:
                 continue
             fixed = all(not isinstance(want, int) or want == got for want, got in zip(info.shape, value.shape))
-            batch_ok = items is None or isinstance(info.shape[0], int) or value.shape[:1] == (items,)
+            batch_ok = items is None or value.shape[:1] == (items,)
             if len(info.shape) != value.ndim or not fixed or not batch_ok:
                 raise ArtifactError(
                     f"{self.model_file} ({self.backend}, {self.precision or 'its precision'}) answered '{info.name}' "
@@ -447,6 +452,6 @@ def open_session(model_path: str | Path, backend: str = "onnxruntime", device: s
     module = importlib.import_module(chosen.module)
     session = module.open_session(Path(model_path), device=device, **options)
     session.one_item_per_call = bool(one_item_per_call)
-    session.trims_padding = takes_trimmed_padding(session.inputs)
+    session.trims_padding = takes_trimmed_padding(session.inputs, session.outputs)
     session.model_file = Path(model_path).name
     return session

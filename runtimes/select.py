@@ -127,7 +127,7 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
         backend = known.name
     check_session_options(backend_named(backend), {k: v for k, v in options.items() if k != "cache"})
     options = {**entry.get("session_options", {}), **options}
-    if ((entry.get("parity") or {}).get("quantization") or {}).get("method") == DYNAMIC_INT8_METHOD:
+    if _dynamic_int8(entry):
         options["one_item_per_call"] = True  # also where an earlier vlmedge did not record it: batchmates moved answers
     options["cache"] = cache_enabled(options.get("cache"))
     files = [artifact.path_of(e) for e in artifact.model_files(entry)]
@@ -172,11 +172,20 @@ def _warn_if_unverified(artifact: Artifact, entry: dict[str, Any], session: Sess
     parity gate verified: an fp16 OpenVINO file exported on a CPU without fp16 was verified in
     the bf16 it falls back to, and runs so again there (no warning), but in f16 on a CPU
     that has it (unverified: a warning)."""
+    if _dynamic_int8(entry) and artifact.manifest.get("format_revision", 1) < 2:
+        warn_caller(f"{entry['path']} was verified by an earlier vlmedge, which ran it on whole batches; it now runs "
+                    "each input alone (its answers no longer depend on its batchmates), which its parity gate did not "
+                    f"check: `vlmedge check {artifact.root}` checks it, or re-export the artifact.", UnverifiedWarning)
     verified = (entry.get("parity") or {}).get("provider")
     if verified and session.provider != verified:
         warn_caller(f"{entry['path']} was verified on {verified} and runs here on {session.provider}, which its "
                     f"parity gate did not check; `vlmedge check {artifact.root}` checks it on this machine.",
                     UnverifiedWarning)
+
+
+def _dynamic_int8(entry: dict[str, Any]) -> bool:
+    """Whether a model entry is ONNX Runtime dynamic int8, whose activation scales are taken per call."""
+    return ((entry.get("parity") or {}).get("quantization") or {}).get("method") == DYNAMIC_INT8_METHOD
 
 
 def model_digest(artifact: Artifact, entry: dict[str, Any]) -> str:

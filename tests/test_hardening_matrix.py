@@ -313,6 +313,13 @@ _manifest_case("manifest-dotdot-path", r"'onnx/\.\./\.\./outside\.onnx', which l
 _manifest_case("manifest-one-output-softmaxed", r"scores its one output with a softmax, which is 1\.0 for every image .*"
                r"re-export the artifact", lambda m: (m.update(labels=["only"]),  # as vlmedge wrote one-output heads
                                                       m["graphs"]["model"]["outputs"][0].update(shape=["batch", 1])))
+_manifest_case("manifest-one-output-no-activation", r"scores its one output with a softmax",  # softmax by default
+               lambda m: (m.update(labels=["only"], postprocess=None),
+                          m["graphs"]["model"]["outputs"][0].update(shape=["batch", 1])))
+_manifest_case("manifest-format-revision-of-a-newer-vlmedge", r"format revision 3, written by a newer vlmedge than this "
+               r"one \(which reads up to 2\); upgrade vlmedge", lambda m: m.update(format_revision=3))
+_manifest_case("manifest-format-revision-as-text", r"has a format_revision of '2', not a whole number from 1",
+               lambda m: m.update(format_revision="2"))
 _manifest_case("manifest-session-option-precision", r"session option precision='int8'.*may not set",  # no backend takes it
                lambda m: _model(m).update(session_options={"precision": "int8"}))
 _manifest_case("manifest-session-option-cache-dir", r"session option cache_dir='/tmp/x'.*may not set",

@@ -205,6 +205,15 @@ def test_an_output_of_another_shape_than_the_file_declares_is_refused(backend, t
         session.run({"x": x})
     assert session.run({"x": x[:1]})["y"].shape == (1, 2)
     assert session.run({"x": x}, check=False)["y"].shape == (1, 2)  # a benchmark's timed call checks nothing
+    graph = helper.make_graph(  # (1, batch, 2), whatever it declares (the backend's own reading declares it so)
+        [helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], "unsqueezed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "batch", 2])],
+        initializer=[numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    session = open_session(to_backend(_save(graph, tmp_path / "unsqueezed.onnx"), backend), backend=backend)
+    with pytest.raises(ArtifactError, match=r"answered 'y' of shape \(1, 3, 2\) for 3 input\(s\), where it declares "
+                       r"\(1, "):
+        session.run({"x": x})
 
 
 def test_a_model_that_overflows_on_one_input_fails_that_input_alone(tmp_path, image_files):

@@ -456,7 +456,7 @@ def test_sentencepiece_style_tokenizers_match_hf(tmp_path, class_name, kwargs, e
 def test_trim_padding_drops_the_positions_every_caption_pads():
     from types import SimpleNamespace
 
-    from vlmedge.runtimes.base import takes_trimmed_padding, trim_padding
+    from vlmedge.runtimes.base import TensorInfo, takes_trimmed_padding, trim_padding
 
     mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     ids = np.array([[5, 6, 7, 9, 9, 9], [5, 7, 9, 9, 9, 9]])
@@ -472,9 +472,12 @@ def test_trim_padding_drops_the_positions_every_caption_pads():
     def inputs(*shapes):
         return [SimpleNamespace(name=n, shape=s) for n, s in zip(("input_ids", "attention_mask"), shapes)]
 
-    assert takes_trimmed_padding(inputs(("batch", "sequence"), ("batch", "sequence")))
-    assert not takes_trimmed_padding(inputs(("batch", 77), ("batch", 77)))
-    assert not takes_trimmed_padding(inputs(("batch", "sequence")))  # no mask: padding cannot be told apart
+    pooled = [TensorInfo("text_embeds", ("batch", 16), "float32")]
+    assert takes_trimmed_padding(inputs(("batch", "sequence"), ("batch", "sequence")), pooled)
+    assert not takes_trimmed_padding(inputs(("batch", 77), ("batch", 77)), pooled)
+    assert not takes_trimmed_padding(inputs(("batch", "sequence")), pooled)  # no mask: padding cannot be told apart
+    per_token = [TensorInfo("hidden", ("batch", "sequence", 16), "float32")]  # would come out shorter
+    assert not takes_trimmed_padding(inputs(("batch", "sequence"), ("batch", "sequence")), per_token)
 
 
 @settings(max_examples=300, deadline=None)

@@ -90,6 +90,7 @@ def test_a_dynamic_int8_file_of_an_earlier_vlmedge_runs_each_item_alone_too(ever
     two others, served requests beside other clients'); the method alone now says so."""
     import json
     import shutil
+    import warnings
 
     import vlmedge
 
@@ -100,9 +101,20 @@ def test_a_dynamic_int8_file_of_an_earlier_vlmedge_runs_each_item_alone_too(ever
         (entry,) = [e for e in manifest["files"] if e.get("target") == "onnx" and e.get("precision") == "int8"]
         entry["parity"].setdefault("quantization", {})["method"] = method
         entry.pop("session_options", None)  # as an earlier vlmedge wrote it
+        manifest.pop("format_revision")
         (artifact / "manifest.json").write_text(json.dumps(manifest))
-        model = vlmedge.load(artifact, backend="onnxruntime", precision="int8", cache=False).model
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            model = vlmedge.load(artifact, backend="onnxruntime", precision="int8", cache=False).model
         assert model.sessions["model"].one_item_per_call is alone
+        # verified on whole batches by the earlier vlmedge: said so (revision 1), not by a current export (2)
+        unverified = [w for w in said if "was verified by an earlier vlmedge, which ran it on whole batches" in str(w.message)]
+        assert len(unverified) == alone
+        manifest["format_revision"] = 2
+        (artifact / "manifest.json").write_text(json.dumps(manifest))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            vlmedge.load(artifact, backend="onnxruntime", precision="int8", cache=False)
 
 
 def test_a_dynamic_int8_file_answers_an_item_alike_whatever_shares_its_batch(every_variant, tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -36,24 +39,34 @@ def test_cli_help_imports_nothing_heavy():
     assert result.stdout.strip().splitlines()[-1] == "HEAVY:"
 
 
-def test_export_on_a_runtime_only_install_names_the_extra(tmp_path):
-    """Without the export extra, `vlmedge export` and vlmedge.export ended in a 44-line
-    traceback (ModuleNotFoundError: onnx); each is one sentence naming the pip command."""
+@pytest.mark.parametrize("blocked, options", [
+    ("onnx,torch,transformers", []),  # none of the extra: the exporters' own imports fail
+    ("transformers", []),  # imported where the source is read
+    ("nncf", ["--to", "openvino", "--precision", "int8"]),  # imported where OpenVINO int8 is built
+])
+def test_export_on_a_runtime_only_install_names_the_extra(blocked, options, tmp_path):
+    """Without the export extra (or a package of it), `vlmedge export` and vlmedge.export ended
+    in a 44-line traceback (ModuleNotFoundError: onnx), or a build failure that named no pip
+    command (nncf); each is one sentence naming the pip command."""
+    if "nncf" in blocked and importlib.util.find_spec("openvino") is None:
+        pytest.skip("OpenVINO is not installed")
     code = textwrap.dedent("""
         import sys
-        for blocked in ("torch", "transformers", "onnx"):  # as on an install without them
+        for blocked in sys.argv[2].split(","):  # as on an install without them
             sys.modules[blocked] = None
         import vlmedge, vlmedge.cli
         try:
-            vlmedge.export("builtin:shapes-vit", sys.argv[1])
+            vlmedge.export("builtin:shapes-vit", sys.argv[1], **({"to": ["openvino"], "precision": ["int8"]}
+                                                                 if "nncf" in sys.argv[2] else {}))
         except vlmedge.VlmedgeError as exc:
             print("API:", type(exc).__name__, exc)
-        vlmedge.cli.main(["export", "builtin:shapes-vit", "-o", sys.argv[1]])
+        vlmedge.cli.main(["export", "builtin:shapes-vit", "-o", sys.argv[1], "-q", *sys.argv[3:]])
     """)
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out"), blocked, *options],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "API: BackendUnavailableError Exporting needs the 'export' extra" in result.stdout
+    first = blocked.split(",")[0]
+    assert f"API: BackendUnavailableError Exporting needs the 'export' extra, and its {first} is not" in result.stdout
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: Exporting needs the 'export' extra") and "pip install 'vlmedge[export]'" in error
     assert not (tmp_path / "out").exists()

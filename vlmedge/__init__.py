@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 # sys.modules and never rebinds `vlmedge.bench`, so `vlmedge.bench(...)` stays the function.
 # The package imports only the stdlib at module level; measuring loads when bench() runs.
 from vlmedge.bench import bench
-from vlmedge.errors import BackendUnavailableError, VlmedgeError
+from vlmedge.errors import VlmedgeError
 from vlmedge.version import __version__
 
 
@@ -127,14 +127,19 @@ def export(model: Any, out: str | os.PathLike, to: str | Iterable[str] = ("onnx"
         >>> artifact.manifest["export"].get("dropped", [])  # doctest: +SKIP
         []
     """
+    from vlmedge.environment import export_extra_missing
+
     try:
         from vlmedge.exporters.pipeline import export as _export
-    except ModuleNotFoundError as exc:  # a runtime-only install: the exporters import only the extra's packages
-        raise BackendUnavailableError(f"Exporting needs the 'export' extra, and its {exc.name} is not installed; "
-                                      "install it with: pip install 'vlmedge[export]'.") from None
-    return _export(model, out, to=to, precision=precision, task=task, opset=opset, gates=gates,
-                   calibration=calibration, progress=progress, calibration_size=calibration_size,
-                   evaluation=evaluation, strict=strict, **source_options)
+
+        return _export(model, out, to=to, precision=precision, task=task, opset=opset, gates=gates,
+                       calibration=calibration, progress=progress, calibration_size=calibration_size,
+                       evaluation=evaluation, strict=strict, **source_options)
+    except ModuleNotFoundError as exc:  # a runtime-only install: at import, or where a step imports its package
+        missing = export_extra_missing(exc)
+        if missing is None:
+            raise
+        raise missing from None
 
 
 __all__ = ["VlmedgeError", "__version__", "bench", "export", "load"]

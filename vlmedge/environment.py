@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on: CPU, memory, OS, package versions and NVIDIA GPUs.
+"""The machine a benchmark ran on: CPU, memory, OS, package versions and NVIDIA GPUs; and
+what of vlmedge's pip extras is installed here.
 
 Stdlib only, and no backend is imported to learn its version (importlib.metadata reads
 the installed distribution), so describing the machine never changes what is measured.
@@ -12,6 +13,8 @@ import platform
 import re
 import shutil
 from dataclasses import dataclass, field
+
+from vlmedge.errors import BackendUnavailableError
 
 PACKAGES = ("vlmedge", "numpy", "torch", "transformers", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
 # The CPU features that decide which kernels the backends pick: wide vectors, int8 dot
@@ -195,3 +198,25 @@ def describe() -> Environment:
         load_average=load,
         cpu_flags=cpu_flags(info),
     )
+
+
+def extra_packages(extra: str) -> list[str]:
+    """The distributions the pip extra `vlmedge[extra]` brings, from the installed metadata."""
+    import importlib.metadata
+
+    try:
+        requirements = importlib.metadata.requires("vlmedge") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    marker = re.compile(r"extra\s*==\s*['\"]" + re.escape(extra) + r"['\"]")
+    return [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in requirements if marker.search(r)]
+
+
+def export_extra_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | None:
+    """The sentence for a package of the export extra that an export step could not import
+    (torch, transformers, onnx, NNCF ...), or None for another module."""
+    modules = {name.replace("protobuf", "google") for name in extra_packages("export")}
+    if modules and (exc.name or "").split(".")[0] not in modules:
+        return None
+    return BackendUnavailableError(f"Exporting needs the 'export' extra, and its {exc.name} is not installed; "
+                                   "install it with: pip install 'vlmedge[export]'.")

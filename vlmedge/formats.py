@@ -11,20 +11,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import re
 from typing import Any, Callable
 
+from vlmedge.environment import extra_packages
 from vlmedge.errors import UsageError
-
-
-def extra_packages(extra: str) -> list[str]:
-    """The distributions the pip extra `vlmedge[extra]` brings, from the installed metadata."""
-    try:
-        requirements = importlib.metadata.requires("vlmedge") or []
-    except importlib.metadata.PackageNotFoundError:
-        return []
-    marker = re.compile(r"extra\s*==\s*['\"]" + re.escape(extra) + r"['\"]")
-    return [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in requirements if marker.search(r)]
 
 
 def _installed(distribution: str) -> bool:

@@ -52,6 +52,13 @@ def check_manifest_shape(manifest: Any, where: Path) -> None:
             f"{where} has schema version {version!r}, but this vlmedge reads version {SCHEMA_VERSION}; "
             "re-export the artifact with this version of vlmedge or install the version that wrote it."
         )
+    revision = manifest.get("format_revision", 1)
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+        raise ArtifactError(f"{where} has a format_revision of {revision!r}, not a whole number from 1; the artifact "
+                            "is corrupt, re-export it.")
+    if revision > FORMAT_REVISION:
+        raise ArtifactError(f"{where} has format revision {revision}, written by a newer vlmedge than this one (which "
+                            f"reads up to {FORMAT_REVISION}); upgrade vlmedge or re-export the artifact with this one.")
     for key, kind in (("task", str), ("files", list), ("graphs", dict), ("preprocess", dict)):
         if not isinstance(manifest.get(key), kind):
             raise ArtifactError(f"{where} lacks a valid '{key}' field; the artifact is corrupt, re-export it.")
@@ -143,8 +150,8 @@ def _check_task_shape(manifest: dict[str, Any], where: Path) -> None:
         if shape and isinstance(shape[-1], int) and shape[-1] != len(labels):
             raise _malformed(where, f"it names {len(labels)} labels for a model that scores {shape[-1]} classes")
         # an image classifier only: transformers' audio pipeline softmaxes one logit too, and vlmedge with it
-        if (task.name == "image-classification" and len(labels) == 1
-                and (manifest.get("postprocess") or {}).get("activation") == "softmax"):
+        if (task.name == "image-classification" and len(labels) == 1  # softmax is also what no activation means
+                and ((manifest.get("postprocess") or {}).get("activation") or "softmax") == "softmax"):
             raise ArtifactError(f"{where} scores its one output with a softmax, which is 1.0 for every image (as an "
                                 "earlier vlmedge wrote it: a one-output head is a sigmoid, a regression head its "
                                 "raw value); re-export the artifact with this version of vlmedge.")

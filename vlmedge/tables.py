@@ -27,7 +27,15 @@ class TerminalConsole(Console):
             self.width = shutil.get_terminal_size().columns  # which takes it as unset
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(for_terminal(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        super().print(*(encodable(for_terminal(o), self) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+def encodable(text: str, console: Console) -> str:
+    """``text`` with what the console's encoding cannot hold (ascii, cp1252: a label's 'é' or
+    '日') written as escapes before rich measures it, so that a table's columns stay aligned
+    (the streams' own backslashreplace, vlmedge.cli.main, would widen the cells after)."""
+    encoding = console.encoding or "utf-8"
+    return text if encoding.startswith("utf") else text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: tuple[str, ...] = ()) -> None:
@@ -36,8 +44,8 @@ def print_rows(console: Console, rows: list[dict[str, str]], title: str, right: 
     `column: value` pairs, as many to a line as fit."""
     if not rows:
         return
-    rows = [{column: one_line(text) for column, text in row.items()} for row in rows]
-    title = one_line(title)
+    rows = [{column: encodable(one_line(text), console) for column, text in row.items()} for row in rows]
+    title = encodable(one_line(title), console)
     columns = list(rows[0])
     table = Table(title=title, title_justify="left")
     for column in columns:

@@ -125,8 +125,9 @@ class Plan:
             real = 0 < len(self.samples.get(self.method(graph).input, [])) <= n
             feeds = {name: np.ascontiguousarray(np.repeat(array[:1], batch, axis=0)) for name, array in stored.items()}
             described = f"the first {'real sample' if real else 'stored parity input'} repeated to {batch}"
-        inputs = [TensorInfo.from_dict(i) for i in self.artifact.manifest["graphs"][graph].get("inputs", [])]
-        if takes_trimmed_padding(inputs):  # as the runtime runs it: at the longest caption of the batch
+        declared = self.artifact.manifest["graphs"][graph]
+        inputs, outputs = ([TensorInfo.from_dict(t) for t in declared.get(kind, [])] for kind in ("inputs", "outputs"))
+        if takes_trimmed_padding(inputs, outputs):  # as the runtime runs it: at the longest caption of the batch
             feeds = trim_padding(feeds)
             described += f", {feeds['input_ids'].shape[1]} tokens"
         return feeds, described
