@@ -173,9 +173,13 @@ def _warn_if_unverified(artifact: Artifact, entry: dict[str, Any], session: Sess
     the bf16 it falls back to, and runs so again there (no warning), but in f16 on a CPU
     that has it (unverified: a warning)."""
     if _dynamic_int8(entry) and artifact.manifest.get("format_revision", 1) < 2:
-        warn_caller(f"{entry['path']} was verified by an earlier vlmedge, which ran it on whole batches; it now runs "
-                    "each input alone (its answers no longer depend on its batchmates), which its parity gate did not "
-                    f"check: `vlmedge check {artifact.root}` checks it, or re-export the artifact.", UnverifiedWarning)
+        recorded = (entry.get("session_options") or {}).get("one_item_per_call")
+        verified_as = ("ran each caption with its call's padding; it now runs each without it" if recorded else
+                       "ran it on whole batches; it now runs each input alone")
+        if not recorded or session.trims_padding:  # else its gate ran it as it runs now
+            warn_caller(f"{entry['path']} was verified by an earlier vlmedge, which {verified_as} (its answers no "
+                        f"longer depend on what shares their call), which its parity gate did not check: `vlmedge "
+                        f"check {artifact.root}` checks it, or re-export the artifact.", UnverifiedWarning)
     verified = (entry.get("parity") or {}).get("provider")
     if verified and session.provider != verified:
         warn_caller(f"{entry['path']} was verified on {verified} and runs here on {session.provider}, which its "

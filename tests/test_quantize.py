@@ -110,11 +110,13 @@ def test_a_dynamic_int8_file_of_an_earlier_vlmedge_runs_each_item_alone_too(ever
         # verified on whole batches by the earlier vlmedge: said so (revision 1), not by a current export (2)
         unverified = [w for w in said if "was verified by an earlier vlmedge, which ran it on whole batches" in str(w.message)]
         assert len(unverified) == alone
-        manifest["format_revision"] = 2
-        (artifact / "manifest.json").write_text(json.dumps(manifest))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            vlmedge.load(artifact, backend="onnxruntime", precision="int8", cache=False)
+        for revision, session_options in ((2, {}), (1, {"one_item_per_call": True})):  # its gate ran items alone
+            manifest["format_revision"] = revision
+            entry["session_options"] = session_options
+            (artifact / "manifest.json").write_text(json.dumps(manifest))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                vlmedge.load(artifact, backend="onnxruntime", precision="int8", cache=False)
 
 
 def test_a_dynamic_int8_file_answers_an_item_alike_whatever_shares_its_batch(every_variant, tmp_path):

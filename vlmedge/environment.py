@@ -215,8 +215,13 @@ def extra_packages(extra: str) -> list[str]:
 def export_extra_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | None:
     """The sentence for a package of the export extra that an export step could not import
     (torch, transformers, onnx, NNCF ...), or None for another module."""
-    modules = {name.replace("protobuf", "google") for name in extra_packages("export")}
-    if modules and (exc.name or "").split(".")[0] not in modules:
+    cause: BaseException | None = exc
+    while cause is not None and not getattr(cause, "name", None):  # transformers' lazy imports wrap the real one
+        cause = cause.__cause__ or cause.__context__
+    root = (getattr(cause, "name", None) or "").split(".")[0]
+    package = {"google": "protobuf"}.get(root, root)
+    packages = extra_packages("export")
+    if packages and package not in packages:
         return None
-    return BackendUnavailableError(f"Exporting needs the 'export' extra, and its {exc.name} is not installed; "
-                                   "install it with: pip install 'vlmedge[export]'.")
+    return BackendUnavailableError(f"Exporting needs the 'export' extra, and its {package or 'packages are'} "
+                                   f"{'is ' if package else ''}not installed; install it with: pip install 'vlmedge[export]'.")
