@@ -41,9 +41,8 @@ def measure_latencies(sessions: list[Any], feeds: dict[str, np.ndarray], warmup:
     slowed some (an AST-base int8 file timed 1.8% apart in its two float precisions, one
     after the other, and 14% apart interleaved). Stops after `runs` rounds, or after
     `max_seconds` per session once each has 3 runs."""
-    first = next(feed_batches(feeds, 1))
-    ones = [{name: np.ascontiguousarray(value) for name, value in first.items()} for _ in sessions]
-    for session, one in zip(sessions, ones):
+    one = {name: np.ascontiguousarray(value) for name, value in next(feed_batches(feeds, 1)).items()}
+    for session in sessions:
         for _ in range(max(1, warmup)):
             t0 = time.perf_counter()
             session.run(one, non_finite_outputs=True)
@@ -52,7 +51,7 @@ def measure_latencies(sessions: list[Any], feeds: dict[str, np.ndarray], warmup:
     times: list[list[float]] = [[] for _ in sessions]
     started, budget = time.perf_counter(), max_seconds * len(sessions)
     while len(times[0]) < runs and (len(times[0]) < 3 or time.perf_counter() - started < budget):
-        for session, one, taken in zip(sessions, ones, times):
+        for session, taken in zip(sessions, times):
             t0 = time.perf_counter()
             session.run(one, non_finite_outputs=True)
             taken.append((time.perf_counter() - t0) * 1000)

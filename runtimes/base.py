@@ -271,7 +271,7 @@ class Session(ABC):
         transformations may compute a file wrongly (an NNCF int8 text tower, declared (batch, 16),
         came out of OpenVINO's conversion declared (1, ?, 16) and answered (1, batch, 16)), which
         would be read as other rows."""
-        batched = [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
+        batched = self._batched_inputs()
         items = feeds[batched[0]].shape[0] if batched and batched[0] in feeds else None
         for info in self.outputs:
             value = outputs.get(info.name)
@@ -304,16 +304,20 @@ class Session(ABC):
             f"{int(bad.sum())} of the {len(bad)} input(s) of one call, whose values are finite: it overflows on them; "
             f"{advice}.", tuple(int(row) for row in np.flatnonzero(bad)))
 
+    def _batched_inputs(self) -> list[str]:
+        """The inputs whose first axis is the batch: a dynamic one."""
+        return [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
+
     def _run_items_alone(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs each item of the batch alone and stacks the outputs, so that an item's answer
         is the same whatever else shares its batch (inputs without a batch axis go whole). A
         caption runs without its own padding, not its call's: the padding a longer neighbour
         needs would widen the activation range a dynamic int8 file takes its scales from."""
-        batched = [i.name for i in self.inputs if i.shape and not isinstance(i.shape[0], int)]
+        batched = self._batched_inputs()
         items = feeds[batched[0]].shape[0] if batched else 1
         if items <= 1:
             return self._run(feeds)
-        alone = (trim_padding if self.trims_padding else dict)
+        alone = trim_padding if self.trims_padding else dict
         parts = [self._run(alone({name: value[k:k + 1] if name in batched else value for name, value in feeds.items()}))
                  for k in range(items)]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
