@@ -401,10 +401,12 @@ def export_graph(writer: ArtifactWriter, graph: GraphSpec, feeds: dict[str, np.n
 def _build_failure(graph: str, target: str, prec: str, exc: Exception) -> VlmedgeError:
     """A converter's or quantizer's own exception as one sentence naming the variant (the
     full exception stays on __cause__), with `variant` set as for vlmedge's own errors; a
-    package of the export extra its tools import (NNCF) named with the pip command."""
+    package of the export extra its tools import (NNCF) named with the pip command; running out
+    of memory said as such, since more memory, not leaving the variant out, is what it needs."""
     missing = export_extra_missing(exc) if isinstance(exc, ModuleNotFoundError) else None
-    error = missing or ExportError(f"Building the {target} {prec} file of graph '{graph}' failed "
-                                   f"({exception_line(exc)}); export without {target} {prec} (--to, --precision).")
+    outcome = ("ran out of memory; free memory or raise this process's memory limit (ulimit -v)" if isinstance(
+        exc, MemoryError) else f"failed ({exception_line(exc)}); export without {target} {prec} (--to, --precision)")
+    error = missing or ExportError(f"Building the {target} {prec} file of graph '{graph}' {outcome}.")
     error.variant = (target, prec)
     return error
 

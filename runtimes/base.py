@@ -6,6 +6,7 @@ import ctypes
 import importlib
 import importlib.util
 import os
+import re
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -15,7 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, NonFiniteOutputError, UsageError
+from vlmedge.errors import (ArtifactError, BackendUnavailableError, InputError, NonFiniteOutputError, UsageError,
+                            one_line)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Backend:
         return [o.name for o in self.options]
 
 
-_THREADS = SessionOption("threads", "the threads one call runs on (default: the backend's, one per core)", int)
+_THREADS = SessionOption("threads", "the threads one call runs on (default: one per physical core this process may use)", int)
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
@@ -426,6 +428,42 @@ def release_freed_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+# What a backend's exception says when the process ran out of memory (an address-space limit,
+# ulimit -v, shows as any of these, a plugin library that cannot be mapped included), or could
+# not start a thread (pthread_create's EAGAIN: a process or thread limit, ulimit -u; Python's
+# words for it included).
+_OUT_OF_MEMORY = re.compile(r"std::bad_alloc|Failed to allocate memory|Cannot allocate memory|failed to map segment")
+_NO_THREADS = re.compile(r"pthread_create failed|Resource temporarily unavailable|error code: 11\b|"
+                         r"can't start new thread")
+# OpenVINO's source locations, each on a line of its own before the line that says why
+_SOURCE_LOCATION = re.compile(r"^(?:Exception from \S+:\d+:|Check .* failed at \S+:\d+:)\s*")
+
+
+def backend_message(exc: BaseException, limit: int = 300) -> str:
+    """A backend exception's message for a sentence to quote: one line, without OpenVINO's
+    source locations, its lines joined by "; ", cut at a word boundary (with "…") past `limit`."""
+    lines = (_SOURCE_LOCATION.sub("", line.strip()) for line in str(exc).splitlines())
+    text = one_line("; ".join(line for line in lines if line)) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ;,:") + "…"
+
+
+def resources_exhausted(backend: str, doing: str, exc: BaseException,
+                        fewer_threads: str) -> BackendUnavailableError | None:
+    """The error for a backend exception that says the process ran out of memory or could not
+    start its threads `doing` ("while loading model.int8.onnx"), `fewer_threads` saying how to
+    run on fewer ("pass --threads 1"); None for any other exception."""
+    if isinstance(exc, MemoryError) or _OUT_OF_MEMORY.search(str(exc)):
+        return BackendUnavailableError(f"{backend} ran out of memory {doing}; free memory or raise the process's "
+                                       "limit (ulimit -v), or use a smaller precision.")
+    if _NO_THREADS.search(str(exc)):
+        return BackendUnavailableError(f"{backend} could not start its threads {doing} (a process or thread limit "
+                                       "such as ulimit -u, or too little memory for their stacks); raise the limit or "
+                                       f"{fewer_threads}.")
+    return None
 
 
 def available_backends() -> list[str]:

@@ -15,7 +15,9 @@ key.json, written last, repeats the key and lists every file with its size and s
   back, so an untouched entry loads without reading it twice. Files are fsynced before
   key.json is written, so a power cut cannot leave a listed file with unwritten data.
 - an entry is built in a temporary sibling folder and renamed into place whole, so a
-  process killed while compiling leaves at most a temporary folder that no load uses.
+  process killed while compiling leaves at most a temporary folder that no load uses; the
+  builder locks it and names its pid in it (vlmedge.build_locks), so that the next build
+  removes it (a device whose loads an out-of-memory killer ends filled its disk with them).
 - an entry is used only if its folder is the user's own and no other user can write into it
   (start_build makes it 0700). Entries are named per user, and one user's never replaces or
   removes another's: in a cache folder users share, each keeps their own.
@@ -34,15 +36,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vlmedge.artifact import sha256_file
+from vlmedge.build_locks import abandoned, lock_folder
 from vlmedge.environment import cpu_key
 from vlmedge.errors import VlmedgeError, warn_caller
 from vlmedge.user_cache import cache_root, file_identity
@@ -52,7 +56,8 @@ CACHE_FORMAT = 2
 KEY_FILE = "key.json"
 _KEY_PARTIAL = ".key-"  # key.json being written
 _TMP_PREFIX, _OLD_PREFIX = ".tmp-", ".old-"
-_ABANDONED_AFTER_S = 24 * 3600  # a temporary folder this old belongs to a killed process
+# a temporary folder without its builder's pid (an earlier vlmedge's) this old belongs to a killed process
+_ABANDONED_AFTER_S = 24 * 3600
 
 
 def files_digest(paths: Iterable[Path]) -> str:
@@ -87,6 +92,7 @@ class CacheEntry:
     status: str = "miss"
     unsaved_because: str | None = None  # why the backend's last build was abandoned, when it said
     source: str | None = None  # the model file it is built from, recorded in key.json for listings
+    _lock: int | None = field(default=None, init=False, repr=False)  # held on the folder being built
 
     def lookup(self) -> bool:
         """Whether the folder holds a complete entry of this key whose files are exactly
@@ -135,7 +141,10 @@ class CacheEntry:
             _sweep(self.folder.parent)
             import tempfile  # here, not at the top: only a miss builds, and a warm load should not pay for it
 
-            return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{self.folder.name}-", dir=self.folder.parent))
+            built = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{self.folder.name}-{os.getpid()}-",
+                                          dir=self.folder.parent))
+            self._lock = lock_folder(built)
+            return built
         except OSError as exc:
             self._unsaved(exc)
             return None
@@ -150,6 +159,7 @@ class CacheEntry:
             self._unsaved(exc)
         finally:
             shutil.rmtree(built, ignore_errors=True)  # gone already when it was renamed
+            self._release()
         if self.status == "miss":
             self._remove_superseded()
 
@@ -171,8 +181,14 @@ class CacheEntry:
         """Drops a build the backend could not finish; `because` is kept for the backend to
         report once it knows the model itself loads (a broken model fails its build too)."""
         shutil.rmtree(built, ignore_errors=True)
+        self._release()
         self.status = "unsaved"
         self.unsaved_because = because
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def warn_unsaved(self) -> None:
         """Says why a build was abandoned (see abandon), once the model loaded without it."""
@@ -249,14 +265,17 @@ def _unreadable(root: Path, doing: str) -> str | None:
             f"{doing}; check the folder's permissions, or set VLMEDGE_CACHE_DIR to a folder of your own.") if blocked else None
 
 
-def _entries() -> list[dict[str, Any]]:
-    root = cache_root()
-    found = []
+def _backend_folders() -> list[Path]:
+    """The cache folder's folders, one a backend; none where there is no readable cache folder."""
     try:
-        parents = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError:  # no cache folder yet, or none readable
-        parents = []
-    for parent in parents:
+        return sorted(p for p in cache_root().iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def _entries() -> list[dict[str, Any]]:
+    found = []
+    for parent in _backend_folders():
         for folder, record in _records(parent):
             key = record["key"]
             try:
@@ -289,11 +308,14 @@ def _records(parent: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 def clear_entries() -> tuple[int, int]:
     """Removes every complete entry of the cache folder, each renamed first as a rebuild
-    removes one (a load either finds it whole or not at all); builds in progress finish.
+    removes one (a load either finds it whole or not at all); builds in progress finish, and
+    those killed processes left are removed.
     The number of entries and the bytes removed; a VlmedgeError naming the folder if some
     could not be removed (the others are)."""
     entries = _entries()
     errors = [error for entry in entries if (error := _remove_folder(Path(entry["folder"]))) is not None]
+    for parent in _backend_folders():
+        _sweep(parent)
     if errors:
         raise VlmedgeError(f"{len(errors)} of the {len(entries)} compiled models in {cache_root()} could not be removed "
                            f"({errors[0].strerror or errors[0]}; the other {len(entries) - len(errors)} were); check "
@@ -343,14 +365,22 @@ def _replace_key_record(folder: Path, record: dict[str, Any]) -> None:
 
 
 def _sweep(parent: Path) -> None:
-    """Deletes temporary and discarded folders that killed processes left behind."""
-    now = time.time()
+    """Deletes this user's builds that killed processes left behind, and the discarded entries
+    (.old-, renamed to be removed) whose removal a killed process did not finish."""
     for candidate in parent.iterdir():
-        if candidate.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and not candidate.is_symlink():
-            try:
-                stale = now - candidate.stat().st_mtime > _ABANDONED_AFTER_S
-            except OSError:
-                continue
-            if stale:
-                shutil.rmtree(candidate, ignore_errors=True)
+        if candidate.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and _made_here_and_private(candidate) \
+                and (candidate.name.startswith(_OLD_PREFIX) or _build_abandoned(candidate)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _build_abandoned(folder: Path) -> bool:
+    """Whether no process builds in this temporary folder any more: its builder's lock is free
+    (the pid in its name, where there are no locks), or, without a pid, it is a day old."""
+    builder = re.fullmatch(rf"{re.escape(_TMP_PREFIX)}[0-9a-f]+-(\d+)-.+", folder.name)
+    if builder:
+        return abandoned(folder, int(builder.group(1)))
+    try:
+        return time.time() - folder.stat().st_mtime > _ABANDONED_AFTER_S
+    except OSError:
+        return False
 

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, first_line, warn_caller
-from vlmedge.runtimes.base import Session, TensorInfo, release_freed_heap
+from vlmedge.environment import available_physical_cores
+from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError, VlmedgeError, warn_caller
+from vlmedge.runtimes.base import Session, TensorInfo, backend_message, release_freed_heap, resources_exhausted
 from vlmedge.runtimes.cache import CacheEntry, cache_entry, files_digest
 from vlmedge.runtimes.onnx_external import check_external_data, model_files
 
@@ -34,11 +35,12 @@ _ORT_TYPES = {
 
 
 # What ONNX Runtime raises for a bad model file or a run that fails (its own classes
-# derive from Exception directly).
+# derive from Exception directly), and for memory it could not allocate (pybind11's
+# translation of std::bad_alloc).
 _ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in (
     "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
     "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail") if hasattr(ort.capi.onnxruntime_pybind11_state, name)
-) + (RuntimeError,)
+) + (RuntimeError, MemoryError)
 
 
 def _infos(args) -> list[TensorInfo]:
@@ -182,11 +184,12 @@ class OnnxRuntimeSession(Session):
             cls._open((optimised / _CACHED_MODEL, optimised), "none", threads, providers, save_to=built,
                       save_packed=True)
             shutil.rmtree(optimised)
-        except (ArtifactError, OSError) as exc:
+        except (ArtifactError, BackendUnavailableError, OSError) as exc:
             # saving may be what failed (a full disk: the entry is about twice the model), or
-            # the model itself: the load goes on without the cache, and says why once it loaded
-            entry.abandon(built, because=str(exc) if isinstance(exc, OSError) else
-                          "ONNX Runtime could not save its optimised model there; is the disk full?")
+            # the model itself, or the memory its two passes take beyond a plain load's: the load
+            # goes on without the cache, and says why once it loaded
+            entry.abandon(built, because="ONNX Runtime could not save its optimised model there; is the disk full?"
+                          if isinstance(exc, ArtifactError) else str(exc))
             return False
         finally:
             # the builders' heap, freed, would otherwise stay resident under the session opened
@@ -205,8 +208,10 @@ class OnnxRuntimeSession(Session):
         check_external_data(model_path, data_root)
         options = ort.SessionOptions()
         options.graph_optimization_level = _LEVELS[optimization]
-        if threads:
-            options.intra_op_num_threads = threads
+        # Its own default is one thread per physical core of the machine, even where the
+        # process may use fewer (taskset, a container's cpuset): the extra threads then spin
+        # on the same cores, at half the speed on one CPU of two.
+        options.intra_op_num_threads = threads or available_physical_cores()
         options.log_severity_level = 3
         if save_to is not None:
             options.optimized_model_filepath = str(save_to / _CACHED_MODEL)
@@ -219,20 +224,31 @@ class OnnxRuntimeSession(Session):
         try:
             return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except _ORT_ERRORS as exc:
-            raise ArtifactError(f"ONNX Runtime cannot load {Path(model_path).name}: {first_line(exc)}; the file is "
-                                "corrupt or not a model this onnxruntime reads. Re-export it.") from None
+            raise _not_loaded(Path(model_path).name, exc) from None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             results = self._session.run(self._output_names, feeds)
         except _ORT_ERRORS as exc:
             shapes = {name: list(array.shape) for name, array in feeds.items()}
-            raise InputError(f"ONNX Runtime could not run the model on inputs of shapes {shapes}: "
-                             f"{first_line(exc)}") from None
+            raise _exhausted(f"while running {self.model_file} on inputs of shapes {shapes}", exc) or InputError(
+                f"ONNX Runtime could not run the model on inputs of shapes {shapes}: {backend_message(exc)}") from None
         return dict(zip(self._output_names, results))
 
     def _release(self) -> None:
         self._session = None
+
+
+def _not_loaded(file_name: str, exc: BaseException) -> VlmedgeError:
+    """What a failed load of a model file says: out of memory or threads, else a bad file."""
+    return _exhausted(f"while loading {file_name}", exc) or ArtifactError(
+        f"ONNX Runtime cannot load {file_name}: {backend_message(exc)}; the file is corrupt or not a model this "
+        "onnxruntime reads. Re-export it.")
+
+
+def _exhausted(doing: str, exc: BaseException) -> BackendUnavailableError | None:
+    """resources_exhausted for ONNX Runtime, which starts no thread of its own with --threads 1."""
+    return resources_exhausted("ONNX Runtime", doing, exc, fewer_threads="pass --threads 1")
 
 
 def open_session(model_path: Path, device: str = "cpu", **options: Any) -> OnnxRuntimeSession:

@@ -19,7 +19,7 @@ import numpy as np
 import openvino as ov
 
 from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
-from vlmedge.runtimes.base import Session, TensorInfo, backend_named
+from vlmedge.runtimes.base import Session, TensorInfo, backend_message, backend_named, resources_exhausted
 from vlmedge.runtimes.cache import CacheEntry, files_digest
 from vlmedge.runtimes.cache import cache_entry
 from vlmedge.runtimes.mapped import MappedFile
@@ -53,6 +53,8 @@ def device_name(device: str) -> str:
     """vlmedge's device ("cpu", "gpu.1", "npu") as OpenVINO names it, checked against the present ones."""
     name = device.strip().upper()
     present = core().available_devices
+    if not present:
+        raise _cpu_plugin_failed()
     family = name.split(".")[0].split(":")[0]
     if family not in _VIRTUAL_DEVICES and name not in present and family not in {d.split(".")[0] for d in present}:
         raise BackendUnavailableError(
@@ -60,6 +62,22 @@ def device_name(device: str) -> str:
             "choose one of those or device='cpu'."
         )
     return name
+
+
+def _cpu_plugin_failed() -> BackendUnavailableError:
+    """Why an OpenVINO that lists no device at all has none: not even its CPU plugin started,
+    which a memory or thread limit causes. The plugin, asked for again, raises why."""
+    try:
+        core().get_property("CPU", "FULL_DEVICE_NAME")
+        why = ""
+    except (RuntimeError, MemoryError) as exc:
+        exhausted = _exhausted("while starting its CPU plugin", exc)
+        if exhausted is not None:
+            return exhausted
+        why = f" ({backend_message(exc)})"
+    return BackendUnavailableError(f"OpenVINO lists no device: its CPU plugin could not start{why}, as under a memory "
+                                   "or thread limit (ulimit -v, ulimit -u); raise the limit, or use --backend "
+                                   "onnxruntime.")
 
 
 def supports_precision(precision: str, device: str = "cpu") -> bool:
@@ -168,7 +186,10 @@ class OpenVinoSession(Session):
                 compiled = self._import_blob(entry.folder, name, config)
                 entry.status = "hit"
                 return compiled
-            except (RuntimeError, OSError, ValueError):
+            except (RuntimeError, OSError, ValueError, MemoryError) as exc:
+                exhausted = _exhausted(f"while importing its compiled {model_path.name}", exc)
+                if exhausted is not None:  # the entry is not at fault: kept
+                    raise exhausted from None
                 entry.discard()  # an entry this OpenVINO cannot import or read: built again below
         built = None if entry is None else entry.start_build()
         try:
@@ -196,22 +217,18 @@ class OpenVinoSession(Session):
         except OSError as exc:
             raise ArtifactError(f"OpenVINO's weights file {weights} could not be read ({exc.strerror or exc}); "
                                 "check its permissions.") from None
-        with mapped.handing_back_pages():
-            try:
-                model = core().read_model(model_path.read_text(encoding="utf-8"),
-                                          ov.Tensor(mapped.array(), shared_memory=True))
-                compiled = core().compile_model(model, name, config)
-            except RuntimeError as exc:
-                raise _not_compiled(model_path, name, exc) from None
-            del model
+        try:
+            with mapped.handing_back_pages():
+                model = _read(model_path, ov.Tensor(mapped.array(), shared_memory=True))
+                compiled = _compiled(model, model_path, name, config)
+                del model
+        except RuntimeError as exc:  # the thread that hands the pages back could not start
+            raise _exhausted(f"while reading {model_path.name}", exc) or exc from None
         self._mapped = mapped
         return compiled
 
     def _compile_file(self, model_path: Path, name: str, config: dict[str, Any]) -> ov.CompiledModel:
-        try:
-            return core().compile_model(str(model_path), name, config)
-        except RuntimeError as exc:
-            raise _not_compiled(model_path, name, exc) from None
+        return _compiled(_read(model_path), model_path, name, config)
 
     def _import_blob(self, folder: Path, name: str, config: dict[str, Any]) -> ov.CompiledModel:
         """import_model on the entry's blob, read through vlmedge's mapping of it (the weights
@@ -256,17 +273,41 @@ class OpenVinoSession(Session):
         ports = self._output_ports
         try:
             results = self._infer(inputs)
-        except RuntimeError as exc:  # e.g. a dynamic axis longer than the model takes (a text past its positions)
+        except (RuntimeError, MemoryError) as exc:  # e.g. a dynamic axis longer than the model takes
             shapes = {name: list(array.shape) for name, array in feeds.items()}
-            # OpenVINO's message is a stack of "Exception from <source file>" lines around the one that says why
-            why = " ".join(line.strip() for line in str(exc).splitlines()
-                           if line.strip() and not line.startswith("Exception from")) or str(exc).strip()
-            raise InputError(f"OpenVINO could not run the model on inputs of shapes {shapes}: {why}") from None
+            raise _exhausted(f"while running {self.model_file} on inputs of shapes {shapes}", exc) or InputError(
+                f"OpenVINO could not run the model on inputs of shapes {shapes}: {backend_message(exc)}") from None
         return {name: np.array(results[port], copy=True) for name, port in ports}
 
 
-def _not_compiled(model_path: Path, device_name: str, exc: RuntimeError) -> BackendUnavailableError:
-    return BackendUnavailableError(f"OpenVINO could not compile {model_path.name} for {device_name}: {exc}")
+def _exhausted(doing: str, exc: BaseException) -> BackendUnavailableError | None:
+    """resources_exhausted for OpenVINO, whose CPU plugin starts threads whatever --threads says."""
+    return resources_exhausted("OpenVINO", doing, exc, fewer_threads="use --backend onnxruntime --threads 1")
+
+
+def _read(model_path: Path, weights: ov.Tensor | None = None) -> ov.Model:
+    """The IR, with these weights (else its .bin, if any). What OpenVINO raises reading it is a
+    file it cannot read (its hash matched the manifest: the artifact itself is bad), unless
+    memory or threads ran out."""
+    try:
+        if weights is None:
+            return core().read_model(str(model_path))
+        return core().read_model(model_path.read_text(encoding="utf-8"), weights)
+    except (RuntimeError, MemoryError) as exc:
+        raise _exhausted(f"while reading {model_path.name}", exc) or ArtifactError(
+            f"OpenVINO cannot read {model_path.name}: {backend_message(exc)}; the file is corrupt or not an IR this "
+            "OpenVINO reads. Re-export it.") from None
+
+
+def _compiled(model: ov.Model, model_path: Path, device_name: str, config: dict[str, Any]) -> ov.CompiledModel:
+    """The model, read from model_path, compiled for the device."""
+    try:
+        return core().compile_model(model, device_name, config)
+    except (RuntimeError, MemoryError) as exc:
+        doing = f"while compiling {model_path.name} for {device_name}"
+        raise _exhausted(doing, exc) or BackendUnavailableError(
+            f"OpenVINO could not compile {model_path.name} for {device_name}: {backend_message(exc)}; choose another "
+            "device, or --backend onnxruntime.") from None
 
 
 def open_session(model_path: Path, device: str = "cpu", **options: Any) -> OpenVinoSession:

@@ -118,7 +118,7 @@ def test_a_misspelt_source_option_is_refused_not_dropped(hf_classifier_dir, tmp_
     # a preprocess= dict that is not a spec's is the caller's mistake, not an artifact's to re-export
     with pytest.raises(UsageError, match=r"preprocess= must be an ImagePreprocessSpec or a dict of its fields, with size"):
         vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preprocess={"sise": 24}, labels=["a", "b"])
-    with pytest.raises(InputError, match=r"size must be a dict with positive integer values"):
+    with pytest.raises(InputError, match=r"size must be a dict with integer values from 1 to 8192"):
         vlmedge.export(torch.nn.Linear(2, 2), tmp_path / "out", preprocess={"size": 24}, labels=["a", "b"])
     assert not (tmp_path / "out").exists()
 
@@ -188,6 +188,29 @@ def test_tampered_model_file_is_refused_naming_the_file(artifact_copy):
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"onnx/model\.fp32\.onnx.*sha256"):
         vlmedge.load(artifact_copy)
+
+
+def test_external_data_under_another_listed_name_is_refused_unhashed(artifact_copy):
+    """A load hashes a model file and the weights files named after it; an ONNX file whose
+    external data was another listed file, of the right size but altered, ran unhashed."""
+    import hashlib
+
+    import onnx
+
+    path = artifact_copy / "onnx" / "model.fp32.onnx"
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, location="weights-other.bin",
+                    size_threshold=1024)
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "onnx/model.fp32.onnx":
+            entry.update(size=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    weights = path.parent / "weights-other.bin"
+    manifest["files"].append({"path": "onnx/weights-other.bin", "role": "weights", "size": weights.stat().st_size,
+                              "sha256": hashlib.sha256(b"not these bytes").hexdigest(), "graph": "model"})
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"onnx/model\.fp32\.onnx in .* reads its weights from 'weights-other\.bin', "
+                                            r"which is not one of its own weights files; the artifact was altered"):
+        vlmedge.load(artifact_copy, backend="onnxruntime", cache=False)
 
 
 def test_a_misspelt_load_keyword_is_named_as_such(vit_artifact):
@@ -276,6 +299,31 @@ def test_truncated_and_missing_and_extra_files_are_refused(artifact_copy):
     model.unlink()
     with pytest.raises(ArtifactError, match="missing onnx/model.fp32.onnx"):
         Artifact.open(artifact_copy)
+
+
+def test_a_file_the_user_may_not_read_is_named_in_one_sentence(artifact_copy):
+    """An artifact copied by another user (a model file of mode 600, a folder of 700) gave a
+    PermissionError traceback from load, predict, info, check and bench."""
+    import subprocess
+    import sys
+
+    from tests.test_compiled_cache import without_permission_override
+
+    prefix = without_permission_override()
+    model = artifact_copy / "onnx" / "model.fp32.onnx"
+    for locked, named in ((model, "onnx/model.fp32.onnx"), (model.parent, "onnx/model.fp32.onnx"),
+                          (artifact_copy / "manifest.json", "manifest.json")):
+        mode = locked.stat().st_mode
+        locked.chmod(0)
+        try:
+            done = subprocess.run([*prefix, sys.executable, "-m", "vlmedge", "info", str(artifact_copy)],
+                                  capture_output=True, text=True, timeout=120)
+        finally:
+            locked.chmod(mode)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip() == (f"Error: {named} in artifact {artifact_copy} cannot be read (Permission denied); "
+                                       "check its permissions: every file of an artifact must be readable by the "
+                                       "user who loads it.")
 
 
 def test_unknown_schema_version_is_refused(artifact_copy):
@@ -637,3 +685,37 @@ def test_a_precision_the_backend_never_runs_says_so_not_export_it(vit_artifact):
         vlmedge.load(vit_artifact, backend="onnxruntime", precision="bf16")
     with pytest.raises(BackendUnavailableError, match=r"has no fp16 onnx file .*; export that precision"):
         vlmedge.load(vit_artifact, backend="onnxruntime", precision="fp16")
+
+
+def test_a_memo_another_user_could_write_vouches_for_nothing(artifact_copy, monkeypatch, tmp_path):
+    """The verified-file memo was one file in the cache folder, trusted whoever wrote it: in a
+    folder users share, another user recorded the manifest's sha256 for an altered model file,
+    which a load then handed to the parser unhashed (or a wrong digest refused a good file)."""
+    from vlmedge.user_cache import file_identity, memo_name
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VLMEDGE_CACHE_DIR", str(cache))
+    model = artifact_copy / "onnx" / "model.fp32.onnx"
+    listed = next(e["sha256"] for e in json.loads((artifact_copy / "manifest.json").read_text())["files"]
+                  if e["path"] == "onnx/model.fp32.onnx")
+    original = model.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    memo = cache / memo_name()
+    cache.mkdir()
+    memo.write_text(json.dumps({str(model.resolve()): [file_identity(model.stat()), listed]}))
+    memo.chmod(0o666)  # writable by every user
+    with pytest.raises(ArtifactError, match=r"onnx/model\.fp32\.onnx in .* does not match the sha256"):
+        Artifact.open(artifact_copy)
+    if os.geteuid() == 0:  # another user's memo, of mode 0644
+        memo.write_text(json.dumps({str(model.resolve()): [file_identity(model.stat()), listed]}))
+        memo.chmod(0o644)
+        os.chown(memo, 4242, 4242)
+        with pytest.raises(ArtifactError, match=r"onnx/model\.fp32\.onnx in .* does not match the sha256"):
+            Artifact.open(artifact_copy)
+    memo.unlink()
+    model.write_bytes(original)
+    Artifact.open(artifact_copy)  # the good file: this user's own memo is written private, and trusted
+    assert memo.stat().st_mode & 0o077 == 0
+    assert json.loads(memo.read_text())[str(model.resolve())][1] == listed

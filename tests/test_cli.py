@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -177,6 +178,7 @@ def test_threads_reach_the_backend_sessions_of_predict_bulk_and_serve(vit_artifa
 
     import vlmedge.runtimes.select as select
     from vlmedge.cli import app
+    from vlmedge.environment import available_physical_cores
     from vlmedge.serve.app import load_models
 
     opened: list[int | None] = []
@@ -199,7 +201,8 @@ def test_threads_reach_the_backend_sessions_of_predict_bulk_and_serve(vit_artifa
     assert opened == [1]
     opened.clear()
     assert CliRunner().invoke(app, ["predict", str(vit_artifact), str(SAMPLE), "--backend", "onnxruntime"]).exit_code == 0
-    assert opened == [0]  # ONNX Runtime's own default
+    # not ONNX Runtime's own default (0: a thread per physical core of the machine, whatever the affinity)
+    assert opened == [available_physical_cores()]
 
 
 def test_every_line_reaches_a_console_of_no_width_or_of_an_encoding_without_the_labels(vit_artifact, tmp_path):
@@ -257,6 +260,20 @@ def test_a_bulk_job_logging_to_a_file_says_how_far_it_got_as_it_goes(vit_artifac
     assert [line.split(" inputs")[0] for line in lines] == [
         "classify: 1/3 (33%)", "classify: 2/3 (67%)", "classify: 3/3 (100%)", "classify: 3/3 (100%)"], result.stderr
     assert "\x1b" not in result.stderr
+
+
+def test_the_partial_results_of_a_killed_run_are_removed_by_the_next_run_to_that_path(vit_artifact, tmp_path):
+    """A bulk run killed while writing (SIGKILL, an out-of-memory kill) left its hidden
+    .NAME.tmp-PID file, which no later run removed. One still being written (its writer
+    alive) is kept."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "r.parquet"
+    killed, writing = (tmp_path / f".r.parquet.tmp-{pid}" for pid in (dead.stdout.strip(), os.getpid()))
+    killed.write_bytes(b"PAR1 half a file")
+    writing.write_bytes(b"PAR1 being written")
+    done = vlmedge_cli("predict", vit_artifact, SAMPLE, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and not killed.exists() and writing.is_file()
 
 
 def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_artifact, tmp_path):

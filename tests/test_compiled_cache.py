@@ -20,7 +20,7 @@ import pytest
 import vlmedge
 from vlmedge.runtimes import cache as cache_module
 from vlmedge.runtimes.base import open_session
-from vlmedge.user_cache import cache_root
+from vlmedge.user_cache import cache_root, memo_name
 
 
 def _backend_or_skip(backend: str) -> None:
@@ -164,6 +164,40 @@ def test_a_leftover_build_of_a_killed_process_is_never_used(two_target_artifact,
     shutil.rmtree(entry)
     assert _session(two_target_artifact, backend).cache_status == "miss"
     assert leftover.is_dir()  # young: it may belong to a process still compiling
+
+
+def test_the_builds_of_killed_loads_are_removed_by_the_next_build_and_by_clear(two_target_artifact, cache_dir):
+    """A load killed while building its entry left its temporary folder for a day: a device
+    whose loads an out-of-memory killer ended in a restart loop filled its disk with them, and
+    `vlmedge cache --clear` left them too. A build still running is never touched."""
+    from vlmedge.build_locks import lock_folder
+    from vlmedge.runtimes.cache import cache_entry
+    from tests.test_cli import vlmedge_cli
+
+    killed_build = ("import os, signal\n"
+                    "from vlmedge.runtimes.cache import cache_entry\n"
+                    "built = cache_entry('onnxruntime', '1', 'digest', 'cpu', {}).start_build()\n"
+                    "(built / 'model.onnx').write_bytes(bytes(4096))\n"
+                    "print(built, flush=True)\n"
+                    "os.kill(os.getpid(), signal.SIGKILL)\n")
+
+    def killed() -> Path:
+        done = subprocess.run([sys.executable, "-c", killed_build], capture_output=True, text=True, timeout=60)
+        assert done.returncode == -signal.SIGKILL
+        return Path(done.stdout.strip())
+
+    builder = cache_entry("onnxruntime", "1", "other", "cpu", {})
+    running = builder.start_build()  # this process's, locked
+    first = killed()
+    second = killed()  # its build removed the first's
+    assert not first.exists() and second.is_dir() and running.is_dir()
+    assert _session(two_target_artifact, "onnxruntime").cache_status == "miss"
+    assert not second.exists() and running.is_dir()
+    leftover = killed()
+    cleared = vlmedge_cli("cache", "--clear", env={"VLMEDGE_CACHE_DIR": str(cache_dir)})
+    assert cleared.returncode == 0 and not leftover.exists() and running.is_dir()
+    assert lock_folder(running) is None  # still this process's build
+    builder.abandon(running)
 
 
 def test_a_changed_model_file_at_the_same_path_is_a_miss(two_target_artifact, cache_dir, tmp_path):
@@ -319,9 +353,19 @@ def test_vlmedge_cache_lists_the_compiled_models_by_their_files_and_clears_them(
     assert shown.returncode == 0 and str(two_target_artifact / files["onnxruntime"]) in shown.stdout
     cleared = vlmedge_cli("cache", "--clear", env={"VLMEDGE_CACHE_DIR": str(cache_dir)})
     assert cleared.returncode == 0 and f"removed {len(backends)} compiled model(s)" in cleared.stdout
-    assert _entries(cache_dir) == [] and (cache_dir / "verified-files.json").is_file()
+    assert _entries(cache_dir) == [] and (cache_dir / memo_name()).is_file()
     assert json.loads(vlmedge_cli("cache", "--json", env={"VLMEDGE_CACHE_DIR": str(cache_dir)}).stdout) == []
     assert all(_session(two_target_artifact, backend).cache_status == "miss" for backend in backends)
+
+
+def without_permission_override() -> list[str]:
+    """The command prefix that runs a command held to file permissions: root may read and
+    change any file; without these capabilities it keeps to the permissions too."""
+    prefix = [] if os.geteuid() else ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                                       "-dac_override,-dac_read_search", "--"]
+    if prefix and not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux) to drop root's file-permission override")
+    return prefix
 
 
 def test_a_clear_that_cannot_remove_the_entries_says_so(two_target_artifact, cache_dir):
@@ -332,11 +376,7 @@ def test_a_clear_that_cannot_remove_the_entries_says_so(two_target_artifact, cac
     _session(two_target_artifact, "onnxruntime")
     entries = _entries(cache_dir)
     assert entries
-    # root may change any folder; without these capabilities it keeps to the permissions
-    prefix = [] if os.geteuid() else ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
-                                       "-dac_override,-dac_read_search", "--"]
-    if prefix and not shutil.which("setpriv"):
-        pytest.skip("needs setpriv (util-linux) to drop root's file-permission override")
+    prefix = without_permission_override()
     parents = sorted({entry.parent for entry in entries})
     for parent in parents:
         parent.chmod(0o555)

@@ -161,7 +161,7 @@ def test_a_build_whose_pid_another_process_holds_is_removed_and_a_locked_one_kep
     always alive, kept for ever: a build is abandoned when no writer holds its lock."""
     from vlmedge.artifact import ArtifactWriter
 
-    monkeypatch.setattr("vlmedge.artifact._LOCK_SETTLED_S", 0.0)  # the builds below are not just being made
+    monkeypatch.setattr("vlmedge.build_locks.LOCK_SETTLED_S", 0.0)  # the builds below are not just being made
     reused = tmp_path / f"{TMP_MARKER}art-1-0123abcd"  # pid 1, alive whatever runs as it
     reused.mkdir()
     running = ArtifactWriter(tmp_path / "art")  # holds its build's lock

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +353,10 @@ case("manifest-deeply-nested", r"nested too deeply")(
     lambda c: _load((lambda r: ((r / "manifest.json").write_text("[" * 200_000 + "]" * 200_000), r)[1])(c.artifact())))
 case("manifest-missing", r"has no manifest\.json; it is not a vlmedge artifact")(
     lambda c: _load((lambda r: ((r / "manifest.json").unlink(), r)[1])(c.artifact())))
+case("manifest-a-folder", r"manifest\.json is not a regular file; the artifact is corrupt")(
+    lambda c: _load((lambda r: ((r / "manifest.json").unlink(), (r / "manifest.json").mkdir(), r)[2])(c.artifact())))
+case("manifest-a-fifo", r"manifest\.json is not a regular file; the artifact is corrupt")(
+    lambda c: _load((lambda r: ((r / "manifest.json").unlink(), os.mkfifo(r / "manifest.json"), r)[2])(c.artifact())))
 case("artifact-not-a-folder", r"No artifact folder at")(lambda c: _load(c.work / "nothing-here"))
 
 # -- vlmedge.load's own arguments -----------------------------------------------------------------
@@ -521,6 +526,74 @@ case("artifact-external-data-escapes-no-suffix", r"external data at '\.\./\.\./s
     _external_data_escape_without_suffix)
 case("artifact-external-data-escapes", r"external data at '\.\./\.\./secret\.bin', outside its artifact folder")(
     _external_data_escape)
+
+
+def _recursive_function_rehashed(c: Ctx):
+    """A model-local function that calls itself: counting its inlined nodes must not loop."""
+    from onnx import TensorProto, helper
+
+    root = c.artifact()
+    call = helper.make_node("Again", ["pixel_values"], ["logits"], domain="local.loop")
+    again = helper.make_function("local.loop", "Again", ["x"], ["y"], [helper.make_node("Again", ["x"], ["y"], domain="local.loop")],
+                                 [helper.make_opsetid("", 18), helper.make_opsetid("local.loop", 1)])
+    graph = helper.make_graph([call], "g", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 12])])
+    model = helper.make_model(graph, functions=[again], opset_imports=[helper.make_opsetid("", 18),
+                                                                       helper.make_opsetid("local.loop", 1)])
+    (root / "onnx" / "model.fp32.onnx").write_bytes(model.SerializeToString())
+    _rehash(root, "onnx/model.fp32.onnx")
+    return _load(root)
+
+
+case("artifact-recursive-function-rehashed", r"model\.fp32\.onnx has a function that calls itself, directly or through "
+     r"others \(local\.loop\.Again\); refusing to load it\.")(_recursive_function_rehashed)
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    """An .npy member that declares `shape` and holds no data: numpy allocates what the header
+    declares before it reads any, so this is all a bomb needs."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _zeros_npy(size: int) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(size, np.float32))
+    return buffer.getvalue()
+
+
+def _parity_of(members: dict[str, bytes]):
+    """check_artifact on the tiny ViT with samples/parity.npz holding these members instead
+    (deflated, as np.savez_compressed writes), rehashed."""
+    def run(c: Ctx):
+        root = c.artifact()
+        with zipfile.ZipFile(root / "samples" / "parity.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        _rehash(root, "samples/parity.npz")
+        return check_artifact(root)
+    return run
+
+
+case("artifact-parity-header-claims-4-tib", r"samples/parity\.npz in .* declares 4,194,304 MiB of arrays where parity "
+     r"samples need 256 MiB at most; re-export the artifact\.")(
+    _parity_of({"model.input.pixel_values.npy": _npy_header((2**40,))}))
+case("artifact-parity-arrays-declare-too-much-together", r"declares 300 MiB of arrays where parity samples need 256 MiB")(
+    _parity_of({f"model.input.x{i}.npy": _npy_header((25 * 2**20,)) for i in range(3)}))
+# a negative dimension would take its size off the total the other members declare
+case("artifact-parity-negative-shape", r"samples/parity\.npz in .* cannot be read \(an array of negative shape "
+     r"\[-1, 1099511627776\]\); re-export the artifact\.")(
+    _parity_of({"model.input.pixel_values.npy": _npy_header((-1, 2**40)),
+                "model.input.x.npy": _npy_header((2**40,))}))
+case("artifact-parity-python-objects", r"samples/parity\.npz in .* holds Python objects in 'model\.input\.pixel_values\.npy', "
+     r"which vlmedge never unpickles; re-export the artifact\.")(
+    _parity_of({"model.input.pixel_values.npy": _npy_header((2,), "|O") + b"\x80\x04N."}))
+case("artifact-parity-too-many-arrays", r"samples/parity\.npz in .* holds 1,000 arrays where parity samples need 64 at "
+     r"most; re-export the artifact\.$")(  # one sentence, not a list of every name
+    _parity_of({f"model.input.x{i}.npy": _zeros_npy(1) for i in range(1000)}))
+case("artifact-parity-member-not-npy", r"samples/parity\.npz in .* cannot be read \(the magic string is not correct")(
+    _parity_of({"model.input.pixel_values.npy": b"\x00" * 4096}))
 
 
 # -- model files handed to export ---------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from vlmedge.environment import available_cores
 from vlmedge.errors import InputError, UsageError
 from vlmedge.preprocess.parallel import DEFAULT_WORKERS, check_workers, prepare_ordered
 
@@ -68,7 +69,7 @@ def test_one_worker_runs_in_the_callers_thread_lazily():
 
 
 def test_the_worker_count_is_checked():
-    assert check_workers(None) == DEFAULT_WORKERS == min(4, __import__("os").cpu_count() or 1)
+    assert check_workers(None) == DEFAULT_WORKERS == min(4, available_cores())
     assert check_workers(3) == 3
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(UsageError, match="decode_workers must be a positive integer"):

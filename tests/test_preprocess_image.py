@@ -312,7 +312,7 @@ def test_from_dict_rejects_bad_values_as_artifact_error():
     ({"size": {"shortest_edge": 224}}, "depend on each image"),
     ({"do_resize": False}, r"depend on each image \(do_resize=False: images keep their own size"),
     ({"do_center_crop": True}, "crop_size is missing"),
-    ({"size": {"height": 0, "width": 3}}, "positive integer"),
+    ({"size": {"height": 0, "width": 3}}, "integer values from 1 to 8192"),
     ({"image_std": (0.5, 0.0, 0.5)}, "must not contain 0"),
     ({"image_mean": (0.5, 0.5)}, "three numbers"),
     ({"layout": "CHW"}, "layout"),
@@ -468,6 +468,35 @@ def test_an_image_too_long_for_longest_edge_is_an_input_error():
                                              r"\(.*\), its short side would be under 1 pixel; crop it"):
             preprocess_images([Image.new("RGB", size)], spec)
     assert preprocess_images([Image.new("RGB", (300, 20))], spec).shape == (1, 3, 32, 32)
+
+
+def test_an_image_whose_resize_would_pass_the_pixel_limit_is_an_input_error():
+    """Fitting a very long image's short side to the model's size makes its long side the
+    aspect ratio times longer: a 2,000,000x1 image (an 80,000,000x1 PNG is 230 KB) resized to a
+    short side of 64 is 128 million pixels wide, which Pillow overflowed on (a traceback) or
+    memory ran out for. A Perceiver-style crop beyond the image is bounded alike."""
+    spec = ImagePreprocessSpec(size={"shortest_edge": 64}, do_center_crop=True, crop_size={"height": 64, "width": 64})
+    for size in ((2_000_000, 1), (1, 2_000_000)):
+        with pytest.raises(InputError, match=rf"The image is {size[0]}x{size[1]} pixels: this model's preprocessing "
+                                             r"would make it \d+x\d+, more than the [\d,]+ pixels vlmedge handles; crop"):
+            preprocess_images([Image.new("RGB", size)], spec)
+    assert preprocess_images([Image.new("RGB", (20_000, 10))], spec).shape == (1, 3, 64, 64)
+    spec = ImagePreprocessSpec(size={"height": 64, "width": 64}, pre_crop=(5000.0, 5000.0))
+    with pytest.raises(InputError, match=r"The image is 40x30 pixels: this model's preprocessing would make it "
+                                         r"150000x150000"):
+        preprocess_images([Image.new("RGB", (40, 30))], spec)
+
+
+def test_a_size_beyond_any_processor_is_refused_as_the_artifacts_fault():
+    """An edited size of 60,000 before a matching 32x32 crop passed the load's check of the
+    output size, then took all of a 23 GB machine's memory on the first photo."""
+    for field in ({"size": {"shortest_edge": 60_000}}, {"size": {"height": 32, "width": 32}, "size_divisor": 100_000},
+                  {"size": {"height": 32, "width": 32}, "pad_size": {"height": 9000, "width": 9000}}):
+        with pytest.raises(ArtifactError, match=r"preprocessing spec is invalid: (size|size_divisor|pad_size) must be "
+                                                r".*from 1 to 8192"):
+            ImagePreprocessSpec.from_dict({"do_center_crop": True, "crop_size": {"height": 32, "width": 32}, **field})
+    largest = {"size": {"shortest_edge": 8192}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}}
+    assert ImagePreprocessSpec.from_dict(largest).size == {"shortest_edge": 8192}
 
 
 def test_an_image_the_preprocessing_refuses_is_named_among_several(tmp_path):

@@ -10,20 +10,16 @@ import json
 import os
 import re
 import shutil
-import time
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from vlmedge.build_locks import abandoned, lock_folder
 from vlmedge.errors import ArtifactError, ExportError, InputError
 from vlmedge.manifest import FORMAT_REVISION, MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
-
-try:
-    import fcntl
-except ImportError:  # Windows: builds are told abandoned by their pid alone
-    fcntl = None  # type: ignore[assignment]
 
 _TMP_MARKER = ".vlmedge-tmp-"
 # Real manifests are a few hundred KB at most (parity reports, thousands of labels).
@@ -59,7 +55,7 @@ def safe_join(root: Path, relpath: str) -> Path:
     current = root
     for part in pure.parts:
         current = current / part
-        if current.is_symlink():
+        if os.path.islink(current):  # False where a folder on the path may not be entered: verify says so
             raise ArtifactError(f"{where}: {relpath} is a symbolic link; artifacts must hold plain files. Re-export it.")
     resolved_root = root.resolve()
     if resolved_root not in path.resolve().parents:
@@ -103,6 +99,8 @@ class Artifact:
         if manifest_path.is_symlink():
             raise ArtifactError(f"{manifest_path} is a symbolic link; artifacts must hold plain files. Re-export it.")
         if not manifest_path.is_file():
+            if os.path.lexists(manifest_path):  # a folder, FIFO or device: reading one may block forever
+                raise ArtifactError(f"{manifest_path} is not a regular file; the artifact is corrupt, re-export it.")
             if (root / "config.json").is_file():
                 raise ArtifactError(f"{root} is a model folder, not an artifact; export it first (vlmedge export {root} "
                                     "-o out/model) and pass that folder.")
@@ -115,6 +113,8 @@ class Artifact:
                                 f"({MAX_MANIFEST_BYTES:,}); the artifact is corrupt, re-export it.")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise _unreadable(root, MANIFEST_NAME, exc) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}); the artifact is corrupt, re-export it.") from None
         except RecursionError:  # "[[[[..." nested deeper than the parser's stack
@@ -156,11 +156,14 @@ class Artifact:
         hashes = VerifiedFiles(sha256_file, enabled=cache)
         for entry in entries:
             path = self.path_of(entry)
-            if not path.is_file():
-                if path.exists():  # a folder, FIFO or device: never opened, reading one may block forever
-                    raise ArtifactError(f"{entry['path']} in {self.root} is not a regular file; re-export the artifact.")
-                raise ArtifactError(f"Artifact {self.root} is missing {entry['path']}; re-export it.")
-            info = path.stat()
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                raise ArtifactError(f"Artifact {self.root} is missing {entry['path']}; re-export it.") from None
+            except OSError as exc:  # a folder on its path this user may not enter
+                raise _unreadable(self.root, entry["path"], exc) from None
+            if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device: never opened, reading one may block forever
+                raise ArtifactError(f"{entry['path']} in {self.root} is not a regular file; re-export the artifact.")
             if info.st_nlink > 1:
                 raise ArtifactError(  # a link from outside could change the file under a verified artifact
                     f"{entry['path']} in {self.root} is hard-linked elsewhere ({info.st_nlink} names: a backup made "
@@ -169,7 +172,11 @@ class Artifact:
             if info.st_size == entry["size"] and (entry["path"] in self.verified or (
                     defer_models and entry.get("role") in BACKEND_FILE_ROLES)):
                 continue
-            if info.st_size != entry["size"] or hashes.sha256(path, info) != entry["sha256"]:
+            try:
+                altered = info.st_size != entry["size"] or hashes.sha256(path, info) != entry["sha256"]
+            except OSError as exc:
+                raise _unreadable(self.root, entry["path"], exc) from None
+            if altered:
                 hashes.save()
                 raise ArtifactError(
                     f"{entry['path']} in {self.root} does not match the sha256 in its manifest: "
@@ -203,6 +210,11 @@ class Artifact:
 
     def entry(self, role: str) -> dict[str, Any] | None:
         return next((e for e in self.files if e.get("role") == role), None)
+
+
+def _unreadable(root: Path, relpath: str, exc: OSError) -> ArtifactError:
+    return ArtifactError(f"{relpath} in artifact {root} cannot be read ({exc.strerror or exc}); check its "
+                         "permissions: every file of an artifact must be readable by the user who loads it.")
 
 
 def _unlisted_files(root: Path, listed: set[str]) -> list[str]:
@@ -251,7 +263,7 @@ class ArtifactWriter:
             self.destination.parent.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_builds(self.destination)
             self.tmp.mkdir()
-            self._lock = _locked(self.tmp)
+            self._lock = lock_folder(self.tmp)
         except OSError as exc:
             _raise_if_disk_full(exc, self.destination)
             raise ExportError(f"Cannot write the artifact at {self.destination} ({exc.strerror or exc}); choose an "
@@ -386,58 +398,8 @@ def _remove_abandoned_builds(destination: Path) -> None:
         # of a sibling named like "<name>-2" is never taken for one of this destination's.
         match = re.fullmatch(r"(\d+)-(old)?[0-9a-f]{8}", candidate.name[len(prefix):]) \
             if candidate.name.startswith(prefix) else None
-        if match and _abandoned(candidate, int(match.group(1)), replaced=bool(match.group(2))):
+        if match and abandoned(candidate, int(match.group(1)), unlocked=bool(match.group(2))):
             _remove(candidate)
-
-
-# A build folder this young may be one whose writer has made it and not yet locked it.
-_LOCK_SETTLED_S = 10.0
-
-
-def _abandoned(candidate: Path, pid: int, replaced: bool) -> bool:
-    """Whether no export is writing this build folder any more. Its pid is not proof: a process
-    killed as a container's pid 1 (or any pid, later) leaves a pid that another process holds
-    again, so a build is abandoned when no one holds its lock. A replaced artifact's folder
-    (-old, removed within the commit that made it) and builds without locks go by the pid."""
-    if replaced or fcntl is None or candidate.is_symlink():
-        return not _process_alive(pid)
-    try:
-        fd = os.open(candidate, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        if time.time() - os.fstat(fd).st_ctime < _LOCK_SETTLED_S and _process_alive(pid):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:  # its writer holds the lock: still building
-        return False
-    finally:
-        os.close(fd)
-
-
-def _locked(folder: Path) -> int | None:
-    """A descriptor of `folder` holding an exclusive lock on it (released when closed, or when the
-    process ends however it ends), or None where there are no such locks: its pid then says."""
-    if fcntl is None:
-        return None
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # another user's
-        pass
-    return True
 
 
 def _fsync(path: Path) -> None:

@@ -8,15 +8,17 @@ here that reads a file otherwise, shows as a parity miss rather than passing uns
 
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vlmedge.artifact import Artifact
-from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning
+from vlmedge.errors import ArtifactError, BackendUnavailableError, UnverifiedWarning, first_line
 from vlmedge.parity import GATES, parity_report, recorded_gate, run_in_batches
 from vlmedge.preprocess.samples import caption_lines, in_row_order, sample_kind, sample_rows
 from vlmedge.registry import task_named
@@ -24,6 +26,17 @@ from vlmedge.runtimes.base import backend_named, backend_of_target, unavailable_
 from vlmedge.runtimes.select import open_entry
 
 PARITY_FILE = "samples/parity.npz"
+# An export stores a few rows per graph (the bundled samples and a few random ones: nine images
+# at most) and the source's pooled outputs for them: nine 1024x1024 float32 images are 113 MB,
+# beyond any model vlmedge exports. A file declaring more is corrupt or a zip bomb (a few MB
+# that inflate to GBs), and is refused before any array is allocated or inflated.
+PARITY_MAX_BYTES = 256 * 2**20
+# One array per input and per output of each graph: two graphs of a few each, a dozen at most.
+PARITY_MAX_ARRAYS = 64
+# What reading a hostile or damaged npz can raise: zipfile raises RuntimeError for an encrypted
+# member and NotImplementedError for an unknown compression, zlib.error for corrupt deflate data.
+_PARITY_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError,
+                       NotImplementedError, zlib.error)
 
 
 def stored_parity_inputs(artifact: Artifact) -> dict[str, dict[str, dict[str, np.ndarray]]]:
@@ -33,13 +46,55 @@ def stored_parity_inputs(artifact: Artifact) -> dict[str, dict[str, dict[str, np
         raise ArtifactError(f"Artifact {artifact.root} has no stored parity inputs; re-export it to check it.")
     grouped: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     try:
+        _check_parity_arrays(path, artifact.root)
         with np.load(path, allow_pickle=False) as data:
             for key in data.files:
                 graph, kind, name = key.split(".", 2)
                 grouped.setdefault(graph, {}).setdefault(kind, {})[name] = data[key]
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ArtifactError(f"{PARITY_FILE} in {artifact.root} cannot be read ({exc}); re-export the artifact.") from None
+    except MemoryError:  # the arrays are within PARITY_MAX_BYTES: it is this machine that is short
+        raise ArtifactError(f"This machine ran out of memory loading {PARITY_FILE} of {artifact.root}; "
+                            "free memory and run the check again.") from None
+    except _PARITY_READ_ERRORS as exc:
+        raise ArtifactError(f"{PARITY_FILE} in {artifact.root} cannot be read ({first_line(exc)}); "
+                            "re-export the artifact.") from None
     return grouped
+
+
+def _check_parity_arrays(path: Path, root: Path) -> None:
+    """Refuses a parity file of too many arrays, of arrays that together declare more than
+    PARITY_MAX_BYTES, or of Python objects, from each member's .npy header alone: numpy
+    allocates what a header declares before it reads the data."""
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if len(members) > PARITY_MAX_ARRAYS:
+            raise ArtifactError(f"{PARITY_FILE} in {root} holds {len(members):,} arrays where parity samples "
+                                f"need {PARITY_MAX_ARRAYS} at most; re-export the artifact.")
+        declared = 0
+        for member in members:
+            with archive.open(member) as stream:
+                shape, dtype = _npy_header(stream)
+            if dtype.hasobject:
+                raise ArtifactError(f"{PARITY_FILE} in {root} holds Python objects in {member.filename[:100]!r}, which "
+                                    "vlmedge never unpickles; re-export the artifact.")
+            declared += math.prod(shape) * dtype.itemsize
+        if declared > PARITY_MAX_BYTES:
+            raise ArtifactError(f"{PARITY_FILE} in {root} declares {declared / 2**20:,.0f} MiB of arrays where parity "
+                                f"samples need {PARITY_MAX_BYTES // 2**20} MiB at most; re-export the artifact.")
+
+
+def _npy_header(stream) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy stream declares; ValueError where it is no .npy numpy.save
+    writes (np.load would return such a member's bytes whole, inflating them all)."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"an array of .npy format version {version[0]}.{version[1]}")
+    if any(size < 0 for size in shape):
+        raise ValueError(f"an array of negative shape {list(shape)}")
+    return shape, dtype
 
 
 def check_artifact(path: str | Path, device: str = "cpu", batch_size: int = 8,

@@ -108,21 +108,29 @@ def cpu_flags(fields: dict[str, str] | None = None) -> list[str]:
     return sorted(COMPUTE_FLAGS.intersection(_feature_flags(cpuinfo() if fields is None else fields)))
 
 
-def _physical_cores() -> int | None:
-    """Distinct (package, core) pairs in /proc/cpuinfo; None where it does not say."""
-    pairs, package = set(), None
+def _core_of_each_cpu() -> dict[int, tuple[str | None, str]]:
+    """Each logical CPU's (package, core) pair, from /proc/cpuinfo; {} where it does not say."""
+    cores: dict[int, tuple[str | None, str]] = {}
+    cpu, package = None, None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    package = value.strip()
-                elif key == "core id":
-                    pairs.add((package, value.strip()))
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value) if value.isdigit() else None
+                elif key == "physical id":
+                    package = value
+                elif key == "core id" and cpu is not None:
+                    cores[cpu] = (package, value)
     except OSError:
-        return None
-    return len(pairs) or None
+        return {}
+    return cores
+
+
+def _physical_cores() -> int | None:
+    """Distinct (package, core) pairs in /proc/cpuinfo; None where it does not say."""
+    return len(set(_core_of_each_cpu().values())) or None
 
 
 def _memory_gb() -> float | None:
@@ -142,6 +150,22 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def available_physical_cores() -> int:
+    """The physical cores among the CPUs this process may run on (a core's hyperthreads count
+    once), else available_cores() where the system does not say: how many compute threads a
+    backend runs. ONNX Runtime's own default is one per physical core of the whole machine,
+    whatever the affinity (taskset, a container's cpuset), and threads beyond the allowed
+    CPUs only take turns on them (half the speed on one CPU of two)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return available_cores()
+    cores = _core_of_each_cpu()
+    if not allowed <= cores.keys():
+        return len(allowed)
+    return len({cores[cpu] for cpu in allowed})
 
 
 def gpus() -> list[Gpu]:

@@ -10,6 +10,10 @@ write through the file system changes the ctime, which no program can set back, 
 altered file is always hashed again and refused as before. An export records the sha256
 it computed of each file it wrote, so the first load after it hashes nothing either. The
 memo is plain JSON, written atomically; an unreadable one is ignored and rewritten.
+
+Each user has a memo of their own, used only if that user owns it and no other user may
+write it: in a cache folder users share, another user's memo could vouch for an altered
+file with the manifest's sha256 (or refuse a good one with a wrong digest).
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Callable
 
-MEMO_NAME = "verified-files.json"
+def memo_name() -> str:
+    """This user's memo's file name in the cache folder."""
+    user = getattr(os, "geteuid", lambda: None)()
+    return "verified-files.json" if user is None else f"verified-files-{user}.json"
+
+
 MEMO_LIMIT = 4096  # files remembered; the oldest are forgotten first
 
 
@@ -64,7 +74,7 @@ class VerifiedFiles:
 
     def __init__(self, hash_file: Callable[[Path], str], enabled: bool | None = None) -> None:
         self._hash_file = hash_file
-        self._path = cache_root() / MEMO_NAME if cache_enabled(enabled) else None
+        self._path = cache_root() / memo_name() if cache_enabled(enabled) else None
         self._memo = self._read() if self._path else {}
         self._changed = False
 
@@ -93,10 +103,11 @@ class VerifiedFiles:
         if not (self._path and self._changed):
             return
         memo = dict(list(self._memo.items())[-MEMO_LIMIT:])
-        temporary = self._path.with_name(f".{MEMO_NAME}.{uuid.uuid4().hex}")
+        temporary = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}")
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(memo), encoding="utf-8")
+            with open(temporary, "x", encoding="utf-8", opener=_open_private) as f:  # 0600 whatever the umask
+                f.write(json.dumps(memo))
             os.replace(temporary, self._path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -104,7 +115,24 @@ class VerifiedFiles:
 
     def _read(self) -> dict:
         try:
-            memo = json.loads(self._path.read_text(encoding="utf-8"))
+            with open(self._path, "rb", opener=_open_no_follow) as f:
+                if not _mine_alone(os.fstat(f.fileno())):
+                    return {}
+                memo = json.loads(f.read().decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             return {}
         return memo if isinstance(memo, dict) else {}
+
+
+def _open_private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks
+
+
+def _mine_alone(info: os.stat_result) -> bool:
+    """Whether a file is this user's and no other user may write it."""
+    owner_is_me = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
+    return stat.S_ISREG(info.st_mode) and owner_is_me and not info.st_mode & 0o022

@@ -39,6 +39,8 @@ class Inputs:
     passed_over: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     # symbolic links to folders inside the walked folders: not followed (a link may loop)
     linked_folders: list[str] = dataclasses.field(default_factory=list)
+    # folders inside (or named) that could not be listed: "PATH (REASON)"
+    unreadable_folders: list[str] = dataclasses.field(default_factory=list)
 
     def passed_over_note(self, kind: str) -> str | None:
         """One line on what the folder walks left out, or None when they left nothing out."""
@@ -52,6 +54,10 @@ class Inputs:
             notes.append(f"did not follow {len(self.linked_folders)} link(s) to folders ({self.linked_folders[0]}"
                          f"{', ...' if len(self.linked_folders) > 1 else ''}); name a linked folder as an input to "
                          "include it")
+        if self.unreadable_folders:
+            notes.append(f"could not read {len(self.unreadable_folders)} folder(s) ({self.unreadable_folders[0]}"
+                         f"{', ...' if len(self.unreadable_folders) > 1 else ''}), whose files were left out; check "
+                         "their permissions")
         return "; ".join(notes) or None
 
     @property
@@ -110,7 +116,7 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         elif os.path.isdir(name):
             root = Path(name).resolve() if absolute else Path(name)
             # a dangling symbolic link is kept, so that its row says why it cannot be read
-            walked = visible_paths(root)
+            walked = visible_paths(root, found.unreadable_folders)
             # so is a FIFO or device, so that its row says it is not a regular file, as when it is named
             hits = [p for p in walked if p.suffix.lower() in suffixes and not p.is_dir()]
             found.files.extend(str(p) for p in sorted(hits, key=lambda p: p.relative_to(root).parts))

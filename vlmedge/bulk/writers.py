@@ -12,8 +12,11 @@ when the run fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import numpy as np
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import column, column_names, to_arrow, written_by
+from vlmedge.build_locks import process_alive
 from vlmedge.choices import check_writable_file
 from vlmedge.errors import InputError, OutputError, printable
 
@@ -67,9 +71,29 @@ class _Writer:
             tmp.unlink(missing_ok=True)
 
     def _tmp(self, path: Path, suffix: str = "") -> Path:
+        _remove_abandoned_partials(path, suffix)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
         self._temporary.append(tmp)
         return tmp
+
+
+def _remove_abandoned_partials(path: Path, suffix: str) -> None:
+    """Removes this user's partial results of `path` whose writers were killed (SIGKILL, a power
+    cut: nothing ran to remove them), told by the pid in their names; a run still writing one
+    (another terminal's, to the same path) keeps its own."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+){re.escape(suffix)}")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        writer = pattern.fullmatch(sibling.name)
+        if writer is None or int(writer.group(1)) == os.getpid() or process_alive(int(writer.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            info = sibling.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_uid == getattr(os, "geteuid", lambda: info.st_uid)():
+                sibling.unlink()
 
 
 class ParquetWriter(_Writer):

@@ -153,7 +153,7 @@ def predict(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: the backend's, one per core)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: one per physical core this process may use)."),
     session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE", help=choices.SESSION_OPTION_HELP),
 ) -> None:
     """Run ARTIFACT on input files and print the results."""
@@ -246,7 +246,7 @@ def embed(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, metavar="N", help="--engine ray: inference actors (default: one, or one per GPU)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, metavar="N", help="--engine ray: GPUs per inference actor."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=1, metavar="N", help="Threads that decode and preprocess inputs while the model runs (default: min(4, CPUs); 1: serially)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: the backend's, one per core)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help="Threads one model call runs on (the backend's session option; default: one per physical core this process may use)."),
     session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE", help=choices.SESSION_OPTION_HELP),
 ) -> None:
     """Embed many images (and, for CLIP, texts) into one (N, D) .npy, skipping unreadable files."""

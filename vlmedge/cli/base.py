@@ -50,6 +50,15 @@ class Group(typer.core.TyperGroup):
             return super().resolve_command(ctx, args)
 
 
+class OutOfMemoryError(VlmedgeError):
+    """A command that ran out of memory (Python's MemoryError), said as what to do about it."""
+
+    def __init__(self, command: str, takes_batch_size: bool) -> None:
+        fewer = ", lower --batch-size," if takes_batch_size else ""
+        super().__init__(f"{command} ran out of memory; free memory{fewer} or raise this process's memory "
+                         "limit (ulimit -v).")
+
+
 class Command(typer.core.TyperCommand):
     """Help that reads `ARTIFACT INPUTS...`, not typer's `{ARTIFACT} {INPUTS}...` with
     `<list[str]>` type labels beside each argument; usage errors in one line."""
@@ -79,6 +88,11 @@ class Command(typer.core.TyperCommand):
             except VlmedgeError as exc:
                 print_error(exc)
                 raise typer.Exit(exc.exit_code) from None
+            except MemoryError:  # Python's, raised by whichever allocation failed: its traceback says nothing
+                short = OutOfMemoryError(ctx.command_path, takes_batch_size=any(
+                    "--batch-size" in getattr(param, "opts", ()) for param in ctx.command.params))
+                print_error(short)
+                raise typer.Exit(short.exit_code) from None
             except OSError as exc:  # a path the checks before any work met first (they stat what the user names)
                 if exc.errno != errno.ENAMETOOLONG:
                     raise

@@ -158,7 +158,7 @@ def cache_command(
     root = cache_root()
     if clear:
         count, size = clear_entries()
-        console.print(f"removed {count} compiled model(s), {size / 1e9:.2f} GB, from {escape(str(root))}", highlight=False)
+        console.print(f"removed {count} compiled model(s), {size / 1e6:.1f} MB, from {escape(str(root))}", highlight=False)
         return
     entries = list_entries()
     if as_json:
@@ -166,7 +166,7 @@ def cache_command(
         return
     state = "" if cache_enabled() else " (off here: VLMEDGE_NO_CACHE is set)"
     console.print(f"compiled-model cache{state}: {escape(str(root))}, {len(entries)} model(s), "
-                  f"{sum(e['bytes'] for e in entries) / 1e9:.2f} GB; VLMEDGE_CACHE_DIR moves it, "
+                  f"{sum(e['bytes'] for e in entries) / 1e6:.1f} MB; VLMEDGE_CACHE_DIR moves it, "
                   "`vlmedge cache --clear` empties it", highlight=False)
     show([{"model file": escape(e["source"] or "(not recorded)"), "backend": f"{e['backend']} {e['version']}",
            "device": str(e["device"]), "options": escape(", ".join(f"{k}={v}" for k, v in (e["options"] or {}).items())),

@@ -22,10 +22,21 @@ READ_ERRORS = (VlmedgeError, OSError, ValueError, SyntaxError, MemoryError)
 AUDIO_FORMATS = "WAV, FLAC, OGG, MP3 or AIFF"
 
 
-def visible_paths(root: Path) -> list[Path]:
+def visible_paths(root: Path, unreadable: list[str] | None = None) -> list[Path]:
     """Every path under a folder given as input, hidden ones (a file or folder named '.x' on
-    the way) left out: what `vlmedge embed`, a bulk run and --calibration / --eval read."""
-    return [p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    the way) left out: what `vlmedge embed`, a bulk run and --calibration / --eval read.
+    Links to folders are listed, not followed (a link may loop). Each folder that could not be
+    listed (no permission) is added to `unreadable`, as "PATH (REASON)", for the caller to say."""
+    found = []
+
+    def not_listed(error: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(f"{error.filename} ({error.strerror or error})")
+
+    for folder, folders, files in os.walk(root, onerror=not_listed):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found.extend(Path(folder, name) for name in folders + files if not name.startswith("."))
+    return found
 
 
 def check_input_file(path: str, kind: str) -> None:

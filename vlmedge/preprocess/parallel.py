@@ -14,16 +14,17 @@ from __future__ import annotations
 import collections
 import itertools
 import numbers
-import os
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from vlmedge.errors import UsageError
+from vlmedge.environment import available_cores
+from vlmedge.errors import BackendUnavailableError, UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Decoding saturates a few cores; more threads than this mostly contend with the backend's own.
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+# Decoding saturates a few cores; more threads than this mostly contend with the backend's own,
+# and more than the cores this process may use (taskset, a container's cpuset) only take turns.
+DEFAULT_WORKERS = min(4, available_cores())
 
 
 class Deferred(NamedTuple):
@@ -78,7 +79,7 @@ def prepare_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | Non
 
     def submit(count: int) -> None:
         for item in itertools.islice(source, count):
-            pending.append((item, None) if inline is not None and inline(item) else (None, pool.submit(fn, item)))
+            pending.append((item, None) if inline is not None and inline(item) else (None, _submitted(pool, fn, item)))
 
     try:
         submit(max(1, ahead))
@@ -88,6 +89,18 @@ def prepare_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | Non
             yield fn(item) if future is None else future.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _submitted(pool: Any, fn: Callable[[T], R], item: T) -> Any:
+    """pool.submit(fn, item), which starts a thread while the pool has fewer than its workers."""
+    try:
+        return pool.submit(fn, item)
+    except RuntimeError as exc:
+        if "can't start new thread" not in str(exc):  # Python's words for a process or thread limit (ulimit -u)
+            raise
+        raise BackendUnavailableError("vlmedge could not start its decode threads (a process or thread limit such as "
+                                      "ulimit -u); raise the limit or pass --decode-workers 1 (decode_workers=1)."
+                                      ) from None
 
 
 def in_batches(results: Iterable[R], size: int) -> Iterator[list[R]]:

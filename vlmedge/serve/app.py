@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from vlmedge.environment import available_cores
 from vlmedge.errors import ArtifactError, UsageError
 from vlmedge.serve.batcher import DynamicBatcher
 from vlmedge.serve.config import BatchConfig, Limits
@@ -82,8 +83,9 @@ class _State:
         self.warmup_error: str | None = None
         self.draining = False  # drain(): requests are answered 503 shutting_down
         self.answering: set[asyncio.Task] = set()  # the tasks answering inference requests now
-        self.preparing: collections.Counter[str] = collections.Counter()  # requests being prepared, per model
-        self.prepare_slots = asyncio.Semaphore(os.cpu_count() or 1)  # requests prepared at once (handling.py)
+        # requests admitted and not yet in their model's queue (being prepared, or on their way), per model
+        self.preparing: collections.Counter[str] = collections.Counter()
+        self.prepare_slots = asyncio.Semaphore(available_cores())  # requests prepared at once (handling.py)
         self.openapi = build_openapi(self.models, limits)
         for name, m in self.models.items():
             info = m.describe()

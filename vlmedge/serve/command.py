@@ -15,6 +15,8 @@ from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
 from vlmedge.signals import sigterm_as_interrupt
 
 RAY_APP = "vlmedge"  # the Ray Serve application's name
+# Fewer open files than this, each connection being one, and a burst of clients meets resets.
+LOW_OPEN_FILES = 256
 
 
 def _require_extra() -> None:
@@ -41,6 +43,28 @@ def bind(host: str, port: int) -> socket.socket:
                                           "or stop what is using it.") from None
         raise BackendUnavailableError(f"Cannot listen on {host}:{port} ({exc.strerror}); give --host an address of "
                                       "this machine (127.0.0.1, 0.0.0.0 for every interface, ::1, ::).") from None
+
+
+def raise_open_files_limit() -> None:
+    """Raises this process's soft limit on open files to its hard limit, and warns when that
+    is still low. Every connection holds a file descriptor, and past the soft limit (1024 by
+    default, less in some containers) the server can accept none: clients get a connection
+    reset and nothing is logged. The hard limit is what the process may raise it to itself."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # a hard limit above what the kernel allows (macOS's unlimited)
+            pass
+    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILES:
+        typer.echo(f"warning: this process may open only {soft} files, one per connection, so clients past that "
+                   f"many at once get a connection reset; raise the limit (ulimit -n) to at least {LOW_OPEN_FILES}.",
+                   err=True)
 
 
 def _url(host: str, port: int) -> str:
@@ -71,7 +95,7 @@ def serve(
     replica_cpus: float = typer.Option(REPLICA_CPUS, "--replica-cpus", metavar="CPUS", min=0.01, help="With --engine ray: the CPUs Ray "
                                        "reserves per replica (0.5: two replicas share a core)."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", min=1, help="Threads one model call runs on (the "
-                                          "backend's session option; default: the backend's, one per core)."),
+                                          "backend's session option; default: one per physical core this process may use)."),
     session_option: Optional[list[str]] = typer.Option(None, "--session-option", metavar="NAME=VALUE",
                                                        help=choices.SESSION_OPTION_HELP),
     shutdown_grace_s: float = typer.Option(30.0, "--shutdown-grace-s", metavar="SECONDS", min=0, help="On SIGTERM or Ctrl-C, how long "
@@ -98,6 +122,7 @@ def serve(
 
     from vlmedge.serve.app import create_app, load_models
 
+    raise_open_files_limit()
     pipelines = load_models(artifacts, backend=backend, precision=precision, device=device, session_options=session)
     app = create_app(pipelines, batch, limits)
     sock = bind(host, port)

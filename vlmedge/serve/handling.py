@@ -172,11 +172,31 @@ def _release(slots: asyncio.Semaphore, work: asyncio.Future) -> None:
 async def submit(state: Any, name: str, job: Any, started: float, timeout_ms: int | None = None,
                  request: Request | None = None) -> tuple[Any, Any]:
     """Queues a model job on the model's batcher, within the request's remaining time. Given
-    the request (its body read), a client that leaves first takes its job out of the queue."""
-    work = state.batchers[name].submit(job.key, job.inputs, job.payload, remaining_s(state, started, timeout_ms))
+    the request (its body read), a client that leaves first takes its job out of the queue.
+
+    Watching the client, the job is queued by a task of its own, a loop step later: until then
+    the request still counts among those being prepared, since one counted nowhere let another
+    request past --max-queue (prepare_in_time's check)."""
+    batcher, timeout_s = state.batchers[name], remaining_s(state, started, timeout_ms)
     if request is None or not state.cancel_on_disconnect:
-        return await work
-    return await _unless_the_client_leaves(asyncio.ensure_future(work), request)
+        return await batcher.submit(job.key, job.inputs, job.payload, timeout_s)
+    state.preparing[name] += 1
+    counted = True
+
+    def uncount() -> None:
+        nonlocal counted
+        if counted:
+            counted = False
+            state.preparing[name] -= 1
+
+    async def queue_and_wait() -> tuple[Any, Any]:
+        uncount()  # in the step that queues the job: the batcher's check and append come next
+        return await batcher.submit(job.key, job.inputs, job.payload, timeout_s)
+
+    try:
+        return await _unless_the_client_leaves(asyncio.ensure_future(queue_and_wait()), request)
+    finally:
+        uncount()  # its task, cancelled before it started, never queued the job
 
 
 async def _unless_the_client_leaves(work: asyncio.Future, request: Request) -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from vlmedge.errors import InputError
-from vlmedge.preprocess.image.decode import convert_to_rgb, load_image
+from vlmedge.preprocess.image.decode import MAX_IMAGE_PIXELS, convert_to_rgb, load_image
 from vlmedge.preprocess.image.spec import ImagePreprocessSpec
 from vlmedge.preprocess.image.values import RESAMPLE
 
@@ -65,15 +65,15 @@ def _pixels(image: Image.Image, spec: ImagePreprocessSpec) -> np.ndarray:
     given = (image.height, image.width)  # as errors name it: the steps below turn, crop and resize it
     if spec.pre_crop is not None:  # Perceiver: a share of the shortest side, before resizing
         edge = min(image.height, image.width)
-        image = Image.fromarray(center_crop(np.asarray(image), int(spec.pre_crop[0] * edge),
-                                            int(spec.pre_crop[1] * edge)))
+        height, width = _within_pixel_limit(int(spec.pre_crop[0] * edge), int(spec.pre_crop[1] * edge), given)
+        image = Image.fromarray(center_crop(np.asarray(image), height, width))
     if spec.align_long_axis:
         image = _align_long_axis(image, spec.canvas)
     if spec.do_resize and not spec.resize_after_rescale:
         height, width = resize_output_size(image.height, image.width, spec.size, given)
         if spec.size_divisor > 1:  # rounded up to a multiple (TextNet)
             height, width = (-(-side // spec.size_divisor) * spec.size_divisor for side in (height, width))
-        image = image.resize((width, height), resample=RESAMPLE[spec.resample])
+        image = image.resize(_within_pixel_limit(height, width, given)[::-1], resample=RESAMPLE[spec.resample])
     if spec.thumbnail:  # HF's thumbnail takes `resample or BICUBIC`, so nearest (0) becomes bicubic
         image = _thumbnail(image, spec.canvas, RESAMPLE[spec.resample] or RESAMPLE["bicubic"], given)
     array = np.asarray(image)
@@ -150,6 +150,18 @@ def _pad_centred(array: np.ndarray, height: int, width: int) -> np.ndarray:
     dh, dw = height - array.shape[0], width - array.shape[1]
     top, left = dh // 2, dw // 2
     return np.pad(array, ((top, dh - top), (left, dw - left), (0, 0)), mode="constant", constant_values=0)
+
+
+def _within_pixel_limit(height: int, width: int, given: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of an image a step is about to make, refused beyond the pixels vlmedge
+    decodes: fitting a very long image's short side to the model's size makes its long side
+    the aspect ratio times longer (an 80,000,000x1 PNG of 230 KB, resized to a short side of
+    64, would be 5 billion pixels wide: Pillow overflows, or memory runs out)."""
+    if height * width > MAX_IMAGE_PIXELS:
+        raise InputError(f"The image is {given[1]}x{given[0]} pixels: this model's preprocessing would make it "
+                         f"{width}x{height}, more than the {MAX_IMAGE_PIXELS:,} pixels vlmedge handles; crop it to a "
+                         "less extreme aspect ratio.")
+    return height, width
 
 
 def _too_thin(given: tuple[int, int], size: dict) -> InputError:

@@ -10,6 +10,10 @@ from typing import Any
 from vlmedge.errors import ArtifactError, InputError
 from vlmedge.preprocess.image.values import RESAMPLE, is_number
 _SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
+# The longest side a manifest may resize, crop, pad or round to: beyond any processor of the
+# models vlmedge exports (Donut's canvas, 2560, is the largest), and square within the pixels
+# the decoder takes, so that an edited size cannot make a normal photo take all the memory.
+MAX_SIDE = 8192
 CROP_STYLES = ("huggingface", "torchvision")  # whose center_crop places the crop (see ImagePreprocessSpec)
 
 
@@ -110,8 +114,9 @@ class ImagePreprocessSpec:
                     and all(is_number(v) and v > 0 for v in self.pre_crop)):
                 raise InputError(f"pre_crop must be two positive numbers (height, width ratios), not {self.pre_crop!r}.")
             set_(self, "pre_crop", tuple(float(v) for v in self.pre_crop))
-        if not (isinstance(self.size_divisor, int) and not isinstance(self.size_divisor, bool) and self.size_divisor > 0):
-            raise InputError(f"size_divisor must be a positive integer, not {self.size_divisor!r}.")
+        if not (isinstance(self.size_divisor, int) and not isinstance(self.size_divisor, bool)
+                and 0 < self.size_divisor <= MAX_SIDE):
+            raise InputError(f"size_divisor must be an integer from 1 to {MAX_SIDE}, not {self.size_divisor!r}.")
         if (self.align_long_axis or self.thumbnail or self.pad_to_canvas) and self.canvas is None:
             raise InputError("align_long_axis, thumbnail and pad_to_canvas need canvas={'height': H, 'width': W}.")
         if self.pad_size is not None:
@@ -208,7 +213,7 @@ def _check_size(name: str, size: Any, square: bool = False) -> dict:
     """A copy of an HF size dict with positive int values and a supported set of keys."""
     allowed = _SIZE_KEYS[:1] if square else _SIZE_KEYS
     if not isinstance(size, dict) or set(size) not in allowed or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size.values()):
-        raise InputError(f"{name} must be a dict with positive integer values and keys "
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size.values()):
+        raise InputError(f"{name} must be a dict with integer values from 1 to {MAX_SIDE} and keys "
                          f"{' or '.join(str(sorted(k)) for k in allowed)}, not {size!r}.")
     return dict(size)
