@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vlmedge.artifact import sha256_file
-from vlmedge.build_locks import abandoned, lock_folder
+from vlmedge.build_locks import abandoned, lock_path
 from vlmedge.environment import cpu_key
 from vlmedge.errors import VlmedgeError, warn_caller
 from vlmedge.user_cache import cache_root, file_identity
@@ -137,13 +137,13 @@ class CacheEntry:
         """A fresh temporary folder beside the entry for the backend to write into, or None
         when the cache cannot be written (the load then goes on without it)."""
         try:
-            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            _make_backend_folder(self.folder.parent)
             _sweep(self.folder.parent)
             import tempfile  # here, not at the top: only a miss builds, and a warm load should not pay for it
 
             built = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{self.folder.name}-{os.getpid()}-",
                                           dir=self.folder.parent))
-            self._lock = lock_folder(built)
+            self._lock = lock_path(built)
             return built
         except OSError as exc:
             self._unsaved(exc)
@@ -216,6 +216,17 @@ class CacheEntry:
         warn_caller(f"vlmedge could not write its compiled-model cache at {self.folder.parent} ({reason}); "
                     "the model loads without it. Set VLMEDGE_CACHE_DIR to a writable folder with free space, or "
                     "VLMEDGE_NO_CACHE=1 to turn the cache off.")
+
+
+def _make_backend_folder(folder: Path) -> None:
+    """Makes a backend's folder of the cache. In a cache folder users share (writable by all and
+    sticky, as /tmp is) it is shared alike: made 0755 by the first user, it let no other user
+    build their entries in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shared = os.stat(folder.parent).st_mode & 0o1002 == 0o1002
+    info = os.stat(folder)
+    if shared and info.st_uid == getattr(os, "geteuid", lambda: info.st_uid)() and stat.S_IMODE(info.st_mode) != 0o1777:
+        os.chmod(folder, 0o1777)
 
 
 def _made_here_and_private(folder: Path) -> bool:

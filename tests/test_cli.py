@@ -264,16 +264,25 @@ def test_a_bulk_job_logging_to_a_file_says_how_far_it_got_as_it_goes(vit_artifac
 
 def test_the_partial_results_of_a_killed_run_are_removed_by_the_next_run_to_that_path(vit_artifact, tmp_path):
     """A bulk run killed while writing (SIGKILL, an out-of-memory kill) left its hidden
-    .NAME.tmp-PID file, which no later run removed. One still being written (its writer
-    alive) is kept."""
+    .NAME.tmp-PID file, which no later run removed. One still being written is kept, even where
+    its pid means nothing here (a run in another container, writing to the same folder)."""
+    from vlmedge.build_locks import lock_path
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     out = tmp_path / "r.parquet"
-    killed, writing = (tmp_path / f".r.parquet.tmp-{pid}" for pid in (dead.stdout.strip(), os.getpid()))
-    killed.write_bytes(b"PAR1 half a file")
-    writing.write_bytes(b"PAR1 being written")
-    done = vlmedge_cli("predict", vit_artifact, SAMPLE, "--out", out)
+    killed = tmp_path / f".r.parquet.tmp-{dead.stdout.strip()}"
+    elsewhere = tmp_path / ".r.parquet.tmp-999999999"  # no process here has that pid
+    for partial in (killed, elsewhere):
+        partial.write_bytes(b"PAR1 half a file")
+    writing = lock_path(elsewhere)  # as the run writing it holds it
+    try:
+        done = vlmedge_cli("predict", vit_artifact, SAMPLE, "--out", out)
+    finally:
+        os.close(writing)
     assert done.returncode == 0, done.stderr
-    assert out.is_file() and not killed.exists() and writing.is_file()
+    assert out.is_file() and not killed.exists() and elsewhere.is_file()
+    assert vlmedge_cli("predict", vit_artifact, SAMPLE, "--out", out).returncode == 0
+    assert not elsewhere.exists()  # its writer gone (the lock released)
 
 
 def test_control_characters_in_labels_and_names_are_shown_escaped_not_run(vit_artifact, tmp_path):

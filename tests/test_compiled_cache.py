@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_the_builds_of_killed_loads_are_removed_by_the_next_build_and_by_clear(t
     """A load killed while building its entry left its temporary folder for a day: a device
     whose loads an out-of-memory killer ended in a restart loop filled its disk with them, and
     `vlmedge cache --clear` left them too. A build still running is never touched."""
-    from vlmedge.build_locks import lock_folder
+    from vlmedge.build_locks import lock_path
     from vlmedge.runtimes.cache import cache_entry
     from tests.test_cli import vlmedge_cli
 
@@ -196,8 +197,23 @@ def test_the_builds_of_killed_loads_are_removed_by_the_next_build_and_by_clear(t
     leftover = killed()
     cleared = vlmedge_cli("cache", "--clear", env={"VLMEDGE_CACHE_DIR": str(cache_dir)})
     assert cleared.returncode == 0 and not leftover.exists() and running.is_dir()
-    assert lock_folder(running) is None  # still this process's build
+    assert lock_path(running) is None  # still this process's build
     builder.abandon(running)
+
+
+def test_a_cache_folder_users_share_gets_backend_folders_they_all_may_write(two_target_artifact, cache_dir):
+    """In a cache folder of mode 1777, the first user's load made the backend's folder 0755:
+    every other user's load warned that it could not write the cache."""
+    cache_dir.mkdir(mode=0o1777)
+    cache_dir.chmod(0o1777)
+    entry = _session(two_target_artifact, "onnxruntime").cache_path
+    assert stat.S_IMODE(entry.parent.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o700  # the entry itself stays the user's own
+
+
+def test_a_private_cache_folder_keeps_its_backend_folders_private(two_target_artifact, cache_dir):
+    entry = _session(two_target_artifact, "onnxruntime").cache_path
+    assert not entry.parent.stat().st_mode & 0o022
 
 
 def test_a_changed_model_file_at_the_same_path_is_a_miss(two_target_artifact, cache_dir, tmp_path):

@@ -577,10 +577,10 @@ def _parity_of(members: dict[str, bytes]):
 
 
 case("artifact-parity-header-claims-4-tib", r"samples/parity\.npz in .* declares 4,194,304 MiB of arrays where parity "
-     r"samples need 256 MiB at most; re-export the artifact\.")(
+     r"samples need 1024 MiB at most; re-export the artifact\.")(
     _parity_of({"model.input.pixel_values.npy": _npy_header((2**40,))}))
-case("artifact-parity-arrays-declare-too-much-together", r"declares 300 MiB of arrays where parity samples need 256 MiB")(
-    _parity_of({f"model.input.x{i}.npy": _npy_header((25 * 2**20,)) for i in range(3)}))
+case("artifact-parity-arrays-declare-too-much-together", r"declares 1,200 MiB of arrays where parity samples need 1024 MiB")(
+    _parity_of({f"model.input.x{i}.npy": _npy_header((100 * 2**20,)) for i in range(3)}))
 # a negative dimension would take its size off the total the other members declare
 case("artifact-parity-negative-shape", r"samples/parity\.npz in .* cannot be read \(an array of negative shape "
      r"\[-1, 1099511627776\]\); re-export the artifact\.")(

@@ -134,21 +134,26 @@ def _rehash(root: Path, relpath: str) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
-# check_artifact in a child whose address space is capped, after its imports, at what it maps
-# then plus 64 MiB: the parity array below (200 MiB, within PARITY_MAX_BYTES) cannot be loaded
-CHECK_UNDER_A_LIMIT = textwrap.dedent("""
-    import re, resource, sys
-    import numpy, onnxruntime
-    from vlmedge.check import check_artifact
-    from vlmedge.errors import ArtifactError
-    with open("/proc/self/status") as status:
-        mapped = int(re.search(r"VmSize:\\s+(\\d+) kB", status.read()).group(1)) * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + 64 * 2**20, resource.RLIM_INFINITY))
-    try:
-        check_artifact(sys.argv[1])
-    except ArtifactError as exc:
-        print(exc)
-""")
+def _under_a_limit(imports: str, call: str, error: str) -> str:
+    """A child's script: the imports, then its address space capped at what it maps plus 64 MiB,
+    then the call, printing the VlmedgeError it raises."""
+    return textwrap.dedent(f"""
+        import re, resource, sys
+        {imports}
+        from vlmedge.errors import {error}
+        with open("/proc/self/status") as status:
+            mapped = int(re.search(r"VmSize:\\s+(\\d+) kB", status.read()).group(1)) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + 64 * 2**20, resource.RLIM_INFINITY))
+        try:
+            {call}
+        except {error} as exc:
+            print(exc)
+    """)
+
+
+# the parity array below (200 MiB, within PARITY_MAX_BYTES) cannot be loaded within the limit
+CHECK_UNDER_A_LIMIT = _under_a_limit("import numpy, onnxruntime; from vlmedge.check import check_artifact",
+                                     "check_artifact(sys.argv[1])", "ArtifactError")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -166,6 +171,25 @@ def test_check_says_so_when_the_parity_arrays_do_not_fit_in_memory(tmp_path):
     assert child.returncode == 0 and "Traceback" not in child.stderr, child.stderr
     assert child.stdout.strip() == (f"This machine ran out of memory loading samples/parity.npz of {root}; free "
                                     "memory and run the check again.")
+
+
+# a 6000x6000 photo (108 MB of pixels) cannot be decoded within the limit
+DECODE_UNDER_A_LIMIT = _under_a_limit("from vlmedge.preprocess.image import load_image", "load_image(sys.argv[1])",
+                                      "InputError")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_an_image_too_large_for_the_memory_left_is_not_called_corrupt(tmp_path):
+    """A good photo decoded where memory ran out was said to be "truncated or corrupt"."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (6000, 6000), (90, 140, 200)).save(photo)
+    child = subprocess.run([sys.executable, "-c", DECODE_UNDER_A_LIMIT, str(photo)], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0 and "Traceback" not in child.stderr, child.stderr
+    assert child.stdout.strip() == (f"Image file {photo} could not be decoded: this process ran out of memory; free "
+                                    "memory or raise its limit (ulimit -v), or downscale the image.")
 
 
 # Where memory runs out is the machine's to decide (under `ulimit -v`, an export fails in an

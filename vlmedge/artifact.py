@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from vlmedge.build_locks import abandoned, lock_folder
+from vlmedge.build_locks import abandoned, lock_path
 from vlmedge.errors import ArtifactError, ExportError, InputError
 from vlmedge.manifest import FORMAT_REVISION, MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
@@ -263,7 +263,7 @@ class ArtifactWriter:
             self.destination.parent.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_builds(self.destination)
             self.tmp.mkdir()
-            self._lock = lock_folder(self.tmp)
+            self._lock = lock_path(self.tmp)
         except OSError as exc:
             _raise_if_disk_full(exc, self.destination)
             raise ExportError(f"Cannot write the artifact at {self.destination} ({exc.strerror or exc}); choose an "

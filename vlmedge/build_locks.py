@@ -1,7 +1,7 @@
-"""Telling a folder another process is still writing from one a killed process left behind.
+"""Telling a folder or file another process is still writing from one a killed process left behind.
 
-A writer (an export's build folder, a compiled-model cache entry being built) locks its
-folder while it writes and puts its pid in the folder's name. The pid alone is no proof: a
+A writer (an export's build folder, a compiled-model cache entry being built, a bulk run's
+partial results) locks what it writes while it writes and puts its pid in its name. The pid alone is no proof: a
 process killed as a container's pid 1 (or any pid, later) leaves a pid that another process
 holds again, so a folder is abandoned when no one holds its lock; where there are no such
 locks (Windows), or for a folder never locked, the pid says.
@@ -22,12 +22,12 @@ except ImportError:  # Windows: folders are told abandoned by their pid alone
 LOCK_SETTLED_S = 10.0
 
 
-def lock_folder(folder: Path) -> int | None:
-    """A descriptor of `folder` holding an exclusive lock on it (released when closed, or when the
-    process ends however it ends), or None where there are no such locks: its pid then says."""
+def lock_path(path: Path) -> int | None:
+    """A descriptor of a folder or file holding an exclusive lock on it (released when closed, or
+    when the process ends however it ends), or None where there are no such locks: its pid then says."""
     if fcntl is None:
         return None
-    fd = os.open(folder, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -37,7 +37,7 @@ def lock_folder(folder: Path) -> int | None:
 
 
 def abandoned(folder: Path, pid: int, unlocked: bool = False) -> bool:
-    """Whether no process is writing `folder` any more, its writer being `pid`; `unlocked`:
+    """Whether no process is writing `folder` (or file) any more, its writer being `pid`; `unlocked`:
     a folder its writer never locks (an export's replaced artifact, removed within the
     commit that made it), which goes by the pid."""
     if unlocked or fcntl is None or folder.is_symlink():

@@ -26,11 +26,11 @@ from vlmedge.runtimes.base import backend_named, backend_of_target, unavailable_
 from vlmedge.runtimes.select import open_entry
 
 PARITY_FILE = "samples/parity.npz"
-# An export stores a few rows per graph (the bundled samples and a few random ones: nine images
-# at most) and the source's pooled outputs for them: nine 1024x1024 float32 images are 113 MB,
-# beyond any model vlmedge exports. A file declaring more is corrupt or a zip bomb (a few MB
-# that inflate to GBs), and is refused before any array is allocated or inflated.
-PARITY_MAX_BYTES = 256 * 2**20
+# An export stores eleven rows per graph at most (the bundled samples and a few random ones) and
+# the source's outputs for them: Donut's 2560x1920 canvas in float32 makes 619 MiB of them. A file
+# declaring more than this is corrupt or a zip bomb (a few MB that inflate to GBs), and is
+# refused before any array is allocated or inflated.
+PARITY_MAX_BYTES = 2**30
 # One array per input and per output of each graph: two graphs of a few each, a dozen at most.
 PARITY_MAX_ARRAYS = 64
 # What reading a hostile or damaged npz can raise: zipfile raises RuntimeError for an encrypted

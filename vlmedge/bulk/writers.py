@@ -25,7 +25,7 @@ import numpy as np
 from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import column, column_names, to_arrow, written_by
-from vlmedge.build_locks import process_alive
+from vlmedge.build_locks import abandoned, lock_path
 from vlmedge.choices import check_writable_file
 from vlmedge.errors import InputError, OutputError, printable
 
@@ -51,6 +51,7 @@ def _write_failed(path: Path, exc: OSError) -> OutputError:
 class _Writer:
     out: Path
     _temporary: list[Path]
+    _locks: list[int]  # descriptors holding the temporary files' locks (abort releases them)
 
     def __enter__(self):
         return self
@@ -69,6 +70,9 @@ class _Writer:
         """Removes what was written under temporary names (nothing once closed)."""
         for tmp in self._temporary:
             tmp.unlink(missing_ok=True)
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
 
     def _tmp(self, path: Path, suffix: str = "") -> Path:
         _remove_abandoned_partials(path, suffix)
@@ -76,11 +80,19 @@ class _Writer:
         self._temporary.append(tmp)
         return tmp
 
+    def _hold(self, tmp: Path) -> None:
+        """Locks a temporary file just made, while this run writes it, so that another run to
+        that path (in another container too, where its pid means nothing) tells it from a
+        killed run's."""
+        lock = lock_path(tmp)
+        if lock is not None:
+            self._locks.append(lock)
+
 
 def _remove_abandoned_partials(path: Path, suffix: str) -> None:
     """Removes this user's partial results of `path` whose writers were killed (SIGKILL, a power
-    cut: nothing ran to remove them), told by the pid in their names; a run still writing one
-    (another terminal's, to the same path) keeps its own."""
+    cut: nothing ran to remove them), told by their locks (vlmedge.build_locks); a run still
+    writing one (another terminal's or container's, to the same path) keeps its own."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+){re.escape(suffix)}")
     try:
         siblings = list(path.parent.iterdir())
@@ -88,7 +100,7 @@ def _remove_abandoned_partials(path: Path, suffix: str) -> None:
         return
     for sibling in siblings:
         writer = pattern.fullmatch(sibling.name)
-        if writer is None or int(writer.group(1)) == os.getpid() or process_alive(int(writer.group(1))):
+        if writer is None or int(writer.group(1)) == os.getpid() or not abandoned(sibling, int(writer.group(1))):
             continue
         with contextlib.suppress(OSError):
             info = sibling.lstat()
@@ -110,7 +122,7 @@ class ParquetWriter(_Writer):
             self.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _write_failed(self.out, exc) from None
-        self._temporary = []
+        self._temporary, self._locks = [], []
         self._path = self._tmp(self.out)
         self._writer = None
         self._pending: list[Any] = []
@@ -143,6 +155,7 @@ class ParquetWriter(_Writer):
 
         try:
             self._writer = pq.ParquetWriter(self._path, schema)
+            self._hold(self._path)
         except OSError as exc:
             raise _write_failed(self.out, exc) from None
         pending, self._pending = self._pending, []
@@ -200,7 +213,7 @@ class NpyWriter(_Writer):
         self.listing = side_file(self.out)
         check_out(self.out)
         check_out(self.listing)
-        self._temporary = []
+        self._temporary, self._locks = [], []
         self.meta: dict[str, Any] = {"artifact": str(artifact), "task": None, "shape": None, "dtype": "float32"}
         self.files: list[str] = []
         self.texts: list[str] = []

@@ -137,6 +137,9 @@ def _decode(source: Any, what: str) -> Image.Image:
         raise InputError(f"{what} is not a readable {', '.join(FORMATS)} image; convert it to PNG or JPEG.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{what} could not be decoded ({e}); the file may be truncated or corrupt.") from None
+    except MemoryError:  # a good file, too large for the memory this process has left
+        raise InputError(f"{what} could not be decoded: this process ran out of memory; free memory or raise its "
+                         "limit (ulimit -v), or downscale the image.") from None
     except Exception as e:  # noqa: BLE001 - decoders of untrusted bytes raise struct.error, IndexError, ...
         raise InputError(f"{what} could not be decoded ({type(e).__name__}: {e}); the file may be truncated or "
                          "corrupt.") from None
