@@ -49,7 +49,7 @@ from vlmedge.artifact import sha256_file
 from vlmedge.build_locks import abandoned, lock_path
 from vlmedge.environment import cpu_key
 from vlmedge.errors import VlmedgeError, warn_caller
-from vlmedge.user_cache import cache_root, file_identity
+from vlmedge.user_cache import cache_root, file_identity, owned_by_me
 
 # 2: ONNX Runtime's entries hold the packed weights; an entry of an older form is rebuilt
 CACHE_FORMAT = 2
@@ -225,7 +225,7 @@ def _make_backend_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     shared = os.stat(folder.parent).st_mode & 0o1002 == 0o1002
     info = os.stat(folder)
-    if shared and info.st_uid == getattr(os, "geteuid", lambda: info.st_uid)() and stat.S_IMODE(info.st_mode) != 0o1777:
+    if shared and owned_by_me(info) and stat.S_IMODE(info.st_mode) != 0o1777:
         os.chmod(folder, 0o1777)
 
 
@@ -237,8 +237,7 @@ def _made_here_and_private(folder: Path) -> bool:
         info = os.lstat(folder)
     except OSError:
         return False
-    owner_is_me = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
-    return stat.S_ISDIR(info.st_mode) and owner_is_me and not info.st_mode & 0o077
+    return stat.S_ISDIR(info.st_mode) and owned_by_me(info) and not info.st_mode & 0o077
 
 
 def list_entries() -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path
+from typing import Iterable
 
 from vlmedge.errors import ArtifactError
 
@@ -225,12 +226,15 @@ def check_inlined_size(model_path: Path) -> None:
                             "are inlined, more than any real model; refusing to load it.")
 
 
-def check_external_data(model_path: Path, root: Path) -> None:
+def check_external_data(model_path: Path, root: Path, hashed: Iterable[Path] | None = None) -> None:
     """Refuses an ONNX file whose external data lies outside `root` or behind a link, or
     that ONNX Runtime would spin on for ever (check_inlined_size); called before any parser
-    opens the file."""
+    opens the file. `hashed`: the files just verified against the artifact's manifest, where
+    every external-data file must be (another listed file would be read with its size
+    checked alone)."""
     check_inlined_size(model_path)
     resolved_root = root.resolve()
+    verified = None if hashed is None else {file.resolve() for file in hashed}
     # each distinct location once: a saved model names its one weights file in every tensor
     for location in dict.fromkeys(external_data_locations(model_path)):
         candidate = Path(location)
@@ -243,6 +247,10 @@ def check_external_data(model_path: Path, root: Path) -> None:
                 f"{model_path.name} refers to external data at {location!r}, outside its artifact folder; "
                 "refusing to load it."
             )
+        if verified is not None and target.resolve() not in verified:
+            raise ArtifactError(f"{model_path.relative_to(root).as_posix()} in {root} reads its weights from "
+                                f"{location!r}, which is not one of its own weights files; the artifact was altered, "
+                                "re-export it.")
 
 
 def model_files(model_path: Path) -> list[Path]:

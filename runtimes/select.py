@@ -18,6 +18,7 @@ from vlmedge.manifest import DYNAMIC_INT8_METHOD
 from vlmedge.parity import PRECISIONS
 from vlmedge.runtimes.base import (BACKENDS, Session, backend_named, backend_of_target, check_session_options,
                                    open_session)
+from vlmedge.runtimes.onnx_external import check_external_data
 from vlmedge.user_cache import cache_enabled, file_identity
 
 
@@ -135,7 +136,7 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
     artifact.verify_model(entry, cache=options["cache"])  # before any parser reads the file
     path = artifact.path_of(entry)
     if backend == "onnxruntime":  # it checks the external data of the files it parses, and only those
-        _refuse_unverified_external_data(artifact, entry, files)
+        check_external_data(path, artifact.root, hashed=files)  # ONNX Runtime reads all the data it names
         options["data_root"] = artifact.root
     if options["cache"]:
         options.setdefault("model_digest", model_digest(artifact, entry))
@@ -148,21 +149,6 @@ def open_entry(artifact: Artifact, entry: dict[str, Any], backend: str | None = 
     _warn_if_unverified(artifact, entry, session)
     session.model_file, session.precision = entry["path"], entry.get("precision")
     return session
-
-
-def _refuse_unverified_external_data(artifact: Artifact, entry: dict[str, Any], verified: list[Path]) -> None:
-    """ONNX Runtime reads every external-data file an ONNX file names: each must be one of the
-    weights files verify_model has just hashed, those named after the model file as vlmedge
-    writes them. Another listed file would be read with its size checked alone."""
-    from vlmedge.runtimes.onnx_external import check_external_data, external_data_locations
-
-    path = artifact.path_of(entry)
-    check_external_data(path, artifact.root)  # first: a path out of the folder is refused as such
-    hashed = {file.resolve() for file in verified}
-    for location in dict.fromkeys(external_data_locations(path)):
-        if (path.parent / location).resolve() not in hashed:
-            raise ArtifactError(f"{entry['path']} in {artifact.root} reads its weights from {location!r}, which is "
-                                "not one of its own weights files; the artifact was altered, re-export it.")
 
 
 def _identities(files: list[Path]) -> list[Any]:

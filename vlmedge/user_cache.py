@@ -134,5 +134,9 @@ def _open_no_follow(path: str, flags: int) -> int:
 
 def _mine_alone(info: os.stat_result) -> bool:
     """Whether a file is this user's and no other user may write it."""
-    owner_is_me = not hasattr(os, "geteuid") or info.st_uid == os.geteuid()
-    return stat.S_ISREG(info.st_mode) and owner_is_me and not info.st_mode & 0o022
+    return stat.S_ISREG(info.st_mode) and owned_by_me(info) and not info.st_mode & 0o022
+
+
+def owned_by_me(info: os.stat_result) -> bool:
+    """Whether a file or folder is this user's (always, where there are no user ids: Windows)."""
+    return not hasattr(os, "geteuid") or info.st_uid == os.geteuid()

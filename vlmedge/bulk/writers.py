@@ -28,6 +28,7 @@ from vlmedge.bulk.table import column, column_names, to_arrow, written_by
 from vlmedge.build_locks import abandoned, lock_path
 from vlmedge.choices import check_writable_file
 from vlmedge.errors import InputError, OutputError, printable
+from vlmedge.user_cache import owned_by_me
 
 # the suffixes (in any case) of the files bulk results go to, and their formats
 OUT_FORMATS = {".parquet": "parquet", ".npy": "npy"}
@@ -104,7 +105,7 @@ def _remove_abandoned_partials(path: Path, suffix: str) -> None:
             continue
         with contextlib.suppress(OSError):
             info = sibling.lstat()
-            if stat.S_ISREG(info.st_mode) and info.st_uid == getattr(os, "geteuid", lambda: info.st_uid)():
+            if stat.S_ISREG(info.st_mode) and owned_by_me(info):
                 sibling.unlink()
 
 
