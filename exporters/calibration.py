@@ -86,12 +86,11 @@ class Preprocessor:
 
             return {"pixel_values": preprocess_images([load_image(p) for p in items], self._image)}
         if self.kind == "audio":
-            from vlmedge.preprocess.audio import fbank, load_audio, resample
+            from vlmedge.preprocess.audio import fbank, load_audio_at
 
             features = []
             for path in items:
-                wave, rate = load_audio(path)
-                features.append(fbank(resample(wave, rate, self._audio.sampling_rate), self._audio))
+                features.append(fbank(load_audio_at(path, self._audio.sampling_rate)[0], self._audio))
             return {"input_values": _stacked(features)}
         return dict(self._tokenizer.encode(list(items)))
 

@@ -26,10 +26,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import openvino as ov
-
+from vlmedge.environment import openvino_telemetry_off
 from vlmedge.exporters.quantize import SENSITIVE, Recipe, calibration_rows, run_ladder
-from vlmedge.runtimes.openvino import supports_precision
+from vlmedge.runtimes.openvino import ov, supports_precision  # ov: openvino, imported without its telemetry
 
 # vlmedge precision -> (store weights as fp16, session options)
 PLAIN = {
@@ -122,7 +121,8 @@ def leaving_embeddings(ignored: Any) -> Any:
     in float for gather_int8_embeddings."""
     import dataclasses
 
-    import nncf
+    with openvino_telemetry_off():
+        import nncf
 
     if ignored is None:
         return nncf.IgnoredScope(types=["Gather"], validate=False)
@@ -188,7 +188,8 @@ def openvino_int8_recipes(context: Any) -> list[Recipe]:
     2. also LayerNorm, GELU, Softmax, residual Adds and the attention kept in float;
     3. int8 weights with float activations.
     """
-    import nncf
+    with openvino_telemetry_off():
+        import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vlmedge.errors import (ArtifactError, BackendUnavailableError, InputError, NonFiniteOutputError, UsageError,
-                            one_line)
+                            cut_at_word, one_line)
 
 
 @dataclass(frozen=True)
@@ -445,10 +445,7 @@ def backend_message(exc: BaseException, limit: int = 300) -> str:
     """A backend exception's message for a sentence to quote: one line, without OpenVINO's
     source locations, its lines joined by "; ", cut at a word boundary (with "…") past `limit`."""
     lines = (_SOURCE_LOCATION.sub("", line.strip()) for line in str(exc).splitlines())
-    text = one_line("; ".join(line for line in lines if line)) or type(exc).__name__
-    if len(text) <= limit:
-        return text
-    return text[:limit].rsplit(" ", 1)[0].rstrip(" ;,:") + "…"
+    return cut_at_word(one_line("; ".join(line for line in lines if line)) or type(exc).__name__, limit)
 
 
 def resources_exhausted(backend: str, doing: str, exc: BaseException,

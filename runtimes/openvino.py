@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openvino as ov
 
+from vlmedge.environment import openvino_telemetry_off
 from vlmedge.errors import ArtifactError, BackendUnavailableError, InputError
 from vlmedge.runtimes.base import Session, TensorInfo, backend_message, backend_named, resources_exhausted
 from vlmedge.runtimes.cache import CacheEntry, files_digest
 from vlmedge.runtimes.cache import cache_entry
 from vlmedge.runtimes.mapped import MappedFile
+
+with openvino_telemetry_off():
+    import openvino as ov
 
 # vlmedge precision names and OpenVINO's own -> the INFERENCE_PRECISION_HINT value
 INFERENCE_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}

@@ -123,6 +123,10 @@ case("image-bytes-among-many", r"^Image 2 of the list: The image given as bytes 
 case("image-float-array", r"dtype uint8 .*not float32")(lambda c: c.classifier.classify(np.zeros((8, 8, 3), np.float32)))
 case("image-five-channels", r"must have shape .*not \(8, 8, 5\)")(lambda c: c.classifier.classify(np.zeros((8, 8, 5), np.uint8)))
 case("image-empty-array", r"image array is empty")(lambda c: c.classifier.classify(np.zeros((0, 10, 3), np.uint8)))
+case("image-empty-pil", r"^The PIL image is empty \(size \(0, 10\)\); pass an image of at least 1x1 pixel\.$")(
+    lambda c: c.classifier.classify(Image.new("RGB", (0, 10))))
+case("image-empty-pil-among-many", r"^Image 1 of the list: The PIL image is empty \(size \(10, 0\)\)")(
+    lambda c: c.classifier.classify([Image.new("RGB", (8, 8)), Image.new("L", (10, 0))]))
 case("image-4d-array", r"array of shape \[2, 8, 8, 3\]; pass one HWC image")(
     lambda c: c.classifier.classify(np.zeros((2, 8, 8, 3), np.uint8)))
 case("image-garbage-bytes", r"image given as bytes is not a readable")(lambda c: c.classifier.classify(b"\x00\x01garbage" * 50))

@@ -88,9 +88,12 @@ def test_a_file_onnx_runtime_cannot_load_is_an_artifact_error(tmp_path):
         open_session(path)
 
 
-def test_loading_and_running_an_artifact_writes_nothing_to_home(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loading_and_running_an_artifact_writes_nothing_to_home(two_target_artifact, tmp_path, backend):
     """ONNX Runtime's telemetry would record each session in ~/.cache/Microsoft/...; vlmedge
     turns it off (ORT_DISABLE_TELEMETRY) so that serving an artifact writes nothing to home.
+    OpenVINO's, on `import openvino`, wrote a client id and usage counts under ~/intel, sent a
+    usage event and left a thread for the life of the process; vlmedge imports it without.
     The one thing vlmedge itself writes, the compiled-model cache, goes where
     VLMEDGE_CACHE_DIR points (conftest sets it to a temporary folder, outside this HOME);
     tests/test_compiled_cache.py checks the cache's own default place."""
@@ -98,18 +101,19 @@ def test_loading_and_running_an_artifact_writes_nothing_to_home(tmp_path):
     import subprocess
     import sys
 
-    from tests.hardening_support import REPO, tiny_classifier_artifact
+    from tests.hardening_support import REPO
 
-    artifact = tiny_classifier_artifact(tmp_path / "artifact")
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
-    code = ("import numpy as np, vlmedge; c = vlmedge.load(r'%s'); "
-            "print(c.classify(np.zeros((8, 8, 3), np.uint8))[0].label)" % artifact)
+    code = ("import sys, threading, numpy as np, vlmedge; c = vlmedge.load(r'%s', backend='%s'); "
+            "print(c.classify(np.zeros((8, 8, 3), np.uint8))[0].label, threading.active_count(), "
+            "'openvino_telemetry' in sys.modules)" % (two_target_artifact, backend))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={**env, "HOME": str(home), "PYTHONPATH": str(REPO)}, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().startswith("label")
+    label, threads, telemetry = done.stdout.split()
+    assert label and (threads, telemetry) == ("1", "False")
     assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
 
 

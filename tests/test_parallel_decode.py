@@ -55,6 +55,23 @@ def test_an_error_is_raised_at_its_items_turn_and_the_window_stays_bounded():
     assert seen == [0, 1, 2, 3, 4] and most[0] <= 3
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_warning_given_while_preparing_names_the_callers_line(workers):
+    """On a decode thread the first frame outside vlmedge was the thread pool's
+    (concurrent/futures/thread.py), so a list call's warning named no line of the caller's,
+    and Python's default filter showed it once for every list call of the process."""
+    import functools
+
+    from vlmedge.preprocess.audio import load_audio
+
+    loud, fine, empty = np.full(1600, 20000, np.float32), np.full(1600, 0.5, np.float32), np.zeros(0, np.float32)
+    prepared = prepare_ordered(functools.partial(load_audio, sample_rate=16000), [fine, loud, fine, empty],
+                               workers=workers)
+    with pytest.warns(UserWarning, match="samples reach 20000") as seen, pytest.raises(InputError, match="empty"):
+        list(prepared)
+    assert len(seen) == 1 and seen[0].filename == __file__
+
+
 def test_one_worker_runs_in_the_callers_thread_lazily():
     threads, calls = set(), []
 

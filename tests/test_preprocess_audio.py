@@ -447,6 +447,80 @@ def test_integer_pcm_held_as_floats_is_said_and_a_loud_float_clip_is_not(tmp_pat
         load_audio(tmp_path / "loud.wav")
 
 
+def _whole_file_at(path: Path, rate: int) -> np.ndarray:
+    """What decoding a file whole, downmixing it in float64 and resampling it in one call gives."""
+    frames, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = frames.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return mono if file_rate == rate else np.asarray(audio_io.soxr.resample(mono, file_rate, rate, quality="HQ"))
+
+
+@pytest.mark.parametrize("fmt,rate,channels", [("WAV", 44100, 2), ("FLAC", 48000, 1), ("OGG", 22050, 2),
+                                               ("FLAC", SR, 2), ("WAV", 8000, 1)])
+@pytest.mark.parametrize("reserve", [audio_io.MAX_RESERVED_SAMPLES, 1000])
+def test_a_file_decoded_a_block_at_a_time_gives_the_samples_of_the_whole_file(tmp_path, monkeypatch, fmt, rate,
+                                                                               channels, reserve):
+    """Files are decoded, downmixed and resampled a block at a time (a long recording is never
+    held whole at its own rate and channel count): the samples are those of the whole file,
+    as bytes too, and where the room a header reserves runs out and grows."""
+    monkeypatch.setattr(audio_io, "MAX_RESERVED_SAMPLES", reserve)
+    seconds = 3.3 * audio_io.STREAM_BLOCK_FRAMES / rate  # three blocks and a part
+    noise = np.random.default_rng(rate + channels).uniform(-0.5, 0.5, (round(seconds * rate), channels))
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, noise.astype(np.float32), rate, format=fmt)
+    expected = _whole_file_at(path, SR)
+    for source in (path, path.read_bytes()):
+        wave, duration = A.load_audio_at(source, SR)
+        assert wave.dtype == np.float32 and np.array_equal(wave, expected)
+        assert duration == sf.info(path).frames / rate
+        assert np.array_equal(load_audio(source)[0], _whole_file_at(path, rate))
+    cut = tmp_path / f"cut.{fmt.lower()}"  # a truncated file: what the decoder gives, or one sentence
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
+    try:
+        expected = _whole_file_at(cut, SR)
+    except sf.LibsndfileError:
+        with pytest.raises(InputError, match=f"^Cannot decode audio file {cut} "):
+            A.load_audio_at(cut, SR)
+    else:
+        assert np.array_equal(A.load_audio_at(cut, SR)[0], expected)
+
+
+LONG_FILE_UNDER_A_LIMIT = """
+import re, resource, sys
+from vlmedge.errors import InputError
+from vlmedge.preprocess.audio import load_audio, load_audio_at
+with open("/proc/self/status") as status:
+    mapped = int(re.search(r"VmSize:\\s+(\\d+) kB", status.read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (mapped + 160 * 2**20, resource.RLIM_INFINITY))
+wave, duration = load_audio_at(sys.argv[1], 16000)
+print(wave.size, duration)
+del wave
+try:
+    load_audio(sys.argv[1])  # mono at its own 48 kHz: 230 MB, beyond the limit
+except InputError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_long_recording_is_held_only_as_mono_at_the_models_rate(tmp_path):
+    """Twenty minutes of 48 kHz 4-channel audio: 920 MB as float32 frames, which decoding whole
+    held (and a float64 downmix beside them), where its mono samples at 16 kHz are 77 MB; and
+    a clip beyond the memory left is said to be, not called undecodable."""
+    path = tmp_path / "long.flac"
+    with sf.SoundFile(path, "w", 48000, 4, format="FLAC") as file:
+        minute = np.zeros((48000 * 60, 4), dtype=np.float32)
+        minute[::480] = 0.25  # not silence alone
+        for _ in range(20):
+            file.write(minute)
+    child = subprocess.run([sys.executable, "-c", LONG_FILE_UNDER_A_LIMIT, str(path)], capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode == 0, child.stderr
+    first, second = child.stdout.splitlines()
+    assert first.split() == [str(16000 * 60 * 20), "1200.0"]
+    assert second == (f"Cannot decode audio file {path}: this process ran out of memory; free memory or raise its "
+                      "limit (ulimit -v), or cut the recording into shorter files.")
+
+
 @pytest.mark.parametrize("sr", [44100, 8000, 192000])
 def test_resample_to_16k_keeps_pitch_and_energy(sr):
     wave = _sine(440, sr)

@@ -18,7 +18,7 @@ import pytest
 
 import vlmedge
 from vlmedge.artifact import sha256_file
-from vlmedge.errors import ArtifactError
+from vlmedge.errors import ArtifactError, first_line
 from vlmedge.runtimes.base import backend_message, resources_exhausted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,6 +232,8 @@ def test_backend_messages_are_their_meaningful_lines_never_cut_mid_word():
     # 120 characters end in "char*": the quote ends at the word before it
     assert backend_message(RuntimeError(ORT_NO_THREADS), limit=120) == \
         ORT_NO_THREADS[:ORT_NO_THREADS.index(" char*")] + "…"
+    # the first line any error quotes of a library's exception is cut the same way
+    assert first_line(RuntimeError(ORT_NO_THREADS), limit=120) == ORT_NO_THREADS[:ORT_NO_THREADS.index(" char*")] + "…"
     memory = resources_exhausted("OpenVINO", "while compiling model.fp32.xml for CPU", RuntimeError(OPENVINO_OUT_OF_MEMORY),
                                  fewer_threads="use --backend onnxruntime --threads 1")
     assert str(memory) == ("OpenVINO ran out of memory while compiling model.fp32.xml for CPU; free memory or raise "

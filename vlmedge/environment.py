@@ -7,12 +7,15 @@ the installed distribution), so describing the machine never changes what is mea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from vlmedge.errors import BackendUnavailableError
 
@@ -249,3 +252,21 @@ def export_extra_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | 
         return None
     return BackendUnavailableError(f"Exporting needs the 'export' extra, and its {package or 'packages are'} "
                                    f"{'is ' if package else ''}not installed; install it with: pip install 'vlmedge[export]'.")
+
+
+@contextlib.contextmanager
+def openvino_telemetry_off() -> Iterator[None]:
+    """Imports within it see no openvino_telemetry, so OpenVINO and NNCF take their own stubs:
+    with it, `import openvino` writes a client id and usage counts under ~/intel, sends a usage
+    event and leaves a thread behind, and loading an artifact must write nothing outside it
+    (ONNX Runtime's own telemetry is turned off in vlmedge/__init__.py). A process that has
+    imported openvino_telemetry itself keeps it."""
+    if "openvino_telemetry" in sys.modules:
+        yield
+        return
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # the import system's "not found"
+    try:
+        yield
+    finally:
+        if "openvino_telemetry" in sys.modules and sys.modules["openvino_telemetry"] is None:
+            del sys.modules["openvino_telemetry"]

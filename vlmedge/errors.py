@@ -5,10 +5,12 @@ problem with the user's input or environment, not a bug in vlmedge, and exits wi
 class's `exit_code` (EXIT_CODES lists them all).
 """
 
+import contextlib
 import re
 import sys
+import threading
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 # The `vlmedge` command's exit codes, declared once (the README's "Errors" table mirrors them).
 EXIT_CODES = {
@@ -30,7 +32,14 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     while len(lines) > 1 and lines[0].endswith(":"):
         lines[:2] = [f"{lines[0]} {lines[1]}"]
     text = re.sub(r"Exception from \S+:\d+:\s*(?=\S)", "", lines[0]) if lines else type(exc).__name__
-    return text[:limit]
+    return cut_at_word(text, limit)
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """`text`, or past `limit` characters its words up to there and "…", never a part word."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ;,:") + "…"
 
 
 def exception_line(exc: BaseException, limit: int = 300) -> str:
@@ -42,11 +51,32 @@ def exception_line(exc: BaseException, limit: int = 300) -> str:
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """warnings.warn, attributed to the first frame outside vlmedge: the user's own line that
     loaded the model, however deep in vlmedge the cause was found. Python prints that line
-    with the warning, and its default filter shows a warning once per such line."""
+    with the warning, and its default filter shows a warning once per such line. On a thread
+    inside `warnings_held` the warning is held for the thread that called vlmedge to give."""
+    held = getattr(_HELD, "warnings", None)
+    if held is not None:
+        held.append((message, category))
+        return
     level, frame = 2, sys._getframe(1)
     while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "vlmedge":
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+# The warnings this thread holds for another (see warnings_held), if any.
+_HELD = threading.local()
+
+
+@contextlib.contextmanager
+def warnings_held(held: list[tuple[str, type[Warning]]]) -> Iterator[None]:
+    """Within it, warn_caller on this thread appends (message, category) to `held` rather
+    than warning: a decode thread's frames end in its thread pool, not the user's line, so the
+    thread that consumes the decoded item gives them, each with warn_caller again."""
+    _HELD.warnings = held
+    try:
+        yield
+    finally:
+        _HELD.warnings = None
 
 
 class UnverifiedWarning(UserWarning):

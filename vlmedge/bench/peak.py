@@ -167,7 +167,7 @@ def _openvino_gemm(precision: str, size: int, folder: Path) -> tuple[Path, np.nd
     """An OpenVINO IR chain of GEMM_DEPTH GEMMs and its input; int8 is the quantised pattern
     NNCF writes (FakeQuantize to u8 on each input, s8 weights converted and scaled) that the
     CPU plugin lowers to u8 x s8 GEMMs."""
-    import openvino as ov
+    from vlmedge.runtimes.openvino import ov  # imported without its telemetry
     import openvino.opset13 as ops
 
     rng = np.random.default_rng(0)

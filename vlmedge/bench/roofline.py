@@ -255,9 +255,7 @@ def count_openvino(path: str | Path, input_shapes: dict[str, Sequence[int]]) -> 
     """Counts an OpenVINO model file's work (MatMul, Convolution, GroupConvolution, Einsum
     and the two products of ScaledDotProductAttention) after reshaping its inputs to the
     given shapes."""
-    import openvino as ov
-
-    from vlmedge.runtimes.openvino import core
+    from vlmedge.runtimes.openvino import core, ov  # ov: openvino, imported without its telemetry
 
     model = core().read_model(str(path))
     wanted = {port: ov.PartialShape(list(input_shapes[name])) for port in model.inputs

@@ -17,7 +17,7 @@ import numbers
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from vlmedge.environment import available_cores
-from vlmedge.errors import BackendUnavailableError, UsageError
+from vlmedge.errors import BackendUnavailableError, UsageError, warn_caller, warnings_held
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -86,21 +86,42 @@ def prepare_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | Non
         while pending:
             item, future = pending.popleft()
             submit(1)  # keep the window full while the caller works on this item
-            yield fn(item) if future is None else future.result()
+            yield fn(item) if future is None else _given(*future.result())
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _submitted(pool: Any, fn: Callable[[T], R], item: T) -> Any:
-    """pool.submit(fn, item), which starts a thread while the pool has fewer than its workers."""
+    """pool.submit(fn, item) (through _holding_warnings), which starts a thread while the pool
+    has fewer than its workers."""
     try:
-        return pool.submit(fn, item)
+        return pool.submit(_holding_warnings, fn, item)
     except RuntimeError as exc:
         if "can't start new thread" not in str(exc):  # Python's words for a process or thread limit (ulimit -u)
             raise
         raise BackendUnavailableError("vlmedge could not start its decode threads (a process or thread limit such as "
                                       "ulimit -u); raise the limit or pass --decode-workers 1 (decode_workers=1)."
                                       ) from None
+
+
+def _holding_warnings(fn: Callable[[T], R], item: T) -> tuple[R | None, BaseException | None, list]:
+    """fn(item) on a decode thread: its result or exception, and the warnings it gave, which
+    the consuming thread gives (`_given`) so that they name the caller's line."""
+    held: list = []
+    with warnings_held(held):
+        try:
+            return fn(item), None, held
+        except Exception as exc:  # noqa: BLE001 - raised at its item's turn, after its warnings
+            return None, exc, held
+
+
+def _given(result: R | None, error: BaseException | None, held: list) -> R:
+    """What _holding_warnings returned, given in the consuming thread: warnings, then the result or error."""
+    for message, category in held:
+        warn_caller(message, category)
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
 
 
 def in_batches(results: Iterable[R], size: int) -> Iterator[list[R]]:

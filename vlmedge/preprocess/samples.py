@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from vlmedge.preprocess.audio import AUDIO_SUFFIXES, AudioPreprocessSpec, fbank, load_audio, resample
+from vlmedge.preprocess.audio import AUDIO_SUFFIXES, AudioPreprocessSpec, fbank, load_audio_at
 from vlmedge.preprocess.image import ImagePreprocessSpec, image_suffixes, load_image, preprocess_images
 
 CAPTION_SUFFIX = ".txt"
@@ -43,7 +43,7 @@ def image_rows(images: list, spec: ImagePreprocessSpec) -> np.ndarray:
 
 def clip_at_rate(path: str | Path, spec: AudioPreprocessSpec) -> np.ndarray:
     """An audio file decoded, downmixed and resampled to the model's rate, as the runtime does."""
-    return resample(*load_audio(str(path)), spec.sampling_rate)
+    return load_audio_at(str(path), spec.sampling_rate)[0]
 
 
 def audio_rows(waves: list[np.ndarray], spec: AudioPreprocessSpec) -> np.ndarray:

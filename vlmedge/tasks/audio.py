@@ -19,9 +19,9 @@ from typing import Any, Iterable, NamedTuple, Sequence, Union, overload
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError, UsageError
-from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio, resample, split_windows
+from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio_at, split_windows
 from vlmedge.preprocess.audio.features import check_clip_length
-from vlmedge.preprocess.parallel import Deferred, in_batches, prepare_ordered
+from vlmedge.preprocess.parallel import in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, Several, check_threshold, check_top_k, chunks,
                                 manifest_activation, naming_overflows, overflow_rows_as, rank)
@@ -71,19 +71,9 @@ class _Scored(NamedTuple):
     scores: np.ndarray  # (windows, labels)
 
 
-def _at_model_rate(wave: np.ndarray, rate: int, spec: AudioPreprocessSpec) -> tuple[np.ndarray, float]:
-    """A decoded clip resampled to the model's rate, and its duration in seconds."""
-    return resample(wave, rate, spec.sampling_rate), wave.size / rate
-
-
-def _decoded(item: Any, sample_rate: int | None, spec: AudioPreprocessSpec) -> tuple[np.ndarray, float] | Deferred:
-    """One clip decoded (an error raised now, for `AudioTagger.decode` to word) and resampled
-    (an error handed back as it is)."""
-    wave, rate = load_audio(item, sample_rate)
-    try:
-        return _at_model_rate(wave, rate, spec)
-    except Exception as exc:  # noqa: BLE001 - raised unchanged at its clip's turn
-        return Deferred(exc)
+def _decoded(item: Any, sample_rate: int | None, spec: AudioPreprocessSpec) -> tuple[np.ndarray, float]:
+    """One clip decoded and resampled to the model's rate, and its duration in seconds."""
+    return load_audio_at(item, spec.sampling_rate, sample_rate)
 
 
 def _stacked(features: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
@@ -175,8 +165,6 @@ class AudioTagger(Pipeline):
                     if single or isinstance(item, (str, os.PathLike)):  # a file's message names it
                         raise
                     raise InputError(f"{_clip_name(item, i)}: {exc}") from None
-                if isinstance(clip, Deferred):
-                    raise clip.error
                 try:  # before any features, so that the message can name the clip among many
                     check_clip_length(clip[0].size, self.spec)
                 except InputError as exc:
@@ -193,7 +181,7 @@ class AudioTagger(Pipeline):
         from the artifact's audio preprocessing spec alone (no model): the bulk engines
         prepare clips in one stage (CPU tasks) and call `tag_prepared` in the next."""
         hop = AudioTagger.check_window_hop(window_hop, spec)
-        wave, duration = _at_model_rate(*load_audio(audio, sample_rate), spec)
+        wave, duration = load_audio_at(audio, spec.sampling_rate, sample_rate)
         windows = split_windows(wave, spec, hop)
         spans = np.asarray(_spans(windows), dtype=np.float64).reshape(-1, 2)
         return PreparedClip(duration, spans, _features([segment for _, _, segment in windows], spec))

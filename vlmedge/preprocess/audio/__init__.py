@@ -21,11 +21,12 @@ from vlmedge.preprocess.audio.io import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     load_audio,
+    load_audio_at,
     resample,
 )
 from vlmedge.preprocess.audio.spec import FRONT_ENDS, AudioPreprocessSpec
 
 __all__ = [
     "AUDIO_SUFFIXES", "FRONT_ENDS", "MAX_ARRAY_CHANNELS", "MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "AudioPreprocessSpec",
-    "fbank", "load_audio", "preprocess_audio", "resample", "split_windows", "window_count",
+    "fbank", "load_audio", "load_audio_at", "preprocess_audio", "resample", "split_windows", "window_count",
 ]

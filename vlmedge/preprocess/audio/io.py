@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import soundfile as sf
 
-from vlmedge.errors import InputError, warn_caller
+from vlmedge.errors import InputError, VlmedgeError, warn_caller
 from vlmedge.preprocess import AUDIO_FORMATS, check_input_file
 
 try:
@@ -32,6 +33,11 @@ MAX_ARRAY_CHANNELS = 2
 # beyond this peak is most likely integer PCM held as floats (up to 32767), which shifts every
 # log-mel feature: answered as confidently as any clip, so it is said.
 LOUDEST_FLOAT_PEAK = 8.0
+# Frames a file is decoded, downmixed and resampled by at a time (1.5 s at 44.1 kHz).
+STREAM_BLOCK_FRAMES = 1 << 16
+# The most samples a file's header may reserve room for (1 GiB of float32, 4.6 hours at
+# 16 kHz): a header is untrusted, and a longer file grows its room as it is decoded.
+MAX_RESERVED_SAMPLES = 1 << 28
 
 
 def check_rate(rate, what: str = "sample rate", advice: str = "pass the clip's real sample rate") -> int:
@@ -71,21 +77,97 @@ def _to_mono(data: np.ndarray, channel_axis: int | None) -> np.ndarray:
         offset = half if data.dtype.kind == "u" else 0.0  # unsigned PCM is centred on half range
         data = (data.astype(np.float64) - offset) / half
     if channel_axis is not None:
-        data = data.mean(axis=channel_axis, dtype=np.float64)
+        # one channel is itself (its float64 mean, rounded back, is the same samples)
+        data = data[:, 0] if data.shape[1] == 1 and channel_axis == 1 else data.mean(axis=channel_axis, dtype=np.float64)
     floats = data if data.dtype.kind == "f" else np.asarray(data, dtype=np.float32)  # check_wave rounds to float32
     return check_wave(floats, "audio")
 
 
-def _decode(source, name: str) -> tuple[np.ndarray, int]:
-    """Decodes a file path or file-like object with soundfile into (frames, channels)."""
+@contextlib.contextmanager
+def _decoding(source: Any, name: str) -> Iterator[None]:
+    """soundfile's failures while opening or reading `source` as one InputError naming it."""
     try:
-        data, sr = sf.read(source, dtype="float32", always_2d=True)
+        yield
+    except VlmedgeError:
+        raise
+    except MemoryError:  # a good file, too long for the memory this process has left
+        raise InputError(f"Cannot decode {name}: this process ran out of memory; free memory or raise its limit "
+                         "(ulimit -v), or cut the recording into shorter files.") from None
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
         raise InputError(f"Cannot decode {name} ({_named(exc, source, name)}); pass a {AUDIO_FORMATS} file.") from None
     except Exception as exc:  # noqa: BLE001 - a decoder given untrusted bytes may raise anything
         raise InputError(f"Cannot decode {name} ({type(exc).__name__}: {_named(exc, source, name)}); pass a "
                          f"{AUDIO_FORMATS} file.") from None
-    return data, sr
+
+
+def _file_source(audio: Any) -> tuple[Any, str, str]:
+    """A path or the bytes of a file as what soundfile opens, how messages name it, and how
+    they name its sample rate."""
+    if isinstance(audio, (str, os.PathLike)):
+        check_input_file(str(os.fspath(audio)), "audio")  # as given: Path() would turn http:// into http:/
+        path = Path(audio)
+        return str(path), f"audio file {path}", f"sample rate of {path}"
+    if len(audio) == 0:
+        raise InputError("The audio bytes are empty; pass the full contents of an audio file.")
+    return io.BytesIO(bytes(audio)), "the audio bytes", "sample rate in the audio bytes"
+
+
+class _Samples:
+    """A float32 array filled a block at a time, its room reserved from the header's frame
+    count (grown if the header undercounted, as an MP3's may, or the clip is longer than
+    MAX_RESERVED_SAMPLES), so no list of blocks is ever concatenated: the clip is held once."""
+
+    def __init__(self, expected: int) -> None:
+        self._data = np.empty(min(max(expected, 1), MAX_RESERVED_SAMPLES), dtype=np.float32)
+        self._size = 0
+
+    def append(self, block: np.ndarray) -> None:
+        end = self._size + block.size
+        if end > self._data.size:
+            grown = np.empty(max(end, self._data.size * 3 // 2), dtype=np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size:end] = block
+        self._size = end
+
+    def array(self) -> np.ndarray:
+        # a copy only where the header overcounted by more than a block's worth
+        filled = self._data[: self._size]
+        return filled if self._data.size - self._size <= STREAM_BLOCK_FRAMES else filled.copy()
+
+
+def _read_file(audio: Any, target_rate: int | None) -> tuple[np.ndarray, int, int]:
+    """Decodes a file (path or bytes) a block of frames at a time, each block downmixed to
+    mono and, with `target_rate`, resampled to it in one soxr stream, which gives exactly the
+    samples resampling the whole clip does: a long recording is held only as mono at the
+    rate wanted, never whole at its own rate and channel count (an hour of 44.1 kHz stereo
+    would be 1.3 GB of float32 frames).
+
+    Returns:
+        ``(wave, rate, frames)``: the mono float32 wave (at `target_rate` if given), the
+        file's own rate and how many frames the file held at that rate.
+    """
+    source, name, rate_name = _file_source(audio)
+    with _decoding(source, name), sf.SoundFile(source) as file:
+        rate = check_rate(file.samplerate, rate_name, "resample the file")
+        out_rate = rate if target_rate is None else target_rate
+        stream = None if out_rate == rate else soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ")
+        samples = _Samples(math.ceil(max(file.frames, 0) * out_rate / rate) + 1)
+        frames = 0
+        # The frames the header counts, as soundfile.read takes them, until the decoder runs
+        # short (a truncated file). Not SoundFile.blocks: it yields a short read's stale tail.
+        while frames < file.frames:
+            block = file.read(min(STREAM_BLOCK_FRAMES, file.frames - frames), dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            mono = _to_mono(block, channel_axis=1)
+            frames += mono.size
+            samples.append(mono if stream is None else stream.resample_chunk(mono))
+        if frames == 0:
+            raise InputError("The audio is empty; pass a clip with at least one sample.")
+        if stream is not None:
+            samples.append(stream.resample_chunk(np.empty(0, dtype=np.float32), last=True))
+    return samples.array(), rate, frames
 
 
 def _named(exc: Exception, source: Any, name: str) -> str:
@@ -126,16 +208,9 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """
     if isinstance(audio, dict):
         audio, sample_rate = _unpacked(audio, sample_rate)
-    if isinstance(audio, (str, os.PathLike)):
-        check_input_file(str(os.fspath(audio)), "audio")  # as given: Path() would turn http:// into http:/
-        path = Path(audio)
-        data, sr = _decode(str(path), f"audio file {path}")
-        return _to_mono(data, channel_axis=1), check_rate(sr, f"sample rate of {path}", "resample the file")
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        if len(audio) == 0:
-            raise InputError("The audio bytes are empty; pass the full contents of an audio file.")
-        data, sr = _decode(io.BytesIO(bytes(audio)), "the audio bytes")
-        return _to_mono(data, channel_axis=1), check_rate(sr, "sample rate in the audio bytes", "resample the file")
+    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
+        wave, rate, _ = _read_file(audio, None)
+        return wave, rate
     if not isinstance(audio, np.ndarray):
         raise InputError(f"Cannot read audio from a {type(audio).__name__}; pass a path, bytes or a numpy array.")
     if sample_rate is None:
@@ -161,6 +236,23 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     if audio.dtype.kind == "f":
         _warn_if_unscaled(audio)  # each channel as given: one silent channel would halve the peak
     return wave, sr
+
+
+def load_audio_at(audio, target_rate: int, sample_rate: int | None = None) -> tuple[np.ndarray, float]:
+    """`load_audio`, then `resample` to `target_rate`: the same samples, but a file (path or
+    bytes) is decoded, downmixed and resampled a block at a time, so that only its mono
+    samples at `target_rate` are ever held whole.
+
+    Returns:
+        ``(wave, duration_seconds)``: a 1-D float32 array at `target_rate` and the clip's
+        duration at its own rate.
+    """
+    target_rate = check_rate(target_rate, "target sample rate")
+    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)) and soxr is not None:
+        wave, rate, frames = _read_file(audio, target_rate)
+        return wave, frames / rate
+    wave, rate = load_audio(audio, sample_rate)
+    return resample(wave, rate, target_rate), wave.size / rate
 
 
 def _warn_if_unscaled(samples: np.ndarray) -> None:

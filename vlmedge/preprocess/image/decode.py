@@ -158,6 +158,8 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
     """EXIF orientation, then convert("RGB"), as load_image does (the caller's image untouched:
     turned or converted into a new image, else read as it is; exif_transpose would copy it
     whole on every call)."""
+    if 0 in image.size:  # an empty crop, say: resized, it would be answered as a black image
+        raise InputError(f"The PIL image is empty (size {image.size}); pass an image of at least 1x1 pixel.")
     try:
         oriented = image.getexif().get(ExifTags.Base.Orientation) in range(2, 9)  # 1: as stored
         turned = ImageOps.exif_transpose(image) if oriented else image
