@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vlmedge.environment import requirement
 from vlmedge.errors import (ArtifactError, BackendUnavailableError, InputError, NonFiniteOutputError, UsageError,
                             cut_at_word, one_line)
 
@@ -48,7 +49,8 @@ class Backend:
         return dict(self.lacks).get(precision)
 
     def install_hint(self) -> str:
-        return f"pip install '{self.extra}'"
+        # "vlmedge": a core requirement, named with the version vlmedge declares for it
+        return f"pip install '{(self.extra == 'vlmedge' and requirement(self.package)) or self.extra}'"
 
     def option_names(self) -> list[str]:
         return [o.name for o in self.options]

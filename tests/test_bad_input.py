@@ -55,6 +55,17 @@ def test_decompression_bomb(classifier, tmp_path):
                                  f"{MAX_IMAGE_PIXELS:,} pixels); downscale it first.")
 
 
+def test_the_pixel_limit_said_is_the_one_in_force(classifier, tmp_path, monkeypatch):
+    """A program that lowered Pillow's limit was told of vlmedge's, 87,000 times higher."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "small.png"
+    Image.new("RGB", (32, 32)).save(path)
+    with pytest.raises(InputError) as caught:
+        classifier.classify(path)
+    assert str(caught.value) == (f"Image file {path} is too large to decode safely (1,024 pixels; the limit is 1,000 "
+                                 "pixels); downscale it first.")
+
+
 def test_a_text_or_audio_file_is_named_as_what_it_is(classifier, tmp_path):
     """They were told to convert themselves to PNG or JPEG."""
     (tmp_path / "captions.txt").write_text("a red circle\n")

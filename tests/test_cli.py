@@ -118,6 +118,58 @@ def test_user_errors_are_one_sentence_without_traceback(args, message, tmp_path)
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("module, package", [("tokenizers", "tokenizers"), ("soundfile", "soundfile")])
+def test_a_requirement_that_does_not_import_is_named_with_its_pip_command(vit_artifact, module, package):
+    """An install without tokenizers (or soundfile) failed an image classifier's predict with a
+    ModuleNotFoundError traceback, though classifying images needs neither."""
+    import importlib.metadata
+
+    (requirement,) = [r for r in importlib.metadata.requires("vlmedge") if r.startswith(package + ">")]
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE, prelude=f"import sys; sys.modules[{module!r}] = None")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.sub(r"\s+", " ", result.stderr).strip() == (
+        f"Error: vlmedge cannot import {module} (its requirement {package} is not installed, or broken); install it "
+        f"with: pip install '{requirement}'.")
+
+
+def test_a_missing_onnxruntime_is_named_with_the_version_vlmedge_needs(vit_artifact):
+    """It said "pip install 'vlmedge'", which installs nothing more where vlmedge is installed."""
+    import importlib.metadata
+
+    (requirement,) = [r for r in importlib.metadata.requires("vlmedge") if r.startswith("onnxruntime>")]
+    prelude = "import importlib.util, sys; find = importlib.util.find_spec; " \
+              "importlib.util.find_spec = lambda name, *a: None if name == 'onnxruntime' else find(name, *a)"
+    result = vlmedge_cli("predict", vit_artifact, SAMPLE, "--backend", "onnxruntime", prelude=prelude)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (f"The onnxruntime backend needs the 'onnxruntime' package, which is not installed; install it with: pip "
+            f"install '{requirement}'.") in re.sub(r"\s+", " ", result.stderr)
+
+
+def test_a_requirement_the_command_line_itself_imports_is_named_before_any_command():
+    code = ("import sys; sys.modules['rich'] = None; sys.argv = ['vlmedge', '--version']\n"
+            "from vlmedge.__main__ import main\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: vlmedge cannot import rich (its requirement rich is not installed, or "
+                                    "broken); install it with: pip install 'rich>=")
+
+
+def test_serve_without_its_extra_names_the_distributions_pip_installs(vit_artifact):
+    """It said "needs multipart", a module name: the distribution is python-multipart."""
+    result = vlmedge_cli("serve", vit_artifact, "--port", "0",
+                         prelude="import sys; sys.modules['multipart'] = sys.modules['anyio'] = None")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ("`vlmedge serve` needs anyio, python-multipart; install the 'serve' extra: pip install "
+            "'vlmedge[serve]'.") in re.sub(r"\s+", " ", result.stderr)
+
+
+def test_bench_of_a_model_on_an_install_without_the_export_extra_says_so(tmp_path):
+    result = vlmedge_cli("bench", "builtin:shapes-vit", "--duration", "0.1", prelude="import sys; sys.modules['onnx'] = None")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ("Exporting needs the 'export' extra, and its onnx is not installed; install it with: pip install "
+            "'vlmedge[export]'.") in re.sub(r"\s+", " ", result.stderr)
+
+
 def test_bad_input_image_is_an_error_not_a_traceback(vit_artifact, tmp_path):
     fake = tmp_path / "fake.jpg"
     fake.write_text("hello")

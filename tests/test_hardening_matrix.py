@@ -201,7 +201,7 @@ def _corrupt_tokenizer(c: Ctx):
     return TextTokenizer(path, TextPreprocessSpec())
 
 
-case("text-corrupt-tokenizer-file", r"tokenizer\.json is not a valid tokenizers file")(_corrupt_tokenizer)
+case("text-corrupt-tokenizer-file", r"tokenizer\.json is not a tokenizers file that tokenizers \d[\w.]* reads .*; re-export the artifact, or upgrade tokenizers")(_corrupt_tokenizer)
 
 
 # -- arrays handed to Session.run ---------------------------------------------------------------

@@ -7,7 +7,9 @@ import os
 import site
 import subprocess
 import sys
+import tarfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,11 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path, vit_artifact):
                             "-w", str(wheels), "-q"], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("vlmedge-*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # the license travels with the package, as Apache-2.0 asks
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: Apache-2.0" in metadata and "Requires-Python: >=3.11" in metadata
 
     env_dir = tmp_path / "fresh"
     venv.create(env_dir, with_pip=False)
@@ -101,3 +108,21 @@ def _check_types_as_a_user(python: Path, tmp_path: Path, env: dict[str, str]) ->
                         "vlmedge.tasks.classifier.ImageClassifier"], run.stdout
     errors = [line for line in run.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and 'No overload variant of "classify"' in errors[0], run.stdout  # a wrong top_k is caught
+
+
+@pytest.mark.slow
+def test_the_source_distribution_carries_the_license_and_a_test_suite_that_can_run(tmp_path):
+    """It carried tests/test_*.py alone (setuptools' default), without conftest.py and the
+    helpers they import, and no license file."""
+    build = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(REPO)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (sdist,) = tmp_path.glob("vlmedge-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    tests = {name for name in names if name.startswith("tests/") and name.endswith(".py")}
+    imported = {f"tests/{module}.py" for module in ("conftest", "serve_support", "hardening_support", "clip_models")}
+    assert "LICENSE" in names and imported <= tests
+    assert tests == {str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("*.py")}
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+

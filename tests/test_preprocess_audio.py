@@ -454,25 +454,37 @@ def _whole_file_at(path: Path, rate: int) -> np.ndarray:
     return mono if file_rate == rate else np.asarray(audio_io.soxr.resample(mono, file_rate, rate, quality="HQ"))
 
 
-@pytest.mark.parametrize("fmt,rate,channels", [("WAV", 44100, 2), ("FLAC", 48000, 1), ("OGG", 22050, 2),
-                                               ("FLAC", SR, 2), ("WAV", 8000, 1)])
+# (format, subtype, rate, channels, frames): three blocks and a part; one block and one frame
+# (libsndfile's Opus decoder gave another last sample when the last read was that one frame);
+# MP3, whose decoder rounds some samples 1 ulp differently from one split of the reads to another.
+BLOCK_READ_FILES = [("WAV", "PCM_16", 44100, 2, 216_269), ("FLAC", "PCM_24", 48000, 1, 216_269),
+                    ("OGG", "VORBIS", 22050, 2, 216_269), ("FLAC", "PCM_16", SR, 2, 216_269),
+                    ("WAV", "FLOAT", 8000, 1, 216_269), ("OGG", "OPUS", 48000, 2, 65_537),
+                    ("MP3", "MPEG_LAYER_III", 44100, 1, 140_001)]
+
+
+def _same_samples(got: np.ndarray, expected: np.ndarray, fmt: str) -> bool:
+    ulp = 2e-7 if fmt == "MP3" else 0.0
+    return got.dtype == np.float32 and got.shape == expected.shape and float(np.abs(got - expected).max()) <= ulp
+
+
+@pytest.mark.parametrize("fmt,subtype,rate,channels,frames", BLOCK_READ_FILES)
 @pytest.mark.parametrize("reserve", [audio_io.MAX_RESERVED_SAMPLES, 1000])
-def test_a_file_decoded_a_block_at_a_time_gives_the_samples_of_the_whole_file(tmp_path, monkeypatch, fmt, rate,
-                                                                               channels, reserve):
+def test_a_file_decoded_a_block_at_a_time_gives_the_samples_of_the_whole_file(tmp_path, monkeypatch, fmt, subtype,
+                                                                               rate, channels, frames, reserve):
     """Files are decoded, downmixed and resampled a block at a time (a long recording is never
     held whole at its own rate and channel count): the samples are those of the whole file,
     as bytes too, and where the room a header reserves runs out and grows."""
     monkeypatch.setattr(audio_io, "MAX_RESERVED_SAMPLES", reserve)
-    seconds = 3.3 * audio_io.STREAM_BLOCK_FRAMES / rate  # three blocks and a part
-    noise = np.random.default_rng(rate + channels).uniform(-0.5, 0.5, (round(seconds * rate), channels))
+    noise = np.random.default_rng(rate + channels).uniform(-0.5, 0.5, (frames, channels))
     path = tmp_path / f"clip.{fmt.lower()}"
-    sf.write(path, noise.astype(np.float32), rate, format=fmt)
+    sf.write(path, noise.astype(np.float32), rate, format=fmt, subtype=subtype)
     expected = _whole_file_at(path, SR)
     for source in (path, path.read_bytes()):
         wave, duration = A.load_audio_at(source, SR)
-        assert wave.dtype == np.float32 and np.array_equal(wave, expected)
+        assert _same_samples(wave, expected, fmt)
         assert duration == sf.info(path).frames / rate
-        assert np.array_equal(load_audio(source)[0], _whole_file_at(path, rate))
+        assert _same_samples(load_audio(source)[0], _whole_file_at(path, rate), fmt)
     cut = tmp_path / f"cut.{fmt.lower()}"  # a truncated file: what the decoder gives, or one sentence
     cut.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
     try:
@@ -481,7 +493,7 @@ def test_a_file_decoded_a_block_at_a_time_gives_the_samples_of_the_whole_file(tm
         with pytest.raises(InputError, match=f"^Cannot decode audio file {cut} "):
             A.load_audio_at(cut, SR)
     else:
-        assert np.array_equal(A.load_audio_at(cut, SR)[0], expected)
+        assert _same_samples(A.load_audio_at(cut, SR)[0], expected, fmt)
 
 
 LONG_FILE_UNDER_A_LIMIT = """
@@ -528,12 +540,6 @@ def test_resample_to_16k_keeps_pitch_and_energy(sr):
     assert out.dtype == np.float32 and abs(out.size - SR) <= 1
     assert abs(_dominant_hz(out, SR) - 440) <= 1.0
     assert _rms(out[800:-800]) == pytest.approx(0.5 / math.sqrt(2), rel=0.01)  # ignore filter edges
-
-
-def test_resample_falls_back_to_scipy(monkeypatch):
-    monkeypatch.setattr(audio_io, "soxr", None)
-    out = resample(_sine(440, 44100), 44100, SR)
-    assert out.size == SR and abs(_dominant_hz(out, SR) - 440) <= 1.0
 
 
 def test_resample_same_rate_is_identity():

@@ -507,7 +507,8 @@ def test_a_folder_walk_says_what_it_leaves_out(tmp_path):
 
 def test_a_folder_the_user_may_not_read_is_said_to_be_left_out(tmp_path):
     """A subfolder of the inputs the user may not list was left out without a word: the run
-    answered 5 of 6 images as if the folder held 5."""
+    answered 5 of 6 images as if the folder held 5; and the folder given, unreadable itself,
+    was said to hold "No image files", as if it were empty."""
     import subprocess
     import sys
 
@@ -519,18 +520,25 @@ def test_a_folder_the_user_may_not_read_is_said_to_be_left_out(tmp_path):
     (folder / "locked").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(folder / "a.png")
     Image.new("RGB", (4, 4)).save(folder / "locked" / "b.png")
-    (folder / "locked").chmod(0)
-    code = ("import json, sys\nfrom vlmedge.bulk.inputs import collect\nfound = collect([sys.argv[1]], 'image')\n"
-            "print(json.dumps([found.files, found.passed_over_note('image')]))")
-    try:
-        done = subprocess.run([*without_permission_override(), sys.executable, "-c", code, str(folder)],
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        (folder / "locked").chmod(0o755)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [[str(folder / "a.png")], (
+    code = ("import json, sys\nfrom vlmedge.bulk.inputs import collect\nfrom vlmedge.errors import UsageError\ntry:\n"
+            "    found = collect([sys.argv[1]], 'image')\nexcept UsageError as exc:\n    print(json.dumps(str(exc)))\n"
+            "else:\n    print(json.dumps([found.files, found.passed_over_note('image')]))")
+
+    def collected_with(locked):
+        locked.chmod(0)
+        try:
+            done = subprocess.run([*without_permission_override(), sys.executable, "-c", code, str(folder)],
+                                  capture_output=True, text=True, timeout=60)
+        finally:
+            locked.chmod(0o755)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert collected_with(folder / "locked") == [[str(folder / "a.png")], (
         f"could not read 1 folder(s) ({folder / 'locked'} (Permission denied)), whose files were left out; check "
         "their permissions")]
+    assert collected_with(folder) == (f"No image files found in {folder} (could not read {folder} (Permission "
+                                      "denied); check its permissions).")
 
 
 def test_bad_tables_and_caption_files_are_one_sentence(tmp_path):

@@ -18,6 +18,14 @@ def main() -> None:
         from vlmedge.cli import main as run_command_line
     except KeyboardInterrupt:
         sys.exit(STOPPED_BY_CTRL_C)
+    except ModuleNotFoundError as exc:  # typer, rich, numpy ...: a broken install, said before any command runs
+        from vlmedge.environment import dependency_missing
+
+        missing = dependency_missing(exc)
+        if missing is None:
+            raise
+        print(f"Error: {missing}", file=sys.stderr)
+        sys.exit(missing.exit_code)
     run_command_line()
 
 

@@ -239,14 +239,54 @@ def extra_packages(extra: str) -> list[str]:
     return [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in requirements if marker.search(r)]
 
 
+# Modules whose distribution (what pip installs) has another name.
+DISTRIBUTIONS = {"PIL": "pillow", "multipart": "python-multipart", "prometheus_client": "prometheus-client",
+                 "google": "protobuf"}
+
+
+def distribution_of(module: str) -> str:
+    """The pip distribution that brings `module` (a dotted name: its top level counts)."""
+    root = module.split(".")[0]
+    return DISTRIBUTIONS.get(root, root)
+
+
+def requirement(package: str) -> str | None:
+    """vlmedge's requirement on the distribution `package` as its installed metadata declares
+    it ("onnxruntime>=1.24"), among its core requirements and its extras' but the export
+    extra's; None if it has none."""
+    import importlib.metadata
+
+    try:
+        requirements = importlib.metadata.requires("vlmedge") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for declared in requirements:
+        spec, _, marker = declared.partition(";")
+        if re.split(r"[\s<>=!~\[(]", spec, maxsplit=1)[0].lower() == package.lower() and "export" not in marker:
+            return spec.strip()
+    return None
+
+
+def dependency_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | None:
+    """The sentence for a module of vlmedge's own requirements (see `requirement`; the export
+    extra's: export_extra_missing) that could not be imported: a broken install, said with the
+    pip command that mends it; None for any other module."""
+    package = distribution_of(exc.name or "")
+    spec = requirement(package)
+    if spec is None:
+        return None
+    return BackendUnavailableError(f"vlmedge cannot import {package if exc.name is None else exc.name.split('.')[0]} "
+                                   f"(its requirement {package} is not installed, or broken); install it with: "
+                                   f"pip install '{spec}'.")
+
+
 def export_extra_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | None:
     """The sentence for a package of the export extra that an export step could not import
     (torch, transformers, onnx, NNCF ...), or None for another module."""
     cause: BaseException | None = exc
     while cause is not None and not getattr(cause, "name", None):  # transformers' lazy imports wrap the real one
         cause = cause.__cause__ or cause.__context__
-    root = (getattr(cause, "name", None) or "").split(".")[0]
-    package = {"google": "protobuf"}.get(root, root)
+    package = distribution_of(getattr(cause, "name", None) or "")
     packages = extra_packages("export")
     if packages and package not in packages:
         return None

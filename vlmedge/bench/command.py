@@ -87,8 +87,13 @@ def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDi
     path = Path(reference)
     if (path / "manifest.json").is_file() or not (reference.startswith("builtin:") or (path / "config.json").is_file()):
         return path, None
-    from vlmedge.exporters.pipeline import VARIANT_BUILDERS, export
+    from vlmedge.environment import export_extra_missing
     from vlmedge.runtimes.base import backend_of_target, unavailable_reason
+
+    try:
+        from vlmedge.exporters.pipeline import VARIANT_BUILDERS, export
+    except ModuleNotFoundError as exc:  # a runtime-only install: said as `vlmedge export` says it
+        raise export_extra_missing(exc) or exc from None
 
     tmp = tempfile.TemporaryDirectory(prefix="vlmedge-bench-")
     # fp32 only: lower precisions need calibration choices that belong to an explicit `vlmedge export`;

@@ -135,7 +135,9 @@ def collect(inputs: Any, kind: str, absolute: bool = True, allow_empty: bool = F
         raise UsageError("Captions come from a .parquet or .csv file with a 'text' (or 'caption') column, "
                          "or a .txt file with one caption per line.")
     if not (found.files or found.missing or found.tables) and not allow_empty:
-        raise UsageError(f"No {kind} files found in {', '.join(map(os.fspath, inputs))}.")
+        unread = f" (could not read {', '.join(found.unreadable_folders)}; check its permissions)" \
+            if found.unreadable_folders else ""
+        raise UsageError(f"No {kind} files found in {', '.join(map(os.fspath, inputs))}{unread}.")
     return found
 
 

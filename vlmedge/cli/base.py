@@ -17,6 +17,7 @@ import typer.core
 from rich.markup import escape
 
 from vlmedge import choices
+from vlmedge.environment import dependency_missing
 from vlmedge.errors import InputError, VlmedgeError, one_line, printable
 from vlmedge.tables import TerminalConsole, print_rows
 from vlmedge.version import __version__
@@ -93,6 +94,12 @@ class Command(typer.core.TyperCommand):
                     "--batch-size" in getattr(param, "opts", ()) for param in ctx.command.params))
                 print_error(short)
                 raise typer.Exit(short.exit_code) from None
+            except ModuleNotFoundError as exc:  # one of vlmedge's own requirements: a broken install
+                missing = dependency_missing(exc)
+                if missing is None:
+                    raise
+                print_error(missing)
+                raise typer.Exit(missing.exit_code) from None
             except OSError as exc:  # a path the checks before any work met first (they stat what the user names)
                 if exc.errno != errno.ENAMETOOLONG:
                     raise

@@ -222,7 +222,9 @@ class TextTokenizer:
         try:
             tok = Tokenizer.from_str(self._json)
         except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
-            raise ArtifactError(f"Tokenizer file {self.path} is not a valid tokenizers file ({e}); re-export the artifact.") from None
+            raise ArtifactError(f"Tokenizer file {self.path} is not a tokenizers file that tokenizers "
+                                f"{_tokenizers_version()} reads ({e}); re-export the artifact, or upgrade tokenizers "
+                                "(pip install -U tokenizers) if it was exported with a newer one.") from None
         spec = self.spec
         tok.enable_truncation(
             max_length=spec.context_length, stride=0, strategy="longest_first", direction=spec.truncation_side
@@ -350,4 +352,10 @@ def load_text_tokenizer(folder: str | Path, spec: TextPreprocessSpec | dict) -> 
 
 
 __all__ = ["TextPreprocessSpec", "TextTokenizer", "clean_text", "load_text_tokenizer"]
+
+
+def _tokenizers_version() -> str:
+    import tokenizers
+
+    return getattr(tokenizers, "__version__", "(unknown version)")
 

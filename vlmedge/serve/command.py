@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from vlmedge import choices
+from vlmedge.environment import distribution_of
 from vlmedge.errors import BackendUnavailableError, UsageError, first_line
 from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
 from vlmedge.signals import sigterm_as_interrupt
@@ -21,14 +22,14 @@ LOW_OPEN_FILES = 256
 
 def _require_extra() -> None:
     missing = []
-    for module in ("starlette", "uvicorn", "multipart", "prometheus_client"):
+    for module in ("starlette", "anyio", "uvicorn", "multipart", "prometheus_client"):
         try:
             __import__(module)
         except ImportError:
             missing.append(module)
     if missing:
-        raise BackendUnavailableError(f"`vlmedge serve` needs {', '.join(missing)}; install the 'serve' extra: "
-                                      "pip install 'vlmedge[serve]'.")
+        raise BackendUnavailableError(f"`vlmedge serve` needs {', '.join(map(distribution_of, missing))}; install the "
+                                      "'serve' extra: pip install 'vlmedge[serve]'.")
 
 
 def bind(host: str, port: int) -> socket.socket:

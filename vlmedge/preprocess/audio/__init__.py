@@ -11,7 +11,7 @@ extractor with numpy only, so the runtime needs neither torch nor transformers:
 - ``seamless-fbank``: SeamlessM4TFeatureExtractor's per-bin normalised, frame-stacked Kaldi
   fbank (Wav2Vec2-BERT).
 
-Decoding uses soundfile; resampling uses soxr, or scipy when soxr is missing.
+Decoding uses soundfile; resampling uses soxr.
 """
 
 from vlmedge.preprocess.audio.features import fbank, preprocess_audio, split_windows, window_count

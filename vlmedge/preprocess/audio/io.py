@@ -11,14 +11,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from vlmedge.errors import InputError, VlmedgeError, warn_caller
 from vlmedge.preprocess import AUDIO_FORMATS, check_input_file
-
-try:
-    import soxr
-except ImportError:  # pragma: no cover - soxr is a core dependency; scipy is the fallback
-    soxr = None
 
 # File suffixes of the audio containers soundfile (libsndfile) decodes.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
@@ -136,12 +132,20 @@ class _Samples:
         return filled if self._data.size - self._size <= STREAM_BLOCK_FRAMES else filled.copy()
 
 
+def _next_read(left: int) -> int:
+    """Frames to read next: a block, or all that is left when less than two blocks are, since
+    libsndfile's Opus decoder gives the last samples otherwise when the last read is short."""
+    return left if left < 2 * STREAM_BLOCK_FRAMES else STREAM_BLOCK_FRAMES
+
+
 def _read_file(audio: Any, target_rate: int | None) -> tuple[np.ndarray, int, int]:
     """Decodes a file (path or bytes) a block of frames at a time, each block downmixed to
     mono and, with `target_rate`, resampled to it in one soxr stream, which gives exactly the
     samples resampling the whole clip does: a long recording is held only as mono at the
     rate wanted, never whole at its own rate and channel count (an hour of 44.1 kHz stereo
-    would be 1.3 GB of float32 frames).
+    would be 1.3 GB of float32 frames). The samples are those of decoding the file in one
+    read, but for MP3, whose decoder in libsndfile rounds some samples 1 ulp (1.5e-7)
+    differently from one split of the reads to another.
 
     Returns:
         ``(wave, rate, frames)``: the mono float32 wave (at `target_rate` if given), the
@@ -154,10 +158,11 @@ def _read_file(audio: Any, target_rate: int | None) -> tuple[np.ndarray, int, in
         stream = None if out_rate == rate else soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ")
         samples = _Samples(math.ceil(max(file.frames, 0) * out_rate / rate) + 1)
         frames = 0
+        file.seek(0)  # as soundfile.read does: libsndfile's MP3 decoder answers otherwise
         # The frames the header counts, as soundfile.read takes them, until the decoder runs
         # short (a truncated file). Not SoundFile.blocks: it yields a short read's stale tail.
         while frames < file.frames:
-            block = file.read(min(STREAM_BLOCK_FRAMES, file.frames - frames), dtype="float32", always_2d=True)
+            block = file.read(_next_read(file.frames - frames), dtype="float32", always_2d=True)
             if not len(block):
                 break
             mono = _to_mono(block, channel_axis=1)
@@ -248,7 +253,7 @@ def load_audio_at(audio, target_rate: int, sample_rate: int | None = None) -> tu
         duration at its own rate.
     """
     target_rate = check_rate(target_rate, "target sample rate")
-    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)) and soxr is not None:
+    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
         wave, rate, frames = _read_file(audio, target_rate)
         return wave, frames / rate
     wave, rate = load_audio(audio, sample_rate)
@@ -265,7 +270,7 @@ def _warn_if_unscaled(samples: np.ndarray) -> None:
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resamples a mono float waveform with soxr's "HQ" quality (scipy if soxr is missing).
+    """Resamples a mono float waveform with soxr's "HQ" quality.
 
     Returns:
         A float32 array of about ``len(wave) * target_sr / orig_sr`` samples.
@@ -274,9 +279,4 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     orig_sr, target_sr = check_rate(orig_sr), check_rate(target_sr, "target sample rate")
     if orig_sr == target_sr:
         return wave
-    if soxr is not None:
-        return np.asarray(soxr.resample(wave, orig_sr, target_sr, quality="HQ"), dtype=np.float32)
-    from scipy.signal import resample_poly
-
-    g = math.gcd(orig_sr, target_sr)
-    return resample_poly(wave, target_sr // g, orig_sr // g).astype(np.float32)
+    return np.asarray(soxr.resample(wave, orig_sr, target_sr, quality="HQ"), dtype=np.float32)

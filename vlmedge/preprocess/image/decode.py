@@ -91,7 +91,8 @@ def _too_many_pixels(what: str, error: Exception) -> InputError:
     """One sentence with one limit, vlmedge's: Pillow's own message names its twice as high one."""
     found = re.search(r"(\d+) pixels", str(error))  # Pillow's "Image size (N pixels) exceeds ...", or ours
     size = f"{int(found.group(1)):,} pixels; " if found else ""
-    return InputError(f"{what} is too large to decode safely ({size}the limit is {MAX_IMAGE_PIXELS:,} pixels); "
+    limit = min(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)  # a program may lower Pillow's
+    return InputError(f"{what} is too large to decode safely ({size}the limit is {limit:,} pixels); "
                       "downscale it first.")
 
 
