@@ -212,7 +212,9 @@ class OnnxRuntimeSession(Session):
         # process may use fewer (taskset, a container's cpuset): the extra threads then spin
         # on the same cores, at half the speed on one CPU of two.
         options.intra_op_num_threads = threads or available_physical_cores()
-        options.log_severity_level = 3
+        # fatal only: an error comes back as an exception, which vlmedge words in one sentence; its
+        # own log would print it first, in red, on stderr
+        options.log_severity_level = 4
         if save_to is not None:
             options.optimized_model_filepath = str(save_to / _CACHED_MODEL)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", _CACHED_WEIGHTS)

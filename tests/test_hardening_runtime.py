@@ -186,6 +186,23 @@ def test_outputs_holding_nan_or_infinity_are_refused_unless_asked_for(backend, t
         assert np.isinf(kept["y"][1:, 0]).all() and np.isfinite(kept["y"][0]).all()
 
 
+def test_a_run_that_fails_is_said_once_without_onnx_runtimes_own_red_log_line(tmp_path, capfd):
+    """ONNX Runtime printed "[E:onnxruntime:, sequential_executor.cc:...] Non-zero status code
+    ..." in red on stderr before the exception that vlmedge words."""
+    from onnx import TensorProto, helper
+
+    from tests.hardening_support import _save
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, 3])  # 9 values: x of 5 cannot take it
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])], [shape])
+    session = open_session(_save(graph, tmp_path / "reshape.onnx"))
+    with pytest.raises(InputError, match=r"^ONNX Runtime could not run the model on inputs of shapes \{'x': \[5\]\}: .*Reshape"):
+        session.run({"x": np.zeros(5, np.float32)})
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_output_of_another_shape_than_the_file_declares_is_refused(backend, tmp_path):
     """OpenVINO's CPU plugin answered an NNCF int8 text tower's (batch, 16) as (1, batch, 16):
