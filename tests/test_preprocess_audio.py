@@ -389,6 +389,10 @@ def test_load_audio_decodes_files_and_bytes(tmp_path, fmt, subtype, atol):
         assert got.shape == wave.shape and np.abs(got - wave).max() <= atol
     from_bytes, sr2 = load_audio(path.read_bytes())
     assert sr2 == SR and np.array_equal(from_bytes, got)
+    with open(path, "rb") as file:  # a binary file object, as soundfile takes one
+        assert np.array_equal(load_audio(file)[0], got)
+        with pytest.raises(InputError, match=r"^The audio file object of .* is empty \(nothing left to read\)"):
+            load_audio(file)  # read to its end already
     assert np.array_equal(load_audio(str(path))[0], got)
 
 

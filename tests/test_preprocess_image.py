@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,9 @@ def test_files_and_bytes_follow_hf_load_image(mode, name, mode_files, processors
     hf_image = hf.image_utils.load_image(str(path))
     assert np.array_equal(np.asarray(load_image(path)), np.asarray(hf_image))
     assert np.array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(hf_image))
+    with open(path, "rb") as file:  # a binary file object, as PIL.Image.open takes one
+        assert np.array_equal(np.asarray(load_image(file)), np.asarray(hf_image))
+    assert np.array_equal(np.asarray(load_image(io.BytesIO(path.read_bytes()))), np.asarray(hf_image))
     ref = processor(hf_image, return_tensors="np")["pixel_values"]
     _assert_close(preprocess_images([load_image(str(path))], spec), ref)
 
@@ -419,6 +423,20 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
 def test_url_is_refused():
     with pytest.raises(InputError, match="does not download"):
         load_image("https://example.com/cat.jpg")
+
+
+def test_a_file_object_that_cannot_give_bytes_is_one_sentence(tmp_path):
+    path = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(path)
+    with open(path, encoding="latin-1") as text, pytest.raises(InputError, match=(
+            rf"^The image file object of {re.escape(str(path))} was opened in text mode; open it in binary mode")):
+        load_image(text)
+    closed = open(path, "rb")
+    closed.close()
+    with pytest.raises(InputError, match=r"could not be read \(read of closed file\); pass an open binary file"):
+        load_image(closed)
+    with pytest.raises(InputError, match=r"^The image file object is not a readable JPEG"):
+        load_image(io.BytesIO(b""))
 
 
 @pytest.mark.parametrize("value", [42, None, [np.zeros((4, 4, 3), np.uint8)]])

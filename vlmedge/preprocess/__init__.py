@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,23 @@ def check_input_file(path: str, kind: str) -> None:
                                  "pass the file.") from None
         raise InputError(f"{shown} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
     raise InputError(f"{kind.capitalize()} file {shown} does not exist; check the path.")
+
+
+def read_file_object(source: io.IOBase, kind: str) -> tuple[bytes, str]:
+    """The bytes left in a binary file object (open(path, "rb"), io.BytesIO), read from where
+    it stands, as Pillow and soundfile read one, and how messages name it (its file's name if
+    it has one). InputError for one opened in text mode, closed, or that cannot be read."""
+    name = getattr(source, "name", None)
+    what = f"The {kind} file object of {name}" if isinstance(name, str) else f"The {kind} file object"
+    if isinstance(source, io.TextIOBase):
+        raise InputError(f"{what} was opened in text mode; open it in binary mode (open(path, 'rb')).")
+    try:
+        data = source.read()
+    except (OSError, ValueError) as exc:  # closed, or not opened for reading
+        raise InputError(f"{what} could not be read ({exc}); pass an open binary file, its bytes or its path.") from None
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"{what} gave {type(data).__name__}, not bytes; open it in binary mode (open(path, 'rb')).")
+    return bytes(data), what
 
 
 def spec_from_dict(cls: Any, d: Any, what: str) -> Any:

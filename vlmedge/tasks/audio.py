@@ -14,21 +14,22 @@ import functools
 import math
 import numbers
 import os
-from typing import Any, Iterable, NamedTuple, Sequence, Union, overload
+from typing import IO, Any, Iterable, NamedTuple, Sequence, Union, overload
 
 import numpy as np
 
 from vlmedge.errors import ArtifactError, InputError, UsageError
 from vlmedge.preprocess.audio import AudioPreprocessSpec, fbank, load_audio_at, split_windows
 from vlmedge.preprocess.audio.features import check_clip_length
+from vlmedge.preprocess.audio.io import FILE_TYPES
 from vlmedge.preprocess.parallel import in_batches, prepare_ordered
 from vlmedge.runtimes.select import ModelSessions
 from vlmedge.tasks.base import (ACTIVATIONS, Pipeline, Prediction, Several, check_threshold, check_top_k, chunks,
                                 manifest_activation, naming_overflows, overflow_rows_as, rank)
 
-AUDIO_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
+AUDIO_TYPES = (*FILE_TYPES, np.ndarray, dict)  # dict: {"raw", "sampling_rate"}
 # AUDIO_TYPES for type checkers (tag's overloads): one clip given alone
-OneClip = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, dict[str, Any]]
+OneClip = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], np.ndarray, dict[str, Any]]
 AGGREGATES = ("max", "mean")
 
 
@@ -313,9 +314,9 @@ class AudioTagger(Pipeline):
         """Tags one clip or a list of clips.
 
         Args:
-            audio: a path (WAV, FLAC, OGG), the bytes of such a file, a numpy array (1-D, or
-                2-D with channels on the smaller axis; integer arrays are scaled by their
-                dtype's range), or a list of them.
+            audio: a path (WAV, FLAC, OGG), the bytes of such a file or a binary file object
+                of it, a numpy array (1-D, or 2-D with channels on the smaller axis; integer
+                arrays are scaled by their dtype's range), or a list of them.
             sample_rate: the sample rate of numpy arrays in Hz (files carry their own).
             top_k: at most this many tags per clip and per window; None for all.
             threshold: keep only tags whose score is at least this (0..1); refused for a

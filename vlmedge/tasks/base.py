@@ -9,7 +9,7 @@ import inspect
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar, Union
+from typing import IO, Any, Callable, Iterator, NamedTuple, Sequence, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,7 @@ MAX_BATCH = 32
 MAX_BATCH_SIZE = 1 << 20  # beyond any batch a machine holds; a larger number is a mistake
 # One image given alone (a result for it alone); a list of them gives a list of results.
 # For type checkers (the pipelines' overloads): the runtime checks are as_list's.
-OneImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
+OneImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 # Several inputs of any kind (a list or tuple, as as_list and the audio tagger take them; not
 # any Sequence: a str is one too, of str)
 Several = Union[list[Any], tuple[Any, ...]]

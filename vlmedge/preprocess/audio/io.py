@@ -14,8 +14,10 @@ import soundfile as sf
 import soxr
 
 from vlmedge.errors import InputError, VlmedgeError, warn_caller
-from vlmedge.preprocess import AUDIO_FORMATS, check_input_file
+from vlmedge.preprocess import AUDIO_FORMATS, check_input_file, read_file_object
 
+# What holds an audio file, as load_audio takes one: a path, its bytes, a binary file object.
+FILE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, io.IOBase)
 # File suffixes of the audio containers soundfile (libsndfile) decodes.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 # Rates vlmedge reads: telephony's 8 kHz and below (6 kHz, 5.5 kHz) to studio's 192 kHz. Below
@@ -97,12 +99,17 @@ def _decoding(source: Any, name: str) -> Iterator[None]:
 
 
 def _file_source(audio: Any) -> tuple[Any, str, str]:
-    """A path or the bytes of a file as what soundfile opens, how messages name it, and how
-    they name its sample rate."""
+    """A path, the bytes of a file or a binary file object as what soundfile opens, how
+    messages name it, and how they name its sample rate."""
     if isinstance(audio, (str, os.PathLike)):
         check_input_file(str(os.fspath(audio)), "audio")  # as given: Path() would turn http:// into http:/
         path = Path(audio)
         return str(path), f"audio file {path}", f"sample rate of {path}"
+    if isinstance(audio, io.IOBase):
+        data, what = read_file_object(audio, "audio")
+        if not data:
+            raise InputError(f"{what} is empty (nothing left to read); pass a complete audio file.")
+        return io.BytesIO(data), what[0].lower() + what[1:], f"sample rate in {what[0].lower() + what[1:]}"
     if len(audio) == 0:
         raise InputError("The audio bytes are empty; pass the full contents of an audio file.")
     return io.BytesIO(bytes(audio)), "the audio bytes", "sample rate in the audio bytes"
@@ -198,7 +205,8 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
 
     Args:
         audio: A path (WAV incl. float/24-bit/extensible, FLAC, OGG), the bytes of such a
-            file, or a numpy array: 1-D mono, or 2-D with channels on the smaller axis; or
+            file or a binary file object of it (read from where it stands), or a numpy
+            array: 1-D mono, or 2-D with channels on the smaller axis; or
             {"raw": array, "sampling_rate": rate}, as transformers' pipeline takes it.
             Integer arrays are scaled by their dtype's range.
         sample_rate: The array's sample rate in Hz; required for arrays, ignored for
@@ -213,7 +221,7 @@ def load_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """
     if isinstance(audio, dict):
         audio, sample_rate = _unpacked(audio, sample_rate)
-    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
+    if isinstance(audio, FILE_TYPES):
         wave, rate, _ = _read_file(audio, None)
         return wave, rate
     if not isinstance(audio, np.ndarray):
@@ -253,7 +261,7 @@ def load_audio_at(audio, target_rate: int, sample_rate: int | None = None) -> tu
         duration at its own rate.
     """
     target_rate = check_rate(target_rate, "target sample rate")
-    if isinstance(audio, (str, os.PathLike, bytes, bytearray, memoryview)):
+    if isinstance(audio, FILE_TYPES):
         wave, rate, frames = _read_file(audio, target_rate)
         return wave, frames / rate
     wave, rate = load_audio(audio, sample_rate)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from vlmedge.errors import InputError
-from vlmedge.preprocess import check_input_file
+from vlmedge.preprocess import check_input_file, read_file_object
 
 # Pillow's decompression-bomb limit, checked by vlmedge itself before decoding.
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -23,7 +23,7 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 ARRAY_SHAPES = "(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
 # What one image may be when a pipeline is given a single input rather than a list
 # (a uint8 numpy array of up to 3 dimensions is one image too: see tasks.base.as_list).
-IMAGE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
+IMAGE_TYPES = (str, bytes, bytearray, memoryview, os.PathLike, io.IOBase, Image.Image)
 # held around every warnings.catch_warnings() of the decoders (see _decode)
 _WARNINGS = threading.Lock()
 
@@ -40,7 +40,8 @@ def load_image(image: Any) -> Image.Image:
     white with its numpy rounding.
 
     Args:
-        image: a path (str or os.PathLike), encoded bytes, a PIL image or a numpy array.
+        image: a path (str or os.PathLike), encoded bytes, a binary file object (read from
+            where it stands), a PIL image or a numpy array.
 
     Raises:
         InputError: naming the file or object, if it cannot be read as an image.
@@ -49,6 +50,9 @@ def load_image(image: Any) -> Image.Image:
         return _open_file(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(image), "The image given as bytes")
+    if isinstance(image, io.IOBase):
+        data, what = read_file_object(image, "image")
+        return _decode(io.BytesIO(data), what)
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
