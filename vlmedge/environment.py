@@ -271,13 +271,13 @@ def dependency_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | No
     """The sentence for a module of vlmedge's own requirements (see `requirement`; the export
     extra's: export_extra_missing) that could not be imported: a broken install, said with the
     pip command that mends it; None for any other module."""
-    package = distribution_of(exc.name or "")
-    spec = requirement(package)
+    module = (exc.name or "").split(".")[0]
+    package = distribution_of(module)
+    spec = requirement(package) if module else None
     if spec is None:
         return None
-    return BackendUnavailableError(f"vlmedge cannot import {package if exc.name is None else exc.name.split('.')[0]} "
-                                   f"(its requirement {package} is not installed, or broken); install it with: "
-                                   f"pip install '{spec}'.")
+    return BackendUnavailableError(f"vlmedge cannot import {module} (its requirement {package} is not installed, or "
+                                   f"broken); install it with: pip install '{spec}'.")
 
 
 def export_extra_missing(exc: ModuleNotFoundError) -> BackendUnavailableError | None:
