@@ -186,7 +186,9 @@ def calibration_feeds(path: str | Path, spec: ExportSpec, size: int = DEFAULT_CA
         wanted = sorted({graph_kind(g) or "?" for g in spec.graphs})
         other = {kind: len(items) for kind, items in data.items() if items and kind not in wanted}  # the wrong kind
         found = f" (it holds {', '.join(f'{n} {kind} item(s)' for kind, n in other.items())})" if other else ""
-        raise ExportError(f"{path} holds no usable {' or '.join(wanted)} data for this model's calibration{found}.")
+        raise ExportError(f"{path} holds no usable {' or '.join(wanted)} data for this model's calibration{found}; "
+                          f"give --calibration a folder of {' or '.join(wanted)} files"
+                          + (", or a .txt of captions" if "text" in wanted else "") + ".")
     return feeds
 
 

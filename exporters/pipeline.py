@@ -232,8 +232,8 @@ def export(model: Any, out: str | Path, to: str | Iterable[str] = ("onnx",), pre
             shutil.copyfile(source, writer.path(relpath))
             writer.add(relpath, role="sample" if relpath.startswith("samples/") else "resource")
         artifact = writer.commit(build_manifest(spec, graphs_io, plan))
-    plan.say(f"wrote {artifact.root} in {time.perf_counter() - started:.1f}s"
-             + (f", leaving out {len(plan.dropped)} variant(s) that missed their gate" if plan.dropped else ""))
+    left_out = f", leaving out {len(plan.dropped)} variant(s) that missed their gate" if plan.dropped else ""
+    plan.say(f"wrote {artifact.root} in {time.perf_counter() - started:.1f}s{left_out}{writer.replaced_note()}")
     return artifact
 
 

@@ -181,7 +181,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
                     # one level may try a method twice (e.g. with and without smoothing): number them
                     repeat = [r for r in candidates if r.method == recipe.method]
                     nth = f", try {repeat.index(recipe) + 1} of {len(repeat)}" if len(repeat) > 1 else ""
-                    label = f"{recipe.method} (level {level}{nth}{', ' + str(extra) if extra else ''})"
+                    options_text = "".join(f", {name}={value}" for name, value in extra.items())
+                    label = f"{recipe.method} (level {level}{nth}{options_text})"
                     try:
                         session = open_session(files[0], backend=backend, **run_options)
                     except Exception as exc:  # a backend may refuse an option on this machine
@@ -235,7 +236,8 @@ def run_ladder(writer: Any, context: Any, target: str, relpath: str, recipes: li
     error = ParityError(
         f"No {target} {precision} file of graph '{graph.name}' passed its gate (min cosine {gate.min_cosine}, "
         f"top-1 {gate.min_top1:.0%}) after {len(attempts)} attempt(s), the later ones keeping "
-        f"{', '.join(SENSITIVE)} in float: {best_text}. Loosen the gate explicitly, "
+        f"{', '.join(SENSITIVE)} in float: {best_text}. Loosen the gate explicitly (Python: "
+        f"vlmedge.export(..., gates={{'{precision}': vlmedge.parity.Gate(...)}})), "
         + ("" if context.calibration else "give real --calibration data, ")  # given, it was used
         + "or export without int8. No artifact was written."
     )

@@ -417,6 +417,42 @@ def test_writer_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path):
     assert (tmp_path / "precious" / "thesis.txt").read_text() == "do not delete"
 
 
+def test_a_mount_point_as_the_output_is_refused_before_any_work(tmp_path):
+    """An export into a mount point (a container's `-v host:/out` volume) built every variant,
+    then failed its swap with an OSError traceback (EBUSY) and kept nothing."""
+    import subprocess
+
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "host").mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(tmp_path / "host"), str(tmp_path / "volume")],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(ExportError, match=rf"^{tmp_path / 'volume'} is a mount point, which an export cannot replace "
+                                              rf".*export into a folder inside it: -o {tmp_path / 'volume' / 'NAME'}\.$"):
+            ArtifactWriter(tmp_path / "volume")
+        with ArtifactWriter(tmp_path / "volume" / "art") as writer:  # inside it, as the message says
+            writer.commit({"task": "image-classification", "graphs": {}, "preprocess": {}})
+        assert (tmp_path / "host" / "art" / "manifest.json").is_file()
+    finally:
+        subprocess.run(["umount", str(tmp_path / "volume")], check=True)
+
+
+def test_re_exporting_fewer_variants_says_which_files_of_the_earlier_artifact_are_gone(hf_classifier_dir, tmp_path):
+    """An export replaces the artifact at its output whole: a re-export of the ONNX target
+    alone over an ONNX and OpenVINO artifact removed the OpenVINO files with a plain "success"."""
+    pytest.importorskip("openvino")
+    out, folder = tmp_path / "art", str(hf_classifier_dir("vit"))
+    vlmedge.export(folder, out, to=["onnx", "openvino"])
+    said: list[str] = []
+    vlmedge.export(folder, out, to=["onnx"], progress=said.append)
+    assert said[-1].endswith("; the earlier artifact's openvino/model.fp32.bin, openvino/model.fp32.xml were not "
+                             "made again and are gone")
+    vlmedge.export(folder, out, to=["onnx"], progress=said.append)
+    assert said[-1].endswith("s")  # the same files again: nothing to say
+
+
 def test_an_export_over_an_artifact_holding_files_of_its_own_names_them_and_deletes_nothing(vit_artifact, tmp_path):
     """An export replaces the folder whole: a file added beside the artifact's went with it."""
     target = tmp_path / "art"

@@ -63,7 +63,7 @@ def test_cli_exits_3_and_shows_the_dropped_variant(hf_classifier_dir, tmp_path):
     result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", tmp_path / "table", "--precision", "fp32,int8",
                          prelude=prelude)
     assert result.returncode == 3 and "export success" not in result.stdout
-    assert f"export partial (1 variant(s) left out, below): {tmp_path / 'table'}" in result.stdout
+    assert f"export partial (1 variant(s) left out, listed on stderr): {tmp_path / 'table'}" in result.stdout
 
     result = vlmedge_cli("export", hf_classifier_dir("vit"), "-o", tmp_path / "strict", "--precision", "fp32,int8",
                          "--strict", "--quiet", prelude=prelude)

@@ -581,7 +581,7 @@ def test_calibration_data_of_the_wrong_kind_says_what_it_found(small_vit, tmp_pa
     (tmp_path / "calib").mkdir()
     sf.write(tmp_path / "calib" / "tone.wav", np.zeros(1600, np.float32), 16000)
     with pytest.raises(ExportError, match=r"holds no usable image data for this model's calibration \(it holds 1 "
-                                          r"audio item\(s\)\)"):
+                                          r"audio item\(s\)\); give --calibration a folder of image files\.$"):
         vlmedge.export(str(small_vit), tmp_path / "a", precision=["fp32", "int8"], calibration=tmp_path / "calib")
 
 

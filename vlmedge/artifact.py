@@ -247,8 +247,13 @@ class ArtifactWriter:
             raise ExportError(f"{self.destination} has a name longer than file systems take (255 bytes); choose "
                               "a shorter one.")
         _refuse_inside_an_artifact(self.destination)
+        if _is_mount_point(self.destination):  # the swap renames the folder, which a mount point refuses (EBUSY)
+            raise ExportError(f"{self.destination} is a mount point, which an export cannot replace (it builds beside "
+                              f"the output folder and swaps it in); export into a folder inside it: -o "
+                              f"{self.destination / 'NAME'}.")
         # An export replaces what is there: only an earlier artifact, or an empty folder.
         earlier = _artifact_files(self.destination)
+        self.earlier_files = sorted(earlier or ())
         if earlier is None and self.destination.exists():
             if not self.destination.is_dir() or any(self.destination.iterdir()):
                 raise ExportError(
@@ -311,6 +316,12 @@ class ArtifactWriter:
         memo.save()
         # add() hashed every file as it was written: the artifact needs no second look
         return Artifact(root=self.destination, manifest=manifest, verified={e["path"] for e in self.files})
+
+    def replaced_note(self) -> str:
+        """Once committed: "; the earlier artifact's FILES were not made again and are gone" where
+        the swap removed files of an earlier artifact this export did not write again, else ""."""
+        gone = [path for path in self.earlier_files if path not in {e["path"] for e in self.files}]
+        return f"; the earlier artifact's {', '.join(gone)} were not made again and are gone" if gone else ""
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -413,6 +424,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_mount_point(path: Path) -> bool:
+    """Whether `path` is a mount point, a bind mount of a folder of the same file system too
+    (a container's volume), which os.path.ismount, comparing devices, does not see."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
+            # field 5 is the mount point, with space, tab, newline and backslash written in octal
+            points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in mounts}
+    except OSError:  # not Linux
+        return False
+    return os.path.realpath(path) in points
 
 
 def _swap_into_place(new: Path, destination: Path) -> None:

@@ -93,7 +93,7 @@ def export(
         print(json.dumps({"artifact": str(artifact.root), "task": artifact.task, "files": files, "dropped": dropped},
                          indent=2))
     elif not quiet:
-        console.print((f"[yellow]export partial[/yellow] ({len(dropped)} variant(s) left out, below)" if dropped else "[green]export success[/green]") + f": {escape(str(artifact.root))}", highlight=False)
+        console.print((f"[yellow]export partial[/yellow] ({len(dropped)} variant(s) left out, listed on stderr)" if dropped else "[green]export success[/green]") + f": {escape(str(artifact.root))}", highlight=False)
         console.print("next:\n" + "\n".join(f"  {step}" for step in _next_steps(output, artifact)),
                       markup=False, highlight=False)
     for entry in dropped:
