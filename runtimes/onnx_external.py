@@ -161,29 +161,31 @@ def _text(payload: memoryview) -> str:
     return bytes(payload).decode("utf-8", "replace")
 
 
+def _keyed(buf: memoryview, key_fields: tuple[int, int, int],
+           wanted: int) -> tuple[tuple[str, str, str], list[memoryview]]:
+    """A message's key, the text of its three `key_fields` ("" where absent), and the
+    payloads of its `wanted` field."""
+    key = dict.fromkeys(key_fields, "")
+    found = []
+    for number, payload in _fields(buf):
+        if number in key:
+            key[number] = _text(payload)
+        elif number == wanted:
+            found.append(payload)
+    return (key[key_fields[0]], key[key_fields[1]], key[key_fields[2]]), found
+
+
 def _node_call(buf: memoryview) -> tuple[tuple[str, str, str], list[memoryview]]:
     """A node's (domain, op_type, overload), the key of the function it would call, and
     the subgraphs among its attributes."""
-    parts = {_NODE_DOMAIN: "", _NODE_OP_TYPE: "", _NODE_OVERLOAD: ""}
-    subgraphs = []
-    for number, payload in _fields(buf):
-        if number in parts:
-            parts[number] = _text(payload)
-        elif number == _NODE_ATTRIBUTE:
-            subgraphs += [graph for field, graph in _fields(payload) if field in (_ATTR_G, _ATTR_GRAPHS)]
-    return (parts[_NODE_DOMAIN], parts[_NODE_OP_TYPE], parts[_NODE_OVERLOAD]), subgraphs
+    call, attributes = _keyed(buf, (_NODE_DOMAIN, _NODE_OP_TYPE, _NODE_OVERLOAD), _NODE_ATTRIBUTE)
+    return call, [graph for attribute in attributes for field, graph in _fields(attribute)
+                  if field in (_ATTR_G, _ATTR_GRAPHS)]
 
 
 def _function_entry(buf: memoryview) -> tuple[tuple[str, str, str], list[memoryview]]:
     """A FunctionProto's (domain, name, overload) and its nodes."""
-    parts = {_FUNCTION_DOMAIN: "", _FUNCTION_NAME: "", _FUNCTION_OVERLOAD: ""}
-    nodes = []
-    for number, payload in _fields(buf):
-        if number in parts:
-            parts[number] = _text(payload)
-        elif number == _FUNCTION_NODE:
-            nodes.append(payload)
-    return (parts[_FUNCTION_DOMAIN], parts[_FUNCTION_NAME], parts[_FUNCTION_OVERLOAD]), nodes
+    return _keyed(buf, (_FUNCTION_DOMAIN, _FUNCTION_NAME, _FUNCTION_OVERLOAD), _FUNCTION_NODE)
 
 
 def _inlined_node_count(data: memoryview) -> int:
