@@ -320,7 +320,8 @@ class ArtifactWriter:
     def replaced_note(self) -> str:
         """Once committed: "; the earlier artifact's FILES were not made again and are gone" where
         the swap removed files of an earlier artifact this export did not write again, else ""."""
-        gone = [path for path in self.earlier_files if path not in {e["path"] for e in self.files}]
+        written = {e["path"] for e in self.files}
+        gone = [path for path in self.earlier_files if path not in written]
         return f"; the earlier artifact's {', '.join(gone)} were not made again and are gone" if gone else ""
 
     def abort(self) -> None:

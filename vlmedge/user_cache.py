@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+
 def memo_name() -> str:
     """This user's memo's file name in the cache folder."""
     user = getattr(os, "geteuid", lambda: None)()
