@@ -217,6 +217,26 @@ def test_one_unreadable_input_does_not_cost_the_others_their_results(vit_artifac
     assert (tmp_path / "r.parquet").exists()  # their rows, whose error column says why
 
 
+def test_a_json_command_that_fails_prints_the_failure_as_json_on_stdout(vit_artifact, tmp_path):
+    """`out=$(vlmedge predict ... --json)` got an empty string when the command failed as a whole
+    (the sentence is on stderr): stdout now holds the failure as a document, beside that line;
+    a command that printed its result before failing (an unreadable input among others,
+    test_one_unreadable_input_...) prints no second document."""
+    missing = tmp_path / "no-artifact"
+    for args, kind, code in ((["predict", missing, SAMPLE, "--json"], "ArtifactError", 1),
+                             (["predict", vit_artifact, SAMPLE, "--json", "--top-k", "0"], "UsageError", 2),
+                             (["predict", vit_artifact, SAMPLE, "--json", "--threads", "0"], None, 2),
+                             (["bench", missing, "--json", "-"], "ArtifactError", 1)):
+        result = vlmedge_cli(*args)
+        assert result.returncode == code and "Error: " in result.stderr and "Traceback" not in result.stderr
+        if kind is None:  # an option typer refuses while reading the command line, before the command runs
+            assert result.stdout == ""
+            continue
+        failure = json.loads(result.stdout)
+        assert failure == {"error": result.stderr.strip().removeprefix("Error: "), "type": kind, "exit_code": code}
+    assert vlmedge_cli("predict", missing, SAMPLE).stdout == ""  # a person's run: the stderr line alone
+
+
 def test_bad_usage_exits_2():
     assert vlmedge_cli("predict").returncode == 2
     assert vlmedge_cli("export", "x", "--to").returncode == 2

@@ -537,6 +537,47 @@ def test_a_long_recording_is_held_only_as_mono_at_the_models_rate(tmp_path):
                       "limit (ulimit -v), or cut the recording into shorter files.")
 
 
+def _length_left_out(flac: bytes) -> bytes:
+    """The FLAC with its STREAMINFO's total_samples 0, as an encoder writing to a pipe (ffmpeg's
+    `-f flac -`) leaves it, unable to seek back and write the length once known."""
+    data = bytearray(flac)
+    at = 4 + 4 + 10  # "fLaC", the metadata block's header, the block and frame sizes
+    fields = int.from_bytes(data[at:at + 8], "big")  # rate, channels, bits, then 36 bits of total_samples
+    data[at:at + 8] = (fields & ~((1 << 36) - 1)).to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_a_flac_whose_header_leaves_its_length_out_is_read_to_its_end(tmp_path):
+    """libsndfile counts such a file 2**63 - 1 frames and cannot seek to where the last read
+    ended (it was refused: "Internal psf_fseek() failed"): it is read to its end, giving the
+    samples of the same file with its length; serve's duration limit decodes it to learn
+    its length, stopping once past the limit."""
+    frames, rate = 216_269, 44100
+    noise = np.random.default_rng(7).uniform(-0.5, 0.5, (frames, 2)).astype(np.float32)
+    full = tmp_path / "full.flac"
+    sf.write(full, noise, rate, format="FLAC")
+    piped = tmp_path / "piped.flac"
+    piped.write_bytes(_length_left_out(full.read_bytes()))
+    assert sf.info(piped).frames == audio_io.UNKNOWN_LENGTH
+    for source in (piped, piped.read_bytes()):
+        wave, duration = A.load_audio_at(source, SR)
+        assert np.array_equal(wave, A.load_audio_at(full, SR)[0]) and duration == frames / rate
+        assert np.array_equal(load_audio(source)[0], load_audio(full)[0])
+    assert audio_io.audio_seconds(piped.read_bytes(), most=60) == (frames / rate, True)
+    assert audio_io.audio_seconds(full.read_bytes(), most=1) == (frames / rate, True)  # from the header
+    seconds, whole = audio_io.audio_seconds(piped.read_bytes(), most=1)
+    assert 1 < seconds < frames / rate and not whole
+    pytest.importorskip("starlette")
+    from vlmedge.serve.config import Limits
+    from vlmedge.serve.inputs import check_audio
+    from vlmedge.serve.problems import Problem
+
+    assert check_audio(piped.read_bytes(), 0, Limits(max_audio_seconds=60)) == frames / rate
+    with pytest.raises(Problem, match=r"^audio\[0\] lasts over 1\.5 s; the limit is 1 s\.") as refused:
+        check_audio(piped.read_bytes(), 0, Limits(max_audio_seconds=1))
+    assert (refused.value.status, refused.value.code) == (413, "audio_too_long")
+
+
 @pytest.mark.parametrize("sr", [44100, 8000, 192000])
 def test_resample_to_16k_keeps_pitch_and_energy(sr):
     wave = _sine(440, sr)

@@ -1,9 +1,12 @@
 """Rows printed for a person: as a table where it fits the console, else (a narrow terminal,
 a log: 80 columns) as one block per row, so that no cell is ever wrapped over lines. The
-commands' tables (vlmedge.cli) and bench's comparison print through it."""
+commands' tables (vlmedge.cli) and bench's comparison print through it, as their --json
+documents for a program print through print_json."""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import shutil
 from typing import Any
 
@@ -74,3 +77,14 @@ def failure_line(name: str, error: str) -> str:
     """An input that failed, as the lists after a run print it: its message, which names its
     file already as most do, else the input and the message."""
     return one_line(error if name in error else f"{name}: {error}")
+
+
+# Whether the running command printed its --json result: one that fails after that (predict with an
+# unreadable input, check with a missed gate) prints no second JSON document (vlmedge.cli.base).
+json_printed = contextvars.ContextVar("json_printed", default=False)
+
+
+def print_json(data: Any) -> None:
+    """A command's --json result, on stdout."""
+    print(json.dumps(data, indent=2))
+    json_printed.set(True)

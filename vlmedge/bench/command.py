@@ -18,7 +18,7 @@ from rich.console import Console
 from vlmedge import choices
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS, peer_files
 from vlmedge.errors import BackendUnavailableError, InputError, UsageError
-from vlmedge.tables import TerminalConsole
+from vlmedge.tables import TerminalConsole, print_json
 
 # As vlmedge.cli's consoles: each line of the report, a warning, a progress line is one line in a
 # log; the tables are laid out to the width.
@@ -168,7 +168,7 @@ def bench(
                 tmp.cleanup()
     print_result(result, out)
     if json_path == "-":
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
     elif json_path:
         out.print(f"wrote {result.save(json_path)}", highlight=False, markup=False)
     if markdown_path:
@@ -192,7 +192,7 @@ def _compare(files: tuple[Path, Path], max_slowdown: float, metric: str, json_pa
     comparison = compare(base, new, max_slowdown=max_slowdown, metric=metric)
     print_comparison(comparison, out, names=(str(files[0]), str(files[1])))
     if json_path == "-":
-        print(json.dumps(as_dict(comparison), indent=2))
+        print_json(as_dict(comparison))
     elif json_path:
         write_report(Path(json_path), json.dumps(as_dict(comparison), indent=2))
     if not comparison.passed:

@@ -9,7 +9,6 @@ loaded), 3 a parity gate failure; warnings print as one line too (vlmedge.cli.ba
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +18,7 @@ from rich.markup import escape
 
 from vlmedge import choices, formats
 from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
+from vlmedge.tables import print_json
 from vlmedge.cli.rows import TABLES, in_input_order, ranked_table, rows_of_readable, windows_table
 from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
@@ -90,8 +90,7 @@ def export(
     if as_json:
         files = [{k: e.get(k) for k in ("path", "graph", "target", "precision")} for e in artifact.files
                  if e["role"] == "model"]
-        print(json.dumps({"artifact": str(artifact.root), "task": artifact.task, "files": files, "dropped": dropped},
-                         indent=2))
+        print_json({"artifact": str(artifact.root), "task": artifact.task, "files": files, "dropped": dropped})
     elif not quiet:
         console.print((f"[yellow]export partial[/yellow] ({len(dropped)} variant(s) left out, listed on stderr)" if dropped else "[green]export success[/green]") + f": {escape(str(artifact.root))}", highlight=False)
         console.print("next:\n" + "\n".join(f"  {step}" for step in _next_steps(output, artifact)),
@@ -177,7 +176,7 @@ def predict(
                     batch_size=batch_size, **session)
     rows, failed = rows_of_readable(method.result, pipeline, method, list(inputs), **options)
     if as_json:  # in input order, a failed input as {"input", "error"} in its place
-        print(json.dumps(in_input_order(list(inputs), rows, failed), indent=2))
+        print_json(in_input_order(list(inputs), rows, failed))
     else:
         title = f"{artifact} ({pipeline.model.backend}, {pipeline.model.precision}, {pipeline.model.provider})"
         show(TABLES.get(method.result, ranked_table)(rows), title,

@@ -19,7 +19,7 @@ from rich.markup import escape
 from vlmedge import choices
 from vlmedge.environment import dependency_missing
 from vlmedge.errors import InputError, VlmedgeError, one_line, printable
-from vlmedge.tables import TerminalConsole, print_rows
+from vlmedge.tables import TerminalConsole, json_printed, print_json, print_rows
 from vlmedge.version import __version__
 
 
@@ -80,34 +80,49 @@ class Command(typer.core.TyperCommand):
     def invoke(self, ctx: Any) -> Any:
         """A VlmedgeError ends the command with one line and its class's exit code, however the app is run
         (the console script, `python -m`, typer's test runner); a warning is one line, not Python's two."""
+        json_printed.set(False)
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *_, **__: err_console.print(
                 f"[yellow]warning:[/yellow] {escape(one_line(str(message)))}", highlight=False)
             try:
-                with one_line_usage_errors():  # a typer.BadParameter of the command's own checks
-                    return super().invoke(ctx)
+                try:
+                    with one_line_usage_errors():  # a typer.BadParameter of the command's own checks
+                        return super().invoke(ctx)
+                except ClickUsageError as exc:
+                    _print_json_error(ctx, exc.format_message(), "UsageError", exc.exit_code)
+                    raise
             except VlmedgeError as exc:
-                print_error(exc)
-                raise typer.Exit(exc.exit_code) from None
+                _fail(ctx, exc)
             except MemoryError:  # Python's, raised by whichever allocation failed: its traceback says nothing
-                short = OutOfMemoryError(ctx.command_path, takes_batch_size=any(
-                    "--batch-size" in getattr(param, "opts", ()) for param in ctx.command.params))
-                print_error(short)
-                raise typer.Exit(short.exit_code) from None
+                _fail(ctx, OutOfMemoryError(ctx.command_path, takes_batch_size=any(
+                    "--batch-size" in getattr(param, "opts", ()) for param in ctx.command.params)))
             except ModuleNotFoundError as exc:  # one of vlmedge's own requirements: a broken install
                 missing = dependency_missing(exc)
                 if missing is None:
                     raise
-                print_error(missing)
-                raise typer.Exit(missing.exit_code) from None
+                _fail(ctx, missing)
             except OSError as exc:  # a path the checks before any work met first (they stat what the user names)
                 if exc.errno != errno.ENAMETOOLONG:
                     raise
-                too_long = InputError(f"{exc.filename} has a name longer than the file system takes (255 bytes); "
-                                      "shorten it.")
-                print_error(too_long)
-                raise typer.Exit(too_long.exit_code) from None
+                _fail(ctx, InputError(f"{exc.filename} has a name longer than the file system takes (255 bytes); "
+                                      "shorten it."))
 
+
+def _wants_json(ctx: Any) -> bool:
+    return ctx.params.get("as_json") is True or ctx.params.get("json_path") == "-"  # bench: --json -
+
+
+def _print_json_error(ctx: Any, message: str, kind: str, exit_code: int) -> None:
+    """A --json command that fails before printing its result prints the failure as JSON on stdout,
+    so that a script reading stdout gets a document, not an empty string, beside the stderr line."""
+    if _wants_json(ctx) and not json_printed.get():
+        print_json({"error": one_line(printable(message)), "type": kind, "exit_code": exit_code})
+
+
+def _fail(ctx: Any, exc: VlmedgeError) -> None:
+    print_error(exc)
+    _print_json_error(ctx, str(exc), type(exc).__name__, exc.exit_code)
+    raise typer.Exit(exc.exit_code) from None
 
 app = typer.Typer(
     cls=Group,

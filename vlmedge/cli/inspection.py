@@ -3,7 +3,6 @@ cache."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.markup import escape
 
 from vlmedge import choices, formats
 from vlmedge.cli.base import Command, app, console, err_console, show
+from vlmedge.tables import print_json
 from vlmedge.cli.rows import check_summary
 from vlmedge.errors import BackendUnavailableError, ParityError, one_line
 
@@ -27,7 +27,7 @@ def info(
     art = Artifact.open(artifact)
     m = art.manifest
     if as_json:
-        print(json.dumps(m, indent=2))
+        print_json(m)
         return
     source = m.get("source", {})
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
@@ -96,7 +96,7 @@ def check(
     reports = check_artifact(artifact, device=device, backend=None if backend == "all" else backend)
     failed = [r for r in reports if r.get("passed") is False]
     if as_json:
-        print(json.dumps(reports, indent=2))
+        print_json(reports)
     else:
         show([{"file": escape(r["file"]), "backend": r["backend"], "precision": r["precision"],
                "result": f"skipped: {escape(r['skipped'])}" if "skipped" in r else _parity_cell(r)} for r in reports],
@@ -122,7 +122,7 @@ def formats_command(
     """What this install can export and run: tasks, targets and backends, precisions, built-in models."""
     facts = formats.describe(with_architectures)
     if as_json:
-        print(json.dumps(facts, indent=2))
+        print_json(facts)
         return
     console.print(f"vlmedge {facts['version']}", highlight=False)
     show([{"task": t["name"], "inputs": ", ".join(t["inputs"]), "predict runs": t["cli_predict"],
@@ -162,7 +162,7 @@ def cache_command(
         return
     entries = list_entries()
     if as_json:
-        print(json.dumps(entries, indent=2))
+        print_json(entries)
         return
     state = "" if cache_enabled() else " (off here: VLMEDGE_NO_CACHE is set)"
     console.print(f"compiled-model cache{state}: {escape(str(root))}, {len(entries)} model(s), "

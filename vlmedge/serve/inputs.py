@@ -246,18 +246,19 @@ def check_image(data: bytes, index: int, limits: Limits) -> None:
 
 
 def check_audio(data: bytes, index: int, limits: Limits) -> float:
-    """Reads only the header: a format soundfile decodes, within the duration limit; its seconds."""
-    import soundfile as sf
+    """Reads only the header (decoding a file whose header leaves its length out): a format soundfile
+    decodes, within the duration limit; its seconds."""
+    from vlmedge.preprocess.audio.io import audio_seconds
 
     where = f"audio[{index}]"
     if not data:
         raise invalid("invalid_input", f"{where} is empty; send the bytes of a {AUDIO_FORMATS} file.")
     try:
-        info = sf.info(io.BytesIO(data))
-        seconds = info.frames / info.samplerate
+        seconds, whole = audio_seconds(data, most=limits.max_audio_seconds)
     except Exception:  # noqa: BLE001 - any failure to read a header means "not audio"
         raise invalid("invalid_input", f"{where} is not a readable audio file; send a {AUDIO_FORMATS} file.") from None
     if not math.isfinite(seconds) or seconds > limits.max_audio_seconds:
-        raise invalid("audio_too_long", f"{where} lasts {seconds:.1f} s; the limit is {limits.max_audio_seconds:g} s. "
+        lasts = f"{seconds:.1f} s" if whole else f"over {seconds:.1f} s"
+        raise invalid("audio_too_long", f"{where} lasts {lasts}; the limit is {limits.max_audio_seconds:g} s. "
                                         "Cut it into shorter clips.", 413)
     return seconds

@@ -36,6 +36,9 @@ STREAM_BLOCK_FRAMES = 1 << 16
 # The most samples a file's header may reserve room for (1 GiB of float32, 4.6 hours at
 # 16 kHz): a header is untrusted, and a longer file grows its room as it is decoded.
 MAX_RESERVED_SAMPLES = 1 << 28
+# libsndfile's frame count of a file whose header leaves its length out (SF_COUNT_MAX): a FLAC
+# written to a pipe, as ffmpeg and recorders do, has total_samples 0 in its STREAMINFO.
+UNKNOWN_LENGTH = (1 << 63) - 1
 
 
 def check_rate(rate, what: str = "sample rate", advice: str = "pass the clip's real sample rate") -> int:
@@ -163,9 +166,10 @@ def _read_file(audio: Any, target_rate: int | None) -> tuple[np.ndarray, int, in
         rate = check_rate(file.samplerate, rate_name, "resample the file")
         out_rate = rate if target_rate is None else target_rate
         stream = None if out_rate == rate else soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ")
-        samples = _Samples(math.ceil(max(file.frames, 0) * out_rate / rate) + 1)
+        samples = _Samples(math.ceil(_header_frames(file) * out_rate / rate) + 1)
         frames = 0
         file.seek(0)  # as soundfile.read does: libsndfile's MP3 decoder answers otherwise
+        _read_to_end_if_length_unknown(file)
         # The frames the header counts, as soundfile.read takes them, until the decoder runs
         # short (a truncated file). Not SoundFile.blocks: it yields a short read's stale tail.
         while frames < file.frames:
@@ -180,6 +184,37 @@ def _read_file(audio: Any, target_rate: int | None) -> tuple[np.ndarray, int, in
         if stream is not None:
             samples.append(stream.resample_chunk(np.empty(0, dtype=np.float32), last=True))
     return samples.array(), rate, frames
+
+
+def _header_frames(file: sf.SoundFile) -> int:
+    """The frames the file's header says it holds; 0 where it does not say."""
+    return 0 if file.frames >= UNKNOWN_LENGTH else max(file.frames, 0)
+
+
+def _read_to_end_if_length_unknown(file: sf.SoundFile) -> None:
+    """soundfile seeks to where each read ended, which libsndfile cannot do at the end of a
+    file of unknown length ("Internal psf_fseek() failed"): such a file is read as a stream
+    is, each read giving what is left of its block, until one gives nothing."""
+    if file.frames >= UNKNOWN_LENGTH:
+        file.seekable = lambda: False  # what SoundFile's reads ask before seeking
+
+
+def audio_seconds(data: bytes, most: float) -> tuple[float, bool]:
+    """The seconds an audio file's bytes last, from its header, and whether that is all of
+    them: one whose header leaves its length out is decoded, without keeping its samples,
+    until it has lasted more than `most` seconds (then the seconds so far, False) or ended.
+    Raises what soundfile raises for bytes it cannot read."""
+    with sf.SoundFile(io.BytesIO(data)) as file:
+        if file.frames < UNKNOWN_LENGTH:
+            return file.frames / file.samplerate, True
+        _read_to_end_if_length_unknown(file)
+        frames = 0
+        while frames <= most * file.samplerate:
+            read = len(file.read(STREAM_BLOCK_FRAMES, dtype="float32", always_2d=True))
+            if not read:
+                return frames / file.samplerate, True
+            frames += read
+        return frames / file.samplerate, False
 
 
 def _named(exc: Exception, source: Any, name: str) -> str:
