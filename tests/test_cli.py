@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +236,53 @@ def test_a_json_command_that_fails_prints_the_failure_as_json_on_stdout(vit_arti
         failure = json.loads(result.stdout)
         assert failure == {"error": result.stderr.strip().removeprefix("Error: "), "type": kind, "exit_code": code}
     assert vlmedge_cli("predict", missing, SAMPLE).stdout == ""  # a person's run: the stderr line alone
+
+
+def test_an_output_that_is_a_link_is_written_through_and_one_that_is_a_pipe_or_device_refused(vit_artifact, tmp_path):
+    """Every output was written beside its path and renamed over it: `--json link.json` replaced
+    the link with a file (its target left stale), a FIFO's reader got nothing and hung, and as
+    root `bench --json /dev/null` replaced /dev/null with a file for every process."""
+    from vlmedge.choices import check_writable_file
+    from vlmedge.errors import UsageError
+
+    pytest.importorskip("pyarrow")
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "bench.json").write_text("old")
+    os.symlink(real / "bench.json", tmp_path / "bench.json")
+    os.symlink(real / "results.parquet", tmp_path / "results.parquet")  # dangling: its target is made, as `>` makes it
+    bench = vlmedge_cli("bench", vit_artifact, "--backend", "onnxruntime", "--precision", "fp32", "--batch-size", "1",
+                        "--iterations", "2", "--warmup", "0", "--no-roofline", "--json", tmp_path / "bench.json")
+    predict = vlmedge_cli("predict", vit_artifact, SAMPLE, "--out", tmp_path / "results.parquet")
+    assert bench.returncode == 0 and predict.returncode == 0, bench.stderr + predict.stderr
+    assert (tmp_path / "bench.json").is_symlink() and json.loads((real / "bench.json").read_text())["rows"]
+    assert (tmp_path / "results.parquet").is_symlink() and (real / "results.parquet").stat().st_size > 0
+    assert sorted(p.name for p in real.iterdir()) == ["bench.json", "results.parquet"]  # no temporary left
+    os.mkfifo(tmp_path / "fifo.json")
+    os.mkfifo(tmp_path / "fifo.parquet")
+    for args in (["bench", vit_artifact, "--json", tmp_path / "fifo.json"],
+                 ["predict", vit_artifact, SAMPLE, "--out", tmp_path / "fifo.parquet"]):
+        refused = vlmedge_cli(*args, timeout=60)
+        assert refused.returncode == 2 and "is not a regular file (a pipe, a device or a socket)" in refused.stderr
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo.json").st_mode)
+    with pytest.raises(UsageError, match="^--json /dev/null is not a regular file"):  # checked, never written
+        check_writable_file(Path("/dev/null"), "--json /dev/null")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_standard_output_that_cannot_be_written_is_one_sentence_not_a_traceback_nor_a_success(vit_artifact):
+    """`vlmedge info ART > /dev/full` (a full disk) ended in rich's or print's traceback, and
+    `vlmedge predict ... --json >&-` (started with standard output closed) exited 0 having
+    printed its result nowhere."""
+    unwritable = "Error: Cannot write to standard output ({}); send it to a file or pipe that can take it.\n"
+    for args in (["info", vit_artifact], ["predict", vit_artifact, SAMPLE, "--json"], ["--version"]):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([sys.executable, "-m", "vlmedge", *map(str, args)], stdout=full,
+                                    stderr=subprocess.PIPE, text=True, timeout=300)
+        assert (result.returncode, result.stderr) == (1, unwritable.format("No space left on device")), args
+        closed = subprocess.run([sys.executable, "-m", "vlmedge", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                                timeout=300, preexec_fn=lambda: os.close(1))
+        assert (closed.returncode, closed.stderr) == (1, unwritable.format("Bad file descriptor")), args
 
 
 def test_bad_usage_exits_2():

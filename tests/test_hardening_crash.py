@@ -301,3 +301,31 @@ def test_a_terminated_export_command_leaves_nothing_behind(tmp_path):
     assert proc.returncode == -signal.SIGTERM, stderr[-2000:]
     assert not out.exists() and list(out.parent.iterdir()) == [], list(out.parent.iterdir())
     assert not [p.name for p in scratch.iterdir() if "vlmedge" in p.name or "quantize" in p.name]  # torch keeps its own
+
+
+@pytest.mark.parametrize("stop_when", ["exporting", "measuring"])
+def test_a_terminated_bench_of_a_model_leaves_nothing_behind_and_says_so(tmp_path, stop_when):
+    """`vlmedge bench builtin:NAME` exports the model to a temporary artifact first: SIGTERM
+    left it (1.6 MB for the smallest model), during the export or the measuring, and the
+    run stopped without a word."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vlmedge.cli", "bench", "builtin:shapes-vit", "--backend",
+                             "onnxruntime", "--batch-size", "1", "--duration", "30", "--no-roofline"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(scratch)})
+    made = {"exporting": "vlmedge-bench-*/.vlmedge-tmp-*", "measuring": "vlmedge-bench-*/artifact/manifest.json"}
+    try:
+        deadline = time.monotonic() + 240
+        while not list(scratch.glob(made[stop_when])):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        if stop_when == "measuring":
+            time.sleep(1)  # into the timed calls
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM, stderr[-2000:]
+    assert stderr.decode().rstrip().endswith("Terminated: nothing was written.") and b"Traceback" not in stderr
+    assert not [p.name for p in scratch.iterdir() if "vlmedge" in p.name], list(scratch.iterdir())
+

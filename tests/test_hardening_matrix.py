@@ -118,6 +118,8 @@ case("image-format-not-allowed-tga", r"image\.tga is not a readable JPEG, PNG, B
 case("image-format-not-allowed-ico", r"icon\.ico is not a readable JPEG")(
     lambda c: c.classifier.classify(c.file("icon.ico", _encoded("ICO", (32, 32)))))
 case("image-url", r"is a URL; vlmedge does not download")(lambda c: c.classifier.classify("https://example.com/cat.jpg"))
+case("image-standard-input-dash", r"^'-' \(standard input\) is not read; pass the image files' paths")(
+    lambda c: c.classifier.classify("-"))
 case("image-bytes-among-many", r"^Image 2 of the list: The image given as bytes is not a readable JPEG")(
     lambda c: c.classifier.classify([np.zeros((8, 8, 3), np.uint8)] * 2 + [b"junk"] + [np.zeros((8, 8, 3), np.uint8)]))
 case("image-float-array", r"dtype uint8 .*not float32")(lambda c: c.classifier.classify(np.zeros((8, 8, 3), np.float32)))
@@ -160,6 +162,8 @@ def _load_audio(*args, **kwargs):
 case("audio-missing-file", r"Audio file .*nope\.wav does not exist")(lambda c: _load_audio(c.work / "nope.wav"))
 case("audio-url", r"^https://example\.com/a\.wav is a URL; vlmedge does not download audio files")(
     lambda c: _load_audio("https://example.com/a.wav"))
+case("audio-standard-input-dash", r"^'-' \(standard input\) is not read; pass the audio files' paths")(
+    lambda c: _load_audio("-"))
 case("audio-empty-file", r"empty\.wav is empty \(0 bytes\)")(lambda c: _load_audio(c.file("empty.wav", b"")))
 case("audio-garbage-bytes", r"Cannot decode the audio bytes \((?!.*BytesIO)[^)]*\); pass a WAV, FLAC, OGG, MP3 or AIFF file")(
     lambda c: _load_audio(b"RIFFgarbage" * 20))

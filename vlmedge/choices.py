@@ -114,15 +114,33 @@ def precision_names() -> list[str]:
     return list(PRECISIONS)
 
 
+def written_path(path: Path) -> Path:
+    """The path a command's file is written at and renamed to: a symbolic link's target, so
+    that a link is written through, as the shell's `>` writes through it, not replaced by a
+    file (its target left as it was)."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def check_not_special(path: Path, named: str) -> None:
+    """Refuses a path that is there and no regular file: a command's file is written beside it
+    and renamed over it, which would replace a pipe or a device (/dev/null, as root, for
+    every process) with a file."""
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{named} is not a regular file (a pipe, a device or a socket); give the path of a file "
+                         "to write.")
+
+
 def check_writable_file(path: Path, named: str, example: str = "") -> None:
     """Refuses a path a command could not write its file to, before anything runs: a folder,
     a path under a file, a folder where no file can be made (its permissions, and a file made
     there and removed: permissions do not tell root, nor a read-only or virtual file system).
     `named`: how the message names the path ("--json r.json"); `example`: a file to suggest
-    for a folder. Folders that do not exist yet are the writer's to create."""
+    for a folder. Folders that do not exist yet are the writer's to create. A path that is
+    no regular file (a pipe, a device) is refused too; a symbolic link is written through."""
     if path.is_dir():
         raise UsageError(f"{named} is a folder; give the path of a file to write{example}.")
-    folder = path.absolute().parent
+    check_not_special(path, named)
+    folder = written_path(path).absolute().parent
     while not folder.exists() and not folder.is_symlink():
         folder = folder.parent
     if not folder.is_dir():

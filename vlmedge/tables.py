@@ -5,17 +5,22 @@ documents for a program print through print_json."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import errno
+import io
 import json
+import os
 import shutil
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from vlmedge.errors import for_terminal, one_line
+from vlmedge.errors import OutputError, for_terminal, one_line
 
 
 class TerminalConsole(Console):
@@ -30,7 +35,33 @@ class TerminalConsole(Console):
             self.width = shutil.get_terminal_size().columns  # which takes it as unset
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(encodable(for_terminal(o), self) if isinstance(o, str) else o for o in objects), **kwargs)
+        with contextlib.nullcontext() if self.stderr else stdout_written():
+            super().print(*(encodable(for_terminal(o), self) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+@contextlib.contextmanager
+def stdout_written() -> Iterator[None]:
+    """A write to standard output that failed (a full disk, a closed descriptor) as one
+    OutputError, not a traceback; its reader closing it (`| head`) is left to click, which
+    ends the command quietly. The text that could not be written is dropped, so that Python's
+    flush at exit does not fail on it again."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - standard output for the rest of the process
+        raise OutputError(f"Cannot write to standard output ({exc.strerror or exc}); send it to a file or pipe "
+                          "that can take it.") from None
+
+
+class ClosedStdout(io.TextIOBase):
+    """Standard output of a process started with it closed (`>&-`), which Python makes None and
+    print and rich then write nowhere: a write fails as writing to the closed descriptor does,
+    so that a result is never lost under a success."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
 
 def encodable(text: str, console: Console) -> str:
@@ -86,5 +117,6 @@ json_printed = contextvars.ContextVar("json_printed", default=False)
 
 def print_json(data: Any) -> None:
     """A command's --json result, on stdout."""
-    print(json.dumps(data, indent=2))
+    with stdout_written():
+        print(json.dumps(data, indent=2), flush=True)
     json_printed.set(True)

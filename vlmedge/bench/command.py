@@ -18,6 +18,7 @@ from rich.console import Console
 from vlmedge import choices
 from vlmedge.bench.settings import DEFAULT_BATCHES, DEFAULT_DURATION, DEFAULT_WARMUP, MIN_ITERATIONS, SWEEPS, peer_files
 from vlmedge.errors import BackendUnavailableError, InputError, UsageError
+from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.tables import TerminalConsole, print_json
 
 # As vlmedge.cli's consoles: each line of the report, a warning, a progress line is one line in a
@@ -104,7 +105,7 @@ def _artifact_or_export(reference: str, say) -> tuple[Path, tempfile.TemporaryDi
         "export once with `vlmedge export` to keep it and to add fp16/int8")
     try:
         export(reference, Path(tmp.name) / "artifact", to=targets, precision=["fp32"], progress=say)
-    except Exception:
+    except BaseException:  # Ctrl-C and SIGTERM too (vlmedge.signals)
         tmp.cleanup()
         raise
     return Path(tmp.name) / "artifact", tmp
@@ -151,7 +152,8 @@ def bench(
     from vlmedge.bench.report import markdown, print_result
     from vlmedge.bench.result import write_report
 
-    with out.status("benchmarking") as status:
+    # SIGTERM as Ctrl-C: a model exported to a temporary artifact first is removed either way
+    with sigterm_as_interrupt("nothing was written."), out.status("benchmarking") as status:
         def say(message: str) -> None:
             out.print(f"  {message}", highlight=False, markup=False)
             status.update(message)

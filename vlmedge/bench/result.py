@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlmedge.bench.peak import MachinePeaks, Peak
+from vlmedge.choices import written_path
 from vlmedge.environment import Environment, Gpu
 from vlmedge.errors import InputError, OutputError
 
@@ -332,6 +333,7 @@ def threads_text(threads: int) -> str:
 def write_report(path: Path, text: str) -> Path:
     """Writes a report file (JSON, Markdown), its folders made, atomically: a partial file never
     replaces a good one, and a failure is one OutputError, not a traceback."""
+    path = written_path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

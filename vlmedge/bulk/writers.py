@@ -26,7 +26,7 @@ from vlmedge.bulk.inputs import input_column
 from vlmedge.bulk.job import BulkJob
 from vlmedge.bulk.table import column, column_names, to_arrow, written_by
 from vlmedge.build_locks import abandoned, lock_path
-from vlmedge.choices import check_writable_file
+from vlmedge.choices import check_writable_file, written_path
 from vlmedge.errors import InputError, OutputError, printable
 from vlmedge.user_cache import owned_by_me
 
@@ -117,8 +117,8 @@ class ParquetWriter(_Writer):
     PENDING_TABLES = 64
 
     def __init__(self, out: str | os.PathLike) -> None:
-        self.out = Path(out)
-        check_out(self.out)
+        check_out(Path(out))
+        self.out = written_path(Path(out))
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -210,10 +210,10 @@ class NpyWriter(_Writer):
 
     def __init__(self, out: str | os.PathLike, artifact: str | os.PathLike) -> None:
         out = Path(out)
-        self.out = out if out_format(out) == "npy" else out.with_name(out.name + ".npy")
-        self.listing = side_file(self.out)
-        check_out(self.out)
-        check_out(self.listing)
+        out = out if out_format(out) == "npy" else out.with_name(out.name + ".npy")
+        check_out(out)
+        check_out(side_file(out))
+        self.out, self.listing = written_path(out), written_path(side_file(out))  # named as given, beside the link
         self._temporary, self._locks = [], []
         self.meta: dict[str, Any] = {"artifact": str(artifact), "task": None, "shape": None, "dtype": "float32"}
         self.files: list[str] = []

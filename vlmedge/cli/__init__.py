@@ -9,6 +9,7 @@ loaded), 3 a parity gate failure; warnings print as one line too (vlmedge.cli.ba
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +23,7 @@ from vlmedge.tables import print_json
 from vlmedge.cli.rows import TABLES, in_input_order, ranked_table, rows_of_readable, windows_table
 from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
-from vlmedge.tables import failure_line
+from vlmedge.tables import ClosedStdout, failure_line
 
 
 @app.command(cls=Command)
@@ -270,6 +271,12 @@ app.command(name="serve", cls=Command)(_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:
+    if sys.stdout is None:  # started with it closed (>&-): a result written to it fails, as coreutils' do,
+        null = os.open(os.devnull, os.O_WRONLY)  # and descriptor 1 is held, so that no file opened later
+        if null != 1:  # takes it and gets what a library prints to its standard output
+            os.dup2(null, 1)
+            os.close(null)
+        sys.stdout = ClosedStdout()
     for stream in (sys.stdout, sys.stderr):  # a label or path the console's encoding (ascii, cp1252) cannot hold
         if hasattr(stream, "reconfigure"):  # is written as an escape (\u65e5), not a UnicodeEncodeError
             stream.reconfigure(errors="backslashreplace")

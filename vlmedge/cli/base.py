@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from vlmedge import choices
 from vlmedge.environment import dependency_missing
-from vlmedge.errors import InputError, VlmedgeError, one_line, printable
+from vlmedge.errors import InputError, OutputError, VlmedgeError, one_line, printable
 from vlmedge.tables import TerminalConsole, json_printed, print_json, print_rows
 from vlmedge.version import __version__
 
@@ -116,7 +116,8 @@ def _print_json_error(ctx: Any, message: str, kind: str, exit_code: int) -> None
     """A --json command that fails before printing its result prints the failure as JSON on stdout,
     so that a script reading stdout gets a document, not an empty string, beside the stderr line."""
     if _wants_json(ctx) and not json_printed.get():
-        print_json({"error": one_line(printable(message)), "type": kind, "exit_code": exit_code})
+        with contextlib.suppress(OutputError):  # a standard output that cannot take it: the stderr line says it
+            print_json({"error": one_line(printable(message)), "type": kind, "exit_code": exit_code})
 
 
 def _fail(ctx: Any, exc: VlmedgeError) -> None:
@@ -139,7 +140,7 @@ BACKEND_CHOICES = ["auto", *choices.backend_names()]
 
 def _version(value: bool) -> None:
     if value:
-        print(f"vlmedge {__version__}")
+        console.print(f"vlmedge {__version__}", markup=False, highlight=False)
         raise typer.Exit()
 
 

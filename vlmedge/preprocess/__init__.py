@@ -66,6 +66,9 @@ def check_input_file(path: str, kind: str) -> None:
                 raise InputError(f"{shown} is a link into a loop of links ({os.readlink(path)} ...); fix the link or "
                                  "pass the file.") from None
         raise InputError(f"{shown} is a link to {os.readlink(path)}, which does not exist; fix the link or pass the file.")
+    if path == "-":  # the shell's name for standard input, as many commands take it
+        raise InputError(f"'-' (standard input) is not read; pass the {kind} files' paths, or save what you pipe "
+                         "to a file first.")
     raise InputError(f"{kind.capitalize()} file {shown} does not exist; check the path.")
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Literal, Sequence, overload
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlmedge.choices import check_not_special, written_path
 from vlmedge.errors import ArtifactError, InputError, OutputError, UsageError
 from vlmedge.preprocess.image import IMAGE_TYPES, load_image, preprocess_images
 from vlmedge.runtimes.select import ModelSessions
@@ -205,18 +206,19 @@ class ImageEncoder(Pipeline):
 
 def _sheet_path(path: Any, panel_size: Any, alpha: Any, columns: Any) -> Path:
     """render_attention's options, checked before any drawing: a PNG path that is not a
-    folder, a panel of some pixels, a blend weight in 0..1, a positive column count."""
+    folder (nor a pipe or a device; a link is written through), a panel of some pixels, a blend weight in 0..1, a positive column count."""
     if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".png":
         raise UsageError(f"render_attention writes a PNG; name the file .png, not {str(path)!r}.")
     if Path(path).is_dir():
         raise UsageError(f"{path} is a folder; name the PNG file to write inside it.")
+    check_not_special(Path(path), str(path))
     if isinstance(panel_size, bool) or not isinstance(panel_size, int) or panel_size < 16:
         raise UsageError(f"panel_size must be a whole number of pixels from 16 up, not {panel_size!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise UsageError(f"alpha must be a number from 0 (the image only) to 1 (the map only), not {alpha!r}.")
     if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
         raise UsageError(f"columns must be a positive whole number or None, not {columns!r}.")
-    return Path(path)
+    return written_path(Path(path))
 
 
 def _poolings_of(outputs: list[str]) -> list[str]:
