@@ -27,7 +27,7 @@ def _rewrite_manifest(root: Path, change) -> None:
 def test_manifest_describes_every_file(vit_artifact):
     artifact = Artifact.open(vit_artifact)
     m = artifact.manifest
-    assert m["schema_version"] == 1 and m["format_revision"] == 2 and m["task"] == "image-classification"
+    assert m["schema_version"] == 1 and m["format_revision"] == 3 and m["task"] == "image-classification"
     assert m["source"]["architecture"] == "ViTForImageClassification" and len(m["source"]["config_sha256"]) == 64
     assert m["preprocess"]["image"]["size"] == {"height": 32, "width": 32}
     assert len(m["labels"]) == 12 and m["postprocess"]["activation"] == "softmax"

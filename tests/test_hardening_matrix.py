@@ -325,8 +325,8 @@ _manifest_case("manifest-one-output-softmaxed", r"scores its one output with a s
 _manifest_case("manifest-one-output-no-activation", r"scores its one output with a softmax",  # softmax by default
                lambda m: (m.update(labels=["only"], postprocess=None),
                           m["graphs"]["model"]["outputs"][0].update(shape=["batch", 1])))
-_manifest_case("manifest-format-revision-of-a-newer-vlmedge", r"format revision 3, written by a newer vlmedge than this "
-               r"one \(which reads up to 2\); upgrade vlmedge", lambda m: m.update(format_revision=3))
+_manifest_case("manifest-format-revision-of-a-newer-vlmedge", r"format revision 4, written by a newer vlmedge than this "
+               r"one \(which reads up to 3\); upgrade vlmedge", lambda m: m.update(format_revision=4))
 _manifest_case("manifest-format-revision-as-text", r"has a format_revision of '2', not a whole number from 1",
                lambda m: m.update(format_revision="2"))
 _manifest_case("manifest-session-option-precision", r"session option precision='int8'.*may not set",  # no backend takes it

@@ -4,7 +4,7 @@ KeyError or TypeError somewhere later.
 
 Manifest schema v1 (JSON):
     schema_version  1
-    format_revision 2 (FORMAT_REVISION; absent: 1)
+    format_revision 3 (FORMAT_REVISION; absent: 1)
     task            "image-classification" | "image-embedding" | "clip" | "audio-classification"
     source          {"reference", "architecture", "config_sha256", ...}
     graphs          {graph: {"inputs": [TensorInfo], "outputs": [TensorInfo], "dynamic_axes": {...}}}
@@ -29,7 +29,9 @@ SCHEMA_VERSION = 1
 # Raised whenever an export starts writing a field otherwise for the same model (a fix), so that
 # the runtime and the user (vlmedge info) can tell an artifact written before it. 2: one-output
 # heads a sigmoid and regression heads raw (were a softmax), dynamic int8 files one_item_per_call.
-FORMAT_REVISION = 2
+# 3: AST features at rates other than 16 kHz framed as torchaudio's Kaldi fbank, 25 ms every 10 ms
+# (were 400 samples every 160, transformers' path without torchaudio).
+FORMAT_REVISION = 3
 MANIFEST_NAME = "manifest.json"
 # Session options a model entry may carry to its backend (plain values only, no paths).
 MANIFEST_SESSION_OPTIONS = frozenset({"inference_precision", "performance_hint", "optimization", "one_item_per_call"})

@@ -210,10 +210,15 @@ class AudioPreprocessSpec:
         kind = cfg.get("feature_extractor_type", "ASTFeatureExtractor")
         sr = cfg.get("sampling_rate", 16000)
         if kind == "ASTFeatureExtractor":
-            # The extractor fixes 400-sample frames, a 160-sample hop and a mel bank up to
-            # sampling_rate // 2 whatever the rate, so those are converted here.
+            # The extractor computes Kaldi's fbank with torchaudio where it is installed: frames of
+            # 25 ms every 10 ms, truncated to whole samples, and a mel bank up to Nyquist. Without
+            # torchaudio it takes 400 samples every 160 whatever the rate: the same at 16 kHz, AST's
+            # rate, and other features at any other, where a model trained with transformers was
+            # most likely fed torchaudio's (the extractor's first choice, and the audio pipeline's
+            # resampler): those are followed (FORMAT_REVISION 3; 400-sample frames before).
             keys = ("num_mel_bins", "max_length", "do_normalize", "mean", "std")
-            fixed = {"frame_length_ms": 400_000 / sr, "frame_shift_ms": 160_000 / sr, "high_freq": float(sr // 2)}
+            frame, shift = int(sr * 25.0 * 0.001), int(sr * 10.0 * 0.001)  # as torchaudio.compliance.kaldi
+            fixed = {"frame_length_ms": frame * 1000 / sr, "frame_shift_ms": shift * 1000 / sr, "high_freq": sr / 2}
             return cls(sampling_rate=sr, **{k: cfg[k] for k in keys if k in cfg}, **fixed)
         if kind == "Wav2Vec2FeatureExtractor":
             seconds = DEFAULT_WAVEFORM_WINDOW_SECONDS if window_seconds is None else window_seconds
