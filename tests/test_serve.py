@@ -590,6 +590,32 @@ def test_cli_serve_runs_and_stops(vit_artifact):
     assert "Application shutdown complete" in rest, rest
 
 
+def test_a_connection_that_sends_no_request_head_within_the_timeout_is_closed(vit_artifact):
+    """uvicorn times out only idle keep-alive connections: a client that connected and sent
+    nothing, or its headers a byte at a time (slowloris), held its connection for ever. The
+    first request's head must now arrive within --timeout-s; a slow body stays the 408 it was,
+    and a kept-alive connection is uvicorn's to time out."""
+    proc, url = _cli_server(str(vit_artifact), "--timeout-s", "1")
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="readiness")
+        silent, slow = socket.create_connection((host, int(port))), socket.create_connection((host, int(port)))
+        started = time.monotonic()
+        for part in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n"):
+            slow.sendall(part)
+            time.sleep(0.3)
+        for held in (silent, slow):
+            held.settimeout(10)
+            assert held.recv(1024) == b""  # closed by the server, without an answer
+            held.close()
+        assert time.monotonic() - started < 5
+        with httpx.Client() as client:  # a request whose head comes at once is answered, on one connection
+            assert [client.get(f"{url}/healthz").status_code for _ in range(2)] == [200, 200]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
 def test_requests_running_when_the_shutdown_grace_ends_are_answered_503_json(artifacts):
     """On SIGTERM requests in flight have --shutdown-grace-s to finish; those still running
     then get a JSON 503 saying the server is shutting down, not a bare 500."""

@@ -32,6 +32,30 @@ def _require_extra() -> None:
                                       "'serve' extra: pip install 'vlmedge[serve]'.")
 
 
+def protocol_with_head_timeout(timeout_s: float) -> type:
+    """uvicorn's HTTP protocol (httptools where installed, else h11), closing a connection whose
+    first request has not sent its head within `timeout_s` (--timeout-s, the time a request has
+    from its arrival): uvicorn times out only idle keep-alive connections, so a client that
+    connected and sent nothing, or its headers a byte at a time, held a connection (an open
+    file) for ever, and enough of them refused everyone else."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeadTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(timeout_s, self._close_without_a_request)
+
+        def _close_without_a_request(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # a request's cycle starts at its head's end
+                self.transport.close()
+
+        def connection_lost(self, exc: Any) -> None:
+            self._head_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeadTimeoutProtocol
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), made before the server starts so
     that the address printed is the one in use."""
@@ -134,7 +158,7 @@ def serve(
         typer.echo(f"  {name}: {pipeline.task} on {model.backend} {model.precision} ({model.provider})")
     typer.echo(f"serving {len(pipelines)} model(s) on {url}  (page: {url}/  API: {url}/openapi.json)", err=False)
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=shutdown_grace_s,
-                            lifespan="on", server_header=False)
+                            lifespan="on", server_header=False, http=protocol_with_head_timeout(timeout_s))
     uvicorn.Server(config).run(sockets=[sock])
 
 
