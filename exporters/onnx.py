@@ -17,6 +17,7 @@ import torch
 
 from vlmedge.errors import ExportError, UnsupportedModelError, exception_line, warn_caller
 from vlmedge.exporters.spec import GraphSpec
+from vlmedge.tables import stdout_written
 
 DEFAULT_OPSET = 18
 # The opsets an export may ask for: from 17, where LayerNormalization is one operator, to the
@@ -148,8 +149,9 @@ def _captured_output() -> Iterator[_Captured]:
     """Captures what is written to the process's stdout and stderr (file descriptors 1 and
     2, where torch's C++ exporter prints a failed graph) while the block runs."""
     captured = _Captured()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    with stdout_written():  # progress text still buffered for a standard output that cannot take it
+        sys.stdout.flush()
+    sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     with tempfile.TemporaryFile() as sink:
         try:

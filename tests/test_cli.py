@@ -82,6 +82,9 @@ def test_check_fails_on_a_wrong_reference(vit_artifact, tmp_path):
     assert result.returncode == 3  # a parity gate failure (vlmedge.errors.EXIT_CODES)
     assert "max abs error" in result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("check FAILED: 1 of ")
+    as_json = vlmedge_cli("check", out, "--json")  # the failures on stderr too (they were left out)
+    assert as_json.returncode == 3 and "max abs error" in as_json.stderr
+    assert [r["passed"] for r in json.loads(as_json.stdout)].count(False) == 1
 
 
 def test_check_makes_the_bundled_samples_rows_again_here(vit_artifact, tmp_path):
@@ -265,17 +268,34 @@ def test_an_output_that_is_a_link_is_written_through_and_one_that_is_a_pipe_or_d
         refused = vlmedge_cli(*args, timeout=60)
         assert refused.returncode == 2 and "is not a regular file (a pipe, a device or a socket)" in refused.stderr
     assert stat.S_ISFIFO(os.stat(tmp_path / "fifo.json").st_mode)
-    with pytest.raises(UsageError, match="^--json /dev/null is not a regular file"):  # checked, never written
+    with pytest.raises(UsageError, match="^--json /dev/null names a device"):  # checked, never written
         check_writable_file(Path("/dev/null"), "--json /dev/null")
+    # /dev/stdout is /proc/self/fd/1, which resolves to the file the shell sent standard output to:
+    # renamed over, `>> build.log` lost the log; a link into a loop of links became a file
+    os.symlink("/dev/stdout", tmp_path / "out.json")
+    os.symlink(tmp_path / "loop-b.json", tmp_path / "loop-a.json")
+    os.symlink(tmp_path / "loop-a.json", tmp_path / "loop-b.json")
+    log = tmp_path / "build.log"
+    log.write_text("the log so far\n")
+    for target, message in (("out.json", "names a device or a process's descriptor (/dev/stdout)"),
+                            ("loop-a.json", "is a link into a loop of links")):
+        with log.open("a") as appended:
+            refused = subprocess.run([sys.executable, "-m", "vlmedge", "bench", str(vit_artifact), "--json",
+                                      str(tmp_path / target)], stdout=appended, stderr=subprocess.PIPE, text=True,
+                                     timeout=120)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert log.read_text() == "the log so far\n" and (tmp_path / "loop-a.json").is_symlink()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_a_standard_output_that_cannot_be_written_is_one_sentence_not_a_traceback_nor_a_success(vit_artifact):
+def test_a_standard_output_that_cannot_be_written_is_one_sentence_not_a_traceback_nor_a_success(vit_artifact,
+                                                                                                  tmp_path):
     """`vlmedge info ART > /dev/full` (a full disk) ended in rich's or print's traceback, and
     `vlmedge predict ... --json >&-` (started with standard output closed) exited 0 having
-    printed its result nowhere."""
+    printed its result nowhere; `export` called it a full disk where its artifact goes."""
     unwritable = "Error: Cannot write to standard output ({}); send it to a file or pipe that can take it.\n"
-    for args in (["info", vit_artifact], ["predict", vit_artifact, SAMPLE, "--json"], ["--version"]):
+    for args in (["info", vit_artifact], ["predict", vit_artifact, SAMPLE, "--json"], ["--version"], ["--help"],
+                 ["export", "builtin:no-such-model", "-o", tmp_path / "x"]):
         with open("/dev/full", "w") as full:
             result = subprocess.run([sys.executable, "-m", "vlmedge", *map(str, args)], stdout=full,
                                     stderr=subprocess.PIPE, text=True, timeout=300)
@@ -283,6 +303,18 @@ def test_a_standard_output_that_cannot_be_written_is_one_sentence_not_a_tracebac
         closed = subprocess.run([sys.executable, "-m", "vlmedge", *map(str, args)], stderr=subprocess.PIPE, text=True,
                                 timeout=300, preexec_fn=lambda: os.close(1))
         assert (closed.returncode, closed.stderr) == (1, unwritable.format("Bad file descriptor")), args
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_standard_output_or_error_is_held_so_that_no_file_takes_its_descriptor(tmp_path):
+    """Started with standard error closed (`2>&-`), the next file opened took descriptor 2
+    (a bulk run's temporary .parquet), into which ONNX Runtime's or OpenVINO's own prints
+    would have gone."""
+    opened = ("import sys\nfrom vlmedge.cli import _hold_closed_descriptors\n_hold_closed_descriptors()\n"
+              f"file = open({str(tmp_path / 'f')!r}, 'w')\nsys.exit(file.fileno())")
+    for closed in (1, 2):
+        child = subprocess.run([sys.executable, "-c", opened], preexec_fn=lambda fd=closed: os.close(fd), timeout=120)
+        assert child.returncode >= 3, closed
 
 
 def test_bad_usage_exits_2():

@@ -363,6 +363,12 @@ def test_predict_attention_writes_png(exported, tmp_path):
     unit, raw = (encoder.embed(images, normalize=normalize) for normalize in (True, False))
     for row, u, r in zip(rows, unit, raw):
         assert row["first"] == [round(float(v), 5) for v in u[:4]] and row["norm"] == pytest.approx(np.linalg.norm(r))
+    # every input's sheet is checked before any is drawn: one that cannot be written left the
+    # sheets before it written and no results printed
+    os.mkfifo(tmp_path / "fifo-yellow-star.png")
+    refused = vlmedge_cli("predict", artifact, *images, "--attention", tmp_path / "fifo.png")
+    assert refused.returncode == 2 and "fifo-yellow-star.png is not a regular file" in refused.stderr
+    assert not (tmp_path / "fifo-red-circle.png").exists()
 
 
 def test_render_attention_refuses_what_it_cannot_draw_or_write_before_drawing(exported, tmp_path):

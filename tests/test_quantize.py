@@ -179,8 +179,8 @@ def test_openvino_int8_also_tries_symmetric_activations_and_keeps_the_fastest_pa
     assert [a for a in attempts if a["level"] == 1 and a.get("preset") == "performance" and "cosine_min" in a]
     passing = [a for a in attempts if a["level"] == quantization["level"] and a["passed"]]
     if len(passing) > 1:
-        fastest = min(a["latency_ms"] for a in passing)
-        passing = [a for a in passing if a["latency_ms"] <= fastest * 1.05]
+        fastest = min(a["fastest_ms"] for a in passing)
+        passing = [a for a in passing if a["fastest_ms"] <= fastest * 1.05]
     kept = max(passing, key=lambda a: a["cosine_min"])
     for key in ("preset", "smooth_quant", "session_options"):
         assert quantization.get(key) == kept.get(key), key
@@ -188,16 +188,20 @@ def test_openvino_int8_also_tries_symmetric_activations_and_keeps_the_fastest_pa
 
 def test_a_level_keeps_its_fastest_file_unless_a_more_accurate_one_is_timed_within_5_percent():
     """Timings within 5% are noise on a small graph, cosines are not: the tie goes to accuracy;
-    a clearly faster file is kept even when it is less accurate."""
+    a clearly faster file is kept even when it is less accurate. Files are ranked by their
+    fastest call: by their median, another process's load picked one recipe or another from
+    one export to the next (a dynamic int8 file's median was 12.1 ms beside 1.3 ms once)."""
     from vlmedge.exporters.quantize import _keep
 
-    def passing(latency_ms, cosine):
-        return ({"latency_ms": latency_ms, "cosine_min": cosine}, f"{latency_ms} ms at {cosine}")
+    def passing(fastest_ms, cosine, median_ms=None):
+        return ({"fastest_ms": fastest_ms, "latency_ms": median_ms or fastest_ms, "cosine_min": cosine},
+                f"{fastest_ms} ms at {cosine}")
 
     tie = [passing(10.0, 0.9906), passing(10.3, 0.9965), passing(10.6, 0.9999), passing(10.4, 0.9940)]
     assert _keep(tie)[1] == "10.3 ms at 0.9965"
     assert _keep([passing(10.0, 0.991), passing(11.0, 0.999)])[1] == "10.0 ms at 0.991"
     assert _keep([passing(0.0, 0.995)])[1] == "0.0 ms at 0.995"  # one recipe: not timed
+    assert _keep([passing(1.25, 0.9975), passing(1.30, 0.9995, median_ms=12.1)])[1] == "1.3 ms at 0.9995"
 
 
 @needs_openvino

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.build_locks import abandoned, lock_path
-from vlmedge.errors import ArtifactError, ExportError, InputError
+from vlmedge.errors import ArtifactError, ExportError, InputError, OutputError
 from vlmedge.manifest import FORMAT_REVISION, MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
 
@@ -374,6 +374,8 @@ def _raise_if_disk_full(exc: BaseException | None, destination: Path) -> None:
     """
     seen = 0
     while exc is not None and seen < 20:
+        if isinstance(exc, OutputError):  # standard output's full disk (`> /dev/full`), said as such
+            return
         if (isinstance(exc, OSError) and exc.errno in _DISK_FULL) or "No space left on device" in str(exc):
             raise ExportError(
                 f"No space left on the disk holding {destination.parent} while writing the artifact; nothing was "

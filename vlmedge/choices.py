@@ -121,10 +121,37 @@ def written_path(path: Path) -> Path:
     return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
+# Trees whose paths name devices and processes' descriptors: /dev/stdout is /proc/self/fd/1,
+# which resolves to whatever the shell sent standard output to (`>> build.log`), so a file
+# renamed over its target replaced the log. /dev/shm holds plain files.
+DEVICE_TREES = ("/dev/", "/proc/")
+PLAIN_FILE_TREES = ("/dev/shm/",)
+MAX_LINKS = 40  # as Linux follows at most 40 links in a path
+
+
+def _link_chain(path: Path) -> list[str] | None:
+    """The absolute paths a chain of symbolic links from `path` passes through, `path` first;
+    None for a loop of links."""
+    chain = [os.path.abspath(path)]
+    while os.path.islink(chain[-1]):
+        if len(chain) > MAX_LINKS:
+            return None
+        chain.append(os.path.normpath(os.path.join(os.path.dirname(chain[-1]), os.readlink(chain[-1]))))
+    return chain
+
+
 def check_not_special(path: Path, named: str) -> None:
     """Refuses a path that is there and no regular file: a command's file is written beside it
     and renamed over it, which would replace a pipe or a device (/dev/null, as root, for
-    every process) with a file."""
+    every process) with a file; and a path under /dev or /proc, or a link into them or into
+    a loop of links."""
+    chain = _link_chain(path)
+    if chain is None:
+        raise UsageError(f"{named} is a link into a loop of links; fix the link or give another path.")
+    special = [p for p in chain if p.startswith(DEVICE_TREES) and not p.startswith(PLAIN_FILE_TREES)]
+    if special:
+        raise UsageError(f"{named} names a device or a process's descriptor ({special[0]}); give the path of a file "
+                         "to write.")
     if path.exists() and not path.is_file():
         raise UsageError(f"{named} is not a regular file (a pipe, a device or a socket); give the path of a file "
                          "to write.")

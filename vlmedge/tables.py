@@ -50,15 +50,33 @@ def stdout_written() -> Iterator[None]:
     except OSError as exc:
         if exc.errno == errno.EPIPE:
             raise
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - standard output for the rest of the process
-        raise OutputError(f"Cannot write to standard output ({exc.strerror or exc}); send it to a file or pipe "
-                          "that can take it.") from None
+        raise stdout_unwritable(exc) from None
+
+
+def stdout_unwritable(exc: OSError) -> OutputError:
+    """The sentence for a write to standard output that failed; what it could not write is
+    dropped (standard output is /dev/null for the rest of the process)."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    return OutputError(f"Cannot write to standard output ({exc.strerror or exc}); send it to a file or pipe that "
+                       "can take it.")
+
+
+def stdout_failed(exc: OSError) -> bool:
+    """Whether `exc`, raised outside stdout_written, is a failed write to standard output:
+    closed, or the innermost call was click's echo, which prints the help and usage."""
+    if isinstance(sys.stdout, ClosedStdout) and exc.errno == errno.EBADF:
+        return True
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    code = frame.tb_frame.f_code if frame is not None else None
+    return code is not None and code.co_name == "echo" and "click" in code.co_filename
 
 
 class ClosedStdout(io.TextIOBase):
     """Standard output of a process started with it closed (`>&-`), which Python makes None and
     print and rich then write nowhere: a write fails as writing to the closed descriptor does,
-    so that a result is never lost under a success."""
+    so that a result is never lost under a success (vlmedge.cli.main holds descriptor 1)."""
 
     def write(self, text: str) -> int:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))

@@ -20,10 +20,10 @@ from rich.markup import escape
 from vlmedge import choices, formats
 from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
 from vlmedge.tables import print_json
-from vlmedge.cli.rows import TABLES, in_input_order, ranked_table, rows_of_readable, windows_table
+from vlmedge.cli.rows import TABLES, attention_paths, in_input_order, ranked_table, rows_of_readable, windows_table
 from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
-from vlmedge.tables import ClosedStdout, failure_line
+from vlmedge.tables import ClosedStdout, failure_line, stdout_failed, stdout_unwritable
 
 
 @app.command(cls=Command)
@@ -164,7 +164,7 @@ def predict(
     bulk_run = bulk.wants_bulk(engine, out, address, concurrency, gpus_per_worker)
     bulk.check_predict_out(engine, out, list(inputs), as_json)
     bulk.check_column(column, list(inputs))
-    task, method = _check_predict_options(ctx, artifact, aggregate, attention)
+    task, method = _check_predict_options(ctx, artifact, aggregate, attention, list(inputs))
     bulk.check_method_values(artifact, template, window_hop, labels)
     options = dict(top_k=_top_k(top_k, task, method), labels=labels, templates=template, window_hop=window_hop, aggregate=aggregate, threshold=threshold, attention=attention)
     if bulk_run:
@@ -206,7 +206,8 @@ def _top_k(given: Optional[str], task: Any, method: Any) -> int | None:
     return int(given)
 
 
-def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Optional[str], attention: Optional[Path]) -> tuple[Any, Any]:
+def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Optional[str], attention: Optional[Path],
+                           inputs: list[str]) -> tuple[Any, Any]:
     """The artifact's task and its "predict" method; refuses options it does not take (exit 2)."""
     from vlmedge.artifact import Artifact
     from vlmedge.registry import task_named
@@ -225,6 +226,8 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Option
                              f"(it takes {', '.join(takes) or 'no such option'}); drop {flag}.")
     if attention is not None and not (method.result == "embedding" and method.input == "image"):
         raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to draw.")
+    for sheet in attention_paths(attention, inputs) if attention is not None else []:  # each, before any work
+        choices.check_writable_file(sheet, f"--attention sheet {sheet}")
     return task, method
 
 
@@ -271,12 +274,7 @@ app.command(name="serve", cls=Command)(_serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    if sys.stdout is None:  # started with it closed (>&-): a result written to it fails, as coreutils' do,
-        null = os.open(os.devnull, os.O_WRONLY)  # and descriptor 1 is held, so that no file opened later
-        if null != 1:  # takes it and gets what a library prints to its standard output
-            os.dup2(null, 1)
-            os.close(null)
-        sys.stdout = ClosedStdout()
+    _hold_closed_descriptors()
     for stream in (sys.stdout, sys.stderr):  # a label or path the console's encoding (ascii, cp1252) cannot hold
         if hasattr(stream, "reconfigure"):  # is written as an escape (\u65e5), not a UnicodeEncodeError
             stream.reconfigure(errors="backslashreplace")
@@ -285,5 +283,27 @@ def main(argv: list[str] | None = None) -> None:
     except VlmedgeError as exc:  # outside any command (the app's own callback)
         print_error(exc)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # click's own writes (--help) to a standard output that cannot take them
+        if not stdout_failed(exc):
+            raise
+        unwritable = stdout_unwritable(exc)
+        print_error(unwritable)
+        sys.exit(unwritable.exit_code)
+
+
+def _hold_closed_descriptors() -> None:
+    """A process started with standard output or error closed (`>&-`, `2>&-`): Python makes the
+    stream None, and the next file opened takes the descriptor, into which what a library
+    prints (ONNX Runtime, OpenVINO) would go. Each is held on /dev/null; a result written to
+    a closed standard output still fails, as coreutils' do (ClosedStdout), and what goes to
+    a closed standard error is dropped."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, ClosedStdout() if fd == 1 else open(fd, "w", closefd=False))  # noqa: SIM115
 
 

@@ -101,9 +101,10 @@ def check(
         show([{"file": escape(r["file"]), "backend": r["backend"], "precision": r["precision"],
                "result": f"skipped: {escape(r['skipped'])}" if "skipped" in r else _parity_cell(r)} for r in reports],
              f"parity check of {artifact}")
-        for r in failed:
-            for failure in r["failures"]:
-                err_console.print(f"[red]{escape(one_line(r['file']))}[/red]: {escape(one_line(failure))}", highlight=False)
+    for r in failed:  # on stderr with --json too, as every failure is
+        for failure in r["failures"]:
+            err_console.print(f"[red]{escape(one_line(r['file']))}[/red]: {escape(one_line(failure))}", highlight=False)
+    if not as_json:
         console.print(check_summary(reports), highlight=False)  # last: what `| tail -1` of a log shows
     if failed:
         raise typer.Exit(ParityError.exit_code)

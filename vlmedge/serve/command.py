@@ -14,6 +14,7 @@ from vlmedge.environment import distribution_of
 from vlmedge.errors import BackendUnavailableError, UsageError, first_line
 from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
 from vlmedge.signals import sigterm_as_interrupt
+from vlmedge.tables import stdout_written
 
 RAY_APP = "vlmedge"  # the Ray Serve application's name
 # Fewer open files than this, each connection being one, and a burst of clients meets resets.
@@ -153,10 +154,11 @@ def serve(
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = _url(bound_host, bound_port)
-    for name, pipeline in pipelines.items():
-        model = pipeline.model
-        typer.echo(f"  {name}: {pipeline.task} on {model.backend} {model.precision} ({model.provider})")
-    typer.echo(f"serving {len(pipelines)} model(s) on {url}  (page: {url}/  API: {url}/openapi.json)", err=False)
+    with stdout_written():
+        for name, pipeline in pipelines.items():
+            model = pipeline.model
+            typer.echo(f"  {name}: {pipeline.task} on {model.backend} {model.precision} ({model.provider})")
+        typer.echo(f"serving {len(pipelines)} model(s) on {url}  (page: {url}/  API: {url}/openapi.json)")
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=shutdown_grace_s,
                             lifespan="on", server_header=False, http=protocol_with_head_timeout(timeout_s))
     uvicorn.Server(config).run(sockets=[sock])
