@@ -261,6 +261,32 @@ def test_wrong_variant_is_visible_and_a_changed_source_gives_no_baseline(vit_art
     assert r.recommendations == []  # nothing that fails parity is recommended
 
 
+def test_a_source_folder_whose_weights_changed_since_the_export_is_said_not_to_be_the_artifacts_model(
+        hf_classifier_dir, vit_artifact, tmp_path):
+    """The manifest fingerprints the source's config.json only: a folder trained or fine-tuned
+    again since the export, same config, rebuilds. Its outputs on the stored parity inputs
+    are not those the export stored, which the result says beside the baseline it times."""
+    import torch
+    import transformers
+
+    source, art = tmp_path / "source", tmp_path / "art"
+    shutil.copytree(hf_classifier_dir("vit"), source)
+    shutil.copytree(vit_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["source"].update(folder=str(source), reference=str(source))
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    config = (source / "config.json").read_bytes()
+    model = transformers.AutoModelForImageClassification.from_pretrained(source)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)  # trained again: the same config, other answers
+    model.save_pretrained(source)
+    assert (source / "config.json").read_bytes() == config
+    r = vlmedge.bench(art, batch_sizes=[1], **FAST)
+    (said,) = [w for w in r.warnings if "the rebuilt torch source does not reproduce the outputs stored" in w]
+    assert "cosine similarity -1.0" in said and "the baseline may not be the model the artifact came from" in said
+    assert not [w for w in vlmedge.bench(vit_artifact, batch_sizes=[1], **FAST).warnings if "rebuilt torch" in w]
+
+
 def test_peer_file_is_a_row_with_live_parity(vit_artifact, tmp_path):
     peer = tmp_path / "peer" / "model.onnx"
     peer.parent.mkdir()
