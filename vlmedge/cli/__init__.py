@@ -19,11 +19,10 @@ from rich.markup import escape
 
 from vlmedge import choices, formats
 from vlmedge.cli.base import BACKEND_CHOICES, Command, app, console, err_console, print_error, show
-from vlmedge.tables import print_json
 from vlmedge.cli.rows import TABLES, attention_paths, in_input_order, ranked_table, rows_of_readable, windows_table
 from vlmedge.errors import InputError, ParityError, UsageError, VlmedgeError
 from vlmedge.signals import sigterm_as_interrupt
-from vlmedge.tables import ClosedStdout, failure_line, stdout_failed, stdout_unwritable
+from vlmedge.tables import ClosedStdout, failure_line, print_json, stdout_failed, stdout_unwritable
 
 
 @app.command(cls=Command)

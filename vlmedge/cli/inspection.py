@@ -11,9 +11,9 @@ from rich.markup import escape
 
 from vlmedge import choices, formats
 from vlmedge.cli.base import Command, app, console, err_console, show
-from vlmedge.tables import print_json
 from vlmedge.cli.rows import check_summary
 from vlmedge.errors import BackendUnavailableError, ParityError, one_line
+from vlmedge.tables import print_json
 
 
 @app.command(cls=Command)
