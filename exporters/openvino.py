@@ -23,6 +23,7 @@ session_options, so `vlmedge.load` and `vlmedge check` run it the same way.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,25 @@ def convert(base: Path) -> ov.Model:
 
 def save(model: ov.Model, xml: Path, compress_to_fp16: bool) -> list[Path]:
     xml.parent.mkdir(parents=True, exist_ok=True)
+    _number_made_names_in_order(model)
     ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
     return [xml, xml.with_suffix(".bin")]
+
+
+# How OpenVINO names a node it makes (a converter's constant, a reshape's ShapeOf, a constant
+# folded from a Reshape): a type and a counter of the whole process, so the same model saved after
+# other work in the process (another precision, an earlier int8 attempt) differed in those names
+# alone, and an export's .xml was not the same bytes from one run of the same command to the next.
+# The ONNX graph's own names hold "/", ":" or ".", and inputs and outputs keep theirs.
+MADE_NAME = re.compile(r"([A-Za-z][A-Za-z0-9]*)_\d+")
+
+
+def _number_made_names_in_order(model: ov.Model) -> None:
+    """Renames the nodes OpenVINO named `<Type>_<counter>` `<Type>_<their place in the model>`."""
+    for index, op in enumerate(model.get_ordered_ops()):
+        made = MADE_NAME.fullmatch(op.get_friendly_name())
+        if made and op.get_type_name() not in ("Parameter", "Result"):
+            op.set_friendly_name(f"{made.group(1)}_{index}")
 
 
 def _build_plain(precision: str, writer: Any, context: Any) -> tuple[str, list[Path], dict[str, Any]]:

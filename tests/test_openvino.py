@@ -46,6 +46,17 @@ def test_ir_files_are_hashed_entries_with_reports(ov_artifact):
         assert report["latency_ms"] > 0 and report["onnx_fp32_latency_ms"] > 0 and "speedup_vs_onnx_fp32" in report
 
 
+def test_a_model_saved_after_other_work_in_the_process_is_the_same_bytes(vit_artifact, tmp_path):
+    """OpenVINO names the nodes it makes by a counter of the whole process: the same export
+    command wrote .xml files differing in those names alone (Constant_784230 vs Constant_783626)
+    from run to run, as other precisions or int8 attempts had run before."""
+    from vlmedge.exporters.openvino import convert, save
+
+    saved = [save(convert(vit_artifact / "onnx" / "model.fp32.onnx"), tmp_path / f"{i}" / "model.xml",
+                  compress_to_fp16=False) for i in range(2)]  # the second made after the first, in one process
+    assert [p.read_bytes() for p in saved[0]] == [p.read_bytes() for p in saved[1]]
+
+
 def test_fp32_really_runs_in_f32(ov_artifact):
     import vlmedge
 
