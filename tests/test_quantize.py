@@ -397,6 +397,20 @@ def test_precision_none_never_takes_a_narrower_file_no_faster_than_the_fp32_onnx
     assert choose_precision([entry("int8", 1.0, not_faster=True)]) == "int8"  # the only file there is
 
 
+def test_a_file_is_flagged_no_faster_by_its_fastest_call_against_the_fp32_onnx_files():
+    """The fp32 ONNX file and another are timed one after the other: by their medians, another
+    process's load flagged a file in one export of a command and not in the next (identical
+    files, loaded by default or not); the fastest calls stay what each file costs."""
+    from vlmedge.exporters.budget import speed_fields
+
+    fp32 = {"median_ms": 2.0, "min_ms": 1.9}
+    loaded_while_timed = {"median_ms": 2.4, "min_ms": 1.2}  # the int8 file is faster; its median says otherwise
+    fields = speed_fields(loaded_while_timed, "int8", fp32)
+    assert fields["not_faster"] is False and fields["latency_ms"] == 2.4 and fields["speedup_vs_onnx_fp32"] == 0.833
+    assert speed_fields({"median_ms": 1.5, "min_ms": 1.95}, "int8", fp32)["not_faster"] is True
+    assert "not_faster" not in speed_fields(fp32, "fp32", fp32)
+
+
 def test_check_reverifies_every_variant(every_variant):
     from vlmedge.check import check_artifact
 
