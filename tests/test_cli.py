@@ -85,6 +85,10 @@ def test_check_fails_on_a_wrong_reference(vit_artifact, tmp_path):
     as_json = vlmedge_cli("check", out, "--json")  # the failures on stderr too (they were left out)
     assert as_json.returncode == 3 and "max abs error" in as_json.stderr
     assert [r["passed"] for r in json.loads(as_json.stdout)].count(False) == 1
+    with open("/dev/full", "w") as full:  # and said before the document, which a full disk then loses
+        unprinted = subprocess.run([sys.executable, "-m", "vlmedge", "check", str(out), "--json"], stdout=full,
+                                   stderr=subprocess.PIPE, text=True, timeout=300)
+    assert "max abs error" in unprinted.stderr and "Cannot write to standard output" in unprinted.stderr
 
 
 def test_check_makes_the_bundled_samples_rows_again_here(vit_artifact, tmp_path):
@@ -268,17 +272,26 @@ def test_an_output_that_is_a_link_is_written_through_and_one_that_is_a_pipe_or_d
         refused = vlmedge_cli(*args, timeout=60)
         assert refused.returncode == 2 and "is not a regular file (a pipe, a device or a socket)" in refused.stderr
     assert stat.S_ISFIFO(os.stat(tmp_path / "fifo.json").st_mode)
-    with pytest.raises(UsageError, match="^--json /dev/null names a device"):  # checked, never written
-        check_writable_file(Path("/dev/null"), "--json /dev/null")
+    for path in ("/dev/null", "//dev/fd/1", "/tmp/../dev/null"):  # checked, never written
+        with pytest.raises(UsageError, match=r"^--json \S+ goes through /dev/(null|fd), under /dev or /proc"):
+            check_writable_file(Path(path), f"--json {path}")
+    check_writable_file(Path("/dev/shm/results.json"), "--json /dev/shm/results.json")  # plain files there
     # /dev/stdout is /proc/self/fd/1, which resolves to the file the shell sent standard output to:
-    # renamed over, `>> build.log` lost the log; a link into a loop of links became a file
+    # renamed over, `>> build.log` lost the log (through a link, or a link to /proc/self/fd as a
+    # folder, or a relative link read beside where it is); a link into a loop of links became a file
     os.symlink("/dev/stdout", tmp_path / "out.json")
+    os.symlink("/proc/self/fd", tmp_path / "fds")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    os.symlink(tmp_path, tmp_path / "a" / "b" / "up")
+    os.symlink("../" * len(tmp_path.parts) + "dev/stdout", tmp_path / "relative.json")
     os.symlink(tmp_path / "loop-b.json", tmp_path / "loop-a.json")
     os.symlink(tmp_path / "loop-a.json", tmp_path / "loop-b.json")
     log = tmp_path / "build.log"
     log.write_text("the log so far\n")
-    for target, message in (("out.json", "names a device or a process's descriptor (/dev/stdout)"),
-                            ("loop-a.json", "is a link into a loop of links")):
+    for target, message in (("out.json", "goes through /dev/stdout, under /dev or /proc"),
+                            ("fds/1", "goes through /proc/self, under /dev or /proc"),
+                            ("a/b/up/relative.json", "goes through /dev/stdout, under /dev or /proc"),
+                            ("loop-a.json", "goes through more than 40 symbolic links (a loop of links?)")):
         with log.open("a") as appended:
             refused = subprocess.run([sys.executable, "-m", "vlmedge", "bench", str(vit_artifact), "--json",
                                       str(tmp_path / target)], stdout=appended, stderr=subprocess.PIPE, text=True,
@@ -310,8 +323,9 @@ def test_a_closed_standard_output_or_error_is_held_so_that_no_file_takes_its_des
     """Started with standard error closed (`2>&-`), the next file opened took descriptor 2
     (a bulk run's temporary .parquet), into which ONNX Runtime's or OpenVINO's own prints
     would have gone."""
-    opened = ("import sys\nfrom vlmedge.cli import _hold_closed_descriptors\n_hold_closed_descriptors()\n"
-              f"file = open({str(tmp_path / 'f')!r}, 'w')\nsys.exit(file.fileno())")
+    opened = ("import os, sys\nfrom vlmedge.cli import _hold_closed_descriptors\n_hold_closed_descriptors()\n"
+              f"file = open({str(tmp_path / 'f')!r}, 'w')\n"
+              "sys.exit(file.fileno() if os.get_inheritable(1) and os.get_inheritable(2) else 0)")  # children too
     for closed in (1, 2):
         child = subprocess.run([sys.executable, "-c", opened], preexec_fn=lambda fd=closed: os.close(fd), timeout=120)
         assert child.returncode >= 3, closed

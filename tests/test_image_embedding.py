@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -369,6 +370,20 @@ def test_predict_attention_writes_png(exported, tmp_path):
     refused = vlmedge_cli("predict", artifact, *images, "--attention", tmp_path / "fifo.png")
     assert refused.returncode == 2 and "fifo-yellow-star.png is not a regular file" in refused.stderr
     assert not (tmp_path / "fifo-red-circle.png").exists()
+    # nor is a sheet an input, which it replaced (`predict img.png --attention img.png`)
+    own = tmp_path / "own.png"
+    shutil.copy(SAMPLES / "yellow-star.png", own)
+    refused = vlmedge_cli("predict", artifact, own, "--attention", own)
+    assert refused.returncode == 2 and "is one of the inputs, which it would replace" in refused.stderr
+    assert own.read_bytes() == (SAMPLES / "yellow-star.png").read_bytes()
+
+
+def test_inputs_of_one_name_get_attention_sheets_of_their_own():
+    """The numbered name of a second `a.jpg` was that of an input named `a-2.png`: one sheet lost."""
+    from vlmedge.cli.rows import attention_paths
+
+    sheets = attention_paths(Path("s.png"), ["in1/a.jpg", "a-2.png", "in2/a.jpg", "in3/a.jpg"])
+    assert [p.name for p in sheets] == ["s-a.png", "s-a-2.png", "s-a-3.png", "s-a-4.png"]
 
 
 def test_render_attention_refuses_what_it_cannot_draw_or_write_before_drawing(exported, tmp_path):

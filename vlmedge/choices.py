@@ -121,37 +121,57 @@ def written_path(path: Path) -> Path:
     return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
-# Trees whose paths name devices and processes' descriptors: /dev/stdout is /proc/self/fd/1,
-# which resolves to whatever the shell sent standard output to (`>> build.log`), so a file
-# renamed over its target replaced the log. /dev/shm holds plain files.
+# Trees whose paths name devices and processes' files: /dev/stdout is /proc/self/fd/1, which
+# resolves to whatever the shell sent standard output to (`>> build.log`), so a file renamed
+# over its target replaced the log. /dev/shm holds plain files.
 DEVICE_TREES = ("/dev/", "/proc/")
-PLAIN_FILE_TREES = ("/dev/shm/",)
+PLAIN_FILE_TREE = "/dev/shm"
 MAX_LINKS = 40  # as Linux follows at most 40 links in a path
 
 
-def _link_chain(path: Path) -> list[str] | None:
-    """The absolute paths a chain of symbolic links from `path` passes through, `path` first;
-    None for a loop of links."""
-    chain = [os.path.abspath(path)]
-    while os.path.islink(chain[-1]):
-        if len(chain) > MAX_LINKS:
-            return None
-        chain.append(os.path.normpath(os.path.join(os.path.dirname(chain[-1]), os.readlink(chain[-1]))))
-    return chain
+def _resolved_steps(path: Path) -> list[str] | None:
+    """Every path that resolving `path` goes through, as the kernel resolves it: component by
+    component, each symbolic link's target read where the link is (a link to a folder in the
+    middle of the path too, and `..` after a link), so a path through a link into /proc is seen
+    to go there. None past MAX_LINKS links."""
+    pending = list(Path(os.path.join(os.getcwd(), path)).parts)
+    current, steps, links = "/", [], 0
+    while pending:
+        part = pending.pop(0)
+        if part.startswith("/"):  # the root, "/" or "//"
+            current = "/"
+            continue
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        step = os.path.join(current, part)
+        steps.append(step)
+        if os.path.islink(step):
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            pending = list(Path(os.readlink(step)).parts) + pending
+        else:
+            current = step
+    return steps
 
 
 def check_not_special(path: Path, named: str) -> None:
     """Refuses a path that is there and no regular file: a command's file is written beside it
     and renamed over it, which would replace a pipe or a device (/dev/null, as root, for
-    every process) with a file; and a path under /dev or /proc, or a link into them or into
-    a loop of links."""
-    chain = _link_chain(path)
-    if chain is None:
-        raise UsageError(f"{named} is a link into a loop of links; fix the link or give another path.")
-    special = [p for p in chain if p.startswith(DEVICE_TREES) and not p.startswith(PLAIN_FILE_TREES)]
+    every process) with a file; and a path that goes through /dev or /proc, or through more
+    links than the kernel follows (a loop of links)."""
+    steps = _resolved_steps(path)
+    if steps is None:
+        raise UsageError(f"{named} goes through more than {MAX_LINKS} symbolic links (a loop of links?); fix the link "
+                         "or give another path.")
+    special = [p for p in steps if p.startswith(DEVICE_TREES) and not (
+        p == PLAIN_FILE_TREE or p.startswith(PLAIN_FILE_TREE + "/"))]
     if special:
-        raise UsageError(f"{named} names a device or a process's descriptor ({special[0]}); give the path of a file "
-                         "to write.")
+        raise UsageError(f"{named} goes through {special[0]}, under /dev or /proc, whose files are devices and "
+                         "processes' own; give the path of a file to write elsewhere.")
     if path.exists() and not path.is_file():
         raise UsageError(f"{named} is not a regular file (a pipe, a device or a socket); give the path of a file "
                          "to write.")

@@ -70,7 +70,8 @@ def stdout_failed(exc: OSError) -> bool:
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
     code = frame.tb_frame.f_code if frame is not None else None
-    return code is not None and code.co_name == "echo" and "click" in code.co_filename
+    return (code is not None and code.co_name == "echo" and "click" in code.co_filename
+            and not frame.tb_frame.f_locals.get("err"))  # echo(err=True): standard error's
 
 
 class ClosedStdout(io.TextIOBase):

@@ -225,8 +225,12 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Option
                              f"(it takes {', '.join(takes) or 'no such option'}); drop {flag}.")
     if attention is not None and not (method.result == "embedding" and method.input == "image"):
         raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to draw.")
+    given = {os.path.realpath(i) for i in inputs}
     for sheet in attention_paths(attention, inputs) if attention is not None else []:  # each, before any work
         choices.check_writable_file(sheet, f"--attention sheet {sheet}")
+        if os.path.realpath(sheet) in given:
+            raise UsageError(f"--attention sheet {sheet} is one of the inputs, which it would replace; name the "
+                             "sheets otherwise.")
     return task, method
 
 
@@ -303,6 +307,7 @@ def _hold_closed_descriptors() -> None:
         if null != fd:
             os.dup2(null, fd)
             os.close(null)
+        os.set_inheritable(fd, True)  # a child process gets it held too
         setattr(sys, name, ClosedStdout() if fd == 1 else open(fd, "w", closefd=False))  # noqa: SIM115
 
 

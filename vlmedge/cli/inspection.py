@@ -95,16 +95,16 @@ def check(
         choices.check_backends("--backend", backend, choices.backend_names(), many=False)
     reports = check_artifact(artifact, device=device, backend=None if backend == "all" else backend)
     failed = [r for r in reports if r.get("passed") is False]
-    if as_json:
-        print_json(reports)
-    else:
+    if not as_json:
         show([{"file": escape(r["file"]), "backend": r["backend"], "precision": r["precision"],
                "result": f"skipped: {escape(r['skipped'])}" if "skipped" in r else _parity_cell(r)} for r in reports],
              f"parity check of {artifact}")
-    for r in failed:  # on stderr with --json too, as every failure is
+    for r in failed:  # on stderr with --json too, as every failure is, and before it (a stdout that fails)
         for failure in r["failures"]:
             err_console.print(f"[red]{escape(one_line(r['file']))}[/red]: {escape(one_line(failure))}", highlight=False)
-    if not as_json:
+    if as_json:
+        print_json(reports)
+    else:
         console.print(check_summary(reports), highlight=False)  # last: what `| tail -1` of a log shows
     if failed:
         raise typer.Exit(ParityError.exit_code)

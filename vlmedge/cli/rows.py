@@ -71,9 +71,9 @@ def attention_paths(attention: Path, inputs: list[str]) -> list[Path]:
         return [attention.with_suffix(suffix)]
     paths, seen = [], set()
     for i, name in enumerate(inputs):
-        path = attention.with_name(f"{attention.stem}-{Path(name).stem}{suffix}")
-        if path in seen:
-            path = attention.with_name(f"{attention.stem}-{Path(name).stem}-{i}{suffix}")
+        path, n = attention.with_name(f"{attention.stem}-{Path(name).stem}{suffix}"), i
+        while path in seen:  # numbered, past the names taken (another input's own name may end in -N)
+            path, n = attention.with_name(f"{attention.stem}-{Path(name).stem}-{n}{suffix}"), n + 1
         seen.add(path)
         paths.append(path)
     return paths
