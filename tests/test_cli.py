@@ -273,7 +273,7 @@ def test_an_output_that_is_a_link_is_written_through_and_one_that_is_a_pipe_or_d
         assert refused.returncode == 2 and "is not a regular file (a pipe, a device or a socket)" in refused.stderr
     assert stat.S_ISFIFO(os.stat(tmp_path / "fifo.json").st_mode)
     for path in ("/dev/null", "//dev/fd/1", "/tmp/../dev/null"):  # checked, never written
-        with pytest.raises(UsageError, match=r"^--json \S+ goes through /dev/(null|fd), under /dev or /proc"):
+        with pytest.raises(UsageError, match=r"^--json \S+ goes through /dev/(null|fd), on /dev, /proc or /sys"):
             check_writable_file(Path(path), f"--json {path}")
     check_writable_file(Path("/dev/shm/results.json"), "--json /dev/shm/results.json")  # plain files there
     # /dev/stdout is /proc/self/fd/1, which resolves to the file the shell sent standard output to:
@@ -288,9 +288,9 @@ def test_an_output_that_is_a_link_is_written_through_and_one_that_is_a_pipe_or_d
     os.symlink(tmp_path / "loop-a.json", tmp_path / "loop-b.json")
     log = tmp_path / "build.log"
     log.write_text("the log so far\n")
-    for target, message in (("out.json", "goes through /dev/stdout, under /dev or /proc"),
-                            ("fds/1", "goes through /proc/self, under /dev or /proc"),
-                            ("a/b/up/relative.json", "goes through /dev/stdout, under /dev or /proc"),
+    for target, message in (("out.json", "goes through /dev/stdout, on /dev, /proc or /sys"),
+                            ("fds/1", "goes through /proc/self, on /dev, /proc or /sys"),
+                            ("a/b/up/relative.json", "goes through /dev/stdout, on /dev, /proc or /sys"),
                             ("loop-a.json", "goes through more than 40 symbolic links (a loop of links?)")):
         with log.open("a") as appended:
             refused = subprocess.run([sys.executable, "-m", "vlmedge", "bench", str(vit_artifact), "--json",
@@ -298,6 +298,32 @@ def test_an_output_that_is_a_link_is_written_through_and_one_that_is_a_pipe_or_d
                                      timeout=120)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     assert log.read_text() == "the log so far\n" and (tmp_path / "loop-a.json").is_symlink()
+
+
+def test_outputs_on_procfs_mounted_elsewhere_or_in_a_read_only_mount_are_refused_before_any_work(tmp_path):
+    """A bind mount of /proc elsewhere (a chroot's, a container's) got past the refusal of paths
+    under /proc, its paths reading otherwise: `--json mnt/self/fd/1` replaced the shell's log.
+    A folder where no file can be made (a read-only mount; permissions do not tell root) is said
+    before any work too."""
+    from vlmedge.choices import check_writable_file
+    from vlmedge.errors import UsageError
+
+    proc, host, read_only = tmp_path / "proc", tmp_path / "host", tmp_path / "read-only"
+    for folder in (proc, host, read_only):
+        folder.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "/proc", str(proc)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(UsageError, match=rf"^--json x goes through {proc}, on /dev, /proc or /sys"):
+            check_writable_file(proc / "self" / "fd" / "1", "--json x")
+        subprocess.run(["mount", "--bind", str(host), str(read_only)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        with pytest.raises(UsageError, match=rf"^--json y cannot be written \(.* in {read_only}\); choose a path"):
+            check_writable_file(read_only / "r.json", "--json y")
+    finally:
+        for folder in (proc, read_only):
+            subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

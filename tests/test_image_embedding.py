@@ -375,6 +375,8 @@ def test_predict_attention_writes_png(exported, tmp_path):
     shutil.copy(SAMPLES / "yellow-star.png", own)
     refused = vlmedge_cli("predict", artifact, own, "--attention", own)
     assert refused.returncode == 2 and "is one of the inputs, which it would replace" in refused.stderr
+    refused = vlmedge_cli("predict", artifact, own, "--attention", tmp_path / "sheet.jpg")  # it named render_attention
+    assert refused.returncode == 2 and "Error: --attention writes PNG files; name it .png, not sheet.jpg." in refused.stderr
     assert own.read_bytes() == (SAMPLES / "yellow-star.png").read_bytes()
 
 

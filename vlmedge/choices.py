@@ -8,6 +8,7 @@ lists what this install can export, does).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -124,55 +125,77 @@ def written_path(path: Path) -> Path:
 # Trees whose paths name devices and processes' files: /dev/stdout is /proc/self/fd/1, which
 # resolves to whatever the shell sent standard output to (`>> build.log`), so a file renamed
 # over its target replaced the log. /dev/shm holds plain files.
-DEVICE_TREES = ("/dev/", "/proc/")
+DEVICE_TREES = ("/dev", "/proc", "/sys")
 PLAIN_FILE_TREE = "/dev/shm"
 MAX_LINKS = 40  # as Linux follows at most 40 links in a path
 
 
-def _resolved_steps(path: Path) -> list[str] | None:
-    """Every path that resolving `path` goes through, as the kernel resolves it: component by
-    component, each symbolic link's target read where the link is (a link to a folder in the
-    middle of the path too, and `..` after a link), so a path through a link into /proc is seen
-    to go there. None past MAX_LINKS links."""
-    pending = list(Path(os.path.join(os.getcwd(), path)).parts)
-    current, steps, links = "/", [], 0
+def _under(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree + "/")
+
+
+def _pseudo_file_systems() -> set[int]:
+    """The devices of the file systems mounted at /dev, /proc and /sys, which a bind mount of
+    them elsewhere shares (unless one is a plain folder of the root file system)."""
+    root, devices = os.stat("/").st_dev, set()
+    for tree in DEVICE_TREES:
+        with contextlib.suppress(OSError):
+            devices.add(os.stat(tree).st_dev)
+    return devices - {root}
+
+
+def _special_step(path: Path) -> str | None:
+    """The first path that resolving `path` goes through, as the kernel resolves it (component
+    by component, each symbolic link's target read where the link is, a link to a folder in the
+    middle of the path too), that is under /dev, /proc or /sys or on their file systems mounted
+    elsewhere; None for none. Raises UsageError past MAX_LINKS links."""
+    pseudo = _pseudo_file_systems()
+    pending = list(Path(path if os.path.isabs(path) else os.path.join(_cwd(), path)).parts)
+    current, links = "/", 0
     while pending:
         part = pending.pop(0)
-        if part.startswith("/"):  # the root, "/" or "//"
-            current = "/"
-            continue
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
+        if part.startswith("/") or part in ("", ".", ".."):  # the root ("/" or "//"), or no step
+            current = "/" if part.startswith("/") else os.path.dirname(current) if part == ".." else current
             continue
         step = os.path.join(current, part)
-        steps.append(step)
-        if os.path.islink(step):
+        try:
+            device = os.lstat(step).st_dev
+        except OSError:
+            device = None  # not there (yet): the file to write, or folders the writer makes
+        if step not in DEVICE_TREES and not _under(step, PLAIN_FILE_TREE) and (
+                any(_under(step, tree) for tree in DEVICE_TREES) or device in pseudo):  # /dev itself leads to /dev/shm
+            return step
+        if device is not None and os.path.islink(step):
             links += 1
             if links > MAX_LINKS:
-                return None
+                raise UsageError(f"{path} goes through more than {MAX_LINKS} symbolic links (a loop of links?); fix "
+                                 "the link or give another path.")
             pending = list(Path(os.readlink(step)).parts) + pending
         else:
             current = step
-    return steps
+    return None
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("The current folder was removed; cd to a folder that exists, or give absolute paths.") from None
 
 
 def check_not_special(path: Path, named: str) -> None:
     """Refuses a path that is there and no regular file: a command's file is written beside it
     and renamed over it, which would replace a pipe or a device (/dev/null, as root, for
-    every process) with a file; and a path that goes through /dev or /proc, or through more
-    links than the kernel follows (a loop of links)."""
-    steps = _resolved_steps(path)
-    if steps is None:
-        raise UsageError(f"{named} goes through more than {MAX_LINKS} symbolic links (a loop of links?); fix the link "
-                         "or give another path.")
-    special = [p for p in steps if p.startswith(DEVICE_TREES) and not (
-        p == PLAIN_FILE_TREE or p.startswith(PLAIN_FILE_TREE + "/"))]
+    every process) with a file; and a path that goes through /dev, /proc or /sys (or their file
+    systems mounted elsewhere), or through more links than the kernel follows (a loop of links)."""
+    try:
+        special = _special_step(path)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace(str(path), named, 1)) from None
     if special:
-        raise UsageError(f"{named} goes through {special[0]}, under /dev or /proc, whose files are devices and "
-                         "processes' own; give the path of a file to write elsewhere.")
-    if path.exists() and not path.is_file():
+        raise UsageError(f"{named} goes through {special}, on /dev, /proc or /sys, whose files are devices and the "
+                         "kernel's; give the path of a file to write elsewhere.")
+    if path.exists() and not path.is_file() and not path.is_dir():  # a folder: the callers say so
         raise UsageError(f"{named} is not a regular file (a pipe, a device or a socket); give the path of a file "
                          "to write.")
 
@@ -184,9 +207,9 @@ def check_writable_file(path: Path, named: str, example: str = "") -> None:
     `named`: how the message names the path ("--json r.json"); `example`: a file to suggest
     for a folder. Folders that do not exist yet are the writer's to create. A path that is
     no regular file (a pipe, a device) is refused too; a symbolic link is written through."""
+    check_not_special(path, named)  # first: a path into /proc may not even be looked at
     if path.is_dir():
         raise UsageError(f"{named} is a folder; give the path of a file to write{example}.")
-    check_not_special(path, named)
     folder = written_path(path).absolute().parent
     while not folder.exists() and not folder.is_symlink():
         folder = folder.parent
