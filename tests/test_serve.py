@@ -590,25 +590,53 @@ def test_cli_serve_runs_and_stops(vit_artifact):
     assert "Application shutdown complete" in rest, rest
 
 
+def _answers(connection: socket.socket) -> bytes:
+    """What the server sends until it closes the connection."""
+    connection.settimeout(10)
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    connection.close()
+    return received
+
+
 def test_a_connection_that_sends_no_request_head_within_the_timeout_is_closed(vit_artifact):
-    """uvicorn times out only idle keep-alive connections: a client that connected and sent
-    nothing, or its headers a byte at a time (slowloris), held its connection for ever. The
-    first request's head must now arrive within --timeout-s; a slow body stays the 408 it was,
-    and a kept-alive connection is uvicorn's to time out."""
-    proc, url = _cli_server(str(vit_artifact), "--timeout-s", "1")
+    """uvicorn times out only idle keep-alive connections, and data cancels that: a client that
+    connected and sent nothing, or its headers a byte at a time (slowloris), before its first
+    request or after an answer on a kept-alive connection, held its connection for ever. A
+    request's head must now arrive within --timeout-s of the connection or of the answer before
+    it, and take at most 1 MiB (the parser took time growing with the square of a long header,
+    stalling every client); a request answered before its body was read (408, 413) closes its
+    connection, which a client dripping the rest held."""
+    proc, url = _cli_server(str(vit_artifact), "--timeout-s", "1", "--max-body-mb", "1")
     host, port = url.removeprefix("http://").split(":")
+    connect = lambda: socket.create_connection((host, int(port)))  # noqa: E731
     try:
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=60, what="readiness")
-        silent, slow = socket.create_connection((host, int(port))), socket.create_connection((host, int(port)))
+        silent, slow, second = connect(), connect(), connect()
+        second.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
         for part in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n"):
-            slow.sendall(part)
+            for held in (slow, second):
+                held.sendall(part)
             time.sleep(0.3)
-        for held in (silent, slow):
-            held.settimeout(10)
-            assert held.recv(1024) == b""  # closed by the server, without an answer
-            held.close()
+        assert _answers(silent) == b"" and _answers(slow) == b""  # closed by the server, without an answer
+        assert _answers(second).count(b"HTTP/1.1 200") == 1  # the first request's answer, then closed
         assert time.monotonic() - started < 5
+        huge = connect()
+        try:  # closed with the rest unread: the 431 arrives, or the kernel resets the connection first
+            huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
+            answer = _answers(huge)
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b"HTTP/1.1 431 reset"
+            huge.close()
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        for head in (b"POST /v1/models/vit/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",
+                     b"POST /v1/models/vit/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"):
+            dripping = connect()
+            dripping.sendall(head)  # 413 at once, 408 after 1 s: then closed, the rest of the body unread
+            status = _answers(dripping).split(b"\r\n", 1)[0]
+            assert status in (b"HTTP/1.1 413 Request Entity Too Large", b"HTTP/1.1 408 Request Timeout"), status
         with httpx.Client() as client:  # a request whose head comes at once is answered, on one connection
             assert [client.get(f"{url}/healthz").status_code for _ in range(2)] == [200, 200]
     finally:

@@ -40,10 +40,14 @@ async def read_body(request: Request, limits: Limits, started: float) -> bytes:
     senders slower than body_timeout_s or the request's time limit (from `started`, its
     arrival); a gzip or deflate body (Content-Encoding) comes back decompressed."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "", *ENCODINGS):
-        raise Problem(415, "unsupported_encoding", f"Content-Encoding {encoding} is not supported; send the body "
-                                                   f"uncompressed, or compressed with {' or '.join(ENCODINGS)}.")
-    body = await _read_raw(request, limits, started)
+    try:
+        if encoding not in ("identity", "", *ENCODINGS):
+            raise Problem(415, "unsupported_encoding", f"Content-Encoding {encoding} is not supported; send the body "
+                                                       f"uncompressed, or compressed with {' or '.join(ENCODINGS)}.")
+        body = await _read_raw(request, limits, started)
+    except Problem as problem:  # answered before the body was read to its end: uvicorn would read and drop
+        problem.headers.setdefault("connection", "close")  # the rest, a client dripping it holding the connection
+        raise
     return body if encoding in ("identity", "") else await off_loop(len(body), _decompress, body, encoding, limits)
 
 
