@@ -308,21 +308,23 @@ def test_outputs_on_procfs_mounted_elsewhere_or_in_a_read_only_mount_are_refused
     from vlmedge.choices import check_writable_file
     from vlmedge.errors import UsageError
 
-    proc, host, read_only = tmp_path / "proc", tmp_path / "host", tmp_path / "read-only"
-    for folder in (proc, host, read_only):
+    proc, fresh, host, read_only = tmp_path / "proc", tmp_path / "fresh", tmp_path / "host", tmp_path / "read-only"
+    for folder in (proc, fresh, host, read_only):
         folder.mkdir()
     mounted = subprocess.run(["mount", "--bind", "/proc", str(proc)], capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
     try:
-        with pytest.raises(UsageError, match=rf"^--json x goes through {proc}, on /dev, /proc or /sys"):
-            check_writable_file(proc / "self" / "fd" / "1", "--json x")
+        subprocess.run(["mount", "-t", "proc", "proc", str(fresh)], check=True)  # a device of its own, on new kernels
+        for mount in (proc, fresh):
+            with pytest.raises(UsageError, match=rf"^--json x goes through {mount}, on /dev, /proc or /sys"):
+                check_writable_file(mount / "self" / "fd" / "1", "--json x")
         subprocess.run(["mount", "--bind", str(host), str(read_only)], check=True)
         subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
         with pytest.raises(UsageError, match=rf"^--json y cannot be written \(.* in {read_only}\); choose a path"):
             check_writable_file(read_only / "r.json", "--json y")
     finally:
-        for folder in (proc, read_only):
+        for folder in (proc, fresh, read_only):
             subprocess.run(["umount", str(folder)], capture_output=True)
 
 
@@ -355,6 +357,22 @@ def test_a_closed_standard_output_or_error_is_held_so_that_no_file_takes_its_des
     for closed in (1, 2):
         child = subprocess.run([sys.executable, "-c", opened], preexec_fn=lambda fd=closed: os.close(fd), timeout=120)
         assert child.returncode >= 3, closed
+
+
+def test_a_working_folder_removed_before_the_command_is_one_sentence(vit_artifact, tmp_path):
+    """os.getcwd() of a removed folder was a FileNotFoundError traceback (bulk's job, the output
+    path check); a command that needs no relative path runs."""
+    gone = tmp_path / "gone"
+    script = (f"import os, sys\nos.mkdir({str(gone)!r})\nos.chdir({str(gone)!r})\nos.rmdir({str(gone)!r})\n"
+              "from vlmedge.cli import main\nmain(sys.argv[1:])")
+    run = lambda *args: subprocess.run([sys.executable, "-c", script, *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    for args in (["predict", vit_artifact, SAMPLE, "--out", tmp_path / "r.parquet"],
+                 ["bench", vit_artifact, "--json", "relative.json"]):
+        result = run(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr == "Error: The current folder was removed; cd to a folder that exists, or give absolute paths.\n"
+    assert run("predict", vit_artifact, SAMPLE, "--json").returncode == 0
 
 
 def test_bad_usage_exits_2():

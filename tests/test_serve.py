@@ -639,6 +639,17 @@ def test_a_connection_that_sends_no_request_head_within_the_timeout_is_closed(vi
             assert status in (b"HTTP/1.1 413 Request Entity Too Large", b"HTTP/1.1 408 Request Timeout"), status
         with httpx.Client() as client:  # a request whose head comes at once is answered, on one connection
             assert [client.get(f"{url}/healthz").status_code for _ in range(2)] == [200, 200]
+            # a body left unread by an early answer (405) is not the next request's head (it got a 431)
+            assert client.post(f"{url}/healthz", content=bytes(3 << 20)).status_code == 405
+            assert client.get(f"{url}/v1/models").status_code == 200
+        pipelined = connect()  # a huge head behind a request in flight is refused too, before it is parsed
+        try:
+            pipelined.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                              b"X-Big: " + b"a" * (3 << 20) + b"\r\n\r\n")
+            answer = _answers(pipelined)
+        except (ConnectionResetError, BrokenPipeError):
+            answer, _ = b"", pipelined.close()
+        assert answer.count(b"HTTP/1.1 200") <= 1, answer[:300]
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

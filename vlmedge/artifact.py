@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vlmedge.build_locks import abandoned, lock_path
+from vlmedge.environment import mounts
 from vlmedge.errors import ArtifactError, ExportError, InputError, OutputError
 from vlmedge.manifest import FORMAT_REVISION, MANIFEST_NAME, SCHEMA_VERSION, check_manifest_shape
 from vlmedge.user_cache import VerifiedFiles
@@ -432,15 +433,7 @@ def _fsync_dir(path: Path) -> None:
 def _is_mount_point(path: Path) -> bool:
     """Whether `path` is a mount point, a bind mount of a folder of the same file system too
     (a container's volume), which os.path.ismount, comparing devices, does not see."""
-    if os.path.ismount(path):
-        return True
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
-            # field 5 is the mount point, with space, tab, newline and backslash written in octal
-            points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in mounts}
-    except OSError:  # not Linux
-        return False
-    return os.path.realpath(path) in points
+    return os.path.ismount(path) or os.path.realpath(path) in mounts()
 
 
 def _swap_into_place(new: Path, destination: Path) -> None:

@@ -8,12 +8,12 @@ lists what this install can export, does).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from vlmedge.environment import mounts
 from vlmedge.errors import UsageError
 
 # Where predict, embed and serve run: this process, or a Ray cluster (--engine).
@@ -134,14 +134,17 @@ def _under(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree + "/")
 
 
-def _pseudo_file_systems() -> set[int]:
-    """The devices of the file systems mounted at /dev, /proc and /sys, which a bind mount of
-    them elsewhere shares (unless one is a plain folder of the root file system)."""
-    root, devices = os.stat("/").st_dev, set()
-    for tree in DEVICE_TREES:
-        with contextlib.suppress(OSError):
-            devices.add(os.stat(tree).st_dev)
-    return devices - {root}
+# File systems of devices and of the kernel's own files, mounted at /dev, /proc and /sys or
+# elsewhere (a chroot's /proc, a bind mount of it, a fresh `mount -t proc`).
+KERNEL_FILE_SYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "mqueue", "debugfs", "tracefs", "securityfs",
+                                 "configfs", "cgroup", "cgroup2", "pstore", "bpf", "efivarfs", "binfmt_misc",
+                                 "fusectl"})
+
+
+def _file_system_of(path: str, points: list[tuple[str, str]]) -> str:
+    """The type of the file system holding `path`: its longest mount point's (`points`, longest
+    first: a tmpfs at /dev/shm holds its files, not the devtmpfs at /dev)."""
+    return next((kind for point, kind in points if point == "/" or _under(path, point)), "")
 
 
 def _special_step(path: Path) -> str | None:
@@ -149,8 +152,8 @@ def _special_step(path: Path) -> str | None:
     by component, each symbolic link's target read where the link is, a link to a folder in the
     middle of the path too), that is under /dev, /proc or /sys or on their file systems mounted
     elsewhere; None for none. Raises UsageError past MAX_LINKS links."""
-    pseudo = _pseudo_file_systems()
-    pending = list(Path(path if os.path.isabs(path) else os.path.join(_cwd(), path)).parts)
+    points = sorted(mounts().items(), key=lambda item: len(item[0]), reverse=True)
+    pending = list(Path(path if os.path.isabs(path) else os.path.join(current_folder(), path)).parts)
     current, links = "/", 0
     while pending:
         part = pending.pop(0)
@@ -158,25 +161,26 @@ def _special_step(path: Path) -> str | None:
             current = "/" if part.startswith("/") else os.path.dirname(current) if part == ".." else current
             continue
         step = os.path.join(current, part)
-        try:
-            device = os.lstat(step).st_dev
-        except OSError:
-            device = None  # not there (yet): the file to write, or folders the writer makes
-        if step not in DEVICE_TREES and not _under(step, PLAIN_FILE_TREE) and (
-                any(_under(step, tree) for tree in DEVICE_TREES) or device in pseudo):  # /dev itself leads to /dev/shm
+        kernel_files = any(_under(step, tree) for tree in DEVICE_TREES) or \
+            _file_system_of(step, points) in KERNEL_FILE_SYSTEMS
+        if kernel_files and step not in DEVICE_TREES and not _under(step, PLAIN_FILE_TREE):  # /dev leads to /dev/shm
             return step
-        if device is not None and os.path.islink(step):
+        if os.path.islink(step):
             links += 1
             if links > MAX_LINKS:
                 raise UsageError(f"{path} goes through more than {MAX_LINKS} symbolic links (a loop of links?); fix "
                                  "the link or give another path.")
-            pending = list(Path(os.readlink(step)).parts) + pending
+            try:
+                pending = list(Path(os.readlink(step)).parts) + pending
+            except OSError as exc:
+                raise UsageError(f"{path} cannot be followed past {step} ({exc.strerror}); give another path.") from None
         else:
             current = step
     return None
 
 
-def _cwd() -> str:
+def current_folder() -> str:
+    """os.getcwd(), or the sentence for a working folder removed since the command started."""
     try:
         return os.getcwd()
     except FileNotFoundError:
@@ -193,8 +197,9 @@ def check_not_special(path: Path, named: str) -> None:
     except UsageError as exc:
         raise UsageError(str(exc).replace(str(path), named, 1)) from None
     if special:
-        raise UsageError(f"{named} goes through {special}, on /dev, /proc or /sys, whose files are devices and the "
-                         "kernel's; give the path of a file to write elsewhere.")
+        raise UsageError(f"{named} goes through {special}, on /dev, /proc or /sys or a file system of theirs mounted "
+                         "elsewhere, whose files are devices and the kernel's; give the path of a file to write "
+                         "elsewhere.")
     if path.exists() and not path.is_file() and not path.is_dir():  # a folder: the callers say so
         raise UsageError(f"{named} is not a regular file (a pipe, a device or a socket); give the path of a file "
                          "to write.")

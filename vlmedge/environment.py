@@ -310,3 +310,19 @@ def openvino_telemetry_off() -> Iterator[None]:
     finally:
         if "openvino_telemetry" in sys.modules and sys.modules["openvino_telemetry"] is None:
             del sys.modules["openvino_telemetry"]
+
+
+def mounts() -> dict[str, str]:
+    """This process's mount points and their file system types, from /proc/self/mountinfo (the
+    later of two mounts at one point wins, as it hides the earlier); {} where there is none."""
+    table: dict[str, str] = {}
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
+            for line in lines:
+                fields, _, after = line.partition(" - ")
+                point = fields.split()[4]  # space, tab, newline and backslash written in octal
+                table[re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)] = after.split()[0]
+    except (OSError, IndexError):  # not Linux, or a line of another form
+        return {}
+    return table
+

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, Callable
 
+from vlmedge.choices import current_folder
 from vlmedge.errors import ArtifactError, InputError, UsageError
 
 # The options a task method takes are the registry's (Method.options). All but
@@ -104,7 +105,7 @@ def make_job(artifact: str | os.PathLike, method: str | None = None, *, backend:
                    options={k: v for k, v in values.items() if k not in PREPARE_OPTIONS},
                    prepare_options={k: v for k, v in values.items() if k in PREPARE_OPTIONS},
                    session_options=dict(session_options or {}), tokenizer_json=tokenizer_json, column=column,
-                   cwd=os.getcwd())
+                   cwd=current_folder())
 
 
 def _check_model_files(art: Any, backend: str, device: str, precision: str | None,

@@ -227,7 +227,7 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Option
         raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to draw.")
     if attention is not None and attention.suffix.lower() not in ("", ".png"):  # render_attention's, said as the CLI's
         raise UsageError(f"--attention writes PNG files; name it .png, not {attention.name}.")
-    given = {os.path.realpath(i) for i in inputs}
+    given = {os.path.realpath(i) for i in inputs} if attention is not None else set()
     for sheet in attention_paths(attention, inputs) if attention is not None else []:  # each, before any work
         choices.check_writable_file(sheet, f"--attention sheet {sheet}")
         if os.path.realpath(sheet) in given:

@@ -47,43 +47,48 @@ HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type
 def protocol_with_head_timeout(timeout_s: float) -> type:
     """uvicorn's HTTP protocol (httptools where installed, else h11), closing a connection whose
     request has not sent its head within `timeout_s` (--timeout-s, the time a request has from
-    its arrival) of the connection, or of the answer before it, and answering 431 to a head past
-    MAX_HEAD_BYTES: uvicorn times out only idle keep-alive connections, and data cancels that,
-    so a client that sent nothing, or its headers a byte at a time (first, or after an answer
-    on a kept-alive connection), held a connection (an open file) for ever, and enough of them
-    refused everyone else."""
+    its arrival) of the connection, or of the answer before it, answering 431 to a head past
+    MAX_HEAD_BYTES, and closing a connection whose request was answered before its body was all
+    received: uvicorn times out only idle keep-alive connections, and data cancels that, so a
+    client that sent nothing, or its headers a byte at a time (first, or after an answer on a
+    kept-alive connection), or the rest of a body already answered, held a connection (an open
+    file) for ever, and enough of them refused everyone else."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class HeadTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        # A request's cycle is made at the end of its head (the latest one's, pipelined).
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._last_head, self._head_bytes = self.cycle, 0
             self._wait_for_a_head()
 
         def _wait_for_a_head(self) -> None:
-            self._cycle_before, self._head_bytes = self.cycle, 0
+            self._answered = self.cycle
             self._head_timer = self.loop.call_later(timeout_s, self._close_without_a_head)
 
-        def _waiting_for_a_head(self) -> bool:
-            # a request's cycle is made at its head's end: while it is the one before, answered
-            # (a pipelined request may have begun as the one before ended), none came
-            cycle = self.cycle
-            return cycle is self._cycle_before and (cycle is None or cycle.response_complete) \
-                and not self.transport.is_closing()
-
         def _close_without_a_head(self) -> None:
-            if self._waiting_for_a_head():
+            cycle = self.cycle  # no head since the answer: the same cycle, answered (or none yet)
+            if cycle is self._answered and (cycle is None or cycle.response_complete):
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._waiting_for_a_head():
+            cycle = self.cycle  # the latest request's body is in: what comes is the next head
+            if (cycle is None or not cycle.more_body) and not self.transport.is_closing():
                 self._head_bytes += len(data)
-                if self._head_bytes > MAX_HEAD_BYTES:
-                    self.transport.write(HEAD_TOO_LARGE)
+                if self._head_bytes > MAX_HEAD_BYTES:  # refused before the parser reads it
+                    if cycle is None or cycle.response_complete:  # no answer owed on this connection
+                        self.transport.write(HEAD_TOO_LARGE)
                     self.transport.close()
+                    return
+            super().data_received(data)
+            if self.cycle is not self._last_head:  # a head ended in this data
+                self._last_head, self._head_bytes = self.cycle, 0
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.response_complete and cycle.more_body:  # answered before its body was in
+                self.transport.close()
             self._head_timer.cancel()
             self._wait_for_a_head()
 
