@@ -325,4 +325,3 @@ def mounts() -> dict[str, str]:
     except (OSError, IndexError):  # not Linux, or a line of another form
         return {}
     return table
-

@@ -223,17 +223,25 @@ def _check_predict_options(ctx: typer.Context, artifact: Path, aggregate: Option
         if name not in method.options and source is not None and source.name == "COMMANDLINE":
             raise UsageError(f"{flag} does not apply to {task.name} artifacts, whose predict runs {method.name} "
                              f"(it takes {', '.join(takes) or 'no such option'}); drop {flag}.")
-    if attention is not None and not (method.result == "embedding" and method.input == "image"):
-        raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to draw.")
-    if attention is not None and attention.suffix.lower() not in ("", ".png"):  # render_attention's, said as the CLI's
+    if attention is not None:
+        if not (method.result == "embedding" and method.input == "image"):
+            raise UsageError(f"--attention draws an image encoder's attention; an artifact for {task.name} has none to "
+                             "draw.")
+        _check_attention_sheets(attention, inputs)
+    return task, method
+
+
+def _check_attention_sheets(attention: Path, inputs: list[str]) -> None:
+    """Every sheet --attention will write, before any work: a PNG (render_attention's check,
+    said as the CLI's), a file that can be written, and none of the inputs."""
+    if attention.suffix.lower() not in ("", ".png"):
         raise UsageError(f"--attention writes PNG files; name it .png, not {attention.name}.")
-    given = {os.path.realpath(i) for i in inputs} if attention is not None else set()
-    for sheet in attention_paths(attention, inputs) if attention is not None else []:  # each, before any work
+    given = {os.path.realpath(i) for i in inputs}
+    for sheet in attention_paths(attention, inputs):
         choices.check_writable_file(sheet, f"--attention sheet {sheet}")
         if os.path.realpath(sheet) in given:
             raise UsageError(f"--attention sheet {sheet} is one of the inputs, which it would replace; name the "
                              "sheets otherwise.")
-    return task, method
 
 
 @app.command(cls=Command)

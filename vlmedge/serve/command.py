@@ -14,6 +14,7 @@ from vlmedge import choices
 from vlmedge.environment import distribution_of
 from vlmedge.errors import BackendUnavailableError, UsageError, first_line
 from vlmedge.serve.config import REPLICA_CPUS, BatchConfig, Limits
+from vlmedge.serve.problems import Problem
 from vlmedge.signals import sigterm_as_interrupt
 from vlmedge.tables import stdout_written
 
@@ -38,8 +39,8 @@ def _require_extra() -> None:
 # parser has no limit, and builds a long header in time that grows with its square (one of 60 MB
 # stalled every client 2.6 s); nginx takes 32 KB by default.
 MAX_HEAD_BYTES = 1 << 20
-_HEAD_TOO_LARGE = json.dumps({"error": {"status": 431, "code": "head_too_large", "message": (
-    "The request line and headers take more than 1 MiB; send large values in the body.")}}).encode()
+_HEAD_TOO_LARGE = json.dumps(Problem(431, "head_too_large", "The request line and headers take more than 1 MiB; "
+                                                          "send large values in the body.").body()).encode()
 HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                   b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_TOO_LARGE), _HEAD_TOO_LARGE))
 

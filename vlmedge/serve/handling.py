@@ -46,7 +46,9 @@ async def read_body(request: Request, limits: Limits, started: float) -> bytes:
                                                        f"uncompressed, or compressed with {' or '.join(ENCODINGS)}.")
         body = await _read_raw(request, limits, started)
     except Problem as problem:  # answered before the body was read to its end: uvicorn would read and drop
-        problem.headers.setdefault("connection", "close")  # the rest, a client dripping it holding the connection
+        # the rest, a client dripping it holding the connection. `vlmedge serve`'s protocol closes such a
+        # connection itself (serve.command); the header says so to a client, and to Ray Serve's proxy
+        problem.headers.setdefault("connection", "close")
         raise
     return body if encoding in ("identity", "") else await off_loop(len(body), _decompress, body, encoding, limits)
 

@@ -206,12 +206,13 @@ class ImageEncoder(Pipeline):
 
 def _sheet_path(path: Any, panel_size: Any, alpha: Any, columns: Any) -> Path:
     """render_attention's options, checked before any drawing: a PNG path that is not a
-    folder (nor a pipe or a device; a link is written through), a panel of some pixels, a blend weight in 0..1, a positive column count."""
+    folder (nor a pipe or a device; a link is written through), a panel of some pixels, a
+    blend weight in 0..1, a positive column count."""
     if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".png":
         raise UsageError(f"render_attention writes a PNG; name the file .png, not {str(path)!r}.")
+    check_not_special(Path(path), str(path))  # first, as check_writable_file: a path into /proc is not looked at
     if Path(path).is_dir():
         raise UsageError(f"{path} is a folder; name the PNG file to write inside it.")
-    check_not_special(Path(path), str(path))
     if isinstance(panel_size, bool) or not isinstance(panel_size, int) or panel_size < 16:
         raise UsageError(f"panel_size must be a whole number of pixels from 16 up, not {panel_size!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
